@@ -1,0 +1,128 @@
+"""PostgreSQL plumbing: the asyncpg pool, named SQL queries and versioned migrations.
+
+SQL lives in ``.sql`` files. A queries file holds named statements, each under a
+``-- name: <query_name>`` header. Migrations are ``NNN_description.sql`` files applied
+in order, once, under an advisory lock so that replicas starting together agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+log = structlog.get_logger("herald.db")
+
+# A connection, whether taken from a pool or opened alone.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+# One advisory lock key for all migrations: services migrate one at a time.
+_MIGRATION_LOCK = 0x4E52414C44  # "HERALD"-ish, any stable bigint
+
+
+class Queries:
+    """Named SQL statements read from one file: ``queries.insert_event``."""
+
+    def __init__(self, path: Path) -> None:
+        text = path.read_text()
+        parts = _NAME.split(text)
+        self._sql: dict[str, str] = {}
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in self._sql:
+                raise ValueError(f"{path}: query {name!r} defined twice")
+            self._sql[name] = body.strip()
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._sql[name]
+        except KeyError:
+            raise AttributeError(f"no query named {name!r}") from None
+
+    def names(self) -> list[str]:
+        """All query names in the file."""
+        return list(self._sql)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file."""
+
+    service: str
+    version: int
+    name: str
+    sql: str
+
+
+def read_migrations(service: str, folder: Path) -> list[Migration]:
+    """The migrations in ``folder``, in version order; gaps or repeats are errors."""
+    found: list[Migration] = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION.match(path.name)
+        if not match:
+            raise ValueError(f"{path}: migration files are named NNN_description.sql")
+        found.append(Migration(service, int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"{folder}: migration versions must be 1..N, got {versions}")
+    return found
+
+
+async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
+    """Applies the migrations not applied yet, each in its own transaction.
+
+    Returns the versions applied now.
+    """
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS herald_migrations (
+                service    text        NOT NULL,
+                version    integer     NOT NULL,
+                name       text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (service, version)
+            )
+            """
+        )
+        for migration in migrations:
+            done = await conn.fetchval(
+                "SELECT 1 FROM herald_migrations WHERE service = $1 AND version = $2",
+                migration.service,
+                migration.version,
+            )
+            if done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO herald_migrations (service, version, name) VALUES ($1, $2, $3)",
+                    migration.service,
+                    migration.version,
+                    migration.name,
+                )
+            log.info("db.migrated", service=migration.service, version=migration.version)
+            applied_now.append(migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """An asyncpg pool; fails fast with the DSN's host named when unreachable."""
+    pool = await asyncpg.create_pool(dsn, min_size=min(2, size), max_size=size)
+    assert pool is not None
+    return pool
+
+
+async def check(pool: asyncpg.Pool) -> None:
+    """Raises when PostgreSQL does not answer (health checks)."""
+    async with pool.acquire(timeout=2) as conn:
+        await conn.fetchval("SELECT 1", timeout=2)

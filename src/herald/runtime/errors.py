@@ -1,0 +1,110 @@
+"""Rich gRPC errors: google.rpc.Status with BadRequest field violations.
+
+One error mapper for every service: domain code raises :class:`InvalidArgument`
+(or another :class:`RpcError`), and the servicer interceptor turns it into a status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One offending field: a dotted path (``data.items[0].qty``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class RpcError(Exception):
+    """A domain error that maps to one gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_status(self) -> status_pb2.Status:
+        """The google.rpc.Status this error travels as."""
+        return status_pb2.Status(code=self.code.value[0], message=self.message)
+
+
+class InvalidArgument(RpcError):
+    """Bad input: INVALID_ARGUMENT carrying a BadRequest with every violation."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Iterable[FieldViolation], message: str = "") -> None:
+        self.violations = tuple(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
+        if len(self.violations) > 5:
+            summary += f"; and {len(self.violations) - 5} more"
+        super().__init__(message or f"invalid request: {summary}")
+
+    def to_status(self) -> status_pb2.Status:
+        """Status with a packed google.rpc.BadRequest detail."""
+        status = super().to_status()
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+        return status
+
+
+class NotFound(RpcError):
+    """The named resource does not exist (or is not the caller's)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RpcError):
+    """The resource to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(RpcError):
+    """The system is not in a state that allows the call."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(RpcError):
+    """A dependency is down; the caller may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(RpcError):
+    """No valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+
+
+def bad_request_of(status: status_pb2.Status) -> list[FieldViolation]:
+    """The field violations packed in ``status`` (used by clients and tests)."""
+    out: list[FieldViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            out.extend(FieldViolation(v.field, v.description) for v in request.field_violations)
+    return out

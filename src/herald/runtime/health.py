@@ -1,0 +1,70 @@
+"""The standard gRPC health service, SERVING only while dependencies answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+from grpc_health.v1 import health, health_pb2
+
+log = structlog.get_logger("herald.health")
+
+Check = Callable[[], Awaitable[None]]
+
+
+class HealthMonitor:
+    """Runs named checks periodically and publishes the result for every service."""
+
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+        checks: dict[str, Check],
+        interval: float = 2.0,
+    ) -> None:
+        self._servicer = servicer
+        self._names = ["", *service_names]
+        self._checks = checks
+        self._interval = interval
+        self._failing: set[str] = set()
+        self._stopping = False
+
+    async def check_once(self) -> bool:
+        """Runs every check once and publishes SERVING or NOT_SERVING."""
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c(), timeout=5) for c in self._checks.values()),
+            return_exceptions=True,
+        )
+        failing = set()
+        for name, result in zip(self._checks, results, strict=True):
+            if isinstance(result, BaseException):
+                failing.add(name)
+                if name not in self._failing:
+                    log.warning("health.dependency_down", dependency=name, error=repr(result))
+            elif name in self._failing:
+                log.info("health.dependency_up", dependency=name)
+        self._failing = failing
+        serving = not failing and not self._stopping
+        await self._publish(serving)
+        return serving
+
+    async def run(self) -> None:
+        """Checks forever, every ``interval`` seconds."""
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)
+
+    async def shutting_down(self) -> None:
+        """Reports NOT_SERVING from now on (load balancers drain the instance)."""
+        self._stopping = True
+        await self._publish(False)
+
+    async def _publish(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self._servicer.set(name, status)

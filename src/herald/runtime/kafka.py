@@ -1,0 +1,93 @@
+"""aiokafka factories: security settings, the idempotent producer, consumers, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from herald.runtime.settings import KafkaSettings
+
+log = structlog.get_logger("herald.kafka")
+
+
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments shared by every aiokafka client for one cluster."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context: ssl.SSLContext = create_ssl_context(cafile=settings.ssl_cafile)
+        options["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password
+    return options
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all, no duplicates from its own retries)."""
+    options: dict[str, Any] = {
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 2,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 15_000,
+        "compression_type": None,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**connection_options(settings), **options)
+
+
+def make_consumer(
+    settings: KafkaSettings, *topics: str, group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer in ``group_id`` that commits offsets only when told to."""
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **connection_options(settings), **options)
+
+
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], partitions: int = 6, replication: int = 1
+) -> None:
+    """Creates the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if not missing:
+            return
+        with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
+            await admin.create_topics(
+                [
+                    NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                    for n in missing
+                ]
+            )
+        log.info("kafka.topics_created", topics=missing)
+    finally:
+        await admin.close()
+
+
+async def check(producer: AIOKafkaProducer) -> None:
+    """Raises when no broker answers a metadata request (health checks)."""
+    ok = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=3)
+    if not ok or not ok.brokers():
+        raise ConnectionError("no Kafka broker answered")

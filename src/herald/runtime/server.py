@@ -1,0 +1,149 @@
+"""One ``serve()`` for every service: gRPC server, health, reflection, tracing,
+metrics, background workers and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from herald.runtime.health import Check, HealthMonitor
+from herald.runtime.interceptors import ErrorInterceptor
+from herald.runtime.metrics import MetricsServer
+
+log = structlog.get_logger("herald.server")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
+
+
+@dataclass
+class App:
+    """What a service puts into the shared runtime.
+
+    ``register`` adds the service's servicers to the server. ``workers`` run for the
+    life of the process (consumers, relays); ``on_stop`` hooks run after the server
+    has drained, in order (flush producers, close pools).
+    """
+
+    name: str
+    service_names: list[str]
+    register: Callable[[grpc.aio.Server], None]
+    health_checks: dict[str, Check] = field(default_factory=dict)
+    workers: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+
+class Running:
+    """A started server; :meth:`stop` shuts it down gracefully."""
+
+    def __init__(
+        self,
+        app: App,
+        server: grpc.aio.Server,
+        port: int,
+        monitor: HealthMonitor,
+        tasks: list[asyncio.Task[None]],
+        metrics: MetricsServer | None,
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.port = port
+        self.monitor = monitor
+        self.tasks = tasks
+        self.metrics = metrics
+        self.crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        for task in tasks:
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.crashed.done():
+            return
+        exc = task.exception() or RuntimeError(f"worker {task.get_name()} returned")
+        log.error("worker.crashed", worker=task.get_name(), error=repr(exc))
+        self.crashed.set_result(exc)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, drain in-flight calls, stop workers, run on_stop hooks."""
+        await self.monitor.shutting_down()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for hook in self.app.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown.hook_failed", hook=getattr(hook, "__qualname__", hook))
+        if self.metrics:
+            self.metrics.close()
+        log.info("server.stopped", service=self.app.name)
+
+
+async def start(app: App, address: str, metrics_address: str | None = None) -> Running:
+    """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers."""
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), ErrorInterceptor()],  # type: ignore[no-untyped-call]
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    app.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *app.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    monitor = HealthMonitor(health_servicer, app.service_names, app.health_checks)
+    await monitor.check_once()
+    await server.start()
+    metrics = None
+    if metrics_address:
+        host, _, mport = metrics_address.rpartition(":")
+        metrics = MetricsServer(host, int(mport))
+    tasks = [asyncio.create_task(monitor.run(), name="health")]
+    tasks += [
+        asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in app.workers
+    ]
+    host = address.rpartition(":")[0]
+    log.info(
+        "server.started",
+        service=app.name,
+        address=f"{host}:{port}",
+        metrics=f"{metrics_address.rpartition(':')[0]}:{metrics.port}"
+        if metrics and metrics_address
+        else None,
+    )
+    return Running(app, server, port, monitor, tasks, metrics)
+
+
+async def serve(app: App, address: str, metrics_address: str | None, grace: float) -> int:
+    """Runs ``app`` until SIGTERM or SIGINT (exit 0) or a worker crash (exit 1)."""
+    running = await start(app, address, metrics_address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    crashed: asyncio.Future[Any] = running.crashed
+    done, _ = await asyncio.wait({stop_wait, crashed}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    log.info("server.stopping", service=app.name, grace_seconds=grace)
+    await running.stop(grace)
+    return 1 if crashed in done else 0

@@ -1,0 +1,29 @@
+"""``python -m herald.services.ingest``: run the ingest service."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from herald.runtime.logging import configure_logging
+from herald.runtime.server import serve
+from herald.runtime.settings import KafkaSettings, load_settings
+from herald.runtime.tracing import configure_tracing
+from herald.services.ingest.app import build
+from herald.services.ingest.settings import IngestSettings
+
+
+async def main() -> int:
+    """Builds and serves the ingest service until SIGTERM."""
+    settings = load_settings(IngestSettings)
+    kafka_settings = load_settings(KafkaSettings)
+    configure_logging(settings.log_level, settings.log_format, service="ingest")
+    configure_tracing("ingest")
+    app = await build(settings, kafka_settings)
+    return await serve(
+        app, settings.ingest_addr, settings.ingest_metrics_addr, settings.shutdown_grace_seconds
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

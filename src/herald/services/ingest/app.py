@@ -1,0 +1,94 @@
+"""Wiring: settings → pool, producer, catalog, writer, relay → the shared runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+
+from herald.runtime import db, kafka
+from herald.runtime.health import Check
+from herald.runtime.server import App
+from herald.runtime.settings import KafkaSettings
+from herald.services.ingest.catalog_store import CatalogStore
+from herald.services.ingest.maintenance import run_purges
+from herald.services.ingest.relay import Relay
+from herald.services.ingest.servicer import IngestServicer
+from herald.services.ingest.settings import IngestSettings
+from herald.services.ingest.writer import EventWriter
+
+MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
+log = structlog.get_logger("herald.ingest")
+SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
+    """Connects to PostgreSQL and Kafka, migrates, loads the catalog; returns the App."""
+    pool = await db.create_pool(settings.database_url, settings.database_pool_size)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.read_migrations("ingest", MIGRATIONS))
+    catalog = CatalogStore(pool)
+    await catalog.load()
+    workers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    relay = None
+    if settings.relay_enabled:
+        relay = Relay(
+            pool,
+            partial(kafka.make_producer, kafka_settings),
+            settings.database_url,
+            concurrency=settings.relay_concurrency,
+            batch_size=settings.relay_batch_size,
+        )
+        workers.append(relay.run)
+    writer = EventWriter(
+        pool,
+        on_commit=relay.wake if relay else (lambda: None),
+        committers=settings.writer_committers,
+        idempotency_ttl=settings.idempotency_ttl_hours * 3600,
+    )
+    workers.append(writer.run)
+    workers.append(
+        partial(
+            run_purges,
+            pool,
+            settings.outbox_retention_hours * 3600,
+            settings.event_retention_days * 86400,
+        )
+    )
+    servicer = IngestServicer(catalog, writer, settings.events_topic, settings.max_event_bytes)
+
+    def register(server: grpc.aio.Server) -> None:
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+
+    try:
+        await kafka.ensure_topics(
+            kafka_settings, [settings.events_topic], partitions=settings.events_topic_partitions
+        )
+    except Exception as exc:
+        log.warning("ingest.topics_unchecked", error=repr(exc))
+
+    async def kafka_check() -> None:
+        if relay is None or relay.producer is None:
+            raise ConnectionError("Kafka producer not connected")
+        await kafka.check(relay.producer)
+
+    async def close_pool() -> None:
+        await pool.close()
+
+    checks: dict[str, Check] = {"postgres": partial(db.check, pool)}
+    if relay is not None:
+        checks["kafka"] = kafka_check
+
+    return App(
+        name="ingest",
+        service_names=[SERVICE_NAME],
+        register=register,
+        health_checks=checks,
+        workers=workers,
+        on_stop=[*([relay.stop] if relay else []), close_pool],
+    )

@@ -1,0 +1,150 @@
+"""The event-type catalog: which (type, data version) pairs exist and their rules.
+
+Pure: the store loads definitions into a :class:`Catalog`; the catalog answers
+lookups and keeps one compiled JSON Schema validator per definition.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from herald.runtime.errors import FieldViolation, InvalidArgument
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+KNOWN_ATTRIBUTES = {
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "dataversion",
+    "time",
+    "partitionkey",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeDef:
+    """One event type at one data version."""
+
+    name: str
+    data_version: str
+    json_schema: dict[str, Any]
+    description: str = ""
+    id_must_be_uuid: bool = False
+    source_pattern: str = ""
+    required_attributes: tuple[str, ...] = ()
+    create_time: datetime | None = None
+    _validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validator = Draft202012Validator(
+            self.json_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+        object.__setattr__(self, "_validator", validator)
+
+    @property
+    def validator(self) -> Draft202012Validator:
+        """The compiled validator for the data."""
+        return self._validator
+
+    @property
+    def version_key(self) -> tuple[int, ...]:
+        """Sort key: 1.10 is newer than 1.9."""
+        return version_key(self.data_version)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """``"1.10"`` → ``(1, 10)``."""
+    return tuple(int(p) for p in version.split("."))
+
+
+def check_definition(
+    name: str,
+    data_version: str,
+    schema_text: str,
+    source_pattern: str,
+    required_attributes: Iterable[str],
+) -> dict[str, Any]:
+    """Validates a CreateEventType request; returns the parsed schema."""
+    problems: list[FieldViolation] = []
+    if not NAME.match(name):
+        problems.append(
+            FieldViolation(
+                "event_type.name",
+                "lowercase dotted name, e.g. 'order.created' or 'user_registered'",
+            )
+        )
+    if not VERSION.match(data_version):
+        problems.append(
+            FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
+        )
+    schema: dict[str, Any] = {}
+    try:
+        loaded = json.loads(schema_text) if schema_text else None
+        if not isinstance(loaded, dict):
+            problems.append(
+                FieldViolation("event_type.json_schema", "a JSON Schema object is required")
+            )
+        else:
+            Draft202012Validator.check_schema(loaded)
+            schema = loaded
+    except json.JSONDecodeError as exc:
+        problems.append(FieldViolation("event_type.json_schema", f"not valid JSON: {exc}"))
+    except SchemaError as exc:
+        problems.append(
+            FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {exc.message}")
+        )
+    if source_pattern:
+        try:
+            re.compile(source_pattern)
+        except re.error as exc:
+            problems.append(
+                FieldViolation("event_type.source_pattern", f"not a regular expression: {exc}")
+            )
+    for i, attribute in enumerate(required_attributes):
+        if attribute not in KNOWN_ATTRIBUTES:
+            problems.append(
+                FieldViolation(
+                    f"event_type.required_attributes[{i}]", f"one of {sorted(KNOWN_ATTRIBUTES)}"
+                )
+            )
+    if problems:
+        raise InvalidArgument(problems)
+    return schema
+
+
+class Catalog:
+    """The definitions known to this process, by name and version."""
+
+    def __init__(self, definitions: Iterable[EventTypeDef] = ()) -> None:
+        self._by_name: dict[str, dict[str, EventTypeDef]] = {}
+        for definition in definitions:
+            self.add(definition)
+
+    def add(self, definition: EventTypeDef) -> None:
+        """Adds or replaces one definition."""
+        self._by_name.setdefault(definition.name, {})[definition.data_version] = definition
+
+    def get(self, name: str, data_version: str | None = None) -> EventTypeDef | None:
+        """The definition at ``data_version``, or the latest when it is None."""
+        versions = self._by_name.get(name)
+        if not versions:
+            return None
+        if data_version is None:
+            return max(versions.values(), key=lambda d: d.version_key)
+        return versions.get(data_version)
+
+    def versions(self, name: str) -> list[str]:
+        """The known data versions of ``name``, oldest first."""
+        return sorted(self._by_name.get(name, {}), key=version_key)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_name.values())

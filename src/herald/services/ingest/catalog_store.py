@@ -1,0 +1,105 @@
+"""The catalog in PostgreSQL, cached in memory.
+
+A lookup that misses the cache reads that one type from the database before the
+event is refused, so a type created on another replica is usable at once.
+"""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from herald.runtime.errors import AlreadyExists
+from herald.services.ingest.builtin import builtin_types
+from herald.services.ingest.catalog import Catalog, EventTypeDef
+from herald.services.ingest.writer import Q
+
+
+def _definition(row: asyncpg.Record) -> EventTypeDef:
+    return EventTypeDef(
+        name=row["name"],
+        data_version=row["data_version"],
+        json_schema=json.loads(row["json_schema"]),
+        description=row["description"],
+        id_must_be_uuid=row["id_must_be_uuid"],
+        source_pattern=row["source_pattern"],
+        required_attributes=tuple(row["required_attributes"]),
+        create_time=row["created_at"],
+    )
+
+
+class CatalogStore:
+    """Reads and writes event types; keeps :attr:`catalog` current."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.catalog = Catalog()
+
+    async def load(self) -> None:
+        """Registers the built-ins that are missing, then loads every type."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                Q.insert_builtin_type,
+                [
+                    (
+                        d.name,
+                        d.data_version,
+                        d.description,
+                        json.dumps(d.json_schema),
+                        d.id_must_be_uuid,
+                        d.source_pattern,
+                        list(d.required_attributes),
+                    )
+                    for d in builtin_types()
+                ],
+            )
+            rows = await conn.fetch(Q.all_types)
+        self.catalog = Catalog(_definition(r) for r in rows)
+
+    async def lookup(self, name: str, data_version: str | None) -> EventTypeDef | None:
+        """The definition, reading the database when this process has not seen it."""
+        found = self.catalog.get(name, data_version)
+        if found is None and name:
+            for row in await self._pool.fetch(Q.types_named, name):
+                self.catalog.add(_definition(row))
+            found = self.catalog.get(name, data_version)
+        return found
+
+    async def create(self, definition: EventTypeDef) -> EventTypeDef:
+        """Persists a new (type, version); ALREADY_EXISTS when it is registered."""
+        created_at = await self._pool.fetchval(
+            Q.insert_type,
+            definition.name,
+            definition.data_version,
+            definition.description,
+            json.dumps(definition.json_schema),
+            definition.id_must_be_uuid,
+            definition.source_pattern,
+            list(definition.required_attributes),
+        )
+        if created_at is None:
+            raise AlreadyExists(
+                f"event type {definition.name!r} version {definition.data_version!r} exists; "
+                "register a new data version to change its schema"
+            )
+        stored = EventTypeDef(
+            definition.name,
+            definition.data_version,
+            definition.json_schema,
+            definition.description,
+            definition.id_must_be_uuid,
+            definition.source_pattern,
+            definition.required_attributes,
+            created_at,
+        )
+        self.catalog.add(stored)
+        return stored
+
+    async def page(self, prefix: str, offset: int, size: int) -> tuple[list[EventTypeDef], int]:
+        """One page of the catalog ordered by (name, version), and the total count."""
+        rows = await self._pool.fetch(Q.list_types, prefix, offset, size)
+        total = int(rows[0]["total"]) if rows else 0
+        if not rows and offset:
+            total = int(await self._pool.fetchval(Q.count_types, prefix))
+        return [_definition(r) for r in rows], total

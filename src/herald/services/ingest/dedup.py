@@ -1,0 +1,100 @@
+"""Deciding, for a batch of pending events, which are new and which are repeats. Pure.
+
+Inside one batch the first item with a given idempotency key (or event id from a
+source) leads; later items with the same one follow it: the same request is a
+duplicate of the leader, a different one is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.services.ingest.event import Event
+from herald.services.ingest.outbox import PendingEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The event is stored (now, or by an earlier call when ``duplicate``)."""
+
+    event_id: str
+    duplicate: bool
+
+
+Outcome = Accepted | InvalidArgument
+
+
+def key_reused(event: Event) -> InvalidArgument:
+    """The error for an idempotency key reused with a different request."""
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "idempotency-key",
+                "this key was already used with a different request; use a new key for a new event",
+            )
+        ]
+    )
+
+
+def id_reused(event: Event) -> InvalidArgument:
+    """The error for an event id reused by its source for a different event."""
+    return InvalidArgument(
+        [
+            FieldViolation(
+                event.field_name("id"),
+                f"event {event.id!r} from {event.source!r} was already accepted with other content",
+            )
+        ]
+    )
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """Leaders go to the database; followers[i] = index of the item they follow."""
+
+    leaders: list[int]
+    followers: dict[int, int]
+    refused: dict[int, InvalidArgument]
+
+
+def plan(items: Sequence[PendingEvent]) -> BatchPlan:
+    """Splits ``items`` into leaders, followers and items refused outright."""
+    by_key: dict[object, int] = {}
+    by_id: dict[tuple[str, str], int] = {}
+    out = BatchPlan([], {}, {})
+    for i, item in enumerate(items):
+        ident = item.idempotency
+        if ident is not None and ident in by_key:
+            first = by_key[ident]
+            if items[first].fingerprint == item.fingerprint:
+                out.followers[i] = first
+            else:
+                out.refused[i] = key_reused(item.event)
+            continue
+        event_key = (item.event.source, item.event.id)
+        if event_key in by_id:
+            first = by_id[event_key]
+            if items[first].fingerprint == item.fingerprint:
+                out.followers[i] = first
+            else:
+                out.refused[i] = id_reused(item.event)
+            continue
+        if ident is not None:
+            by_key[ident] = i
+        by_id[event_key] = i
+        out.leaders.append(i)
+    return out
+
+
+def resolve_followers(outcomes: list[Outcome | None], batch: BatchPlan) -> list[Outcome]:
+    """Fills in the followers' outcomes from their leaders'."""
+    for i, leader in batch.followers.items():
+        result = outcomes[leader]
+        assert result is not None
+        outcomes[i] = Accepted(result.event_id, True) if isinstance(result, Accepted) else result
+    for i, error in batch.refused.items():
+        outcomes[i] = error
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]

@@ -1,0 +1,221 @@
+"""Parsing a PublishRequest into an :class:`Event`: three envelopes, one result.
+
+- the CloudEvents Protobuf format (``PublishRequest.event``);
+- CloudEvents structured JSON (``PublishRequest.json`` with ``specversion``),
+  including the events seed's spellings ``data_content_type``, ``data_schema``,
+  ``data_version``;
+- the legacy envelope ``{event_id, event_type, source, occurred_at, payload}``.
+
+Every problem found becomes a field violation; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+from herald.cloudevents.v1 import cloudevents_pb2
+
+from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.services.ingest.event import Envelope, Event
+
+_REQUIRED = ("id", "source", "type", "specversion")
+# The events seed (000) spells some attributes with underscores; CloudEvents does not.
+ALIASES = {
+    "data_content_type": "datacontenttype",
+    "data_schema": "dataschema",
+    "data_version": "dataversion",
+    "spec_version": "specversion",
+}
+_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+# CloudEvents forbids control characters in string attributes.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LEGACY_FIELDS = {"event_id", "event_type", "source", "occurred_at", "payload", "data_version"}
+
+
+def parse_proto(event: cloudevents_pb2.CloudEvent) -> Event:
+    """An Event from the CloudEvents Protobuf format."""
+    problems: list[FieldViolation] = []
+    attributes = {
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "specversion": event.spec_version,
+    }
+    for raw_name, value in event.attributes.items():
+        name = ALIASES.get(raw_name, raw_name)
+        if name in attributes:
+            problems.append(
+                FieldViolation(
+                    f"event.attributes[{raw_name}]",
+                    f"{name} is a required field of CloudEvent, not an attribute",
+                )
+            )
+            continue
+        attributes[name] = _proto_attribute(value)
+    kind = event.WhichOneof("data")
+    data = b""
+    if kind == "binary_data":
+        data = event.binary_data
+    elif kind == "text_data":
+        data = event.text_data.encode()
+    elif kind == "proto_data":
+        problems.append(
+            FieldViolation(
+                "event.proto_data",
+                "proto_data is not accepted: event data is validated against JSON Schema; "
+                "send JSON in text_data or binary_data",
+            )
+        )
+    parsed = Event(attributes, data, Envelope.PROTOBUF)
+    problems += _check_attributes(parsed)
+    if problems:
+        raise InvalidArgument(problems)
+    return parsed
+
+
+def parse_json(text: str) -> Event:
+    """An Event from structured JSON or the legacy envelope, told apart by their keys."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument([FieldViolation("json", f"not valid JSON: {exc}")]) from None
+    if not isinstance(document, dict):
+        raise InvalidArgument([FieldViolation("json", "must be a JSON object")])
+    if "specversion" in document or "spec_version" in document:
+        return _parse_structured(document)
+    if "event_type" in document or "event_id" in document:
+        return _parse_legacy(document)
+    raise InvalidArgument(
+        [
+            FieldViolation(
+                "json",
+                "neither CloudEvents structured JSON (needs specversion) nor the legacy "
+                "envelope (needs event_id, event_type, source, occurred_at, payload)",
+            )
+        ]
+    )
+
+
+def _parse_structured(document: dict[str, Any]) -> Event:
+    problems: list[FieldViolation] = []
+    attributes: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    data = b""
+    has_data = False
+    for key, value in document.items():
+        if key == "data":
+            has_data = True
+            data = value.encode() if isinstance(value, str) else _json_bytes(value)
+            continue
+        if key == "data_base64":
+            has_data = True
+            try:
+                data = base64.b64decode(value, validate=True)
+            except (ValueError, TypeError):
+                problems.append(FieldViolation("data_base64", "not valid base64"))
+            continue
+        name = ALIASES.get(key, key)
+        if name in attributes:
+            problems.append(FieldViolation(key, f"{name} is given twice"))
+            continue
+        spelled[name] = key
+        if not _ATTRIBUTE_NAME.match(name):
+            problems.append(
+                FieldViolation(key, "attribute names are 1-20 lowercase ASCII letters or digits")
+            )
+            continue
+        if isinstance(value, bool):
+            attributes[name] = "true" if value else "false"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            attributes[name] = str(value)
+        elif isinstance(value, str):
+            attributes[name] = value
+        else:
+            problems.append(
+                FieldViolation(key, "attribute values are strings, numbers or booleans")
+            )
+    if has_data and "data" in document and "data_base64" in document:
+        problems.append(FieldViolation("data", "give data or data_base64, not both"))
+    event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled)
+    problems += _check_attributes(event)
+    if problems:
+        raise InvalidArgument(problems)
+    return event
+
+
+def _parse_legacy(document: dict[str, Any]) -> Event:
+    problems = [
+        FieldViolation(k, "unknown field of the legacy envelope")
+        for k in document
+        if k not in _LEGACY_FIELDS
+    ]
+    attributes: dict[str, str] = {"specversion": "1.0", "datacontenttype": "application/json"}
+    for key, name in (
+        ("event_id", "id"),
+        ("event_type", "type"),
+        ("source", "source"),
+        ("occurred_at", "time"),
+        ("data_version", "dataversion"),
+    ):
+        if key not in document:
+            continue
+        value = document[key]
+        if not isinstance(value, str):
+            problems.append(FieldViolation(key, "must be a string"))
+        else:
+            attributes[name] = value
+    for key in ("event_id", "event_type", "source", "occurred_at", "payload"):
+        if key not in document:
+            problems.append(FieldViolation(key, "required"))
+    payload = document.get("payload")
+    if "payload" in document and not isinstance(payload, dict):
+        problems.append(FieldViolation("payload", "must be a JSON object"))
+    event = Event(
+        attributes, _json_bytes(payload) if payload is not None else b"", Envelope.LEGACY_JSON
+    )
+    problems += [p for p in _check_attributes(event) if p.field not in {v.field for v in problems}]
+    if problems:
+        raise InvalidArgument(problems)
+    return event
+
+
+def _check_attributes(event: Event) -> list[FieldViolation]:
+    problems = []
+    for name in _REQUIRED:
+        if not event.attributes.get(name):
+            problems.append(FieldViolation(event.field_name(name), "required"))
+    for name, value in event.attributes.items():
+        if _CONTROL.search(value):
+            problems.append(FieldViolation(event.field_name(name), "contains control characters"))
+    version = event.attributes.get("specversion")
+    if version and version != "1.0":
+        problems.append(
+            FieldViolation(
+                event.field_name("specversion"),
+                f"unsupported specversion {version!r}; expected '1.0'",
+            )
+        )
+    return problems
+
+
+def _proto_attribute(value: cloudevents_pb2.CloudEvent.CloudEventAttributeValue) -> str:
+    kind = value.WhichOneof("attr")
+    if kind == "ce_boolean":
+        return "true" if value.ce_boolean else "false"
+    if kind == "ce_integer":
+        return str(value.ce_integer)
+    if kind == "ce_bytes":
+        return base64.b64encode(value.ce_bytes).decode()
+    if kind == "ce_timestamp":
+        return value.ce_timestamp.ToJsonString()
+    if kind is None:
+        return ""
+    text: str = getattr(value, kind)
+    return text
+
+
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

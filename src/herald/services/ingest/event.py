@@ -1,0 +1,93 @@
+"""The event as Herald holds it once parsed: string attributes plus data bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Envelope(Enum):
+    """How the event reached Herald; decides how fields are named in errors."""
+
+    PROTOBUF = "protobuf"
+    STRUCTURED_JSON = "structured"
+    LEGACY_JSON = "legacy"
+
+
+# Canonical attribute → the field name each envelope uses for it in error messages.
+_PROTO_NAMES = {
+    "id": "event.id",
+    "source": "event.source",
+    "specversion": "event.spec_version",
+    "type": "event.type",
+    "data": "event.data",
+}
+_LEGACY_NAMES = {
+    "id": "event_id",
+    "type": "event_type",
+    "time": "occurred_at",
+    "data": "payload",
+    "dataversion": "data_version",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A CloudEvent: every context attribute in its canonical string form, and data.
+
+    ``attributes`` holds the required ones (id, source, type, specversion) too, so
+    it maps one to one onto the Kafka binding's headers. ``spelled`` remembers the
+    name a JSON client used for an attribute (``data_version`` for ``dataversion``).
+    """
+
+    attributes: Mapping[str, str]
+    data: bytes
+    envelope: Envelope
+    spelled: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The event id."""
+        return self.attributes.get("id", "")
+
+    @property
+    def source(self) -> str:
+        """The event source."""
+        return self.attributes.get("source", "")
+
+    @property
+    def type(self) -> str:
+        """The event type."""
+        return self.attributes.get("type", "")
+
+    @property
+    def data_version(self) -> str | None:
+        """The data version, when given."""
+        return self.attributes.get("dataversion")
+
+    def field_name(self, attribute: str) -> str:
+        """How the client named ``attribute`` (for field violations)."""
+        if self.envelope is Envelope.LEGACY_JSON:
+            return _LEGACY_NAMES.get(attribute, attribute)
+        if self.envelope is Envelope.PROTOBUF:
+            return _PROTO_NAMES.get(attribute, f"event.attributes[{attribute}]")
+        return self.spelled.get(attribute, attribute)
+
+    def with_attribute(self, name: str, value: str) -> Event:
+        """A copy with one more attribute."""
+        return Event({**self.attributes, name: value}, self.data, self.envelope, self.spelled)
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the attributes and data: equal for the same event sent twice."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(sorted(self.attributes.items())).encode())
+        digest.update(b"\0")
+        digest.update(self.data)
+        return digest.digest()
+
+    def size(self) -> int:
+        """Bytes on the wire: data plus attribute names and values."""
+        return len(self.data) + sum(len(k) + len(v) for k, v in self.attributes.items())

@@ -1,0 +1,168 @@
+"""The outbox relay: publishes outbox rows to Kafka in order per key, then marks them.
+
+Any number of relays (tasks or processes) run side by side: each transaction locks
+one lane (``pg_try_advisory_xact_lock``), sends that lane's oldest rows, waits for
+Kafka's acknowledgements and marks them before the lock is released. A row that
+Kafka did not acknowledge stays for the next round; killing a relay at any moment
+loses nothing (a record repeated after a crash carries the same ``ce_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
+from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
+from herald.services.ingest.writer import Q
+
+log = structlog.get_logger("herald.ingest.relay")
+
+
+class Relay:
+    """Moves outbox rows to Kafka; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        make_producer: Callable[[], AIOKafkaProducer],
+        dsn: str,
+        concurrency: int = 4,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._make_producer = make_producer
+        self._producer: AIOKafkaProducer | None = None
+        self._dsn = dsn
+        self._concurrency = concurrency
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New rows were committed (called in-process, or on NOTIFY herald_outbox)."""
+        self._wake.set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The started producer, once Kafka has answered."""
+        return self._producer
+
+    async def start_producer(self) -> None:
+        """Starts a producer, retrying while Kafka is unreachable: events are safe
+        in the outbox meanwhile."""
+        delay = 0.5
+        while self._producer is None:
+            producer = self._make_producer()
+            try:
+                await producer.start()
+            except Exception as exc:
+                await producer.stop()
+                log.warning("relay.kafka_unreachable", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(self._max_backoff, delay * 2)
+            else:
+                self._producer = producer
+
+    async def stop(self) -> None:
+        """Flushes and stops the producer."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def run(self) -> None:
+        """LISTENs for new rows and runs the relay loops until cancelled."""
+        await self.start_producer()
+        listener = await asyncpg.connect(self._dsn)
+        try:
+            await listener.add_listener("herald_outbox", lambda *_: self.wake())
+            await asyncio.gather(*(self._loop(n) for n in range(self._concurrency)))
+        finally:
+            await listener.close()
+
+    async def _loop(self, n: int) -> None:
+        backoff = 0.0
+        while True:
+            self._wake.clear()
+            try:
+                sent, failed = await self.relay_once(offset=n * LANES // self._concurrency)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("relay.database_error", error=repr(exc))
+                sent, failed = 0, 1
+            if failed:
+                backoff = min(self._max_backoff, max(0.1, backoff * 2))
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311
+            elif sent == 0:
+                backoff = 0.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            else:
+                backoff = 0.0
+
+    async def relay_once(self, offset: int = 0) -> tuple[int, int]:
+        """Sends one lane's oldest pending rows. Returns (marked, failed)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            lane = await conn.fetchval(Q.claim_lane, LANES, offset)
+            if lane is None:
+                return 0, 0
+            rows = await conn.fetch(Q.pending_in_lane, lane, self._batch_size)
+            acked = await self._send(rows)
+            marked = rows_to_mark([bytes(r["key"]) for r in rows], [a is None for a in acked])
+            if marked:
+                await conn.execute(Q.mark_published, [rows[i]["id"] for i in marked])
+            failed = [i for i, a in enumerate(acked) if a is not None]
+            if failed:
+                error = repr(acked[failed[0]])
+                await conn.execute(Q.mark_failed, [rows[i]["id"] for i in failed], error[:500])
+        now = datetime.now(UTC)
+        for i in marked:
+            row = rows[i]
+            EVENTS_PUBLISHED.labels(row["event_type"]).inc()
+            EVENTS_LATENCY.observe((now - row["accepted_at"]).total_seconds())
+        if failed:
+            EVENTS_RETRY.labels("relay").inc(len(failed))
+            log.warning("relay.publish_failed", lane=lane, failed=len(failed), error=error)
+        return len(marked), len(failed)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+        """Sends rows; the error of each one Kafka did not acknowledge, else None."""
+        assert self._producer is not None, "start_producer() first"
+        futures: list[asyncio.Future[object]] = []
+        errors: list[BaseException | None] = [None] * len(rows)
+        for i, row in enumerate(rows):
+            try:
+                futures.append(
+                    await self._producer.send(
+                        row["topic"],
+                        value=bytes(row["value"]),
+                        key=bytes(row["key"]),
+                        headers=headers_of(row["headers"]),
+                    )
+                )
+            except Exception as exc:  # no metadata, buffer full, broker gone
+                # The rest would wait out the same timeout one by one: give up the round.
+                for j in range(i, len(rows)):
+                    errors[j] = exc
+                    futures.append(_failed(exc))
+                break
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [
+            errors[i] or (r if isinstance(r, BaseException) else None)
+            for i, r in enumerate(results)
+        ]
+
+
+def _failed(exc: BaseException) -> asyncio.Future[object]:
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

@@ -1,0 +1,246 @@
+"""IngestService over gRPC: translates proto ↔ domain; errors become statuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, status_pb2
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+
+from herald.runtime import cloudevents_kafka as binding
+from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from herald.runtime.pagination import page_of
+from herald.runtime.tracing import current_traceparent
+from herald.services.ingest import envelope, validation
+from herald.services.ingest.catalog import EventTypeDef, check_definition
+from herald.services.ingest.catalog_store import CatalogStore
+from herald.services.ingest.dedup import Accepted, Outcome
+from herald.services.ingest.event import Event
+from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
+from herald.services.ingest.writer import EventWriter
+
+log = structlog.get_logger("herald.ingest")
+
+PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
+MAX_BATCH = 1000
+
+
+class CallContext:
+    """What the call's metadata says: transport headers, idempotency key, identity."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        metadata: Mapping[str, str | bytes] = {  # noqa: C416  (typed pairs)
+            key: value for key, value in context.invocation_metadata() or ()
+        }
+        self.idempotency_key = str(metadata.get("idempotency-key", ""))
+        self.application_id = str(metadata.get("application-id", ""))
+        self.headers: dict[str, str] = {}
+        for name in binding.CONTEXT_HEADERS:
+            value = metadata.get(name)
+            if isinstance(value, str) and value:
+                self.headers[name] = value
+        # The Publish span continues into the record (the caller's trace, if any).
+        traceparent = current_traceparent()
+        if traceparent:
+            self.headers["traceparent"] = traceparent
+        identities = list(context.peer_identities() or ())
+        self.identity = identities[0].decode() if identities else ""
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """The IngestService RPCs."""
+
+    def __init__(
+        self, catalog: CatalogStore, writer: EventWriter, topic: str, max_event_bytes: int
+    ) -> None:
+        self._catalog = catalog
+        self._writer = writer
+        self._topic = topic
+        self._max_event_bytes = max_event_bytes
+
+    async def Publish(
+        self, request: ingest_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.PublishResponse:
+        """Validates, stores and acknowledges one event."""
+        call = CallContext(context)
+        pending = await self._prepare(
+            request, call, request.idempotency_key or call.idempotency_key
+        )
+        outcome = await self._writer.submit(pending)
+        self._log(pending, outcome)
+        if isinstance(outcome, InvalidArgument):
+            raise outcome
+        return ingest_pb2.PublishResponse(event_id=outcome.event_id, duplicate=outcome.duplicate)
+
+    async def PublishBatch(
+        self, request: ingest_pb2.PublishBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.PublishBatchResponse:
+        """Up to 1,000 events in one transaction, a result per item."""
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "requests",
+                        f"at most {MAX_BATCH} events per call; got {len(request.requests)}",
+                    )
+                ]
+            )
+        call = CallContext(context)
+        results: list[ingest_pb2.PublishResult | None] = [None] * len(request.requests)
+        valid: list[tuple[int, PendingEvent]] = []
+        for i, item in enumerate(request.requests):
+            key = item.idempotency_key or (
+                f"{call.idempotency_key}:{i}" if call.idempotency_key else ""
+            )
+            try:
+                valid.append((i, await self._prepare(item, call, key)))
+            except InvalidArgument as exc:
+                results[i] = ingest_pb2.PublishResult(status=exc.to_status())
+        outcomes = await self._writer.write([p for _, p in valid])
+        for (i, pending), outcome in zip(valid, outcomes, strict=True):
+            self._log(pending, outcome)
+            results[i] = _result(outcome)
+        return ingest_pb2.PublishBatchResponse(results=[r for r in results if r is not None])
+
+    async def ListEventTypes(
+        self, request: ingest_pb2.ListEventTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.ListEventTypesResponse:
+        """A page of the catalog."""
+        page = page_of(request.page_size, request.page_token, request.name_prefix)
+        definitions, total = await self._catalog.page(request.name_prefix, page.offset, page.size)
+        return ingest_pb2.ListEventTypesResponse(
+            event_types=[_to_proto(d) for d in definitions],
+            next_page_token=page.next_token(len(definitions), total),
+            total_size=total,
+        )
+
+    async def GetEventType(
+        self, request: ingest_pb2.GetEventTypeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingest_pb2.GetEventTypeResponse:
+        """One type at a version (the latest by default)."""
+        if not request.name:
+            raise InvalidArgument([FieldViolation("name", "required")])
+        found = await self._catalog.lookup(request.name, request.data_version or None)
+        if found is None:
+            what = f" version {request.data_version!r}" if request.data_version else ""
+            raise NotFound(f"event type {request.name!r}{what} is not registered")
+        return ingest_pb2.GetEventTypeResponse(event_type=_to_proto(found))
+
+    async def CreateEventType(
+        self,
+        request: ingest_pb2.CreateEventTypeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ingest_pb2.CreateEventTypeResponse:
+        """Registers a type or a new data version of one."""
+        proto = request.event_type
+        schema = check_definition(
+            proto.name,
+            proto.data_version,
+            proto.json_schema,
+            proto.source_pattern,
+            proto.required_attributes,
+        )
+        stored = await self._catalog.create(
+            EventTypeDef(
+                proto.name,
+                proto.data_version,
+                schema,
+                proto.description,
+                proto.id_must_be_uuid,
+                proto.source_pattern,
+                tuple(proto.required_attributes),
+            )
+        )
+        log.info("event_type.created", type=stored.name, data_version=stored.data_version)
+        return ingest_pb2.CreateEventTypeResponse(event_type=_to_proto(stored))
+
+    async def _prepare(
+        self, request: ingest_pb2.PublishRequest, call: CallContext, key: str
+    ) -> PendingEvent:
+        try:
+            event = self._parse(request)
+            validation.check_size(event, self._max_event_bytes)
+            definition = await self._catalog.lookup(event.type, event.data_version)
+            known = self._catalog.catalog.versions(event.type) if definition is None else []
+            validation.validate(event, definition, known)
+        except InvalidArgument as exc:
+            EVENTS_REJECTED.labels("invalid").inc()
+            log.info(
+                "event.rejected",
+                idempotency_key=key or None,
+                violations=[f"{v.field}: {v.description}" for v in exc.violations[:10]],
+            )
+            raise
+        assert definition is not None
+        if event.data_version is None:
+            event = event.with_attribute("dataversion", definition.data_version)
+        ident = (
+            IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
+        )
+        return make_pending(
+            event, self._topic, call.headers, ident, call.application_id or event.source
+        )
+
+    @staticmethod
+    def _parse(request: ingest_pb2.PublishRequest) -> Event:
+        kind = request.WhichOneof("envelope")
+        if kind == "event":
+            return envelope.parse_proto(request.event)
+        if kind == "json":
+            return envelope.parse_json(request.json)
+        raise InvalidArgument([FieldViolation("envelope", "give either event or json")])
+
+    @staticmethod
+    def _log(pending: PendingEvent, outcome: Outcome) -> None:
+        event = pending.event
+        key = pending.idempotency.key if pending.idempotency else None
+        if isinstance(outcome, Accepted):
+            EVENTS_ACCEPTED.labels(event.type, str(outcome.duplicate).lower()).inc()
+            log.info(
+                "event.accepted",
+                event_id=event.id,
+                type=event.type,
+                idempotency_key=key,
+                outcome="duplicate" if outcome.duplicate else "stored",
+            )
+        else:
+            log.info(
+                "event.refused",
+                event_id=event.id,
+                type=event.type,
+                idempotency_key=key,
+                outcome="conflict",
+                error=outcome.message,
+            )
+
+
+def _result(outcome: Outcome) -> ingest_pb2.PublishResult:
+    if isinstance(outcome, Accepted):
+        return ingest_pb2.PublishResult(
+            event_id=outcome.event_id,
+            duplicate=outcome.duplicate,
+            status=status_pb2.Status(code=code_pb2.OK),
+        )
+    return ingest_pb2.PublishResult(status=outcome.to_status())
+
+
+def _to_proto(definition: EventTypeDef) -> ingest_pb2.EventType:
+    create_time = Timestamp()
+    if definition.create_time:
+        create_time.FromDatetime(definition.create_time)
+    return ingest_pb2.EventType(
+        name=definition.name,
+        data_version=definition.data_version,
+        description=definition.description,
+        json_schema=json.dumps(definition.json_schema),
+        id_must_be_uuid=definition.id_must_be_uuid,
+        source_pattern=definition.source_pattern,
+        required_attributes=list(definition.required_attributes),
+        create_time=create_time,
+    )

@@ -1,0 +1,34 @@
+"""Ingest's configuration (environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from herald.runtime.settings import RuntimeSettings, address_setting
+
+
+class IngestSettings(RuntimeSettings):
+    """Settings of the ingest service and its outbox relay."""
+
+    ingest_addr: str = Field("127.0.0.1:50051", description="gRPC listen address.")
+    ingest_metrics_addr: str = Field("127.0.0.1:9451", description="/metrics listen address.")
+    events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
+    events_topic_partitions: int = Field(6, ge=1, description="Partitions when Herald creates it.")
+    max_event_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        le=10_000_000,
+        description="Largest event (data plus attributes); Kafka's default limit is ~1 MB.",
+    )
+    relay_enabled: bool = Field(True, description="Run the outbox relay inside this process.")
+    relay_concurrency: int = Field(4, ge=1, le=16, description="Relay loops per process.")
+    relay_batch_size: int = Field(500, ge=1, le=10_000, description="Rows per relay round.")
+    writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
+    idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")
+    event_retention_days: float = Field(90, gt=0, description="How long events are kept.")
+    outbox_retention_hours: float = Field(24, gt=0, description="How long sent rows are kept.")
+
+    @field_validator("ingest_addr", "ingest_metrics_addr")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return address_setting(value)

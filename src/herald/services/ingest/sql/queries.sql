@@ -1,0 +1,114 @@
+-- name: claim_keys
+-- Inserts idempotency keys; an expired key not purged yet is taken over.
+-- Returns the keys this statement now owns.
+INSERT INTO ingest.idempotency_keys AS k (key, endpoint, actor, fingerprint, event_id, expires_at)
+SELECT t.key, t.endpoint, t.actor, t.fingerprint, t.event_id, now() + make_interval(secs => $6)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+     AS t(key, endpoint, actor, fingerprint, event_id)
+ON CONFLICT (key, endpoint, actor) DO UPDATE
+    SET fingerprint = EXCLUDED.fingerprint, event_id = EXCLUDED.event_id,
+        created_at = now(), expires_at = EXCLUDED.expires_at
+    WHERE k.expires_at <= now()
+RETURNING k.key, k.endpoint, k.actor
+
+-- name: find_keys
+SELECT k.key, k.endpoint, k.actor, k.fingerprint, k.event_id
+FROM ingest.idempotency_keys AS k
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(key, endpoint, actor)
+  ON (k.key, k.endpoint, k.actor) = (t.key, t.endpoint, t.actor)
+
+-- name: release_keys
+DELETE FROM ingest.idempotency_keys AS k
+USING unnest($1::text[], $2::text[], $3::text[]) AS t(key, endpoint, actor)
+WHERE (k.key, k.endpoint, k.actor) = (t.key, t.endpoint, t.actor)
+
+-- name: insert_events
+INSERT INTO ingest.events (source, id, type, fingerprint, attributes, data)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bytea[])
+ON CONFLICT (source, id) DO NOTHING
+RETURNING source, id
+
+-- name: find_events
+SELECT e.source, e.id, e.fingerprint
+FROM ingest.events AS e
+JOIN unnest($1::text[], $2::text[]) AS t(source, id) ON (e.source, e.id) = (t.source, t.id)
+
+-- name: insert_outbox
+INSERT INTO ingest.outbox (lane, topic, key, value, headers, event_type)
+SELECT * FROM unnest($1::smallint[], $2::text[], $3::bytea[], $4::bytea[], $5::jsonb[], $6::text[])
+
+-- name: notify_outbox
+SELECT pg_notify('herald_outbox', '')
+
+-- name: claim_lane
+-- A lane with pending rows whose lock this transaction gets; replicas start at
+-- different lanes ($2) so that they spread out.
+SELECT l AS lane
+FROM generate_series(0, $1::int - 1) AS l
+WHERE EXISTS (SELECT 1 FROM ingest.outbox WHERE lane = l AND published_at IS NULL)
+  AND pg_try_advisory_xact_lock(7243, l)
+ORDER BY (l + $2::int) % $1::int
+LIMIT 1
+
+-- name: pending_in_lane
+SELECT id, topic, key, value, headers, event_type, accepted_at
+FROM ingest.outbox
+WHERE lane = $1 AND published_at IS NULL
+ORDER BY id
+LIMIT $2
+
+-- name: mark_published
+UPDATE ingest.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])
+
+-- name: mark_failed
+UPDATE ingest.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
+
+-- name: outbox_backlog
+SELECT count(*) AS pending, min(accepted_at) AS oldest
+FROM ingest.outbox WHERE published_at IS NULL
+
+-- name: purge_keys
+DELETE FROM ingest.idempotency_keys WHERE expires_at <= now()
+
+-- name: purge_outbox
+DELETE FROM ingest.outbox WHERE published_at < now() - make_interval(secs => $1)
+
+-- name: purge_events
+DELETE FROM ingest.events WHERE accepted_at < now() - make_interval(secs => $1)
+
+-- name: insert_builtin_type
+INSERT INTO ingest.event_types
+    (name, data_version, description, json_schema, id_must_be_uuid, source_pattern,
+     required_attributes, builtin)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, true)
+ON CONFLICT (name, data_version) DO NOTHING
+
+-- name: insert_type
+INSERT INTO ingest.event_types
+    (name, data_version, description, json_schema, id_must_be_uuid, source_pattern,
+     required_attributes)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+ON CONFLICT (name, data_version) DO NOTHING
+RETURNING created_at
+
+-- name: all_types
+SELECT name, data_version, description, json_schema::text AS json_schema, id_must_be_uuid,
+       source_pattern, required_attributes, created_at
+FROM ingest.event_types
+
+-- name: types_named
+SELECT name, data_version, description, json_schema::text AS json_schema, id_must_be_uuid,
+       source_pattern, required_attributes, created_at
+FROM ingest.event_types WHERE name = $1
+
+-- name: list_types
+SELECT name, data_version, description, json_schema::text AS json_schema, id_must_be_uuid,
+       source_pattern, required_attributes, created_at,
+       count(*) OVER () AS total
+FROM ingest.event_types
+WHERE starts_with(name, $1)
+ORDER BY name, data_version
+OFFSET $2 LIMIT $3
+
+-- name: count_types
+SELECT count(*) FROM ingest.event_types WHERE starts_with(name, $1)

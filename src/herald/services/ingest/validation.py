@@ -1,0 +1,143 @@
+"""Validating a parsed :class:`Event` against the catalog: attributes, then data."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime
+
+from jsonschema.exceptions import ValidationError
+
+from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.services.ingest.catalog import EventTypeDef
+from herald.services.ingest.event import Event
+
+# RFC 3339 with an explicit UTC offset: Z or +00:00.
+_UTC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]00:00)$")
+_MAX_DATA_ERRORS = 50
+
+
+def check_size(event: Event, limit: int) -> None:
+    """Refuses an event larger than ``limit`` bytes, before any parsing of its data."""
+    size = event.size()
+    if size > limit:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    event.field_name("data"), f"event is {size} bytes; the limit is {limit} bytes"
+                )
+            ],
+            message=f"event too large: {size} bytes, limit {limit}",
+        )
+
+
+def validate(event: Event, definition: EventTypeDef | None, known_versions: list[str]) -> None:
+    """Raises InvalidArgument naming every problem; returns when the event is valid."""
+    problems = _attribute_problems(event)
+    if definition is None:
+        type_field = event.field_name("type")
+        if known_versions:
+            problems.append(
+                FieldViolation(
+                    event.field_name("dataversion"),
+                    f"unknown data version {event.data_version!r} of {event.type!r}; "
+                    f"known: {', '.join(known_versions)}",
+                )
+            )
+        elif event.type:
+            problems.append(FieldViolation(type_field, f"unknown event type {event.type!r}"))
+        raise InvalidArgument(problems)
+    problems += _rule_problems(event, definition)
+    problems += _data_problems(event, definition)
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def _attribute_problems(event: Event) -> list[FieldViolation]:
+    problems = []
+    time = event.attributes.get("time")
+    if not time:
+        problems.append(FieldViolation(event.field_name("time"), "required (RFC 3339, UTC)"))
+    elif not _UTC_TIME.match(time) or not _parses(time):
+        problems.append(
+            FieldViolation(
+                event.field_name("time"),
+                f"{time!r} is not an RFC 3339 UTC timestamp like 2024-02-01T10:15:30Z",
+            )
+        )
+    content_type = event.attributes.get("datacontenttype")
+    if content_type and not _is_json(content_type):
+        problems.append(
+            FieldViolation(
+                event.field_name("datacontenttype"),
+                f"{content_type!r}: event data must be JSON (application/json or a +json type)",
+            )
+        )
+    return problems
+
+
+def _rule_problems(event: Event, definition: EventTypeDef) -> list[FieldViolation]:
+    problems = []
+    if definition.id_must_be_uuid and event.id and not _is_uuid(event.id):
+        problems.append(FieldViolation(event.field_name("id"), f"{event.id!r} is not a UUID"))
+    if (
+        definition.source_pattern
+        and event.source
+        and not re.fullmatch(definition.source_pattern, event.source)
+    ):
+        problems.append(
+            FieldViolation(
+                event.field_name("source"),
+                f"{event.source!r} does not match {definition.source_pattern!r}",
+            )
+        )
+    for attribute in definition.required_attributes:
+        if not event.attributes.get(attribute):
+            problems.append(
+                FieldViolation(event.field_name(attribute), f"required for {definition.name}")
+            )
+    return problems
+
+
+def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolation]:
+    data_field = event.field_name("data")
+    try:
+        data = json.loads(event.data) if event.data else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [FieldViolation(data_field, f"not valid JSON: {exc}")]
+    errors = sorted(definition.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    return [FieldViolation(_path(data_field, e), e.message) for e in errors[:_MAX_DATA_ERRORS]]
+
+
+def _path(root: str, error: ValidationError) -> str:
+    out = root
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    # A missing property is reported on its parent: name the property itself.
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [p for p in error.validator_value if p not in error.instance]
+        if missing:
+            out += f".{missing[0]}"
+    return out
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media == "text/json"
+
+
+def _parses(time: str) -> bool:
+    try:
+        datetime.fromisoformat(time.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,212 @@
+"""Writing accepted events to PostgreSQL: event, idempotency key and outbox row in
+one transaction, many events per transaction.
+
+Unary Publish calls are group-committed: each call waits for the transaction that
+carries it, and a transaction carries whatever calls queued up while the previous
+one ran. PublishBatch writes its items in one transaction directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from herald.runtime.db import Connection, Queries
+from herald.services.ingest import dedup
+from herald.services.ingest.dedup import Accepted, Outcome
+from herald.services.ingest.outbox import PendingEvent
+
+log = structlog.get_logger("herald.ingest.writer")
+
+Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+IDEMPOTENCY_TTL_SECONDS = 72 * 3600
+
+
+@dataclass(slots=True)
+class _Queued:
+    item: PendingEvent
+    done: asyncio.Future[Outcome]
+
+
+class EventWriter:
+    """Stores pending events; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        on_commit: Callable[[], None] = lambda: None,
+        max_group: int = 1000,
+        committers: int = 2,
+        idempotency_ttl: float = IDEMPOTENCY_TTL_SECONDS,
+    ) -> None:
+        self._pool = pool
+        self._on_commit = on_commit
+        self._max_group = max_group
+        self._committers = committers
+        self._ttl = idempotency_ttl
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+
+    async def submit(self, item: PendingEvent) -> Outcome:
+        """Queues one event for the next group commit and waits for its outcome."""
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Queued(item, done))
+        return await done
+
+    async def run(self) -> None:
+        """The group committers (a worker of the service)."""
+        await asyncio.gather(*(self._commit_loop() for _ in range(self._committers)))
+
+    async def _commit_loop(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self._max_group and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            live = [q for q in group if not q.done.cancelled()]
+            try:
+                outcomes = await self.write([q.item for q in live])
+            except Exception as exc:
+                for q in live:
+                    if not q.done.done():
+                        q.done.set_exception(exc)
+                continue
+            for q, outcome in zip(live, outcomes, strict=True):
+                if not q.done.done():
+                    q.done.set_result(outcome)
+
+    async def write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
+        """Stores ``items`` in one transaction; one outcome per item, in order."""
+        if not items:
+            return []
+        batch = dedup.plan(items)
+        outcomes: list[Outcome | None] = [None] * len(items)
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await self._claim_keys(conn, items, batch.leaders, outcomes)
+            inserted = await self._insert_events(conn, items, fresh, outcomes)
+            if inserted:
+                await self._insert_outbox(conn, [items[i] for i in inserted])
+        if inserted:
+            self._on_commit()
+        return dedup.resolve_followers(outcomes, batch)
+
+    async def _claim_keys(
+        self,
+        conn: Connection,
+        items: Sequence[PendingEvent],
+        leaders: list[int],
+        outcomes: list[Outcome | None],
+    ) -> list[int]:
+        """Claims idempotency keys; settles the items whose key was used before.
+        Returns the leaders still to insert."""
+        keyed = [i for i in leaders if items[i].idempotency is not None]
+        if not keyed:
+            return leaders
+        ks = [items[i].idempotency for i in keyed]
+        cols = ([k.key for k in ks if k], [k.endpoint for k in ks if k], [k.actor for k in ks if k])
+        claimed = {
+            (r["key"], r["endpoint"], r["actor"])
+            for r in await conn.fetch(
+                Q.claim_keys,
+                *cols,
+                [items[i].fingerprint for i in keyed],
+                [items[i].event.id for i in keyed],
+                self._ttl,
+            )
+        }
+        taken = [
+            i
+            for i, k in zip(keyed, ks, strict=True)
+            if k and (k.key, k.endpoint, k.actor) not in claimed
+        ]
+        if taken:
+            tk = [items[i].idempotency for i in taken]
+            stored = {
+                (r["key"], r["endpoint"], r["actor"]): r
+                for r in await conn.fetch(
+                    Q.find_keys,
+                    [k.key for k in tk if k],
+                    [k.endpoint for k in tk if k],
+                    [k.actor for k in tk if k],
+                )
+            }
+            for i, k in zip(taken, tk, strict=True):
+                assert k is not None
+                row = stored[(k.key, k.endpoint, k.actor)]
+                outcomes[i] = (
+                    Accepted(row["event_id"], True)
+                    if bytes(row["fingerprint"]) == items[i].fingerprint
+                    else dedup.key_reused(items[i].event)
+                )
+        settled = set(taken)
+        return [i for i in leaders if i not in settled]
+
+    async def _insert_events(
+        self,
+        conn: Connection,
+        items: Sequence[PendingEvent],
+        todo: list[int],
+        outcomes: list[Outcome | None],
+    ) -> list[int]:
+        """Inserts events; a (source, id) seen before settles as duplicate or refusal.
+        Returns the items inserted now."""
+        if not todo:
+            return []
+        events = [items[i].event for i in todo]
+        rows = await conn.fetch(
+            Q.insert_events,
+            [e.source for e in events],
+            [e.id for e in events],
+            [e.type for e in events],
+            [items[i].fingerprint for i in todo],
+            [json.dumps(dict(e.attributes)) for e in events],
+            [e.data for e in events],
+        )
+        new = {(r["source"], r["id"]) for r in rows}
+        inserted = [i for i in todo if (items[i].event.source, items[i].event.id) in new]
+        old = [i for i in todo if (items[i].event.source, items[i].event.id) not in new]
+        for i in inserted:
+            outcomes[i] = Accepted(items[i].event.id, False)
+        if old:
+            found = {
+                (r["source"], r["id"]): bytes(r["fingerprint"])
+                for r in await conn.fetch(
+                    Q.find_events,
+                    [items[i].event.source for i in old],
+                    [items[i].event.id for i in old],
+                )
+            }
+            release = []
+            for i in old:
+                event = items[i].event
+                if found.get((event.source, event.id)) == items[i].fingerprint:
+                    outcomes[i] = Accepted(event.id, True)
+                else:
+                    outcomes[i] = dedup.id_reused(event)
+                    if items[i].idempotency is not None:
+                        release.append(items[i].idempotency)
+            if release:
+                await conn.execute(
+                    Q.release_keys,
+                    [k.key for k in release if k],
+                    [k.endpoint for k in release if k],
+                    [k.actor for k in release if k],
+                )
+        return inserted
+
+    async def _insert_outbox(self, conn: Connection, items: list[PendingEvent]) -> None:
+        rows = [i.row for i in items]
+        await conn.execute(
+            Q.insert_outbox,
+            [r.lane for r in rows],
+            [r.topic for r in rows],
+            [r.key for r in rows],
+            [r.value for r in rows],
+            [r.headers_json for r in rows],
+            [r.event_type for r in rows],
+        )
+        await conn.execute(Q.notify_outbox)

@@ -1,0 +1,96 @@
+"""Parsing the three envelopes into one Event, and the field names of their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from herald.cloudevents.v1 import cloudevents_pb2
+
+from herald.runtime.errors import InvalidArgument
+from herald.services.ingest import envelope
+from herald.services.ingest.event import Envelope
+from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
+
+
+def fields(exc: pytest.ExceptionInfo[InvalidArgument]) -> dict[str, str]:
+    return {v.field: v.description for v in exc.value.violations}
+
+
+def test_seed_return_event_maps_seed_spellings_to_cloudevents_attributes() -> None:
+    event = envelope.parse_json(RETURN_CREATED)
+    assert event.envelope is Envelope.STRUCTURED_JSON
+    assert event.attributes["datacontenttype"] == "application/json"
+    assert event.attributes["dataschema"].endswith("returns-event.json")
+    assert event.attributes["dataversion"] == "1.0"
+    assert event.id == "8a65f0c1-00f4-4f9d-8b3d-3cfa628dc034"
+    assert json.loads(event.data)["return_id"] == "ret_501"
+    # errors name the attribute as the client spelled it
+    assert event.field_name("dataversion") == "data_version"
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_EXAMPLES))
+def test_legacy_examples_become_cloudevents(name: str) -> None:
+    event = envelope.parse_json(LEGACY_EXAMPLES[name])
+    source = json.loads(LEGACY_EXAMPLES[name])
+    assert event.envelope is Envelope.LEGACY_JSON
+    assert event.type == source["event_type"]
+    assert event.id == source["event_id"]
+    assert event.attributes["time"] == source["occurred_at"]
+    assert event.attributes["specversion"] == "1.0"
+    assert json.loads(event.data) == source["payload"]
+    assert event.field_name("data") == "payload"
+
+
+def test_legacy_missing_fields_are_each_named() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json('{"event_type": "user_registered", "extra": 1, "payload": []}')
+    got = fields(exc)
+    assert set(got) == {"event_id", "source", "occurred_at", "extra", "payload"}
+    assert got["payload"] == "must be a JSON object"
+    assert got["extra"] == "unknown field of the legacy envelope"
+
+
+def test_structured_json_rejects_bad_attribute_names_values_and_specversion() -> None:
+    doc = {"specversion": "0.3", "id": "1", "source": "s", "type": "t",
+           "Bad_Name": "x", "nested": {"a": 1}, "ctl": "a\u0001b"}
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json(json.dumps(doc))
+    got = fields(exc)
+    assert "unsupported specversion" in got["specversion"]
+    assert "lowercase" in got["Bad_Name"]
+    assert "strings, numbers or booleans" in got["nested"]
+    assert got["ctl"] == "contains control characters"
+
+
+def test_not_json_and_not_an_object() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json("{nope")
+    assert "not valid JSON" in fields(exc)["json"]
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json('{"hello": 1}')
+    assert "neither CloudEvents" in fields(exc)["json"]
+
+
+def test_proto_event_attributes_are_typed_to_strings() -> None:
+    ce = cloudevents_pb2.CloudEvent(id="e1", source="urn:x", spec_version="1.0", type="t")
+    ce.attributes["time"].ce_timestamp.FromJsonString("2024-02-01T10:15:30Z")
+    ce.attributes["subject"].ce_string = "returns/1"
+    ce.attributes["retries"].ce_integer = 3
+    ce.attributes["flag"].ce_boolean = True
+    ce.text_data = '{"a": 1}'
+    event = envelope.parse_proto(ce)
+    assert event.attributes["time"] == "2024-02-01T10:15:30Z"
+    assert event.attributes["retries"] == "3"
+    assert event.attributes["flag"] == "true"
+    assert event.data == b'{"a": 1}'
+    assert event.field_name("time") == "event.attributes[time]"
+
+
+def test_proto_missing_required_and_proto_data() -> None:
+    ce = cloudevents_pb2.CloudEvent(spec_version="1.0")
+    ce.proto_data.Pack(cloudevents_pb2.CloudEventBatch())
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_proto(ce)
+    got = fields(exc)
+    assert {"event.id", "event.source", "event.type", "event.proto_data"} <= set(got)

@@ -1,0 +1,96 @@
+"""The Kafka record built for an event, what the relay may mark, batch dedup."""
+
+from __future__ import annotations
+
+import json
+
+from herald.runtime import cloudevents_kafka as binding
+from herald.runtime.errors import InvalidArgument
+from herald.services.ingest import dedup, envelope
+from herald.services.ingest.outbox import (
+    LANES,
+    IdempotencyKey,
+    headers_of,
+    make_pending,
+    rows_to_mark,
+)
+from tests.fixtures.seeds import RETURN_CREATED, USER_REGISTERED
+
+
+def test_record_follows_the_cloudevents_kafka_binding() -> None:
+    event = envelope.parse_json(RETURN_CREATED)
+    pending = make_pending(event, "herald.events", {"x-request-id": "req-1"}, None, "bitrix24")
+    headers = dict((k, v.decode()) for k, v in headers_of(pending.row.headers_json))
+    assert headers["ce_id"] == event.id
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_type"] == "integration.return.created"
+    assert headers["ce_subject"] == "returns/ret_501"
+    assert headers["ce_time"] == "2024-02-01T10:15:30Z"
+    assert headers["ce_dataschema"].endswith("returns-event.json")
+    assert headers["content-type"] == "application/json"
+    assert headers["schema-version"] == "1.0"
+    assert headers["application-id"] == "bitrix24"
+    assert headers["x-request-id"] == "req-1"
+    assert "ce_datacontenttype" not in headers
+    assert pending.row.key == b"returns/ret_501"  # subject, as no partitionkey
+    assert json.loads(pending.row.value)["order_id"] == "order_1001"
+    assert 0 <= pending.row.lane < LANES
+
+
+def test_key_prefers_partitionkey_then_subject_then_id() -> None:
+    base = {"id": "i", "source": "s", "type": "t", "specversion": "1.0"}
+    assert binding.encode(binding.BinaryEvent(base, b""))[0] == b"i"
+    assert binding.encode(binding.BinaryEvent({**base, "subject": "sub"}, b""))[0] == b"sub"
+    with_pk = {**base, "subject": "sub", "partitionkey": "pk"}
+    assert binding.encode(binding.BinaryEvent(with_pk, b""))[0] == b"pk"
+
+
+def test_decode_round_trip_and_rejects_non_cloudevents() -> None:
+    attrs = {"id": "i", "source": "s", "type": "t", "specversion": "1.0",
+             "datacontenttype": "application/json"}
+    _, value, headers = binding.encode(binding.BinaryEvent(attrs, b"{}", {"traceparent": "tp"}))
+    decoded = binding.decode(headers, value)
+    assert decoded.attributes == attrs
+    assert decoded.extra == {"traceparent": "tp"}
+    try:
+        binding.decode([("content-type", b"application/json")], b"{}")
+    except ValueError as exc:
+        assert "ce_specversion" in str(exc)
+    else:
+        raise AssertionError("a record without ce_ headers must be refused")
+
+
+def test_rows_after_a_failed_row_of_the_same_key_stay_unmarked() -> None:
+    keys = [b"a", b"b", b"a", b"c", b"b"]
+    acked = [False, True, True, True, True]
+    # a failed first: its later row stays; b and c are independent
+    assert rows_to_mark(keys, acked) == [1, 3, 4]
+    assert rows_to_mark(keys, [True] * 5) == [0, 1, 2, 3, 4]
+
+
+def test_batch_plan_followers_and_refusals() -> None:
+    event = envelope.parse_json(USER_REGISTERED)
+    other = envelope.parse_json(USER_REGISTERED.replace("Mozilla/5.0", "curl"))
+    key = IdempotencyKey("k1", "Publish", "auth_service")
+    items = [
+        make_pending(event, "t", {}, key, "a"),
+        make_pending(event, "t", {}, key, "a"),        # same key, same request
+        make_pending(other, "t", {}, key, "a"),        # same key, other request
+        make_pending(other, "t", {}, None, "a"),       # same id+source, other content
+        make_pending(event, "t", {}, None, "a"),       # same id+source, same content
+    ]
+    plan = dedup.plan(items)
+    assert plan.leaders == [0]
+    assert plan.followers == {1: 0, 4: 0}
+    assert set(plan.refused) == {2, 3}
+    outcomes: list[dedup.Outcome | None] = [dedup.Accepted(event.id, False), None, None, None,
+                                            None]
+    resolved = dedup.resolve_followers(outcomes, plan)
+    assert resolved[1] == dedup.Accepted(event.id, True)
+    assert resolved[4] == dedup.Accepted(event.id, True)
+    refused = resolved[2]
+    assert isinstance(refused, InvalidArgument)
+    assert refused.violations[0].field == "idempotency-key"
+    refused = resolved[3]
+    assert isinstance(refused, InvalidArgument)
+    assert refused.violations[0].field == "event_id"

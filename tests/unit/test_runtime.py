@@ -1,0 +1,70 @@
+"""Shared runtime pieces: settings errors, pagination tokens, named queries, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.rpc import code_pb2
+
+from herald.runtime.db import Queries, read_migrations
+from herald.runtime.errors import FieldViolation, InvalidArgument, bad_request_of
+from herald.runtime.pagination import page_of
+from herald.runtime.settings import KafkaSettings, load_settings
+from herald.services.ingest.settings import IngestSettings
+
+INGEST_SQL = Path(__file__).parents[2] / "src/herald/services/ingest/sql"
+
+
+def test_bad_setting_exits_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INGEST_ADDR", "nowhere")
+    monkeypatch.setenv("MAX_EVENT_BYTES", "-5")
+    with pytest.raises(SystemExit) as exc:
+        load_settings(IngestSettings)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "INGEST_ADDR" in err
+    assert "MAX_EVENT_BYTES" in err
+
+
+def test_sasl_needs_credentials(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(SystemExit):
+        load_settings(KafkaSettings)
+    assert "KAFKA_SASL_MECHANISM" in capsys.readouterr().err
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "vibe")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "secret")
+    settings = load_settings(KafkaSettings)
+    assert "secret" not in repr(settings)
+
+
+def test_page_tokens_round_trip_and_are_bound_to_the_filter() -> None:
+    first = page_of(2, "", "user")
+    token = first.next_token(returned=2, total=5)
+    second = page_of(2, token, "user")
+    assert second.offset == 2
+    assert second.next_token(returned=2, total=4) == ""
+    with pytest.raises(InvalidArgument):
+        page_of(2, token, "other-filter")
+    with pytest.raises(InvalidArgument):
+        page_of(2, "garbage!", "user")
+    assert page_of(0, "", "x").size == 100
+    assert page_of(5000, "", "x").size == 1000
+
+
+def test_every_named_query_and_migration_loads() -> None:
+    queries = Queries(INGEST_SQL / "queries.sql")
+    assert "claim_lane" in queries.names()
+    assert queries.insert_events.startswith("INSERT")
+    assert [m.version for m in read_migrations("ingest", INGEST_SQL / "migrations")] == [1]
+
+
+def test_invalid_argument_status_carries_bad_request() -> None:
+    status = InvalidArgument([FieldViolation("a.b", "wrong")]).to_status()
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert bad_request_of(status) == [FieldViolation("a.b", "wrong")]

@@ -1,0 +1,130 @@
+"""Validation against the built-in catalog: every class of error names its field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from herald.runtime.errors import InvalidArgument
+from herald.services.ingest import envelope, validation
+from herald.services.ingest.builtin import builtin_types
+from herald.services.ingest.catalog import Catalog, EventTypeDef, check_definition
+from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
+
+CATALOG = Catalog(builtin_types())
+
+
+def check(text: str) -> None:
+    event = envelope.parse_json(text)
+    definition = CATALOG.get(event.type, event.data_version)
+    versions = CATALOG.versions(event.type) if definition is None else []
+    validation.validate(event, definition, versions)
+
+
+def violations(text: str) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as exc:
+        check(text)
+    return {v.field: v.description for v in exc.value.violations}
+
+
+def edited(text: str, **changes: Any) -> str:
+    doc = json.loads(text)
+    for path, value in changes.items():
+        target = doc
+        *parents, last = path.split("__")
+        for p in parents:
+            target = target[int(p)] if isinstance(target, list) else target[p]
+        if value is None:
+            del target[last]
+        else:
+            target[last] = value
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("text", [RETURN_CREATED, *LEGACY_EXAMPLES.values()])
+def test_seed_examples_are_valid(text: str) -> None:
+    check(text)
+
+
+def test_every_type_named_in_the_seeds_is_registered() -> None:
+    names = {d.name for d in builtin_types()}
+    assert {"integration.return.created", "integration.conflict.detected",
+            "integration.cash.reconciled", "user_registered", "new_film_released",
+            "campaign_triggered", "message.created", "security.scan.completed",
+            "system.status.changed", "room.member.joined"} <= names
+
+
+def test_unknown_type_and_unknown_version() -> None:
+    assert violations(edited(RETURN_CREATED, type="integration.nope"))["type"] == (
+        "unknown event type 'integration.nope'")
+    got = violations(edited(RETURN_CREATED, data_version="9.9"))
+    assert got["data_version"].startswith("unknown data version '9.9'")
+    assert "known: 1.0" in got["data_version"]
+
+
+def test_time_must_be_rfc3339_utc() -> None:
+    for bad in ("2024-02-01 10:15:30", "2024-02-01T10:15:30+03:00", "2024-13-01T10:15:30Z"):
+        assert "RFC 3339 UTC" in violations(edited(RETURN_CREATED, time=bad))["time"]
+    assert "required" in violations(edited(RETURN_CREATED, time=None))["time"]
+    check(edited(RETURN_CREATED, time="2024-02-01T10:15:30.123456789+00:00"))
+
+
+def test_integration_rules_uuid_source_and_required_attributes() -> None:
+    got = violations(edited(RETURN_CREATED, id="ret-501", source="bitrix", subject=None,
+                            data_schema=None))
+    assert got["id"] == "'ret-501' is not a UUID"
+    assert "does not match" in got["source"]
+    assert got["subject"] == "required for integration.return.created"
+    # absent: named by its CloudEvents name
+    assert got["dataschema"] == "required for integration.return.created"
+
+
+def test_data_errors_carry_json_paths() -> None:
+    text = edited(RETURN_CREATED, data__items__0__qty=0, data__courier_id=None,
+                  data__extra=True)
+    got = violations(text)
+    assert "0 is less than the minimum of 1" in got["data.items[0].qty"]
+    assert "'courier_id' is a required property" in got["data.courier_id"]
+    assert "Additional properties" in got["data"]
+
+
+def test_legacy_payload_errors_use_payload_prefix() -> None:
+    text = edited(LEGACY_EXAMPLES["campaign_triggered"], payload__channels=["email", "Push!"],
+                  payload__campaign_id="not-a-uuid", event_id="x")
+    got = violations(text)
+    assert "does not match" in got["payload.channels[1]"]
+    assert "is not a 'uuid'" in got["payload.campaign_id"]
+    assert got["event_id"] == "'x' is not a UUID"
+
+
+def test_non_json_content_type_is_refused() -> None:
+    got = violations(edited(RETURN_CREATED, data_content_type="application/xml"))
+    assert "must be JSON" in got["data_content_type"]
+
+
+def test_size_limit_names_the_data_field() -> None:
+    event = envelope.parse_json(LEGACY_EXAMPLES["user_registered"])
+    with pytest.raises(InvalidArgument) as exc:
+        validation.check_size(event, 100)
+    assert exc.value.violations[0].field == "payload"
+    assert "the limit is 100 bytes" in exc.value.violations[0].description
+
+
+def test_latest_version_is_the_default() -> None:
+    catalog = Catalog(builtin_types())
+    catalog.add(EventTypeDef("user_registered", "1.10", {"type": "object"}))
+    catalog.add(EventTypeDef("user_registered", "1.9", {"type": "object"}))
+    latest = catalog.get("user_registered")
+    assert latest is not None
+    assert latest.data_version == "1.10"
+    assert catalog.versions("user_registered") == ["1.0", "1.9", "1.10"]
+
+
+def test_check_definition_reports_each_field() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("Bad Name", "v1", '{"type": 12}', "([", ["nope"])
+    got = {v.field for v in exc.value.violations}
+    assert got == {"event_type.name", "event_type.data_version", "event_type.json_schema",
+                   "event_type.source_pattern", "event_type.required_attributes[0]"}
