@@ -18,7 +18,7 @@ from tests.fixtures.seeds import RETURN_CREATED, USER_REGISTERED
 
 
 def test_record_follows_the_cloudevents_kafka_binding() -> None:
-    event = envelope.parse_json(RETURN_CREATED)
+    event, _ = envelope.parse_json(RETURN_CREATED)
     pending = make_pending(event, "herald.events", {"x-request-id": "req-1"}, None, "bitrix24")
     headers = dict((k, v.decode()) for k, v in headers_of(pending.row.headers_json))
     assert headers["ce_id"] == event.id
@@ -46,8 +46,13 @@ def test_key_prefers_partitionkey_then_subject_then_id() -> None:
 
 
 def test_decode_round_trip_and_rejects_non_cloudevents() -> None:
-    attrs = {"id": "i", "source": "s", "type": "t", "specversion": "1.0",
-             "datacontenttype": "application/json"}
+    attrs = {
+        "id": "i",
+        "source": "s",
+        "type": "t",
+        "specversion": "1.0",
+        "datacontenttype": "application/json",
+    }
     _, value, headers = binding.encode(binding.BinaryEvent(attrs, b"{}", {"traceparent": "tp"}))
     decoded = binding.decode(headers, value)
     assert decoded.attributes == attrs
@@ -69,22 +74,21 @@ def test_rows_after_a_failed_row_of_the_same_key_stay_unmarked() -> None:
 
 
 def test_batch_plan_followers_and_refusals() -> None:
-    event = envelope.parse_json(USER_REGISTERED)
-    other = envelope.parse_json(USER_REGISTERED.replace("Mozilla/5.0", "curl"))
+    event, _ = envelope.parse_json(USER_REGISTERED)
+    other, _ = envelope.parse_json(USER_REGISTERED.replace("Mozilla/5.0", "curl"))
     key = IdempotencyKey("k1", "Publish", "auth_service")
     items = [
         make_pending(event, "t", {}, key, "a"),
-        make_pending(event, "t", {}, key, "a"),        # same key, same request
-        make_pending(other, "t", {}, key, "a"),        # same key, other request
-        make_pending(other, "t", {}, None, "a"),       # same id+source, other content
-        make_pending(event, "t", {}, None, "a"),       # same id+source, same content
+        make_pending(event, "t", {}, key, "a"),  # same key, same request
+        make_pending(other, "t", {}, key, "a"),  # same key, other request
+        make_pending(other, "t", {}, None, "a"),  # same id+source, other content
+        make_pending(event, "t", {}, None, "a"),  # same id+source, same content
     ]
     plan = dedup.plan(items)
     assert plan.leaders == [0]
     assert plan.followers == {1: 0, 4: 0}
     assert set(plan.refused) == {2, 3}
-    outcomes: list[dedup.Outcome | None] = [dedup.Accepted(event.id, False), None, None, None,
-                                            None]
+    outcomes: list[dedup.Outcome | None] = [dedup.Accepted(event.id, False), None, None, None, None]
     resolved = dedup.resolve_followers(outcomes, plan)
     assert resolved[1] == dedup.Accepted(event.id, True)
     assert resolved[4] == dedup.Accepted(event.id, True)

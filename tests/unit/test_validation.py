@@ -17,10 +17,10 @@ CATALOG = Catalog(builtin_types())
 
 
 def check(text: str) -> None:
-    event = envelope.parse_json(text)
+    event, found = envelope.parse_json(text)
     definition = CATALOG.get(event.type, event.data_version)
     versions = CATALOG.versions(event.type) if definition is None else []
-    validation.validate(event, definition, versions)
+    validation.validate(event, definition, versions, found)
 
 
 def violations(text: str) -> dict[str, str]:
@@ -50,15 +50,24 @@ def test_seed_examples_are_valid(text: str) -> None:
 
 def test_every_type_named_in_the_seeds_is_registered() -> None:
     names = {d.name for d in builtin_types()}
-    assert {"integration.return.created", "integration.conflict.detected",
-            "integration.cash.reconciled", "user_registered", "new_film_released",
-            "campaign_triggered", "message.created", "security.scan.completed",
-            "system.status.changed", "room.member.joined"} <= names
+    assert {
+        "integration.return.created",
+        "integration.conflict.detected",
+        "integration.cash.reconciled",
+        "user_registered",
+        "new_film_released",
+        "campaign_triggered",
+        "message.created",
+        "security.scan.completed",
+        "system.status.changed",
+        "room.member.joined",
+    } <= names
 
 
 def test_unknown_type_and_unknown_version() -> None:
     assert violations(edited(RETURN_CREATED, type="integration.nope"))["type"] == (
-        "unknown event type 'integration.nope'")
+        "unknown event type 'integration.nope'"
+    )
     got = violations(edited(RETURN_CREATED, data_version="9.9"))
     assert got["data_version"].startswith("unknown data version '9.9'")
     assert "known: 1.0" in got["data_version"]
@@ -72,8 +81,9 @@ def test_time_must_be_rfc3339_utc() -> None:
 
 
 def test_integration_rules_uuid_source_and_required_attributes() -> None:
-    got = violations(edited(RETURN_CREATED, id="ret-501", source="bitrix", subject=None,
-                            data_schema=None))
+    got = violations(
+        edited(RETURN_CREATED, id="ret-501", source="bitrix", subject=None, data_schema=None)
+    )
     assert got["id"] == "'ret-501' is not a UUID"
     assert "does not match" in got["source"]
     assert got["subject"] == "required for integration.return.created"
@@ -82,8 +92,7 @@ def test_integration_rules_uuid_source_and_required_attributes() -> None:
 
 
 def test_data_errors_carry_json_paths() -> None:
-    text = edited(RETURN_CREATED, data__items__0__qty=0, data__courier_id=None,
-                  data__extra=True)
+    text = edited(RETURN_CREATED, data__items__0__qty=0, data__courier_id=None, data__extra=True)
     got = violations(text)
     assert "0 is less than the minimum of 1" in got["data.items[0].qty"]
     assert "'courier_id' is a required property" in got["data.courier_id"]
@@ -91,8 +100,12 @@ def test_data_errors_carry_json_paths() -> None:
 
 
 def test_legacy_payload_errors_use_payload_prefix() -> None:
-    text = edited(LEGACY_EXAMPLES["campaign_triggered"], payload__channels=["email", "Push!"],
-                  payload__campaign_id="not-a-uuid", event_id="x")
+    text = edited(
+        LEGACY_EXAMPLES["campaign_triggered"],
+        payload__channels=["email", "Push!"],
+        payload__campaign_id="not-a-uuid",
+        event_id="x",
+    )
     got = violations(text)
     assert "does not match" in got["payload.channels[1]"]
     assert "is not a 'uuid'" in got["payload.campaign_id"]
@@ -105,7 +118,7 @@ def test_non_json_content_type_is_refused() -> None:
 
 
 def test_size_limit_names_the_data_field() -> None:
-    event = envelope.parse_json(LEGACY_EXAMPLES["user_registered"])
+    event, _ = envelope.parse_json(LEGACY_EXAMPLES["user_registered"])
     with pytest.raises(InvalidArgument) as exc:
         validation.check_size(event, 100)
     assert exc.value.violations[0].field == "payload"
@@ -126,5 +139,10 @@ def test_check_definition_reports_each_field() -> None:
     with pytest.raises(InvalidArgument) as exc:
         check_definition("Bad Name", "v1", '{"type": 12}', "([", ["nope"])
     got = {v.field for v in exc.value.violations}
-    assert got == {"event_type.name", "event_type.data_version", "event_type.json_schema",
-                   "event_type.source_pattern", "event_type.required_attributes[0]"}
+    assert got == {
+        "event_type.name",
+        "event_type.data_version",
+        "event_type.json_schema",
+        "event_type.source_pattern",
+        "event_type.required_attributes[0]",
+    }

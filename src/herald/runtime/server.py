@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.metrics import MetricsServer
+from herald.runtime.tracing import configure_tracing
 
 log = structlog.get_logger("herald.server")
 
@@ -89,6 +90,7 @@ class Running:
 
 async def start(app: App, address: str, metrics_address: str | None = None) -> Running:
     """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers."""
+    configure_tracing(app.name)
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), ErrorInterceptor()],  # type: ignore[no-untyped-call]
         options=[

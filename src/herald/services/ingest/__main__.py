@@ -8,7 +8,6 @@ import sys
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
 from herald.runtime.settings import KafkaSettings, load_settings
-from herald.runtime.tracing import configure_tracing
 from herald.services.ingest.app import build
 from herald.services.ingest.settings import IngestSettings
 
@@ -18,7 +17,6 @@ async def main() -> int:
     settings = load_settings(IngestSettings)
     kafka_settings = load_settings(KafkaSettings)
     configure_logging(settings.log_level, settings.log_format, service="ingest")
-    configure_tracing("ingest")
     app = await build(settings, kafka_settings)
     return await serve(
         app, settings.ingest_addr, settings.ingest_metrics_addr, settings.shutdown_grace_seconds

@@ -6,7 +6,10 @@
   ``data_version``;
 - the legacy envelope ``{event_id, event_type, source, occurred_at, payload}``.
 
-Every problem found becomes a field violation; nothing here does I/O.
+Every problem found becomes a field violation. A request that is not an event at
+all raises InvalidArgument; otherwise the event is returned with the problems found
+so far, so that validation can add its own and the caller hears of all at once.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ ALIASES = {
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 # CloudEvents forbids control characters in string attributes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The event, and the problems found while reading it.
+Parsed = tuple[Event, list[FieldViolation]]
 _LEGACY_FIELDS = {"event_id", "event_type", "source", "occurred_at", "payload", "data_version"}
 
 
-def parse_proto(event: cloudevents_pb2.CloudEvent) -> Event:
+def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
     """An Event from the CloudEvents Protobuf format."""
     problems: list[FieldViolation] = []
     attributes = {
@@ -70,13 +75,10 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Event:
             )
         )
     parsed = Event(attributes, data, Envelope.PROTOBUF)
-    problems += _check_attributes(parsed)
-    if problems:
-        raise InvalidArgument(problems)
-    return parsed
+    return parsed, problems + _check_attributes(parsed)
 
 
-def parse_json(text: str) -> Event:
+def parse_json(text: str) -> Parsed:
     """An Event from structured JSON or the legacy envelope, told apart by their keys."""
     try:
         document = json.loads(text)
@@ -99,7 +101,7 @@ def parse_json(text: str) -> Event:
     )
 
 
-def _parse_structured(document: dict[str, Any]) -> Event:
+def _parse_structured(document: dict[str, Any]) -> Parsed:
     problems: list[FieldViolation] = []
     attributes: dict[str, str] = {}
     spelled: dict[str, str] = {}
@@ -140,13 +142,10 @@ def _parse_structured(document: dict[str, Any]) -> Event:
     if has_data and "data" in document and "data_base64" in document:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
     event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled)
-    problems += _check_attributes(event)
-    if problems:
-        raise InvalidArgument(problems)
-    return event
+    return event, problems + _check_attributes(event)
 
 
-def _parse_legacy(document: dict[str, Any]) -> Event:
+def _parse_legacy(document: dict[str, Any]) -> Parsed:
     problems = [
         FieldViolation(k, "unknown field of the legacy envelope")
         for k in document
@@ -176,10 +175,8 @@ def _parse_legacy(document: dict[str, Any]) -> Event:
     event = Event(
         attributes, _json_bytes(payload) if payload is not None else b"", Envelope.LEGACY_JSON
     )
-    problems += [p for p in _check_attributes(event) if p.field not in {v.field for v in problems}]
-    if problems:
-        raise InvalidArgument(problems)
-    return event
+    seen = {v.field for v in problems}
+    return event, problems + [p for p in _check_attributes(event) if p.field not in seen]
 
 
 def _check_attributes(event: Event) -> list[FieldViolation]:

@@ -21,7 +21,6 @@ from herald.services.ingest import envelope, validation
 from herald.services.ingest.catalog import EventTypeDef, check_definition
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
-from herald.services.ingest.event import Event
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
 from herald.services.ingest.writer import EventWriter
 
@@ -164,11 +163,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.PublishRequest, call: CallContext, key: str
     ) -> PendingEvent:
         try:
-            event = self._parse(request)
+            event, problems = self._parse(request)
             validation.check_size(event, self._max_event_bytes)
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
-            validation.validate(event, definition, known)
+            validation.validate(event, definition, known, problems)
         except InvalidArgument as exc:
             EVENTS_REJECTED.labels("invalid").inc()
             log.info(
@@ -188,7 +187,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     @staticmethod
-    def _parse(request: ingest_pb2.PublishRequest) -> Event:
+    def _parse(request: ingest_pb2.PublishRequest) -> envelope.Parsed:
         kind = request.WhichOneof("envelope")
         if kind == "event":
             return envelope.parse_proto(request.event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from jsonschema.exceptions import ValidationError
@@ -32,9 +33,15 @@ def check_size(event: Event, limit: int) -> None:
         )
 
 
-def validate(event: Event, definition: EventTypeDef | None, known_versions: list[str]) -> None:
-    """Raises InvalidArgument naming every problem; returns when the event is valid."""
-    problems = _attribute_problems(event)
+def validate(
+    event: Event,
+    definition: EventTypeDef | None,
+    known_versions: list[str],
+    found: Sequence[FieldViolation] = (),
+) -> None:
+    """Raises InvalidArgument naming every problem (``found`` already, and those
+    seen here); returns when the event is valid."""
+    problems = [*found, *_attribute_problems(event)]
     if definition is None:
         type_field = event.field_name("type")
         if known_versions:

@@ -1,0 +1,55 @@
+"""An ingest service running in this process on a free port, over the real servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from herald.ingest.v1 import ingest_pb2_grpc
+
+from herald.runtime.server import Running, start
+from herald.services.ingest.app import build
+from herald.services.ingest.settings import IngestSettings
+from tests.conftest import Infra
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class IngestUnderTest:
+    """A started ingest and a client stub for it."""
+
+    running: Running
+    stub: ingest_pb2_grpc.IngestServiceStub
+    channel: grpc.aio.Channel
+    settings: IngestSettings
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.running.stop(grace=1)
+
+
+async def start_ingest(
+    infra: Infra, database_url: str, topic: str, **overrides: object
+) -> IngestUnderTest:
+    """Builds and starts ingest with test settings (a fresh database and topic)."""
+    settings = IngestSettings(
+        database_url=database_url,
+        events_topic=topic,
+        ingest_addr="127.0.0.1:0",
+        events_topic_partitions=3,
+        **overrides,  # type: ignore[arg-type]
+    )
+    app = await build(settings, infra.kafka_settings())
+    running = await start(app, "127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return IngestUnderTest(running, ingest_pb2_grpc.IngestServiceStub(channel), channel, settings)
+
+
+@pytest.fixture
+async def ingest(infra: Infra, database_url: str, topic: str) -> AsyncIterator[IngestUnderTest]:
+    service = await start_ingest(infra, database_url, topic)
+    yield service
+    await service.stop()

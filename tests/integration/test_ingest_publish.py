@@ -1,0 +1,224 @@
+"""Publishing through ingest lands events on real Kafka, exactly as specified."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import grpc
+import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
+from grpc_status import rpc_status
+from herald.cloudevents.v1 import cloudevents_pb2
+from herald.ingest.v1 import ingest_pb2
+from prometheus_client import REGISTRY
+
+from herald.runtime.errors import bad_request_of
+from tests.conftest import Infra
+from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
+from tests.integration.conftest import IngestUnderTest
+from tests.kafka_helpers import headers, read_topic
+
+pytestmark = pytest.mark.integration
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def test_seed_return_example_lands_with_binding_headers(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    before = (
+        REGISTRY.get_sample_value(
+            "events_published_total", {"event_type": "integration.return.created"}
+        )
+        or 0
+    )
+    metadata = [
+        ("idempotency-key", "ret-501-create"),
+        ("x-request-id", "req-42"),
+        ("x-correlation-id", "corr-7"),
+        ("application-id", "bitrix24"),
+        ("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01"),
+    ]
+    response = await ingest.stub.Publish(
+        ingest_pb2.PublishRequest(json=RETURN_CREATED), metadata=metadata
+    )
+    assert response.event_id == "8a65f0c1-00f4-4f9d-8b3d-3cfa628dc034"
+    assert not response.duplicate
+
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    h = headers(record)
+    assert h["ce_specversion"] == "1.0"
+    assert h["ce_id"] == "8a65f0c1-00f4-4f9d-8b3d-3cfa628dc034"
+    assert h["ce_source"] == "urn:mastermobile:integration:bitrix24"
+    assert h["ce_type"] == "integration.return.created"
+    assert h["ce_time"] == "2024-02-01T10:15:30Z"
+    assert h["ce_subject"] == "returns/ret_501"
+    assert h["ce_dataschema"] == "https://api.mastermobile.app/schemas/returns-event.json"
+    assert h["ce_dataversion"] == "1.0"
+    assert h["content-type"] == "application/json"
+    assert h["schema-version"] == "1.0"
+    assert h["application-id"] == "bitrix24"
+    assert h["x-request-id"] == "req-42"
+    assert h["x-correlation-id"] == "corr-7"
+    assert h["idempotency-key"] == "ret-501-create"
+    # the trace of Publish continues into the record: same trace id, a new span
+    version, trace_id, span_id, _ = h["traceparent"].split("-")
+    assert (version, trace_id) == ("00", TRACE_ID)
+    assert span_id != "00f067aa0ba902b7"
+    assert record.key == b"returns/ret_501"
+    assert json.loads(record.value) == json.loads(RETURN_CREATED)["data"]
+
+    # the official CloudEvents SDK's Kafka binding reads the record
+    event = from_binary_event(
+        KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
+    )
+    assert event.get_id() == response.event_id
+    assert event.get_type() == "integration.return.created"
+    assert event.get_subject() == "returns/ret_501"
+    assert event.get_time() is not None
+    assert event.get_extension("dataversion") == "1.0"
+    data = event.get_data()
+    assert isinstance(data, dict)
+    assert data["items"][0]["sku"] == "SKU-1001"
+
+    after = REGISTRY.get_sample_value(
+        "events_published_total", {"event_type": "integration.return.created"}
+    )
+    assert after == before + 1
+
+
+async def test_legacy_examples_are_accepted_verbatim(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    for text in LEGACY_EXAMPLES.values():
+        await ingest.stub.Publish(ingest_pb2.PublishRequest(json=text))
+    records = await read_topic(infra.kafka_settings(), topic, 3)
+    by_type = {headers(r)["ce_type"]: r for r in records}
+    assert set(by_type) == set(LEGACY_EXAMPLES)
+    for name, text in LEGACY_EXAMPLES.items():
+        source = json.loads(text)
+        record = by_type[name]
+        h = headers(record)
+        assert h["ce_id"] == source["event_id"]
+        assert h["ce_source"] == source["source"]
+        assert h["ce_time"] == source["occurred_at"]
+        assert h["schema-version"] == "1.0"  # no version given: the latest registered
+        assert record.key == source["event_id"].encode()
+        assert json.loads(record.value) == source["payload"]
+
+
+async def test_cloudevents_protobuf_envelope(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    ce = cloudevents_pb2.CloudEvent(
+        id=str(uuid.uuid4()), source="urn:katya:api", spec_version="1.0", type="message.created"
+    )
+    ce.attributes["time"].ce_timestamp.FromJsonString("2025-01-02T03:04:05Z")
+    ce.attributes["partitionkey"].ce_string = "room-9"
+    ce.text_data = json.dumps({"message": {"id": "m1", "text": "hi"}})
+    response = await ingest.stub.Publish(ingest_pb2.PublishRequest(event=ce))
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    assert headers(record)["ce_id"] == response.event_id == ce.id
+    assert headers(record)["ce_partitionkey"] == "room-9"
+    assert record.key == b"room-9"
+
+
+async def rejected(
+    ingest: IngestUnderTest,
+    request: ingest_pb2.PublishRequest,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> dict[str, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await ingest.stub.Publish(request, metadata=metadata)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    assert status is not None
+    return {v.field: v.description for v in bad_request_of(status)}
+
+
+async def test_each_class_of_bad_input_is_invalid_argument_with_fields(
+    ingest: IngestUnderTest,
+) -> None:
+    doc = json.loads(RETURN_CREATED)
+    # attributes
+    bad = {**doc, "time": "yesterday", "id": "nope", "specversion": "0.3"}
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(bad)))
+    assert {"time", "specversion"} <= set(got)
+    # unknown type / version
+    got = await rejected(
+        ingest, ingest_pb2.PublishRequest(json=json.dumps({**doc, "type": "integration.unknown"}))
+    )
+    assert got == {"type": "unknown event type 'integration.unknown'"}
+    got = await rejected(
+        ingest, ingest_pb2.PublishRequest(json=json.dumps({**doc, "data_version": "7.0"}))
+    )
+    assert "unknown data version" in got["data_version"]
+    # data against the schema, several at once
+    data = {**doc["data"], "items": [{"sku": "", "qty": "one"}]}
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps({**doc, "data": data})))
+    assert set(got) == {"data.items[0].sku", "data.items[0].qty"}
+    # not JSON, empty request, oversized
+    assert "json" in await rejected(ingest, ingest_pb2.PublishRequest(json="{oops"))
+    assert "envelope" in await rejected(ingest, ingest_pb2.PublishRequest())
+    huge = {**doc, "data": {**doc["data"], "status": "x" * 1_100_000}}
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(huge)))
+    assert "the limit is 1000000 bytes" in got["data"]
+
+
+async def test_idempotent_replay_and_key_misuse(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    key = (("idempotency-key", "k-" + uuid.uuid4().hex),)
+    request = ingest_pb2.PublishRequest(json=LEGACY_EXAMPLES["user_registered"])
+    first = await ingest.stub.Publish(request, metadata=key)
+    again = await ingest.stub.Publish(request, metadata=key)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.event_id == first.event_id
+
+    other = json.loads(LEGACY_EXAMPLES["user_registered"])
+    other["event_id"] = str(uuid.uuid4())
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(other)), key)
+    assert "already used with a different request" in got["idempotency-key"]
+
+    # no key: the same id from the same source is a duplicate; other content is refused
+    no_key = await ingest.stub.Publish(request)
+    assert no_key.duplicate
+    changed = json.loads(LEGACY_EXAMPLES["user_registered"])
+    changed["payload"]["locale"] = "en"
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(changed)))
+    assert "already accepted with other content" in got["event_id"]
+
+    records = await read_topic(infra.kafka_settings(), topic, 1, timeout=5)
+    assert len(records) == 1, "a replay must not reach Kafka twice"
+
+
+async def test_publish_batch_results_per_item(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    items = []
+    for i in range(1000):
+        doc = json.loads(LEGACY_EXAMPLES["user_registered"])
+        doc["event_id"] = str(uuid.UUID(int=i + 1))
+        if i % 100 == 7:
+            doc["payload"]["locale"] = "bad locale"
+        items.append(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    response = await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=items), metadata=(("idempotency-key", "b1"),)
+    )
+    assert len(response.results) == 1000
+    bad = [i for i, r in enumerate(response.results) if r.status.code != 0]
+    assert bad == [i for i in range(1000) if i % 100 == 7]
+    assert bad_request_of(response.results[7].status)[0].field == "payload.locale"
+    assert response.results[0].event_id == str(uuid.UUID(int=1))
+
+    replay = await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=items), metadata=(("idempotency-key", "b1"),)
+    )
+    assert all(r.duplicate for r in replay.results if r.status.code == 0)
+    records = await read_topic(infra.kafka_settings(), topic, 990, timeout=30)
+    assert len(records) == 990
+
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await ingest.stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=items + items[:1]))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,49 @@
+"""Reading what landed on a Kafka topic (tests only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from herald.runtime.kafka import connection_options
+from herald.runtime.settings import KafkaSettings
+
+
+async def read_topic(
+    settings: KafkaSettings, topic: str, count: int, timeout: float = 30.0
+) -> list[Any]:
+    """At least ``count`` records of ``topic`` from the beginning (all that arrive
+    within a short grace period after that), or as many as came before ``timeout``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **connection_options(settings),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if len(records) >= count:
+                # a short grace period shows repeats that follow the last one expected
+                more = await consumer.getmany(timeout_ms=300)
+                for part in more.values():
+                    records.extend(part)
+                break
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def headers(record: Any) -> dict[str, str]:
+    """A record's headers as text."""
+    return {k: v.decode() for k, v in record.headers}
