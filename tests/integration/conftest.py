@@ -22,7 +22,7 @@ class IngestUnderTest:
     """A started ingest and a client stub for it."""
 
     running: Running
-    stub: ingest_pb2_grpc.IngestServiceStub
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub
     channel: grpc.aio.Channel
     settings: IngestSettings
 
@@ -45,7 +45,8 @@ async def start_ingest(
     app = await build(settings, infra.kafka_settings())
     running = await start(app, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    return IngestUnderTest(running, ingest_pb2_grpc.IngestServiceStub(channel), channel, settings)
+    stub = ingest_pb2_grpc.IngestServiceAsyncStub(channel)
+    return IngestUnderTest(running, stub, channel, settings)
 
 
 @pytest.fixture
