@@ -45,7 +45,7 @@ async def start_ingest(
     app = await build(settings, infra.kafka_settings())
     running = await start(app, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    stub = ingest_pb2_grpc.IngestServiceAsyncStub(channel)
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)  # typed as the async stub
     return IngestUnderTest(running, stub, channel, settings)
 
 

@@ -13,6 +13,7 @@ from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.health import Check
+from herald.runtime.notify import listen
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
@@ -40,7 +41,6 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         relay = Relay(
             pool,
             partial(kafka.make_producer, kafka_settings),
-            settings.database_url,
             concurrency=settings.relay_concurrency,
             batch_size=settings.relay_batch_size,
         )
@@ -52,6 +52,18 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         idempotency_ttl=settings.idempotency_ttl_hours * 3600,
     )
     workers.append(writer.run)
+    handlers: dict[str, Callable[[str], None]] = {"herald_catalog": catalog.on_changed}
+    if relay is not None:
+        handlers["herald_outbox"] = relay.wake
+    # After a reconnect, whatever was notified meanwhile is caught up by a wake-up.
+    workers.append(
+        partial(
+            listen,
+            settings.database_url,
+            handlers,
+            on_connect=relay.wake if relay else lambda: None,
+        )
+    )
     workers.append(
         partial(
             run_purges,

@@ -1,11 +1,14 @@
 """The catalog in PostgreSQL, cached in memory.
 
 A lookup that misses the cache reads that one type from the database before the
-event is refused, so a type created on another replica is usable at once.
+event is refused, so a type created on another replica is usable at once; a create
+also notifies every replica (NOTIFY herald_catalog), so that a new data version
+becomes everyone's default within milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
@@ -35,6 +38,7 @@ class CatalogStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.catalog = Catalog()
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
         """Registers the built-ins that are missing, then loads every type."""
@@ -57,12 +61,22 @@ class CatalogStore:
             rows = await conn.fetch(Q.all_types)
         self.catalog = Catalog(_definition(r) for r in rows)
 
+    async def refresh(self, name: str) -> None:
+        """Re-reads every version of ``name`` from the database."""
+        for row in await self._pool.fetch(Q.types_named, name):
+            self.catalog.add(_definition(row))
+
+    def on_changed(self, name: str) -> None:
+        """NOTIFY herald_catalog handler: another replica created a type version."""
+        task = asyncio.get_running_loop().create_task(self.refresh(name))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
     async def lookup(self, name: str, data_version: str | None) -> EventTypeDef | None:
         """The definition, reading the database when this process has not seen it."""
         found = self.catalog.get(name, data_version)
         if found is None and name:
-            for row in await self._pool.fetch(Q.types_named, name):
-                self.catalog.add(_definition(row))
+            await self.refresh(name)
             found = self.catalog.get(name, data_version)
         return found
 

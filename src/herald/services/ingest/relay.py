@@ -33,7 +33,6 @@ class Relay:
         self,
         pool: asyncpg.Pool,
         make_producer: Callable[[], AIOKafkaProducer],
-        dsn: str,
         concurrency: int = 4,
         batch_size: int = 500,
         poll_interval: float = 1.0,
@@ -42,14 +41,13 @@ class Relay:
         self._pool = pool
         self._make_producer = make_producer
         self._producer: AIOKafkaProducer | None = None
-        self._dsn = dsn
         self._concurrency = concurrency
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
 
-    def wake(self) -> None:
+    def wake(self, _payload: str = "") -> None:
         """New rows were committed (called in-process, or on NOTIFY herald_outbox)."""
         self._wake.set()
 
@@ -81,14 +79,9 @@ class Relay:
             self._producer = None
 
     async def run(self) -> None:
-        """LISTENs for new rows and runs the relay loops until cancelled."""
+        """Runs the relay loops until cancelled (wake them with :meth:`wake`)."""
         await self.start_producer()
-        listener = await asyncpg.connect(self._dsn)
-        try:
-            await listener.add_listener("herald_outbox", lambda *_: self.wake())
-            await asyncio.gather(*(self._loop(n) for n in range(self._concurrency)))
-        finally:
-            await listener.close()
+        await asyncio.gather(*(self._loop(n) for n in range(self._concurrency)))
 
     async def _loop(self, n: int) -> None:
         backoff = 0.0

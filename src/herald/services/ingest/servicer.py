@@ -125,6 +125,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """One type at a version (the latest by default)."""
         if not request.name:
             raise InvalidArgument([FieldViolation("name", "required")])
+        await self._catalog.refresh(request.name)  # a read API answers from the database
         found = await self._catalog.lookup(request.name, request.data_version or None)
         if found is None:
             what = f" version {request.data_version!r}" if request.data_version else ""

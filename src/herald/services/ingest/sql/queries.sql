@@ -112,3 +112,6 @@ OFFSET $2 LIMIT $3
 
 -- name: count_types
 SELECT count(*) FROM ingest.event_types WHERE starts_with(name, $1)
+
+-- name: notify_catalog
+SELECT pg_notify('herald_catalog', $1)

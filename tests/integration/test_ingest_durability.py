@@ -1,0 +1,240 @@
+"""Nothing accepted is lost: relay crashes, Kafka outages, several relays at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+from functools import partial
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from herald.ingest.v1 import ingest_pb2
+
+from herald.runtime import kafka
+from herald.services.ingest.relay import Relay
+from tests.conftest import Infra
+from tests.fixtures.seeds import LEGACY_EXAMPLES
+from tests.integration.conftest import start_ingest
+from tests.kafka_helpers import headers, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def event_json(key: str, seq: int) -> str:
+    """A valid user_registered event; ``subject`` is the Kafka key (ordering)."""
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"])
+    structured = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "auth_service",
+        "type": "user_registered",
+        "time": "2025-11-14T12:34:56Z",
+        "subject": key,
+        "seq": seq,
+        "data": doc["payload"],
+    }
+    return json.dumps(structured)
+
+
+async def pending_rows(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM ingest.outbox WHERE published_at IS NULL"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def test_relay_killed_between_send_and_mark_repeats_with_same_ce_id(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        ids = [
+            (
+                await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("k", i)))
+            ).event_id
+            for i in range(20)
+        ]
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        make = partial(kafka.make_producer, infra.kafka_settings())
+
+        class DiesAfterSend(Relay):
+            async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+                await super()._send(rows)  # Kafka has acknowledged every record…
+                raise asyncio.CancelledError  # …and the relay dies before marking
+
+        crashing = DiesAfterSend(pool, make)
+        await crashing.start_producer()
+        with pytest.raises(asyncio.CancelledError):
+            await crashing.relay_once()
+        await crashing.stop()
+        assert await pending_rows(database_url) == 20, "unmarked rows stay in the outbox"
+
+        restarted = Relay(pool, make)
+        await restarted.start_producer()
+        while (await restarted.relay_once())[0]:
+            pass
+        await restarted.stop()
+        await pool.close()
+        assert await pending_rows(database_url) == 0
+
+        records = await read_topic(infra.kafka_settings(), topic, 40)
+        seen = [headers(r)["ce_id"] for r in records]
+        assert sorted(set(seen)) == sorted(ids), "every accepted event is on Kafka"
+        assert len(seen) == 40, "each repeated once, by the restarted relay"
+        # a repeat is the same record: same ce_id, same value
+        values: dict[str, set[bytes]] = defaultdict(set)
+        for r in records:
+            values[headers(r)["ce_id"]].add(r.value)
+        assert all(len(v) == 1 for v in values.values())
+    finally:
+        await service.stop()
+
+
+async def test_kafka_down_for_a_while_ingest_keeps_accepting_and_relay_catches_up(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    if infra.kafka is None:
+        pytest.fail("this test stops Kafka: run it against the Kafka the session starts")
+    service = await start_ingest(infra, database_url, topic)
+    health = health_pb2_grpc.HealthStub(service.channel)
+    try:
+        before = await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("a", 0)))
+        await read_topic(infra.kafka_settings(), topic, 1)  # the topic exists and works
+
+        await asyncio.to_thread(infra.kafka.stop)
+        accepted = [before.event_id]
+        for i in range(1, 51):
+            response = await asyncio.wait_for(
+                service.stub.Publish(ingest_pb2.PublishRequest(json=event_json(f"k{i % 5}", i))),
+                timeout=5,
+            )
+            accepted.append(response.event_id)
+        await service.running.monitor.check_once()
+        state = await health.Check(health_pb2.HealthCheckRequest())
+        assert state.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await pending_rows(database_url) == 50
+
+        await asyncio.to_thread(infra.kafka.start)
+        records = await read_topic(infra.kafka_settings(), topic, 51, timeout=60)
+        assert {headers(r)["ce_id"] for r in records} == set(accepted)
+        for _ in range(50):
+            if await service.running.monitor.check_once():
+                break
+            await asyncio.sleep(0.2)
+        state = await health.Check(health_pb2.HealthCheckRequest())
+        assert state.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        if not infra.kafka.is_running():
+            await asyncio.to_thread(infra.kafka.start)
+        await service.stop()
+
+
+async def test_two_relays_keep_per_key_order(infra: Infra, database_url: str, topic: str) -> None:
+    first = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        for i in range(300):
+            await first.stub.Publish(ingest_pb2.PublishRequest(json=event_json(f"key{i % 7}", i)))
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=8)
+        assert pool is not None
+        make = partial(kafka.make_producer, infra.kafka_settings())
+        relays = [Relay(pool, make, concurrency=3, batch_size=20) for _ in range(2)]
+        tasks = [asyncio.create_task(r.run()) for r in relays]
+        records = await read_topic(infra.kafka_settings(), topic, 300, timeout=60)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for r in relays:
+            await r.stop()
+        await pool.close()
+        assert len(records) == 300
+        by_key: dict[bytes, list[int]] = defaultdict(list)
+        for r in records:
+            by_key[r.key].append(json.loads(headers(r)["ce_seq"]))
+        for key, seqs in by_key.items():
+            assert seqs == sorted(seqs), f"order broken for {key!r}"
+    finally:
+        await first.stop()
+
+
+async def test_event_type_created_at_runtime_is_used_by_every_replica(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    a = await start_ingest(infra, database_url, topic)
+    b = await start_ingest(infra, database_url, topic)
+    try:
+        schema = {
+            "type": "object",
+            "required": ["sku"],
+            "properties": {"sku": {"type": "string"}},
+            "additionalProperties": False,
+        }
+        created = await a.stub.CreateEventType(
+            ingest_pb2.CreateEventTypeRequest(
+                event_type=ingest_pb2.EventType(
+                    name="warehouse.item.moved",
+                    data_version="1.0",
+                    json_schema=json.dumps(schema),
+                    description="moved between shelves",
+                )
+            )
+        )
+        assert created.event_type.create_time.seconds > 0
+        event = {
+            "specversion": "1.0",
+            "id": "m-1",
+            "source": "urn:wh",
+            "time": "2025-01-01T00:00:00Z",
+            "type": "warehouse.item.moved",
+            "data": {"sku": "S1"},
+        }
+        response = await b.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(event)))
+        assert not response.duplicate
+
+        v2 = {
+            **schema,
+            "required": ["sku", "to"],
+            "properties": {"sku": {"type": "string"}, "to": {"type": "string"}},
+        }
+        await b.stub.CreateEventType(
+            ingest_pb2.CreateEventTypeRequest(
+                event_type=ingest_pb2.EventType(
+                    name="warehouse.item.moved", data_version="2.0", json_schema=json.dumps(v2)
+                )
+            )
+        )
+        got = await a.stub.GetEventType(ingest_pb2.GetEventTypeRequest(name="warehouse.item.moved"))
+        assert got.event_type.data_version == "2.0"  # the latest by default
+        # version 1.0 still validates events that say so; the default is now 2.0
+        old = {**event, "id": "m-2", "dataversion": "1.0"}
+        await a.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(old)))
+        new = {**event, "id": "m-3"}
+        with pytest.raises(grpc.aio.AioRpcError, match=r"data\.to"):
+            await a.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(new)))
+
+        records = await read_topic(infra.kafka_settings(), topic, 2)
+        assert [headers(r)["schema-version"] for r in records] == ["1.0", "1.0"]
+
+        listed = await a.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(name_prefix="warehouse.", page_size=1)
+        )
+        assert listed.total_size == 2
+        assert [t.data_version for t in listed.event_types] == ["1.0"]
+        rest = await a.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(
+                name_prefix="warehouse.", page_size=1, page_token=listed.next_page_token
+            )
+        )
+        assert [t.data_version for t in rest.event_types] == ["2.0"]
+        assert rest.next_page_token == ""
+    finally:
+        await a.stop()
+        await b.stop()
