@@ -92,6 +92,10 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     async def close_pool() -> None:
         await pool.close()
 
+    stop_relay: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    if relay is not None:  # send what is pending, then flush the producer
+        stop_relay = [partial(relay.drain, settings.shutdown_grace_seconds), relay.stop]
+
     checks: dict[str, Check] = {"postgres": partial(db.check, pool)}
     if relay is not None:
         checks["kafka"] = kafka_check
@@ -102,5 +106,5 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         register=register,
         health_checks=checks,
         workers=workers,
-        on_stop=[*([relay.stop] if relay else []), close_pool],
+        on_stop=[*stop_relay, close_pool],
     )

@@ -72,6 +72,20 @@ class Relay:
             else:
                 self._producer = producer
 
+    async def drain(self, timeout: float) -> None:
+        """Sends what is pending (on shutdown, after the server stopped accepting),
+        for at most ``timeout`` seconds; what is left waits for the next relay."""
+        if self._producer is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    sent, failed = await self.relay_once()
+                    if failed or not sent:
+                        break
+        except TimeoutError:
+            log.warning("relay.drain_timed_out", timeout=timeout)
+
     async def stop(self) -> None:
         """Flushes and stops the producer."""
         if self._producer is not None:
