@@ -38,9 +38,13 @@ class ServiceProcess:
     def start(self, timeout: float = 30) -> None:
         full_env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}", **self.env}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", f"herald.services.{self.name}"],
-                env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         self.wait_serving(timeout)
 
     def wait_serving(self, timeout: float) -> None:
@@ -72,5 +76,5 @@ class ServiceProcess:
 
 
 @pytest.fixture
-def service_logs(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def service_logs(tmp_path: Path) -> Path:
+    return tmp_path

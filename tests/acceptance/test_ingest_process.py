@@ -27,15 +27,19 @@ def event() -> str:
 
 
 def ingest_process(infra: Infra, database_url: str, topic: str, logs: Path) -> ServiceProcess:
-    return ServiceProcess("ingest", {
-        "INGEST_ADDR": f"127.0.0.1:{free_port()}",
-        "INGEST_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
-        "EVENTS_TOPIC": topic,
-        "LOG_LEVEL": "WARNING",
-        "SHUTDOWN_GRACE_SECONDS": "10",
-    }, logs / "ingest.log")
+    return ServiceProcess(
+        "ingest",
+        {
+            "INGEST_ADDR": f"127.0.0.1:{free_port()}",
+            "INGEST_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+            "EVENTS_TOPIC": topic,
+            "LOG_LEVEL": "WARNING",
+            "SHUTDOWN_GRACE_SECONDS": "10",
+        },
+        logs / "ingest.log",
+    )
 
 
 async def publish_until_stopped(
@@ -58,8 +62,7 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        callers = [asyncio.create_task(publish_until_stopped(stub, acked, stop))
-                   for _ in range(16)]
+        callers = [asyncio.create_task(publish_until_stopped(stub, acked, stop)) for _ in range(16)]
         while len(acked) < 300:
             await asyncio.sleep(0.01)
         service.kill()  # mid-load: some calls are in flight, some rows unrelayed
@@ -86,7 +89,8 @@ async def test_sigterm_drains_in_flight_calls_then_exits_zero(
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         batch = ingest_pb2.PublishBatchRequest(
-            requests=[ingest_pb2.PublishRequest(json=event()) for _ in range(1000)])
+            requests=[ingest_pb2.PublishRequest(json=event()) for _ in range(1000)]
+        )
         in_flight = [asyncio.ensure_future(stub.PublishBatch(batch)) for _ in range(3)]
         await asyncio.sleep(0.05)
         code = await asyncio.to_thread(service.terminate)
