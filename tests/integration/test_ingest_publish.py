@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -222,3 +223,17 @@ async def test_publish_batch_results_per_item(
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await ingest.stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=items + items[:1]))
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_server_reflection_lists_the_service(ingest: IngestUnderTest) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    def list_services() -> list[str]:  # what grpcurl does, with the sync client
+        with grpc.insecure_channel(f"127.0.0.1:{ingest.running.port}") as channel:
+            return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+    services = await asyncio.to_thread(list_services)
+    assert "herald.ingest.v1.IngestService" in services
+    assert "grpc.health.v1.Health" in services
