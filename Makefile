@@ -58,7 +58,7 @@ lint: proto $(BUF) ## ruff, mypy (strict), buf lint, buf breaking against main
 	$(VENV)/bin/mypy
 	$(BUF) lint proto
 	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:proto/buf.yaml 2>/dev/null; then \
-	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
+	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto' && echo 'buf breaking: no breaking change against main'; \
 	else echo "buf breaking: no proto/ on main yet, nothing to compare"; fi
 
 fmt: venv ## format and auto-fix

@@ -9,6 +9,9 @@ import uuid
 import grpc
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 from grpc_status import rpc_status
 from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
@@ -226,10 +229,6 @@ async def test_publish_batch_results_per_item(
 
 
 async def test_server_reflection_lists_the_service(ingest: IngestUnderTest) -> None:
-    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-        ProtoReflectionDescriptorDatabase,
-    )
-
     def list_services() -> list[str]:  # what grpcurl does, with the sync client
         with grpc.insecure_channel(f"127.0.0.1:{ingest.running.port}") as channel:
             return list(ProtoReflectionDescriptorDatabase(channel).get_services())

@@ -72,19 +72,19 @@ class Relay:
             else:
                 self._producer = producer
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, seconds: float) -> None:
         """Sends what is pending (on shutdown, after the server stopped accepting),
-        for at most ``timeout`` seconds; what is left waits for the next relay."""
+        for at most ``seconds``; what is left waits for the next relay."""
         if self._producer is None:
             return
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 while True:
                     sent, failed = await self.relay_once()
                     if failed or not sent:
                         break
         except TimeoutError:
-            log.warning("relay.drain_timed_out", timeout=timeout)
+            log.warning("relay.drain_timed_out", seconds=seconds)
 
     async def stop(self) -> None:
         """Flushes and stops the producer."""
