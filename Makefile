@@ -26,7 +26,7 @@ $(VENV)/.stamp: requirements.lock | prereqs
 venv: $(VENV)/.stamp ## create the virtualenv with the pinned dependencies
 
 gen/.stamp: $(VENV)/.stamp tools/gen_proto.sh $(PROTOS)
-	PYTHON=$(PY) bash tools/gen_proto.sh
+	PYTHON=$(CURDIR)/$(PY) bash tools/gen_proto.sh
 
 proto: gen/.stamp ## generate Python code from proto/ into gen/
 

@@ -236,8 +236,10 @@ class Runner:
             if child.proc.poll() is not None:
                 child.finish_output()
             self.out.say(f"{failure.service.name} {failure.reason}; its last log lines:")
-            for line in child.recent:
+            for line in list(child.recent)[-25:]:
                 self.out.line(failure.service.name, line)
+            # Not SERVING is most often a dependency gone (e.g. stopped by a test run).
+            self.out.say("\n".join(f"{s.label}: {s.describe()}" for s in infra_state(self.root)))
             return 1
         pids = {c.service.name: c.proc.pid for c in self.children}
         self.out.say("\n".join(summary(self.services, self.root, pids)))

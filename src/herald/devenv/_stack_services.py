@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import LocalKafka, LocalPostgres, external_database_url, external_kafka_bootstrap
-from ._util import REPO_ROOT, pid_alive, proc_cmdline, read_pid
+from ._util import REPO_ROOT, DevEnvError, pid_alive, proc_cmdline, read_pid
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -83,12 +83,20 @@ def discover(environ: Mapping[str, str] | None = None) -> list[Service]:
         services.append(
             Service(
                 name,
-                env.get(f"{upper}_ADDR") or f"{HOST}:{grpc_port}",
-                env.get(f"{upper}_METRICS_ADDR") or f"{HOST}:{metrics_port}",
+                _address(env, f"{upper}_ADDR", grpc_port),
+                _address(env, f"{upper}_METRICS_ADDR", metrics_port),
                 known,
             )
         )
     return services
+
+
+def _address(env: Mapping[str, str], var: str, default_port: int) -> str:
+    value = env.get(var) or f"{HOST}:{default_port}"
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise DevEnvError(f"{var}={value!r}: expected HOST:PORT")
+    return value
 
 
 # -- pid files -------------------------------------------------------------------

@@ -144,6 +144,10 @@ def up(root: Path, timeout: float) -> int:
         print(
             f"error: {name} {failure.reason}\n--- tail of {log} ---\n{tail(log)}", file=sys.stderr
         )
+        for server in infra_state(root):
+            print(
+                f"{server.label}: {server.describe()}  {server.var}={server.value}", file=sys.stderr
+            )
         if service_pid(root, failure.service).pid is not None:
             print(f"({name} is still running; `make down` stops it)", file=sys.stderr)
         return 1
