@@ -19,6 +19,7 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 # Errors that mean "a dependency is unreachable right now": the caller may retry.
 _UNAVAILABLE = (
     OSError,
+    asyncpg.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.TooManyConnectionsError,

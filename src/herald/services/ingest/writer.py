@@ -70,12 +70,29 @@ class EventWriter:
             live = [q for q in group if not q.done.cancelled()]
             try:
                 outcomes = await self.write([q.item for q in live])
+            except asyncpg.PostgresError as exc:
+                if len(live) > 1 and not isinstance(exc, asyncpg.PostgresConnectionError):
+                    # One item's data may have failed the whole transaction: write each
+                    # alone so that only that caller hears of it.
+                    await self._write_one_by_one(live)
+                else:
+                    _fail(live, exc)
+                continue
             except Exception as exc:
-                for q in live:
-                    if not q.done.done():
-                        q.done.set_exception(exc)
+                _fail(live, exc)
                 continue
             for q, outcome in zip(live, outcomes, strict=True):
+                if not q.done.done():
+                    q.done.set_result(outcome)
+
+    async def _write_one_by_one(self, queued: list[_Queued]) -> None:
+        for q in queued:
+            try:
+                [outcome] = await self.write([q.item])
+            except Exception as exc:
+                log.error("writer.item_failed", event_id=q.item.event.id, error=repr(exc))
+                _fail([q], exc)
+            else:
                 if not q.done.done():
                     q.done.set_result(outcome)
 
@@ -210,3 +227,9 @@ class EventWriter:
             [r.event_type for r in rows],
         )
         await conn.execute(Q.notify_outbox)
+
+
+def _fail(queued: list[_Queued], exc: BaseException) -> None:
+    for q in queued:
+        if not q.done.done():
+            q.done.set_exception(exc)
