@@ -1,0 +1,121 @@
+"""The servers a run uses: started when needed, stopped again only if we started them.
+
+Every ingest scenario gets a database and a topic of its own (``herald_bench_<hex>``,
+``herald.bench.<hex>``); the database is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+
+from herald.devenv import (
+    LocalKafka,
+    LocalPostgres,
+    external_database_url,
+    external_kafka_bootstrap,
+    local_root,
+    start_services,
+)
+from herald.runtime import kafka
+from herald.runtime.settings import KafkaSettings
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Where the servers of this run are."""
+
+    database_url: str
+    bootstrap_servers: str
+    started: tuple[str, ...]  # the local servers this run started (and will stop)
+
+    def kafka_settings(self) -> KafkaSettings:
+        """Settings of the Kafka cluster."""
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Infra]:
+    """Starts the local Kafka and PostgreSQL unless running or external; on exit
+    stops only those it started."""
+    root = local_root()
+    local_kafka, local_pg = LocalKafka(root), LocalPostgres(root)
+    start_kafka = external_kafka_bootstrap() is None and not local_kafka.is_running()
+    start_pg = external_database_url() is None and not local_pg.is_running()
+    env = start_services(root)
+    started = tuple(name for name, flag in (("kafka", start_kafka), ("postgres", start_pg)) if flag)
+    try:
+        yield Infra(env["DATABASE_URL"], env["KAFKA_BOOTSTRAP_SERVERS"], started)
+    finally:
+        keep = bool(os.environ.get("HERALD_KEEP_INFRA"))
+        if start_kafka and not keep:
+            local_kafka.stop()
+        if start_pg and not keep:
+            local_pg.stop()
+
+
+def kafka_version(bootstrap_servers: str) -> str:
+    """The local broker's version (from its jars), or "external"."""
+    local = LocalKafka(local_root())
+    if bootstrap_servers != local.bootstrap_servers:
+        return "external"
+    jars = sorted(local.libs_dir.glob("kafka-server-[0-9]*.jar"))
+    return jars[-1].stem.removeprefix("kafka-server-") if jars else "?"
+
+
+def new_topic_name(label: str) -> str:
+    """A topic name nobody used before."""
+    return f"herald.bench.{label}.{uuid.uuid4().hex[:10]}"
+
+
+async def create_topic(settings: KafkaSettings, topic: str, partitions: int) -> None:
+    """Creates ``topic`` with ``partitions`` partitions (as ingest would)."""
+    await kafka.ensure_topics(settings, [topic], partitions=partitions)
+
+
+async def delete_topic(settings: KafkaSettings, topic: str) -> None:
+    """Deletes ``topic`` (best effort: a leftover topic harms nothing)."""
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    try:
+        await admin.start()
+        await admin.delete_topics([topic])
+    except Exception as exc:
+        print(f"  (could not delete topic {topic}: {exc!r})")
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``server_url``; dropped on exit."""
+    name = f"herald_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = server_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await asyncio.wait_for(admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)'), 30)
+        finally:
+            await admin.close()
+
+
+async def postgres_version(server_url: str) -> str:
+    """The server's ``server_version``."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
