@@ -15,7 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.ingest.v1 import ingest_pb2
 
 from herald.runtime import kafka
+from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay import Relay
+from herald.services.ingest.writer import Q
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.conftest import start_ingest
@@ -238,3 +240,35 @@ async def test_event_type_created_at_runtime_is_used_by_every_replica(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_claiming_lanes_locks_only_the_lanes_claimed(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Regression: the lock must be tried lazily, not on every candidate lane."""
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        for i in range(40):  # keys spread over many lanes
+            await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json(f"k{i}", i)))
+    finally:
+        await service.stop()
+    a, b = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        pending = await a.fetchval(
+            "SELECT count(DISTINCT lane) FROM ingest.outbox WHERE published_at IS NULL"
+        )
+        assert pending >= 3
+        async with a.transaction(), b.transaction():
+            first = await a.fetch(Q.claim_lanes, LANES, 0, 1)
+            held = await a.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = "
+                "pg_backend_pid()"
+            )
+            second = await b.fetch(Q.claim_lanes, LANES, 0, 2)
+            assert len(first) == 1
+            assert held == 1
+            assert len(second) == 2
+            assert first[0]["lane"] not in {r["lane"] for r in second}
+    finally:
+        await a.close()
+        await b.close()

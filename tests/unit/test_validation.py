@@ -95,7 +95,7 @@ def test_data_errors_carry_json_paths() -> None:
     text = edited(RETURN_CREATED, data__items__0__qty=0, data__courier_id=None, data__extra=True)
     got = violations(text)
     assert "0 is less than the minimum of 1" in got["data.items[0].qty"]
-    assert "'courier_id' is a required property" in got["data.courier_id"]
+    assert '"courier_id" is a required property' in got["data.courier_id"]
     assert "Additional properties" in got["data"]
 
 
@@ -108,7 +108,7 @@ def test_legacy_payload_errors_use_payload_prefix() -> None:
     )
     got = violations(text)
     assert "does not match" in got["payload.channels[1]"]
-    assert "is not a 'uuid'" in got["payload.campaign_id"]
+    assert 'is not a "uuid"' in got["payload.campaign_id"]
     assert got["event_id"] == "'x' is not a UUID"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
@@ -45,16 +46,19 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             batch_size=settings.relay_batch_size,
         )
         workers.append(relay.run)
+    token = uuid.uuid4().hex  # tells this process's own NOTIFYs apart
     writer = EventWriter(
         pool,
         on_commit=relay.wake if relay else (lambda: None),
         committers=settings.writer_committers,
         idempotency_ttl=settings.idempotency_ttl_hours * 3600,
+        notify_payload=token,
     )
     workers.append(writer.run)
     handlers: dict[str, Callable[[str], None]] = {"herald_catalog": catalog.on_changed}
     if relay is not None:
-        handlers["herald_outbox"] = relay.wake
+        wake = relay.wake
+        handlers["herald_outbox"] = lambda sender: None if sender == token else wake()
     # After a reconnect, whatever was notified meanwhile is caught up by a wake-up.
     workers.append(
         partial(

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import jsonschema_rs
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
 
@@ -42,16 +41,15 @@ class EventTypeDef:
     source_pattern: str = ""
     required_attributes: tuple[str, ...] = ()
     create_time: datetime | None = None
-    _validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+    _validator: jsonschema_rs.Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        validator = Draft202012Validator(
-            self.json_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-        )
+        # jsonschema-rs: ~100x faster than the pure-Python validator on our payloads.
+        validator = jsonschema_rs.Draft202012Validator(self.json_schema, validate_formats=True)
         object.__setattr__(self, "_validator", validator)
 
     @property
-    def validator(self) -> Draft202012Validator:
+    def validator(self) -> jsonschema_rs.Draft202012Validator:
         """The compiled validator for the data."""
         return self._validator
 
@@ -94,13 +92,15 @@ def check_definition(
                 FieldViolation("event_type.json_schema", "a JSON Schema object is required")
             )
         else:
-            Draft202012Validator.check_schema(loaded)
+            jsonschema_rs.meta.validate(loaded)
+            jsonschema_rs.Draft202012Validator(loaded, validate_formats=True)  # compiles
             schema = loaded
     except json.JSONDecodeError as exc:
         problems.append(FieldViolation("event_type.json_schema", f"not valid JSON: {exc}"))
-    except SchemaError as exc:
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        message = getattr(exc, "message", str(exc))
         problems.append(
-            FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {exc.message}")
+            FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {message}")
         )
     if source_pattern:
         try:

@@ -22,7 +22,7 @@ from typing import Any
 from herald.cloudevents.v1 import cloudevents_pb2
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
-from herald.services.ingest.event import Envelope, Event
+from herald.services.ingest.event import NOT_PARSED, Envelope, Event
 
 _REQUIRED = ("id", "source", "type", "specversion")
 # The events seed (000) spells some attributes with underscores; CloudEvents does not.
@@ -107,10 +107,12 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
     spelled: dict[str, str] = {}
     data = b""
     has_data = False
+    parsed: object = NOT_PARSED
     for key, value in document.items():
         if key == "data":
             has_data = True
-            data = value.encode() if isinstance(value, str) else _json_bytes(value)
+            # JSON data is a JSON value (a string too); Herald's data is always JSON.
+            data, parsed = _json_bytes(value), value
             continue
         if key == "data_base64":
             has_data = True
@@ -141,7 +143,7 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
             )
     if has_data and "data" in document and "data_base64" in document:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
-    event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled)
+    event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled, parsed)
     return event, problems + _check_attributes(event)
 
 
@@ -173,7 +175,10 @@ def _parse_legacy(document: dict[str, Any]) -> Parsed:
     if "payload" in document and not isinstance(payload, dict):
         problems.append(FieldViolation("payload", "must be a JSON object"))
     event = Event(
-        attributes, _json_bytes(payload) if payload is not None else b"", Envelope.LEGACY_JSON
+        attributes,
+        _json_bytes(payload) if payload is not None else b"",
+        Envelope.LEGACY_JSON,
+        json_data=payload if payload is not None else NOT_PARSED,
     )
     seen = {v.field for v in problems}
     return event, problems + [p for p in _check_attributes(event) if p.field not in seen]

@@ -34,6 +34,9 @@ _LEGACY_NAMES = {
 }
 
 
+NOT_PARSED: object = object()  # Event.json_data when the data was never parsed
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """A CloudEvent: every context attribute in its canonical string form, and data.
@@ -47,6 +50,8 @@ class Event:
     data: bytes
     envelope: Envelope
     spelled: Mapping[str, str] = field(default_factory=dict)
+    # The data as already parsed from a JSON envelope: validation need not parse it again.
+    json_data: object = field(default=NOT_PARSED, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -78,7 +83,9 @@ class Event:
 
     def with_attribute(self, name: str, value: str) -> Event:
         """A copy with one more attribute."""
-        return Event({**self.attributes, name: value}, self.data, self.envelope, self.spelled)
+        return Event(
+            {**self.attributes, name: value}, self.data, self.envelope, self.spelled, self.json_data
+        )
 
     def fingerprint(self) -> bytes:
         """SHA-256 of the attributes and data: equal for the same event sent twice."""

@@ -1,8 +1,9 @@
 """The outbox relay: publishes outbox rows to Kafka in order per key, then marks them.
 
 Any number of relays (tasks or processes) run side by side: each transaction locks
-one lane (``pg_try_advisory_xact_lock``), sends that lane's oldest rows, waits for
-Kafka's acknowledgements and marks them before the lock is released. A row that
+the lanes it works (``pg_try_advisory_xact_lock``, lanes with pending rows only),
+sends their oldest rows, waits for Kafka's acknowledgements and marks them before
+the locks are released. A row that
 Kafka did not acknowledge stays for the next round; killing a relay at any moment
 loses nothing (a record repeated after a crash carries the same ``ce_id``).
 """
@@ -33,8 +34,9 @@ class Relay:
         self,
         pool: asyncpg.Pool,
         make_producer: Callable[[], AIOKafkaProducer],
-        concurrency: int = 4,
+        concurrency: int = 1,
         batch_size: int = 500,
+        lanes_per_round: int = LANES,
         poll_interval: float = 1.0,
         max_backoff: float = 5.0,
     ) -> None:
@@ -43,6 +45,7 @@ class Relay:
         self._producer: AIOKafkaProducer | None = None
         self._concurrency = concurrency
         self._batch_size = batch_size
+        self._lanes_per_round = lanes_per_round
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
@@ -117,12 +120,16 @@ class Relay:
                 backoff = 0.0
 
     async def relay_once(self, offset: int = 0) -> tuple[int, int]:
-        """Sends one lane's oldest pending rows. Returns (marked, failed)."""
+        """Sends the oldest pending rows of the lanes it can lock. Returns (marked, failed)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            lane = await conn.fetchval(Q.claim_lane, LANES, offset)
-            if lane is None:
+            lanes = [
+                r["lane"]
+                for r in await conn.fetch(Q.claim_lanes, LANES, offset, self._lanes_per_round)
+            ]
+            if not lanes:
                 return 0, 0
-            rows = await conn.fetch(Q.pending_in_lane, lane, self._batch_size)
+            per_lane = max(1, self._batch_size // len(lanes))
+            rows = await conn.fetch(Q.pending_in_lanes, lanes, per_lane)
             acked = await self._send(rows)
             marked = rows_to_mark([bytes(r["key"]) for r in rows], [a is None for a in acked])
             if marked:
@@ -138,7 +145,7 @@ class Relay:
             EVENTS_LATENCY.observe((now - row["accepted_at"]).total_seconds())
         if failed:
             EVENTS_RETRY.labels("relay").inc(len(failed))
-            log.warning("relay.publish_failed", lane=lane, failed=len(failed), error=error)
+            log.warning("relay.publish_failed", lanes=lanes, failed=len(failed), error=error)
         return len(marked), len(failed)
 
     async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:

@@ -21,7 +21,7 @@ class IngestSettings(RuntimeSettings):
         description="Largest event (data plus attributes); Kafka's default limit is ~1 MB.",
     )
     relay_enabled: bool = Field(True, description="Run the outbox relay inside this process.")
-    relay_concurrency: int = Field(4, ge=1, le=16, description="Relay loops per process.")
+    relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
     relay_batch_size: int = Field(500, ge=1, le=10_000, description="Rows per relay round.")
     writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
     idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")

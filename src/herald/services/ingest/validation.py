@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from jsonschema.exceptions import ValidationError
+import jsonschema_rs
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest.catalog import EventTypeDef
-from herald.services.ingest.event import Event
+from herald.services.ingest.event import NOT_PARSED, Event
 
 # RFC 3339 with an explicit UTC offset: Z or +00:00.
 _UTC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]00:00)$")
@@ -109,23 +109,25 @@ def _rule_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
 
 def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolation]:
     data_field = event.field_name("data")
-    try:
-        data = json.loads(event.data) if event.data else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return [FieldViolation(data_field, f"not valid JSON: {exc}")]
-    errors = sorted(definition.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    data = event.json_data
+    if data is NOT_PARSED:
+        try:
+            data = json.loads(event.data) if event.data else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return [FieldViolation(data_field, f"not valid JSON: {exc}")]
+    if definition.validator.is_valid(data):
+        return []
+    errors = sorted(definition.validator.iter_errors(data), key=lambda e: list(e.instance_path))
     return [FieldViolation(_path(data_field, e), e.message) for e in errors[:_MAX_DATA_ERRORS]]
 
 
-def _path(root: str, error: ValidationError) -> str:
+def _path(root: str, error: jsonschema_rs.ValidationError) -> str:
     out = root
-    for part in error.absolute_path:
+    for part in error.instance_path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     # A missing property is reported on its parent: name the property itself.
-    if error.validator == "required" and isinstance(error.instance, dict):
-        missing = [p for p in error.validator_value if p not in error.instance]
-        if missing:
-            out += f".{missing[0]}"
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Required):
+        out += f".{error.kind.property}"
     return out
 
 

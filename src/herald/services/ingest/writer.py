@@ -44,12 +44,16 @@ class EventWriter:
         max_group: int = 1000,
         committers: int = 2,
         idempotency_ttl: float = IDEMPOTENCY_TTL_SECONDS,
+        notify_payload: str = "",
     ) -> None:
         self._pool = pool
         self._on_commit = on_commit
         self._max_group = max_group
         self._committers = committers
         self._ttl = idempotency_ttl
+        # Sent with NOTIFY herald_outbox: a relay in this process, woken directly by
+        # on_commit, recognises its own notifications by it and ignores them.
+        self._notify_payload = notify_payload
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
 
     async def submit(self, item: PendingEvent) -> Outcome:
@@ -97,16 +101,22 @@ class EventWriter:
                     q.done.set_result(outcome)
 
     async def write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
-        """Stores ``items`` in one transaction; one outcome per item, in order."""
+        """Stores ``items`` atomically; one outcome per item, in order.
+
+        Without idempotency keys this is one statement (events, outbox rows and the
+        relay notification together); keys add a claim before it, in one transaction.
+        """
         if not items:
             return []
         batch = dedup.plan(items)
         outcomes: list[Outcome | None] = [None] * len(items)
-        async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await self._claim_keys(conn, items, batch.leaders, outcomes)
-            inserted = await self._insert_events(conn, items, fresh, outcomes)
-            if inserted:
-                await self._insert_outbox(conn, [items[i] for i in inserted])
+        async with self._pool.acquire() as conn:
+            if any(items[i].idempotency is not None for i in batch.leaders):
+                async with conn.transaction():
+                    fresh = await self._claim_keys(conn, items, batch.leaders, outcomes)
+                    inserted = await self._insert_events(conn, items, fresh, outcomes)
+            else:
+                inserted = await self._insert_events(conn, items, batch.leaders, outcomes)
         if inserted:
             self._on_commit()
         return dedup.resolve_followers(outcomes, batch)
@@ -174,14 +184,21 @@ class EventWriter:
         if not todo:
             return []
         events = [items[i].event for i in todo]
+        rows_out = [items[i].row for i in todo]
         rows = await conn.fetch(
-            Q.insert_events,
+            Q.store_events,
             [e.source for e in events],
             [e.id for e in events],
             [e.type for e in events],
             [items[i].fingerprint for i in todo],
             [json.dumps(dict(e.attributes)) for e in events],
             [e.data for e in events],
+            [r.lane for r in rows_out],
+            [r.topic for r in rows_out],
+            [r.key for r in rows_out],
+            [r.value for r in rows_out],
+            [r.headers_json for r in rows_out],
+            self._notify_payload,
         )
         new = {(r["source"], r["id"]) for r in rows}
         inserted = [i for i in todo if (items[i].event.source, items[i].event.id) in new]
@@ -214,19 +231,6 @@ class EventWriter:
                     [k.actor for k in release if k],
                 )
         return inserted
-
-    async def _insert_outbox(self, conn: Connection, items: list[PendingEvent]) -> None:
-        rows = [i.row for i in items]
-        await conn.execute(
-            Q.insert_outbox,
-            [r.lane for r in rows],
-            [r.topic for r in rows],
-            [r.key for r in rows],
-            [r.value for r in rows],
-            [r.headers_json for r in rows],
-            [r.event_type for r in rows],
-        )
-        await conn.execute(Q.notify_outbox)
 
 
 def _fail(queued: list[_Queued], exc: BaseException) -> None:

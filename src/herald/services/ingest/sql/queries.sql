@@ -22,40 +22,55 @@ DELETE FROM ingest.idempotency_keys AS k
 USING unnest($1::text[], $2::text[], $3::text[]) AS t(key, endpoint, actor)
 WHERE (k.key, k.endpoint, k.actor) = (t.key, t.endpoint, t.actor)
 
--- name: insert_events
-INSERT INTO ingest.events (source, id, type, fingerprint, attributes, data)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bytea[])
-ON CONFLICT (source, id) DO NOTHING
-RETURNING source, id
+-- name: store_events
+-- Inserts the events that are new, their outbox rows (in the given order) and, when
+-- anything was inserted, notifies the relays: one round trip for a whole group.
+WITH new_events AS (
+    INSERT INTO ingest.events (source, id, type, fingerprint, attributes, data)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bytea[])
+    ON CONFLICT (source, id) DO NOTHING
+    RETURNING source, id
+), new_outbox AS (
+    INSERT INTO ingest.outbox (lane, topic, key, value, headers, event_type)
+    SELECT o.lane, o.topic, o.key, o.value, o.headers, o.event_type
+    FROM unnest($1::text[], $2::text[], $7::smallint[], $8::text[], $9::bytea[], $10::bytea[],
+                $11::jsonb[], $3::text[])
+         WITH ORDINALITY AS o(source, id, lane, topic, key, value, headers, event_type, n)
+    JOIN new_events AS e ON (e.source, e.id) = (o.source, o.id)
+    ORDER BY o.n
+    RETURNING 1
+)
+SELECT source, id, (SELECT pg_notify('herald_outbox', $12)) AS notified FROM new_events
 
 -- name: find_events
 SELECT e.source, e.id, e.fingerprint
 FROM ingest.events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, id) ON (e.source, e.id) = (t.source, t.id)
 
--- name: insert_outbox
-INSERT INTO ingest.outbox (lane, topic, key, value, headers, event_type)
-SELECT * FROM unnest($1::smallint[], $2::text[], $3::bytea[], $4::bytea[], $5::jsonb[], $6::text[])
+-- name: claim_lanes
+-- Lanes with pending rows whose lock this transaction gets, at most $3 of them;
+-- replicas start at different lanes ($2). The candidates are computed first
+-- (MATERIALIZED) so that the lock is tried lazily, only until $3 are held.
+WITH candidates AS MATERIALIZED (
+    SELECT l
+    FROM generate_series(0, $1::int - 1) AS l
+    WHERE EXISTS (SELECT 1 FROM ingest.outbox WHERE lane = l AND published_at IS NULL)
+    ORDER BY (l + $2::int) % $1::int
+)
+SELECT l AS lane FROM candidates WHERE pg_try_advisory_xact_lock(7243, l) LIMIT $3
 
--- name: notify_outbox
-SELECT pg_notify('herald_outbox', '')
-
--- name: claim_lane
--- A lane with pending rows whose lock this transaction gets; replicas start at
--- different lanes ($2) so that they spread out.
-SELECT l AS lane
-FROM generate_series(0, $1::int - 1) AS l
-WHERE EXISTS (SELECT 1 FROM ingest.outbox WHERE lane = l AND published_at IS NULL)
-  AND pg_try_advisory_xact_lock(7243, l)
-ORDER BY (l + $2::int) % $1::int
-LIMIT 1
-
--- name: pending_in_lane
-SELECT id, topic, key, value, headers, event_type, accepted_at
-FROM ingest.outbox
-WHERE lane = $1 AND published_at IS NULL
-ORDER BY id
-LIMIT $2
+-- name: pending_in_lanes
+-- The oldest pending rows of each claimed lane (up to $2 per lane), oldest first.
+SELECT o.id, o.topic, o.key, o.value, o.headers, o.event_type, o.accepted_at
+FROM unnest($1::int[]) AS l(lane)
+CROSS JOIN LATERAL (
+    SELECT id, topic, key, value, headers, event_type, accepted_at
+    FROM ingest.outbox
+    WHERE lane = l.lane AND published_at IS NULL
+    ORDER BY id
+    LIMIT $2
+) AS o
+ORDER BY o.id
 
 -- name: mark_published
 UPDATE ingest.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])
