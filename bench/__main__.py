@@ -28,13 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import batch, floor, infra, raw_kafka, report, steady, unary
+from bench import batch, floor, grpc_floor, infra, raw_kafka, report, steady, unary
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--only", default="abcd0", help="scenarios to run, e.g. 'ab' (abcd0; 0 = d's floor)"
+        "--only",
+        default="abcgd0",
+        help="scenarios to run, e.g. 'ab' (abcgd0; g = c's gRPC floor, 0 = d's floor)",
     )
     parser.add_argument("--raw-n", type=int, default=40_000, help="records for a (40000)")
     parser.add_argument("--raw-repeats", type=int, default=2, help="runs per raw pattern (2)")
@@ -84,6 +86,7 @@ async def _scenarios(args: argparse.Namespace, where: infra.Infra) -> dict[str, 
             where, args.batch_n, args.batch_size, args.batch_concurrency, args.partitions, env
         ),
         "c": lambda: unary.run(where, args.unary_n, args.callers, args.partitions, env),
+        "g": lambda: grpc_floor.run(args.unary_n, args.callers),
         "d": lambda: steady.run(where, args.rate, args.seconds, args.partitions, env),
         "0": lambda: floor.run(where, args.rate, args.floor_seconds, args.partitions),
     }

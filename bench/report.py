@@ -83,7 +83,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
     if "b" in ok:
         rows += _batch_rows(ok["b"], ok.get("a"))
     if "c" in ok:
-        rows += _unary_rows(ok["c"])
+        rows += _unary_rows(ok["c"], ok.get("g"))
     if "d" in ok or "0" in ok:
         rows += _steady_rows(ok.get("d"), ok.get("0"))
     return rows
@@ -113,9 +113,22 @@ def _batch_rows(b: dict[str, Any], raw: dict[str, Any] | None) -> list[Figure]:
     ]
 
 
-def _unary_rows(c: dict[str, Any]) -> list[Figure]:
+def _unary_rows(c: dict[str, Any], grpc_floor: dict[str, Any] | None) -> list[Figure]:
     passed = "PASS" if c["rate"] >= UNARY_TARGET else "FAIL"
+    floor_rows = []
+    if grpc_floor:
+        floor_rows = [
+            Figure(
+                "c",
+                "  gRPC floor: empty Publish, same client",
+                grpc_floor["rate"],
+                "calls/s",
+                "reference",
+                f"c is {c['rate'] / grpc_floor['rate']:.0%} of it",
+            ),
+        ]
     return [
+        *floor_rows,
         Figure(
             "c",
             f"Publish x{c['callers']} callers, accepted",

@@ -259,15 +259,15 @@ async def test_claiming_lanes_locks_only_the_lanes_claimed(
         )
         assert pending >= 3
         async with a.transaction(), b.transaction():
-            first = await a.fetch(Q.claim_lanes, LANES, 0, 1)
+            first = await a.fetch(Q.claim_pending, LANES, 0, 1, 1000)
             held = await a.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = "
                 "pg_backend_pid()"
             )
-            second = await b.fetch(Q.claim_lanes, LANES, 0, 2)
-            assert len(first) == 1
+            second = await b.fetch(Q.claim_pending, LANES, 0, 2, 1000)
+            assert len({r["lane"] for r in first}) == 1
             assert held == 1
-            assert len(second) == 2
+            assert len({r["lane"] for r in second}) == 2
             assert first[0]["lane"] not in {r["lane"] for r in second}
     finally:
         await a.close()

@@ -22,7 +22,7 @@ class IngestSettings(RuntimeSettings):
     )
     relay_enabled: bool = Field(True, description="Run the outbox relay inside this process.")
     relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
-    relay_batch_size: int = Field(500, ge=1, le=10_000, description="Rows per relay round.")
+    relay_batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per relay round.")
     writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
     idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")
     event_retention_days: float = Field(90, gt=0, description="How long events are kept.")
