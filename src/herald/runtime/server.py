@@ -18,7 +18,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.metrics import MetricsServer
-from herald.runtime.tracing import configure_tracing
+from herald.runtime.tracing import configure_tracing, tracing_enabled
 
 log = structlog.get_logger("herald.server")
 
@@ -91,8 +91,11 @@ class Running:
 async def start(app: App, address: str, metrics_address: str | None = None) -> Running:
     """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers."""
     configure_tracing(app.name)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if tracing_enabled():
+        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), ErrorInterceptor()],  # type: ignore[no-untyped-call]
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
