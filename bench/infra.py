@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,14 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
-from herald.devenv import (
-    LocalKafka,
-    LocalPostgres,
-    external_database_url,
-    external_kafka_bootstrap,
-    local_root,
-    start_services,
-)
+from herald import devenv
+from herald.devenv import LocalKafka, local_root
 from herald.runtime import kafka
 from herald.runtime.settings import KafkaSettings
 
@@ -45,20 +38,8 @@ class Infra:
 def servers() -> Iterator[Infra]:
     """Starts the local Kafka and PostgreSQL unless running or external; on exit
     stops only those it started."""
-    root = local_root()
-    local_kafka, local_pg = LocalKafka(root), LocalPostgres(root)
-    start_kafka = external_kafka_bootstrap() is None and not local_kafka.is_running()
-    start_pg = external_database_url() is None and not local_pg.is_running()
-    env = start_services(root)
-    started = tuple(name for name, flag in (("kafka", start_kafka), ("postgres", start_pg)) if flag)
-    try:
-        yield Infra(env["DATABASE_URL"], env["KAFKA_BOOTSTRAP_SERVERS"], started)
-    finally:
-        keep = bool(os.environ.get("HERALD_KEEP_INFRA"))
-        if start_kafka and not keep:
-            local_kafka.stop()
-        if start_pg and not keep:
-            local_pg.stop()
+    with devenv.servers() as running:
+        yield Infra(running.database_url, running.bootstrap_servers, running.started)
 
 
 def kafka_version(bootstrap_servers: str) -> str:

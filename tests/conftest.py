@@ -8,7 +8,6 @@ at an existing server instead. Every test gets its own database and topics.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,14 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from herald.devenv import (
-    LocalKafka,
-    LocalPostgres,
-    external_database_url,
-    external_kafka_bootstrap,
-    local_root,
-    start_services,
-)
+from herald.devenv import LocalKafka, servers
 from herald.runtime.settings import KafkaSettings
 
 
@@ -41,21 +33,8 @@ class Infra:
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
-    root = local_root()
-    kafka, postgres = LocalKafka(root), LocalPostgres(root)
-    started_kafka = external_kafka_bootstrap() is None and not kafka.is_running()
-    started_pg = external_database_url() is None and not postgres.is_running()
-    env = start_services(root)
-    yield Infra(
-        database_url=env["DATABASE_URL"],
-        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-        kafka=None if external_kafka_bootstrap() else kafka,
-    )
-    # Leave running what was running before the session; stop what we started.
-    if started_kafka and not os.environ.get("HERALD_KEEP_INFRA"):
-        kafka.stop()
-    if started_pg and not os.environ.get("HERALD_KEEP_INFRA"):
-        postgres.stop()
+    with servers() as running:
+        yield Infra(running.database_url, running.bootstrap_servers, running.kafka)
 
 
 @pytest.fixture

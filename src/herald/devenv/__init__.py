@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._util import DevEnvError, MissingPrerequisiteError, local_root
@@ -21,7 +23,7 @@ from .kafka import LocalKafka
 from .postgres import LocalPostgres
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 DATABASE_URL = "DATABASE_URL"
@@ -70,6 +72,41 @@ def start_services(
     return service_env(root)
 
 
+@dataclass(frozen=True)
+class Servers:
+    """The servers a session (tests, a benchmark) uses, and what it started itself."""
+
+    database_url: str
+    bootstrap_servers: str
+    kafka: LocalKafka | None  # the local Kafka, None when it is external
+    started: tuple[str, ...]  # "kafka" / "postgres" started by this session
+
+
+@contextmanager
+def servers(root: Path | None = None) -> Iterator[Servers]:
+    """Starts the local Kafka and PostgreSQL unless running or external; on exit stops
+    only those it started (``HERALD_KEEP_INFRA=1`` keeps them)."""
+    root = local_root() if root is None else root
+    kafka, postgres = LocalKafka(root), LocalPostgres(root)
+    start_kafka = external_kafka_bootstrap() is None and not kafka.is_running()
+    start_pg = external_database_url() is None and not postgres.is_running()
+    env = start_services(root)
+    started = tuple(n for n, s in (("kafka", start_kafka), ("postgres", start_pg)) if s)
+    try:
+        yield Servers(
+            env[DATABASE_URL],
+            env[KAFKA_BOOTSTRAP_SERVERS],
+            None if external_kafka_bootstrap() else kafka,
+            started,
+        )
+    finally:
+        if not os.environ.get("HERALD_KEEP_INFRA"):
+            if start_kafka:
+                kafka.stop()
+            if start_pg:
+                postgres.stop()
+
+
 def stop_services(root: Path | None = None) -> None:
     """Stop the local Kafka and PostgreSQL (no-op for those not running)."""
     root = local_root() if root is None else root
@@ -84,9 +121,11 @@ __all__ = [
     "LocalKafka",
     "LocalPostgres",
     "MissingPrerequisiteError",
+    "Servers",
     "external_database_url",
     "external_kafka_bootstrap",
     "local_root",
+    "servers",
     "service_env",
     "start_services",
     "stop_services",
