@@ -53,6 +53,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         committers=settings.writer_committers,
         idempotency_ttl=settings.idempotency_ttl_hours * 3600,
         notify_payload=token,
+        linger=settings.writer_linger_ms / 1000,
     )
     workers.append(writer.run)
     handlers: dict[str, Callable[[str], None]] = {"herald_catalog": catalog.on_changed}

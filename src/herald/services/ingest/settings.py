@@ -24,6 +24,12 @@ class IngestSettings(RuntimeSettings):
     relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
     relay_batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per relay round.")
     writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
+    writer_linger_ms: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="How long a small group commit waits for more calls to join it.",
+    )
     idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")
     event_retention_days: float = Field(90, gt=0, description="How long events are kept.")
     outbox_retention_hours: float = Field(24, gt=0, description="How long sent rows are kept.")
