@@ -17,7 +17,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING
 
-from . import LocalKafka, LocalPostgres, start_services
+from . import LocalKafka, LocalPostgres, local_root, start_services
 from ._stack_services import (
     Service,
     dial_target,
@@ -28,6 +28,7 @@ from ._stack_services import (
     write_pid,
 )
 from ._util import REPO_ROOT, DevEnvError, port_open
+from .dev_secrets import dev_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -48,6 +49,8 @@ def child_env(service: Service, infra: Mapping[str, str]) -> dict[str, str]:
     """
     env = dict(os.environ)
     env.update(infra)
+    for name, value in dev_secrets(local_root()).items():
+        env.setdefault(name, value)
     env.setdefault("LOG_FORMAT", "console")
     env["PYTHONUNBUFFERED"] = "1"
     env[service.addr_var] = service.addr

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import LocalKafka, LocalPostgres, external_database_url, external_kafka_bootstrap
 from ._util import REPO_ROOT, DevEnvError, pid_alive, proc_cmdline, read_pid
+from .dev_secrets import DEV_TENANT, dev_api_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -289,4 +290,7 @@ def summary(services: Sequence[Service], root: Path, pids: Mapping[str, int]) ->
     lines.append("infrastructure:")
     for state in infra_state(root):
         lines.append(f"  {state.var}={state.value}   [{state.label}: {state.describe()}]")
+    key = dev_api_key(root)
+    if key and any(s.name == "webhooks" for s in services):
+        lines.append(f"development API key (tenant {DEV_TENANT}): -H 'authorization: Bearer {key}'")
     return lines

@@ -38,6 +38,8 @@ class App:
     service_names: list[str]
     register: Callable[[grpc.aio.Server], None]
     health_checks: dict[str, Check] = field(default_factory=dict)
+    # Run inside the error interceptor (so their RpcErrors become statuses).
+    interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
     workers: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
@@ -91,7 +93,7 @@ class Running:
 async def start(app: App, address: str, metrics_address: str | None = None) -> Running:
     """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers."""
     configure_tracing(app.name)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), *app.interceptors]
     if tracing_enabled():
         interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     server = grpc.aio.server(

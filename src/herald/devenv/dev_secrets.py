@@ -1,0 +1,43 @@
+"""Development-only secrets for `make run` / `make up`: a webhooks master key and an
+API key for the tenant ``dev``, generated once into ``.local/dev-secrets.json``.
+
+Real deployments set WEBHOOKS_MASTER_KEY and WEBHOOKS_API_KEYS themselves; values
+already in the environment always win.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DEV_TENANT = "dev"
+
+
+def dev_secrets(root: Path) -> dict[str, str]:
+    """The development variables, created on first use (file mode 0600)."""
+    path = root / "dev-secrets.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    values = {
+        "WEBHOOKS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "WEBHOOKS_API_KEYS": f"hk_dev_{secrets.token_hex(16)}={DEV_TENANT}",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(values, out, indent=2)
+    return values
+
+
+def dev_api_key(root: Path) -> str | None:
+    """The development API key, unless the environment brings its own keys."""
+    if os.environ.get("WEBHOOKS_API_KEYS"):
+        return None
+    return dev_secrets(root)["WEBHOOKS_API_KEYS"].partition("=")[0]

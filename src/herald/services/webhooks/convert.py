@@ -1,0 +1,84 @@
+"""Webhook messages ↔ the domain. Unset proto fields take the seed's defaults."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from herald.webhooks.v1 import webhooks_pb2
+
+from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
+from herald.services.webhooks.store import StoredWebhook
+
+
+def spec_of(message: webhooks_pb2.Webhook) -> WebhookSpec:
+    """The spec a request describes (defaults where it says nothing)."""
+    policy = RetryPolicy()
+    if message.HasField("retry_policy"):
+        given = message.retry_policy
+        policy = RetryPolicy(
+            max_retries=given.max_retries,
+            initial_delay=_seconds(given.initial_delay)
+            if given.HasField("initial_delay")
+            else policy.initial_delay,
+            backoff_multiplier=given.backoff_multiplier or policy.backoff_multiplier,
+            max_delay=_seconds(given.max_delay)
+            if given.HasField("max_delay")
+            else policy.max_delay,
+        )
+    return WebhookSpec(
+        name=message.name,
+        url=message.url,
+        event_types=tuple(message.event_types),
+        active=message.active if message.HasField("active") else True,
+        retry_policy=policy,
+        rate_limit=RateLimit(message.rate_limit.per_second, message.rate_limit.per_minute),
+        headers=dict(message.headers),
+        description=message.description,
+        metadata=dict(message.metadata),
+    )
+
+
+def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
+    """The Webhook message (never with its secret)."""
+    spec = stored.spec
+    message = webhooks_pb2.Webhook(
+        id=stored.id,
+        name=spec.name,
+        url=spec.url,
+        event_types=list(spec.event_types),
+        active=spec.active,
+        retry_policy=webhooks_pb2.RetryPolicy(
+            max_retries=spec.retry_policy.max_retries,
+            initial_delay=_duration(spec.retry_policy.initial_delay),
+            backoff_multiplier=spec.retry_policy.backoff_multiplier,
+            max_delay=_duration(spec.retry_policy.max_delay),
+        ),
+        rate_limit=webhooks_pb2.RateLimit(
+            per_second=spec.rate_limit.per_second, per_minute=spec.rate_limit.per_minute
+        ),
+        headers=dict(spec.headers),
+        description=spec.description,
+        metadata=dict(spec.metadata),
+        create_time=timestamp(stored.created_at),
+        update_time=timestamp(stored.updated_at),
+    )
+    if stored.last_delivery_at is not None:
+        message.last_delivery_time.CopyFrom(timestamp(stored.last_delivery_at))
+    return message
+
+
+def timestamp(value: object) -> Timestamp:
+    """A Timestamp from an aware datetime."""
+    out = Timestamp()
+    out.FromDatetime(value)  # type: ignore[arg-type]
+    return out
+
+
+def _seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _duration(seconds: float) -> Duration:
+    out = Duration()
+    out.FromNanoseconds(round(seconds * 1e9))
+    return out

@@ -1,0 +1,210 @@
+"""A webhook subscription and the rules it must satisfy. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from herald.runtime.errors import FieldViolation
+
+# Katya's seed (004): maxRetries 3, retryDelay 1000 ms, backoffMultiplier 2.
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_INITIAL_DELAY = 1.0
+DEFAULT_MULTIPLIER = 2.0
+DEFAULT_MAX_DELAY = 30.0
+
+MAX_NAME = 200
+MAX_URL = 2048
+MAX_EVENT_TYPES = 100
+MAX_HEADERS = 20
+MAX_METADATA = 50
+MAX_DESCRIPTION = 2000
+_PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+# Headers Herald sets itself: a subscription cannot override them.
+_RESERVED_HEADERS = (
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "x-herald-",
+    "webhook-",
+    "transfer-encoding",
+    "connection",
+)
+UPDATABLE = frozenset(
+    {
+        "name",
+        "url",
+        "event_types",
+        "active",
+        "retry_policy",
+        "rate_limit",
+        "headers",
+        "description",
+        "metadata",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, capped at ``max_delay`` seconds."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial_delay: float = DEFAULT_INITIAL_DELAY
+    backoff_multiplier: float = DEFAULT_MULTIPLIER
+    max_delay: float = DEFAULT_MAX_DELAY
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Deliveries per second and per minute to one webhook; 0 means no limit."""
+
+    per_second: int = 0
+    per_minute: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSpec:
+    """What a tenant says about a subscription (everything but ids and times)."""
+
+    name: str
+    url: str
+    event_types: tuple[str, ...]
+    active: bool = True
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def updated(self, other: WebhookSpec, paths: Iterable[str]) -> WebhookSpec:
+        """A copy with the fields named by ``paths`` taken from ``other``."""
+        return replace(self, **{p: getattr(other, p) for p in paths})
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """``*`` matches every type, ``message.*`` every type under ``message.``."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def check(spec: WebhookSpec, known_types: Iterable[str]) -> list[FieldViolation]:
+    """Every problem with ``spec``, named by its field in the Webhook message."""
+    problems = _check_text(spec) + _check_url(spec.url)
+    problems += _check_event_types(spec.event_types, set(known_types))
+    problems += _check_retry(spec.retry_policy) + _check_rate(spec.rate_limit)
+    problems += _check_headers(spec.headers) + _check_metadata(spec.metadata)
+    return problems
+
+
+def check_secret(secret: str, field_name: str) -> list[FieldViolation]:
+    """A caller-chosen secret: 16 to 256 printable characters."""
+    if not 16 <= len(secret) <= 256 or not secret.isprintable():
+        return [FieldViolation(field_name, "16 to 256 printable characters")]
+    return []
+
+
+def _check_text(spec: WebhookSpec) -> list[FieldViolation]:
+    problems = []
+    if not spec.name.strip():
+        problems.append(FieldViolation("webhook.name", "required"))
+    elif len(spec.name) > MAX_NAME:
+        problems.append(FieldViolation("webhook.name", f"at most {MAX_NAME} characters"))
+    if len(spec.description) > MAX_DESCRIPTION:
+        problems.append(
+            FieldViolation("webhook.description", f"at most {MAX_DESCRIPTION} characters")
+        )
+    return problems
+
+
+def _check_url(url: str) -> list[FieldViolation]:
+    problem = ""
+    if not url:
+        problem = "required"
+    elif len(url) > MAX_URL:
+        problem = f"at most {MAX_URL} characters"
+    else:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            return [FieldViolation("webhook.url", f"not a valid URL: {exc}")]
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "an absolute http:// or https:// URL"
+        elif parts.username or parts.password:
+            problem = "credentials in the URL are not allowed; use headers"
+        elif port == 0:
+            problem = "port 0 is not a valid port"
+    return [FieldViolation("webhook.url", problem)] if problem else []
+
+
+def _check_event_types(patterns: tuple[str, ...], known: set[str]) -> list[FieldViolation]:
+    if not patterns:
+        return [FieldViolation("webhook.event_types", "at least one event type")]
+    if len(patterns) > MAX_EVENT_TYPES:
+        return [FieldViolation("webhook.event_types", f"at most {MAX_EVENT_TYPES}")]
+    problems = []
+    for i, pattern in enumerate(patterns):
+        where = f"webhook.event_types[{i}]"
+        if not _PATTERN.match(pattern):
+            problems.append(FieldViolation(where, "an event type, 'prefix.*' or '*'"))
+        elif not any(matches(pattern, t) for t in known):
+            problems.append(FieldViolation(where, f"{pattern!r} matches no registered event type"))
+    if len(set(patterns)) != len(patterns):
+        problems.append(FieldViolation("webhook.event_types", "contains duplicates"))
+    return problems
+
+
+def _check_retry(policy: RetryPolicy) -> list[FieldViolation]:
+    where = "webhook.retry_policy"
+    problems = []
+    if not 0 <= policy.max_retries <= 50:
+        problems.append(FieldViolation(f"{where}.max_retries", "between 0 and 50"))
+    if not 0.1 <= policy.initial_delay <= 3600:
+        problems.append(FieldViolation(f"{where}.initial_delay", "between 100 ms and 1 h"))
+    if not 1 <= policy.backoff_multiplier <= 10:
+        problems.append(FieldViolation(f"{where}.backoff_multiplier", "between 1 and 10"))
+    if not policy.initial_delay <= policy.max_delay <= 86_400:
+        problems.append(FieldViolation(f"{where}.max_delay", "between initial_delay and 24 h"))
+    return problems
+
+
+def _check_rate(limit: RateLimit) -> list[FieldViolation]:
+    problems = []
+    if not 0 <= limit.per_second <= 10_000:
+        problems.append(FieldViolation("webhook.rate_limit.per_second", "between 0 and 10000"))
+    if not 0 <= limit.per_minute <= 600_000:
+        problems.append(FieldViolation("webhook.rate_limit.per_minute", "between 0 and 600000"))
+    return problems
+
+
+def _check_headers(headers: Mapping[str, str]) -> list[FieldViolation]:
+    if len(headers) > MAX_HEADERS:
+        return [FieldViolation("webhook.headers", f"at most {MAX_HEADERS} headers")]
+    problems = []
+    for name, value in headers.items():
+        where = f"webhook.headers[{name}]"
+        if not _HEADER_NAME.match(name):
+            problems.append(FieldViolation(where, "letters, digits and '-' (at most 64)"))
+        elif name.lower().startswith(_RESERVED_HEADERS):
+            problems.append(FieldViolation(where, "set by Herald; cannot be overridden"))
+        if len(value) > 1024 or "\r" in value or "\n" in value:
+            problems.append(FieldViolation(where, "at most 1024 characters, no line breaks"))
+    return problems
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> list[FieldViolation]:
+    if len(metadata) > MAX_METADATA:
+        return [FieldViolation("webhook.metadata", f"at most {MAX_METADATA} entries")]
+    return [
+        FieldViolation(f"webhook.metadata[{k}]", "key 1-64 and value at most 512 characters")
+        for k, v in metadata.items()
+        if not 1 <= len(k) <= 64 or len(v) > 512
+    ]

@@ -1,0 +1,165 @@
+"""WebhookService over gRPC: proto ↔ domain, every call scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import structlog
+from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+
+from herald.runtime.auth import TENANT
+from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.pagination import page_of
+from herald.services.webhooks import model
+from herald.services.webhooks.convert import spec_of, timestamp, to_proto
+from herald.services.webhooks.event_types import EventTypeNames
+from herald.services.webhooks.secret_box import generate_secret
+from herald.services.webhooks.store import WebhookStore
+
+log = structlog.get_logger("herald.webhooks")
+Context = grpc.aio.ServicerContext[Any, Any]
+DEFAULT_GRACE = 24 * 3600.0
+MAX_GRACE = 7 * 24 * 3600.0
+
+
+class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
+    """The management RPCs."""
+
+    def __init__(self, store: WebhookStore, event_types: EventTypeNames) -> None:
+        self._store = store
+        self._event_types = event_types
+
+    async def CreateWebhook(
+        self, request: webhooks_pb2.CreateWebhookRequest, context: Context
+    ) -> webhooks_pb2.CreateWebhookResponse:
+        """Validates and stores a subscription; shows its secret this once."""
+        spec = spec_of(request.webhook)
+        problems = await self._check(spec)
+        if request.secret:
+            problems += model.check_secret(request.secret, "secret")
+        if problems:
+            raise InvalidArgument(problems)
+        secret = request.secret or generate_secret()
+        stored = await self._store.create(TENANT.get(), spec, secret)
+        log.info(
+            "webhook.created",
+            webhook_id=stored.id,
+            tenant=TENANT.get(),
+            event_types=list(spec.event_types),
+        )
+        return webhooks_pb2.CreateWebhookResponse(webhook=to_proto(stored), secret=secret)
+
+    async def GetWebhook(
+        self, request: webhooks_pb2.GetWebhookRequest, context: Context
+    ) -> webhooks_pb2.GetWebhookResponse:
+        """One subscription."""
+        stored = await self._store.get(TENANT.get(), _required_id(request.id))
+        return webhooks_pb2.GetWebhookResponse(webhook=to_proto(stored))
+
+    async def ListWebhooks(
+        self, request: webhooks_pb2.ListWebhooksRequest, context: Context
+    ) -> webhooks_pb2.ListWebhooksResponse:
+        """A page of the tenant's subscriptions."""
+        tenant = TENANT.get()
+        page = page_of(request.page_size, request.page_token, tenant)
+        items, total = await self._store.page(tenant, page.offset, page.size)
+        return webhooks_pb2.ListWebhooksResponse(
+            webhooks=[to_proto(s) for s in items],
+            next_page_token=page.next_token(len(items), total),
+            total_size=total,
+        )
+
+    async def UpdateWebhook(
+        self, request: webhooks_pb2.UpdateWebhookRequest, context: Context
+    ) -> webhooks_pb2.UpdateWebhookResponse:
+        """Changes the fields named in update_mask (AIP-134)."""
+        paths = list(request.update_mask.paths)
+        unknown = [p for p in paths if p not in model.UPDATABLE]
+        if not paths or unknown:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "update_mask",
+                        f"name the fields to change among {sorted(model.UPDATABLE)}"
+                        + (f"; unknown: {unknown}" if unknown else ""),
+                    )
+                ]
+            )
+        given = spec_of(request.webhook)
+        known = await self._event_types.names()
+        if "event_types" in paths and not _all_known(given.event_types, known):
+            known = await self._refreshed()  # a type created a moment ago
+
+        def change(current: model.WebhookSpec) -> model.WebhookSpec:
+            merged = current.updated(given, paths)
+            problems = model.check(merged, known)
+            if problems:
+                raise InvalidArgument(problems)
+            return merged
+
+        webhook_id = _required_id(request.webhook.id, "webhook.id")
+        stored = await self._store.update(TENANT.get(), webhook_id, change)
+        log.info("webhook.updated", webhook_id=stored.id, tenant=TENANT.get(), fields=paths)
+        return webhooks_pb2.UpdateWebhookResponse(webhook=to_proto(stored))
+
+    async def DeleteWebhook(
+        self, request: webhooks_pb2.DeleteWebhookRequest, context: Context
+    ) -> webhooks_pb2.DeleteWebhookResponse:
+        """Removes a subscription."""
+        await self._store.delete(TENANT.get(), _required_id(request.id))
+        log.info("webhook.deleted", webhook_id=request.id, tenant=TENANT.get())
+        return webhooks_pb2.DeleteWebhookResponse()
+
+    async def GetWebhookSecret(
+        self, request: webhooks_pb2.GetWebhookSecretRequest, context: Context
+    ) -> webhooks_pb2.GetWebhookSecretResponse:
+        """The current signing secret (an explicit call; never in lists or logs)."""
+        secret = await self._store.secret(TENANT.get(), _required_id(request.id))
+        return webhooks_pb2.GetWebhookSecretResponse(secret=secret)
+
+    async def RotateWebhookSecret(
+        self, request: webhooks_pb2.RotateWebhookSecretRequest, context: Context
+    ) -> webhooks_pb2.RotateWebhookSecretResponse:
+        """A new secret; the previous one keeps signing during the grace period."""
+        grace = DEFAULT_GRACE
+        if request.HasField("grace_period"):
+            grace = request.grace_period.ToTimedelta().total_seconds()
+        problems = []
+        if not 0 <= grace <= MAX_GRACE:
+            problems.append(FieldViolation("grace_period", "between 0 and 7 days"))
+        if request.new_secret:
+            problems += model.check_secret(request.new_secret, "new_secret")
+        if problems:
+            raise InvalidArgument(problems)
+        secret = request.new_secret or generate_secret()
+        expires = await self._store.rotate(TENANT.get(), _required_id(request.id), secret, grace)
+        log.info(
+            "webhook.secret_rotated",
+            webhook_id=request.id,
+            tenant=TENANT.get(),
+            grace_seconds=grace,
+        )
+        return webhooks_pb2.RotateWebhookSecretResponse(
+            secret=secret, previous_secret_expire_time=timestamp(expires)
+        )
+
+    async def _check(self, spec: model.WebhookSpec) -> list[FieldViolation]:
+        known = await self._event_types.names()
+        if not _all_known(spec.event_types, known):
+            known = await self._refreshed()  # a type created a moment ago
+        return model.check(spec, known)
+
+    async def _refreshed(self) -> frozenset[str]:
+        self._event_types.forget()
+        return await self._event_types.names()
+
+
+def _all_known(patterns: tuple[str, ...], known: frozenset[str]) -> bool:
+    return all(any(model.matches(p, t) for t in known) for p in patterns)
+
+
+def _required_id(webhook_id: str, field_name: str = "id") -> str:
+    if not webhook_id:
+        raise InvalidArgument([FieldViolation(field_name, "required")])
+    return webhook_id

@@ -1,0 +1,59 @@
+"""The webhooks service's configuration (environment variables)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import Field, field_validator
+
+from herald.runtime.auth import parse_api_keys
+from herald.runtime.settings import RuntimeSettings, address_setting
+
+
+class WebhooksSettings(RuntimeSettings):
+    """Settings of the webhooks service."""
+
+    webhooks_addr: str = Field("127.0.0.1:50053", description="gRPC listen address.")
+    webhooks_metrics_addr: str = Field("127.0.0.1:9453", description="/metrics address.")
+    webhooks_api_keys: str = Field(
+        ..., description="KEY=TENANT pairs, comma-separated; a key is 16+ characters.", repr=False
+    )
+    webhooks_master_key: str = Field(
+        ...,
+        description="Base64 of 32 random bytes: encrypts secrets at rest (AES-256-GCM).",
+        repr=False,
+    )
+    ingest_addr: str = Field(
+        "127.0.0.1:50051", description="Where the event-type catalog is (ingest)."
+    )
+    event_types_cache_seconds: float = Field(
+        2.0, ge=0, description="How long the catalog's type names are reused."
+    )
+
+    @field_validator("webhooks_addr", "webhooks_metrics_addr", "ingest_addr")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return address_setting(value)
+
+    @field_validator("webhooks_api_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        if not parse_api_keys(value):
+            raise ValueError("at least one KEY=TENANT pair")
+        return value
+
+    @field_validator("webhooks_master_key")
+    @classmethod
+    def _master(cls, value: str) -> str:
+        try:
+            key = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"decodes to {len(key)} bytes; 32 are needed")
+        return value
+
+    def master_key(self) -> bytes:
+        """The decoded master key."""
+        return base64.b64decode(self.webhooks_master_key)

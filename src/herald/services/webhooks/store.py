@@ -1,0 +1,154 @@
+"""Subscriptions in PostgreSQL, always scoped to one tenant."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+
+from herald.runtime.db import Queries
+from herald.runtime.errors import NotFound
+from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
+from herald.services.webhooks.secret_box import SecretBox
+
+Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWebhook:
+    """A subscription as stored (its secret stays sealed)."""
+
+    id: str
+    spec: WebhookSpec
+    created_at: datetime
+    updated_at: datetime
+    last_delivery_at: datetime | None
+
+
+def _stored(row: asyncpg.Record) -> StoredWebhook:
+    spec = WebhookSpec(
+        name=row["name"],
+        url=row["url"],
+        event_types=tuple(row["event_types"]),
+        active=row["active"],
+        retry_policy=RetryPolicy(
+            row["max_retries"],
+            row["initial_delay_ms"] / 1000,
+            row["backoff_multiplier"],
+            row["max_delay_ms"] / 1000,
+        ),
+        rate_limit=RateLimit(row["rate_per_second"], row["rate_per_minute"]),
+        headers=json.loads(row["headers"]),
+        description=row["description"],
+        metadata=json.loads(row["metadata"]),
+    )
+    return StoredWebhook(
+        str(row["id"]), spec, row["created_at"], row["updated_at"], row["last_delivery_at"]
+    )
+
+
+def _columns(spec: WebhookSpec) -> tuple[object, ...]:
+    policy, limit = spec.retry_policy, spec.rate_limit
+    return (
+        spec.name,
+        spec.url,
+        list(spec.event_types),
+        spec.active,
+        policy.max_retries,
+        round(policy.initial_delay * 1000),
+        policy.backoff_multiplier,
+        round(policy.max_delay * 1000),
+        limit.per_second,
+        limit.per_minute,
+        json.dumps(dict(spec.headers)),
+        spec.description,
+        json.dumps(dict(spec.metadata)),
+    )
+
+
+def _uuid(webhook_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(webhook_id)
+    except ValueError:
+        raise NotFound(f"webhook {webhook_id!r} not found") from None
+
+
+class WebhookStore:
+    """CRUD and secrets; NOT_FOUND for a missing id and for another tenant's."""
+
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+        self._pool = pool
+        self._box = box
+
+    async def create(self, tenant: str, spec: WebhookSpec, secret: str) -> StoredWebhook:
+        """Stores a new subscription with its sealed secret."""
+        webhook_id = uuid.uuid4()
+        row = await self._pool.fetchrow(
+            Q.insert_webhook,
+            webhook_id,
+            tenant,
+            *_columns(spec),
+            self._box.seal(secret, str(webhook_id)),
+        )
+        assert row is not None
+        return _stored(row)
+
+    async def get(self, tenant: str, webhook_id: str) -> StoredWebhook:
+        """One of the tenant's subscriptions."""
+        row = await self._pool.fetchrow(Q.get_webhook, _uuid(webhook_id), tenant)
+        if row is None:
+            raise NotFound(f"webhook {webhook_id!r} not found")
+        return _stored(row)
+
+    async def page(self, tenant: str, offset: int, size: int) -> tuple[list[StoredWebhook], int]:
+        """A page of the tenant's subscriptions (oldest first) and their count."""
+        rows = await self._pool.fetch(Q.list_webhooks, tenant, offset, size)
+        total = (
+            int(rows[0]["total"])
+            if rows
+            else int(await self._pool.fetchval(Q.count_webhooks, tenant))
+        )
+        return [_stored(r) for r in rows], total
+
+    async def update(
+        self, tenant: str, webhook_id: str, change: Callable[[WebhookSpec], WebhookSpec]
+    ) -> StoredWebhook:
+        """Applies ``change`` (which may raise to refuse it) to the subscription, with
+        the row locked so that concurrent updates do not overwrite each other."""
+        ident = _uuid(webhook_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(Q.get_webhook_for_update, ident, tenant)
+            if row is None:
+                raise NotFound(f"webhook {webhook_id!r} not found")
+            spec = change(_stored(row).spec)
+            updated = await conn.fetchrow(Q.update_webhook, ident, tenant, *_columns(spec))
+        assert updated is not None
+        return _stored(updated)
+
+    async def delete(self, tenant: str, webhook_id: str) -> None:
+        """Removes the subscription."""
+        if await self._pool.fetchval(Q.delete_webhook, _uuid(webhook_id), tenant) is None:
+            raise NotFound(f"webhook {webhook_id!r} not found")
+
+    async def secret(self, tenant: str, webhook_id: str) -> str:
+        """The current secret, decrypted."""
+        row = await self._pool.fetchrow(Q.get_webhook, _uuid(webhook_id), tenant)
+        if row is None:
+            raise NotFound(f"webhook {webhook_id!r} not found")
+        return self._box.open(bytes(row["secret"]), str(row["id"]))
+
+    async def rotate(self, tenant: str, webhook_id: str, secret: str, grace: float) -> datetime:
+        """Makes ``secret`` current; the old one signs too until the returned time."""
+        ident = _uuid(webhook_id)
+        expires = await self._pool.fetchval(
+            Q.rotate_secret, ident, tenant, self._box.seal(secret, str(ident)), grace
+        )
+        if expires is None:
+            raise NotFound(f"webhook {webhook_id!r} not found")
+        result: datetime = expires
+        return result

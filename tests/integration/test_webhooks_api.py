@@ -1,0 +1,307 @@
+"""The webhook management API over gRPC, with ingest's catalog and real PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
+from grpc_status import rpc_status
+from herald.ingest.v1 import ingest_pb2
+from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+
+from herald.runtime.errors import bad_request_of
+from herald.runtime.server import Running, start
+from herald.services.webhooks.app import build
+from herald.services.webhooks.settings import WebhooksSettings
+from tests.conftest import Infra
+from tests.integration.conftest import IngestUnderTest, start_ingest
+
+pytestmark = pytest.mark.integration
+
+ACME = (("authorization", "Bearer hk_test_acme_0123456789abcdef"),)
+GLOBEX = (("authorization", "Bearer hk_test_globex_0123456789abcdef"),)
+
+
+@dataclass
+class Webhooks:
+    running: Running
+    stub: webhooks_pb2_grpc.WebhookServiceAsyncStub
+    channel: grpc.aio.Channel
+    ingest: IngestUnderTest
+    database_url: str
+
+
+@pytest.fixture
+async def webhooks(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Webhooks]:
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = WebhooksSettings(
+        database_url=database_url,
+        webhooks_addr="127.0.0.1:0",
+        webhooks_api_keys="hk_test_acme_0123456789abcdef=acme,"
+        "hk_test_globex_0123456789abcdef=globex",
+        webhooks_master_key=base64.b64encode(os.urandom(32)).decode(),
+        ingest_addr=f"127.0.0.1:{ingest.running.port}",
+    )
+    running = await start(await build(settings), "127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield Webhooks(
+        running, webhooks_pb2_grpc.WebhookServiceStub(channel), channel, ingest, database_url
+    )
+    await channel.close()
+    await running.stop(1)
+    await ingest.stop()
+
+
+def katya(**changes: object) -> webhooks_pb2.Webhook:
+    """The seed's example subscription."""
+    fields: dict[str, object] = {
+        "name": "My Webhook",
+        "url": "https://myapp.com/webhooks/katya",
+        "event_types": ["message.created", "trust.verification.created", "security.alert.created"],
+        "retry_policy": webhooks_pb2.RetryPolicy(max_retries=3, backoff_multiplier=2),
+    }
+    fields.update(changes)
+    return webhooks_pb2.Webhook(**fields)  # type: ignore[arg-type]
+
+
+async def fails(call: object, code: grpc.StatusCode) -> dict[str, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call  # type: ignore[misc]
+    assert exc.value.code() == code, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    return {v.field: v.description for v in bad_request_of(status)} if status else {}
+
+
+async def test_crud_with_secret_shown_on_create_and_on_request_only(webhooks: Webhooks) -> None:
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+    )
+    hook = created.webhook
+    assert created.secret.startswith("whsec_")
+    assert hook.active
+    assert hook.retry_policy.initial_delay.seconds == 1
+    assert hook.retry_policy.max_delay.seconds == 30
+    assert not hook.HasField("last_delivery_time")
+
+    got = await webhooks.stub.GetWebhook(webhooks_pb2.GetWebhookRequest(id=hook.id), metadata=ACME)
+    assert got.webhook == hook
+    assert created.secret not in str(got)
+    secret = await webhooks.stub.GetWebhookSecret(
+        webhooks_pb2.GetWebhookSecretRequest(id=hook.id), metadata=ACME
+    )
+    assert secret.secret == created.secret
+
+    # stored encrypted: the secret's bytes are not in the row
+    conn = await asyncpg.connect(webhooks.database_url)
+    try:
+        raw = await conn.fetchval(
+            "SELECT secret FROM webhooks.webhooks WHERE id = $1::uuid", hook.id
+        )
+    finally:
+        await conn.close()
+    assert created.secret.encode() not in bytes(raw)
+
+    await webhooks.stub.DeleteWebhook(webhooks_pb2.DeleteWebhookRequest(id=hook.id), metadata=ACME)
+    await fails(
+        webhooks.stub.GetWebhook(webhooks_pb2.GetWebhookRequest(id=hook.id), metadata=ACME),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+async def test_update_changes_only_the_masked_fields(webhooks: Webhooks) -> None:
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(description="first")), metadata=ACME
+        )
+    ).webhook
+    change = webhooks_pb2.Webhook(
+        id=hook.id,
+        name="Updated Webhook Name",
+        active=False,
+        event_types=["analytics.report.completed"],
+        description="ignored: not in the mask",
+    )
+    updated = (
+        await webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=change, update_mask=FieldMask(paths=["name", "active", "event_types"])
+            ),
+            metadata=ACME,
+        )
+    ).webhook
+    assert updated.name == "Updated Webhook Name"
+    assert not updated.active
+    assert list(updated.event_types) == ["analytics.report.completed"]
+    assert updated.description == "first"
+    assert updated.url == hook.url
+    assert updated.update_time.ToDatetime() >= hook.update_time.ToDatetime()
+
+    got = await fails(
+        webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=change, update_mask=FieldMask(paths=["secret"])
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "unknown: ['secret']" in got["update_mask"]
+    got = await fails(
+        webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=hook.id, url="nope"),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "webhook.url" in got
+
+
+async def test_pagination_answers_total_limit_offset_and_has_more(webhooks: Webhooks) -> None:
+    ids = []
+    for i in range(5):
+        created = await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(name=f"hook {i}")), metadata=ACME
+        )
+        ids.append(created.webhook.id)
+    seen, token, pages = [], "", 0
+    while True:
+        page = await webhooks.stub.ListWebhooks(
+            webhooks_pb2.ListWebhooksRequest(page_size=2, page_token=token), metadata=ACME
+        )
+        assert page.total_size == 5
+        seen += [w.id for w in page.webhooks]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
+    assert pages == 3
+
+
+async def test_tenants_see_only_their_own(webhooks: Webhooks) -> None:
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    for call in (
+        webhooks.stub.GetWebhook(webhooks_pb2.GetWebhookRequest(id=hook.id), metadata=GLOBEX),
+        webhooks.stub.GetWebhookSecret(
+            webhooks_pb2.GetWebhookSecretRequest(id=hook.id), metadata=GLOBEX
+        ),
+        webhooks.stub.DeleteWebhook(webhooks_pb2.DeleteWebhookRequest(id=hook.id), metadata=GLOBEX),
+        webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=hook.id, name="mine now"),
+                update_mask=FieldMask(paths=["name"]),
+            ),
+            metadata=GLOBEX,
+        ),
+        webhooks.stub.RotateWebhookSecret(
+            webhooks_pb2.RotateWebhookSecretRequest(id=hook.id), metadata=GLOBEX
+        ),
+    ):
+        await fails(call, grpc.StatusCode.NOT_FOUND)
+    listed = await webhooks.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=GLOBEX)
+    assert listed.total_size == 0
+    still = await webhooks.stub.GetWebhook(
+        webhooks_pb2.GetWebhookRequest(id=hook.id), metadata=ACME
+    )
+    assert still.webhook.name == "My Webhook"
+
+    await fails(
+        webhooks.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest()),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+    await fails(
+        webhooks.stub.ListWebhooks(
+            webhooks_pb2.ListWebhooksRequest(),
+            metadata=(("authorization", "Bearer hk_wrong_0123456789abcdef"),),
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+    )
+
+
+async def test_bad_input_is_invalid_argument_with_field_violations(webhooks: Webhooks) -> None:
+    bad = katya(
+        name="n" * 300,
+        url="not a url",
+        event_types=["message.created", "nope.created"],
+        retry_policy=webhooks_pb2.RetryPolicy(max_retries=-1),
+    )
+    got = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=bad, secret="short"), metadata=ACME
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {
+        "webhook.name",
+        "webhook.url",
+        "webhook.event_types[1]",
+        "webhook.retry_policy.max_retries",
+        "secret",
+    }
+
+
+async def test_a_type_registered_a_moment_ago_can_be_subscribed_to(webhooks: Webhooks) -> None:
+    await webhooks.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=ACME)
+    await webhooks.stub.CreateWebhook(  # warms the catalog cache
+        webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+    )
+    await webhooks.ingest.stub.CreateEventType(
+        ingest_pb2.CreateEventTypeRequest(
+            event_type=ingest_pb2.EventType(
+                name="parcel.delivered",
+                data_version="1.0",
+                json_schema=json.dumps({"type": "object"}),
+            )
+        )
+    )
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya(event_types=["parcel.*"])), metadata=ACME
+    )
+    assert list(created.webhook.event_types) == ["parcel.*"]
+
+
+async def test_rotation_returns_a_new_secret_and_the_grace_deadline(webhooks: Webhooks) -> None:
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+    )
+    before = datetime.now(UTC)
+    rotated = await webhooks.stub.RotateWebhookSecret(
+        webhooks_pb2.RotateWebhookSecretRequest(
+            id=created.webhook.id, grace_period=Duration(seconds=3600)
+        ),
+        metadata=ACME,
+    )
+    assert rotated.secret.startswith("whsec_")
+    assert rotated.secret != created.secret
+    deadline = rotated.previous_secret_expire_time.ToDatetime(tzinfo=UTC)
+    assert before + timedelta(minutes=59) < deadline < before + timedelta(minutes=61)
+    current = await webhooks.stub.GetWebhookSecret(
+        webhooks_pb2.GetWebhookSecretRequest(id=created.webhook.id), metadata=ACME
+    )
+    assert current.secret == rotated.secret
+    got = await fails(
+        webhooks.stub.RotateWebhookSecret(
+            webhooks_pb2.RotateWebhookSecretRequest(
+                id=created.webhook.id, grace_period=Duration(seconds=30 * 86400)
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "grace_period" in got

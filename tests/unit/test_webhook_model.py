@@ -1,0 +1,100 @@
+"""Subscription rules, pattern matching, secrets and API keys. No I/O."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from herald.runtime.auth import ApiKeys, parse_api_keys
+from herald.runtime.errors import Unauthenticated
+from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec, check, matches
+from herald.services.webhooks.secret_box import SecretBox, generate_secret
+
+KNOWN = {"message.created", "message.deleted", "security.alert.created", "user_registered"}
+
+
+def problems(spec: WebhookSpec) -> dict[str, str]:
+    return {v.field: v.description for v in check(spec, KNOWN)}
+
+
+def test_a_seed_like_subscription_is_valid_with_the_seed_defaults() -> None:
+    spec = WebhookSpec(
+        "My Webhook", "https://myapp.com/webhooks/katya", ("message.created", "security.*")
+    )
+    assert check(spec, KNOWN) == []
+    assert spec.retry_policy == RetryPolicy(3, 1.0, 2.0, 30.0)
+
+
+def test_patterns() -> None:
+    assert matches("*", "anything.at.all")
+    assert matches("message.*", "message.created")
+    assert not matches("message.*", "messages.created")
+    assert not matches("message.created", "message.deleted")
+
+
+def test_each_bad_field_is_named() -> None:
+    spec = WebhookSpec(
+        name="x" * 201,
+        url="ftp://files.example.com/in",
+        event_types=("nope.*", "Bad Type"),
+        retry_policy=RetryPolicy(
+            max_retries=-1, initial_delay=0.01, backoff_multiplier=0.5, max_delay=0.001
+        ),
+        rate_limit=RateLimit(per_second=-2),
+        headers={"X-Herald-Event": "spoof", "X-Ok": "a\nb"},
+        metadata={"k" * 65: "v"},
+    )
+    got = problems(spec)
+    assert got["webhook.name"] == "at most 200 characters"
+    assert "http:// or https://" in got["webhook.url"]
+    assert got["webhook.event_types[0]"] == "'nope.*' matches no registered event type"
+    assert "an event type" in got["webhook.event_types[1]"]
+    assert got["webhook.retry_policy.max_retries"] == "between 0 and 50"
+    assert "webhook.retry_policy.initial_delay" in got
+    assert "webhook.retry_policy.backoff_multiplier" in got
+    assert "webhook.retry_policy.max_delay" in got
+    assert "webhook.rate_limit.per_second" in got
+    assert "cannot be overridden" in got["webhook.headers[X-Herald-Event]"]
+    assert "no line breaks" in got["webhook.headers[X-Ok]"]
+    assert f"webhook.metadata[{'k' * 65}]" in got
+
+
+def test_urls() -> None:
+    for bad in ("", "not a url", "https://user:pw@host/x", "http://:80/x", "https://h:0/"):
+        assert "webhook.url" in problems(WebhookSpec("n", bad, ("*",))), bad
+    assert problems(WebhookSpec("n", "http://127.0.0.1:8080/hook?x=1", ("*",))) == {}
+
+
+def test_generated_secret_is_a_standard_webhooks_secret() -> None:
+    secret = generate_secret()
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+    StandardWebhook(secret)  # the reference library accepts it as a key
+
+
+def test_secret_box_round_trip_and_binding_to_the_webhook() -> None:
+    box = SecretBox(bytes(range(32)))
+    sealed = box.seal("whsec_abc", "id-1")
+    assert b"whsec_abc" not in sealed
+    assert box.open(sealed, "id-1") == "whsec_abc"
+    with pytest.raises(InvalidTag):
+        box.open(sealed, "id-2")  # copied onto another row: refused
+    with pytest.raises(InvalidTag):
+        SecretBox(bytes(32)).open(sealed, "id-1")  # another master key
+
+
+def test_api_keys() -> None:
+    keys = ApiKeys(parse_api_keys("hk_test_aaaaaaaaaaaaaaaa=acme, hk_test_bbbbbbbbbbbbbbbb=globex"))
+    assert keys.tenant({"authorization": "Bearer hk_test_bbbbbbbbbbbbbbbb"}) == "globex"
+    for metadata in (
+        {},
+        {"authorization": "Basic x"},
+        {"authorization": "Bearer hk_test_cccccccccccccccc"},
+    ):
+        with pytest.raises(Unauthenticated):
+            keys.tenant(metadata)
+    with pytest.raises(ValueError, match="entry 1"):
+        parse_api_keys("short=acme")
