@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,6 +15,7 @@ from herald.ingest.v1 import ingest_pb2_grpc
 from herald.runtime.server import Running, start
 from herald.services.ingest.app import build
 from herald.services.ingest.settings import IngestSettings
+from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
@@ -54,3 +58,26 @@ async def ingest(infra: Infra, database_url: str, topic: str) -> AsyncIterator[I
     service = await start_ingest(infra, database_url, topic)
     yield service
     await service.stop()
+
+
+ACME_KEY = "hk_test_acme_0123456789abcdef"
+GLOBEX_KEY = "hk_test_globex_0123456789abcdef"
+
+
+def webhooks_settings(database_url: str, ingest_port: int, **overrides: object) -> WebhooksSettings:
+    """Webhooks settings for a test: its own topics, consumer group and master key."""
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "webhooks_addr": "127.0.0.1:0",
+        "webhooks_api_keys": f"{ACME_KEY}=acme,{GLOBEX_KEY}=globex",
+        "webhooks_master_key": base64.b64encode(os.urandom(32)).decode(),
+        "ingest_addr": f"127.0.0.1:{ingest_port}",
+        "deliveries_topic": f"herald.deliveries.t{suffix}",
+        "deliveries_group": f"g{suffix}",
+        "dlq_topic": f"herald.dlq.t{suffix}",
+        "delivery_timeout_seconds": 1.0,
+        "webhooks_allowed_networks": "127.0.0.0/8",
+    }
+    values.update(overrides)
+    return WebhooksSettings(**values)  # type: ignore[arg-type]

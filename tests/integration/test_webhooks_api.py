@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,9 +19,8 @@ from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.services.webhooks.app import build
-from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
-from tests.integration.conftest import IngestUnderTest, start_ingest
+from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +40,8 @@ class Webhooks:
 @pytest.fixture
 async def webhooks(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Webhooks]:
     ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
-    settings = WebhooksSettings(
-        database_url=database_url,
-        webhooks_addr="127.0.0.1:0",
-        webhooks_api_keys="hk_test_acme_0123456789abcdef=acme,"
-        "hk_test_globex_0123456789abcdef=globex",
-        webhooks_master_key=base64.b64encode(os.urandom(32)).decode(),
-        ingest_addr=f"127.0.0.1:{ingest.running.port}",
-    )
-    running = await start(await build(settings), "127.0.0.1:0")
+    settings = webhooks_settings(database_url, ingest.running.port)
+    running = await start(await build(settings, infra.kafka_settings()), "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     yield Webhooks(
         running, webhooks_pb2_grpc.WebhookServiceStub(channel), channel, ingest, database_url

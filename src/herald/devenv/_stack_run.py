@@ -51,6 +51,8 @@ def child_env(service: Service, infra: Mapping[str, str]) -> dict[str, str]:
     env.update(infra)
     for name, value in dev_secrets(local_root()).items():
         env.setdefault(name, value)
+    # Development receivers run on this machine: webhooks may deliver to loopback.
+    env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     env.setdefault("LOG_FORMAT", "console")
     env["PYTHONUNBUFFERED"] = "1"
     env[service.addr_var] = service.addr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,6 +17,7 @@ from aiokafka.helpers import create_ssl_context
 from herald.runtime.settings import KafkaSettings
 
 log = structlog.get_logger("herald.kafka")
+C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer)
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -84,6 +85,23 @@ async def ensure_topics(
         log.info("kafka.topics_created", topics=missing)
     finally:
         await admin.close()
+
+
+async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: float = 5.0) -> C:
+    """Starts a client made by ``make``, retrying while Kafka is unreachable (a failed
+    aiokafka client cannot be started again, so each try makes a new one)."""
+    delay = 0.5
+    while True:
+        client = make()
+        try:
+            await client.start()
+        except Exception as exc:  # any bootstrap failure: retry
+            await client.stop()
+            log.warning("kafka.unreachable", client=what, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(max_backoff, delay * 2)
+        else:
+            return client
 
 
 async def check(producer: AIOKafkaProducer) -> None:

@@ -30,7 +30,8 @@ class App:
     """What a service puts into the shared runtime.
 
     ``register`` adds the service's servicers to the server. ``workers`` run for the
-    life of the process (consumers, relays); ``on_stop`` hooks run after the server
+    life of the process (consumers, relays) or finish once their job is done; one
+    that raises stops the process (exit 1). ``on_stop`` hooks run after the server
     has drained, in order (flush producers, close pools).
     """
 
@@ -69,7 +70,10 @@ class Running:
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self.crashed.done():
             return
-        exc = task.exception() or RuntimeError(f"worker {task.get_name()} returned")
+        exc = task.exception()
+        if exc is None:  # a one-off worker (e.g. start a client once Kafka answers)
+            log.info("worker.finished", worker=task.get_name())
+            return
         log.error("worker.crashed", worker=task.get_name(), error=repr(exc))
         self.crashed.set_result(exc)
 

@@ -22,6 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from herald.runtime.kafka import start_when_reachable
 from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
 from herald.services.ingest.writer import Q
@@ -67,18 +68,8 @@ class Relay:
     async def start_producer(self) -> None:
         """Starts a producer, retrying while Kafka is unreachable: events are safe
         in the outbox meanwhile."""
-        delay = 0.5
-        while self._producer is None:
-            producer = self._make_producer()
-            try:
-                await producer.start()
-            except Exception as exc:
-                await producer.stop()
-                log.warning("relay.kafka_unreachable", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(self._max_backoff, delay * 2)
-            else:
-                self._producer = producer
+        if self._producer is None:
+            self._producer = await start_when_reachable(self._make_producer, "relay")
 
     async def drain(self, seconds: float) -> None:
         """Sends what is pending (on shutdown, after the server stopped accepting),

@@ -8,7 +8,7 @@ import uvloop
 
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
-from herald.runtime.settings import load_settings
+from herald.runtime.settings import KafkaSettings, load_settings
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 
@@ -17,7 +17,7 @@ async def main() -> int:
     """Builds and serves the webhooks service until SIGTERM."""
     settings = load_settings(WebhooksSettings)
     configure_logging(settings.log_level, settings.log_format, service="webhooks")
-    app = await build(settings)
+    app = await build(settings, load_settings(KafkaSettings))
     return await serve(
         app, settings.webhooks_addr, settings.webhooks_metrics_addr, settings.shutdown_grace_seconds
     )

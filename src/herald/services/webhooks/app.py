@@ -6,34 +6,92 @@ from functools import partial
 from pathlib import Path
 
 import grpc
+import structlog
+from aiokafka import AIOKafkaProducer
 from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 
-from herald.runtime import db
+from herald.runtime import db, kafka
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
+from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
+from herald.runtime.settings import KafkaSettings
+from herald.services.webhooks.engine import VERSION, Engine
 from herald.services.webhooks.event_types import EventTypeNames
+from herald.services.webhooks.http import DeliveryClient
+from herald.services.webhooks.intake import Intake
+from herald.services.webhooks.metrics import report_due
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
 from herald.services.webhooks.settings import WebhooksSettings
 from herald.services.webhooks.store import WebhookStore
 
+log = structlog.get_logger("herald.webhooks")
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 SERVICE_NAME = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
 
 
-async def build(settings: WebhooksSettings) -> App:
+async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> App:
     """Connects to PostgreSQL, migrates; returns the App."""
     pool = await db.create_pool(settings.database_url, settings.database_pool_size)
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("webhooks", MIGRATIONS))
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
-    store = WebhookStore(pool, SecretBox(settings.master_key()))
+    box = SecretBox(settings.master_key())
+    store = WebhookStore(pool, box)
     servicer = WebhookServicer(store, EventTypeNames(ingest, settings.event_types_cache_seconds))
+    producer: list[AIOKafkaProducer] = []  # started by a worker once Kafka answers
+
+    async def start_producer() -> None:
+        producer.append(
+            await kafka.start_when_reachable(
+                partial(kafka.make_producer, kafka_settings), "webhooks-producer"
+            )
+        )
+
+    client = DeliveryClient(
+        timeout=settings.delivery_timeout_seconds,
+        allowed_networks=settings.networks_of(settings.webhooks_allowed_networks),
+        user_agent=f"Herald-Webhooks/{VERSION}",
+    )
+    engine = Engine(
+        pool,
+        client,
+        box,
+        lambda: producer[0] if producer else None,
+        EventPublisher(ingest, source="urn:herald:webhooks"),
+        concurrency=settings.delivery_concurrency,
+        lease_seconds=settings.delivery_timeout_seconds + 30,
+        dlq_topic=settings.dlq_topic,
+    )
+    intake = Intake(
+        pool,
+        partial(
+            kafka.make_consumer,
+            kafka_settings,
+            settings.deliveries_topic,
+            group_id=settings.deliveries_group,
+        ),
+        lambda: producer[0] if producer else None,
+        engine.wake,
+        dlq_topic=settings.dlq_topic,
+    )
+    try:
+        await kafka.ensure_topics(kafka_settings, [settings.deliveries_topic, settings.dlq_topic])
+    except Exception as exc:
+        log.warning("webhooks.topics_unchecked", error=repr(exc))
+
+    async def kafka_check() -> None:
+        if not producer:
+            raise ConnectionError("Kafka producer not connected")
+        await kafka.check(producer[0])
 
     def register(server: grpc.aio.Server) -> None:
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        if producer:
+            await producer[0].stop()
+        await client.aclose()
         await ingest.close()
         await pool.close()
 
@@ -41,7 +99,8 @@ async def build(settings: WebhooksSettings) -> App:
         name="webhooks",
         service_names=[SERVICE_NAME],
         register=register,
-        health_checks={"postgres": partial(db.check, pool)},
+        health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
+        workers=[start_producer, intake.run, engine.run, partial(report_due, pool)],
         interceptors=[BearerAuthInterceptor(ApiKeys(parse_api_keys(settings.webhooks_api_keys)))],
         on_stop=[close],
     )

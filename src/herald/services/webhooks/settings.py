@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 
 from pydantic import Field, field_validator
 
@@ -31,6 +32,21 @@ class WebhooksSettings(RuntimeSettings):
         2.0, ge=0, description="How long the catalog's type names are reused."
     )
 
+    deliveries_topic: str = Field("herald.deliveries", description="Topic of delivery jobs.")
+    deliveries_group: str = Field("herald-webhooks", description="Its consumer group.")
+    dlq_topic: str = Field("herald.dlq", description="Dead-letter topic.")
+    delivery_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="An attempt succeeds with a 2xx within this time."
+    )
+    delivery_concurrency: int = Field(
+        64, ge=1, le=2000, description="Attempts in flight per process."
+    )
+    webhooks_allowed_networks: str = Field(
+        "",
+        description="CIDRs that destinations may resolve to although not public "
+        "(e.g. 127.0.0.0/8 in development); everything else non-public is refused.",
+    )
+
     @field_validator("webhooks_addr", "webhooks_metrics_addr", "ingest_addr")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -53,6 +69,18 @@ class WebhooksSettings(RuntimeSettings):
         if len(key) != 32:
             raise ValueError(f"decodes to {len(key)} bytes; 32 are needed")
         return value
+
+    @field_validator("webhooks_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for cidr in cls.networks_of(value):
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad one
+        return value
+
+    @staticmethod
+    def networks_of(value: str) -> list[str]:
+        """The CIDRs of a comma-separated list."""
+        return [c.strip() for c in value.split(",") if c.strip()]
 
     def master_key(self) -> bytes:
         """The decoded master key."""

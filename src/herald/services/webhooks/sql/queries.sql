@@ -39,3 +39,72 @@ SET previous_secret = secret, secret = $3,
     previous_secret_expires_at = now() + make_interval(secs => $4), updated_at = now()
 WHERE id = $1 AND tenant = $2
 RETURNING previous_secret_expires_at
+
+-- name: insert_deliveries
+-- New deliveries from consumed jobs; a job seen before (same webhook, job id) is
+-- skipped. Jobs for webhooks that no longer exist are dropped by the join.
+INSERT INTO webhooks.deliveries
+    (id, webhook_id, tenant, job_id, event_id, event_type, body, context, next_attempt_at)
+SELECT t.id, t.webhook_id, w.tenant, t.job_id, t.event_id, t.event_type, t.body, t.context,
+       now()
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+            $7::jsonb[]) AS t(id, webhook_id, job_id, event_id, event_type, body, context)
+JOIN webhooks.webhooks AS w ON w.id = t.webhook_id
+ON CONFLICT (webhook_id, job_id) DO NOTHING
+RETURNING id
+
+-- name: claim_due
+-- Due deliveries of active webhooks; claiming moves next_attempt_at a lease ahead
+-- ($2 seconds), so no other worker attempts them meanwhile and a crashed worker's
+-- claims come due again once the lease runs out.
+WITH due AS (
+    SELECT d.id
+    FROM webhooks.deliveries AS d
+    JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.active
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE webhooks.deliveries AS d
+SET next_attempt_at = now() + make_interval(secs => $2), claimed_by = $3, updated_at = now()
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
+          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after
+
+-- name: webhook_for_delivery
+SELECT id, tenant, url, active, max_retries, initial_delay_ms, backoff_multiplier,
+       max_delay_ms, headers::text AS headers, secret, previous_secret,
+       previous_secret_expires_at > now() AS previous_valid
+FROM webhooks.webhooks WHERE id = $1
+
+-- name: record_attempt
+INSERT INTO webhooks.attempts
+    (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (delivery_id, number) DO NOTHING
+
+-- name: finish_delivery
+-- The outcome of an attempt, only if this worker still holds the claim.
+UPDATE webhooks.deliveries
+SET status = $3, attempts = $4, next_attempt_at = $5, retry_reason = $6, retry_after = $7,
+    last_status_code = $8, last_error = $9, last_response = $10, last_response_ms = $11,
+    delivered_at = CASE WHEN $3 = 'delivered' THEN now() END, claimed_by = NULL,
+    updated_at = now()
+WHERE id = $1 AND claimed_by = $2
+RETURNING id
+
+-- name: touch_webhook
+UPDATE webhooks.webhooks SET last_delivery_at = now() WHERE id = $1
+
+-- name: disable_webhook
+UPDATE webhooks.webhooks SET active = false, updated_at = now() WHERE id = $1 AND active
+RETURNING tenant
+
+-- name: next_due
+SELECT min(next_attempt_at) FROM webhooks.deliveries WHERE status = 'pending'
+
+-- name: due_depth
+SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0) AS lag
+FROM webhooks.deliveries WHERE status = 'pending' AND next_attempt_at <= now()

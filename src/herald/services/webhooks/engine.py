@@ -1,0 +1,262 @@
+"""The delivery engine: claims due deliveries, makes signed HTTP POSTs, schedules
+retries in PostgreSQL, dead-letters what exhausts its retries.
+
+Any number of workers run side by side: a claim is a lease (``next_attempt_at``
+moved ahead past the HTTP timeout) taken with ``FOR UPDATE SKIP LOCKED``, and an
+outcome is written only by the worker that still holds the claim, so an attempt is
+never made twice at once. A slow endpoint ties up one of ``concurrency`` slots,
+never a Kafka partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.publisher import EventPublisher
+from herald.services.webhooks import retry
+from herald.services.webhooks.http import AttemptResult, DeliveryClient
+from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
+from herald.services.webhooks.model import RetryPolicy
+from herald.services.webhooks.secret_box import SecretBox
+from herald.services.webhooks.signing import signature_headers
+from herald.services.webhooks.store import Q
+
+log = structlog.get_logger("herald.webhooks.engine")
+VERSION = "0.1"
+
+
+class Engine:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: DeliveryClient,
+        box: SecretBox,
+        producer: Callable[[], AIOKafkaProducer | None],
+        events: EventPublisher | None,
+        concurrency: int = 64,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+        dlq_topic: str = DLQ_TOPIC,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._box = box
+        self._producer = producer
+        self._events = events
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._poll = poll_seconds
+        self._dlq_topic = dlq_topic
+        self._wake = asyncio.Event()
+        self._worker = f"worker-{uuid.uuid4().hex[:12]}"
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """New deliveries are due."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claims and attempts due deliveries until cancelled."""
+        try:
+            while True:
+                self._wake.clear()
+                free = self._concurrency - len(self._tasks)
+                if free <= 0:  # every slot busy: wait for one attempt to finish
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                claimed = await self._claim(free)
+                for row in claimed:
+                    task = asyncio.create_task(self._attempt_guarded(row))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if len(claimed) < free:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[asyncpg.Record]:
+        try:
+            rows: list[asyncpg.Record] = await self._pool.fetch(
+                Q.claim_due, limit, self._lease, self._worker
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("engine.claim_failed", error=repr(exc))
+            await asyncio.sleep(self._poll)
+            return []
+        return rows
+
+    async def _attempt_guarded(self, row: asyncpg.Record) -> None:
+        try:
+            await self.attempt(row)
+        except Exception:  # the claim's lease runs out and the delivery comes due again
+            log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
+
+    async def attempt(self, row: asyncpg.Record) -> None:
+        """One signed POST for one claimed delivery, and its consequences."""
+        hook = await self._pool.fetchrow(Q.webhook_for_delivery, row["webhook_id"])
+        if hook is None:
+            return  # deleted meanwhile: its deliveries went with it
+        number = row["attempts"] + 1
+        headers = self._headers(row, hook)
+        started = datetime.now(UTC)
+        result = await self._client.post(hook["url"], bytes(row["body"]), headers)
+        policy = RetryPolicy(
+            hook["max_retries"],
+            hook["initial_delay_ms"] / 1000,
+            hook["backoff_multiplier"],
+            hook["max_delay_ms"] / 1000,
+        )
+        verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
+        ATTEMPT_SECONDS.observe(result.elapsed)
+        await self._record(row, number, started, result, verdict)
+        DELIVERIES.labels(verdict.outcome).inc()
+        log.info(
+            "delivery.attempted",
+            delivery_id=str(row["id"]),
+            webhook_id=str(hook["id"]),
+            event_id=row["event_id"],
+            status_code=result.status_code,
+            error=result.error,
+            attempt=number,
+            outcome=verdict.outcome,
+            next_in=verdict.delay or None,
+        )
+        if verdict.outcome == "retry":  # be awake when it comes due
+            asyncio.get_running_loop().call_later(verdict.delay, self.wake)
+        if verdict.outcome == "dead":
+            await self._dead_letter(row, hook, verdict.reason, result)
+        elif verdict.outcome == "gone":
+            await self._disable(row, hook, "the endpoint answered 410 Gone")
+
+    def _headers(self, row: asyncpg.Record, hook: asyncpg.Record) -> dict[str, str]:
+        secrets = [self._box.open(bytes(hook["secret"]), str(hook["id"]))]
+        if hook["previous_secret"] is not None and hook["previous_valid"]:
+            secrets.append(self._box.open(bytes(hook["previous_secret"]), str(hook["id"])))
+        now = int(time.time())
+        headers: dict[str, str] = dict(json.loads(hook["headers"]))
+        headers.update(json.loads(row["context"]))
+        headers.update(
+            {
+                "User-Agent": f"Herald-Webhooks/{VERSION}",
+                "X-Herald-Event": row["event_type"],
+                "X-Herald-Delivery": str(row["id"]),
+                "X-Herald-Timestamp": str(now),
+            }
+        )
+        headers.update(signature_headers(bytes(row["body"]), str(row["id"]), now, secrets))
+        if row["attempts"] > 0:
+            headers["X-Herald-Retry-Count"] = str(row["attempts"])
+            headers["X-Herald-Retry-Reason"] = row["retry_reason"] or "unknown"
+            headers["X-Herald-Retry-After"] = f"{row['retry_after'] or 0:g}"
+        return headers
+
+    async def _record(
+        self,
+        row: asyncpg.Record,
+        number: int,
+        started: datetime,
+        result: AttemptResult,
+        verdict: retry.Verdict,
+    ) -> None:
+        status = {"delivered": "delivered", "retry": "pending"}.get(verdict.outcome, "failed")
+        next_at = started + timedelta(seconds=verdict.delay) if status == "pending" else None
+        millis = round(result.elapsed * 1000)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                Q.record_attempt,
+                row["id"],
+                number,
+                row["webhook_id"],
+                started,
+                result.status_code,
+                result.error,
+                millis,
+            )
+            await conn.execute(
+                Q.finish_delivery,
+                row["id"],
+                self._worker,
+                status,
+                number,
+                next_at,
+                verdict.reason or None,
+                verdict.delay if status == "pending" else None,
+                result.status_code,
+                result.detail or None,
+                result.body[:1024],
+                millis,
+            )
+            await conn.execute(Q.touch_webhook, row["webhook_id"])
+
+    async def _dead_letter(
+        self, row: asyncpg.Record, hook: asyncpg.Record, reason: str, result: AttemptResult
+    ) -> None:
+        producer = self._producer()
+        origin = {
+            "webhook-id": str(hook["id"]),
+            "delivery-id": str(row["id"]),
+            "event-id": row["event_id"],
+        }
+        text = f"retries exhausted: {reason}"
+        if producer is not None:
+            await (
+                await producer.send(
+                    self._dlq_topic,
+                    bytes(row["body"]),
+                    key=str(hook["id"]).encode(),
+                    headers=dead_letter_headers(text, "webhooks", origin=origin),
+                )
+            )
+        else:
+            log.error("engine.dlq_unavailable", delivery_id=str(row["id"]))
+        EVENTS_DLQ.labels("delivery_exhausted").inc()
+        await self._publish(
+            "herald.webhook.delivery_exhausted",
+            str(row["id"]),
+            hook,
+            {
+                "webhook_id": str(hook["id"]),
+                "delivery_id": str(row["id"]),
+                "event_id": row["event_id"],
+                "event_type": row["event_type"],
+                "attempts": row["attempts"] + 1,
+                "reason": reason,
+                "last_status_code": result.status_code,
+                "tenant": row["tenant"],
+            },
+        )
+
+    async def _disable(self, row: asyncpg.Record, hook: asyncpg.Record, why: str) -> None:
+        if await self._pool.fetchval(Q.disable_webhook, hook["id"]) is None:
+            return  # already disabled
+        log.warning("webhook.disabled", webhook_id=str(hook["id"]), reason=why)
+        await self._publish(
+            "herald.webhook.disabled",
+            f"{hook['id']}/{row['id']}",
+            hook,
+            {"webhook_id": str(hook["id"]), "reason": why, "tenant": row["tenant"]},
+        )
+
+    async def _publish(
+        self, event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]
+    ) -> None:
+        if self._events is not None:
+            await self._events.publish(event_type, key, f"webhooks/{hook['id']}", data)

@@ -1,0 +1,161 @@
+"""Delivery jobs from herald.deliveries into PostgreSQL rows.
+
+Offsets are committed only after the rows are in; a job seen before has no second
+effect (unique on webhook and job id). A record that is not a valid job goes to
+herald.dlq with its reason, and consumption carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from google.protobuf.message import DecodeError
+from herald.webhooks.v1 import delivery_pb2
+
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.kafka import start_when_reachable
+from herald.runtime.metrics import EVENTS_DLQ
+from herald.services.webhooks.signing import body_of
+from herald.services.webhooks.store import Q
+
+log = structlog.get_logger("herald.webhooks.intake")
+NAMESPACE = uuid.UUID("5d1b8a4e-6b0c-4c3e-9a57-0b1f4f5c2a10")
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A decoded job, ready to insert."""
+
+    id: uuid.UUID
+    webhook_id: uuid.UUID
+    job_id: str
+    event_id: str
+    event_type: str
+    body: bytes
+    context: str
+
+
+def delivery_id(webhook_id: str, job_id: str) -> uuid.UUID:
+    """Deterministic: the same job for the same webhook is the same delivery."""
+    return uuid.uuid5(NAMESPACE, f"{webhook_id}/{job_id}")
+
+
+def decode(value: bytes | None) -> NewDelivery:
+    """A job from a record value; raises ValueError saying what is wrong."""
+    try:
+        job = delivery_pb2.DeliveryJob.FromString(value or b"")
+    except DecodeError as exc:
+        raise ValueError(f"not a herald.webhooks.v1.DeliveryJob: {exc}") from None
+    missing = [f for f in ("job_id", "webhook_id", "event_id", "event_type") if not getattr(job, f)]
+    if missing:
+        raise ValueError(f"DeliveryJob without {', '.join(missing)}")
+    try:
+        webhook = uuid.UUID(job.webhook_id)
+    except ValueError:
+        raise ValueError(f"webhook_id {job.webhook_id!r} is not a UUID") from None
+    try:
+        data = json.loads(job.data) if job.data else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"data is not JSON: {exc}") from None
+    created = job.event_time.ToJsonString() if job.HasField("event_time") else ""
+    return NewDelivery(
+        id=delivery_id(job.webhook_id, job.job_id),
+        webhook_id=webhook,
+        job_id=job.job_id,
+        event_id=job.event_id,
+        event_type=job.event_type,
+        body=body_of(job.event_id, job.event_type, created, data),
+        context=json.dumps(dict(job.context)),
+    )
+
+
+class Intake:
+    """Consumes herald.deliveries in a consumer group; a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        make_consumer: Callable[[], AIOKafkaConsumer],
+        producer: Callable[[], AIOKafkaProducer | None],
+        on_new: Callable[[], None],
+        max_records: int = 500,
+        dlq_topic: str = DLQ_TOPIC,
+    ) -> None:
+        self._pool = pool
+        self._make_consumer = make_consumer
+        self._producer = producer
+        self._on_new = on_new
+        self._max_records = max_records
+        self._dlq_topic = dlq_topic
+
+    async def run(self) -> None:
+        """Consumes until cancelled; stops the consumer on the way out."""
+        consumer = await start_when_reachable(self._make_consumer, "deliveries-consumer")
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    continue
+                await self.take(records)
+                await consumer.commit()  # only now: the rows are durable
+        finally:
+            await consumer.stop()
+
+    async def take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
+        """Inserts the jobs, dead-letters the rest; returns how many were new."""
+        jobs: list[NewDelivery] = []
+        for record in records:
+            try:
+                jobs.append(decode(record.value))
+            except ValueError as exc:
+                await self._dead_letter(record, str(exc))
+        if not jobs:
+            return 0
+        rows = await self._pool.fetch(
+            Q.insert_deliveries,
+            [j.id for j in jobs],
+            [j.webhook_id for j in jobs],
+            [j.job_id for j in jobs],
+            [j.event_id for j in jobs],
+            [j.event_type for j in jobs],
+            [j.body for j in jobs],
+            [j.context for j in jobs],
+        )
+        if rows:
+            self._on_new()
+        log.info("deliveries.queued", jobs=len(jobs), new=len(rows))
+        return len(rows)
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        producer = self._producer()
+        headers = dead_letter_headers(
+            reason,
+            "webhooks",
+            record.headers,
+            {
+                "topic": record.topic,
+                "partition": str(record.partition),
+                "offset": str(record.offset),
+            },
+        )
+        while producer is None:  # nothing is lost: wait for Kafka
+            await asyncio.sleep(0.5)
+            producer = self._producer()
+        await (await producer.send(self._dlq_topic, record.value, key=record.key, headers=headers))
+        EVENTS_DLQ.labels("undecodable_job").inc()
+        log.warning(
+            "deliveries.dead_lettered",
+            reason=reason,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )

@@ -1,0 +1,35 @@
+"""The delivery engine's Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+from prometheus_client import Counter, Gauge, Histogram
+
+from herald.runtime.db import Queries
+
+Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+
+DELIVERIES = Counter("webhook_deliveries", "Delivery attempts by outcome.", ["outcome"])
+ATTEMPT_SECONDS = Histogram(
+    "webhook_attempt_seconds",
+    "Seconds from sending a POST to its answer (or failure).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DUE_DEPTH = Gauge("webhook_due_deliveries", "Deliveries due now and not yet attempted.")
+DUE_LAG = Gauge("webhook_due_lag_seconds", "How late the oldest due delivery is.")
+
+
+async def report_due(pool: asyncpg.Pool, every: float = 5.0) -> None:
+    """Keeps the due-queue gauges current (a worker of the service)."""
+    while True:
+        try:
+            row = await pool.fetchrow(Q.due_depth)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            row = None
+        if row is not None:
+            DUE_DEPTH.set(row["depth"])
+            DUE_LAG.set(float(row["lag"]))
+        await asyncio.sleep(every)

@@ -1,0 +1,99 @@
+"""The body and signature headers of a webhook delivery. Pure: no I/O, no clock.
+
+Two signature schemes are sent side by side, because receivers come in two kinds:
+
+* receivers written from the Katya seed check ``X-Herald-Signature: sha256=<hex>``, an
+  HMAC-SHA256 of the body keyed by the secret's UTF-8 bytes. The seed's Python example
+  does not HMAC the raw body but ``json.dumps(request.get_json())``: the body parsed and
+  serialized again. So we serialize the body exactly as ``json.dumps`` does with its
+  default arguments; then that re-serialization reproduces our bytes and the check passes.
+* everyone else (and the ``standardwebhooks`` libraries) check the Standard Webhooks
+  headers ``webhook-id`` / ``webhook-timestamp`` / ``webhook-signature``, whose HMAC also
+  covers the message id and timestamp, so a captured request cannot be replayed later.
+
+During a secret rotation both secrets sign, so a receiver may switch to the new secret
+at any moment of the grace period.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+
+SIGNATURE = "X-Herald-Signature"
+SIGNATURE_PREVIOUS = "X-Herald-Signature-Previous"
+_WHSEC = "whsec_"
+
+
+def body_of(event_id: str, event_type: str, created_at: str, data: object) -> bytes:
+    """The seed's request body ``{"id", "type", "createdAt", "data"}``, in that key order.
+
+    Serialized by ``json.dumps`` with default arguments (separators ``", "`` and
+    ``": "``, ``ensure_ascii=True``) because the seed's verifier HMACs
+    ``json.dumps(request.get_json())``: parsing keeps key order and ``json.dumps`` of the
+    parsed value gives back these same bytes, non-ASCII text included (it travels as
+    ``\\uXXXX`` escapes both times). ``ensure_ascii`` makes the result pure ASCII, so
+    the UTF-8 encoding is only a formality.
+    """
+    envelope = {"id": event_id, "type": event_type, "createdAt": created_at, "data": data}
+    return json.dumps(envelope).encode("utf-8")
+
+
+def standard_key(secret: str) -> bytes:
+    """The HMAC key a Standard Webhooks verifier derives from ``secret``.
+
+    A ``whsec_`` secret carries its key in base64 after the prefix (the spec's form, and
+    what ``generate_secret`` makes); any other string is used as its UTF-8 bytes, as the
+    seed's scheme does, so a secret a customer chose still yields a usable signature.
+    """
+    if secret.startswith(_WHSEC):
+        try:
+            # "==" as the standardwebhooks library does: tolerate unpadded base64.
+            return base64.b64decode(secret[len(_WHSEC) :] + "==")
+        except binascii.Error:
+            pass  # not base64 after all: fall back to the plain bytes below
+    return secret.encode("utf-8")
+
+
+def seed_signature(body: bytes, secret: str) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of the raw body with the secret's UTF-8 bytes."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def standard_signature(body: bytes, msg_id: str, timestamp: int, secret: str) -> str:
+    """``v1,<base64>``: HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}`` (Standard Webhooks)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_headers(
+    body: bytes, msg_id: str, timestamp: int, secrets: Sequence[str]
+) -> dict[str, str]:
+    """The signature headers for one delivery attempt of ``body``.
+
+    ``secrets[0]`` is the current secret, ``secrets[1]`` (optional) the previous one
+    while a rotation's grace period lasts. ``X-Herald-Signature`` always uses the
+    current secret (a seed receiver compares one value); the previous secret's goes to
+    ``X-Herald-Signature-Previous``. ``webhook-signature`` lists one ``v1,<sig>`` per
+    secret separated by a space, which Standard Webhooks verifiers accept if any matches.
+    ``timestamp`` is Unix seconds; the caller passes the attempt's time so each retry
+    is signed afresh (verifiers reject timestamps older than a few minutes).
+    """
+    if not 1 <= len(secrets) <= 2:
+        raise ValueError(f"one or two secrets (current, previous), not {len(secrets)}")
+    if any(not secret for secret in secrets):
+        raise ValueError("a signing secret is empty")
+    headers = {SIGNATURE: seed_signature(body, secrets[0])}
+    if len(secrets) == 2:
+        headers[SIGNATURE_PREVIOUS] = seed_signature(body, secrets[1])
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = str(timestamp)
+    headers["webhook-signature"] = " ".join(
+        standard_signature(body, msg_id, timestamp, secret) for secret in secrets
+    )
+    return headers

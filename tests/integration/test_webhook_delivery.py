@@ -1,0 +1,289 @@
+"""The delivery engine end to end: jobs on Kafka, signed POSTs to a real receiver on
+loopback, retries scheduled in PostgreSQL, dead letters, several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from herald.runtime import kafka
+from herald.runtime.server import Running, start
+from herald.services.webhooks.app import build
+from herald.services.webhooks.settings import WebhooksSettings
+from tests.conftest import Infra
+from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
+from tests.kafka_helpers import headers, read_topic
+from tests.receiver import Receiver, Reply
+
+pytestmark = pytest.mark.integration
+KEY = (("authorization", "Bearer hk_test_acme_0123456789abcdef"),)
+FAST = webhooks_pb2.RetryPolicy(max_retries=3, backoff_multiplier=2)
+
+
+@dataclass
+class Stack:
+    ingest: IngestUnderTest
+    webhooks: list[Running]
+    stub: webhooks_pb2_grpc.WebhookServiceAsyncStub
+    channel: grpc.aio.Channel
+    settings: WebhooksSettings
+    infra: Infra
+    database_url: str
+
+    async def produce(self, jobs: list[bytes]) -> None:
+        producer = kafka.make_producer(self.infra.kafka_settings())
+        await producer.start()
+        try:
+            for job in jobs:
+                await producer.send(self.settings.deliveries_topic, job)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def hook(self, url: str, **fields: Any) -> webhooks_pb2.CreateWebhookResponse:
+        policy = fields.pop("retry_policy", FAST)
+        delay = fields.pop("initial_delay", 0.2)
+        policy.initial_delay.FromMilliseconds(round(delay * 1000))
+        policy.max_delay.FromSeconds(30)
+        return await self.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="test",
+                    url=url,
+                    event_types=["message.created"],
+                    retry_policy=policy,
+                    **fields,
+                )
+            ),
+            metadata=KEY,
+        )
+
+
+async def start_webhooks(settings: WebhooksSettings, infra: Infra) -> Running:
+    return await start(await build(settings, infra.kafka_settings()), "127.0.0.1:0")
+
+
+@pytest.fixture
+async def stack(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Stack]:
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = webhooks_settings(database_url, ingest.running.port)
+    running = await start_webhooks(settings, infra)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    stack = Stack(
+        ingest,
+        [running],
+        webhooks_pb2_grpc.WebhookServiceStub(channel),
+        channel,
+        settings,
+        infra,
+        database_url,
+    )
+    yield stack
+    await channel.close()
+    for r in stack.webhooks:
+        await r.stop(1)
+    await ingest.stop()
+
+
+def job(webhook_id: str, data: object | None = None, event_id: str | None = None) -> bytes:
+    event_id = event_id or str(uuid.uuid4())
+    when = Timestamp()
+    when.FromJsonString("2024-01-01T12:00:00Z")
+    return delivery_pb2.DeliveryJob(
+        job_id=f"{event_id}/{webhook_id}",
+        webhook_id=webhook_id,
+        event_id=event_id,
+        event_source="urn:katya",
+        event_type="message.created",
+        event_time=when,
+        data=json.dumps(data or {"id": "msg_456", "content": "Привет, мир!"}).encode(),
+        context={"x-request-id": "req-9"},
+    ).SerializeToString()
+
+
+def seed_verify(payload: str, signature: str, secret: str) -> bool:
+    """The Katya seed's own Python function, verbatim."""
+    expected_signature = hmac.new(
+        secret.encode("utf-8"), payload.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+    provided_signature = signature.replace("sha256=", "")
+    return hmac.compare_digest(expected_signature, provided_signature)
+
+
+async def ingest_events(database_url: str, event_type: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT data FROM ingest.events WHERE type = $1", event_type)
+    finally:
+        await conn.close()
+    return [json.loads(bytes(r["data"])) for r in rows]
+
+
+async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
+    stack: Stack,
+) -> None:
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url(), headers={"X-Tenant-Token": "t-1"})
+        await stack.produce([job(created.webhook.id, event_id="evt_123")])
+        [request] = await receiver.wait_for(1)
+    h = request.headers
+    body = json.loads(request.body)
+    assert list(body) == ["id", "type", "createdAt", "data"]
+    assert body["id"] == "evt_123"
+    assert body["createdAt"] == "2024-01-01T12:00:00Z"
+    assert body["data"]["content"] == "Привет, мир!"
+    assert h["content-type"] == "application/json"
+    assert h["user-agent"].startswith("Herald-Webhooks/")
+    assert h["x-herald-event"] == "message.created"
+    assert h["x-tenant-token"] == "t-1"
+    assert h["x-request-id"] == "req-9"
+    assert "x-herald-retry-count" not in h
+    secret = created.secret
+    # the seed's Flask handler: json.dumps(request.get_json()) then its function
+    assert seed_verify(json.dumps(json.loads(request.body)), h["x-herald-signature"], secret)
+    StandardWebhook(secret).verify(request.body, h)  # raises when it does not verify
+    assert h["webhook-id"] == h["x-herald-delivery"]
+
+
+async def test_fails_twice_then_succeeds_with_retry_headers_and_timing(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(500, b"boom"), Reply(503, b"later"))
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id)])
+        first, second, third = await receiver.wait_for(3, timeout=15)
+    assert "x-herald-retry-count" not in first.headers
+    assert second.headers["x-herald-retry-count"] == "1"
+    assert second.headers["x-herald-retry-reason"] == "http_5xx"
+    assert third.headers["x-herald-retry-count"] == "2"
+    assert 0.16 * 0.8 <= second.at - first.at <= 0.24 * 1.2 + 0.5
+    assert 0.32 <= third.at - second.at <= 0.48 + 0.5
+    assert float(third.headers["x-herald-retry-after"]) == pytest.approx(0.4, rel=0.25)
+    assert first.headers["x-herald-delivery"] == third.headers["x-herald-delivery"]
+    deliveries = await stack.stub.GetWebhook(
+        webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+    )
+    assert deliveries.webhook.HasField("last_delivery_time")
+
+
+async def test_429_retry_after_is_honoured(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(429, b"slow down", {"Retry-After": "1"}))
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        first, second = await receiver.wait_for(2, timeout=10)
+    assert second.at - first.at >= 0.95
+    assert second.headers["x-herald-retry-reason"] == "http_429"
+    assert second.headers["x-herald-retry-after"] == "1"
+
+
+async def test_timeout_then_success(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(200, delay=2.5))  # past the 1 s timeout
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        requests = await receiver.wait_for(2, timeout=10)
+    assert requests[1].headers["x-herald-retry-reason"] == "timeout"
+
+
+async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 10)
+        policy = webhooks_pb2.RetryPolicy(max_retries=2, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.1)
+        await stack.produce([job(created.webhook.id, event_id="evt-dead")])
+        requests = await receiver.wait_for(3, timeout=10)
+        await asyncio.sleep(0.5)
+        assert len(receiver.received()) == 3, "1 attempt + 2 retries, then no more"
+    [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    h = headers(record)
+    assert h["dlq-reason"] == "retries exhausted: http_5xx"
+    assert h["dlq-delivery-id"] == requests[0].headers["x-herald-delivery"]
+    assert json.loads(record.value)["id"] == "evt-dead"
+    for _ in range(50):
+        alerts = await ingest_events(stack.database_url, "herald.webhook.delivery_exhausted")
+        if alerts:
+            break
+        await asyncio.sleep(0.1)
+    assert alerts[0]["event_id"] == "evt-dead"
+    assert alerts[0]["attempts"] == 3
+
+
+async def test_410_gone_disables_the_webhook(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(410, b"gone"))
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1)
+        for _ in range(50):
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+            )
+            if not got.webhook.active:
+                break
+            await asyncio.sleep(0.1)
+        assert not got.webhook.active
+        await stack.produce([job(created.webhook.id)])  # after it was disabled
+        await asyncio.sleep(1.5)
+        assert len(receiver.received()) == 1, "a disabled webhook gets nothing more"
+    assert await ingest_events(stack.database_url, "herald.webhook.disabled")
+
+
+async def test_ssrf_destinations_are_refused_unless_allowed(stack: Stack, infra: Infra) -> None:
+    strict = stack.settings.model_copy(update={"webhooks_allowed_networks": ""})
+    await stack.webhooks[0].stop(1)
+    stack.webhooks = [await start_webhooks(strict, infra)]
+    await stack.channel.close()
+    stack.channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.webhooks[0].port}")
+    stack.stub = webhooks_pb2_grpc.WebhookServiceStub(stack.channel)
+    async with Receiver() as receiver:
+        created = await stack.hook(
+            receiver.url().replace("127.0.0.1", "localhost"),
+            retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
+        )
+        await stack.produce([job(created.webhook.id)])
+        await asyncio.sleep(2.0)
+        assert receiver.received() == []
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        row = await conn.fetchrow("SELECT status, last_error FROM webhooks.deliveries")
+    finally:
+        await conn.close()
+    assert row is not None
+    assert row["status"] == "failed"
+    assert "loopback" in row["last_error"]
+
+
+async def test_two_workers_never_deliver_the_same_attempt_twice(stack: Stack, infra: Infra) -> None:
+    stack.webhooks.append(await start_webhooks(stack.settings, infra))
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id) for _ in range(200)])
+        await receiver.wait_for(200, timeout=30)
+        await asyncio.sleep(1.0)
+        ids = [r.headers["x-herald-delivery"] for r in receiver.received()]
+    assert len(ids) == 200
+    assert len(set(ids)) == 200
+
+
+async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        await stack.produce([b"\xff\x00 not a job", job(created.webhook.id, event_id="after")])
+        [request] = await receiver.wait_for(1)
+    assert json.loads(request.body)["id"] == "after"
+    [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    assert "DeliveryJob" in headers(record)["dlq-reason"]
+    assert record.value == b"\xff\x00 not a job"

@@ -1,0 +1,36 @@
+"""The retry schedule and verdicts (seed 004: 1 s, 2 s, 4 s … up to 30 s)."""
+
+from __future__ import annotations
+
+import random
+
+from herald.services.webhooks.model import RetryPolicy
+from herald.services.webhooks.retry import JITTER, backoff, decide, reason_of
+
+SEED = RetryPolicy(max_retries=3, initial_delay=1.0, backoff_multiplier=2.0, max_delay=30.0)
+
+
+def test_backoff_doubles_within_jitter_and_is_capped() -> None:
+    rng = random.Random(7)
+    for n, base in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0)):
+        for _ in range(50):
+            assert base * (1 - JITTER) <= backoff(SEED, n, rng) <= base * (1 + JITTER)
+    assert all(backoff(SEED, 10, rng) == 30.0 for _ in range(20))
+
+
+def test_verdicts() -> None:
+    assert decide(SEED, 1, 200, None, None).outcome == "delivered"
+    retry = decide(SEED, 1, 500, None, None)
+    assert (retry.outcome, retry.reason) == ("retry", "http_5xx")
+    assert decide(SEED, 4, 500, None, None).outcome == "dead"  # 1 attempt + 3 retries
+    assert decide(SEED, 2, None, "timeout", None).reason == "timeout"
+    assert decide(SEED, 1, 410, None, None).outcome == "gone"
+    assert decide(RetryPolicy(max_retries=0), 1, 500, None, None).outcome == "dead"
+
+
+def test_retry_after_is_honoured_for_429_and_503_within_bounds() -> None:
+    assert decide(SEED, 1, 429, None, 7.0).delay == 7.0
+    assert decide(SEED, 1, 503, None, 99_999.0).delay == 3600.0
+    assert decide(SEED, 1, 500, None, 7.0).delay <= 1.2  # only 429/503 carry it
+    assert reason_of(429, None) == "http_429"
+    assert reason_of(404, None) == "http_4xx"
