@@ -259,12 +259,12 @@ async def test_claiming_lanes_locks_only_the_lanes_claimed(
         )
         assert pending >= 3
         async with a.transaction(), b.transaction():
-            first = await a.fetch(Q.claim_pending, LANES, 0, 1, 1000)
+            first = await a.fetch(Q.claim_lanes, LANES, 0, 1)
             held = await a.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = "
                 "pg_backend_pid()"
             )
-            second = await b.fetch(Q.claim_pending, LANES, 0, 2, 1000)
+            second = await b.fetch(Q.claim_lanes, LANES, 0, 2)
             assert len({r["lane"] for r in first}) == 1
             assert held == 1
             assert len({r["lane"] for r in second}) == 2

@@ -59,7 +59,7 @@ def test_page_tokens_round_trip_and_are_bound_to_the_filter() -> None:
 
 def test_every_named_query_and_migration_loads() -> None:
     queries = Queries(INGEST_SQL / "queries.sql")
-    assert "claim_pending" in queries.names()
+    assert "claim_lanes" in queries.names()
     assert "INSERT INTO ingest.outbox" in queries.store_events
     assert [m.version for m in read_migrations("ingest", INGEST_SQL / "migrations")] == [1]
 

@@ -122,12 +122,15 @@ class Relay:
     async def relay_once(self, offset: int = 0) -> tuple[int, int]:
         """Sends the oldest pending rows of the lanes it can lock. Returns (marked, failed)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                Q.claim_pending, LANES, offset, self._lanes_per_round, self._batch_size
-            )
-            if not rows:
+            lanes = [
+                r["lane"]
+                for r in await conn.fetch(Q.claim_lanes, LANES, offset, self._lanes_per_round)
+            ]
+            if not lanes:
                 return 0, 0
-            lanes = sorted({r["lane"] for r in rows})
+            rows = await conn.fetch(
+                Q.pending_in_lanes, lanes, max(1, self._batch_size // len(lanes))
+            )
             acked = await self._send(rows)
             marked = rows_to_mark([bytes(r["key"]) for r in rows], [a is None for a in acked])
             if marked:

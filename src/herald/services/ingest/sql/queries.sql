@@ -47,27 +47,32 @@ SELECT e.source, e.id, e.fingerprint
 FROM ingest.events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, id) ON (e.source, e.id) = (t.source, t.id)
 
--- name: claim_pending
--- The oldest pending rows ($4 per lane at most) of up to $3 lanes whose lock this
--- transaction gets; replicas start at different lanes ($2). Candidate lanes are
--- computed first (MATERIALIZED) so that the lock is tried lazily, only until $3
--- lanes are held, not on every candidate.
+-- name: claim_lanes
+-- Lanes with pending rows whose lock this transaction gets, at most $3 of them;
+-- replicas start at different lanes ($2). The candidates are computed first
+-- (MATERIALIZED) so that the lock is tried lazily, only until $3 are held, not on
+-- every candidate.
 WITH candidates AS MATERIALIZED (
     SELECT l
     FROM generate_series(0, $1::int - 1) AS l
     WHERE EXISTS (SELECT 1 FROM ingest.outbox WHERE lane = l AND published_at IS NULL)
     ORDER BY (l + $2::int) % $1::int
-), claimed AS (
-    SELECT l FROM candidates WHERE pg_try_advisory_xact_lock(7243, l) LIMIT $3
 )
+SELECT l AS lane FROM candidates WHERE pg_try_advisory_xact_lock(7243, l) LIMIT $3
+
+-- name: pending_in_lanes
+-- The oldest pending rows of each claimed lane (up to $2 per lane), oldest first.
+-- A statement of its own, after claim_lanes: its snapshot is taken once the locks
+-- are held, so rows that another relay marked just before are seen as published
+-- (read in the claiming statement, they would look pending and be sent twice).
 SELECT o.id, o.lane, o.topic, o.key, o.value, o.headers, o.event_type, o.accepted_at
-FROM claimed
+FROM unnest($1::int[]) AS l(lane)
 CROSS JOIN LATERAL (
     SELECT id, lane, topic, key, value, headers, event_type, accepted_at
     FROM ingest.outbox
-    WHERE lane = claimed.l AND published_at IS NULL
+    WHERE lane = l.lane AND published_at IS NULL
     ORDER BY id
-    LIMIT $4
+    LIMIT $2
 ) AS o
 ORDER BY o.id
 
