@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
 from herald.runtime.errors import Unauthenticated
+from herald.runtime.interceptors import Handler, UnaryInterceptor
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
 _OPEN = ("/grpc.health.", "/grpc.reflection.")
-
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
@@ -53,40 +52,27 @@ class ApiKeys:
         raise Unauthenticated("unknown API key")
 
 
-class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+class BearerAuthInterceptor(UnaryInterceptor):
     """Sets :data:`TENANT` for each authenticated call; raises Unauthenticated
     (mapped to UNAUTHENTICATED by the error interceptor outside it)."""
 
     def __init__(self, keys: ApiKeys) -> None:
         self._keys = keys
 
-    async def intercept_service(
+    def applies_to(self, method: str) -> bool:
+        """Every call but health checks and reflection."""
+        return not method.startswith(_OPEN)
+
+    async def around(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler.unary_unary is None
-            or handler_call_details.method.startswith(_OPEN)
-        ):
-            return handler
-        inner = cast("Handler", handler.unary_unary)
-        keys = self._keys
-
-        async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            metadata = dict(context.invocation_metadata() or ())
-            token = TENANT.set(keys.tenant(metadata))
-            try:
-                return await inner(request, context)
-            finally:
-                TENANT.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            authenticated,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        inner: Handler,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> Any:
+        """Calls the handler with the caller's tenant set."""
+        token = TENANT.set(self._keys.tenant(dict(context.invocation_metadata() or ())))
+        try:
+            return await inner(request, context)
+        finally:
+            TENANT.reset(token)
