@@ -287,3 +287,64 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(stack: S
     [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
     assert "DeliveryJob" in headers(record)["dlq-reason"]
     assert record.value == b"\xff\x00 not a job"
+
+
+async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(500, b"x" * 5000), Reply(200, b"OK"))
+        policy = webhooks_pb2.RetryPolicy(max_retries=0)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        await stack.produce([job(created.webhook.id, event_id=f"e{i}") for i in range(3)])
+        await receiver.wait_for(3)
+        for _ in range(50):
+            log = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
+            )
+            if (
+                all(d.status != webhooks_pb2.DELIVERY_STATUS_PENDING for d in log.deliveries)
+                and log.total_size == 3
+            ):
+                break
+            await asyncio.sleep(0.1)
+    statuses = sorted(d.status for d in log.deliveries)
+    assert statuses == [webhooks_pb2.DELIVERY_STATUS_DELIVERED] * 2 + [
+        webhooks_pb2.DELIVERY_STATUS_FAILED
+    ]
+    failed = next(d for d in log.deliveries if d.status == webhooks_pb2.DELIVERY_STATUS_FAILED)
+    assert failed.response_status_code == 500
+    assert len(failed.response_body) == 1024  # truncated
+    ok = next(d for d in log.deliveries if d.status == webhooks_pb2.DELIVERY_STATUS_DELIVERED)
+    assert ok.attempts == 1
+    assert ok.HasField("deliver_time")
+    assert ok.response_body == "OK"
+
+    only_failed = await stack.stub.ListDeliveries(
+        webhooks_pb2.ListDeliveriesRequest(
+            webhook_id=created.webhook.id, status=webhooks_pb2.DELIVERY_STATUS_FAILED
+        ),
+        metadata=KEY,
+    )
+    assert [d.id for d in only_failed.deliveries] == [failed.id]
+
+    stats = await stack.stub.GetDeliveryStats(
+        webhooks_pb2.GetDeliveryStatsRequest(webhook_id=created.webhook.id), metadata=KEY
+    )
+    assert (stats.total, stats.successful, stats.failed) == (3, 2, 1)
+    assert stats.success_rate == pytest.approx(2 / 3)
+    assert dict(stats.events) == {"message.created": 3}
+    assert 0 < stats.response_times.p50_ms <= stats.response_times.p99_ms
+    assert stats.response_times.average_ms > 0
+
+    other = await stack.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(
+                name="b", url="https://example.com/h", event_types=["message.created"]
+            )
+        ),
+        metadata=(("authorization", "Bearer hk_test_globex_0123456789abcdef"),),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stack.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=other.webhook.id), metadata=KEY
+        )
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND

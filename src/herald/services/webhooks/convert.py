@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from herald.webhooks.v1 import webhooks_pb2
@@ -64,6 +66,36 @@ def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
     )
     if stored.last_delivery_at is not None:
         message.last_delivery_time.CopyFrom(timestamp(stored.last_delivery_at))
+    return message
+
+
+_STATUS = {
+    "pending": webhooks_pb2.DELIVERY_STATUS_PENDING,
+    "delivered": webhooks_pb2.DELIVERY_STATUS_DELIVERED,
+    "failed": webhooks_pb2.DELIVERY_STATUS_FAILED,
+}
+
+
+def delivery_to_proto(row: Any) -> webhooks_pb2.Delivery:
+    """A delivery log entry from a deliveries row."""
+    message = webhooks_pb2.Delivery(
+        id=str(row["id"]),
+        webhook_id=str(row["webhook_id"]),
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        status=_STATUS.get(row["status"], webhooks_pb2.DELIVERY_STATUS_UNSPECIFIED),
+        attempts=row["attempts"],
+        response_status_code=row["last_status_code"] or 0,
+        response_body=row["last_response"] or "",
+        last_error=row["last_error"] or "",
+        create_time=timestamp(row["created_at"]),
+    )
+    if row["last_response_ms"] is not None:
+        message.response_time.FromMilliseconds(row["last_response_ms"])
+    if row["delivered_at"] is not None:
+        message.deliver_time.CopyFrom(timestamp(row["delivered_at"]))
+    if row["status"] == "pending" and row["next_attempt_at"] is not None:
+        message.next_attempt_time.CopyFrom(timestamp(row["next_attempt_at"]))
     return message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -12,13 +13,19 @@ from herald.runtime.auth import TENANT
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
 from herald.services.webhooks import model
-from herald.services.webhooks.convert import spec_of, timestamp, to_proto
+from herald.services.webhooks.convert import delivery_to_proto, spec_of, timestamp, to_proto
+from herald.services.webhooks.delivery_log import DeliveryLog
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
 from herald.services.webhooks.store import WebhookStore
 
 log = structlog.get_logger("herald.webhooks")
 Context = grpc.aio.ServicerContext[Any, Any]
+_STATUS_NAMES = {
+    webhooks_pb2.DELIVERY_STATUS_PENDING: "pending",
+    webhooks_pb2.DELIVERY_STATUS_DELIVERED: "delivered",
+    webhooks_pb2.DELIVERY_STATUS_FAILED: "failed",
+}
 DEFAULT_GRACE = 24 * 3600.0
 MAX_GRACE = 7 * 24 * 3600.0
 
@@ -26,9 +33,12 @@ MAX_GRACE = 7 * 24 * 3600.0
 class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     """The management RPCs."""
 
-    def __init__(self, store: WebhookStore, event_types: EventTypeNames) -> None:
+    def __init__(
+        self, store: WebhookStore, event_types: EventTypeNames, delivery_log: DeliveryLog
+    ) -> None:
         self._store = store
         self._event_types = event_types
+        self._log = delivery_log
 
     async def CreateWebhook(
         self, request: webhooks_pb2.CreateWebhookRequest, context: Context
@@ -142,6 +152,56 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         )
         return webhooks_pb2.RotateWebhookSecretResponse(
             secret=secret, previous_secret_expire_time=timestamp(expires)
+        )
+
+    async def ListDeliveries(
+        self, request: webhooks_pb2.ListDeliveriesRequest, context: Context
+    ) -> webhooks_pb2.ListDeliveriesResponse:
+        """A webhook's delivery log, newest first (the seed's /logs)."""
+        tenant = TENANT.get()
+        webhook_id = _required_id(request.webhook_id, "webhook_id")
+        status = _STATUS_NAMES.get(request.status, "")
+        page = page_of(request.page_size, request.page_token, tenant, webhook_id, status)
+        rows, total = await self._log.page(tenant, webhook_id, status, page.offset, page.size)
+        return webhooks_pb2.ListDeliveriesResponse(
+            deliveries=[delivery_to_proto(r) for r in rows],
+            next_page_token=page.next_token(len(rows), total),
+            total_size=total,
+        )
+
+    async def GetDeliveryStats(
+        self, request: webhooks_pb2.GetDeliveryStatsRequest, context: Context
+    ) -> webhooks_pb2.GetDeliveryStatsResponse:
+        """Totals, success rate, counts per event type, response times (the seed's /stats)."""
+        end = (
+            request.end_time.ToDatetime(tzinfo=UTC)
+            if request.HasField("end_time")
+            else datetime.now(UTC)
+        )
+        start = (
+            request.start_time.ToDatetime(tzinfo=UTC)
+            if request.HasField("start_time")
+            else end - timedelta(days=1)
+        )
+        if start >= end:
+            raise InvalidArgument([FieldViolation("start_time", "must be before end_time")])
+        webhook_id = _required_id(request.webhook_id, "webhook_id")
+        stats = await self._log.stats(TENANT.get(), webhook_id, start, end)
+        return webhooks_pb2.GetDeliveryStatsResponse(
+            webhook_id=webhook_id,
+            start_time=timestamp(start),
+            end_time=timestamp(end),
+            total=stats.total,
+            successful=stats.successful,
+            failed=stats.failed,
+            success_rate=stats.success_rate,
+            events=stats.events,
+            response_times=webhooks_pb2.ResponseTimes(
+                average_ms=stats.average_ms,
+                p50_ms=stats.p50_ms,
+                p95_ms=stats.p95_ms,
+                p99_ms=stats.p99_ms,
+            ),
         )
 
     async def _check(self, spec: model.WebhookSpec) -> list[FieldViolation]:

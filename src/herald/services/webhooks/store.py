@@ -29,6 +29,11 @@ class StoredWebhook:
     updated_at: datetime
     last_delivery_at: datetime | None
 
+    @property
+    def id_uuid(self) -> uuid.UUID:
+        """The id as a UUID (for queries)."""
+        return uuid.UUID(self.id)
+
 
 def _stored(row: asyncpg.Record) -> StoredWebhook:
     spec = WebhookSpec(

@@ -108,3 +108,37 @@ SELECT min(next_attempt_at) FROM webhooks.deliveries WHERE status = 'pending'
 -- name: due_depth
 SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0) AS lag
 FROM webhooks.deliveries WHERE status = 'pending' AND next_attempt_at <= now()
+
+-- name: list_deliveries
+SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
+       d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
+       d.next_attempt_at, count(*) OVER () AS total
+FROM webhooks.deliveries AS d
+WHERE d.webhook_id = $1 AND d.tenant = $2 AND ($3 = '' OR d.status = $3)
+ORDER BY d.created_at DESC, d.id
+OFFSET $4 LIMIT $5
+
+-- name: count_deliveries
+SELECT count(*) FROM webhooks.deliveries
+WHERE webhook_id = $1 AND tenant = $2 AND ($3 = '' OR status = $3)
+
+-- name: delivery_stats
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE status = 'delivered') AS successful,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+FROM webhooks.deliveries
+WHERE webhook_id = $1 AND tenant = $2 AND created_at >= $3 AND created_at < $4
+
+-- name: delivery_stats_by_type
+SELECT event_type, count(*) AS n
+FROM webhooks.deliveries
+WHERE webhook_id = $1 AND tenant = $2 AND created_at >= $3 AND created_at < $4
+GROUP BY event_type
+
+-- name: response_times
+SELECT coalesce(avg(response_ms), 0) AS average,
+       coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY response_ms), 0) AS p50,
+       coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY response_ms), 0) AS p95,
+       coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY response_ms), 0) AS p99
+FROM webhooks.attempts
+WHERE webhook_id = $1 AND started_at >= $2 AND started_at < $3 AND status_code IS NOT NULL
