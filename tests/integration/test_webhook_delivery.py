@@ -348,3 +348,59 @@ async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Sta
             webhooks_pb2.ListDeliveriesRequest(webhook_id=other.webhook.id), metadata=KEY
         )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_test_event_resend_and_recover(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(500), Reply(500))  # the two jobs below fail once
+        policy = webhooks_pb2.RetryPolicy(max_retries=0)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        since = Timestamp()
+        since.GetCurrentTime()
+        await stack.produce([job(created.webhook.id), job(created.webhook.id)])
+        await receiver.wait_for(2)
+
+        async def failed() -> list[webhooks_pb2.Delivery]:
+            for _ in range(50):
+                page = await stack.stub.ListDeliveries(
+                    webhooks_pb2.ListDeliveriesRequest(
+                        webhook_id=created.webhook.id, status=webhooks_pb2.DELIVERY_STATUS_FAILED
+                    ),
+                    metadata=KEY,
+                )
+                if page.total_size == 2:
+                    return list(page.deliveries)
+                await asyncio.sleep(0.1)
+            return []
+
+        dead = await failed()
+        assert len(dead) == 2
+        resent = await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=dead[0].id), metadata=KEY
+        )
+        assert resent.delivery.status == webhooks_pb2.DELIVERY_STATUS_PENDING
+        third = (await receiver.wait_for(3))[2]
+        assert third.headers["x-herald-delivery"] == dead[0].id
+        assert third.headers["x-herald-retry-reason"] == "resend"
+
+        recovered = await stack.stub.RecoverWebhook(
+            webhooks_pb2.RecoverWebhookRequest(webhook_id=created.webhook.id, since=since),
+            metadata=KEY,
+        )
+        assert recovered.requeued == 1  # the other one; the resent one was delivered
+        fourth = (await receiver.wait_for(4))[3]
+        assert fourth.headers["x-herald-delivery"] == dead[1].id
+
+        test = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+        fifth = (await receiver.wait_for(5))[4]
+    assert fifth.headers["x-herald-event"] == "herald.webhook.test"
+    assert fifth.headers["x-herald-delivery"] == test.delivery.id
+    assert json.loads(fifth.body)["data"]["test"] is True
+    StandardWebhook(created.secret).verify(fifth.body, fifth.headers)
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=str(uuid.uuid4())), metadata=KEY
+        )
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND

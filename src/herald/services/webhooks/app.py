@@ -15,7 +15,7 @@ from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
-from herald.services.webhooks.delivery_log import DeliveryLog
+from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.engine import VERSION, Engine
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.http import DeliveryClient
@@ -39,9 +39,6 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box)
-    servicer = WebhookServicer(
-        store, EventTypeNames(ingest, settings.event_types_cache_seconds), DeliveryLog(pool, store)
-    )
     producer: list[AIOKafkaProducer] = []  # started by a worker once Kafka answers
 
     async def start_producer() -> None:
@@ -65,6 +62,11 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         concurrency=settings.delivery_concurrency,
         lease_seconds=settings.delivery_timeout_seconds + 30,
         dlq_topic=settings.dlq_topic,
+    )
+    servicer = WebhookServicer(
+        store,
+        EventTypeNames(ingest, settings.event_types_cache_seconds),
+        Deliveries(pool, store, engine.wake),
     )
     intake = Intake(
         pool,

@@ -21,6 +21,7 @@ MAX_EVENT_TYPES = 100
 MAX_HEADERS = 20
 MAX_METADATA = 50
 MAX_DESCRIPTION = 2000
+EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 # Headers Herald sets itself: a subscription cannot override them.

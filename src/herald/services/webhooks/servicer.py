@@ -14,7 +14,7 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
 from herald.services.webhooks import model
 from herald.services.webhooks.convert import delivery_to_proto, spec_of, timestamp, to_proto
-from herald.services.webhooks.delivery_log import DeliveryLog
+from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
 from herald.services.webhooks.store import WebhookStore
@@ -34,11 +34,11 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     """The management RPCs."""
 
     def __init__(
-        self, store: WebhookStore, event_types: EventTypeNames, delivery_log: DeliveryLog
+        self, store: WebhookStore, event_types: EventTypeNames, deliveries: Deliveries
     ) -> None:
         self._store = store
         self._event_types = event_types
-        self._log = delivery_log
+        self._log = deliveries
 
     async def CreateWebhook(
         self, request: webhooks_pb2.CreateWebhookRequest, context: Context
@@ -203,6 +203,40 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
                 p99_ms=stats.p99_ms,
             ),
         )
+
+    async def SendTestEvent(
+        self, request: webhooks_pb2.SendTestEventRequest, context: Context
+    ) -> webhooks_pb2.SendTestEventResponse:
+        """Queues a signed test event for the webhook, due now (the seed's /test)."""
+        event_type = request.event_type or "herald.webhook.test"
+        if not model.EVENT_TYPE.match(event_type):
+            raise InvalidArgument([FieldViolation("event_type", "an event type name")])
+        row = await self._log.send_test(
+            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type
+        )
+        return webhooks_pb2.SendTestEventResponse(delivery=delivery_to_proto(row))
+
+    async def ResendDelivery(
+        self, request: webhooks_pb2.ResendDeliveryRequest, context: Context
+    ) -> webhooks_pb2.ResendDeliveryResponse:
+        """One more attempt of a finished delivery, now."""
+        row = await self._log.resend(TENANT.get(), _required_id(request.delivery_id, "delivery_id"))
+        log.info("delivery.resend", delivery_id=request.delivery_id, tenant=TENANT.get())
+        return webhooks_pb2.ResendDeliveryResponse(delivery=delivery_to_proto(row))
+
+    async def RecoverWebhook(
+        self, request: webhooks_pb2.RecoverWebhookRequest, context: Context
+    ) -> webhooks_pb2.RecoverWebhookResponse:
+        """Re-queues the webhook's failed deliveries since a time."""
+        if not request.HasField("since"):
+            raise InvalidArgument([FieldViolation("since", "required")])
+        count = await self._log.recover(
+            TENANT.get(),
+            _required_id(request.webhook_id, "webhook_id"),
+            request.since.ToDatetime(tzinfo=UTC),
+        )
+        log.info("webhook.recovered", webhook_id=request.webhook_id, requeued=count)
+        return webhooks_pb2.RecoverWebhookResponse(requeued=count)
 
     async def _check(self, spec: model.WebhookSpec) -> list[FieldViolation]:
         known = await self._event_types.names()

@@ -142,3 +142,23 @@ SELECT coalesce(avg(response_ms), 0) AS average,
        coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY response_ms), 0) AS p99
 FROM webhooks.attempts
 WHERE webhook_id = $1 AND started_at >= $2 AND started_at < $3 AND status_code IS NOT NULL
+
+-- name: resend_delivery
+-- Once more, now; not while a worker holds it (then it is being attempted anyway).
+UPDATE webhooks.deliveries
+SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'resend',
+    retry_after = 0, updated_at = now()
+WHERE id = $1 AND tenant = $2 AND status <> 'pending'
+RETURNING id
+
+-- name: get_delivery
+SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
+       d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
+       d.next_attempt_at
+FROM webhooks.deliveries AS d WHERE d.id = $1 AND d.tenant = $2
+
+-- name: recover_webhook
+UPDATE webhooks.deliveries
+SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'recover',
+    retry_after = 0, updated_at = now()
+WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
