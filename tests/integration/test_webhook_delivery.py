@@ -404,3 +404,18 @@ async def test_test_event_resend_and_recover(stack: Stack) -> None:
             webhooks_pb2.ResendDeliveryRequest(delivery_id=str(uuid.uuid4())), metadata=KEY
         )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_rate_limit_holds_across_two_workers(stack: Stack, infra: Infra) -> None:
+    stack.webhooks.append(await start_webhooks(stack.settings, infra))
+    async with Receiver() as receiver:
+        created = await stack.hook(  # Bitrix24's limits: 2 per second, 120 per minute
+            receiver.url(), rate_limit=webhooks_pb2.RateLimit(per_second=2, per_minute=120)
+        )
+        await stack.produce([job(created.webhook.id) for _ in range(8)])
+        requests = await receiver.wait_for(8, timeout=20)
+    times = sorted(r.at for r in requests)
+    assert times[-1] - times[0] >= 2.8, "8 sends at 2/s need at least three more seconds"
+    for i, t in enumerate(times):
+        within = [u for u in times[i:] if u - t < 0.9]
+        assert len(within) <= 2, f"{len(within)} sends within 0.9 s from send {i}"

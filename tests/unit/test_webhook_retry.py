@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from herald.services.webhooks.engine import rate_room
 from herald.services.webhooks.model import RetryPolicy
 from herald.services.webhooks.retry import JITTER, backoff, decide, reason_of
 
@@ -34,3 +35,11 @@ def test_retry_after_is_honoured_for_429_and_503_within_bounds() -> None:
     assert decide(SEED, 1, 500, None, 7.0).delay <= 1.2  # only 429/503 carry it
     assert reason_of(429, None) == "http_429"
     assert reason_of(404, None) == "http_4xx"
+
+
+def test_rate_room() -> None:
+    assert rate_room(2, 120, 0, 0) == 2
+    assert rate_room(2, 120, 2, 10) == 0
+    assert rate_room(2, 120, 1, 119) == 1
+    assert rate_room(0, 120, 50, 120) == 0
+    assert rate_room(0, 0, 99, 99) > 1000  # no limit

@@ -36,6 +36,17 @@ from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.engine")
 VERSION = "0.1"
+RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
+
+
+def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
+    """How many more sends the limits allow now (0 = a limit is not set)."""
+    rooms = []
+    if per_second:
+        rooms.append(per_second - last_second)
+    if per_minute:
+        rooms.append(per_minute - last_minute)
+    return max(0, min(rooms)) if rooms else 1 << 30
 
 
 class Engine:
@@ -80,13 +91,19 @@ class Engine:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 claimed = await self._claim(free)
+                throttled = False
+                if len(claimed) < free:
+                    limited, throttled = await self._claim_limited(free - len(claimed))
+                    claimed += limited
                 for row in claimed:
                     task = asyncio.create_task(self._attempt_guarded(row))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 if len(claimed) < free:
+                    # A rate-limited webhook with more due: look again when its window moves.
+                    wait = RATE_RECHECK if throttled else self._poll
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll)
+                        await asyncio.wait_for(self._wake.wait(), wait)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -102,6 +119,42 @@ class Engine:
             await asyncio.sleep(self._poll)
             return []
         return rows
+
+    async def _claim_limited(self, limit: int) -> tuple[list[asyncpg.Record], bool]:
+        """Claims due deliveries of rate-limited webhooks within their limits; also says
+        whether some were held back by a limit."""
+        claimed: list[asyncpg.Record] = []
+        throttled = False
+        try:
+            for hook in await self._pool.fetch(Q.limited_with_due):
+                if len(claimed) >= limit:
+                    break
+                async with self._pool.acquire() as conn, conn.transaction():
+                    row = await conn.fetchrow(Q.lock_limited, hook["webhook_id"])
+                    if row is None:
+                        continue
+                    sent = await conn.fetchrow(Q.recent_sends, hook["webhook_id"])
+                    assert sent is not None
+                    room = rate_room(
+                        row["rate_per_second"],
+                        row["rate_per_minute"],
+                        sent["second"],
+                        sent["minute"],
+                    )
+                    take = min(room, limit - len(claimed))
+                    if take <= 0:
+                        throttled = True
+                        continue
+                    rows = await conn.fetch(
+                        Q.claim_limited, hook["webhook_id"], take, self._lease, self._worker
+                    )
+                    if rows:
+                        await conn.execute(Q.record_sends, hook["webhook_id"], len(rows))
+                    throttled = throttled or len(rows) == room
+                    claimed += rows
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("engine.claim_failed", error=repr(exc))
+        return claimed, throttled
 
     async def _attempt_guarded(self, row: asyncpg.Record) -> None:
         try:

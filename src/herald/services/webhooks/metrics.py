@@ -23,10 +23,11 @@ DUE_LAG = Gauge("webhook_due_lag_seconds", "How late the oldest due delivery is.
 
 
 async def report_due(pool: asyncpg.Pool, every: float = 5.0) -> None:
-    """Keeps the due-queue gauges current (a worker of the service)."""
+    """Keeps the due-queue gauges current and the rate ledger short (a worker)."""
     while True:
         try:
             row = await pool.fetchrow(Q.due_depth)
+            await pool.execute(Q.purge_sends)  # the rate windows need only 1 minute
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             row = None
         if row is not None:

@@ -62,6 +62,7 @@ WITH due AS (
     FROM webhooks.deliveries AS d
     JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.active
+      AND w.rate_per_second = 0 AND w.rate_per_minute = 0  -- limited ones: claim_limited
     ORDER BY d.next_attempt_at
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -162,3 +163,46 @@ UPDATE webhooks.deliveries
 SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'recover',
     retry_after = 0, updated_at = now()
 WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
+
+-- name: limited_with_due
+SELECT DISTINCT d.webhook_id
+FROM webhooks.deliveries AS d
+JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.active
+  AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
+LIMIT 100
+
+-- name: lock_limited
+-- The webhook's row lock serialises the claims of every worker for it.
+SELECT rate_per_second, rate_per_minute
+FROM webhooks.webhooks WHERE id = $1 AND active
+FOR UPDATE
+
+-- name: recent_sends
+-- A statement of its own, after lock_limited: its snapshot is taken once the lock is
+-- held, so the sends another worker committed while we waited are counted.
+SELECT count(*) FILTER (WHERE at > clock_timestamp() - interval '1 second') AS second,
+       count(*) AS minute
+FROM webhooks.sends
+WHERE webhook_id = $1 AND at > clock_timestamp() - interval '1 minute'
+
+-- name: claim_limited
+WITH due AS (
+    SELECT id FROM webhooks.deliveries
+    WHERE webhook_id = $1 AND status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhooks.deliveries AS d
+SET next_attempt_at = now() + make_interval(secs => $3), claimed_by = $4, updated_at = now()
+FROM due
+WHERE d.id = due.id
+RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
+          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after
+
+-- name: record_sends
+INSERT INTO webhooks.sends (webhook_id) SELECT $1 FROM generate_series(1, $2::int)
+
+-- name: purge_sends
+DELETE FROM webhooks.sends WHERE at < now() - interval '2 minutes'
