@@ -419,3 +419,29 @@ async def test_rate_limit_holds_across_two_workers(stack: Stack, infra: Infra) -
     for i, t in enumerate(times):
         within = [u for u in times[i:] if u - t < 0.9]
         assert len(within) <= 2, f"{len(within)} sends within 0.9 s from send {i}"
+
+
+async def test_a_webhook_failing_continuously_is_disabled(stack: Stack, infra: Infra) -> None:
+    quick = stack.settings.model_copy(update={"disable_after_seconds": 1.0})
+    await stack.webhooks[0].stop(1)
+    stack.webhooks = [await start_webhooks(quick, infra)]
+    await stack.channel.close()
+    stack.channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.webhooks[0].port}")
+    stack.stub = webhooks_pb2_grpc.WebhookServiceStub(stack.channel)
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 50)
+        policy = webhooks_pb2.RetryPolicy(max_retries=20, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.3)
+        await stack.produce([job(created.webhook.id)])
+        for _ in range(60):
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+            )
+            if not got.webhook.active:
+                break
+            await asyncio.sleep(0.1)
+        attempts = len(receiver.received())
+    assert not got.webhook.active
+    assert 4 <= attempts <= 8, "disabled after about a second of failures, not before"
+    [alert] = await ingest_events(stack.database_url, "herald.webhook.disabled")
+    assert "failing without a 2xx" in alert["reason"]

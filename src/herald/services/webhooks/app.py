@@ -62,6 +62,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         concurrency=settings.delivery_concurrency,
         lease_seconds=settings.delivery_timeout_seconds + 30,
         dlq_topic=settings.dlq_topic,
+        disable_after=settings.disable_after_seconds or None,
     )
     servicer = WebhookServicer(
         store,

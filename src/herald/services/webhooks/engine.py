@@ -63,6 +63,7 @@ class Engine:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         dlq_topic: str = DLQ_TOPIC,
+        disable_after: float | None = None,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -73,6 +74,8 @@ class Engine:
         self._lease = lease_seconds
         self._poll = poll_seconds
         self._dlq_topic = dlq_topic
+        # A webhook failing without a single 2xx for this long is disabled.
+        self._disable_after = timedelta(seconds=disable_after) if disable_after else None
         self._wake = asyncio.Event()
         self._worker = f"worker-{uuid.uuid4().hex[:12]}"
         self._tasks: set[asyncio.Task[None]] = set()
@@ -198,6 +201,10 @@ class Engine:
             await self._dead_letter(row, hook, verdict.reason, result)
         elif verdict.outcome == "gone":
             await self._disable(row, hook, "the endpoint answered 410 Gone")
+        if verdict.outcome in ("retry", "dead") and self._disable_after is not None:
+            since = await self._pool.fetchval(Q.failing_since, row["webhook_id"])
+            if since is not None and datetime.now(UTC) - since >= self._disable_after:
+                await self._disable(row, hook, f"failing without a 2xx since {since.isoformat()}")
 
     def _headers(self, row: asyncpg.Record, hook: asyncpg.Record) -> dict[str, str]:
         secrets = [self._box.open(bytes(hook["secret"]), str(hook["id"]))]

@@ -35,6 +35,11 @@ class WebhooksSettings(RuntimeSettings):
     deliveries_topic: str = Field("herald.deliveries", description="Topic of delivery jobs.")
     deliveries_group: str = Field("herald-webhooks", description="Its consumer group.")
     dlq_topic: str = Field("herald.dlq", description="Dead-letter topic.")
+    disable_after_seconds: float = Field(
+        5 * 86400,
+        ge=0,
+        description="A webhook failing without any 2xx for this long is disabled (0: never).",
+    )
     delivery_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="An attempt succeeds with a 2xx within this time."
     )

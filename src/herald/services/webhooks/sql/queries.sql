@@ -206,3 +206,13 @@ INSERT INTO webhooks.sends (webhook_id) SELECT $1 FROM generate_series(1, $2::in
 
 -- name: purge_sends
 DELETE FROM webhooks.sends WHERE at < now() - interval '2 minutes'
+
+-- name: failing_since
+-- When the run of failures without any 2xx began (NULL when the last attempt succeeded
+-- or there were none).
+SELECT min(a.started_at)
+FROM webhooks.attempts AS a
+WHERE a.webhook_id = $1
+  AND a.started_at > coalesce(
+      (SELECT max(s.started_at) FROM webhooks.attempts AS s
+       WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299), '-infinity')
