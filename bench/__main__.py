@@ -28,15 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import batch, floor, grpc_floor, infra, raw_kafka, report, steady, unary
+from bench import batch, floor, grpc_floor, infra, raw_kafka, report, steady, unary, webhooks
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        default="abcgd0",
-        help="scenarios to run, e.g. 'ab' (abcgd0; g = c's gRPC floor, 0 = d's floor)",
+        default="abcgd0w",
+        help="scenarios, e.g. 'ab' (abcgd0w; g: c's gRPC floor, 0: d's floor, w: webhooks)",
     )
     parser.add_argument("--raw-n", type=int, default=40_000, help="records for a (40000)")
     parser.add_argument("--raw-repeats", type=int, default=2, help="runs per raw pattern (2)")
@@ -50,6 +50,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floor-seconds", type=float, default=4, help="duration of d's floor, 0 (4)"
     )
+    parser.add_argument("--webhook-n", type=int, default=5000, help="deliveries per case in w")
     parser.add_argument("--partitions", type=int, default=6, help="topic partitions (6)")
     parser.add_argument(
         "--set",
@@ -89,6 +90,7 @@ async def _scenarios(args: argparse.Namespace, where: infra.Infra) -> dict[str, 
         "g": lambda: grpc_floor.run(args.unary_n, args.callers),
         "d": lambda: steady.run(where, args.rate, args.seconds, args.partitions, env),
         "0": lambda: floor.run(where, args.rate, args.floor_seconds, args.partitions),
+        "w": lambda: webhooks.run(where, args.webhook_n),
     }
     for key, step in steps.items():
         if key not in args.only:

@@ -86,6 +86,39 @@ def figures(results: dict[str, Any]) -> list[Figure]:
         rows += _unary_rows(ok["c"], ok.get("g"))
     if "d" in ok or "0" in ok:
         rows += _steady_rows(ok.get("d"), ok.get("0"))
+    if "w" in ok:
+        rows += _webhook_rows(ok["w"])
+    return rows
+
+
+def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
+    raw = float(w["raw_rate"])
+    rows = [Figure("w", "raw httpx POST loop (same receiver)", raw, "req/s", "reference", "")]
+    for case in ("one", "many"):
+        r = w[case]
+        share = r["rate"] / raw
+        verdict = f"{share:.0%} of raw; {'PASS' if share >= 0.5 and r['rate'] >= 3000 else 'FAIL'}"
+        rows.append(
+            Figure(
+                "w",
+                f"deliveries, {r['hooks']} webhook(s)",
+                r["rate"],
+                "del/s",
+                ">= 3,000 and >= 50% of raw",
+                verdict,
+            )
+        )
+        p99 = r["consumed_to_attempt_ms"]["p99"]
+        rows.append(
+            Figure(
+                "w",
+                f"  consumed → first attempt p99, {r['hooks']}",
+                p99,
+                "ms",
+                "<= 50",
+                "PASS" if p99 <= 50 else "FAIL",
+            )
+        )
     return rows
 
 

@@ -1,0 +1,187 @@
+"""(w) Webhook deliveries per second to a local receiver, signing and attempt logging
+on, for 1 and for 100 webhooks, beside a raw httpx POST loop (same client library, same
+receiver, same concurrency) in the same run; and the delay from a job being consumed
+(its row created) to its first attempt, p50/p99.
+
+The webhooks service runs as its own process (LOG_LEVEL=WARNING), fed by jobs produced
+straight onto a fresh deliveries topic; ingest runs beside it for the event-type catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
+from tests.receiver import Receiver
+
+from bench import infra
+from bench.ingest_proc import ROOT, free_port, ingest_process
+from herald.runtime import kafka
+
+KEY = "hk_bench_0123456789abcdef"
+CONCURRENCY = 64
+
+
+async def _raw_loop(url: str, n: int) -> float:
+    """Deliveries/s of a bare httpx POST loop with the same concurrency."""
+    body = b'{"id": "x", "type": "message.created", "createdAt": "", "data": {}}'
+    left = n
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await client.post(url, content=body, headers={"Content-Type": "application/json"})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return n / (time.perf_counter() - started)
+
+
+async def _wait_serving(address: str, process: asyncio.subprocess.Process) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(300):
+            if process.returncode is not None:
+                raise RuntimeError(f"webhooks exited with {process.returncode}")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError("webhooks did not become SERVING")
+
+
+def _job(webhook_id: str) -> bytes:
+    event_id = str(uuid.uuid4())
+    return delivery_pb2.DeliveryJob(
+        job_id=event_id,
+        webhook_id=webhook_id,
+        event_id=event_id,
+        event_source="urn:bench",
+        event_type="message.created",
+        data=b'{"id": "msg_456", "content": "hello"}',
+    ).SerializeToString()
+
+
+async def _scenario(
+    where: infra.Infra,
+    stub: webhooks_pb2_grpc.WebhookServiceAsyncStub,
+    receiver: Receiver,
+    topic: str,
+    hooks: int,
+    n: int,
+    database_url: str,
+) -> dict[str, Any]:
+    path = f"/w{hooks}"
+    ids = []
+    for i in range(hooks):
+        created = await stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name=f"bench {i}", url=receiver.url(path), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {KEY}"),),
+        )
+        ids.append(created.webhook.id)
+    producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        for i in range(n):
+            await producer.send(topic, _job(ids[i % hooks]))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await receiver.wait_for(n, path, timeout=300)
+    seconds = time.perf_counter() - started
+    conn = await asyncpg.connect(database_url)
+    try:
+        delay = await conn.fetchrow(
+            """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) AS p50,
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY x) AS p99
+               FROM (SELECT extract(epoch FROM a.started_at - d.created_at) * 1000 AS x
+                     FROM webhooks.attempts a JOIN webhooks.deliveries d ON d.id = a.delivery_id
+                     WHERE a.number = 1 AND d.webhook_id = ANY($1::uuid[])) t""",
+            [uuid.UUID(i) for i in ids],
+        )
+    finally:
+        await conn.close()
+    assert delay is not None
+    return {
+        "hooks": hooks,
+        "n": n,
+        "rate": n / seconds,
+        "seconds": seconds,
+        "consumed_to_attempt_ms": {"p50": float(delay["p50"]), "p99": float(delay["p99"])},
+    }
+
+
+async def run(where: infra.Infra, n: int) -> dict[str, Any]:
+    """Measures (w); ``rate`` figures per scenario, ``raw_rate`` the baseline."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"herald.bench.deliveries.{suffix}"
+    async with (
+        infra.fresh_database(where.database_url) as database_url,
+        ingest_process(
+            database_url,
+            where.bootstrap_servers,
+            f"herald.bench.ev.{suffix}",
+            {"RELAY_ENABLED": "false"},
+        ) as ingest,
+        Receiver() as receiver,
+    ):
+        raw = await _raw_loop(receiver.url("/raw"), n)
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}",
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
+            "INGEST_ADDR": ingest.address,
+            "WEBHOOKS_ADDR": f"127.0.0.1:{port}",
+            "WEBHOOKS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "WEBHOOKS_API_KEYS": f"{KEY}=bench",
+            "WEBHOOKS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "DELIVERIES_TOPIC": topic,
+            "DELIVERIES_GROUP": f"bench-{suffix}",
+            "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+            "DELIVERY_CONCURRENCY": str(CONCURRENCY),
+            "LOG_LEVEL": "WARNING",
+        }
+        with tempfile.TemporaryFile() as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "herald.services.webhooks",
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                await _wait_serving(f"127.0.0.1:{port}", process)
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+                    one = await _scenario(where, stub, receiver, topic, 1, n, database_url)
+                    many = await _scenario(where, stub, receiver, topic, 100, n, database_url)
+            finally:
+                process.terminate()
+                await process.wait()
+    return {"raw_rate": raw, "one": one, "many": many, "concurrency": CONCURRENCY}
