@@ -53,6 +53,15 @@ class Stack:
         finally:
             await producer.stop()
 
+    async def restart(self, settings: WebhooksSettings) -> None:
+        """One webhooks instance again, with ``settings``; the stub follows it."""
+        for running in self.webhooks:
+            await running.stop(1)
+        self.webhooks = [await start_webhooks(settings, self.infra)]
+        await self.channel.close()
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.webhooks[0].port}")
+        self.stub = webhooks_pb2_grpc.WebhookServiceStub(self.channel)
+
     async def hook(self, url: str, **fields: Any) -> webhooks_pb2.CreateWebhookResponse:
         policy = fields.pop("retry_policy", FAST)
         delay = fields.pop("initial_delay", 0.2)
@@ -241,13 +250,9 @@ async def test_410_gone_disables_the_webhook(stack: Stack) -> None:
     assert await ingest_events(stack.database_url, "herald.webhook.disabled")
 
 
-async def test_ssrf_destinations_are_refused_unless_allowed(stack: Stack, infra: Infra) -> None:
+async def test_ssrf_destinations_are_refused_unless_allowed(stack: Stack) -> None:
     strict = stack.settings.model_copy(update={"webhooks_allowed_networks": ""})
-    await stack.webhooks[0].stop(1)
-    stack.webhooks = [await start_webhooks(strict, infra)]
-    await stack.channel.close()
-    stack.channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.webhooks[0].port}")
-    stack.stub = webhooks_pb2_grpc.WebhookServiceStub(stack.channel)
+    await stack.restart(strict)
     async with Receiver() as receiver:
         created = await stack.hook(
             receiver.url().replace("127.0.0.1", "localhost"),
@@ -421,13 +426,9 @@ async def test_rate_limit_holds_across_two_workers(stack: Stack, infra: Infra) -
         assert len(within) <= 2, f"{len(within)} sends within 0.9 s from send {i}"
 
 
-async def test_a_webhook_failing_continuously_is_disabled(stack: Stack, infra: Infra) -> None:
+async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
     quick = stack.settings.model_copy(update={"disable_after_seconds": 1.0})
-    await stack.webhooks[0].stop(1)
-    stack.webhooks = [await start_webhooks(quick, infra)]
-    await stack.channel.close()
-    stack.channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.webhooks[0].port}")
-    stack.stub = webhooks_pb2_grpc.WebhookServiceStub(stack.channel)
+    await stack.restart(quick)
     async with Receiver() as receiver:
         receiver.script("/hook", *[Reply(500)] * 50)
         policy = webhooks_pb2.RetryPolicy(max_retries=20, backoff_multiplier=1)

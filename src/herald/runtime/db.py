@@ -17,6 +17,10 @@ from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("herald.db")
 
+# What a database call raises when PostgreSQL is unreachable or refuses: loops that
+# must outlive an outage catch these, log, and try again.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 # A connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | PoolConnectionProxy
 

@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from herald.runtime.db import DATABASE_ERRORS
+
 log = structlog.get_logger("herald.notify")
 
 
@@ -35,7 +37,7 @@ async def listen(
             on_connect()
             await lost.wait()
             log.warning("notify.connection_lost")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("notify.connect_failed", error=repr(exc))
         finally:
             if conn is not None and not conn.is_closed():

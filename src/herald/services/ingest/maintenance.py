@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from herald.runtime.db import DATABASE_ERRORS
 from herald.services.ingest.writer import Q
 
 log = structlog.get_logger("herald.ingest.maintenance")
@@ -27,6 +28,6 @@ async def run_purges(
     while True:
         try:
             await purge_once(pool, outbox_seconds, event_seconds)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("maintenance.failed", error=repr(exc))
         await asyncio.sleep(every)

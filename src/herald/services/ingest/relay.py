@@ -22,6 +22,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.kafka import start_when_reachable
 from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
@@ -102,7 +103,7 @@ class Relay:
             self._wake.clear()
             try:
                 sent, failed = await self.relay_once(offset=n * LANES // self._concurrency)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("relay.database_error", error=repr(exc))
                 sent, failed = 0, 1
             if failed:

@@ -41,6 +41,9 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     store = WebhookStore(pool, box)
     producer: list[AIOKafkaProducer] = []  # started by a worker once Kafka answers
 
+    def current_producer() -> AIOKafkaProducer | None:
+        return producer[0] if producer else None
+
     async def start_producer() -> None:
         producer.append(
             await kafka.start_when_reachable(
@@ -57,7 +60,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         pool,
         client,
         box,
-        lambda: producer[0] if producer else None,
+        current_producer,
         EventPublisher(ingest, source="urn:herald:webhooks"),
         concurrency=settings.delivery_concurrency,
         lease_seconds=settings.delivery_timeout_seconds + 30,
@@ -77,7 +80,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             settings.deliveries_topic,
             group_id=settings.deliveries_group,
         ),
-        lambda: producer[0] if producer else None,
+        current_producer,
         engine.wake,
         dlq_topic=settings.dlq_topic,
     )

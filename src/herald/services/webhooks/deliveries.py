@@ -13,14 +13,7 @@ import asyncpg
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.services.webhooks.intake import delivery_id
 from herald.services.webhooks.signing import body_of
-from herald.services.webhooks.store import Q, WebhookStore
-
-
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"delivery {value!r} not found") from None
+from herald.services.webhooks.store import Q, WebhookStore, parse_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +47,7 @@ class Deliveries:
 
     async def get(self, tenant: str, delivery_id: str) -> asyncpg.Record:
         """One delivery of the tenant's."""
-        row = await self._pool.fetchrow(Q.get_delivery, _uuid(delivery_id), tenant)
+        row = await self._pool.fetchrow(Q.get_delivery, parse_id(delivery_id, "delivery"), tenant)
         if row is None:
             raise NotFound(f"delivery {delivery_id!r} not found")
         result: asyncpg.Record = row

@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.publisher import EventPublisher
@@ -117,7 +118,7 @@ class Engine:
             rows: list[asyncpg.Record] = await self._pool.fetch(
                 Q.claim_due, limit, self._lease, self._worker
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
             await asyncio.sleep(self._poll)
             return []
@@ -155,7 +156,7 @@ class Engine:
                         await conn.execute(Q.record_sends, hook["webhook_id"], len(rows))
                     throttled = throttled or len(rows) == room
                     claimed += rows
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
         return claimed, throttled
 

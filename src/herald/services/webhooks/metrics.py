@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from herald.runtime.db import Queries
-
-Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+from herald.runtime.db import DATABASE_ERRORS
+from herald.services.webhooks.store import Q
 
 DELIVERIES = Counter("webhook_deliveries", "Delivery attempts by outcome.", ["outcome"])
 ATTEMPT_SECONDS = Histogram(
@@ -28,7 +26,7 @@ async def report_due(pool: asyncpg.Pool, every: float = 5.0) -> None:
         try:
             row = await pool.fetchrow(Q.due_depth)
             await pool.execute(Q.purge_sends)  # the rate windows need only 1 minute
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             row = None
         if row is not None:
             DUE_DEPTH.set(row["depth"])

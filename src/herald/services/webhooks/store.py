@@ -76,11 +76,12 @@ def _columns(spec: WebhookSpec) -> tuple[object, ...]:
     )
 
 
-def _uuid(webhook_id: str) -> uuid.UUID:
+def parse_id(value: str, what: str = "webhook") -> uuid.UUID:
+    """An id as a UUID; one that is not a UUID names nothing: NOT_FOUND."""
     try:
-        return uuid.UUID(webhook_id)
+        return uuid.UUID(value)
     except ValueError:
-        raise NotFound(f"webhook {webhook_id!r} not found") from None
+        raise NotFound(f"{what} {value!r} not found") from None
 
 
 class WebhookStore:
@@ -105,7 +106,7 @@ class WebhookStore:
 
     async def get(self, tenant: str, webhook_id: str) -> StoredWebhook:
         """One of the tenant's subscriptions."""
-        row = await self._pool.fetchrow(Q.get_webhook, _uuid(webhook_id), tenant)
+        row = await self._pool.fetchrow(Q.get_webhook, parse_id(webhook_id), tenant)
         if row is None:
             raise NotFound(f"webhook {webhook_id!r} not found")
         return _stored(row)
@@ -125,7 +126,7 @@ class WebhookStore:
     ) -> StoredWebhook:
         """Applies ``change`` (which may raise to refuse it) to the subscription, with
         the row locked so that concurrent updates do not overwrite each other."""
-        ident = _uuid(webhook_id)
+        ident = parse_id(webhook_id)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(Q.get_webhook_for_update, ident, tenant)
             if row is None:
@@ -137,19 +138,19 @@ class WebhookStore:
 
     async def delete(self, tenant: str, webhook_id: str) -> None:
         """Removes the subscription."""
-        if await self._pool.fetchval(Q.delete_webhook, _uuid(webhook_id), tenant) is None:
+        if await self._pool.fetchval(Q.delete_webhook, parse_id(webhook_id), tenant) is None:
             raise NotFound(f"webhook {webhook_id!r} not found")
 
     async def secret(self, tenant: str, webhook_id: str) -> str:
         """The current secret, decrypted."""
-        row = await self._pool.fetchrow(Q.get_webhook, _uuid(webhook_id), tenant)
+        row = await self._pool.fetchrow(Q.get_webhook, parse_id(webhook_id), tenant)
         if row is None:
             raise NotFound(f"webhook {webhook_id!r} not found")
         return self._box.open(bytes(row["secret"]), str(row["id"]))
 
     async def rotate(self, tenant: str, webhook_id: str, secret: str, grace: float) -> datetime:
         """Makes ``secret`` current; the old one signs too until the returned time."""
-        ident = _uuid(webhook_id)
+        ident = parse_id(webhook_id)
         expires = await self._pool.fetchval(
             Q.rotate_secret, ident, tenant, self._box.seal(secret, str(ident)), grace
         )
