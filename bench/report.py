@@ -93,7 +93,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
 
 def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
     raw = float(w["raw_rate"])
-    rows = [Figure("w", "raw httpx POST loop (same receiver)", raw, "req/s", "reference", "")]
+    rows = [Figure("w", "raw aiohttp POST loop (same receiver)", raw, "req/s", "reference", "")]
     for case in ("one", "many"):
         r = w[case]
         share = r["rate"] / raw

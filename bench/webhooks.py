@@ -1,9 +1,10 @@
 """(w) Webhook deliveries per second to a local receiver, signing and attempt logging
-on, for 1 and for 100 webhooks, beside a raw httpx POST loop (same client library, same
+on, for 1 and for 100 webhooks, beside a raw aiohttp POST loop (same client library, same
 receiver, same concurrency) in the same run; and the delay from a job being consumed
 (its row created) to its first attempt, p50/p99.
 
-The webhooks service runs as its own process (LOG_LEVEL=WARNING), fed by jobs produced
+The receiver is ``bench.sink``, a fast HTTP sink in its own process, so the sender sets
+the pace. The webhooks service runs as its own process (LOG_LEVEL=WARNING), fed by jobs produced
 straight onto a fresh deliveries topic; ingest runs beside it for the event-type catalog.
 """
 
@@ -18,15 +19,15 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import asyncpg
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
-from tests.receiver import Receiver
 
 from bench import infra
 from bench.ingest_proc import ROOT, free_port, ingest_process
+from bench.sink import SinkProcess, sink_process
 from herald.runtime import kafka
 
 KEY = "hk_bench_0123456789abcdef"
@@ -34,16 +35,19 @@ CONCURRENCY = 64
 
 
 async def _raw_loop(url: str, n: int) -> float:
-    """Deliveries/s of a bare httpx POST loop with the same concurrency."""
+    """Deliveries/s of a bare aiohttp POST loop with the same concurrency."""
     body = b'{"id": "x", "type": "message.created", "createdAt": "", "data": {}}'
     left = n
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CONCURRENCY)) as client:
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as client:
 
         async def worker() -> None:
             nonlocal left
             while left > 0:
                 left -= 1
-                await client.post(url, content=body, headers={"Content-Type": "application/json"})
+                headers = {"Content-Type": "application/json"}
+                async with client.post(url, data=body, headers=headers) as reply:
+                    await reply.read()
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -81,7 +85,7 @@ def _job(webhook_id: str) -> bytes:
 async def _scenario(
     where: infra.Infra,
     stub: webhooks_pb2_grpc.WebhookServiceAsyncStub,
-    receiver: Receiver,
+    receiver: SinkProcess,
     topic: str,
     hooks: int,
     n: int,
@@ -108,7 +112,7 @@ async def _scenario(
         await producer.flush()
     finally:
         await producer.stop()
-    await receiver.wait_for(n, path, timeout=300)
+    await receiver.wait_for(n, path, within=300)
     seconds = time.perf_counter() - started
     conn = await asyncpg.connect(database_url)
     try:
@@ -144,7 +148,7 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
             f"herald.bench.ev.{suffix}",
             {"RELAY_ENABLED": "false"},
         ) as ingest,
-        Receiver() as receiver,
+        sink_process() as receiver,
     ):
         raw = await _raw_loop(receiver.url("/raw"), n)
         port = free_port()

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from herald.services.webhooks.http import DeliveryClient, GuardedBackend, is_public
+from herald.services.webhooks.http import DeliveryClient, SSRFGuard, is_public
 from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.integration
@@ -249,7 +249,7 @@ def test_is_public(address: str, public: bool) -> None:
 
 
 def test_the_guard_names_the_reason_and_honours_allowed_networks() -> None:
-    guard = GuardedBackend(None, allow_private=False, allowed=["10.0.0.0/8"])  # type: ignore[arg-type]
+    guard = SSRFGuard(allow_private=False, allowed=["10.0.0.0/8"])
     guard.check("internal", ipaddress.ip_address("10.1.2.3"))
     guard.check("internal", ipaddress.ip_address("::ffff:10.1.2.3"))
     with pytest.raises(Exception, match=r"resolves to 100\.64\.0\.1, a shared \(CGNAT\) address"):

@@ -434,6 +434,7 @@ async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
         policy = webhooks_pb2.RetryPolicy(max_retries=20, backoff_multiplier=1)
         created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.3)
         await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1, timeout=30)  # the consumer has joined: the clock starts
         for _ in range(60):
             got = await stack.stub.GetWebhook(
                 webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
