@@ -110,15 +110,22 @@ def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
         )
         p99 = r["consumed_to_attempt_ms"]["p99"]
         rows.append(
-            Figure(
-                "w",
-                f"  consumed → first attempt p99, {r['hooks']}",
-                p99,
-                "ms",
-                "<= 50",
-                "PASS" if p99 <= 50 else "FAIL",
-            )
+            Figure("w", f"  consumed → first attempt p99 (burst), {r['hooks']}", p99, "ms", "", "")
         )
+    if "steady" in w:
+        r = w["steady"]
+        for p in ("p50", "p99"):
+            value = r["consumed_to_attempt_ms"][p]
+            rows.append(
+                Figure(
+                    "w",
+                    f"consumed → first attempt {p} at {r['offered_rate']:g} jobs/s",
+                    value,
+                    "ms",
+                    "<= 50" if p == "p99" else "",
+                    ("PASS" if value <= 50 else "FAIL") if p == "p99" else "",
+                )
+            )
     return rows
 
 

@@ -8,15 +8,14 @@ one ran. PublishBatch writes its items in one transaction directly.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import structlog
 
+from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import Connection, Queries
 from herald.services.ingest import dedup
 from herald.services.ingest.dedup import Accepted, Outcome
@@ -26,12 +25,6 @@ log = structlog.get_logger("herald.ingest.writer")
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
 IDEMPOTENCY_TTL_SECONDS = 72 * 3600
-
-
-@dataclass(slots=True)
-class _Queued:
-    item: PendingEvent
-    done: asyncio.Future[Outcome]
 
 
 class EventWriter:
@@ -50,63 +43,28 @@ class EventWriter:
     ) -> None:
         self._pool = pool
         self._on_commit = on_commit
-        self._max_group = max_group
-        self._committers = committers
         self._ttl = idempotency_ttl
         # Sent with NOTIFY herald_outbox: a relay in this process, woken directly by
         # on_commit, recognises its own notifications by it and ignores them.
         self._notify_payload = notify_payload
-        self._linger = linger
-        self._small_group = small_group
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._batches: GroupCommitter[PendingEvent, Outcome] = GroupCommitter(
+            self.write,
+            name="ingest",
+            max_group=max_group,
+            committers=committers,
+            # A small group costs ~10x more CPU per event than a large one: give the
+            # calls arriving meanwhile a moment to join the transaction.
+            linger=linger,
+            small_group=small_group,
+        )
 
     async def submit(self, item: PendingEvent) -> Outcome:
         """Queues one event for the next group commit and waits for its outcome."""
-        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Queued(item, done))
-        return await done
+        return await self._batches.submit(item)
 
     async def run(self) -> None:
         """The group committers (a worker of the service)."""
-        await asyncio.gather(*(self._commit_loop() for _ in range(self._committers)))
-
-    async def _commit_loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            if self._linger and self._queue.qsize() < self._small_group:
-                # A small group costs ~10x more CPU per event than a large one: give
-                # the calls arriving meanwhile a moment to join this transaction.
-                await asyncio.sleep(self._linger)
-            while len(group) < self._max_group and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            live = [q for q in group if not q.done.cancelled()]
-            try:
-                outcomes = await self.write([q.item for q in live])
-            except asyncpg.PostgresError as exc:
-                if len(live) > 1 and not isinstance(exc, asyncpg.PostgresConnectionError):
-                    # One item's data may have failed the whole transaction: write each
-                    # alone so that only that caller hears of it.
-                    await self._write_one_by_one(live)
-                else:
-                    _fail(live, exc)
-                continue
-            except Exception as exc:
-                _fail(live, exc)
-                continue
-            for q, outcome in zip(live, outcomes, strict=True):
-                if not q.done.done():
-                    q.done.set_result(outcome)
-
-    async def _write_one_by_one(self, queued: list[_Queued]) -> None:
-        for q in queued:
-            try:
-                [outcome] = await self.write([q.item])
-            except Exception as exc:
-                log.error("writer.item_failed", event_id=q.item.event.id, error=repr(exc))
-                _fail([q], exc)
-            else:
-                if not q.done.done():
-                    q.done.set_result(outcome)
+        await self._batches.run()
 
     async def write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
         """Stores ``items`` atomically; one outcome per item, in order.
@@ -239,9 +197,3 @@ class EventWriter:
                     [k.actor for k in release if k],
                 )
         return inserted
-
-
-def _fail(queued: list[_Queued], exc: BaseException) -> None:
-    for q in queued:
-        if not q.done.done():
-            q.done.set_exception(exc)

@@ -84,6 +84,7 @@ class SSRFGuard(AbstractResolver):
     def __init__(self, *, allow_private: bool, allowed: Sequence[str]) -> None:
         self._allow_private = allow_private
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in allowed]
+        self._literals_ok: set[str] = set()  # hosts check_literal let through
 
     def check(self, host: str, address: IPAddress) -> None:
         """Raises SSRFRefused unless ``host``'s resolved ``address`` may be connected to."""
@@ -95,7 +96,15 @@ class SSRFGuard(AbstractResolver):
 
     def check_literal(self, host: str) -> None:
         """Checks ``host`` when it is an IP address, in any form the C library accepts
-        (``2130706433`` and ``127.1`` are 127.0.0.1 to it)."""
+        (``2130706433`` and ``127.1`` are 127.0.0.1 to it). Hosts seen before are
+        answered from memory: the verdict on a literal never changes."""
+        if host in self._literals_ok:
+            return
+        self._check_literal(host)
+        if len(self._literals_ok) < 100_000:
+            self._literals_ok.add(host)
+
+    def _check_literal(self, host: str) -> None:
         try:
             address: IPAddress = ipaddress.ip_address(host.strip("[]"))
         except ValueError:

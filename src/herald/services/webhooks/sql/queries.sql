@@ -56,7 +56,8 @@ RETURNING id
 -- name: claim_due
 -- Due deliveries of active webhooks; claiming moves next_attempt_at a lease ahead
 -- ($2 seconds), so no other worker attempts them meanwhile and a crashed worker's
--- claims come due again once the lease runs out.
+-- claims come due again once the lease runs out. Each row comes with what the attempt
+-- needs of its webhook (as claim_limited's do).
 WITH due AS (
     SELECT d.id
     FROM webhooks.deliveries AS d
@@ -69,35 +70,50 @@ WITH due AS (
 )
 UPDATE webhooks.deliveries AS d
 SET next_attempt_at = now() + make_interval(secs => $2), claimed_by = $3, updated_at = now()
-FROM due
-WHERE d.id = due.id
+FROM due, webhooks.webhooks AS w
+WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
-          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after
+          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
+          w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
+          w.headers::text AS headers, w.secret, w.previous_secret,
+          w.previous_secret_expires_at > now() AS previous_valid
 
--- name: webhook_for_delivery
-SELECT id, tenant, url, active, max_retries, initial_delay_ms, backoff_multiplier,
-       max_delay_ms, headers::text AS headers, secret, previous_secret,
-       previous_secret_expires_at > now() AS previous_valid
-FROM webhooks.webhooks WHERE id = $1
-
--- name: record_attempt
-INSERT INTO webhooks.attempts
-    (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (delivery_id, number) DO NOTHING
-
--- name: finish_delivery
--- The outcome of an attempt, only if this worker still holds the claim.
-UPDATE webhooks.deliveries
-SET status = $3, attempts = $4, next_attempt_at = $5, retry_reason = $6, retry_after = $7,
-    last_status_code = $8, last_error = $9, last_response = $10, last_response_ms = $11,
-    delivered_at = CASE WHEN $3 = 'delivered' THEN now() END, claimed_by = NULL,
+-- name: record_outcomes
+-- Attempt outcomes, many at once: the attempt rows, and each delivery's new state if
+-- this worker ($1) still holds its claim (RETURNING those).
+WITH r AS (
+    SELECT *
+    FROM unnest($2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::int[], $7::text[],
+                $8::int[], $9::text[], $10::timestamptz[], $11::text[], $12::float8[],
+                $13::text[], $14::text[])
+         AS t(delivery_id, number, webhook_id, started_at, status_code, error, response_ms,
+              status, next_at, retry_reason, retry_after, last_error, last_response)
+), attempts AS (
+    INSERT INTO webhooks.attempts
+        (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
+    SELECT delivery_id, number, webhook_id, started_at, status_code, error, response_ms
+    FROM r
+    ON CONFLICT (delivery_id, number) DO NOTHING
+)
+UPDATE webhooks.deliveries AS d
+SET status = r.status, attempts = r.number, next_attempt_at = r.next_at,
+    retry_reason = r.retry_reason, retry_after = r.retry_after,
+    last_status_code = r.status_code, last_error = r.last_error,
+    last_response = r.last_response, last_response_ms = r.response_ms,
+    delivered_at = CASE WHEN r.status = 'delivered' THEN now() END, claimed_by = NULL,
     updated_at = now()
-WHERE id = $1 AND claimed_by = $2
-RETURNING id
+FROM r
+WHERE d.id = r.delivery_id AND d.claimed_by = $1
+RETURNING d.id
 
--- name: touch_webhook
-UPDATE webhooks.webhooks SET last_delivery_at = now() WHERE id = $1
+-- name: touch_webhooks
+-- last_delivery_at of the webhooks just attempted. Rows another transaction holds are
+-- skipped rather than waited for (it is setting the same "now", or changing the
+-- webhook): no waiting behind a busy webhook, and no lock-order deadlocks.
+UPDATE webhooks.webhooks AS w SET last_delivery_at = now()
+FROM (SELECT id FROM webhooks.webhooks WHERE id = ANY($1::uuid[])
+      ORDER BY id FOR UPDATE SKIP LOCKED) AS t
+WHERE w.id = t.id
 
 -- name: disable_webhook
 UPDATE webhooks.webhooks SET active = false, updated_at = now() WHERE id = $1 AND active
@@ -165,11 +181,13 @@ SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason
 WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
 
 -- name: limited_with_due
-SELECT DISTINCT d.webhook_id
-FROM webhooks.deliveries AS d
-JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.active
-  AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
+-- Rate-limited webhooks with deliveries due (both looked up by partial indexes, so
+-- this is cheap when no webhook has a limit).
+SELECT w.id AS webhook_id
+FROM webhooks.webhooks AS w
+WHERE w.active AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
+  AND EXISTS (SELECT 1 FROM webhooks.deliveries AS d
+              WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now())
 LIMIT 100
 
 -- name: lock_limited
@@ -196,10 +214,13 @@ WITH due AS (
 )
 UPDATE webhooks.deliveries AS d
 SET next_attempt_at = now() + make_interval(secs => $3), claimed_by = $4, updated_at = now()
-FROM due
-WHERE d.id = due.id
+FROM due, webhooks.webhooks AS w
+WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
-          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after
+          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
+          w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
+          w.headers::text AS headers, w.secret, w.previous_secret,
+          w.previous_secret_expires_at > now() AS previous_valid
 
 -- name: record_sends
 INSERT INTO webhooks.sends (webhook_id) SELECT $1 FROM generate_series(1, $2::int)
