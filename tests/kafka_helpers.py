@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -47,3 +48,35 @@ async def read_topic(
 def headers(record: Any) -> dict[str, str]:
     """A record's headers as text."""
     return {k: v.decode() for k, v in record.headers}
+
+
+async def read_matching(
+    settings: KafkaSettings,
+    topic: str,
+    wanted: Callable[[Any], bool],
+    count: int,
+    timeout: float = 30.0,
+) -> list[Any]:
+    """The records of ``topic`` (from the beginning) for which ``wanted`` is true, once
+    ``count`` of them arrived (plus any repeats within a short grace period), or as many
+    as came before ``timeout``. For topics other tests write to as well."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **connection_options(settings),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[Any] = []
+    deadline = time.monotonic() + timeout
+    grace: float | None = None
+    try:
+        while time.monotonic() < deadline and (grace is None or time.monotonic() < grace):
+            batch = await consumer.getmany(timeout_ms=200)
+            found += [r for part in batch.values() for r in part if wanted(r)]
+            if grace is None and len(found) >= count:
+                grace = time.monotonic() + 0.5
+    finally:
+        await consumer.stop()
+    return found

@@ -62,6 +62,7 @@ async def ingest(infra: Infra, database_url: str, topic: str) -> AsyncIterator[I
 
 ACME_KEY = "hk_test_acme_0123456789abcdef"
 GLOBEX_KEY = "hk_test_globex_0123456789abcdef"
+INTERNAL_KEY = "hk_test_internal_0123456789abcdef"
 
 
 def webhooks_settings(database_url: str, ingest_port: int, **overrides: object) -> WebhooksSettings:
@@ -71,6 +72,7 @@ def webhooks_settings(database_url: str, ingest_port: int, **overrides: object) 
         "database_url": database_url,
         "webhooks_addr": "127.0.0.1:0",
         "webhooks_api_keys": f"{ACME_KEY}=acme,{GLOBEX_KEY}=globex",
+        "webhooks_internal_key": INTERNAL_KEY,
         "webhooks_master_key": base64.b64encode(os.urandom(32)).decode(),
         "ingest_addr": f"127.0.0.1:{ingest_port}",
         "deliveries_topic": f"herald.deliveries.t{suffix}",

@@ -1,7 +1,9 @@
-"""Development-only secrets for `make run` / `make up`: a webhooks master key and an
-API key for the tenant ``dev``, generated once into ``.local/dev-secrets.json``.
+"""Development-only secrets for `make run` / `make up`: a webhooks master key, an
+API key for the tenant ``dev`` and the internal key dispatch uses, generated once into
+``.local/dev-secrets.json``.
 
-Real deployments set WEBHOOKS_MASTER_KEY and WEBHOOKS_API_KEYS themselves; values
+Real deployments set WEBHOOKS_MASTER_KEY, WEBHOOKS_API_KEYS and WEBHOOKS_INTERNAL_KEY
+themselves; values
 already in the environment always win.
 """
 
@@ -22,17 +24,22 @@ DEV_TENANT = "dev"
 def dev_secrets(root: Path) -> dict[str, str]:
     """The development variables, created on first use (file mode 0600)."""
     path = root / "dev-secrets.json"
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    values = {
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {
         "WEBHOOKS_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         "WEBHOOKS_API_KEYS": f"hk_dev_{secrets.token_hex(16)}={DEV_TENANT}",
+        # Shared by webhooks (SubscriptionService) and dispatch (its caller).
+        "WEBHOOKS_INTERNAL_KEY": f"hk_internal_{secrets.token_hex(16)}",
     }
+    if stored.keys() >= fresh.keys():
+        return stored
+    values = fresh | stored  # a file from an older version keeps its values
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    partial = path.with_suffix(".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(values, out, indent=2)
+    partial.replace(path)
     return values
 
 

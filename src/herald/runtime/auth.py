@@ -56,8 +56,11 @@ class BearerAuthInterceptor(UnaryInterceptor):
     """Sets :data:`TENANT` for each authenticated call; raises Unauthenticated
     (mapped to UNAUTHENTICATED by the error interceptor outside it)."""
 
-    def __init__(self, keys: ApiKeys) -> None:
+    def __init__(self, keys: ApiKeys, internal: Mapping[str, ApiKeys] | None = None) -> None:
+        """``internal`` maps method prefixes (``/pkg.Service/``) to the keys that, in
+        place of ``keys``, open them: services for Herald's own callers."""
         self._keys = keys
+        self._internal = dict(internal or {})
 
     def applies_to(self, method: str) -> bool:
         """Every call but health checks and reflection."""
@@ -71,7 +74,8 @@ class BearerAuthInterceptor(UnaryInterceptor):
         method: str,
     ) -> Any:
         """Calls the handler with the caller's tenant set."""
-        token = TENANT.set(self._keys.tenant(dict(context.invocation_metadata() or ())))
+        keys = next((k for p, k in self._internal.items() if method.startswith(p)), self._keys)
+        token = TENANT.set(keys.tenant(dict(context.invocation_metadata() or ())))
         try:
             return await inner(request, context)
         finally:

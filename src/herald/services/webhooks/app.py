@@ -8,7 +8,12 @@ from pathlib import Path
 import grpc
 import structlog
 from aiokafka import AIOKafkaProducer
-from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+from herald.webhooks.v1 import (
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
+)
 
 from herald.runtime import db, kafka
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
@@ -25,10 +30,12 @@ from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
 from herald.services.webhooks.settings import WebhooksSettings
 from herald.services.webhooks.store import WebhookStore
+from herald.services.webhooks.subscriptions import SubscriptionServicer
 
 log = structlog.get_logger("herald.webhooks")
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 SERVICE_NAME = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
+SUBSCRIPTIONS = subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name
 
 
 async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> App:
@@ -96,6 +103,9 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
 
     def register(server: grpc.aio.Server) -> None:
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(servicer, server)
+        subscriptions_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+            SubscriptionServicer(pool), server
+        )
 
     async def close() -> None:
         if producer:
@@ -106,10 +116,22 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
 
     return App(
         name="webhooks",
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, SUBSCRIPTIONS],
         register=register,
         health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
         workers=[start_producer, intake.run, engine.run, partial(report_due, pool)],
-        interceptors=[BearerAuthInterceptor(ApiKeys(parse_api_keys(settings.webhooks_api_keys)))],
+        interceptors=[
+            BearerAuthInterceptor(
+                ApiKeys(parse_api_keys(settings.webhooks_api_keys)),
+                # Internal callers only: no tenant key opens it (nothing does when unset).
+                internal={
+                    f"/{SUBSCRIPTIONS}/": ApiKeys(
+                        {settings.webhooks_internal_key: "herald"}
+                        if settings.webhooks_internal_key
+                        else {}
+                    )
+                },
+            )
+        ],
         on_stop=[close],
     )

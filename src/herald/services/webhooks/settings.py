@@ -20,6 +20,12 @@ class WebhooksSettings(RuntimeSettings):
     webhooks_api_keys: str = Field(
         ..., description="KEY=TENANT pairs, comma-separated; a key is 16+ characters.", repr=False
     )
+    webhooks_internal_key: str = Field(
+        "",
+        description="Key of Herald's own services (dispatch) for SubscriptionService; "
+        "16+ characters. Empty: that service refuses every call.",
+        repr=False,
+    )
     webhooks_master_key: str = Field(
         ...,
         description="Base64 of 32 random bytes: encrypts secrets at rest (AES-256-GCM).",
@@ -62,6 +68,13 @@ class WebhooksSettings(RuntimeSettings):
     def _keys(cls, value: str) -> str:
         if not parse_api_keys(value):
             raise ValueError("at least one KEY=TENANT pair")
+        return value
+
+    @field_validator("webhooks_internal_key")
+    @classmethod
+    def _internal(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("16+ characters")
         return value
 
     @field_validator("webhooks_master_key")

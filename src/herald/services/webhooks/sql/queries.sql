@@ -237,3 +237,13 @@ WHERE a.webhook_id = $1
   AND a.started_at > coalesce(
       (SELECT max(s.started_at) FROM webhooks.attempts AS s
        WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299), '-infinity')
+
+-- name: subscription_version
+SELECT version FROM webhooks.subscription_version
+
+-- name: subscriptions
+-- One statement, so the version and the rows come from the same snapshot.
+SELECT v.version, w.id, w.event_types
+FROM webhooks.subscription_version AS v
+LEFT JOIN webhooks.webhooks AS w ON w.active
+ORDER BY w.id

@@ -1,0 +1,147 @@
+"""Wiring: settings → pool, routes, subscriptions cache, consumer, retrier → the runtime."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import grpc
+import structlog
+from aiokafka import AIOKafkaProducer
+from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
+
+from herald.runtime import db, kafka
+from herald.runtime.publisher import EventPublisher
+from herald.runtime.server import App
+from herald.runtime.settings import KafkaSettings
+from herald.services.dispatch.consumer import EventConsumer
+from herald.services.dispatch.deadletters import DeadLetters
+from herald.services.dispatch.dispatcher import Dispatcher
+from herald.services.dispatch.retrier import Retrier
+from herald.services.dispatch.route_table import RouteTable
+from herald.services.dispatch.routes import check, route_from_json
+from herald.services.dispatch.servicer import DispatchServicer
+from herald.services.dispatch.settings import DispatchSettings
+from herald.services.dispatch.store import RouteStore
+from herald.services.dispatch.subscriptions import SubscriptionCache
+
+log = structlog.get_logger("herald.dispatch")
+MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
+BUILTIN_ROUTES = Path(__file__).with_name("builtin_routes.json")
+SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
+
+
+async def load_routes(store: RouteStore, path: Path) -> int:
+    """Stores the routes of a JSON file (a list of Route objects) by name; a bad file
+    stops the start, naming the route and field."""
+    docs = json.loads(path.read_text())  # noqa: ASYNC240 (once, at start)
+    if not isinstance(docs, list):
+        raise ValueError(f"{path}: expected a JSON list of routes")
+    changed = 0
+    for n, doc in enumerate(docs):
+        try:
+            route = route_from_json(doc)
+        except ValueError as exc:
+            raise ValueError(f"{path}: route {n}: {exc}") from None
+        if problems := check(route, f"[{n}]"):
+            details = "; ".join(f"{p.field}: {p.description}" for p in problems)
+            raise ValueError(f"{path}: {details}")
+        changed += await store.upsert(route)
+    log.info("routes.loaded", file=str(path), routes=len(docs), changed=changed)
+    return changed
+
+
+async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> App:
+    """Connects to PostgreSQL, migrates, loads routes; returns the App."""
+    pool = await db.create_pool(settings.database_url, settings.database_pool_size)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.read_migrations("dispatch", MIGRATIONS))
+    store = RouteStore(pool)
+    if settings.builtin_routes:
+        await load_routes(store, BUILTIN_ROUTES)
+    if settings.routes_file is not None:
+        await load_routes(store, settings.routes_file)
+    routes = RouteTable(store, settings.database_url)
+    await routes.load()
+
+    webhooks = grpc.aio.insecure_channel(settings.webhooks_addr)
+    ingest = grpc.aio.insecure_channel(settings.ingest_addr)
+    subscriptions = SubscriptionCache(
+        webhooks,
+        settings.webhooks_internal_key,
+        settings.subscriptions_refresh_seconds,
+        settings.subscriptions_max_staleness_seconds,
+    )
+    producer: list[AIOKafkaProducer] = []
+
+    def current_producer() -> AIOKafkaProducer | None:
+        return producer[0] if producer else None
+
+    async def start_producer() -> None:
+        producer.append(
+            await kafka.start_when_reachable(
+                partial(kafka.make_producer, kafka_settings, linger_ms=5),
+                "dispatch-producer",
+            )
+        )
+
+    dispatcher = Dispatcher(
+        current_producer,
+        routes,
+        subscriptions,
+        settings.deliveries_topic,
+        settings.send_timeout_seconds,
+    )
+    dead = DeadLetters(
+        pool,
+        current_producer,
+        EventPublisher(ingest, source="urn:herald:dispatch"),
+        settings.dlq_topic,
+    )
+    schedule = settings.schedule()
+    consumer = EventConsumer(
+        pool,
+        partial(
+            kafka.make_consumer,
+            kafka_settings,
+            settings.events_topic,
+            group_id=settings.dispatch_group,
+        ),
+        dispatcher,
+        subscriptions,
+        dead,
+        schedule,
+    )
+    retrier = Retrier(pool, dispatcher, dead, schedule)
+    servicer = DispatchServicer(pool, store, retrier.wake)
+    topics = [settings.deliveries_topic, settings.dlq_topic]
+    topics += [f"herald.notifications.{c}" for c in settings.channels()]
+    try:
+        await kafka.ensure_topics(kafka_settings, topics)
+    except Exception as exc:
+        log.warning("dispatch.topics_unchecked", error=repr(exc))
+
+    async def kafka_check() -> None:
+        if not producer:
+            raise ConnectionError("Kafka producer not connected")
+        await kafka.check(producer[0])
+
+    def register(server: grpc.aio.Server) -> None:
+        dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        if producer:
+            await producer[0].stop()
+        await webhooks.close()
+        await ingest.close()
+        await pool.close()
+
+    return App(
+        name="dispatch",
+        service_names=[SERVICE_NAME],
+        register=register,
+        health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
+        workers=[start_producer, subscriptions.run, routes.run, consumer.run, retrier.run],
+        on_stop=[close],
+    )

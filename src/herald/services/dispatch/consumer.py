@@ -1,0 +1,160 @@
+"""The consumer: herald.events in a consumer group, each event fanned out.
+
+Per batch: decode every record (an undecodable one is dead-lettered), send every
+target's records in order, park the targets that failed for a retry in PostgreSQL, and
+only then commit the offsets, so nothing is lost and the partition never waits for a
+failing target. Repeats after a crash or rebalance carry the same job ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+
+from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.kafka import start_when_reachable
+from herald.runtime.metrics import EVENTS_RETRY
+from herald.services.dispatch import fanout
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record
+from herald.services.dispatch.dispatcher import Dispatcher, Outcome
+from herald.services.dispatch.fanout import Consumed
+from herald.services.dispatch.retry import Schedule
+from herald.services.dispatch.store import Q
+from herald.services.dispatch.subscriptions import SubscriptionCache
+
+log = structlog.get_logger("herald.dispatch.consumer")
+
+
+def record_of(r: ConsumerRecord[bytes, bytes]) -> Record:
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+
+
+def ids_of(consumed: Consumed) -> EventIds:
+    a = consumed.binary.attributes
+    return EventIds(a["id"], a["source"], a["type"])
+
+
+class EventConsumer:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        make_consumer: Callable[[], AIOKafkaConsumer],
+        dispatcher: Dispatcher,
+        subscriptions: SubscriptionCache,
+        dead: DeadLetters,
+        schedule: Schedule,
+        max_records: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._make_consumer = make_consumer
+        self._dispatcher = dispatcher
+        self._subscriptions = subscriptions
+        self._dead = dead
+        self._schedule = schedule
+        self._max_records = max_records
+
+    async def run(self) -> None:
+        # A fresh process matches against real subscriptions, not an empty view.
+        await self._subscriptions.wait_ready(10)
+        consumer = await start_when_reachable(self._make_consumer, "events-consumer")
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    continue
+                await self.take(records)
+                await _commit(consumer, records)
+        finally:
+            await consumer.stop()
+
+    async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Dispatches ``records``; returns once every effect is durable."""
+        decoded: list[tuple[Record, Consumed]] = []
+        for r in records:
+            record = record_of(r)
+            try:
+                consumed = fanout.decode(record.headers, r.key, r.value)
+            except ValueError as exc:
+                await self._durably(
+                    self._dead.bury, record, EventIds(), ["decode"], 1, str(exc), "undecodable"
+                )
+                continue
+            decoded.append((record, consumed))
+        outcomes = await self._dispatcher.dispatch(
+            [(c, self._dispatcher.targets_of(c)) for _, c in decoded]
+        )
+        for (record, consumed), outcome in zip(decoded, outcomes, strict=True):
+            await self._settle(record, consumed, outcome)
+
+    async def _settle(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
+        if outcome.dead:
+            reason = "; ".join(f"{t}: {why}" for t, why in outcome.dead.items())
+            await self._durably(
+                self._dead.bury, record, ids_of(consumed), list(outcome.dead), 1, reason, "target"
+            )
+        if outcome.failed:
+            EVENTS_RETRY.labels("dispatch").inc()
+            await self._durably(self._park, record, consumed, outcome)
+
+    async def _park(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
+        reason = "; ".join(f"{t}: {why}" for t, why in outcome.failed.items())
+        ids = ids_of(consumed)
+        await self._pool.execute(
+            Q.park,
+            record.ident,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            [n for n, _ in record.headers],
+            [v for _, v in record.headers],
+            ids.event_id,
+            ids.event_source,
+            ids.event_type,
+            list(outcome.failed),
+            reason,
+            self._schedule.delay_after(1),
+        )
+        log.warning(
+            "event.parked",
+            event_id=ids.event_id,
+            targets=list(outcome.failed),
+            reason=reason,
+            retry_in=self._schedule.delay_after(1),
+        )
+
+    async def _durably(self, action: Callable[..., object], *args: object) -> None:
+        """Runs ``action`` until PostgreSQL takes it: offsets wait for it, nothing is lost."""
+        delay = 0.5
+        while True:
+            try:
+                await action(*args)  # type: ignore[misc]
+                return
+            except DATABASE_ERRORS as exc:
+                log.error("dispatch.store_failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+async def _commit(
+    consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord[bytes, bytes]]
+) -> None:
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+        # A rebalance took the partitions: their new owner repeats these records, with
+        # the same job ids, so the repeat has no second effect downstream.
+        log.warning("dispatch.commit_failed", error=repr(exc))

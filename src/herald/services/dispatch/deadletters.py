@@ -1,0 +1,141 @@
+"""Giving up on an event: a dead_letters row, a herald.dlq record, a metric and an
+alert event through ingest; and the ListDeadLetters / RedriveDeadLetters queries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from herald.runtime.dlq import dead_letter_headers
+from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.publisher import EventPublisher
+from herald.services.dispatch.store import Q
+
+log = structlog.get_logger("herald.dispatch.dlq")
+NAMESPACE = uuid.UUID("7f0e2d4c-1b3a-4c5d-8e9f-a0b1c2d3e4f5")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record, as stored for retries and dead letters."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+    @property
+    def ident(self) -> uuid.UUID:
+        """Deterministic per record: the same record parks or dies once."""
+        return uuid.uuid5(NAMESPACE, f"{self.topic}/{self.partition}/{self.offset}")
+
+
+@dataclass(frozen=True, slots=True)
+class EventIds:
+    event_id: str = ""
+    event_source: str = ""
+    event_type: str = ""
+
+
+class DeadLetters:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: Callable[[], AIOKafkaProducer | None],
+        events: EventPublisher | None,
+        dlq_topic: str,
+    ) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._events = events
+        self._dlq_topic = dlq_topic
+
+    async def bury(
+        self,
+        record: Record,
+        ids: EventIds,
+        targets: Sequence[str],
+        attempts: int,
+        reason: str,
+        kind: str,
+        conn: asyncpg.Connection | None = None,
+    ) -> None:
+        """Stores the dead letter (unless ``conn`` already did), then the DLQ record and
+        the alert; ``kind`` labels events_dlq_total."""
+        if conn is None:
+            await self._pool.execute(
+                Q.dead_letter,
+                record.ident,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                [n for n, _ in record.headers],
+                [v for _, v in record.headers],
+                ids.event_id,
+                ids.event_source,
+                ids.event_type,
+                list(targets),
+                attempts,
+                reason,
+            )
+        await self.announce(record, ids, targets, attempts, reason, kind)
+
+    async def announce(
+        self,
+        record: Record,
+        ids: EventIds,
+        targets: Sequence[str],
+        attempts: int,
+        reason: str,
+        kind: str,
+    ) -> None:
+        """The DLQ record, the metric and the alert for a stored dead letter."""
+        EVENTS_DLQ.labels(kind).inc()
+        log.error(
+            "event.dead_lettered",
+            event_id=ids.event_id,
+            event_type=ids.event_type,
+            targets=list(targets),
+            reason=reason,
+        )
+        origin = {"topic": record.topic, "partition": str(record.partition)}
+        origin["offset"] = str(record.offset)
+        producer = self._producer()
+        if producer is not None:
+            try:
+                await producer.send_and_wait(
+                    self._dlq_topic,
+                    record.value,
+                    key=record.key,
+                    headers=dead_letter_headers(reason, "dispatch", record.headers, origin),
+                )
+            except Exception as exc:
+                log.error("dlq.send_failed", error=repr(exc))
+        if self._events is not None:
+            await self._events.publish(
+                "herald.dispatch.dead_lettered",
+                str(record.ident),
+                f"dispatch/{ids.event_type or 'undecodable'}",
+                {
+                    "event_id": ids.event_id,
+                    "event_source": ids.event_source,
+                    "event_type": ids.event_type,
+                    "targets": list(targets),
+                    "attempts": attempts,
+                    "reason": reason,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )

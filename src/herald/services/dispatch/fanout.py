@@ -1,0 +1,153 @@
+"""From one consumed event to the records it owes its targets. Pure: no I/O.
+
+Targets are named ``webhooks`` (one DeliveryJob per matching webhook, on the deliveries
+topic, key = webhook id) and ``route:<id>`` (the route's NotificationJobs, key = the
+event's own key, so one key's jobs stay in order). Every record carries the event's
+context forward: its ``ce_*`` attributes, ``traceparent``/``x-correlation-id`` and the
+like, with ``content-type: application/x-protobuf`` and ``schema-version``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from herald.dispatch.v1 import notification_pb2
+from herald.webhooks.v1 import delivery_pb2
+
+from herald.runtime import cloudevents_kafka as ce
+from herald.services.dispatch.routes import CompiledRoute, Event, JobSpec, TargetError
+
+WEBHOOKS = "webhooks"
+ROUTE_PREFIX = "route:"
+PROTOBUF = b"application/x-protobuf"
+JOB_SCHEMA_VERSION = b"1"
+DELIVERY_NAMESPACE = uuid.UUID("a3e4c1d2-5b6f-4a7e-8c9d-0e1f2a3b4c5d")
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One record to produce."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """A decoded event and what its record looked like."""
+
+    binary: ce.BinaryEvent
+    event: Event
+    key: bytes
+
+
+def decode(
+    headers: Sequence[tuple[str, bytes]], key: bytes | None, value: bytes | None
+) -> Consumed:
+    """The event in a herald.events record; ValueError saying why it is not one."""
+    binary = ce.decode(headers, value)
+    data: Any = None
+    if binary.data:
+        try:
+            data = json.loads(binary.data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            content_type = binary.attributes.get("datacontenttype", "application/json")
+            if "json" in content_type:
+                raise ValueError(f"data is not valid JSON ({content_type})") from None
+    return Consumed(binary, Event(binary.attributes, data), key or b"")
+
+
+def context_headers(binary: ce.BinaryEvent) -> Headers:
+    """The event's context, for every record made from it."""
+    headers: Headers = [
+        (ce.CE_PREFIX + name, value.encode())
+        for name, value in binary.attributes.items()
+        if name != "datacontenttype"
+    ]
+    headers += [
+        (name, binary.extra[name].encode()) for name in ce.CONTEXT_HEADERS if name in binary.extra
+    ]
+    headers += [(ce.CONTENT_TYPE, PROTOBUF), (ce.SCHEMA_VERSION, JOB_SCHEMA_VERSION)]
+    return headers
+
+
+def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
+    """Deterministic per (event, webhook)."""
+    attrs = consumed.binary.attributes
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{attrs['source']}\n{attrs['id']}\n{webhook_id}"))
+
+
+def deliveries(consumed: Consumed, webhook_ids: Iterable[str], topic: str) -> list[Outgoing]:
+    """One DeliveryJob per webhook."""
+    attrs = consumed.binary.attributes
+    headers = context_headers(consumed.binary)
+    context = {
+        n: consumed.binary.extra[n] for n in ce.CONTEXT_HEADERS if n in consumed.binary.extra
+    }
+    out = []
+    for webhook_id in webhook_ids:
+        job = delivery_pb2.DeliveryJob(
+            job_id=delivery_job_id(consumed, webhook_id),
+            webhook_id=webhook_id,
+            event_id=attrs["id"],
+            event_source=attrs["source"],
+            event_type=attrs["type"],
+            data=consumed.binary.data,
+            context=context,
+        )
+        _set_time(job.event_time, attrs)
+        out.append(Outgoing(topic, webhook_id.encode(), job.SerializeToString(), headers))
+    return out
+
+
+def notifications(consumed: Consumed, route: CompiledRoute) -> list[Outgoing]:
+    """The route's NotificationJobs; raises TargetError when the data cannot make them."""
+    specs = route.jobs(consumed.event)
+    headers = context_headers(consumed.binary)
+    return [
+        Outgoing(spec.topic, consumed.key, _job(consumed, spec).SerializeToString(), headers)
+        for spec in specs
+    ]
+
+
+def _job(consumed: Consumed, spec: JobSpec) -> notification_pb2.NotificationJob:
+    attrs = consumed.binary.attributes
+    job = notification_pb2.NotificationJob(
+        job_id=spec.job_id,
+        event_id=attrs["id"],
+        event_source=attrs["source"],
+        event_type=attrs["type"],
+        channel=spec.channel,
+        template_code=spec.template_code,
+        route_id=spec.route_id,
+    )
+    _set_time(job.event_time, attrs)
+    if spec.recipient:
+        job.recipient = spec.recipient
+    elif spec.segment is not None:
+        json_format.ParseDict(spec.segment, job.segment)
+    if consumed.event.data is not None:
+        json_format.ParseDict(consumed.event.data, job.payload)
+    else:
+        job.payload.null_value = struct_pb2.NULL_VALUE
+    return job
+
+
+def _set_time(field: Any, attrs: Any) -> None:
+    if time := attrs.get("time"):
+        # ingest validated it; a foreign producer's odd time is left out
+        with contextlib.suppress(ValueError):
+            field.FromJsonString(time)
+
+
+__all__ = ["TargetError"]

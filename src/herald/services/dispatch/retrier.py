@@ -1,0 +1,121 @@
+"""Retries of parked targets, on the schedule; dead letters once it runs out.
+
+Any number of replicas: a claim is a lease (``next_attempt_at`` moved ahead) taken with
+``FOR UPDATE SKIP LOCKED``, and only the claimant settles the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import asyncpg
+import structlog
+
+from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.metrics import EVENTS_RETRY
+from herald.services.dispatch import fanout
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record
+from herald.services.dispatch.dispatcher import Dispatcher
+from herald.services.dispatch.retry import Schedule
+from herald.services.dispatch.store import Q
+
+log = structlog.get_logger("herald.dispatch.retrier")
+
+
+class Retrier:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dispatcher: Dispatcher,
+        dead: DeadLetters,
+        schedule: Schedule,
+        poll_seconds: float = 1.0,
+        lease_seconds: float = 120.0,
+        batch: int = 100,
+    ) -> None:
+        self._pool = pool
+        self._dispatcher = dispatcher
+        self._dead = dead
+        self._schedule = schedule
+        self._poll = poll_seconds
+        self._lease = lease_seconds
+        self._batch = batch
+        self._worker = f"retrier-{uuid.uuid4().hex[:12]}"
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                rows = await self._pool.fetch(
+                    Q.claim_retries, self._batch, self._lease, self._worker
+                )
+                for row in rows:
+                    await self.retry(row)
+            except DATABASE_ERRORS as exc:
+                log.warning("retrier.failed", error=repr(exc))
+                rows = []
+            if len(rows) < self._batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+
+    async def retry(self, row: asyncpg.Record) -> None:
+        record = Record(
+            row["topic"],
+            row["partition"],
+            row["offset"],
+            row["key"],
+            row["value"],
+            list(zip(row["header_names"], row["header_values"], strict=True)),
+        )
+        ids = EventIds(row["event_id"], row["event_source"], row["event_type"])
+        tries = row["attempts"] + 1
+        try:
+            consumed = fanout.decode(record.headers, record.key, record.value)
+        except ValueError as exc:
+            await self._give_up(row, record, ids, row["targets"], tries, str(exc), "undecodable")
+            return
+        [outcome] = await self._dispatcher.dispatch([(consumed, row["targets"])])
+        if outcome.dead:
+            reason = "; ".join(f"{t}: {why}" for t, why in outcome.dead.items())
+            if not outcome.failed:
+                await self._give_up(row, record, ids, list(outcome.dead), tries, reason, "target")
+                return
+            await self._dead.bury(record, ids, list(outcome.dead), tries, reason, "target")
+        if not outcome.failed:
+            await self._pool.execute(Q.retry_done, row["id"], self._worker)
+            log.info("event.retried", event_id=ids.event_id, tries=tries)
+            return
+        reason = "; ".join(f"{t}: {why}" for t, why in outcome.failed.items())
+        if self._schedule.exhausted(tries):
+            await self._give_up(row, record, ids, list(outcome.failed), tries, reason, "exhausted")
+            return
+        EVENTS_RETRY.labels("dispatch").inc()
+        delay = self._schedule.delay_after(tries)
+        await self._pool.execute(
+            Q.retry_again, row["id"], self._worker, list(outcome.failed), reason, delay
+        )
+        log.warning("event.retry_failed", event_id=ids.event_id, tries=tries, retry_in=delay)
+
+    async def _give_up(
+        self,
+        row: asyncpg.Record,
+        record: Record,
+        ids: EventIds,
+        targets: list[str],
+        tries: int,
+        reason: str,
+        kind: str,
+    ) -> None:
+        moved = await self._pool.fetchval(
+            Q.retry_to_dead_letter, row["id"], self._worker, targets, reason
+        )
+        if moved is not None:  # still ours: announce once
+            await self._dead.announce(record, ids, targets, tries, reason, kind)

@@ -1,0 +1,300 @@
+"""Routes: which events become which NotificationJobs. Pure: no I/O, no clock.
+
+A route's filter selects events (type, source, subject prefix, conditions on any value
+of the event); its target says what jobs a selected event makes. Text in a target that
+starts with ``$`` is a path: ``$data.user_id`` into the event, ``$item`` into the
+element when the route fans out (``for_each``) over an array of the data.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from herald.dispatch.v1 import dispatch_pb2
+
+from herald.runtime.errors import FieldViolation
+
+Op = dispatch_pb2.Condition.Operator
+DEFAULT_TOPIC = "herald.notifications.{channel}"
+JOB_NAMESPACE = uuid.UUID("0c1f7a52-93c4-4b8e-9a0e-6d3b2f1e8a77")
+_MISSING = object()
+_ROOTS = {"data", "attributes", "id", "source", "type", "subject", "time", "specversion"}
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What routing sees of an event: its attributes and its data (parsed JSON)."""
+
+    attributes: Mapping[str, str]
+    data: Any  # None when absent or not JSON
+
+    def get(self, path: str, item: Any = _MISSING) -> Any:
+        """The value at a dotted ``path`` (``_MISSING`` when absent)."""
+        head, *rest = path.split(".")
+        if head == "item":
+            value = item
+        elif head == "data":
+            value = self.data
+        elif head == "attributes":
+            value = self.attributes
+        else:
+            value = self.attributes.get(head, _MISSING)
+        for part in rest:
+            if isinstance(value, Mapping) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                return _MISSING
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job a route makes of an event."""
+
+    job_id: str
+    topic: str
+    channel: str
+    template_code: str
+    recipient: str
+    segment: dict[str, Any] | None
+    route_id: str
+
+
+class TargetError(ValueError):
+    """The event matched but its data cannot make the route's jobs (a data problem:
+    retrying will not help)."""
+
+
+def type_matches(match: dispatch_pb2.TypeMatch, event_type: str) -> bool:
+    """Exact, prefix or ``*``-wildcard; an empty match matches every type."""
+    kind = match.WhichOneof("match")
+    if kind == "exact":
+        return event_type == match.exact
+    if kind == "prefix":
+        return event_type.startswith(match.prefix)
+    if kind == "wildcard":
+        return _wildcard(match.wildcard).fullmatch(event_type) is not None
+    return True
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(p) for p in pattern.split("*")), re.DOTALL)
+
+
+def _value(v: struct_pb2.Value) -> Any:
+    return json_format.MessageToDict(v) if v.WhichOneof("kind") else None
+
+
+def _compare(op: int, got: Any, want: Any) -> bool:
+    """``got`` (present in the event) against ``want`` under ``op``."""
+    if op == Op.OPERATOR_EQUALS:
+        return bool(got == want)
+    if op == Op.OPERATOR_NOT_EQUALS:
+        return bool(got != want)
+    if op == Op.OPERATOR_CONTAINS:
+        return (
+            want in got
+            if isinstance(got, list)
+            else isinstance(got, str) and isinstance(want, str) and want in got
+        )
+    if op == Op.OPERATOR_IN:
+        return isinstance(want, list) and got in want
+    return (
+        op == Op.OPERATOR_PREFIX
+        and isinstance(got, str)
+        and isinstance(want, str)
+        and got.startswith(want)
+    )
+
+
+def _condition(cond: dispatch_pb2.Condition) -> Callable[[Event], bool]:
+    path, op, want = cond.path, cond.operator, _value(cond.value)
+
+    def test(event: Event) -> bool:
+        got = event.get(path)
+        if op == Op.OPERATOR_EXISTS:
+            return got is not _MISSING
+        if got is _MISSING:
+            return op == Op.OPERATOR_NOT_EQUALS
+        return _compare(op, got, want)
+
+    return test
+
+
+def _type_test(match: dispatch_pb2.TypeMatch) -> Callable[[Event], bool]:
+    return lambda e: type_matches(match, e.attributes.get("type", ""))
+
+
+def _source_test(source: str) -> Callable[[Event], bool]:
+    return lambda e: e.attributes.get("source") == source
+
+
+def _subject_test(prefix: str) -> Callable[[Event], bool]:
+    return lambda e: e.attributes.get("subject", "").startswith(prefix)
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    """A route ready to apply to events."""
+
+    id: str
+    name: str
+    route: dispatch_pb2.Route
+    _tests: tuple[Callable[[Event], bool], ...]
+
+    @classmethod
+    def of(cls, route: dispatch_pb2.Route) -> CompiledRoute:
+        f = route.filter
+        tests: list[Callable[[Event], bool]] = []
+        if f.HasField("type"):
+            tests.append(_type_test(f.type))
+        if f.source:
+            tests.append(_source_test(f.source))
+        if f.subject_prefix:
+            tests.append(_subject_test(f.subject_prefix))
+        tests += [_condition(c) for c in f.conditions]
+        return cls(route.id, route.name, route, tuple(tests))
+
+    def matches(self, event: Event) -> bool:
+        return not self.route.disabled and all(t(event) for t in self._tests)
+
+    def jobs(self, event: Event) -> list[JobSpec]:
+        """The jobs ``event`` makes; raises TargetError when its data cannot."""
+        t = self.route.target
+        if t.for_each:
+            items = event.get(t.for_each[1:])
+            if not isinstance(items, list):
+                raise TargetError(f"{t.for_each} is not an array in event {_name(event)}")
+            elements: Sequence[Any] = items
+        else:
+            elements = [_MISSING]
+        jobs = []
+        for index, item in enumerate(elements):
+            channel = _text(event, t.channel, item, "channel")
+            recipient = _text(event, t.recipient, item, "recipient") if t.recipient else ""
+            segment = _object(event, t.segment, item) if t.segment else None
+            key = f"{event.attributes.get('source')}\n{event.attributes.get('id')}\n{self.id}"
+            jobs.append(
+                JobSpec(
+                    job_id=str(uuid.uuid5(JOB_NAMESPACE, f"{key}\n{index}")),
+                    topic=(t.topic or DEFAULT_TOPIC).replace("{channel}", channel),
+                    channel=channel,
+                    template_code=_text(event, t.template_code, item, "template_code"),
+                    recipient=recipient,
+                    segment=segment,
+                    route_id=self.id,
+                )
+            )
+        return jobs
+
+
+def _name(event: Event) -> str:
+    return f"{event.attributes.get('source')}/{event.attributes.get('id')}"
+
+
+def _text(event: Event, spec: str, item: Any, what: str) -> str:
+    if not spec.startswith("$"):
+        return spec
+    value = event.get(spec[1:], item)
+    if value is _MISSING or value is None or isinstance(value, dict | list):
+        raise TargetError(f"{what}: {spec} is not a value in event {_name(event)}")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if what == "channel" and not _CHANNEL.fullmatch(text):
+        raise TargetError(f"channel {text!r} from {spec} is not a channel name")
+    return text
+
+
+def _object(event: Event, spec: str, item: Any) -> dict[str, Any]:
+    value = event.get(spec[1:], item)
+    if not isinstance(value, dict):
+        raise TargetError(f"segment: {spec} is not an object in event {_name(event)}")
+    return value
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def check(route: dispatch_pb2.Route, field: str = "route") -> list[FieldViolation]:
+    """Every problem with ``route``, named by field path."""
+    problems: list[FieldViolation] = []
+    if not route.name.strip() or len(route.name) > 200:
+        problems.append(FieldViolation(f"{field}.name", "required, at most 200 characters"))
+    if len(route.description) > 2000:
+        problems.append(FieldViolation(f"{field}.description", "at most 2000 characters"))
+    problems += _check_filter(route.filter, f"{field}.filter")
+    problems += _check_target(route.target, f"{field}.target")
+    return problems
+
+
+def _check_filter(f: dispatch_pb2.RouteFilter, field: str) -> list[FieldViolation]:
+    problems = []
+    kind = f.type.WhichOneof("match")
+    if kind is not None and not getattr(f.type, kind):
+        problems.append(FieldViolation(f"{field}.type.{kind}", "must not be empty"))
+    for i, c in enumerate(f.conditions):
+        at = f"{field}.conditions[{i}]"
+        if not _path_ok(c.path):
+            problems.append(
+                FieldViolation(f"{at}.path", f"a dotted path starting with one of {_roots()}")
+            )
+        if c.operator == Op.OPERATOR_UNSPECIFIED:
+            problems.append(FieldViolation(f"{at}.operator", "required"))
+        elif c.operator != Op.OPERATOR_EXISTS and not c.value.WhichOneof("kind"):
+            problems.append(FieldViolation(f"{at}.value", "required for this operator"))
+        elif c.operator == Op.OPERATOR_IN and c.value.WhichOneof("kind") != "list_value":
+            problems.append(FieldViolation(f"{at}.value", "a list for OPERATOR_IN"))
+    return problems
+
+
+def _check_target(t: dispatch_pb2.JobTarget, field: str) -> list[FieldViolation]:
+    problems = []
+    each = bool(t.for_each)
+    if each and not (t.for_each.startswith("$data") and _path_ok(t.for_each[1:])):
+        problems.append(FieldViolation(f"{field}.for_each", "a path into the data: $data.<...>"))
+    for name in ("channel", "template_code", "recipient", "segment"):
+        value = getattr(t, name)
+        if name in ("channel", "template_code") and not value:
+            problems.append(FieldViolation(f"{field}.{name}", "required"))
+        elif value.startswith("$") and not _path_ok(value[1:], item=each):
+            problems.append(
+                FieldViolation(f"{field}.{name}", f"{value} is not a path into the event")
+            )
+    if t.channel and not t.channel.startswith("$") and not _CHANNEL.fullmatch(t.channel):
+        problems.append(FieldViolation(f"{field}.channel", "letters, digits, '_' and '-'"))
+    if t.segment and not t.segment.startswith("$"):
+        problems.append(FieldViolation(f"{field}.segment", "a path to an object ($data.<...>)"))
+    if t.recipient and t.segment:
+        problems.append(FieldViolation(f"{field}.segment", "give recipient or segment, not both"))
+    topic = (t.topic or DEFAULT_TOPIC).replace("{channel}", "x")
+    if not _TOPIC.fullmatch(topic):
+        problems.append(
+            FieldViolation(f"{field}.topic", "a Kafka topic name (letters, digits, . _ -)")
+        )
+    return problems
+
+
+def _path_ok(path: str, item: bool = False) -> bool:
+    parts = path.split(".")
+    roots = _ROOTS | ({"item"} if item else set())
+    return bool(path) and parts[0] in roots and all(parts)
+
+
+def _roots() -> str:
+    return ", ".join(sorted(_ROOTS))
+
+
+def route_from_json(doc: Mapping[str, Any]) -> dispatch_pb2.Route:
+    """A route from its proto JSON form (configuration files); ValueError if malformed."""
+    try:
+        return json_format.ParseDict(dict(doc), dispatch_pb2.Route())
+    except json_format.ParseError as exc:
+        raise ValueError(str(exc)) from None

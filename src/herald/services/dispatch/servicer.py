@@ -1,0 +1,132 @@
+"""DispatchService over gRPC: routes and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
+
+from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.pagination import page_of
+from herald.services.dispatch.routes import check
+from herald.services.dispatch.store import Q, RouteStore, parse_id, timestamp
+
+log = structlog.get_logger("herald.dispatch")
+Context = grpc.aio.ServicerContext[Any, Any]
+UPDATABLE = ("name", "description", "filter", "target", "disabled")
+
+
+class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
+    """The management RPCs."""
+
+    def __init__(self, pool: asyncpg.Pool, routes: RouteStore, on_redrive: Any) -> None:
+        self._pool = pool
+        self._routes = routes
+        self._on_redrive = on_redrive
+
+    async def CreateRoute(
+        self, request: dispatch_pb2.CreateRouteRequest, context: Context
+    ) -> dispatch_pb2.CreateRouteResponse:
+        if problems := check(request.route):
+            raise InvalidArgument(problems)
+        route = await self._routes.create(request.route)
+        log.info("route.created", route_id=route.id, name=route.name)
+        return dispatch_pb2.CreateRouteResponse(route=route)
+
+    async def GetRoute(
+        self, request: dispatch_pb2.GetRouteRequest, context: Context
+    ) -> dispatch_pb2.GetRouteResponse:
+        return dispatch_pb2.GetRouteResponse(route=await self._routes.get(request.id))
+
+    async def ListRoutes(
+        self, request: dispatch_pb2.ListRoutesRequest, context: Context
+    ) -> dispatch_pb2.ListRoutesResponse:
+        page = page_of(request.page_size, request.page_token, "routes")
+        routes, total = await self._routes.page(page.offset, page.size)
+        return dispatch_pb2.ListRoutesResponse(
+            routes=routes, total_size=total, next_page_token=page.next_token(len(routes), total)
+        )
+
+    async def UpdateRoute(
+        self, request: dispatch_pb2.UpdateRouteRequest, context: Context
+    ) -> dispatch_pb2.UpdateRouteResponse:
+        paths = list(request.update_mask.paths) or list(UPDATABLE)
+        bad = [p for p in paths if p not in UPDATABLE]
+        if bad:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "update_mask",
+                        f"cannot update {', '.join(bad)}; paths are {', '.join(UPDATABLE)}",
+                    )
+                ]
+            )
+        route = await self._routes.update(request.route.id, request.route, paths)
+        log.info("route.updated", route_id=route.id, paths=paths)
+        return dispatch_pb2.UpdateRouteResponse(route=route)
+
+    async def DeleteRoute(
+        self, request: dispatch_pb2.DeleteRouteRequest, context: Context
+    ) -> dispatch_pb2.DeleteRouteResponse:
+        await self._routes.delete(request.id)
+        log.info("route.deleted", route_id=request.id)
+        return dispatch_pb2.DeleteRouteResponse()
+
+    async def ListDeadLetters(
+        self, request: dispatch_pb2.ListDeadLettersRequest, context: Context
+    ) -> dispatch_pb2.ListDeadLettersResponse:
+        f = request.filter
+        query = (f.event_type, f.reason_contains, f.include_redriven)
+        page = page_of(request.page_size, request.page_token, *query)
+        rows = await self._pool.fetch(Q.list_dead_letters, *query, page.offset, page.size)
+        total = (
+            rows[0]["total"]
+            if rows
+            else int(await self._pool.fetchval(Q.count_dead_letters, *query))
+        )
+        return dispatch_pb2.ListDeadLettersResponse(
+            dead_letters=[_dead_letter(r) for r in rows],
+            total_size=int(total),
+            next_page_token=page.next_token(len(rows), int(total)),
+        )
+
+    async def RedriveDeadLetters(
+        self, request: dispatch_pb2.RedriveDeadLettersRequest, context: Context
+    ) -> dispatch_pb2.RedriveDeadLettersResponse:
+        which = request.WhichOneof("selection")
+        if which is None:
+            raise InvalidArgument([FieldViolation("selection", "give ids or filter")])
+        if which == "ids":
+            if not request.ids.ids:
+                raise InvalidArgument([FieldViolation("ids.ids", "at least one id")])
+            ids = [parse_id(i, f"ids.ids[{n}]") for n, i in enumerate(request.ids.ids)]
+            rows = await self._pool.fetch(Q.redrive, ids, "", "")
+        else:
+            f = request.filter
+            rows = await self._pool.fetch(Q.redrive, None, f.event_type, f.reason_contains)
+        if rows:
+            self._on_redrive()
+        log.info("dead_letters.redriven", count=len(rows))
+        return dispatch_pb2.RedriveDeadLettersResponse(redriven=len(rows))
+
+
+def _dead_letter(row: asyncpg.Record) -> dispatch_pb2.DeadLetter:
+    message = dispatch_pb2.DeadLetter(
+        id=str(row["id"]),
+        event_id=row["event_id"],
+        event_source=row["event_source"],
+        event_type=row["event_type"],
+        reason=row["reason"],
+        targets=row["targets"],
+        attempts=row["attempts"],
+        topic=row["topic"],
+        partition=row["partition"],
+        offset=row["offset"],
+        create_time=timestamp(row["created_at"]),
+    )
+    if row["redriven_at"] is not None:
+        message.redrive_time.CopyFrom(timestamp(row["redriven_at"]))
+    return message

@@ -1,0 +1,73 @@
+"""The dispatch service's configuration (environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from herald.runtime.settings import RuntimeSettings, address_setting
+from herald.services.dispatch.retry import Schedule
+
+
+class DispatchSettings(RuntimeSettings):
+    """Settings of the dispatch service."""
+
+    dispatch_addr: str = Field("127.0.0.1:50052", description="gRPC listen address.")
+    dispatch_metrics_addr: str = Field("127.0.0.1:9452", description="/metrics address.")
+    events_topic: str = Field("herald.events", description="Topic consumed.")
+    dispatch_group: str = Field("herald-dispatch", description="Its consumer group.")
+    deliveries_topic: str = Field("herald.deliveries", description="Delivery jobs go here.")
+    dlq_topic: str = Field("herald.dlq", description="Dead-letter topic.")
+    notification_channels: str = Field(
+        "email,push,sms",
+        description="Channels whose herald.notifications.<channel> topics are created at start.",
+    )
+    webhooks_addr: str = Field("127.0.0.1:50053", description="The webhooks service.")
+    webhooks_internal_key: str = Field(
+        "",
+        description="Key for the webhooks SubscriptionService (as given to webhooks).",
+        repr=False,
+    )
+    subscriptions_refresh_seconds: float = Field(
+        0.5, gt=0, le=1, description="How often webhook subscriptions are refreshed."
+    )
+    subscriptions_max_staleness_seconds: float = Field(
+        10, gt=0, description="Older than this (webhooks unreachable), webhook targets wait."
+    )
+    ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (for alert events).")
+    retry_schedule: str = Field(
+        "5m,30m,2h,6h,24h",
+        description="Delays before each retry of a failed target (s, m, h, d); then DLQ.",
+    )
+    send_timeout_seconds: float = Field(
+        10, gt=0, description="How long a record may take to be acknowledged by Kafka."
+    )
+    routes_file: Path | None = Field(
+        None, description="A JSON file of routes (a list of Route objects) loaded at start."
+    )
+    builtin_routes: bool = Field(True, description="Load the Notification API's routes.")
+
+    @field_validator("dispatch_addr", "dispatch_metrics_addr", "webhooks_addr", "ingest_addr")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return address_setting(value)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        Schedule.parse(value)
+        return value
+
+    @field_validator("routes_file")
+    @classmethod
+    def _file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    def schedule(self) -> Schedule:
+        return Schedule.parse(self.retry_schedule)
+
+    def channels(self) -> list[str]:
+        return [c.strip() for c in self.notification_channels.split(",") if c.strip()]

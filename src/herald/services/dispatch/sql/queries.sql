@@ -1,0 +1,128 @@
+-- name: insert_route
+INSERT INTO dispatch.routes (id, name, description, filter, target, disabled)
+VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)
+RETURNING *
+
+-- name: upsert_route
+-- Routes from configuration files: the file is the truth for the routes it names.
+INSERT INTO dispatch.routes (id, name, description, filter, target, disabled)
+VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)
+ON CONFLICT (name) DO UPDATE
+SET description = excluded.description, filter = excluded.filter, target = excluded.target,
+    disabled = excluded.disabled, updated_at = now()
+WHERE (dispatch.routes.description, dispatch.routes.filter, dispatch.routes.target,
+       dispatch.routes.disabled)
+      IS DISTINCT FROM (excluded.description, excluded.filter, excluded.target, excluded.disabled)
+RETURNING *
+
+-- name: get_route
+SELECT * FROM dispatch.routes WHERE id = $1
+
+-- name: get_route_for_update
+SELECT * FROM dispatch.routes WHERE id = $1 FOR UPDATE
+
+-- name: all_routes
+SELECT * FROM dispatch.routes ORDER BY name
+
+-- name: list_routes
+SELECT *, count(*) OVER () AS total FROM dispatch.routes ORDER BY name, id OFFSET $1 LIMIT $2
+
+-- name: count_routes
+SELECT count(*) FROM dispatch.routes
+
+-- name: update_route
+UPDATE dispatch.routes
+SET name = $2, description = $3, filter = $4::jsonb, target = $5::jsonb, disabled = $6,
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: delete_route
+DELETE FROM dispatch.routes WHERE id = $1 RETURNING id
+
+-- name: notify_routes
+SELECT pg_notify('herald_routes', '')
+
+-- name: park
+-- An event with failed targets; the same record parked before is left alone.
+INSERT INTO dispatch.retries
+    (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
+     event_source, event_type, targets, attempts, reason, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13,
+        now() + make_interval(secs => $14))
+ON CONFLICT (id) DO NOTHING
+
+-- name: claim_retries
+WITH due AS (
+    SELECT id FROM dispatch.retries
+    WHERE next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE dispatch.retries AS r
+SET next_attempt_at = now() + make_interval(secs => $2), claimed_by = $3
+FROM due
+WHERE r.id = due.id
+RETURNING r.*
+
+-- name: retry_again
+UPDATE dispatch.retries
+SET targets = $3, attempts = attempts + 1, reason = $4,
+    next_attempt_at = now() + make_interval(secs => $5), claimed_by = NULL
+WHERE id = $1 AND claimed_by = $2
+
+-- name: retry_done
+DELETE FROM dispatch.retries WHERE id = $1 AND claimed_by = $2
+
+-- name: retry_to_dead_letter
+WITH gone AS (
+    DELETE FROM dispatch.retries WHERE id = $1 AND claimed_by = $2 RETURNING *
+)
+INSERT INTO dispatch.dead_letters
+    (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
+     event_source, event_type, targets, attempts, reason)
+SELECT gen_random_uuid(), topic, partition, "offset", key, value, header_names,
+       header_values, event_id, event_source, event_type, $3, attempts + 1, $4
+FROM gone
+RETURNING id
+
+-- name: dead_letter
+INSERT INTO dispatch.dead_letters
+    (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
+     event_source, event_type, targets, attempts, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (id) DO NOTHING
+
+-- name: list_dead_letters
+SELECT *, count(*) OVER () AS total
+FROM dispatch.dead_letters
+WHERE ($1 = '' OR event_type = $1) AND ($2 = '' OR strpos(reason, $2) > 0)
+  AND ($3 OR redriven_at IS NULL)
+ORDER BY created_at DESC, id
+OFFSET $4 LIMIT $5
+
+-- name: count_dead_letters
+SELECT count(*) FROM dispatch.dead_letters
+WHERE ($1 = '' OR event_type = $1) AND ($2 = '' OR strpos(reason, $2) > 0)
+  AND ($3 OR redriven_at IS NULL)
+
+-- name: redrive
+-- Dead letters (by id, or every one matching the filter when $1 is NULL) go back to
+-- the retries, due now, owing the targets they still owed; each only once.
+WITH chosen AS (
+    UPDATE dispatch.dead_letters SET redriven_at = now()
+    WHERE redriven_at IS NULL
+      AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
+      AND ($1::uuid[] IS NOT NULL
+           OR (($2 = '' OR event_type = $2) AND ($3 = '' OR strpos(reason, $3) > 0)))
+    RETURNING *
+)
+INSERT INTO dispatch.retries
+    (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
+     event_source, event_type, targets, attempts, reason, next_attempt_at)
+SELECT gen_random_uuid(), topic, partition, "offset", key, value, header_names,
+       header_values, event_id, event_source, event_type, targets, 0,
+       'redriven: ' || reason, now()
+FROM chosen
+RETURNING id

@@ -1,0 +1,101 @@
+"""Which webhooks want an event: a cache of the webhooks service's subscriptions.
+
+Refreshed every ``refresh_seconds`` (default 0.5 s) by asking for changes since the
+version held, so a created, changed or deleted webhook is seen within a second. When
+refreshing has failed for longer than ``max_staleness`` the cache refuses to answer
+(:class:`WebhooksUnavailable`): dispatch then parks the event's webhook target for a
+retry instead of matching against a view that may be long out of date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+import grpc
+import structlog
+from herald.webhooks.v1 import subscriptions_pb2, subscriptions_pb2_grpc
+
+log = structlog.get_logger("herald.dispatch.subscriptions")
+
+
+class WebhooksUnavailable(Exception):
+    """The subscriptions are not known well enough to match."""
+
+
+class SubscriptionCache:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        key: str,
+        refresh_seconds: float = 0.5,
+        max_staleness: float = 10.0,
+    ) -> None:
+        self._stub = subscriptions_pb2_grpc.SubscriptionServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {key}"),)
+        self._refresh = refresh_seconds
+        self._max_staleness = max_staleness
+        self._version = 0
+        self._loaded_at: float | None = None
+        self._last_error = "not loaded yet"
+        self._exact: dict[str, list[str]] = {}
+        self._prefixes: list[tuple[str, str]] = []
+        self._everything: list[str] = []
+        self._ready = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._refresh)
+
+    async def refresh(self) -> bool:
+        """Asks for changes; True when the cache is now current."""
+        try:
+            reply = await self._stub.ListSubscriptions(
+                subscriptions_pb2.ListSubscriptionsRequest(known_version=self._version),
+                metadata=self._metadata,
+                timeout=max(self._refresh * 4, 2.0),
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._last_error = f"{exc.code().name}: {exc.details()}"
+            log.warning("subscriptions.refresh_failed", error=self._last_error)
+            return False
+        if not reply.unchanged:
+            self._index(reply.subscriptions)
+            self._version = reply.version
+        self._loaded_at = time.monotonic()
+        self._ready.set()
+        return True
+
+    async def wait_ready(self, within: float) -> bool:
+        """Waits (up to ``within`` s) for the first successful load."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def _index(self, subscriptions: Iterable[subscriptions_pb2.Subscription]) -> None:
+        exact: defaultdict[str, list[str]] = defaultdict(list)
+        prefixes, everything = [], []
+        for sub in subscriptions:
+            for pattern in dict.fromkeys(sub.event_types):
+                if pattern == "*":
+                    everything.append(sub.webhook_id)
+                elif pattern.endswith(".*"):
+                    prefixes.append((pattern[:-1], sub.webhook_id))
+                else:
+                    exact[pattern].append(sub.webhook_id)
+        self._exact, self._prefixes, self._everything = dict(exact), prefixes, everything
+
+    def match(self, event_type: str) -> list[str]:
+        """The ids of the active webhooks wanting ``event_type`` (each once)."""
+        if self._loaded_at is None or time.monotonic() - self._loaded_at > self._max_staleness:
+            raise WebhooksUnavailable(f"webhook subscriptions unknown: {self._last_error}")
+        ids = list(self._everything) + self._exact.get(event_type, [])
+        ids += [hook for prefix, hook in self._prefixes if event_type.startswith(prefix)]
+        return list(dict.fromkeys(ids))

@@ -1,0 +1,398 @@
+"""Dispatch end to end: events published through ingest, fanned out by dispatch to
+NotificationJobs on Kafka and to webhooks (delivered by the webhooks service to a real
+receiver); retries, dead letters and redrive, against the real Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc, notification_pb2
+from herald.ingest.v1 import ingest_pb2
+from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+
+from herald.runtime import kafka
+from herald.runtime.server import Running, start
+from herald.services.dispatch.app import build as build_dispatch
+from herald.services.dispatch.settings import DispatchSettings
+from herald.services.webhooks.app import build as build_webhooks
+from herald.services.webhooks.settings import WebhooksSettings
+from tests.conftest import Infra
+from tests.fixtures.seeds import LEGACY_EXAMPLES
+from tests.integration.conftest import (
+    ACME_KEY,
+    INTERNAL_KEY,
+    IngestUnderTest,
+    start_ingest,
+    webhooks_settings,
+)
+from tests.kafka_helpers import headers, read_matching
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+KEY = (("authorization", f"Bearer {ACME_KEY}"),)
+Op = dispatch_pb2.Condition.Operator
+
+
+@dataclass
+class Flow:
+    infra: Infra
+    database_url: str
+    ingest: IngestUnderTest
+    webhooks: Running
+    hooks: webhooks_pb2_grpc.WebhookServiceAsyncStub
+    webhooks_settings: WebhooksSettings
+    dispatch: list[Running]
+    stub: dispatch_pb2_grpc.DispatchServiceAsyncStub
+    channels: list[grpc.aio.Channel]
+    settings: DispatchSettings
+
+    async def publish(self, event_type: str, data: dict[str, Any], **attrs: str) -> str:
+        """Publishes a structured CloudEvent through ingest; returns its id."""
+        event_id = str(uuid.uuid4())
+        doc = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": attrs.pop("source", "urn:test"),
+            "type": event_type,
+            "time": "2026-11-22T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": data,
+            **attrs,
+        }
+        await self.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+        return event_id
+
+    async def add_dispatch(self, **overrides: Any) -> Running:
+        settings = self.settings.model_copy(update=overrides)
+        running = await start(
+            await build_dispatch(settings, self.infra.kafka_settings()), "127.0.0.1:0"
+        )
+        self.dispatch.append(running)
+        return running
+
+    async def jobs(
+        self, topic: str, event_ids: set[str], count: int, timeout: float = 30
+    ) -> list[Any]:
+        """The records on ``topic`` made from ``event_ids`` (once ``count`` arrived)."""
+
+        def wanted(record: Any) -> bool:
+            return headers(record).get("ce_id") in event_ids
+
+        return await read_matching(
+            self.infra.kafka_settings(), topic, wanted, count, timeout=timeout
+        )
+
+
+def dispatch_settings(
+    database_url: str, events_topic: str, webhooks: WebhooksSettings, **overrides: Any
+) -> DispatchSettings:
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "dispatch_addr": "127.0.0.1:0",
+        "events_topic": events_topic,
+        "dispatch_group": f"d{suffix}",
+        "deliveries_topic": webhooks.deliveries_topic,
+        "dlq_topic": f"herald.dlq.d{suffix}",
+        "webhooks_internal_key": INTERNAL_KEY,
+        "retry_schedule": "0.3s,0.3s",
+        "send_timeout_seconds": 5,
+    }
+    values.update(overrides)
+    return DispatchSettings(**values)
+
+
+@pytest.fixture
+async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Flow]:
+    ingest = await start_ingest(infra, database_url, topic)
+    hooks_settings = webhooks_settings(database_url, ingest.running.port)
+    hooks = await start(
+        await build_webhooks(hooks_settings, infra.kafka_settings()), "127.0.0.1:0"
+    )
+    settings = dispatch_settings(
+        database_url,
+        topic,
+        hooks_settings,
+        webhooks_addr=f"127.0.0.1:{hooks.port}",
+        ingest_addr=f"127.0.0.1:{ingest.running.port}",
+    )
+    first = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
+    hooks_channel = grpc.aio.insecure_channel(f"127.0.0.1:{hooks.port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{first.port}")
+    flow = Flow(
+        infra,
+        database_url,
+        ingest,
+        hooks,
+        webhooks_pb2_grpc.WebhookServiceStub(hooks_channel),
+        hooks_settings,
+        [first],
+        dispatch_pb2_grpc.DispatchServiceStub(channel),
+        [hooks_channel, channel],
+        settings,
+    )
+    yield flow
+    for c in flow.channels:
+        await c.close()
+    for running in flow.dispatch:
+        await running.stop(1)
+    await hooks.stop(1)
+    await ingest.stop()
+
+
+def decode_job(record: Any) -> notification_pb2.NotificationJob:
+    return notification_pb2.NotificationJob.FromString(record.value)
+
+
+async def test_the_notification_api_examples_make_exactly_the_expected_jobs(flow: Flow) -> None:
+    ids = {}
+    for name, text in LEGACY_EXAMPLES.items():
+        doc = json.loads(text)
+        doc["event_id"] = ids[name] = str(uuid.uuid4())  # fresh: the topics are shared
+        await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    every = set(ids.values())
+    email = await flow.jobs("herald.notifications.email", every, 2)
+    push = await flow.jobs("herald.notifications.push", every, 2)
+
+    by_type = {
+        (decode_job(r).event_type, decode_job(r).channel): (decode_job(r), r)
+        for r in email + push
+    }
+    assert len(email) == 2 and len(push) == 2, "no more and no fewer jobs"
+    assert set(by_type) == {
+        ("user_registered", "email"),
+        ("new_film_released", "push"),
+        ("campaign_triggered", "email"),
+        ("campaign_triggered", "push"),
+    }
+    welcome, record = by_type[("user_registered", "email")]
+    assert welcome.recipient == "f3aa4a0e-97d4-4e21-a2b4-9fb7c8d9f001"
+    assert welcome.template_code == "welcome"
+    assert welcome.event_id == ids["user_registered"]
+    assert welcome.payload.struct_value["locale"] == "ru"
+    meta = headers(record)
+    assert meta["content-type"] == "application/x-protobuf"
+    assert meta["schema-version"] == "1"
+    assert meta["ce_type"] == "user_registered"
+    assert meta["ce_source"] == "auth_service"
+
+    film, _ = by_type[("new_film_released", "push")]
+    assert film.WhichOneof("audience") == "segment"
+    assert dict(film.segment)["min_age"] == 16
+    assert list(film.segment["by_genres"]) == ["sci-fi", "action"]
+
+    for channel in ("email", "push"):
+        job, _ = by_type[("campaign_triggered", channel)]
+        assert job.template_code == "black_friday_sale"
+        assert dict(job.segment) == {"segment_id": "bf_2025_loyal_customers"}
+    campaign_jobs = {by_type[("campaign_triggered", c)][0].job_id for c in ("email", "push")}
+    assert len(campaign_jobs) == 2, "one job id per channel"
+
+
+async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
+    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
+    route = dispatch_pb2.Route(
+        name="push-messages",
+        filter=dispatch_pb2.RouteFilter(
+            type=dispatch_pb2.TypeMatch(wildcard="message.*"),
+            source="urn:chat",
+            conditions=[
+                dispatch_pb2.Condition(
+                    path="data.channels",
+                    operator=Op.OPERATOR_CONTAINS,
+                    value=struct_pb2.Value(string_value="push"),
+                )
+            ],
+        ),
+        target=dispatch_pb2.JobTarget(
+            topic=target_topic, channel="push", template_code="new_message", recipient="$data.to"
+        ),
+    )
+    created = await flow.stub.CreateRoute(dispatch_pb2.CreateRouteRequest(route=route))
+    assert created.route.id
+    await asyncio.sleep(0.5)  # every replica has reloaded (NOTIFY)
+    base = {"id": "msg_1", "content": "hi"}
+    hit = await flow.publish(
+        "message.created", {**base, "to": "u1", "channels": ["push"]}, source="urn:chat"
+    )
+    miss_channel = await flow.publish(
+        "message.created", {**base, "to": "u2", "channels": ["email"]}, source="urn:chat"
+    )
+    miss_source = await flow.publish(
+        "message.created", {**base, "to": "u3", "channels": ["push"]}, source="urn:other"
+    )
+    jobs = await flow.jobs(target_topic, {hit, miss_channel, miss_source}, 1)
+    assert [decode_job(r).recipient for r in jobs] == ["u1"]
+    assert jobs[0].key  # the event's own key: one key's jobs stay in order
+
+
+async def test_a_webhook_created_now_receives_events_published_a_second_later(
+    flow: Flow,
+) -> None:
+    async with Receiver() as receiver:
+        created = await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="late", url=receiver.url(), event_types=["message.*"]
+                )
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(1.0)
+        event_id = await flow.publish("message.created", {"id": "msg_9", "content": "x"})
+        [request] = await receiver.wait_for(1, timeout=20)
+        body = json.loads(request.body)
+        assert body["id"] == event_id
+        assert body["type"] == "message.created"
+        await flow.hooks.DeleteWebhook(
+            webhooks_pb2.DeleteWebhookRequest(id=created.webhook.id), metadata=KEY
+        )
+        await asyncio.sleep(1.0)
+        await flow.publish("message.created", {"id": "msg_10", "content": "y"})
+        await asyncio.sleep(2.0)
+        assert len(receiver.received()) == 1, "a deleted webhook gets nothing more"
+
+
+async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Flow) -> None:
+    producer = kafka.make_producer(flow.infra.kafka_settings())
+    await producer.start()
+    try:
+        await producer.send_and_wait(flow.settings.events_topic, b"\x00garbage", key=b"k")
+    finally:
+        await producer.stop()
+    event_id = str(uuid.uuid4())
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
+    await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [job] = await flow.jobs("herald.notifications.email", {event_id}, 1)
+    assert decode_job(job).event_type == "user_registered"
+
+    dlq = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
+    assert [r.value for r in dlq] == [b"\x00garbage"]
+    assert "not a CloudEvents record" in headers(dlq[0])["dlq-reason"]
+    listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+    assert [d.targets for d in listed.dead_letters] == [["decode"]]
+    assert listed.total_size == 1
+
+
+async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_redriven(
+    flow: Flow,
+) -> None:
+    # A second dispatch group whose webhooks service is unreachable: its webhook target
+    # fails, is retried twice (0.3 s apart) and then dead-lettered.
+    for running in flow.dispatch:
+        await running.stop(1)
+    flow.dispatch.clear()
+    broken = await flow.add_dispatch(
+        webhooks_addr="127.0.0.1:1", subscriptions_max_staleness_seconds=0.5
+    )
+    stub = dispatch_pb2_grpc.DispatchServiceStub(
+        channel := grpc.aio.insecure_channel(f"127.0.0.1:{broken.port}")
+    )
+    flow.channels.append(channel)
+    async with Receiver() as receiver:
+        await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="owed", url=receiver.url(), event_types=["message.created"]
+                )
+            ),
+            metadata=KEY,
+        )
+        event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+        for _ in range(100):
+            listed = await stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+            if listed.dead_letters:
+                break
+            await asyncio.sleep(0.2)
+        [dead] = listed.dead_letters
+        assert (dead.event_id, dead.event_type) == (event_id, "message.created")
+        assert list(dead.targets) == ["webhooks"]
+        assert dead.attempts == 3, "the first try and the two retries of the schedule"
+        assert "webhook subscriptions unknown" in dead.reason
+        dlq = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
+        assert headers(dlq[0])["ce_id"] == event_id, "the original headers travel along"
+        assert "webhook subscriptions unknown" in headers(dlq[0])["dlq-reason"]
+
+        # Fixed: a dispatch that reaches webhooks redrives it; the webhook receives it.
+        await broken.stop(1)
+        flow.dispatch.clear()
+        healthy = await flow.add_dispatch()
+        fixed = dispatch_pb2_grpc.DispatchServiceStub(
+            channel := grpc.aio.insecure_channel(f"127.0.0.1:{healthy.port}")
+        )
+        flow.channels.append(channel)
+        redriven = await fixed.RedriveDeadLetters(
+            dispatch_pb2.RedriveDeadLettersRequest(ids=dispatch_pb2.DeadLetterIds(ids=[dead.id]))
+        )
+        assert redriven.redriven == 1
+        [request] = await receiver.wait_for(1, timeout=20)
+        assert json.loads(request.body)["id"] == event_id
+        again = await fixed.RedriveDeadLetters(
+            dispatch_pb2.RedriveDeadLettersRequest(ids=dispatch_pb2.DeadLetterIds(ids=[dead.id]))
+        )
+        assert again.redriven == 0, "never twice"
+
+
+async def test_route_crud_and_validation(flow: Flow) -> None:
+    listed = await flow.stub.ListRoutes(dispatch_pb2.ListRoutesRequest())
+    assert {r.name for r in listed.routes} >= {
+        "builtin.user_registered.welcome",
+        "builtin.new_film_released.segment",
+        "builtin.campaign_triggered.channels",
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await flow.stub.CreateRoute(
+            dispatch_pb2.CreateRouteRequest(
+                route=dispatch_pb2.Route(
+                    name="",
+                    filter=dispatch_pb2.RouteFilter(
+                        conditions=[dispatch_pb2.Condition(path="nowhere.x")]
+                    ),
+                    target=dispatch_pb2.JobTarget(channel="bad channel!", recipient="$item"),
+                )
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    from google.rpc import status_pb2  # noqa: PLC0415
+
+    from herald.runtime.errors import bad_request_of  # noqa: PLC0415
+
+    trailing = dict(caught.value.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    fields = {v.field for v in bad_request_of(status)}
+    assert fields >= {
+        "route.name",
+        "route.filter.conditions[0].path",
+        "route.filter.conditions[0].operator",
+        "route.target.channel",
+        "route.target.template_code",
+        "route.target.recipient",
+    }
+    made = await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(
+                name="r1",
+                filter=dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(prefix="order.")),
+                target=dispatch_pb2.JobTarget(channel="sms", template_code="t"),
+            )
+        )
+    )
+    changed = await flow.stub.UpdateRoute(
+        dispatch_pb2.UpdateRouteRequest(
+            route=dispatch_pb2.Route(id=made.route.id, disabled=True, name="ignored"),
+            update_mask={"paths": ["disabled"]},
+        )
+    )
+    assert (changed.route.disabled, changed.route.name) == (True, "r1")
+    await flow.stub.DeleteRoute(dispatch_pb2.DeleteRouteRequest(id=made.route.id))
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await flow.stub.GetRoute(dispatch_pb2.GetRouteRequest(id=made.route.id))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
