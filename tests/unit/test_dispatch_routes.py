@@ -1,0 +1,216 @@
+"""Routing, fan-out and the retry schedule: pure logic."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+from herald.dispatch.v1 import dispatch_pb2, notification_pb2
+
+from herald.runtime.cloudevents_kafka import BinaryEvent
+from herald.services.dispatch import fanout
+from herald.services.dispatch.retry import Schedule
+from herald.services.dispatch.routes import CompiledRoute, Event, TargetError, check
+
+Op = dispatch_pb2.Condition.Operator
+ATTRS = {"id": "e1", "source": "urn:s", "type": "message.created", "specversion": "1.0"}
+
+
+def route(**target: str) -> dispatch_pb2.Route:
+    return dispatch_pb2.Route(
+        id="r1",
+        name="r",
+        target=dispatch_pb2.JobTarget(**{"channel": "email", "template_code": "t", **target}),
+    )
+
+
+def cond(path: str, op: int, value: object = None) -> dispatch_pb2.Condition:
+    v = struct_pb2.Value()
+    if isinstance(value, str):
+        v.string_value = value
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int | float):
+        v.number_value = value
+    elif isinstance(value, list):
+        v.list_value.extend(value)
+    return dispatch_pb2.Condition(path=path, operator=op, value=v)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("match", "event_type", "expected"),
+    [
+        (dispatch_pb2.TypeMatch(exact="message.created"), "message.created", True),
+        (dispatch_pb2.TypeMatch(exact="message.created"), "message.created.v2", False),
+        (dispatch_pb2.TypeMatch(prefix="message."), "message.deleted", True),
+        (dispatch_pb2.TypeMatch(prefix="message."), "messages", False),
+        (dispatch_pb2.TypeMatch(wildcard="*.created"), "order.created", True),
+        (dispatch_pb2.TypeMatch(wildcard="*.created"), "order.created.x", False),
+        (dispatch_pb2.TypeMatch(wildcard="m*e.*"), "message.created", True),
+        (dispatch_pb2.TypeMatch(wildcard="*"), "anything", True),
+        (dispatch_pb2.TypeMatch(wildcard="a.b"), "aXb", False),  # dots are literal
+    ],
+)
+def test_type_matches(match: dispatch_pb2.TypeMatch, event_type: str, expected: bool) -> None:
+    r = route()
+    r.filter.type.CopyFrom(match)
+    event = Event({**ATTRS, "type": event_type}, {})
+    assert CompiledRoute.of(r).matches(event) is expected
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        (cond("data.channels", Op.OPERATOR_CONTAINS, "push"), True),
+        (cond("data.channels", Op.OPERATOR_CONTAINS, "sms"), False),
+        (cond("data.title", Op.OPERATOR_CONTAINS, "Mat"), True),
+        (cond("data.segment.min_age", Op.OPERATOR_EQUALS, 16), True),
+        (cond("data.segment.min_age", Op.OPERATOR_NOT_EQUALS, 16), False),
+        (cond("data.missing", Op.OPERATOR_NOT_EQUALS, 16), True),
+        (cond("data.missing", Op.OPERATOR_EQUALS, 16), False),
+        (cond("data.segment", Op.OPERATOR_EXISTS), True),
+        (cond("data.nothing", Op.OPERATOR_EXISTS), False),
+        (cond("data.locale", Op.OPERATOR_IN, ["ru", "en"]), True),
+        (cond("data.locale", Op.OPERATOR_IN, ["de"]), False),
+        (cond("source", Op.OPERATOR_PREFIX, "urn:"), True),
+        (cond("attributes.tenant", Op.OPERATOR_EQUALS, "acme"), True),
+        (cond("data.channels.0", Op.OPERATOR_EQUALS, "email"), True),
+        (cond("data.vip", Op.OPERATOR_EQUALS, True), True),
+    ],
+)
+def test_conditions(condition: dispatch_pb2.Condition, expected: bool) -> None:
+    r = route()
+    r.filter.conditions.append(condition)
+    data = {
+        "channels": ["email", "push"],
+        "title": "The Matrix",
+        "segment": {"min_age": 16},
+        "locale": "ru",
+        "vip": True,
+    }
+    event = Event({**ATTRS, "tenant": "acme"}, data)
+    assert CompiledRoute.of(r).matches(event) is expected
+
+
+def test_a_disabled_route_matches_nothing() -> None:
+    r = route()
+    r.disabled = True
+    assert not CompiledRoute.of(r).matches(Event(ATTRS, {}))
+
+
+def test_fan_out_over_an_array_makes_one_job_per_element_with_stable_ids() -> None:
+    r = CompiledRoute.of(
+        route(for_each="$data.channels", channel="$item", template_code="$data.tpl")
+    )
+    event = Event(ATTRS, {"channels": ["email", "push"], "tpl": "bf"})
+    jobs = r.jobs(event)
+    assert [(j.channel, j.topic, j.template_code) for j in jobs] == [
+        ("email", "herald.notifications.email", "bf"),
+        ("push", "herald.notifications.push", "bf"),
+    ]
+    assert len({j.job_id for j in jobs}) == 2
+    assert [j.job_id for j in r.jobs(event)] == [j.job_id for j in jobs], "deterministic"
+    other = Event({**ATTRS, "id": "e2"}, event.data)
+    assert not {j.job_id for j in r.jobs(other)} & {j.job_id for j in jobs}
+
+
+@pytest.mark.parametrize(
+    ("target", "data", "message"),
+    [
+        ({"for_each": "$data.channels"}, {"channels": "email"}, "is not an array"),
+        ({"recipient": "$data.user"}, {}, "recipient: $data.user is not a value"),
+        ({"segment": "$data.seg"}, {"seg": 5}, "is not an object"),
+        ({"channel": "$data.ch"}, {"ch": "no spaces please"}, "is not a channel name"),
+    ],
+)
+def test_data_that_cannot_make_jobs_is_a_target_error(
+    target: dict[str, str], data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(TargetError, match=message.replace("$", r"\$")):
+        CompiledRoute.of(route(**target)).jobs(Event(ATTRS, data))
+
+
+def test_check_names_every_problem() -> None:
+    bad = dispatch_pb2.Route(
+        filter=dispatch_pb2.RouteFilter(
+            type=dispatch_pb2.TypeMatch(exact=""),
+            conditions=[
+                dispatch_pb2.Condition(path="x.y", operator=Op.OPERATOR_EQUALS),
+                cond("data.a", Op.OPERATOR_IN, "not a list"),
+            ],
+        ),
+        target=dispatch_pb2.JobTarget(
+            topic="bad topic/{channel}",
+            channel="$item",
+            recipient="$data.u",
+            segment="$data.s",
+        ),
+    )
+    assert {p.field for p in check(bad)} == {
+        "route.name",
+        "route.filter.type.exact",
+        "route.filter.conditions[0].path",
+        "route.filter.conditions[0].value",
+        "route.filter.conditions[1].value",
+        "route.target.channel",  # $item without for_each
+        "route.target.template_code",
+        "route.target.segment",  # both recipient and segment
+        "route.target.topic",
+    }
+    assert check(route()) == []
+
+
+def test_notification_records_carry_the_event_context() -> None:
+    binary = BinaryEvent(
+        {**ATTRS, "time": "2026-01-01T00:00:00Z", "datacontenttype": "application/json"},
+        b'{"user_id": "u1"}',
+        {"traceparent": "00-abc-def-01", "x-correlation-id": "c1", "other": "x"},
+    )
+    consumed = fanout.decode(*_record(binary))
+    [out] = fanout.notifications(consumed, CompiledRoute.of(route(recipient="$data.user_id")))
+    names = dict(out.headers)
+    assert names["ce_id"] == b"e1"
+    assert names["ce_time"] == b"2026-01-01T00:00:00Z"
+    assert names["traceparent"] == b"00-abc-def-01"
+    assert names["x-correlation-id"] == b"c1"
+    assert names["content-type"] == b"application/x-protobuf"
+    assert names["schema-version"] == b"1"
+    assert "other" not in names
+    assert out.key == b"key-1"
+    job = notification_pb2.NotificationJob.FromString(out.value)
+    assert (job.recipient, job.event_id, job.route_id) == ("u1", "e1", "r1")
+    assert job.event_time.ToJsonString() == "2026-01-01T00:00:00Z"
+
+
+def test_delivery_jobs_are_keyed_by_webhook_with_deterministic_ids() -> None:
+    consumed = fanout.decode(*_record(BinaryEvent(ATTRS, b'{"a": 1}', {})))
+    first = fanout.deliveries(consumed, ["w1", "w2"], "herald.deliveries")
+    assert [o.key for o in first] == [b"w1", b"w2"]
+    again = fanout.deliveries(consumed, ["w1"], "herald.deliveries")
+    assert again[0].value == first[0].value
+
+
+def test_undecodable_records_say_why() -> None:
+    with pytest.raises(ValueError, match="missing ce_specversion"):
+        fanout.decode([("ce_id", b"1")], None, b"{}")
+    binary = BinaryEvent({**ATTRS, "datacontenttype": "application/json"}, b"{oops", {})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        fanout.decode(*_record(binary))
+
+
+def _record(binary: BinaryEvent) -> tuple[list[tuple[str, bytes]], bytes, bytes]:
+    from herald.runtime.cloudevents_kafka import encode  # noqa: PLC0415
+
+    _key, value, headers = encode(binary)
+    return headers, b"key-1", value
+
+
+def test_schedule() -> None:
+    s = Schedule.parse("5m,30m,2h,6h,24h")
+    assert s.delays == (300.0, 1800.0, 7200.0, 21600.0, 86400.0)
+    assert [s.delay_after(n) for n in (1, 2, 5)] == [300.0, 1800.0, 86400.0]
+    assert not s.exhausted(6 - 1)
+    assert s.exhausted(6), "the first try and five retries, then the DLQ"
+    assert Schedule.parse("0.3s, 2").delays == (0.3, 2.0)
+    for bad, why in (("", "at least one"), ("5x", "expected a number"), ("-1s", "negative")):
+        with pytest.raises(ValueError, match=why):
+            Schedule.parse(bad)
