@@ -392,3 +392,44 @@ async def test_route_crud_and_validation(flow: Flow) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await flow.stub.GetRoute(dispatch_pb2.GetRouteRequest(id=made.route.id))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_two_replicas_and_a_rebalance_mid_stream_lose_nothing(flow: Flow) -> None:
+    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
+    source = f"urn:rebalance:{uuid.uuid4().hex[:8]}"
+    await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(
+                name="rebalance",
+                filter=dispatch_pb2.RouteFilter(
+                    type=dispatch_pb2.TypeMatch(exact="message.created"), source=source
+                ),
+                target=dispatch_pb2.JobTarget(
+                    topic=target_topic, channel="push", template_code="t", recipient="$data.to"
+                ),
+            )
+        )
+    )
+    await asyncio.sleep(0.5)
+
+    async def publish(n: int) -> list[str]:
+        return [
+            await flow.publish(
+                "message.created", {"id": "m", "content": "c", "to": f"u{i}"}, source=source
+            )
+            for i in range(n)
+        ]
+
+    published = await publish(150)
+    second = asyncio.create_task(flow.add_dispatch())  # joins the group: a rebalance
+    published += await publish(150)
+    await second
+    published += await publish(100)
+
+    jobs = await flow.jobs(target_topic, set(published), len(published), timeout=90)
+    by_event: dict[str, set[str]] = {}
+    for record in jobs:
+        job = decode_job(record)
+        by_event.setdefault(job.event_id, set()).add(job.job_id)
+    assert set(by_event) == set(published), "every event made its job"
+    assert all(len(ids) == 1 for ids in by_event.values()), "a repeat is the same job"
