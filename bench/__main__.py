@@ -6,7 +6,9 @@ Scenarios (all in one run, each ingest one on a fresh database and topic):
 - b: PublishBatch end to end, first call → last record on Kafka (events/s), >= 50 % of a;
 - c: unary Publish from 64 concurrent callers (events/s, latency), >= 3,000 events/s;
 - d: accepted → on Kafka latency at a steady 1,000 events/s, p99 <= 50 ms;
-- 0: d's floor, the same measurement with a raw producer instead of ingest.
+- 0: d's floor, the same measurement with a raw producer instead of ingest;
+- w: webhook deliveries beside a raw HTTP POST loop (bench/webhooks.py);
+- x: dispatch fan-out to 1, 10, 100 routes beside a raw consume→produce loop.
 
 Ingest runs as its own process (``python -m herald.services.ingest``). ``--set
 NAME=VALUE`` passes settings to it (e.g. ``--set WRITER_COMMITTERS=4``) and
@@ -28,15 +30,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import batch, floor, grpc_floor, infra, raw_kafka, report, steady, unary, webhooks
+from bench import (
+    batch,
+    dispatch,
+    floor,
+    grpc_floor,
+    infra,
+    raw_kafka,
+    report,
+    steady,
+    unary,
+    webhooks,
+)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        default="abcgd0w",
-        help="scenarios, e.g. 'ab' (abcgd0w; g: c's gRPC floor, 0: d's floor, w: webhooks)",
+        default="abcgd0wx",
+        help="scenarios, e.g. 'ab' (abcgd0wx; g: c's gRPC floor, 0: d's floor, "
+        "w: webhooks, x: dispatch)",
     )
     parser.add_argument("--raw-n", type=int, default=40_000, help="records for a (40000)")
     parser.add_argument("--raw-repeats", type=int, default=2, help="runs per raw pattern (2)")
@@ -91,6 +105,7 @@ async def _scenarios(args: argparse.Namespace, where: infra.Infra) -> dict[str, 
         "d": lambda: steady.run(where, args.rate, args.seconds, args.partitions, env),
         "0": lambda: floor.run(where, args.rate, args.floor_seconds, args.partitions),
         "w": lambda: webhooks.run(where, args.webhook_n),
+        "x": lambda: dispatch.run(where),
     }
     for key, step in steps.items():
         if key not in args.only:

@@ -88,6 +88,8 @@ def figures(results: dict[str, Any]) -> list[Figure]:
         rows += _steady_rows(ok.get("d"), ok.get("0"))
     if "w" in ok:
         rows += _webhook_rows(ok["w"])
+    if "x" in ok:
+        rows += _dispatch_rows(ok["x"])
     return rows
 
 
@@ -126,6 +128,26 @@ def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
                     ("PASS" if value <= 50 else "FAIL") if p == "p99" else "",
                 )
             )
+    return rows
+
+
+def _dispatch_rows(x: dict[str, Any]) -> list[Figure]:
+    raw = float(x["raw_rate"])
+    rows = [Figure("x", "raw consume→produce loop", raw, "rec/s", "reference", "")]
+    for case in x["cases"]:
+        share = case["jobs_per_s"] / raw
+        rows.append(
+            Figure(
+                "x",
+                f"dispatch, {case['routes']} route(s): jobs",
+                case["jobs_per_s"],
+                "jobs/s",
+                ">= 50% of raw",
+                f"{share:.0%} of raw; {'PASS' if share >= 0.5 else 'FAIL'}",
+            )
+        )
+        name = f"  events, {case['routes']} route(s)"
+        rows.append(Figure("x", name, case["events_per_s"], "ev/s", "", ""))
     return rows
 
 

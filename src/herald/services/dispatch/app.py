@@ -92,6 +92,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         subscriptions,
         settings.deliveries_topic,
         settings.send_timeout_seconds,
+        webhooks=settings.webhooks_fanout,
     )
     dead = DeadLetters(
         pool,
@@ -112,6 +113,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         subscriptions,
         dead,
         schedule,
+        wait_for_webhooks=settings.webhooks_fanout,
     )
     retrier = Retrier(pool, dispatcher, dead, schedule)
     servicer = DispatchServicer(pool, store, retrier.wake)
@@ -142,6 +144,12 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         service_names=[SERVICE_NAME],
         register=register,
         health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
-        workers=[start_producer, subscriptions.run, routes.run, consumer.run, retrier.run],
+        workers=[
+            start_producer,
+            *([subscriptions.run] if settings.webhooks_fanout else []),
+            routes.run,
+            consumer.run,
+            retrier.run,
+        ],
         on_stop=[close],
     )

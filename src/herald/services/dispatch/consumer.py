@@ -52,6 +52,7 @@ class EventConsumer:
         dead: DeadLetters,
         schedule: Schedule,
         max_records: int = 500,
+        wait_for_webhooks: bool = True,
     ) -> None:
         self._pool = pool
         self._make_consumer = make_consumer
@@ -60,10 +61,12 @@ class EventConsumer:
         self._dead = dead
         self._schedule = schedule
         self._max_records = max_records
+        self._wait_for_webhooks = wait_for_webhooks
 
     async def run(self) -> None:
         # A fresh process matches against real subscriptions, not an empty view.
-        await self._subscriptions.wait_ready(10)
+        if self._wait_for_webhooks:
+            await self._subscriptions.wait_ready(10)
         consumer = await start_when_reachable(self._make_consumer, "events-consumer")
         try:
             while True:

@@ -50,17 +50,19 @@ class Dispatcher:
         subscriptions: SubscriptionCache,
         deliveries_topic: str,
         send_timeout: float = 10.0,
+        webhooks: bool = True,
     ) -> None:
         self._producer = producer
         self._routes = routes
         self._subscriptions = subscriptions
         self._deliveries_topic = deliveries_topic
         self._send_timeout = send_timeout
+        self._webhooks = webhooks
 
     def targets_of(self, consumed: Consumed) -> list[str]:
         """Every target of a fresh event: webhooks, and each route it matches."""
-        matching = self._routes.matching(consumed.event)
-        return [WEBHOOKS] + [ROUTE_PREFIX + r.id for r in matching]
+        matching = [ROUTE_PREFIX + r.id for r in self._routes.matching(consumed.event)]
+        return [WEBHOOKS, *matching] if self._webhooks else matching
 
     async def dispatch(self, events: Sequence[tuple[Consumed, Iterable[str]]]) -> list[Outcome]:
         """Sends the records of every (event, targets), in order; one outcome each."""

@@ -135,9 +135,12 @@ def _job(consumed: Consumed, spec: JobSpec) -> notification_pb2.NotificationJob:
     if spec.recipient:
         job.recipient = spec.recipient
     elif spec.segment is not None:
-        json_format.ParseDict(spec.segment, job.segment)
-    if consumed.event.data is not None:
-        json_format.ParseDict(consumed.event.data, job.payload)
+        job.segment.update(spec.segment)  # Struct.update: C speed, unlike ParseDict
+    data = consumed.event.data
+    if isinstance(data, dict):
+        job.payload.struct_value.update(data)
+    elif data is not None:
+        json_format.ParseDict(data, job.payload)
     else:
         job.payload.null_value = struct_pb2.NULL_VALUE
     return job

@@ -23,6 +23,9 @@ class DispatchSettings(RuntimeSettings):
         "email,push,sms",
         description="Channels whose herald.notifications.<channel> topics are created at start.",
     )
+    webhooks_fanout: bool = Field(
+        True, description="Fan events out to webhooks (false: routes only, no webhooks service)."
+    )
     webhooks_addr: str = Field("127.0.0.1:50053", description="The webhooks service.")
     webhooks_internal_key: str = Field(
         "",

@@ -1,0 +1,193 @@
+"""(x) Dispatch: events consumed from an events topic and fanned out to 1, 10 and 100
+matching routes (one NotificationJob each), beside a raw aiokafka consume→produce loop
+(one record out per record in, offsets committed per batch) in the same run.
+
+Events are produced beforehand straight onto a fresh topic in CloudEvents binary mode;
+dispatch runs as its own process (routes only: WEBHOOKS_FANOUT=false) with a routes
+file of K routes. Rates come from the output records' own Kafka timestamps (first to
+last), so process start and group join are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from bench import infra
+from bench.ingest_proc import ROOT, free_port
+from herald.runtime import kafka
+from herald.runtime.cloudevents_kafka import BinaryEvent, encode
+
+TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+CASES = ((1, 20_000), (10, 5_000), (100, 1_000))  # (matching routes, events)
+
+
+async def _produce_events(where: infra.Infra, topic: str, n: int) -> None:
+    await kafka.ensure_topics(where.kafka_settings(), [topic], partitions=6)
+    producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for i in range(n):
+            attrs = {
+                "specversion": "1.0",
+                "id": str(uuid.uuid4()),
+                "source": "urn:bench",
+                "type": "user_registered",
+                "time": "2026-11-22T10:00:00Z",
+                "datacontenttype": "application/json",
+                "subject": f"user-{i % 1000}",
+            }
+            data = json.dumps({"user_id": f"u{i}", "locale": "ru", "channel": "web"}).encode()
+            extra = {"traceparent": TRACEPARENT}
+            key, value, headers = encode(BinaryEvent(attrs, data, extra))
+            futures.append(await producer.send(topic, value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _output_span(
+    where: infra.Infra, topic: str, expected: int, within: float
+) -> tuple[int, float]:
+    """(records seen, seconds from the first record's timestamp to the last's)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka.connection_options(where.kafka_settings()),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen, first, last = 0, float("inf"), 0.0
+    deadline = time.monotonic() + within
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for part in batch.values():
+                for r in part:
+                    seen += 1
+                    first, last = min(first, r.timestamp), max(last, r.timestamp)
+    finally:
+        await consumer.stop()
+    return seen, max((last - first) / 1000, 1e-3)
+
+
+async def _raw_loop(where: infra.Infra, source: str, n: int) -> float:
+    """Records/s of a bare consume → produce loop (one out per in, commit per batch)."""
+    out = f"{source}.raw"
+    await kafka.ensure_topics(where.kafka_settings(), [out], partitions=6)
+    consumer = kafka.make_consumer(where.kafka_settings(), source, group_id=f"raw-{out}")
+    producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    done = 0
+    try:
+        while done < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+            futures = [
+                await producer.send(out, r.value, key=r.key, headers=list(r.headers))
+                for part in batch.values()
+                for r in part
+            ]
+            await asyncio.gather(*futures)
+            done += len(futures)
+            if futures:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    seen, seconds = await _output_span(where, out, n, 60)
+    return seen / seconds
+
+
+def _routes_file(directory: Path, k: int, topic: str) -> Path:
+    routes = [
+        {
+            "name": f"bench-{i}",
+            "filter": {"type": {"exact": "user_registered"}},
+            "target": {
+                "topic": topic,
+                "channel": "email",
+                "templateCode": f"t{i}",
+                "recipient": "$data.user_id",
+            },
+        }
+        for i in range(k)
+    ]
+    path = directory / f"routes-{k}.json"
+    path.write_text(json.dumps(routes))
+    return path
+
+
+async def _dispatch_case(
+    where: infra.Infra, database_url: str, k: int, n: int, directory: Path
+) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    events, jobs = f"herald.bench.dx.{suffix}", f"herald.bench.jobs.{suffix}"
+    await _produce_events(where, events, n)
+    await kafka.ensure_topics(where.kafka_settings(), [jobs], partitions=6)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}",
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
+        "DISPATCH_ADDR": f"127.0.0.1:{free_port()}",
+        "DISPATCH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "EVENTS_TOPIC": events,
+        "DISPATCH_GROUP": f"bench-{suffix}",
+        "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+        "WEBHOOKS_FANOUT": "false",
+        "BUILTIN_ROUTES": "false",
+        "NOTIFICATION_CHANNELS": "",
+        "ROUTES_FILE": str(_routes_file(directory, k, jobs)),
+        "LOG_LEVEL": "WARNING",
+    }
+    with tempfile.TemporaryFile() as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "herald.services.dispatch",
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            seen, seconds = await _output_span(where, jobs, n * k, 600)
+        finally:
+            process.terminate()
+            await process.wait()
+            if seen < n * k:
+                log.seek(0)
+                print(log.read().decode(errors="replace")[-3000:])
+    return {
+        "routes": k,
+        "events": n,
+        "jobs": seen,
+        "seconds": seconds,
+        "events_per_s": seen / k / seconds,
+        "jobs_per_s": seen / seconds,
+    }
+
+
+async def run(where: infra.Infra) -> dict[str, Any]:
+    """Measures (x): ``raw_rate`` and one case per number of routes."""
+    async with infra.fresh_database(where.database_url) as database_url:
+        source = f"herald.bench.rawsrc.{uuid.uuid4().hex[:8]}"
+        await _produce_events(where, source, 20_000)
+        raw = await _raw_loop(where, source, 20_000)
+        with tempfile.TemporaryDirectory() as directory:
+            cases = [
+                await _dispatch_case(where, database_url, k, n, Path(directory)) for k, n in CASES
+            ]
+    return {"raw_rate": raw, "cases": cases}
