@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     start_ingest,
     webhooks_settings,
 )
+from tests.integration.test_webhook_delivery import ingest_events
 from tests.kafka_helpers import headers, read_matching
 from tests.receiver import Receiver
 
@@ -319,6 +320,8 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
         dlq = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
         assert headers(dlq[0])["ce_id"] == event_id, "the original headers travel along"
         assert "webhook subscriptions unknown" in headers(dlq[0])["dlq-reason"]
+        [alert] = await ingest_events(flow.database_url, "herald.dispatch.dead_lettered")
+        assert (alert["event_id"], alert["targets"]) == (event_id, ["webhooks"])
 
         # Fixed: a dispatch that reaches webhooks redrives it; the webhook receives it.
         await broken.stop(1)
