@@ -112,12 +112,11 @@ class Dispatcher:
                     reason = "Kafka producer not connected"
                 if reason is None:
                     try:
-                        future = await asyncio.wait_for(
-                            producer.send(  # type: ignore[union-attr]
+                        # asyncio.timeout, not wait_for: no task per record.
+                        async with asyncio.timeout(self._send_timeout):
+                            future = await producer.send(  # type: ignore[union-attr]
                                 record.topic, record.value, key=record.key, headers=record.headers
-                            ),
-                            self._send_timeout,
-                        )
+                            )
                     except Exception as exc:
                         reason = f"sending to {record.topic} failed: {_describe(exc)}"
                         broken[record.topic] = reason
@@ -125,18 +124,24 @@ class Dispatcher:
                         waiting.append((plan, target, future))
                         continue
                 plan.outcome.failed[target] = reason
-        results = await asyncio.gather(
-            *(asyncio.wait_for(f, self._send_timeout) for _, _, f in waiting),
-            return_exceptions=True,
-        )
-        for (plan, target, _), result in zip(waiting, results, strict=True):
-            if isinstance(result, BaseException):
-                plan.outcome.failed.setdefault(target, f"not acknowledged: {_describe(result)}")
-            elif target not in plan.outcome.failed:
-                plan.outcome.sent[target] += 1
+        await self._collect(waiting)
         for plan in planned:
             for target in plan.outcome.failed:
                 plan.outcome.sent.pop(target, None)
+
+    async def _collect(self, waiting: list[tuple[_Planned, str, asyncio.Future[object]]]) -> None:
+        """Waits once for every acknowledgement; counts them, or fails their targets."""
+        late: set[asyncio.Future[object]] = set()
+        if waiting:
+            _done, late = await asyncio.wait([f for _, _, f in waiting], timeout=self._send_timeout)
+        for plan, target, future in waiting:
+            if future in late:
+                reason = f"not acknowledged within {self._send_timeout:g} s"
+                plan.outcome.failed.setdefault(target, reason)
+            elif (error := future.exception()) is not None:
+                plan.outcome.failed.setdefault(target, f"not acknowledged: {_describe(error)}")
+            elif target not in plan.outcome.failed:
+                plan.outcome.sent[target] += 1
 
 
 def _describe(exc: BaseException) -> str:
