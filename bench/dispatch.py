@@ -28,6 +28,7 @@ from herald.runtime import kafka
 from herald.runtime.cloudevents_kafka import BinaryEvent, encode
 
 TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+RAW_REPEATS = 2
 CASES = ((1, 20_000), (10, 5_000), (100, 1_000))  # (matching routes, events)
 
 
@@ -84,7 +85,7 @@ async def _output_span(
 
 async def _raw_loop(where: infra.Infra, source: str, n: int) -> float:
     """Records/s of a bare consume → produce loop (one out per in, commit per batch)."""
-    out = f"{source}.raw"
+    out = f"{source}.raw.{uuid.uuid4().hex[:6]}"
     await kafka.ensure_topics(where.kafka_settings(), [out], partitions=6)
     consumer = kafka.make_consumer(where.kafka_settings(), source, group_id=f"raw-{out}")
     producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
@@ -185,7 +186,8 @@ async def run(where: infra.Infra) -> dict[str, Any]:
     async with infra.fresh_database(where.database_url) as database_url:
         source = f"herald.bench.rawsrc.{uuid.uuid4().hex[:8]}"
         await _produce_events(where, source, 20_000)
-        raw = await _raw_loop(where, source, 20_000)
+        # The better of two runs is the bar (the box's speed wanders between runs).
+        raw = max([await _raw_loop(where, source, 20_000) for _ in range(RAW_REPEATS)])
         with tempfile.TemporaryDirectory() as directory:
             cases = [
                 await _dispatch_case(where, database_url, k, n, Path(directory)) for k, n in CASES

@@ -4,6 +4,7 @@ metrics, background workers and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from herald.runtime.tracing import configure_tracing, tracing_enabled
 log = structlog.get_logger("herald.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
+STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
 
 
 @dataclass
@@ -83,15 +85,31 @@ class Running:
         await self.server.stop(grace)
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Bounded: a worker or hook that does not finish is logged with where it is
+        # stuck, and shutdown goes on (a stop must never hang the process).
+        if self.tasks:
+            _done, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_SECONDS)
+            for task in stuck:
+                log.error("shutdown.worker_stuck", worker=task.get_name(), at=_where(task))
         for hook in self.app.on_stop:
+            name = getattr(hook, "__qualname__", str(hook))
             try:
-                await hook()
+                async with asyncio.timeout(STOP_STEP_SECONDS):
+                    await hook()
+            except TimeoutError:
+                log.error("shutdown.hook_stuck", hook=name, seconds=STOP_STEP_SECONDS)
             except Exception:
-                log.exception("shutdown.hook_failed", hook=getattr(hook, "__qualname__", hook))
+                log.exception("shutdown.hook_failed", hook=name)
         if self.metrics:
             self.metrics.close()
         log.info("server.stopped", service=self.app.name)
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """Where a task is suspended (its coroutine stack), for a log line."""
+    out = io.StringIO()
+    task.print_stack(limit=8, file=out)
+    return out.getvalue()[-2000:]
 
 
 async def start(app: App, address: str, metrics_address: str | None = None) -> Running:

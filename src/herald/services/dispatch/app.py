@@ -81,7 +81,12 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     async def start_producer() -> None:
         producer.append(
             await kafka.start_when_reachable(
-                partial(kafka.make_producer, kafka_settings, linger_ms=5),
+                partial(
+                    kafka.make_producer,
+                    kafka_settings,
+                    linger_ms=5,
+                    request_timeout_ms=int(settings.send_timeout_seconds * 1000),
+                ),
                 "dispatch-producer",
             )
         )

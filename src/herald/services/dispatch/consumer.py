@@ -81,22 +81,28 @@ class EventConsumer:
 
     async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Dispatches ``records``; returns once every effect is durable."""
-        decoded: list[tuple[Record, Consumed]] = []
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Consumed]] = []
         for r in records:
-            record = record_of(r)
             try:
-                consumed = fanout.decode(record.headers, r.key, r.value)
+                consumed = fanout.decode(r.headers, r.key, r.value)
             except ValueError as exc:
                 await self._durably(
-                    self._dead.bury, record, EventIds(), ["decode"], 1, str(exc), "undecodable"
+                    self._dead.bury,
+                    record_of(r),
+                    EventIds(),
+                    ["decode"],
+                    1,
+                    str(exc),
+                    "undecodable",
                 )
                 continue
-            decoded.append((record, consumed))
+            decoded.append((r, consumed))
         outcomes = await self._dispatcher.dispatch(
             [(c, self._dispatcher.targets_of(c)) for _, c in decoded]
         )
-        for (record, consumed), outcome in zip(decoded, outcomes, strict=True):
-            await self._settle(record, consumed, outcome)
+        for (r, consumed), outcome in zip(decoded, outcomes, strict=True):
+            if outcome.dead or outcome.failed:
+                await self._settle(record_of(r), consumed, outcome)
 
     async def _settle(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
         if outcome.dead:

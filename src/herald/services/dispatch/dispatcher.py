@@ -112,11 +112,11 @@ class Dispatcher:
                     reason = "Kafka producer not connected"
                 if reason is None:
                     try:
-                        # asyncio.timeout, not wait_for: no task per record.
-                        async with asyncio.timeout(self._send_timeout):
-                            future = await producer.send(  # type: ignore[union-attr]
-                                record.topic, record.value, key=record.key, headers=record.headers
-                            )
+                        # Bounded by the producer's own request timeout (metadata and
+                        # buffer waits): made SEND_TIMEOUT_SECONDS by the app.
+                        future = await producer.send(  # type: ignore[union-attr]
+                            record.topic, record.value, key=record.key, headers=record.headers
+                        )
                     except Exception as exc:
                         reason = f"sending to {record.topic} failed: {_describe(exc)}"
                         broken[record.topic] = reason

@@ -9,11 +9,11 @@ like, with ``content-type: application/x-protobuf`` and ``schema-version``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -44,11 +44,16 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Consumed:
-    """A decoded event and what its record looked like."""
+    """A decoded event, its key, and the headers every record made from it carries."""
 
     binary: ce.BinaryEvent
     event: Event
     key: bytes
+    headers: Headers
+
+
+_FORWARDED = frozenset(ce.CONTEXT_HEADERS)
+_JOB_HEADERS: Headers = [(ce.CONTENT_TYPE, PROTOBUF), (ce.SCHEMA_VERSION, JOB_SCHEMA_VERSION)]
 
 
 def decode(
@@ -64,21 +69,19 @@ def decode(
             content_type = binary.attributes.get("datacontenttype", "application/json")
             if "json" in content_type:
                 raise ValueError(f"data is not valid JSON ({content_type})") from None
-    return Consumed(binary, Event(binary.attributes, data), key or b"")
+    return Consumed(binary, Event(binary.attributes, data), key or b"", context_headers(headers))
 
 
-def context_headers(binary: ce.BinaryEvent) -> Headers:
-    """The event's context, for every record made from it."""
-    headers: Headers = [
-        (ce.CE_PREFIX + name, value.encode())
-        for name, value in binary.attributes.items()
-        if name != "datacontenttype"
+def context_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:
+    """The event's context, for every record made from it: its ``ce_*`` headers and
+    transport context as they came (no re-encoding), then the job's content type and
+    schema version."""
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name.startswith(ce.CE_PREFIX) or name.lower() in _FORWARDED
     ]
-    headers += [
-        (name, binary.extra[name].encode()) for name in ce.CONTEXT_HEADERS if name in binary.extra
-    ]
-    headers += [(ce.CONTENT_TYPE, PROTOBUF), (ce.SCHEMA_VERSION, JOB_SCHEMA_VERSION)]
-    return headers
+    return kept + _JOB_HEADERS
 
 
 def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
@@ -90,7 +93,7 @@ def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
 def deliveries(consumed: Consumed, webhook_ids: Iterable[str], topic: str) -> list[Outgoing]:
     """One DeliveryJob per webhook."""
     attrs = consumed.binary.attributes
-    headers = context_headers(consumed.binary)
+    headers = consumed.headers
     context = {
         n: consumed.binary.extra[n] for n in ce.CONTEXT_HEADERS if n in consumed.binary.extra
     }
@@ -113,9 +116,10 @@ def deliveries(consumed: Consumed, webhook_ids: Iterable[str], topic: str) -> li
 def notifications(consumed: Consumed, route: CompiledRoute) -> list[Outgoing]:
     """The route's NotificationJobs; raises TargetError when the data cannot make them."""
     specs = route.jobs(consumed.event)
-    headers = context_headers(consumed.binary)
     return [
-        Outgoing(spec.topic, consumed.key, _job(consumed, spec).SerializeToString(), headers)
+        Outgoing(
+            spec.topic, consumed.key, _job(consumed, spec).SerializeToString(), consumed.headers
+        )
         for spec in specs
     ]
 
@@ -147,10 +151,19 @@ def _job(consumed: Consumed, spec: JobSpec) -> notification_pb2.NotificationJob:
 
 
 def _set_time(field: Any, attrs: Any) -> None:
-    if time := attrs.get("time"):
-        # ingest validated it; a foreign producer's odd time is left out
-        with contextlib.suppress(ValueError):
-            field.FromJsonString(time)
+    """The event's RFC 3339 ``time`` into a Timestamp. ``datetime.fromisoformat`` (C)
+    rather than ``Timestamp.FromJsonString`` (strptime: ~20 µs, most of a job's cost)."""
+    text = attrs.get("time")
+    if not text:
+        return
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return  # ingest validated it; a foreign producer's odd time is left out
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    field.seconds = int(when.timestamp() // 1)
+    field.nanos = when.microsecond * 1000
 
 
 __all__ = ["TargetError"]
