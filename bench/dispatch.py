@@ -29,7 +29,7 @@ from herald.runtime.cloudevents_kafka import BinaryEvent, encode
 
 TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
 RAW_REPEATS = 2
-CASES = ((1, 20_000), (10, 5_000), (100, 1_000))  # (matching routes, events)
+CASES = ((1, 60_000), (10, 10_000), (100, 1_000))  # (matching routes, events)
 
 
 async def _produce_events(where: infra.Infra, topic: str, n: int) -> None:

@@ -8,13 +8,13 @@ data cannot make the route's jobs: dead-lettered at once).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime.kafka_batches import BatchSender
 from herald.services.dispatch import fanout
 from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS, Consumed, Outgoing
 from herald.services.dispatch.route_table import RouteTable
@@ -58,6 +58,7 @@ class Dispatcher:
         self._deliveries_topic = deliveries_topic
         self._send_timeout = send_timeout
         self._webhooks = webhooks
+        self._sender = BatchSender()
 
     def targets_of(self, consumed: Consumed) -> list[str]:
         """Every target of a fresh event: webhooks, and each route it matches."""
@@ -95,53 +96,24 @@ class Dispatcher:
         return fanout.notifications(consumed, route)
 
     async def _send(self, planned: list[_Planned]) -> None:
-        """Hands every record to the producer in order, then waits for the acks.
-
-        A topic that fails once is not tried again within this call: the remaining
-        records for it fail at once instead of each waiting out the timeout.
-        """
+        """Sends every record, in order, as one batch per partition; a target whose
+        records were not all acknowledged (within the send timeout) failed."""
         producer = self._producer()
-        broken: dict[str, str] = {}
-        waiting: list[tuple[_Planned, str, asyncio.Future[object]]] = []
-        for plan in planned:
-            for target, record in plan.sends:
-                if target in plan.outcome.failed:
-                    continue
-                reason = broken.get(record.topic)
-                if reason is None and producer is None:
-                    reason = "Kafka producer not connected"
-                if reason is None:
-                    try:
-                        # Bounded by the producer's own request timeout (metadata and
-                        # buffer waits): made SEND_TIMEOUT_SECONDS by the app.
-                        future = await producer.send(  # type: ignore[union-attr]
-                            record.topic, record.value, key=record.key, headers=record.headers
-                        )
-                    except Exception as exc:
-                        reason = f"sending to {record.topic} failed: {_describe(exc)}"
-                        broken[record.topic] = reason
-                    else:
-                        waiting.append((plan, target, future))
-                        continue
-                plan.outcome.failed[target] = reason
-        await self._collect(waiting)
+        owners = [(plan, target) for plan in planned for target, _ in plan.sends]
+        records = [record for plan in planned for _, record in plan.sends]
+        if producer is None:
+            errors: list[BaseException | None] = [ConnectionError("Kafka producer not connected")]
+            errors *= len(records)
+        else:
+            errors = await self._sender.send(producer, records, self._send_timeout)
+        for (plan, target), error in zip(owners, errors, strict=True):
+            if error is not None:
+                plan.outcome.failed.setdefault(target, f"not sent: {_describe(error)}")
+            elif target not in plan.outcome.failed:
+                plan.outcome.sent[target] += 1
         for plan in planned:
             for target in plan.outcome.failed:
                 plan.outcome.sent.pop(target, None)
-
-    async def _collect(self, waiting: list[tuple[_Planned, str, asyncio.Future[object]]]) -> None:
-        """Waits once for every acknowledgement; counts them, or fails their targets."""
-        late: set[asyncio.Future[object]] = set()
-        if waiting:
-            _done, late = await asyncio.wait([f for _, _, f in waiting], timeout=self._send_timeout)
-        for plan, target, future in waiting:
-            if future in late:
-                reason = f"not acknowledged within {self._send_timeout:g} s"
-                plan.outcome.failed.setdefault(target, reason)
-            elif (error := future.exception()) is not None:
-                plan.outcome.failed.setdefault(target, f"not acknowledged: {_describe(error)}")
-            elif target not in plan.outcome.failed:
-                plan.outcome.sent[target] += 1
 
 
 def _describe(exc: BaseException) -> str:

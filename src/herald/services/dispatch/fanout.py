@@ -21,7 +21,10 @@ from herald.dispatch.v1 import notification_pb2
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import cloudevents_kafka as ce
+from herald.runtime.kafka_batches import OutRecord
 from herald.services.dispatch.routes import CompiledRoute, Event, JobSpec, TargetError
+
+Outgoing = OutRecord  # one record a target is owed
 
 WEBHOOKS = "webhooks"
 ROUTE_PREFIX = "route:"
@@ -30,16 +33,6 @@ JOB_SCHEMA_VERSION = b"1"
 DELIVERY_NAMESPACE = uuid.UUID("a3e4c1d2-5b6f-4a7e-8c9d-0e1f2a3b4c5d")
 
 Headers = list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One record to produce."""
-
-    topic: str
-    key: bytes
-    value: bytes
-    headers: Headers
 
 
 @dataclass(frozen=True, slots=True)

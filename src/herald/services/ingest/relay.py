@@ -15,18 +15,20 @@ import contextlib
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
 from herald.services.ingest.writer import Q
+
+# A batch Kafka has not acknowledged by then counts as failed: its rows are retried.
+ACK_TIMEOUT_SECONDS = 30.0
 
 log = structlog.get_logger("herald.ingest.relay")
 
@@ -55,7 +57,7 @@ class Relay:
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
-        self._partitioner = DefaultPartitioner()
+        self._sender = BatchSender()
 
     def wake(self, _payload: str = "") -> None:
         """New rows were committed (called in-process, or on NOTIFY herald_outbox)."""
@@ -153,60 +155,15 @@ class Relay:
     async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
         """Sends rows; the error of each one Kafka did not acknowledge, else None.
 
-        Rows go out as one batch per partition (aiokafka's per-record send() costs
-        several times more CPU); a batch keeps the rows' order, so a key's order holds.
+        Rows go out as one batch per partition (runtime.kafka_batches); a batch keeps
+        the rows' order, so a key's order holds.
         """
         producer = self._producer
         assert producer is not None, "start_producer() first"
-        errors: list[BaseException | None] = [None] * len(rows)
-        try:
-            batches = await self._batches(producer, rows)
-        except Exception as exc:  # no metadata (Kafka down, topic gone): all fail
-            return [exc] * len(rows)
-        sends = []
-        for (topic, partition), (batch, members) in batches:
-            sends.append((members, await producer.send_batch(batch, topic, partition=partition)))
-        for members, future in sends:
-            try:
-                await future
-            except Exception as exc:  # the batch failed: each of its rows is retried
-                for i in members:
-                    errors[i] = exc
-        return errors
-
-    async def _batches(
-        self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]
-    ) -> list[tuple[tuple[str, int], tuple[Any, list[int]]]]:
-        """Rows grouped into Kafka batches by (topic, partition), in row order."""
-        partitions: dict[str, list[int]] = {}
-        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
-        out: list[tuple[tuple[str, int], tuple[Any, list[int]]]] = []
-        for i, row in enumerate(rows):
-            topic, key = row["topic"], bytes(row["key"])
-            if topic not in partitions:
-                partitions[topic] = sorted(await producer.partitions_for(topic))
-            # The producer's default partitioner (murmur2, as Java's): same key, same partition.
-            target = (topic, self._partitioner(key, partitions[topic], partitions[topic]))
-            current = open_batches.get(target)
-            headers = headers_of(row["headers"])
-            if (
-                current is None
-                or current[0].append(
-                    key=key, value=bytes(row["value"]), timestamp=None, headers=headers
-                )
-                is None
-            ):
-                if current is not None:
-                    out.append((target, current))  # full: close it, start the next
-                current = (producer.create_batch(), [])
-                open_batches[target] = current
-                if (
-                    current[0].append(
-                        key=key, value=bytes(row["value"]), timestamp=None, headers=headers
-                    )
-                    is None
-                ):
-                    raise ValueError(f"outbox row {row['id']} does not fit in a Kafka batch")
-            current[1].append(i)
-        out.extend(open_batches.items())
-        return out
+        records = [
+            OutRecord(
+                row["topic"], bytes(row["key"]), bytes(row["value"]), headers_of(row["headers"])
+            )
+            for row in rows
+        ]
+        return await self._sender.send(producer, records, ACK_TIMEOUT_SECONDS)
