@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc, notification_pb2
 from herald.ingest.v1 import ingest_pb2
 from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+from prometheus_client import REGISTRY
 
 from herald.runtime import kafka
 from herald.runtime.errors import bad_request_of
@@ -306,6 +307,8 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
             ),
             metadata=KEY,
         )
+        exhausted = {"reason": "exhausted"}
+        before = REGISTRY.get_sample_value("events_dlq_total", exhausted) or 0.0
         event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
         for _ in range(100):
             listed = await stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
@@ -320,6 +323,7 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
         dlq = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
         assert headers(dlq[0])["ce_id"] == event_id, "the original headers travel along"
         assert "webhook subscriptions unknown" in headers(dlq[0])["dlq-reason"]
+        assert REGISTRY.get_sample_value("events_dlq_total", exhausted) == before + 1
         [alert] = await ingest_events(flow.database_url, "herald.dispatch.dead_lettered")
         assert (alert["event_id"], alert["targets"]) == (event_id, ["webhooks"])
 
@@ -397,7 +401,7 @@ async def test_route_crud_and_validation(flow: Flow) -> None:
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_two_replicas_and_a_rebalance_mid_stream_lose_nothing(flow: Flow) -> None:
+async def test_two_replicas_and_rebalances_mid_stream_lose_nothing(flow: Flow) -> None:
     target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
     source = f"urn:rebalance:{uuid.uuid4().hex[:8]}"
     await flow.stub.CreateRoute(
@@ -428,6 +432,11 @@ async def test_two_replicas_and_a_rebalance_mid_stream_lose_nothing(flow: Flow) 
     published += await publish(150)
     await second
     published += await publish(100)
+    first = flow.dispatch.pop(0)
+    leaving = asyncio.create_task(first.stop(1))  # leaves the group: another rebalance
+    published += await publish(100)
+    await leaving
+    published += await publish(50)  # the second replica alone now
 
     jobs = await flow.jobs(target_topic, set(published), len(published), timeout=90)
     by_event: dict[str, set[str]] = {}
