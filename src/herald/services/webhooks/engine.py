@@ -40,6 +40,7 @@ from herald.services.webhooks.store import Q
 log = structlog.get_logger("herald.webhooks.engine")
 VERSION = "0.1"
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
+CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 
 
 def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
@@ -102,6 +103,8 @@ class Engine:
         self._worker = f"worker-{uuid.uuid4().hex[:12]}"
         self._tasks: set[asyncio.Task[None]] = set()
         self._secrets: dict[tuple[uuid.UUID, bytes], str] = {}
+        self._freed = asyncio.Event()  # set whenever an attempt finishes
+        self._claim_min = max(1, concurrency // 4)
         # Attempts' outcomes are group-committed: at full speed one statement records
         # dozens, where a transaction each made PostgreSQL the bottleneck.
         self._outcomes: GroupCommitter[Outcome, None] = GroupCommitter(
@@ -119,9 +122,15 @@ class Engine:
             while True:
                 self._wake.clear()
                 free = self._concurrency - len(self._tasks)
-                if free <= 0:  # every slot busy: wait for one attempt to finish
-                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                if free <= 0:  # every slot busy: wait for an attempt to finish
+                    self._freed.clear()
+                    await self._freed.wait()
                     continue
+                if free < self._claim_min and self._tasks:
+                    # Few slots free while attempts run: let more finish, so one claim
+                    # fetches many (a claim per freed slot cost more than the attempt).
+                    await asyncio.sleep(CLAIM_GATHER_SECONDS)
+                    free = self._concurrency - len(self._tasks)
                 claimed = await self._claim(free)
                 throttled = False
                 if len(claimed) < free:
@@ -130,7 +139,7 @@ class Engine:
                 for row in claimed:
                     task = asyncio.create_task(self._attempt_guarded(row))
                     self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(self._finished)
                 if len(claimed) < free:
                     # A rate-limited webhook with more due: look again when its window moves.
                     wait = RATE_RECHECK if throttled else self._poll
@@ -142,6 +151,10 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._freed.set()
 
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
         try:
