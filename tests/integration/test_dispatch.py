@@ -282,6 +282,20 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Fl
     assert [d.targets for d in listed.dead_letters] == [["decode"]]
     assert listed.total_size == 1
 
+    # Redriven by filter, it is tried again, fails to decode again, and dies again.
+    by_reason = dispatch_pb2.DeadLetterFilter(reason_contains="not a CloudEvents record")
+    redriven = await flow.stub.RedriveDeadLetters(
+        dispatch_pb2.RedriveDeadLettersRequest(filter=by_reason)
+    )
+    assert redriven.redriven == 1
+    every = dispatch_pb2.DeadLetterFilter(include_redriven=True)
+    for _ in range(50):
+        listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest(filter=every))
+        if listed.total_size == 2:
+            break
+        await asyncio.sleep(0.2)
+    assert [bool(d.HasField("redrive_time")) for d in listed.dead_letters] == [False, True]
+
 
 async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_redriven(
     flow: Flow,
