@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from herald.runtime.settings import KafkaSettings
 
@@ -105,7 +106,20 @@ async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: fl
 
 
 async def check(producer: AIOKafkaProducer) -> None:
-    """Raises when no broker answers a metadata request (health checks)."""
-    ok = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=3)
-    if not ok or not ok.brokers():
-        raise ConnectionError("no Kafka broker answered")
+    """Raises unless a known broker answers a metadata request (health checks).
+
+    The request names no topics: a metadata request for *all* topics (what
+    ``fetch_all_metadata`` sends) costs the broker and us in proportion to the
+    cluster's topic count, every few seconds, in every process.
+    """
+    client = producer.client
+    last: BaseException | None = None
+    for broker in client.cluster.brokers():
+        try:
+            reply = await asyncio.wait_for(client.send(broker.nodeId, MetadataRequest([])), 3)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            last = exc
+            continue
+        if reply.brokers:
+            return
+    raise ConnectionError(f"no Kafka broker answered: {last!r}")

@@ -90,6 +90,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         current_producer,
         engine.wake,
         dlq_topic=settings.dlq_topic,
+        local=engine,
     )
     try:
         await kafka.ensure_topics(kafka_settings, [settings.deliveries_topic, settings.dlq_topic])

@@ -87,6 +87,9 @@ class Deliveries:
             [event_type],
             [body_of(event_id, event_type, created, data)],
             ["{}"],
+            None,  # not claimed: any worker attempts it
+            0.0,
+            0,
         )
         self._on_queued()
         return await self.get(tenant, str(ident))

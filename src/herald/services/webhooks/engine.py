@@ -11,6 +11,7 @@ never a Kafka partition.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
@@ -41,6 +42,7 @@ log = structlog.get_logger("herald.webhooks.engine")
 VERSION = "0.1"
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
+CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
 
 
 def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
@@ -101,6 +103,11 @@ class Engine:
         self._disable_after = timedelta(seconds=disable_after) if disable_after else None
         self._wake = asyncio.Event()
         self._worker = f"worker-{uuid.uuid4().hex[:12]}"
+        self.worker = self._worker  # intake claims fresh deliveries in this name
+        self.lease = lease_seconds
+        self._offered: collections.deque[asyncpg.Record] = collections.deque()
+        self._claimed_at = 0.0  # loop time of the last claim from the database
+        self._posting = 0  # attempts started whose HTTP response is not in yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._secrets: dict[tuple[uuid.UUID, bytes], str] = {}
         self._freed = asyncio.Event()  # set whenever an attempt finishes
@@ -121,26 +128,34 @@ class Engine:
         try:
             while True:
                 self._wake.clear()
-                free = self._concurrency - len(self._tasks)
+                free = self._free()
                 if free <= 0:  # every slot busy: wait for an attempt to finish
                     self._freed.clear()
                     await self._freed.wait()
                     continue
+                loop_time = asyncio.get_running_loop().time()
+                if self._offered and loop_time - self._claimed_at < CLAIM_EVERY_SECONDS:
+                    # Claimed by intake for us: no claim needed. The database is still
+                    # asked every CLAIM_EVERY_SECONDS, so retries and rate-limited
+                    # deliveries are not starved by a steady stream of fresh ones.
+                    while free > 0 and self._offered:
+                        self._start(self._offered.popleft())
+                        free -= 1
+                    continue
+                self._claimed_at = loop_time
                 if free < self._claim_min and self._tasks:
                     # Few slots free while attempts run: let more finish, so one claim
                     # fetches many (a claim per freed slot cost more than the attempt).
                     await asyncio.sleep(CLAIM_GATHER_SECONDS)
-                    free = self._concurrency - len(self._tasks)
+                    free = self._free()
                 claimed = await self._claim(free)
                 throttled = False
                 if len(claimed) < free:
                     limited, throttled = await self._claim_limited(free - len(claimed))
                     claimed += limited
                 for row in claimed:
-                    task = asyncio.create_task(self._attempt_guarded(row))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._finished)
-                if len(claimed) < free:
+                    self._start(row)
+                if len(claimed) < free and not self._offered:
                     # A rate-limited webhook with more due: look again when its window moves.
                     wait = RATE_RECHECK if throttled else self._poll
                     with contextlib.suppress(TimeoutError):
@@ -151,6 +166,30 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
+
+    def _free(self) -> int:
+        """Slots for new attempts. A slot is an HTTP request in flight: an attempt
+        frees it once its response is in, while its outcome is being recorded (the
+        group commit's latency would otherwise cap throughput at concurrency/latency).
+        Attempts still recording are bounded too, at 4x concurrency."""
+        return min(self._concurrency - self._posting, 4 * self._concurrency - len(self._tasks))
+
+    def room(self) -> int:
+        """How many fresh deliveries intake may claim for this engine now: free slots
+        plus a slot's worth of queue, so none waits long on its lease."""
+        return max(0, self._free() + self._concurrency - len(self._offered))
+
+    def offer(self, rows: list[asyncpg.Record]) -> None:
+        """Deliveries already claimed in this engine's name, to attempt next."""
+        self._offered.extend(rows)
+        self._wake.set()
+        self._freed.set()
+
+    def _start(self, row: asyncpg.Record) -> None:
+        self._posting += 1
+        task = asyncio.create_task(self._attempt_guarded(row))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -204,18 +243,32 @@ class Engine:
         return claimed, throttled
 
     async def _attempt_guarded(self, row: asyncpg.Record) -> None:
+        posting = [True]
+
+        def posted() -> None:  # the HTTP part is over: its slot is free (once)
+            if posting[0]:
+                posting[0] = False
+                self._posting -= 1
+                self._freed.set()
+
         try:
-            await self.attempt(row)
+            await self.attempt(row, posted)
         except Exception:  # the claim's lease runs out and the delivery comes due again
             log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
+        finally:
+            posted()
 
-    async def attempt(self, row: asyncpg.Record) -> None:
-        """One signed POST for one claimed delivery, and its consequences."""
+    async def attempt(self, row: asyncpg.Record, posted: Callable[[], None] = lambda: None) -> None:
+        """One signed POST for one claimed delivery, and its consequences; ``posted``
+        is called once the response (or failure) is in."""
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
         headers = self._headers(row, hook)
         started = datetime.now(UTC)
-        result = await self._client.post(hook["url"], bytes(row["body"]), headers)
+        try:
+            result = await self._client.post(hook["url"], bytes(row["body"]), headers)
+        finally:
+            posted()
         policy = RetryPolicy(
             hook["max_retries"],
             hook["initial_delay_ms"] / 1000,

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -28,6 +29,17 @@ from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.intake")
 NAMESPACE = uuid.UUID("5d1b8a4e-6b0c-4c3e-9a57-0b1f4f5c2a10")
+
+
+class LocalEngine(Protocol):
+    """What intake needs of the engine in its own process."""
+
+    worker: str
+    lease: float
+
+    def room(self) -> int: ...
+
+    def offer(self, rows: list[asyncpg.Record]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +100,11 @@ class Intake:
         on_new: Callable[[], None],
         max_records: int = 500,
         dlq_topic: str = DLQ_TOPIC,
+        local: LocalEngine | None = None,
     ) -> None:
+        """``local``: the engine in this process, handed fresh deliveries it has room
+        for already claimed (no claim round trip for them)."""
+        self._local = local
         self._pool = pool
         self._make_consumer = make_consumer
         self._producer = producer
@@ -120,6 +136,8 @@ class Intake:
                 await self._dead_letter(record, str(exc))
         if not jobs:
             return 0
+        local = self._local
+        room = local.room() if local is not None else 0
         rows = await self._pool.fetch(
             Q.insert_deliveries,
             [j.id for j in jobs],
@@ -129,8 +147,14 @@ class Intake:
             [j.event_type for j in jobs],
             [j.body for j in jobs],
             [j.context for j in jobs],
+            local.worker if local is not None else None,
+            local.lease if local is not None else 0.0,
+            room,
         )
-        if rows:
+        claimed = [r for r in rows if r["claimed"]]
+        if claimed and local is not None:
+            local.offer(claimed)
+        if len(claimed) < len(rows):
             self._on_new()
         log.info("deliveries.queued", jobs=len(jobs), new=len(rows))
         return len(rows)

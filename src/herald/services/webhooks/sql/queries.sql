@@ -42,16 +42,35 @@ RETURNING previous_secret_expires_at
 
 -- name: insert_deliveries
 -- New deliveries from consumed jobs; a job seen before (same webhook, job id) is
--- skipped. Jobs for webhooks that no longer exist are dropped by the join.
-INSERT INTO webhooks.deliveries
-    (id, webhook_id, tenant, job_id, event_id, event_type, body, context, next_attempt_at)
-SELECT t.id, t.webhook_id, w.tenant, t.job_id, t.event_id, t.event_type, t.body, t.context,
-       now()
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-            $7::jsonb[]) AS t(id, webhook_id, job_id, event_id, event_type, body, context)
-JOIN webhooks.webhooks AS w ON w.id = t.webhook_id
-ON CONFLICT (webhook_id, job_id) DO NOTHING
-RETURNING id
+-- skipped. Jobs for webhooks that no longer exist are dropped by the join. With a
+-- worker ($8), up to $10 of them (of active webhooks without rate limits) are inserted
+-- already claimed by it for $9 seconds and come back ready to attempt, like claim_due's
+-- rows: a fresh delivery then costs no claim. The rest are due now for any worker.
+WITH t AS (
+    SELECT t.*, w.tenant,
+           w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
+               AND row_number() OVER () <= $10 AS claim
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+                $7::jsonb[]) AS t(id, webhook_id, job_id, event_id, event_type, body, context)
+    JOIN webhooks.webhooks AS w ON w.id = t.webhook_id
+), ins AS (
+    INSERT INTO webhooks.deliveries
+        (id, webhook_id, tenant, job_id, event_id, event_type, body, context,
+         next_attempt_at, claimed_by)
+    SELECT id, webhook_id, tenant, job_id, event_id, event_type, body, context,
+           CASE WHEN claim THEN now() + make_interval(secs => $9) ELSE now() END,
+           CASE WHEN claim THEN $8 END
+    FROM t
+    ON CONFLICT (webhook_id, job_id) DO NOTHING
+    RETURNING *
+)
+SELECT ins.id, ins.webhook_id, ins.tenant, ins.job_id, ins.event_id, ins.event_type, ins.body,
+       ins.context::text AS context, ins.attempts, ins.retry_reason, ins.retry_after,
+       ins.claimed_by IS NOT NULL AS claimed,
+       w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
+       w.headers::text AS headers, w.secret, w.previous_secret,
+       w.previous_secret_expires_at > now() AS previous_valid
+FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 
 -- name: claim_due
 -- Due deliveries of active webhooks; claiming moves next_attempt_at a lease ahead
