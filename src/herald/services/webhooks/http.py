@@ -255,35 +255,36 @@ class DeliveryClient:
         deadline = asyncio.get_running_loop().time() + self._timeout
         merged = {k: v for k, v in headers.items() if k.lower() not in _NEVER_FROM_CALLER}
         merged |= {"User-Agent": self._user_agent, "Content-Type": "application/json"}
+        response: aiohttp.ClientResponse | None = None
+        elapsed = 0.0
+        prefix = bytearray()
         try:
             target = _target(url)
             assert target.host is not None
             self.guard.check_literal(target.host)
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(deadline):  # one deadline for all of it
                 response = await self._client().post(
                     target, data=body, headers=merged, allow_redirects=False
                 )
-        except (TimeoutError, SSRFRefused, ValueError, aiohttp.ClientError, OSError) as exc:
-            error, detail = _classify(exc, self._timeout)
-            return AttemptResult(None, "", None, time.monotonic() - started, error, detail)
-        elapsed = time.monotonic() - started
-        prefix = bytearray()
-        try:
-            # The status is the answer; the body is only for the delivery log, so a
-            # slow or broken body keeps what arrived rather than failing the attempt.
-            async with asyncio.timeout_at(deadline):
+                elapsed = time.monotonic() - started
                 while len(prefix) < _BODY_BYTES:
                     chunk = await response.content.readany()
                     if not chunk:
                         break
                     prefix += chunk
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass
+        except (TimeoutError, SSRFRefused, ValueError, aiohttp.ClientError, OSError) as exc:
+            if response is None:
+                error, detail = _classify(exc, self._timeout)
+                return AttemptResult(None, "", None, time.monotonic() - started, error, detail)
+            # The status is the answer; the body is only for the delivery log, so a
+            # slow or broken body keeps what arrived rather than failing the attempt.
         finally:
-            if response.content.at_eof():
-                response.release()  # the connection goes back to the pool
-            else:
-                response.close()  # the rest is not read: the connection is dropped
+            if response is not None:
+                if response.content.at_eof():
+                    response.release()  # the connection goes back to the pool
+                else:
+                    response.close()  # the rest is not read: the connection is dropped
+        assert response is not None
         text = prefix[:_BODY_BYTES].decode("utf-8", errors="replace")[:_BODY_CHARS]
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return AttemptResult(response.status, text, retry_after, elapsed, None, "")
