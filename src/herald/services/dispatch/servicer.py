@@ -85,6 +85,10 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
         total = (
             rows[0]["total"]
             if rows
+            # An empty first page means none (a count now could see rows the page did
+            # not: total_size would disagree with the page); past the end, count.
+            else 0
+            if page.offset == 0
             else int(await self._pool.fetchval(Q.count_dead_letters, *query))
         )
         return dispatch_pb2.ListDeadLettersResponse(

@@ -94,7 +94,13 @@ class RouteStore:
 
     async def page(self, offset: int, size: int) -> tuple[list[dispatch_pb2.Route], int]:
         rows = await self._pool.fetch(Q.list_routes, offset, size)
-        total = rows[0]["total"] if rows else int(await self._pool.fetchval(Q.count_routes))
+        total = (
+            rows[0]["total"]
+            if rows
+            else 0
+            if offset == 0  # an empty first page means none; past the end, count
+            else int(await self._pool.fetchval(Q.count_routes))
+        )
         return [route_of(r) for r in rows], int(total)
 
     async def update(

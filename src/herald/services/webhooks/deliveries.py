@@ -105,6 +105,10 @@ class Deliveries:
         total = (
             int(rows[0]["total"])
             if rows
+            # An empty first page means none (a count now could see rows the page did
+            # not: total_size would disagree with the page); past the end, count.
+            else 0
+            if offset == 0
             else int(await self._pool.fetchval(Q.count_deliveries, hook.id_uuid, tenant, status))
         )
         return rows, total

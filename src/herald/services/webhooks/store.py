@@ -117,6 +117,8 @@ class WebhookStore:
         total = (
             int(rows[0]["total"])
             if rows
+            else 0
+            if offset == 0  # an empty first page means none; past the end, count
             else int(await self._pool.fetchval(Q.count_webhooks, tenant))
         )
         return [_stored(r) for r in rows], total
