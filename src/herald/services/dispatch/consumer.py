@@ -21,7 +21,7 @@ from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.kafka import start_when_reachable
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons, stored
 from herald.services.dispatch.dispatcher import Dispatcher, Outcome
 from herald.services.dispatch.fanout import Consumed
 from herald.services.dispatch.retry import Schedule
@@ -106,40 +106,30 @@ class EventConsumer:
 
     async def _settle(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
         if outcome.dead:
-            reason = "; ".join(f"{t}: {why}" for t, why in outcome.dead.items())
             await self._durably(
-                self._dead.bury, record, ids_of(consumed), list(outcome.dead), 1, reason, "target"
+                self._dead.bury,
+                record,
+                ids_of(consumed),
+                list(outcome.dead),
+                1,
+                reasons(outcome.dead),
+                "target",
             )
         if outcome.failed:
             EVENTS_RETRY.labels("dispatch").inc()
             await self._durably(self._park, record, consumed, outcome)
 
     async def _park(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
-        reason = "; ".join(f"{t}: {why}" for t, why in outcome.failed.items())
+        reason = reasons(outcome.failed)
         ids = ids_of(consumed)
-        await self._pool.execute(
-            Q.park,
-            record.ident,
-            record.topic,
-            record.partition,
-            record.offset,
-            record.key,
-            record.value,
-            [n for n, _ in record.headers],
-            [v for _, v in record.headers],
-            ids.event_id,
-            ids.event_source,
-            ids.event_type,
-            list(outcome.failed),
-            reason,
-            self._schedule.delay_after(1),
-        )
+        delay = self._schedule.delay_after(1)
+        await self._pool.execute(Q.park, *stored(record, ids), list(outcome.failed), reason, delay)
         log.warning(
             "event.parked",
             event_id=ids.event_id,
             targets=list(outcome.failed),
             reason=reason,
-            retry_in=self._schedule.delay_after(1),
+            retry_in=delay,
         )
 
     async def _durably(self, action: Callable[..., object], *args: object) -> None:

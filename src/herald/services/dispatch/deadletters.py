@@ -44,6 +44,29 @@ class EventIds:
     event_type: str = ""
 
 
+def stored(record: Record, ids: EventIds) -> tuple[object, ...]:
+    """The columns a record and its event ids are stored in (retries, dead_letters):
+    id, topic, partition, offset, key, value, header names and values, event ids."""
+    return (
+        record.ident,
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        [n for n, _ in record.headers],
+        [v for _, v in record.headers],
+        ids.event_id,
+        ids.event_source,
+        ids.event_type,
+    )
+
+
+def reasons(by_target: dict[str, str]) -> str:
+    """``target: why; target: why`` for a dead letter's or a retry's reason."""
+    return "; ".join(f"{target}: {why}" for target, why in by_target.items())
+
+
 class DeadLetters:
     """See the module docstring."""
 
@@ -67,28 +90,12 @@ class DeadLetters:
         attempts: int,
         reason: str,
         kind: str,
-        conn: asyncpg.Connection | None = None,
     ) -> None:
-        """Stores the dead letter (unless ``conn`` already did), then the DLQ record and
-        the alert; ``kind`` labels events_dlq_total."""
-        if conn is None:
-            await self._pool.execute(
-                Q.dead_letter,
-                record.ident,
-                record.topic,
-                record.partition,
-                record.offset,
-                record.key,
-                record.value,
-                [n for n, _ in record.headers],
-                [v for _, v in record.headers],
-                ids.event_id,
-                ids.event_source,
-                ids.event_type,
-                list(targets),
-                attempts,
-                reason,
-            )
+        """Stores the dead letter, then the DLQ record and the alert; ``kind`` labels
+        events_dlq_total."""
+        await self._pool.execute(
+            Q.dead_letter, *stored(record, ids), list(targets), attempts, reason
+        )
         await self.announce(record, ids, targets, attempts, reason, kind)
 
     async def announce(

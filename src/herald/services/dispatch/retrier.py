@@ -16,7 +16,7 @@ import structlog
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons
 from herald.services.dispatch.dispatcher import Dispatcher
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.store import Q
@@ -84,7 +84,7 @@ class Retrier:
             return
         [outcome] = await self._dispatcher.dispatch([(consumed, row["targets"])])
         if outcome.dead:
-            reason = "; ".join(f"{t}: {why}" for t, why in outcome.dead.items())
+            reason = reasons(outcome.dead)
             if not outcome.failed:
                 await self._give_up(row, record, ids, list(outcome.dead), tries, reason, "target")
                 return
@@ -93,7 +93,7 @@ class Retrier:
             await self._pool.execute(Q.retry_done, row["id"], self._worker)
             log.info("event.retried", event_id=ids.event_id, tries=tries)
             return
-        reason = "; ".join(f"{t}: {why}" for t, why in outcome.failed.items())
+        reason = reasons(outcome.failed)
         if self._schedule.exhausted(tries):
             await self._give_up(row, record, ids, list(outcome.failed), tries, reason, "exhausted")
             return

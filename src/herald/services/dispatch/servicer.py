@@ -11,8 +11,9 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
+from herald.runtime.timestamps import timestamp
 from herald.services.dispatch.routes import check
-from herald.services.dispatch.store import Q, RouteStore, parse_id, timestamp
+from herald.services.dispatch.store import Q, RouteStore, parse_id
 
 log = structlog.get_logger("herald.dispatch")
 Context = grpc.aio.ServicerContext[Any, Any]

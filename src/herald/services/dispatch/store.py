@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 from herald.dispatch.v1 import dispatch_pb2
 
 from herald.runtime.db import Queries
 from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.timestamps import timestamp
+from herald.services.dispatch.routes import check
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
-
-
-def timestamp(at: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
 
 
 def parse_id(text: str, field: str = "id") -> uuid.UUID:
@@ -107,8 +102,6 @@ class RouteStore:
         self, route_id: str, change: dispatch_pb2.Route, paths: list[str]
     ) -> dispatch_pb2.Route:
         """Applies ``paths`` of ``change``; ``check`` validates the result first."""
-        from herald.services.dispatch.routes import check  # noqa: PLC0415 (a cycle)
-
         ident = parse_id(route_id, "route.id")
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(Q.get_route_for_update, ident)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from herald.webhooks.v1 import webhooks_pb2
 
+from herald.runtime.timestamps import timestamp
 from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
 from herald.services.webhooks.store import StoredWebhook
 
@@ -97,13 +97,6 @@ def delivery_to_proto(row: Any) -> webhooks_pb2.Delivery:
     if row["status"] == "pending" and row["next_attempt_at"] is not None:
         message.next_attempt_time.CopyFrom(timestamp(row["next_attempt_at"]))
     return message
-
-
-def timestamp(value: object) -> Timestamp:
-    """A Timestamp from an aware datetime."""
-    out = Timestamp()
-    out.FromDatetime(value)  # type: ignore[arg-type]
-    return out
 
 
 def _seconds(duration: Duration) -> float:

@@ -96,14 +96,13 @@ class Engine:
         self._producer = producer
         self._events = events
         self._concurrency = concurrency
-        self._lease = lease_seconds
         self._poll = poll_seconds
         self._dlq_topic = dlq_topic
         # A webhook failing without a single 2xx for this long is disabled.
         self._disable_after = timedelta(seconds=disable_after) if disable_after else None
         self._wake = asyncio.Event()
-        self._worker = f"worker-{uuid.uuid4().hex[:12]}"
-        self.worker = self._worker  # intake claims fresh deliveries in this name
+        # Claims are made in this name, for this long (intake's too, for fresh rows).
+        self.worker = f"worker-{uuid.uuid4().hex[:12]}"
         self.lease = lease_seconds
         self._offered: collections.deque[asyncpg.Record] = collections.deque()
         self._claimed_at = 0.0  # loop time of the last claim from the database
@@ -198,7 +197,7 @@ class Engine:
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
-                Q.claim_due, limit, self._lease, self._worker
+                Q.claim_due, limit, self.lease, self.worker
             )
         except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
@@ -232,7 +231,7 @@ class Engine:
                         throttled = True
                         continue
                     rows = await conn.fetch(
-                        Q.claim_limited, hook["webhook_id"], take, self._lease, self._worker
+                        Q.claim_limited, hook["webhook_id"], take, self.lease, self.worker
                     )
                     if rows:
                         await conn.execute(Q.record_sends, hook["webhook_id"], len(rows))
@@ -365,7 +364,7 @@ class Engine:
     async def _write_outcomes(self, outcomes: Sequence[Outcome]) -> list[None]:
         """One statement for a group of outcomes, then the webhooks' last delivery time."""
         columns = [[getattr(o, f) for o in outcomes] for f in Outcome.__slots__]
-        await self._pool.execute(Q.record_outcomes, self._worker, *columns)
+        await self._pool.execute(Q.record_outcomes, self.worker, *columns)
         await self._pool.execute(Q.touch_webhooks, sorted({o.webhook_id for o in outcomes}))
         return [None] * len(outcomes)
 

@@ -12,8 +12,9 @@ from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 from herald.runtime.auth import TENANT
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
+from herald.runtime.timestamps import timestamp
 from herald.services.webhooks import model
-from herald.services.webhooks.convert import delivery_to_proto, spec_of, timestamp, to_proto
+from herald.services.webhooks.convert import delivery_to_proto, spec_of, to_proto
 from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
