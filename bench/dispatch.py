@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import tempfile
 import time
 import uuid
@@ -23,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from bench import infra
-from bench.ingest_proc import ROOT, free_port
+from bench.ingest_proc import free_port, service_env, service_process
 from herald.runtime import kafka
 from herald.runtime.cloudevents_kafka import BinaryEvent, encode
 
@@ -137,40 +135,25 @@ async def _dispatch_case(
     events, jobs = f"herald.bench.dx.{suffix}", f"herald.bench.jobs.{suffix}"
     await _produce_events(where, events, n)
     await kafka.ensure_topics(where.kafka_settings(), [jobs], partitions=6)
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}",
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
-        "DISPATCH_ADDR": f"127.0.0.1:{free_port()}",
-        "DISPATCH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "EVENTS_TOPIC": events,
-        "DISPATCH_GROUP": f"bench-{suffix}",
-        "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
-        "WEBHOOKS_FANOUT": "false",
-        "BUILTIN_ROUTES": "false",
-        "NOTIFICATION_CHANNELS": "",
-        "ROUTES_FILE": str(_routes_file(directory, k, jobs)),
-        "LOG_LEVEL": "WARNING",
-    }
-    with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "herald.services.dispatch",
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            seen, seconds = await _output_span(where, jobs, n * k, 600)
-        finally:
-            process.terminate()
-            await process.wait()
-            if seen < n * k:
-                log.seek(0)
-                print(log.read().decode(errors="replace")[-3000:])
+    env = service_env(
+        {
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
+            "DISPATCH_ADDR": f"127.0.0.1:{free_port()}",
+            "DISPATCH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+            "EVENTS_TOPIC": events,
+            "DISPATCH_GROUP": f"bench-{suffix}",
+            "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+            "WEBHOOKS_FANOUT": "false",
+            "BUILTIN_ROUTES": "false",
+            "NOTIFICATION_CHANNELS": "",
+            "ROUTES_FILE": str(_routes_file(directory, k, jobs)),
+        }
+    )
+    async with service_process("herald.services.dispatch", env):
+        seen, seconds = await _output_span(where, jobs, n * k, 600)
+        if seen < n * k:
+            raise RuntimeError(f"dispatch made {seen} of {n * k} jobs within 600 s")
     return {
         "routes": k,
         "events": n,

@@ -1,4 +1,5 @@
-"""Ingest as a separate process (``python -m herald.services.ingest``), as deployed.
+"""Services as separate processes (``service_process``), ingest in particular, as
+deployed (``python -m herald.services.<name>``).
 
 A process of its own keeps the client's CPU apart from the service's (the box has
 two cores shared by Kafka, PostgreSQL, ingest and the client) and runs ingest with
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -60,38 +61,75 @@ def free_port() -> int:
 def _environment(
     database_url: str, bootstrap: str, topic: str, port: int, extra: Mapping[str, str]
 ) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(ROOT / "src"), str(ROOT / "gen"), env.get("PYTHONPATH", "")]
-    env.update(
-        PYTHONPATH=os.pathsep.join(p for p in paths if p),
-        DATABASE_URL=database_url,
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        EVENTS_TOPIC=topic,
-        INGEST_ADDR=f"127.0.0.1:{port}",
-        INGEST_METRICS_ADDR="127.0.0.1:0",
-        LOG_LEVEL="WARNING",
+    return service_env(
+        {
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "EVENTS_TOPIC": topic,
+            "INGEST_ADDR": f"127.0.0.1:{port}",
+            "INGEST_METRICS_ADDR": "127.0.0.1:0",
+            **extra,
+        }
     )
-    env.update(extra)
-    return env
 
 
-async def _wait_serving(channel: grpc.aio.Channel, process: Process, within: float) -> None:
+async def wait_serving(
+    channel: grpc.aio.Channel, process: Process, within: float, service: str = ""
+) -> None:
+    """Waits until the process's health check reports SERVING (for ``service``)."""
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + within
     while True:
         if process.returncode is not None:
-            raise RuntimeError(f"ingest exited with {process.returncode} while starting")
+            raise RuntimeError(f"the service exited with {process.returncode} while starting")
         try:
-            reply = await health.Check(
-                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1
-            )
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.aio.AioRpcError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"ingest not SERVING within {within} s")
+            raise TimeoutError(f"the service is not SERVING within {within} s")
         await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    module: str, env: Mapping[str, str], python_args: Sequence[str] = ()
+) -> AsyncIterator[Process]:
+    """``python [python_args] -m <module>`` with ``env`` (the caller builds it whole);
+    SIGTERM and wait on exit. Its output goes to a temporary file, shown when the body
+    fails or the process exits badly."""
+    with tempfile.TemporaryFile() as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *python_args,
+            "-m",
+            module,
+            env=dict(env),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        except BaseException:
+            _print_log(module, log)
+            raise
+        finally:
+            code = await _terminate(process)
+        if code not in (0, -signal.SIGTERM):
+            print(f"  {module} exited with {code}")
+            _print_log(module, log)
+
+
+def service_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """This environment with the project on PYTHONPATH, quiet logs, and ``extra``."""
+    env = dict(os.environ)
+    paths = [str(ROOT / "src"), str(ROOT / "gen"), env.get("PYTHONPATH", "")]
+    env.update(PYTHONPATH=os.pathsep.join(p for p in paths if p), LOG_LEVEL="WARNING")
+    env.update(extra)
+    return env
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +143,6 @@ async def ingest_process(
 ) -> AsyncIterator[IngestProcess]:
     """Starts ingest on a free port, waits until SERVING; SIGTERM and wait on exit.
 
-    Its stderr goes to a temporary file, shown when it fails to start or exits badly.
     With ``profile_to`` ingest runs under pyinstrument (when installed; for
     investigation only), which saves a ``.pyisession`` there when ingest exits;
     render it with ``python -m pyinstrument --load FILE``.
@@ -115,33 +152,16 @@ async def ingest_process(
     )
     port = free_port()
     env = _environment(database_url, bootstrap, topic, port, extra_env or {})
-    with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *profiler,
-            "-m",
-            "herald.services.ingest",
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"
+    async with service_process("herald.services.ingest", env, profiler) as process:
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         try:
-            await _wait_serving(channel, process, start_timeout)
+            await wait_serving(channel, process, start_timeout, SERVICE_NAME)
             yield IngestProcess(
                 process, address, channel, ingest_pb2_grpc.IngestServiceStub(channel)
             )
-        except BaseException:
-            _print_log(log)
-            raise
         finally:
             await channel.close()
-            code = await _terminate(process)
-        if code not in (0, -signal.SIGTERM):
-            print(f"  ingest exited with {code}")
-            _print_log(log)
 
 
 async def _terminate(process: Process, within: float = 20) -> int:
@@ -154,9 +174,9 @@ async def _terminate(process: Process, within: float = 20) -> int:
         return await process.wait()
 
 
-def _print_log(log: IO[bytes]) -> None:
+def _print_log(module: str, log: IO[bytes]) -> None:
     log.seek(0)
     text = log.read().decode(errors="replace")
-    print("  ingest log (last 40 lines):")
+    print(f"  {module} log (last 40 lines):")
     for line in text.splitlines()[-40:]:
         print("    " + line)

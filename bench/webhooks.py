@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -23,11 +21,16 @@ from typing import Any
 import aiohttp
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 
 from bench import infra
-from bench.ingest_proc import ROOT, free_port, ingest_process
+from bench.ingest_proc import (
+    free_port,
+    ingest_process,
+    service_env,
+    service_process,
+    wait_serving,
+)
 from bench.sink import SinkProcess, sink_process
 from herald.runtime import kafka
 
@@ -54,22 +57,6 @@ async def _raw_loop(url: str, n: int) -> float:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
         return n / (time.perf_counter() - started)
-
-
-async def _wait_serving(address: str, process: asyncio.subprocess.Process) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            if process.returncode is not None:
-                raise RuntimeError(f"webhooks exited with {process.returncode}")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError("webhooks did not become SERVING")
 
 
 def _job(webhook_id: str) -> bytes:
@@ -162,55 +149,43 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
         # The topic exists before the service subscribes (no wait for a metadata refresh).
         await kafka.ensure_topics(where.kafka_settings(), [topic])
         port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}",
-            "DATABASE_URL": database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
-            "INGEST_ADDR": ingest.address,
-            "WEBHOOKS_ADDR": f"127.0.0.1:{port}",
-            "WEBHOOKS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            "WEBHOOKS_API_KEYS": f"{KEY}=bench",
-            "WEBHOOKS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8",
-            "DELIVERIES_TOPIC": topic,
-            "DELIVERIES_GROUP": f"bench-{suffix}",
-            "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
-            "DELIVERY_CONCURRENCY": str(CONCURRENCY),
-            "LOG_LEVEL": "WARNING",
-        }
-        with tempfile.TemporaryFile() as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "herald.services.webhooks",
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
+        env = service_env(
+            {
+                "DATABASE_URL": database_url,
+                "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
+                "INGEST_ADDR": ingest.address,
+                "WEBHOOKS_ADDR": f"127.0.0.1:{port}",
+                "WEBHOOKS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+                "WEBHOOKS_API_KEYS": f"{KEY}=bench",
+                "WEBHOOKS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+                "WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "DELIVERIES_TOPIC": topic,
+                "DELIVERIES_GROUP": f"bench-{suffix}",
+                "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+                "DELIVERY_CONCURRENCY": str(CONCURRENCY),
+            }
+        )
+        async with (
+            service_process("herald.services.webhooks", env) as process,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            await wait_serving(channel, process, 60)
+            stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+            # Warm-up (consumer group joined, pools filled); not reported.
+            await _scenario(where, stub, receiver, topic, 1, 500, database_url)
+            one = await _scenario(where, stub, receiver, topic, 1, n, database_url)
+            many = await _scenario(where, stub, receiver, topic, 100, n, database_url)
+            # Latency below saturation: the bursts above measure queueing.
+            steady = await _scenario(
+                where,
+                stub,
+                receiver,
+                topic,
+                1,
+                int(STEADY_RATE * 5),
+                database_url,
+                rate=STEADY_RATE,
             )
-            try:
-                await _wait_serving(f"127.0.0.1:{port}", process)
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
-                    # Warm-up (consumer group joined, pools filled); not reported.
-                    await _scenario(where, stub, receiver, topic, 1, 500, database_url)
-                    one = await _scenario(where, stub, receiver, topic, 1, n, database_url)
-                    many = await _scenario(where, stub, receiver, topic, 100, n, database_url)
-                    # Latency below saturation: the bursts above measure queueing.
-                    steady = await _scenario(
-                        where,
-                        stub,
-                        receiver,
-                        topic,
-                        1,
-                        int(STEADY_RATE * 5),
-                        database_url,
-                        rate=STEADY_RATE,
-                    )
-            finally:
-                process.terminate()
-                await process.wait()
     return {
         "raw_rate": raw,
         "one": one,
