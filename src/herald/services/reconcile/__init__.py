@@ -1,0 +1,1 @@
+"""The reconcile service: Ticketland's streams → ledger → Vibeapp's topics."""

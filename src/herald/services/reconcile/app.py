@@ -1,0 +1,116 @@
+"""Wiring: settings → pool, ledger, consumer, relay, sweeper, announcer → the runtime."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import grpc
+import structlog
+from aiokafka import AIOKafkaProducer
+from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
+
+from herald.runtime import db, kafka
+from herald.runtime.publisher import EventPublisher
+from herald.runtime.server import App
+from herald.runtime.settings import KafkaSettings
+from herald.services.reconcile.announcer import Announcer
+from herald.services.reconcile.consumer import InputConsumer
+from herald.services.reconcile.ledger import Ledger
+from herald.services.reconcile.outputs import OutputConfig
+from herald.services.reconcile.reconciler import Reconciler
+from herald.services.reconcile.relay import VibeRelay
+from herald.services.reconcile.servicer import ReconcileServicer
+from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.reconcile.sweeper import Sweeper
+from herald.services.reconcile.vibe import Headers
+
+log = structlog.get_logger("herald.reconcile")
+MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
+SERVICE_NAME = reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"].full_name
+
+
+async def build(
+    settings: ReconcileSettings, herald_kafka: KafkaSettings, vibe_kafka: KafkaSettings
+) -> App:
+    """Connects to PostgreSQL, migrates; returns the App (Kafka clients start as workers)."""
+    pool = await db.create_pool(settings.database_url, settings.database_pool_size)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+    config = OutputConfig(
+        settings.output_topics(),
+        settings.output_formats(),
+        Headers(settings.vibe_schema_version, settings.vibe_application_id),
+    )
+    ingest = grpc.aio.insecure_channel(settings.ingest_addr)
+    relay = VibeRelay(pool, partial(kafka.make_producer, vibe_kafka, linger_ms=5))
+    announcer = Announcer(pool, EventPublisher(ingest, source="urn:herald:reconcile"))
+    producer: list[AIOKafkaProducer] = []  # Herald's own cluster: dead letters
+
+    def wake() -> None:
+        relay.wake()
+        announcer.wake()
+
+    async def start_producer() -> None:
+        producer.append(
+            await kafka.start_when_reachable(
+                partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
+            )
+        )
+
+    consumer = InputConsumer(
+        partial(
+            kafka.make_consumer,
+            herald_kafka,
+            *settings.input_topics(),
+            group_id=settings.reconcile_group,
+        ),
+        lambda: producer[0] if producer else None,
+        settings.input_topics(),
+        Ledger(pool, config),
+        settings.dlq_topic,
+        wake,
+    )
+    reconciler = Reconciler(
+        pool, config, EventPublisher(ingest, source="urn:herald:reconcile"), wake
+    )
+    servicer = ReconcileServicer(pool, reconciler)
+    if settings.create_topics:
+        for where, topics in (
+            (herald_kafka, [*settings.input_topics(), settings.dlq_topic]),
+            (vibe_kafka, list(settings.output_topics().values())),
+        ):
+            try:
+                await kafka.ensure_topics(where, topics)
+            except Exception as exc:
+                log.warning("reconcile.topics_unchecked", error=repr(exc))
+
+    async def kafka_check() -> None:
+        if not producer or relay.producer is None:
+            raise ConnectionError("Kafka producers not connected")
+        await kafka.check(producer[0])
+        await kafka.check(relay.producer)
+
+    def register(server: grpc.aio.Server) -> None:
+        reconcile_pb2_grpc.add_ReconcileServiceServicer_to_server(servicer, server)
+
+    async def close() -> None:
+        if producer:
+            await producer[0].stop()
+        await ingest.close()
+        await pool.close()
+
+    return App(
+        name="reconcile",
+        service_names=[SERVICE_NAME],
+        register=register,
+        health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
+        workers=[
+            start_producer,
+            consumer.run,
+            relay.run,
+            Sweeper(pool, config, settings.park_limit_seconds).run,
+            announcer.run,
+        ],
+        on_stop=[close],
+    )

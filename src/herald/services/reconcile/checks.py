@@ -1,0 +1,168 @@
+"""Refund checks against the ledger (pure: no I/O).
+
+An approved refund is checked once, against the ledger's view of its order and
+tickets; every finding becomes a stored discrepancy and holds the refund back from
+Vibeapp until an operator resolves it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from ticketland.v1 import ticketland_pb2 as tl
+
+Kind = Literal[
+    "unknown_order",
+    "unknown_ticket",
+    "ticket_not_in_order",
+    "double_refund",
+    "used_ticket",
+    "cancelled_ticket",
+    "money_mismatch",
+    "refund_above_price",
+    "order_parked_too_long",
+]
+NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
+
+
+@dataclass(frozen=True, slots=True)
+class TicketState:
+    """A ticket as the ledger has it."""
+
+    id: str
+    order_id: str
+    status: str  # active, used, cancelled, refunded
+    price_nominal: int
+    refund_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One discrepancy; ``aspect`` tells apart two findings of one kind and ticket."""
+
+    kind: Kind
+    description: str
+    ticket_id: str = ""
+    expected: int = 0
+    actual: int = 0
+    aspect: str = ""
+
+    def id_for(self, owner: str) -> uuid.UUID:
+        """Deterministic: the same finding of the same refund (or order) has one id."""
+        return discrepancy_id(owner, self.kind, self.ticket_id, self.aspect)
+
+
+def discrepancy_id(owner: str, kind: str, ticket_id: str = "", aspect: str = "") -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"{owner}/{kind}/{ticket_id}/{aspect}")
+
+
+def _split(m: tl.Money) -> int:
+    return m.customer + m.org + m.agent
+
+
+def check_refund(refund: tl.RefundRequest, tickets: Mapping[str, TicketState]) -> list[Finding]:
+    """What does not add up in ``refund``, whose order is known; ``tickets`` holds the
+    ledger's tickets among those the refund names (absent: unknown)."""
+    out: list[Finding] = []
+    tickets_sum = 0
+    seen: set[str] = set()
+    for t in refund.tickets:
+        tickets_sum += t.money.refund_nominal
+        if t.ticket_id in seen:
+            out.append(
+                Finding(
+                    "double_refund",
+                    f"ticket {t.ticket_id} appears twice in refund {refund.id}",
+                    t.ticket_id,
+                    aspect="repeat",
+                )
+            )
+            continue
+        seen.add(t.ticket_id)
+        known = tickets.get(t.ticket_id)
+        if known is None:
+            out.append(
+                Finding("unknown_ticket", f"ticket {t.ticket_id} is not in the ledger", t.ticket_id)
+            )
+        else:
+            out += _ticket_findings(refund, t, known)
+        if t.HasField("money") and _split(t.money) != t.money.refund_nominal:
+            out.append(
+                Finding(
+                    "money_mismatch",
+                    f"ticket {t.ticket_id}: customer + org + agent = {_split(t.money)}, "
+                    f"refund_nominal = {t.money.refund_nominal}",
+                    t.ticket_id,
+                    t.money.refund_nominal,
+                    _split(t.money),
+                    "split",
+                )
+            )
+        price = known.price_nominal if known is not None else t.price
+        if t.money.refund_nominal > price:
+            out.append(
+                Finding(
+                    "refund_above_price",
+                    f"ticket {t.ticket_id}: refund_nominal {t.money.refund_nominal} above its "
+                    f"price {price}",
+                    t.ticket_id,
+                    price,
+                    t.money.refund_nominal,
+                )
+            )
+    total = refund.money
+    if _split(total) != total.refund_nominal:
+        out.append(
+            Finding(
+                "money_mismatch",
+                f"refund: customer + org + agent = {_split(total)}, "
+                f"refund_nominal = {total.refund_nominal}",
+                "",
+                total.refund_nominal,
+                _split(total),
+                "split",
+            )
+        )
+    if tickets_sum != total.refund_nominal:
+        out.append(
+            Finding(
+                "money_mismatch",
+                f"refund: the tickets' refund_nominal sum to {tickets_sum}, the refund says "
+                f"{total.refund_nominal}",
+                "",
+                total.refund_nominal,
+                tickets_sum,
+                "sum",
+            )
+        )
+    return out
+
+
+def _ticket_findings(
+    refund: tl.RefundRequest, t: tl.RefundTicket, known: TicketState
+) -> list[Finding]:
+    out: list[Finding] = []
+    if known.order_id != refund.order_id:
+        out.append(
+            Finding(
+                "ticket_not_in_order",
+                f"ticket {t.ticket_id} belongs to order {known.order_id}, not {refund.order_id}",
+                t.ticket_id,
+            )
+        )
+    if known.status == "refunded" and known.refund_id != refund.id:
+        out.append(
+            Finding(
+                "double_refund",
+                f"ticket {t.ticket_id} was already refunded by refund {known.refund_id}",
+                t.ticket_id,
+            )
+        )
+    elif known.status == "used":
+        out.append(Finding("used_ticket", f"ticket {t.ticket_id} was used", t.ticket_id))
+    elif known.status == "cancelled":
+        out.append(Finding("cancelled_ticket", f"ticket {t.ticket_id} was cancelled", t.ticket_id))
+    return out

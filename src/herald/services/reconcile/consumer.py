@@ -1,0 +1,141 @@
+"""The consumer: Ticketland's three streams in one consumer group, into the ledger.
+
+Per batch: decode every record by its stream and content type; one that does not
+decode or validate goes to herald.dlq with its reason; the rest are applied to the
+ledger in one transaction; only then are the offsets committed. A crash repeats the
+batch, which the ledger recognises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+
+from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.dlq import dead_letter_headers
+from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka_batches import BatchSender, OutRecord
+from herald.runtime.metrics import EVENTS_DLQ
+from herald.services.reconcile.inputs import BadRecord, Kind, decode
+from herald.services.reconcile.ledger import Ledger, Taken
+
+log = structlog.get_logger("herald.reconcile.consumer")
+Rec: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+class InputConsumer:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        make_consumer: Callable[[], AIOKafkaConsumer],
+        producer: Callable[[], AIOKafkaProducer | None],
+        kinds: Mapping[str, Kind],
+        ledger: Ledger,
+        dlq_topic: str,
+        on_queued: Callable[[], None],
+        max_records: int = 1000,
+    ) -> None:
+        self._make_consumer = make_consumer
+        self._producer = producer
+        self._kinds = kinds
+        self._ledger = ledger
+        self._dlq_topic = dlq_topic
+        self._on_queued = on_queued
+        self._max_records = max_records
+        self._sender = BatchSender()
+
+    async def run(self) -> None:
+        consumer = await start_when_reachable(self._make_consumer, "ticketland-consumer")
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
+                records = [r for part in batch.values() for r in part]
+                if not records:
+                    continue
+                await self.take(records)
+                await _commit(consumer, records)
+        finally:
+            await consumer.stop()
+
+    async def take(self, records: Sequence[Rec]) -> None:
+        """Applies ``records``; returns once their effect (or dead letter) is durable."""
+        taken: list[Taken] = []
+        bad: list[tuple[Rec, str]] = []
+        for r in records:
+            try:
+                decoded = decode(self._kinds[r.topic], r.headers, r.value)
+            except BadRecord as exc:
+                bad.append((r, str(exc)))
+                continue
+            taken.append(Taken(r.topic, r.partition, r.offset, decoded))
+        if bad:
+            await self._dead_letter(bad)
+        if taken:
+            queued = await self._durably(taken)
+            if queued:
+                self._on_queued()
+
+    async def _durably(self, taken: list[Taken]) -> int:
+        delay = 0.5
+        while True:
+            try:
+                return await self._ledger.take(taken)
+            except DATABASE_ERRORS as exc:  # unreachable, a deadlock, …: the whole batch again
+                log.error("ledger.failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _dead_letter(self, bad: list[tuple[Rec, str]]) -> None:
+        """Sends each bad record to the DLQ; retries until Kafka acknowledges them all."""
+        records = [
+            OutRecord(
+                self._dlq_topic,
+                r.key or b"",
+                r.value or b"",
+                dead_letter_headers(
+                    reason,
+                    "reconcile",
+                    list(r.headers),
+                    {"topic": r.topic, "partition": str(r.partition), "offset": str(r.offset)},
+                ),
+            )
+            for r, reason in bad
+        ]
+        delay = 0.5
+        while True:
+            producer = self._producer()
+            if producer is not None:
+                errors = await self._sender.send(producer, records, 10.0)
+                if all(e is None for e in errors):
+                    break
+                log.error("dlq.send_failed", error=repr(next(e for e in errors if e)))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        for r, reason in bad:
+            EVENTS_DLQ.labels("reconcile").inc()
+            log.warning(
+                "record.dead_lettered",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                reason=reason,
+            )
+
+
+async def _commit(consumer: AIOKafkaConsumer, records: Sequence[Rec]) -> None:
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+        # The partitions moved: their new owner repeats these records, which the
+        # ledger recognises.
+        log.warning("reconcile.commit_failed", error=repr(exc))

@@ -1,0 +1,218 @@
+"""Decoding and validating Ticketland's records (pure: no I/O).
+
+A record is Protobuf (``application/x-protobuf``, also assumed when the header is
+missing) or JSON (``application/json``) by its ``content-type`` header. JSON is the
+proto3 JSON mapping of the same message; enum values may be given without their
+prefix (``"DONE"`` for ``STATUS_DONE``); keys the schema does not know are ignored
+(Ticketland may add fields before Herald knows them). Anything that does not decode or validate
+raises :class:`BadRecord` with a reason for the dead-letter record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from ticketland.v1 import ticketland_pb2 as tl
+
+Kind = Literal["event", "order", "refund"]
+Input = tl.Event | tl.Order | tl.RefundRequest
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+CURRENCIES = ("USD", "EUR", "RUB", "GBP", "CNY")
+
+
+class BadRecord(ValueError):
+    """A record that cannot be taken; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    kind: Kind
+    message: Input
+
+    @property
+    def entity_id(self) -> str:
+        return self.message.id
+
+
+MESSAGES: dict[Kind, type[Input]] = {
+    "event": tl.Event,
+    "order": tl.Order,
+    "refund": tl.RefundRequest,
+}
+
+
+def content_type(headers: Sequence[tuple[str, bytes]]) -> str:
+    """The record's content type without parameters (``; charset=…``), lower case."""
+    for name, value in headers:
+        if name.lower() == "content-type":
+            return value.decode("latin-1").split(";")[0].strip().lower()
+    return ""
+
+
+def decode(kind: Kind, headers: Sequence[tuple[str, bytes]], value: bytes | None) -> Decoded:
+    """The validated message of a record from the ``kind`` stream."""
+    if not value:
+        raise BadRecord("empty record value")
+    message = MESSAGES[kind]()
+    ctype = content_type(headers)
+    if ctype in ("", PROTOBUF, "application/protobuf"):
+        try:
+            message.ParseFromString(value)
+        except DecodeError as exc:
+            raise BadRecord(f"not a ticketland.v1.{type(message).__name__}: {exc}") from None
+    elif ctype == JSON or ctype.endswith("+json"):
+        _parse_json(value, message)
+    else:
+        raise BadRecord(f"unsupported content-type {ctype!r}")
+    problems = _unknown_enum_values(message) + VALIDATORS[kind](message)
+    if problems:
+        raise BadRecord("; ".join(problems))
+    return Decoded(kind, message)
+
+
+def _parse_json(value: bytes, message: Message) -> None:
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRecord(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRecord("JSON value is not an object")
+    try:
+        json_format.ParseDict(_known(doc, message.DESCRIPTOR), message)
+    except json_format.ParseError as exc:
+        name = message.DESCRIPTOR.name
+        raise BadRecord(f"JSON does not match ticketland.v1.{name}: {exc}") from None
+
+
+def _known(doc: dict[str, Any], descriptor: Any) -> dict[str, Any]:
+    """The keys the schema knows (recursively), with ``"DONE"`` → ``"STATUS_DONE"`` for
+    enum fields; an unknown enum *value* is left for the parser to refuse."""
+    fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        field = fields.get(key)
+        if field is None:
+            continue  # a field Ticketland added that this schema does not know yet
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            out[key] = _enum_value(field, value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            if isinstance(value, list):
+                out[key] = [
+                    _known(v, field.message_type) if isinstance(v, dict) else v
+                    for v in value
+                ]
+            elif isinstance(value, dict):
+                out[key] = _known(value, field.message_type)
+            else:
+                out[key] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _enum_value(field: FieldDescriptor, value: Any) -> Any:
+    if not isinstance(value, str) or field.enum_type is None:
+        return value
+    names = field.enum_type.values_by_name
+    if value in names:
+        return value
+    prefix = field.enum_type.values[0].name.removesuffix("UNSPECIFIED")
+    candidate = prefix + value.upper()
+    return candidate if candidate in names else value
+
+
+def _unknown_enum_values(message: Message, path: str = "") -> list[str]:
+    """Enum numbers the schema does not define (proto3 lets them through): a value
+    Ticketland added later is a bad record here, not a crash further on."""
+    problems: list[str] = []
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
+            values = value if _is_repeated(field) else [value]
+            for v in values:
+                if v not in field.enum_type.values_by_number:
+                    problems.append(f"{name}: unknown value {v}")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if _is_repeated(field) else [value]
+            for i, item in enumerate(items):
+                at = f"{name}[{i}]." if _is_repeated(field) else f"{name}."
+                problems += _unknown_enum_values(item, at)
+    return problems
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _event_problems(e: tl.Event) -> list[str]:
+    problems = []
+    if not e.id:
+        problems.append("id: required")
+    if not e.name:
+        problems.append("name: required")
+    if not e.organizer.id:
+        problems.append("organizer.id: required")
+    return problems
+
+
+def _order_problems(o: tl.Order) -> list[str]:
+    problems = []
+    if not o.id:
+        problems.append("id: required")
+    if not o.event_id:
+        problems.append("event_id: required")
+    if o.status == tl.Order.STATUS_UNSPECIFIED:
+        problems.append("status: required")
+    seen: set[str] = set()
+    for i, t in enumerate(o.tickets):
+        if not t.id:
+            problems.append(f"tickets[{i}].id: required")
+        elif t.id in seen:
+            problems.append(f"tickets[{i}].id: {t.id!r} appears twice")
+        seen.add(t.id)
+        if t.event_id and t.event_id != o.event_id:
+            problems.append(f"tickets[{i}].event_id: not the order's event {o.event_id!r}")
+        if t.price_nominal < 0:
+            problems.append(f"tickets[{i}].price_nominal: negative")
+        if t.currency and t.currency.upper() not in CURRENCIES:
+            problems.append(f"tickets[{i}].currency: {t.currency!r} is not one of {CURRENCIES}")
+    return problems
+
+
+def _refund_problems(r: tl.RefundRequest) -> list[str]:
+    problems = []
+    if not r.id:
+        problems.append("id: required")
+    if not r.order_id:
+        problems.append("order_id: required")
+    if not r.event_id:
+        problems.append("event_id: required")
+    if r.status == tl.RefundRequest.STATUS_UNSPECIFIED:
+        problems.append("status: required")
+    if r.status == tl.RefundRequest.STATUS_APPROVED and not r.tickets:
+        problems.append("tickets: an approved refund names its tickets")
+    for i, t in enumerate(r.tickets):
+        if not t.ticket_id:
+            problems.append(f"tickets[{i}].ticket_id: required")
+    return problems
+
+
+VALIDATORS: dict[Kind, Any] = {
+    "event": _event_problems,
+    "order": _order_problems,
+    "refund": _refund_problems,
+}
+
+
+def short_status(message: Input) -> str:
+    """The record's status without its prefix (``DONE``, ``APPROVED``, ``ACTIVE``)."""
+    descriptor = message.DESCRIPTOR.fields_by_name["status"].enum_type
+    assert descriptor is not None
+    return descriptor.values_by_number[message.status].name.removeprefix("STATUS_")

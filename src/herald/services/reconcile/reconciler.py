@@ -1,0 +1,244 @@
+"""Operator actions on the ledger: resolving a discrepancy (which may release a held
+refund) and running a reconciliation (with repair)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from herald.reconcile.v1 import reconcile_pb2 as pb
+from ticketland.v1 import ticketland_pb2 as tl
+
+from herald.runtime.db import Connection
+from herald.runtime.errors import FailedPrecondition, NotFound
+from herald.runtime.publisher import EventPublisher
+from herald.services.reconcile.ledger import Transaction
+from herald.services.reconcile.outputs import OutputConfig, Queue
+from herald.services.reconcile.reconciliation import Repair, compare
+from herald.services.reconcile.store import Q
+
+log = structlog.get_logger("herald.reconcile.reconciler")
+RECONCILED_TYPE = "integration.cash.reconciled"
+
+
+class Reconciler:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: OutputConfig,
+        publisher: EventPublisher,
+        on_queued: Callable[[], None],
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._publisher = publisher
+        self._on_queued = on_queued
+
+    # -------------------------------------------------------------- resolving
+
+    async def resolve(
+        self, discrepancy_id: uuid.UUID, resolution: str, note: str
+    ) -> tuple[asyncpg.Record, bool]:
+        """Resolves an open discrepancy; (its row, whether its refund went to Vibeapp)."""
+        first = await self._pool.fetchrow(Q.get_discrepancy, discrepancy_id)
+        if first is None:
+            raise NotFound(f"discrepancy {discrepancy_id} does not exist")
+        async with self._pool.acquire() as conn, conn.transaction():
+            if first["event_id"]:
+                await conn.fetchval(Q.lock_keys, [first["event_id"]])
+            row = await conn.fetchrow(Q.get_discrepancy_for_update, discrepancy_id)
+            assert row is not None  # never deleted
+            if row["status"] != "open":
+                raise FailedPrecondition(f"discrepancy {discrepancy_id} is already {row['status']}")
+            row = await conn.fetchrow(Q.resolve_discrepancy, discrepancy_id, resolution, note)
+            assert row is not None
+            tx = Transaction(conn, Queue(self._config))
+            released = False
+            if row["refund_id"]:
+                released = await self._settle_refund(tx, row["refund_id"])
+            queued = await tx.queue.flush(conn)
+        if queued:
+            self._on_queued()
+        return row, released
+
+    async def _settle_refund(self, tx: Transaction, refund_id: str) -> bool:
+        """Once no discrepancy of a held refund is open: blocked if one was rejected,
+        else released (its tickets refunded; sent once its order has gone)."""
+        states = {
+            r["status"]: r["n"] for r in await tx.conn.fetch(Q.refund_discrepancy_states, refund_id)
+        }
+        refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
+        if states.get("open") or refund is None or refund["state"] != "held":
+            return False
+        if states.get("rejected"):
+            await tx.conn.execute(Q.set_refund_state, refund_id, "blocked")
+            log.info("refund.blocked", refund_id=refund_id)
+            return False
+        r = tl.RefundRequest.FromString(refund["doc"])
+        await tx.conn.execute(Q.refund_tickets, r.id, [t.ticket_id for t in r.tickets])
+        order = await tx.conn.fetchrow(Q.get_order, r.order_id)
+        if order is None:
+            await tx.conn.execute(Q.set_refund_state, refund_id, "ready")
+            return False
+        await tx.send_or_ready(r, order)
+        log.info("refund.released", refund_id=refund_id, order_delivery=order["delivery"])
+        return bool(order["delivery"] == "sent")
+
+    # ---------------------------------------------------------- reconciliation
+
+    async def run(self, request: pb.RunReconciliationRequest) -> pb.ReconciliationReport:
+        """Compares, repairs if asked, stores the report and announces its totals."""
+        event_id: str | None = None
+        start: datetime | None = None
+        end: datetime | None = None
+        if request.WhichOneof("scope") == "event_id":
+            event_id = request.event_id
+        else:
+            start = request.range.start_time.ToDatetime(tzinfo=UTC)
+            end = request.range.end_time.ToDatetime(tzinfo=UTC)
+        async with self._pool.acquire() as conn:
+            orders = await conn.fetch(Q.report_orders, event_id, start, end)
+            refunds = await conn.fetch(Q.report_refunds, event_id, start, end)
+            order_ids = [o["id"] for o in orders]
+            tickets = await conn.fetch(Q.report_refunded_tickets, order_ids)
+            entity_ids = None
+            if event_id is not None:
+                entity_ids = [event_id, *order_ids, *(r["id"] for r in refunds)]
+            inputs = {
+                r["kind"]: r for r in await conn.fetch(Q.report_inputs, entity_ids, start, end)
+            }
+            open_count = await conn.fetchval(Q.open_discrepancies_in_scope, event_id, start, end)
+        outcome = compare(*([dict(r) for r in rows] for rows in (orders, refunds, tickets)))
+        missing = sum(r["missing"] for r in inputs.values())
+        if missing:
+            outcome.find(
+                "input_not_in_ledger", "", f"{missing} input records name entities the ledger lacks"
+            )
+        repaired = 0
+        if request.repair and outcome.repairs:
+            done = await self._repair(outcome.repairs)
+            for finding in outcome.findings:
+                if finding.entity_id in done:
+                    finding.repaired = True
+                    repaired += 1
+        now = Timestamp()
+        now.FromDatetime(datetime.now(UTC))
+        report = pb.ReconciliationReport(
+            id=str(uuid.uuid4()),
+            create_time=now,
+            request=request,
+            totals=outcome.totals,
+            events=sorted(outcome.events.values(), key=lambda e: e.event_id),
+            organizers=sorted(outcome.organizers.values(), key=lambda o: o.organizer_id),
+            inputs=pb.InputTotals(
+                order_records=_get(inputs, "order", "records"),
+                refund_records=_get(inputs, "refund", "records"),
+                event_records=_get(inputs, "event", "records"),
+                distinct_orders=_get(inputs, "order", "entities"),
+                distinct_refunds=_get(inputs, "refund", "entities"),
+                approved_refunds=_get(inputs, "refund", "approved"),
+            ),
+            findings=outcome.findings,
+            repaired=repaired,
+            balanced=not outcome.findings,
+            open_discrepancies=open_count,
+        )
+        await self._pool.execute(Q.insert_report, uuid.UUID(report.id), report.SerializeToString())
+        log.info(
+            "reconciliation.done",
+            report_id=report.id,
+            findings=len(report.findings),
+            repaired=repaired,
+            balanced=report.balanced,
+        )
+        await self._announce(report)
+        return report
+
+    async def _announce(self, report: pb.ReconciliationReport) -> None:
+        t = report.totals
+        scope = report.request.event_id or "range"
+        published = await self._publisher.publish(
+            RECONCILED_TYPE,
+            report.id,
+            scope,
+            {
+                "report_id": report.id,
+                "event_id": report.request.event_id,
+                "balanced": report.balanced,
+                "findings": len(report.findings),
+                "repaired": report.repaired,
+                "orders": t.orders,
+                "tickets_sold": t.tickets_sold,
+                "sold_amount": t.sold_amount,
+                "tickets_refunded": t.tickets_refunded,
+                "refunded_amount": t.refunded_amount,
+                "orders_sent": t.orders_sent,
+                "tickets_refunded_sent": t.tickets_refunded_sent,
+            },
+        )
+        if not published:
+            log.error("reconciliation.not_announced", report_id=report.id)
+
+    async def _repair(self, repairs: list[Repair]) -> set[str]:
+        """Queues each missing output again (an order with its event first)."""
+        done: set[str] = set()
+        for item in repairs:
+            async with self._pool.acquire() as conn, conn.transaction():
+                tx = Transaction(conn, Queue(self._config))
+                repair = _repair_order if item.kind == "order" else _repair_refund
+                if await repair(tx, item.entity_id):
+                    done.add(item.entity_id)
+                await tx.queue.flush(conn)
+        if done:
+            self._on_queued()
+        return done
+
+
+def _get(inputs: dict[str, asyncpg.Record], kind: str, column: str) -> int:
+    row = inputs.get(kind)
+    return int(row[column]) if row is not None else 0
+
+
+async def _lock_order(conn: Connection, order_id: str) -> asyncpg.Record | None:
+    row = await conn.fetchrow(Q.get_order, order_id)
+    if row is None:
+        return None
+    await conn.fetchval(Q.lock_keys, [row["event_id"]])
+    return await conn.fetchrow(Q.get_order, order_id)
+
+
+async def _repair_order(tx: Transaction, order_id: str) -> bool:
+    order = await _lock_order(tx.conn, order_id)
+    if order is None:
+        return False
+    event_doc = await tx.conn.fetchval(Q.event_doc, order["event_id"])
+    if event_doc is None:
+        return False  # still waiting for its event
+    if not await tx.conn.fetchval(Q.outputs_of, "event", order["event_id"]):
+        tx.queue.event(tl.Event.FromString(event_doc))
+    tx.queue.order(tl.Order.FromString(order["doc"]))
+    if order["delivery"] != "sent":
+        await tx.conn.execute(Q.set_order_delivery, order_id, "sent")
+    await tx.release_refunds([order_id])
+    log.warning("repair.order_queued", order_id=order_id)
+    return True
+
+
+async def _repair_refund(tx: Transaction, refund_id: str) -> bool:
+    refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
+    if refund is None:
+        return False
+    order = await _lock_order(tx.conn, refund["order_id"])
+    if order is None or order["delivery"] != "sent":
+        return False
+    r = tl.RefundRequest.FromString(refund["doc"])
+    tx.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+    await tx.conn.execute(Q.set_refund_state, refund_id, "sent")
+    log.warning("repair.refund_queued", refund_id=refund_id)
+    return True

@@ -1,0 +1,136 @@
+"""Comparing the ledger with what Vibeapp was sent and with the inputs (pure: the rows
+come from sql/queries.sql's report_* queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from herald.reconcile.v1 import reconcile_pb2 as pb
+
+SOLD = frozenset({"EXECUTED", "DONE"})
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """Something to queue again: ``kind`` order or refund, and its id."""
+
+    kind: str
+    entity_id: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The report's contents, and what ``repair`` would queue again."""
+
+    totals: pb.Totals = field(default_factory=pb.Totals)
+    events: dict[str, pb.EventTotals] = field(default_factory=dict)
+    organizers: dict[str, pb.OrganizerTotals] = field(default_factory=dict)
+    findings: list[pb.Finding] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)
+
+    def find(self, kind: str, entity_id: str, description: str, repair: str = "") -> None:
+        self.findings.append(pb.Finding(kind=kind, entity_id=entity_id, description=description))
+        if repair:
+            self.repairs.append(Repair(repair, entity_id))
+
+    def _add(self, event_id: str, organizer_id: str, **amounts: int) -> None:
+        ev = self.events.setdefault(
+            event_id, pb.EventTotals(event_id=event_id, organizer_id=organizer_id)
+        )
+        org = self.organizers.setdefault(
+            organizer_id, pb.OrganizerTotals(organizer_id=organizer_id)
+        )
+        for totals in (self.totals, ev.totals, org.totals):
+            for name, value in amounts.items():
+                setattr(totals, name, getattr(totals, name) + value)
+
+
+def compare(orders: Sequence[Row], refunds: Sequence[Row], tickets: Sequence[Row]) -> Outcome:
+    """Totals per event and organizer, and every finding (see ``Finding.kind``)."""
+    out = Outcome()
+    for o in orders:
+        _order(out, o)
+    for r in refunds:
+        _refund(out, r)
+    for ticket in tickets:
+        _ticket(out, ticket)
+    for ev in out.events.values():
+        t = ev.totals
+        if t.orders_sent and t.tickets_sent != t.tickets_sold:
+            out.find(
+                "counts_differ",
+                ev.event_id,
+                f"event {ev.event_id}: {t.tickets_sold} tickets sold in the ledger, "
+                f"{t.tickets_sent} sent to Vibeapp",
+            )
+        if t.tickets_refunded != t.tickets_refunded_sent:
+            out.find(
+                "counts_differ",
+                ev.event_id,
+                f"event {ev.event_id}: {t.tickets_refunded} tickets refunded in the ledger, "
+                f"{t.tickets_refunded_sent} sent to Vibeapp as refunded",
+            )
+    return out
+
+
+def _order(out: Outcome, o: Row) -> None:
+    if o["status"] not in SOLD:
+        return
+    sent = o["sent_at"] is not None
+    out._add(
+        o["event_id"],
+        o["organizer_id"],
+        orders=1,
+        tickets_sold=o["tickets"],
+        sold_amount=o["amount"],
+        tickets_refunded=o["refunded"],
+        orders_sent=int(sent),
+        tickets_sent=o["tickets_sent"] if sent else 0,
+    )
+    if not o["event_known"]:
+        out.find(
+            "order_waiting_for_event",
+            o["id"],
+            f"order {o['id']} is parked: event {o['event_id']} has not arrived",
+        )
+    elif not o["queued"]:
+        out.find("order_not_sent", o["id"], f"order {o['id']} was never queued", "order")
+    elif not sent:
+        out.find("output_pending", o["id"], f"order {o['id']} is queued, not sent yet")
+    elif o["event_sent_at"] is None or o["event_sent_at"] > o["sent_at"]:
+        out.find(
+            "order_before_event",
+            o["id"],
+            f"order {o['id']} was sent before its event {o['event_id']}",
+        )
+
+
+def _refund(out: Outcome, r: Row) -> None:
+    if r["state"] == "sent":
+        out._add(r["event_id"], r["organizer_id"], refunded_amount=r["customer"])
+    should_go = r["state"] == "sent" or (r["state"] == "ready" and r["order_delivery"] == "sent")
+    if should_go and not r["queued"]:
+        out.find("refund_not_sent", r["id"], f"refund {r['id']} was never queued", "refund")
+    elif r["queued"] and r["sent_at"] is None:
+        out.find("output_pending", r["id"], f"refund {r['id']} is queued, not sent yet")
+
+
+def _ticket(out: Outcome, t: Row) -> None:
+    records = t["records"]
+    if records:
+        out._add(t["event_id"], t["organizer_id"], tickets_refunded_sent=1)
+    if not t["refunded"]:
+        out.find(
+            "ticket_refund_not_in_ledger",
+            t["id"],
+            f"ticket {t['id']} was sent to Vibeapp as refunded; the ledger has it otherwise",
+        )
+    elif records > 1:
+        out.find(
+            "ticket_refund_sent_twice",
+            t["id"],
+            f"ticket {t['id']} was sent as refunded in {records} records ({t['refunds']} refunds)",
+        )

@@ -1,0 +1,110 @@
+"""The relay: queued outputs (reconcile.outbox) to Vibeapp's Kafka cluster.
+
+One relay sends at a time (a transaction-scoped advisory lock; other replicas' relays
+wait their turn), so the order rules hold across replicas: in each round the pending
+events go first and are acknowledged, then the orders, then the refunds. An order is
+queued only after its event, so Vibeapp never sees an order before its event, nor a
+refund before its order. A round that fails stops before the next kind and leaves its
+rows for the next round; a crash between sending and marking repeats a record (the
+same key and content), which is the at-least-once Kafka gives without transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka_batches import BatchSender, OutRecord
+from herald.services.reconcile.store import Q
+
+log = structlog.get_logger("herald.reconcile.relay")
+KINDS = ("event", "order", "refund")
+
+
+class VibeRelay:
+    """See the module docstring; :meth:`run` is a worker of the service."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        make_producer: Callable[[], AIOKafkaProducer],
+        batch_size: int = 1000,
+        ack_timeout: float = 30.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self._pool = pool
+        self._make_producer = make_producer
+        self._batch_size = batch_size
+        self._ack_timeout = ack_timeout
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._sender = BatchSender()
+        self.producer: AIOKafkaProducer | None = None
+
+    def wake(self) -> None:
+        """Something was queued: send it now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        self.producer = await start_when_reachable(self._make_producer, "vibe-producer")
+        delay = 0.5
+        try:
+            while True:
+                try:
+                    sent, complete = await self.round(self.producer)
+                    delay = 0.5
+                except DATABASE_ERRORS as exc:
+                    log.error("relay.database_failed", error=repr(exc), retry_in=delay)
+                    sent, complete = 0, False
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                if sent and complete:
+                    continue  # maybe more pending
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        finally:
+            await self.producer.stop()
+
+    async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
+        """Sends one round; (records sent, whether a full round went through, so more
+        may be pending)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(Q.relay_lock):
+                return 0, False
+            rows = await conn.fetch(Q.pending_outputs, self._batch_size)
+            sent: list[int] = []
+            complete = True
+            for kind in KINDS:
+                group = [r for r in rows if r["kind"] == kind]
+                if not group:
+                    continue
+                records = [
+                    OutRecord(
+                        r["topic"],
+                        r["key"],
+                        r["value"],
+                        [(n, v.encode()) for n, v in json.loads(r["headers"])],
+                    )
+                    for r in group
+                ]
+                errors = await self._sender.send(producer, records, self._ack_timeout)
+                sent += [r["id"] for r, e in zip(group, errors, strict=True) if e is None]
+                failed = [e for e in errors if e is not None]
+                if failed:
+                    complete = False
+                    log.warning(
+                        "relay.send_failed", kind=kind, failed=len(failed), error=repr(failed[0])
+                    )
+                    break  # what depends on these waits for the next round
+            if sent:
+                await conn.execute(Q.mark_sent, sent)
+            return len(sent), complete and len(rows) == self._batch_size

@@ -1,0 +1,211 @@
+"""ReconcileService over gRPC: the ledger's tickets and orders, discrepancies, and
+reconciliation reports."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from herald.reconcile.v1 import reconcile_pb2 as pb
+from herald.reconcile.v1 import reconcile_pb2_grpc
+from ticketland.v1 import ticketland_pb2 as tl
+
+from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.pagination import page_of
+from herald.runtime.timestamps import timestamp
+from herald.services.reconcile.reconciler import Reconciler
+from herald.services.reconcile.store import Q
+
+log = structlog.get_logger("herald.reconcile")
+Context = grpc.aio.ServicerContext[Any, Any]
+TICKET_STATUSES = {
+    "active": pb.TICKET_STATUS_ACTIVE,
+    "used": pb.TICKET_STATUS_USED,
+    "cancelled": pb.TICKET_STATUS_CANCELLED,
+    "refunded": pb.TICKET_STATUS_REFUNDED,
+}
+DELIVERIES = {
+    "parked": pb.ORDER_DELIVERY_PARKED,
+    "sent": pb.ORDER_DELIVERY_SENT,
+    "not_sold": pb.ORDER_DELIVERY_NOT_SOLD,
+}
+KINDS = {
+    pb.DiscrepancyKind.Name(k).removeprefix("DISCREPANCY_KIND_").lower(): k
+    for k in pb.DiscrepancyKind.values()
+    if k
+}
+STATUSES = {
+    pb.DiscrepancyStatus.Name(s).removeprefix("DISCREPANCY_STATUS_").lower(): s
+    for s in pb.DiscrepancyStatus.values()
+    if s
+}
+
+
+def ticket_of(row: asyncpg.Record) -> pb.Ticket:
+    return pb.Ticket(
+        id=row["id"],
+        order_id=row["order_id"],
+        event_id=row["event_id"],
+        barcode=row["barcode"],
+        status=TICKET_STATUSES[row["status"]],
+        price_nominal=row["price_nominal"],
+        currency=row["currency"],
+        refund_id=row["refund_id"] or "",
+        updated_time=timestamp(row["updated_at"]),
+    )
+
+
+def discrepancy_of(row: asyncpg.Record) -> pb.Discrepancy:
+    return pb.Discrepancy(
+        id=str(row["id"]),
+        kind=KINDS[row["kind"]],
+        status=STATUSES[row["status"]],
+        refund_id=row["refund_id"],
+        order_id=row["order_id"],
+        ticket_id=row["ticket_id"],
+        event_id=row["event_id"],
+        expected_amount=row["expected_amount"],
+        actual_amount=row["actual_amount"],
+        description=row["description"],
+        detect_time=timestamp(row["detected_at"]),
+        resolve_time=timestamp(row["resolved_at"]) if row["resolved_at"] else None,
+        resolution_note=row["resolution_note"],
+    )
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument([FieldViolation(field, "required")])
+    return value
+
+
+class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
+    """See the proto's comments."""
+
+    def __init__(self, pool: asyncpg.Pool, reconciler: Reconciler) -> None:
+        self._pool = pool
+        self._reconciler = reconciler
+
+    async def GetTicket(
+        self, request: pb.GetTicketRequest, context: Context
+    ) -> pb.GetTicketResponse:
+        row = await self._pool.fetchrow(Q.get_ticket, _required(request.ticket_id, "ticket_id"))
+        if row is None:
+            raise NotFound(f"ticket {request.ticket_id} is not in the ledger")
+        return pb.GetTicketResponse(ticket=ticket_of(row))
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
+        order_id = _required(request.order_id, "order_id")
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(Q.get_order, order_id)
+            if row is None:
+                raise NotFound(f"order {order_id} is not in the ledger")
+            tickets = await conn.fetch(Q.order_tickets, order_id)
+        doc = tl.Order.FromString(row["doc"])
+        return pb.GetOrderResponse(
+            order=pb.Order(
+                id=row["id"],
+                number=row["number"],
+                status=row["status"],
+                event_id=row["event_id"],
+                organizer_id=row["organizer_id"],
+                customer_email=doc.customer.email,
+                tickets=[ticket_of(t) for t in tickets],
+                delivery=DELIVERIES.get(row["delivery"], pb.ORDER_DELIVERY_UNSPECIFIED),
+                parked_time=timestamp(row["parked_at"]) if row["parked_at"] else None,
+                sent_time=timestamp(row["sent_at"]) if row["sent_at"] else None,
+            )
+        )
+
+    async def ListDiscrepancies(
+        self, request: pb.ListDiscrepanciesRequest, context: Context
+    ) -> pb.ListDiscrepanciesResponse:
+        kind = _name(request.kind, KINDS, "kind")
+        status = _name(request.status, STATUSES, "status")
+        refund_id = request.refund_id or None
+        page = page_of(request.page_size, request.page_token, kind, status, refund_id)
+        rows = await self._pool.fetch(
+            Q.list_discrepancies, kind, status, refund_id, page.offset, page.size
+        )
+        total = rows[0]["total"] if rows else 0
+        return pb.ListDiscrepanciesResponse(
+            discrepancies=[discrepancy_of(r) for r in rows],
+            total_size=total,
+            next_page_token=page.next_token(len(rows), total),
+        )
+
+    async def ResolveDiscrepancy(
+        self, request: pb.ResolveDiscrepancyRequest, context: Context
+    ) -> pb.ResolveDiscrepancyResponse:
+        problems = []
+        try:
+            discrepancy_id = uuid.UUID(request.id)
+        except ValueError:
+            problems.append(FieldViolation("id", "not a UUID"))
+        if request.resolution not in (
+            pb.DISCREPANCY_STATUS_ACCEPTED,
+            pb.DISCREPANCY_STATUS_REJECTED,
+        ):
+            problems.append(
+                FieldViolation(
+                    "resolution", "DISCREPANCY_STATUS_ACCEPTED or DISCREPANCY_STATUS_REJECTED"
+                )
+            )
+        if problems:
+            raise InvalidArgument(problems)
+        resolution = (
+            "accepted" if request.resolution == pb.DISCREPANCY_STATUS_ACCEPTED else "rejected"
+        )
+        row, released = await self._reconciler.resolve(discrepancy_id, resolution, request.note)
+        log.info(
+            "discrepancy.resolved",
+            discrepancy_id=request.id,
+            resolution=resolution,
+            refund_released=released,
+        )
+        return pb.ResolveDiscrepancyResponse(
+            discrepancy=discrepancy_of(row), refund_released=released
+        )
+
+    async def RunReconciliation(
+        self, request: pb.RunReconciliationRequest, context: Context
+    ) -> pb.RunReconciliationResponse:
+        scope = request.WhichOneof("scope")
+        if scope is None:
+            raise InvalidArgument([FieldViolation("scope", "give a range or an event_id")])
+        if scope == "range":
+            r = request.range
+            if not r.HasField("start_time") or not r.HasField("end_time"):
+                raise InvalidArgument(
+                    [FieldViolation("range", "start_time and end_time are required")]
+                )
+            if r.end_time.ToDatetime() <= r.start_time.ToDatetime():
+                raise InvalidArgument([FieldViolation("range.end_time", "not after start_time")])
+        elif not request.event_id:
+            raise InvalidArgument([FieldViolation("event_id", "required")])
+        report = await self._reconciler.run(request)
+        return pb.RunReconciliationResponse(report=report)
+
+    async def GetReconciliationReport(
+        self, request: pb.GetReconciliationReportRequest, context: Context
+    ) -> pb.GetReconciliationReportResponse:
+        try:
+            report_id = uuid.UUID(request.id)
+        except ValueError:
+            raise InvalidArgument([FieldViolation("id", "not a UUID")]) from None
+        blob = await self._pool.fetchval(Q.get_report, report_id)
+        if blob is None:
+            raise NotFound(f"report {request.id} does not exist")
+        return pb.GetReconciliationReportResponse(report=pb.ReconciliationReport.FromString(blob))
+
+
+def _name(value: int, names: dict[str, Any], field: str) -> str | None:
+    if value == 0:
+        return None
+    for name, number in names.items():
+        if number == value:
+            return name
+    raise InvalidArgument([FieldViolation(field, f"unknown value {value}")])

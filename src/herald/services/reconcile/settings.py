@@ -1,0 +1,82 @@
+"""The reconcile service's configuration (environment variables)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from herald.runtime.settings import KafkaSettings, RuntimeSettings, address_setting
+from herald.services.reconcile.inputs import Kind
+
+OutputFormat = Literal["protobuf", "json"]
+
+
+class VibeKafkaSettings(KafkaSettings):
+    """Vibeapp's Kafka cluster, under the ``VIBE_KAFKA_`` prefix (the same fields as
+    ``KAFKA_``). Unless ``VIBE_KAFKA_BOOTSTRAP_SERVERS`` is set, Herald's own cluster
+    (and its ``KAFKA_`` security settings) is used."""
+
+    model_config = SettingsConfigDict(env_prefix="VIBE_KAFKA_", frozen=True, extra="ignore")
+
+    @staticmethod
+    def configured() -> bool:
+        return bool(os.environ.get("VIBE_KAFKA_BOOTSTRAP_SERVERS"))
+
+
+class ReconcileSettings(RuntimeSettings):
+    """Settings of the reconcile service."""
+
+    reconcile_addr: str = Field("127.0.0.1:50054", description="gRPC listen address.")
+    reconcile_metrics_addr: str = Field("127.0.0.1:9454", description="/metrics address.")
+    ticketland_events_topic: str = Field("ticketland.events", description="Input: events.")
+    ticketland_orders_topic: str = Field("ticketland.orders", description="Input: orders.")
+    ticketland_refunds_topic: str = Field("ticketland.refunds", description="Input: refunds.")
+    reconcile_group: str = Field("herald-reconcile", description="The inputs' consumer group.")
+    vibe_events_topic: str = Field("vibe.events", description="Output: events.")
+    vibe_orders_topic: str = Field("vibe.orders", description="Output: orders.")
+    vibe_refunds_topic: str = Field("vibe.refunds", description="Output: refunds.")
+    vibe_events_format: OutputFormat = Field("protobuf", description="protobuf or json.")
+    vibe_orders_format: OutputFormat = Field("protobuf", description="protobuf or json.")
+    vibe_refunds_format: OutputFormat = Field("protobuf", description="protobuf or json.")
+    vibe_schema_version: str = Field("1.0", description="The schema-version header.")
+    vibe_application_id: str = Field("ticketland", description="The application-id header.")
+    dlq_topic: str = Field("herald.dlq", description="Dead-letter topic for bad input records.")
+    ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (conflict/reconciled events).")
+    park_limit_seconds: float = Field(
+        900,
+        gt=0,
+        description="How long an order may wait for its event (or a refund for its order) "
+        "before it becomes a discrepancy.",
+    )
+    create_topics: bool = Field(
+        True, description="Create missing input and output topics at start."
+    )
+
+    @field_validator("reconcile_addr", "reconcile_metrics_addr", "ingest_addr")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return address_setting(value)
+
+    def input_topics(self) -> dict[str, Kind]:
+        return {
+            self.ticketland_events_topic: "event",
+            self.ticketland_orders_topic: "order",
+            self.ticketland_refunds_topic: "refund",
+        }
+
+    def output_topics(self) -> dict[Kind, str]:
+        return {
+            "event": self.vibe_events_topic,
+            "order": self.vibe_orders_topic,
+            "refund": self.vibe_refunds_topic,
+        }
+
+    def output_formats(self) -> dict[Kind, OutputFormat]:
+        return {
+            "event": self.vibe_events_format,
+            "order": self.vibe_orders_format,
+            "refund": self.vibe_refunds_format,
+        }

@@ -1,0 +1,282 @@
+-- name: lock_keys
+-- Serialises everything about one event across replicas; keys sorted, so no deadlock.
+SELECT count(pg_advisory_xact_lock(h))
+FROM (SELECT DISTINCT hashtextextended(k, 7) AS h FROM unnest($1::text[]) AS k ORDER BY 1) s
+
+-- name: take_inputs
+-- The records not taken before (a replay of the same coordinates is skipped).
+INSERT INTO reconcile.inputs (topic, partition, "offset", kind, entity_id, status)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+ON CONFLICT DO NOTHING
+RETURNING topic, partition, "offset"
+
+-- name: upsert_organizer
+INSERT INTO reconcile.organizers (id, name, legals) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, legals = excluded.legals, updated_at = now()
+WHERE (organizers.name, organizers.legals) IS DISTINCT FROM (excluded.name, excluded.legals)
+
+-- name: upsert_event
+-- Returns a row unless the record is older than what the ledger has.
+INSERT INTO reconcile.events (id, organizer_id, name, doc, source_time)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE
+SET organizer_id = excluded.organizer_id, name = excluded.name, doc = excluded.doc,
+    source_time = excluded.source_time, updated_at = now()
+WHERE excluded.source_time >= events.source_time
+RETURNING id
+
+-- name: event_known
+SELECT EXISTS (SELECT 1 FROM reconcile.events WHERE id = $1)
+
+-- name: release_parked_orders
+UPDATE reconcile.orders SET delivery = 'sent', sent_at = now(), parked_at = NULL
+WHERE event_id = $1 AND delivery = 'parked'
+RETURNING id, doc
+
+-- name: upsert_order
+-- Returns the delivery before this record (NULL: new) unless the record is stale.
+WITH before AS (SELECT delivery FROM reconcile.orders WHERE id = $1)
+INSERT INTO reconcile.orders AS o
+    (id, number, status, event_id, organizer_id, doc, source_time, delivery)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 'new')
+ON CONFLICT (id) DO UPDATE
+SET number = excluded.number, status = excluded.status, event_id = excluded.event_id,
+    organizer_id = excluded.organizer_id, doc = excluded.doc,
+    source_time = excluded.source_time, updated_at = now()
+WHERE excluded.source_time >= o.source_time
+RETURNING (SELECT delivery FROM before) AS before
+
+-- name: set_order_delivery
+UPDATE reconcile.orders
+SET delivery = $2,
+    parked_at = CASE WHEN $2 = 'parked' THEN coalesce(parked_at, now()) END,
+    sent_at = CASE WHEN $2 = 'sent' THEN now() END
+WHERE id = $1
+
+-- name: upsert_tickets
+-- A refunded ticket stays refunded whatever the order stream says later.
+INSERT INTO reconcile.tickets (id, order_id, event_id, barcode, price_nominal, currency, status)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                     $6::text[], $7::text[])
+ON CONFLICT (id) DO UPDATE
+SET order_id = excluded.order_id, event_id = excluded.event_id, barcode = excluded.barcode,
+    price_nominal = excluded.price_nominal, currency = excluded.currency,
+    status = CASE WHEN tickets.status = 'refunded' THEN 'refunded' ELSE excluded.status END,
+    updated_at = now()
+WHERE (tickets.order_id, tickets.event_id, tickets.barcode, tickets.price_nominal,
+       tickets.currency, tickets.status)
+      IS DISTINCT FROM (excluded.order_id, excluded.event_id, excluded.barcode,
+                        excluded.price_nominal, excluded.currency, excluded.status)
+
+-- name: get_order
+SELECT * FROM reconcile.orders WHERE id = $1
+
+-- name: order_tickets
+SELECT * FROM reconcile.tickets WHERE order_id = $1 ORDER BY id
+
+-- name: tickets_by_id
+SELECT id, order_id, status, price_nominal, refund_id FROM reconcile.tickets
+WHERE id = ANY($1::text[])
+
+-- name: get_ticket
+SELECT * FROM reconcile.tickets WHERE id = $1
+
+-- name: refund_tickets
+-- Marks the refund's tickets refunded (not those another refund already took).
+UPDATE reconcile.tickets SET status = 'refunded', refund_id = $1, updated_at = now()
+WHERE id = ANY($2::text[]) AND status <> 'refunded'
+
+-- name: upsert_refund
+-- Returns the refund's state (new: 'open') unless the record is stale.
+INSERT INTO reconcile.refunds AS r
+    (id, status, order_id, event_id, organizer_id, doc, source_time,
+     refund_nominal, customer, org, agent, state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'open')
+ON CONFLICT (id) DO UPDATE
+SET status = excluded.status, order_id = excluded.order_id, event_id = excluded.event_id,
+    organizer_id = excluded.organizer_id, doc = excluded.doc,
+    source_time = excluded.source_time, refund_nominal = excluded.refund_nominal,
+    customer = excluded.customer, org = excluded.org, agent = excluded.agent,
+    updated_at = now()
+WHERE excluded.source_time >= r.source_time
+RETURNING state
+
+-- name: refund_history
+INSERT INTO reconcile.refund_history (refund_id, status, source_time)
+VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+
+-- name: set_refund_state
+UPDATE reconcile.refunds
+SET state = $2,
+    waiting_since = CASE WHEN $2 = 'waiting_order' THEN coalesce(waiting_since, now()) END,
+    sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END,
+    updated_at = now()
+WHERE id = $1
+
+-- name: get_refund
+SELECT * FROM reconcile.refunds WHERE id = $1
+
+-- name: waiting_refunds
+SELECT id, doc FROM reconcile.refunds WHERE order_id = $1 AND state = 'waiting_order'
+
+-- name: release_ready_refunds
+UPDATE reconcile.refunds SET state = 'sent', sent_at = now(), updated_at = now()
+WHERE order_id = ANY($1::text[]) AND state = 'ready'
+RETURNING id, order_id, doc
+
+-- name: insert_discrepancies
+INSERT INTO reconcile.discrepancies
+    (id, kind, refund_id, order_id, ticket_id, event_id, expected_amount, actual_amount,
+     description)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::bigint[], $8::bigint[], $9::text[])
+ON CONFLICT (id) DO NOTHING
+
+-- name: enqueue
+INSERT INTO reconcile.outbox
+    (kind, entity_id, content_hash, topic, key, value, headers, ticket_ids, amount)
+SELECT k, e, h, t, key, v, hd, ti, a
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[],
+            $7::jsonb[], $8::jsonb[], $9::bigint[])
+     WITH ORDINALITY AS x(k, e, h, t, key, v, hd, ti, a, n)
+ORDER BY n
+ON CONFLICT (kind, entity_id, content_hash) DO NOTHING
+
+-- name: relay_lock
+SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
+
+-- name: pending_outputs
+SELECT id, kind, topic, key, value, headers FROM reconcile.outbox
+WHERE sent_at IS NULL ORDER BY id LIMIT $1
+
+-- name: mark_sent
+UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
+
+-- name: overdue_orders
+SELECT o.id, o.event_id, o.parked_at FROM reconcile.orders o
+WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
+                  WHERE d.order_id = o.id AND d.kind = 'order_parked_too_long')
+ORDER BY o.parked_at LIMIT 100
+
+-- name: overdue_refunds
+SELECT id, event_id FROM reconcile.refunds
+WHERE state = 'waiting_order' AND waiting_since < now() - make_interval(secs => $1)
+ORDER BY waiting_since LIMIT 100
+
+-- name: unpublished_discrepancies
+SELECT * FROM reconcile.discrepancies WHERE published_at IS NULL ORDER BY detected_at LIMIT 100
+
+-- name: mark_published
+UPDATE reconcile.discrepancies SET published_at = now() WHERE id = $1
+
+-- name: report_orders
+-- Orders in scope ($1 event id, or [$2, $3) first seen), with what Vibeapp was sent.
+SELECT o.id, o.event_id, o.organizer_id, o.status, o.delivery,
+       tk.tickets, tk.amount, tk.refunded,
+       ob.queued, ob.sent_at, ob.tickets_sent,
+       (SELECT EXISTS (SELECT 1 FROM reconcile.events e WHERE e.id = o.event_id)) AS event_known,
+       ev.queued AS event_queued, ev.sent_at AS event_sent_at
+FROM reconcile.orders o
+CROSS JOIN LATERAL (
+    SELECT count(*) AS tickets, coalesce(sum(price_nominal), 0)::bigint AS amount,
+           count(*) FILTER (WHERE status = 'refunded') AS refunded
+    FROM reconcile.tickets t WHERE t.order_id = o.id) tk
+CROSS JOIN LATERAL (
+    SELECT count(*) AS queued, min(sent_at) AS sent_at,
+           coalesce(max(jsonb_array_length(ticket_ids)), 0) AS tickets_sent
+    FROM reconcile.outbox WHERE kind = 'order' AND entity_id = o.id) ob
+CROSS JOIN LATERAL (
+    SELECT count(*) AS queued, min(sent_at) AS sent_at
+    FROM reconcile.outbox WHERE kind = 'event' AND entity_id = o.event_id) ev
+WHERE ($1::text IS NULL OR o.event_id = $1)
+  AND ($2::timestamptz IS NULL OR o.first_seen >= $2)
+  AND ($3::timestamptz IS NULL OR o.first_seen < $3)
+ORDER BY o.id
+
+-- name: report_refunds
+SELECT r.id, r.order_id, r.event_id, r.organizer_id, r.status, r.state, r.customer,
+       o.delivery AS order_delivery, ob.queued, ob.sent_at
+FROM reconcile.refunds r
+LEFT JOIN reconcile.orders o ON o.id = r.order_id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS queued, min(sent_at) AS sent_at
+    FROM reconcile.outbox WHERE kind = 'refund' AND entity_id = r.id) ob
+WHERE ($1::text IS NULL OR r.event_id = $1)
+  AND ($2::timestamptz IS NULL OR r.first_seen >= $2)
+  AND ($3::timestamptz IS NULL OR r.first_seen < $3)
+ORDER BY r.id
+
+-- name: report_refunded_tickets
+-- Tickets of the orders in scope that the ledger has refunded or Vibeapp was sent as
+-- refunded: how many refund records carried each (sent ones only).
+WITH scope AS (SELECT unnest($1::text[]) AS order_id),
+ledger AS (
+    SELECT t.id, t.refund_id FROM reconcile.tickets t JOIN scope USING (order_id)
+    WHERE t.status = 'refunded'),
+sent AS (
+    SELECT tid.value AS id, count(*) AS records, count(DISTINCT ob.entity_id) AS refunds
+    FROM reconcile.outbox ob
+    CROSS JOIN LATERAL jsonb_array_elements_text(ob.ticket_ids) tid
+    JOIN reconcile.tickets t ON t.id = tid.value JOIN scope USING (order_id)
+    WHERE ob.kind = 'refund' AND ob.sent_at IS NOT NULL
+    GROUP BY tid.value)
+SELECT x.id, x.refund_id, x.refunded, x.records, x.refunds, t.event_id, o.organizer_id
+FROM (SELECT coalesce(l.id, s.id) AS id, l.refund_id, l.id IS NOT NULL AS refunded,
+             coalesce(s.records, 0) AS records, coalesce(s.refunds, 0) AS refunds
+      FROM ledger l FULL JOIN sent s ON s.id = l.id) x
+JOIN reconcile.tickets t ON t.id = x.id
+JOIN reconcile.orders o ON o.id = t.order_id
+ORDER BY 1
+
+-- name: report_inputs
+SELECT kind, count(*) AS records, count(DISTINCT entity_id) AS entities,
+       count(DISTINCT entity_id) FILTER (WHERE status = 'APPROVED') AS approved,
+       count(*) FILTER (WHERE NOT CASE kind
+           WHEN 'order' THEN EXISTS (SELECT 1 FROM reconcile.orders o WHERE o.id = i.entity_id)
+           WHEN 'refund' THEN EXISTS (SELECT 1 FROM reconcile.refunds r WHERE r.id = i.entity_id)
+           ELSE EXISTS (SELECT 1 FROM reconcile.events e WHERE e.id = i.entity_id) END)
+           AS missing
+FROM reconcile.inputs i
+WHERE ($1::text[] IS NULL OR i.entity_id = ANY($1))
+  AND ($2::timestamptz IS NULL OR i.received_at >= $2)
+  AND ($3::timestamptz IS NULL OR i.received_at < $3)
+GROUP BY kind
+
+-- name: insert_report
+INSERT INTO reconcile.reports (id, report) VALUES ($1, $2)
+
+-- name: get_report
+SELECT report FROM reconcile.reports WHERE id = $1
+
+-- name: event_doc
+SELECT doc FROM reconcile.events WHERE id = $1
+
+-- name: outputs_of
+SELECT count(*) FROM reconcile.outbox WHERE kind = $1 AND entity_id = $2
+
+-- name: list_discrepancies
+SELECT *, count(*) OVER () AS total FROM reconcile.discrepancies
+WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR refund_id = $3)
+ORDER BY detected_at DESC, id OFFSET $4 LIMIT $5
+
+-- name: get_discrepancy_for_update
+SELECT * FROM reconcile.discrepancies WHERE id = $1 FOR UPDATE
+
+-- name: resolve_discrepancy
+UPDATE reconcile.discrepancies SET status = $2, resolution_note = $3, resolved_at = now()
+WHERE id = $1
+RETURNING *
+
+-- name: refund_discrepancy_states
+SELECT status, count(*) AS n FROM reconcile.discrepancies WHERE refund_id = $1 GROUP BY status
+
+-- name: open_discrepancies_in_scope
+SELECT count(*) FROM reconcile.discrepancies
+WHERE status = 'open' AND ($1::text IS NULL OR event_id = $1)
+  AND ($2::timestamptz IS NULL OR detected_at >= $2)
+  AND ($3::timestamptz IS NULL OR detected_at < $3)
+
+-- name: get_discrepancy
+SELECT * FROM reconcile.discrepancies WHERE id = $1
