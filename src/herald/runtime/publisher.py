@@ -26,8 +26,16 @@ class EventPublisher:
         self._source = source
         self._attempts = attempts
 
-    async def publish(self, event_type: str, key: str, subject: str, data: dict[str, Any]) -> bool:
-        """True once ingest has accepted it; False after the retries (logged)."""
+    async def publish(
+        self,
+        event_type: str,
+        key: str,
+        subject: str,
+        data: dict[str, Any],
+        dataschema: str = "",
+    ) -> bool:
+        """True once ingest has accepted it; False after the retries (logged).
+        ``dataschema`` is required by the catalog for ``integration.*`` types."""
         event = {
             "specversion": "1.0",
             "id": str(uuid.uuid5(NAMESPACE, f"{event_type}/{key}")),
@@ -38,6 +46,8 @@ class EventPublisher:
             "datacontenttype": "application/json",
             "data": data,
         }
+        if dataschema:
+            event["dataschema"] = dataschema
         request = ingest_pb2.PublishRequest(json=json.dumps(event))
         delay = 0.2
         for attempt in range(1, self._attempts + 1):

@@ -16,6 +16,9 @@ from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.announcer")
 CONFLICT_TYPE = "integration.conflict.detected"
+# integration.* events carry a source urn:mastermobile:<system> and a dataschema.
+SOURCE = "urn:mastermobile:integration:herald-reconcile"
+CONFLICT_SCHEMA = "urn:herald:schema:integration.conflict.detected:1.0"
 
 
 def conflict_data(row: asyncpg.Record) -> dict[str, Any]:
@@ -63,9 +66,11 @@ class Announcer:
         rows = await self._pool.fetch(Q.unpublished_discrepancies)
         done = 0
         for row in rows:
-            subject = row["refund_id"] or row["order_id"]
+            subject = (
+                f"refunds/{row['refund_id']}" if row["refund_id"] else f"orders/{row['order_id']}"
+            )
             if not await self._publisher.publish(
-                CONFLICT_TYPE, str(row["id"]), subject, conflict_data(row)
+                CONFLICT_TYPE, str(row["id"]), subject, conflict_data(row), CONFLICT_SCHEMA
             ):
                 return done  # ingest is not taking events: next round
             await self._pool.execute(Q.mark_published, row["id"])

@@ -14,7 +14,7 @@ from herald.runtime import db, kafka
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
-from herald.services.reconcile.announcer import Announcer
+from herald.services.reconcile.announcer import SOURCE, Announcer
 from herald.services.reconcile.consumer import InputConsumer
 from herald.services.reconcile.ledger import Ledger
 from herald.services.reconcile.outputs import OutputConfig
@@ -44,7 +44,7 @@ async def build(
     )
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
     relay = VibeRelay(pool, partial(kafka.make_producer, vibe_kafka, linger_ms=5))
-    announcer = Announcer(pool, EventPublisher(ingest, source="urn:herald:reconcile"))
+    announcer = Announcer(pool, EventPublisher(ingest, source=SOURCE))
     producer: list[AIOKafkaProducer] = []  # Herald's own cluster: dead letters
 
     def wake() -> None:
@@ -71,9 +71,7 @@ async def build(
         settings.dlq_topic,
         wake,
     )
-    reconciler = Reconciler(
-        pool, config, EventPublisher(ingest, source="urn:herald:reconcile"), wake
-    )
+    reconciler = Reconciler(pool, config, EventPublisher(ingest, source=SOURCE), wake)
     servicer = ReconcileServicer(pool, reconciler)
     if settings.create_topics:
         for where, topics in (

@@ -27,6 +27,7 @@ from herald.services.reconcile.ledger import Ledger, Taken
 
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
+KIND_ORDER = {"event": 0, "order": 1, "refund": 2}
 
 
 class InputConsumer:
@@ -75,6 +76,9 @@ class InputConsumer:
                 bad.append((r, str(exc)))
                 continue
             taken.append(Taken(r.topic, r.partition, r.offset, decoded))
+        # Events, then orders, then refunds (a stable sort keeps each entity's order):
+        # within a batch nothing waits for what the same batch brings.
+        taken.sort(key=lambda t: KIND_ORDER[t.decoded.kind])
         if bad:
             await self._dead_letter(bad)
         if taken:

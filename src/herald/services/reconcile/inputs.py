@@ -105,8 +105,7 @@ def _known(doc: dict[str, Any], descriptor: Any) -> dict[str, Any]:
         elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
             if isinstance(value, list):
                 out[key] = [
-                    _known(v, field.message_type) if isinstance(v, dict) else v
-                    for v in value
+                    _known(v, field.message_type) if isinstance(v, dict) else v for v in value
                 ]
             elif isinstance(value, dict):
                 out[key] = _known(value, field.message_type)

@@ -23,6 +23,7 @@ from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.reconciler")
 RECONCILED_TYPE = "integration.cash.reconciled"
+RECONCILED_SCHEMA = "urn:herald:schema:integration.cash.reconciled:1.0"
 
 
 class Reconciler:
@@ -162,11 +163,10 @@ class Reconciler:
 
     async def _announce(self, report: pb.ReconciliationReport) -> None:
         t = report.totals
-        scope = report.request.event_id or "range"
         published = await self._publisher.publish(
             RECONCILED_TYPE,
             report.id,
-            scope,
+            f"reports/{report.id}",
             {
                 "report_id": report.id,
                 "event_id": report.request.event_id,
@@ -181,6 +181,7 @@ class Reconciler:
                 "orders_sent": t.orders_sent,
                 "tickets_refunded_sent": t.tickets_refunded_sent,
             },
+            RECONCILED_SCHEMA,
         )
         if not published:
             log.error("reconciliation.not_announced", report_id=report.id)

@@ -1,0 +1,443 @@
+"""Reconcile end to end: Ticketland records produced to real Kafka topics, the ledger
+in the real PostgreSQL, Vibeapp's topics read back and decoded with the vibe.v1
+schema; discrepancies, reports and the events published through ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from herald.reconcile.v1 import reconcile_pb2 as pb
+from vibe.v1 import vibe_pb2 as vibe
+
+from tests.conftest import Infra
+from tests.integration.conftest import start_ingest
+from tests.integration.reconcile_flow import (
+    ReconcileFlow,
+    event,
+    eventually,
+    open_flow,
+    order,
+    refund,
+    unique,
+)
+from tests.integration.test_webhook_delivery import ingest_events
+from tests.integration.test_webhooks_api import fails
+from tests.kafka_helpers import headers, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[ReconcileFlow]:
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(infra, database_url, ingest, park_limit_seconds=2) as f:
+            yield f
+    finally:
+        await ingest.stop()
+
+
+def check_headers(records: list[Any], content_type: str = "application/x-protobuf") -> None:
+    for r in records:
+        h = headers(r)
+        assert h["content-type"] == content_type
+        assert h["schema-version"] == "1.0"
+        assert h["application-id"] == "ticketland"
+
+
+async def discrepancies(flow: ReconcileFlow, **filters: Any) -> list[pb.Discrepancy]:
+    reply = await flow.stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(**filters))
+    return list(reply.discrepancies)
+
+
+async def test_event_order_and_refund_reach_vibeapp_decodable_with_headers_and_keys(
+    flow: ReconcileFlow,
+) -> None:
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    await flow.send(event(e))
+    await flow.send(order(o, e, {"t1-" + o: 150_000, "t2-" + o: 90_000}))
+    await flow.send(refund(r, o, e, {"t1-" + o: (150_000, 140_000, 5_000, 5_000)}))
+
+    [ev_rec] = await flow.outputs("event", 1)
+    [or_rec] = await flow.outputs("order", 1)
+    [rf_rec] = await flow.outputs("refund", 1)
+    check_headers([ev_rec, or_rec, rf_rec])
+    assert (ev_rec.key, or_rec.key, rf_rec.key) == (e.encode(), o.encode(), r.encode())
+
+    sent_event = vibe.Event.FromString(ev_rec.value)
+    assert sent_event.id == e
+    assert sent_event.category == vibe.CATEGORY_CONCERT
+    assert sent_event.start_at == 1_767_196_800  # unix seconds, as Vibeapp's schema says
+    assert sent_event.organizer_id == "org-1"
+    assert sent_event.organizer.legals.type == vibe.Legals.LEGAL_TYPE_RU_LTD
+    assert sent_event.venue.city_name == "Moscow"
+
+    sent_order = vibe.Order.FromString(or_rec.value)
+    assert sent_order.event_id == e
+    assert sent_order.customer.name == "Ivan P"
+    assert [t.id for t in sent_order.tickets] == ["t1-" + o, "t2-" + o]
+    assert sent_order.tickets[0].price_nominal == 150_000
+    assert sent_order.tickets[0].currency == vibe.CURRENCY_RUB
+
+    sent_refund = vibe.Refund.FromString(rf_rec.value)
+    assert list(sent_refund.ticket_ids) == ["t1-" + o]
+    assert sent_refund.customer.email == "ivan@example.com"
+
+    assert ev_rec.timestamp <= or_rec.timestamp <= rf_rec.timestamp
+    t1 = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id="t1-" + o))).ticket
+    t2 = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id="t2-" + o))).ticket
+    assert (t1.status, t1.refund_id) == (pb.TICKET_STATUS_REFUNDED, r)
+    assert t2.status == pb.TICKET_STATUS_ACTIVE
+    got = (await flow.stub.GetOrder(pb.GetOrderRequest(order_id=o))).order
+    assert got.delivery == pb.ORDER_DELIVERY_SENT
+    assert len(got.tickets) == 2
+
+
+async def test_an_order_before_its_event_is_parked_then_sent_after_it(
+    flow: ReconcileFlow,
+) -> None:
+    e, o = unique("ev"), unique("or")
+    await flow.send(order(o, e, {"t-" + o: 1000}))
+    await flow.settled()
+    got = (await flow.stub.GetOrder(pb.GetOrderRequest(order_id=o))).order
+    assert got.delivery == pb.ORDER_DELIVERY_PARKED
+    assert await flow.outputs("order", 1, timeout=1) == []
+
+    await flow.send(event(e))
+    [ev_rec] = await flow.outputs("event", 1)
+    [or_rec] = await flow.outputs("order", 1)
+    assert ev_rec.timestamp <= or_rec.timestamp
+    got = (await flow.stub.GetOrder(pb.GetOrderRequest(order_id=o))).order
+    assert got.delivery == pb.ORDER_DELIVERY_SENT
+
+
+async def test_refund_lifecycle_sends_only_the_approved_refund_once(flow: ReconcileFlow) -> None:
+    e, o = unique("ev"), unique("or")
+    ok, no = unique("rf"), unique("rf")
+    t1, t2 = "t1-" + o, "t2-" + o
+    await flow.send(event(e), order(o, e, {t1: 1000, t2: 1000}))
+    for n, status in enumerate(("NEW", "IN_PROGRESS", "APPROVED"), 1):
+        await flow.send(refund(ok, o, e, {t1: (1000, 1000, 0, 0)}, status=status, updated_at=n))
+    for n, status in enumerate(("NEW", "REJECTED"), 1):
+        await flow.send(refund(no, o, e, {t2: (1000, 1000, 0, 0)}, status=status, updated_at=n))
+    await flow.settled()
+
+    sent = await flow.outputs("refund", 1, timeout=5)
+    assert [r.key for r in sent] == [ok.encode()]
+    history = await flow.db(
+        "SELECT status FROM reconcile.refund_history WHERE refund_id = $1 ORDER BY source_time", ok
+    )
+    assert [h["status"] for h in history] == ["NEW", "IN_PROGRESS", "APPROVED"]
+    assert (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t1))).ticket.status == (
+        pb.TICKET_STATUS_REFUNDED
+    )
+    assert (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t2))).ticket.status == (
+        pb.TICKET_STATUS_ACTIVE
+    )
+    # A late IN_PROGRESS (older than the APPROVED) changes nothing.
+    await flow.send(refund(ok, o, e, {t1: (1000, 1000, 0, 0)}, status="IN_PROGRESS", updated_at=2))
+    await flow.settled()
+    assert len(await flow.outputs("refund", 1, timeout=2)) == 1
+    [row] = await flow.db("SELECT status, state FROM reconcile.refunds WHERE id = $1", ok)
+    assert (row["status"], row["state"]) == ("APPROVED", "sent")
+
+
+async def test_each_discrepancy_kind_is_stored_published_and_holds_the_refund(
+    flow: ReconcileFlow,
+) -> None:
+    e, o, other = unique("ev"), unique("or"), unique("or")
+    used, active, cancelled, second = "u-" + o, "a-" + o, "c-" + other, "s-" + o
+    await flow.send(event(e))
+    await flow.send(
+        order(o, e, {used: 1000, active: 1000, second: 1000}, ticket_status={used: "USED"})
+    )
+    await flow.send(order(other, e, {cancelled: 1000}, status="CANCELLED"))
+    first = unique("rf")
+    await flow.send(refund(first, o, e, {second: (1000, 1000, 0, 0)}))  # clean: refunds it
+    await flow.settled()  # refunds of other keys may be taken in any order
+    cases = {
+        "unknown_ticket": ({"nope-" + o: (1000, 1000, 0, 0)}, None),
+        "ticket_not_in_order": ({cancelled: (1000, 1000, 0, 0)}, None),
+        "double_refund": ({second: (1000, 1000, 0, 0)}, None),
+        "used_ticket": ({used: (1000, 1000, 0, 0)}, None),
+        "money_mismatch": ({active: (1000, 900, 0, 0)}, None),
+        "refund_above_price": ({active: (1500, 1500, 0, 0)}, None),
+    }
+    refund_of: dict[str, str] = {}
+    for kind, (tickets, total) in cases.items():
+        refund_of[kind] = unique("rf")
+        await flow.send(refund(refund_of[kind], o, e, tickets, total=total))
+    cancelled_refund = unique("rf")
+    await flow.send(refund(cancelled_refund, other, e, {cancelled: (1000, 1000, 0, 0)}))
+    refund_of["cancelled_ticket"] = cancelled_refund
+    unknown_order = unique("rf")
+    await flow.send(refund(unknown_order, "missing-" + o, e, {active: (1000, 1000, 0, 0)}))
+    refund_of["unknown_order"] = unknown_order
+    parked = unique("or")
+    await flow.send(order(parked, "never-" + e, {"p-" + parked: 10}))
+    await flow.settled()
+
+    async def all_found() -> bool:  # unknown_order and parked orders wait 2 s first
+        found = await discrepancies(flow, page_size=1000)
+        return {d.kind for d in found} >= {
+            pb.DISCREPANCY_KIND_UNKNOWN_ORDER,
+            pb.DISCREPANCY_KIND_ORDER_PARKED_TOO_LONG,
+        }
+
+    await eventually(all_found, 20)
+    found = await discrepancies(flow, page_size=1000)
+    kinds_of: dict[str, set[str]] = {}
+    for d in found:
+        assert d.status == pb.DISCREPANCY_STATUS_OPEN
+        kind = pb.DiscrepancyKind.Name(d.kind).removeprefix("DISCREPANCY_KIND_").lower()
+        kinds_of.setdefault(d.refund_id, set()).add(kind)
+    for kind, refund_id in refund_of.items():
+        assert kind in kinds_of[refund_id], (kind, kinds_of[refund_id])
+        [row] = await flow.db("SELECT state FROM reconcile.refunds WHERE id = $1", refund_id)
+        assert row["state"] == "held", kind
+    by_refund = {d.refund_id: d for d in found if d.refund_id}
+    [money, *_] = [
+        d for d in found if d.refund_id == refund_of["money_mismatch"] and d.ticket_id == "a-" + o
+    ]
+    assert (money.expected_amount, money.actual_amount) == (1000, 900)
+    assert first not in by_refund
+    [parked_d] = [d for d in found if d.kind == pb.DISCREPANCY_KIND_ORDER_PARKED_TOO_LONG]
+    assert parked_d.order_id == parked
+
+    only_used = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_USED_TICKET)
+    assert [d.refund_id for d in only_used] == [refund_of["used_ticket"]]
+    sent = await flow.outputs("refund", 1, timeout=3)
+    assert [r.key for r in sent] == [first.encode()], "held refunds are not sent"
+
+    async def published() -> bool:
+        events = await ingest_events(flow.database_url, "integration.conflict.detected")
+        return len(events) >= len(found)
+
+    await eventually(published, 20)
+    events = await ingest_events(flow.database_url, "integration.conflict.detected")
+    assert {ev["discrepancy_id"] for ev in events} == {d.id for d in found}
+    assert len(events) == len(found), "each discrepancy published once"
+
+
+async def test_resolving_releases_or_blocks_the_held_refund(flow: ReconcileFlow) -> None:
+    e, o = unique("ev"), unique("or")
+    t1, t2 = "t1-" + o, "t2-" + o
+    await flow.send(event(e), order(o, e, {t1: 1000, t2: 1000}))
+    accept, reject = unique("rf"), unique("rf")
+    await flow.send(refund(accept, o, e, {t1: (1000, 900, 0, 0)}))  # split mismatch
+    await flow.send(refund(reject, o, e, {t2: (2000, 2000, 0, 0)}))  # above price
+    await flow.settled()
+    # The split is wrong for the ticket and for the whole refund: two discrepancies.
+    a, a2 = await discrepancies(flow, refund_id=accept)
+    [b] = await discrepancies(flow, refund_id=reject)
+
+    reply = await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(id=a2.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED)
+    )
+    assert not reply.refund_released, "one discrepancy is still open"
+    reply = await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(
+            id=a.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED, note="agent fee waived"
+        )
+    )
+    assert reply.refund_released
+    assert reply.discrepancy.status == pb.DISCREPANCY_STATUS_ACCEPTED
+    assert reply.discrepancy.resolution_note == "agent fee waived"
+    reply = await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(id=b.id, resolution=pb.DISCREPANCY_STATUS_REJECTED)
+    )
+    assert not reply.refund_released
+    await flow.settled()
+    sent = await flow.outputs("refund", 1, timeout=3)
+    assert [r.key for r in sent] == [accept.encode()]
+    assert (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t2))).ticket.status == (
+        pb.TICKET_STATUS_ACTIVE
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await flow.stub.ResolveDiscrepancy(
+            pb.ResolveDiscrepancyRequest(id=a.id, resolution=pb.DISCREPANCY_STATUS_REJECTED)
+        )
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_replaying_every_input_changes_nothing_and_sends_nothing_twice(
+    flow: ReconcileFlow,
+) -> None:
+    e, o = unique("ev"), unique("or")
+    records = [
+        event(e),
+        order(o, e, {"t1-" + o: 1000, "t2-" + o: 1000}),
+        refund(unique("rf"), o, e, {"t1-" + o: (1000, 1000, 0, 0)}),
+    ]
+    await flow.send(*records)
+    await flow.settled()
+    before = await flow.db("SELECT kind, entity_id, content_hash FROM reconcile.outbox")
+    tickets_before = await flow.db("SELECT id, status, refund_id FROM reconcile.tickets")
+
+    # The same topics from the beginning, in a new consumer group…
+    replay_group = unique("replay")
+    await flow.add_replica(reconcile_group=replay_group)
+    # …and the same content published again (new offsets).
+    await flow.send(*records)
+
+    async def replayed() -> bool:
+        rows = await flow.db("SELECT count(*) AS n FROM reconcile.inputs")
+        return bool(rows[0]["n"] == 6)
+
+    await eventually(replayed, 30)
+    await flow.settled()
+    await asyncio.sleep(1)
+    after = await flow.db("SELECT kind, entity_id, content_hash FROM reconcile.outbox")
+    assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+    assert sorted(
+        map(tuple, await flow.db("SELECT id, status, refund_id FROM reconcile.tickets"))
+    ) == sorted(map(tuple, tickets_before))
+    for kind in ("event", "order", "refund"):
+        assert len(await flow.outputs(kind, 1, timeout=2)) == 1, kind
+
+
+async def test_a_poison_record_goes_to_the_dlq_and_consumption_carries_on(
+    flow: ReconcileFlow,
+) -> None:
+    e, o = unique("ev"), unique("or")
+    await flow.send_raw(flow.settings.ticketland_orders_topic, b"\xff\xff not protobuf")
+    await flow.send_raw(flow.settings.ticketland_orders_topic, b'{"id": 1', "application/json")
+    await flow.send_raw(flow.settings.ticketland_orders_topic, b"{}", "text/csv")
+    await flow.send(event(e), order(o, e, {"t-" + o: 1000}))
+    [sent] = await flow.outputs("order", 1)
+    assert sent.key == o.encode()
+    dead = await read_topic(flow.kafka(), flow.settings.dlq_topic, 3)
+    assert len(dead) == 3
+    reasons = [headers(d)["dlq-reason"] for d in dead]
+    assert "not a ticketland.v1.Order" in reasons[0]
+    assert "not JSON" in reasons[1]
+    assert "unsupported content-type 'text/csv'" in reasons[2]
+    for d in dead:
+        h = headers(d)
+        assert h["dlq-service"] == "reconcile"
+        assert h["dlq-topic"] == flow.settings.ticketland_orders_topic
+    assert dead[0].value == b"\xff\xff not protobuf"
+
+
+async def test_json_inputs_and_json_outputs_follow_the_contract(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(
+            infra,
+            database_url,
+            ingest,
+            vibe_events_format="json",
+            vibe_orders_format="json",
+            vibe_refunds_format="json",
+        ) as flow:
+            e, o, r = unique("ev"), unique("or"), unique("rf")
+            await flow.send(event(e, category="standup"), as_json=True)
+            await flow.send(order(o, e, {"t-" + o: 2500}), as_json=True)
+            await flow.send(refund(r, o, e, {"t-" + o: (2500, 2000, 300, 200)}), as_json=True)
+            [ev_rec] = await flow.outputs("event", 1)
+            [or_rec] = await flow.outputs("order", 1)
+            [rf_rec] = await flow.outputs("refund", 1)
+    finally:
+        await ingest.stop()
+    check_headers([ev_rec, or_rec, rf_rec], "application/json")
+    ev = json.loads(ev_rec.value)
+    assert ev["category"] == "standup"
+    assert ev["status"] == "active"
+    assert ev["finish_at"] == 1_767_207_600_000  # unix milliseconds in the JSON form
+    assert ev["organizer"] == {
+        "id": "org-1",
+        "name": "Org One",
+        "legals": {"name": "OOO Org", "type": "ru_ltd", "inn": "7700000000"},
+    }
+    od = json.loads(or_rec.value)
+    assert od["number"] == f"N-{o}"
+    assert od["customer"] == {
+        "email": "ivan@example.com",
+        "phone": "+79990000000",
+        "first_name": "Ivan",
+        "last_name": "P",
+    }
+    assert od["tickets"][0]["event_id"] == e
+    assert od["tickets"][0]["currency"] == "RUB"
+    assert json.loads(rf_rec.value) == {"customer": od["customer"], "ticket_ids": ["t-" + o]}
+
+
+async def test_reconciliation_reports_totals_finds_what_is_missing_and_repairs_it(
+    flow: ReconcileFlow,
+) -> None:
+    e, o1, o2 = unique("ev"), unique("or"), unique("or")
+    r = unique("rf")
+    await flow.send(event(e), order(o1, e, {"a-" + o1: 1000, "b-" + o1: 500}))
+    await flow.send(order(o2, e, {"a-" + o2: 700}))
+    await flow.send(refund(r, o1, e, {"a-" + o1: (1000, 800, 100, 100)}))
+    await flow.settled()
+
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    t = report.totals
+    assert (t.orders, t.tickets_sold, t.sold_amount) == (2, 3, 2200)
+    assert (t.tickets_refunded, t.refunded_amount, t.tickets_refunded_sent) == (1, 800, 1)
+    assert (t.orders_sent, t.tickets_sent) == (2, 3)
+    assert [ev.event_id for ev in report.events] == [e]
+    assert [org.organizer_id for org in report.organizers] == ["org-1"]
+    assert report.inputs.distinct_orders == 2
+    assert report.inputs.approved_refunds == 1
+    stored = await flow.stub.GetReconciliationReport(
+        pb.GetReconciliationReportRequest(id=report.id)
+    )
+    assert stored.report == report
+
+    # Lose o2's output (as if it had never been queued): the report finds it, repair
+    # sends it again.
+    await flow.db("DELETE FROM reconcile.outbox WHERE entity_id = $1", o2)
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert not report.balanced
+    assert {(f.kind, f.entity_id) for f in report.findings} == {
+        ("order_not_sent", o2),
+        ("counts_differ", e),  # 3 tickets sold, 2 sent
+    }
+    repaired = (
+        await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e, repair=True))
+    ).report
+    assert repaired.repaired == 1
+    assert [f.kind for f in repaired.findings if f.repaired] == ["order_not_sent"]
+    await flow.settled()
+    orders = await flow.outputs("order", 3)
+    assert sorted(r.key for r in orders) == sorted([o1.encode(), o2.encode(), o2.encode()])
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+
+    async def announced() -> bool:
+        return len(await ingest_events(flow.database_url, "integration.cash.reconciled")) >= 4
+
+    await eventually(announced, 10)
+    [first] = [
+        ev
+        for ev in await ingest_events(flow.database_url, "integration.cash.reconciled")
+        if ev["report_id"] == stored.report.id
+    ]
+    assert (first["sold_amount"], first["refunded_amount"], first["balanced"]) == (2200, 800, True)
+
+
+async def test_bad_requests_name_the_field(flow: ReconcileFlow) -> None:
+    cases: list[tuple[Any, str]] = [
+        (flow.stub.GetTicket(pb.GetTicketRequest()), "ticket_id"),
+        (flow.stub.GetOrder(pb.GetOrderRequest()), "order_id"),
+        (flow.stub.RunReconciliation(pb.RunReconciliationRequest()), "scope"),
+        (flow.stub.ResolveDiscrepancy(pb.ResolveDiscrepancyRequest(id="x")), "id"),
+        (flow.stub.ResolveDiscrepancy(pb.ResolveDiscrepancyRequest(id="x")), "resolution"),
+        (flow.stub.GetReconciliationReport(pb.GetReconciliationReportRequest(id="x")), "id"),
+    ]
+    for call, field in cases:
+        assert field in await fails(call, grpc.StatusCode.INVALID_ARGUMENT)
+    await fails(
+        flow.stub.GetTicket(pb.GetTicketRequest(ticket_id="nope")), grpc.StatusCode.NOT_FOUND
+    )
