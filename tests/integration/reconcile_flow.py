@@ -267,11 +267,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30) 
 
 @contextlib.asynccontextmanager
 async def open_flow(
-    infra: Infra, database_url: str, ingest: IngestUnderTest, **overrides: Any
+    infra: Infra,
+    database_url: str,
+    ingest: IngestUnderTest,
+    vibe_kafka: KafkaSettings | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[ReconcileFlow]:
+    """Reconcile with Vibeapp's topics on ``vibe_kafka`` (default: Herald's cluster)."""
     settings = reconcile_settings(database_url, ingest.running.port, **overrides)
     kafka = infra.kafka_settings()
-    running = await start(await build(settings, kafka, kafka), "127.0.0.1:0")
+    running = await start(await build(settings, kafka, vibe_kafka or kafka), "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     producer = AIOKafkaProducer(**connection_options(kafka), acks="all")
     await producer.start()

@@ -14,6 +14,7 @@ import pytest
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from vibe.v1 import vibe_pb2 as vibe
 
+from herald.runtime.settings import KafkaSettings
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
@@ -441,3 +442,31 @@ async def test_bad_requests_name_the_field(flow: ReconcileFlow) -> None:
     await fails(
         flow.stub.GetTicket(pb.GetTicketRequest(ticket_id="nope")), grpc.StatusCode.NOT_FOUND
     )
+
+
+async def test_outputs_reach_a_cluster_that_wants_scram_sha_512(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Vibeapp's cluster speaks SASL + SCRAM-SHA-512: here the local broker's second
+    listener, whose user was created at format time."""
+    if infra.kafka is None:
+        pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
+    vibe_kafka = KafkaSettings(
+        bootstrap_servers=infra.kafka.scram_bootstrap_servers,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="vibe",
+        sasl_password="vibe-secret",
+    )
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(infra, database_url, ingest, vibe_kafka=vibe_kafka) as flow:
+            e, o = unique("ev"), unique("or")
+            await flow.send(event(e), order(o, e, {"t-" + o: 100}))
+            [ev_rec] = await flow.outputs("event", 1)
+            [or_rec] = await flow.outputs("order", 1)
+    finally:
+        await ingest.stop()
+    assert vibe.Event.FromString(ev_rec.value).id == e
+    assert vibe.Order.FromString(or_rec.value).id == o
+    check_headers([ev_rec, or_rec])

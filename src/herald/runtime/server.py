@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ log = structlog.get_logger("herald.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
 STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
+BIND_WAIT_SECONDS = 70.0  # longer than TIME_WAIT (60 s on Linux)
 
 
 @dataclass
@@ -136,9 +138,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         ],
         server,
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = await _listen(server, address)
     monitor = HealthMonitor(health_servicer, app.service_names, app.health_checks)
     await monitor.check_once()
     await server.start()
@@ -160,6 +160,24 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         else None,
     )
     return Running(app, server, port, monitor, tasks, metrics)
+
+
+async def _listen(server: grpc.aio.Server, address: str) -> int:
+    """Binds ``address``, waiting while the port is taken for a while: a fixed port
+    can be the local end of an outgoing connection in TIME_WAIT (5005x lies in Linux's
+    ephemeral range), which holds it for up to 60 s."""
+    deadline = time.monotonic() + BIND_WAIT_SECONDS
+    while True:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port:
+            return port
+        if time.monotonic() > deadline or address.endswith(":0"):
+            raise OSError(f"cannot listen on {address}")
+        log.warning("server.address_in_use", address=address, retry_in=1)
+        await asyncio.sleep(1)
 
 
 async def serve(app: App, address: str, metrics_address: str | None, grace: float) -> int:
