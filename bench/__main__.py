@@ -8,7 +8,8 @@ Scenarios (all in one run, each ingest one on a fresh database and topic):
 - d: accepted → on Kafka latency at a steady 1,000 events/s, p99 <= 50 ms;
 - 0: d's floor, the same measurement with a raw producer instead of ingest;
 - w: webhook deliveries beside a raw HTTP POST loop (bench/webhooks.py);
-- x: dispatch fan-out to 1, 10, 100 routes beside a raw consume→produce loop.
+- x: dispatch fan-out to 1, 10, 100 routes beside a raw consume→produce loop;
+- r: reconcile, orders and refunds to Vibeapp's topics beside a raw consume→produce loop.
 
 Ingest runs as its own process (``python -m herald.services.ingest``). ``--set
 NAME=VALUE`` passes settings to it (e.g. ``--set WRITER_COMMITTERS=4``) and
@@ -37,6 +38,7 @@ from bench import (
     grpc_floor,
     infra,
     raw_kafka,
+    reconcile,
     report,
     steady,
     unary,
@@ -48,9 +50,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        default="abcgd0wx",
-        help="scenarios, e.g. 'ab' (abcgd0wx; g: c's gRPC floor, 0: d's floor, "
-        "w: webhooks, x: dispatch)",
+        default="abcgd0wxr",
+        help="scenarios, e.g. 'ab' (abcgd0wxr; g: c's gRPC floor, 0: d's floor, "
+        "w: webhooks, x: dispatch, r: reconcile)",
     )
     parser.add_argument("--raw-n", type=int, default=40_000, help="records for a (40000)")
     parser.add_argument("--raw-repeats", type=int, default=2, help="runs per raw pattern (2)")
@@ -106,6 +108,7 @@ async def _scenarios(args: argparse.Namespace, where: infra.Infra) -> dict[str, 
         "0": lambda: floor.run(where, args.rate, args.floor_seconds, args.partitions),
         "w": lambda: webhooks.run(where, args.webhook_n),
         "x": lambda: dispatch.run(where),
+        "r": lambda: reconcile.run(where),
     }
     for key, step in steps.items():
         if key not in args.only:

@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,13 @@ async def _produce_events(where: infra.Infra, topic: str, n: int) -> None:
         await producer.stop()
 
 
-async def _output_span(
-    where: infra.Infra, topic: str, expected: int, within: float
+async def output_span(
+    where: infra.Infra, topic: str | Sequence[str], expected: int, within: float
 ) -> tuple[int, float]:
-    """(records seen, seconds from the first record's timestamp to the last's)."""
+    """(records seen on ``topic`` or topics, seconds from the first record's timestamp
+    to the last's)."""
     consumer = AIOKafkaConsumer(
-        topic,
+        *([topic] if isinstance(topic, str) else topic),
         **kafka.connection_options(where.kafka_settings()),
         group_id=None,
         auto_offset_reset="earliest",
@@ -81,11 +83,11 @@ async def _output_span(
     return seen, max((last - first) / 1000, 1e-3)
 
 
-async def _raw_loop(where: infra.Infra, source: str, n: int) -> float:
+async def raw_loop(where: infra.Infra, sources: list[str], n: int) -> float:
     """Records/s of a bare consume → produce loop (one out per in, commit per batch)."""
-    out = f"{source}.raw.{uuid.uuid4().hex[:6]}"
+    out = f"{sources[0]}.raw.{uuid.uuid4().hex[:6]}"
     await kafka.ensure_topics(where.kafka_settings(), [out], partitions=6)
-    consumer = kafka.make_consumer(where.kafka_settings(), source, group_id=f"raw-{out}")
+    consumer = kafka.make_consumer(where.kafka_settings(), *sources, group_id=f"raw-{out}")
     producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -105,7 +107,7 @@ async def _raw_loop(where: infra.Infra, source: str, n: int) -> float:
     finally:
         await consumer.stop()
         await producer.stop()
-    seen, seconds = await _output_span(where, out, n, 60)
+    seen, seconds = await output_span(where, out, n, 60)
     return seen / seconds
 
 
@@ -151,7 +153,7 @@ async def _dispatch_case(
         }
     )
     async with service_process("herald.services.dispatch", env):
-        seen, seconds = await _output_span(where, jobs, n * k, 600)
+        seen, seconds = await output_span(where, jobs, n * k, 600)
         if seen < n * k:
             raise RuntimeError(f"dispatch made {seen} of {n * k} jobs within 600 s")
     return {
@@ -170,7 +172,7 @@ async def run(where: infra.Infra) -> dict[str, Any]:
         source = f"herald.bench.rawsrc.{uuid.uuid4().hex[:8]}"
         await _produce_events(where, source, 20_000)
         # The better of two runs is the bar (the box's speed wanders between runs).
-        raw = max([await _raw_loop(where, source, 20_000) for _ in range(RAW_REPEATS)])
+        raw = max([await raw_loop(where, [source], 20_000) for _ in range(RAW_REPEATS)])
         with tempfile.TemporaryDirectory() as directory:
             cases = [
                 await _dispatch_case(where, database_url, k, n, Path(directory)) for k, n in CASES

@@ -90,6 +90,8 @@ def figures(results: dict[str, Any]) -> list[Figure]:
         rows += _webhook_rows(ok["w"])
     if "x" in ok:
         rows += _dispatch_rows(ok["x"])
+    if "r" in ok:
+        rows += _reconcile_rows(ok["r"])
     return rows
 
 
@@ -149,6 +151,22 @@ def _dispatch_rows(x: dict[str, Any]) -> list[Figure]:
         name = f"  events, {case['routes']} route(s)"
         rows.append(Figure("x", name, case["events_per_s"], "ev/s", "", ""))
     return rows
+
+
+def _reconcile_rows(r: dict[str, Any]) -> list[Figure]:
+    raw = float(r["raw_rate"])
+    share = r["rate"] / raw
+    return [
+        Figure("r", "raw consume→produce loop (orders + refunds)", raw, "rec/s", "reference", ""),
+        Figure(
+            "r",
+            "reconcile: orders + refunds → Vibeapp topics",
+            r["rate"],
+            "rec/s",
+            ">= 50% of raw",
+            f"{share:.0%} of raw; {'PASS' if share >= 0.5 else 'FAIL'}",
+        ),
+    ]
 
 
 def _raw_rows(raw: dict[str, Any]) -> list[Figure]:
