@@ -10,42 +10,6 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[]
 ON CONFLICT DO NOTHING
 RETURNING topic, partition, "offset"
 
--- name: upsert_organizer
-INSERT INTO reconcile.organizers (id, name, legals) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, legals = excluded.legals, updated_at = now()
-WHERE (organizers.name, organizers.legals) IS DISTINCT FROM (excluded.name, excluded.legals)
-
--- name: upsert_event
--- Returns a row unless the record is older than what the ledger has.
-INSERT INTO reconcile.events (id, organizer_id, name, doc, source_time)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (id) DO UPDATE
-SET organizer_id = excluded.organizer_id, name = excluded.name, doc = excluded.doc,
-    source_time = excluded.source_time, updated_at = now()
-WHERE excluded.source_time >= events.source_time
-RETURNING id
-
--- name: event_known
-SELECT EXISTS (SELECT 1 FROM reconcile.events WHERE id = $1)
-
--- name: release_parked_orders
-UPDATE reconcile.orders SET delivery = 'sent', sent_at = now(), parked_at = NULL
-WHERE event_id = $1 AND delivery = 'parked'
-RETURNING id, doc
-
--- name: upsert_order
--- Returns the delivery before this record (NULL: new) unless the record is stale.
-WITH before AS (SELECT delivery FROM reconcile.orders WHERE id = $1)
-INSERT INTO reconcile.orders AS o
-    (id, number, status, event_id, organizer_id, doc, source_time, delivery)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 'new')
-ON CONFLICT (id) DO UPDATE
-SET number = excluded.number, status = excluded.status, event_id = excluded.event_id,
-    organizer_id = excluded.organizer_id, doc = excluded.doc,
-    source_time = excluded.source_time, updated_at = now()
-WHERE excluded.source_time >= o.source_time
-RETURNING (SELECT delivery FROM before) AS before
-
 -- name: set_order_delivery
 UPDATE reconcile.orders
 SET delivery = $2,
@@ -86,25 +50,6 @@ SELECT * FROM reconcile.tickets WHERE id = $1
 UPDATE reconcile.tickets SET status = 'refunded', refund_id = $1, updated_at = now()
 WHERE id = ANY($2::text[]) AND status <> 'refunded'
 
--- name: upsert_refund
--- Returns the refund's state (new: 'open') unless the record is stale.
-INSERT INTO reconcile.refunds AS r
-    (id, status, order_id, event_id, organizer_id, doc, source_time,
-     refund_nominal, customer, org, agent, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'open')
-ON CONFLICT (id) DO UPDATE
-SET status = excluded.status, order_id = excluded.order_id, event_id = excluded.event_id,
-    organizer_id = excluded.organizer_id, doc = excluded.doc,
-    source_time = excluded.source_time, refund_nominal = excluded.refund_nominal,
-    customer = excluded.customer, org = excluded.org, agent = excluded.agent,
-    updated_at = now()
-WHERE excluded.source_time >= r.source_time
-RETURNING state
-
--- name: refund_history
-INSERT INTO reconcile.refund_history (refund_id, status, source_time)
-VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
-
 -- name: set_refund_state
 UPDATE reconcile.refunds
 SET state = $2,
@@ -115,9 +60,6 @@ WHERE id = $1
 
 -- name: get_refund
 SELECT * FROM reconcile.refunds WHERE id = $1
-
--- name: waiting_refunds
-SELECT id, doc FROM reconcile.refunds WHERE order_id = $1 AND state = 'waiting_order'
 
 -- name: release_ready_refunds
 UPDATE reconcile.refunds SET state = 'sent', sent_at = now(), updated_at = now()
@@ -280,3 +222,96 @@ WHERE status = 'open' AND ($1::text IS NULL OR event_id = $1)
 
 -- name: get_discrepancy
 SELECT * FROM reconcile.discrepancies WHERE id = $1
+
+-- name: upsert_organizers
+INSERT INTO reconcile.organizers AS g (id, name, legals)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, legals = excluded.legals, updated_at = now()
+WHERE (g.name, g.legals) IS DISTINCT FROM (excluded.name, excluded.legals)
+
+-- name: upsert_events
+-- The events applied (not older than the ledger's version).
+INSERT INTO reconcile.events AS e (id, organizer_id, name, doc, source_time)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
+ON CONFLICT (id) DO UPDATE
+SET organizer_id = excluded.organizer_id, name = excluded.name, doc = excluded.doc,
+    source_time = excluded.source_time, updated_at = now()
+WHERE excluded.source_time >= e.source_time
+RETURNING id
+
+-- name: release_parked_orders_of
+UPDATE reconcile.orders SET delivery = 'sent', sent_at = now(), parked_at = NULL
+WHERE event_id = ANY($1::text[]) AND delivery = 'parked'
+RETURNING id, doc
+
+-- name: upsert_orders
+-- The orders applied, each with its delivery before (NULL: new).
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::bytea[], $7::bigint[])
+        AS x(id, number, status, event_id, organizer_id, doc, source_time)),
+before AS (SELECT o.id, o.delivery FROM reconcile.orders o JOIN input USING (id))
+INSERT INTO reconcile.orders AS o
+    (id, number, status, event_id, organizer_id, doc, source_time, delivery)
+SELECT id, number, status, event_id, organizer_id, doc, source_time, 'new' FROM input
+ON CONFLICT (id) DO UPDATE
+SET number = excluded.number, status = excluded.status, event_id = excluded.event_id,
+    organizer_id = excluded.organizer_id, doc = excluded.doc,
+    source_time = excluded.source_time, updated_at = now()
+WHERE excluded.source_time >= o.source_time
+RETURNING o.id, (SELECT b.delivery FROM before b WHERE b.id = o.id) AS before
+
+-- name: known_events
+SELECT id FROM reconcile.events WHERE id = ANY($1::text[])
+
+-- name: set_order_deliveries
+UPDATE reconcile.orders o
+SET delivery = x.delivery,
+    parked_at = CASE WHEN x.delivery = 'parked' THEN coalesce(o.parked_at, now()) END,
+    sent_at = CASE WHEN x.delivery = 'sent' THEN now() END
+FROM unnest($1::text[], $2::text[]) AS x(id, delivery)
+WHERE o.id = x.id
+
+-- name: waiting_refunds_of
+SELECT id, doc FROM reconcile.refunds
+WHERE order_id = ANY($1::text[]) AND state = 'waiting_order'
+ORDER BY first_seen, id
+
+-- name: refund_history_many
+INSERT INTO reconcile.refund_history (refund_id, status, source_time)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT DO NOTHING
+
+-- name: upsert_refunds
+-- The refunds applied, with their state (new: 'open').
+INSERT INTO reconcile.refunds AS r
+    (id, status, order_id, event_id, organizer_id, doc, source_time,
+     refund_nominal, customer, org, agent, state)
+SELECT *, 'open' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[],
+                             $10::bigint[], $11::bigint[])
+ON CONFLICT (id) DO UPDATE
+SET status = excluded.status, order_id = excluded.order_id, event_id = excluded.event_id,
+    organizer_id = excluded.organizer_id, doc = excluded.doc,
+    source_time = excluded.source_time, refund_nominal = excluded.refund_nominal,
+    customer = excluded.customer, org = excluded.org, agent = excluded.agent,
+    updated_at = now()
+WHERE excluded.source_time >= r.source_time
+RETURNING id, state
+
+-- name: orders_by_id
+SELECT id, delivery, doc FROM reconcile.orders WHERE id = ANY($1::text[])
+
+-- name: refund_tickets_many
+UPDATE reconcile.tickets t SET status = 'refunded', refund_id = x.refund_id, updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS x(ticket_id, refund_id)
+WHERE t.id = x.ticket_id AND t.status <> 'refunded'
+
+-- name: set_refund_states
+UPDATE reconcile.refunds r
+SET state = x.state,
+    waiting_since = CASE WHEN x.state = 'waiting_order' THEN coalesce(r.waiting_since, now()) END,
+    sent_at = CASE WHEN x.state = 'sent' THEN now() ELSE r.sent_at END,
+    updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS x(id, state)
+WHERE r.id = x.id

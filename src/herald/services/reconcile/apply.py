@@ -1,0 +1,297 @@
+"""The ledger's rules applied to a whole batch at once: a fixed number of statements
+per batch (each over arrays), not per record, in the order events → orders → refunds.
+
+Within a batch the latest version of each entity is applied (by its ``updated_at``;
+the ledger keeps it only if not older than its own); every refund status is recorded
+in the history. Refund checks run in Python over the batch's view of the tickets, so
+two refunds of one ticket in one batch are found as they would be one after another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+import structlog
+from ticketland.v1 import ticketland_pb2 as tl
+
+from herald.runtime.db import Connection
+from herald.services.reconcile.checks import Finding, TicketState, check_refund
+from herald.services.reconcile.inputs import short_status
+from herald.services.reconcile.outputs import Queue
+from herald.services.reconcile.store import Q
+
+log = structlog.get_logger("herald.reconcile.ledger")
+SOLD = frozenset({tl.Order.STATUS_EXECUTED, tl.Order.STATUS_DONE})
+CANCELLED = frozenset({tl.Order.STATUS_CANCELLED, tl.Order.STATUS_EXPIRED})
+TICKET_STATUSES = {
+    tl.Ticket.STATUS_UNSPECIFIED: "active",
+    tl.Ticket.STATUS_ACTIVE: "active",
+    tl.Ticket.STATUS_USED: "used",
+    tl.Ticket.STATUS_CANCELLED: "cancelled",
+}
+M = TypeVar("M", tl.Event, tl.Order, tl.RefundRequest)
+
+
+def latest(messages: Iterable[M]) -> list[M]:
+    """One message per id: the newest by updated_at (the later one on a tie)."""
+    out: dict[str, M] = {}
+    for m in messages:
+        held = out.get(m.id)
+        if held is None or m.updated_at >= held.updated_at:
+            out[m.id] = m
+    return list(out.values())
+
+
+class BatchApply:
+    """Applies one batch on ``conn`` (inside its transaction); outputs go to ``queue``."""
+
+    def __init__(self, conn: Connection, queue: Queue) -> None:
+        self.conn = conn
+        self.queue = queue
+        self._states: list[tuple[str, str]] = []  # (refund id, state)
+        self._refunded: list[tuple[str, str]] = []  # (ticket id, refund id)
+        self._findings: list[tuple[str, str, str, Finding]] = []  # refund, order, event
+
+    async def run(
+        self,
+        events: Sequence[tl.Event],
+        orders: Sequence[tl.Order],
+        refunds: Sequence[tl.RefundRequest],
+    ) -> None:
+        if events:
+            await self.events(latest(events))
+        if orders:
+            await self.orders(latest(orders))
+        if refunds:
+            await self.refunds(refunds)
+        await self._write()
+
+    # ------------------------------------------------------------------ events
+
+    async def events(self, events: list[tl.Event]) -> None:
+        organizers = {e.organizer.id: e.organizer for e in events}
+        await self.conn.execute(
+            Q.upsert_organizers,
+            list(organizers),
+            [g.name for g in organizers.values()],
+            [
+                g.legals.SerializeToString() if g.HasField("legals") else None
+                for g in organizers.values()
+            ],
+        )
+        applied = {
+            r["id"]
+            for r in await self.conn.fetch(
+                Q.upsert_events,
+                [e.id for e in events],
+                [e.organizer.id for e in events],
+                [e.name for e in events],
+                [e.SerializeToString() for e in events],
+                [e.updated_at for e in events],
+            )
+        }
+        for e in events:
+            if e.id in applied:
+                self.queue.event(e)
+        if not applied:
+            return
+        released = await self.conn.fetch(Q.release_parked_orders_of, list(applied))
+        for row in released:
+            self.queue.order(tl.Order.FromString(row["doc"]))
+        if released:
+            log.info("orders.released", orders=len(released))
+            await self.release_refunds([r["id"] for r in released])
+
+    # ------------------------------------------------------------------ orders
+
+    async def orders(self, orders: list[tl.Order]) -> None:
+        rows = await self.conn.fetch(
+            Q.upsert_orders,
+            [o.id for o in orders],
+            [o.number for o in orders],
+            [short_status(o) for o in orders],
+            [o.event_id for o in orders],
+            [o.organizer_id for o in orders],
+            [o.SerializeToString() for o in orders],
+            [o.updated_at for o in orders],
+        )
+        before = {r["id"]: r["before"] for r in rows}
+        applied = [o for o in orders if o.id in before]
+        if not applied:
+            return
+        await self._tickets(applied)
+        sent_now = await self._deliveries(applied, before)
+        waiting = await self.conn.fetch(Q.waiting_refunds_of, [o.id for o in applied])
+        if waiting:
+            await self.approve([tl.RefundRequest.FromString(w["doc"]) for w in waiting])
+        if sent_now:
+            await self.release_refunds(sent_now)
+
+    async def _tickets(self, orders: list[tl.Order]) -> None:
+        tickets: dict[str, tuple[str, str, str, int, str, str]] = {}
+        for o in orders:
+            for t in o.tickets:
+                status = "cancelled" if o.status in CANCELLED else TICKET_STATUSES[t.status]
+                tickets[t.id] = (
+                    o.id,
+                    o.event_id,
+                    t.barcode,
+                    t.price_nominal,
+                    t.currency.upper(),
+                    status,
+                )
+        if tickets:
+            values = list(tickets.values())
+            await self.conn.execute(
+                Q.upsert_tickets, list(tickets), *([v[i] for v in values] for i in range(6))
+            )
+
+    async def _deliveries(self, orders: list[tl.Order], before: dict[str, str | None]) -> list[str]:
+        """Sends, parks or sets aside each order; the ids of those sent now."""
+        known = {
+            r["id"]
+            for r in await self.conn.fetch(Q.known_events, list({o.event_id for o in orders}))
+        }
+        changes: list[tuple[str, str]] = []
+        sent_now: list[str] = []
+        for o in orders:
+            was = before[o.id]
+            if was == "sent":
+                continue  # Vibeapp has it; later changes reach it as refunds
+            if o.status not in SOLD:
+                delivery = "not_sold"
+            elif o.event_id in known:
+                delivery = "sent"
+                self.queue.order(o)
+                sent_now.append(o.id)
+            else:
+                delivery = "parked"
+                if was != "parked":
+                    log.info("order.parked", order_id=o.id, event_id=o.event_id)
+            if delivery != was:
+                changes.append((o.id, delivery))
+        if changes:
+            await self.conn.execute(
+                Q.set_order_deliveries, [c[0] for c in changes], [c[1] for c in changes]
+            )
+        return sent_now
+
+    # ----------------------------------------------------------------- refunds
+
+    async def refunds(self, refunds: Sequence[tl.RefundRequest]) -> None:
+        statuses = [short_status(r) for r in refunds]
+        await self.conn.execute(
+            Q.refund_history_many,
+            [r.id for r in refunds],
+            statuses,
+            [r.updated_at for r in refunds],
+        )
+        newest = latest(refunds)
+        rows = await self.conn.fetch(
+            Q.upsert_refunds,
+            [r.id for r in newest],
+            [short_status(r) for r in newest],
+            [r.order_id for r in newest],
+            [r.event_id for r in newest],
+            [r.organizer_id for r in newest],
+            [r.SerializeToString() for r in newest],
+            [r.updated_at for r in newest],
+            [r.money.refund_nominal for r in newest],
+            [r.money.customer for r in newest],
+            [r.money.org for r in newest],
+            [r.money.agent for r in newest],
+        )
+        open_ = {r["id"] for r in rows if r["state"] == "open"}  # a refund is decided once
+        approved = []
+        for r in newest:
+            if r.id not in open_:
+                continue
+            if r.status == tl.RefundRequest.STATUS_APPROVED:
+                approved.append(r)
+            elif r.status == tl.RefundRequest.STATUS_REJECTED:
+                self._states.append((r.id, "rejected"))
+        if approved:
+            await self.approve(approved)
+
+    async def approve(self, refunds: Sequence[tl.RefundRequest]) -> None:
+        """Checks approved refunds; each is sent, held, or waits for its order."""
+        orders = {
+            r["id"]: r
+            for r in await self.conn.fetch(Q.orders_by_id, list({r.order_id for r in refunds}))
+        }
+        wanted = list({t.ticket_id for r in refunds for t in r.tickets})
+        tickets = {
+            row["id"]: TicketState(
+                row["id"], row["order_id"], row["status"], row["price_nominal"], row["refund_id"]
+            )
+            for row in await self.conn.fetch(Q.tickets_by_id, wanted)
+        }
+        for r in refunds:
+            order = orders.get(r.order_id)
+            if order is None:
+                self._states.append((r.id, "waiting_order"))
+                log.info("refund.waiting_for_order", refund_id=r.id, order_id=r.order_id)
+                continue
+            findings = check_refund(r, tickets)
+            if findings:
+                self._findings += [(r.id, r.order_id, r.event_id, f) for f in findings]
+                self._states.append((r.id, "held"))
+                log.warning(
+                    "refund.held", refund_id=r.id, findings=sorted({f.kind for f in findings})
+                )
+                continue
+            for t in r.tickets:  # what later refunds of this batch see
+                known = tickets[t.ticket_id]
+                tickets[t.ticket_id] = TicketState(
+                    known.id, known.order_id, "refunded", known.price_nominal, r.id
+                )
+                self._refunded.append((t.ticket_id, r.id))
+            if order["delivery"] == "sent":
+                self.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+                self._states.append((r.id, "sent"))
+            else:
+                self._states.append((r.id, "ready"))
+
+    async def release_refunds(self, order_ids: list[str]) -> None:
+        await release_refunds(self.conn, self.queue, order_ids)
+
+    # -------------------------------------------------------------------- writes
+
+    async def _write(self) -> None:
+        if self._findings:
+            f = self._findings
+            await self.conn.execute(
+                Q.insert_discrepancies,
+                [x.id_for(refund) for refund, _, _, x in f],
+                [x.kind for *_, x in f],
+                [refund for refund, *_ in f],
+                [order for _, order, _, _ in f],
+                [x.ticket_id for *_, x in f],
+                [event for _, _, event, _ in f],
+                [x.expected for *_, x in f],
+                [x.actual for *_, x in f],
+                [x.description for *_, x in f],
+            )
+        if self._refunded:
+            await self.conn.execute(
+                Q.refund_tickets_many,
+                [t for t, _ in self._refunded],
+                [r for _, r in self._refunded],
+            )
+        if self._states:
+            final = dict(self._states)  # the last state set for a refund wins
+            await self.conn.execute(Q.set_refund_states, list(final), list(final.values()))
+
+
+async def release_refunds(conn: Connection, queue: Queue, order_ids: list[str]) -> None:
+    """Refunds that were ready and waited for their order to go: they go now."""
+    released = await conn.fetch(Q.release_ready_refunds, order_ids)
+    if not released:
+        return
+    orders = {
+        r["id"]: tl.Order.FromString(r["doc"])
+        for r in await conn.fetch(Q.orders_by_id, list({row["order_id"] for row in released}))
+    }
+    for row in released:
+        queue.refund(tl.RefundRequest.FromString(row["doc"]), orders[row["order_id"]].customer)
