@@ -61,6 +61,15 @@ async def output_span(
 ) -> tuple[int, float]:
     """(records seen on ``topic`` or topics, seconds from the first record's timestamp
     to the last's)."""
+    seen, first, last = await output_times(where, topic, expected, within)
+    return seen, max(last - first, 1e-3)
+
+
+async def output_times(
+    where: infra.Infra, topic: str | Sequence[str], expected: int, within: float
+) -> tuple[int, float, float]:
+    """(records seen on ``topic`` or topics, the first record's and the last record's
+    Kafka timestamps in unix seconds)."""
     consumer = AIOKafkaConsumer(
         *([topic] if isinstance(topic, str) else topic),
         **kafka.connection_options(where.kafka_settings()),
@@ -80,7 +89,7 @@ async def output_span(
                     first, last = min(first, r.timestamp), max(last, r.timestamp)
     finally:
         await consumer.stop()
-    return seen, max((last - first) / 1000, 1e-3)
+    return seen, first / 1000, last / 1000
 
 
 async def raw_loop(where: infra.Infra, sources: list[str], n: int) -> float:

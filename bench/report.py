@@ -166,6 +166,14 @@ def _reconcile_rows(r: dict[str, Any]) -> list[Figure]:
             ">= 50% of raw",
             f"{share:.0%} of raw; {'PASS' if share >= 0.5 else 'FAIL'}",
         ),
+        Figure(
+            "r",
+            "  the same from process spawn (start included)",
+            r["rate_from_spawn"],
+            "rec/s",
+            "",
+            "",
+        ),
     ]
 
 

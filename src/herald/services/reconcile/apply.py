@@ -43,6 +43,13 @@ def latest(messages: Iterable[M]) -> list[M]:
     return list(out.values())
 
 
+def _delivery(o: tl.Order, known_events: set[str]) -> str:
+    """Where an order not yet sent goes: to Vibeapp once its event is known."""
+    if o.status not in SOLD:
+        return "not_sold"
+    return "sent" if o.event_id in known_events else "parked"
+
+
 class BatchApply:
     """Applies one batch on ``conn`` (inside its transaction); outputs go to ``queue``."""
 
@@ -106,6 +113,11 @@ class BatchApply:
     # ------------------------------------------------------------------ orders
 
     async def orders(self, orders: list[tl.Order]) -> None:
+        known = {
+            r["id"]
+            for r in await self.conn.fetch(Q.known_events, list({o.event_id for o in orders}))
+        }
+        deliveries = [_delivery(o, known) for o in orders]
         rows = await self.conn.fetch(
             Q.upsert_orders,
             [o.id for o in orders],
@@ -115,13 +127,23 @@ class BatchApply:
             [o.organizer_id for o in orders],
             [o.SerializeToString() for o in orders],
             [o.updated_at for o in orders],
+            deliveries,
         )
         before = {r["id"]: r["before"] for r in rows}
         applied = [o for o in orders if o.id in before]
         if not applied:
             return
         await self._tickets(applied)
-        sent_now = await self._deliveries(applied, before)
+        sent_now: list[str] = []
+        for o, delivery in zip(orders, deliveries, strict=True):
+            was = before.get(o.id, "sent")  # not applied: nothing to do
+            if was == "sent":
+                continue  # Vibeapp has it; later changes reach it as refunds
+            if delivery == "sent":
+                self.queue.order(o)
+                sent_now.append(o.id)
+            elif delivery == "parked" and was != "parked":
+                log.info("order.parked", order_id=o.id, event_id=o.event_id)
         waiting = await self.conn.fetch(Q.waiting_refunds_of, [o.id for o in applied])
         if waiting:
             await self.approve([tl.RefundRequest.FromString(w["doc"]) for w in waiting])
@@ -146,36 +168,6 @@ class BatchApply:
             await self.conn.execute(
                 Q.upsert_tickets, list(tickets), *([v[i] for v in values] for i in range(6))
             )
-
-    async def _deliveries(self, orders: list[tl.Order], before: dict[str, str | None]) -> list[str]:
-        """Sends, parks or sets aside each order; the ids of those sent now."""
-        known = {
-            r["id"]
-            for r in await self.conn.fetch(Q.known_events, list({o.event_id for o in orders}))
-        }
-        changes: list[tuple[str, str]] = []
-        sent_now: list[str] = []
-        for o in orders:
-            was = before[o.id]
-            if was == "sent":
-                continue  # Vibeapp has it; later changes reach it as refunds
-            if o.status not in SOLD:
-                delivery = "not_sold"
-            elif o.event_id in known:
-                delivery = "sent"
-                self.queue.order(o)
-                sent_now.append(o.id)
-            else:
-                delivery = "parked"
-                if was != "parked":
-                    log.info("order.parked", order_id=o.id, event_id=o.event_id)
-            if delivery != was:
-                changes.append((o.id, delivery))
-        if changes:
-            await self.conn.execute(
-                Q.set_order_deliveries, [c[0] for c in changes], [c[1] for c in changes]
-            )
-        return sent_now
 
     # ----------------------------------------------------------------- refunds
 

@@ -71,7 +71,7 @@ def decode(kind: Kind, headers: Sequence[tuple[str, bytes]], value: bytes | None
         _parse_json(value, message)
     else:
         raise BadRecord(f"unsupported content-type {ctype!r}")
-    problems = _unknown_enum_values(message) + VALIDATORS[kind](message)
+    problems = VALIDATORS[kind](message)
     if problems:
         raise BadRecord("; ".join(problems))
     return Decoded(kind, message)
@@ -127,31 +127,30 @@ def _enum_value(field: FieldDescriptor, value: Any) -> Any:
     return candidate if candidate in names else value
 
 
-def _unknown_enum_values(message: Message, path: str = "") -> list[str]:
-    """Enum numbers the schema does not define (proto3 lets them through): a value
-    Ticketland added later is a bad record here, not a crash further on."""
-    problems: list[str] = []
-    for field, value in message.ListFields():
-        name = f"{path}{field.name}"
-        if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
-            values = value if _is_repeated(field) else [value]
-            for v in values:
-                if v not in field.enum_type.values_by_number:
-                    problems.append(f"{name}: unknown value {v}")
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            items = value if _is_repeated(field) else [value]
-            for i, item in enumerate(items):
-                at = f"{name}[{i}]." if _is_repeated(field) else f"{name}."
-                problems += _unknown_enum_values(item, at)
-    return problems
+def _names(enum: Any) -> dict[int, str]:
+    return {v.number: v.name for v in enum.values}
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
+EVENT_STATUS = _names(tl.Event.DESCRIPTOR.enum_types_by_name["Status"])
+ORDER_STATUS = _names(tl.Order.DESCRIPTOR.enum_types_by_name["Status"])
+REFUND_STATUS = _names(tl.RefundRequest.DESCRIPTOR.enum_types_by_name["Status"])
+TICKET_STATUS = _names(tl.Ticket.DESCRIPTOR.enum_types_by_name["Status"])
+LEGAL_TYPE = _names(tl.LegalEntity.DESCRIPTOR.enum_types_by_name["LegalType"])
+POLICY = _names(tl.RefundRequest.DESCRIPTOR.enum_types_by_name["Policy"])
+REASON_TYPE = _names(tl.RefundRequest.DESCRIPTOR.enum_types_by_name["ReasonType"])
+
+
+def _unknown(problems: list[str], field: str, value: int, known: dict[int, str]) -> None:
+    """Proto3 lets enum numbers the schema does not define through: a value Ticketland
+    added later is a bad record here, not a crash further on."""
+    if value not in known:
+        problems.append(f"{field}: unknown value {value}")
 
 
 def _event_problems(e: tl.Event) -> list[str]:
-    problems = []
+    problems: list[str] = []
+    _unknown(problems, "status", e.status, EVENT_STATUS)
+    _unknown(problems, "organizer.legals.type", e.organizer.legals.type, LEGAL_TYPE)
     if not e.id:
         problems.append("id: required")
     if not e.name:
@@ -162,7 +161,8 @@ def _event_problems(e: tl.Event) -> list[str]:
 
 
 def _order_problems(o: tl.Order) -> list[str]:
-    problems = []
+    problems: list[str] = []
+    _unknown(problems, "status", o.status, ORDER_STATUS)
     if not o.id:
         problems.append("id: required")
     if not o.event_id:
@@ -178,6 +178,7 @@ def _order_problems(o: tl.Order) -> list[str]:
         seen.add(t.id)
         if t.event_id and t.event_id != o.event_id:
             problems.append(f"tickets[{i}].event_id: not the order's event {o.event_id!r}")
+        _unknown(problems, f"tickets[{i}].status", t.status, TICKET_STATUS)
         if t.price_nominal < 0:
             problems.append(f"tickets[{i}].price_nominal: negative")
         if t.currency and t.currency.upper() not in CURRENCIES:
@@ -186,7 +187,10 @@ def _order_problems(o: tl.Order) -> list[str]:
 
 
 def _refund_problems(r: tl.RefundRequest) -> list[str]:
-    problems = []
+    problems: list[str] = []
+    _unknown(problems, "status", r.status, REFUND_STATUS)
+    _unknown(problems, "policy", r.policy, POLICY)
+    _unknown(problems, "reason_type", r.reason_type, REASON_TYPE)
     if not r.id:
         problems.append("id: required")
     if not r.order_id:
@@ -210,8 +214,13 @@ VALIDATORS: dict[Kind, Any] = {
 }
 
 
+STATUS_NAMES: dict[type[Input], dict[int, str]] = {
+    tl.Event: {n: name.removeprefix("STATUS_") for n, name in EVENT_STATUS.items()},
+    tl.Order: {n: name.removeprefix("STATUS_") for n, name in ORDER_STATUS.items()},
+    tl.RefundRequest: {n: name.removeprefix("STATUS_") for n, name in REFUND_STATUS.items()},
+}
+
+
 def short_status(message: Input) -> str:
     """The record's status without its prefix (``DONE``, ``APPROVED``, ``ACTIVE``)."""
-    descriptor = message.DESCRIPTOR.fields_by_name["status"].enum_type
-    assert descriptor is not None
-    return descriptor.values_by_number[message.status].name.removeprefix("STATUS_")
+    return STATUS_NAMES[type(message)][message.status]

@@ -245,32 +245,33 @@ WHERE event_id = ANY($1::text[]) AND delivery = 'parked'
 RETURNING id, doc
 
 -- name: upsert_orders
--- The orders applied, each with its delivery before (NULL: new).
+-- The orders applied, each with its delivery before (NULL: new). $8 is the delivery
+-- each would get now; an order Vibeapp has stays sent.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::bytea[], $7::bigint[])
-        AS x(id, number, status, event_id, organizer_id, doc, source_time)),
+                         $6::bytea[], $7::bigint[], $8::text[])
+        AS x(id, number, status, event_id, organizer_id, doc, source_time, delivery)),
 before AS (SELECT o.id, o.delivery FROM reconcile.orders o JOIN input USING (id))
 INSERT INTO reconcile.orders AS o
-    (id, number, status, event_id, organizer_id, doc, source_time, delivery)
-SELECT id, number, status, event_id, organizer_id, doc, source_time, 'new' FROM input
+    (id, number, status, event_id, organizer_id, doc, source_time, delivery, parked_at,
+     sent_at)
+SELECT id, number, status, event_id, organizer_id, doc, source_time, delivery,
+       CASE WHEN delivery = 'parked' THEN now() END, CASE WHEN delivery = 'sent' THEN now() END
+FROM input
 ON CONFLICT (id) DO UPDATE
 SET number = excluded.number, status = excluded.status, event_id = excluded.event_id,
     organizer_id = excluded.organizer_id, doc = excluded.doc,
-    source_time = excluded.source_time, updated_at = now()
+    source_time = excluded.source_time, updated_at = now(),
+    delivery = CASE WHEN o.delivery = 'sent' THEN 'sent' ELSE excluded.delivery END,
+    parked_at = CASE WHEN o.delivery <> 'sent' AND excluded.delivery = 'parked'
+                     THEN coalesce(o.parked_at, now()) END,
+    sent_at = CASE WHEN o.delivery = 'sent' THEN o.sent_at
+                   WHEN excluded.delivery = 'sent' THEN now() END
 WHERE excluded.source_time >= o.source_time
 RETURNING o.id, (SELECT b.delivery FROM before b WHERE b.id = o.id) AS before
 
 -- name: known_events
 SELECT id FROM reconcile.events WHERE id = ANY($1::text[])
-
--- name: set_order_deliveries
-UPDATE reconcile.orders o
-SET delivery = x.delivery,
-    parked_at = CASE WHEN x.delivery = 'parked' THEN coalesce(o.parked_at, now()) END,
-    sent_at = CASE WHEN x.delivery = 'sent' THEN now() END
-FROM unnest($1::text[], $2::text[]) AS x(id, delivery)
-WHERE o.id = x.id
 
 -- name: waiting_refunds_of
 SELECT id, doc FROM reconcile.refunds

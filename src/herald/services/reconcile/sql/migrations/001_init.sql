@@ -134,10 +134,9 @@ CREATE TABLE reconcile.outbox (
     amount       bigint      NOT NULL DEFAULT 0,     -- orders: sold; refunds: customer
     queued_at    timestamptz NOT NULL DEFAULT now(),
     sent_at      timestamptz,
-    UNIQUE (kind, entity_id, content_hash)
+    UNIQUE (kind, entity_id, content_hash)  -- also finds an entity's outputs
 );
 CREATE INDEX outbox_pending ON reconcile.outbox (id) WHERE sent_at IS NULL;
-CREATE INDEX outbox_entity ON reconcile.outbox (kind, entity_id);
 
 CREATE TABLE reconcile.reports (
     id         uuid        PRIMARY KEY,
