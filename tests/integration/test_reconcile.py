@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -210,6 +211,18 @@ async def test_each_discrepancy_kind_is_stored_published_and_holds_the_refund(
     [parked_d] = [d for d in found if d.kind == pb.DISCREPANCY_KIND_ORDER_PARKED_TOO_LONG]
     assert parked_d.order_id == parked
 
+    pages, token = [], ""
+    while True:
+        page = await flow.stub.ListDiscrepancies(
+            pb.ListDiscrepanciesRequest(page_size=3, page_token=token)
+        )
+        assert page.total_size == len(found)
+        pages += [d.id for d in page.discrepancies]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(pages) == sorted(d.id for d in found), "every one once across pages"
+
     only_used = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_USED_TICKET)
     assert [d.refund_id for d in only_used] == [refund_of["used_ticket"]]
     sent = await flow.outputs("refund", 1, timeout=3)
@@ -395,6 +408,14 @@ async def test_reconciliation_reports_totals_finds_what_is_missing_and_repairs_i
         pb.GetReconciliationReportRequest(id=report.id)
     )
     assert stored.report == report
+    now = datetime.now(UTC)
+    window = pb.TimeRange()
+    window.start_time.FromDatetime(now - timedelta(hours=1))
+    window.end_time.FromDatetime(now + timedelta(minutes=1))
+    by_time = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(range=window))).report
+    assert by_time.balanced, list(by_time.findings)
+    assert by_time.totals == report.totals  # this test's database holds only this event
+    assert by_time.inputs.order_records == 2
 
     # Lose o2's output (as if it had never been queued): the report finds it, repair
     # sends it again.

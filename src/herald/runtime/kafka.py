@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from herald.runtime.settings import KafkaSettings
 
@@ -123,3 +129,20 @@ async def check(producer: AIOKafkaProducer) -> None:
         if reply.brokers:
             return
     raise ConnectionError(f"no Kafka broker answered: {last!r}")
+
+
+async def commit_after(
+    consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]
+) -> bool:
+    """Commits the offsets just past ``records``; False when the partitions moved
+    meanwhile (a rebalance): their new owner repeats those records, which every
+    consumer of Herald's makes harmless (deterministic ids, recognised repeats)."""
+    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+        log.warning("kafka.commit_failed", error=repr(exc))
+        return False
+    return True

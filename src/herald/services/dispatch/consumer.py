@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka import commit_after, start_when_reachable
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
 from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons, stored
@@ -75,7 +74,7 @@ class EventConsumer:
                 if not records:
                     continue
                 await self.take(records)
-                await _commit(consumer, records)
+                await commit_after(consumer, records)
         finally:
             await consumer.stop()
 
@@ -143,17 +142,3 @@ class EventConsumer:
                 log.error("dispatch.store_failed", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-
-
-async def _commit(
-    consumer: AIOKafkaConsumer, records: Sequence[ConsumerRecord[bytes, bytes]]
-) -> None:
-    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-    for r in records:
-        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
-    try:
-        await consumer.commit(offsets)
-    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-        # A rebalance took the partitions: their new owner repeats these records, with
-        # the same job ids, so the repeat has no second effect downstream.
-        log.warning("dispatch.commit_failed", error=repr(exc))

@@ -14,12 +14,11 @@ from typing import TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import dead_letter_headers
-from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka import commit_after, start_when_reachable
 from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
@@ -61,7 +60,7 @@ class InputConsumer:
                 if not records:
                     continue
                 await self.take(records)
-                await _commit(consumer, records)
+                await commit_after(consumer, records)
         finally:
             await consumer.stop()
 
@@ -131,15 +130,3 @@ class InputConsumer:
                 offset=r.offset,
                 reason=reason,
             )
-
-
-async def _commit(consumer: AIOKafkaConsumer, records: Sequence[Rec]) -> None:
-    offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-    for r in records:
-        offsets[TopicPartition(r.topic, r.partition)] = OffsetAndMetadata(r.offset + 1, "")
-    try:
-        await consumer.commit(offsets)
-    except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-        # The partitions moved: their new owner repeats these records, which the
-        # ledger recognises.
-        log.warning("reconcile.commit_failed", error=repr(exc))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 
@@ -27,6 +28,12 @@ from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.relay")
 KINDS = ("event", "order", "refund")
+
+
+@functools.lru_cache(maxsize=64)
+def _headers(text: str) -> tuple[tuple[str, bytes], ...]:
+    """A row's headers (few distinct values: one set per format)."""
+    return tuple((n, v.encode()) for n, v in json.loads(text))
 
 
 class VibeRelay:
@@ -92,7 +99,7 @@ class VibeRelay:
                         r["topic"],
                         r["key"],
                         r["value"],
-                        [(n, v.encode()) for n, v in json.loads(r["headers"])],
+                        list(_headers(r["headers"])),  # aiokafka wants a list
                     )
                     for r in group
                 ]
