@@ -488,3 +488,33 @@ async def test_outputs_reach_a_cluster_that_wants_scram_sha_512(
     assert vibe.Event.FromString(ev_rec.value).id == e
     assert vibe.Order.FromString(or_rec.value).id == o
     check_headers([ev_rec, or_rec])
+
+
+async def test_two_replicas_share_the_inputs_and_send_everything_once_in_order(
+    flow: ReconcileFlow,
+) -> None:
+    await flow.add_replica()  # the same consumer group: the partitions are shared
+    events = [unique("ev") for _ in range(4)]
+    orders = {unique("or"): events[i % 4] for i in range(40)}
+    # Orders first (parked), then their events, then a refund per order: every release
+    # and refund decision is contended between the two replicas.
+    await flow.send(*(order(o, e, {"t-" + o: 100}) for o, e in orders.items()))
+    await flow.send(*(event(e) for e in events))
+    await flow.send(
+        *(refund("rf-" + o, o, e, {"t-" + o: (100, 100, 0, 0)}) for o, e in orders.items())
+    )
+    await flow.settled(60)
+
+    sent_events = await flow.outputs("event", 4, timeout=10)
+    sent_orders = await flow.outputs("order", 40, timeout=10)
+    sent_refunds = await flow.outputs("refund", 40, timeout=10)
+    assert sorted(r.key.decode() for r in sent_events) == sorted(events)
+    assert sorted(r.key.decode() for r in sent_orders) == sorted(orders)
+    assert sorted(r.key.decode() for r in sent_refunds) == sorted("rf-" + o for o in orders)
+    event_at = {r.key.decode(): r.timestamp for r in sent_events}
+    order_at = {r.key.decode(): r.timestamp for r in sent_orders}
+    for r in sent_orders:
+        assert event_at[orders[r.key.decode()]] <= r.timestamp
+    for r in sent_refunds:
+        assert order_at[r.key.decode().removeprefix("rf-")] <= r.timestamp
+    assert await discrepancies(flow) == []
