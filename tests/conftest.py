@@ -8,14 +8,17 @@ at an existing server instead. Every test gets its own database and topics.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from herald.devenv import LocalKafka, servers
+from herald.runtime.kafka import connection_options
 from herald.runtime.settings import KafkaSettings
 
 
@@ -31,10 +34,44 @@ class Infra:
         return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
 
 
+# Topics of one test carry a random hex suffix (``….t0123456789``); bench ones too.
+TEST_TOPIC = re.compile(r"[.-][a-z]?[0-9a-f]{8,}(\.raw\.[0-9a-f]+)?$")
+
+
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     with servers() as running:
-        yield Infra(running.database_url, running.bootstrap_servers, running.kafka)
+        where = Infra(running.database_url, running.bootstrap_servers, running.kafka)
+        before = asyncio.run(_topics(where)) if where.kafka is not None else None
+        yield where
+        if before is not None:
+            # The project's own Kafka keeps what tests create from run to run; left
+            # alone, thousands of partitions exhaust the broker's open files.
+            asyncio.run(_delete_test_topics(where, before))
+
+
+async def _topics(where: Infra) -> set[str]:
+    admin = AIOKafkaAdminClient(**connection_options(where.kafka_settings()))
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_test_topics(where: Infra, before: set[str]) -> None:
+    """Deletes the topics this session created whose names mark them as a test's."""
+    try:
+        created = sorted(t for t in await _topics(where) - before if TEST_TOPIC.search(t))
+        admin = AIOKafkaAdminClient(**connection_options(where.kafka_settings()))
+        await admin.start()
+        try:
+            for i in range(0, len(created), 200):
+                await admin.delete_topics(created[i : i + 200], timeout_ms=30_000)
+        finally:
+            await admin.close()
+    except Exception as exc:  # hygiene only: never fail the session for it
+        print(f"test topics not deleted: {exc!r}")
 
 
 @pytest.fixture

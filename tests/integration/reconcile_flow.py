@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -243,7 +244,10 @@ class ReconcileFlow:
         await admin.start()
         await consumer.start()
         try:
-            committed = await admin.list_consumer_group_offsets(self.settings.reconcile_group)
+            try:
+                committed = await admin.list_consumer_group_offsets(self.settings.reconcile_group)
+            except KafkaError:  # a fresh broker creates its offsets topic on first use
+                return False
             parts = [
                 TopicPartition(t, p)
                 for t in self.settings.input_topics()

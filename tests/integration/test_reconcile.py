@@ -518,3 +518,46 @@ async def test_two_replicas_share_the_inputs_and_send_everything_once_in_order(
     for r in sent_refunds:
         assert order_at[r.key.decode().removeprefix("rf-")] <= r.timestamp
     assert await discrepancies(flow) == []
+
+
+async def test_what_was_waited_for_settles_its_discrepancy_when_it_arrives(
+    flow: ReconcileFlow,
+) -> None:
+    e = unique("ev")
+    parked, late, accepted = unique("or"), unique("or"), unique("or")
+    r_late, r_accepted = unique("rf"), unique("rf")
+    await flow.send(order(parked, e, {"t-" + parked: 100}))
+    await flow.send(refund(r_late, late, e, {"t-" + late: (100, 100, 0, 0)}))
+    await flow.send(refund(r_accepted, accepted, e, {"t-" + accepted: (100, 100, 0, 0)}))
+
+    async def three_found() -> bool:  # the park limit is 2 s here
+        return len(await discrepancies(flow, status=pb.DISCREPANCY_STATUS_OPEN)) == 3
+
+    await eventually(three_found, 20)
+    [for_accepted] = await discrepancies(flow, refund_id=r_accepted)
+    assert for_accepted.kind == pb.DISCREPANCY_KIND_UNKNOWN_ORDER
+    reply = await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(
+            id=for_accepted.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED, note="coming"
+        )
+    )
+    assert not reply.refund_released, "its order is still unknown: the refund waits"
+
+    # The event and both orders arrive: the parked order goes, and both refunds are
+    # checked (clean) and go after their orders.
+    await flow.send(event(e))
+    await flow.send(order(late, e, {"t-" + late: 100}), order(accepted, e, {"t-" + accepted: 100}))
+    await flow.settled()
+    sent_orders = await flow.outputs("order", 3)
+    sent_refunds = await flow.outputs("refund", 2)
+    assert sorted(r.key.decode() for r in sent_orders) == sorted([parked, late, accepted])
+    assert sorted(r.key.decode() for r in sent_refunds) == sorted([r_late, r_accepted])
+    assert await discrepancies(flow, status=pb.DISCREPANCY_STATUS_OPEN) == []
+    settled = {d.kind: d for d in await discrepancies(flow) if d.id != for_accepted.id}
+    assert settled[pb.DISCREPANCY_KIND_ORDER_PARKED_TOO_LONG].order_id == parked
+    assert "the event arrived" in settled[pb.DISCREPANCY_KIND_ORDER_PARKED_TOO_LONG].resolution_note
+    assert settled[pb.DISCREPANCY_KIND_UNKNOWN_ORDER].refund_id == r_late
+    assert "the order arrived" in settled[pb.DISCREPANCY_KIND_UNKNOWN_ORDER].resolution_note
+    for t in ("t-" + late, "t-" + accepted):
+        ticket = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t))).ticket
+        assert ticket.status == pb.TICKET_STATUS_REFUNDED

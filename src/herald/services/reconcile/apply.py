@@ -108,7 +108,11 @@ class BatchApply:
             self.queue.order(tl.Order.FromString(row["doc"]))
         if released:
             log.info("orders.released", orders=len(released))
-            await self.release_refunds([r["id"] for r in released])
+            ids = [r["id"] for r in released]
+            await self.conn.execute(
+                Q.settle_arrived, "order_parked_too_long", ids, "settled: the event arrived"
+            )
+            await self.release_refunds(ids)
 
     # ------------------------------------------------------------------ orders
 
@@ -144,9 +148,18 @@ class BatchApply:
                 sent_now.append(o.id)
             elif delivery == "parked" and was != "parked":
                 log.info("order.parked", order_id=o.id, event_id=o.event_id)
-        waiting = await self.conn.fetch(Q.waiting_refunds_of, [o.id for o in applied])
-        if waiting:
-            await self.approve([tl.RefundRequest.FromString(w["doc"]) for w in waiting])
+        ids = [o.id for o in applied]
+        waiting = list(await self.conn.fetch(Q.waiting_refunds_of, ids))
+        late = await self.conn.fetch(Q.refunds_held_for_their_order, ids)
+        if late:  # held because the order was unknown: checked now that it is here
+            await self.conn.execute(
+                Q.settle_arrived,
+                "unknown_order",
+                [r["id"] for r in late],
+                "settled: the order arrived; the refund was checked then",
+            )
+        if waiting or late:
+            await self.approve([tl.RefundRequest.FromString(w["doc"]) for w in [*waiting, *late]])
         if sent_now:
             await self.release_refunds(sent_now)
 

@@ -82,11 +82,13 @@ class Reconciler:
             log.info("refund.blocked", refund_id=refund_id)
             return False
         r = tl.RefundRequest.FromString(refund["doc"])
-        await tx.conn.execute(Q.refund_tickets, r.id, [t.ticket_id for t in r.tickets])
         order = await tx.conn.fetchrow(Q.get_order, r.order_id)
         if order is None:
-            await tx.conn.execute(Q.set_refund_state, refund_id, "ready")
+            # Accepting an unknown order means waiting for it: the refund is checked
+            # when the order arrives, like any other.
+            await tx.conn.execute(Q.set_refund_state, refund_id, "waiting_order")
             return False
+        await tx.conn.execute(Q.refund_tickets, r.id, [t.ticket_id for t in r.tickets])
         await tx.send_or_ready(r, order)
         log.info("refund.released", refund_id=refund_id, order_delivery=order["delivery"])
         return bool(order["delivery"] == "sent")

@@ -102,9 +102,12 @@ WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
 ORDER BY o.parked_at LIMIT 100
 
 -- name: overdue_refunds
-SELECT id, event_id FROM reconcile.refunds
-WHERE state = 'waiting_order' AND waiting_since < now() - make_interval(secs => $1)
-ORDER BY waiting_since LIMIT 100
+-- (Once an operator accepted the unknown order, the refund just waits for it.)
+SELECT r.id, r.event_id FROM reconcile.refunds r
+WHERE r.state = 'waiting_order' AND r.waiting_since < now() - make_interval(secs => $1)
+  AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
+                  WHERE d.refund_id = r.id AND d.kind = 'unknown_order')
+ORDER BY r.waiting_since LIMIT 100
 
 -- name: unpublished_discrepancies
 SELECT * FROM reconcile.discrepancies WHERE published_at IS NULL ORDER BY detected_at LIMIT 100
@@ -316,3 +319,20 @@ SET state = x.state,
     updated_at = now()
 FROM unnest($1::text[], $2::text[]) AS x(id, state)
 WHERE r.id = x.id
+
+-- name: refunds_held_for_their_order
+-- Held refunds whose only open discrepancy is that their order was unknown.
+SELECT r.id, r.doc FROM reconcile.refunds r
+WHERE r.order_id = ANY($1::text[]) AND r.state = 'held'
+  AND EXISTS (SELECT 1 FROM reconcile.discrepancies d
+              WHERE d.refund_id = r.id AND d.kind = 'unknown_order' AND d.status = 'open')
+  AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
+                  WHERE d.refund_id = r.id AND d.kind <> 'unknown_order' AND d.status = 'open')
+ORDER BY r.first_seen, r.id
+
+-- name: settle_arrived
+-- What was missing arrived: an order's or refund's waiting discrepancy is settled.
+UPDATE reconcile.discrepancies
+SET status = 'accepted', resolved_at = now(), resolution_note = $3
+WHERE kind = $1 AND status = 'open'
+  AND CASE WHEN $1 = 'unknown_order' THEN refund_id ELSE order_id END = ANY($2::text[])
