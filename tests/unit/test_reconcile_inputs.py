@@ -354,3 +354,25 @@ def test_a_status_number_outside_the_enum_is_a_bad_record(form: str) -> None:
         headers, value = JSON_CT, as_json(order_doc(status=9))
     with pytest.raises(BadRecord, match="status"):
         short_status(decode("order", headers, value).message)
+
+
+def test_a_nul_character_in_a_stored_text_is_a_bad_record() -> None:
+    # PostgreSQL text cannot hold NUL: the ledger would refuse the batch for ever.
+    bad = tl.Order(
+        id="o\x001", event_id="e1", status=tl.Order.STATUS_DONE, tickets=[tl.Ticket(id="t\x00")]
+    )
+    with pytest.raises(BadRecord, match=r"id: contains a NUL character") as caught:
+        decode("order", [], bad.SerializeToString())
+    assert "tickets[0].id: contains a NUL character" in str(caught.value)
+
+
+def test_json_keys_the_schema_does_not_know_yet_are_ignored() -> None:
+    doc = {
+        "id": "e1",
+        "name": "Show",
+        "organizer": {"id": "g1", "name": "Org", "rating": 5},
+        "new_field": {"x": [1, 2]},
+    }
+    decoded = decode("event", JSON_CT, json.dumps(doc).encode())
+    assert isinstance(decoded.message, tl.Event)
+    assert (decoded.message.id, decoded.message.organizer.name) == ("e1", "Org")

@@ -71,7 +71,7 @@ def decode(kind: Kind, headers: Sequence[tuple[str, bytes]], value: bytes | None
         _parse_json(value, message)
     else:
         raise BadRecord(f"unsupported content-type {ctype!r}")
-    problems = VALIDATORS[kind](message)
+    problems = VALIDATORS[kind](message) + _nul_problems(message)
     if problems:
         raise BadRecord("; ".join(problems))
     return Decoded(kind, message)
@@ -145,6 +145,36 @@ def _unknown(problems: list[str], field: str, value: int, known: dict[int, str])
     added later is a bad record here, not a crash further on."""
     if value not in known:
         problems.append(f"{field}: unknown value {value}")
+
+
+def _stored_text(m: Input) -> list[tuple[str, str]]:
+    """The texts the ledger keeps in text columns."""
+    if isinstance(m, tl.Event):
+        return [("id", m.id), ("name", m.name), ("organizer.id", m.organizer.id),
+                ("organizer.name", m.organizer.name)]  # fmt: skip
+    head = [("id", m.id), ("event_id", m.event_id), ("organizer_id", m.organizer_id)]
+    if isinstance(m, tl.Order):
+        return (
+            head
+            + [("number", m.number)]
+            + [
+                (f"tickets[{i}].{name}", value)
+                for i, t in enumerate(m.tickets)
+                for name, value in (("id", t.id), ("barcode", t.barcode), ("currency", t.currency))
+            ]
+        )
+    return (
+        head
+        + [("order_id", m.order_id)]
+        + [(f"tickets[{i}].ticket_id", t.ticket_id) for i, t in enumerate(m.tickets)]
+    )
+
+
+def _nul_problems(m: Input) -> list[str]:
+    """PostgreSQL text cannot hold NUL: such a record would stop the consumer for good."""
+    return [
+        f"{name}: contains a NUL character" for name, value in _stored_text(m) if "\x00" in value
+    ]
 
 
 def _event_problems(e: tl.Event) -> list[str]:
