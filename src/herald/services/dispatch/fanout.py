@@ -21,6 +21,7 @@ from herald.dispatch.v1 import notification_pb2
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import cloudevents_kafka as ce
+from herald.runtime.ids import uuid5_text
 from herald.runtime.kafka_batches import OutRecord
 from herald.services.dispatch.routes import CompiledRoute, Event, JobSpec
 
@@ -87,7 +88,7 @@ def context_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:
 def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
     """Deterministic per (event, webhook)."""
     attrs = consumed.binary.attributes
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{attrs['source']}\n{attrs['id']}\n{webhook_id}"))
+    return uuid5_text(DELIVERY_NAMESPACE, f"{attrs['source']}\n{attrs['id']}\n{webhook_id}")
 
 
 def deliveries(consumed: Consumed, webhook_ids: Iterable[str], topic: str) -> list[Outgoing]:

@@ -18,6 +18,7 @@ from google.protobuf import json_format, struct_pb2
 from herald.dispatch.v1 import dispatch_pb2
 
 from herald.runtime.errors import FieldViolation
+from herald.runtime.ids import uuid5_text
 
 Op = dispatch_pb2.Condition.Operator
 DEFAULT_TOPIC = "herald.notifications.{channel}"
@@ -185,7 +186,7 @@ class CompiledRoute:
             key = f"{event.attributes.get('source')}\n{event.attributes.get('id')}\n{self.id}"
             jobs.append(
                 JobSpec(
-                    job_id=str(uuid.uuid5(JOB_NAMESPACE, f"{key}\n{index}")),
+                    job_id=uuid5_text(JOB_NAMESPACE, f"{key}\n{index}"),
                     topic=(t.topic or DEFAULT_TOPIC).replace("{channel}", channel),
                     channel=channel,
                     template_code=_text(event, t.template_code, item, "template_code"),
