@@ -56,10 +56,12 @@ async def read_matching(
     wanted: Callable[[Any], bool],
     count: int,
     timeout: float = 30.0,
+    distinct: Callable[[Any], object] | None = None,
 ) -> list[Any]:
     """The records of ``topic`` (from the beginning) for which ``wanted`` is true, once
     ``count`` of them arrived (plus any repeats within a short grace period), or as many
-    as came before ``timeout``. For topics other tests write to as well."""
+    as came before ``timeout``. For topics other tests write to as well. With
+    ``distinct``, ``count`` counts distinct values of it (repeats do not count)."""
     consumer = AIOKafkaConsumer(
         topic,
         **connection_options(settings),
@@ -69,13 +71,17 @@ async def read_matching(
     )
     await consumer.start()
     found: list[Any] = []
+    seen: set[object] = set()
     deadline = time.monotonic() + timeout
     grace: float | None = None
     try:
         while time.monotonic() < deadline and (grace is None or time.monotonic() < grace):
             batch = await consumer.getmany(timeout_ms=200)
-            found += [r for part in batch.values() for r in part if wanted(r)]
-            if grace is None and len(found) >= count:
+            new = [r for part in batch.values() for r in part if wanted(r)]
+            found += new
+            if distinct is not None:
+                seen.update(distinct(r) for r in new)
+            if grace is None and (len(seen) if distinct else len(found)) >= count:
                 grace = time.monotonic() + 0.5
     finally:
         await consumer.stop()

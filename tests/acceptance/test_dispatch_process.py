@@ -93,7 +93,12 @@ async def test_kill_9_mid_stream_then_restart_every_event_makes_one_job(
         await asyncio.to_thread(dispatch.start)
         try:
             records = await read_matching(
-                infra.kafka_settings(), jobs_topic, mine, len(published), timeout=90
+                infra.kafka_settings(),
+                jobs_topic,
+                mine,
+                len(published),
+                timeout=90,
+                distinct=lambda r: headers(r).get("ce_id"),  # repeats after the kill
             )
         finally:
             dispatch.terminate()

@@ -5,7 +5,6 @@ but not yet marked when the process died) is the same record again."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -13,13 +12,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime.kafka import connection_options
 from tests.acceptance.conftest import ServiceProcess, free_port
 from tests.conftest import Infra
 from tests.integration.reconcile_flow import event, order, refund
+from tests.kafka_helpers import read_matching
 
 pytestmark = pytest.mark.acceptance
 EVENTS, ORDERS, REFUNDS = 10, 5000, 1000
@@ -166,25 +166,7 @@ async def _produce(infra: Infra, topics: dict[str, str]) -> None:
 
 async def _read_keys(infra: Infra, topic: str, keys: int, within: float) -> list[Any]:
     """Every record of ``topic`` once ``keys`` distinct keys were seen (repeats after
-    the kill make more records than keys), or what came within ``within`` seconds."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        **connection_options(infra.kafka_settings()),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+    the kill make more records than keys)."""
+    return await read_matching(
+        infra.kafka_settings(), topic, lambda _: True, keys, within, distinct=lambda r: r.key
     )
-    await consumer.start()
-    found: list[Any] = []
-    seen: set[bytes] = set()
-    deadline = time.monotonic() + within
-    try:
-        while len(seen) < keys and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                found += part
-                seen.update(r.key for r in part)
-        found += [r for part in (await consumer.getmany(timeout_ms=300)).values() for r in part]
-    finally:
-        await consumer.stop()
-    return found
