@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -561,3 +562,22 @@ async def test_what_was_waited_for_settles_its_discrepancy_when_it_arrives(
     for t in ("t-" + late, "t-" + accepted):
         ticket = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t))).ticket
         assert ticket.status == pb.TICKET_STATUS_REFUNDED
+
+
+async def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_applied(
+    flow: ReconcileFlow,
+) -> None:
+    e = unique("ev")
+    huge = "".join(uuid.uuid4().hex for _ in range(700))  # an id no btree index can hold
+    fine = [unique("or") for _ in range(5)]
+    await flow.send(event(e))
+    await flow.send(order(fine[0], e, {"t-" + fine[0]: 1}), order(huge, e, {"t-x": 1}))
+    await flow.send(*(order(o, e, {"t-" + o: 1}) for o in fine[1:]))
+    sent = await flow.outputs("order", 5)
+    assert sorted(r.key.decode() for r in sent) == sorted(fine)
+    [dead] = await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)
+    assert dead.key == huge.encode()
+    reason = headers(dead)["dlq-reason"]
+    assert reason.startswith("the ledger refused it:"), reason
+    assert "index row" in reason, reason
+    await flow.settled()

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -27,6 +28,13 @@ from herald.services.reconcile.ledger import Ledger, Taken
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
 KIND_ORDER = {"event": 0, "order": 1, "refund": 2}
+# What PostgreSQL answers about the data itself (a value it cannot store, an index
+# entry too large, …): trying the same records again would fail for ever.
+REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
 
 
 class InputConsumer:
@@ -81,15 +89,36 @@ class InputConsumer:
         if bad:
             await self._dead_letter(bad)
         if taken:
-            queued = await self._durably(taken)
+            by_place = {(r.topic, r.partition, r.offset): r for r in records}
+            queued = await self._durably(taken, by_place)
             if queued:
                 self._on_queued()
 
-    async def _durably(self, taken: list[Taken]) -> int:
+    async def _durably(self, taken: list[Taken], records: dict[tuple[str, int, int], Rec]) -> int:
+        """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A batch
+        PostgreSQL refuses for its data is split in halves until the record it refuses
+        is alone; that one is dead-lettered with PostgreSQL's reason, the rest applied."""
         delay = 0.5
         while True:
             try:
                 return await self._ledger.take(taken)
+            except REFUSED as exc:
+                if len(taken) == 1:
+                    t = taken[0]
+                    await self._dead_letter(
+                        [
+                            (
+                                records[(t.topic, t.partition, t.offset)],
+                                f"the ledger refused it: {exc}",
+                            )
+                        ]
+                    )
+                    return 0
+                log.warning("ledger.refused_batch", records=len(taken), error=repr(exc))
+                half = len(taken) // 2
+                return await self._durably(taken[:half], records) + await self._durably(
+                    taken[half:], records
+                )
             except DATABASE_ERRORS as exc:  # unreachable, a deadlock, …: the whole batch again
                 log.error("ledger.failed", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
