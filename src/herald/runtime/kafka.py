@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -146,3 +146,50 @@ async def commit_after(
         log.warning("kafka.commit_failed", error=repr(exc))
         return False
     return True
+
+
+class LateProducer:
+    """A producer started by a worker once Kafka answers (so the service starts, and
+    reports NOT_SERVING, while Kafka is down). :meth:`get` is None until then."""
+
+    def __init__(self, make: Callable[[], AIOKafkaProducer], what: str) -> None:
+        self._make = make
+        self._what = what
+        self._producer: AIOKafkaProducer | None = None
+
+    def get(self) -> AIOKafkaProducer | None:
+        return self._producer
+
+    async def start(self) -> None:
+        """A worker: returns once the producer has started."""
+        self._producer = await start_when_reachable(self._make, self._what)
+
+    async def check(self) -> None:
+        """The health check: raises unless the producer is started and Kafka answers."""
+        if self._producer is None:
+            raise ConnectionError("Kafka producer not connected")
+        await check(self._producer)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+async def consume(
+    make_consumer: Callable[[], AIOKafkaConsumer],
+    what: str,
+    take: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[object]],
+    max_records: int,
+) -> None:
+    """Consumes until cancelled: each batch goes to ``take``, and the offsets past it
+    are committed once ``take`` returns (its effect durable)."""
+    consumer = await start_when_reachable(make_consumer, what)
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            records = [r for part in batch.values() for r in part]
+            if records:
+                await take(records)
+                await commit_after(consumer, records)
+    finally:
+        await consumer.stop()

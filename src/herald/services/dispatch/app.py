@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import structlog
-from aiokafka import AIOKafkaProducer
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
@@ -73,26 +72,18 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         settings.subscriptions_refresh_seconds,
         settings.subscriptions_max_staleness_seconds,
     )
-    producer: list[AIOKafkaProducer] = []
-
-    def current_producer() -> AIOKafkaProducer | None:
-        return producer[0] if producer else None
-
-    async def start_producer() -> None:
-        producer.append(
-            await kafka.start_when_reachable(
-                partial(
-                    kafka.make_producer,
-                    kafka_settings,
-                    linger_ms=5,
-                    request_timeout_ms=int(settings.send_timeout_seconds * 1000),
-                ),
-                "dispatch-producer",
-            )
-        )
+    producer = kafka.LateProducer(
+        partial(
+            kafka.make_producer,
+            kafka_settings,
+            linger_ms=5,
+            request_timeout_ms=int(settings.send_timeout_seconds * 1000),
+        ),
+        "dispatch-producer",
+    )
 
     dispatcher = Dispatcher(
-        current_producer,
+        producer.get,
         routes,
         subscriptions,
         settings.deliveries_topic,
@@ -101,7 +92,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     )
     dead = DeadLetters(
         pool,
-        current_producer,
+        producer.get,
         EventPublisher(ingest, source="urn:herald:dispatch"),
         settings.dlq_topic,
     )
@@ -129,17 +120,11 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     except Exception as exc:
         log.warning("dispatch.topics_unchecked", error=repr(exc))
 
-    async def kafka_check() -> None:
-        if not producer:
-            raise ConnectionError("Kafka producer not connected")
-        await kafka.check(producer[0])
-
     def register(server: grpc.aio.Server) -> None:
         dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
-        if producer:
-            await producer[0].stop()
+        await producer.stop()
         await webhooks.close()
         await ingest.close()
         await pool.close()
@@ -148,9 +133,9 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         name="dispatch",
         service_names=[SERVICE_NAME],
         register=register,
-        health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
+        health_checks={"postgres": partial(db.check, pool), "kafka": producer.check},
         workers=[
-            start_producer,
+            producer.start,
             *([subscriptions.run] if settings.webhooks_fanout else []),
             routes.run,
             consumer.run,

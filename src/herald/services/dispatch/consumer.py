@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.kafka import commit_after, start_when_reachable
+from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
 from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons, stored
@@ -66,17 +66,7 @@ class EventConsumer:
         # A fresh process matches against real subscriptions, not an empty view.
         if self._wait_for_webhooks:
             await self._subscriptions.wait_ready(10)
-        consumer = await start_when_reachable(self._make_consumer, "events-consumer")
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
-                records = [r for part in batch.values() for r in part]
-                if not records:
-                    continue
-                await self.take(records)
-                await commit_after(consumer, records)
-        finally:
-            await consumer.stop()
+        await consume(self._make_consumer, "events-consumer", self.take, self._max_records)
 
     async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Dispatches ``records``; returns once every effect is durable."""

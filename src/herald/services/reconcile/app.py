@@ -7,7 +7,6 @@ from pathlib import Path
 
 import grpc
 import structlog
-from aiokafka import AIOKafkaProducer
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
 from herald.runtime import db, kafka
@@ -45,18 +44,13 @@ async def build(
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
     relay = VibeRelay(pool, partial(kafka.make_producer, vibe_kafka, linger_ms=5))
     announcer = Announcer(pool, EventPublisher(ingest, source=SOURCE))
-    producer: list[AIOKafkaProducer] = []  # Herald's own cluster: dead letters
+    producer = kafka.LateProducer(  # Herald's own cluster: dead letters
+        partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
+    )
 
     def wake() -> None:
         relay.wake()
         announcer.wake()
-
-    async def start_producer() -> None:
-        producer.append(
-            await kafka.start_when_reachable(
-                partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
-            )
-        )
 
     consumer = InputConsumer(
         partial(
@@ -65,7 +59,7 @@ async def build(
             *settings.input_topics(),
             group_id=settings.reconcile_group,
         ),
-        lambda: producer[0] if producer else None,
+        producer.get,
         settings.input_topics(),
         Ledger(pool, config),
         settings.dlq_topic,
@@ -84,17 +78,16 @@ async def build(
                 log.warning("reconcile.topics_unchecked", error=repr(exc))
 
     async def kafka_check() -> None:
-        if not producer or relay.producer is None:
-            raise ConnectionError("Kafka producers not connected")
-        await kafka.check(producer[0])
+        await producer.check()
+        if relay.producer is None:
+            raise ConnectionError("Vibeapp's Kafka producer not connected")
         await kafka.check(relay.producer)
 
     def register(server: grpc.aio.Server) -> None:
         reconcile_pb2_grpc.add_ReconcileServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
-        if producer:
-            await producer[0].stop()
+        await producer.stop()
         await ingest.close()
         await pool.close()
 
@@ -104,7 +97,7 @@ async def build(
         register=register,
         health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
         workers=[
-            start_producer,
+            producer.start,
             consumer.run,
             relay.run,
             Sweeper(pool, config, settings.park_limit_seconds).run,

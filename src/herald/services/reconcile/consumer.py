@@ -19,7 +19,7 @@ from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import dead_letter_headers
-from herald.runtime.kafka import commit_after, start_when_reachable
+from herald.runtime.kafka import consume
 from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
@@ -60,17 +60,7 @@ class InputConsumer:
         self._sender = BatchSender()
 
     async def run(self) -> None:
-        consumer = await start_when_reachable(self._make_consumer, "ticketland-consumer")
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
-                records = [r for part in batch.values() for r in part]
-                if not records:
-                    continue
-                await self.take(records)
-                await commit_after(consumer, records)
-        finally:
-            await consumer.stop()
+        await consume(self._make_consumer, "ticketland-consumer", self.take, self._max_records)
 
     async def take(self, records: Sequence[Rec]) -> None:
         """Applies ``records``; returns once their effect (or dead letter) is durable."""

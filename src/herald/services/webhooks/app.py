@@ -7,7 +7,6 @@ from pathlib import Path
 
 import grpc
 import structlog
-from aiokafka import AIOKafkaProducer
 from herald.webhooks.v1 import (
     subscriptions_pb2,
     subscriptions_pb2_grpc,
@@ -46,17 +45,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box)
-    producer: list[AIOKafkaProducer] = []  # started by a worker once Kafka answers
-
-    def current_producer() -> AIOKafkaProducer | None:
-        return producer[0] if producer else None
-
-    async def start_producer() -> None:
-        producer.append(
-            await kafka.start_when_reachable(
-                partial(kafka.make_producer, kafka_settings), "webhooks-producer"
-            )
-        )
+    producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")
 
     client = DeliveryClient(
         timeout=settings.delivery_timeout_seconds,
@@ -67,7 +56,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         pool,
         client,
         box,
-        current_producer,
+        producer.get,
         EventPublisher(ingest, source="urn:herald:webhooks"),
         concurrency=settings.delivery_concurrency,
         lease_seconds=settings.delivery_timeout_seconds + 30,
@@ -87,7 +76,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             settings.deliveries_topic,
             group_id=settings.deliveries_group,
         ),
-        current_producer,
+        producer.get,
         engine.wake,
         dlq_topic=settings.dlq_topic,
         local=engine,
@@ -97,11 +86,6 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     except Exception as exc:
         log.warning("webhooks.topics_unchecked", error=repr(exc))
 
-    async def kafka_check() -> None:
-        if not producer:
-            raise ConnectionError("Kafka producer not connected")
-        await kafka.check(producer[0])
-
     def register(server: grpc.aio.Server) -> None:
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(servicer, server)
         subscriptions_pb2_grpc.add_SubscriptionServiceServicer_to_server(
@@ -109,8 +93,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         )
 
     async def close() -> None:
-        if producer:
-            await producer[0].stop()
+        await producer.stop()
         await client.aclose()
         await ingest.close()
         await pool.close()
@@ -119,8 +102,8 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         name="webhooks",
         service_names=[SERVICE_NAME, SUBSCRIPTIONS],
         register=register,
-        health_checks={"postgres": partial(db.check, pool), "kafka": kafka_check},
-        workers=[start_producer, intake.run, engine.run, partial(report_due, pool)],
+        health_checks={"postgres": partial(db.check, pool), "kafka": producer.check},
+        workers=[producer.start, intake.run, engine.run, partial(report_due, pool)],
         interceptors=[
             BearerAuthInterceptor(
                 ApiKeys(parse_api_keys(settings.webhooks_api_keys)),
