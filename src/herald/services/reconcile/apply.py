@@ -10,6 +10,7 @@ two refunds of one ticket in one batch are found as they would be one after anot
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
@@ -17,12 +18,11 @@ from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
 from herald.services.reconcile.checks import Finding, TicketState, check_refund
-from herald.services.reconcile.inputs import short_status
+from herald.services.reconcile.inputs import SOLD, short_status
 from herald.services.reconcile.outputs import Queue
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.ledger")
-SOLD = frozenset({tl.Order.STATUS_EXECUTED, tl.Order.STATUS_DONE})
 CANCELLED = frozenset({tl.Order.STATUS_CANCELLED, tl.Order.STATUS_EXPIRED})
 TICKET_STATUSES = {
     tl.Ticket.STATUS_UNSPECIFIED: "active",
@@ -50,6 +50,33 @@ def _delivery(o: tl.Order, known_events: set[str]) -> str:
     return "sent" if o.event_id in known_events else "parked"
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A finding and what it concerns; ``owner`` (a refund or order id) derives its id."""
+
+    owner: str
+    refund_id: str
+    order_id: str
+    event_id: str
+    finding: Finding
+
+
+async def store_findings(conn: Connection, found: Sequence[Found]) -> None:
+    """Stores discrepancies; one already stored (same owner, kind, ticket) is kept."""
+    await conn.execute(
+        Q.insert_discrepancies,
+        [x.finding.id_for(x.owner) for x in found],
+        [x.finding.kind for x in found],
+        [x.refund_id for x in found],
+        [x.order_id for x in found],
+        [x.finding.ticket_id for x in found],
+        [x.event_id for x in found],
+        [x.finding.expected for x in found],
+        [x.finding.actual for x in found],
+        [x.finding.description for x in found],
+    )
+
+
 class BatchApply:
     """Applies one batch on ``conn`` (inside its transaction); outputs go to ``queue``."""
 
@@ -58,7 +85,7 @@ class BatchApply:
         self.queue = queue
         self._states: list[tuple[str, str]] = []  # (refund id, state)
         self._refunded: list[tuple[str, str]] = []  # (ticket id, refund id)
-        self._findings: list[tuple[str, str, str, Finding]] = []  # refund, order, event
+        self._findings: list[Found] = []
 
     async def run(
         self,
@@ -240,7 +267,7 @@ class BatchApply:
                 continue
             findings = check_refund(r, tickets)
             if findings:
-                self._findings += [(r.id, r.order_id, r.event_id, f) for f in findings]
+                self._findings += [Found(r.id, r.id, r.order_id, r.event_id, f) for f in findings]
                 self._states.append((r.id, "held"))
                 log.warning(
                     "refund.held", refund_id=r.id, findings=sorted({f.kind for f in findings})
@@ -265,19 +292,7 @@ class BatchApply:
 
     async def _write(self) -> None:
         if self._findings:
-            f = self._findings
-            await self.conn.execute(
-                Q.insert_discrepancies,
-                [x.id_for(refund) for refund, _, _, x in f],
-                [x.kind for *_, x in f],
-                [refund for refund, *_ in f],
-                [order for _, order, _, _ in f],
-                [x.ticket_id for *_, x in f],
-                [event for _, _, event, _ in f],
-                [x.expected for *_, x in f],
-                [x.actual for *_, x in f],
-                [x.description for *_, x in f],
-            )
+            await store_findings(self.conn, self._findings)
         if self._refunded:
             await self.conn.execute(
                 Q.refund_tickets_many,

@@ -251,6 +251,11 @@ STATUS_NAMES: dict[type[Input], dict[int, str]] = {
 }
 
 
+# A completed sale: what Vibeapp receives (other orders are in progress or void).
+SOLD = frozenset({tl.Order.STATUS_EXECUTED, tl.Order.STATUS_DONE})
+SOLD_NAMES = frozenset(STATUS_NAMES[tl.Order][n] for n in SOLD)  # as the ledger stores it
+
+
 def short_status(message: Input) -> str:
     """The record's status without its prefix (``DONE``, ``APPROVED``, ``ACTIVE``)."""
     return STATUS_NAMES[type(message)][message.status]

@@ -19,7 +19,7 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
-from herald.services.reconcile.apply import BatchApply, release_refunds
+from herald.services.reconcile.apply import BatchApply, Found, release_refunds, store_findings
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.inputs import Decoded, short_status
 from herald.services.reconcile.outputs import OutputConfig, Queue
@@ -111,17 +111,8 @@ class Transaction:
         event_id: str,
         findings: Sequence[Finding],
     ) -> None:
-        await self.conn.execute(
-            Q.insert_discrepancies,
-            [f.id_for(owner) for f in findings],
-            [f.kind for f in findings],
-            [refund_id] * len(findings),
-            [order_id] * len(findings),
-            [f.ticket_id for f in findings],
-            [event_id] * len(findings),
-            [f.expected for f in findings],
-            [f.actual for f in findings],
-            [f.description for f in findings],
+        await store_findings(
+            self.conn, [Found(owner, refund_id, order_id, event_id, f) for f in findings]
         )
 
     async def release_refunds(self, order_ids: list[str]) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from herald.reconcile.v1 import reconcile_pb2 as pb
 
-SOLD = frozenset({"EXECUTED", "DONE"})
+from herald.services.reconcile.inputs import SOLD_NAMES
+
 Row = Mapping[str, Any]
 
 
@@ -75,7 +76,7 @@ def compare(orders: Sequence[Row], refunds: Sequence[Row], tickets: Sequence[Row
 
 
 def _order(out: Outcome, o: Row) -> None:
-    if o["status"] not in SOLD:
+    if o["status"] not in SOLD_NAMES:
         return
     sent = o["sent_at"] is not None
     out._add(

@@ -43,6 +43,9 @@ STATUSES = {
     if s
 }
 
+KIND_NAMES: dict[int, str] = {number: name for name, number in KINDS.items()}
+STATUS_NAMES: dict[int, str] = {number: name for name, number in STATUSES.items()}
+
 
 def ticket_of(row: asyncpg.Record) -> pb.Ticket:
     return pb.Ticket(
@@ -123,8 +126,8 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def ListDiscrepancies(
         self, request: pb.ListDiscrepanciesRequest, context: Context
     ) -> pb.ListDiscrepanciesResponse:
-        kind = _name(request.kind, KINDS, "kind")
-        status = _name(request.status, STATUSES, "status")
+        kind = _name(request.kind, KIND_NAMES, "kind")
+        status = _name(request.status, STATUS_NAMES, "status")
         refund_id = request.refund_id or None
         page = page_of(request.page_size, request.page_token, kind, status, refund_id)
         rows = await self._pool.fetch(
@@ -202,10 +205,10 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
         return pb.GetReconciliationReportResponse(report=pb.ReconciliationReport.FromString(blob))
 
 
-def _name(value: int, names: dict[str, Any], field: str) -> str | None:
+def _name(value: int, names: dict[int, str], field: str) -> str | None:
+    """The ledger's name of an enum filter; None when unspecified (no filter)."""
     if value == 0:
         return None
-    for name, number in names.items():
-        if number == value:
-            return name
-    raise InvalidArgument([FieldViolation(field, f"unknown value {value}")])
+    if value not in names:
+        raise InvalidArgument([FieldViolation(field, f"unknown value {value}")])
+    return names[value]
