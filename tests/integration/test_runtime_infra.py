@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from herald.runtime import db, kafka
 from herald.runtime.metrics import MetricsServer
@@ -96,3 +100,69 @@ def test_metrics_endpoint_serves_prometheus_text() -> None:
         "events_dlq_total",
     ):
         assert name in body
+
+
+async def _committed(settings: KafkaSettings, group: str, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    found = offsets.get(TopicPartition(topic, 0))
+    return None if found is None or found.offset < 0 else found.offset
+
+
+async def test_overlapped_consume_commits_a_batch_only_once_it_has_finished(
+    infra: Infra, topic: str
+) -> None:
+    """The next batch starts while one finishes, but no offset passes a batch whose
+    finish has not returned, and every record is started once, in order."""
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send(topic, str(i).encode(), key=b"k")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    group = f"overlap-{uuid.uuid4().hex[:8]}"
+    started: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def finish(first: bool) -> None:
+        if first:
+            await gate.wait()
+
+    async def start(records: list[ConsumerRecord[bytes, bytes]]) -> Awaitable[None]:
+        started.append([int(r.value) for r in records])
+        return finish(len(started) == 1)
+
+    worker = asyncio.create_task(
+        kafka.consume_overlapped(
+            lambda: kafka.make_consumer(settings, topic, group_id=group),
+            "test",
+            start,
+            max_records=10,
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            while len(started) < 2:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1)  # time enough to start a third batch or commit, if it would
+        assert len(started) == 2  # the second batch started while the first waits
+        assert await _committed(settings, group, topic) is None
+
+        gate.set()
+        async with asyncio.timeout(30):
+            while await _committed(settings, group, topic) != 30:
+                await asyncio.sleep(0.1)
+        assert [n for batch in started for n in batch] == list(range(30))
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker

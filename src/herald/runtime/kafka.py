@@ -148,6 +148,43 @@ async def commit_after(
     return True
 
 
+async def consume_overlapped(
+    make_consumer: Callable[[], AIOKafkaConsumer],
+    what: str,
+    start: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[Awaitable[object]]],
+    max_records: int,
+) -> None:
+    """Like :func:`consume`, with one batch's wait overlapping the next batch's work.
+
+    ``start(records)`` does a batch's work up to handing its records to a producer and
+    returns what finishes it (waiting for the acknowledgements, settling failures).
+    While one batch finishes, the next is fetched and started; a batch's offsets are
+    committed once it has finished, in order, so a crash repeats at most two batches.
+    """
+    consumer = await start_when_reachable(make_consumer, what)
+    pending: tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]] | None = None
+    started = pending
+    try:
+        while True:
+            # With a batch finishing, take only what is already fetched: its commit
+            # must not wait a whole poll for records that are not there.
+            batch = await consumer.getmany(
+                timeout_ms=0 if pending else 1000, max_records=max_records
+            )
+            records = [r for part in batch.values() for r in part]
+            started = None
+            if records:
+                started = (records, asyncio.ensure_future(await start(records)))
+            if pending is not None:
+                await pending[1]
+                await commit_after(consumer, pending[0])
+            pending = started
+    finally:
+        for task in {t[1] for t in (pending, started) if t is not None}:
+            task.cancel()
+        await consumer.stop()
+
+
 class LateProducer:
     """A producer started by a worker once Kafka answers (so the service starts, and
     reports NOT_SERVING, while Kafka is down). :meth:`get` is None until then."""

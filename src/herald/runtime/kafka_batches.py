@@ -28,28 +28,21 @@ class OutRecord:
     headers: Sequence[tuple[str, bytes]]
 
 
-class BatchSender:
-    """See the module docstring."""
+class Sending:
+    """Records handed to the producer; :meth:`wait` tells which Kafka acknowledged."""
 
-    def __init__(self) -> None:
-        self._partitioner = DefaultPartitioner()
+    def __init__(
+        self,
+        errors: list[BaseException | None],
+        sends: list[tuple[list[int], asyncio.Future[Any]]],
+    ) -> None:
+        self._errors = errors
+        self._sends = sends
 
-    async def send(
-        self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
-    ) -> list[BaseException | None]:
-        """Sends ``records``; for each, the error if Kafka did not acknowledge it within
-        ``ack_timeout`` seconds (or it could not be sent at all), else None."""
-        errors: list[BaseException | None] = [None] * len(records)
-        batches = await self._batches(producer, records, errors)
-        sends: list[tuple[list[int], asyncio.Future[Any]]] = []
-        for (topic, partition), (batch, members) in batches:
-            try:
-                future = await producer.send_batch(batch, topic, partition=partition)
-            except Exception as exc:
-                for i in members:
-                    errors[i] = exc
-            else:
-                sends.append((members, future))
+    async def wait(self, ack_timeout: float) -> list[BaseException | None]:
+        """For each record, the error if it was not acknowledged within ``ack_timeout``
+        seconds (or could not be sent at all), else None."""
+        errors, sends = self._errors, self._sends
         if sends:
             _done, late = await asyncio.wait([f for _, f in sends], timeout=ack_timeout)
             for members, future in sends:
@@ -62,6 +55,37 @@ class BatchSender:
                     for i in members:
                         errors[i] = error
         return errors
+
+
+class BatchSender:
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        self._partitioner = DefaultPartitioner()
+
+    async def send(
+        self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
+    ) -> list[BaseException | None]:
+        """Sends ``records``; for each, the error if Kafka did not acknowledge it within
+        ``ack_timeout`` seconds (or it could not be sent at all), else None."""
+        sending = await self.start(producer, records)
+        return await sending.wait(ack_timeout)
+
+    async def start(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> Sending:
+        """Hands ``records`` to the producer (in order) without waiting for Kafka's
+        acknowledgements: records started later on the same partition go after them."""
+        errors: list[BaseException | None] = [None] * len(records)
+        batches = await self._batches(producer, records, errors)
+        sends: list[tuple[list[int], asyncio.Future[Any]]] = []
+        for (topic, partition), (batch, members) in batches:
+            try:
+                future = await producer.send_batch(batch, topic, partition=partition)
+            except Exception as exc:
+                for i in members:
+                    errors[i] = exc
+            else:
+                sends.append((members, future))
+        return Sending(errors, sends)
 
     async def _batches(
         self,

@@ -4,12 +4,17 @@ Per batch: decode every record (an undecodable one is dead-lettered), send every
 target's records in order, park the targets that failed for a retry in PostgreSQL, and
 only then commit the offsets, so nothing is lost and the partition never waits for a
 failing target. Repeats after a crash or rebalance carry the same job ids.
+
+While a batch waits for Kafka's acknowledgements the next one is decoded and sent
+(``consume_overlapped``): its records go after the previous batch's on every
+partition, so a key's order holds, and offsets are still committed batch by batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import asyncpg
 import structlog
@@ -17,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.kafka import consume
+from herald.runtime.kafka import consume_overlapped
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
 from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons, stored
@@ -66,10 +71,20 @@ class EventConsumer:
         # A fresh process matches against real subscriptions, not an empty view.
         if self._wait_for_webhooks:
             await self._subscriptions.wait_ready(10)
-        await consume(self._make_consumer, "events-consumer", self.take, self._max_records)
+        await consume_overlapped(
+            self._make_consumer, "events-consumer", self.start, self._max_records
+        )
 
     async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Dispatches ``records``; returns once every effect is durable."""
+        await (await self.start(records))
+
+    async def start(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> Coroutine[Any, Any, None]:
+        """Decodes ``records`` (dead-lettering what cannot be) and hands their records
+        to the producer; returns what waits for them and settles the failed targets,
+        after which every effect is durable."""
         decoded: list[tuple[ConsumerRecord[bytes, bytes], Consumed]] = []
         for r in records:
             try:
@@ -86,9 +101,17 @@ class EventConsumer:
                 )
                 continue
             decoded.append((r, consumed))
-        outcomes = await self._dispatcher.dispatch(
+        finishing = await self._dispatcher.start(
             [(c, self._dispatcher.targets_of(c)) for _, c in decoded]
         )
+        return self._finish(decoded, finishing)
+
+    async def _finish(
+        self,
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Consumed]],
+        finishing: Coroutine[Any, Any, list[Outcome]],
+    ) -> None:
+        outcomes = await finishing
         for (r, consumed), outcome in zip(decoded, outcomes, strict=True):
             if outcome.dead or outcome.failed:
                 await self._settle(record_of(r), consumed, outcome)

@@ -8,13 +8,14 @@ data cannot make the route's jobs: dead-lettered at once).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from herald.runtime.kafka_batches import BatchSender
+from herald.runtime.kafka_batches import BatchSender, Sending
 from herald.services.dispatch import fanout
 from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS, Consumed, Outgoing
 from herald.services.dispatch.route_table import RouteTable
@@ -67,9 +68,17 @@ class Dispatcher:
 
     async def dispatch(self, events: Sequence[tuple[Consumed, Iterable[str]]]) -> list[Outcome]:
         """Sends the records of every (event, targets), in order; one outcome each."""
+        return await (await self.start(events))
+
+    async def start(
+        self, events: Sequence[tuple[Consumed, Iterable[str]]]
+    ) -> Coroutine[Any, Any, list[Outcome]]:
+        """Hands the records of every (event, targets) to the producer, in order, and
+        returns what waits for their acknowledgements: one outcome per event. Records
+        started later go after these on every partition."""
         planned = [self._plan(consumed, targets) for consumed, targets in events]
-        await self._send(planned)
-        return [p.outcome for p in planned]
+        sending = await self._start_send(planned)
+        return self._finish(planned, sending)
 
     def _plan(self, consumed: Consumed, targets: Iterable[str]) -> _Planned:
         plan = _Planned(consumed, Outcome())
@@ -95,17 +104,24 @@ class Dispatcher:
             return []  # deleted or disabled since: nothing is owed any more
         return fanout.notifications(consumed, route)
 
-    async def _send(self, planned: list[_Planned]) -> None:
-        """Sends every record, in order, as one batch per partition; a target whose
-        records were not all acknowledged (within the send timeout) failed."""
+    async def _start_send(self, planned: list[_Planned]) -> Sending | None:
+        """Every record, in order, as one batch per partition; None without a producer."""
         producer = self._producer()
-        owners = [(plan, target) for plan in planned for target, _ in plan.sends]
-        records = [record for plan in planned for _, record in plan.sends]
         if producer is None:
+            return None
+        return await self._sender.start(
+            producer, [record for plan in planned for _, record in plan.sends]
+        )
+
+    async def _finish(self, planned: list[_Planned], sending: Sending | None) -> list[Outcome]:
+        """A target whose records were not all acknowledged (within the send timeout)
+        failed."""
+        owners = [(plan, target) for plan in planned for target, _ in plan.sends]
+        if sending is None:
             errors: list[BaseException | None] = [ConnectionError("Kafka producer not connected")]
-            errors *= len(records)
+            errors *= len(owners)
         else:
-            errors = await self._sender.send(producer, records, self._send_timeout)
+            errors = await sending.wait(self._send_timeout)
         for (plan, target), error in zip(owners, errors, strict=True):
             if error is not None:
                 plan.outcome.failed.setdefault(target, f"not sent: {_describe(error)}")
@@ -114,6 +130,7 @@ class Dispatcher:
         for plan in planned:
             for target in plan.outcome.failed:
                 plan.outcome.sent.pop(target, None)
+        return [p.outcome for p in planned]
 
 
 def _describe(exc: BaseException) -> str:
