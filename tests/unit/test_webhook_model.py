@@ -10,7 +10,8 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from herald.runtime.auth import ApiKeys, parse_api_keys
 from herald.runtime.errors import Unauthenticated
-from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec, check, matches
+from herald.runtime.type_patterns import PatternIndex, matches
+from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec, check
 from herald.services.webhooks.secret_box import SecretBox, generate_secret
 
 KNOWN = {"message.created", "message.deleted", "security.alert.created", "user_registered"}
@@ -33,6 +34,28 @@ def test_patterns() -> None:
     assert matches("message.*", "message.created")
     assert not matches("message.*", "messages.created")
     assert not matches("message.created", "message.deleted")
+
+
+def test_dispatch_index_answers_as_matches_does() -> None:
+    """Dispatch's index of subscriptions selects exactly the webhooks whose patterns
+    ``matches`` accepts, each once, for every pattern and type shape."""
+    patterns = ["*", "message.*", "message.created", "message.created.*", "m.*", "msg", "a.b.*"]
+    types = ["message.created", "message.created.v2", "messages.created", "message", "m.x", "msg"]
+    types += ["a.b", "a.b.c", "a.bc", "", "*", "message.*"]
+    index: PatternIndex[str] = PatternIndex()
+    hooks = {f"hook-{i}": set(ps) for i, ps in enumerate(_subsets(patterns))}
+    for hook, ps in hooks.items():
+        for p in ps:
+            index.add(p, hook)
+    for t in types:
+        found = index.match(t)
+        assert len(found) == len(set(found)), t
+        assert set(found) == {h for h, ps in hooks.items() if any(matches(p, t) for p in ps)}, t
+
+
+def _subsets(items: list[str]) -> list[list[str]]:
+    """Every subset of up to two patterns (one webhook each)."""
+    return [[a] for a in items] + [[a, b] for i, a in enumerate(items) for b in items[i + 1 :]]
 
 
 def test_each_bad_field_is_named() -> None:

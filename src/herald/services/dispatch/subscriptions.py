@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 
 import grpc
 import structlog
 from herald.webhooks.v1 import subscriptions_pb2, subscriptions_pb2_grpc
+
+from herald.runtime.type_patterns import PatternIndex
 
 log = structlog.get_logger("herald.dispatch.subscriptions")
 
@@ -42,9 +43,7 @@ class SubscriptionCache:
         self._version = 0
         self._loaded_at: float | None = None
         self._last_error = "not loaded yet"
-        self._exact: dict[str, list[str]] = {}
-        self._prefixes: list[tuple[str, str]] = []
-        self._everything: list[str] = []
+        self._by_pattern: PatternIndex[str] = PatternIndex()
         self._ready = asyncio.Event()
 
     async def run(self) -> None:
@@ -80,22 +79,14 @@ class SubscriptionCache:
         return True
 
     def _index(self, subscriptions: Iterable[subscriptions_pb2.Subscription]) -> None:
-        exact: defaultdict[str, list[str]] = defaultdict(list)
-        prefixes, everything = [], []
+        index: PatternIndex[str] = PatternIndex()
         for sub in subscriptions:
             for pattern in dict.fromkeys(sub.event_types):
-                if pattern == "*":
-                    everything.append(sub.webhook_id)
-                elif pattern.endswith(".*"):
-                    prefixes.append((pattern[:-1], sub.webhook_id))
-                else:
-                    exact[pattern].append(sub.webhook_id)
-        self._exact, self._prefixes, self._everything = dict(exact), prefixes, everything
+                index.add(pattern, sub.webhook_id)
+        self._by_pattern = index
 
     def match(self, event_type: str) -> list[str]:
         """The ids of the active webhooks wanting ``event_type`` (each once)."""
         if self._loaded_at is None or time.monotonic() - self._loaded_at > self._max_staleness:
             raise WebhooksUnavailable(f"webhook subscriptions unknown: {self._last_error}")
-        ids = list(self._everything) + self._exact.get(event_type, [])
-        ids += [hook for prefix, hook in self._prefixes if event_type.startswith(prefix)]
-        return list(dict.fromkeys(ids))
+        return self._by_pattern.match(event_type)

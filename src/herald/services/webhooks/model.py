@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from herald.runtime.errors import FieldViolation
+from herald.runtime.type_patterns import matches
 
 # Katya's seed (004): maxRetries 3, retryDelay 1000 ms, backoffMultiplier 2.
 DEFAULT_MAX_RETRIES = 3
@@ -85,15 +86,6 @@ class WebhookSpec:
     def updated(self, other: WebhookSpec, paths: Iterable[str]) -> WebhookSpec:
         """A copy with the fields named by ``paths`` taken from ``other``."""
         return replace(self, **{p: getattr(other, p) for p in paths})
-
-
-def matches(pattern: str, event_type: str) -> bool:
-    """``*`` matches every type, ``message.*`` every type under ``message.``."""
-    if pattern == "*":
-        return True
-    if pattern.endswith(".*"):
-        return event_type.startswith(pattern[:-1])
-    return pattern == event_type
 
 
 def check(spec: WebhookSpec, known_types: Iterable[str]) -> list[FieldViolation]:

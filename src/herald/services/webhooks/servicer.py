@@ -13,6 +13,7 @@ from herald.runtime.auth import TENANT
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
 from herald.runtime.timestamps import timestamp
+from herald.runtime.type_patterns import matches
 from herald.services.webhooks import model
 from herald.services.webhooks.convert import delivery_to_proto, spec_of, to_proto
 from herald.services.webhooks.deliveries import Deliveries
@@ -251,7 +252,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
 
 def _all_known(patterns: tuple[str, ...], known: frozenset[str]) -> bool:
-    return all(any(model.matches(p, t) for t in known) for p in patterns)
+    return all(any(matches(p, t) for t in known) for p in patterns)
 
 
 def _required_id(webhook_id: str, field_name: str = "id") -> str:
