@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from herald.dispatch.v1 import notification_pb2
@@ -36,8 +35,7 @@ DELIVERY_NAMESPACE = uuid.UUID("a3e4c1d2-5b6f-4a7e-8c9d-0e1f2a3b4c5d")
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Consumed:
+class Consumed(NamedTuple):
     """A decoded event, its key, and the headers every record made from it carries."""
 
     binary: ce.BinaryEvent

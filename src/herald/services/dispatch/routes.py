@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf import json_format, struct_pb2
 from herald.dispatch.v1 import dispatch_pb2
@@ -29,8 +29,7 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """What routing sees of an event: its attributes and its data (parsed JSON)."""
 
     attributes: Mapping[str, str]
@@ -57,8 +56,7 @@ class Event:
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
+class JobSpec(NamedTuple):
     """One job a route makes of an event."""
 
     job_id: str
