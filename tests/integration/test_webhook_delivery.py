@@ -283,6 +283,38 @@ async def test_two_workers_never_deliver_the_same_attempt_twice(stack: Stack, in
     assert len(set(ids)) == 200
 
 
+async def test_a_rebalance_while_a_batch_is_being_stored_loses_nothing_and_crashes_nothing(
+    stack: Stack, infra: Infra
+) -> None:
+    """A replica joins while the first one is storing a batch (held up by a table
+    lock): the first one's commit is refused; it carries on, the new owner's repeats
+    insert nothing, and every job is delivered once."""
+    first = stack.webhooks[0]
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id) for _ in range(50)])
+        await receiver.wait_for(50, timeout=30)
+        locker = await asyncpg.connect(stack.database_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE webhooks.deliveries IN EXCLUSIVE MODE")
+                await stack.produce([job(created.webhook.id) for _ in range(150)])
+                await asyncio.sleep(1.0)  # the first replica is inside take(), waiting
+                second = await start_webhooks(stack.settings, infra)  # joins: a rebalance
+                stack.webhooks.append(second)
+                await asyncio.sleep(5.0)  # the group settles while the batch is stuck
+        finally:
+            await locker.close()
+        await stack.produce([job(created.webhook.id) for _ in range(100)])
+        await receiver.wait_for(300, timeout=60)
+        await asyncio.sleep(1.0)
+        ids = [r.headers["x-herald-delivery"] for r in receiver.received()]
+    assert len(set(ids)) == 300
+    assert len(ids) == 300
+    for running in (first, second):
+        assert not running.crashed.done(), running.crashed.result()
+
+
 async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(stack: Stack) -> None:
     async with Receiver() as receiver:
         created = await stack.hook(receiver.url())

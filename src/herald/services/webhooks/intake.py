@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
-from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.webhooks.signing import body_of
 from herald.services.webhooks.store import Q
@@ -114,17 +114,9 @@ class Intake:
 
     async def run(self) -> None:
         """Consumes until cancelled; stops the consumer on the way out."""
-        consumer = await start_when_reachable(self._make_consumer, "deliveries-consumer")
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=self._max_records)
-                records = [r for part in batch.values() for r in part]
-                if not records:
-                    continue
-                await self.take(records)
-                await consumer.commit()  # only now: the rows are durable
-        finally:
-            await consumer.stop()
+        # Offsets are committed once take() returns (the rows are durable); a commit
+        # refused by a rebalance is logged, and the new owner's repeats are skipped.
+        await consume(self._make_consumer, "deliveries-consumer", self.take, self._max_records)
 
     async def take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
         """Inserts the jobs, dead-letters the rest; returns how many were new."""
