@@ -217,13 +217,19 @@ async def consume(
     what: str,
     take: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[object]],
     max_records: int,
+    budget: Callable[[], Awaitable[int]] | None = None,
 ) -> None:
     """Consumes until cancelled: each batch goes to ``take``, and the offsets past it
-    are committed once ``take`` returns (its effect durable)."""
+    are committed once ``take`` returns (its effect durable).
+
+    ``budget``, when given, is awaited before each fetch and caps its size: a consumer
+    whose downstream is busy leaves the backlog on Kafka rather than taking it in.
+    """
     consumer = await start_when_reachable(make_consumer, what)
     try:
         while True:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+            limit = max_records if budget is None else max(1, min(max_records, await budget()))
+            batch = await consumer.getmany(timeout_ms=1000, max_records=limit)
             records = [r for part in batch.values() for r in part]
             if records:
                 await take(records)

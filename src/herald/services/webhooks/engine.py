@@ -106,10 +106,12 @@ class Engine:
         self.lease = lease_seconds
         self._offered: collections.deque[asyncpg.Record] = collections.deque()
         self._claimed_at = 0.0  # loop time of the last claim from the database
+        self._db_quiet = False  # that claim left nothing due, and no wake() since
         self._posting = 0  # attempts started whose HTTP response is not in yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._secrets: dict[tuple[uuid.UUID, bytes], str] = {}
         self._freed = asyncio.Event()  # set whenever an attempt finishes
+        self._room_changed = asyncio.Event()  # set whenever room() may have grown
         self._claim_min = max(1, concurrency // 4)
         # Attempts' outcomes are group-committed: at full speed one statement records
         # dozens, where a transaction each made PostgreSQL the bottleneck.
@@ -119,6 +121,7 @@ class Engine:
 
     def wake(self) -> None:
         """New deliveries are due."""
+        self._db_quiet = False
         self._wake.set()
 
     async def run(self) -> None:
@@ -133,7 +136,11 @@ class Engine:
                     await self._freed.wait()
                     continue
                 loop_time = asyncio.get_running_loop().time()
-                if self._offered and loop_time - self._claimed_at < CLAIM_EVERY_SECONDS:
+                # After a claim that left nothing due, the database is asked again only
+                # when woken (fresh unclaimed rows, a retry due) or after a poll interval.
+                interval = self._poll if self._db_quiet else CLAIM_EVERY_SECONDS
+                since = loop_time - self._claimed_at
+                if self._offered and since < interval:
                     # Claimed by intake for us: no claim needed. The database is still
                     # asked every CLAIM_EVERY_SECONDS, so retries and rate-limited
                     # deliveries are not starved by a steady stream of fresh ones.
@@ -141,7 +148,12 @@ class Engine:
                         self._start(self._offered.popleft())
                         free -= 1
                     continue
+                if self._db_quiet and since < interval:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), interval - since)
+                    continue
                 self._claimed_at = loop_time
+                self._db_quiet = False
                 if free < self._claim_min and self._tasks:
                     # Few slots free while attempts run: let more finish, so one claim
                     # fetches many (a claim per freed slot cost more than the attempt).
@@ -154,6 +166,7 @@ class Engine:
                     claimed += limited
                 for row in claimed:
                     self._start(row)
+                self._db_quiet = len(claimed) < free and not throttled
                 if len(claimed) < free and not self._offered:
                     # A rate-limited webhook with more due: look again when its window moves.
                     wait = RATE_RECHECK if throttled else self._poll
@@ -178,11 +191,23 @@ class Engine:
         plus a slot's worth of queue, so none waits long on its lease."""
         return max(0, self._free() + self._concurrency - len(self._offered))
 
+    async def wait_for_room(self, at_least: int) -> int:
+        """Waits until :meth:`room` is at least ``at_least`` (capped at what room can
+        reach); returns it."""
+        at_least = min(at_least, 2 * self._concurrency)
+        while True:
+            self._room_changed.clear()
+            room = self.room()
+            if room >= at_least:
+                return room
+            await self._room_changed.wait()
+
     def offer(self, rows: list[asyncpg.Record]) -> None:
         """Deliveries already claimed in this engine's name, to attempt next."""
         self._offered.extend(rows)
         self._wake.set()
         self._freed.set()
+        self._room_changed.set()
 
     def _start(self, row: asyncpg.Record) -> None:
         self._posting += 1
@@ -193,6 +218,7 @@ class Engine:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._freed.set()
+        self._room_changed.set()
 
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
         try:
@@ -249,6 +275,7 @@ class Engine:
                 posting[0] = False
                 self._posting -= 1
                 self._freed.set()
+                self._room_changed.set()
 
         try:
             await self.attempt(row, posted)

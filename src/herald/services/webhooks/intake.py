@@ -29,6 +29,9 @@ from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.intake")
 NAMESPACE = uuid.UUID("5d1b8a4e-6b0c-4c3e-9a57-0b1f4f5c2a10")
+# Fewest fresh deliveries fetched at once while the local engine is busy (fewer, larger
+# inserts); a quiet engine has room for far more.
+MIN_BATCH = 16
 
 
 class LocalEngine(Protocol):
@@ -38,6 +41,8 @@ class LocalEngine(Protocol):
     lease: float
 
     def room(self) -> int: ...
+
+    async def wait_for_room(self, at_least: int) -> int: ...
 
     def offer(self, rows: list[asyncpg.Record]) -> None: ...
 
@@ -116,7 +121,17 @@ class Intake:
         """Consumes until cancelled; stops the consumer on the way out."""
         # Offsets are committed once take() returns (the rows are durable); a commit
         # refused by a rebalance is logged, and the new owner's repeats are skipped.
-        await consume(self._make_consumer, "deliveries-consumer", self.take, self._max_records)
+        # With an engine in this process, only what it has room for is fetched: fresh
+        # deliveries are then inserted already claimed for it (no claim, no second
+        # update), and a burst waits on Kafka instead of as unclaimed rows.
+        local = self._local
+        await consume(
+            self._make_consumer,
+            "deliveries-consumer",
+            self.take,
+            self._max_records,
+            None if local is None else lambda: local.wait_for_room(MIN_BATCH),
+        )
 
     async def take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
         """Inserts the jobs, dead-letters the rest; returns how many were new."""
