@@ -166,3 +166,45 @@ async def test_overlapped_consume_commits_a_batch_only_once_it_has_finished(
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
+
+
+async def test_consume_fetches_no_more_than_the_budget_allows(infra: Infra, topic: str) -> None:
+    """A busy downstream (budget 7) gets batches of at most 7; the rest waits on Kafka."""
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send(topic, str(i).encode(), key=b"k")
+        await producer.flush()
+    finally:
+        await producer.stop()
+    taken: list[list[int]] = []
+
+    async def take(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        taken.append([int(r.value) for r in records])
+
+    async def budget() -> int:
+        return 7
+
+    group = f"budget-{uuid.uuid4().hex[:8]}"
+    worker = asyncio.create_task(
+        kafka.consume(
+            lambda: kafka.make_consumer(settings, topic, group_id=group),
+            "test",
+            take,
+            max_records=500,
+            budget=budget,
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            while await _committed(settings, group, topic) != 30:
+                await asyncio.sleep(0.1)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert [n for batch in taken for n in batch] == list(range(30))
+    assert max(len(batch) for batch in taken) <= 7
