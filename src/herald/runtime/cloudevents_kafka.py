@@ -53,8 +53,17 @@ def encode(event: BinaryEvent) -> tuple[bytes, bytes, Headers]:
 
 def decode(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> BinaryEvent:
     """The event in a binary-mode record; raises ValueError when it is not one."""
+    return decode_keeping(headers, value, frozenset())[0]
+
+
+def decode_keeping(
+    headers: Sequence[tuple[str, bytes]], value: bytes | None, forwarded: frozenset[str]
+) -> tuple[BinaryEvent, Headers]:
+    """:func:`decode`, plus the headers to carry into records made from the event: its
+    ``ce_*`` headers and those named in ``forwarded`` (lower case), as they came."""
     attributes: dict[str, str] = {}
     extra: dict[str, str] = {}
+    kept: Headers = []
     for name, raw in headers:
         try:
             text = raw.decode()
@@ -63,13 +72,16 @@ def decode(headers: Sequence[tuple[str, bytes]], value: bytes | None) -> BinaryE
         lowered = name.lower()
         if lowered.startswith(CE_PREFIX):
             attributes[lowered[len(CE_PREFIX) :]] = text
+            kept.append((name, raw))
         elif lowered == CONTENT_TYPE:
             attributes["datacontenttype"] = text
         else:
             extra[lowered] = text
+            if lowered in forwarded:
+                kept.append((name, raw))
     missing = [a for a in ("specversion", "id", "source", "type") if a not in attributes]
     if missing:
         raise ValueError(
             "not a CloudEvents record: missing " + ", ".join(f"ce_{m}" for m in missing)
         )
-    return BinaryEvent(attributes=attributes, data=value or b"", extra=extra)
+    return BinaryEvent(attributes=attributes, data=value or b"", extra=extra), kept

@@ -25,6 +25,7 @@ from herald.runtime.settings import KafkaSettings
 
 log = structlog.get_logger("herald.kafka")
 C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer)
+COMMIT_WAIT_SECONDS = 5.0  # for an offset commit in flight when a consumer stops
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -164,6 +165,7 @@ async def consume_overlapped(
     consumer = await start_when_reachable(make_consumer, what)
     pending: tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]] | None = None
     started = pending
+    committing: asyncio.Task[bool] | None = None
     try:
         while True:
             # With a batch finishing, take only what is already fetched: its commit
@@ -177,11 +179,18 @@ async def consume_overlapped(
                 started = (records, asyncio.ensure_future(await start(records)))
             if pending is not None:
                 await pending[1]
-                await commit_after(consumer, pending[0])
+                # Commits go out in order, one at a time, each without holding up
+                # the next batch (a broker round trip per batch otherwise).
+                if committing is not None:
+                    await committing
+                committing = asyncio.ensure_future(commit_after(consumer, pending[0]))
             pending = started
     finally:
         for task in {t[1] for t in (pending, started) if t is not None}:
             task.cancel()
+        if committing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(committing, COMMIT_WAIT_SECONDS)
         await consumer.stop()
 
 

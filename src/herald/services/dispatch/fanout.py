@@ -52,8 +52,13 @@ _JOB_HEADERS: Headers = [(ce.CONTENT_TYPE, PROTOBUF), (ce.SCHEMA_VERSION, JOB_SC
 def decode(
     headers: Sequence[tuple[str, bytes]], key: bytes | None, value: bytes | None
 ) -> Consumed:
-    """The event in a herald.events record; ValueError saying why it is not one."""
-    binary = ce.decode(headers, value)
+    """The event in a herald.events record; ValueError saying why it is not one.
+
+    Every record made from it carries the event's context: its ``ce_*`` headers and
+    transport context as they came (no re-encoding), then the job's content type and
+    schema version.
+    """
+    binary, kept = ce.decode_keeping(headers, value, _FORWARDED)
     data: Any = None
     if binary.data:
         try:
@@ -62,25 +67,14 @@ def decode(
             content_type = binary.attributes.get("datacontenttype", "application/json")
             if "json" in content_type:
                 raise ValueError(f"data is not valid JSON ({content_type})") from None
+    kept += _JOB_HEADERS
     return Consumed(
         binary,
         Event(binary.attributes, data),
         key or b"",
-        context_headers(headers),
+        kept,
         _event_time(binary.attributes.get("time")),
     )
-
-
-def context_headers(headers: Sequence[tuple[str, bytes]]) -> Headers:
-    """The event's context, for every record made from it: its ``ce_*`` headers and
-    transport context as they came (no re-encoding), then the job's content type and
-    schema version."""
-    kept = [
-        (name, value)
-        for name, value in headers
-        if name.startswith(ce.CE_PREFIX) or name.lower() in _FORWARDED
-    ]
-    return kept + _JOB_HEADERS
 
 
 def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
