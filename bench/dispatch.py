@@ -5,7 +5,9 @@ matching routes (one NotificationJob each), beside a raw aiokafka consume→prod
 Events are produced beforehand straight onto a fresh topic in CloudEvents binary mode;
 dispatch runs as its own process (routes only: WEBHOOKS_FANOUT=false) with a routes
 file of K routes. Rates come from the output records' own Kafka timestamps (first to
-last), so process start and group join are not counted.
+last), so process start and group join are not counted. The raw loop and every case
+run twice and the better run counts, on both sides alike (this box's speed wanders by
+±20% from one run to the next).
 """
 
 from __future__ import annotations
@@ -184,8 +186,14 @@ async def run(where: infra.Infra) -> dict[str, Any]:
         await _produce_events(where, source, RAW_N)
         # The better of two runs is the bar (the box's speed wanders between runs).
         raw = max([await raw_loop(where, [source], RAW_N) for _ in range(RAW_REPEATS)])
+        cases = []
         with tempfile.TemporaryDirectory() as directory:
-            cases = [
-                await _dispatch_case(where, database_url, k, n, Path(directory)) for k, n in CASES
-            ]
+            for k, n in CASES:
+                # The better of two runs too, like the bar: the same noise on both sides.
+                runs = [
+                    await _dispatch_case(where, database_url, k, n, Path(directory))
+                    for _ in range(RAW_REPEATS)
+                ]
+                best = max(runs, key=lambda r: float(r["jobs_per_s"]))
+                cases.append({**best, "runs_jobs_per_s": [r["jobs_per_s"] for r in runs]})
     return {"raw_rate": raw, "cases": cases}

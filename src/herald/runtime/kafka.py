@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -154,39 +155,42 @@ async def consume_overlapped(
     what: str,
     start: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[Awaitable[object]]],
     max_records: int,
+    depth: int = 1,
 ) -> None:
-    """Like :func:`consume`, with one batch's wait overlapping the next batch's work.
+    """Like :func:`consume`, with batches' waits overlapping the next batches' work.
 
     ``start(records)`` does a batch's work up to handing its records to a producer and
     returns what finishes it (waiting for the acknowledgements, settling failures).
-    While one batch finishes, the next is fetched and started; a batch's offsets are
-    committed once it has finished, in order, so a crash repeats at most two batches.
+    While up to ``depth`` batches finish, the next is fetched and started; a batch's
+    offsets are committed once it and every batch before it have finished, in order,
+    so a crash repeats at most ``depth + 1`` batches.
     """
     consumer = await start_when_reachable(make_consumer, what)
-    pending: tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]] | None = None
-    started = pending
+    pending: collections.deque[tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]]]
+    pending = collections.deque()
     committing: asyncio.Task[bool] | None = None
     try:
         while True:
-            # With a batch finishing, take only what is already fetched: its commit
+            # With batches finishing, take only what is already fetched: their commits
             # must not wait a whole poll for records that are not there.
             batch = await consumer.getmany(
                 timeout_ms=0 if pending else 1000, max_records=max_records
             )
             records = [r for part in batch.values() for r in part]
-            started = None
             if records:
-                started = (records, asyncio.ensure_future(await start(records)))
-            if pending is not None:
-                await pending[1]
+                pending.append((records, asyncio.ensure_future(await start(records))))
+            # Finish the oldest while too many are in flight, those already done, and
+            # everything when nothing new came.
+            while pending and (len(pending) > depth or not records or pending[0][1].done()):
+                done, task = pending.popleft()
+                await task
                 # Commits go out in order, one at a time, each without holding up
                 # the next batch (a broker round trip per batch otherwise).
                 if committing is not None:
                     await committing
-                committing = asyncio.ensure_future(commit_after(consumer, pending[0]))
-            pending = started
+                committing = asyncio.ensure_future(commit_after(consumer, done))
     finally:
-        for task in {t[1] for t in (pending, started) if t is not None}:
+        for _, task in pending:
             task.cancel()
         if committing is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -25,7 +25,7 @@ from herald.services.dispatch.subscriptions import SubscriptionCache, WebhooksUn
 log = structlog.get_logger("herald.dispatch")
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What became of one event's targets."""
 
@@ -34,7 +34,7 @@ class Outcome:
     dead: dict[str, str] = field(default_factory=dict)  # target → reason (give up)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Planned:
     consumed: Consumed
     outcome: Outcome

@@ -47,7 +47,8 @@ class Event(NamedTuple):
         else:
             value = self.attributes.get(head, _MISSING)
         for part in rest:
-            if isinstance(value, Mapping) and part in value:
+            # type() first: JSON data is dicts, and an ABC isinstance costs ~10x more.
+            if (type(value) is dict or isinstance(value, Mapping)) and part in value:
                 value = value[part]
             elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
                 value = value[int(part)]
@@ -141,6 +142,24 @@ def _subject_test(prefix: str) -> Callable[[Event], bool]:
     return lambda e: e.attributes.get("subject", "").startswith(prefix)
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A route's target as plain strings (read per event: no protobuf access)."""
+
+    for_each: str
+    channel: str
+    recipient: str
+    segment: str
+    template_code: str
+    topic: str  # DEFAULT_TOPIC when not set
+
+    @classmethod
+    def of(cls, t: dispatch_pb2.JobTarget) -> _Target:
+        return cls(
+            t.for_each, t.channel, t.recipient, t.segment, t.template_code, t.topic or DEFAULT_TOPIC
+        )
+
+
 @dataclass(frozen=True)
 class CompiledRoute:
     """A route ready to apply to events."""
@@ -149,6 +168,8 @@ class CompiledRoute:
     name: str
     route: dispatch_pb2.Route
     _tests: tuple[Callable[[Event], bool], ...]
+    _target: _Target
+    _disabled: bool
 
     @classmethod
     def of(cls, route: dispatch_pb2.Route) -> CompiledRoute:
@@ -161,14 +182,16 @@ class CompiledRoute:
         if f.subject_prefix:
             tests.append(_subject_test(f.subject_prefix))
         tests += [_condition(c) for c in f.conditions]
-        return cls(route.id, route.name, route, tuple(tests))
+        return cls(
+            route.id, route.name, route, tuple(tests), _Target.of(route.target), route.disabled
+        )
 
     def matches(self, event: Event) -> bool:
-        return not self.route.disabled and all(t(event) for t in self._tests)
+        return not self._disabled and all(t(event) for t in self._tests)
 
     def jobs(self, event: Event) -> list[JobSpec]:
         """The jobs ``event`` makes; raises TargetError when its data cannot."""
-        t = self.route.target
+        t = self._target
         if t.for_each:
             items = event.get(t.for_each[1:])
             if not isinstance(items, list):
@@ -185,7 +208,7 @@ class CompiledRoute:
             jobs.append(
                 JobSpec(
                     job_id=uuid5_text(JOB_NAMESPACE, f"{key}\n{index}"),
-                    topic=(t.topic or DEFAULT_TOPIC).replace("{channel}", channel),
+                    topic=t.topic.replace("{channel}", channel),
                     channel=channel,
                     template_code=_text(event, t.template_code, item, "template_code"),
                     recipient=recipient,
