@@ -1,0 +1,104 @@
+"""claim_due against a real PostgreSQL: the oldest due deliveries of active webhooks
+without rate limits, each claimed once, whatever the backlog looks like."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from herald.runtime import db
+from herald.services.webhooks.app import MIGRATIONS
+from herald.services.webhooks.store import Q
+
+pytestmark = pytest.mark.integration
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await db.migrate(connection, db.read_migrations("webhooks", MIGRATIONS))
+    yield connection
+    await connection.close()
+
+
+async def _webhook(conn: asyncpg.Connection, active: bool = True, per_second: int = 0) -> uuid.UUID:
+    hook = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO webhooks.webhooks (id, tenant, name, url, event_types, active,
+               max_retries, initial_delay_ms, backoff_multiplier, max_delay_ms, secret,
+               rate_per_second)
+           VALUES ($1, 'acme', 'w', 'http://127.0.0.1/', '{*}', $2, 3, 1000, 2, 30000,
+                   '\\x00'::bytea, $3)""",
+        hook,
+        active,
+        per_second,
+    )
+    return hook
+
+
+async def _delivery(
+    conn: asyncpg.Connection, hook: uuid.UUID, due_in: float, status: str = "pending"
+) -> uuid.UUID:
+    delivery = uuid.uuid4()
+    await conn.execute(
+        """INSERT INTO webhooks.deliveries (id, webhook_id, tenant, job_id, event_id,
+               event_type, body, status, next_attempt_at)
+           VALUES ($1, $2, 'acme', $3, $3, 'message.created', '\\x7b7d'::bytea, $4, $5)""",
+        delivery,
+        hook,
+        str(delivery),
+        status,
+        NOW + timedelta(seconds=due_in),
+    )
+    return delivery
+
+
+async def _claim(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
+    return [r["id"] for r in await conn.fetch(Q.claim_due, limit, 60.0, "worker-test")]
+
+
+async def test_the_oldest_due_of_active_unlimited_webhooks_are_claimed_once(
+    conn: asyncpg.Connection,
+) -> None:
+    a, b = await _webhook(conn), await _webhook(conn)
+    paused, limited = await _webhook(conn, active=False), await _webhook(conn, per_second=2)
+    # Due times in seconds from now (negative: due). Interleaved across a and b.
+    a_due = [await _delivery(conn, a, t) for t in (-50, -30, -10)]
+    b_due = [await _delivery(conn, b, t) for t in (-40, -20)]
+    await _delivery(conn, a, 300)  # not due yet
+    await _delivery(conn, b, -60, status="delivered")  # done already
+    for hook in (paused, limited):  # older than everything, but never claimed here
+        for t in (-500, -400, -300):
+            await _delivery(conn, hook, t)
+
+    first = await _claim(conn, 3)
+    assert set(first) == {a_due[0], b_due[0], a_due[1]}  # -50, -40, -30
+    second = await _claim(conn, 3)
+    assert set(second) == {b_due[1], a_due[2]}  # -20, -10: the claimed ones are leased
+    assert await _claim(conn, 3) == []
+
+    rows = await conn.fetch(
+        "SELECT claimed_by, next_attempt_at FROM webhooks.deliveries WHERE id = ANY($1)",
+        first + second,
+    )
+    assert all(r["claimed_by"] == "worker-test" for r in rows)
+    assert all(r["next_attempt_at"] > NOW + timedelta(seconds=50) for r in rows)
+
+
+async def test_a_large_backlog_of_one_webhook_yields_its_oldest_first(
+    conn: asyncpg.Connection,
+) -> None:
+    hook = await _webhook(conn)
+    ids = [await _delivery(conn, hook, -1000 + i) for i in range(200)]
+    claimed: list[uuid.UUID] = []
+    while batch := await _claim(conn, 16):
+        assert len(batch) <= 16
+        claimed += batch
+    assert set(claimed[:16]) == set(ids[:16])
+    assert sorted(claimed) == sorted(ids)
+    assert len(claimed) == len(set(claimed))
