@@ -113,11 +113,12 @@ async def _committed(settings: KafkaSettings, group: str, topic: str) -> int | N
     return None if found is None or found.offset < 0 else found.offset
 
 
+@pytest.mark.parametrize("depth", [1, 2])
 async def test_overlapped_consume_commits_a_batch_only_once_it_has_finished(
-    infra: Infra, topic: str
+    infra: Infra, topic: str, depth: int
 ) -> None:
-    """The next batch starts while one finishes, but no offset passes a batch whose
-    finish has not returned, and every record is started once, in order."""
+    """``depth`` more batches start while one finishes, but no offset passes a batch
+    whose finish has not returned, and every record is started once, in order."""
     settings = infra.kafka_settings()
     await kafka.ensure_topics(settings, [topic], partitions=1)
     producer = kafka.make_producer(settings)
@@ -147,14 +148,15 @@ async def test_overlapped_consume_commits_a_batch_only_once_it_has_finished(
             "test",
             start,
             max_records=10,
+            depth=depth,
         )
     )
     try:
         async with asyncio.timeout(30):
-            while len(started) < 2:
+            while len(started) < depth + 1:
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(1)  # time enough to start a third batch or commit, if it would
-        assert len(started) == 2  # the second batch started while the first waits
+        await asyncio.sleep(1)  # time enough to start another batch or commit, if it would
+        assert len(started) == depth + 1  # started while the first waits, and no more
         assert await _committed(settings, group, topic) is None
 
         gate.set()
