@@ -207,7 +207,6 @@ class Engine:
         self._offered.extend(rows)
         self._wake.set()
         self._freed.set()
-        self._room_changed.set()
 
     def _start(self, row: asyncpg.Record) -> None:
         self._posting += 1
