@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
+
+from herald.runtime.murmur2 import partition_of
 
 
 class OutRecord(NamedTuple):
@@ -57,9 +58,6 @@ class Sending:
 
 class BatchSender:
     """See the module docstring."""
-
-    def __init__(self) -> None:
-        self._partitioner = DefaultPartitioner()
 
     async def send(
         self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
@@ -107,7 +105,7 @@ class BatchSender:
             if isinstance(known, BaseException):
                 errors[i] = known
                 continue
-            target = (r.topic, self._partitioner(r.key, known, known))
+            target = (r.topic, partition_of(r.key, known))
             current = open_batches.get(target)
             if current is not None and _append(current[0], r):
                 current[1].append(i)
