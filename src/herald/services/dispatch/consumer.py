@@ -33,6 +33,9 @@ from herald.services.dispatch.store import Q
 from herald.services.dispatch.subscriptions import SubscriptionCache
 
 log = structlog.get_logger("herald.dispatch.consumer")
+# Batches whose acknowledgements are awaited while the next is decoded and sent. With
+# one, the consumer still waited ~18% of the time for Kafka; with two, not at all.
+OVERLAP_DEPTH = 2
 
 
 def record_of(r: ConsumerRecord[bytes, bytes]) -> Record:
@@ -72,7 +75,11 @@ class EventConsumer:
         if self._wait_for_webhooks:
             await self._subscriptions.wait_ready(10)
         await consume_overlapped(
-            self._make_consumer, "events-consumer", self.start, self._max_records
+            self._make_consumer,
+            "events-consumer",
+            self.start,
+            self._max_records,
+            depth=OVERLAP_DEPTH,
         )
 
     async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
