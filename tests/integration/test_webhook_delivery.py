@@ -315,6 +315,34 @@ async def test_a_rebalance_while_a_batch_is_being_stored_loses_nothing_and_crash
         assert not running.crashed.done(), running.crashed.result()
 
 
+async def test_a_crashed_workers_expired_claim_is_delivered_without_any_wake(
+    stack: Stack,
+) -> None:
+    """A delivery claimed by a worker that died (its lease over) is attempted by a live
+    engine that was told nothing: the database is polled even while nothing is due."""
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id, event_id="before")])
+        await receiver.wait_for(1)  # the engine is running, and now idle
+        await asyncio.sleep(1.5)  # its last claims found nothing: it only polls now
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute(
+                """INSERT INTO webhooks.deliveries (id, webhook_id, tenant, job_id, event_id,
+                       event_type, body, next_attempt_at, claimed_by)
+                   SELECT $1, id, tenant, 'orphan', 'orphan', 'message.created',
+                          convert_to('{"id":"orphan"}', 'UTF8'), now() - interval '1 second',
+                          'worker-that-died'
+                   FROM webhooks.webhooks WHERE id = $2""",
+                uuid.uuid4(),
+                uuid.UUID(created.webhook.id),
+            )
+        finally:
+            await conn.close()
+        requests = await receiver.wait_for(2, timeout=10)
+    assert json.loads(requests[-1].body) == {"id": "orphan"}
+
+
 async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(stack: Stack) -> None:
     async with Receiver() as receiver:
         created = await stack.hook(receiver.url())
