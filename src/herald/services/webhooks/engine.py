@@ -1,5 +1,6 @@
 """The delivery engine: claims due deliveries, makes signed HTTP POSTs, schedules
-retries in PostgreSQL, dead-letters what exhausts its retries.
+retries in PostgreSQL; what exhausts its retries or finds its endpoint gone is escalated
+(``escalation``: dead letter, disabled webhook, announcements).
 
 Any number of workers run side by side: a claim is a lease (``next_attempt_at``
 moved ahead past the HTTP timeout) taken with ``FOR UPDATE SKIP LOCKED``, and an
@@ -19,7 +20,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import structlog
@@ -27,10 +27,10 @@ from aiokafka import AIOKafkaProducer
 
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
-from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.dlq import DLQ_TOPIC
 from herald.runtime.publisher import EventPublisher
 from herald.services.webhooks import retry
+from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.http import AttemptResult, DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from herald.services.webhooks.model import RetryPolicy
@@ -93,11 +93,9 @@ class Engine:
         self._pool = pool
         self._client = client
         self._box = box
-        self._producer = producer
-        self._events = events
+        self._escalation = Escalation(pool, producer, events, dlq_topic)
         self._concurrency = concurrency
         self._poll = poll_seconds
-        self._dlq_topic = dlq_topic
         # A webhook failing without a single 2xx for this long is disabled.
         self._disable_after = timedelta(seconds=disable_after) if disable_after else None
         self._wake = asyncio.Event()
@@ -318,13 +316,15 @@ class Engine:
         if verdict.outcome == "retry":  # be awake when it comes due
             asyncio.get_running_loop().call_later(verdict.delay, self.wake)
         if verdict.outcome == "dead":
-            await self._dead_letter(row, hook, verdict.reason, result)
+            await self._escalation.dead_letter(row, hook, verdict.reason, result)
         elif verdict.outcome == "gone":
-            await self._disable(row, hook, "the endpoint answered 410 Gone")
+            await self._escalation.disable(row, hook, "the endpoint answered 410 Gone")
         if verdict.outcome in ("retry", "dead") and self._disable_after is not None:
             since = await self._pool.fetchval(Q.failing_since, row["webhook_id"])
             if since is not None and datetime.now(UTC) - since >= self._disable_after:
-                await self._disable(row, hook, f"failing without a 2xx since {since.isoformat()}")
+                await self._escalation.disable(
+                    row, hook, f"failing without a 2xx since {since.isoformat()}"
+                )
 
     def _headers(self, row: asyncpg.Record, hook: asyncpg.Record) -> dict[str, str]:
         secrets = [self._secret(hook["secret"], hook["webhook_id"])]
@@ -393,58 +393,3 @@ class Engine:
         await self._pool.execute(Q.record_outcomes, self.worker, *columns)
         await self._pool.execute(Q.touch_webhooks, sorted({o.webhook_id for o in outcomes}))
         return [None] * len(outcomes)
-
-    async def _dead_letter(
-        self, row: asyncpg.Record, hook: asyncpg.Record, reason: str, result: AttemptResult
-    ) -> None:
-        producer = self._producer()
-        origin = {
-            "webhook-id": str(hook["webhook_id"]),
-            "delivery-id": str(row["id"]),
-            "event-id": row["event_id"],
-        }
-        text = f"retries exhausted: {reason}"
-        if producer is not None:
-            await (
-                await producer.send(
-                    self._dlq_topic,
-                    bytes(row["body"]),
-                    key=str(hook["webhook_id"]).encode(),
-                    headers=dead_letter_headers(text, "webhooks", origin=origin),
-                )
-            )
-        else:
-            log.error("engine.dlq_unavailable", delivery_id=str(row["id"]))
-        EVENTS_DLQ.labels("delivery_exhausted").inc()
-        await self._publish(
-            "herald.webhook.delivery_exhausted",
-            str(row["id"]),
-            hook,
-            {
-                "webhook_id": str(hook["webhook_id"]),
-                "delivery_id": str(row["id"]),
-                "event_id": row["event_id"],
-                "event_type": row["event_type"],
-                "attempts": row["attempts"] + 1,
-                "reason": reason,
-                "last_status_code": result.status_code,
-                "tenant": row["tenant"],
-            },
-        )
-
-    async def _disable(self, row: asyncpg.Record, hook: asyncpg.Record, why: str) -> None:
-        if await self._pool.fetchval(Q.disable_webhook, hook["webhook_id"]) is None:
-            return  # already disabled
-        log.warning("webhook.disabled", webhook_id=str(hook["webhook_id"]), reason=why)
-        await self._publish(
-            "herald.webhook.disabled",
-            f"{hook['webhook_id']}/{row['id']}",
-            hook,
-            {"webhook_id": str(hook["webhook_id"]), "reason": why, "tenant": row["tenant"]},
-        )
-
-    async def _publish(
-        self, event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]
-    ) -> None:
-        if self._events is not None:
-            await self._events.publish(event_type, key, f"webhooks/{hook['webhook_id']}", data)
