@@ -100,7 +100,7 @@ class Dispatcher:
             hooks = self._subscriptions.match(consumed.binary.attributes["type"])
             return fanout.deliveries(consumed, hooks, self._deliveries_topic)
         route = self._routes.get(target.removeprefix(ROUTE_PREFIX))
-        if route is None or route.route.disabled:
+        if route is None or route.disabled:
             return []  # deleted or disabled since: nothing is owed any more
         return fanout.notifications(consumed, route)
 

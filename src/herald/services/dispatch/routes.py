@@ -169,7 +169,7 @@ class CompiledRoute:
     route: dispatch_pb2.Route
     _tests: tuple[Callable[[Event], bool], ...]
     _target: _Target
-    _disabled: bool
+    disabled: bool  # the route's own flag, read per event without protobuf access
 
     @classmethod
     def of(cls, route: dispatch_pb2.Route) -> CompiledRoute:
@@ -187,7 +187,7 @@ class CompiledRoute:
         )
 
     def matches(self, event: Event) -> bool:
-        return not self._disabled and all(t(event) for t in self._tests)
+        return not self.disabled and all(t(event) for t in self._tests)
 
     def jobs(self, event: Event) -> list[JobSpec]:
         """The jobs ``event`` makes; raises TargetError when its data cannot."""
