@@ -36,7 +36,7 @@ from tests.integration.conftest import (
     start_ingest,
     webhooks_settings,
 )
-from tests.integration.test_webhook_delivery import ingest_events
+from tests.integration.test_webhook_delivery import announced
 from tests.kafka_helpers import headers, read_matching
 from tests.receiver import Receiver
 
@@ -338,7 +338,7 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
         assert headers(dlq[0])["ce_id"] == event_id, "the original headers travel along"
         assert "webhook subscriptions unknown" in headers(dlq[0])["dlq-reason"]
         assert REGISTRY.get_sample_value("events_dlq_total", exhausted) == before + 1
-        [alert] = await ingest_events(flow.database_url, "herald.dispatch.dead_lettered")
+        [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered")
         assert (alert["event_id"], alert["targets"]) == (event_id, ["webhooks"])
 
         # Fixed: a dispatch that reaches webhooks redrives it; the webhook receives it.

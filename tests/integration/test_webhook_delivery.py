@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -141,6 +142,20 @@ async def ingest_events(database_url: str, event_type: str) -> list[dict[str, An
     return [json.loads(bytes(r["data"])) for r in rows]
 
 
+async def announced(
+    database_url: str, event_type: str, count: int = 1, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """The events of ``event_type`` ingest has stored, once there are ``count``: an
+    announcement follows the effect it announces (a stored dead letter, a disabled
+    webhook), so a test that has seen the effect waits for it."""
+    deadline = time.monotonic() + timeout
+    while len(found := await ingest_events(database_url, event_type)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} of {count} {event_type} within {timeout} s")
+        await asyncio.sleep(0.1)
+    return found
+
+
 async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     stack: Stack,
 ) -> None:
@@ -221,11 +236,7 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     assert h["dlq-reason"] == "retries exhausted: http_5xx"
     assert h["dlq-delivery-id"] == requests[0].headers["x-herald-delivery"]
     assert json.loads(record.value)["id"] == "evt-dead"
-    for _ in range(50):
-        alerts = await ingest_events(stack.database_url, "herald.webhook.delivery_exhausted")
-        if alerts:
-            break
-        await asyncio.sleep(0.1)
+    alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
     assert alerts[0]["attempts"] == 3
 
@@ -247,7 +258,7 @@ async def test_410_gone_disables_the_webhook(stack: Stack) -> None:
         await stack.produce([job(created.webhook.id)])  # after it was disabled
         await asyncio.sleep(1.5)
         assert len(receiver.received()) == 1, "a disabled webhook gets nothing more"
-    assert await ingest_events(stack.database_url, "herald.webhook.disabled")
+    assert await announced(stack.database_url, "herald.webhook.disabled")
 
 
 async def test_ssrf_destinations_are_refused_unless_allowed(stack: Stack) -> None:
@@ -505,5 +516,5 @@ async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
         attempts = len(receiver.received())
     assert not got.webhook.active
     assert 4 <= attempts <= 8, "disabled after about a second of failures, not before"
-    [alert] = await ingest_events(stack.database_url, "herald.webhook.disabled")
+    [alert] = await announced(stack.database_url, "herald.webhook.disabled")
     assert "failing without a 2xx" in alert["reason"]
