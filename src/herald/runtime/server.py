@@ -28,8 +28,10 @@ log = structlog.get_logger("herald.server")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
 STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
 BIND_WAIT_SECONDS = 70.0  # longer than TIME_WAIT (60 s on Linux)
-# Allocations between young-generation collections (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 10_000
+# Allocations (net of frees) between young-generation collections (CPython's default:
+# 700). Above what a service keeps in flight (dispatch: ~3 batches of 500 records), so
+# that a collection runs when cyclic garbage has piled up, not on every batch.
+GC_YOUNG_THRESHOLD = 100_000
 
 
 @dataclass
@@ -190,7 +192,9 @@ def settle_heap() -> None:
     long as the process: frozen, the collector stops walking it on every full
     collection. Fewer young collections let more of a batch's short-lived objects die
     by reference counting first. Measured on dispatch's per-event path: ~26 µs of CPU
-    per event instead of ~44.
+    per event instead of ~44 with a threshold of 10,000; at 10,000 dispatch still ran
+    ~190 young collections per 100,000 events (~9% of its time, nothing collected),
+    at 100,000 none.
     """
     gc.collect()
     gc.freeze()
