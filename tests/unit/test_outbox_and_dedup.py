@@ -63,6 +63,36 @@ def test_decode_round_trip_and_rejects_non_cloudevents() -> None:
         binding.decode([("content-type", b"application/json")], b"{}")
 
 
+def test_decode_keeping_reads_any_case_and_any_number_of_header_names() -> None:
+    headers = [
+        ("CE_Id", b"i"),
+        ("ce_source", b"s"),
+        ("Ce_Type", b"t"),
+        ("ce_specversion", b"1.0"),
+        ("Content-Type", b"application/json"),
+        ("TraceParent", b"tp"),
+        # More distinct names than the name cache holds: every one still decoded.
+        *[(f"x-made-up-{i}", str(i).encode()) for i in range(3000)],
+    ]
+    decoded, kept = binding.decode_keeping(headers, b"{}", frozenset({"traceparent"}))
+    assert decoded.attributes == {
+        "id": "i",
+        "source": "s",
+        "type": "t",
+        "specversion": "1.0",
+        "datacontenttype": "application/json",
+    }
+    assert decoded.extra["traceparent"] == "tp"
+    assert decoded.extra["x-made-up-2999"] == "2999"
+    assert len(decoded.extra) == 3001
+    kept_names = ["CE_Id", "ce_source", "Ce_Type", "ce_specversion", "TraceParent"]
+    assert [name for name, _ in kept] == kept_names, "ce_* and forwarded ones, as they came"
+    again, _ = binding.decode_keeping(headers, b"{}", frozenset())
+    assert again == decoded
+    with pytest.raises(ValueError, match="not UTF-8"):
+        binding.decode_keeping([*headers[:4], ("ce_subject", b"\xff")], b"", frozenset())
+
+
 def test_rows_after_a_failed_row_of_the_same_key_stay_unmarked() -> None:
     keys = [b"a", b"b", b"a", b"c", b"b"]
     acked = [False, True, True, True, True]

@@ -65,23 +65,46 @@ def decode_keeping(
     extra: dict[str, str] = {}
     kept: Headers = []
     for name, raw in headers:
+        kind, key = _KINDS.get(name) or _kind_of(name)
         try:
             text = raw.decode()
         except UnicodeDecodeError:
             raise ValueError(f"header {name!r} is not UTF-8") from None
-        lowered = name.lower()
-        if lowered.startswith(CE_PREFIX):
-            attributes[lowered[len(CE_PREFIX) :]] = text
+        if kind is _ATTRIBUTE:
+            attributes[key] = text
             kept.append((name, raw))
-        elif lowered == CONTENT_TYPE:
-            attributes["datacontenttype"] = text
+        elif kind is _CONTENT:
+            attributes[key] = text
         else:
-            extra[lowered] = text
-            if lowered in forwarded:
+            extra[key] = text
+            if key in forwarded:
                 kept.append((name, raw))
-    missing = [a for a in ("specversion", "id", "source", "type") if a not in attributes]
-    if missing:
+    if not _REQUIRED.issubset(attributes):
+        missing = [a for a in _REQUIRED_ORDER if a not in attributes]
         raise ValueError(
             "not a CloudEvents record: missing " + ", ".join(f"ce_{m}" for m in missing)
         )
     return BinaryEvent(attributes=attributes, data=value or b"", extra=extra), kept
+
+
+_REQUIRED_ORDER = ("specversion", "id", "source", "type")
+_REQUIRED = frozenset(_REQUIRED_ORDER)
+# What a header name is: a ce_ attribute, the content type, or anything else; and the
+# key it is stored under. Names repeat on every record: classified once, up to a bound
+# (a producer inventing names cannot grow it without end).
+_ATTRIBUTE, _CONTENT, _OTHER = "attribute", "content", "other"
+_KINDS: dict[str, tuple[str, str]] = {}
+_KINDS_MAX = 1024
+
+
+def _kind_of(name: str) -> tuple[str, str]:
+    lowered = name.lower()
+    if lowered.startswith(CE_PREFIX):
+        found = (_ATTRIBUTE, lowered[len(CE_PREFIX) :])
+    elif lowered == CONTENT_TYPE:
+        found = (_CONTENT, "datacontenttype")
+    else:
+        found = (_OTHER, lowered)
+    if len(_KINDS) < _KINDS_MAX:
+        _KINDS[name] = found
+    return found
