@@ -48,6 +48,7 @@ def cond(path: str, op: int, value: object = None) -> dispatch_pb2.Condition:
         (dispatch_pb2.TypeMatch(wildcard="m*e.*"), "message.created", True),
         (dispatch_pb2.TypeMatch(wildcard="*"), "anything", True),
         (dispatch_pb2.TypeMatch(wildcard="a.b"), "aXb", False),  # dots are literal
+        (dispatch_pb2.TypeMatch(), "anything", True),  # an empty match: every type
     ],
 )
 def test_type_matches(match: dispatch_pb2.TypeMatch, event_type: str, expected: bool) -> None:

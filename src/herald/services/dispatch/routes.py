@@ -74,18 +74,6 @@ class TargetError(ValueError):
     retrying will not help)."""
 
 
-def type_matches(match: dispatch_pb2.TypeMatch, event_type: str) -> bool:
-    """Exact, prefix or ``*``-wildcard; an empty match matches every type."""
-    kind = match.WhichOneof("match")
-    if kind == "exact":
-        return event_type == match.exact
-    if kind == "prefix":
-        return event_type.startswith(match.prefix)
-    if kind == "wildcard":
-        return _wildcard(match.wildcard).fullmatch(event_type) is not None
-    return True
-
-
 def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(p) for p in pattern.split("*")), re.DOTALL)
 
@@ -131,7 +119,19 @@ def _condition(cond: dispatch_pb2.Condition) -> Callable[[Event], bool]:
 
 
 def _type_test(match: dispatch_pb2.TypeMatch) -> Callable[[Event], bool]:
-    return lambda e: type_matches(match, e.attributes.get("type", ""))
+    """Exact, prefix or ``*``-wildcard; an empty match matches every type. The match is
+    read once here, not from protobuf per event."""
+    kind = match.WhichOneof("match")
+    if kind == "exact":
+        exact = match.exact
+        return lambda e: e.attributes.get("type", "") == exact
+    if kind == "prefix":
+        prefix = match.prefix
+        return lambda e: e.attributes.get("type", "").startswith(prefix)
+    if kind == "wildcard":
+        pattern = _wildcard(match.wildcard)
+        return lambda e: pattern.fullmatch(e.attributes.get("type", "")) is not None
+    return lambda e: True
 
 
 def _source_test(source: str) -> Callable[[Event], bool]:
