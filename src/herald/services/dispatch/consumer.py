@@ -36,6 +36,10 @@ log = structlog.get_logger("herald.dispatch.consumer")
 # Batches whose acknowledgements are awaited while the next is decoded and sent. With
 # one, the consumer still waited ~18% of the time for Kafka; with two, not at all.
 OVERLAP_DEPTH = 2
+# Records per batch at most. Per-batch costs (a fetch, a produce request per partition,
+# an offset commit) spread over more events: ~10% less CPU per event than 500 in an
+# alternating A/B; a batch is this large only when a backlog is waiting.
+MAX_RECORDS = 2000
 
 
 def record_of(r: ConsumerRecord[bytes, bytes]) -> Record:
@@ -58,7 +62,7 @@ class EventConsumer:
         subscriptions: SubscriptionCache,
         dead: DeadLetters,
         schedule: Schedule,
-        max_records: int = 500,
+        max_records: int = MAX_RECORDS,
         wait_for_webhooks: bool = True,
     ) -> None:
         self._pool = pool
