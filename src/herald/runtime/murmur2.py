@@ -4,6 +4,8 @@ the key's 4-byte words are unpacked in one call instead of byte by byte.
 
 Records are placed per partition before they are handed over in batches
 (``kafka_batches``), so this runs once per record sent by ingest's relay and dispatch.
+Keys repeat (a webhook's deliveries, one entity's events): the hashes of recent keys
+are remembered, a dictionary lookup instead of ~1.5 µs (6-byte key) to ~4 µs (a UUID).
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+_KNOWN: dict[bytes, int] = {}  # key → murmur2(key) & 0x7FFFFFFF, for recent keys
+KNOWN_KEYS_MAX = 65_536  # then forgotten all at once: a few MB at most
+
+
 def partition_of(key: bytes, partitions: Sequence[int]) -> int:
     """The partition of ``key`` among ``partitions`` (sorted), as the default
     partitioner chooses it for a keyed record."""
-    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+    h = _KNOWN.get(key)
+    if h is None:
+        if len(_KNOWN) >= KNOWN_KEYS_MAX:
+            _KNOWN.clear()
+        h = _KNOWN[key] = murmur2(key) & 0x7FFFFFFF
+    return partitions[h % len(partitions)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -192,31 +192,25 @@ class CompiledRoute:
     def jobs(self, event: Event) -> list[JobSpec]:
         """The jobs ``event`` makes; raises TargetError when its data cannot."""
         t = self._target
-        if t.for_each:
-            items = event.get(t.for_each[1:])
-            if not isinstance(items, list):
-                raise TargetError(f"{t.for_each} is not an array in event {_name(event)}")
-            elements: Sequence[Any] = items
-        else:
-            elements = [_MISSING]
-        jobs = []
-        for index, item in enumerate(elements):
-            channel = _text(event, t.channel, item, "channel")
-            recipient = _text(event, t.recipient, item, "recipient") if t.recipient else ""
-            segment = _object(event, t.segment, item) if t.segment else None
-            key = f"{event.attributes.get('source')}\n{event.attributes.get('id')}\n{self.id}"
-            jobs.append(
-                JobSpec(
-                    job_id=uuid5_text(JOB_NAMESPACE, f"{key}\n{index}"),
-                    topic=t.topic.replace("{channel}", channel),
-                    channel=channel,
-                    template_code=_text(event, t.template_code, item, "template_code"),
-                    recipient=recipient,
-                    segment=segment,
-                    route_id=self.id,
-                )
-            )
-        return jobs
+        if not t.for_each:
+            return [self._job(event, t, _MISSING, 0)]
+        items = event.get(t.for_each[1:])
+        if not isinstance(items, list):
+            raise TargetError(f"{t.for_each} is not an array in event {_name(event)}")
+        return [self._job(event, t, item, index) for index, item in enumerate(items)]
+
+    def _job(self, event: Event, t: _Target, item: Any, index: int) -> JobSpec:
+        channel = _text(event, t.channel, item, "channel")
+        a = event.attributes
+        return JobSpec(
+            uuid5_text(JOB_NAMESPACE, f"{a.get('source')}\n{a.get('id')}\n{self.id}\n{index}"),
+            t.topic.replace("{channel}", channel),
+            channel,
+            _text(event, t.template_code, item, "template_code"),
+            _text(event, t.recipient, item, "recipient") if t.recipient else "",
+            _object(event, t.segment, item) if t.segment else None,
+            self.id,
+        )
 
 
 def _name(event: Event) -> str:
