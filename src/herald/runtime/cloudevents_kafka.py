@@ -9,7 +9,8 @@ the ``partitionkey`` attribute when set. Herald adds the headers Vibeapp asks fo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 CE_PREFIX = "ce_"
 CONTENT_TYPE = "content-type"
@@ -27,14 +28,18 @@ CONTEXT_HEADERS = (
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class BinaryEvent:
-    """An event as the binary mode sees it: string attributes plus data bytes."""
+_NO_EXTRA: Mapping[str, str] = MappingProxyType({})
+
+
+class BinaryEvent(NamedTuple):
+    """An event as the binary mode sees it: string attributes plus data bytes. (A
+    NamedTuple: one is made per record consumed, and it builds ~3x faster than a frozen
+    dataclass.)"""
 
     attributes: Mapping[str, str]
     data: bytes
     # Non-CloudEvents headers (content-type excluded: it is datacontenttype).
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = _NO_EXTRA
 
 
 def encode(event: BinaryEvent) -> tuple[bytes, bytes, Headers]:
@@ -84,7 +89,7 @@ def decode_keeping(
         raise ValueError(
             "not a CloudEvents record: missing " + ", ".join(f"ce_{m}" for m in missing)
         )
-    return BinaryEvent(attributes=attributes, data=value or b"", extra=extra), kept
+    return BinaryEvent(attributes, value or b"", extra), kept
 
 
 _REQUIRED_ORDER = ("specversion", "id", "source", "type")
