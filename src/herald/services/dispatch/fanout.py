@@ -20,6 +20,7 @@ from herald.dispatch.v1 import notification_pb2
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import cloudevents_kafka as ce
+from herald.runtime import json_fast
 from herald.runtime.ids import uuid5_text
 from herald.runtime.kafka_batches import OutRecord
 from herald.services.dispatch.routes import CompiledRoute, Event, JobSpec
@@ -62,7 +63,7 @@ def decode(
     data: Any = None
     if binary.data:
         try:
-            data = json.loads(binary.data)
+            data = json_fast.loads(binary.data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             content_type = binary.attributes.get("datacontenttype", "application/json")
             if "json" in content_type:

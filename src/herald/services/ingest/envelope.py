@@ -21,6 +21,7 @@ from typing import Any
 
 from herald.cloudevents.v1 import cloudevents_pb2
 
+from herald.runtime import json_fast
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest.event import NOT_PARSED, Envelope, Event
 
@@ -81,7 +82,7 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
 def parse_json(text: str) -> Parsed:
     """An Event from structured JSON or the legacy envelope, told apart by their keys."""
     try:
-        document = json.loads(text)
+        document = json_fast.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgument([FieldViolation("json", f"not valid JSON: {exc}")]) from None
     if not isinstance(document, dict):

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from herald.runtime import cloudevents_kafka as binding
+from herald.runtime import json_fast
 from herald.services.ingest.event import Event
 
 LANES = 16  # fixed: changing it would let two relays share a key's rows
@@ -76,7 +77,7 @@ def make_pending(
 
 def headers_of(headers_json: str) -> list[tuple[str, bytes]]:
     """Kafka headers from a stored outbox row."""
-    return [(name, value.encode()) for name, value in json.loads(headers_json)]
+    return [(name, value.encode()) for name, value in json_fast.loads(headers_json)]
 
 
 def rows_to_mark(keys: Sequence[bytes], acked: Sequence[bool]) -> list[int]:

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import jsonschema_rs
 
+from herald.runtime import json_fast
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest.catalog import EventTypeDef
 from herald.services.ingest.event import NOT_PARSED, Event
@@ -112,7 +113,7 @@ def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
     data = event.json_data
     if data is NOT_PARSED:
         try:
-            data = json.loads(event.data) if event.data else None
+            data = json_fast.loads(event.data) if event.data else None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return [FieldViolation(data_field, f"not valid JSON: {exc}")]
     if definition.validator.is_valid(data):

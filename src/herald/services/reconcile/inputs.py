@@ -20,6 +20,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from ticketland.v1 import ticketland_pb2 as tl
 
+from herald.runtime import json_fast
+
 Kind = Literal["event", "order", "refund"]
 Input = tl.Event | tl.Order | tl.RefundRequest
 PROTOBUF = "application/x-protobuf"
@@ -79,7 +81,7 @@ def decode(kind: Kind, headers: Sequence[tuple[str, bytes]], value: bytes | None
 
 def _parse_json(value: bytes, message: Message) -> None:
     try:
-        doc = json.loads(value)
+        doc = json_fast.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRecord(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):

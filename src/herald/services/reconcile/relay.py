@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 from collections.abc import Callable
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.kafka import start_when_reachable
 from herald.runtime.kafka_batches import BatchSender, OutRecord
@@ -33,7 +33,7 @@ KINDS = ("event", "order", "refund")
 @functools.lru_cache(maxsize=64)
 def _headers(text: str) -> tuple[tuple[str, bytes], ...]:
     """A row's headers (few distinct values: one set per format)."""
-    return tuple((n, v.encode()) for n, v in json.loads(text))
+    return tuple((n, v.encode()) for n, v in json_fast.loads(text))
 
 
 class VibeRelay:

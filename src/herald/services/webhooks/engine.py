@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime import json_fast
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import DLQ_TOPIC
@@ -331,8 +331,8 @@ class Engine:
         if hook["previous_secret"] is not None and hook["previous_valid"]:
             secrets.append(self._secret(hook["previous_secret"], hook["webhook_id"]))
         now = int(time.time())
-        headers: dict[str, str] = dict(json.loads(hook["headers"]))
-        headers.update(json.loads(row["context"]))
+        headers: dict[str, str] = dict(json_fast.loads(hook["headers"]))
+        headers.update(json_fast.loads(row["context"]))
         headers.update(
             {
                 "User-Agent": f"Herald-Webhooks/{VERSION}",

@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
+from herald.runtime import json_fast
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -79,7 +80,7 @@ def decode(value: bytes | None) -> NewDelivery:
     except ValueError:
         raise ValueError(f"webhook_id {job.webhook_id!r} is not a UUID") from None
     try:
-        data = json.loads(job.data) if job.data else None
+        data = json_fast.loads(job.data) if job.data else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"data is not JSON: {exc}") from None
     created = job.event_time.ToJsonString() if job.HasField("event_time") else ""
