@@ -142,4 +142,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             retrier.run,
         ],
         on_stop=[close],
+        # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at
+        # 10,000 a young collection ran every ~500 events and found nothing.
+        gc_young_threshold=100_000,
     )
