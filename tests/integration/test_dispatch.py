@@ -459,3 +459,55 @@ async def test_two_replicas_and_rebalances_mid_stream_lose_nothing(flow: Flow) -
         by_event.setdefault(job.event_id, set()).add(job.job_id)
     assert set(by_event) == set(published), "every event made its job"
     assert all(len(ids) == 1 for ids in by_event.values()), "a repeat is the same job"
+
+
+async def test_one_keys_jobs_keep_their_order_and_carry_the_events_context(flow: Flow) -> None:
+    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
+    source = f"urn:order:{uuid.uuid4().hex[:8]}"
+    await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(
+                name="ordered",
+                filter=dispatch_pb2.RouteFilter(source=source),
+                target=dispatch_pb2.JobTarget(
+                    topic=target_topic, channel="push", template_code="t", recipient="$data.to"
+                ),
+            )
+        )
+    )
+    await asyncio.sleep(0.5)  # every replica has reloaded (NOTIFY)
+    trace_id = uuid.uuid4().hex
+    published = []
+    for i in range(60):  # one conversation's events, another's interleaved
+        subject = "conversation-7" if i % 3 else "conversation-8"
+        doc = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": source,
+            "type": "message.created",
+            "subject": subject,
+            "time": "2026-11-22T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"id": f"m{i}", "content": "c", "to": f"{subject}/u{i}"},
+        }
+        metadata = (
+            ("x-correlation-id", f"corr-{i}"),
+            ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),
+        )
+        await flow.ingest.stub.Publish(
+            ingest_pb2.PublishRequest(json=json.dumps(doc)), metadata=metadata
+        )
+        published.append((doc["id"], subject, i))
+
+    jobs = await flow.jobs(target_topic, {p[0] for p in published}, len(published))
+    for subject in ("conversation-7", "conversation-8"):
+        mine = [r for r in jobs if r.key == subject.encode()]
+        expected = [f"{subject}/u{i}" for _, s, i in published if s == subject]
+        assert [decode_job(r).recipient for r in mine] == expected, "one key's jobs in order"
+    for record in jobs:
+        job, meta = decode_job(record), headers(record)
+        i = int(job.recipient.rsplit("/u", 1)[1])
+        assert meta["ce_id"] == published[i][0] == job.event_id
+        assert meta["x-correlation-id"] == f"corr-{i}", "the caller's correlation id travels on"
+        assert meta["traceparent"].split("-")[1] == trace_id, "so does the caller's trace"
+        assert meta["content-type"] == "application/x-protobuf"
