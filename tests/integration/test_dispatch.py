@@ -477,12 +477,13 @@ async def test_one_keys_jobs_keep_their_order_and_carry_the_events_context(flow:
     )
     await asyncio.sleep(0.5)  # every replica has reloaded (NOTIFY)
     trace_id = uuid.uuid4().hex
-    published = []
+    published: list[tuple[str, str, int]] = []  # (event id, subject, index)
     for i in range(60):  # one conversation's events, another's interleaved
         subject = "conversation-7" if i % 3 else "conversation-8"
+        event_id = str(uuid.uuid4())
         doc = {
             "specversion": "1.0",
-            "id": str(uuid.uuid4()),
+            "id": event_id,
             "source": source,
             "type": "message.created",
             "subject": subject,
@@ -497,7 +498,7 @@ async def test_one_keys_jobs_keep_their_order_and_carry_the_events_context(flow:
         await flow.ingest.stub.Publish(
             ingest_pb2.PublishRequest(json=json.dumps(doc)), metadata=metadata
         )
-        published.append((doc["id"], subject, i))
+        published.append((event_id, subject, i))
 
     jobs = await flow.jobs(target_topic, {p[0] for p in published}, len(published))
     for subject in ("conversation-7", "conversation-8"):
