@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import status_pb2
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc, notification_pb2
 from herald.ingest.v1 import ingest_pb2
@@ -235,7 +236,7 @@ async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
     assert jobs[0].key  # the event's own key: one key's jobs stay in order
 
 
-async def test_a_webhook_created_now_receives_events_published_a_second_later(
+async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(
     flow: Flow,
 ) -> None:
     async with Receiver() as receiver:
@@ -253,13 +254,30 @@ async def test_a_webhook_created_now_receives_events_published_a_second_later(
         body = json.loads(request.body)
         assert body["id"] == event_id
         assert body["type"] == "message.created"
+
+        # Changed: only message.deleted now. Seen within a second like a new one.
+        narrowed = webhooks_pb2.Webhook(id=created.webhook.id, event_types=["message.deleted"])
+        await flow.hooks.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=narrowed, update_mask=FieldMask(paths=["event_types"])
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(1.0)
+        await flow.publish("message.created", {"id": "msg_11", "content": "z"})
+        deleted_id = await flow.publish("message.deleted", {"id": "msg_9"})
+        requests = await receiver.wait_for(2, timeout=20)
+        await asyncio.sleep(1.0)
+        assert [json.loads(r.body)["id"] for r in receiver.received()] == [event_id, deleted_id]
+        assert json.loads(requests[1].body)["type"] == "message.deleted"
+
         await flow.hooks.DeleteWebhook(
             webhooks_pb2.DeleteWebhookRequest(id=created.webhook.id), metadata=KEY
         )
         await asyncio.sleep(1.0)
         await flow.publish("message.created", {"id": "msg_10", "content": "y"})
         await asyncio.sleep(2.0)
-        assert len(receiver.received()) == 1, "a deleted webhook gets nothing more"
+        assert len(receiver.received()) == 2, "a deleted webhook gets nothing more"
 
 
 async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Flow) -> None:
