@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import urllib.request
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -102,6 +103,48 @@ def test_metrics_endpoint_serves_prometheus_text() -> None:
         assert name in body
 
 
+async def _produce_numbers(settings: KafkaSettings, topic: str, n: int) -> None:
+    """Records "0" … "n-1", one key, in order."""
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(n):
+            await producer.send(topic, str(i).encode(), key=b"k")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _consuming(
+    settings: KafkaSettings,
+    topic: str,
+    group: str,
+    take: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]],
+    **options: Any,
+) -> asyncio.Task[None]:
+    """``kafka.consume`` of ``topic`` in ``group`` as a task."""
+    return asyncio.create_task(
+        kafka.consume(
+            lambda: kafka.make_consumer(settings, topic, group_id=group), "test", take, **options
+        )
+    )
+
+
+async def _until_committed(
+    worker: asyncio.Task[None], settings: KafkaSettings, group: str, topic: str, n: int
+) -> None:
+    """Waits until ``group`` has committed offset ``n`` on partition 0, then stops
+    ``worker``."""
+    try:
+        async with asyncio.timeout(30):
+            while await _committed(settings, group, topic) != n:
+                await asyncio.sleep(0.1)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
 async def _committed(settings: KafkaSettings, group: str, topic: str) -> int | None:
     admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
     await admin.start()
@@ -121,14 +164,7 @@ async def test_overlapped_consume_commits_a_batch_only_once_it_has_finished(
     whose finish has not returned, and every record is started once, in order."""
     settings = infra.kafka_settings()
     await kafka.ensure_topics(settings, [topic], partitions=1)
-    producer = kafka.make_producer(settings)
-    await producer.start()
-    try:
-        for i in range(30):
-            await producer.send(topic, str(i).encode(), key=b"k")
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _produce_numbers(settings, topic, 30)
 
     group = f"overlap-{uuid.uuid4().hex[:8]}"
     started: list[list[int]] = []
@@ -174,14 +210,7 @@ async def test_consume_fetches_no_more_than_the_budget_allows(infra: Infra, topi
     """A busy downstream (budget 7) gets batches of at most 7; the rest waits on Kafka."""
     settings = infra.kafka_settings()
     await kafka.ensure_topics(settings, [topic], partitions=1)
-    producer = kafka.make_producer(settings)
-    await producer.start()
-    try:
-        for i in range(30):
-            await producer.send(topic, str(i).encode(), key=b"k")
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _produce_numbers(settings, topic, 30)
     taken: list[list[int]] = []
 
     async def take(records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -191,22 +220,59 @@ async def test_consume_fetches_no_more_than_the_budget_allows(infra: Infra, topi
         return 7
 
     group = f"budget-{uuid.uuid4().hex[:8]}"
-    worker = asyncio.create_task(
-        kafka.consume(
-            lambda: kafka.make_consumer(settings, topic, group_id=group),
-            "test",
-            take,
-            max_records=500,
-            budget=budget,
-        )
-    )
-    try:
-        async with asyncio.timeout(30):
-            while await _committed(settings, group, topic) != 30:
-                await asyncio.sleep(0.1)
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
+    worker = _consuming(settings, topic, group, take, max_records=500, budget=budget)
+    await _until_committed(worker, settings, group, topic, 30)
     assert [n for batch in taken for n in batch] == list(range(30))
     assert max(len(batch) for batch in taken) <= 7
+
+
+async def test_consume_commits_taken_batches_together_at_most_every_interval(
+    infra: Infra, topic: str
+) -> None:
+    """With commit_every, batches are not committed one by one: together, when the
+    interval has passed or a poll finds nothing new."""
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    await _produce_numbers(settings, topic, 30)
+    group = f"coalesce-{uuid.uuid4().hex[:8]}"
+    committed_while_taking: list[int | None] = []
+    taken: list[int] = []
+
+    async def take(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        committed_while_taking.append(await _committed(settings, group, topic))
+        taken.extend(int(r.value) for r in records)
+
+    worker = _consuming(settings, topic, group, take, max_records=5, commit_every=60.0)
+    # Six batches of five, then a poll that finds nothing: one commit of all.
+    await _until_committed(worker, settings, group, topic, 30)
+    assert taken == list(range(30))
+    assert len(committed_while_taking) >= 6
+    assert set(committed_while_taking) == {None}, "nothing committed batch by batch"
+
+
+async def test_consume_commits_what_it_took_when_stopped(infra: Infra, topic: str) -> None:
+    """Batches taken but not yet committed are committed on the way out; the one being
+    taken when it stopped is not."""
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    await _produce_numbers(settings, topic, 10)
+    group = f"coalesce-stop-{uuid.uuid4().hex[:8]}"
+    took = asyncio.Event()
+    hold = asyncio.Event()
+    first: list[int] = []
+
+    async def take(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        if took.is_set():
+            await hold.wait()  # the second batch: stopped while taking it
+        first.extend(int(r.value) for r in records)
+        took.set()
+
+    worker = _consuming(settings, topic, group, take, max_records=4, commit_every=60.0)
+    async with asyncio.timeout(30):
+        await took.wait()
+        await asyncio.sleep(0.5)
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+    assert first == list(range(len(first)))
+    assert await _committed(settings, group, topic) == len(first), "the first batch only"
