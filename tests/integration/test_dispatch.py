@@ -75,6 +75,23 @@ class Flow:
         await self.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
         return event_id
 
+    async def push_route(
+        self, name: str, route_filter: dispatch_pb2.RouteFilter, template_code: str = "t"
+    ) -> tuple[str, dispatch_pb2.Route]:
+        """A route making push jobs for ``$data.to`` on a fresh topic: (the topic, the
+        route), once every replica has reloaded its routes (NOTIFY)."""
+        topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
+        target = dispatch_pb2.JobTarget(
+            topic=topic, channel="push", template_code=template_code, recipient="$data.to"
+        )
+        created = await self.stub.CreateRoute(
+            dispatch_pb2.CreateRouteRequest(
+                route=dispatch_pb2.Route(name=name, filter=route_filter, target=target)
+            )
+        )
+        await asyncio.sleep(0.5)
+        return topic, created.route
+
     async def add_dispatch(self, **overrides: Any) -> Running:
         settings = self.settings.model_copy(update=overrides)
         running = await start(
@@ -200,10 +217,9 @@ async def test_the_notification_api_examples_make_exactly_the_expected_jobs(flow
 
 
 async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
-    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
-    route = dispatch_pb2.Route(
-        name="push-messages",
-        filter=dispatch_pb2.RouteFilter(
+    target_topic, created = await flow.push_route(
+        "push-messages",
+        dispatch_pb2.RouteFilter(
             type=dispatch_pb2.TypeMatch(wildcard="message.*"),
             source="urn:chat",
             conditions=[
@@ -214,13 +230,9 @@ async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
                 )
             ],
         ),
-        target=dispatch_pb2.JobTarget(
-            topic=target_topic, channel="push", template_code="new_message", recipient="$data.to"
-        ),
+        template_code="new_message",
     )
-    created = await flow.stub.CreateRoute(dispatch_pb2.CreateRouteRequest(route=route))
-    assert created.route.id
-    await asyncio.sleep(0.5)  # every replica has reloaded (NOTIFY)
+    assert created.id
     base = {"id": "msg_1", "content": "hi"}
     hit = await flow.publish(
         "message.created", {**base, "to": "u1", "channels": ["push"]}, source="urn:chat"
@@ -434,22 +446,13 @@ async def test_route_crud_and_validation(flow: Flow) -> None:
 
 
 async def test_two_replicas_and_rebalances_mid_stream_lose_nothing(flow: Flow) -> None:
-    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
     source = f"urn:rebalance:{uuid.uuid4().hex[:8]}"
-    await flow.stub.CreateRoute(
-        dispatch_pb2.CreateRouteRequest(
-            route=dispatch_pb2.Route(
-                name="rebalance",
-                filter=dispatch_pb2.RouteFilter(
-                    type=dispatch_pb2.TypeMatch(exact="message.created"), source=source
-                ),
-                target=dispatch_pb2.JobTarget(
-                    topic=target_topic, channel="push", template_code="t", recipient="$data.to"
-                ),
-            )
-        )
+    target_topic, _ = await flow.push_route(
+        "rebalance",
+        dispatch_pb2.RouteFilter(
+            type=dispatch_pb2.TypeMatch(exact="message.created"), source=source
+        ),
     )
-    await asyncio.sleep(0.5)
 
     async def publish(n: int) -> list[str]:
         return [
@@ -480,20 +483,8 @@ async def test_two_replicas_and_rebalances_mid_stream_lose_nothing(flow: Flow) -
 
 
 async def test_one_keys_jobs_keep_their_order_and_carry_the_events_context(flow: Flow) -> None:
-    target_topic = f"herald.test.jobs.{uuid.uuid4().hex[:8]}"
     source = f"urn:order:{uuid.uuid4().hex[:8]}"
-    await flow.stub.CreateRoute(
-        dispatch_pb2.CreateRouteRequest(
-            route=dispatch_pb2.Route(
-                name="ordered",
-                filter=dispatch_pb2.RouteFilter(source=source),
-                target=dispatch_pb2.JobTarget(
-                    topic=target_topic, channel="push", template_code="t", recipient="$data.to"
-                ),
-            )
-        )
-    )
-    await asyncio.sleep(0.5)  # every replica has reloaded (NOTIFY)
+    target_topic, _ = await flow.push_route("ordered", dispatch_pb2.RouteFilter(source=source))
     trace_id = uuid.uuid4().hex
     published: list[tuple[str, str, int]] = []  # (event id, subject, index)
     for i in range(60):  # one conversation's events, another's interleaved

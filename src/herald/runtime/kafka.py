@@ -193,8 +193,7 @@ async def consume_overlapped(
         for _, task in pending:
             task.cancel()
         if committing is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(committing, COMMIT_WAIT_SECONDS)
+            await _last_commit(committing)
         await consumer.stop()
 
 
@@ -251,8 +250,9 @@ async def consume(
     try:
         while True:
             limit = max_records if budget is None else max(1, min(max_records, await budget()))
-            wait_ms = max(1, int(commit_every * 1000)) if owed else 1000
-            batch = await consumer.getmany(timeout_ms=min(wait_ms, 1000), max_records=limit)
+            # Offsets owed: poll no longer than until they are due.
+            wait_ms = min(1000, max(1, int(commit_every * 1000))) if owed else 1000
+            batch = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
             records = [r for part in batch.values() for r in part]
             if records:
                 await take(records)
@@ -265,8 +265,12 @@ async def consume(
                 committed_at = now
     finally:
         if owed:  # taken, and durable: committed on the way out too
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(
-                    commit_after(consumer, list(owed.values())), COMMIT_WAIT_SECONDS
-                )
+            await _last_commit(commit_after(consumer, list(owed.values())))
         await consumer.stop()
+
+
+async def _last_commit(commit: Awaitable[bool]) -> None:
+    """A stopping consumer's last commit, given COMMIT_WAIT_SECONDS. If it fails, the
+    records are consumed again later, which Herald's consumers make harmless."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(commit, COMMIT_WAIT_SECONDS)

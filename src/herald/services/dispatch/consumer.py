@@ -86,10 +86,6 @@ class EventConsumer:
             depth=OVERLAP_DEPTH,
         )
 
-    async def take(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Dispatches ``records``; returns once every effect is durable."""
-        await (await self.start(records))
-
     async def start(
         self, records: Sequence[ConsumerRecord[bytes, bytes]]
     ) -> Coroutine[Any, Any, None]:
