@@ -1,7 +1,10 @@
 """The servers a run uses: started when needed, stopped again only if we started them.
 
 Every ingest scenario gets a database and a topic of its own (``herald_bench_<hex>``,
-``herald.bench.<hex>``); the database is dropped afterwards.
+``herald.bench.<hex>``); the database is dropped afterwards. Every topic a scenario
+creates is named ``herald.bench.…``, and those it leaves are deleted after it
+(``sweep_topics``): thousands of leftover partitions slow the broker, and with it every
+later figure.
 """
 
 from __future__ import annotations
@@ -71,6 +74,37 @@ async def delete_topic(settings: KafkaSettings, topic: str) -> None:
         print(f"  (could not delete topic {topic}: {exc!r})")
     finally:
         await admin.close()
+
+
+BENCH_TOPIC_PREFIX = "herald.bench."
+
+
+async def bench_topics(settings: KafkaSettings) -> set[str]:
+    """The topics named like the bench's own that exist now."""
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    try:
+        await admin.start()
+        return {t for t in await admin.list_topics() if t.startswith(BENCH_TOPIC_PREFIX)}
+    finally:
+        await admin.close()
+
+
+async def sweep_topics(settings: KafkaSettings, before: set[str]) -> int:
+    """Deletes the bench topics created since ``before`` was taken; returns how many
+    (best effort: a failure is printed, the figures stand)."""
+    try:
+        created = sorted(await bench_topics(settings) - before)
+        admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+        try:
+            await admin.start()
+            for i in range(0, len(created), 100):
+                await admin.delete_topics(created[i : i + 100])
+        finally:
+            await admin.close()
+    except Exception as exc:
+        print(f"  (could not delete this scenario's topics: {exc!r})")
+        return 0
+    return len(created)
 
 
 @contextlib.asynccontextmanager

@@ -29,6 +29,11 @@ from herald.runtime import kafka
 EVENTS, ORDERS, REFUNDS = 100, 20_000, 5_000
 
 
+def _topic(name: str, suffix: str) -> str:
+    """This run's stand-in for the topic ``name`` (swept after the scenario)."""
+    return f"herald.bench.{name}.{suffix}"
+
+
 def _inputs(suffix: str) -> list[tuple[str, str, bytes]]:
     """(topic, key, value) of every input record, in production order."""
     out: list[tuple[str, str, bytes]] = []
@@ -42,7 +47,7 @@ def _inputs(suffix: str) -> list[tuple[str, str, bytes]]:
             finish_at=1_767_207_600_000,
             organizer=tl.Organizer(id=f"org{e % 10}", name="Org"),
         )
-        out.append((f"ticketland.events.{suffix}", event.id, event.SerializeToString()))
+        out.append((_topic("ticketland.events", suffix), event.id, event.SerializeToString()))
     for o in range(ORDERS):
         order = tl.Order(
             id=f"o{o}",
@@ -58,7 +63,7 @@ def _inputs(suffix: str) -> list[tuple[str, str, bytes]]:
                 for t in range(2)
             ],
         )
-        out.append((f"ticketland.orders.{suffix}", order.id, order.SerializeToString()))
+        out.append((_topic("ticketland.orders", suffix), order.id, order.SerializeToString()))
     for r in range(REFUNDS):
         money = tl.Money(refund_nominal=150_000, customer=140_000, org=5_000, agent=5_000)
         refund = tl.RefundRequest(
@@ -70,7 +75,7 @@ def _inputs(suffix: str) -> list[tuple[str, str, bytes]]:
             money=money,
             tickets=[tl.RefundTicket(ticket_id=f"o{r}t0", price=150_000, money=money)],
         )
-        out.append((f"ticketland.refunds.{suffix}", refund.id, refund.SerializeToString()))
+        out.append((_topic("ticketland.refunds", suffix), refund.id, refund.SerializeToString()))
     return out
 
 
@@ -94,10 +99,10 @@ async def run(where: infra.Infra) -> dict[str, Any]:
     """Measures (r): ``raw_rate`` and reconcile's orders + refunds per second."""
     suffix = uuid.uuid4().hex[:8]
     await _produce(where, _inputs(suffix))
-    inputs = [f"ticketland.orders.{suffix}", f"ticketland.refunds.{suffix}"]
+    inputs = [_topic("ticketland.orders", suffix), _topic("ticketland.refunds", suffix)]
     n = ORDERS + REFUNDS
     raw = max([await raw_loop(where, inputs, n) for _ in range(RAW_REPEATS)])
-    outputs = [f"vibe.orders.{suffix}", f"vibe.refunds.{suffix}"]
+    outputs = [_topic("vibe.orders", suffix), _topic("vibe.refunds", suffix)]
     async with infra.fresh_database(where.database_url) as database_url:
         env = service_env(
             {
@@ -105,11 +110,11 @@ async def run(where: infra.Infra) -> dict[str, Any]:
                 "KAFKA_BOOTSTRAP_SERVERS": where.bootstrap_servers,
                 "RECONCILE_ADDR": f"127.0.0.1:{free_port()}",
                 "RECONCILE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-                "TICKETLAND_EVENTS_TOPIC": f"ticketland.events.{suffix}",
+                "TICKETLAND_EVENTS_TOPIC": _topic("ticketland.events", suffix),
                 "TICKETLAND_ORDERS_TOPIC": inputs[0],
                 "TICKETLAND_REFUNDS_TOPIC": inputs[1],
                 "RECONCILE_GROUP": f"bench-{suffix}",
-                "VIBE_EVENTS_TOPIC": f"vibe.events.{suffix}",
+                "VIBE_EVENTS_TOPIC": _topic("vibe.events", suffix),
                 "VIBE_ORDERS_TOPIC": outputs[0],
                 "VIBE_REFUNDS_TOPIC": outputs[1],
                 "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
