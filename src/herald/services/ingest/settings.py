@@ -25,7 +25,7 @@ class IngestSettings(RuntimeSettings):
     relay_batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per relay round.")
     writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
     writer_linger_ms: float = Field(
-        2.0,
+        8.0,
         ge=0,
         le=100,
         description="How long a small group commit waits for more calls to join it.",
