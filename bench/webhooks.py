@@ -37,6 +37,11 @@ from herald.runtime import kafka
 KEY = "hk_bench_0123456789abcdef"
 CONCURRENCY = 64
 STEADY_RATE = 500.0  # jobs/s offered for the latency figure (about a third of capacity)
+# The raw loop and each burst case run twice; the better run counts, on both sides.
+# The raw loop sends at least RAW_MIN requests a run: a run of a fraction of a second
+# had read anywhere from 6,500 to 14,000 req/s.
+REPEATS = 2
+RAW_MIN = 20_000
 
 
 async def _raw_loop(url: str, n: int) -> float:
@@ -145,7 +150,7 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
         ) as ingest,
         sink_process() as receiver,
     ):
-        raw = await _raw_loop(receiver.url("/raw"), n)
+        raw = max([await _raw_loop(receiver.url("/raw"), max(n, RAW_MIN)) for _ in range(REPEATS)])
         # The topic exists before the service subscribes (no wait for a metadata refresh).
         await kafka.ensure_topics(where.kafka_settings(), [topic])
         port = free_port()
@@ -173,8 +178,14 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
             stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
             # Warm-up (consumer group joined, pools filled); not reported.
             await _scenario(where, stub, receiver, topic, 1, 500, database_url)
-            one = await _scenario(where, stub, receiver, topic, 1, n, database_url)
-            many = await _scenario(where, stub, receiver, topic, 100, n, database_url)
+            best: dict[int, dict[str, Any]] = {}
+            for hooks in (1, 100):
+                runs = [
+                    await _scenario(where, stub, receiver, topic, hooks, n, database_url)
+                    for _ in range(REPEATS)
+                ]
+                best[hooks] = max(runs, key=lambda case: float(case["rate"]))
+            one, many = best[1], best[100]
             # Latency below saturation: the bursts above measure queueing.
             steady = await _scenario(
                 where,
