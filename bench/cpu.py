@@ -17,7 +17,7 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: str) -> tuple[str, float] | None:
+def process_stat(pid: str) -> tuple[str, float] | None:
     """(command name, user + system CPU seconds) of process ``pid``."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
@@ -32,7 +32,7 @@ def processes() -> dict[int, tuple[str, float]]:
     """Every process's (command name, CPU seconds)."""
     out = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(entry)) is not None:
+        if entry.isdigit() and (stat := process_stat(entry)) is not None:
             out[int(entry)] = stat
     return out
 

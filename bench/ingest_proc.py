@@ -124,10 +124,13 @@ async def service_process(
 
 
 def service_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """This environment with the project on PYTHONPATH, quiet logs, and ``extra``."""
+    """This environment with the project on PYTHONPATH, logs as deployed (INFO: a line
+    per event, per delivery; JSON, to a file), and ``extra``."""
     env = dict(os.environ)
     paths = [str(ROOT / "src"), str(ROOT / "gen"), env.get("PYTHONPATH", "")]
-    env.update(PYTHONPATH=os.pathsep.join(p for p in paths if p), LOG_LEVEL="WARNING")
+    env.update(
+        PYTHONPATH=os.pathsep.join(p for p in paths if p), LOG_LEVEL="INFO", LOG_FORMAT="json"
+    )
     env.update(extra)
     return env
 

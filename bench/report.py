@@ -98,6 +98,9 @@ def figures(results: dict[str, Any]) -> list[Figure]:
 def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
     raw = float(w["raw_rate"])
     rows = [Figure("w", "raw aiohttp POST loop (same receiver)", raw, "req/s", "reference", "")]
+    raw_cpu = w.get("raw_cpu_us_per_request")
+    if raw_cpu is not None:
+        rows.append(Figure("w", "  its CPU per request", raw_cpu, "µs", "", ""))
     for case in ("one", "many"):
         r = w[case]
         share = r["rate"] / raw
@@ -116,6 +119,17 @@ def _webhook_rows(w: dict[str, Any]) -> list[Figure]:
         rows.append(
             Figure("w", f"  consumed → first attempt p99 (burst), {r['hooks']}", p99, "ms", "", "")
         )
+        if "service_cpu_us_per_delivery" in r:
+            rows.append(
+                Figure(
+                    "w",
+                    f"  webhooks process CPU per delivery, {r['hooks']}",
+                    r["service_cpu_us_per_delivery"],
+                    "µs",
+                    "",
+                    "",
+                )
+            )
     if "steady" in w:
         r = w["steady"]
         for p in ("p50", "p99"):

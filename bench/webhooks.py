@@ -5,8 +5,9 @@ receiver, same concurrency) in the same run; and the delay from a job being cons
 and at a steady 500 jobs/s, below saturation, where the <= 50 ms target applies.
 
 The receiver is ``bench.sink``, a fast HTTP sink in its own process, so the sender sets
-the pace. The webhooks service runs as its own process (LOG_LEVEL=WARNING), fed by jobs produced
-straight onto a fresh deliveries topic; ingest runs beside it for the event-type catalog.
+the pace. The webhooks service runs as its own process (logs at INFO, as deployed), fed
+by jobs produced straight onto a fresh deliveries topic; ingest runs beside it for the
+event-type catalog.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import asyncpg
 import grpc
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 
-from bench import infra
+from bench import cpu, infra
 from bench.ingest_proc import (
     free_port,
     ingest_process,
@@ -44,8 +45,9 @@ REPEATS = 2
 RAW_MIN = 20_000
 
 
-async def _raw_loop(url: str, n: int) -> float:
-    """Deliveries/s of a bare aiohttp POST loop with the same concurrency."""
+async def _raw_loop(url: str, n: int) -> tuple[float, float]:
+    """(requests/s, µs of this process's CPU per request) of a bare aiohttp POST loop
+    with the same concurrency."""
     body = b'{"id": "x", "type": "message.created", "createdAt": "", "data": {}}'
     left = n
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
@@ -59,9 +61,16 @@ async def _raw_loop(url: str, n: int) -> float:
                 async with client.post(url, data=body, headers=headers) as reply:
                     await reply.read()
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        return n / (time.perf_counter() - started)
+        seconds, used = time.perf_counter() - started, time.process_time() - cpu_started
+        return n / seconds, used / n * 1e6
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    stat = cpu.process_stat(str(pid))
+    return stat[1] if stat else 0.0
 
 
 def _job(webhook_id: str) -> bytes:
@@ -84,6 +93,7 @@ async def _scenario(
     hooks: int,
     n: int,
     database_url: str,
+    pid: int,
     rate: float | None = None,
 ) -> dict[str, Any]:
     """Produces ``n`` jobs spread over ``hooks`` webhooks, as fast as possible or at
@@ -102,6 +112,7 @@ async def _scenario(
         ids.append(created.webhook.id)
     producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
     await producer.start()
+    cpu_before = _cpu_seconds(pid)
     started = time.perf_counter()
     try:
         for i in range(n):
@@ -113,6 +124,7 @@ async def _scenario(
         await producer.stop()
     await receiver.wait_for(n, path, within=300)
     seconds = time.perf_counter() - started
+    used = _cpu_seconds(pid) - cpu_before
     conn = await asyncpg.connect(database_url)
     try:
         delay = await conn.fetchrow(
@@ -132,6 +144,7 @@ async def _scenario(
         "n": n,
         "rate": n / seconds,
         "seconds": seconds,
+        "service_cpu_us_per_delivery": used / n * 1e6,
         "consumed_to_attempt_ms": {"p50": float(delay["p50"]), "p99": float(delay["p99"])},
     }
 
@@ -150,7 +163,9 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
         ) as ingest,
         sink_process() as receiver,
     ):
-        raw = max([await _raw_loop(receiver.url("/raw"), max(n, RAW_MIN)) for _ in range(REPEATS)])
+        raw, raw_cpu = max(
+            [await _raw_loop(receiver.url("/raw"), max(n, RAW_MIN)) for _ in range(REPEATS)]
+        )
         # The topic exists before the service subscribes (no wait for a metadata refresh).
         await kafka.ensure_topics(where.kafka_settings(), [topic])
         port = free_port()
@@ -177,11 +192,13 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
             await wait_serving(channel, process, 60)
             stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
             # Warm-up (consumer group joined, pools filled); not reported.
-            await _scenario(where, stub, receiver, topic, 1, 500, database_url)
+            await _scenario(where, stub, receiver, topic, 1, 500, database_url, process.pid)
             best: dict[int, dict[str, Any]] = {}
             for hooks in (1, 100):
                 runs = [
-                    await _scenario(where, stub, receiver, topic, hooks, n, database_url)
+                    await _scenario(
+                        where, stub, receiver, topic, hooks, n, database_url, process.pid
+                    )
                     for _ in range(REPEATS)
                 ]
                 best[hooks] = max(runs, key=lambda case: float(case["rate"]))
@@ -195,10 +212,12 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
                 1,
                 int(STEADY_RATE * 5),
                 database_url,
+                process.pid,
                 rate=STEADY_RATE,
             )
     return {
         "raw_rate": raw,
+        "raw_cpu_us_per_request": raw_cpu,
         "one": one,
         "many": many,
         "steady": steady,
