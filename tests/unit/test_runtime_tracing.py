@@ -1,0 +1,60 @@
+"""The ids-only tracer (no exporter configured): spans carry ids, record nothing."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry import propagate, trace
+from opentelemetry.trace import NonRecordingSpan
+
+from herald.runtime.tracing import IdsOnlyTracer, traces_exporter
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def _traceparent_inside(tracer: IdsOnlyTracer, carrier: dict[str, str]) -> str:
+    """The traceparent a call sees inside a span started under ``carrier``'s context."""
+    with tracer.start_as_current_span("call", context=propagate.extract(carrier)):
+        out: dict[str, str] = {}
+        propagate.inject(out)
+        return out["traceparent"]
+
+
+def test_a_call_continues_the_callers_trace_with_a_span_of_its_own() -> None:
+    tracer = IdsOnlyTracer()
+    for flags in ("01", "00"):  # the caller's sampling decision is kept either way
+        parent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}"
+        version, trace_id, span_id, kept = _traceparent_inside(
+            tracer, {"traceparent": parent}
+        ).split("-")
+        assert (version, trace_id, kept) == ("00", CALLER_TRACE, flags)
+        assert span_id != CALLER_SPAN
+        assert len(span_id) == 16
+        assert int(span_id, 16) != 0
+
+
+def test_a_call_without_a_trace_starts_a_sampled_one() -> None:
+    tracer = IdsOnlyTracer()
+    first = _traceparent_inside(tracer, {}).split("-")
+    second = _traceparent_inside(tracer, {}).split("-")
+    assert first[3] == "01"
+    assert first[1] != second[1], "each root call is a trace of its own"
+    assert int(first[1], 16) != 0
+
+
+def test_spans_record_nothing_and_the_context_is_restored() -> None:
+    tracer = IdsOnlyTracer()
+    before = trace.get_current_span()
+    with tracer.start_as_current_span("call") as span:
+        assert isinstance(span, NonRecordingSpan)
+        assert not span.is_recording()
+        span.set_attribute("rpc.method", "Publish")  # accepted, and dropped
+        assert trace.get_current_span() is span
+    assert trace.get_current_span() is before
+
+
+def test_only_known_exporters_are_accepted() -> None:
+    assert traces_exporter({}) == "none"
+    assert traces_exporter({"OTEL_TRACES_EXPORTER": " Console "}) == "console"
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='otlp'"):
+        traces_exporter({"OTEL_TRACES_EXPORTER": "otlp"})
