@@ -1,0 +1,48 @@
+"""Log lines: one JSON object per line, whatever the values logged."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import structlog
+
+from herald.runtime.logging import configure_logging
+
+
+@pytest.fixture
+def lines() -> Iterator[io.BytesIO]:
+    """JSON logging into a buffer; the default configuration again afterwards."""
+    raw = io.BytesIO()
+    configure_logging("INFO", "json", service="test", stream=io.TextIOWrapper(raw))
+    yield raw
+    structlog.reset_defaults()
+
+
+def test_a_line_is_one_json_object_with_service_level_and_time(lines: io.BytesIO) -> None:
+    log = structlog.get_logger("t")
+    delivery = uuid.uuid4()
+    log.info(
+        "delivery.attempted",
+        delivery_id=delivery,
+        at=datetime(2026, 11, 23, 4, 0, tzinfo=UTC),
+        by_code={200: 3},  # not a str key
+        note="naïve",
+    )
+    log.debug("not at INFO")
+    log.info("counted", huge=2**70)  # beyond 64 bits: this line is rendered by json
+    first, second = lines.getvalue().decode().splitlines()
+    entry = json.loads(first)
+    assert entry["event"] == "delivery.attempted"
+    assert entry["service"] == "test"
+    assert entry["level"] == "info"
+    assert entry["timestamp"].endswith("Z")
+    assert entry["delivery_id"] == str(delivery)
+    assert entry["note"] == "naïve"
+    assert entry["at"] == "2026-11-23T04:00:00+00:00"
+    assert entry["by_code"] == {"200": 3}
+    assert json.loads(second)["huge"] == 2**70
