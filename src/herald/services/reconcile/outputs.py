@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
@@ -59,9 +60,15 @@ class Queue:
             [self.config.topics[k] for k, *_ in rows],  # type: ignore[index]
             [o.key for _, _, o, *_ in rows],
             [o.value for _, _, o, *_ in rows],
-            [json.dumps([[n, v.decode()] for n, v in o.headers]) for _, _, o, *_ in rows],
-            [json.dumps(list(t)) for *_, t, _ in rows],
+            [_headers_json(o.headers) for _, _, o, *_ in rows],
+            [orjson.dumps(list(t)).decode() for *_, t, _ in rows],
             [a for *_, a in rows],
         )
         self.rows = []
         return len(rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
+    """A row's headers as stored (few distinct values: one set per kind and format)."""
+    return orjson.dumps([[n, v.decode()] for n, v in headers]).decode()
