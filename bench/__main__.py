@@ -115,14 +115,13 @@ async def _scenarios(args: argparse.Namespace, where: infra.Infra) -> dict[str, 
             continue
         started = time.perf_counter()
         print(f"[{key}] running …", flush=True)
-        before = await infra.bench_topics(where.kafka_settings())
         try:
             results[key] = await step()
         except Exception as exc:
             traceback.print_exc()
             results[key] = {"error": repr(exc)}
         finally:
-            await infra.sweep_topics(where.kafka_settings(), before)
+            await infra.sweep_topics(where.kafka_settings())
         results[key]["loadavg_after"] = os.getloadavg()
         print(f"[{key}] done in {time.perf_counter() - started:.1f} s", flush=True)
     return results

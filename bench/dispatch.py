@@ -171,7 +171,7 @@ async def _dispatch_case(
     where: infra.Infra, database_url: str, k: int, n: int, directory: Path
 ) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:8]
-    events, jobs = f"herald.bench.dx.{suffix}", f"herald.bench.jobs.{suffix}"
+    events, jobs = infra.topic_name("dx", suffix), infra.topic_name("jobs", suffix)
     await _produce_events(where, events, n)
     await kafka.ensure_topics(where.kafka_settings(), [jobs], partitions=6)
     env = service_env(
@@ -182,7 +182,7 @@ async def _dispatch_case(
             "DISPATCH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "EVENTS_TOPIC": events,
             "DISPATCH_GROUP": f"bench-{suffix}",
-            "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+            "DLQ_TOPIC": infra.topic_name("dlq", suffix),
             "WEBHOOKS_FANOUT": "false",
             "BUILTIN_ROUTES": "false",
             "NOTIFICATION_CHANNELS": "",
@@ -208,7 +208,7 @@ async def _dispatch_case(
 async def run(where: infra.Infra) -> dict[str, Any]:
     """Measures (x): ``raw_rate`` and one case per number of routes."""
     async with infra.fresh_database(where.database_url) as database_url:
-        source = f"herald.bench.rawsrc.{uuid.uuid4().hex[:8]}"
+        source = infra.topic_name("rawsrc", uuid.uuid4().hex[:8])
         # As many records as the one-route case: a short run's rate is mostly noise.
         await _produce_events(where, source, RAW_N)
         # The better of two runs is the bar (the box's speed wanders between runs).

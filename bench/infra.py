@@ -1,10 +1,10 @@
 """The servers a run uses: started when needed, stopped again only if we started them.
 
 Every ingest scenario gets a database and a topic of its own (``herald_bench_<hex>``,
-``herald.bench.<hex>``); the database is dropped afterwards. Every topic a scenario
-creates is named ``herald.bench.…``, and those it leaves are deleted after it
-(``sweep_topics``): thousands of leftover partitions slow the broker, and with it every
-later figure.
+``herald.bench.<run>.<label>.<hex>``); the database is dropped afterwards. Every topic
+a run creates starts with its own ``RUN_PREFIX``, and those a scenario leaves are
+deleted after it (``sweep_topics``): thousands of leftover partitions slow the broker,
+and with it every later figure. A run never deletes another run's topics.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from herald import devenv
 from herald.devenv import LocalKafka, local_root
 from herald.runtime import kafka
 from herald.runtime.settings import KafkaSettings
+
+# The topics of one `python -m bench` run, and only they, start with this.
+RUN_PREFIX = f"herald.bench.{uuid.uuid4().hex[:6]}."
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,12 @@ def kafka_version(bootstrap_servers: str) -> str:
 
 def new_topic_name(label: str) -> str:
     """A topic name nobody used before."""
-    return f"herald.bench.{label}.{uuid.uuid4().hex[:10]}"
+    return topic_name(label, uuid.uuid4().hex[:10])
+
+
+def topic_name(label: str, suffix: str) -> str:
+    """This run's topic ``label`` with ``suffix`` (swept after the scenario)."""
+    return f"{RUN_PREFIX}{label}.{suffix}"
 
 
 async def create_topic(settings: KafkaSettings, topic: str, partitions: int) -> None:
@@ -76,27 +84,14 @@ async def delete_topic(settings: KafkaSettings, topic: str) -> None:
         await admin.close()
 
 
-BENCH_TOPIC_PREFIX = "herald.bench."
-
-
-async def bench_topics(settings: KafkaSettings) -> set[str]:
-    """The topics named like the bench's own that exist now."""
-    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+async def sweep_topics(settings: KafkaSettings) -> int:
+    """Deletes the topics of this run that exist now; returns how many (best effort: a
+    failure is printed, the figures stand)."""
     try:
-        await admin.start()
-        return {t for t in await admin.list_topics() if t.startswith(BENCH_TOPIC_PREFIX)}
-    finally:
-        await admin.close()
-
-
-async def sweep_topics(settings: KafkaSettings, before: set[str]) -> int:
-    """Deletes the bench topics created since ``before`` was taken; returns how many
-    (best effort: a failure is printed, the figures stand)."""
-    try:
-        created = sorted(await bench_topics(settings) - before)
         admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
         try:
             await admin.start()
+            created = sorted(t for t in await admin.list_topics() if t.startswith(RUN_PREFIX))
             for i in range(0, len(created), 100):
                 await admin.delete_topics(created[i : i + 100])
         finally:

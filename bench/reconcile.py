@@ -31,7 +31,7 @@ EVENTS, ORDERS, REFUNDS = 100, 20_000, 5_000
 
 def _topic(name: str, suffix: str) -> str:
     """This run's stand-in for the topic ``name`` (swept after the scenario)."""
-    return f"herald.bench.{name}.{suffix}"
+    return infra.topic_name(name, suffix)
 
 
 def _inputs(suffix: str) -> list[tuple[str, str, bytes]]:
@@ -117,7 +117,7 @@ async def run(where: infra.Infra) -> dict[str, Any]:
                 "VIBE_EVENTS_TOPIC": _topic("vibe.events", suffix),
                 "VIBE_ORDERS_TOPIC": outputs[0],
                 "VIBE_REFUNDS_TOPIC": outputs[1],
-                "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+                "DLQ_TOPIC": infra.topic_name("dlq", suffix),
             }
         )
         spawned = time.time()

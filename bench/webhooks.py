@@ -152,13 +152,13 @@ async def _scenario(
 async def run(where: infra.Infra, n: int) -> dict[str, Any]:
     """Measures (w); ``rate`` figures per scenario, ``raw_rate`` the baseline."""
     suffix = uuid.uuid4().hex[:8]
-    topic = f"herald.bench.deliveries.{suffix}"
+    topic = infra.topic_name("deliveries", suffix)
     async with (
         infra.fresh_database(where.database_url) as database_url,
         ingest_process(
             database_url,
             where.bootstrap_servers,
-            f"herald.bench.ev.{suffix}",
+            infra.topic_name("ev", suffix),
             {"RELAY_ENABLED": "false"},
         ) as ingest,
         sink_process() as receiver,
@@ -181,7 +181,7 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
                 "WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8",
                 "DELIVERIES_TOPIC": topic,
                 "DELIVERIES_GROUP": f"bench-{suffix}",
-                "DLQ_TOPIC": f"herald.bench.dlq.{suffix}",
+                "DLQ_TOPIC": infra.topic_name("dlq", suffix),
                 "DELIVERY_CONCURRENCY": str(CONCURRENCY),
             }
         )
