@@ -168,6 +168,10 @@ async def test_each_class_of_bad_input_is_invalid_argument_with_fields(
     huge = {**doc, "data": {**doc["data"], "status": "x" * 1_100_000}}
     got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(huge)))
     assert "the limit is 1000000 bytes" in got["data"]
+    # an unpaired surrogate escape: valid JSON, not Unicode text (was INTERNAL)
+    lone = RETURN_CREATED.replace('"return_id": "', '"return_id": "\\udc00', 1)
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=lone))
+    assert "surrogate" in got["data.return_id"]
 
 
 async def test_idempotent_replay_and_key_misuse(

@@ -87,6 +87,30 @@ def test_not_json_and_not_an_object() -> None:
     assert "neither CloudEvents" in fields(exc)["json"]
 
 
+@pytest.mark.parametrize(
+    ("replace", "by", "field"),
+    [
+        ('"subject": "', '"subject": "\\ud800', "subject"),  # a lone high surrogate
+        ('"return_id": "', '"return_id": "x\\udc00', "data.return_id"),  # a lone low one
+        ('"data": {', '"data": {"\\udbff": 1, ', "data.\udbff"),  # in a key
+    ],
+)
+def test_unpaired_surrogate_escapes_are_refused_where_they_are(
+    replace: str, by: str, field: str
+) -> None:
+    text = RETURN_CREATED.replace(replace, by, 1)
+    assert text != RETURN_CREATED
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json(text)
+    assert "surrogate" in fields(exc)[field]
+
+
+def test_a_surrogate_pair_escape_is_text() -> None:
+    text = RETURN_CREATED.replace('"subject": "', '"subject": "\\ud83d\\ude00 ', 1)
+    event = parsed_ok(envelope.parse_json(text))
+    assert event.attributes["subject"].startswith("\N{GRINNING FACE} ")
+
+
 def test_proto_event_attributes_are_typed_to_strings() -> None:
     ce = cloudevents_pb2.CloudEvent(id="e1", source="urn:x", spec_version="1.0", type="t")
     ce.attributes["time"].ce_timestamp.FromJsonString("2024-02-01T10:15:30Z")

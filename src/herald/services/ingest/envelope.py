@@ -34,6 +34,8 @@ ALIASES = {
     "spec_version": "specversion",
 }
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+# A \uD800–\uDFFF escape: JSON allows one without its pair, Unicode text does not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # CloudEvents forbids control characters in string attributes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The event, and the problems found while reading it.
@@ -87,6 +89,18 @@ def parse_json(text: str) -> Parsed:
         raise InvalidArgument([FieldViolation("json", f"not valid JSON: {exc}")]) from None
     if not isinstance(document, dict):
         raise InvalidArgument([FieldViolation("json", "must be a JSON object")])
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        where = unpaired_surrogate(document)
+        if where is not None:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        where,
+                        "contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff "
+                        "without its pair), which is not Unicode text",
+                    )
+                ]
+            )
     if "specversion" in document or "spec_version" in document:
         return _parse_structured(document)
     if "event_type" in document or "event_id" in document:
@@ -222,3 +236,32 @@ def _proto_attribute(value: cloudevents_pb2.CloudEvent.CloudEventAttributeValue)
 
 def _json_bytes(value: object) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def unpaired_surrogate(value: object, path: str = "") -> str | None:
+    """Where in a parsed JSON value a string (or key) holds a lone surrogate (what
+    ``json.loads`` makes of an unpaired ``\\udXXX`` escape), as ``a.b[2]``; else None."""
+    if isinstance(value, str):
+        return None if value.isascii() or _is_unicode(value) else (path or "json")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if not _is_unicode(key):
+                return here
+            found = unpaired_surrogate(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = unpaired_surrogate(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
