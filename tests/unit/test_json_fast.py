@@ -1,4 +1,5 @@
-"""runtime.json_fast.loads gives what json.loads gives, for every kind of input."""
+"""runtime.json_fast.loads gives what json.loads gives, for every kind of input; dumps
+writes text that reads back as the value json.dumps writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from herald.runtime.json_fast import loads
+from herald.runtime.json_fast import dumps, loads
 
 DOCUMENTS: list[bytes | str] = [
     b'{"user_id": "u1", "locale": "ru", "channels": ["push", "email"]}',
@@ -76,3 +77,19 @@ def test_what_json_refuses_is_refused_with_its_error(document: bytes | str) -> N
         pytest.fail("json accepts it")
     with pytest.raises(refused):
         loads(document)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [["ce_id", "8a65f0c1"], ["traceparent", "00-4bf9-adc4-01"]],
+        {"title": "Матрица", "emoji": "😀", "n": -0.0, "x": 1e-7, "u64": 18446744073709551615},
+        {"lone": "\ud800"},  # a lone surrogate: orjson refuses it, json writes it
+        {"big": 12345678901234567890123},  # beyond 64 bits
+        {1: "not-a-str-key"},
+    ],
+)
+def test_dumps_reads_back_as_json_dumps_does(value: Any) -> None:
+    text = dumps(value)
+    assert " " not in text.replace("Матрица", "")  # compact
+    assert _same(json.loads(text), json.loads(json.dumps(value)))

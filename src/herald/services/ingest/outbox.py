@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ def make_pending(
         topic=topic,
         key=key,
         value=value,
-        headers_json=json.dumps([[name, raw.decode()] for name, raw in headers]),
+        headers_json=json_fast.dumps([[name, raw.decode()] for name, raw in headers]),
         event_type=event.type,
     )
     return PendingEvent(event, event.fingerprint(), idempotency, row)

@@ -8,13 +8,13 @@ one ran. PublishBatch writes its items in one transaction directly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
 import structlog
 
+from herald.runtime import json_fast
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import Connection, Queries
 from herald.services.ingest import dedup
@@ -157,7 +157,7 @@ class EventWriter:
             [e.id for e in events],
             [e.type for e in events],
             [items[i].fingerprint for i in todo],
-            [json.dumps(dict(e.attributes)) for e in events],
+            [json_fast.dumps(dict(e.attributes)) for e in events],
             [e.data for e in events],
             [r.lane for r in rows_out],
             [r.topic for r in rows_out],

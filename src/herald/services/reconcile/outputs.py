@@ -6,9 +6,9 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 from ticketland.v1 import ticketland_pb2 as tl
 
+from herald.runtime import json_fast
 from herald.runtime.db import Connection
 from herald.services.reconcile import vibe
 from herald.services.reconcile.inputs import Kind
@@ -61,7 +61,7 @@ class Queue:
             [o.key for _, _, o, *_ in rows],
             [o.value for _, _, o, *_ in rows],
             [_headers_json(o.headers) for _, _, o, *_ in rows],
-            [orjson.dumps(list(t)).decode() for *_, t, _ in rows],
+            [json_fast.dumps(list(t)) for *_, t, _ in rows],
             [a for *_, a in rows],
         )
         self.rows = []
@@ -71,4 +71,4 @@ class Queue:
 @functools.lru_cache(maxsize=64)
 def _headers_json(headers: tuple[tuple[str, bytes], ...]) -> str:
     """A row's headers as stored (few distinct values: one set per kind and format)."""
-    return orjson.dumps([[n, v.decode()] for n, v in headers]).decode()
+    return json_fast.dumps([[n, v.decode()] for n, v in headers])

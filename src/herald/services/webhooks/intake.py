@@ -95,7 +95,7 @@ def decode(value: bytes | None) -> NewDelivery:
         event_id=job.event_id,
         event_type=job.event_type,
         body=body_of(job.event_id, job.event_type, created, data),
-        context=json.dumps(dict(job.context)),
+        context=json_fast.dumps(dict(job.context)),
     )
 
 
