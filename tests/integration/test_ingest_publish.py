@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -172,6 +173,27 @@ async def test_each_class_of_bad_input_is_invalid_argument_with_fields(
     lone = RETURN_CREATED.replace('"return_id": "', '"return_id": "\\udc00', 1)
     got = await rejected(ingest, ingest_pb2.PublishRequest(json=lone))
     assert "surrogate" in got["data.return_id"]
+
+
+async def test_a_nul_character_is_invalid_argument_naming_the_field(
+    ingest: IngestUnderTest,
+) -> None:
+    # PostgreSQL cannot store U+0000 in text; the request is refused, not INTERNAL
+    async def refused_fields(call: Awaitable[object]) -> list[str]:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await call
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+        status = rpc_status.from_call(exc.value)
+        assert status is not None
+        return [v.field for v in bad_request_of(status)]
+
+    stub = ingest.stub
+    got = await refused_fields(stub.GetEventType(ingest_pb2.GetEventTypeRequest(name="a\x00b")))
+    assert got == ["name"]
+    got = await refused_fields(
+        stub.ListEventTypes(ingest_pb2.ListEventTypesRequest(name_prefix="\x00"))
+    )
+    assert got == ["name_prefix"]
 
 
 async def test_idempotent_replay_and_key_misuse(

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 from google.rpc import code_pb2
+from herald.webhooks.v1 import webhooks_pb2
 
 from herald.runtime.db import Queries, read_migrations
 from herald.runtime.errors import FieldViolation, InvalidArgument, bad_request_of
+from herald.runtime.interceptors import nul_fields
 from herald.runtime.pagination import page_of
 from herald.runtime.settings import KafkaSettings, load_settings
 from herald.services.ingest.settings import IngestSettings
@@ -68,3 +70,25 @@ def test_invalid_argument_status_carries_bad_request() -> None:
     status = InvalidArgument([FieldViolation("a.b", "wrong")]).to_status()
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert bad_request_of(status) == [FieldViolation("a.b", "wrong")]
+
+
+def test_nul_fields_names_every_string_holding_a_nul() -> None:
+    request = webhooks_pb2.CreateWebhookRequest(
+        webhook=webhooks_pb2.Webhook(
+            name="a\x00",
+            url="https://example.com/hook",
+            event_types=["ok", "b\x00"],
+            headers={"X-Ok": "v\x00"},
+            metadata={"k\x00": "v", "fine": "yes"},
+        )
+    )
+    assert sorted(nul_fields(request)) == [
+        "webhook.event_types[1]",
+        "webhook.headers['X-Ok']",
+        "webhook.metadata['k\\x00']",
+        "webhook.name",
+    ]
+    assert (
+        nul_fields(webhooks_pb2.CreateWebhookRequest(webhook=webhooks_pb2.Webhook(name="clean")))
+        == []
+    )

@@ -8,9 +8,10 @@ from typing import Any, cast
 import asyncpg
 import grpc
 import structlog
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 
-from herald.runtime.errors import RpcError, Unavailable
+from herald.runtime.errors import FieldViolation, InvalidArgument, RpcError, Unavailable
 
 log = structlog.get_logger("herald.rpc")
 
@@ -26,6 +27,39 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     TimeoutError,
 )
+
+
+# PostgreSQL refuses a NUL character in text: a request's string holding one fails there.
+_NUL_REFUSED = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+
+
+def nul_fields(message: Message, prefix: str = "") -> list[str]:
+    """Paths of the strings in ``message`` (map keys and values, repeated items and
+    nested messages included) that hold a NUL character, as ``a.b[2]`` / ``m['k']``."""
+    found: list[str] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                here = f"{path}[{key!r}]"
+                found += _nul_in(key, here) or _nul_in(item, here)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                found += _nul_in(item, f"{path}[{i}]")
+        else:
+            found += _nul_in(value, path)
+    return found
+
+
+def _nul_in(value: object, path: str) -> list[str]:
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, Message):
+        return nul_fields(value, path)
+    return []
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
@@ -86,6 +120,18 @@ class ErrorInterceptor(UnaryInterceptor):
             raise
         except RpcError as exc:
             await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        except _NUL_REFUSED:
+            where = nul_fields(request) if isinstance(request, Message) else []
+            if not where:
+                log.exception("rpc.internal_error", method=method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            refused = InvalidArgument(
+                [
+                    FieldViolation(f, "contains a NUL character (\\u0000), which cannot be stored")
+                    for f in where
+                ]
+            )
+            await context.abort_with_status(rpc_status.to_status(refused.to_status()))
         except _UNAVAILABLE as exc:
             log.warning("rpc.unavailable", method=method, error=repr(exc))
             err = Unavailable(f"a dependency is unavailable, retry later: {exc}")
