@@ -1,0 +1,210 @@
+"""Every unary RPC of the four services, called with nasty values one field at a time
+(empty, NUL, control characters, 2 MB strings, extreme numbers, unknown enum values,
+malformed ids, URLs, tokens and timestamps): none may answer INTERNAL or UNKNOWN, or
+hang. Bad input is INVALID_ARGUMENT (or NOT_FOUND, …), never a server error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor as d
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from herald.dispatch.v1 import dispatch_pb2
+from herald.ingest.v1 import ingest_pb2
+from herald.reconcile.v1 import reconcile_pb2
+from herald.webhooks.v1 import webhooks_pb2
+
+from herald.runtime.server import start
+from herald.services.dispatch.app import build as build_dispatch
+from herald.services.webhooks.app import build as build_webhooks
+from tests.conftest import Infra
+from tests.integration.conftest import ACME_KEY, start_ingest, webhooks_settings
+from tests.integration.reconcile_flow import open_flow
+from tests.integration.test_dispatch import dispatch_settings
+
+STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\n\r\t\x1b",
+    "x" * 2_000_000,
+    "😀" * 1000,
+    "{",
+    "null",
+    "-1",
+    "*",
+    "**",
+    "a.*.b",
+    "%",
+    "../../etc/passwd",
+    "' OR 1=1 --",
+    "AAAA====",
+    "eyJ4IjoxfQ==",
+    "http://[::1",
+    "http://127.0.0.1:1/x",
+    "2026-13-45T99:99:99Z",
+    "00000000-0000-0000-0000-000000000000",
+    "not-a-uuid",
+]
+INTS = [0, -1, 1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+T = d.FieldDescriptor
+
+
+def nasty(field: d.FieldDescriptor) -> list[Any]:
+    """The values tried for a scalar field of this type."""
+    kind = field.type
+    if kind == T.TYPE_STRING:
+        return STRINGS
+    if kind == T.TYPE_BYTES:
+        return [b"", b"\x00", b"\xff\xfe", b"{", b"x" * 2_000_000]
+    if kind in (T.TYPE_INT32, T.TYPE_SINT32, T.TYPE_SFIXED32):
+        return [v for v in INTS if -(2**31) <= v < 2**31]
+    if kind in (T.TYPE_INT64, T.TYPE_SINT64, T.TYPE_SFIXED64):
+        return INTS
+    if kind in (T.TYPE_UINT32, T.TYPE_FIXED32):
+        return [0, 1, 2**32 - 1]
+    if kind in (T.TYPE_UINT64, T.TYPE_FIXED64):
+        return [0, 2**64 - 1]
+    if kind in (T.TYPE_DOUBLE, T.TYPE_FLOAT):
+        return [-1.0, float("inf"), float("nan"), 1e308]
+    if kind == T.TYPE_BOOL:
+        return [True]
+    if kind == T.TYPE_ENUM:
+        assert field.enum_type is not None
+        return [v.number for v in field.enum_type.values] + [999]
+    return []
+
+
+def _is_map(field: d.FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _entry(field: d.FieldDescriptor) -> d.Descriptor:
+    """The entry message of a map field."""
+    assert field.message_type is not None
+    return field.message_type
+
+
+def cases(
+    message: d.Descriptor, path: tuple[d.FieldDescriptor, ...] = (), depth: int = 0
+) -> Iterator[tuple[tuple[d.FieldDescriptor, ...], Any]]:
+    """(path to a field, a value) for every scalar, map key and nested field (two deep)."""
+    for field in message.fields:
+        here = (*path, field)
+        if _is_map(field):
+            yield from ((here, v) for v in nasty(_entry(field).fields_by_name["key"]))
+        elif field.message_type is not None:
+            nested = field.message_type
+            if not field.is_repeated and depth < 2 and not nested.full_name.startswith("google."):
+                yield from cases(nested, here, depth + 1)
+        else:
+            yield from ((here, v) for v in nasty(field))
+
+
+def request_with(
+    cls: type[Message], path: tuple[d.FieldDescriptor, ...], value: Any
+) -> Message | None:
+    """A request of ``cls`` with ``value`` at ``path`` (repeated: three times; a map:
+    as a key), or None when protobuf itself refuses the value."""
+    request = cls()
+    target: Any = request
+    for field in path[:-1]:
+        target = getattr(target, field.name)
+    leaf = path[-1]
+    try:
+        if _is_map(leaf):
+            value_field = _entry(leaf).fields_by_name["value"]
+            if value_field.message_type is not None:
+                getattr(target, leaf.name)[value].SetInParent()
+            else:
+                getattr(target, leaf.name)[value] = nasty(value_field)[0]
+        elif leaf.is_repeated:
+            getattr(target, leaf.name).extend([value] * 3)
+        else:
+            setattr(target, leaf.name, value)
+    except (TypeError, ValueError):
+        return None
+    return request
+
+
+@dataclass
+class Target:
+    port: int
+    service: d.ServiceDescriptor
+
+
+@pytest.fixture
+async def targets(infra: Infra, database_url: str, topic: str) -> AsyncIterator[list[Target]]:
+    ingest = await start_ingest(infra, database_url, topic)
+    hooks_settings = webhooks_settings(database_url, ingest.running.port)
+    hooks = await start(await build_webhooks(hooks_settings, infra.kafka_settings()), "127.0.0.1:0")
+    settings = dispatch_settings(
+        database_url,
+        topic,
+        hooks_settings,
+        webhooks_addr=f"127.0.0.1:{hooks.port}",
+        ingest_addr=f"127.0.0.1:{ingest.running.port}",
+    )
+    dispatch = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        async with open_flow(infra, database_url, ingest) as reconcile:
+            yield [
+                Target(
+                    ingest.running.port, ingest_pb2.DESCRIPTOR.services_by_name["IngestService"]
+                ),
+                Target(dispatch.port, dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]),
+                Target(hooks.port, webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"]),
+                Target(
+                    reconcile.running[0].port,
+                    reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"],
+                ),
+            ]
+    finally:
+        await dispatch.stop(1)
+        await hooks.stop(1)
+        await ingest.stop()
+
+
+async def test_no_rpc_answers_nasty_input_with_a_server_error(targets: list[Target]) -> None:
+    failures: list[str] = []
+    calls = 0
+    for target in targets:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{target.port}",
+            options=[("grpc.max_send_message_length", 64 << 20)],
+        ) as channel:
+            for method in target.service.methods:
+                if method.client_streaming or method.server_streaming:
+                    continue
+                cls = message_factory.GetMessageClass(method.input_type)
+                call: grpc.aio.UnaryUnaryMultiCallable[Message, bytes] = channel.unary_unary(
+                    f"/{target.service.full_name}/{method.name}",
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=lambda b: b,
+                )
+                tried: list[tuple[str, Message]] = [("(empty)", cls())]
+                for path, value in cases(method.input_type):
+                    request = request_with(cls, path, value)
+                    if request is not None:
+                        name = ".".join(f.name for f in path)
+                        tried.append((f"{name}={value!r:.40}", request))
+                for what, request in tried:
+                    calls += 1
+                    try:
+                        await call(
+                            request,
+                            metadata=(("authorization", f"Bearer {ACME_KEY}"),),
+                            timeout=20,
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() in BAD:
+                            failures.append(f"{method.name}({what}): {exc.code().name}")
+    assert calls > 1000, "every service's RPCs were called"
+    assert failures == []
