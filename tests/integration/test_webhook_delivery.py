@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -363,6 +364,34 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(stack: S
     [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
     assert "DeliveryJob" in headers(record)["dlq-reason"]
     assert record.value == b"\xff\x00 not a job"
+
+
+async def test_jobs_postgresql_would_refuse_are_dead_lettered_and_the_rest_delivered(
+    stack: Stack,
+) -> None:
+    # A NUL in a text field (PostgreSQL cannot store it) had crashed the intake, and so
+    # the service, on every start; an id beyond the index's size limit fails only in
+    # PostgreSQL: its batch is split until that job is alone.
+    async with Receiver() as receiver:
+        hook = (await stack.hook(receiver.url())).webhook.id
+        too_long = os.urandom(4000).hex()  # random: not compressible below the limit
+        await stack.produce(
+            [
+                job(hook, event_id="before"),
+                job(hook, event_id="e\x00vil"),
+                job(hook, event_id=too_long),
+                job(hook, event_id="after"),
+            ]
+        )
+        requests = await receiver.wait_for(2)
+        dead = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 2)
+    assert sorted(json.loads(r.body)["id"] for r in requests) == ["after", "before"]
+    reasons = sorted(headers(r)["dlq-reason"] for r in dead)
+    assert "NUL" in reasons[0]
+    assert reasons[1].startswith("the database refused it")
+    assert sorted(delivery_pb2.DeliveryJob.FromString(r.value).event_id for r in dead) == sorted(
+        ["e\x00vil", too_long]
+    )
 
 
 async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Stack) -> None:

@@ -21,6 +21,15 @@ log = structlog.get_logger("herald.db")
 # must outlive an outage catch these, log, and try again.
 DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
+# What PostgreSQL answers about the data itself (a value it cannot store, such as a NUL
+# character in text; an index entry too large, …): the same records would fail for ever,
+# so a consumer isolates the record at fault and dead-letters it.
+DATA_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
 # A connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | PoolConnectionProxy
 

@@ -12,12 +12,11 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
 
-import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
 from herald.runtime.dlq import dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.kafka_batches import BatchSender, OutRecord
@@ -28,13 +27,6 @@ from herald.services.reconcile.ledger import Ledger, Taken
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
 KIND_ORDER = {"event": 0, "order": 1, "refund": 2}
-# What PostgreSQL answers about the data itself (a value it cannot store, an index
-# entry too large, …): trying the same records again would fail for ever.
-REFUSED = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-    asyncpg.ProgramLimitExceededError,
-)
 
 
 class InputConsumer:
@@ -92,7 +84,7 @@ class InputConsumer:
         while True:
             try:
                 return await self._ledger.take(taken)
-            except REFUSED as exc:
+            except DATA_REFUSED as exc:
                 if len(taken) == 1:
                     t = taken[0]
                     await self._dead_letter(

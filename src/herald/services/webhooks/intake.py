@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
+from herald.runtime.db import DATA_REFUSED
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -79,6 +80,9 @@ def decode(value: bytes | None) -> NewDelivery:
     missing = [f for f in ("job_id", "webhook_id", "event_id", "event_type") if not getattr(job, f)]
     if missing:
         raise ValueError(f"DeliveryJob without {', '.join(missing)}")
+    texts = [job.job_id, job.event_id, job.event_type, *job.context.keys(), *job.context.values()]
+    if any("\x00" in t for t in texts):
+        raise ValueError("DeliveryJob with a NUL character (\\u0000) in a text field")
     try:
         webhook = uuid.UUID(job.webhook_id)
     except ValueError:
@@ -142,13 +146,33 @@ class Intake:
     async def take(self, records: list[ConsumerRecord[bytes, bytes]]) -> int:
         """Inserts the jobs, dead-letters the rest; returns how many were new."""
         jobs: list[NewDelivery] = []
+        taken: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             try:
                 jobs.append(decode(record.value))
             except ValueError as exc:
                 await self._dead_letter(record, str(exc))
-        if not jobs:
-            return 0
+            else:
+                taken.append(record)
+        return await self._insert(jobs, taken) if jobs else 0
+
+    async def _insert(
+        self, jobs: list[NewDelivery], records: list[ConsumerRecord[bytes, bytes]]
+    ) -> int:
+        """Inserts ``jobs`` (read from ``records``). A batch PostgreSQL refuses for its
+        data is split in halves until the job it refuses is alone, which is
+        dead-lettered with PostgreSQL's reason; the rest go in."""
+        try:
+            return await self._insert_now(jobs)
+        except DATA_REFUSED as exc:
+            if len(jobs) == 1:
+                await self._dead_letter(records[0], f"the database refused it: {exc}")
+                return 0
+            half = len(jobs) // 2
+            first = await self._insert(jobs[:half], records[:half])
+            return first + await self._insert(jobs[half:], records[half:])
+
+    async def _insert_now(self, jobs: list[NewDelivery]) -> int:
         local = self._local
         room = local.room() if local is not None else 0
         rows = await self._pool.fetch(
