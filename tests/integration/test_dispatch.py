@@ -327,6 +327,27 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Fl
     assert [bool(d.HasField("redrive_time")) for d in listed.dead_letters] == [False, True]
 
 
+async def test_a_record_postgresql_cannot_store_still_reaches_the_dlq_topic(flow: Flow) -> None:
+    # A NUL character in a header name cannot be stored in PostgreSQL's text: storing
+    # its dead letter had been retried for ever, and dispatch stood still.
+    producer = kafka.make_producer(flow.infra.kafka_settings())
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            flow.settings.events_topic, b"\xffjunk", key=b"k", headers=[("ce_i\x00d", b"x")]
+        )
+    finally:
+        await producer.stop()
+    event_id = str(uuid.uuid4())
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
+    await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [job] = await flow.jobs("herald.notifications.email", {event_id}, 1)
+    assert decode_job(job).event_type == "user_registered"
+    [dead] = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
+    assert dead.value == b"\xffjunk"
+    assert "not stored" in headers(dead)["dlq-reason"]
+
+
 async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_redriven(
     flow: Flow,
 ) -> None:

@@ -21,7 +21,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
 from herald.runtime.kafka import consume_overlapped
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
@@ -97,15 +97,7 @@ class EventConsumer:
             try:
                 consumed = fanout.decode(r.headers, r.key, r.value)
             except ValueError as exc:
-                await self._durably(
-                    self._dead.bury,
-                    record_of(r),
-                    EventIds(),
-                    ["decode"],
-                    1,
-                    str(exc),
-                    "undecodable",
-                )
+                await self._bury(record_of(r), EventIds(), ["decode"], str(exc), "undecodable")
                 continue
             decoded.append((r, consumed))
         finishing = await self._dispatcher.start(
@@ -124,19 +116,26 @@ class EventConsumer:
                 await self._settle(record_of(r), consumed, outcome)
 
     async def _settle(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
+        ids = ids_of(consumed)
         if outcome.dead:
-            await self._durably(
-                self._dead.bury,
-                record,
-                ids_of(consumed),
-                list(outcome.dead),
-                1,
-                reasons(outcome.dead),
-                "target",
-            )
+            await self._bury(record, ids, list(outcome.dead), reasons(outcome.dead), "target")
         if outcome.failed:
             EVENTS_RETRY.labels("dispatch").inc()
-            await self._durably(self._park, record, consumed, outcome)
+            try:
+                await self._durably(self._park, record, consumed, outcome)
+            except DATA_REFUSED as exc:  # it cannot wait in PostgreSQL: dead-lettered now
+                reason = f"{reasons(outcome.failed)}; not parked for retry: {exc}"
+                await self._dead.announce(record, ids, list(outcome.failed), 1, reason, "target")
+
+    async def _bury(
+        self, record: Record, ids: EventIds, targets: list[str], reason: str, kind: str
+    ) -> None:
+        """A dead letter, stored and announced; one PostgreSQL refuses to store (a NUL
+        character in a header name, say) still goes to the DLQ topic, saying so."""
+        try:
+            await self._durably(self._dead.bury, record, ids, targets, 1, reason, kind)
+        except DATA_REFUSED as exc:
+            await self._dead.announce(record, ids, targets, 1, f"{reason}; not stored: {exc}", kind)
 
     async def _park(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
         reason = reasons(outcome.failed)
@@ -152,12 +151,15 @@ class EventConsumer:
         )
 
     async def _durably(self, action: Callable[..., object], *args: object) -> None:
-        """Runs ``action`` until PostgreSQL takes it: offsets wait for it, nothing is lost."""
+        """Runs ``action`` until PostgreSQL takes it: offsets wait for it, nothing is lost.
+        Data PostgreSQL refuses (DATA_REFUSED) is raised at once: retrying cannot help."""
         delay = 0.5
         while True:
             try:
                 await action(*args)  # type: ignore[misc]
                 return
+            except DATA_REFUSED:  # the same data would be refused for ever
+                raise
             except DATABASE_ERRORS as exc:
                 log.error("dispatch.store_failed", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
