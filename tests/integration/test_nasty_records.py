@@ -1,0 +1,171 @@
+"""Every Kafka consumer of Herald fed nasty records (empty, binary junk, NUL bytes and
+characters in values, header names and header values, bytes that are not UTF-8, lone
+surrogate escapes in JSON, near-1 MB values; jobs PostgreSQL cannot store) goes on:
+the next good record is processed by dispatch, webhooks and reconcile alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from herald.ingest.v1 import ingest_pb2
+from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
+
+from herald.runtime import kafka
+from herald.runtime.server import Running, start
+from herald.services.dispatch.app import build as build_dispatch
+from herald.services.webhooks.app import build as build_webhooks
+from herald.services.webhooks.settings import WebhooksSettings
+from tests.conftest import Infra
+from tests.fixtures.seeds import LEGACY_EXAMPLES
+from tests.integration.conftest import ACME_KEY, IngestUnderTest, start_ingest, webhooks_settings
+from tests.integration.reconcile_flow import ReconcileFlow, event, open_flow, order, unique
+from tests.integration.test_dispatch import decode_job, dispatch_settings
+from tests.integration.test_webhook_delivery import job
+from tests.kafka_helpers import headers, read_matching
+from tests.receiver import Receiver
+
+VALUES = [
+    b"",
+    b"\x00",
+    b"\xff\xfe\xfd",
+    b"{",
+    b'{"a": "\\ud800"}',
+    b'{"a": "\\u0000"}',
+    b"[]",
+    b"123456789012345678901234567890",
+    b"x" * 900_000,
+]
+HEADERS: list[list[tuple[str, bytes]]] = [
+    [],
+    [("ce_id", b"\x00")],
+    [("ce_i\x00d", b"x")],
+    [("ce_id", b"\xff\xfe")],
+    [("content-type", b"application/json")],
+    [("content-type", b"\xff")],
+    [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"i\xff"),
+        ("ce_source", b"s\x00"),
+        ("ce_type", b"user_registered"),
+        ("content-type", b"application/json"),
+    ],
+]
+
+
+@dataclass
+class Consumers:
+    infra: Infra
+    ingest: IngestUnderTest
+    events_topic: str
+    hooks: WebhooksSettings
+    hooks_stub: webhooks_pb2_grpc.WebhookServiceAsyncStub
+    reconcile: ReconcileFlow
+
+
+@pytest.fixture
+async def consumers(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Consumers]:
+    ingest = await start_ingest(infra, database_url, topic)
+    hooks_settings = webhooks_settings(database_url, ingest.running.port)
+    hooks = await start(await build_webhooks(hooks_settings, infra.kafka_settings()), "127.0.0.1:0")
+    settings = dispatch_settings(
+        database_url,
+        topic,
+        hooks_settings,
+        webhooks_addr=f"127.0.0.1:{hooks.port}",
+        ingest_addr=f"127.0.0.1:{ingest.running.port}",
+    )
+    dispatch: Running = await start(
+        await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0"
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{hooks.port}")
+    try:
+        async with open_flow(infra, database_url, ingest) as reconcile:
+            yield Consumers(
+                infra,
+                ingest,
+                topic,
+                hooks_settings,
+                webhooks_pb2_grpc.WebhookServiceStub(channel),
+                reconcile,
+            )
+    finally:
+        await channel.close()
+        await dispatch.stop(1)
+        await hooks.stop(1)
+        await ingest.stop()
+
+
+async def test_every_consumer_carries_on_after_nasty_records(consumers: Consumers) -> None:
+    c = consumers
+    r = c.reconcile.settings
+    topics = [
+        c.events_topic,
+        c.hooks.deliveries_topic,
+        r.ticketland_events_topic,
+        r.ticketland_orders_topic,
+        r.ticketland_refunds_topic,
+    ]
+    unknown_hook = str(uuid.uuid4())
+    bad_jobs = [
+        job(unknown_hook, event_id="e\x00vil"),
+        job(unknown_hook, event_id=os.urandom(4000).hex()),
+        delivery_pb2.DeliveryJob(job_id="j", webhook_id="nope", event_id="e").SerializeToString(),
+    ]
+    producer = kafka.make_producer(c.infra.kafka_settings(), max_request_size=2_000_000)
+    await producer.start()
+    try:
+        for topic in topics:
+            for value in VALUES:
+                for hs in HEADERS:
+                    await producer.send(topic, value, key=os.urandom(4), headers=hs)
+        for bad in bad_jobs:
+            await producer.send(c.hooks.deliveries_topic, bad)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    # dispatch: a good event still makes its job
+    event_id = str(uuid.uuid4())
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
+    await c.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [made] = await read_matching(
+        c.infra.kafka_settings(),
+        "herald.notifications.email",
+        lambda rec: headers(rec).get("ce_id") == event_id,
+        1,
+        timeout=60,
+    )
+    assert decode_job(made).event_type == "user_registered"
+
+    # webhooks: a good job is still delivered
+    async with Receiver() as receiver:
+        created = await c.hooks_stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="after", url=receiver.url(), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {ACME_KEY}"),),
+        )
+        producer = kafka.make_producer(c.infra.kafka_settings())
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                c.hooks.deliveries_topic, job(created.webhook.id, event_id="after")
+            )
+        finally:
+            await producer.stop()
+        [request] = await receiver.wait_for(1, timeout=60)
+    assert json.loads(request.body)["id"] == "after"
+
+    # reconcile: a good event and order still reach Vibeapp's topic
+    e, o = unique("ev"), unique("or")
+    await c.reconcile.send(event(e), order(o, e, {"t-" + o: 1000}))
+    sent = await c.reconcile.outputs("order", 1, timeout=60)
+    assert [s.key for s in sent] == [o.encode()]
