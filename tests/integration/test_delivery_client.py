@@ -84,6 +84,15 @@ async def test_2xx_is_ok_and_500_keeps_a_truncated_body(
     assert failed.body.startswith("ошибка ошибка")
 
 
+async def test_a_body_with_nul_bytes_is_kept_as_storable_text(
+    receiver: Receiver, client: DeliveryClient
+) -> None:
+    # PostgreSQL's text cannot hold NUL: such a body had failed the outcome's write
+    receiver.script("/hook", Reply(500, b"bad\x00body\xff"))
+    failed = await client.post(receiver.url(), BODY, {})
+    assert (failed.status_code, failed.body) == (500, "bad\ufffdbody\ufffd")
+
+
 async def test_retry_after_is_parsed(receiver: Receiver, client: DeliveryClient) -> None:
     receiver.script(
         "/hook",

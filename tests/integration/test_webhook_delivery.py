@@ -394,6 +394,26 @@ async def test_jobs_postgresql_would_refuse_are_dead_lettered_and_the_rest_deliv
     )
 
 
+async def test_a_response_body_with_a_nul_byte_is_logged(stack: Stack) -> None:
+    # The body is kept in the delivery log (PostgreSQL text): a NUL had failed that write,
+    # leaving the delivery claimed and attempted again once its lease ran out.
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(200, b"ok\x00"))
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id, event_id="nul")])
+        await receiver.wait_for(1)
+        for _ in range(50):
+            log = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
+            )
+            if [d.status for d in log.deliveries] == [webhooks_pb2.DELIVERY_STATUS_DELIVERED]:
+                break
+            await asyncio.sleep(0.1)
+    [delivery] = log.deliveries
+    assert delivery.status == webhooks_pb2.DELIVERY_STATUS_DELIVERED
+    assert delivery.response_body == "ok\ufffd"
+
+
 async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Stack) -> None:
     async with Receiver() as receiver:
         receiver.script("/hook", Reply(500, b"x" * 5000), Reply(200, b"OK"))

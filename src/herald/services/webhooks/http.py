@@ -160,6 +160,12 @@ class AttemptResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def storable(text: str) -> str:
+    """``text`` as the delivery log can keep it: PostgreSQL's text cannot hold a NUL
+    character, so each becomes U+FFFD, as undecodable bytes already do."""
+    return text.replace("\x00", "\ufffd")
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
@@ -275,7 +281,8 @@ class DeliveryClient:
         except (TimeoutError, SSRFRefused, ValueError, aiohttp.ClientError, OSError) as exc:
             if response is None:
                 error, detail = _classify(exc, self._timeout)
-                return AttemptResult(None, "", None, time.monotonic() - started, error, detail)
+                elapsed = time.monotonic() - started
+                return AttemptResult(None, "", None, elapsed, error, storable(detail))
             # The status is the answer; the body is only for the delivery log, so a
             # slow or broken body keeps what arrived rather than failing the attempt.
         finally:
@@ -285,7 +292,7 @@ class DeliveryClient:
                 else:
                     response.close()  # the rest is not read: the connection is dropped
         assert response is not None
-        text = prefix[:_BODY_BYTES].decode("utf-8", errors="replace")[:_BODY_CHARS]
+        text = storable(prefix[:_BODY_BYTES].decode("utf-8", errors="replace")[:_BODY_CHARS])
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return AttemptResult(response.status, text, retry_after, elapsed, None, "")
 
