@@ -1,7 +1,9 @@
 """Every unary RPC of the four services, called with nasty values one field at a time
 (empty, NUL, control characters, 2 MB strings, extreme numbers, unknown enum values,
-malformed ids, URLs, tokens and timestamps): none may answer INTERNAL or UNKNOWN, or
-hang. Bad input is INVALID_ARGUMENT (or NOT_FOUND, …), never a server error."""
+malformed ids, URLs, tokens and timestamps; Timestamps and Durations out of protobuf's
+own range, with their sibling Timestamps valid; odd FieldMask paths): none may answer
+INTERNAL or UNKNOWN, or hang. Bad input is INVALID_ARGUMENT (or NOT_FOUND, …), never a
+server error."""
 
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ STRINGS = [
     "not-a-uuid",
 ]
 INTS = [0, -1, 1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+# Seconds and nanos of a Timestamp or Duration beyond what protobuf converts.
+WELL_KNOWN_TIME = {
+    "seconds": [-62135596801, 253402300800, 2**62, -(2**62)],
+    "nanos": [-1, 2 * 10**9],
+}
+MASK_PATHS = ["", "nope", "a.b.c", "*", "webhook.url.x"]
+VALID_SECONDS = 1_700_000_000
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 T = d.FieldDescriptor
 
@@ -102,7 +111,15 @@ def cases(
             yield from ((here, v) for v in nasty(_entry(field).fields_by_name["key"]))
         elif field.message_type is not None:
             nested = field.message_type
-            if not field.is_repeated and depth < 2 and not nested.full_name.startswith("google."):
+            if field.is_repeated:
+                continue
+            if nested.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+                for name, values in WELL_KNOWN_TIME.items():
+                    part = (*here, nested.fields_by_name[name])
+                    yield from ((part, v) for v in values)
+            elif nested.full_name == "google.protobuf.FieldMask":
+                yield from (((*here, nested.fields_by_name["paths"]), v) for v in MASK_PATHS)
+            elif depth < 2 and not nested.full_name.startswith("google."):
                 yield from cases(nested, here, depth + 1)
         else:
             yield from ((here, v) for v in nasty(field))
@@ -116,6 +133,7 @@ def request_with(
     request = cls()
     target: Any = request
     for field in path[:-1]:
+        _valid_sibling_timestamps(target, field)
         target = getattr(target, field.name)
     leaf = path[-1]
     try:
@@ -132,6 +150,20 @@ def request_with(
     except (TypeError, ValueError):
         return None
     return request
+
+
+def _valid_sibling_timestamps(parent: Any, chosen: d.FieldDescriptor) -> None:
+    """Sets the other Timestamps of ``parent`` to a valid time, so that a range check
+    does not refuse the request before the value under test is read."""
+    for field in parent.DESCRIPTOR.fields:
+        nested = field.message_type
+        if (
+            field is not chosen
+            and not field.is_repeated
+            and nested is not None
+            and nested.full_name == "google.protobuf.Timestamp"
+        ):
+            getattr(parent, field.name).seconds = VALID_SECONDS + field.number
 
 
 @dataclass

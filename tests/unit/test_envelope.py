@@ -126,6 +126,13 @@ def test_proto_event_attributes_are_typed_to_strings() -> None:
     assert event.field_name("time") == "event.attributes[time]"
 
 
+def test_a_proto_timestamp_attribute_out_of_range_is_named() -> None:
+    event = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    event.attributes["time"].ce_timestamp.seconds = 2**62  # beyond year 9999
+    _, found = envelope.parse_proto(event)
+    assert any(v.field == "event.attributes[time]" for v in found)
+
+
 def test_proto_missing_required_and_proto_data() -> None:
     ce = cloudevents_pb2.CloudEvent(spec_version="1.0")
     ce.proto_data.Pack(cloudevents_pb2.CloudEventBatch())

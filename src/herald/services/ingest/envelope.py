@@ -62,7 +62,10 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
                 )
             )
             continue
-        attributes[name] = _proto_attribute(value)
+        try:
+            attributes[name] = _proto_attribute(value)
+        except ValueError as exc:  # a Timestamp out of protobuf's own range
+            problems.append(FieldViolation(f"event.attributes[{raw_name}]", str(exc)))
     kind = event.WhichOneof("data")
     data = b""
     if kind == "binary_data":

@@ -15,7 +15,7 @@ from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from herald.runtime.pagination import page_of
-from herald.runtime.timestamps import timestamp
+from herald.runtime.timestamps import datetime_of, timestamp
 from herald.services.reconcile.reconciler import Reconciler
 from herald.services.reconcile.store import Q
 
@@ -185,7 +185,8 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
                 raise InvalidArgument(
                     [FieldViolation("range", "start_time and end_time are required")]
                 )
-            if r.end_time.ToDatetime() <= r.start_time.ToDatetime():
+            start = datetime_of(r.start_time, "range.start_time")
+            if datetime_of(r.end_time, "range.end_time") <= start:
                 raise InvalidArgument([FieldViolation("range.end_time", "not after start_time")])
         elif not request.event_id:
             raise InvalidArgument([FieldViolation("event_id", "required")])

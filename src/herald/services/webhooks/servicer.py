@@ -12,7 +12,7 @@ from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 from herald.runtime.auth import TENANT
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
-from herald.runtime.timestamps import timestamp
+from herald.runtime.timestamps import datetime_of, seconds_of, timestamp
 from herald.runtime.type_patterns import matches
 from herald.services.webhooks import model
 from herald.services.webhooks.convert import delivery_to_proto, spec_of, to_proto
@@ -136,7 +136,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         """A new secret; the previous one keeps signing during the grace period."""
         grace = DEFAULT_GRACE
         if request.HasField("grace_period"):
-            grace = request.grace_period.ToTimedelta().total_seconds()
+            grace = seconds_of(request.grace_period, "grace_period")
         problems = []
         if not 0 <= grace <= MAX_GRACE:
             problems.append(FieldViolation("grace_period", "between 0 and 7 days"))
@@ -176,12 +176,12 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.GetDeliveryStatsResponse:
         """Totals, success rate, counts per event type, response times (the seed's /stats)."""
         end = (
-            request.end_time.ToDatetime(tzinfo=UTC)
+            datetime_of(request.end_time, "end_time")
             if request.HasField("end_time")
             else datetime.now(UTC)
         )
         start = (
-            request.start_time.ToDatetime(tzinfo=UTC)
+            datetime_of(request.start_time, "start_time")
             if request.HasField("start_time")
             else end - timedelta(days=1)
         )
@@ -235,7 +235,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         count = await self._log.recover(
             TENANT.get(),
             _required_id(request.webhook_id, "webhook_id"),
-            request.since.ToDatetime(tzinfo=UTC),
+            datetime_of(request.since, "since"),
         )
         log.info("webhook.recovered", webhook_id=request.webhook_id, requeued=count)
         return webhooks_pb2.RecoverWebhookResponse(requeued=count)
