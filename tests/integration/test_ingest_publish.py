@@ -169,6 +169,12 @@ async def test_each_class_of_bad_input_is_invalid_argument_with_fields(
     huge = {**doc, "data": {**doc["data"], "status": "x" * 1_100_000}}
     got = await rejected(ingest, ingest_pb2.PublishRequest(json=json.dumps(huge)))
     assert "the limit is 1000000 bytes" in got["data"]
+    # data nested deeper than the JSON Schema validator reads (was INTERNAL)
+    deep = RETURN_CREATED.replace(
+        '"data": {', '"data": {"deep": ' + "[" * 600 + "]" * 600 + ", ", 1
+    )
+    got = await rejected(ingest, ingest_pb2.PublishRequest(json=deep))
+    assert "data" in got
     # an unpaired surrogate escape: valid JSON, not Unicode text (was INTERNAL)
     lone = RETURN_CREATED.replace('"return_id": "', '"return_id": "\\udc00', 1)
     got = await rejected(ingest, ingest_pb2.PublishRequest(json=lone))

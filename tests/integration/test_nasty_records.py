@@ -1,6 +1,7 @@
 """Every Kafka consumer of Herald fed nasty records (empty, binary junk, NUL bytes and
 characters in values, header names and header values, bytes that are not UTF-8, lone
-surrogate escapes in JSON, near-1 MB values; jobs PostgreSQL cannot store) goes on:
+surrogate escapes in JSON, JSON nested 1,000 and 100,000 deep, near-1 MB values; jobs
+PostgreSQL cannot store) goes on:
 the next good record is processed by dispatch, webhooks and reconcile alike."""
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ VALUES = [
     b"[]",
     b"123456789012345678901234567890",
     b"x" * 900_000,
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser goes
+    b'{"a":' * 1000 + b"1" + b"}" * 1000,  # parsed by orjson, too deep to write back
 ]
 HEADERS: list[list[tuple[str, bytes]]] = [
     [],
@@ -48,6 +51,13 @@ HEADERS: list[list[tuple[str, bytes]]] = [
     [("ce_id", b"\xff\xfe")],
     [("content-type", b"application/json")],
     [("content-type", b"\xff")],
+    [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"nasty"),
+        ("ce_source", b"/nasty"),
+        ("ce_type", b"user_registered"),
+        ("content-type", b"application/json"),
+    ],
     [
         ("ce_specversion", b"1.0"),
         ("ce_id", b"i\xff"),
@@ -116,6 +126,13 @@ async def test_every_consumer_carries_on_after_nasty_records(consumers: Consumer
         job(unknown_hook, event_id="e\x00vil"),
         job(unknown_hook, event_id=os.urandom(4000).hex()),
         delivery_pb2.DeliveryJob(job_id="j", webhook_id="nope", event_id="e").SerializeToString(),
+        delivery_pb2.DeliveryJob(
+            job_id="deep",
+            webhook_id=unknown_hook,
+            event_id="deep",
+            event_type="message.created",
+            data=b'{"a":' * 1000 + b"1" + b"}" * 1000,
+        ).SerializeToString(),
     ]
     producer = kafka.make_producer(c.infra.kafka_settings(), max_request_size=2_000_000)
     await producer.start()

@@ -105,6 +105,16 @@ def test_unpaired_surrogate_escapes_are_refused_where_they_are(
     assert "surrogate" in fields(exc)[field]
 
 
+def test_data_nested_too_deeply_to_write_is_refused() -> None:
+    # orjson reads 1,000 levels; json cannot write them back (the interpreter's
+    # recursion limit): that is the client's data, not a server error
+    deep = "[" * 1000 + "]" * 1000
+    text = RETURN_CREATED.replace('"data": {', '"data": {"deep": ' + deep + ", ", 1)
+    with pytest.raises(InvalidArgument) as exc:
+        envelope.parse_json(text)
+    assert fields(exc) == {"data": "nested too deeply"}
+
+
 def test_a_surrogate_pair_escape_is_text() -> None:
     text = RETURN_CREATED.replace('"subject": "', '"subject": "\\ud83d\\ude00 ', 1)
     event = parsed_ok(envelope.parse_json(text))

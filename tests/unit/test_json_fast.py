@@ -93,3 +93,11 @@ def test_dumps_reads_back_as_json_dumps_does(value: Any) -> None:
     text = dumps(value)
     assert " " not in text.replace("Матрица", "")  # compact
     assert _same(json.loads(text), json.loads(json.dumps(value)))
+
+
+@pytest.mark.parametrize(
+    "document", ["[" * 100_000 + "]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+)
+def test_a_document_nested_too_deeply_is_a_decode_error(document: bytes | str) -> None:
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        loads(document)

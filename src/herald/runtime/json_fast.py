@@ -6,7 +6,8 @@ orjson reads an integer outside 64 bits (signed below zero, unsigned above) as a
 float, and refuses some of what the standard library accepts (NaN and Infinity,
 UTF-16/32 input, a byte order mark). A document with a run of 19 digits, or one orjson
 refuses, is parsed by ``json`` instead, so every input gives what ``json.loads`` gives,
-errors included.
+errors included; a document nested deeper than ``json`` can recurse is a
+``JSONDecodeError`` too (``nested too deeply``), never a RecursionError.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def loads(document: bytes | str) -> Any:
             return orjson.loads(document)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(document)
+    try:
+        return json.loads(document)
+    except RecursionError:  # nested deeper than the interpreter's recursion allows
+        text = document if isinstance(document, str) else document.decode(errors="replace")
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
 
 
 def dumps(value: object) -> str:

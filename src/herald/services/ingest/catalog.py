@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema_rs
 
+from herald.runtime import json_fast
 from herald.runtime.errors import FieldViolation, InvalidArgument
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
@@ -86,7 +87,7 @@ def check_definition(
         )
     schema: dict[str, Any] = {}
     try:
-        loaded = json.loads(schema_text) if schema_text else None
+        loaded = json_fast.loads(schema_text) if schema_text else None
         if not isinstance(loaded, dict):
             problems.append(
                 FieldViolation("event_type.json_schema", "a JSON Schema object is required")

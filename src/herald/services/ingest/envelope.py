@@ -238,7 +238,10 @@ def _proto_attribute(value: cloudevents_pb2.CloudEvent.CloudEventAttributeValue)
 
 
 def _json_bytes(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except RecursionError:  # parsed (orjson goes 1,024 deep), but too deep to write
+        raise InvalidArgument([FieldViolation("data", "nested too deeply")]) from None
 
 
 def unpaired_surrogate(value: object, path: str = "") -> str | None:

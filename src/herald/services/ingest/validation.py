@@ -116,9 +116,12 @@ def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
             data = json_fast.loads(event.data) if event.data else None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return [FieldViolation(data_field, f"not valid JSON: {exc}")]
-    if definition.validator.is_valid(data):
-        return []
-    errors = sorted(definition.validator.iter_errors(data), key=lambda e: list(e.instance_path))
+    try:
+        if definition.validator.is_valid(data):
+            return []
+        errors = sorted(definition.validator.iter_errors(data), key=lambda e: list(e.instance_path))
+    except ValueError as exc:  # jsonschema-rs reads data only so deep ("Recursion limit")
+        return [FieldViolation(data_field, f"cannot be validated: {exc}")]
     return [FieldViolation(_path(data_field, e), e.message) for e in errors[:_MAX_DATA_ERRORS]]
 
 

@@ -98,9 +98,16 @@ def decode(value: bytes | None) -> NewDelivery:
         job_id=job.job_id,
         event_id=job.event_id,
         event_type=job.event_type,
-        body=body_of(job.event_id, job.event_type, created, data),
+        body=_body(job.event_id, job.event_type, created, data),
         context=json_fast.dumps(dict(job.context)),
     )
+
+
+def _body(event_id: str, event_type: str, created: str, data: object) -> bytes:
+    try:
+        return body_of(event_id, event_type, created, data)
+    except RecursionError:  # parsed (orjson goes 1,024 deep), but too deep to write
+        raise ValueError("data is nested too deeply") from None
 
 
 class Intake:
