@@ -37,6 +37,7 @@ VALUES = [
     b"\xff\xfe\xfd",
     b"{",
     b'{"a": "\\ud800"}',
+    b'{"id": "x", "status": Infinity, "customer": "\\ud800"}',  # protobuf cannot take these
     b'{"a": "\\u0000"}',
     b"[]",
     b"123456789012345678901234567890",

@@ -376,3 +376,18 @@ def test_json_keys_the_schema_does_not_know_yet_are_ignored() -> None:
     decoded = decode("event", JSON_CT, json.dumps(doc).encode())
     assert isinstance(decoded.message, tl.Event)
     assert (decoded.message.id, decoded.message.organizer.name) == ("e1", "Org")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"id": "o1", "status": Infinity}',  # an enum as a float json accepts
+        b'{"id": "o1", "status": "\\ud800"}',  # a lone surrogate where an enum goes
+        b'{"id": "o1", "customer": "\\ud800"}',  # and where a message goes
+        b'{"id": "o1", "tickets": [{"status": -Infinity}]}',
+    ],
+)
+def test_json_protobuf_cannot_take_is_a_bad_record(document: bytes) -> None:
+    # These had escaped as OverflowError / SystemError and crashed the consumer
+    with pytest.raises(BadRecord, match=r"does not match ticketland\.v1\.Order"):
+        decode("order", [("content-type", b"application/json")], document)

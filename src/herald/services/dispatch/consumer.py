@@ -99,6 +99,11 @@ class EventConsumer:
             except ValueError as exc:
                 await self._bury(record_of(r), EventIds(), ["decode"], str(exc), "undecodable")
                 continue
+            except Exception as exc:  # unforeseen: still the record's fault, not a crash
+                log.exception("event.undecodable", topic=r.topic, offset=r.offset)
+                reason = f"cannot be decoded: {type(exc).__name__}: {exc}"
+                await self._bury(record_of(r), EventIds(), ["decode"], reason, "undecodable")
+                continue
             decoded.append((r, consumed))
         finishing = await self._dispatcher.start(
             [(c, self._dispatcher.targets_of(c)) for _, c in decoded]

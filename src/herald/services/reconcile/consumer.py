@@ -64,6 +64,10 @@ class InputConsumer:
             except BadRecord as exc:
                 bad.append((r, str(exc)))
                 continue
+            except Exception as exc:  # unforeseen: still the record's fault, not a crash
+                log.exception("record.undecodable", topic=r.topic, offset=r.offset)
+                bad.append((r, f"cannot be decoded: {type(exc).__name__}: {exc}"))
+                continue
             taken.append(Taken(r.topic, r.partition, r.offset, decoded))
         # Events, then orders, then refunds (a stable sort keeps each entity's order):
         # within a batch nothing waits for what the same batch brings.

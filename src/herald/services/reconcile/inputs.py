@@ -88,7 +88,9 @@ def _parse_json(value: bytes, message: Message) -> None:
         raise BadRecord("JSON value is not an object")
     try:
         json_format.ParseDict(_known(doc, message.DESCRIPTOR), message)
-    except json_format.ParseError as exc:
+    # Besides ParseError: an enum given as Infinity (OverflowError), text that is not
+    # Unicode (a lone surrogate escape: upb raises SystemError over UnicodeEncodeError).
+    except (json_format.ParseError, ValueError, TypeError, OverflowError, SystemError) as exc:
         name = message.DESCRIPTOR.name
         raise BadRecord(f"JSON does not match ticketland.v1.{name}: {exc}") from None
 

@@ -159,6 +159,9 @@ class Intake:
                 jobs.append(decode(record.value))
             except ValueError as exc:
                 await self._dead_letter(record, str(exc))
+            except Exception as exc:  # unforeseen: still the record's fault, not a crash
+                log.exception("deliveries.undecodable", offset=record.offset)
+                await self._dead_letter(record, f"cannot be decoded: {type(exc).__name__}: {exc}")
             else:
                 taken.append(record)
         return await self._insert(jobs, taken) if jobs else 0
