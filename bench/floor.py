@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from bench import infra, workload
+from bench.quiet_gc import no_collector_pauses
 from bench.stats import rate, summary_ms
 from bench.watcher import TopicWatcher
 from herald.runtime import kafka
@@ -42,15 +43,16 @@ async def run(
     try:
         records = workload.records(int(per_second * seconds), topic)
         tasks = []
-        start = time.perf_counter()
-        for i, record in enumerate(records):
-            delay = start + i / per_second - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(record)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-        await watcher.wait_for(len(records), VISIBLE_TIMEOUT)
+        with no_collector_pauses():
+            start = time.perf_counter()
+            for i, record in enumerate(records):
+                delay = start + i / per_second - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(record)))
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+            await watcher.wait_for(len(records), VISIBLE_TIMEOUT)
         seen = watcher.seen
         return {
             "target_rate": per_second,

@@ -19,6 +19,7 @@ from herald.ingest.v1 import ingest_pb2
 
 from bench import harness, infra, workload
 from bench.cpu import CpuMeter
+from bench.quiet_gc import no_collector_pauses
 from bench.stats import rate, summary_ms
 
 WARMUP_SECONDS = 2.0
@@ -84,11 +85,12 @@ async def run(
 
         requests = workload.publish_requests(int(per_second * seconds))
         meter = CpuMeter(session.ingest.pid)
-        meter.start()
-        paced = await _paced(session, requests, per_second)
-        cpu = meter.stop()
-        accepted: dict[str, float] = paced["accepted"]
-        await session.watcher.wait_for(warmed + len(accepted), VISIBLE_TIMEOUT)
+        with no_collector_pauses():
+            meter.start()
+            paced = await _paced(session, requests, per_second)
+            cpu = meter.stop()
+            accepted: dict[str, float] = paced["accepted"]
+            await session.watcher.wait_for(warmed + len(accepted), VISIBLE_TIMEOUT)
         seen = session.watcher.seen
         delays = [seen[event_id] - at for event_id, at in accepted.items()]
         sends: list[float] = paced["sends"]
