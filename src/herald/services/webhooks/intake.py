@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
-from herald.runtime.db import DATA_REFUSED
+from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -171,16 +171,24 @@ class Intake:
     ) -> int:
         """Inserts ``jobs`` (read from ``records``). A batch PostgreSQL refuses for its
         data is split in halves until the job it refuses is alone, which is
-        dead-lettered with PostgreSQL's reason; the rest go in."""
-        try:
-            return await self._insert_now(jobs)
-        except DATA_REFUSED as exc:
-            if len(jobs) == 1:
-                await self._dead_letter(records[0], f"the database refused it: {exc}")
-                return 0
-            half = len(jobs) // 2
-            first = await self._insert(jobs[:half], records[:half])
-            return first + await self._insert(jobs[half:], records[half:])
+        dead-lettered with PostgreSQL's reason; the rest go in. Any other database error
+        (unreachable, a deadlock with a replica inserting the same jobs during a
+        rebalance) is retried: the insert is idempotent, and offsets wait for it."""
+        delay = 0.1
+        while True:
+            try:
+                return await self._insert_now(jobs)
+            except DATA_REFUSED as exc:
+                if len(jobs) == 1:
+                    await self._dead_letter(records[0], f"the database refused it: {exc}")
+                    return 0
+                half = len(jobs) // 2
+                first = await self._insert(jobs[:half], records[:half])
+                return first + await self._insert(jobs[half:], records[half:])
+            except DATABASE_ERRORS as exc:
+                log.warning("deliveries.insert_failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _insert_now(self, jobs: list[NewDelivery]) -> int:
         local = self._local
