@@ -21,13 +21,10 @@ from herald.ingest.v1 import ingest_pb2
 from herald.reconcile.v1 import reconcile_pb2
 from herald.webhooks.v1 import webhooks_pb2
 
-from herald.runtime.server import start
-from herald.services.dispatch.app import build as build_dispatch
-from herald.services.webhooks.app import build as build_webhooks
 from tests.conftest import Infra
-from tests.integration.conftest import ACME_KEY, start_ingest, webhooks_settings
+from tests.integration.conftest import ACME_KEY
 from tests.integration.reconcile_flow import open_flow
-from tests.integration.test_dispatch import dispatch_settings
+from tests.integration.test_dispatch import running_services
 
 STRINGS = [
     "",
@@ -174,34 +171,26 @@ class Target:
 
 @pytest.fixture
 async def targets(infra: Infra, database_url: str, topic: str) -> AsyncIterator[list[Target]]:
-    ingest = await start_ingest(infra, database_url, topic)
-    hooks_settings = webhooks_settings(database_url, ingest.running.port)
-    hooks = await start(await build_webhooks(hooks_settings, infra.kafka_settings()), "127.0.0.1:0")
-    settings = dispatch_settings(
-        database_url,
-        topic,
-        hooks_settings,
-        webhooks_addr=f"127.0.0.1:{hooks.port}",
-        ingest_addr=f"127.0.0.1:{ingest.running.port}",
-    )
-    dispatch = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
-    try:
-        async with open_flow(infra, database_url, ingest) as reconcile:
-            yield [
-                Target(
-                    ingest.running.port, ingest_pb2.DESCRIPTOR.services_by_name["IngestService"]
-                ),
-                Target(dispatch.port, dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]),
-                Target(hooks.port, webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"]),
-                Target(
-                    reconcile.running[0].port,
-                    reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"],
-                ),
-            ]
-    finally:
-        await dispatch.stop(1)
-        await hooks.stop(1)
-        await ingest.stop()
+    async with (
+        running_services(infra, database_url, topic) as services,
+        open_flow(infra, database_url, services.ingest) as reconcile,
+    ):
+        yield [
+            Target(
+                services.ingest.running.port,
+                ingest_pb2.DESCRIPTOR.services_by_name["IngestService"],
+            ),
+            Target(
+                services.dispatch.port, dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]
+            ),
+            Target(
+                services.webhooks.port, webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"]
+            ),
+            Target(
+                reconcile.running[0].port,
+                reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"],
+            ),
+        ]
 
 
 async def test_no_rpc_answers_nasty_input_with_a_server_error(targets: list[Target]) -> None:

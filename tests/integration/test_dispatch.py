@@ -5,6 +5,7 @@ receiver); retries, dead letters and redrive, against the real Kafka and Postgre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -92,6 +93,19 @@ class Flow:
         await asyncio.sleep(0.5)
         return topic, created.route
 
+    async def produce_raw(
+        self, value: bytes, record_headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """One record onto the events topic, as any producer could write it."""
+        producer = kafka.make_producer(self.infra.kafka_settings())
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                self.settings.events_topic, value, key=b"k", headers=record_headers or []
+            )
+        finally:
+            await producer.stop()
+
     async def add_dispatch(self, **overrides: Any) -> Running:
         settings = self.settings.model_copy(update=overrides)
         running = await start(
@@ -132,8 +146,20 @@ def dispatch_settings(
     return DispatchSettings(**values)
 
 
-@pytest.fixture
-async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Flow]:
+@dataclass
+class Services:
+    """Ingest, webhooks and one dispatch, wired together and started in this process."""
+
+    ingest: IngestUnderTest
+    webhooks: Running
+    webhooks_settings: WebhooksSettings
+    dispatch: Running
+    settings: DispatchSettings
+
+
+@contextlib.asynccontextmanager
+async def running_services(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Services]:
+    """Starts ingest on ``topic``, webhooks and a dispatch fed by both; stops them after."""
     ingest = await start_ingest(infra, database_url, topic)
     hooks_settings = webhooks_settings(database_url, ingest.running.port)
     hooks = await start(await build_webhooks(hooks_settings, infra.kafka_settings()), "127.0.0.1:0")
@@ -144,32 +170,57 @@ async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Flo
         webhooks_addr=f"127.0.0.1:{hooks.port}",
         ingest_addr=f"127.0.0.1:{ingest.running.port}",
     )
-    first = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
-    hooks_channel = grpc.aio.insecure_channel(f"127.0.0.1:{hooks.port}")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{first.port}")
-    flow = Flow(
-        infra,
-        database_url,
-        ingest,
-        hooks,
-        webhooks_pb2_grpc.WebhookServiceStub(hooks_channel),
-        hooks_settings,
-        [first],
-        dispatch_pb2_grpc.DispatchServiceStub(channel),
-        [hooks_channel, channel],
-        settings,
-    )
-    yield flow
-    for c in flow.channels:
-        await c.close()
-    for running in flow.dispatch:
-        await running.stop(1)
-    await hooks.stop(1)
-    await ingest.stop()
+    dispatch = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        yield Services(ingest, hooks, hooks_settings, dispatch, settings)
+    finally:
+        await dispatch.stop(1)
+        await hooks.stop(1)
+        await ingest.stop()
+
+
+@pytest.fixture
+async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Flow]:
+    async with running_services(infra, database_url, topic) as services:
+        hooks_channel = grpc.aio.insecure_channel(f"127.0.0.1:{services.webhooks.port}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{services.dispatch.port}")
+        flow = Flow(
+            infra,
+            database_url,
+            services.ingest,
+            services.webhooks,
+            webhooks_pb2_grpc.WebhookServiceStub(hooks_channel),
+            services.webhooks_settings,
+            [services.dispatch],
+            dispatch_pb2_grpc.DispatchServiceStub(channel),
+            [hooks_channel, channel],
+            services.settings,
+        )
+        yield flow
+        for c in flow.channels:
+            await c.close()
+        for running in flow.dispatch[1:]:  # replicas a test added; the first is stopped above
+            await running.stop(1)
 
 
 def decode_job(record: Any) -> notification_pb2.NotificationJob:
     return notification_pb2.NotificationJob.FromString(record.value)
+
+
+async def still_dispatching(infra: Infra, ingest: IngestUnderTest, timeout: float = 30) -> None:
+    """A good event published through ingest still makes its email job (within
+    ``timeout`` seconds)."""
+    event_id = str(uuid.uuid4())
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
+    await ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [made] = await read_matching(
+        infra.kafka_settings(),
+        "herald.notifications.email",
+        lambda record: headers(record).get("ce_id") == event_id,
+        1,
+        timeout=timeout,
+    )
+    assert decode_job(made).event_type == "user_registered"
 
 
 async def test_the_notification_api_examples_make_exactly_the_expected_jobs(flow: Flow) -> None:
@@ -293,17 +344,8 @@ async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(
 
 
 async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Flow) -> None:
-    producer = kafka.make_producer(flow.infra.kafka_settings())
-    await producer.start()
-    try:
-        await producer.send_and_wait(flow.settings.events_topic, b"\x00garbage", key=b"k")
-    finally:
-        await producer.stop()
-    event_id = str(uuid.uuid4())
-    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
-    await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
-    [job] = await flow.jobs("herald.notifications.email", {event_id}, 1)
-    assert decode_job(job).event_type == "user_registered"
+    await flow.produce_raw(b"\x00garbage")
+    await still_dispatching(flow.infra, flow.ingest)
 
     dlq = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
     assert [r.value for r in dlq] == [b"\x00garbage"]
@@ -330,19 +372,8 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Fl
 async def test_a_record_postgresql_cannot_store_still_reaches_the_dlq_topic(flow: Flow) -> None:
     # A NUL character in a header name cannot be stored in PostgreSQL's text: storing
     # its dead letter had been retried for ever, and dispatch stood still.
-    producer = kafka.make_producer(flow.infra.kafka_settings())
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            flow.settings.events_topic, b"\xffjunk", key=b"k", headers=[("ce_i\x00d", b"x")]
-        )
-    finally:
-        await producer.stop()
-    event_id = str(uuid.uuid4())
-    doc = json.loads(LEGACY_EXAMPLES["user_registered"]) | {"event_id": event_id}
-    await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
-    [job] = await flow.jobs("herald.notifications.email", {event_id}, 1)
-    assert decode_job(job).event_type == "user_registered"
+    await flow.produce_raw(b"\xffjunk", [("ce_i\x00d", b"x")])
+    await still_dispatching(flow.infra, flow.ingest)
     [dead] = await read_matching(flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1)
     assert dead.value == b"\xffjunk"
     assert "not stored" in headers(dead)["dlq-reason"]
