@@ -17,9 +17,25 @@ from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("herald.db")
 
+# PostgreSQL is unreachable or has dropped the connection (a restart, a failover, an
+# operator's pg_terminate_backend): worth trying again later. asyncpg's
+# InternalClientError belongs here: a connection the server terminates in the middle of
+# an operation can leave asyncpg's protocol state confused ("cannot switch to state 15;
+# another operation (2) is in progress", MagicStack/asyncpg#784); the pool discards it.
+CONNECTION_LOST = (
+    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # ConnectionDoesNotExistError: closed mid-operation
+    asyncpg.InternalClientError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
 # What a database call raises when PostgreSQL is unreachable or refuses: loops that
 # must outlive an outage catch these, log, and try again.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DATABASE_ERRORS = (*CONNECTION_LOST, asyncpg.PostgresError)
 
 # What PostgreSQL answers about the data itself (a value it cannot store, such as a NUL
 # character in text; an index entry too large, …): the same records would fail for ever,

@@ -11,23 +11,12 @@ import structlog
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
+from herald.runtime.db import CONNECTION_LOST
 from herald.runtime.errors import FieldViolation, InvalidArgument, RpcError, Unavailable
 
 log = structlog.get_logger("herald.rpc")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-# Errors that mean "a dependency is unreachable right now": the caller may retry.
-_UNAVAILABLE = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,
-    TimeoutError,
-)
-
 
 # PostgreSQL refuses a NUL character in text: a request's string holding one fails there.
 _NUL_REFUSED = (
@@ -132,7 +121,7 @@ class ErrorInterceptor(UnaryInterceptor):
                 ]
             )
             await context.abort_with_status(rpc_status.to_status(refused.to_status()))
-        except _UNAVAILABLE as exc:
+        except CONNECTION_LOST as exc:  # the caller may retry
             log.warning("rpc.unavailable", method=method, error=repr(exc))
             err = Unavailable(f"a dependency is unavailable, retry later: {exc}")
             await context.abort_with_status(rpc_status.to_status(err.to_status()))
