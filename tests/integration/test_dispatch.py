@@ -158,7 +158,9 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def running_services(infra: Infra, database_url: str, topic: str) -> AsyncIterator[Services]:
+async def running_services(
+    infra: Infra, database_url: str, topic: str, **dispatch_overrides: Any
+) -> AsyncIterator[Services]:
     """Starts ingest on ``topic``, webhooks and a dispatch fed by both; stops them after."""
     ingest = await start_ingest(infra, database_url, topic)
     hooks_settings = webhooks_settings(database_url, ingest.running.port)
@@ -169,6 +171,7 @@ async def running_services(infra: Infra, database_url: str, topic: str) -> Async
         hooks_settings,
         webhooks_addr=f"127.0.0.1:{hooks.port}",
         ingest_addr=f"127.0.0.1:{ingest.running.port}",
+        **dispatch_overrides,
     )
     dispatch = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
     try:

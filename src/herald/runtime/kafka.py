@@ -22,11 +22,13 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from herald.runtime.kafka_producer import Producer, broken
 from herald.runtime.settings import KafkaSettings
 
 log = structlog.get_logger("herald.kafka")
 C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer)
 COMMIT_WAIT_SECONDS = 5.0  # for an offset commit in flight when a consumer stops
+STOP_BROKEN_SECONDS = 10.0  # for a broken producer to finish what it still can
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -46,7 +48,8 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
-    """An idempotent producer (acks=all, no duplicates from its own retries)."""
+    """An idempotent producer (acks=all, no duplicates from its own retries) that
+    notices when it is broken (:mod:`herald.runtime.kafka_producer`)."""
     options: dict[str, Any] = {
         "enable_idempotence": True,
         "acks": "all",
@@ -56,7 +59,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
         "compression_type": None,
     }
     options.update(overrides)
-    return AIOKafkaProducer(**connection_options(settings), **options)
+    return Producer(**connection_options(settings), **options)
 
 
 def make_consumer(
@@ -197,29 +200,58 @@ async def consume_overlapped(
         await consumer.stop()
 
 
+async def replaced_if_broken(
+    producer: AIOKafkaProducer, make: Callable[[], AIOKafkaProducer], what: str
+) -> AIOKafkaProducer:
+    """``producer``, or a fresh one started in its place if it is broken (see
+    :mod:`herald.runtime.kafka_producer`)."""
+    reason = broken(producer)
+    if reason is None:
+        return producer
+    log.error("kafka.producer_replaced", client=what, error=repr(reason))
+    with contextlib.suppress(Exception):  # it can deliver nothing: don't wait for long
+        await asyncio.wait_for(producer.stop(), STOP_BROKEN_SECONDS)
+    return await start_when_reachable(make, what)
+
+
 class LateProducer:
     """A producer started by a worker once Kafka answers (so the service starts, and
-    reports NOT_SERVING, while Kafka is down). :meth:`get` is None until then."""
+    reports NOT_SERVING, while Kafka is down). :meth:`get` is None until then, and
+    while a producer found broken is being replaced."""
 
     def __init__(self, make: Callable[[], AIOKafkaProducer], what: str) -> None:
         self._make = make
         self._what = what
         self._producer: AIOKafkaProducer | None = None
+        self._replacing: asyncio.Task[None] | None = None
 
     def get(self) -> AIOKafkaProducer | None:
-        return self._producer
+        producer = self._producer
+        if producer is not None and broken(producer) is not None:
+            self._producer = None
+            self._replacing = asyncio.ensure_future(self._replace(producer))
+            return None
+        return producer
+
+    async def _replace(self, producer: AIOKafkaProducer) -> None:
+        self._producer = await replaced_if_broken(producer, self._make, self._what)
 
     async def start(self) -> None:
         """A worker: returns once the producer has started."""
         self._producer = await start_when_reachable(self._make, self._what)
 
     async def check(self) -> None:
-        """The health check: raises unless the producer is started and Kafka answers."""
-        if self._producer is None:
+        """The health check: raises unless the producer is started, not broken, and
+        Kafka answers."""
+        producer = self.get()
+        if producer is None:
             raise ConnectionError("Kafka producer not connected")
-        await check(self._producer)
+        await check(producer)
 
     async def stop(self) -> None:
+        if self._replacing is not None:
+            self._replacing.cancel()
+            await asyncio.gather(self._replacing, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
 

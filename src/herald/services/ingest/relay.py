@@ -21,7 +21,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
@@ -58,6 +58,7 @@ class Relay:
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
         self._sender = BatchSender()
+        self._replacing = asyncio.Lock()  # one relay loop replaces a broken producer
 
     def wake(self, _payload: str = "") -> None:
         """New rows were committed (called in-process, or on NOTIFY herald_outbox)."""
@@ -158,8 +159,11 @@ class Relay:
         Rows go out as one batch per partition (runtime.kafka_batches); a batch keeps
         the rows' order, so a key's order holds.
         """
-        producer = self._producer
-        assert producer is not None, "start_producer() first"
+        assert self._producer is not None, "start_producer() first"
+        async with self._replacing:  # a broken producer is replaced before the next send
+            producer = self._producer = await replaced_if_broken(
+                self._producer, self._make_producer, "relay"
+            )
         records = [
             OutRecord(
                 row["topic"], bytes(row["key"]), bytes(row["value"]), headers_of(row["headers"])

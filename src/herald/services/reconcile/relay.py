@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.kafka import start_when_reachable
+from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.services.reconcile.store import Q
 
@@ -65,6 +65,9 @@ class VibeRelay:
         delay = 0.5
         try:
             while True:
+                self.producer = await replaced_if_broken(
+                    self.producer, self._make_producer, "vibe-producer"
+                )
                 try:
                     sent, complete = await self.round(self.producer)
                     delay = 0.5

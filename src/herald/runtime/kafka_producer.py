@@ -1,0 +1,62 @@
+"""The idempotent producer, and noticing when it can never deliver again.
+
+aiokafka's idempotent producer can lose its place in a partition's sequence: a batch
+that expires while the partition has no leader (Kafka restarting under load) is failed
+after it was given a sequence number, so every later batch for that partition is
+refused with ``OutOfOrderSequenceNumber``, for as long as the process lives
+(aio-libs/aiokafka#1017). The Java client bumps its epoch and goes on; aiokafka does
+not. :class:`Producer` remembers such an error as :attr:`Producer.broken`, and whoever
+owns the producer replaces it with a fresh one (a new producer id starts new sequences).
+Records that failed were never acknowledged, so their senders send them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
+
+# Errors after which a producer (its id and sequences) will not deliver anything again.
+FATAL = (OutOfOrderSequenceNumber, ProducerFenced, InvalidProducerEpoch, InvalidProducerIdMapping)
+
+
+class Producer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is untyped
+    """An ``AIOKafkaProducer`` that records the first error it cannot recover from."""
+
+    broken: BaseException | None = None
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        return self._watch(await self._guard(super().send(*args, **kwargs)))
+
+    async def send_batch(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        return self._watch(await self._guard(super().send_batch(*args, **kwargs)))
+
+    async def _guard(self, sending: Any) -> asyncio.Future[Any]:
+        try:
+            future: asyncio.Future[Any] = await sending
+        except FATAL as exc:  # the sender routine died of it: every send raises it now
+            self.broken = self.broken or exc
+            raise
+        return future
+
+    def _watch(self, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and isinstance(future.exception(), FATAL):
+            self.broken = self.broken or future.exception()
+
+
+def broken(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why ``producer`` can deliver nothing any more, or None (any producer: one not
+    made as a :class:`Producer` is never known to be broken)."""
+    reason: BaseException | None = getattr(producer, "broken", None)
+    return reason
