@@ -5,18 +5,24 @@ schema; discrepancies, reports and the events published through ingest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import grpc
 import pytest
+from aiokafka import AIOKafkaProducer
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from vibe.v1 import vibe_pb2 as vibe
 
+from herald.runtime import db, kafka
 from herald.runtime.settings import KafkaSettings
+from herald.services.reconcile.app import MIGRATIONS
+from herald.services.reconcile.relay import VibeRelay
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
@@ -581,3 +587,52 @@ async def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_applied
     assert reason.startswith("the ledger refused it:"), reason
     assert "index row" in reason, reason
     await flow.settled()
+
+
+async def test_a_relay_stopped_mid_round_marks_what_kafka_took_before_it_stops(
+    infra: Infra, database_url: str
+) -> None:
+    """A graceful stop (SIGTERM) that lands between Kafka's acknowledgements and the
+    marks: the round finishes, so the next relay does not send those records again."""
+    pool = await db.create_pool(database_url, 2)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+        topic = f"vibe.events.t{uuid.uuid4().hex[:10]}"
+        await conn.executemany(
+            """INSERT INTO reconcile.outbox (kind, entity_id, content_hash, topic, key, value,
+                                             headers)
+               VALUES ('event', $1, 'h', $2, $3, 'v', '[["content-type", "x"]]')""",
+            [(f"e{i}", topic, f"e{i}".encode()) for i in range(5)],
+        )
+    acked = asyncio.Event()
+    proceed = asyncio.Event()
+
+    class SlowToMark(VibeRelay):
+        async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
+            sender = self._sender
+            send = sender.send
+
+            async def acknowledged_then_stopped(*args: Any) -> list[BaseException | None]:
+                errors = await send(*args)  # Kafka has taken every record…
+                acked.set()
+                await proceed.wait()  # …and the stop arrives before they are marked
+                return errors
+
+            sender.send = acknowledged_then_stopped  # type: ignore[method-assign,assignment]
+            return await super().round(producer)
+
+    relay = SlowToMark(pool, partial(kafka.make_producer, infra.kafka_settings()))
+    running = asyncio.ensure_future(relay.run())
+    try:
+        await asyncio.wait_for(acked.wait(), 30)
+        running.cancel()
+        await asyncio.sleep(0.1)
+        proceed.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        unsent = await pool.fetchval("SELECT count(*) FROM reconcile.outbox WHERE sent_at IS NULL")
+        assert unsent == 0, "what Kafka acknowledged is marked sent"
+        assert len(await read_topic(infra.kafka_settings(), topic, 5)) == 5
+    finally:
+        running.cancel()
+        await pool.close()

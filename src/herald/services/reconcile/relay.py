@@ -69,7 +69,7 @@ class VibeRelay:
                     self.producer, self._make_producer, "vibe-producer"
                 )
                 try:
-                    sent, complete = await self.round(self.producer)
+                    sent, complete = await self._whole_round(self.producer)
                     delay = 0.5
                 except DATABASE_ERRORS as exc:
                     log.error("relay.database_failed", error=repr(exc), retry_in=delay)
@@ -83,6 +83,18 @@ class VibeRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             await self.producer.stop()
+
+    async def _whole_round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
+        """A round that a stop lets finish (bounded by the acknowledgement timeout):
+        cut short between Kafka's acknowledgements and the marks, it would leave its
+        records to be sent again by the next relay."""
+        round_ = asyncio.ensure_future(self.round(producer))
+        try:
+            return await asyncio.shield(round_)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await round_
+            raise
 
     async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
         """Sends one round; (records sent, whether a full round went through, so more
