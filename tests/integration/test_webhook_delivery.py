@@ -567,3 +567,41 @@ async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
     assert 4 <= attempts <= 8, "disabled after about a second of failures, not before"
     [alert] = await announced(stack.database_url, "herald.webhook.disabled")
     assert "failing without a 2xx" in alert["reason"]
+
+
+async def test_a_graceful_stop_finishes_attempts_in_flight_and_frees_what_it_claimed(
+    stack: Stack,
+) -> None:
+    """A rolling restart: the stopping worker records the attempts it has in flight and
+    hands back the deliveries it claimed but had not started, so the next worker
+    delivers them at once (not when their lease runs out) and none twice."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(delay=0.5)] * 200)  # within the 1 s timeout
+        created = await stack.hook(receiver.url())
+        hook_id = created.webhook.id
+        jobs = [job(hook_id) for _ in range(150)]  # more than the 64 attempts at a time
+        await stack.produce(jobs)
+        await receiver.wait_for(10, timeout=20)  # attempts are in flight
+        stopping = stack.webhooks[0]
+        started = time.monotonic()
+        await stopping.stop(15)
+        stopped_in = time.monotonic() - started
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            claimed = await conn.fetchval(
+                "SELECT count(*) FROM webhooks.deliveries WHERE claimed_by IS NOT NULL"
+            )
+            attempted = await conn.fetchval(
+                "SELECT count(*) FROM webhooks.attempts WHERE webhook_id = $1::uuid", hook_id
+            )
+        finally:
+            await conn.close()
+        arrived = len(receiver.received())
+        assert claimed == 0, "nothing stays claimed by the stopped worker"
+        assert attempted == arrived, "every request the receiver got is recorded"
+        assert stopped_in < 5, "in-flight attempts take half a second, not a lease"
+
+        stack.webhooks = [await start_webhooks(stack.settings, stack.infra)]
+        await receiver.wait_for(150, timeout=30)
+        bodies = [json.loads(r.body)["id"] for r in receiver.received()]
+        assert len(bodies) == len(set(bodies)) == 150, "each delivered once"

@@ -117,6 +117,6 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
                 },
             )
         ],
-        on_stop=[close],
+        on_stop=[engine.release, close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )

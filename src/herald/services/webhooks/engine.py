@@ -43,6 +43,7 @@ VERSION = "0.1"
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
+DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
 
 
 def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
@@ -171,11 +172,31 @@ class Engine:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._drain()
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """On the way out: attempts in flight finish (within their HTTP timeout) and
+        their outcomes are recorded, so what an endpoint received is not sent again;
+        what is still running then is cut short (:meth:`release` hands it back)."""
+        if not self._tasks:
+            return
+        drain = self._client.timeout + DRAIN_MARGIN_SECONDS
+        _done, late = await asyncio.wait(set(self._tasks), timeout=drain)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def release(self) -> None:
+        """Once the engine and intake have stopped: the deliveries this worker claimed
+        and did not finish are due now for any worker, not when their lease runs out."""
+        try:
+            status = await self._pool.execute(Q.release_claims, self.worker)
+        except DATABASE_ERRORS as exc:  # their leases run out instead
+            log.warning("engine.release_failed", error=repr(exc))
+            return
+        log.info("engine.released", deliveries=int(status.split()[-1]), worker=self.worker)
 
     def _free(self) -> int:
         """Slots for new attempts. A slot is an HTTP request in flight: an attempt

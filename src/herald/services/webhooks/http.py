@@ -255,6 +255,11 @@ class DeliveryClient:
             )
         return self._session
 
+    @property
+    def timeout(self) -> float:
+        """Seconds an attempt may take in all."""
+        return self._timeout
+
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
         """One attempt, bounded as a whole (connect, send, headers, body) by ``timeout``."""
         started = time.monotonic()

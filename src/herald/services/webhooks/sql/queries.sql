@@ -134,6 +134,13 @@ FROM r
 WHERE d.id = r.delivery_id AND d.claimed_by = $1
 RETURNING d.id
 
+-- name: release_claims
+-- A stopping worker ($1) hands back what it claimed and did not finish (offered to it
+-- but not started, attempts cut short): due now, for any worker, instead of when the
+-- lease runs out.
+UPDATE webhooks.deliveries SET claimed_by = NULL, next_attempt_at = now(), updated_at = now()
+WHERE claimed_by = $1 AND status = 'pending'
+
 -- name: touch_webhooks
 -- last_delivery_at of the webhooks just attempted. Rows another transaction holds are
 -- skipped rather than waited for (it is setting the same "now", or changing the
