@@ -159,6 +159,7 @@ async def consume_overlapped(
     start: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[Awaitable[object]]],
     max_records: int,
     depth: int = 1,
+    drain_seconds: float = 8.0,
 ) -> None:
     """Like :func:`consume`, with batches' waits overlapping the next batches' work.
 
@@ -166,7 +167,8 @@ async def consume_overlapped(
     returns what finishes it (waiting for the acknowledgements, settling failures).
     While up to ``depth`` batches finish, the next is fetched and started; a batch's
     offsets are committed once it and every batch before it have finished, in order,
-    so a crash repeats at most ``depth + 1`` batches.
+    so a crash repeats at most ``depth + 1`` batches. A stop lets the batches in flight
+    finish and commits past them, for at most ``drain_seconds``.
     """
     consumer = await start_when_reachable(make_consumer, what)
     pending: collections.deque[tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]]]
@@ -180,24 +182,58 @@ async def consume_overlapped(
                 timeout_ms=0 if pending else 1000, max_records=max_records
             )
             records = [r for part in batch.values() for r in part]
+            # A stop (cancellation) waits for what is under way here: a batch half
+            # handed to the producer, or cut off before its commit, would be made again
+            # by the next owner of its partitions. The finally drains the rest.
             if records:
-                pending.append((records, asyncio.ensure_future(await start(records))))
+                starting = asyncio.ensure_future(start(records))
+                try:
+                    finishing = await asyncio.shield(starting)
+                except asyncio.CancelledError:
+                    pending.append((records, asyncio.ensure_future(await starting)))
+                    raise
+                pending.append((records, asyncio.ensure_future(finishing)))
             # Finish the oldest while too many are in flight, those already done, and
             # everything when nothing new came.
             while pending and (len(pending) > depth or not records or pending[0][1].done()):
-                done, task = pending.popleft()
-                await task
+                done, task = pending[0]
+                await asyncio.shield(task)
                 # Commits go out in order, one at a time, each without holding up
                 # the next batch (a broker round trip per batch otherwise).
                 if committing is not None:
-                    await committing
+                    await asyncio.shield(committing)
+                pending.popleft()
                 committing = asyncio.ensure_future(commit_after(consumer, done))
     finally:
-        for _, task in pending:
-            task.cancel()
-        if committing is not None:
-            await _last_commit(committing)
+        await _finish_pending(consumer, pending, committing, drain_seconds)
         await consumer.stop()
+
+
+async def _finish_pending(
+    consumer: AIOKafkaConsumer,
+    pending: collections.deque[tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]]],
+    committing: asyncio.Task[bool] | None,
+    seconds: float,
+) -> None:
+    """On the way out: batches already handed to the producer finish and their offsets
+    are committed, in order, within ``seconds``; cut off, the next owner of the
+    partitions would make their records again. What is left then is cancelled."""
+    try:
+        async with asyncio.timeout(seconds):
+            while pending:
+                done, task = pending[0]
+                await task
+                if committing is not None:
+                    await committing
+                pending.popleft()
+                committing = asyncio.ensure_future(commit_after(consumer, done))
+    except Exception as exc:  # too slow, or a batch failed: the rest is repeated later
+        log.warning("kafka.stop_unfinished", batches=len(pending), error=repr(exc))
+    for _, task in pending:
+        task.cancel()
+    await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+    if committing is not None:
+        await _last_commit(committing)
 
 
 async def replaced_if_broken(
