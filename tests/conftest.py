@@ -8,6 +8,7 @@ at an existing server instead. Every test gets its own database and topics.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from herald.devenv import LocalKafka, servers
 from herald.runtime.kafka import connection_options
+from herald.runtime.server import Running
 from herald.runtime.settings import KafkaSettings
 
 
@@ -96,3 +98,19 @@ async def database_url(infra: Infra) -> AsyncIterator[str]:
 def topic() -> str:
     """A topic name of this test's own."""
     return f"herald.events.t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def every_service_stopped() -> AsyncIterator[None]:
+    """After the session: no service a test started is still running. One left running
+    (its workers, pools, Kafka clients and gRPC server) outlived its database and, torn
+    down with the interpreter after the event loop had closed, made the process exit
+    with a segmentation fault now and then."""
+    yield
+    gc.collect()  # while the event loop still runs
+    running = [
+        f"{o.app.name} on port {o.port}"
+        for o in gc.get_objects()
+        if isinstance(o, Running) and any(not t.done() for t in o.tasks)
+    ]
+    assert not running, f"services a test left running: {running}"

@@ -76,6 +76,7 @@ class Running:
         self.tasks = tasks
         self.metrics = metrics
         self.crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._stopping = False
         for task in tasks:
             task.add_done_callback(self._on_task_done)
 
@@ -90,7 +91,11 @@ class Running:
         self.crashed.set_result(exc)
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting, drain in-flight calls, stop workers, run on_stop hooks."""
+        """Stop accepting, drain in-flight calls, stop workers, run on_stop hooks.
+        Once: a second stop (a second signal) does nothing."""
+        if self._stopping:
+            return
+        self._stopping = True
         await self.monitor.shutting_down()
         await self.server.stop(grace)
         for task in self.tasks:
