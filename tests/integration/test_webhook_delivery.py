@@ -605,3 +605,36 @@ async def test_a_graceful_stop_finishes_attempts_in_flight_and_frees_what_it_cla
         await receiver.wait_for(150, timeout=30)
         bodies = [json.loads(r.body)["id"] for r in receiver.received()]
         assert len(bodies) == len(set(bodies)) == 150, "each delivered once"
+
+
+async def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:
+    """A webhook whose endpoint times out, with a backlog of hundreds: once its first
+    attempts have shown it slow, it holds at most its share (a quarter) of a worker's
+    attempts in flight, and another webhook's deliveries go out at once."""
+    async with Receiver() as receiver:
+        receiver.script("/slow", *[Reply(delay=3.0)] * 2000)  # past the 1 s timeout
+        slow = await stack.hook(receiver.url("/slow"))
+        fast = await stack.hook(receiver.url("/fast"))
+        await stack.produce([job(slow.webhook.id) for _ in range(400)])
+        # The first wave may take every slot (nothing is known of the endpoint yet); the
+        # next comes after its attempts timed out.
+        await receiver.wait_for(80, path="/slow", timeout=20)
+        await stack.produce([job(fast.webhook.id) for _ in range(20)])
+        produced = time.monotonic()  # acknowledged by Kafka
+        await receiver.wait_for(20, path="/fast", timeout=60)
+        waited = time.monotonic() - produced
+        after_first_wave = receiver.received("/slow")[64:]
+        in_flight = max_in_flight(after_first_wave, 1.0)
+        assert waited < 0.5, f"the other webhook waited {waited:.1f} s"
+        assert in_flight <= 16, f"{in_flight} attempts at once to the slow endpoint"
+
+
+def max_in_flight(requests: list[Any], timeout: float) -> int:
+    """The most requests that were open at once, each open until ``timeout`` after it
+    arrived (when the client gave up on it)."""
+    events = sorted([(r.at, 1) for r in requests] + [(r.at + timeout, -1) for r in requests])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most

@@ -59,6 +59,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         producer.get,
         EventPublisher(ingest, source="urn:herald:webhooks"),
         concurrency=settings.delivery_concurrency,
+        per_webhook=settings.delivery_concurrency_per_webhook,
         lease_seconds=settings.delivery_timeout_seconds + 30,
         dlq_topic=settings.dlq_topic,
         disable_after=settings.disable_after_seconds or None,

@@ -44,6 +44,11 @@ RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
 DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
+# An endpoint whose last attempt took this long, timed out or could not be reached is
+# slow: it holds at most its share of a worker's attempts in flight. Others are not
+# capped, so one fast webhook can use every slot when nothing else is waiting.
+SLOW_SECONDS = 1.0
+SLOW_ERRORS = frozenset({"timeout", "connection_error"})
 
 
 def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
@@ -86,6 +91,7 @@ class Engine:
         producer: Callable[[], AIOKafkaProducer | None],
         events: EventPublisher | None,
         concurrency: int = 64,
+        per_webhook: int = 0,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         dlq_topic: str = DLQ_TOPIC,
@@ -96,6 +102,11 @@ class Engine:
         self._box = box
         self._escalation = Escalation(pool, producer, events, dlq_topic)
         self._concurrency = concurrency
+        # Attempts in flight per slow webhook: one slow endpoint holds at most this many.
+        self._per_webhook = per_webhook or max(1, concurrency // 4)
+        self._busy: collections.Counter[uuid.UUID] = collections.Counter()
+        self._slow: set[uuid.UUID] = set()
+        self._deferred: list[uuid.UUID] = []  # claimed, not attempted now: to hand back
         self._poll = poll_seconds
         # A webhook failing without a single 2xx for this long is disabled.
         self._disable_after = timedelta(seconds=disable_after) if disable_after else None
@@ -228,10 +239,40 @@ class Engine:
         self._freed.set()
 
     def _start(self, row: asyncpg.Record) -> None:
+        webhook_id = row["webhook_id"]
+        if self._capped(webhook_id):
+            # A slow endpoint with its share in flight: handed back, due now; claims
+            # skip the webhook until one of its attempts is over.
+            if not self._deferred:
+                asyncio.get_running_loop().call_soon(self._hand_back_soon)
+            self._deferred.append(row["id"])
+            self._room_changed.set()  # no slot taken: intake may fetch more
+            return
+        self._busy[webhook_id] += 1
         self._posting += 1
         task = asyncio.create_task(self._attempt_guarded(row))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+
+    def _hand_back_soon(self) -> None:
+        ids, self._deferred = self._deferred, []
+        task = asyncio.ensure_future(self._hand_back(ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_back(self, ids: list[uuid.UUID]) -> None:
+        try:
+            await self._pool.execute(Q.release_some, self.worker, ids)
+        except DATABASE_ERRORS as exc:  # their leases run out instead
+            log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
+
+    def _capped(self, webhook_id: uuid.UUID) -> bool:
+        """A slow webhook with its share of attempts in flight."""
+        return webhook_id in self._slow and self._busy[webhook_id] >= self._per_webhook
+
+    def _saturated(self) -> list[uuid.UUID]:
+        """The webhooks that take no more attempts now (:meth:`_capped`)."""
+        return [w for w in self._slow if self._capped(w)]
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -241,7 +282,11 @@ class Engine:
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
-                Q.claim_due, limit, self.lease, self.worker
+                Q.claim_due,
+                limit,
+                self.lease,
+                self.worker,
+                self._saturated(),
             )
         except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
@@ -271,6 +316,8 @@ class Engine:
                         sent["minute"],
                     )
                     take = min(room, limit - len(claimed))
+                    if hook["webhook_id"] in self._slow:
+                        take = min(take, self._per_webhook - self._busy[hook["webhook_id"]])
                     if take <= 0:
                         throttled = True
                         continue
@@ -287,11 +334,17 @@ class Engine:
 
     async def _attempt_guarded(self, row: asyncpg.Record) -> None:
         posting = [True]
+        webhook_id = row["webhook_id"]
 
         def posted() -> None:  # the HTTP part is over: its slot is free (once)
             if posting[0]:
                 posting[0] = False
                 self._posting -= 1
+                if self._capped(webhook_id):
+                    self.wake()  # its handed-back deliveries may be claimed again
+                self._busy[webhook_id] -= 1
+                if not self._busy[webhook_id]:
+                    del self._busy[webhook_id]
                 self._freed.set()
                 self._room_changed.set()
 
@@ -311,6 +364,10 @@ class Engine:
         started = datetime.now(UTC)
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
+            if result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS:
+                self._slow.add(row["webhook_id"])
+            else:
+                self._slow.discard(row["webhook_id"])
         finally:
             posted()
         policy = RetryPolicy(

@@ -52,6 +52,13 @@ class WebhooksSettings(RuntimeSettings):
     delivery_concurrency: int = Field(
         64, ge=1, le=2000, description="Attempts in flight per process."
     )
+    delivery_concurrency_per_webhook: int = Field(
+        0,
+        ge=0,
+        le=2000,
+        description="Attempts in flight per webhook and process, so that one slow endpoint "
+        "cannot take every slot; 0 = a quarter of DELIVERY_CONCURRENCY (at least 1).",
+    )
     webhooks_allowed_networks: str = Field(
         "",
         description="CIDRs that destinations may resolve to although not public "

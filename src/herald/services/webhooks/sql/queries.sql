@@ -80,7 +80,9 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- The oldest $1 overall are among each webhook's oldest $1: those are read in index
 -- order (deliveries_pending_by_webhook), so a backlog of 20,000 due deliveries costs a
 -- claim 16 rows, not a sort of all 20,000 (7 ms a claim, most of PostgreSQL's time in
--- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read.
+-- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read,
+-- nor slow ones with their share of this worker's attempts in flight ($4), so one slow
+-- endpoint's backlog cannot take every slot from the others.
 WITH due AS (
     SELECT d.id
     FROM webhooks.webhooks AS w
@@ -93,6 +95,7 @@ WITH due AS (
         FOR UPDATE SKIP LOCKED
     ) AS d
     WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
+      AND w.id <> ALL($4::uuid[])
     ORDER BY d.next_attempt_at
     LIMIT $1
 )
@@ -133,6 +136,12 @@ SET status = r.status, attempts = r.number, next_attempt_at = r.next_at,
 FROM r
 WHERE d.id = r.delivery_id AND d.claimed_by = $1
 RETURNING d.id
+
+-- name: release_some
+-- Deliveries claimed by this worker ($1) that it will not attempt now (their webhook
+-- has its share of attempts in flight): due now, for any worker.
+UPDATE webhooks.deliveries SET claimed_by = NULL, next_attempt_at = now(), updated_at = now()
+WHERE id = ANY($2::uuid[]) AND claimed_by = $1
 
 -- name: release_claims
 -- A stopping worker ($1) hands back what it claimed and did not finish (offered to it
