@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from herald.runtime.dlq import dead_letter_headers
+from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.publisher import EventPublisher
 from herald.services.dispatch.store import Q
@@ -118,17 +118,13 @@ class DeadLetters:
         )
         origin = {"topic": record.topic, "partition": str(record.partition)}
         origin["offset"] = str(record.offset)
-        producer = self._producer()
-        if producer is not None:
-            try:
-                await producer.send_and_wait(
-                    self._dlq_topic,
-                    record.value,
-                    key=record.key,
-                    headers=dead_letter_headers(reason, "dispatch", record.headers, origin),
-                )
-            except Exception as exc:
-                log.error("dlq.send_failed", error=repr(exc))
+        await send_dead_letter(
+            self._producer,
+            self._dlq_topic,
+            record.value,
+            record.key,
+            dead_letter_headers(reason, "dispatch", record.headers, origin),
+        )
         if self._events is not None:
             await self._events.publish(
                 "herald.dispatch.dead_lettered",

@@ -4,7 +4,6 @@ operational event announcing each through ingest."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -12,15 +11,13 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.publisher import EventPublisher
 from herald.services.webhooks.http import AttemptResult
 from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.engine")
-DLQ_WAIT_SECONDS = 30.0  # a dead letter waits this long for Kafka to take its record
-DLQ_RETRY_SECONDS = 0.5
 
 
 class Escalation:
@@ -47,8 +44,9 @@ class Escalation:
             "event-id": row["event_id"],
         }
         text = f"retries exhausted: {reason}"
-        await self._to_dlq(
-            str(row["id"]),
+        await send_dead_letter(
+            self._producer,
+            self._dlq_topic,
             bytes(row["body"]),
             str(hook["webhook_id"]).encode(),
             dead_letter_headers(text, "webhooks", origin=origin),
@@ -69,28 +67,6 @@ class Escalation:
                 "tenant": row["tenant"],
             },
         )
-
-    async def _to_dlq(
-        self, delivery_id: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> None:
-        """The dead letter's record on the DLQ topic, acknowledged. While Kafka is away
-        or the producer is being replaced, tried again for up to DLQ_WAIT_SECONDS (the
-        row is stored already: the delivery log and GetDelivery still show it)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DLQ_WAIT_SECONDS
-        error: BaseException | None = None
-        while True:
-            producer = self._producer()
-            if producer is not None:
-                try:
-                    await (await producer.send(self._dlq_topic, value, key=key, headers=headers))
-                    return
-                except Exception as exc:  # not acknowledged: again, until the deadline
-                    error = exc
-            if loop.time() >= deadline:
-                log.error("engine.dlq_unavailable", delivery_id=delivery_id, error=repr(error))
-                return
-            await asyncio.sleep(DLQ_RETRY_SECONDS)
 
     async def disable(self, row: asyncpg.Record, hook: asyncpg.Record, why: str) -> None:
         if await self._pool.fetchval(Q.disable_webhook, hook["webhook_id"]) is None:

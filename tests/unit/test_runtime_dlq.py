@@ -1,5 +1,6 @@
 """A dead letter's DLQ record is not lost while the producer is away or being replaced
-(the logic; the integration tests dead-letter through the real Kafka)."""
+(runtime.dlq.send_dead_letter, used by webhooks and dispatch; the integration tests
+dead-letter through the real Kafka)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from herald.services.webhooks import escalation
-from herald.services.webhooks.escalation import Escalation
+from herald.runtime import dlq
 
 
 class FakeProducer:
@@ -32,20 +32,19 @@ class FakeProducer:
 def test_the_record_waits_for_a_producer_and_is_sent_again_until_acknowledged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(escalation, "DLQ_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(dlq, "RETRY_SECONDS", 0.001)
     producer = FakeProducer(failures=2)
     answers: list[FakeProducer | None] = [None, None, producer]  # away, then back
 
     def current() -> Any:
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
-    esc = Escalation(pool=None, producer=current, events=None, dlq_topic="dlq")  # type: ignore[arg-type]
-    asyncio.run(esc._to_dlq("d1", b"body", b"k", []))
+    assert asyncio.run(dlq.send_dead_letter(current, "dlq", b"body", b"k", []))
     assert producer.sent == [("dlq", b"body")], "sent once acknowledged, after two failures"
 
 
 def test_it_gives_up_after_the_deadline_without_raising(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(escalation, "DLQ_RETRY_SECONDS", 0.001)
-    monkeypatch.setattr(escalation, "DLQ_WAIT_SECONDS", 0.02)
-    esc = Escalation(pool=None, producer=lambda: None, events=None, dlq_topic="dlq")  # type: ignore[arg-type]
-    asyncio.run(esc._to_dlq("d1", b"body", b"k", []))  # returns: the row is stored anyway
+    monkeypatch.setattr(dlq, "RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(dlq, "WAIT_SECONDS", 0.02)
+    # False, not an exception: the dead-letter row is stored anyway
+    assert not asyncio.run(dlq.send_dead_letter(lambda: None, "dlq", b"body", b"k", []))
