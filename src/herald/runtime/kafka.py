@@ -196,17 +196,29 @@ async def consume_overlapped(
             # Finish the oldest while too many are in flight, those already done, and
             # everything when nothing new came.
             while pending and (len(pending) > depth or not records or pending[0][1].done()):
-                done, task = pending[0]
-                await asyncio.shield(task)
-                # Commits go out in order, one at a time, each without holding up
-                # the next batch (a broker round trip per batch otherwise).
-                if committing is not None:
-                    await asyncio.shield(committing)
-                pending.popleft()
-                committing = asyncio.ensure_future(commit_after(consumer, done))
+                committing = await _commit_oldest(consumer, pending, committing)
     finally:
         await _finish_pending(consumer, pending, committing, drain_seconds)
         await consumer.stop()
+
+
+async def _commit_oldest(
+    consumer: AIOKafkaConsumer,
+    pending: collections.deque[tuple[list[ConsumerRecord[bytes, bytes]], asyncio.Task[object]]],
+    committing: asyncio.Task[bool] | None,
+    stopping: bool = False,
+) -> asyncio.Task[bool]:
+    """Waits for the oldest pending batch and for the commit before it, then starts its
+    own commit, which it returns: commits go out in order, one at a time, each without
+    holding up the next batch (a broker round trip per batch otherwise). While running,
+    a stop (cancellation) waits for neither but cuts neither short, and the batch stays
+    pending for the drain; ``stopping`` (the drain itself): both are cut short."""
+    done, task = pending[0]
+    for waited in (task, committing):
+        if waited is not None:
+            await (waited if stopping else asyncio.shield(waited))
+    pending.popleft()
+    return asyncio.ensure_future(commit_after(consumer, done))
 
 
 async def _finish_pending(
@@ -221,12 +233,7 @@ async def _finish_pending(
     try:
         async with asyncio.timeout(seconds):
             while pending:
-                done, task = pending[0]
-                await task
-                if committing is not None:
-                    await committing
-                pending.popleft()
-                committing = asyncio.ensure_future(commit_after(consumer, done))
+                committing = await _commit_oldest(consumer, pending, committing, stopping=True)
     except Exception as exc:  # too slow, or a batch failed: the rest is repeated later
         log.warning("kafka.stop_unfinished", batches=len(pending), error=repr(exc))
     for _, task in pending:
