@@ -7,9 +7,13 @@ in order, once, under an advisory lock so that replicas starting together agree.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -45,6 +49,55 @@ DATA_REFUSED = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
 )
+
+T = TypeVar("T")
+
+
+async def apply_isolating_refused(
+    items: Sequence[T],
+    apply: Callable[[Sequence[T]], Awaitable[int]],
+    refused: Callable[[T, BaseException], Awaitable[None]],
+    *,
+    failed_event: str,
+    first_delay: float,
+    max_delay: float,
+    level: int = logging.WARNING,
+) -> int:
+    """``apply(items)`` (the sum of what it returns) for a consumer whose offsets wait
+    for it. Any database error other than refused data (unreachable, a deadlock, …) is
+    logged as ``failed_event`` and the whole batch tried again with backoff. A batch
+    PostgreSQL refuses for its data (DATA_REFUSED) is split in halves until the item it
+    refuses is alone, which goes to ``refused`` with PostgreSQL's reason; the rest are
+    applied."""
+    delay = first_delay
+    while True:
+        try:
+            return await apply(items)
+        except DATA_REFUSED as exc:
+            if len(items) == 1:
+                await refused(items[0], exc)
+                return 0
+            log.warning("db.refused_batch", items=len(items), error=repr(exc))
+            half = len(items) // 2
+            parts = (items[:half], items[half:])
+            counts = [
+                await apply_isolating_refused(
+                    part,
+                    apply,
+                    refused,
+                    failed_event=failed_event,
+                    first_delay=first_delay,
+                    max_delay=max_delay,
+                    level=level,
+                )
+                for part in parts
+            ]
+            return sum(counts)
+        except DATABASE_ERRORS as exc:
+            log.log(level, failed_event, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
 
 # A connection, whether taken from a pool or opened alone.
 Connection = asyncpg.Connection | PoolConnectionProxy

@@ -9,6 +9,7 @@ batch, which the ledger recognises.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
 
@@ -16,7 +17,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
+from herald.runtime.db import apply_isolating_refused
 from herald.runtime.dlq import dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.kafka_batches import BatchSender, OutRecord
@@ -81,34 +82,23 @@ class InputConsumer:
                 self._on_queued()
 
     async def _durably(self, taken: list[Taken], records: dict[tuple[str, int, int], Rec]) -> int:
-        """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A batch
-        PostgreSQL refuses for its data is split in halves until the record it refuses
-        is alone; that one is dead-lettered with PostgreSQL's reason, the rest applied."""
-        delay = 0.5
-        while True:
-            try:
-                return await self._ledger.take(taken)
-            except DATA_REFUSED as exc:
-                if len(taken) == 1:
-                    t = taken[0]
-                    await self._dead_letter(
-                        [
-                            (
-                                records[(t.topic, t.partition, t.offset)],
-                                f"the ledger refused it: {exc}",
-                            )
-                        ]
-                    )
-                    return 0
-                log.warning("ledger.refused_batch", records=len(taken), error=repr(exc))
-                half = len(taken) // 2
-                return await self._durably(taken[:half], records) + await self._durably(
-                    taken[half:], records
-                )
-            except DATABASE_ERRORS as exc:  # unreachable, a deadlock, …: the whole batch again
-                log.error("ledger.failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A record
+        PostgreSQL refuses for its data is dead-lettered with PostgreSQL's reason and
+        the rest applied (runtime.db.apply_isolating_refused)."""
+
+        async def refused(t: Taken, exc: BaseException) -> None:
+            record = records[(t.topic, t.partition, t.offset)]
+            await self._dead_letter([(record, f"the ledger refused it: {exc}")])
+
+        return await apply_isolating_refused(
+            taken,
+            self._ledger.take,
+            refused,
+            failed_event="ledger.failed",
+            first_delay=0.5,
+            max_delay=10.0,
+            level=logging.ERROR,
+        )
 
     async def _dead_letter(self, bad: list[tuple[Rec, str]]) -> None:
         """Sends each bad record to the DLQ; retries until Kafka acknowledges them all."""

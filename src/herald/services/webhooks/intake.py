@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
-from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
+from herald.runtime.db import apply_isolating_refused
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -64,6 +64,9 @@ class NewDelivery:
     event_type: str
     body: bytes
     context: str
+
+
+_Pair = tuple[NewDelivery, ConsumerRecord[bytes, bytes]]  # a job and its record
 
 
 def delivery_id(webhook_id: str, job_id: str) -> uuid.UUID:
@@ -169,28 +172,28 @@ class Intake:
     async def _insert(
         self, jobs: list[NewDelivery], records: list[ConsumerRecord[bytes, bytes]]
     ) -> int:
-        """Inserts ``jobs`` (read from ``records``). A batch PostgreSQL refuses for its
-        data is split in halves until the job it refuses is alone, which is
-        dead-lettered with PostgreSQL's reason; the rest go in. Any other database error
-        (unreachable, a deadlock with a replica inserting the same jobs during a
-        rebalance) is retried: the insert is idempotent, and offsets wait for it."""
-        delay = 0.1
-        while True:
-            try:
-                return await self._insert_now(jobs)
-            except DATA_REFUSED as exc:
-                if len(jobs) == 1:
-                    await self._dead_letter(records[0], f"the database refused it: {exc}")
-                    return 0
-                half = len(jobs) // 2
-                first = await self._insert(jobs[:half], records[:half])
-                return first + await self._insert(jobs[half:], records[half:])
-            except DATABASE_ERRORS as exc:
-                log.warning("deliveries.insert_failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        """Inserts ``jobs`` (read from ``records``). A job PostgreSQL refuses for its
+        data is dead-lettered with PostgreSQL's reason and the rest go in; any other
+        database error (unreachable, a deadlock with a replica inserting the same jobs
+        during a rebalance) is retried: the insert is idempotent, and offsets wait for
+        it (runtime.db.apply_isolating_refused)."""
 
-    async def _insert_now(self, jobs: list[NewDelivery]) -> int:
+        async def insert(pairs: Sequence[_Pair]) -> int:
+            return await self._insert_now([job for job, _ in pairs])
+
+        async def refused(pair: _Pair, exc: BaseException) -> None:
+            await self._dead_letter(pair[1], f"the database refused it: {exc}")
+
+        return await apply_isolating_refused(
+            list(zip(jobs, records, strict=True)),
+            insert,
+            refused,
+            failed_event="deliveries.insert_failed",
+            first_delay=0.1,
+            max_delay=5.0,
+        )
+
+    async def _insert_now(self, jobs: Sequence[NewDelivery]) -> int:
         local = self._local
         room = local.room() if local is not None else 0
         rows = await self._pool.fetch(
