@@ -48,3 +48,22 @@ def test_it_gives_up_after_the_deadline_without_raising(monkeypatch: pytest.Monk
     monkeypatch.setattr(dlq, "WAIT_SECONDS", 0.02)
     # False, not an exception: the dead-letter row is stored anyway
     assert not asyncio.run(dlq.send_dead_letter(lambda: None, "dlq", b"body", b"k", []))
+
+
+def test_without_a_bound_it_keeps_trying_past_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Kafka input's poison record: its offset is committed only once the DLQ has it
+    monkeypatch.setattr(dlq, "RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(dlq, "MAX_RETRY_SECONDS", 0.002)
+    monkeypatch.setattr(dlq, "WAIT_SECONDS", 0.0)
+    producer = FakeProducer(failures=5)
+    answers: list[FakeProducer | None] = [None, None, producer]
+
+    def current() -> Any:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    assert asyncio.run(
+        dlq.send_dead_letter(current, "dlq", b"body", b"k", [], until_acknowledged=True)
+    )
+    assert producer.sent == [("dlq", b"body")]

@@ -3,13 +3,17 @@ is a fake here; the real one is in tests/integration/test_webhook_delivery.py)."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.structs import ConsumerRecord
 from herald.webhooks.v1 import delivery_pb2
 
+from herald.runtime import dlq
 from herald.services.webhooks.intake import Intake, decode
 
 
@@ -51,3 +55,41 @@ async def test_a_transient_database_error_is_retried_not_raised(error: Exception
     pool = FakePool(error)
     assert await _intake(pool)._insert([decode(_job())], [object()]) == 0
     assert pool.calls == 2
+
+
+class RefusingProducer:
+    """Kafka refuses the first ``failures`` sends (no acknowledgement), then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[tuple[str, bytes | None, dict[str, bytes]]] = []
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[Any]
+    ) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.failures:
+            self.failures -= 1
+            future.set_exception(KafkaTimeoutError())
+        else:
+            self.sent.append((topic, value, dict(headers)))
+            future.set_result(None)
+        return future
+
+
+async def test_a_poison_record_waits_for_the_dlq_to_take_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An unacknowledged DLQ send used to escape take() and stop the service; the offset
+    # must still wait until the DLQ has the record
+    monkeypatch.setattr(dlq, "RETRY_SECONDS", 0.001)
+    producer = RefusingProducer(failures=3)
+    pool = FakePool()
+    intake = Intake(pool, lambda: None, lambda: producer, lambda: None, dlq_topic="dlq")  # type: ignore[arg-type]
+    record = ConsumerRecord("herald.deliveries", 2, 7, 0, 0, b"k", b"not a job", None, 1, 9, [])
+    assert await intake.take([record]) == 0
+    assert [(t, v) for t, v, _ in producer.sent] == [("dlq", b"not a job")]
+    headers = producer.sent[0][2]
+    assert headers["dlq-offset"] == b"7"
+    assert headers["dlq-reason"].startswith(b"not a herald.webhooks.v1.DeliveryJob")
+    assert pool.calls == 0

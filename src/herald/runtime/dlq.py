@@ -17,6 +17,7 @@ log = structlog.get_logger("herald.dlq")
 DLQ_TOPIC = "herald.dlq"
 WAIT_SECONDS = 30.0  # a dead letter waits this long for Kafka to take its record
 RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 10.0
 
 
 def dead_letter_headers(
@@ -42,13 +43,21 @@ async def send_dead_letter(
     value: bytes | None,
     key: bytes | None,
     headers: list[tuple[str, bytes]],
+    *,
+    until_acknowledged: bool = False,
 ) -> bool:
     """Sends a dead letter's record and waits for Kafka's acknowledgement; while Kafka is
-    away or the producer is being replaced (``producer()`` is None), tries again for up
-    to WAIT_SECONDS. False (logged) if it never went: its dead-letter row, stored
-    before, still shows it."""
+    away, refuses the record or the producer is being replaced (``producer()`` is None),
+    tries again, every RETRY_SECONDS at first and at most every MAX_RETRY_SECONDS.
+
+    It gives up after WAIT_SECONDS, returning False (logged), for a dead letter whose row,
+    stored before, still shows it. ``until_acknowledged`` waits as long as it takes, for
+    a Kafka input's poison record: its offset must not be committed before the DLQ has
+    it (each failure is logged).
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
+    deadline = None if until_acknowledged else loop.time() + WAIT_SECONDS
+    delay = RETRY_SECONDS
     error: BaseException | None = None
     while True:
         current = producer()
@@ -56,9 +65,12 @@ async def send_dead_letter(
             try:
                 await (await current.send(topic, value, key=key, headers=headers))
                 return True
-            except Exception as exc:  # not acknowledged: again, until the deadline
+            except Exception as exc:  # not acknowledged: again
                 error = exc
-        if loop.time() >= deadline:
+                if deadline is None:
+                    log.error("dlq.send_failed", topic=topic, error=repr(exc), retry_in=delay)
+        if deadline is not None and loop.time() >= deadline:
             log.error("dlq.send_failed", topic=topic, error=repr(error))
             return False
-        await asyncio.sleep(RETRY_SECONDS)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_RETRY_SECONDS)

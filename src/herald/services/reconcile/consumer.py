@@ -18,9 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import apply_isolating_refused
-from herald.runtime.dlq import dead_letter_headers
+from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import consume
-from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
 from herald.services.reconcile.ledger import Ledger, Taken
@@ -50,7 +49,6 @@ class InputConsumer:
         self._dlq_topic = dlq_topic
         self._on_queued = on_queued
         self._max_records = max_records
-        self._sender = BatchSender()
 
     async def run(self) -> None:
         await consume(self._make_consumer, "ticketland-consumer", self.take, self._max_records)
@@ -101,31 +99,26 @@ class InputConsumer:
         )
 
     async def _dead_letter(self, bad: list[tuple[Rec, str]]) -> None:
-        """Sends each bad record to the DLQ; retries until Kafka acknowledges them all."""
-        records = [
-            OutRecord(
-                self._dlq_topic,
-                r.key or b"",
-                r.value or b"",
-                dead_letter_headers(
-                    reason,
-                    "reconcile",
-                    list(r.headers),
-                    {"topic": r.topic, "partition": str(r.partition), "offset": str(r.offset)},
-                ),
+        """Sends each bad record to the DLQ and waits until Kafka has them all (their
+        offsets are committed after this)."""
+        await asyncio.gather(
+            *(
+                send_dead_letter(
+                    self._producer,
+                    self._dlq_topic,
+                    r.value,
+                    r.key,
+                    dead_letter_headers(
+                        reason,
+                        "reconcile",
+                        list(r.headers),
+                        {"topic": r.topic, "partition": str(r.partition), "offset": str(r.offset)},
+                    ),
+                    until_acknowledged=True,
+                )
+                for r, reason in bad
             )
-            for r, reason in bad
-        ]
-        delay = 0.5
-        while True:
-            producer = self._producer()
-            if producer is not None:
-                errors = await self._sender.send(producer, records, 10.0)
-                if all(e is None for e in errors):
-                    break
-                log.error("dlq.send_failed", error=repr(next(e for e in errors if e)))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        )
         for r, reason in bad:
             EVENTS_DLQ.labels("reconcile").inc()
             log.warning(

@@ -7,7 +7,6 @@ herald.dlq with its reason, and consumption carries on.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
 from herald.runtime.db import apply_isolating_refused
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.webhooks.signing import body_of
@@ -218,7 +217,6 @@ class Intake:
         return len(rows)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        producer = self._producer()
         headers = dead_letter_headers(
             reason,
             "webhooks",
@@ -229,10 +227,15 @@ class Intake:
                 "offset": str(record.offset),
             },
         )
-        while producer is None:  # nothing is lost: wait for Kafka
-            await asyncio.sleep(0.5)
-            producer = self._producer()
-        await (await producer.send(self._dlq_topic, record.value, key=record.key, headers=headers))
+        # Until Kafka has it: the record's offset is committed after this.
+        await send_dead_letter(
+            self._producer,
+            self._dlq_topic,
+            record.value,
+            record.key,
+            headers,
+            until_acknowledged=True,
+        )
         EVENTS_DLQ.labels("undecodable_job").inc()
         log.warning(
             "deliveries.dead_lettered",
