@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import json
 from collections.abc import Sequence
@@ -43,6 +43,7 @@ def body_of(event_id: str, event_type: str, created_at: str, data: object) -> by
     return json.dumps(envelope).encode("utf-8")
 
 
+@functools.lru_cache(maxsize=1024)
 def standard_key(secret: str) -> bytes:
     """The HMAC key a Standard Webhooks verifier derives from ``secret``.
 
@@ -61,13 +62,13 @@ def standard_key(secret: str) -> bytes:
 
 def seed_signature(body: bytes, secret: str) -> str:
     """``sha256=<hex>``: HMAC-SHA256 of the raw body with the secret's UTF-8 bytes."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac.digest(secret.encode("utf-8"), body, "sha256").hex()
 
 
 def standard_signature(body: bytes, msg_id: str, timestamp: int, secret: str) -> str:
     """``v1,<base64>``: HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}`` (Standard Webhooks)."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(standard_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.digest(standard_key(secret), signed, "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
