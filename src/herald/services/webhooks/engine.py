@@ -45,10 +45,13 @@ CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
 DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
 # An endpoint whose last attempt took this long, timed out or could not be reached is
-# slow: it holds at most its share of a worker's attempts in flight. Others are not
-# capped, so one fast webhook can use every slot when nothing else is waiting.
+# slow. A slow endpoint holds at most its share of a worker's attempts in flight, and so
+# does one not tried yet by this worker (it may be slow: after a restart, every endpoint
+# is new). One whose last attempt was quick is not capped, so one fast webhook can use
+# every slot when nothing else is waiting.
 SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
+MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
 
 
 def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
@@ -102,11 +105,13 @@ class Engine:
         self._box = box
         self._escalation = Escalation(pool, producer, events, dlq_topic)
         self._concurrency = concurrency
-        # Attempts in flight per slow webhook: one slow endpoint holds at most this many.
+        # Attempts in flight per webhook not known to be fast: one slow endpoint holds at
+        # most this many.
         self._per_webhook = per_webhook or max(1, concurrency // 4)
         self._busy: collections.Counter[uuid.UUID] = collections.Counter()
-        self._slow: set[uuid.UUID] = set()
+        self._fast: set[uuid.UUID] = set()  # the last attempt here was quick
         self._deferred: list[uuid.UUID] = []  # claimed, not attempted now: to hand back
+        self._handed_back: set[uuid.UUID] = set()  # webhooks with deliveries deferred
         self._poll = poll_seconds
         # A webhook failing without a single 2xx for this long is disabled.
         self._disable_after = timedelta(seconds=disable_after) if disable_after else None
@@ -241,11 +246,12 @@ class Engine:
     def _start(self, row: asyncpg.Record) -> None:
         webhook_id = row["webhook_id"]
         if self._capped(webhook_id):
-            # A slow endpoint with its share in flight: handed back, due now; claims
-            # skip the webhook until one of its attempts is over.
+            # A slow (or untried) endpoint with its share in flight: handed back, due
+            # now; claims skip the webhook until one of its attempts is over.
             if not self._deferred:
                 asyncio.get_running_loop().call_soon(self._hand_back_soon)
             self._deferred.append(row["id"])
+            self._handed_back.add(webhook_id)
             self._room_changed.set()  # no slot taken: intake may fetch more
             return
         self._busy[webhook_id] += 1
@@ -267,12 +273,12 @@ class Engine:
             log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
 
     def _capped(self, webhook_id: uuid.UUID) -> bool:
-        """A slow webhook with its share of attempts in flight."""
-        return webhook_id in self._slow and self._busy[webhook_id] >= self._per_webhook
+        """A webhook not known to be fast, with its share of attempts in flight."""
+        return webhook_id not in self._fast and self._busy[webhook_id] >= self._per_webhook
 
     def _saturated(self) -> list[uuid.UUID]:
         """The webhooks that take no more attempts now (:meth:`_capped`)."""
-        return [w for w in self._slow if self._capped(w)]
+        return [w for w in self._busy if self._capped(w)]
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -316,7 +322,7 @@ class Engine:
                         sent["minute"],
                     )
                     take = min(room, limit - len(claimed))
-                    if hook["webhook_id"] in self._slow:
+                    if hook["webhook_id"] not in self._fast:
                         take = min(take, self._per_webhook - self._busy[hook["webhook_id"]])
                     if take <= 0:
                         throttled = True
@@ -340,7 +346,8 @@ class Engine:
             if posting[0]:
                 posting[0] = False
                 self._posting -= 1
-                if self._capped(webhook_id):
+                if self._capped(webhook_id) or webhook_id in self._handed_back:
+                    self._handed_back.discard(webhook_id)
                     self.wake()  # its handed-back deliveries may be claimed again
                 self._busy[webhook_id] -= 1
                 if not self._busy[webhook_id]:
@@ -365,9 +372,9 @@ class Engine:
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
             if result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS:
-                self._slow.add(row["webhook_id"])
-            else:
-                self._slow.discard(row["webhook_id"])
+                self._fast.discard(row["webhook_id"])
+            elif len(self._fast) < MAX_KNOWN_FAST:
+                self._fast.add(row["webhook_id"])
         finally:
             posted()
         policy = RetryPolicy(

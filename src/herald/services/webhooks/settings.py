@@ -56,8 +56,9 @@ class WebhooksSettings(RuntimeSettings):
         0,
         ge=0,
         le=2000,
-        description="Attempts in flight per webhook and process, so that one slow endpoint "
-        "cannot take every slot; 0 = a quarter of DELIVERY_CONCURRENCY (at least 1).",
+        description="Attempts in flight per process for a webhook that is slow or not tried "
+        "yet, so that one slow endpoint cannot take every slot; 0 = a quarter of "
+        "DELIVERY_CONCURRENCY (at least 1).",
     )
     webhooks_allowed_networks: str = Field(
         "",
