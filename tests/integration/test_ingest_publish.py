@@ -129,6 +129,22 @@ async def test_cloudevents_protobuf_envelope(
     assert record.key == b"room-9"
 
 
+async def test_an_event_near_the_size_limit_reaches_kafka_whole(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    # MAX_EVENT_BYTES (1,000,000 by default) must fit Kafka's own limits on the way out:
+    # the producer's max request, a batch of its own, the broker's message size
+    ce = cloudevents_pb2.CloudEvent(
+        id=str(uuid.uuid4()), source="urn:katya:api", spec_version="1.0", type="message.created"
+    )
+    ce.attributes["time"].ce_timestamp.FromJsonString("2025-01-02T03:04:05Z")
+    ce.text_data = json.dumps({"message": {"id": "m1", "text": "x" * 990_000}})
+    response = await ingest.stub.Publish(ingest_pb2.PublishRequest(event=ce))
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    assert headers(record)["ce_id"] == response.event_id == ce.id
+    assert record.value == ce.text_data.encode()
+
+
 async def rejected(
     ingest: IngestUnderTest,
     request: ingest_pb2.PublishRequest,

@@ -1,6 +1,7 @@
 """Every Kafka consumer of Herald fed nasty records (empty, binary junk, NUL bytes and
 characters in values, header names and header values, bytes that are not UTF-8, lone
-surrogate escapes in JSON, JSON nested 1,000 and 100,000 deep, near-1 MB values; jobs
+surrogate escapes in JSON, JSON nested 1,000 and 100,000 deep, near-1 MB values, one
+too large to dead-letter whole; jobs
 PostgreSQL cannot store) goes on:
 the next good record is processed by dispatch, webhooks and reconcile alike."""
 
@@ -39,6 +40,7 @@ VALUES = [
     b"[" * 100_000 + b"]" * 100_000,  # deeper than any parser goes
     b'{"a":' * 1000 + b"1" + b"}" * 1000,  # parsed by orjson, too deep to write back
 ]
+TOO_LARGE_TO_DEAD_LETTER = 1_048_480
 HEADERS: list[list[tuple[str, bytes]]] = [
     [],
     [("ce_id", b"\x00")],
@@ -120,6 +122,8 @@ async def test_every_consumer_carries_on_after_nasty_records(consumers: Consumer
             for value in VALUES:
                 for hs in HEADERS:
                     await producer.send(topic, value, key=os.urandom(4), headers=hs)
+            # fits Kafka's 1 MiB, but not with a dead letter's headers added
+            await producer.send(topic, b"x" * TOO_LARGE_TO_DEAD_LETTER, key=os.urandom(4))
         for bad in bad_jobs:
             await producer.send(c.hooks.deliveries_topic, bad)
         await producer.flush()

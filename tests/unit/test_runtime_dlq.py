@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from herald.runtime import dlq
 
@@ -67,3 +67,56 @@ def test_without_a_bound_it_keeps_trying_past_the_deadline(
         dlq.send_dead_letter(current, "dlq", b"body", b"k", [], until_acknowledged=True)
     )
     assert producer.sent == [("dlq", b"body")]
+
+
+class SizeLimitedProducer:
+    """Refuses records larger than ``limit`` bytes (value plus headers), as Kafka does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sent: list[tuple[bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[Any]
+    ) -> asyncio.Future[None]:
+        size = len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        if size > self.limit:
+            raise MessageSizeTooLargeError(f"{size} bytes")
+        self.sent.append((value, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def test_a_record_too_large_for_kafka_goes_without_its_value() -> None:
+    producer = SizeLimitedProducer(limit=200)
+    headers = [("ce_id", b"e1"), ("dlq-reason", b"not a job")]
+    sent = asyncio.run(
+        dlq.send_dead_letter(
+            lambda: producer,
+            "dlq",
+            b"x" * 1000,
+            b"k",
+            headers,
+            until_acknowledged=True,
+        )
+    )
+    assert sent
+    [(value, out)] = producer.sent
+    assert value is None
+    assert out == [*headers, ("dlq-value-omitted", b"1000 bytes, too large for the topic")]
+
+
+def test_then_without_the_original_headers_and_then_it_gives_up() -> None:
+    huge = [("x-big", b"y" * 500), ("dlq-reason", b"not a job")]
+    producer = SizeLimitedProducer(limit=200)
+    assert asyncio.run(dlq.send_dead_letter(lambda: producer, "dlq", b"v", b"k", huge))
+    [(value, out)] = producer.sent
+    assert value is None
+    assert [k for k, _ in out] == ["dlq-reason", "dlq-value-omitted"]
+
+    # nothing left to cut: False at once, not a retry until the deadline
+    tiny = SizeLimitedProducer(limit=5)
+    assert not asyncio.run(
+        dlq.send_dead_letter(lambda: tiny, "dlq", b"v", b"k", huge, until_acknowledged=True)
+    )

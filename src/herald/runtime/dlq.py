@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 log = structlog.get_logger("herald.dlq")
 DLQ_TOPIC = "herald.dlq"
@@ -54,6 +55,12 @@ async def send_dead_letter(
     stored before, still shows it. ``until_acknowledged`` waits as long as it takes, for
     a Kafka input's poison record: its offset must not be committed before the DLQ has
     it (each failure is logged).
+
+    A record too large for Kafka (an input near the size limit plus the ``dlq-`` headers,
+    a webhook body grown by JSON escapes) is never taken, so it is sent without its
+    value, with ``dlq-value-omitted`` saying how large it was (the input stays in its
+    topic, a webhook body in its dead-letter row); without the original headers too if
+    that is still too large.
     """
     loop = asyncio.get_running_loop()
     deadline = None if until_acknowledged else loop.time() + WAIT_SECONDS
@@ -65,6 +72,14 @@ async def send_dead_letter(
             try:
                 await (await current.send(topic, value, key=key, headers=headers))
                 return True
+            except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+                smaller = _smaller(value, headers)
+                if smaller is None:
+                    log.error("dlq.send_failed", topic=topic, error=repr(exc))
+                    return False
+                log.warning("dlq.record_too_large", topic=topic, error=repr(exc))
+                value, headers = smaller
+                continue
             except Exception as exc:  # not acknowledged: again
                 error = exc
                 if deadline is None:
@@ -74,3 +89,15 @@ async def send_dead_letter(
             return False
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+
+def _smaller(
+    value: bytes | None, headers: list[tuple[str, bytes]]
+) -> tuple[None, list[tuple[str, bytes]]] | None:
+    """The record cut down for Kafka: first without its value, then also without the
+    original headers (the ``dlq-`` ones stay). None once there is nothing left to cut."""
+    if value is not None:
+        omitted = f"{len(value)} bytes, too large for the topic".encode()
+        return None, [*headers, ("dlq-value-omitted", omitted)]
+    own = [(k, v) for k, v in headers if k.startswith("dlq-")]
+    return (None, own) if len(own) < len(headers) else None
