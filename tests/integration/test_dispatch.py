@@ -303,6 +303,32 @@ async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
     assert jobs[0].key  # the event's own key: one key's jobs stay in order
 
 
+async def test_an_event_at_the_size_limit_goes_all_the_way(flow: Flow) -> None:
+    """An event of nearly MAX_EVENT_BYTES (1,000,000 by default) is delivered to a
+    webhook and made into a notification job: its delivery job and notification job fit
+    Kafka too."""
+    content = "x" * 990_000
+    async with Receiver() as receiver:
+        await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="big", url=receiver.url(), event_types=["message.created"]
+                )
+            ),
+            metadata=KEY,
+        )
+        topic, _ = await flow.push_route(
+            "big", dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(exact="message.created"))
+        )
+        event_id = await flow.publish(
+            "message.created", {"id": "msg_big", "content": content, "to": "u1"}
+        )
+        [request] = await receiver.wait_for(1, timeout=30)
+        assert json.loads(request.body)["data"]["content"] == content
+        [record] = await flow.jobs(topic, {event_id}, 1)
+        assert decode_job(record).recipient == "u1"
+
+
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(
     flow: Flow,
 ) -> None:

@@ -11,7 +11,9 @@ from functools import partial
 import asyncpg
 import grpc
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
 
 from herald.runtime import kafka
@@ -272,3 +274,56 @@ async def test_claiming_lanes_locks_only_the_lanes_claimed(
     finally:
         await a.close()
         await b.close()
+
+
+def big_event(key: str, text: str) -> cloudevents_pb2.CloudEvent:
+    ce = cloudevents_pb2.CloudEvent(
+        id=str(uuid.uuid4()), source="urn:katya:api", spec_version="1.0", type="message.created"
+    )
+    ce.attributes["time"].ce_timestamp.FromJsonString("2025-01-02T03:04:05Z")
+    ce.attributes["partitionkey"].ce_string = key
+    ce.text_data = json.dumps({"message": {"id": "m1", "text": text}})
+    return ce
+
+
+async def test_an_event_kafka_refuses_for_good_is_dead_lettered_and_its_key_goes_on(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A topic whose limit is below MAX_EVENT_BYTES: the event Kafka refuses is
+    dead-lettered (it stayed pending for good, and the relay backed off for everyone),
+    the events after it, of its key too, reach the topic without delay."""
+    admin = AIOKafkaAdminClient(**kafka.connection_options(infra.kafka_settings()))
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": "100000"}
+        await admin.create_topics([NewTopic(topic, 3, 1, topic_configs=limit)])
+    finally:
+        await admin.close()
+    dlq = f"herald.dlq.t{uuid.uuid4().hex[:10]}"
+    service = await start_ingest(infra, database_url, topic, dlq_topic=dlq)
+    try:
+        before, big, after = (
+            big_event("room-1", "a"),
+            big_event("room-1", "x" * 200_000),
+            big_event("room-1", "b"),
+        )
+        for ce in (before, big, after):
+            await service.stub.Publish(ingest_pb2.PublishRequest(event=ce))
+        records = await read_topic(infra.kafka_settings(), topic, 2)
+        assert [headers(r)["ce_id"] for r in records] == [before.id, after.id]
+        [dead] = await read_topic(infra.kafka_settings(), dlq, 1)
+        h = headers(dead)
+        assert h["ce_id"] == big.id
+        assert h["dlq-service"] == "ingest"
+        assert h["dlq-topic"] == topic
+        assert "MessageSizeTooLarge" in h["dlq-reason"]
+        assert dead.value == big.text_data.encode()
+        assert await pending_rows(database_url) == 0
+
+        # the relay is not backing off: the next event is on Kafka at once
+        started = asyncio.get_running_loop().time()
+        await service.stub.Publish(ingest_pb2.PublishRequest(event=big_event("room-2", "c")))
+        await read_topic(infra.kafka_settings(), topic, 3)
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await service.stop()

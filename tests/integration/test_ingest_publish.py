@@ -22,6 +22,7 @@ from herald.runtime.errors import bad_request_of
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
 from tests.integration.conftest import IngestUnderTest
+from tests.integration.test_ingest_durability import big_event
 from tests.kafka_helpers import headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -134,11 +135,7 @@ async def test_an_event_near_the_size_limit_reaches_kafka_whole(
 ) -> None:
     # MAX_EVENT_BYTES (1,000,000 by default) must fit Kafka's own limits on the way out:
     # the producer's max request, a batch of its own, the broker's message size
-    ce = cloudevents_pb2.CloudEvent(
-        id=str(uuid.uuid4()), source="urn:katya:api", spec_version="1.0", type="message.created"
-    )
-    ce.attributes["time"].ce_timestamp.FromJsonString("2025-01-02T03:04:05Z")
-    ce.text_data = json.dumps({"message": {"id": "m1", "text": "x" * 990_000}})
+    ce = big_event("room-1", "x" * 990_000)
     response = await ingest.stub.Publish(ingest_pb2.PublishRequest(event=ce))
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     assert headers(record)["ce_id"] == response.event_id == ce.id

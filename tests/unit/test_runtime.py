@@ -31,6 +31,18 @@ def test_bad_setting_exits_naming_the_variable(
     assert "MAX_EVENT_BYTES" in err
 
 
+def test_max_event_bytes_stops_at_what_kafka_takes_by_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A larger event was accepted, then never reached Kafka (1 MiB by default)
+    monkeypatch.setenv("MAX_EVENT_BYTES", "2000000")
+    with pytest.raises(SystemExit):
+        load_settings(IngestSettings)
+    assert "MAX_EVENT_BYTES" in capsys.readouterr().err
+    monkeypatch.setenv("MAX_EVENT_BYTES", "1000000")
+    assert load_settings(IngestSettings).max_event_bytes == 1_000_000
+
+
 def test_sasl_needs_credentials(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

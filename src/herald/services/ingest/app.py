@@ -44,6 +44,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             partial(kafka.make_producer, kafka_settings),
             concurrency=settings.relay_concurrency,
             batch_size=settings.relay_batch_size,
+            dlq_topic=settings.dlq_topic,
         )
         workers.append(relay.run)
     token = uuid.uuid4().hex  # tells this process's own NOTIFYs apart
@@ -86,6 +87,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         await kafka.ensure_topics(
             kafka_settings, [settings.events_topic], partitions=settings.events_topic_partitions
         )
+        await kafka.ensure_topics(kafka_settings, [settings.dlq_topic])
     except Exception as exc:
         log.warning("ingest.topics_unchecked", error=repr(exc))
 

@@ -6,6 +6,11 @@ sends their oldest rows, waits for Kafka's acknowledgements and marks them befor
 the locks are released. A row that
 Kafka did not acknowledge stays for the next round; killing a relay at any moment
 loses nothing (a record repeated after a crash carries the same ``ce_id``).
+
+A row Kafka refuses for good (larger than the topic takes) would block its key and
+keep the relay backing off forever: it leaves the outbox with ``last_error`` set and
+is dead-lettered on the DLQ topic (without its value when that is too large too; the
+row keeps it), and the key's later rows go on.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import BatchSender, OutRecord
-from herald.runtime.metrics import EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
+from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
 from herald.services.ingest.writer import Q
 
 # A batch Kafka has not acknowledged by then counts as failed: its rows are retried.
 ACK_TIMEOUT_SECONDS = 30.0
+# Kafka's answers that no retry changes.
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
 
 log = structlog.get_logger("herald.ingest.relay")
 
@@ -46,8 +55,10 @@ class Relay:
         lanes_per_round: int = LANES,
         poll_interval: float = 1.0,
         max_backoff: float = 5.0,
+        dlq_topic: str = DLQ_TOPIC,
     ) -> None:
         self._pool = pool
+        self._dlq_topic = dlq_topic
         self._make_producer = make_producer
         self._producer: AIOKafkaProducer | None = None
         self._concurrency = concurrency
@@ -136,22 +147,48 @@ class Relay:
                 Q.pending_in_lanes, lanes, max(1, self._batch_size // len(lanes))
             )
             acked = await self._send(rows)
-            marked = rows_to_mark([bytes(r["key"]) for r in rows], [a is None for a in acked])
-            if marked:
-                await conn.execute(Q.mark_published, [rows[i]["id"] for i in marked])
-            failed = [i for i, a in enumerate(acked) if a is not None]
+            refused = [i for i, a in enumerate(acked) if isinstance(a, REFUSED_FOR_GOOD)]
+            done = [a is None or isinstance(a, REFUSED_FOR_GOOD) for a in acked]
+            marked = rows_to_mark([bytes(r["key"]) for r in rows], done)
+            published = [i for i in marked if acked[i] is None]
+            if published:
+                await conn.execute(Q.mark_published, [rows[i]["id"] for i in published])
+            for i in refused:
+                await conn.execute(Q.mark_refused, rows[i]["id"], f"refused by Kafka: {acked[i]!r}")
+            failed = [i for i, a in enumerate(acked) if not done[i]]
             if failed:
                 error = repr(acked[failed[0]])
                 await conn.execute(Q.mark_failed, [rows[i]["id"] for i in failed], error[:500])
         now = datetime.now(UTC)
-        for i in marked:
+        for i in published:
             row = rows[i]
             EVENTS_PUBLISHED.labels(row["event_type"]).inc()
             EVENTS_LATENCY.observe((now - row["accepted_at"]).total_seconds())
+        for i in refused:
+            await self._dead_letter(rows[i], acked[i])
         if failed:
             EVENTS_RETRY.labels("relay").inc(len(failed))
             log.warning("relay.publish_failed", lanes=lanes, failed=len(failed), error=error)
-        return len(marked), len(failed)
+        return len(published), len(failed)
+
+    async def _dead_letter(self, row: asyncpg.Record, error: BaseException | None) -> None:
+        """Announces a row Kafka refused for good on the DLQ topic (it stays in the
+        outbox, with its value and ``last_error``)."""
+        reason = f"Kafka refused the event's record for good: {error!r}"
+        log.error("relay.refused", outbox_id=row["id"], topic=row["topic"], error=repr(error))
+        EVENTS_DLQ.labels("refused_by_kafka").inc()
+        await send_dead_letter(
+            lambda: self._producer,
+            self._dlq_topic,
+            bytes(row["value"]),
+            bytes(row["key"]),
+            dead_letter_headers(
+                reason,
+                "ingest",
+                headers_of(row["headers"]),
+                {"topic": row["topic"], "outbox-id": str(row["id"])},
+            ),
+        )
 
     async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
         """Sends rows; the error of each one Kafka did not acknowledge, else None.
@@ -170,4 +207,11 @@ class Relay:
             )
             for row in rows
         ]
-        return await self._sender.send(producer, records, ACK_TIMEOUT_SECONDS)
+        errors = await self._sender.send(producer, records, ACK_TIMEOUT_SECONDS)
+        # Kafka judges a batch's size as a whole. From the first record of a batch refused
+        # as too large on, every record is sent again alone, in order: that tells which
+        # ones Kafka refuses, and the last copy of each key's records stays in order.
+        refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
+        for i in range(refused[0] if refused else len(records), len(records)):
+            [errors[i]] = await self._sender.send(producer, [records[i]], ACK_TIMEOUT_SECONDS)
+        return errors

@@ -17,8 +17,10 @@ class IngestSettings(RuntimeSettings):
     max_event_bytes: int = Field(
         1_000_000,
         ge=1024,
-        le=10_000_000,
-        description="Largest event (data plus attributes); Kafka's default limit is ~1 MB.",
+        le=1_000_000,
+        description="Largest event (data plus attributes). At most 1,000,000: the event's "
+        "record, its delivery jobs and notification jobs must fit Kafka's 1 MiB default "
+        "limit (a larger event was accepted and then never reached Kafka).",
     )
     relay_enabled: bool = Field(True, description="Run the outbox relay inside this process.")
     relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
@@ -32,6 +34,9 @@ class IngestSettings(RuntimeSettings):
     )
     idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")
     event_retention_days: float = Field(90, gt=0, description="How long events are kept.")
+    dlq_topic: str = Field(
+        "herald.dlq", description="Dead-letter topic (events Kafka refuses for good)."
+    )
     outbox_retention_hours: float = Field(24, gt=0, description="How long sent rows are kept.")
 
     @field_validator("ingest_addr", "ingest_metrics_addr")

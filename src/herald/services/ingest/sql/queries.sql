@@ -79,6 +79,12 @@ ORDER BY o.id
 -- name: mark_published
 UPDATE ingest.outbox SET published_at = clock_timestamp() WHERE id = ANY($1::bigint[])
 
+-- name: mark_refused
+-- Kafka refused the row for good: it leaves the pending rows (dead-lettered).
+UPDATE ingest.outbox
+SET published_at = clock_timestamp(), attempts = attempts + 1, last_error = left($2, 500)
+WHERE id = $1
+
 -- name: mark_failed
 UPDATE ingest.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
 
