@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from vibe.v1 import vibe_pb2 as vibe
 
@@ -636,3 +637,54 @@ async def test_a_relay_stopped_mid_round_marks_what_kafka_took_before_it_stops(
     finally:
         running.cancel()
         await pool.close()
+
+
+async def test_an_output_vibeapps_kafka_refuses_holds_back_only_what_depends_on_it(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Vibeapp's events topic takes 5 kB records: an event with a 20 kB description is
+    refused for good. It is set aside and dead-lettered, its order waits, and another
+    event's order and refund still go out (the whole relay had stopped at events)."""
+    events_topic = f"vibe.events.small{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(**kafka.connection_options(infra.kafka_settings()))
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": "5000"}
+        await admin.create_topics([NewTopic(events_topic, 1, 1, topic_configs=limit)])
+    finally:
+        await admin.close()
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(
+            infra, database_url, ingest, vibe_events_topic=events_topic, refused_retry_seconds=2
+        ) as flow:
+            big, fine = unique("ev"), unique("ev")
+            held, going, back = unique("or"), unique("or"), unique("rf")
+            huge = event(big)
+            huge.description = "x" * 20_000
+            await flow.send(huge, event(fine))
+            await flow.send(order(held, big, {"t-" + held: 1000}))
+            await flow.send(order(going, fine, {"t-" + going: 1000}))
+            await flow.send(refund(back, going, fine, {"t-" + going: (1000, 1000, 0, 0)}))
+
+            assert [r.key for r in await flow.outputs("event", 1)] == [fine.encode()]
+            assert [r.key for r in await flow.outputs("order", 1)] == [going.encode()]
+            assert [r.key for r in await flow.outputs("refund", 1)] == [back.encode()]
+            [dead] = await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)
+            h = headers(dead)
+            assert h["dlq-service"] == "reconcile"
+            assert h["dlq-entity-id"] == big
+            assert "MessageSizeTooLarge" in h["dlq-reason"]
+            [row] = await flow.db(
+                "SELECT refused_at IS NOT NULL AS refused, last_error FROM reconcile.outbox "
+                "WHERE kind = 'event' AND entity_id = $1",
+                big,
+            )
+            assert row["refused"]
+            assert "MessageSizeTooLarge" in row["last_error"]
+            await asyncio.sleep(1.0)
+            assert [r.key for r in await flow.outputs("order", 1, timeout=1)] == [going.encode()], (
+                "the refused event's order waits: never an order before its event"
+            )
+    finally:
+        await ingest.stop()

@@ -8,13 +8,13 @@ import pytest
 
 from herald.runtime import cloudevents_kafka as binding
 from herald.runtime.errors import InvalidArgument
+from herald.runtime.kafka_batches import rows_to_mark
 from herald.services.ingest import dedup, envelope
 from herald.services.ingest.outbox import (
     LANES,
     IdempotencyKey,
     headers_of,
     make_pending,
-    rows_to_mark,
 )
 from tests.fixtures.seeds import RETURN_CREATED, USER_REGISTERED
 

@@ -5,6 +5,10 @@ batch and handing the batch over with ``send_batch()``. Records are placed by th
 producer's default partitioner (murmur2, as Java's: same key, same partition) and keep
 their order within a partition, so a key's order holds. Used by ingest's relay and by
 dispatch.
+
+Kafka judges a batch's size as a whole, so a record too large for the topic gets its
+whole batch refused; :meth:`BatchSender.send_finding_refused` tells which records
+Kafka refuses for good.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from herald.runtime.murmur2 import partition_of
+
+# Kafka's answers that no retry changes.
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 class OutRecord(NamedTuple):
@@ -66,6 +74,19 @@ class BatchSender:
         ``ack_timeout`` seconds (or it could not be sent at all), else None."""
         sending = await self.start(producer, records)
         return await sending.wait(ack_timeout)
+
+    async def send_finding_refused(
+        self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
+    ) -> list[BaseException | None]:
+        """As :meth:`send`; then, from the first record of a batch refused as too large
+        on, every record is sent again alone, in order. That tells which ones Kafka
+        refuses for good (an error in REFUSED_FOR_GOOD), and the last copy of each key's
+        records stays in order."""
+        errors = await self.send(producer, records, ack_timeout)
+        refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
+        for i in range(refused[0] if refused else len(records), len(records)):
+            [errors[i]] = await self.send(producer, [records[i]], ack_timeout)
+        return errors
 
     async def start(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> Sending:
         """Hands ``records`` to the producer (in order) without waiting for Kafka's
@@ -124,3 +145,20 @@ class BatchSender:
 
 def _append(batch: Any, r: OutRecord) -> bool:
     return batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers) is not None
+
+
+def rows_to_mark(keys: Sequence[bytes | str], acked: Sequence[bool]) -> list[int]:
+    """Indexes of rows that may be marked sent, given which Kafka acknowledged.
+
+    Rows are in outbox order. Once a row of a key failed, later rows of that key stay
+    unmarked even if acknowledged: they are sent again after it, so the last copy on
+    Kafka keeps the key's order.
+    """
+    blocked: set[bytes | str] = set()
+    out = []
+    for i, (key, ok) in enumerate(zip(keys, acked, strict=True)):
+        if not ok:
+            blocked.add(key)
+        elif key not in blocked:
+            out.append(i)
+    return out

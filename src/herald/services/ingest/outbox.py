@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from herald.runtime import cloudevents_kafka as binding
@@ -77,20 +77,3 @@ def make_pending(
 def headers_of(headers_json: str) -> list[tuple[str, bytes]]:
     """Kafka headers from a stored outbox row."""
     return [(name, value.encode()) for name, value in json_fast.loads(headers_json)]
-
-
-def rows_to_mark(keys: Sequence[bytes], acked: Sequence[bool]) -> list[int]:
-    """Indexes of rows that may be marked published, given which Kafka acknowledged.
-
-    Rows are in outbox order. Once a row of a key failed, later rows of that key stay
-    unmarked even if acknowledged: they are sent again after it, so the last copy on
-    Kafka keeps the key's order (a repeat carries the same ce_id).
-    """
-    blocked: set[bytes] = set()
-    out = []
-    for i, (key, ok) in enumerate(zip(keys, acked, strict=True)):
-        if not ok:
-            blocked.add(key)
-        elif key not in blocked:
-            out.append(i)
-    return out

@@ -24,20 +24,17 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
-from herald.runtime.kafka_batches import BatchSender, OutRecord
+from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
-from herald.services.ingest.outbox import LANES, headers_of, rows_to_mark
+from herald.services.ingest.outbox import LANES, headers_of
 from herald.services.ingest.writer import Q
 
 # A batch Kafka has not acknowledged by then counts as failed: its rows are retried.
 ACK_TIMEOUT_SECONDS = 30.0
-# Kafka's answers that no retry changes.
-REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
 
 log = structlog.get_logger("herald.ingest.relay")
 
@@ -207,11 +204,4 @@ class Relay:
             )
             for row in rows
         ]
-        errors = await self._sender.send(producer, records, ACK_TIMEOUT_SECONDS)
-        # Kafka judges a batch's size as a whole. From the first record of a batch refused
-        # as too large on, every record is sent again alone, in order: that tells which
-        # ones Kafka refuses, and the last copy of each key's records stays in order.
-        refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
-        for i in range(refused[0] if refused else len(records), len(records)):
-            [errors[i]] = await self._sender.send(producer, [records[i]], ACK_TIMEOUT_SECONDS)
-        return errors
+        return await self._sender.send_finding_refused(producer, records, ACK_TIMEOUT_SECONDS)

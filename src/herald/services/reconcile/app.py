@@ -42,11 +42,17 @@ async def build(
         Headers(settings.vibe_schema_version, settings.vibe_application_id),
     )
     ingest = grpc.aio.insecure_channel(settings.ingest_addr)
-    relay = VibeRelay(pool, partial(kafka.make_producer, vibe_kafka, linger_ms=5))
-    announcer = Announcer(pool, EventPublisher(ingest, source=SOURCE))
     producer = kafka.LateProducer(  # Herald's own cluster: dead letters
         partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
     )
+    relay = VibeRelay(
+        pool,
+        partial(kafka.make_producer, vibe_kafka, linger_ms=5),
+        dead_letters=producer.get,
+        dlq_topic=settings.dlq_topic,
+        refused_retry=settings.refused_retry_seconds,
+    )
+    announcer = Announcer(pool, EventPublisher(ingest, source=SOURCE))
 
     def wake() -> None:
         relay.wake()

@@ -7,6 +7,13 @@ queued only after its event, so Vibeapp never sees an order before its event, no
 refund before its order. A round that fails stops before the next kind and leaves its
 rows for the next round; a crash between sending and marking repeats a record (the
 same key and content), which is the at-least-once Kafka gives without transactions.
+
+An output Vibeapp's Kafka refuses for good (larger than the topic takes) would stop
+every round at its kind, and with it every later order and refund. It is set aside
+instead (``refused_at``, ``last_error``; dead-lettered on Herald's DLQ topic) and tried
+again after ``refused_retry`` seconds, in case the limit was raised; meanwhile the
+outputs that depend on it (its event's orders, its order's refunds, its own later
+versions) wait, and every other output goes on.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from aiokafka import AIOKafkaProducer
 
 from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
-from herald.runtime.kafka_batches import BatchSender, OutRecord
+from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
+from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.relay")
@@ -46,8 +55,15 @@ class VibeRelay:
         batch_size: int = 1000,
         ack_timeout: float = 30.0,
         poll_interval: float = 0.25,
+        dead_letters: Callable[[], AIOKafkaProducer | None] = lambda: None,
+        dlq_topic: str = DLQ_TOPIC,
+        refused_retry: float = 600.0,
     ) -> None:
+        """``dead_letters``: a producer on Herald's own cluster, for the DLQ topic."""
         self._pool = pool
+        self._dead_letters = dead_letters
+        self._dlq_topic = dlq_topic
+        self._refused_retry = refused_retry
         self._make_producer = make_producer
         self._batch_size = batch_size
         self._ack_timeout = ack_timeout
@@ -102,8 +118,9 @@ class VibeRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(Q.relay_lock):
                 return 0, False
-            rows = await conn.fetch(Q.pending_outputs, self._batch_size)
+            rows = await conn.fetch(Q.pending_outputs, self._batch_size, self._refused_retry)
             sent: list[int] = []
+            refused: list[tuple[asyncpg.Record, BaseException]] = []
             complete = True
             for kind in KINDS:
                 group = [r for r in rows if r["kind"] == kind]
@@ -118,15 +135,51 @@ class VibeRelay:
                     )
                     for r in group
                 ]
-                errors = await self._sender.send(producer, records, self._ack_timeout)
-                sent += [r["id"] for r, e in zip(group, errors, strict=True) if e is None]
-                failed = [e for e in errors if e is not None]
+                errors = await self._sender.send_finding_refused(
+                    producer, records, self._ack_timeout
+                )
+                done = [e is None or isinstance(e, REFUSED_FOR_GOOD) for e in errors]
+                for i in rows_to_mark([r["key"] for r in group], done):
+                    error = errors[i]
+                    if error is None:
+                        sent.append(group[i]["id"])
+                    else:
+                        refused.append((group[i], error))
+                        await conn.execute(Q.mark_refused, group[i]["id"], repr(error))
+                failed = [e for e, ok in zip(errors, done, strict=True) if not ok]
                 if failed:
-                    complete = False
                     log.warning(
                         "relay.send_failed", kind=kind, failed=len(failed), error=repr(failed[0])
                     )
+                if failed or refused:
+                    complete = False
                     break  # what depends on these waits for the next round
             if sent:
                 await conn.execute(Q.mark_sent, sent)
-            return len(sent), complete and len(rows) == self._batch_size
+        for row, error in refused:
+            await self._dead_letter(row, error)
+        return len(sent), complete and len(rows) == self._batch_size
+
+    async def _dead_letter(self, row: asyncpg.Record, error: BaseException) -> None:
+        """Reports an output Vibeapp's Kafka refused for good (and set aside)."""
+        log.error(
+            "relay.refused",
+            kind=row["kind"],
+            entity_id=row["entity_id"],
+            topic=row["topic"],
+            error=repr(error),
+            retry_in=self._refused_retry,
+        )
+        EVENTS_DLQ.labels("refused_by_vibe").inc()
+        await send_dead_letter(
+            self._dead_letters,
+            self._dlq_topic,
+            row["value"],
+            row["key"],
+            dead_letter_headers(
+                f"Vibeapp's Kafka refused the {row['kind']} for good: {error!r}",
+                "reconcile",
+                list(_headers(row["headers"])),
+                {"topic": row["topic"], "entity-id": row["entity_id"]},
+            ),
+        )

@@ -43,13 +43,23 @@ class ReconcileSettings(RuntimeSettings):
     vibe_refunds_format: OutputFormat = Field("protobuf", description="protobuf or json.")
     vibe_schema_version: str = Field("1.0", description="The schema-version header.")
     vibe_application_id: str = Field("ticketland", description="The application-id header.")
-    dlq_topic: str = Field("herald.dlq", description="Dead-letter topic for bad input records.")
+    dlq_topic: str = Field(
+        "herald.dlq",
+        description="Dead-letter topic for bad input records and outputs Vibeapp's Kafka "
+        "refuses for good.",
+    )
     ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (conflict/reconciled events).")
     park_limit_seconds: float = Field(
         900,
         gt=0,
         description="How long an order may wait for its event (or a refund for its order) "
         "before it becomes a discrepancy.",
+    )
+    refused_retry_seconds: float = Field(
+        600,
+        gt=0,
+        description="How long an output Vibeapp's Kafka refused for good (too large) is set "
+        "aside, with what depends on it, before it is tried again.",
     )
     create_topics: bool = Field(
         True, description="Create missing input and output topics at start."

@@ -88,8 +88,33 @@ ON CONFLICT (kind, entity_id, content_hash) DO NOTHING
 SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
 
 -- name: pending_outputs
-SELECT id, kind, topic, key, value, headers FROM reconcile.outbox
-WHERE sent_at IS NULL ORDER BY id LIMIT $1
+-- The oldest unsent outputs, but not one Kafka refused for good within the last $2
+-- seconds, nor one whose event or order is such an output (Vibeapp never gets an order
+-- before its event, nor a refund before its order). Without refused outputs (the
+-- usual case) the second test is decided once, by the first.
+SELECT o.id, o.kind, o.entity_id, o.topic, o.key, o.value, o.headers
+FROM reconcile.outbox AS o
+WHERE o.sent_at IS NULL
+  AND (o.refused_at IS NULL OR o.refused_at < now() - make_interval(secs => $2))
+  AND (
+    NOT EXISTS (SELECT 1 FROM reconcile.outbox
+                WHERE sent_at IS NULL AND refused_at >= now() - make_interval(secs => $2))
+    OR NOT EXISTS (
+        SELECT 1 FROM reconcile.outbox AS f
+        WHERE f.sent_at IS NULL AND f.refused_at >= now() - make_interval(secs => $2)
+          AND ((f.kind = 'event' AND f.entity_id = CASE o.kind
+                    WHEN 'event' THEN o.entity_id
+                    WHEN 'order' THEN (SELECT event_id FROM reconcile.orders WHERE id = o.entity_id)
+                    ELSE (SELECT event_id FROM reconcile.refunds WHERE id = o.entity_id) END)
+            OR (f.kind = 'order' AND f.entity_id = CASE o.kind
+                    WHEN 'order' THEN o.entity_id
+                    WHEN 'refund' THEN (SELECT order_id FROM reconcile.refunds WHERE id = o.entity_id)
+                    END)
+            OR (f.kind = 'refund' AND o.kind = 'refund' AND f.entity_id = o.entity_id))))
+ORDER BY o.id LIMIT $1
+
+-- name: mark_refused
+UPDATE reconcile.outbox SET refused_at = now(), last_error = left($2, 500) WHERE id = $1
 
 -- name: mark_sent
 UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
