@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from herald.runtime import kafka
 from herald.runtime.server import Running, start
+from herald.services.ingest.app import build as build_ingest
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
@@ -240,6 +241,37 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
     assert alerts[0]["attempts"] == 3
+
+
+async def test_an_alert_raised_while_ingest_is_away_is_published_when_it_is_back(
+    stack: Stack,
+) -> None:
+    # The alert was published with 5 tries over ~6 s, then dropped with a log line: a
+    # rolling restart of ingest lost every alert raised meanwhile
+    port, settings = stack.ingest.running.port, stack.ingest.settings
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(500))
+        policy = webhooks_pb2.RetryPolicy(max_retries=0)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        await stack.ingest.stop()
+        await stack.produce([job(created.webhook.id, event_id="evt-away")])
+        await receiver.wait_for(1, timeout=10)
+    await asyncio.sleep(8)  # past the old retries
+    app = await build_ingest(settings, stack.infra.kafka_settings())
+    back = await start(app, f"127.0.0.1:{port}")
+    try:
+        alerts = await announced(
+            stack.database_url, "herald.webhook.delivery_exhausted", timeout=60
+        )
+        assert [a["event_id"] for a in alerts] == ["evt-away"]
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            left = await conn.fetchval("SELECT count(*) FROM webhooks.announcements")
+        finally:
+            await conn.close()
+        assert left == 0, "published, then deleted"
+    finally:
+        await back.stop(1)
 
 
 async def test_410_gone_disables_the_webhook(stack: Stack) -> None:

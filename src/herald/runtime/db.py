@@ -111,8 +111,11 @@ _MIGRATION_LOCK = 0x4E52414C44  # "HERALD"-ish, any stable bigint
 class Queries:
     """Named SQL statements read from one file: ``queries.insert_event``."""
 
-    def __init__(self, path: Path) -> None:
-        text = path.read_text()
+    def __init__(self, path: Path, text: str | None = None) -> None:
+        """The statements of ``path`` (of ``text``, when given: ``path`` then only
+        names the source in errors)."""
+        if text is None:
+            text = path.read_text()
         parts = _NAME.split(text)
         self._sql: dict[str, str] = {}
         for name, body in zip(parts[1::2], parts[2::2], strict=True):

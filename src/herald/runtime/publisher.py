@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,9 +18,23 @@ log = structlog.get_logger("herald.publisher")
 NAMESPACE = uuid.UUID("0f5e2f3c-8d7a-4b61-9c2e-5a4d3b2c1e0f")
 
 
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One operational event: its id derives from (``event_type``, ``key``), so a repeat
+    (a retry, a second worker) is a duplicate, not a second event. ``dataschema`` is
+    required by the catalog for ``integration.*`` types; ``time`` is when it happened
+    (default: when it is published)."""
+
+    event_type: str
+    key: str
+    subject: str
+    data: dict[str, Any]
+    dataschema: str = ""
+    time: datetime | None = None
+
+
 class EventPublisher:
-    """Publishes CloudEvents to ingest; ids are derived from ``key`` so a repeat
-    (a retry, a second worker) is a duplicate, not a second event."""
+    """Publishes :class:`Alert` events to ingest as CloudEvents."""
 
     def __init__(self, channel: grpc.aio.Channel, source: str, attempts: int = 5) -> None:
         self._stub = ingest_pb2_grpc.IngestServiceStub(channel)
@@ -34,37 +49,46 @@ class EventPublisher:
         data: dict[str, Any],
         dataschema: str = "",
     ) -> bool:
-        """True once ingest has accepted it; False after the retries (logged).
-        ``dataschema`` is required by the catalog for ``integration.*`` types."""
-        event = {
-            "specversion": "1.0",
-            "id": str(uuid.uuid5(NAMESPACE, f"{event_type}/{key}")),
-            "source": self._source,
-            "type": event_type,
-            "subject": subject,
-            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-        if dataschema:
-            event["dataschema"] = dataschema
-        request = ingest_pb2.PublishRequest(json=json.dumps(event))
+        """True once ingest has accepted it; False after the retries (logged)."""
+        alert = Alert(event_type, key, subject, data, dataschema)
         delay = 0.2
         for attempt in range(1, self._attempts + 1):
-            try:
-                await self._stub.Publish(request, timeout=5)
+            error = await self.publish_once(alert, attempt)
+            if error is None:
                 return True
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "publish.failed",
-                    type=event_type,
-                    subject=subject,
-                    attempt=attempt,
-                    code=exc.code().name,
-                    detail=exc.details(),
-                )
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    return False
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return False
             await asyncio.sleep(delay)
             delay *= 2
         return False
+
+    async def publish_once(self, alert: Alert, attempt: int = 1) -> grpc.aio.AioRpcError | None:
+        """One try, for a caller that retries on its own: None once ingest has accepted
+        it, else ingest's error (logged)."""
+        event = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid5(NAMESPACE, f"{alert.event_type}/{alert.key}")),
+            "source": self._source,
+            "type": alert.event_type,
+            "subject": alert.subject,
+            "time": (alert.time or datetime.now(UTC))
+            .astimezone(UTC)
+            .strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "datacontenttype": "application/json",
+            "data": alert.data,
+        }
+        if alert.dataschema:
+            event["dataschema"] = alert.dataschema
+        try:
+            await self._stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(event)), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "publish.failed",
+                type=alert.event_type,
+                subject=alert.subject,
+                attempt=attempt,
+                code=exc.code().name,
+                detail=exc.details(),
+            )
+            return exc
+        return None

@@ -11,6 +11,7 @@ import structlog
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
+from herald.runtime.announcements import Announcements
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
@@ -90,10 +91,13 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         settings.send_timeout_seconds,
         webhooks=settings.webhooks_fanout,
     )
+    announcements = Announcements(
+        pool, EventPublisher(ingest, source="urn:herald:dispatch"), "dispatch"
+    )
     dead = DeadLetters(
         pool,
         producer.get,
-        EventPublisher(ingest, source="urn:herald:dispatch"),
+        announcements,
         settings.dlq_topic,
     )
     schedule = settings.schedule()
@@ -140,6 +144,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             routes.run,
             consumer.run,
             retrier.run,
+            announcements.run,
         ],
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at

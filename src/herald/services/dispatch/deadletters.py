@@ -11,9 +11,10 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime.announcements import Announcements
 from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.metrics import EVENTS_DLQ
-from herald.runtime.publisher import EventPublisher
+from herald.runtime.publisher import Alert
 from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.dlq")
@@ -74,12 +75,12 @@ class DeadLetters:
         self,
         pool: asyncpg.Pool,
         producer: Callable[[], AIOKafkaProducer | None],
-        events: EventPublisher | None,
+        announcements: Announcements | None,
         dlq_topic: str,
     ) -> None:
         self._pool = pool
         self._producer = producer
-        self._events = events
+        self._announcements = announcements
         self._dlq_topic = dlq_topic
 
     async def bury(
@@ -125,20 +126,22 @@ class DeadLetters:
             record.key,
             dead_letter_headers(reason, "dispatch", record.headers, origin),
         )
-        if self._events is not None:
-            await self._events.publish(
-                "herald.dispatch.dead_lettered",
-                str(record.ident),
-                f"dispatch/{ids.event_type or 'undecodable'}",
-                {
-                    "event_id": ids.event_id,
-                    "event_source": ids.event_source,
-                    "event_type": ids.event_type,
-                    "targets": list(targets),
-                    "attempts": attempts,
-                    "reason": reason,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
+        if self._announcements is not None:  # stored, published once ingest takes it
+            await self._announcements.add(
+                Alert(
+                    "herald.dispatch.dead_lettered",
+                    str(record.ident),
+                    f"dispatch/{ids.event_type or 'undecodable'}",
+                    {
+                        "event_id": ids.event_id,
+                        "event_source": ids.event_source,
+                        "event_type": ids.event_type,
+                        "targets": list(targets),
+                        "attempts": attempts,
+                        "reason": reason,
+                        "topic": record.topic,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                    },
+                )
             )

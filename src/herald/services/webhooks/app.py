@@ -15,6 +15,7 @@ from herald.webhooks.v1 import (
 )
 
 from herald.runtime import db, kafka
+from herald.runtime.announcements import Announcements
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
@@ -52,12 +53,15 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         allowed_networks=settings.networks_of(settings.webhooks_allowed_networks),
         user_agent=f"Herald-Webhooks/{VERSION}",
     )
+    announcements = Announcements(
+        pool, EventPublisher(ingest, source="urn:herald:webhooks"), "webhooks"
+    )
     engine = Engine(
         pool,
         client,
         box,
         producer.get,
-        EventPublisher(ingest, source="urn:herald:webhooks"),
+        announcements,
         concurrency=settings.delivery_concurrency,
         per_webhook=settings.delivery_concurrency_per_webhook,
         lease_seconds=settings.delivery_timeout_seconds + 30,
@@ -104,7 +108,13 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         service_names=[SERVICE_NAME, SUBSCRIPTIONS],
         register=register,
         health_checks={"postgres": partial(db.check, pool), "kafka": producer.check},
-        workers=[producer.start, intake.run, engine.run, partial(report_due, pool)],
+        workers=[
+            producer.start,
+            intake.run,
+            engine.run,
+            announcements.run,
+            partial(report_due, pool),
+        ],
         interceptors=[
             BearerAuthInterceptor(
                 ApiKeys(parse_api_keys(settings.webhooks_api_keys)),

@@ -25,10 +25,10 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime import json_fast
+from herald.runtime.announcements import Announcements
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.dlq import DLQ_TOPIC
-from herald.runtime.publisher import EventPublisher
 from herald.services.webhooks import retry
 from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.http import AttemptResult, DeliveryClient
@@ -92,7 +92,7 @@ class Engine:
         client: DeliveryClient,
         box: SecretBox,
         producer: Callable[[], AIOKafkaProducer | None],
-        events: EventPublisher | None,
+        announcements: Announcements | None,
         concurrency: int = 64,
         per_webhook: int = 0,
         lease_seconds: float = 60.0,
@@ -103,7 +103,7 @@ class Engine:
         self._pool = pool
         self._client = client
         self._box = box
-        self._escalation = Escalation(pool, producer, events, dlq_topic)
+        self._escalation = Escalation(pool, producer, announcements, dlq_topic)
         self._concurrency = concurrency
         # Attempts in flight per webhook not known to be fast: one slow endpoint holds at
         # most this many.

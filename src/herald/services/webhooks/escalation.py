@@ -11,9 +11,10 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime.announcements import Announcements
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.metrics import EVENTS_DLQ
-from herald.runtime.publisher import EventPublisher
+from herald.runtime.publisher import Alert
 from herald.services.webhooks.http import AttemptResult
 from herald.services.webhooks.store import Q
 
@@ -27,12 +28,12 @@ class Escalation:
         self,
         pool: asyncpg.Pool,
         producer: Callable[[], AIOKafkaProducer | None],
-        events: EventPublisher | None,
+        announcements: Announcements | None,
         dlq_topic: str = DLQ_TOPIC,
     ) -> None:
         self._pool = pool
         self._producer = producer
-        self._events = events
+        self._announcements = announcements
         self._dlq_topic = dlq_topic
 
     async def dead_letter(
@@ -82,5 +83,7 @@ class Escalation:
     async def _publish(
         self, event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]
     ) -> None:
-        if self._events is not None:
-            await self._events.publish(event_type, key, f"webhooks/{hook['webhook_id']}", data)
+        if self._announcements is not None:  # stored, published once ingest takes it
+            await self._announcements.add(
+                Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data)
+            )
