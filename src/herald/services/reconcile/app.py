@@ -10,6 +10,7 @@ import structlog
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
 from herald.runtime import db, kafka
+from herald.runtime.announcements import Announcements
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
@@ -71,7 +72,8 @@ async def build(
         settings.dlq_topic,
         wake,
     )
-    reconciler = Reconciler(pool, config, EventPublisher(ingest, source=SOURCE), wake)
+    announcements = Announcements(pool, EventPublisher(ingest, source=SOURCE), "reconcile")
+    reconciler = Reconciler(pool, config, announcements, wake)
     servicer = ReconcileServicer(pool, reconciler)
     if settings.create_topics:
         for where, topics in (
@@ -108,6 +110,7 @@ async def build(
             relay.run,
             Sweeper(pool, config, settings.park_limit_seconds).run,
             announcer.run,
+            announcements.run,
         ],
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs

@@ -13,9 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from ticketland.v1 import ticketland_pb2 as tl
 
+from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.errors import FailedPrecondition, NotFound
-from herald.runtime.publisher import EventPublisher
+from herald.runtime.publisher import Alert
 from herald.services.reconcile.ledger import Transaction
 from herald.services.reconcile.outputs import OutputConfig, Queue
 from herald.services.reconcile.reconciliation import Repair, compare
@@ -33,12 +34,12 @@ class Reconciler:
         self,
         pool: asyncpg.Pool,
         config: OutputConfig,
-        publisher: EventPublisher,
+        announcements: Announcements,
         on_queued: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._config = config
-        self._publisher = publisher
+        self._announcements = announcements
         self._on_queued = on_queued
 
     # -------------------------------------------------------------- resolving
@@ -165,27 +166,29 @@ class Reconciler:
 
     async def _announce(self, report: pb.ReconciliationReport) -> None:
         t = report.totals
-        published = await self._publisher.publish(
-            RECONCILED_TYPE,
-            report.id,
-            f"reports/{report.id}",
-            {
-                "report_id": report.id,
-                "event_id": report.request.event_id,
-                "balanced": report.balanced,
-                "findings": len(report.findings),
-                "repaired": report.repaired,
-                "orders": t.orders,
-                "tickets_sold": t.tickets_sold,
-                "sold_amount": t.sold_amount,
-                "tickets_refunded": t.tickets_refunded,
-                "refunded_amount": t.refunded_amount,
-                "orders_sent": t.orders_sent,
-                "tickets_refunded_sent": t.tickets_refunded_sent,
-            },
-            RECONCILED_SCHEMA,
+        stored = await self._announcements.add(
+            Alert(
+                RECONCILED_TYPE,
+                report.id,
+                f"reports/{report.id}",
+                {
+                    "report_id": report.id,
+                    "event_id": report.request.event_id,
+                    "balanced": report.balanced,
+                    "findings": len(report.findings),
+                    "repaired": report.repaired,
+                    "orders": t.orders,
+                    "tickets_sold": t.tickets_sold,
+                    "sold_amount": t.sold_amount,
+                    "tickets_refunded": t.tickets_refunded,
+                    "refunded_amount": t.refunded_amount,
+                    "orders_sent": t.orders_sent,
+                    "tickets_refunded_sent": t.tickets_refunded_sent,
+                },
+                RECONCILED_SCHEMA,
+            )
         )
-        if not published:
+        if not stored:
             log.error("reconciliation.not_announced", report_id=report.id)
 
     async def _repair(self, repairs: list[Repair]) -> set[str]:
