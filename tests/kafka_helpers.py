@@ -1,4 +1,4 @@
-"""Reading what landed on a Kafka topic (tests only)."""
+"""Reading what landed on a Kafka topic, making a topic with a size limit (tests only)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from herald.runtime.kafka import connection_options
 from herald.runtime.settings import KafkaSettings
@@ -86,3 +87,16 @@ async def read_matching(
     finally:
         await consumer.stop()
     return found
+
+
+async def create_small_topic(
+    settings: KafkaSettings, name: str, max_bytes: int, partitions: int = 1
+) -> None:
+    """A topic whose records (batches) may be at most ``max_bytes`` (max.message.bytes)."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": str(max_bytes)}
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=limit)])
+    finally:
+        await admin.close()

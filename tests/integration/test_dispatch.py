@@ -40,7 +40,7 @@ from tests.integration.conftest import (
     webhooks_settings,
 )
 from tests.integration.test_webhook_delivery import announced
-from tests.kafka_helpers import headers, read_matching
+from tests.kafka_helpers import create_small_topic, headers, read_matching
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -327,6 +327,38 @@ async def test_an_event_at_the_size_limit_goes_all_the_way(flow: Flow) -> None:
         assert json.loads(request.body)["data"]["content"] == content
         [record] = await flow.jobs(topic, {event_id}, 1)
         assert decode_job(record).recipient == "u1"
+
+
+async def test_a_job_kafka_refuses_for_good_is_dead_lettered_at_once(flow: Flow) -> None:
+    """A route's topic takes 5 kB records: the job of a 20 kB event is dead-lettered at
+    once (retrying would not help; it was retried on the schedule, and the job of an
+    event sharing its batch with it was delayed with it), and the other event's job
+    goes out."""
+    topic = f"herald.test.jobs.small{uuid.uuid4().hex[:8]}"
+    await create_small_topic(flow.infra.kafka_settings(), topic, 5000, 1)
+    target = dispatch_pb2.JobTarget(
+        topic=topic, channel="push", template_code="t", recipient="$data.to"
+    )
+    route_filter = dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(exact="message.created"))
+    await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(name="small", filter=route_filter, target=target)
+        )
+    )
+    await asyncio.sleep(0.5)  # every replica has the route
+    big = await flow.publish("message.created", {"id": "m1", "content": "x" * 20_000, "to": "u1"})
+    small = await flow.publish("message.created", {"id": "m2", "content": "hi", "to": "u2"})
+    [job] = await flow.jobs(topic, {big, small}, 1, timeout=10)
+    assert decode_job(job).recipient == "u2"
+    for _ in range(50):
+        listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+        if listed.dead_letters:
+            break
+        await asyncio.sleep(0.2)
+    [dead] = listed.dead_letters
+    assert dead.event_id == big
+    assert dead.attempts == 1, "not retried: Kafka would refuse it again"
+    assert "refused by Kafka: MessageSizeTooLargeError" in dead.reason
 
 
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(

@@ -11,7 +11,6 @@ from functools import partial
 import asyncpg
 import grpc
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
@@ -23,7 +22,7 @@ from herald.services.ingest.writer import Q
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.conftest import start_ingest
-from tests.kafka_helpers import headers, read_topic
+from tests.kafka_helpers import create_small_topic, headers, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -292,13 +291,7 @@ async def test_an_event_kafka_refuses_for_good_is_dead_lettered_and_its_key_goes
     """A topic whose limit is below MAX_EVENT_BYTES: the event Kafka refuses is
     dead-lettered (it stayed pending for good, and the relay backed off for everyone),
     the events after it, of its key too, reach the topic without delay."""
-    admin = AIOKafkaAdminClient(**kafka.connection_options(infra.kafka_settings()))
-    await admin.start()
-    try:
-        limit = {"max.message.bytes": "100000"}
-        await admin.create_topics([NewTopic(topic, 3, 1, topic_configs=limit)])
-    finally:
-        await admin.close()
+    await create_small_topic(infra.kafka_settings(), topic, 100000, 3)
     dlq = f"herald.dlq.t{uuid.uuid4().hex[:10]}"
     service = await start_ingest(infra, database_url, topic, dlq_topic=dlq)
     try:

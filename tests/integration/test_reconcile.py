@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from vibe.v1 import vibe_pb2 as vibe
 
@@ -37,7 +36,7 @@ from tests.integration.reconcile_flow import (
 )
 from tests.integration.test_webhook_delivery import ingest_events
 from tests.integration.test_webhooks_api import fails
-from tests.kafka_helpers import headers, read_topic
+from tests.kafka_helpers import create_small_topic, headers, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -646,13 +645,7 @@ async def test_an_output_vibeapps_kafka_refuses_holds_back_only_what_depends_on_
     refused for good. It is set aside and dead-lettered, its order waits, and another
     event's order and refund still go out (the whole relay had stopped at events)."""
     events_topic = f"vibe.events.small{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(**kafka.connection_options(infra.kafka_settings()))
-    await admin.start()
-    try:
-        limit = {"max.message.bytes": "5000"}
-        await admin.create_topics([NewTopic(events_topic, 1, 1, topic_configs=limit)])
-    finally:
-        await admin.close()
+    await create_small_topic(infra.kafka_settings(), events_topic, 5000, 1)
     ingest = await start_ingest(infra, database_url, topic)
     try:
         async with open_flow(

@@ -3,7 +3,8 @@
 Used by the consumer (every target of a fresh event) and by the retrier (the targets an
 earlier try still owes). A target's records are all sent or the target failed: either
 *for now* (webhooks unknown, a topic not answering: retried later) or *for good* (the
-data cannot make the route's jobs: dead-lettered at once).
+data cannot make the route's jobs, or Kafka refuses one of them as larger than its
+topic takes: dead-lettered at once, as no retry would change it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from herald.runtime.kafka_batches import BatchSender, Sending
+from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, Sending
 from herald.services.dispatch import fanout
 from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS, Consumed, Outgoing
 from herald.services.dispatch.route_table import RouteTable
@@ -122,15 +123,35 @@ class Dispatcher:
             errors *= len(owners)
         else:
             errors = await sending.wait(self._send_timeout)
+            await self._find_refused([r for plan in planned for _, r in plan.sends], errors)
         for (plan, target), error in zip(owners, errors, strict=True):
-            if error is not None:
+            if isinstance(error, REFUSED_FOR_GOOD):
+                plan.outcome.dead.setdefault(target, f"refused by Kafka: {_describe(error)}")
+            elif error is not None:
                 plan.outcome.failed.setdefault(target, f"not sent: {_describe(error)}")
             elif target not in plan.outcome.failed:
                 plan.outcome.sent[target] += 1
         for plan in planned:
-            for target in plan.outcome.failed:
+            for target in plan.outcome.dead:  # sending it again would not help
+                plan.outcome.failed.pop(target, None)
+            for target in [*plan.outcome.failed, *plan.outcome.dead]:
                 plan.outcome.sent.pop(target, None)
         return [p.outcome for p in planned]
+
+    async def _find_refused(
+        self, records: list[Outgoing], errors: list[BaseException | None]
+    ) -> None:
+        """Kafka judges a batch's size as a whole: each record of a batch refused as too
+        large is sent again alone, to tell the one Kafka refuses from its neighbours."""
+        refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
+        if not refused:
+            return
+        producer = self._producer()
+        for i in refused:
+            if producer is None:  # not known which one: all retried later
+                errors[i] = ConnectionError("Kafka producer not connected")
+            else:
+                [errors[i]] = await self._sender.send(producer, [records[i]], self._send_timeout)
 
 
 def _describe(exc: BaseException) -> str:
