@@ -1,12 +1,13 @@
 """Every unary RPC of the four services, called with nasty values one field at a time
-(empty, NUL, control characters, 2 MB strings, extreme numbers, unknown enum values,
-malformed ids, URLs, tokens and timestamps; Timestamps and Durations out of protobuf's
-own range, with their sibling Timestamps valid; odd FieldMask paths): none may answer
-INTERNAL or UNKNOWN, or hang. Bad input is INVALID_ARGUMENT (or NOT_FOUND, …), never a
-server error."""
+(empty, NUL, control characters, 2 MB strings, 9,000 random characters, extreme numbers,
+unknown enum values, malformed ids, URLs, tokens and timestamps; Timestamps and Durations
+out of protobuf's own range, with their sibling Timestamps valid; odd FieldMask paths):
+none may answer INTERNAL or UNKNOWN, or hang. Bad input is INVALID_ARGUMENT (or
+NOT_FOUND, …), never a server error."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ STRINGS = [
     "a\x00b",
     "\n\r\t\x1b",
     "x" * 2_000_000,
+    os.urandom(4500).hex(),  # 9,000 characters that do not compress: past an index's limit
     "😀" * 1000,
     "{",
     "null",

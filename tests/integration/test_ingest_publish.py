@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import Awaitable
 
+import asyncpg
 import grpc
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
@@ -18,7 +20,11 @@ from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
 from prometheus_client import REGISTRY
 
-from herald.runtime.errors import bad_request_of
+from herald.runtime.errors import InvalidArgument, bad_request_of
+from herald.services.ingest import envelope
+from herald.services.ingest.dedup import Accepted
+from herald.services.ingest.outbox import make_pending
+from herald.services.ingest.writer import EventWriter
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
 from tests.integration.conftest import IngestUnderTest
@@ -140,6 +146,90 @@ async def test_an_event_near_the_size_limit_reaches_kafka_whole(
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     assert headers(record)["ce_id"] == response.event_id == ce.id
     assert record.value == ce.text_data.encode()
+
+
+async def test_values_too_long_to_store_are_invalid_argument_not_a_failed_commit(
+    ingest: IngestUnderTest,
+) -> None:
+    # A 9,000-character random id or source exceeded what PostgreSQL indexes: INTERNAL,
+    # and every other call in the same group commit failed with it
+    async def publish(field: str, value: str, key: str = "") -> grpc.aio.AioRpcError:
+        doc = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "urn:t",
+            "type": "message.created",
+            "time": "2026-11-22T10:00:00Z",
+            "data": {"message": {"id": "m", "text": "t"}},
+            field: value,
+        }
+        metadata = [("idempotency-key", key)] if key else []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ingest.stub.Publish(
+                ingest_pb2.PublishRequest(json=json.dumps(doc)), metadata=metadata
+            )
+        return caught.value
+
+    long = os.urandom(4500).hex()
+    for field, value, key, named in (
+        ("id", long, "", "id"),
+        ("source", "urn:" + long, "", "source"),
+        # (1,000 bytes: gRPC itself may refuse metadata over 8 KiB)
+        ("id", str(uuid.uuid4()), os.urandom(500).hex(), "idempotency-key"),
+    ):
+        error = await publish(field, value, key)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(error)
+        assert status is not None
+        assert named in [v.field for v in bad_request_of(status)]
+
+    # an unknown type of 5,000 characters is echoed clipped: the error fits the trailers
+    # a client takes (8 KiB), where it had become the client's RESOURCE_EXHAUSTED
+    error = await publish("type", "message." + "c" * 5000)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown event type" in (error.details() or "")
+    assert len(error.details() or "") <= 1000
+
+    # and a good call goes through
+    good = ingest_pb2.PublishRequest(json=LEGACY_EXAMPLES["user_registered"])
+    assert (await ingest.stub.Publish(good)).event_id
+
+
+async def test_an_event_type_too_long_to_store_is_invalid_argument(
+    ingest: IngestUnderTest,
+) -> None:
+    letters = "".join(chr(ord("a") + b % 26) for b in os.urandom(9000))
+    for name, version in ((letters, "1.0"), ("warehouse.moved", "1." + "7" * 9000)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ingest.stub.CreateEventType(
+                ingest_pb2.CreateEventTypeRequest(
+                    event_type=ingest_pb2.EventType(
+                        name=name, data_version=version, json_schema='{"type": "object"}'
+                    )
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_one_event_the_database_refuses_fails_only_itself(
+    ingest: IngestUnderTest, database_url: str
+) -> None:
+    """The safety net behind validation: a group commit PostgreSQL refuses for one
+    event's data stores the others and refuses that one alone."""
+    good, _ = envelope.parse_json(LEGACY_EXAMPLES["user_registered"])
+    bad = good.with_attribute("id", os.urandom(4500).hex())  # past validation's limit
+    items = [
+        make_pending(e.with_attribute("dataversion", "1.0"), "t", {}, None, "app")
+        for e in (good, bad)
+    ]
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        stored, refused = await EventWriter(pool).write(items)
+    finally:
+        await pool.close()
+    assert stored == Accepted(good.id, False)
+    assert isinstance(refused, InvalidArgument)
+    assert "the database refused it" in refused.violations[0].description
 
 
 async def rejected(

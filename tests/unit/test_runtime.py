@@ -10,7 +10,7 @@ from herald.webhooks.v1 import webhooks_pb2
 
 from herald.runtime.db import Queries, read_migrations
 from herald.runtime.errors import FieldViolation, InvalidArgument, bad_request_of
-from herald.runtime.interceptors import nul_fields
+from herald.runtime.interceptors import long_fields, nul_fields
 from herald.runtime.pagination import page_of
 from herald.runtime.settings import KafkaSettings, load_settings
 from herald.services.ingest.settings import IngestSettings
@@ -104,3 +104,13 @@ def test_nul_fields_names_every_string_holding_a_nul() -> None:
         nul_fields(webhooks_pb2.CreateWebhookRequest(webhook=webhooks_pb2.Webhook(name="clean")))
         == []
     )
+
+
+def test_long_fields_names_the_strings_too_long_to_index() -> None:
+    request = webhooks_pb2.CreateWebhookRequest(
+        webhook=webhooks_pb2.Webhook(
+            name="n" * 2001, event_types=["ok", "я" * 1001], headers={"X": "v" * 2000}
+        )
+    )
+    # bytes, not characters: 1,001 Cyrillic letters are 2,002 bytes
+    assert sorted(long_fields(request)) == ["webhook.event_types[1]", "webhook.name"]

@@ -13,6 +13,20 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+# An error travels in the response's trailers, which a client refuses beyond 8 KiB
+# (grpc's default): values echoed from the request are clipped and the violations
+# packed while they fit, so a 5,000-character event type cannot turn INVALID_ARGUMENT
+# into the client's RESOURCE_EXHAUSTED.
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAILS_BYTES = 3000
+
+
+def clip(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` characters (the cut marked with …)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
@@ -28,6 +42,7 @@ class RpcError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
 
@@ -42,7 +57,12 @@ class InvalidArgument(RpcError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Iterable[FieldViolation], message: str = "") -> None:
-        self.violations = tuple(violations)
+        self.violations = tuple(
+            FieldViolation(
+                clip(v.field, MAX_FIELD_CHARS), clip(v.description, MAX_DESCRIPTION_CHARS)
+            )
+            for v in violations
+        )
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations[:5])
         if len(self.violations) > 5:
             summary += f"; and {len(self.violations) - 5} more"
@@ -51,17 +71,16 @@ class InvalidArgument(RpcError):
     def to_status(self) -> status_pb2.Status:
         """Status with a packed google.rpc.BadRequest detail."""
         status = super().to_status()
+        request = error_details_pb2.BadRequest()
+        for i, v in enumerate(self.violations):
+            if request.ByteSize() > MAX_DETAILS_BYTES:
+                request.field_violations.add(
+                    field="", description=f"{len(self.violations) - i} more not shown"
+                )
+                break
+            request.field_violations.add(field=v.field, description=v.description)
         detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in self.violations
-                ]
-            )
-        )
+        detail.Pack(request)
         status.details.append(detail)
         return status
 

@@ -23,31 +23,43 @@ _NUL_REFUSED = (
     asyncpg.exceptions.CharacterNotInRepertoireError,
     asyncpg.exceptions.UntranslatableCharacterError,
 )
+# And it indexes at most ~2,700 bytes a row (a third of a page).
+_INDEXABLE = 2000
 
 
-def nul_fields(message: Message, prefix: str = "") -> list[str]:
+def nul_fields(message: Message) -> list[str]:
     """Paths of the strings in ``message`` (map keys and values, repeated items and
     nested messages included) that hold a NUL character, as ``a.b[2]`` / ``m['k']``."""
+    return fields_where(message, lambda text: "\x00" in text)
+
+
+def long_fields(message: Message) -> list[str]:
+    """Paths of the strings in ``message`` longer than PostgreSQL can index."""
+    return fields_where(message, lambda text: len(text.encode("utf-8", "replace")) > _INDEXABLE)
+
+
+def fields_where(message: Message, test: Callable[[str], bool], prefix: str = "") -> list[str]:
+    """Paths of the strings in ``message`` for which ``test`` holds (see nul_fields)."""
     found: list[str] = []
     for field, value in message.ListFields():
         path = f"{prefix}.{field.name}" if prefix else field.name
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             for key, item in value.items():
                 here = f"{path}[{key!r}]"
-                found += _nul_in(key, here) or _nul_in(item, here)
+                found += _found_in(key, here, test) or _found_in(item, here, test)
         elif field.is_repeated:
             for i, item in enumerate(value):
-                found += _nul_in(item, f"{path}[{i}]")
+                found += _found_in(item, f"{path}[{i}]", test)
         else:
-            found += _nul_in(value, path)
+            found += _found_in(value, path, test)
     return found
 
 
-def _nul_in(value: object, path: str) -> list[str]:
+def _found_in(value: object, path: str, test: Callable[[str], bool]) -> list[str]:
     if isinstance(value, str):
-        return [path] if "\x00" in value else []
+        return [path] if test(value) else []
     if isinstance(value, Message):
-        return nul_fields(value, path)
+        return fields_where(value, test, path)
     return []
 
 
@@ -109,17 +121,22 @@ class ErrorInterceptor(UnaryInterceptor):
             raise
         except RpcError as exc:
             await context.abort_with_status(rpc_status.to_status(exc.to_status()))
-        except _NUL_REFUSED:
-            where = nul_fields(request) if isinstance(request, Message) else []
+        except (*_NUL_REFUSED, asyncpg.exceptions.ProgramLimitExceededError) as exc:
+            # What the database refuses of the request's values; validation is meant
+            # to refuse it first, this names the field when it did not.
+            nul = isinstance(exc, _NUL_REFUSED)
+            find = nul_fields if nul else long_fields
+            where = find(request) if isinstance(request, Message) else []
             if not where:
                 log.exception("rpc.internal_error", method=method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            refused = InvalidArgument(
-                [
-                    FieldViolation(f, "contains a NUL character (\\u0000), which cannot be stored")
-                    for f in where
-                ]
+            why = (
+                "contains a NUL character (\\u0000), which cannot be stored"
+                if nul
+                else f"too long to store (at most {_INDEXABLE} bytes)"
             )
+            log.warning("rpc.refused_by_database", method=method, fields=where, error=str(exc))
+            refused = InvalidArgument([FieldViolation(f, why) for f in where])
             await context.abort_with_status(rpc_status.to_status(refused.to_status()))
         except CONNECTION_LOST as exc:  # the caller may retry
             log.warning("rpc.unavailable", method=method, error=repr(exc))

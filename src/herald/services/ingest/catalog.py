@@ -20,6 +20,8 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+MAX_NAME_CHARS = 200
+MAX_VERSION_CHARS = 32
 KNOWN_ATTRIBUTES = {
     "subject",
     "datacontenttype",
@@ -74,14 +76,15 @@ def check_definition(
 ) -> dict[str, Any]:
     """Validates a CreateEventType request; returns the parsed schema."""
     problems: list[FieldViolation] = []
-    if not NAME.match(name):
+    if not NAME.match(name) or len(name) > MAX_NAME_CHARS:
         problems.append(
             FieldViolation(
                 "event_type.name",
-                "lowercase dotted name, e.g. 'order.created' or 'user_registered'",
+                f"lowercase dotted name of at most {MAX_NAME_CHARS} characters, e.g. "
+                "'order.created' or 'user_registered'",
             )
         )
-    if not VERSION.match(data_version):
+    if not VERSION.match(data_version) or len(data_version) > MAX_VERSION_CHARS:
         problems.append(
             FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
         )

@@ -28,6 +28,7 @@ log = structlog.get_logger("herald.ingest")
 
 PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
 MAX_BATCH = 1000
+MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
 
 
 class CallContext:
@@ -166,6 +167,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             event, problems = self._parse(request)
             validation.check_size(event, self._max_event_bytes)
+            if len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY_BYTES:
+                problems.append(
+                    FieldViolation("idempotency-key", f"at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
+                )
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)

@@ -18,6 +18,9 @@ from herald.services.ingest.event import NOT_PARSED, Event
 # RFC 3339 with an explicit UTC offset: Z or +00:00.
 _UTC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]00:00)$")
 _MAX_DATA_ERRORS = 50
+# (source, id) is the events' primary key, and PostgreSQL indexes at most ~2,700 bytes
+# a row: longer values would fail the whole group commit they are in.
+MAX_ATTRIBUTE_BYTES = {"id": 512, "source": 1024}
 
 
 def check_size(event: Event, limit: int) -> None:
@@ -64,6 +67,12 @@ def validate(
 
 def _attribute_problems(event: Event) -> list[FieldViolation]:
     problems = []
+    for name, limit in MAX_ATTRIBUTE_BYTES.items():
+        size = len(event.attributes.get(name, "").encode("utf-8", "surrogatepass"))
+        if size > limit:
+            problems.append(
+                FieldViolation(event.field_name(name), f"{size} bytes; at most {limit}")
+            )
     time = event.attributes.get("time")
     if not time:
         problems.append(FieldViolation(event.field_name("time"), "required (RFC 3339, UTC)"))

@@ -16,7 +16,8 @@ import structlog
 
 from herald.runtime import json_fast
 from herald.runtime.batching import GroupCommitter
-from herald.runtime.db import Connection, Queries
+from herald.runtime.db import DATA_REFUSED, Connection, Queries
+from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest import dedup
 from herald.services.ingest.dedup import Accepted, Outcome
 from herald.services.ingest.outbox import PendingEvent
@@ -67,7 +68,26 @@ class EventWriter:
         await self._batches.run()
 
     async def write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
-        """Stores ``items`` atomically; one outcome per item, in order.
+        """Stores ``items``; one outcome per item, in order.
+
+        A group PostgreSQL refuses for the data of one item (validation lets nothing
+        through that it would refuse; this is the safety net) is split in halves until
+        that item is alone: it is refused with PostgreSQL's reason and the others are
+        stored, so one caller's event cannot fail the calls it shares a commit with.
+        """
+        try:
+            return await self._write(items)
+        except DATA_REFUSED as exc:
+            if len(items) == 1:
+                log.warning("event.refused_by_database", event_id=items[0].event.id, error=str(exc))
+                return [
+                    InvalidArgument([FieldViolation("event", f"the database refused it: {exc}")])
+                ]
+            half = len(items) // 2
+            return [*await self.write(items[:half]), *await self.write(items[half:])]
+
+    async def _write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
+        """Stores ``items`` atomically.
 
         Without idempotency keys this is one statement (events, outbox rows and the
         relay notification together); keys add a claim before it, in one transaction.
