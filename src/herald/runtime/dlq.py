@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+
+from herald.runtime.kafka_batches import REFUSED_FOR_GOOD
 
 log = structlog.get_logger("herald.dlq")
 DLQ_TOPIC = "herald.dlq"
@@ -72,7 +73,7 @@ async def send_dead_letter(
             try:
                 await (await current.send(topic, value, key=key, headers=headers))
                 return True
-            except (MessageSizeTooLargeError, RecordTooLargeError) as exc:
+            except REFUSED_FOR_GOOD as exc:
                 smaller = _smaller(value, headers)
                 if smaller is None:
                     log.error("dlq.send_failed", topic=topic, error=repr(exc))

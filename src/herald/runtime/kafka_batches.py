@@ -14,7 +14,7 @@ Kafka refuses for good.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -84,9 +84,24 @@ class BatchSender:
         records stays in order."""
         errors = await self.send(producer, records, ack_timeout)
         refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
-        for i in range(refused[0] if refused else len(records), len(records)):
-            [errors[i]] = await self.send(producer, [records[i]], ack_timeout)
+        if refused:
+            rest = range(refused[0], len(records))
+            await self.send_alone(producer, records, rest, errors, ack_timeout)
         return errors
+
+    async def send_alone(
+        self,
+        producer: AIOKafkaProducer,
+        records: Sequence[OutRecord],
+        which: Iterable[int],
+        errors: list[BaseException | None],
+        ack_timeout: float,
+    ) -> None:
+        """Sends ``records[i]`` for each ``i`` of ``which`` again, alone (a batch of its
+        own), in that order; ``errors[i]`` becomes its outcome. Kafka judges a batch's
+        size as a whole: this tells the record it refuses from its neighbours."""
+        for i in which:
+            [errors[i]] = await self.send(producer, [records[i]], ack_timeout)
 
     async def start(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> Sending:
         """Hands ``records`` to the producer (in order) without waiting for Kafka's

@@ -141,17 +141,17 @@ class Dispatcher:
     async def _find_refused(
         self, records: list[Outgoing], errors: list[BaseException | None]
     ) -> None:
-        """Kafka judges a batch's size as a whole: each record of a batch refused as too
-        large is sent again alone, to tell the one Kafka refuses from its neighbours."""
+        """Each record of a batch refused as too large is sent again alone, to tell the
+        one Kafka refuses from its neighbours (BatchSender.send_alone)."""
         refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
         if not refused:
             return
         producer = self._producer()
-        for i in refused:
-            if producer is None:  # not known which one: all retried later
-                errors[i] = ConnectionError("Kafka producer not connected")
-            else:
-                [errors[i]] = await self._sender.send(producer, [records[i]], self._send_timeout)
+        if producer is not None:
+            await self._sender.send_alone(producer, records, refused, errors, self._send_timeout)
+            return
+        for i in refused:  # not known which one: all retried later
+            errors[i] = ConnectionError("Kafka producer not connected")
 
 
 def _describe(exc: BaseException) -> str:
