@@ -51,6 +51,29 @@ DATA_REFUSED = (
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def isolate_refused(
+    items: Sequence[T],
+    apply: Callable[[Sequence[T]], Awaitable[list[R]]],
+    refused: Callable[[T, BaseException], Awaitable[R]],
+) -> list[R]:
+    """``apply(items)``; a batch PostgreSQL refuses for its data (DATA_REFUSED) is split
+    in halves until the item it refuses is alone, whose result is ``refused`` with
+    PostgreSQL's reason; the rest are applied. Results keep the items' order; any other
+    error is raised."""
+    try:
+        return await apply(items)
+    except DATA_REFUSED as exc:
+        if len(items) == 1:
+            return [await refused(items[0], exc)]
+        log.warning("db.refused_batch", items=len(items), error=repr(exc))
+        half = len(items) // 2
+        return [
+            *await isolate_refused(items[:half], apply, refused),
+            *await isolate_refused(items[half:], apply, refused),
+        ]
 
 
 async def apply_isolating_refused(
@@ -65,38 +88,26 @@ async def apply_isolating_refused(
 ) -> int:
     """``apply(items)`` (the sum of what it returns) for a consumer whose offsets wait
     for it. Any database error other than refused data (unreachable, a deadlock, …) is
-    logged as ``failed_event`` and the whole batch tried again with backoff. A batch
-    PostgreSQL refuses for its data (DATA_REFUSED) is split in halves until the item it
-    refuses is alone, which goes to ``refused`` with PostgreSQL's reason; the rest are
-    applied."""
-    delay = first_delay
-    while True:
-        try:
-            return await apply(items)
-        except DATA_REFUSED as exc:
-            if len(items) == 1:
-                await refused(items[0], exc)
-                return 0
-            log.warning("db.refused_batch", items=len(items), error=repr(exc))
-            half = len(items) // 2
-            parts = (items[:half], items[half:])
-            counts = [
-                await apply_isolating_refused(
-                    part,
-                    apply,
-                    refused,
-                    failed_event=failed_event,
-                    first_delay=first_delay,
-                    max_delay=max_delay,
-                    level=level,
-                )
-                for part in parts
-            ]
-            return sum(counts)
-        except DATABASE_ERRORS as exc:
-            log.log(level, failed_event, error=repr(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
+    logged as ``failed_event`` and the part at hand tried again with backoff. Refused
+    data goes to ``refused`` item by item (:func:`isolate_refused`)."""
+
+    async def retrying(part: Sequence[T]) -> list[int]:
+        delay = first_delay
+        while True:
+            try:
+                return [await apply(part)]
+            except DATA_REFUSED:
+                raise
+            except DATABASE_ERRORS as exc:
+                log.log(level, failed_event, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+
+    async def refused_one(item: T, exc: BaseException) -> int:
+        await refused(item, exc)
+        return 0
+
+    return sum(await isolate_refused(items, retrying, refused_one))
 
 
 # A connection, whether taken from a pool or opened alone.

@@ -16,7 +16,7 @@ import structlog
 
 from herald.runtime import json_fast
 from herald.runtime.batching import GroupCommitter
-from herald.runtime.db import DATA_REFUSED, Connection, Queries
+from herald.runtime.db import Connection, Queries, isolate_refused
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest import dedup
 from herald.services.ingest.dedup import Accepted, Outcome
@@ -75,16 +75,7 @@ class EventWriter:
         that item is alone: it is refused with PostgreSQL's reason and the others are
         stored, so one caller's event cannot fail the calls it shares a commit with.
         """
-        try:
-            return await self._write(items)
-        except DATA_REFUSED as exc:
-            if len(items) == 1:
-                log.warning("event.refused_by_database", event_id=items[0].event.id, error=str(exc))
-                return [
-                    InvalidArgument([FieldViolation("event", f"the database refused it: {exc}")])
-                ]
-            half = len(items) // 2
-            return [*await self.write(items[:half]), *await self.write(items[half:])]
+        return await isolate_refused(items, self._write, _refused)
 
     async def _write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
         """Stores ``items`` atomically.
@@ -217,3 +208,9 @@ class EventWriter:
                     [k.actor for k in release if k],
                 )
         return inserted
+
+
+async def _refused(item: PendingEvent, exc: BaseException) -> Outcome:
+    """The outcome of an event PostgreSQL refused to store."""
+    log.warning("event.refused_by_database", event_id=item.event.id, error=str(exc))
+    return InvalidArgument([FieldViolation("event", f"the database refused it: {exc}")])
