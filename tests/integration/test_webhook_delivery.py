@@ -243,6 +243,43 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     assert alerts[0]["attempts"] == 3
 
 
+async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(
+    stack: Stack,
+) -> None:
+    # The DLQ record was sent after the outcome was written, for up to 30 s, and the alert
+    # stored only after that: with Kafka away, the alert waited 30 s, and a stop in that
+    # window lost both (nothing stored said a record was owed)
+    if stack.infra.kafka is None:
+        pytest.fail("this test stops Kafka: run it against the Kafka the session starts")
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 10)
+        policy = webhooks_pb2.RetryPolicy(max_retries=1, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=3)
+        await stack.produce([job(created.webhook.id, event_id="evt-kafka-away")])
+        await receiver.wait_for(1, timeout=10)
+        await asyncio.to_thread(stack.infra.kafka.stop)
+        try:
+            await receiver.wait_for(2, timeout=10)  # the retry: exhausted, Kafka away
+            alerts = await announced(
+                stack.database_url, "herald.webhook.delivery_exhausted", timeout=10
+            )
+            assert [a["event_id"] for a in alerts] == ["evt-kafka-away"]
+            for running in stack.webhooks:
+                await running.stop(1)
+            stack.webhooks = []
+        finally:
+            await asyncio.to_thread(stack.infra.kafka.start)
+        await stack.restart(stack.settings)
+    [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1, 60)
+    assert headers(record)["dlq-reason"] == "retries exhausted: http_5xx"
+    assert json.loads(record.value)["id"] == "evt-kafka-away"
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM webhooks.dlq_outbox") == 0, "sent"
+    finally:
+        await conn.close()
+
+
 async def test_an_alert_raised_while_ingest_is_away_is_published_when_it_is_back(
     stack: Stack,
 ) -> None:

@@ -120,3 +120,38 @@ def test_then_without_the_original_headers_and_then_it_gives_up() -> None:
     assert not asyncio.run(
         dlq.send_dead_letter(lambda: tiny, "dlq", b"v", b"k", huge, until_acknowledged=True)
     )
+
+
+class HangingProducer:
+    """A producer whose sends are never acknowledged (Kafka away, metadata pending)."""
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+
+def test_a_send_kafka_never_answers_times_out_at_the_bound() -> None:
+    # The outbox's worker gives way after its bound and keeps the record for later
+    async def attempt() -> tuple[str, float]:
+        started = asyncio.get_running_loop().time()
+        outcome = await dlq.try_dead_letter(_given(HangingProducer()), "dlq", b"v", b"k", [], 0.05)
+        return outcome, asyncio.get_running_loop().time() - started
+
+    outcome, took = asyncio.run(attempt())
+    assert outcome == "timeout"
+    assert took < 1.0
+
+
+def test_a_record_refused_even_cut_down_is_reported_as_refused() -> None:
+    class Refusing:
+        async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+            raise MessageSizeTooLargeError()
+
+    outcome = asyncio.run(
+        dlq.try_dead_letter(_given(Refusing()), "dlq", b"v", b"k", [("h", b"x")], 1.0)
+    )
+    assert outcome == "refused"
+
+
+def _given(producer: object) -> Any:
+    """A producer getter answering ``producer``."""
+    return lambda: producer

@@ -12,7 +12,6 @@ which no retry changes) is kept with ``refused_at`` and logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,13 @@ import grpc
 import structlog
 
 from herald.runtime import json_fast
-from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS, Queries
+from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS, Connection, Queries
 from herald.runtime.publisher import Alert, EventPublisher
+from herald.runtime.rounds import send_in_rounds
 
 log = structlog.get_logger("herald.announcements")
 _SQL = Path(__file__).with_name("sql") / "announcements.sql"
 BATCH = 100
-RETRY_SECONDS = 1.0  # between rounds while ingest is away
-MAX_RETRY_SECONDS = 30.0
-POLL_SECONDS = 30.0
 ADD_WAIT_SECONDS = 30.0
 
 
@@ -51,13 +48,7 @@ class Announcements:
         bad input being reported) is stored with U+FFFD instead. While the database is
         away it tries again for up to ADD_WAIT_SECONDS; False (logged) if the alert
         could not be stored."""
-        args = (
-            _storable(alert.event_type),
-            _storable(alert.key),
-            _storable(alert.subject),
-            json_fast.dumps(_storable(alert.data)),
-            _storable(alert.dataschema),
-        )
+        args = _columns(alert)
         delay = 0.1
         deadline = asyncio.get_running_loop().time() + ADD_WAIT_SECONDS
         while True:
@@ -74,25 +65,18 @@ class Announcements:
         self._wake.set()
         return True
 
+    async def add_within(self, conn: Connection, alert: Alert) -> None:
+        """Stores ``alert`` in the caller's transaction, so it exists exactly when what
+        it announces does; :meth:`wake` once the transaction commits."""
+        await conn.execute(self._q.add, *_columns(alert))
+
+    def wake(self) -> None:
+        """Alerts were stored: publish them now."""
+        self._wake.set()
+
     async def run(self) -> None:
         """Publishes what is stored, until cancelled."""
-        delay = RETRY_SECONDS
-        while True:
-            self._wake.clear()
-            try:
-                published, left = await self.publish_stored()
-            except DATABASE_ERRORS as exc:
-                log.warning("announcements.database_error", error=repr(exc))
-                published, left = 0, True
-            if left and not published:  # ingest is away: back off
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
-                continue
-            delay = RETRY_SECONDS
-            if not left:  # also a poll: a stopped replica's alerts are taken over
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+        await send_in_rounds(self.publish_stored, self._wake, "announcements")
 
     async def publish_stored(self) -> tuple[int, bool]:
         """One round: (alerts published, whether some are left)."""
@@ -125,6 +109,17 @@ class Announcements:
             else:
                 return published, True  # ingest is away: the rest waits too
         return published, len(rows) == BATCH
+
+
+def _columns(alert: Alert) -> tuple[Any, ...]:
+    """The ``add`` statement's arguments, with text PostgreSQL can store."""
+    return (
+        _storable(alert.event_type),
+        _storable(alert.key),
+        _storable(alert.subject),
+        json_fast.dumps(_storable(alert.data)),
+        _storable(alert.dataschema),
+    )
 
 
 def _not_stored(alert: Alert, error: BaseException) -> bool:

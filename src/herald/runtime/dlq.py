@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -63,21 +64,40 @@ async def send_dead_letter(
     topic, a webhook body in its dead-letter row); without the original headers too if
     that is still too large.
     """
+    wait = None if until_acknowledged else WAIT_SECONDS
+    return await try_dead_letter(producer, topic, value, key, headers, wait) == "sent"
+
+
+async def try_dead_letter(
+    producer: Callable[[], AIOKafkaProducer | None],
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]],
+    wait_seconds: float | None,
+) -> Literal["sent", "refused", "timeout"]:
+    """:func:`send_dead_letter`'s attempts for up to ``wait_seconds`` (None: as long as it
+    takes): "sent"; "refused" when Kafka refuses even the cut-down record (logged);
+    "timeout" when Kafka did not acknowledge it in time (logged)."""
     loop = asyncio.get_running_loop()
-    deadline = None if until_acknowledged else loop.time() + WAIT_SECONDS
+    deadline = None if wait_seconds is None else loop.time() + wait_seconds
     delay = RETRY_SECONDS
     error: BaseException | None = None
     while True:
         current = producer()
         if current is not None:
             try:
-                await (await current.send(topic, value, key=key, headers=headers))
-                return True
+                sending = _acknowledged(current, topic, value, key, headers)
+                if deadline is None:
+                    await sending
+                else:  # a send can wait on metadata far longer than we want to
+                    await asyncio.wait_for(sending, max(deadline - loop.time(), 0.1))
+                return "sent"
             except REFUSED_FOR_GOOD as exc:
                 smaller = _smaller(value, headers)
                 if smaller is None:
                     log.error("dlq.send_failed", topic=topic, error=repr(exc))
-                    return False
+                    return "refused"
                 log.warning("dlq.record_too_large", topic=topic, error=repr(exc))
                 value, headers = smaller
                 continue
@@ -87,9 +107,20 @@ async def send_dead_letter(
                     log.error("dlq.send_failed", topic=topic, error=repr(exc), retry_in=delay)
         if deadline is not None and loop.time() >= deadline:
             log.error("dlq.send_failed", topic=topic, error=repr(error))
-            return False
-        await asyncio.sleep(delay)
+            return "timeout"
+        pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+        await asyncio.sleep(pause)
         delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+
+async def _acknowledged(
+    producer: AIOKafkaProducer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]],
+) -> None:
+    await (await producer.send(topic, value, key=key, headers=headers))
 
 
 def _smaller(

@@ -17,11 +17,13 @@ from herald.webhooks.v1 import (
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.engine import VERSION, Engine
+from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.intake import Intake
@@ -56,16 +58,15 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     announcements = Announcements(
         pool, EventPublisher(ingest, source="urn:herald:webhooks"), "webhooks"
     )
+    outbox = DeadLetterOutbox(pool, producer.get, "webhooks")
     engine = Engine(
         pool,
         client,
         box,
-        producer.get,
-        announcements,
+        Escalation(pool, outbox, announcements, settings.dlq_topic),
         concurrency=settings.delivery_concurrency,
         per_webhook=settings.delivery_concurrency_per_webhook,
         lease_seconds=settings.delivery_timeout_seconds + 30,
-        dlq_topic=settings.dlq_topic,
         disable_after=settings.disable_after_seconds or None,
     )
     servicer = WebhookServicer(
@@ -113,6 +114,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             intake.run,
             engine.run,
             announcements.run,
+            outbox.run,
             partial(report_due, pool),
         ],
         interceptors=[

@@ -17,20 +17,18 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from herald.runtime import json_fast
-from herald.runtime.announcements import Announcements
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.dlq import DLQ_TOPIC
+from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.webhooks import retry
-from herald.services.webhooks.escalation import Escalation
+from herald.services.webhooks.escalation import Escalation, Step
 from herald.services.webhooks.http import AttemptResult, DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from herald.services.webhooks.model import RetryPolicy
@@ -81,6 +79,10 @@ class Outcome:
     retry_after: float | None
     last_error: str | None
     last_response: str
+    then: Step | None = None  # stored with the outcome (a dead letter, a disabled webhook)
+
+
+OUTCOME_COLUMNS = tuple(f.name for f in fields(Outcome) if f.name != "then")
 
 
 class Engine:
@@ -91,19 +93,17 @@ class Engine:
         pool: asyncpg.Pool,
         client: DeliveryClient,
         box: SecretBox,
-        producer: Callable[[], AIOKafkaProducer | None],
-        announcements: Announcements | None,
+        escalation: Escalation,
         concurrency: int = 64,
         per_webhook: int = 0,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
-        dlq_topic: str = DLQ_TOPIC,
         disable_after: float | None = None,
     ) -> None:
         self._pool = pool
         self._client = client
         self._box = box
-        self._escalation = Escalation(pool, producer, announcements, dlq_topic)
+        self._escalation = escalation
         self._concurrency = concurrency
         # Attempts in flight per webhook not known to be fast: one slow endpoint holds at
         # most this many.
@@ -385,7 +385,12 @@ class Engine:
         )
         verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
-        await self._record(row, number, started, result, verdict)
+        then = None
+        if verdict.outcome == "dead":
+            then = self._escalation.dead_letter(row, hook, verdict.reason, result)
+        elif verdict.outcome == "gone":
+            then = self._escalation.gone(row, hook, "the endpoint answered 410 Gone")
+        await self._record(row, number, started, result, verdict, then)
         DELIVERIES.labels(verdict.outcome).inc()
         log.info(
             "delivery.attempted",
@@ -401,9 +406,7 @@ class Engine:
         if verdict.outcome == "retry":  # be awake when it comes due
             asyncio.get_running_loop().call_later(verdict.delay, self.wake)
         if verdict.outcome == "dead":
-            await self._escalation.dead_letter(row, hook, verdict.reason, result)
-        elif verdict.outcome == "gone":
-            await self._escalation.disable(row, hook, "the endpoint answered 410 Gone")
+            EVENTS_DLQ.labels("delivery_exhausted").inc()
         if verdict.outcome in ("retry", "dead") and self._disable_after is not None:
             since = await self._pool.fetchval(Q.failing_since, row["webhook_id"])
             if since is not None and datetime.now(UTC) - since >= self._disable_after:
@@ -451,6 +454,7 @@ class Engine:
         started: datetime,
         result: AttemptResult,
         verdict: retry.Verdict,
+        then: Step | None,
     ) -> None:
         status = {"delivered": "delivered", "retry": "pending"}.get(verdict.outcome, "failed")
         pending = status == "pending"
@@ -469,12 +473,25 @@ class Engine:
                 retry_after=verdict.delay if pending else None,
                 last_error=result.detail or None,
                 last_response=result.body[:1024],
+                then=then,
             )
         )
 
     async def _write_outcomes(self, outcomes: Sequence[Outcome]) -> list[None]:
-        """One statement for a group of outcomes, then the webhooks' last delivery time."""
-        columns = [[getattr(o, f) for o in outcomes] for f in Outcome.__slots__]
-        await self._pool.execute(Q.record_outcomes, self.worker, *columns)
+        """One statement for a group of outcomes, then the webhooks' last delivery time.
+        What an outcome leads to (``then``) is stored in the same transaction, for the
+        outcomes this worker recorded (it still held their claims)."""
+        columns = [[getattr(o, f) for o in outcomes] for f in OUTCOME_COLUMNS]
+        steps = [o for o in outcomes if o.then is not None]
+        if not steps:
+            await self._pool.execute(Q.record_outcomes, self.worker, *columns)
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(Q.record_outcomes, self.worker, *columns)
+                recorded = {r["id"] for r in rows}
+                for o in steps:
+                    if o.then is not None and o.delivery_id in recorded:
+                        await o.then(conn)
+            self._escalation.stored()
         await self._pool.execute(Q.touch_webhooks, sorted({o.webhook_id for o in outcomes}))
         return [None] * len(outcomes)

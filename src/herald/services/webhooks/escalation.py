@@ -1,24 +1,32 @@
 """What a delivery's verdict leads to beyond its own row: a dead letter when its retries
 are exhausted, a disabled webhook when its endpoint is gone or keeps failing, and the
-operational event announcing each through ingest."""
+operational event announcing each through ingest.
+
+Each is stored in the transaction that records the verdict (the DLQ record in the
+``dlq_outbox``, the alert in ``announcements``) and sent by their workers: a dead letter
+decided while Kafka or ingest is away, or just before the process stops or crashes,
+still reaches the DLQ topic and is still announced.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
 
 from herald.runtime.announcements import Announcements
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
-from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.db import Connection
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import Alert
 from herald.services.webhooks.http import AttemptResult
 from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.engine")
+# What a verdict leads to, run in the transaction that records it.
+Step = Callable[[Connection], Awaitable[None]]
 
 
 class Escalation:
@@ -27,33 +35,26 @@ class Escalation:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        producer: Callable[[], AIOKafkaProducer | None],
-        announcements: Announcements | None,
+        outbox: DeadLetterOutbox,
+        announcements: Announcements,
         dlq_topic: str = DLQ_TOPIC,
     ) -> None:
         self._pool = pool
-        self._producer = producer
+        self._outbox = outbox
         self._announcements = announcements
         self._dlq_topic = dlq_topic
 
-    async def dead_letter(
+    def dead_letter(
         self, row: asyncpg.Record, hook: asyncpg.Record, reason: str, result: AttemptResult
-    ) -> None:
+    ) -> Step:
+        """An exhausted delivery's DLQ record and alert."""
         origin = {
             "webhook-id": str(hook["webhook_id"]),
             "delivery-id": str(row["id"]),
             "event-id": row["event_id"],
         }
-        text = f"retries exhausted: {reason}"
-        await send_dead_letter(
-            self._producer,
-            self._dlq_topic,
-            bytes(row["body"]),
-            str(hook["webhook_id"]).encode(),
-            dead_letter_headers(text, "webhooks", origin=origin),
-        )
-        EVENTS_DLQ.labels("delivery_exhausted").inc()
-        await self._publish(
+        headers = dead_letter_headers(f"retries exhausted: {reason}", "webhooks", origin=origin)
+        alert = _alert(
             "herald.webhook.delivery_exhausted",
             str(row["id"]),
             hook,
@@ -68,22 +69,47 @@ class Escalation:
                 "tenant": row["tenant"],
             },
         )
+        body, key = bytes(row["body"]), str(hook["webhook_id"]).encode()
+
+        async def step(conn: Connection) -> None:
+            await self._outbox.add_within(conn, self._dlq_topic, body, key, headers)
+            await self._announcements.add_within(conn, alert)
+
+        return step
+
+    def gone(self, row: asyncpg.Record, hook: asyncpg.Record, why: str) -> Step:
+        """The webhook disabled, and announced if it was active."""
+
+        async def step(conn: Connection) -> None:
+            await self._disable_within(conn, row, hook, why)
+
+        return step
 
     async def disable(self, row: asyncpg.Record, hook: asyncpg.Record, why: str) -> None:
-        if await self._pool.fetchval(Q.disable_webhook, hook["webhook_id"]) is None:
+        """The webhook disabled and announced (if it was active), in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._disable_within(conn, row, hook, why)
+        self.stored()
+
+    def stored(self) -> None:
+        """A transaction with steps committed: their records and alerts go out now."""
+        self._outbox.wake()
+        self._announcements.wake()
+
+    async def _disable_within(
+        self, conn: Connection, row: asyncpg.Record, hook: asyncpg.Record, why: str
+    ) -> None:
+        if await conn.fetchval(Q.disable_webhook, hook["webhook_id"]) is None:
             return  # already disabled
         log.warning("webhook.disabled", webhook_id=str(hook["webhook_id"]), reason=why)
-        await self._publish(
+        alert = _alert(
             "herald.webhook.disabled",
             f"{hook['webhook_id']}/{row['id']}",
             hook,
             {"webhook_id": str(hook["webhook_id"]), "reason": why, "tenant": row["tenant"]},
         )
+        await self._announcements.add_within(conn, alert)
 
-    async def _publish(
-        self, event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]
-    ) -> None:
-        if self._announcements is not None:  # stored, published once ingest takes it
-            await self._announcements.add(
-                Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data)
-            )
+
+def _alert(event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]) -> Alert:
+    return Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data)

@@ -1,0 +1,44 @@
+"""The loop of a worker that sends what its service stored (alerts to ingest, dead-letter
+records to Kafka) until the other side takes each: again at once while rounds get
+through and more is left, backing off while nothing gets through, and otherwise waiting
+to be woken, or POLL_SECONDS, so what a stopped replica left is taken over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from herald.runtime.db import DATABASE_ERRORS
+
+log = structlog.get_logger("herald.rounds")
+RETRY_SECONDS = 1.0  # between rounds while nothing gets through
+MAX_RETRY_SECONDS = 30.0
+POLL_SECONDS = 30.0
+
+
+async def send_in_rounds(
+    one_round: Callable[[], Awaitable[tuple[int, bool]]], wake: asyncio.Event, what: str
+) -> None:
+    """Runs ``one_round`` (which answers: how many it sent, whether some are left) until
+    cancelled; ``wake`` set means more was stored. A database error counts as a round
+    that got nothing through (logged, ``what`` naming the worker)."""
+    delay = RETRY_SECONDS
+    while True:
+        wake.clear()
+        try:
+            sent, left = await one_round()
+        except DATABASE_ERRORS as exc:
+            log.warning("rounds.database_error", worker=what, error=repr(exc))
+            sent, left = 0, True
+        if left and not sent:  # the other side is away: back off
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            delay = min(delay * 2, MAX_RETRY_SECONDS)
+            continue
+        delay = RETRY_SECONDS
+        if not left:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
