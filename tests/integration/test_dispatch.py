@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, json_format, struct_pb2
@@ -503,6 +504,65 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
             dispatch_pb2.RedriveDeadLettersRequest(ids=dispatch_pb2.DeadLetterIds(ids=[dead.id]))
         )
         assert again.redriven == 0, "never twice"
+
+
+async def count_rows(database_url: str, table: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(flow: Flow) -> None:
+    # The dead letter's DLQ record was sent after its row was stored, for up to 30 s, and
+    # its alert stored only after that: with Kafka away, a stop in that window lost both
+    if flow.infra.kafka is None:
+        pytest.fail("this test stops Kafka: run it against the Kafka the session starts")
+    for running in flow.dispatch:
+        await running.stop(1)
+    flow.dispatch.clear()
+    # webhooks unreachable: the event is parked, and dead-lettered at its one retry
+    await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="6s")
+    await flow.hooks.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(
+                name="owed", url="http://127.0.0.1:9/hook", event_types=["message.created"]
+            )
+        ),
+        metadata=KEY,
+    )
+    event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+    for _ in range(100):
+        if await count_rows(flow.database_url, "dispatch.retries"):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(flow.infra.kafka.stop)
+    try:
+        for _ in range(150):
+            if await count_rows(flow.database_url, "dispatch.dead_letters"):
+                break
+            await asyncio.sleep(0.1)
+        [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered")
+        assert alert["event_id"] == event_id
+        for running in flow.dispatch:
+            await running.stop(1)
+        flow.dispatch.clear()
+        assert await count_rows(flow.database_url, "dispatch.dlq_outbox") == 1, "owed, stored"
+    finally:
+        await asyncio.to_thread(flow.infra.kafka.start)
+    await flow.add_dispatch()  # any replica sends what is owed
+    dlq = await read_matching(
+        flow.infra.kafka_settings(), flow.settings.dlq_topic, bool, 1, timeout=60
+    )
+    assert [headers(r)["ce_id"] for r in dlq] == [event_id]
+    assert "webhook subscriptions unknown" in headers(dlq[0])["dlq-reason"]
+    for _ in range(50):
+        if not await count_rows(flow.database_url, "dispatch.dlq_outbox"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the sent record left the outbox")
 
 
 async def test_route_crud_and_validation(flow: Flow) -> None:

@@ -8,6 +8,7 @@ from herald.dispatch.v1 import dispatch_pb2, notification_pb2
 
 from herald.runtime.cloudevents_kafka import BinaryEvent
 from herald.services.dispatch import fanout
+from herald.services.dispatch.deadletters import Record, letter_id
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.routes import CompiledRoute, Event, TargetError, check
 
@@ -215,3 +216,16 @@ def test_schedule() -> None:
     for bad, why in (("", "at least one"), ("5x", "expected a number"), ("-1s", "negative")):
         with pytest.raises(ValueError, match=why):
             Schedule.parse(bad)
+
+
+def test_a_records_dead_letters_are_one_per_set_of_targets() -> None:
+    # A record dead for one target at first and for another on a retry is two dead
+    # letters (the second had the first's id, so its row and alert were dropped); the
+    # same record and targets again (consumed again after a crash) is the same one.
+    record = Record("herald.events", 3, 42, b"k", b"v", [])
+    again = Record("herald.events", 3, 42, b"k", b"v", [("h", b"x")])
+    assert letter_id(record, ["a", "b"]) == letter_id(again, ["b", "a"])
+    assert letter_id(record, ["a"]) != letter_id(record, ["b"])
+    assert letter_id(record, ["a"]) != letter_id(
+        Record("herald.events", 3, 43, None, None, []), ["a"]
+    )

@@ -78,6 +78,17 @@ def test_every_named_query_and_migration_loads() -> None:
     assert [m.version for m in read_migrations("ingest", INGEST_SQL / "migrations")] == [1]
 
 
+def test_a_migration_includes_the_runtimes_tables_in_its_own_schema(tmp_path: Path) -> None:
+    (tmp_path / "001_init.sql").write_text("CREATE SCHEMA shop;\n-- include: dlq_outbox\n")
+    [migration] = read_migrations("shop", tmp_path)
+    assert "CREATE TABLE shop.dlq_outbox (" in migration.sql
+    assert "{schema}" not in migration.sql
+    assert "-- include:" not in migration.sql
+    (tmp_path / "002_more.sql").write_text("-- include: no_such_table\n")
+    with pytest.raises(ValueError, match="no runtime table 'no_such_table'"):
+        read_migrations("shop", tmp_path)
+
+
 def test_invalid_argument_status_carries_bad_request() -> None:
     status = InvalidArgument([FieldViolation("a.b", "wrong")]).to_status()
     assert status.code == code_pb2.INVALID_ARGUMENT

@@ -115,6 +115,8 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+_INCLUDE = re.compile(r"^-- include: ([a-z0-9_]+)$", re.MULTILINE)
+_TABLES = Path(__file__).with_name("sql") / "tables"
 # One advisory lock key for all migrations: services migrate one at a time.
 _MIGRATION_LOCK = 0x4E52414C44  # "HERALD"-ish, any stable bigint
 
@@ -162,11 +164,25 @@ def read_migrations(service: str, folder: Path) -> list[Migration]:
         match = _MIGRATION.match(path.name)
         if not match:
             raise ValueError(f"{path}: migration files are named NNN_description.sql")
-        found.append(Migration(service, int(match[1]), match[2], path.read_text()))
+        found.append(Migration(service, int(match[1]), match[2], _expand(path, service)))
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
         raise ValueError(f"{folder}: migration versions must be 1..N, got {versions}")
     return found
+
+
+def _expand(path: Path, schema: str) -> str:
+    """A migration's text, each ``-- include: <table>`` line replaced by the runtime's
+    definition of a table every service has (``runtime/sql/tables/<table>.sql``), in the
+    service's ``schema``."""
+
+    def table(match: re.Match[str]) -> str:
+        where = _TABLES / f"{match[1]}.sql"
+        if not where.exists():
+            raise ValueError(f"{path}: no runtime table {match[1]!r} to include")
+        return where.read_text().replace("{schema}", schema)
+
+    return _INCLUDE.sub(table, path.read_text())
 
 
 async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:

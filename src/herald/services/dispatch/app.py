@@ -12,6 +12,7 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
@@ -94,12 +95,8 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     announcements = Announcements(
         pool, EventPublisher(ingest, source="urn:herald:dispatch"), "dispatch"
     )
-    dead = DeadLetters(
-        pool,
-        producer.get,
-        announcements,
-        settings.dlq_topic,
-    )
+    outbox = DeadLetterOutbox(pool, producer.get, "dispatch")
+    dead = DeadLetters(pool, producer.get, outbox, announcements, settings.dlq_topic)
     schedule = settings.schedule()
     consumer = EventConsumer(
         pool,
@@ -145,6 +142,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             consumer.run,
             retrier.run,
             announcements.run,
+            outbox.run,
         ],
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -25,7 +26,14 @@ from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
 from herald.runtime.kafka import consume_overlapped
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons, stored
+from herald.services.dispatch.deadletters import (
+    DeadLetters,
+    EventIds,
+    Letter,
+    Record,
+    reasons,
+    stored,
+)
 from herald.services.dispatch.dispatcher import Dispatcher, Outcome
 from herald.services.dispatch.fanout import Consumed
 from herald.services.dispatch.retry import Schedule
@@ -130,17 +138,19 @@ class EventConsumer:
                 await self._durably(self._park, record, consumed, outcome)
             except DATA_REFUSED as exc:  # it cannot wait in PostgreSQL: dead-lettered now
                 reason = f"{reasons(outcome.failed)}; not parked for retry: {exc}"
-                await self._dead.announce(record, ids, list(outcome.failed), 1, reason, "target")
+                letter = Letter(record, ids, list(outcome.failed), 1, reason, "target")
+                await self._dead.not_storable(letter)
 
     async def _bury(
         self, record: Record, ids: EventIds, targets: list[str], reason: str, kind: str
     ) -> None:
         """A dead letter, stored and announced; one PostgreSQL refuses to store (a NUL
         character in a header name, say) still goes to the DLQ topic, saying so."""
+        letter = Letter(record, ids, targets, 1, reason, kind)
         try:
-            await self._durably(self._dead.bury, record, ids, targets, 1, reason, kind)
+            await self._durably(self._dead.bury, letter)
         except DATA_REFUSED as exc:
-            await self._dead.announce(record, ids, targets, 1, f"{reason}; not stored: {exc}", kind)
+            await self._dead.not_storable(replace(letter, reason=f"{reason}; not stored: {exc}"))
 
     async def _park(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
         reason = reasons(outcome.failed)

@@ -1,5 +1,10 @@
 """Giving up on an event: a dead_letters row, a herald.dlq record, a metric and an
-alert event through ingest; and the ListDeadLetters / RedriveDeadLetters queries."""
+alert event through ingest; and the ListDeadLetters / RedriveDeadLetters queries.
+
+The row, the DLQ record (``dlq_outbox``) and the alert (``announcements``) are stored in
+one transaction and sent by their workers: a dead letter decided while Kafka or ingest
+is away, or just before a stop or a crash, still reaches the DLQ topic and is announced.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime.announcements import Announcements
+from herald.runtime.db import Connection
 from herald.runtime.dlq import dead_letter_headers, send_dead_letter
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.publisher import Alert
 from herald.services.dispatch.store import Q
@@ -45,6 +52,26 @@ class EventIds:
     event_type: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """A dead letter to store: the record, its event's ids, the targets it failed, after
+    how many tries and why; ``kind`` labels events_dlq_total."""
+
+    record: Record
+    ids: EventIds
+    targets: Sequence[str]
+    attempts: int
+    reason: str
+    kind: str
+
+
+def letter_id(record: Record, targets: Sequence[str]) -> uuid.UUID:
+    """Deterministic per record and targets: a record consumed again dies once, and a
+    later dead letter of the same record for other targets is a dead letter too."""
+    where = f"{record.topic}/{record.partition}/{record.offset}"
+    return uuid.uuid5(NAMESPACE, f"{where}/{'|'.join(sorted(targets))}")
+
+
 def stored(record: Record, ids: EventIds) -> tuple[object, ...]:
     """The columns a record and its event ids are stored in (retries, dead_letters):
     id, topic, partition, offset, key, value, header names and values, event ids."""
@@ -75,73 +102,95 @@ class DeadLetters:
         self,
         pool: asyncpg.Pool,
         producer: Callable[[], AIOKafkaProducer | None],
-        announcements: Announcements | None,
+        outbox: DeadLetterOutbox,
+        announcements: Announcements,
         dlq_topic: str,
     ) -> None:
         self._pool = pool
         self._producer = producer
+        self._outbox = outbox
         self._announcements = announcements
         self._dlq_topic = dlq_topic
 
-    async def bury(
-        self,
-        record: Record,
-        ids: EventIds,
-        targets: Sequence[str],
-        attempts: int,
-        reason: str,
-        kind: str,
-    ) -> None:
-        """Stores the dead letter, then the DLQ record and the alert; ``kind`` labels
-        events_dlq_total."""
-        await self._pool.execute(
-            Q.dead_letter, *stored(record, ids), list(targets), attempts, reason
-        )
-        await self.announce(record, ids, targets, attempts, reason, kind)
+    async def bury(self, letter: Letter) -> None:
+        """Stores the dead letter with its DLQ record and alert, once per record and
+        targets."""
+        dead = letter_id(letter.record, letter.targets)
+        columns = (*stored(letter.record, letter.ids)[1:], list(letter.targets))
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                Q.dead_letter, dead, *columns, letter.attempts, letter.reason
+            ):
+                return  # stored before: the record was consumed again
+            await self._within(conn, dead, letter)
+        self._done(letter)
 
-    async def announce(
-        self,
-        record: Record,
-        ids: EventIds,
-        targets: Sequence[str],
-        attempts: int,
-        reason: str,
-        kind: str,
-    ) -> None:
-        """The DLQ record, the metric and the alert for a stored dead letter."""
-        EVENTS_DLQ.labels(kind).inc()
+    async def give_up(self, retry_id: uuid.UUID, worker: str, letter: Letter) -> None:
+        """Moves a parked event to the dead letters, if ``worker`` still holds it, with
+        its DLQ record and alert."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            dead = await conn.fetchval(
+                Q.retry_to_dead_letter, retry_id, worker, list(letter.targets), letter.reason
+            )
+            if dead is None:
+                return  # not ours any more
+            await self._within(conn, dead, letter)
+        self._done(letter)
+
+    async def not_storable(self, letter: Letter) -> None:
+        """A dead letter PostgreSQL refuses to store (a NUL character in a header name):
+        its DLQ record sent now (for up to dlq.WAIT_SECONDS) and its alert stored."""
+        record = letter.record
+        await send_dead_letter(
+            self._producer, self._dlq_topic, record.value, record.key, _headers(letter)
+        )
+        dead = letter_id(record, letter.targets)
+        await self._announcements.add(_alert(dead, letter))
+        self._done(letter)
+
+    async def _within(self, conn: Connection, dead: uuid.UUID, letter: Letter) -> None:
+        record = letter.record
+        await self._outbox.add_within(
+            conn, self._dlq_topic, record.value, record.key, _headers(letter)
+        )
+        await self._announcements.add_within(conn, _alert(dead, letter))
+
+    def _done(self, letter: Letter) -> None:
+        """A dead letter is stored (or sent): the metric, the log line, the workers woken."""
+        EVENTS_DLQ.labels(letter.kind).inc()
         log.error(
             "event.dead_lettered",
-            event_id=ids.event_id,
-            event_type=ids.event_type,
-            targets=list(targets),
-            reason=reason,
+            event_id=letter.ids.event_id,
+            event_type=letter.ids.event_type,
+            targets=list(letter.targets),
+            reason=letter.reason,
         )
-        origin = {"topic": record.topic, "partition": str(record.partition)}
-        origin["offset"] = str(record.offset)
-        await send_dead_letter(
-            self._producer,
-            self._dlq_topic,
-            record.value,
-            record.key,
-            dead_letter_headers(reason, "dispatch", record.headers, origin),
-        )
-        if self._announcements is not None:  # stored, published once ingest takes it
-            await self._announcements.add(
-                Alert(
-                    "herald.dispatch.dead_lettered",
-                    str(record.ident),
-                    f"dispatch/{ids.event_type or 'undecodable'}",
-                    {
-                        "event_id": ids.event_id,
-                        "event_source": ids.event_source,
-                        "event_type": ids.event_type,
-                        "targets": list(targets),
-                        "attempts": attempts,
-                        "reason": reason,
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                )
-            )
+        self._outbox.wake()
+        self._announcements.wake()
+
+
+def _headers(letter: Letter) -> list[tuple[str, bytes]]:
+    record = letter.record
+    origin = {"topic": record.topic, "partition": str(record.partition)}
+    origin["offset"] = str(record.offset)
+    return dead_letter_headers(letter.reason, "dispatch", record.headers, origin)
+
+
+def _alert(dead: uuid.UUID, letter: Letter) -> Alert:
+    ids, record = letter.ids, letter.record
+    return Alert(
+        "herald.dispatch.dead_lettered",
+        str(dead),
+        f"dispatch/{ids.event_type or 'undecodable'}",
+        {
+            "event_id": ids.event_id,
+            "event_source": ids.event_source,
+            "event_type": ids.event_type,
+            "targets": list(letter.targets),
+            "attempts": letter.attempts,
+            "reason": letter.reason,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+        },
+    )

@@ -16,7 +16,7 @@ import structlog
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import DeadLetters, EventIds, Record, reasons
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Letter, Record, reasons
 from herald.services.dispatch.dispatcher import Dispatcher
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.store import Q
@@ -80,22 +80,25 @@ class Retrier:
         try:
             consumed = fanout.decode(record.headers, record.key, record.value)
         except ValueError as exc:
-            await self._give_up(row, record, ids, row["targets"], tries, str(exc), "undecodable")
+            letter = Letter(record, ids, row["targets"], tries, str(exc), "undecodable")
+            await self._dead.give_up(row["id"], self._worker, letter)
             return
         [outcome] = await self._dispatcher.dispatch([(consumed, row["targets"])])
         if outcome.dead:
             reason = reasons(outcome.dead)
             if not outcome.failed:
-                await self._give_up(row, record, ids, list(outcome.dead), tries, reason, "target")
+                letter = Letter(record, ids, list(outcome.dead), tries, reason, "target")
+                await self._dead.give_up(row["id"], self._worker, letter)
                 return
-            await self._dead.bury(record, ids, list(outcome.dead), tries, reason, "target")
+            await self._dead.bury(Letter(record, ids, list(outcome.dead), tries, reason, "target"))
         if not outcome.failed:
             await self._pool.execute(Q.retry_done, row["id"], self._worker)
             log.info("event.retried", event_id=ids.event_id, tries=tries)
             return
         reason = reasons(outcome.failed)
         if self._schedule.exhausted(tries):
-            await self._give_up(row, record, ids, list(outcome.failed), tries, reason, "exhausted")
+            letter = Letter(record, ids, list(outcome.failed), tries, reason, "exhausted")
+            await self._dead.give_up(row["id"], self._worker, letter)
             return
         EVENTS_RETRY.labels("dispatch").inc()
         delay = self._schedule.delay_after(tries)
@@ -103,19 +106,3 @@ class Retrier:
             Q.retry_again, row["id"], self._worker, list(outcome.failed), reason, delay
         )
         log.warning("event.retry_failed", event_id=ids.event_id, tries=tries, retry_in=delay)
-
-    async def _give_up(
-        self,
-        row: asyncpg.Record,
-        record: Record,
-        ids: EventIds,
-        targets: list[str],
-        tries: int,
-        reason: str,
-        kind: str,
-    ) -> None:
-        moved = await self._pool.fetchval(
-            Q.retry_to_dead_letter, row["id"], self._worker, targets, reason
-        )
-        if moved is not None:  # still ours: announce once
-            await self._dead.announce(record, ids, targets, tries, reason, kind)

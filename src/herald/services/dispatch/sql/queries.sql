@@ -93,6 +93,7 @@ INSERT INTO dispatch.dead_letters
      event_source, event_type, targets, attempts, reason)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (id) DO NOTHING
+RETURNING id
 
 -- name: list_dead_letters
 SELECT *, count(*) OVER () AS total

@@ -1,12 +1,2 @@
--- Dead-letter records stored in the same transaction as the dead letter, then sent to
--- the DLQ topic until Kafka takes each (runtime/dlq_outbox.py): one decided while Kafka
--- is away, or just before a stop or a crash, is not lost.
-CREATE TABLE webhooks.dlq_outbox (
-    id            bigserial   PRIMARY KEY,
-    topic         text        NOT NULL,
-    key           bytea,
-    value         bytea,
-    header_names  text[]      NOT NULL,
-    header_values bytea[]     NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
+-- The runtime's dead-letter outbox (runtime/sql/tables/dlq_outbox.sql).
+-- include: dlq_outbox

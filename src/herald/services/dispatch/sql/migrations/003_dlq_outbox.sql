@@ -1,0 +1,2 @@
+-- The runtime's dead-letter outbox (runtime/sql/tables/dlq_outbox.sql).
+-- include: dlq_outbox
