@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -681,3 +682,38 @@ async def test_an_output_vibeapps_kafka_refuses_holds_back_only_what_depends_on_
             )
     finally:
         await ingest.stop()
+
+
+async def test_an_upgrade_hands_unpublished_discrepancies_to_the_announcements(
+    database_url: str,
+) -> None:
+    """Migration 005: discrepancies the old worker had not published yet are published
+    by the announcements worker, as the same event; published ones are not again."""
+    migrations = db.read_migrations("reconcile", MIGRATIONS)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await db.migrate(conn, migrations[:4])
+        await conn.execute(
+            """INSERT INTO reconcile.discrepancies
+                   (id, kind, refund_id, order_id, description, expected_amount, published_at)
+               VALUES ('6f1c2a3b-0000-4000-8000-000000000001', 'double_refund', 'rf-1', 'or-1',
+                       'owed', 500, NULL),
+                      ('6f1c2a3b-0000-4000-8000-000000000002', 'unknown_order', '', 'or-2',
+                       'done', 0, now())"""
+        )
+        assert await db.migrate(conn, migrations) == [5]
+        rows = await conn.fetch("SELECT * FROM reconcile.announcements")
+    finally:
+        await conn.close()
+    [row] = rows
+    assert (row["event_type"], row["key"], row["subject"]) == (
+        "integration.conflict.detected",
+        "6f1c2a3b-0000-4000-8000-000000000001",
+        "refunds/rf-1",
+    )
+    data = json.loads(row["data"])
+    assert (data["kind"], data["refund_id"], data["expected_amount"]) == (
+        "double_refund",
+        "rf-1",
+        500,
+    )

@@ -30,13 +30,13 @@ async def test_migrations_apply_once(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         migrations = db.read_migrations("ingest", MIGRATIONS)
-        assert await db.migrate(conn, migrations) == [1]
+        assert await db.migrate(conn, migrations) == [1, 2]
         assert await db.migrate(conn, migrations) == []
         tables = {
             r["tablename"]
             for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'ingest'")
         }
-        assert tables == {"event_types", "events", "idempotency_keys", "outbox"}
+        assert tables == {"event_types", "events", "idempotency_keys", "outbox", "dlq_outbox"}
     finally:
         await conn.close()
 

@@ -75,7 +75,7 @@ def test_every_named_query_and_migration_loads() -> None:
     queries = Queries(INGEST_SQL / "queries.sql")
     assert "claim_lanes" in queries.names()
     assert "INSERT INTO ingest.outbox" in queries.store_events
-    assert [m.version for m in read_migrations("ingest", INGEST_SQL / "migrations")] == [1]
+    assert [m.version for m in read_migrations("ingest", INGEST_SQL / "migrations")] == [1, 2]
 
 
 def test_a_migration_includes_the_runtimes_tables_in_its_own_schema(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             batch_size=settings.relay_batch_size,
             dlq_topic=settings.dlq_topic,
         )
-        workers.append(relay.run)
+        workers += [relay.run, relay.dead_letters.run]
     token = uuid.uuid4().hex  # tells this process's own NOTIFYs apart
     writer = EventWriter(
         pool,

@@ -25,8 +25,9 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
+from herald.runtime.db import DATABASE_ERRORS, Connection
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
@@ -67,6 +68,8 @@ class Relay:
         self._wake = asyncio.Event()
         self._sender = BatchSender()
         self._replacing = asyncio.Lock()  # one relay loop replaces a broken producer
+        # Records Kafka refuses for good: stored with their mark, sent by this worker.
+        self.dead_letters = DeadLetterOutbox(pool, lambda: self._producer, "ingest")
 
     def wake(self, _payload: str = "") -> None:
         """New rows were committed (called in-process, or on NOTIFY herald_outbox)."""
@@ -152,6 +155,7 @@ class Relay:
                 await conn.execute(Q.mark_published, [rows[i]["id"] for i in published])
             for i in refused:
                 await conn.execute(Q.mark_refused, rows[i]["id"], f"refused by Kafka: {acked[i]!r}")
+                await self._dead_letter(conn, rows[i], acked[i])
             failed = [i for i, a in enumerate(acked) if not done[i]]
             if failed:
                 error = repr(acked[failed[0]])
@@ -161,21 +165,23 @@ class Relay:
             row = rows[i]
             EVENTS_PUBLISHED.labels(row["event_type"]).inc()
             EVENTS_LATENCY.observe((now - row["accepted_at"]).total_seconds())
-        for i in refused:
-            await self._dead_letter(rows[i], acked[i])
+        if refused:
+            self.dead_letters.wake()
         if failed:
             EVENTS_RETRY.labels("relay").inc(len(failed))
             log.warning("relay.publish_failed", lanes=lanes, failed=len(failed), error=error)
         return len(published), len(failed)
 
-    async def _dead_letter(self, row: asyncpg.Record, error: BaseException | None) -> None:
-        """Announces a row Kafka refused for good on the DLQ topic (it stays in the
-        outbox, with its value and ``last_error``)."""
+    async def _dead_letter(
+        self, conn: Connection, row: asyncpg.Record, error: BaseException | None
+    ) -> None:
+        """Stores, with its mark, the DLQ record of a row Kafka refused for good (the row
+        stays in the outbox, with its value and ``last_error``)."""
         reason = f"Kafka refused the event's record for good: {error!r}"
         log.error("relay.refused", outbox_id=row["id"], topic=row["topic"], error=repr(error))
         EVENTS_DLQ.labels("refused_by_kafka").inc()
-        await send_dead_letter(
-            lambda: self._producer,
+        await self.dead_letters.add_within(
+            conn,
             self._dlq_topic,
             bytes(row["value"]),
             bytes(row["key"]),

@@ -1,4 +1,4 @@
-"""Wiring: settings → pool, ledger, consumer, relay, sweeper, announcer → the runtime."""
+"""Wiring: settings → pool, ledger, consumer, relay, sweeper, announcements → the runtime."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
-from herald.services.reconcile.announcer import SOURCE, Announcer
 from herald.services.reconcile.consumer import InputConsumer
 from herald.services.reconcile.ledger import Ledger
 from herald.services.reconcile.outputs import OutputConfig
@@ -27,6 +26,8 @@ from herald.services.reconcile.vibe import Headers
 
 log = structlog.get_logger("herald.reconcile")
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
+# integration.* events carry a source urn:mastermobile:<system> and a dataschema.
+SOURCE = "urn:mastermobile:integration:herald-reconcile"
 SERVICE_NAME = reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"].full_name
 
 
@@ -53,11 +54,11 @@ async def build(
         dlq_topic=settings.dlq_topic,
         refused_retry=settings.refused_retry_seconds,
     )
-    announcer = Announcer(pool, EventPublisher(ingest, source=SOURCE))
+    announcements = Announcements(pool, EventPublisher(ingest, source=SOURCE), "reconcile")
 
-    def wake() -> None:
+    def wake() -> None:  # a ledger transaction committed: outputs, discrepancies' alerts
         relay.wake()
-        announcer.wake()
+        announcements.wake()
 
     consumer = InputConsumer(
         partial(
@@ -72,7 +73,6 @@ async def build(
         settings.dlq_topic,
         wake,
     )
-    announcements = Announcements(pool, EventPublisher(ingest, source=SOURCE), "reconcile")
     reconciler = Reconciler(pool, config, announcements, wake)
     servicer = ReconcileServicer(pool, reconciler)
     if settings.create_topics:
@@ -108,9 +108,9 @@ async def build(
             producer.start,
             consumer.run,
             relay.run,
-            Sweeper(pool, config, settings.park_limit_seconds).run,
-            announcer.run,
+            Sweeper(pool, config, settings.park_limit_seconds, announcements.wake).run,
             announcements.run,
+            relay.dead_letters.run,
         ],
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs

@@ -153,7 +153,11 @@ class Reconciler:
             balanced=not outcome.findings,
             open_discrepancies=open_count,
         )
-        await self._pool.execute(Q.insert_report, uuid.UUID(report.id), report.SerializeToString())
+        # The report and its announcement are stored together: one exists if the other does.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q.insert_report, uuid.UUID(report.id), report.SerializeToString())
+            await self._announcements.add_within(conn, _reconciled(report))
+        self._announcements.wake()
         log.info(
             "reconciliation.done",
             report_id=report.id,
@@ -161,35 +165,7 @@ class Reconciler:
             repaired=repaired,
             balanced=report.balanced,
         )
-        await self._announce(report)
         return report
-
-    async def _announce(self, report: pb.ReconciliationReport) -> None:
-        t = report.totals
-        stored = await self._announcements.add(
-            Alert(
-                RECONCILED_TYPE,
-                report.id,
-                f"reports/{report.id}",
-                {
-                    "report_id": report.id,
-                    "event_id": report.request.event_id,
-                    "balanced": report.balanced,
-                    "findings": len(report.findings),
-                    "repaired": report.repaired,
-                    "orders": t.orders,
-                    "tickets_sold": t.tickets_sold,
-                    "sold_amount": t.sold_amount,
-                    "tickets_refunded": t.tickets_refunded,
-                    "refunded_amount": t.refunded_amount,
-                    "orders_sent": t.orders_sent,
-                    "tickets_refunded_sent": t.tickets_refunded_sent,
-                },
-                RECONCILED_SCHEMA,
-            )
-        )
-        if not stored:
-            log.error("reconciliation.not_announced", report_id=report.id)
 
     async def _repair(self, repairs: list[Repair]) -> set[str]:
         """Queues each missing output again (an order with its event first)."""
@@ -248,3 +224,28 @@ async def _repair_refund(tx: Transaction, refund_id: str) -> bool:
     await tx.conn.execute(Q.set_refund_state, refund_id, "sent")
     log.warning("repair.refund_queued", refund_id=refund_id)
     return True
+
+
+def _reconciled(report: pb.ReconciliationReport) -> Alert:
+    """The ``integration.cash.reconciled`` event of a report: its totals."""
+    t = report.totals
+    return Alert(
+        RECONCILED_TYPE,
+        report.id,
+        f"reports/{report.id}",
+        {
+            "report_id": report.id,
+            "event_id": report.request.event_id,
+            "balanced": report.balanced,
+            "findings": len(report.findings),
+            "repaired": report.repaired,
+            "orders": t.orders,
+            "tickets_sold": t.tickets_sold,
+            "sold_amount": t.sold_amount,
+            "tickets_refunded": t.tickets_refunded,
+            "refunded_amount": t.refunded_amount,
+            "orders_sent": t.orders_sent,
+            "tickets_refunded_sent": t.tickets_refunded_sent,
+        },
+        RECONCILED_SCHEMA,
+    )

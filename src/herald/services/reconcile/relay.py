@@ -28,8 +28,9 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime import json_fast
-from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
+from herald.runtime.db import DATABASE_ERRORS, Connection
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ
@@ -61,7 +62,8 @@ class VibeRelay:
     ) -> None:
         """``dead_letters``: a producer on Herald's own cluster, for the DLQ topic."""
         self._pool = pool
-        self._dead_letters = dead_letters
+        # Outputs refused for good: stored with their mark, sent by this worker.
+        self.dead_letters = DeadLetterOutbox(pool, dead_letters, "reconcile")
         self._dlq_topic = dlq_topic
         self._refused_retry = refused_retry
         self._make_producer = make_producer
@@ -146,6 +148,7 @@ class VibeRelay:
                     else:
                         refused.append((group[i], error))
                         await conn.execute(Q.mark_refused, group[i]["id"], repr(error))
+                        await self._dead_letter(conn, group[i], error)
                 failed = [e for e, ok in zip(errors, done, strict=True) if not ok]
                 if failed:
                     log.warning(
@@ -156,12 +159,15 @@ class VibeRelay:
                     break  # what depends on these waits for the next round
             if sent:
                 await conn.execute(Q.mark_sent, sent)
-        for row, error in refused:
-            await self._dead_letter(row, error)
+        if refused:
+            self.dead_letters.wake()
         return len(sent), complete and len(rows) == self._batch_size
 
-    async def _dead_letter(self, row: asyncpg.Record, error: BaseException) -> None:
-        """Reports an output Vibeapp's Kafka refused for good (and set aside)."""
+    async def _dead_letter(
+        self, conn: Connection, row: asyncpg.Record, error: BaseException
+    ) -> None:
+        """Stores, with its mark, the DLQ record of an output Vibeapp's Kafka refused
+        for good (and set aside)."""
         log.error(
             "relay.refused",
             kind=row["kind"],
@@ -171,8 +177,8 @@ class VibeRelay:
             retry_in=self._refused_retry,
         )
         EVENTS_DLQ.labels("refused_by_vibe").inc()
-        await send_dead_letter(
-            self._dead_letters,
+        await self.dead_letters.add_within(
+            conn,
             self._dlq_topic,
             row["value"],
             row["key"],

@@ -5,6 +5,7 @@ an operator resolves it; the order is still released if its event arrives)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 import structlog
@@ -26,9 +27,12 @@ class Sweeper:
         pool: asyncpg.Pool,
         config: OutputConfig,
         park_limit: float,
+        found: Callable[[], None] = lambda: None,
         interval: float = 1.0,
     ) -> None:
+        """``found`` is called after a pass that raised discrepancies."""
         self._pool = pool
+        self._found = found
         self._config = config
         self._park_limit = park_limit
         self._interval = interval
@@ -36,7 +40,8 @@ class Sweeper:
     async def run(self) -> None:
         while True:
             try:
-                await self.sweep()
+                if await self.sweep():
+                    self._found()
             except DATABASE_ERRORS as exc:
                 log.error("sweep.failed", error=repr(exc))
             await asyncio.sleep(self._interval)

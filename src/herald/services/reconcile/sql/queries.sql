@@ -67,12 +67,28 @@ WHERE order_id = ANY($1::text[]) AND state = 'ready'
 RETURNING id, order_id, doc
 
 -- name: insert_discrepancies
-INSERT INTO reconcile.discrepancies
-    (id, kind, refund_id, order_id, ticket_id, event_id, expected_amount, actual_amount,
-     description)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::bigint[], $8::bigint[], $9::text[])
-ON CONFLICT (id) DO NOTHING
+-- New discrepancies, each with its integration.conflict.detected event stored for the
+-- announcements worker (runtime/announcements.py) in the same statement.
+WITH new AS (
+    INSERT INTO reconcile.discrepancies
+        (id, kind, refund_id, order_id, ticket_id, event_id, expected_amount, actual_amount,
+         description)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::bigint[], $8::bigint[], $9::text[])
+    ON CONFLICT (id) DO NOTHING
+    RETURNING *
+)
+INSERT INTO reconcile.announcements (event_type, key, subject, data, dataschema, created_at)
+SELECT 'integration.conflict.detected', id::text,
+       CASE WHEN refund_id <> '' THEN 'refunds/' || refund_id ELSE 'orders/' || order_id END,
+       jsonb_build_object(
+           'discrepancy_id', id::text, 'kind', kind, 'refund_id', refund_id,
+           'order_id', order_id, 'ticket_id', ticket_id, 'event_id', event_id,
+           'expected_amount', expected_amount, 'actual_amount', actual_amount,
+           'description', description, 'detected_at', detected_at),
+       'urn:herald:schema:integration.conflict.detected:1.0', detected_at
+FROM new
+ON CONFLICT (event_type, key) DO NOTHING
 
 -- name: enqueue
 INSERT INTO reconcile.outbox
@@ -133,12 +149,6 @@ WHERE r.state = 'waiting_order' AND r.waiting_since < now() - make_interval(secs
   AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
                   WHERE d.refund_id = r.id AND d.kind = 'unknown_order')
 ORDER BY r.waiting_since LIMIT 100
-
--- name: unpublished_discrepancies
-SELECT * FROM reconcile.discrepancies WHERE published_at IS NULL ORDER BY detected_at LIMIT 100
-
--- name: mark_published
-UPDATE reconcile.discrepancies SET published_at = now() WHERE id = $1
 
 -- name: report_orders
 -- Orders in scope ($1 event id, or [$2, $3) first seen), with what Vibeapp was sent.

@@ -1,0 +1,3 @@
+-- The runtime's dead-letter outbox (runtime/sql/tables/dlq_outbox.sql): a record
+-- Kafka refuses for good reaches the DLQ topic even if the relay stops right after.
+-- include: dlq_outbox

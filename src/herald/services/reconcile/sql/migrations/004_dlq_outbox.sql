@@ -1,0 +1,4 @@
+-- The runtime's dead-letter outbox (runtime/sql/tables/dlq_outbox.sql): an output
+-- Vibeapp's Kafka refuses for good reaches Herald's DLQ topic even if the relay stops
+-- right after setting it aside.
+-- include: dlq_outbox
