@@ -15,14 +15,14 @@ from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.runtime import db, kafka
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
+from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
-from herald.services.ingest.maintenance import run_purges
 from herald.services.ingest.relay import Relay
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import IngestSettings
-from herald.services.ingest.writer import EventWriter
+from herald.services.ingest.writer import EventWriter, Q
 
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 log = structlog.get_logger("herald.ingest")
@@ -70,14 +70,12 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             on_connect=relay.wake if relay else lambda: None,
         )
     )
-    workers.append(
-        partial(
-            run_purges,
-            pool,
-            settings.outbox_retention_hours * 3600,
-            settings.event_retention_days * 86400,
-        )
-    )
+    purges = [
+        Purge("idempotency_keys", Q.purge_keys),
+        Purge("outbox", Q.purge_outbox, (settings.outbox_retention_hours * 3600,)),
+        Purge("events", Q.purge_events, (settings.event_retention_days * 86400,)),
+    ]
+    workers.append(partial(run_purges, pool, purges))
     servicer = IngestServicer(catalog, writer, settings.events_topic, settings.max_event_bytes)
 
     def register(server: grpc.aio.Server) -> None:

@@ -19,6 +19,7 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
+from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.webhooks.deliveries import Deliveries
@@ -31,7 +32,7 @@ from herald.services.webhooks.metrics import report_due
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
 from herald.services.webhooks.settings import WebhooksSettings
-from herald.services.webhooks.store import WebhookStore
+from herald.services.webhooks.store import Q, WebhookStore
 from herald.services.webhooks.subscriptions import SubscriptionServicer
 
 log = structlog.get_logger("herald.webhooks")
@@ -116,6 +117,17 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             announcements.run,
             outbox.run,
             partial(report_due, pool),
+            partial(
+                run_purges,
+                pool,
+                [
+                    Purge(
+                        "deliveries",
+                        Q.purge_deliveries,
+                        (settings.delivery_retention_days * 86400,),
+                    )
+                ],
+            ),
         ],
         interceptors=[
             BearerAuthInterceptor(

@@ -46,6 +46,12 @@ class WebhooksSettings(RuntimeSettings):
         ge=0,
         description="A webhook failing without any 2xx for this long is disabled (0: never).",
     )
+    delivery_retention_days: float = Field(
+        30,
+        gt=0,
+        description="How long a finished delivery (delivered or failed) and its attempts are "
+        "kept: the delivery log, stats, resends and RecoverWebhook reach back this far.",
+    )
     delivery_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="An attempt succeeds with a 2xx within this time."
     )

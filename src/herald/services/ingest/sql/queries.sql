@@ -92,14 +92,22 @@ UPDATE ingest.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY
 SELECT count(*) AS pending, min(accepted_at) AS oldest
 FROM ingest.outbox WHERE published_at IS NULL
 
+-- Purges (runtime/retention.py): each deletes at most $1 rows.
+
 -- name: purge_keys
-DELETE FROM ingest.idempotency_keys WHERE expires_at <= now()
+DELETE FROM ingest.idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM ingest.idempotency_keys WHERE expires_at <= now() LIMIT $1))
 
 -- name: purge_outbox
-DELETE FROM ingest.outbox WHERE published_at < now() - make_interval(secs => $1)
+-- Sent rows (and rows Kafka refused for good, which the DLQ topic has) older than $2 s.
+DELETE FROM ingest.outbox WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM ingest.outbox
+    WHERE published_at < now() - make_interval(secs => $2) LIMIT $1))
 
 -- name: purge_events
-DELETE FROM ingest.events WHERE accepted_at < now() - make_interval(secs => $1)
+DELETE FROM ingest.events WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM ingest.events
+    WHERE accepted_at < now() - make_interval(secs => $2) LIMIT $1))
 
 -- name: insert_builtin_type
 INSERT INTO ingest.event_types

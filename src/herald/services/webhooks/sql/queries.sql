@@ -291,3 +291,11 @@ SELECT v.version, w.id, w.event_types
 FROM webhooks.subscription_version AS v
 LEFT JOIN webhooks.webhooks AS w ON w.active
 ORDER BY w.id
+
+-- name: purge_deliveries
+-- Finished deliveries created more than $2 seconds ago, at most $1 of them (their
+-- attempts go with them: ON DELETE CASCADE). A delivery still pending is kept.
+DELETE FROM webhooks.deliveries WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM webhooks.deliveries
+    WHERE created_at < now() - make_interval(secs => $2) AND status <> 'pending'
+    LIMIT $1))
