@@ -680,6 +680,18 @@ async def test_an_output_vibeapps_kafka_refuses_holds_back_only_what_depends_on_
             assert [r.key for r in await flow.outputs("order", 1, timeout=1)] == [going.encode()], (
                 "the refused event's order waits: never an order before its event"
             )
+            # An operator hears of it: a discrepancy, announced, once per version (it was
+            # a log line and a dead letter, again every retry window)
+            await asyncio.sleep(2.5)  # refused again after refused_retry_seconds
+            [found] = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_OUTPUT_REFUSED)
+            assert (found.event_id, found.status) == (big, pb.DISCREPANCY_STATUS_OPEN)
+            assert "MessageSizeTooLarge" in found.description
+
+            async def announced() -> bool:
+                events = await ingest_events(database_url, "integration.conflict.detected")
+                return [e["discrepancy_id"] for e in events] == [found.id]
+
+            await eventually(announced, 10)
     finally:
         await ingest.stop()
 

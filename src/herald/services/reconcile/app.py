@@ -47,14 +47,15 @@ async def build(
     producer = kafka.LateProducer(  # Herald's own cluster: dead letters
         partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
     )
+    announcements = Announcements(pool, EventPublisher(ingest, source=SOURCE), "reconcile")
     relay = VibeRelay(
         pool,
         partial(kafka.make_producer, vibe_kafka, linger_ms=5),
         dead_letters=producer.get,
         dlq_topic=settings.dlq_topic,
         refused_retry=settings.refused_retry_seconds,
+        found=announcements.wake,
     )
-    announcements = Announcements(pool, EventPublisher(ingest, source=SOURCE), "reconcile")
 
     def wake() -> None:  # a ledger transaction committed: outputs, discrepancies' alerts
         relay.wake()

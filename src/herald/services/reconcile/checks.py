@@ -24,6 +24,7 @@ Kind = Literal[
     "money_mismatch",
     "refund_above_price",
     "order_parked_too_long",
+    "output_refused",
 ]
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
 

@@ -34,6 +34,8 @@ from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ
+from herald.services.reconcile.apply import Found, store_findings
+from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.relay")
@@ -59,9 +61,12 @@ class VibeRelay:
         dead_letters: Callable[[], AIOKafkaProducer | None] = lambda: None,
         dlq_topic: str = DLQ_TOPIC,
         refused_retry: float = 600.0,
+        found: Callable[[], None] = lambda: None,
     ) -> None:
-        """``dead_letters``: a producer on Herald's own cluster, for the DLQ topic."""
+        """``dead_letters``: a producer on Herald's own cluster, for the DLQ topic;
+        ``found`` is called once refused outputs' discrepancies are stored."""
         self._pool = pool
+        self._found = found
         # Outputs refused for good: stored with their mark, sent by this worker.
         self.dead_letters = DeadLetterOutbox(pool, dead_letters, "reconcile")
         self._dlq_topic = dlq_topic
@@ -161,13 +166,15 @@ class VibeRelay:
                 await conn.execute(Q.mark_sent, sent)
         if refused:
             self.dead_letters.wake()
+            self._found()
         return len(sent), complete and len(rows) == self._batch_size
 
     async def _dead_letter(
         self, conn: Connection, row: asyncpg.Record, error: BaseException
     ) -> None:
         """Stores, with its mark, the DLQ record of an output Vibeapp's Kafka refused
-        for good (and set aside)."""
+        for good (and set aside), and an ``output_refused`` discrepancy (one per version
+        of the output; announced like any other)."""
         log.error(
             "relay.refused",
             kind=row["kind"],
@@ -177,13 +184,29 @@ class VibeRelay:
             retry_in=self._refused_retry,
         )
         EVENTS_DLQ.labels("refused_by_vibe").inc()
+        reason = f"Vibeapp's Kafka refused the {row['kind']} for good: {error!r}"
+        owners = await conn.fetchrow(Q.output_owners, row["kind"], row["entity_id"])
+        assert owners is not None
+        finding = Finding(
+            "output_refused",
+            f"{reason}; set aside, tried again every {self._refused_retry:g} s",
+            aspect=row["content_hash"],
+        )
+        found = Found(
+            f"{row['kind']}/{row['entity_id']}",
+            refund_id=owners["refund_id"],
+            order_id=owners["order_id"],
+            event_id=owners["event_id"],
+            finding=finding,
+        )
+        await store_findings(conn, [found])
         await self.dead_letters.add_within(
             conn,
             self._dlq_topic,
             row["value"],
             row["key"],
             dead_letter_headers(
-                f"Vibeapp's Kafka refused the {row['kind']} for good: {error!r}",
+                reason,
                 "reconcile",
                 list(_headers(row["headers"])),
                 {"topic": row["topic"], "entity-id": row["entity_id"]},

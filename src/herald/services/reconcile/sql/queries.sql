@@ -108,7 +108,7 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
 -- seconds, nor one whose event or order is such an output (Vibeapp never gets an order
 -- before its event, nor a refund before its order). Without refused outputs (the
 -- usual case) the second test is decided once, by the first.
-SELECT o.id, o.kind, o.entity_id, o.topic, o.key, o.value, o.headers
+SELECT o.id, o.kind, o.entity_id, o.content_hash, o.topic, o.key, o.value, o.headers
 FROM reconcile.outbox AS o
 WHERE o.sent_at IS NULL
   AND (o.refused_at IS NULL OR o.refused_at < now() - make_interval(secs => $2))
@@ -131,6 +131,18 @@ ORDER BY o.id LIMIT $1
 
 -- name: mark_refused
 UPDATE reconcile.outbox SET refused_at = now(), last_error = left($2, 500) WHERE id = $1
+
+-- name: output_owners
+-- The event, order and refund an output ($1 kind, $2 entity id) concerns.
+SELECT coalesce(CASE $1::text
+           WHEN 'event' THEN $2::text
+           WHEN 'order' THEN (SELECT event_id FROM reconcile.orders WHERE id = $2)
+           ELSE (SELECT event_id FROM reconcile.refunds WHERE id = $2) END, '') AS event_id,
+       coalesce(CASE $1::text
+           WHEN 'order' THEN $2::text
+           WHEN 'refund' THEN (SELECT order_id FROM reconcile.refunds WHERE id = $2) END,
+           '') AS order_id,
+       CASE $1::text WHEN 'refund' THEN $2::text ELSE '' END AS refund_id
 
 -- name: mark_sent
 UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
