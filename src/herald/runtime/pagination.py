@@ -11,6 +11,8 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_CHARS = 200  # a token this API issues is about 60 characters
+MAX_OFFSET = 2**31 - 1  # beyond any list it pages through
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +41,18 @@ def page_of(page_size: int, page_token: str, *query: object) -> Page:
     query_hash = hashlib.sha256(json.dumps(query, default=str).encode()).hexdigest()[:16]
     if not page_token:
         return Page(0, size, query_hash)
+    not_ours = InvalidArgument([FieldViolation("page_token", "not a token this API issued")])
+    if len(page_token) > MAX_TOKEN_CHARS:
+        raise not_ours
     try:
         decoded = json.loads(base64.urlsafe_b64decode(page_token.encode()))
-        offset = int(decoded["o"])
-        token_query = str(decoded["q"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument(
-            [FieldViolation("page_token", "not a token this API issued")]
-        ) from None
-    if token_query != query_hash or offset < 0:
+        offset = decoded["o"]
+        token_query = decoded["q"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise not_ours from None
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET or not isinstance(token_query, str):
+        raise not_ours
+    if token_query != query_hash:
         raise InvalidArgument(
             [FieldViolation("page_token", "belongs to a request with other filters")]
         )
