@@ -391,3 +391,33 @@ def test_json_protobuf_cannot_take_is_a_bad_record(document: bytes) -> None:
     # These had escaped as OverflowError / SystemError and crashed the consumer
     with pytest.raises(BadRecord, match=r"does not match ticketland\.v1\.Order"):
         decode("order", [("content-type", b"application/json")], document)
+
+
+@pytest.mark.parametrize("offset", ["Infinity", "-Infinity", "NaN", 15.0])
+def test_a_non_finite_or_impossible_timezone_offset_is_a_bad_record(offset: str | float) -> None:
+    # Valid in proto3 JSON and Protobuf doubles; Infinity crashed the consumer (the whole
+    # service, again after every restart) while building Vibeapp's event
+    doc: dict[str, Any] = {"id": "ev-1", "name": "Show", "organizer": {"id": "org-1"}}
+    doc["timezone_offset"] = offset
+    with pytest.raises(BadRecord, match="timezone_offset"):
+        decode("event", JSON_CT, as_json(doc))
+    message = event()
+    message.timezone_offset = float(offset)
+    with pytest.raises(BadRecord, match="timezone_offset"):
+        decode("event", PROTOBUF_CT, message.SerializeToString())
+
+
+def test_amounts_beyond_any_real_price_are_bad_records() -> None:
+    # 5e18 per ticket was accepted; two of them overflowed the reconciliation's int64
+    # totals and every RunReconciliation over that period answered INTERNAL
+    huge = order()
+    huge.tickets[0].price_nominal = 5 * 10**18
+    with pytest.raises(BadRecord, match=r"tickets\[0\].price_nominal"):
+        decode("order", PROTOBUF_CT, huge.SerializeToString())
+    negative = refund()
+    negative.money.customer = -1000
+    with pytest.raises(BadRecord, match=r"money\.customer: negative"):
+        decode("refund", PROTOBUF_CT, negative.SerializeToString())
+    clawback = refund()
+    clawback.money.agent = -50  # an agent's commission taken back: allowed
+    assert decode("refund", PROTOBUF_CT, clawback.SerializeToString()).message == clawback

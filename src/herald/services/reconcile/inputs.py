@@ -181,8 +181,29 @@ def _nul_problems(m: Input) -> list[str]:
     ]
 
 
+# Money in minor units: beyond this an amount is surely a mistake, and the sums the
+# reconciliation makes of many of them would overflow int64.
+MAX_AMOUNT = 10**12
+
+
+def _amount(problems: list[str], field: str, value: int) -> None:
+    if value < 0:
+        problems.append(f"{field}: negative")
+    elif value > MAX_AMOUNT:
+        problems.append(f"{field}: {value} is beyond {MAX_AMOUNT} (minor units)")
+
+
+def _within(problems: list[str], field: str, value: float, low: float, high: float) -> None:
+    """Doubles: NaN and infinities (valid in Protobuf and proto3 JSON) are refused too."""
+    if not low <= value <= high:  # False for NaN
+        problems.append(f"{field}: {value!r} is not within [{low:g}, {high:g}]")
+
+
 def _event_problems(e: tl.Event) -> list[str]:
     problems: list[str] = []
+    _within(problems, "timezone_offset", e.timezone_offset, -14, 14)
+    _within(problems, "venue.lat", e.venue.lat, -90, 90)
+    _within(problems, "venue.lon", e.venue.lon, -180, 180)
     _unknown(problems, "status", e.status, EVENT_STATUS)
     _unknown(problems, "organizer.legals.type", e.organizer.legals.type, LEGAL_TYPE)
     if not e.id:
@@ -213,8 +234,7 @@ def _order_problems(o: tl.Order) -> list[str]:
         if t.event_id and t.event_id != o.event_id:
             problems.append(f"tickets[{i}].event_id: not the order's event {o.event_id!r}")
         _unknown(problems, f"tickets[{i}].status", t.status, TICKET_STATUS)
-        if t.price_nominal < 0:
-            problems.append(f"tickets[{i}].price_nominal: negative")
+        _amount(problems, f"tickets[{i}].price_nominal", t.price_nominal)
         if t.currency and t.currency.upper() not in CURRENCIES:
             problems.append(f"tickets[{i}].currency: {t.currency!r} is not one of {CURRENCIES}")
     return problems
@@ -235,10 +255,24 @@ def _refund_problems(r: tl.RefundRequest) -> list[str]:
         problems.append("status: required")
     if r.status == tl.RefundRequest.STATUS_APPROVED and not r.tickets:
         problems.append("tickets: an approved refund names its tickets")
+    _money(problems, "money", r.money)
     for i, t in enumerate(r.tickets):
         if not t.ticket_id:
             problems.append(f"tickets[{i}].ticket_id: required")
+        _amount(problems, f"tickets[{i}].price", t.price)
+        _amount(problems, f"tickets[{i}].nominal", t.nominal)
+        _money(problems, f"tickets[{i}].money", t.money)
     return problems
+
+
+def _money(problems: list[str], field: str, m: tl.Money) -> None:
+    """What is refunded and what the customer gets back cannot be negative; the
+    organiser's and agent's shares may be (a commission clawed back), within bounds."""
+    _amount(problems, f"{field}.refund_nominal", m.refund_nominal)
+    _amount(problems, f"{field}.customer", m.customer)
+    for name in ("org", "agent"):
+        if abs(getattr(m, name)) > MAX_AMOUNT:
+            problems.append(f"{field}.{name}: beyond ±{MAX_AMOUNT} (minor units)")
 
 
 VALIDATORS: dict[Kind, Any] = {
