@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -123,6 +124,17 @@ def test_size_limit_names_the_data_field() -> None:
         validation.check_size(event, 100)
     assert exc.value.violations[0].field == "payload"
     assert "the limit is 100 bytes" in exc.value.violations[0].description
+
+
+def test_size_limit_counts_bytes_not_characters() -> None:
+    # 300,000 emoji in an attribute (1.2 MB in UTF-8) passed a 1 MB limit, then Kafka
+    # refused the record: answered OK, never on herald.events
+    event, _ = envelope.parse_json(LEGACY_EXAMPLES["user_registered"])
+    plain = event.size()
+    emoji = dataclasses.replace(event, attributes={**event.attributes, "xemoji": "😀" * 1000})
+    assert emoji.size() == plain + len("xemoji") + 4000, "4 bytes an emoji"
+    with pytest.raises(InvalidArgument):
+        validation.check_size(emoji, plain + 3000)
 
 
 def test_latest_version_is_the_default() -> None:
