@@ -158,3 +158,15 @@ def test_check_definition_reports_each_field() -> None:
         "event_type.source_pattern",
         "event_type.required_attributes[0]",
     }
+
+
+@pytest.mark.parametrize(
+    "payload", ['{"amount": NaN}', '{"amount": 1e400}', '{"amount": 1' + "0" * 5000 + "}"]
+)
+def test_data_that_is_not_json_or_too_long_a_number_is_invalid_argument(payload: str) -> None:
+    # NaN and 1e400 were accepted and published as invalid JSON ({"amount":Infinity});
+    # 5,000 digits answered INTERNAL, and failed every other event of its batch
+    text = LEGACY_EXAMPLES["user_registered"]
+    start = text.index('"payload"')
+    got = violations(text[:start] + f'"payload": {payload}}}')
+    assert "not valid JSON" in got["json"]

@@ -3,16 +3,21 @@ instead of 2.1 µs to parse) with exactly ``json.loads``'s results, and compact 
 for values stored as jsonb (``dumps``; ~0.5 instead of ~6 µs for an event's headers).
 
 orjson reads an integer outside 64 bits (signed below zero, unsigned above) as a
-float, and refuses some of what the standard library accepts (NaN and Infinity,
-UTF-16/32 input, a byte order mark). A document with a run of 19 digits, or one orjson
-refuses, is parsed by ``json`` instead, so every input gives what ``json.loads`` gives,
-errors included; a document nested deeper than ``json`` can recurse is a
-``JSONDecodeError`` too (``nested too deeply``), never a RecursionError.
+float, and refuses some of what the standard library accepts (UTF-16/32 input, a byte
+order mark). A document with a run of 19 digits, or one orjson refuses, is parsed by
+``json`` instead, so every input gives what ``json.loads`` gives, errors included,
+except what is not JSON or no program could read back: ``NaN``, ``Infinity`` and
+``-Infinity`` (which ``json`` accepts), a number beyond a double's range such as
+``1e400`` (``json`` makes it infinity, then writes ``Infinity``) and an integer of more
+than 4,300 digits (a ValueError from ``json``) are each a ``JSONDecodeError``. So is a
+document nested deeper than ``json`` can recurse (``nested too deeply``), never a
+RecursionError.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -37,10 +42,28 @@ def loads(document: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(document)
+        return json.loads(document, parse_constant=_not_json, parse_float=_finite)
     except RecursionError:  # nested deeper than the interpreter's recursion allows
-        text = document if isinstance(document, str) else document.decode(errors="replace")
-        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+        raise json.JSONDecodeError("nested too deeply", _text(document), 0) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except ValueError as exc:  # NaN/Infinity, 1e400, an integer of 4,301+ digits
+        raise json.JSONDecodeError(str(exc), _text(document), 0) from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(number: str) -> float:
+    value = float(number)
+    if math.isinf(value):
+        raise ValueError(f"the number {number[:40]} is beyond a double's range")
+    return value
+
+
+def _text(document: bytes | str) -> str:
+    return document if isinstance(document, str) else document.decode(errors="replace")
 
 
 def dumps(value: object) -> str:
