@@ -619,6 +619,64 @@ async def test_route_crud_and_validation(flow: Flow) -> None:
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def refused_fields(call: Any) -> dict[str, str]:
+    """The field violations of a call that must fail with INVALID_ARGUMENT."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    trailing = dict(caught.value.trailing_metadata() or ())
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    return {v.field: v.description for v in bad_request_of(status)}
+
+
+async def test_a_condition_that_can_never_be_stored_or_matched_is_refused(flow: Flow) -> None:
+    """A value that is a NaN or an infinity (JSON, the stored form, has none) had been
+    INTERNAL; an operator the API does not define had made a route that never matches."""
+    target = dispatch_pb2.JobTarget(channel="push", template_code="t", recipient="$data.to")
+    made = await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(name="conditions", disabled=True, target=target)
+        )
+    )
+    bad = [
+        dispatch_pb2.Condition(
+            path="data.x", operator=Op.OPERATOR_EQUALS, value=struct_pb2.Value(number_value=n)
+        )
+        for n in (float("nan"), float("inf"), float("-inf"))
+    ]
+    bad.append(
+        dispatch_pb2.Condition(
+            path="data.x",
+            operator=99,  # type: ignore[arg-type]
+            value=struct_pb2.Value(string_value="a"),
+        )
+    )
+    expected = {f"route.filter.conditions[{i}].value" for i in range(3)}
+    expected.add("route.filter.conditions[3].operator")
+    route_filter = dispatch_pb2.RouteFilter(conditions=bad)
+    created = await refused_fields(
+        flow.stub.CreateRoute(
+            dispatch_pb2.CreateRouteRequest(
+                route=dispatch_pb2.Route(name="bad", filter=route_filter, target=target)
+            )
+        )
+    )
+    assert set(created) == expected
+    updated = await refused_fields(
+        flow.stub.UpdateRoute(
+            dispatch_pb2.UpdateRouteRequest(
+                route=dispatch_pb2.Route(id=made.route.id, filter=route_filter),
+                update_mask=field_mask_pb2.FieldMask(paths=["filter"]),
+            )
+        )
+    )
+    assert set(updated) == expected
+    listed = await flow.stub.ListRoutes(dispatch_pb2.ListRoutesRequest(page_size=1000))
+    assert "bad" not in {r.name for r in listed.routes}
+    got = await flow.stub.GetRoute(dispatch_pb2.GetRouteRequest(id=made.route.id))
+    assert not got.route.filter.conditions
+
+
 async def test_two_replicas_and_rebalances_mid_stream_lose_nothing(flow: Flow) -> None:
     source = f"urn:rebalance:{uuid.uuid4().hex[:8]}"
     target_topic, _ = await flow.push_route(

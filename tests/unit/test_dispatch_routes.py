@@ -229,3 +229,31 @@ def test_a_records_dead_letters_are_one_per_set_of_targets() -> None:
     assert letter_id(record, ["a"]) != letter_id(
         Record("herald.events", 3, 43, None, None, []), ["a"]
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), [1, float("nan")]],
+)
+def test_a_condition_value_that_is_not_a_finite_number_is_refused(value: object) -> None:
+    """JSON (a route's stored form) has no NaN or Infinity: storing one had failed."""
+    r = route()
+    op = Op.OPERATOR_IN if isinstance(value, list) else Op.OPERATOR_EQUALS
+    r.filter.conditions.append(cond("data.x", op, value))
+    assert {(p.field, "finite" in p.description) for p in check(r)} == {
+        ("route.filter.conditions[0].value", True)
+    }
+
+
+def test_a_nan_nested_in_a_struct_value_is_refused() -> None:
+    r = route()
+    c = cond("data.x", Op.OPERATOR_EQUALS)
+    c.value.struct_value.update({"a": {"b": [float("inf")]}})
+    r.filter.conditions.append(c)
+    assert [p.field for p in check(r)] == ["route.filter.conditions[0].value"]
+
+
+def test_an_undefined_operator_is_refused() -> None:
+    r = route()
+    r.filter.conditions.extend([cond("data.x", Op.OPERATOR_EQUALS, 1), cond("data.x", 99, "a")])
+    assert [p.field for p in check(r)] == ["route.filter.conditions[1].operator"]

@@ -8,6 +8,7 @@ element when the route fans out (``for_each``) over an array of the data.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -264,11 +265,35 @@ def _check_filter(f: dispatch_pb2.RouteFilter, field: str) -> list[FieldViolatio
             )
         if c.operator == Op.OPERATOR_UNSPECIFIED:
             problems.append(FieldViolation(f"{at}.operator", "required"))
+        elif c.operator not in _OPERATORS:
+            problems.append(
+                FieldViolation(f"{at}.operator", f"{c.operator} is not a defined operator")
+            )
         elif c.operator != Op.OPERATOR_EXISTS and not c.value.WhichOneof("kind"):
             problems.append(FieldViolation(f"{at}.value", "required for this operator"))
         elif c.operator == Op.OPERATOR_IN and c.value.WhichOneof("kind") != "list_value":
             problems.append(FieldViolation(f"{at}.value", "a list for OPERATOR_IN"))
+        if not _finite(c.value):
+            problems.append(
+                FieldViolation(f"{at}.value", "numbers must be finite (no NaN or Infinity)")
+            )
     return problems
+
+
+_OPERATORS = frozenset(Op.values())
+
+
+def _finite(value: struct_pb2.Value) -> bool:
+    """False when ``value`` has a NaN or an infinity anywhere: JSON (the route's stored
+    form) has no such numbers, and no event's data can hold one to compare with."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return math.isfinite(value.number_value)
+    if kind == "list_value":
+        return all(_finite(v) for v in value.list_value.values)
+    if kind == "struct_value":
+        return all(_finite(v) for v in value.struct_value.fields.values())
+    return True
 
 
 def _check_target(t: dispatch_pb2.JobTarget, field: str) -> list[FieldViolation]:
