@@ -17,13 +17,16 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from standardwebhooks.webhooks import Webhook as StandardWebhook
+from structlog.testing import LogCapture
 
 from herald.runtime import kafka
 from herald.runtime.server import Running, start
 from herald.services.ingest.app import build as build_ingest
+from herald.services.webhooks import engine
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
@@ -481,6 +484,48 @@ async def test_a_response_body_with_a_nul_byte_is_logged(stack: Stack) -> None:
     [delivery] = log.deliveries
     assert delivery.status == webhooks_pb2.DELIVERY_STATUS_DELIVERED
     assert delivery.response_body == "ok\ufffd"
+
+
+async def test_deleting_a_webhook_with_an_attempt_in_flight_drops_its_outcome_quietly(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook (and with it the delivery) is deleted while the endpoint is still
+    answering: the outcome, recorded after, had failed its attempt row's foreign key, and
+    the engine logged the attempt as crashed. It is dropped; the engine goes on."""
+    captured = LogCapture()
+    monkeypatch.setattr(engine, "log", structlog.wrap_logger(None, processors=[captured]))
+    async with Receiver() as receiver:
+        receiver.script("/slow", Reply(delay=0.5))  # within the 1 s timeout
+        doomed = await stack.hook(receiver.url("/slow"))
+        other = await stack.hook(receiver.url("/other"))
+        await stack.produce([job(doomed.webhook.id)])
+        [in_flight] = await receiver.wait_for(1, path="/slow")
+        await stack.stub.DeleteWebhook(
+            webhooks_pb2.DeleteWebhookRequest(id=doomed.webhook.id), metadata=KEY
+        )
+        await stack.produce([job(other.webhook.id)])
+        [after] = await receiver.wait_for(1, path="/other")
+
+        def over(delivery_id: str) -> bool:
+            return any(e.get("delivery_id") == delivery_id for e in captured.entries)
+
+        ids = [r.headers["x-herald-delivery"] for r in (in_flight, after)]
+        for _ in range(100):  # both attempts have been recorded, or have crashed
+            if all(over(i) for i in ids):
+                break
+            await asyncio.sleep(0.05)
+    events = [(e["event"], e.get("delivery_id")) for e in captured.entries]
+    assert ("delivery.attempted", ids[0]) in events
+    assert ("delivery.attempted", ids[1]) in events
+    assert not [e for e in captured.entries if e["event"] == "engine.attempt_crashed"]
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        rows = await conn.fetch("SELECT delivery_id, webhook_id FROM webhooks.attempts")
+    finally:
+        await conn.close()
+    assert [(str(r["delivery_id"]), str(r["webhook_id"])) for r in rows] == [
+        (ids[1], other.webhook.id)
+    ]
 
 
 async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Stack) -> None:

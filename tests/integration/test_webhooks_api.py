@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from herald.ingest.v1 import ingest_pb2
 from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
@@ -295,3 +296,169 @@ async def test_rotation_returns_a_new_secret_and_the_grace_deadline(webhooks: We
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "grace_period" in got
+
+
+async def test_a_header_value_with_a_control_character_is_refused(webhooks: Webhooks) -> None:
+    """aiohttp refuses to send it: accepted, every delivery of the webhook failed."""
+    got = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(headers={"X-A": "a\x01b"})),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "control characters" in got["webhook.headers[X-A]"]
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(headers={"X-A": "a\tb é"})),
+            metadata=ACME,
+        )
+    ).webhook
+    for value in ("a\x7fb", "\x1b[0m"):
+        got = await fails(
+            webhooks.stub.UpdateWebhook(
+                webhooks_pb2.UpdateWebhookRequest(
+                    webhook=webhooks_pb2.Webhook(id=hook.id, headers={"X-A": value}),
+                    update_mask=FieldMask(paths=["headers"]),
+                ),
+                metadata=ACME,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert set(got) == {"webhook.headers[X-A]"}, repr(value)
+
+
+async def test_a_url_whose_host_can_never_be_reached_is_refused(webhooks: Webhooks) -> None:
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    for url in ("http://exa mple.com/", "http://" + "ä" * 70 + ".com/", "http://xn--a.com/"):
+        got = await fails(
+            webhooks.stub.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(webhook=katya(url=url)), metadata=ACME
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert set(got) == {"webhook.url"}, url
+        got = await fails(
+            webhooks.stub.UpdateWebhook(
+                webhooks_pb2.UpdateWebhookRequest(
+                    webhook=webhooks_pb2.Webhook(id=hook.id, url=url),
+                    update_mask=FieldMask(paths=["url"]),
+                ),
+                metadata=ACME,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert set(got) == {"webhook.url"}, url
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya(url="https://пример.рф/hook")),
+        metadata=ACME,
+    )
+    assert created.webhook.url == "https://пример.рф/hook"
+
+
+async def test_durations_protobuf_defines_invalid_are_refused(webhooks: Webhooks) -> None:
+    """Seconds and nanos of opposite signs (or nanos beyond a second) are no Duration:
+    read as a number they had been accepted."""
+    mixed = Duration(seconds=1, nanos=-500_000_000)
+    got = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=katya(retry_policy=webhooks_pb2.RetryPolicy(initial_delay=mixed))
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {"webhook.retry_policy.initial_delay"}
+    assert "opposite signs" in got["webhook.retry_policy.initial_delay"]
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    got = await fails(
+        webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    id=hook.id,
+                    retry_policy=webhooks_pb2.RetryPolicy(max_delay=Duration(seconds=40, nanos=-1)),
+                ),
+                update_mask=FieldMask(paths=["retry_policy"]),
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {"webhook.retry_policy.max_delay"}
+    for grace in (Duration(seconds=1, nanos=-5), Duration(seconds=-1, nanos=5)):
+        got = await fails(
+            webhooks.stub.RotateWebhookSecret(
+                webhooks_pb2.RotateWebhookSecretRequest(id=hook.id, grace_period=grace),
+                metadata=ACME,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert "opposite signs" in got["grace_period"]
+    got = await fails(
+        webhooks.stub.RotateWebhookSecret(
+            webhooks_pb2.RotateWebhookSecretRequest(
+                id=hook.id, grace_period=Duration(seconds=1, nanos=1_000_000_000)
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "nanos" in got["grace_period"]
+    secret = await webhooks.stub.GetWebhookSecret(
+        webhooks_pb2.GetWebhookSecretRequest(id=hook.id), metadata=ACME
+    )
+    rotated = await webhooks.stub.RotateWebhookSecret(
+        webhooks_pb2.RotateWebhookSecretRequest(
+            id=hook.id, grace_period=Duration(nanos=500_000_000)
+        ),
+        metadata=ACME,
+    )
+    assert rotated.secret != secret.secret
+
+
+async def test_stats_up_to_the_earliest_timestamps_start_at_year_one(webhooks: Webhooks) -> None:
+    """Without start_time the range is the day before end_time, cut at the beginning of
+    year 1 (the earliest Timestamp): a day before it had been an INTERNAL overflow."""
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    earliest = -62135596800  # 0001-01-01T00:00:00Z
+    stats = await webhooks.stub.GetDeliveryStats(
+        webhooks_pb2.GetDeliveryStatsRequest(
+            webhook_id=hook.id, end_time=Timestamp(seconds=earliest + 3600)
+        ),
+        metadata=ACME,
+    )
+    assert stats.start_time == Timestamp(seconds=earliest)
+    assert stats.end_time == Timestamp(seconds=earliest + 3600)
+    assert stats.total == 0
+    got = await fails(
+        webhooks.stub.GetDeliveryStats(
+            webhooks_pb2.GetDeliveryStatsRequest(
+                webhook_id=hook.id, end_time=Timestamp(seconds=earliest)
+            ),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {"end_time"}
+    stats = await webhooks.stub.GetDeliveryStats(
+        webhooks_pb2.GetDeliveryStatsRequest(
+            webhook_id=hook.id,
+            start_time=Timestamp(seconds=earliest),
+            end_time=Timestamp(seconds=253402300799, nanos=999_999_999),
+        ),
+        metadata=ACME,
+    )
+    assert stats.total == 0

@@ -121,3 +121,49 @@ def test_api_keys() -> None:
             keys.tenant(metadata)
     with pytest.raises(ValueError, match="entry 1"):
         parse_api_keys("short=acme")
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "a\x00b", "a\x1fb", "a\x7fb", "a\rb", "a\nb", "\x08"])
+def test_a_header_value_with_a_control_character_is_refused(value: str) -> None:
+    """aiohttp refuses to send such a value: every delivery would fail."""
+    got = problems(WebhookSpec("n", "https://h.example/x", ("*",), headers={"X-A": value}))
+    assert "control characters" in got["webhook.headers[X-A]"]
+
+
+def test_a_header_value_may_have_spaces_tabs_and_non_ascii() -> None:
+    for value in ("a b", "a\tb", "héllo", "~!#$%&'*+-.^_`|", ""):
+        spec = WebhookSpec("n", "https://h.example/x", ("*",), headers={"X-A": value})
+        assert problems(spec) == {}, repr(value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://exa mple.com/",
+        "http://ex\u00a0ample.com/",
+        "http://" + "ä" * 70 + ".com/",  # an IDNA label beyond 63 characters
+        "http://" + "a" * 64 + ".com/",
+        "http://xn--a.com/",  # not punycode: the client cannot decode it
+        "http://a..b/",
+        "http://a%20b.com/",
+        "http://a<b>.com/",
+        "http://exa\tmple.com/",  # dropped by the parsers: another host than the one stored
+        "http://" + "a." * 127 + "com/",  # beyond 253 characters
+    ],
+)
+def test_a_url_the_client_could_never_reach_is_refused(url: str) -> None:
+    assert "webhook.url" in problems(WebhookSpec("n", url, ("*",))), url
+
+
+def test_host_names_the_client_can_reach_are_accepted() -> None:
+    for url in (
+        "http://пример.рф/",
+        "https://straße.de/hook",
+        "http://xn--e1afmkfd.xn--p1ai/",
+        "http://a_b.example.com./x",
+        "http://[::1]:8080/",
+        "http://2130706433/",
+        "http://localhost/x y",
+        "http://" + "a" * 63 + ".com/",
+    ):
+        assert problems(WebhookSpec("n", url, ("*",))) == {}, url

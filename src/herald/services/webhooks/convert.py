@@ -7,6 +7,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from herald.webhooks.v1 import webhooks_pb2
 
+from herald.runtime.errors import FieldViolation
 from herald.runtime.timestamps import timestamp
 from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
 from herald.services.webhooks.store import StoredWebhook
@@ -38,6 +39,36 @@ def spec_of(message: webhooks_pb2.Webhook) -> WebhookSpec:
         description=message.description,
         metadata=dict(message.metadata),
     )
+
+
+def malformed_durations(message: webhooks_pb2.Webhook) -> list[FieldViolation]:
+    """The request's Durations that protobuf itself defines invalid (see
+    :func:`duration_problems`), which ``spec_of`` would otherwise read as some number."""
+    problems: list[FieldViolation] = []
+    if message.HasField("retry_policy"):
+        for name in ("initial_delay", "max_delay"):
+            if message.retry_policy.HasField(name):
+                value = getattr(message.retry_policy, name)
+                problems += duration_problems(value, f"webhook.retry_policy.{name}")
+    return problems
+
+
+MAX_DURATION_SECONDS = 315_576_000_000  # about 10,000 years: protobuf's own bound
+MAX_NANOS = 999_999_999
+
+
+def duration_problems(value: Duration, field: str) -> list[FieldViolation]:
+    """What makes ``value`` an invalid Duration by protobuf's definition: nanos beyond
+    ±999,999,999, seconds and nanos of opposite signs, seconds beyond ±10,000 years."""
+    if not -MAX_NANOS <= value.nanos <= MAX_NANOS:
+        problem = f"nanos between -{MAX_NANOS} and {MAX_NANOS}"
+    elif value.seconds * value.nanos < 0:
+        problem = "seconds and nanos must not have opposite signs"
+    elif not -MAX_DURATION_SECONDS <= value.seconds <= MAX_DURATION_SECONDS:
+        problem = f"seconds between -{MAX_DURATION_SECONDS} and {MAX_DURATION_SECONDS}"
+    else:
+        return []
+    return [FieldViolation(field, f"not a valid duration: {problem}")]
 
 
 def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
+
+from yarl import URL
 
 from herald.runtime.errors import FieldViolation
 from herald.runtime.type_patterns import matches
@@ -25,6 +28,13 @@ MAX_DESCRIPTION = 2000
 EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 _PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+# What a header value may not contain (RFC 9110 field-value): controls but HTAB, and DEL.
+# The delivery client (aiohttp) refuses to send such a value, so every delivery failed.
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A host name as DNS can resolve it, once IDNA-encoded: labels of letters, digits, '-'
+# and '_' (in use in real names), at most 63 characters each; a final dot is allowed.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+MAX_HOST = 253
 # Headers Herald sets itself: a subscription cannot override them.
 _RESERVED_HEADERS = (
     "content-type",
@@ -135,7 +145,38 @@ def _check_url(url: str) -> list[FieldViolation]:
             problem = "credentials in the URL are not allowed; use headers"
         elif port == 0:
             problem = "port 0 is not a valid port"
+        else:
+            problem = _host_problem(url)
     return [FieldViolation("webhook.url", problem)] if problem else []
+
+
+def _host_problem(url: str) -> str:
+    """Why the delivery client could never reach ``url``'s host ("" when it could). The
+    host is read as the client reads it (yarl, which IDNA-encodes a non-ASCII name)."""
+    if any(c in url for c in "\t\r\n"):  # dropped by the parsers: not what is sent
+        return "no tabs or line breaks"
+    try:
+        parsed = URL(url)
+        # Both forms, as the client needs them: .host decodes (an "xn--" label that is
+        # not valid punycode fails), .raw_host encodes (a label too long fails).
+        host = parsed.raw_host if parsed.host else None
+    except ValueError as exc:  # UnicodeError (IDNA) is one
+        return f"not a valid URL: {exc}"
+    if not host:
+        return "an absolute http:// or https:// URL"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return ""
+    labels = host.removesuffix(".").split(".")
+    if len(host) > MAX_HOST or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return (
+            "not a valid host name: labels of letters, digits, '-' and '_' (at most 63 "
+            "characters each, no spaces)"
+        )
+    return ""
 
 
 def _check_event_types(patterns: tuple[str, ...], known: set[str]) -> list[FieldViolation]:
@@ -188,8 +229,12 @@ def _check_headers(headers: Mapping[str, str]) -> list[FieldViolation]:
             problems.append(FieldViolation(where, "letters, digits and '-' (at most 64)"))
         elif name.lower().startswith(_RESERVED_HEADERS):
             problems.append(FieldViolation(where, "set by Herald; cannot be overridden"))
-        if len(value) > 1024 or "\r" in value or "\n" in value:
-            problems.append(FieldViolation(where, "at most 1024 characters, no line breaks"))
+        if len(value) > 1024 or _HEADER_VALUE_FORBIDDEN.search(value):
+            problems.append(
+                FieldViolation(
+                    where, "at most 1024 characters, no line breaks or other control characters"
+                )
+            )
     return problems
 
 

@@ -15,7 +15,13 @@ from herald.runtime.pagination import page_of
 from herald.runtime.timestamps import datetime_of, seconds_of, timestamp
 from herald.runtime.type_patterns import matches
 from herald.services.webhooks import model
-from herald.services.webhooks.convert import delivery_to_proto, spec_of, to_proto
+from herald.services.webhooks.convert import (
+    delivery_to_proto,
+    duration_problems,
+    malformed_durations,
+    spec_of,
+    to_proto,
+)
 from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
@@ -29,6 +35,8 @@ _STATUS_NAMES = {
     webhooks_pb2.DELIVERY_STATUS_FAILED: "failed",
 }
 DEFAULT_GRACE = 24 * 3600.0
+DEFAULT_STATS_RANGE = timedelta(days=1)  # of GetDeliveryStats, up to end_time
+EARLIEST = datetime.min.replace(tzinfo=UTC)  # protobuf's earliest Timestamp too
 MAX_GRACE = 7 * 24 * 3600.0
 
 
@@ -47,7 +55,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.CreateWebhookResponse:
         """Validates and stores a subscription; shows its secret this once."""
         spec = spec_of(request.webhook)
-        problems = await self._check(spec)
+        problems = malformed_durations(request.webhook) + await self._check(spec)
         if request.secret:
             problems += model.check_secret(request.secret, "secret")
         if problems:
@@ -99,13 +107,14 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
                 ]
             )
         given = spec_of(request.webhook)
+        malformed = malformed_durations(request.webhook) if "retry_policy" in paths else []
         known = await self._event_types.names()
         if "event_types" in paths and not _all_known(given.event_types, known):
             known = await self._refreshed()  # a type created a moment ago
 
         def change(current: model.WebhookSpec) -> model.WebhookSpec:
             merged = current.updated(given, paths)
-            problems = model.check(merged, known)
+            problems = malformed + model.check(merged, known)
             if problems:
                 raise InvalidArgument(problems)
             return merged
@@ -136,6 +145,8 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         """A new secret; the previous one keeps signing during the grace period."""
         grace = DEFAULT_GRACE
         if request.HasField("grace_period"):
+            if malformed := duration_problems(request.grace_period, "grace_period"):
+                raise InvalidArgument(malformed)
             grace = seconds_of(request.grace_period, "grace_period")
         problems = []
         if not 0 <= grace <= MAX_GRACE:
@@ -180,11 +191,14 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
             if request.HasField("end_time")
             else datetime.now(UTC)
         )
-        start = (
-            datetime_of(request.start_time, "start_time")
-            if request.HasField("start_time")
-            else end - timedelta(days=1)
-        )
+        if request.HasField("start_time"):
+            start = datetime_of(request.start_time, "start_time")
+        elif end - EARLIEST >= DEFAULT_STATS_RANGE:
+            start = end - DEFAULT_STATS_RANGE
+        else:  # a day before end_time is before year 1: from the start of year 1
+            start = EARLIEST
+            if start >= end:
+                raise InvalidArgument([FieldViolation("end_time", "must be after year 1 began")])
         if start >= end:
             raise InvalidArgument([FieldViolation("start_time", "must be before end_time")])
         webhook_id = _required_id(request.webhook_id, "webhook_id")

@@ -112,13 +112,21 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
 -- name: record_outcomes
 -- Attempt outcomes, many at once: the attempt rows, and each delivery's new state if
 -- this worker ($1) still holds its claim (RETURNING those).
+-- An outcome whose delivery is gone (its webhook was deleted while the attempt was in
+-- flight) is dropped. The deliveries are locked (FOR KEY SHARE), not merely looked up:
+-- one deleted by a transaction committing meanwhile is skipped by the lock, where a
+-- lookup would let its attempt row fail the foreign key check. The lock is taken in r,
+-- which the UPDATE reads: a row updated by this statement before a later lock on it
+-- would count as gone.
 WITH r AS (
-    SELECT *
+    SELECT t.*
     FROM unnest($2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::int[], $7::text[],
                 $8::int[], $9::text[], $10::timestamptz[], $11::text[], $12::float8[],
                 $13::text[], $14::text[])
          AS t(delivery_id, number, webhook_id, started_at, status_code, error, response_ms,
               status, next_at, retry_reason, retry_after, last_error, last_response)
+    JOIN webhooks.deliveries AS live ON live.id = t.delivery_id
+    FOR KEY SHARE OF live
 ), attempts AS (
     INSERT INTO webhooks.attempts
         (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
