@@ -288,6 +288,41 @@ async def test_resolving_releases_or_blocks_the_held_refund(flow: ReconcileFlow)
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_held_refund_is_checked_again_when_released(flow: ReconcileFlow) -> None:
+    """Held for its split, then its ticket refunded by another refund: accepting the
+    split must not send a second refund of that ticket to Vibeapp."""
+    e, o = unique("ev"), unique("or")
+    t = "t-" + o
+    await flow.send(event(e), order(o, e, {t: 1000}))
+    held, other = unique("rf"), unique("rf")
+    await flow.send(refund(held, o, e, {t: (1000, 900, 0, 0)}))  # split mismatch: held
+    await flow.settled()
+    await flow.send(refund(other, o, e, {t: (1000, 1000, 0, 0)}))  # passes: sent
+    await flow.settled()
+    assert [r.key for r in await flow.outputs("refund", 1)] == [other.encode()]
+
+    for d in await discrepancies(flow, refund_id=held):
+        reply = await flow.stub.ResolveDiscrepancy(
+            pb.ResolveDiscrepancyRequest(id=d.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED)
+        )
+    assert not reply.refund_released, "its ticket went with the other refund meanwhile"
+    [double] = await discrepancies(flow, refund_id=held, status=pb.DISCREPANCY_STATUS_OPEN)
+    assert double.kind == pb.DISCREPANCY_KIND_DOUBLE_REFUND
+    assert double.ticket_id == t
+    ticket = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=t))).ticket
+    assert ticket.refund_id == other
+    await flow.settled()
+    sent = await flow.outputs("refund", 2, timeout=3)
+    assert [r.key for r in sent] == [other.encode()], "the ticket is refunded once"
+
+    reply = await flow.stub.ResolveDiscrepancy(  # the operator wants it refunded twice
+        pb.ResolveDiscrepancyRequest(id=double.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED)
+    )
+    assert reply.refund_released, "a finding accepted is not found again"
+    sent = await flow.outputs("refund", 2)
+    assert [r.key for r in sent] == [other.encode(), held.encode()]
+
+
 async def test_replaying_every_input_changes_nothing_and_sends_nothing_twice(
     flow: ReconcileFlow,
 ) -> None:

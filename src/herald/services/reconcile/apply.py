@@ -77,6 +77,16 @@ async def store_findings(conn: Connection, found: Sequence[Found]) -> None:
     )
 
 
+async def ticket_states(conn: Connection, ids: Iterable[str]) -> dict[str, TicketState]:
+    """The ledger's tickets among ``ids``, for the refund checks."""
+    return {
+        row["id"]: TicketState(
+            row["id"], row["order_id"], row["status"], row["price_nominal"], row["refund_id"]
+        )
+        for row in await conn.fetch(Q.tickets_by_id, list(ids))
+    }
+
+
 class BatchApply:
     """Applies one batch on ``conn`` (inside its transaction); outputs go to ``queue``."""
 
@@ -252,13 +262,7 @@ class BatchApply:
             r["id"]: r
             for r in await self.conn.fetch(Q.orders_by_id, list({r.order_id for r in refunds}))
         }
-        wanted = list({t.ticket_id for r in refunds for t in r.tickets})
-        tickets = {
-            row["id"]: TicketState(
-                row["id"], row["order_id"], row["status"], row["price_nominal"], row["refund_id"]
-            )
-            for row in await self.conn.fetch(Q.tickets_by_id, wanted)
-        }
+        tickets = await ticket_states(self.conn, {t.ticket_id for r in refunds for t in r.tickets})
         for r in refunds:
             order = orders.get(r.order_id)
             if order is None:

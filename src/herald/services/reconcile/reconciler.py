@@ -17,6 +17,8 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.runtime.publisher import Alert
+from herald.services.reconcile.apply import ticket_states
+from herald.services.reconcile.checks import Finding, check_refund
 from herald.services.reconcile.ledger import Transaction
 from herald.services.reconcile.outputs import OutputConfig, Queue
 from herald.services.reconcile.reconciliation import Repair, compare
@@ -88,6 +90,11 @@ class Reconciler:
             # Accepting an unknown order means waiting for it: the refund is checked
             # when the order arrives, like any other.
             await tx.conn.execute(Q.set_refund_state, refund_id, "waiting_order")
+            return False
+        if new := await _new_findings(tx, r):
+            # The ledger moved on while the refund was held (another refund took its
+            # ticket, the ticket was used): what was accepted is not what would be sent.
+            await tx.hold(r.id, r.order_id, r.event_id, new)
             return False
         await tx.conn.execute(Q.refund_tickets, r.id, [t.ticket_id for t in r.tickets])
         await tx.send_or_ready(r, order)
@@ -180,6 +187,14 @@ class Reconciler:
         if done:
             self._on_queued()
         return done
+
+
+async def _new_findings(tx: Transaction, r: tl.RefundRequest) -> list[Finding]:
+    """The refund's checks against the ledger as it is now, but for the findings
+    already stored for it (an accepted one stays accepted)."""
+    tickets = await ticket_states(tx.conn, {t.ticket_id for t in r.tickets})
+    known = {row["id"] for row in await tx.conn.fetch(Q.refund_discrepancy_ids, r.id)}
+    return [f for f in check_refund(r, tickets) if f.id_for(r.id) not in known]
 
 
 def _get(inputs: dict[str, asyncpg.Record], kind: str, column: str) -> int:

@@ -264,6 +264,9 @@ RETURNING *
 -- name: refund_discrepancy_states
 SELECT status, count(*) AS n FROM reconcile.discrepancies WHERE refund_id = $1 GROUP BY status
 
+-- name: refund_discrepancy_ids
+SELECT id FROM reconcile.discrepancies WHERE refund_id = $1
+
 -- name: open_discrepancies_in_scope
 SELECT count(*) FROM reconcile.discrepancies
 WHERE status = 'open' AND ($1::text IS NULL OR event_id = $1)
