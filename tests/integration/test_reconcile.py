@@ -620,7 +620,7 @@ async def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_applied
     [dead] = await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)
     assert dead.key == huge.encode()
     reason = headers(dead)["dlq-reason"]
-    assert reason.startswith("the ledger refused it:"), reason
+    assert reason.startswith("the database refused it:"), reason
     assert "index row" in reason, reason
     await flow.settled()
 

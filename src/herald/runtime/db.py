@@ -54,25 +54,31 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Unforeseen(Exception):
+    """Applying one item raised an error that is neither PostgreSQL's nor the network's
+    (a bug meeting data it did not foresee): retrying would fail the same way for ever."""
+
+
 async def isolate_refused(
     items: Sequence[T],
     apply: Callable[[Sequence[T]], Awaitable[list[R]]],
     refused: Callable[[T, BaseException], Awaitable[R]],
+    refusals: tuple[type[BaseException], ...] = DATA_REFUSED,
 ) -> list[R]:
-    """``apply(items)``; a batch PostgreSQL refuses for its data (DATA_REFUSED) is split
-    in halves until the item it refuses is alone, whose result is ``refused`` with
-    PostgreSQL's reason; the rest are applied. Results keep the items' order; any other
-    error is raised."""
+    """``apply(items)``; a batch PostgreSQL refuses for its data (DATA_REFUSED, or any
+    of ``refusals``) is split in halves until the item it refuses is alone, whose result
+    is ``refused`` with the reason; the rest are applied. Results keep the items' order;
+    any other error is raised."""
     try:
         return await apply(items)
-    except DATA_REFUSED as exc:
+    except refusals as exc:
         if len(items) == 1:
             return [await refused(items[0], exc)]
         log.warning("db.refused_batch", items=len(items), error=repr(exc))
         half = len(items) // 2
         return [
-            *await isolate_refused(items[:half], apply, refused),
-            *await isolate_refused(items[half:], apply, refused),
+            *await isolate_refused(items[:half], apply, refused, refusals),
+            *await isolate_refused(items[half:], apply, refused, refusals),
         ]
 
 
@@ -89,7 +95,10 @@ async def apply_isolating_refused(
     """``apply(items)`` (the sum of what it returns) for a consumer whose offsets wait
     for it. Any database error other than refused data (unreachable, a deadlock, …) is
     logged as ``failed_event`` and the part at hand tried again with backoff. Refused
-    data goes to ``refused`` item by item (:func:`isolate_refused`)."""
+    data goes to ``refused`` item by item (:func:`isolate_refused`), and so does an item
+    whose application raises anything else (:class:`Unforeseen`, logged with its
+    traceback): one such record would otherwise stop the consumer, again after every
+    restart, while the records behind it wait."""
 
     async def retrying(part: Sequence[T]) -> list[int]:
         delay = first_delay
@@ -102,12 +111,23 @@ async def apply_isolating_refused(
                 log.log(level, failed_event, error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
+            except Exception as exc:
+                if len(part) == 1:
+                    log.exception("db.apply_crashed", error=repr(exc))
+                raise Unforeseen(f"{type(exc).__name__}: {exc}") from exc
 
     async def refused_one(item: T, exc: BaseException) -> int:
         await refused(item, exc)
         return 0
 
-    return sum(await isolate_refused(items, retrying, refused_one))
+    return sum(await isolate_refused(items, retrying, refused_one, (*DATA_REFUSED, Unforeseen)))
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The dead-letter reason of an item :func:`apply_isolating_refused` set aside."""
+    if isinstance(exc, Unforeseen):
+        return f"processing it failed: {exc}"
+    return f"the database refused it: {exc}"
 
 
 # A connection, whether taken from a pool or opened alone.

@@ -17,7 +17,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from herald.runtime.db import apply_isolating_refused
+from herald.runtime.db import apply_isolating_refused, refusal_reason
 from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -86,7 +86,7 @@ class InputConsumer:
 
         async def refused(t: Taken, exc: BaseException) -> None:
             record = records[(t.topic, t.partition, t.offset)]
-            await self._dead_letter([(record, f"the ledger refused it: {exc}")])
+            await self._dead_letter([(record, refusal_reason(exc))])
 
         return await apply_isolating_refused(
             taken,

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
-from herald.runtime.db import apply_isolating_refused
+from herald.runtime.db import apply_isolating_refused, refusal_reason
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
@@ -181,7 +181,7 @@ class Intake:
             return await self._insert_now([job for job, _ in pairs])
 
         async def refused(pair: _Pair, exc: BaseException) -> None:
-            await self._dead_letter(pair[1], f"the database refused it: {exc}")
+            await self._dead_letter(pair[1], refusal_reason(exc))
 
         return await apply_isolating_refused(
             list(zip(jobs, records, strict=True)),
