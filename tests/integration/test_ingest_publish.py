@@ -371,3 +371,31 @@ async def test_server_reflection_lists_the_service(ingest: IngestUnderTest) -> N
     services = await asyncio.to_thread(list_services)
     assert "herald.ingest.v1.IngestService" in services
     assert "grpc.health.v1.Health" in services
+
+
+async def test_concurrent_batches_sharing_keys_in_any_order_all_succeed(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    """Two clients retrying the same events with the same keys, in different orders, at
+    the same moment: each item is stored once and every call answers OK (PostgreSQL
+    deadlocked on the keys' index and the calls answered INTERNAL)."""
+    docs = []
+    for _ in range(300):
+        doc = json.loads(LEGACY_EXAMPLES["user_registered"])
+        doc["event_id"] = str(uuid.uuid4())
+        docs.append(
+            ingest_pb2.PublishRequest(json=json.dumps(doc), idempotency_key=doc["event_id"])
+        )
+
+    async def publish(order: list[ingest_pb2.PublishRequest]) -> list[str]:
+        reply = await ingest.stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=order))
+        assert [r.status.code for r in reply.results] == [0] * len(order)
+        return [r.event_id for r in reply.results]
+
+    for _ in range(5):
+        rounds = [docs, docs[::-1], docs[1::2] + docs[::2], docs[::-1]]
+        await asyncio.gather(*(publish(order) for order in rounds))
+    records = await read_topic(infra.kafka_settings(), topic, 300, timeout=30)
+    assert sorted(headers(r)["ce_id"] for r in records) == sorted(
+        json.loads(d.json)["event_id"] for d in docs
+    )

@@ -103,6 +103,12 @@ class FailedPrecondition(RpcError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(RpcError):
+    """A concurrent call conflicted with this one; the caller may retry it."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class Unavailable(RpcError):
     """A dependency is down; the caller may retry."""
 

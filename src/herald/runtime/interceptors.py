@@ -12,7 +12,13 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from herald.runtime.db import CONNECTION_LOST
-from herald.runtime.errors import FieldViolation, InvalidArgument, RpcError, Unavailable
+from herald.runtime.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    RpcError,
+    Unavailable,
+)
 
 log = structlog.get_logger("herald.rpc")
 
@@ -138,6 +144,10 @@ class ErrorInterceptor(UnaryInterceptor):
             log.warning("rpc.refused_by_database", method=method, fields=where, error=str(exc))
             refused = InvalidArgument([FieldViolation(f, why) for f in where])
             await context.abort_with_status(rpc_status.to_status(refused.to_status()))
+        except asyncpg.TransactionRollbackError as exc:  # a deadlock, a serialization
+            log.warning("rpc.aborted", method=method, error=repr(exc))  # failure
+            aborted = Aborted(f"a concurrent call conflicted with this one; retry it: {exc}")
+            await context.abort_with_status(rpc_status.to_status(aborted.to_status()))
         except CONNECTION_LOST as exc:  # the caller may retry
             log.warning("rpc.unavailable", method=method, error=repr(exc))
             err = Unavailable(f"a dependency is unavailable, retry later: {exc}")

@@ -26,6 +26,7 @@ log = structlog.get_logger("herald.ingest.writer")
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
 IDEMPOTENCY_TTL_SECONDS = 72 * 3600
+CONFLICT_ATTEMPTS = 3
 
 
 class EventWriter:
@@ -78,6 +79,20 @@ class EventWriter:
         return await isolate_refused(items, self._write, _refused)
 
     async def _write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
+        """:meth:`_write_once`, again when PostgreSQL rolled it back for a conflict with
+        a concurrent transaction (a deadlock, a serialization failure): nothing of it
+        was stored, and the same items usually pass a moment later. The statements take
+        their rows in one order so that this stays rare."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return await self._write_once(items)
+            except asyncpg.TransactionRollbackError as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                log.warning("writer.conflict", items=len(items), attempt=attempt, error=str(exc))
+        raise AssertionError("unreachable")
+
+    async def _write_once(self, items: Sequence[PendingEvent]) -> list[Outcome]:
         """Stores ``items`` atomically.
 
         Without idempotency keys this is one statement (events, outbox rows and the

@@ -1,10 +1,13 @@
 -- name: claim_keys
 -- Inserts idempotency keys; an expired key not purged yet is taken over.
--- Returns the keys this statement now owns.
+-- Returns the keys this statement now owns. Keys are inserted in one order (as are
+-- events by store_events): two transactions sharing keys in different orders would each
+-- wait for a key the other holds, a deadlock.
 INSERT INTO ingest.idempotency_keys AS k (key, endpoint, actor, fingerprint, event_id, expires_at)
 SELECT t.key, t.endpoint, t.actor, t.fingerprint, t.event_id, now() + make_interval(secs => $6)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
      AS t(key, endpoint, actor, fingerprint, event_id)
+ORDER BY t.key, t.endpoint, t.actor
 ON CONFLICT (key, endpoint, actor) DO UPDATE
     SET fingerprint = EXCLUDED.fingerprint, event_id = EXCLUDED.event_id,
         created_at = now(), expires_at = EXCLUDED.expires_at
@@ -28,6 +31,7 @@ WHERE (k.key, k.endpoint, k.actor) = (t.key, t.endpoint, t.actor)
 WITH new_events AS (
     INSERT INTO ingest.events (source, id, type, fingerprint, attributes, data)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bytea[])
+    ORDER BY 1, 2
     ON CONFLICT (source, id) DO NOTHING
     RETURNING source, id
 ), new_outbox AS (
