@@ -21,7 +21,7 @@ from herald.services.ingest.relay import Relay
 from herald.services.ingest.writer import Q
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
-from tests.integration.conftest import start_ingest
+from tests.integration.conftest import IngestUnderTest, start_ingest
 from tests.kafka_helpers import create_small_topic, headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -320,3 +320,40 @@ async def test_an_event_kafka_refuses_for_good_is_dead_lettered_and_its_key_goes
         assert asyncio.get_running_loop().time() - started < 1.0
     finally:
         await service.stop()
+
+
+async def test_a_retry_after_a_new_data_version_is_still_a_replay(
+    ingest: IngestUnderTest,
+) -> None:
+    """An event sent without a data version takes the latest; a retry of the same request
+    after a newer (compatible) version is registered is the same request, answered as a
+    replay, not refused as the key used for something else."""
+    name = f"shelf.item.counted{uuid.uuid4().hex[:8]}"
+    schema = {"type": "object", "properties": {"sku": {"type": "string"}}}
+
+    async def register(version: str) -> None:
+        await ingest.stub.CreateEventType(
+            ingest_pb2.CreateEventTypeRequest(
+                event_type=ingest_pb2.EventType(
+                    name=name, data_version=version, json_schema=json.dumps(schema)
+                )
+            )
+        )
+
+    await register("1.0")
+    event = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:shelf",
+        "time": "2025-01-01T00:00:00Z",
+        "type": name,
+        "data": {"sku": "S1"},
+    }
+    request = ingest_pb2.PublishRequest(json=json.dumps(event))
+    key = (("idempotency-key", "count-" + event["id"]),)
+    first = await ingest.stub.Publish(request, metadata=key)
+    await register("1.1")
+    again = await ingest.stub.Publish(request, metadata=key)
+    assert (again.event_id, again.duplicate) == (first.event_id, True)
+    without_key = await ingest.stub.Publish(request)  # deduplicated by source and id
+    assert (without_key.event_id, without_key.duplicate) == (first.event_id, True)

@@ -50,10 +50,13 @@ def make_pending(
     context: Mapping[str, str],
     idempotency: IdempotencyKey | None,
     application_id: str,
+    fingerprint: bytes | None = None,
 ) -> PendingEvent:
     """Builds the outbox row (CloudEvents Kafka binding, binary mode) for ``event``.
 
-    ``context`` holds the transport headers of the call (traceparent, x-request-id, …).
+    ``context`` holds the transport headers of the call (traceparent, x-request-id, …);
+    ``fingerprint`` tells a retry from a different request (``event``'s own when not
+    given).
     """
     extra = {
         binding.SCHEMA_VERSION: event.attributes.get("dataversion", ""),
@@ -71,7 +74,7 @@ def make_pending(
         headers_json=json_fast.dumps([[name, raw.decode()] for name, raw in headers]),
         event_type=event.type,
     )
-    return PendingEvent(event, event.fingerprint(), idempotency, row)
+    return PendingEvent(event, fingerprint or event.fingerprint(), idempotency, row)
 
 
 def headers_of(headers_json: str) -> list[tuple[str, bytes]]:

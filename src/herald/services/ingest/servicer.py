@@ -183,13 +183,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             raise
         assert definition is not None
+        # The request as sent is what a retry repeats: the default data version filled
+        # in below changes when a newer version is registered.
+        fingerprint = event.fingerprint()
         if event.data_version is None:
             event = event.with_attribute("dataversion", definition.data_version)
         ident = (
             IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
         )
         return make_pending(
-            event, self._topic, call.headers, ident, call.application_id or event.source
+            event,
+            self._topic,
+            call.headers,
+            ident,
+            call.application_id or event.source,
+            fingerprint,
         )
 
     @staticmethod
