@@ -341,16 +341,17 @@ async def test_a_retry_after_a_new_data_version_is_still_a_replay(
         )
 
     await register("1.0")
+    event_id = str(uuid.uuid4())
     event = {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": event_id,
         "source": "urn:shelf",
         "time": "2025-01-01T00:00:00Z",
         "type": name,
         "data": {"sku": "S1"},
     }
     request = ingest_pb2.PublishRequest(json=json.dumps(event))
-    key = (("idempotency-key", "count-" + event["id"]),)
+    key = (("idempotency-key", "count-" + event_id),)
     first = await ingest.stub.Publish(request, metadata=key)
     await register("1.1")
     again = await ingest.stub.Publish(request, metadata=key)
