@@ -357,6 +357,9 @@ async def test_publish_batch_results_per_item(
     assert all(r.duplicate for r in replay.results if r.status.code == 0)
     records = await read_topic(infra.kafka_settings(), topic, 990, timeout=30)
     assert len(records) == 990
+    for r in records:  # each record names the key its event was stored by
+        i = uuid.UUID(headers(r)["ce_id"]).int - 1
+        assert headers(r)["idempotency-key"] == f"b1:{i}"
 
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await ingest.stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=items + items[:1]))
@@ -371,6 +374,17 @@ async def test_server_reflection_lists_the_service(ingest: IngestUnderTest) -> N
     services = await asyncio.to_thread(list_services)
     assert "herald.ingest.v1.IngestService" in services
     assert "grpc.health.v1.Health" in services
+
+
+async def test_the_record_carries_the_idempotency_key_of_the_request_field(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    doc = json.loads(LEGACY_EXAMPLES["user_registered"])
+    doc["event_id"] = str(uuid.uuid4())
+    request = ingest_pb2.PublishRequest(json=json.dumps(doc), idempotency_key="field-key-1")
+    await ingest.stub.Publish(request, metadata=(("idempotency-key", "metadata-key"),))
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    assert headers(record)["idempotency-key"] == "field-key-1"
 
 
 async def test_concurrent_batches_sharing_keys_in_any_order_all_succeed(

@@ -28,6 +28,7 @@ log = structlog.get_logger("herald.ingest")
 
 PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
 MAX_BATCH = 1000
+IDEMPOTENCY_HEADER = "idempotency-key"  # the record carries the key the event was stored by
 MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
 
 
@@ -38,7 +39,7 @@ class CallContext:
         metadata: Mapping[str, str | bytes] = {  # noqa: C416  (typed pairs)
             key: value for key, value in context.invocation_metadata() or ()
         }
-        self.idempotency_key = str(metadata.get("idempotency-key", ""))
+        self.idempotency_key = str(metadata.get(IDEMPOTENCY_HEADER, ""))
         self.application_id = str(metadata.get("application-id", ""))
         self.headers: dict[str, str] = {}
         for name in binding.CONTEXT_HEADERS:
@@ -191,10 +192,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         ident = (
             IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
         )
+        headers = call.headers
+        if key != headers.get(IDEMPOTENCY_HEADER, ""):  # a batch item's, or the field's
+            headers = {k: v for k, v in headers.items() if k != IDEMPOTENCY_HEADER}
+            if key:
+                headers[IDEMPOTENCY_HEADER] = key
         return make_pending(
             event,
             self._topic,
-            call.headers,
+            headers,
             ident,
             call.application_id or event.source,
             fingerprint,
