@@ -148,3 +148,31 @@ def test_proto_missing_required_and_proto_data() -> None:
     ce.proto_data.Pack(cloudevents_pb2.CloudEventBatch())
     got = problems(envelope.parse_proto(ce))
     assert {"event.id", "event.source", "event.type", "event.proto_data"} <= set(got)
+
+
+@pytest.mark.parametrize(
+    "name", ["Bad-Name", "UPPER", "", "a\x01b", "a_b", "x" * 21, "ok\n", "é", "١"]
+)
+def test_proto_attribute_names_are_lowercase_ascii_letters_and_digits(name: str) -> None:
+    # the JSON form refused these; the Protobuf form put them on Kafka as ce_ headers
+    ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    ce.attributes[name].ce_string = "v"
+    event, found = envelope.parse_proto(ce)
+    assert {v.field: v.description for v in found} == {
+        f"event.attributes[{name}]": "attribute names are 1-20 lowercase ASCII letters or digits"
+    }
+    assert name not in event.attributes
+
+
+def test_proto_attribute_names_of_20_characters_and_the_seed_spellings_are_accepted() -> None:
+    ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    ce.attributes["x" * 20].ce_string = "v"
+    ce.attributes["data_version"].ce_string = "1.0"
+    event = parsed_ok(envelope.parse_proto(ce))
+    assert event.attributes["x" * 20] == "v"
+    assert event.attributes["dataversion"] == "1.0"
+
+
+def test_a_structured_attribute_name_with_a_final_newline_is_refused() -> None:
+    doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject\n": "x"}
+    assert "lowercase" in problems(envelope.parse_json(json.dumps(doc)))["subject\n"]

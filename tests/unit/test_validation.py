@@ -170,3 +170,74 @@ def test_data_that_is_not_json_or_too_long_a_number_is_invalid_argument(payload:
     start = text.index('"payload"')
     got = violations(text[:start] + f'"payload": {payload}}}')
     assert "not valid JSON" in got["json"]
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "field"),
+    [
+        ("order.created\n", "1.0", "event_type.name"),  # `$` let a final newline through
+        ("order.created", "1.0\n", "event_type.data_version"),
+        ("order.created", "١.٠", "event_type.data_version"),  # `\d`: Arabic-Indic digits
+        ("order.created", "１.０", "event_type.data_version"),  # fullwidth digits
+        ("order.created", "1.٣", "event_type.data_version"),
+    ],
+)
+def test_event_type_names_and_versions_are_whole_and_ascii(
+    name: str, version: str, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition(name, version, '{"type": "object"}', "", [])
+    assert [v.field for v in exc.value.violations] == [field]
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ('{"type": "object", "description": "a\\u0000b"}', "'description'"),
+        ('{"type": "object", "properties": {"a\\u0000": {}}}', "'properties.a\\x00'"),
+        ('{"type": "object", "enum": [{"x": ["ok", "\\u0000"]}]}', "'enum[0].x[1]'"),
+    ],
+)
+def test_a_json_schema_holding_a_nul_character_is_invalid_argument(schema: str, where: str) -> None:
+    # PostgreSQL's jsonb refuses \u0000: CreateEventType answered INTERNAL
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", "1.0", schema, "", [])
+    [violation] = exc.value.violations
+    assert violation.field == "event_type.json_schema"
+    assert f"NUL character (\\u0000) at {where}" in violation.description
+
+
+def test_a_json_schema_with_an_escaped_backslash_before_u0000_is_valid() -> None:
+    schema = check_definition(
+        "order.created", "1.0", '{"type": "object", "description": "a\\\\u0000b"}', "", []
+    )
+    assert schema["description"] == "a\\u0000b"
+
+
+UUID = "8a65f0c1-00f4-4f9d-8b3d-3cfa628dc034"
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        UUID.replace("-", "") + "----",  # hyphens in the wrong places
+        "8a65-f0c100f4-4f9d-8b3d-3cfa628dc034",
+        "urn:" + UUID.replace("-", ""),
+        "+" + UUID[1:],
+        " " + UUID[1:],
+        "0x" + UUID[2:],
+        "8a65_0c1-00f4-4f9d-8b3d-3cfa628dc034",
+        UUID[:-1] + "\n",
+        "８a65f0c1-00f4-4f9d-8b3d-3cfa628dc034",  # a fullwidth digit
+        "٨a65f0c1-00f4-4f9d-8b3d-3cfa628dc034",  # an Arabic-Indic digit
+        UUID + "0",
+        UUID[:-1],
+    ],
+)
+def test_an_id_that_must_be_a_uuid_is_the_8_4_4_4_12_hex_form(ident: str) -> None:
+    assert violations(edited(RETURN_CREATED, id=ident))["id"] == f"{ident!r} is not a UUID"
+
+
+@pytest.mark.parametrize("ident", [UUID, UUID.upper(), "00000000-0000-0000-0000-000000000000"])
+def test_a_uuid_is_accepted_in_either_case(ident: str) -> None:
+    check(edited(RETURN_CREATED, id=ident))

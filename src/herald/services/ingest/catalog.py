@@ -18,8 +18,10 @@ import jsonschema_rs
 from herald.runtime import json_fast
 from herald.runtime.errors import FieldViolation, InvalidArgument
 
-NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
-VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+# Whole-string patterns (fullmatch: ``$`` lets a final newline through) of ASCII digits
+# (``\d`` takes any script's: "١.٠" is not a version).
+NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
+VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
 MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
 KNOWN_ATTRIBUTES = {
@@ -76,7 +78,7 @@ def check_definition(
 ) -> dict[str, Any]:
     """Validates a CreateEventType request; returns the parsed schema."""
     problems: list[FieldViolation] = []
-    if not NAME.match(name) or len(name) > MAX_NAME_CHARS:
+    if not NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
         problems.append(
             FieldViolation(
                 "event_type.name",
@@ -84,7 +86,7 @@ def check_definition(
                 "'order.created' or 'user_registered'",
             )
         )
-    if not VERSION.match(data_version) or len(data_version) > MAX_VERSION_CHARS:
+    if not VERSION.fullmatch(data_version) or len(data_version) > MAX_VERSION_CHARS:
         problems.append(
             FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
         )
@@ -94,6 +96,13 @@ def check_definition(
         if not isinstance(loaded, dict):
             problems.append(
                 FieldViolation("event_type.json_schema", "a JSON Schema object is required")
+            )
+        elif "\\u0000" in schema_text and (where := _nul_at(loaded)) is not None:
+            problems.append(
+                FieldViolation(
+                    "event_type.json_schema",
+                    f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored",
+                )
             )
         else:
             jsonschema_rs.meta.validate(loaded)
@@ -123,6 +132,26 @@ def check_definition(
     if problems:
         raise InvalidArgument(problems)
     return schema
+
+
+def _nul_at(value: object) -> str | None:
+    """Where in a parsed JSON value a string (or key) holds U+0000, as ``a.b[2]``; else
+    None. JSON may escape one (``\\u0000``), PostgreSQL's jsonb refuses it. A loop, not
+    recursion: the value may be nested 1,000 deep."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return path
+        if isinstance(item, dict):
+            for key, child in item.items():
+                here = f"{path}.{key}" if path else str(key)
+                if "\x00" in key:
+                    return here
+                stack.append((child, here))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 class Catalog:

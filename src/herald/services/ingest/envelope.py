@@ -33,7 +33,9 @@ ALIASES = {
     "data_version": "dataversion",
     "spec_version": "specversion",
 }
-_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+# CloudEvents: attribute names are lowercase ASCII letters and digits, at most 20 of them.
+_ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
+_ATTRIBUTE_NAME_RULE = "attribute names are 1-20 lowercase ASCII letters or digits"
 # A \uD800–\uDFFF escape: JSON allows one without its pair, Unicode text does not.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # CloudEvents forbids control characters in string attributes.
@@ -61,6 +63,9 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
                     f"{name} is a required field of CloudEvent, not an attribute",
                 )
             )
+            continue
+        if not _ATTRIBUTE_NAME.fullmatch(name):
+            problems.append(FieldViolation(f"event.attributes[{raw_name}]", _ATTRIBUTE_NAME_RULE))
             continue
         try:
             attributes[name] = _proto_attribute(value)
@@ -144,10 +149,8 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
             problems.append(FieldViolation(key, f"{name} is given twice"))
             continue
         spelled[name] = key
-        if not _ATTRIBUTE_NAME.match(name):
-            problems.append(
-                FieldViolation(key, "attribute names are 1-20 lowercase ASCII letters or digits")
-            )
+        if not _ATTRIBUTE_NAME.fullmatch(name):
+            problems.append(FieldViolation(key, _ATTRIBUTE_NAME_RULE))
             continue
         if isinstance(value, bool):
             attributes[name] = "true" if value else "false"

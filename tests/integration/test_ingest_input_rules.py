@@ -1,0 +1,125 @@
+"""Ingest's input rules through the real service: names, versions, schemas, attribute
+names and ids it must refuse as INVALID_ARGUMENT naming the field, and text it must
+carry through untouched."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+from herald.cloudevents.v1 import cloudevents_pb2
+from herald.ingest.v1 import ingest_pb2
+
+from herald.runtime.errors import bad_request_of
+from tests.conftest import Infra
+from tests.fixtures.seeds import RETURN_CREATED
+from tests.integration.conftest import IngestUnderTest
+from tests.kafka_helpers import headers, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def refused(call: Awaitable[object]) -> dict[str, str]:
+    """The field violations of a call that must answer INVALID_ARGUMENT."""
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    assert status is not None
+    return {v.field: v.description for v in bad_request_of(status)}
+
+
+def create(name: str, version: str, schema: str) -> ingest_pb2.CreateEventTypeRequest:
+    return ingest_pb2.CreateEventTypeRequest(
+        event_type=ingest_pb2.EventType(name=name, data_version=version, json_schema=schema)
+    )
+
+
+async def test_event_type_names_and_versions_are_whole_ascii_strings(
+    ingest: IngestUnderTest,
+) -> None:
+    # `$` and `\d`: both were registered
+    stub = ingest.stub
+    got = await refused(stub.CreateEventType(create("order.created\n", "1.0", "{}")))
+    assert set(got) == {"event_type.name"}
+    for version in ("١.٠", "1.0\n"):
+        got = await refused(stub.CreateEventType(create("order.created", version, "{}")))
+        assert set(got) == {"event_type.data_version"}
+    created = await stub.CreateEventType(create("order.created", "1.0", "{}"))
+    assert created.event_type.name == "order.created"
+
+
+async def test_a_json_schema_holding_a_nul_character_is_invalid_argument(
+    ingest: IngestUnderTest,
+) -> None:
+    # PostgreSQL's jsonb refuses \u0000: the call answered INTERNAL
+    schema = '{"type": "object", "description": "a\\u0000b"}'
+    got = await refused(ingest.stub.CreateEventType(create("order.created", "1.0", schema)))
+    assert "NUL character" in got["event_type.json_schema"]
+    # the same text with the backslash escaped is no NUL
+    schema = '{"type": "object", "description": "a\\\\u0000b"}'
+    created = await ingest.stub.CreateEventType(create("order.created", "1.0", schema))
+    assert json.loads(created.event_type.json_schema)["description"] == "a\\u0000b"
+
+
+async def test_protobuf_attribute_names_follow_the_cloudevents_rule(
+    ingest: IngestUnderTest,
+) -> None:
+    # the JSON form refused them; the Protobuf form accepted them
+    def event(*names: str) -> ingest_pb2.PublishRequest:
+        ce = cloudevents_pb2.CloudEvent(
+            id=str(uuid.uuid4()), source="urn:t", spec_version="1.0", type="message.created"
+        )
+        ce.attributes["time"].ce_timestamp.FromJsonString("2025-01-02T03:04:05Z")
+        for name in names:
+            ce.attributes[name].ce_string = "v"
+        ce.text_data = json.dumps({"message": {"id": "m1", "text": "hi"}})
+        return ingest_pb2.PublishRequest(event=ce)
+
+    got = await refused(ingest.stub.Publish(event("Bad-Name", "", "a\x01b", "x" * 21, "ok")))
+    rule = "attribute names are 1-20 lowercase ASCII letters or digits"
+    assert got == {
+        "event.attributes[Bad-Name]": rule,
+        "event.attributes[]": rule,
+        "event.attributes[a\x01b]": rule,
+        f"event.attributes[{'x' * 21}]": rule,
+    }
+    assert (await ingest.stub.Publish(event("ok", "x" * 20))).event_id
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "8a65f0c100f44f9d8b3d3cfa628dc034----",
+        "urn:8a65f0c100f44f9d8b3d3cfa628dc034",
+        "８a65f0c1-00f4-4f9d-8b3d-3cfa628dc034",
+    ],
+)
+async def test_an_id_that_must_be_a_uuid_is_the_8_4_4_4_12_form(
+    ingest: IngestUnderTest, ident: str
+) -> None:
+    doc = {**json.loads(RETURN_CREATED), "id": ident}
+    got = await refused(ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc))))
+    assert got == {"id": f"{ident!r} is not a UUID"}
+
+
+async def test_event_data_holding_a_nul_character_reaches_kafka_intact(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    """Data is stored as bytes, not jsonb: \\u0000 in a JSON string is valid data."""
+    doc = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:t",
+        "type": "message.created",
+        "time": "2025-01-02T03:04:05Z",
+        "data": {"message": {"id": "m1", "text": "a\u0000b"}},
+    }
+    response = await ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    assert headers(record)["ce_id"] == response.event_id
+    assert json.loads(record.value) == doc["data"]
