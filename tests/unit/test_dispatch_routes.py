@@ -77,6 +77,9 @@ def test_type_matches(match: dispatch_pb2.TypeMatch, event_type: str, expected: 
         (cond("attributes.tenant", Op.OPERATOR_EQUALS, "acme"), True),
         (cond("data.channels.0", Op.OPERATOR_EQUALS, "email"), True),
         (cond("data.vip", Op.OPERATOR_EQUALS, True), True),
+        # list indexes are ASCII digits: "²" is a digit to str.isdigit, not to int()
+        (cond("data.channels.²", Op.OPERATOR_EXISTS), False),
+        (cond("data.channels.١", Op.OPERATOR_EXISTS), False),
     ],
 )
 def test_conditions(condition: dispatch_pb2.Condition, expected: bool) -> None:

@@ -167,3 +167,16 @@ def test_host_names_the_client_can_reach_are_accepted() -> None:
         "http://" + "a" * 63 + ".com/",
     ):
         assert problems(WebhookSpec("n", url, ("*",))) == {}, url
+
+
+@pytest.mark.parametrize("name", ["X-A\n", "X-A\r\n"])
+def test_a_header_name_with_a_final_line_break_is_refused(name: str) -> None:
+    """`$` matched before a final newline: the name was stored, and every delivery failed."""
+    got = problems(WebhookSpec("n", "https://h.example/x", ("*",), headers={name: "v"}))
+    assert "letters, digits and '-'" in got[f"webhook.headers[{name}]"]
+
+
+@pytest.mark.parametrize("pattern", ["message.created\n", "message.*\n", "*\n"])
+def test_an_event_type_pattern_with_a_final_newline_is_not_a_pattern(pattern: str) -> None:
+    got = problems(WebhookSpec("n", "https://h.example/x", (pattern,)))
+    assert got["webhook.event_types[0]"] == "an event type, 'prefix.*' or '*'"

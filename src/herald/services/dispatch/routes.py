@@ -51,7 +51,13 @@ class Event(NamedTuple):
             # type() first: JSON data is dicts, and an ABC isinstance costs ~10x more.
             if (type(value) is dict or isinstance(value, Mapping)) and part in value:
                 value = value[part]
-            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            # isdigit alone takes "²" (which int() refuses) and other scripts' digits.
+            elif (
+                isinstance(value, list)
+                and part.isascii()
+                and part.isdigit()
+                and int(part) < len(value)
+            ):
                 value = value[int(part)]
             else:
                 return _MISSING

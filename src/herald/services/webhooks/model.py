@@ -25,9 +25,10 @@ MAX_EVENT_TYPES = 100
 MAX_HEADERS = 20
 MAX_METADATA = 50
 MAX_DESCRIPTION = 2000
-EVENT_TYPE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
-_PATTERN = re.compile(r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+# Whole-string patterns, for fullmatch: with ``$``, a final line break got through.
+EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
+_PATTERN = re.compile(r"\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # What a header value may not contain (RFC 9110 field-value): controls but HTAB, and DEL.
 # The delivery client (aiohttp) refuses to send such a value, so every delivery failed.
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -187,7 +188,7 @@ def _check_event_types(patterns: tuple[str, ...], known: set[str]) -> list[Field
     problems = []
     for i, pattern in enumerate(patterns):
         where = f"webhook.event_types[{i}]"
-        if not _PATTERN.match(pattern):
+        if not _PATTERN.fullmatch(pattern):
             problems.append(FieldViolation(where, "an event type, 'prefix.*' or '*'"))
         elif not any(matches(pattern, t) for t in known):
             problems.append(FieldViolation(where, f"{pattern!r} matches no registered event type"))
@@ -225,7 +226,7 @@ def _check_headers(headers: Mapping[str, str]) -> list[FieldViolation]:
     problems = []
     for name, value in headers.items():
         where = f"webhook.headers[{name}]"
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             problems.append(FieldViolation(where, "letters, digits and '-' (at most 64)"))
         elif name.lower().startswith(_RESERVED_HEADERS):
             problems.append(FieldViolation(where, "set by Herald; cannot be overridden"))

@@ -225,7 +225,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.SendTestEventResponse:
         """Queues a signed test event for the webhook, due now (the seed's /test)."""
         event_type = request.event_type or "herald.webhook.test"
-        if not model.EVENT_TYPE.match(event_type):
+        if not model.EVENT_TYPE.fullmatch(event_type):
             raise InvalidArgument([FieldViolation("event_type", "an event type name")])
         row = await self._log.send_test(
             TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type
