@@ -18,6 +18,7 @@ import asyncpg
 import grpc
 import pytest
 import structlog
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from standardwebhooks.webhooks import Webhook as StandardWebhook
@@ -643,6 +644,31 @@ async def test_test_event_resend_and_recover(stack: Stack) -> None:
             webhooks_pb2.ResendDeliveryRequest(delivery_id=str(uuid.uuid4())), metadata=KEY
         )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # An inactive webhook's deliveries wait for it: OK would promise an attempt not made.
+    await stack.stub.UpdateWebhook(
+        webhooks_pb2.UpdateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=False),
+            update_mask=FieldMask(paths=["active"]),
+        ),
+        metadata=KEY,
+    )
+    for call in (
+        stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        ),
+        stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=dead[0].id), metadata=KEY
+        ),
+        stack.stub.RecoverWebhook(
+            webhooks_pb2.RecoverWebhookRequest(webhook_id=created.webhook.id, since=since),
+            metadata=KEY,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await call
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "inactive" in (exc.value.details() or "")
 
 
 async def test_rate_limit_holds_across_two_workers(stack: Stack, infra: Infra) -> None:

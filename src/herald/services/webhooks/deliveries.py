@@ -13,7 +13,7 @@ import asyncpg
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.services.webhooks.intake import delivery_id
 from herald.services.webhooks.signing import body_of
-from herald.services.webhooks.store import Q, WebhookStore, parse_id
+from herald.services.webhooks.store import Q, StoredWebhook, WebhookStore, parse_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,7 @@ class Deliveries:
     async def resend(self, tenant: str, delivery_id: str) -> asyncpg.Record:
         """Queues a finished delivery for one more attempt, now."""
         current = await self.get(tenant, delivery_id)
+        _active(await self._webhooks.get(tenant, str(current["webhook_id"])), "the resent delivery")
         if await self._pool.fetchval(Q.resend_delivery, current["id"], tenant) is None:
             raise FailedPrecondition(f"delivery {delivery_id!r} is pending already")
         self._on_queued()
@@ -63,7 +64,7 @@ class Deliveries:
 
     async def recover(self, tenant: str, webhook_id: str, since: datetime) -> int:
         """Re-queues the webhook's failed deliveries created since ``since``."""
-        hook = await self._webhooks.get(tenant, webhook_id)
+        hook = _active(await self._webhooks.get(tenant, webhook_id), "the recovered deliveries")
         status = await self._pool.execute(Q.recover_webhook, hook.id_uuid, tenant, since)
         count = int(status.split()[-1])
         if count:
@@ -72,7 +73,7 @@ class Deliveries:
 
     async def send_test(self, tenant: str, webhook_id: str, event_type: str) -> asyncpg.Record:
         """Queues a test event for the webhook, due now."""
-        hook = await self._webhooks.get(tenant, webhook_id)
+        hook = _active(await self._webhooks.get(tenant, webhook_id), "the test event")
         event_id = str(uuid.uuid4())
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         data = {"test": True, "message": "A test event from Herald", "webhook_id": hook.id}
@@ -132,3 +133,14 @@ class Deliveries:
             p95_ms=float(times["p95"]),
             p99_ms=float(times["p99"]),
         )
+
+
+def _active(hook: StoredWebhook, what: str) -> StoredWebhook:
+    """``hook``, if active: an inactive webhook's deliveries wait for it to be activated
+    again, so answering OK would promise an attempt that is not made."""
+    if not hook.spec.active:
+        raise FailedPrecondition(
+            f"webhook {hook.id} is inactive: activate it first (UpdateWebhook with active = "
+            f"true); until then its deliveries wait, and {what} would wait with them"
+        )
+    return hook
