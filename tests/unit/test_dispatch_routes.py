@@ -260,3 +260,34 @@ def test_an_undefined_operator_is_refused() -> None:
     r = route()
     r.filter.conditions.extend([cond("data.x", Op.OPERATOR_EQUALS, 1), cond("data.x", 99, "a")])
     assert [p.field for p in check(r)] == ["route.filter.conditions[1].operator"]
+
+
+class _CrashingSubscriptions:
+    """A subscription view whose matching fails: a bug meeting an event it never saw."""
+
+    def match(self, event_type: str) -> list[object]:
+        raise RuntimeError(f"cannot match {event_type}")
+
+
+class _NoRoutes:
+    def matching(self, event: Event) -> list[CompiledRoute]:
+        return []
+
+    def get(self, route_id: str) -> CompiledRoute | None:
+        return None
+
+
+async def test_a_target_that_crashes_is_dead_for_that_event_not_a_consumer_crash() -> None:
+    from typing import Any, cast  # noqa: PLC0415
+
+    from herald.services.dispatch.dispatcher import Dispatcher  # noqa: PLC0415
+
+    dispatcher = Dispatcher(
+        lambda: None, cast(Any, _NoRoutes()), cast(Any, _CrashingSubscriptions()), "deliveries"
+    )
+    consumed = fanout.decode(*_record(BinaryEvent(ATTRS, b'{"a": 1}', {})))
+    [outcome] = await dispatcher.dispatch([(consumed, ["webhooks"])])
+    assert outcome.dead == {
+        "webhooks": "processing it failed: RuntimeError: cannot match message.created"
+    }
+    assert (outcome.failed, outcome.sent) == ({}, {})

@@ -92,6 +92,10 @@ class Dispatcher:
             except TargetError as exc:
                 plan.outcome.dead[target] = str(exc)
                 continue
+            except Exception as exc:  # unforeseen: this event's problem, not the consumer's
+                log.exception("dispatch.target_crashed", target=target)
+                plan.outcome.dead[target] = f"processing it failed: {type(exc).__name__}: {exc}"
+                continue
             plan.outcome.sent[target] = 0
             plan.sends += [(target, r) for r in records]
         return plan
