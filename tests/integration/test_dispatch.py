@@ -432,6 +432,85 @@ async def test_a_poison_record_is_dead_lettered_and_consumption_goes_on(flow: Fl
     assert [bool(d.HasField("redrive_time")) for d in listed.dead_letters] == [False, True]
 
 
+async def test_redriving_each_dead_letter_while_paging_skips_none(flow: Flow) -> None:
+    """An operator pages through the dead letters not yet redriven and redrives each one
+    they see: it leaves the filter, and dies again as a newer dead letter; another one
+    arrives meanwhile. Every one is on a page, once; by offset, pages showed the newer
+    ones instead."""
+    every = dispatch_pb2.DeadLetterFilter(include_redriven=True)
+
+    async def stored(count: int) -> None:
+        for _ in range(100):
+            listed = await flow.stub.ListDeadLetters(
+                dispatch_pb2.ListDeadLettersRequest(filter=every)
+            )
+            if listed.total_size == count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{count} dead letters stored")
+
+    for n in range(5):
+        await flow.produce_raw(b"\x00garbage %d" % n)
+    await stored(5)
+    dead = [
+        d.id
+        for d in (
+            await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+        ).dead_letters
+    ]
+    seen, token, count = [], "", 5
+    while True:
+        page = await flow.stub.ListDeadLetters(
+            dispatch_pb2.ListDeadLettersRequest(page_size=2, page_token=token)
+        )
+        ids = [d.id for d in page.dead_letters]
+        seen += ids
+        await flow.stub.RedriveDeadLetters(
+            dispatch_pb2.RedriveDeadLettersRequest(ids=dispatch_pb2.DeadLetterIds(ids=ids))
+        )
+        count += len(ids)
+        if len(seen) == 2:
+            await flow.produce_raw(b"\x00garbage late")
+            count += 1
+        await stored(count)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == dead, "newest first, each once"
+
+
+async def test_deleting_each_route_while_paging_skips_none(flow: Flow) -> None:
+    """A client lists the routes page by page and deletes each one it sees: it sees
+    every route once. Pages by offset skipped a page's worth on every page."""
+    for n in range(5):
+        await flow.stub.CreateRoute(
+            dispatch_pb2.CreateRouteRequest(
+                route=dispatch_pb2.Route(
+                    name=f"paged {n}",
+                    filter=dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(prefix="x.")),
+                    target=dispatch_pb2.JobTarget(channel="sms", template_code="t"),
+                )
+            )
+        )
+    everything = await flow.stub.ListRoutes(dispatch_pb2.ListRoutesRequest(page_size=1000))
+    assert len(everything.routes) >= 5 + 3, "with the built-in routes"
+    seen, totals, token = [], [], ""
+    while True:
+        page = await flow.stub.ListRoutes(
+            dispatch_pb2.ListRoutesRequest(page_size=2, page_token=token)
+        )
+        totals.append(page.total_size)
+        for route in page.routes:
+            seen.append(route.id)
+            await flow.stub.DeleteRoute(dispatch_pb2.DeleteRouteRequest(id=route.id))
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [r.id for r in everything.routes], "by name, each once"
+    assert totals == list(range(len(seen), 0, -2))
+    assert not (await flow.stub.ListRoutes(dispatch_pb2.ListRoutesRequest())).routes
+
+
 async def test_a_record_postgresql_cannot_store_still_reaches_the_dlq_topic(flow: Flow) -> None:
     # A NUL character in a header name cannot be stored in PostgreSQL's text: storing
     # its dead letter had been retried for ever, and dispatch stood still.

@@ -305,6 +305,37 @@ async def test_a_nul_character_is_invalid_argument_naming_the_field(
     assert got == ["name_prefix"]
 
 
+async def test_a_type_registered_while_paging_repeats_nothing(ingest: IngestUnderTest) -> None:
+    """Types registered meanwhile that sort before the page just read neither repeat
+    the last item nor shift the next page (by offset, they did)."""
+
+    async def register(name: str, version: str = "1.0") -> None:
+        await ingest.stub.CreateEventType(
+            ingest_pb2.CreateEventTypeRequest(
+                event_type=ingest_pb2.EventType(
+                    name=name, data_version=version, json_schema='{"type": "object"}'
+                )
+            )
+        )
+
+    for name in ("paged.b", "paged.d", "paged.f"):
+        await register(name)
+    await register("paged.d", "2.0")
+    seen, totals, token = [], [], ""
+    while True:
+        page = await ingest.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(name_prefix="paged.", page_size=2, page_token=token)
+        )
+        seen += [(t.name, t.data_version) for t in page.event_types]
+        totals.append(page.total_size)
+        await register(f"paged.a{len(totals)}")  # before every page read
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [("paged.b", "1.0"), ("paged.d", "1.0"), ("paged.d", "2.0"), ("paged.f", "1.0")]
+    assert totals == [4, 5]
+
+
 async def test_idempotent_replay_and_key_misuse(
     ingest: IngestUnderTest, infra: Infra, topic: str
 ) -> None:

@@ -590,6 +590,51 @@ async def test_delivery_log_and_stats_answer_the_seeds_logs_and_stats(stack: Sta
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_resending_each_failed_delivery_while_paging_skips_none(stack: Stack) -> None:
+    """An operator pages through the failed deliveries and resends each one it sees (it
+    leaves the filter: pending, then delivered): every failed delivery is on a page,
+    once. Pages by offset skipped a page's worth on every page."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 7)  # every first try; the resends pass
+        created = await stack.hook(receiver.url(), retry_policy=webhooks_pb2.RetryPolicy())
+        webhook_id = created.webhook.id
+        await stack.produce([job(webhook_id) for _ in range(7)])
+        await receiver.wait_for(7)
+
+        def only_failed(page_size: int, page_token: str = "") -> Any:
+            return stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(
+                    webhook_id=webhook_id,
+                    status=webhooks_pb2.DELIVERY_STATUS_FAILED,
+                    page_size=page_size,
+                    page_token=page_token,
+                ),
+                metadata=KEY,
+            )
+
+        for _ in range(100):
+            if (await only_failed(100)).total_size == 7:
+                break
+            await asyncio.sleep(0.1)
+        failed = [d.id for d in (await only_failed(100)).deliveries]
+        assert len(failed) == 7
+        seen, totals, token = [], [], ""
+        while True:
+            page = await only_failed(2, token)
+            totals.append(page.total_size)
+            for delivery in page.deliveries:
+                seen.append(delivery.id)
+                await stack.stub.ResendDelivery(
+                    webhooks_pb2.ResendDeliveryRequest(delivery_id=delivery.id), metadata=KEY
+                )
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == failed, "newest first, each once"
+        assert totals == [7, 5, 3, 1]
+        await receiver.wait_for(14)  # each resent once
+
+
 async def test_test_event_resend_and_recover(stack: Stack) -> None:
     async with Receiver() as receiver:
         receiver.script("/hook", Reply(500), Reply(500))  # the two jobs below fail once

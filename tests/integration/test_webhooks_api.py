@@ -181,6 +181,39 @@ async def test_pagination_answers_total_limit_offset_and_has_more(webhooks: Webh
     assert pages == 3
 
 
+async def test_deleting_each_webhook_while_paging_skips_none(webhooks: Webhooks) -> None:
+    """A client lists its webhooks page by page and deletes each one it sees, creating
+    one more meanwhile: it sees every webhook once. Pages by offset skipped a page's
+    worth of webhooks on every page."""
+    ids = []
+    for i in range(7):
+        created = await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(name=f"hook {i}")), metadata=ACME
+        )
+        ids.append(created.webhook.id)
+    seen, totals, token = [], [], ""
+    while True:
+        page = await webhooks.stub.ListWebhooks(
+            webhooks_pb2.ListWebhooksRequest(page_size=2, page_token=token), metadata=ACME
+        )
+        totals.append(page.total_size)
+        for hook in page.webhooks:
+            seen.append(hook.id)
+            await webhooks.stub.DeleteWebhook(
+                webhooks_pb2.DeleteWebhookRequest(id=hook.id), metadata=ACME
+            )
+        if len(totals) == 2:
+            late = await webhooks.stub.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(webhook=katya(name="late")), metadata=ACME
+            )
+            ids.append(late.webhook.id)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids, "oldest first, each once, the late one last"
+    assert totals == [7, 5, 4, 2], "total_size: the webhooks there are, not those left to page"
+
+
 async def test_tenants_see_only_their_own(webhooks: Webhooks) -> None:
     hook = (
         await webhooks.stub.CreateWebhook(

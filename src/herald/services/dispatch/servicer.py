@@ -13,7 +13,13 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.runtime.pagination import page_of
 from herald.runtime.timestamps import timestamp
 from herald.services.dispatch.routes import check
-from herald.services.dispatch.store import Q, RouteStore, parse_id
+from herald.services.dispatch.store import (
+    DEAD_LETTER_ORDER,
+    ROUTE_ORDER,
+    Q,
+    RouteStore,
+    parse_id,
+)
 
 log = structlog.get_logger("herald.dispatch")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -45,10 +51,12 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def ListRoutes(
         self, request: dispatch_pb2.ListRoutesRequest, context: Context
     ) -> dispatch_pb2.ListRoutesResponse:
-        page = page_of(request.page_size, request.page_token, "routes")
-        routes, total = await self._routes.page(page.offset, page.size)
+        page = page_of(request.page_size, request.page_token, "routes", key=ROUTE_ORDER)
+        listing = await self._routes.page(page)
         return dispatch_pb2.ListRoutesResponse(
-            routes=routes, total_size=total, next_page_token=page.next_token(len(routes), total)
+            routes=listing.items,
+            total_size=listing.total_size,
+            next_page_token=listing.next_page_token,
         )
 
     async def UpdateRoute(
@@ -81,21 +89,17 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     ) -> dispatch_pb2.ListDeadLettersResponse:
         f = request.filter
         query = (f.event_type, f.reason_contains, f.include_redriven)
-        page = page_of(request.page_size, request.page_token, *query)
-        rows = await self._pool.fetch(Q.list_dead_letters, *query, page.offset, page.size)
-        total = (
-            rows[0]["total"]
-            if rows
-            # An empty first page means none (a count now could see rows the page did
-            # not: total_size would disagree with the page); past the end, count.
-            else 0
-            if page.offset == 0
-            else int(await self._pool.fetchval(Q.count_dead_letters, *query))
+        page = page_of(request.page_size, request.page_token, *query, key=DEAD_LETTER_ORDER)
+        rows = await self._pool.fetch(Q.list_dead_letters, *query, *page.cursor, page.limit)
+        # An empty first page means none (a count now could see rows the page did not:
+        # total_size would disagree with the page); an empty later page counts.
+        listing = await page.listing(
+            rows, lambda: self._pool.fetchval(Q.count_dead_letters, *query)
         )
         return dispatch_pb2.ListDeadLettersResponse(
-            dead_letters=[_dead_letter(r) for r in rows],
-            total_size=int(total),
-            next_page_token=page.next_token(len(rows), int(total)),
+            dead_letters=[_dead_letter(r) for r in listing.items],
+            total_size=listing.total_size,
+            next_page_token=listing.next_page_token,
         )
 
     async def RedriveDeadLetters(

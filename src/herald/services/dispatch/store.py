@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,14 @@ from herald.dispatch.v1 import dispatch_pb2
 
 from herald.runtime.db import Queries
 from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.pagination import Listing, Page, SortKey
 from herald.runtime.timestamps import timestamp
 from herald.services.dispatch.routes import check
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+# The orders of list_routes and list_dead_letters (their ORDER BY).
+ROUTE_ORDER = SortKey(("name", str), ("id", uuid.UUID))
+DEAD_LETTER_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
 
 
 def parse_id(text: str, field: str = "id") -> uuid.UUID:
@@ -87,16 +92,11 @@ class RouteStore:
     async def all(self) -> list[dispatch_pb2.Route]:
         return [route_of(r) for r in await self._pool.fetch(Q.all_routes)]
 
-    async def page(self, offset: int, size: int) -> tuple[list[dispatch_pb2.Route], int]:
-        rows = await self._pool.fetch(Q.list_routes, offset, size)
-        total = (
-            rows[0]["total"]
-            if rows
-            else 0
-            if offset == 0  # an empty first page means none; past the end, count
-            else int(await self._pool.fetchval(Q.count_routes))
-        )
-        return [route_of(r) for r in rows], int(total)
+    async def page(self, page: Page) -> Listing[dispatch_pb2.Route]:
+        """A page of the routes in ROUTE_ORDER."""
+        rows = await self._pool.fetch(Q.list_routes, *page.cursor, page.limit)
+        listing = await page.listing(rows, lambda: self._pool.fetchval(Q.count_routes))
+        return listing.map(route_of)
 
     async def update(
         self, route_id: str, change: dispatch_pb2.Route, paths: list[str]

@@ -14,9 +14,13 @@ import json
 import asyncpg
 
 from herald.runtime.errors import AlreadyExists
+from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.ingest.builtin import builtin_types
 from herald.services.ingest.catalog import Catalog, EventTypeDef
 from herald.services.ingest.writer import Q
+
+# The order of list_types (its ORDER BY).
+TYPE_ORDER = SortKey(("name", str), ("data_version", str))
 
 
 def _definition(row: asyncpg.Record) -> EventTypeDef:
@@ -110,10 +114,8 @@ class CatalogStore:
         self.catalog.add(stored)
         return stored
 
-    async def page(self, prefix: str, offset: int, size: int) -> tuple[list[EventTypeDef], int]:
-        """One page of the catalog ordered by (name, version), and the total count."""
-        rows = await self._pool.fetch(Q.list_types, prefix, offset, size)
-        total = int(rows[0]["total"]) if rows else 0
-        if not rows and offset:
-            total = int(await self._pool.fetchval(Q.count_types, prefix))
-        return [_definition(r) for r in rows], total
+    async def page(self, prefix: str, page: Page) -> Listing[EventTypeDef]:
+        """One page of the types whose name starts with ``prefix``, in TYPE_ORDER."""
+        rows = await self._pool.fetch(Q.list_types, prefix, *page.cursor, page.limit)
+        listing = await page.listing(rows, lambda: self._pool.fetchval(Q.count_types, prefix))
+        return listing.map(_definition)

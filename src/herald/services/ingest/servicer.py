@@ -19,7 +19,7 @@ from herald.runtime.pagination import page_of
 from herald.runtime.tracing import current_traceparent
 from herald.services.ingest import envelope, validation
 from herald.services.ingest.catalog import EventTypeDef, check_definition
-from herald.services.ingest.catalog_store import CatalogStore
+from herald.services.ingest.catalog_store import TYPE_ORDER, CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
 from herald.services.ingest.writer import EventWriter
@@ -113,12 +113,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.ListEventTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.ListEventTypesResponse:
         """A page of the catalog."""
-        page = page_of(request.page_size, request.page_token, request.name_prefix)
-        definitions, total = await self._catalog.page(request.name_prefix, page.offset, page.size)
+        prefix = request.name_prefix
+        page = page_of(request.page_size, request.page_token, prefix, key=TYPE_ORDER)
+        listing = await self._catalog.page(prefix, page)
         return ingest_pb2.ListEventTypesResponse(
-            event_types=[_to_proto(d) for d in definitions],
-            next_page_token=page.next_token(len(definitions), total),
-            total_size=total,
+            event_types=[_to_proto(d) for d in listing.items],
+            next_page_token=listing.next_page_token,
+            total_size=listing.total_size,
         )
 
     async def GetEventType(

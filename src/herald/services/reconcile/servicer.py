@@ -4,6 +4,7 @@ reconciliation reports."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -14,13 +15,15 @@ from herald.reconcile.v1 import reconcile_pb2_grpc
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
-from herald.runtime.pagination import page_of
+from herald.runtime.pagination import SortKey, page_of
 from herald.runtime.timestamps import datetime_of, timestamp
 from herald.services.reconcile.reconciler import Reconciler
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile")
 Context = grpc.aio.ServicerContext[Any, Any]
+# The order of list_discrepancies (its ORDER BY).
+DISCREPANCY_ORDER = SortKey(("detected_at", datetime), ("id", uuid.UUID))
 TICKET_STATUSES = {
     "active": pb.TICKET_STATUS_ACTIVE,
     "used": pb.TICKET_STATUS_USED,
@@ -129,15 +132,16 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
         kind = _name(request.kind, KIND_NAMES, "kind")
         status = _name(request.status, STATUS_NAMES, "status")
         refund_id = request.refund_id or None
-        page = page_of(request.page_size, request.page_token, kind, status, refund_id)
-        rows = await self._pool.fetch(
-            Q.list_discrepancies, kind, status, refund_id, page.offset, page.size
+        query = (kind, status, refund_id)
+        page = page_of(request.page_size, request.page_token, *query, key=DISCREPANCY_ORDER)
+        rows = await self._pool.fetch(Q.list_discrepancies, *query, *page.cursor, page.limit)
+        listing = await page.listing(
+            rows, lambda: self._pool.fetchval(Q.count_discrepancies, *query)
         )
-        total = rows[0]["total"] if rows else 0
         return pb.ListDiscrepanciesResponse(
-            discrepancies=[discrepancy_of(r) for r in rows],
-            total_size=total,
-            next_page_token=page.next_token(len(rows), total),
+            discrepancies=[discrepancy_of(r) for r in listing.items],
+            total_size=listing.total_size,
+            next_page_token=listing.next_page_token,
         )
 
     async def ResolveDiscrepancy(

@@ -11,9 +11,13 @@ from datetime import UTC, datetime
 import asyncpg
 
 from herald.runtime.errors import FailedPrecondition, NotFound
+from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.webhooks.intake import delivery_id
 from herald.services.webhooks.signing import body_of
 from herald.services.webhooks.store import Q, StoredWebhook, WebhookStore, parse_id
+
+# The order of list_deliveries (its ORDER BY).
+DELIVERY_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,23 +100,13 @@ class Deliveries:
         return await self.get(tenant, str(ident))
 
     async def page(
-        self, tenant: str, webhook_id: str, status: str, offset: int, size: int
-    ) -> tuple[list[asyncpg.Record], int]:
-        """Newest first; ``status`` "" means all."""
+        self, tenant: str, webhook_id: str, status: str, page: Page
+    ) -> Listing[asyncpg.Record]:
+        """Newest first (DELIVERY_ORDER); ``status`` "" means all."""
         hook = await self._webhooks.get(tenant, webhook_id)
-        rows: list[asyncpg.Record] = await self._pool.fetch(
-            Q.list_deliveries, hook.id_uuid, tenant, status, offset, size
-        )
-        total = (
-            int(rows[0]["total"])
-            if rows
-            # An empty first page means none (a count now could see rows the page did
-            # not: total_size would disagree with the page); past the end, count.
-            else 0
-            if offset == 0
-            else int(await self._pool.fetchval(Q.count_deliveries, hook.id_uuid, tenant, status))
-        )
-        return rows, total
+        filters = (hook.id_uuid, tenant, status)
+        rows = await self._pool.fetch(Q.list_deliveries, *filters, *page.cursor, page.limit)
+        return await page.listing(rows, lambda: self._pool.fetchval(Q.count_deliveries, *filters))
 
     async def stats(self, tenant: str, webhook_id: str, start: datetime, end: datetime) -> Stats:
         """Counts per outcome and event type, and response times, over [start, end)."""

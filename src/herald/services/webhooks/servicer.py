@@ -22,10 +22,10 @@ from herald.services.webhooks.convert import (
     spec_of,
     to_proto,
 )
-from herald.services.webhooks.deliveries import Deliveries
+from herald.services.webhooks.deliveries import DELIVERY_ORDER, Deliveries
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
-from herald.services.webhooks.store import WebhookStore
+from herald.services.webhooks.store import WEBHOOK_ORDER, WebhookStore
 
 log = structlog.get_logger("herald.webhooks")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -82,12 +82,12 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.ListWebhooksResponse:
         """A page of the tenant's subscriptions."""
         tenant = TENANT.get()
-        page = page_of(request.page_size, request.page_token, tenant)
-        items, total = await self._store.page(tenant, page.offset, page.size)
+        page = page_of(request.page_size, request.page_token, tenant, key=WEBHOOK_ORDER)
+        listing = await self._store.page(tenant, page)
         return webhooks_pb2.ListWebhooksResponse(
-            webhooks=[to_proto(s) for s in items],
-            next_page_token=page.next_token(len(items), total),
-            total_size=total,
+            webhooks=[to_proto(s) for s in listing.items],
+            next_page_token=listing.next_page_token,
+            total_size=listing.total_size,
         )
 
     async def UpdateWebhook(
@@ -174,12 +174,13 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         tenant = TENANT.get()
         webhook_id = _required_id(request.webhook_id, "webhook_id")
         status = _STATUS_NAMES.get(request.status, "")
-        page = page_of(request.page_size, request.page_token, tenant, webhook_id, status)
-        rows, total = await self._log.page(tenant, webhook_id, status, page.offset, page.size)
+        query = (tenant, webhook_id, status)
+        page = page_of(request.page_size, request.page_token, *query, key=DELIVERY_ORDER)
+        listing = await self._log.page(*query, page)
         return webhooks_pb2.ListDeliveriesResponse(
-            deliveries=[delivery_to_proto(r) for r in rows],
-            next_page_token=page.next_token(len(rows), total),
-            total_size=total,
+            deliveries=[delivery_to_proto(r) for r in listing.items],
+            next_page_token=listing.next_page_token,
+            total_size=listing.total_size,
         )
 
     async def GetDeliveryStats(

@@ -13,10 +13,13 @@ import asyncpg
 
 from herald.runtime.db import Queries
 from herald.runtime.errors import NotFound
+from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
 from herald.services.webhooks.secret_box import SecretBox
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+# The order of list_webhooks (its ORDER BY).
+WEBHOOK_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +114,11 @@ class WebhookStore:
             raise NotFound(f"webhook {webhook_id!r} not found")
         return _stored(row)
 
-    async def page(self, tenant: str, offset: int, size: int) -> tuple[list[StoredWebhook], int]:
-        """A page of the tenant's subscriptions (oldest first) and their count."""
-        rows = await self._pool.fetch(Q.list_webhooks, tenant, offset, size)
-        total = (
-            int(rows[0]["total"])
-            if rows
-            else 0
-            if offset == 0  # an empty first page means none; past the end, count
-            else int(await self._pool.fetchval(Q.count_webhooks, tenant))
-        )
-        return [_stored(r) for r in rows], total
+    async def page(self, tenant: str, page: Page) -> Listing[StoredWebhook]:
+        """A page of the tenant's subscriptions in WEBHOOK_ORDER (oldest first)."""
+        rows = await self._pool.fetch(Q.list_webhooks, tenant, *page.cursor, page.limit)
+        listing = await page.listing(rows, lambda: self._pool.fetchval(Q.count_webhooks, tenant))
+        return listing.map(_stored)
 
     async def update(
         self, tenant: str, webhook_id: str, change: Callable[[WebhookSpec], WebhookSpec]

@@ -25,7 +25,12 @@ SELECT * FROM dispatch.routes WHERE id = $1 FOR UPDATE
 SELECT * FROM dispatch.routes ORDER BY name
 
 -- name: list_routes
-SELECT *, count(*) OVER () AS total FROM dispatch.routes ORDER BY name, id OFFSET $1 LIMIT $2
+-- The routes after the cursor ($1, $2: NULL on the first page); total counts them all.
+SELECT *, (SELECT count(*) FROM dispatch.routes) AS total
+FROM dispatch.routes
+WHERE $1::text IS NULL OR (name, id) > ($1, $2)
+ORDER BY name, id
+LIMIT $3
 
 -- name: count_routes
 SELECT count(*) FROM dispatch.routes
@@ -96,12 +101,18 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 
 -- name: list_dead_letters
-SELECT *, count(*) OVER () AS total
+-- Newest first, after the cursor ($4, $5: NULL on the first page); total counts every
+-- dead letter the filter matches.
+SELECT *,
+       (SELECT count(*) FROM dispatch.dead_letters
+        WHERE ($1 = '' OR event_type = $1) AND ($2 = '' OR strpos(reason, $2) > 0)
+          AND ($3 OR redriven_at IS NULL)) AS total
 FROM dispatch.dead_letters
 WHERE ($1 = '' OR event_type = $1) AND ($2 = '' OR strpos(reason, $2) > 0)
   AND ($3 OR redriven_at IS NULL)
-ORDER BY created_at DESC, id
-OFFSET $4 LIMIT $5
+  AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+ORDER BY created_at DESC, id DESC
+LIMIT $6
 
 -- name: count_dead_letters
 SELECT count(*) FROM dispatch.dead_letters

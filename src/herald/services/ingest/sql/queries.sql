@@ -139,13 +139,15 @@ SELECT name, data_version, description, json_schema::text AS json_schema, id_mus
 FROM ingest.event_types WHERE name = $1
 
 -- name: list_types
+-- The types after the cursor ($2, $3: NULL on the first page); total counts every type
+-- the prefix matches.
 SELECT name, data_version, description, json_schema::text AS json_schema, id_must_be_uuid,
        source_pattern, required_attributes, created_at,
-       count(*) OVER () AS total
+       (SELECT count(*) FROM ingest.event_types WHERE starts_with(name, $1)) AS total
 FROM ingest.event_types
-WHERE starts_with(name, $1)
+WHERE starts_with(name, $1) AND ($2::text IS NULL OR (name, data_version) > ($2, $3))
 ORDER BY name, data_version
-OFFSET $2 LIMIT $3
+LIMIT $4
 
 -- name: count_types
 SELECT count(*) FROM ingest.event_types WHERE starts_with(name, $1)

@@ -248,10 +248,23 @@ SELECT doc FROM reconcile.events WHERE id = $1
 SELECT count(*) FROM reconcile.outbox WHERE kind = $1 AND entity_id = $2
 
 -- name: list_discrepancies
-SELECT *, count(*) OVER () AS total FROM reconcile.discrepancies
+-- Newest first, after the cursor ($4, $5: NULL on the first page); total counts every
+-- discrepancy the filter matches.
+SELECT *,
+       (SELECT count(*) FROM reconcile.discrepancies
+        WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
+          AND ($3::text IS NULL OR refund_id = $3)) AS total
+FROM reconcile.discrepancies
 WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR refund_id = $3)
-ORDER BY detected_at DESC, id OFFSET $4 LIMIT $5
+  AND ($4::timestamptz IS NULL OR (detected_at, id) < ($4, $5))
+ORDER BY detected_at DESC, id DESC
+LIMIT $6
+
+-- name: count_discrepancies
+SELECT count(*) FROM reconcile.discrepancies
+WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR refund_id = $3)
 
 -- name: get_discrepancy_for_update
 SELECT * FROM reconcile.discrepancies WHERE id = $1 FOR UPDATE

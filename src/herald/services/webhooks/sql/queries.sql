@@ -13,10 +13,13 @@ SELECT * FROM webhooks.webhooks WHERE id = $1 AND tenant = $2
 SELECT * FROM webhooks.webhooks WHERE id = $1 AND tenant = $2 FOR UPDATE
 
 -- name: list_webhooks
-SELECT *, count(*) OVER () AS total
-FROM webhooks.webhooks WHERE tenant = $1
+-- Oldest first, after the cursor ($2, $3: NULL on the first page); total counts all the
+-- tenant's webhooks.
+SELECT *, (SELECT count(*) FROM webhooks.webhooks WHERE tenant = $1) AS total
+FROM webhooks.webhooks
+WHERE tenant = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
 ORDER BY created_at, id
-OFFSET $2 LIMIT $3
+LIMIT $4
 
 -- name: count_webhooks
 SELECT count(*) FROM webhooks.webhooks WHERE tenant = $1
@@ -179,13 +182,18 @@ SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(next_attempt_a
 FROM webhooks.deliveries WHERE status = 'pending' AND next_attempt_at <= now()
 
 -- name: list_deliveries
+-- Newest first, after the cursor ($4, $5: NULL on the first page); total counts every
+-- delivery the filter matches.
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
        d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
-       d.next_attempt_at, count(*) OVER () AS total
+       d.next_attempt_at,
+       (SELECT count(*) FROM webhooks.deliveries
+        WHERE webhook_id = $1 AND tenant = $2 AND ($3 = '' OR status = $3)) AS total
 FROM webhooks.deliveries AS d
 WHERE d.webhook_id = $1 AND d.tenant = $2 AND ($3 = '' OR d.status = $3)
-ORDER BY d.created_at DESC, d.id
-OFFSET $4 LIMIT $5
+  AND ($4::timestamptz IS NULL OR (d.created_at, d.id) < ($4, $5))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT $6
 
 -- name: count_deliveries
 SELECT count(*) FROM webhooks.deliveries
