@@ -40,9 +40,9 @@ from tests.integration.conftest import (
     start_ingest,
     webhooks_settings,
 )
-from tests.integration.test_webhook_delivery import announced
+from tests.integration.test_webhook_delivery import announced, ingest_events
 from tests.kafka_helpers import create_small_topic, headers, read_matching
-from tests.receiver import Receiver
+from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.integration
 KEY = (("authorization", f"Bearer {ACME_KEY}"),)
@@ -360,6 +360,74 @@ async def test_a_job_kafka_refuses_for_good_is_dead_lettered_at_once(flow: Flow)
     assert dead.event_id == big
     assert dead.attempts == 1, "not retried: Kafka would refuse it again"
     assert "refused by Kafka: MessageSizeTooLargeError" in dead.reason
+
+
+async def test_a_dead_letter_alert_that_dies_too_raises_no_further_alert(flow: Flow) -> None:
+    """A route taking every type ('*') whose jobs fan out over an array most events lack:
+    an event dies, its herald.dispatch.dead_lettered alert is an event of that route and
+    dies too. That second dead letter is stored, but announces nothing: it announced its
+    own alert, and so on for ever, ~50 dead letters a second from one event."""
+    target = dispatch_pb2.JobTarget(
+        topic=f"herald.test.jobs.{uuid.uuid4().hex[:8]}",
+        channel="push",
+        template_code="t",
+        recipient="$data.to",
+        for_each="$data.channels",
+    )
+    route_filter = dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(wildcard="*"))
+    await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(name="everything", filter=route_filter, target=target)
+        )
+    )
+    await asyncio.sleep(0.5)  # every replica has the route
+    event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered")
+    assert alert["event_id"] == event_id
+    for _ in range(50):
+        listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+        if len(listed.dead_letters) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(3)  # what a chain would add meanwhile
+    listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+    assert sorted(d.event_type for d in listed.dead_letters) == [
+        "herald.dispatch.dead_lettered",
+        "message.created",
+    ]
+    assert len(await ingest_events(flow.database_url, "herald.dispatch.dead_lettered")) == 1
+
+
+async def test_an_exhausted_delivery_of_an_exhaustion_alert_raises_no_further_alert(
+    flow: Flow,
+) -> None:
+    """A webhook taking every type ('*') whose endpoint fails: an event's delivery is
+    exhausted, the herald.webhook.delivery_exhausted alert goes to that webhook too and
+    is exhausted too. That one raises no alert: it raised one, delivered to the same
+    webhook, and so on for ever."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 20)
+        await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="everything",
+                    url=receiver.url(),
+                    event_types=["*"],
+                    retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
+                )
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(1)  # dispatch has seen the webhook
+        event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+        [alert] = await announced(flow.database_url, "herald.webhook.delivery_exhausted")
+        assert alert["event_id"] == event_id
+        requests = await receiver.wait_for(2, timeout=20)
+        await asyncio.sleep(3)  # what a chain would add meanwhile
+        types = sorted(r.headers["x-herald-event"] for r in receiver.received())
+    assert types == ["herald.webhook.delivery_exhausted", "message.created"], requests
+    found = await ingest_events(flow.database_url, "herald.webhook.delivery_exhausted")
+    assert len(found) == 1
 
 
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(

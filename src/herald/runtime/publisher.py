@@ -18,6 +18,24 @@ log = structlog.get_logger("herald.publisher")
 NAMESPACE = uuid.UUID("0f5e2f3c-8d7a-4b61-9c2e-5a4d3b2c1e0f")
 
 
+# Herald's own alerts about a failure to deliver or dispatch. A failure to deliver or
+# dispatch one of these raises no further alert (its dead letter is still stored and
+# sent): a webhook or route taking every type ("*") that fails would otherwise alert
+# about its alert about its alert, for ever.
+FAILURE_ALERTS = frozenset(
+    {
+        "herald.dispatch.dead_lettered",
+        "herald.webhook.delivery_exhausted",
+        "herald.webhook.disabled",
+    }
+)
+
+
+def alert_about(event_type: str) -> bool:
+    """Whether a failure to deliver or dispatch an event of ``event_type`` is announced."""
+    return event_type not in FAILURE_ALERTS
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """One operational event: its id derives from (``event_type``, ``key``), so a repeat

@@ -21,7 +21,7 @@ from herald.runtime.db import Connection
 from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.metrics import EVENTS_DLQ
-from herald.runtime.publisher import Alert
+from herald.runtime.publisher import Alert, alert_about
 from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.dlq")
@@ -145,7 +145,8 @@ class DeadLetters:
             self._producer, self._dlq_topic, record.value, record.key, _headers(letter)
         )
         dead = letter_id(record, letter.targets)
-        await self._announcements.add(_alert(dead, letter))
+        if alert_about(letter.ids.event_type):
+            await self._announcements.add(_alert(dead, letter))
         self._done(letter)
 
     async def _within(self, conn: Connection, dead: uuid.UUID, letter: Letter) -> None:
@@ -153,7 +154,8 @@ class DeadLetters:
         await self._outbox.add_within(
             conn, self._dlq_topic, record.value, record.key, _headers(letter)
         )
-        await self._announcements.add_within(conn, _alert(dead, letter))
+        if alert_about(letter.ids.event_type):
+            await self._announcements.add_within(conn, _alert(dead, letter))
 
     def _done(self, letter: Letter) -> None:
         """A dead letter is stored (or sent): the metric, the log line, the workers woken."""
@@ -164,6 +166,7 @@ class DeadLetters:
             event_type=letter.ids.event_type,
             targets=list(letter.targets),
             reason=letter.reason,
+            alerted=alert_about(letter.ids.event_type),
         )
         self._outbox.wake()
         self._announcements.wake()

@@ -20,7 +20,7 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
-from herald.runtime.publisher import Alert
+from herald.runtime.publisher import Alert, alert_about
 from herald.services.webhooks.http import AttemptResult
 from herald.services.webhooks.store import Q
 
@@ -71,9 +71,12 @@ class Escalation:
         )
         body, key = bytes(row["body"]), str(hook["webhook_id"]).encode()
 
+        alerted = alert_about(row["event_type"])
+
         async def step(conn: Connection) -> None:
             await self._outbox.add_within(conn, self._dlq_topic, body, key, headers)
-            await self._announcements.add_within(conn, alert)
+            if alerted:
+                await self._announcements.add_within(conn, alert)
 
         return step
 
