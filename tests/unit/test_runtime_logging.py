@@ -46,3 +46,23 @@ def test_a_line_is_one_json_object_with_service_level_and_time(lines: io.BytesIO
     assert entry["at"] == "2026-11-23T04:00:00+00:00"
     assert entry["by_code"] == {"200": 3}
     assert json.loads(second)["huge"] == 2**70
+
+
+def test_a_library_exception_is_logged_with_its_traceback() -> None:
+    """asyncpg, aiokafka and grpc log through the standard library: their exc_info was
+    rendered as the repr of a traceback object, the traceback lost."""
+    import logging  # noqa: PLC0415
+
+    out = io.StringIO()  # no buffer: library lines go through the stdlib handler
+    configure_logging("INFO", "json", service="test", stream=out)
+    try:
+        try:
+            raise ConnectionResetError("the server went away")
+        except ConnectionResetError:
+            logging.getLogger("asyncpg.pool").exception("Failed to restore the pool")
+    finally:
+        structlog.reset_defaults()
+    entry = json.loads(out.getvalue().splitlines()[-1])
+    assert entry["event"] == "Failed to restore the pool"
+    assert "Traceback (most recent call last)" in entry["exception"]
+    assert "ConnectionResetError: the server went away" in entry["exception"]

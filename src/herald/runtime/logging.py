@@ -68,7 +68,13 @@ def configure_logging(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=text_renderer,
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.ExtraAdder(),
+                # A library's exc_info as its traceback text (JSON would hold the repr
+                # of a traceback object); the console renderer formats it itself.
+                *([structlog.processors.format_exc_info] if fmt == "json" else []),
+            ],
         )
     )
     root = logging.getLogger()
