@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import pytest
 
 from herald.services.ingest import envelope
 from herald.services.ingest.dedup import Accepted, Outcome
@@ -63,11 +64,21 @@ async def test_concurrent_calls_are_group_committed_and_a_poison_item_fails_alon
     assert isinstance(results[2], asyncpg.DataError)
 
 
-async def test_a_connection_error_fails_the_group_without_retrying_item_by_item() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.ConnectionFailureError("gone"),
+        # PostgreSQL starting up: a PostgresError, not a PostgresConnectionError
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    ],
+)
+async def test_a_connection_error_fails_the_group_without_retrying_item_by_item(
+    error: Exception,
+) -> None:
     class Down(FakeWriter):
         async def write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
             self.transactions.append([i.event.id for i in items])
-            raise asyncpg.exceptions.ConnectionFailureError("gone")
+            raise error
 
     writer = Down()
     runner = asyncio.create_task(writer.run())
@@ -77,5 +88,5 @@ async def test_a_connection_error_fails_the_group_without_retrying_item_by_item(
         )
     finally:
         runner.cancel()
-    assert all(isinstance(r, asyncpg.PostgresConnectionError) for r in results)
+    assert all(r is error for r in results)
     assert len(writer.transactions) == 1

@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 import asyncpg
 import structlog
 
+from herald.runtime.db import CONNECTION_LOST
+
 log = structlog.get_logger("herald.runtime.batching")
 
 T = TypeVar("T")
@@ -75,7 +77,9 @@ class GroupCommitter(Generic[T, R]):
             try:
                 results = await self._write([q.item for q in live])
             except asyncpg.PostgresError as exc:
-                if len(live) > 1 and not isinstance(exc, asyncpg.PostgresConnectionError):
+                # Unreachable (or starting up: CannotConnectNowError is a PostgresError
+                # but no PostgresConnectionError): each alone would fail the same way.
+                if len(live) > 1 and not isinstance(exc, CONNECTION_LOST):
                     await self._write_one_by_one(live)
                 else:
                     _fail(live, exc)
