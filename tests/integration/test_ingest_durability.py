@@ -102,6 +102,44 @@ async def test_relay_killed_between_send_and_mark_repeats_with_same_ce_id(
         await service.stop()
 
 
+async def test_a_relay_stopped_mid_round_finishes_it_and_repeats_nothing(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A graceful stop cancels the relay's loop; one cancelled between sending and
+    marking rolled its marks back, and the drain that follows sent the rows again."""
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        for i in range(20):
+            await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("k", i)))
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        sending, release = asyncio.Event(), asyncio.Event()
+
+        class SlowToAcknowledge(Relay):
+            async def _send(self, rows: list[asyncpg.Record]) -> list[BaseException | None]:
+                acked = await super()._send(rows)  # Kafka has every record…
+                sending.set()
+                await release.wait()  # …when the stop comes
+                return acked
+
+        relay = SlowToAcknowledge(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        running = asyncio.create_task(relay.run())
+        await asyncio.wait_for(sending.wait(), 30)
+        running.cancel()  # what Running.stop does to a worker
+        await asyncio.sleep(0.1)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await relay.drain(5)  # then the stop hooks: drain, flush
+        await relay.stop()
+        await pool.close()
+        assert await pending_rows(database_url) == 0
+        records = await read_topic(infra.kafka_settings(), topic, 40, timeout=5)
+        assert len(records) == 20, "each record once"
+    finally:
+        await service.stop()
+
+
 async def test_kafka_down_for_a_while_ingest_keeps_accepting_and_relay_catches_up(
     infra: Infra, database_url: str, topic: str
 ) -> None:

@@ -116,7 +116,7 @@ class Relay:
         while True:
             self._wake.clear()
             try:
-                sent, failed = await self.relay_once(offset=n * LANES // self._concurrency)
+                sent, failed = await self._round(offset=n * LANES // self._concurrency)
             except DATABASE_ERRORS as exc:
                 log.warning("relay.database_error", error=repr(exc))
                 sent, failed = 0, 1
@@ -133,6 +133,18 @@ class Relay:
             # Caught up: let a few milliseconds of commits gather into the next round
             # (far fewer rounds and queries at a steady rate, for a few ms of latency).
             await asyncio.sleep(self._linger)
+
+    async def _round(self, offset: int) -> tuple[int, int]:
+        """:meth:`relay_once`, finished even when the loop is cancelled (a graceful
+        stop): cancelled between sending and marking, its transaction rolled back and
+        the drain on stop sent the same records again. The stop waits for it, bounded."""
+        round_ = asyncio.ensure_future(self.relay_once(offset))
+        try:
+            return await asyncio.shield(round_)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await round_
+            raise
 
     async def relay_once(self, offset: int = 0) -> tuple[int, int]:
         """Sends the oldest pending rows of the lanes it can lock. Returns (marked, failed)."""
