@@ -7,20 +7,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
 from herald.runtime.db import DATABASE_ERRORS
 
 log = structlog.get_logger("herald.rounds")
+T = TypeVar("T")
 RETRY_SECONDS = 1.0  # between rounds while nothing gets through
 MAX_RETRY_SECONDS = 30.0
 POLL_SECONDS = 30.0
 
 
+async def finished(round_: Coroutine[Any, Any, T]) -> T:
+    """Awaits ``round_``, which a cancellation (a graceful stop) does not cut short: a
+    round cut between the other side's acknowledgement and its marks' commit would leave
+    what it sent to be sent again. The stop's own bound limits the wait."""
+    task = asyncio.ensure_future(round_)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
 async def send_in_rounds(
-    one_round: Callable[[], Awaitable[tuple[int, bool]]], wake: asyncio.Event, what: str
+    one_round: Callable[[], Coroutine[Any, Any, tuple[int, bool]]],
+    wake: asyncio.Event,
+    what: str,
 ) -> None:
     """Runs ``one_round`` (which answers: how many it sent, whether some are left) until
     cancelled; ``wake`` set means more was stored. A database error counts as a round
@@ -29,7 +46,7 @@ async def send_in_rounds(
     while True:
         wake.clear()
         try:
-            sent, left = await one_round()
+            sent, left = await finished(one_round())
         except DATABASE_ERRORS as exc:
             log.warning("rounds.database_error", worker=what, error=repr(exc))
             sent, left = 0, True

@@ -31,6 +31,7 @@ from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
+from herald.runtime.rounds import finished
 from herald.services.ingest.outbox import LANES, headers_of
 from herald.services.ingest.writer import Q
 
@@ -116,7 +117,9 @@ class Relay:
         while True:
             self._wake.clear()
             try:
-                sent, failed = await self._round(offset=n * LANES // self._concurrency)
+                # Finished even if a stop cancels the loop: cancelled between sending and
+                # marking, the drain on stop sent the same records again.
+                sent, failed = await finished(self.relay_once(n * LANES // self._concurrency))
             except DATABASE_ERRORS as exc:
                 log.warning("relay.database_error", error=repr(exc))
                 sent, failed = 0, 1
@@ -133,18 +136,6 @@ class Relay:
             # Caught up: let a few milliseconds of commits gather into the next round
             # (far fewer rounds and queries at a steady rate, for a few ms of latency).
             await asyncio.sleep(self._linger)
-
-    async def _round(self, offset: int) -> tuple[int, int]:
-        """:meth:`relay_once`, finished even when the loop is cancelled (a graceful
-        stop): cancelled between sending and marking, its transaction rolled back and
-        the drain on stop sent the same records again. The stop waits for it, bounded."""
-        round_ = asyncio.ensure_future(self.relay_once(offset))
-        try:
-            return await asyncio.shield(round_)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await round_
-            raise
 
     async def relay_once(self, offset: int = 0) -> tuple[int, int]:
         """Sends the oldest pending rows of the lanes it can lock. Returns (marked, failed)."""

@@ -34,6 +34,7 @@ from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.rounds import finished
 from herald.services.reconcile.apply import Found, store_findings
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.store import Q
@@ -92,7 +93,7 @@ class VibeRelay:
                     self.producer, self._make_producer, "vibe-producer"
                 )
                 try:
-                    sent, complete = await self._whole_round(self.producer)
+                    sent, complete = await finished(self.round(self.producer))
                     delay = 0.5
                 except DATABASE_ERRORS as exc:
                     log.error("relay.database_failed", error=repr(exc), retry_in=delay)
@@ -106,18 +107,6 @@ class VibeRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
             await self.producer.stop()
-
-    async def _whole_round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
-        """A round that a stop lets finish (bounded by the acknowledgement timeout):
-        cut short between Kafka's acknowledgements and the marks, it would leave its
-        records to be sent again by the next relay."""
-        round_ = asyncio.ensure_future(self.round(producer))
-        try:
-            return await asyncio.shield(round_)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await round_
-            raise
 
     async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
         """Sends one round; (records sent, whether a full round went through, so more
