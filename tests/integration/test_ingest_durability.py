@@ -396,3 +396,22 @@ async def test_a_retry_after_a_new_data_version_is_still_a_replay(
     assert (again.event_id, again.duplicate) == (first.event_id, True)
     without_key = await ingest.stub.Publish(request)  # deduplicated by source and id
     assert (without_key.event_id, without_key.duplicate) == (first.event_id, True)
+
+    # A version 2.0 whose schema the event fails is now its default: a retry is still
+    # answered as the call it repeats, in Publish and in PublishBatch.
+    schema = {"type": "object", "required": ["sku", "shelf"]}
+    await register("2.0")
+    again = await ingest.stub.Publish(request, metadata=key)
+    assert (again.event_id, again.duplicate) == (first.event_id, True)
+    batch = await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[request]), metadata=key[:0]
+    )
+    assert [(r.event_id, r.duplicate) for r in batch.results] == [(first.event_id, True)]
+    # A new event under that version is refused: the schema applies to new requests.
+    new = ingest_pb2.PublishRequest(json=json.dumps({**event, "id": str(uuid.uuid4())}))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest.stub.Publish(new, metadata=key)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest.stub.Publish(new)
+    assert "data" in (refused.value.details() or "")

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,6 +22,7 @@ from herald.services.ingest import envelope, validation
 from herald.services.ingest.catalog import EventTypeDef, check_definition
 from herald.services.ingest.catalog_store import TYPE_ORDER, CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
+from herald.services.ingest.event import Event
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
 from herald.services.ingest.writer import EventWriter
 
@@ -73,6 +75,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         pending = await self._prepare(
             request, call, request.idempotency_key or call.idempotency_key
         )
+        if isinstance(pending, Accepted):
+            return ingest_pb2.PublishResponse(event_id=pending.event_id, duplicate=True)
         outcome = await self._writer.submit(pending)
         self._log(pending, outcome)
         if isinstance(outcome, InvalidArgument):
@@ -100,9 +104,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"{call.idempotency_key}:{i}" if call.idempotency_key else ""
             )
             try:
-                valid.append((i, await self._prepare(item, call, key)))
+                prepared = await self._prepare(item, call, key)
             except InvalidArgument as exc:
                 results[i] = ingest_pb2.PublishResult(status=exc.to_status())
+                continue
+            if isinstance(prepared, Accepted):
+                results[i] = _result(prepared)
+            else:
+                valid.append((i, prepared))
         outcomes = await self._writer.write([p for _, p in valid])
         for (i, pending), outcome in zip(valid, outcomes, strict=True):
             self._log(pending, outcome)
@@ -165,7 +174,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def _prepare(
         self, request: ingest_pb2.PublishRequest, call: CallContext, key: str
-    ) -> PendingEvent:
+    ) -> PendingEvent | Accepted:
+        """The event to store, or the earlier outcome a retry of it repeats (when it
+        fails validation now; see EventWriter.earlier). Raises InvalidArgument."""
+        event: Event | None = None
         try:
             event, problems = self._parse(request)
             validation.check_size(event, self._max_event_bytes)
@@ -177,6 +189,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)
         except InvalidArgument as exc:
+            if event is not None and (earlier := await self._earlier(event, call, key)):
+                log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
+                return earlier
             EVENTS_REJECTED.labels("invalid").inc()
             log.info(
                 "event.rejected",
@@ -190,9 +205,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         fingerprint = event.fingerprint()
         if event.data_version is None:
             event = event.with_attribute("dataversion", definition.data_version)
-        ident = (
-            IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
-        )
+        ident = _ident(key, call, event)
         headers = call.headers
         if key != headers.get(IDEMPOTENCY_HEADER, ""):  # a batch item's, or the field's
             headers = {k: v for k, v in headers.items() if k != IDEMPOTENCY_HEADER}
@@ -206,6 +219,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             call.application_id or event.source,
             fingerprint,
         )
+
+    async def _earlier(self, event: Event, call: CallContext, key: str) -> Accepted | None:
+        if not (event.id and event.source) or len(key.encode("utf-8", "surrogatepass")) > (
+            MAX_IDEMPOTENCY_KEY_BYTES
+        ):
+            return None
+        try:
+            return await self._writer.earlier(
+                event.source, event.id, event.fingerprint(), _ident(key, call, event)
+            )
+        except (asyncpg.DataError, UnicodeError):  # not storable: never stored before
+            return None
 
     @staticmethod
     def _parse(request: ingest_pb2.PublishRequest) -> envelope.Parsed:
@@ -238,6 +263,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 outcome="conflict",
                 error=outcome.message,
             )
+
+
+def _ident(key: str, call: CallContext, event: Event) -> IdempotencyKey | None:
+    """The key's scope: the endpoint and the caller (its identity, else the source)."""
+    return IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
 
 
 def _result(outcome: Outcome) -> ingest_pb2.PublishResult:

@@ -20,7 +20,7 @@ from herald.runtime.db import Connection, Queries, isolate_refused
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest import dedup
 from herald.services.ingest.dedup import Accepted, Outcome
-from herald.services.ingest.outbox import PendingEvent
+from herald.services.ingest.outbox import IdempotencyKey, PendingEvent
 
 log = structlog.get_logger("herald.ingest.writer")
 
@@ -223,6 +223,22 @@ class EventWriter:
                     [k.actor for k in release if k],
                 )
         return inserted
+
+    async def earlier(
+        self, event_source: str, event_id: str, fingerprint: bytes, key: IdempotencyKey | None
+    ) -> Accepted | None:
+        """The outcome of an earlier call this request repeats (by its key, else by its
+        event's source and id, with the same fingerprint), or None. For a request that
+        fails validation now: a retry is answered as its original call was, even once
+        the rules changed (a newer data version, whose schema it fails, is its default)."""
+        async with self._pool.acquire() as conn:
+            if key is not None:
+                rows = await conn.fetch(Q.find_keys, [key.key], [key.endpoint], [key.actor])
+            else:
+                rows = await conn.fetch(Q.find_events, [event_source], [event_id])
+        if rows and bytes(rows[0]["fingerprint"]) == fingerprint:
+            return Accepted(rows[0]["event_id"] if key is not None else event_id, True)
+        return None
 
 
 async def _refused(item: PendingEvent, exc: BaseException) -> Outcome:
