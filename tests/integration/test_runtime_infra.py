@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from herald.runtime import db, kafka
 from herald.runtime.metrics import MetricsServer
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import KafkaSettings, StartError
 from tests.conftest import Infra
 from tests.kafka_helpers import read_topic
 
@@ -101,6 +101,64 @@ def test_metrics_endpoint_serves_prometheus_text() -> None:
         "events_dlq_total",
     ):
         assert name in body
+
+
+def test_a_metrics_address_in_use_stops_the_start_naming_its_variable() -> None:
+    taken = MetricsServer("127.0.0.1", 0)
+    try:
+        address = f"127.0.0.1:{taken.port}"
+        with pytest.raises(StartError) as exc:
+            MetricsServer.listen(address, "INGEST_METRICS_ADDR")
+    finally:
+        taken.close()
+    assert exc.value.code == (
+        f"cannot start: INGEST_METRICS_ADDR: cannot serve /metrics on {address}: "
+        "Address already in use"
+    )
+
+
+async def test_a_database_that_cannot_be_reached_stops_the_start_naming_database_url(
+    database_url: str,
+) -> None:
+    # An asyncpg traceback that never named DATABASE_URL
+    base, _, _ = database_url.rpartition("/")
+    with pytest.raises(StartError) as exc:
+        await db.create_pool(f"{base}/no_such_database", 2)
+    assert exc.value.message == (
+        f"DATABASE_URL: cannot connect to {base}/no_such_database: "
+        'InvalidCatalogNameError: database "no_such_database" does not exist'
+    )
+    with pytest.raises(StartError) as exc:
+        await db.create_pool("postgresql://herald:pa%40ss@127.0.0.1:1/herald?password=pw2", 2)
+    assert exc.value.message.startswith(
+        "DATABASE_URL: cannot connect to postgresql://herald:***@127.0.0.1:1/herald"
+        "?password=***: ConnectionRefusedError: "
+    )
+    for secret in ("pa%40ss", "pa@ss", "pw2"):
+        assert secret not in exc.value.message
+
+
+async def test_a_topic_kafka_refuses_to_create_stops_the_start(infra: Infra, topic: str) -> None:
+    # Any refusal was ignored, and kafka.topics_created logged
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    colliding = topic.replace(".", "_")  # Kafka refuses: '.' and '_' collide in metrics
+    fresh = f"{topic}.fresh"
+    with pytest.raises(kafka.TopicsNotCreated) as exc:
+        await kafka.ensure_topics(settings, [topic, colliding], partitions=1)
+    assert list(exc.value.refused) == [colliding]
+    assert exc.value.refused[colliding].startswith("InvalidTopicError: ")
+    assert f"Kafka refused to create topic '{colliding}': InvalidTopicError: " in str(exc.value)
+    with pytest.raises(kafka.TopicsNotCreated) as exc:
+        await kafka.ensure_topics(settings, [fresh], partitions=0)
+    assert exc.value.refused[fresh].startswith("InvalidPartitionsError: ")
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    await admin.start()
+    try:
+        assert not {colliding, fresh} & set(await admin.list_topics())
+    finally:
+        await admin.close()
+    await kafka.ensure_topics(settings, [topic, topic], partitions=1)  # exists: nothing to do
 
 
 async def _produce_numbers(settings: KafkaSettings, topic: str, n: int) -> None:

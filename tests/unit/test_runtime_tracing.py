@@ -6,7 +6,7 @@ import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan
 
-from herald.runtime.tracing import IdsOnlyTracer, traces_exporter
+from herald.runtime.tracing import IdsOnlyTracer, traces_exporter, tracing_enabled
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -58,3 +58,12 @@ def test_only_known_exporters_are_accepted() -> None:
     assert traces_exporter({"OTEL_TRACES_EXPORTER": " Console "}) == "console"
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='otlp'"):
         traces_exporter({"OTEL_TRACES_EXPORTER": "otlp"})
+
+
+def test_otel_sdk_disabled_is_true_or_false_and_nothing_else() -> None:
+    assert tracing_enabled({})
+    assert tracing_enabled({"OTEL_SDK_DISABLED": "False"})
+    assert not tracing_enabled({"OTEL_SDK_DISABLED": " TRUE "})
+    for wrong in ("maybe", "1", "yes"):  # the SDK would take each for false, silently
+        with pytest.raises(ValueError, match=f"OTEL_SDK_DISABLED='{wrong}'"):
+            tracing_enabled({"OTEL_SDK_DISABLED": wrong})

@@ -21,16 +21,33 @@ TENANT: ContextVar[str] = ContextVar("herald_tenant")
 _OPEN = ("/grpc.health.", "/grpc.reflection.")
 
 
+MIN_KEY_LENGTH = 16
+
+
 def parse_api_keys(text: str) -> dict[str, str]:
     """``"key1=tenant-a,key2=tenant-b"`` → {key: tenant}; raises ValueError naming
-    the bad entry (the key itself is never echoed)."""
+    the bad entry (the key itself is never echoed). A key given twice is refused: the
+    later tenant would silently win."""
     keys: dict[str, str] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
         key, sep, tenant = entry.partition("=")
-        if not sep or len(key.strip()) < 16 or not tenant.strip():
-            raise ValueError(f"entry {n + 1}: expected KEY=TENANT with a key of 16+ characters")
+        if not sep or len(key.strip()) < MIN_KEY_LENGTH or not tenant.strip():
+            raise ValueError(
+                f"entry {n + 1}: expected KEY=TENANT with a key of {MIN_KEY_LENGTH}+ characters"
+            )
+        if key.strip() in keys:
+            raise ValueError(f"entry {n + 1}: its key is given twice")
         keys[key.strip()] = tenant.strip()
     return keys
+
+
+def internal_key_setting(value: str) -> str:
+    """Validates ``WEBHOOKS_INTERNAL_KEY``, the same rule in webhooks, which checks it,
+    and dispatch, which sends it: empty, or 16+ characters without spaces around (a
+    presented key is compared stripped)."""
+    if value and (len(value) < MIN_KEY_LENGTH or value != value.strip()):
+        raise ValueError(f"{MIN_KEY_LENGTH}+ characters, without spaces around")
+    return value
 
 
 class ApiKeys:

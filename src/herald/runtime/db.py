@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TypeVar
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
+
+from herald.runtime.settings import StartError
 
 log = structlog.get_logger("herald.db")
 
@@ -256,12 +259,40 @@ async def _rollback_only(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
-    """An asyncpg pool; fails fast with the DSN's host named when unreachable."""
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min(2, size), max_size=size, reset=_rollback_only
-    )
+    """An asyncpg pool of ``dsn`` (a service's DATABASE_URL). When it cannot connect
+    (unreachable, refused, a wrong password or database) the start stops at once with
+    a :class:`StartError` naming DATABASE_URL and the reason, without the password."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min(2, size), max_size=size, reset=_rollback_only
+        )
+    except (*DATABASE_ERRORS, asyncpg.ClientConfigurationError, ValueError) as exc:
+        raise StartError(f"DATABASE_URL: {_connect_failure(dsn, exc)}") from None
     assert pool is not None
     return pool
+
+
+def _connect_failure(dsn: str, exc: BaseException) -> str:
+    """Why connecting to ``dsn`` failed, naming it without its password (in the user
+    part or a ``password`` parameter, wherever the error's text quotes it)."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        user, at, hosts = parts.netloc.rpartition("@")
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        secrets = [parts.password or "", *(v for k, v in query if k == "password")]
+    except ValueError:  # not even a URL: say nothing of it
+        return f"cannot connect: {reason}"
+    for secret in filter(None, secrets):
+        for form in {secret, urllib.parse.unquote(secret), urllib.parse.quote(secret, safe="")}:
+            reason = reason.replace(form, "***")
+    if at and ":" in user:
+        user = user.partition(":")[0] + ":***"
+    shown = parts._replace(
+        netloc=f"{user}{at}{hosts}",
+        query="&".join(f"{k}={'***' if k == 'password' else v}" for k, v in query),
+    )
+    return f"cannot connect to {urllib.parse.urlunsplit(shown)}: {reason}"
 
 
 async def check(pool: asyncpg.Pool) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -23,7 +23,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from herald.runtime.kafka_producer import Producer, broken
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import KafkaSettings, StartError
 
 log = structlog.get_logger("herald.kafka")
 C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer)
@@ -79,24 +79,50 @@ def make_consumer(
 async def ensure_topics(
     settings: KafkaSettings, names: Iterable[str], partitions: int = 6, replication: int = 1
 ) -> None:
-    """Creates the topics that do not exist yet; existing ones are left as they are."""
+    """Creates the topics that do not exist yet; existing ones are left as they are.
+
+    A topic Kafka refuses to create (an invalid name, too many partitions, not
+    authorized, …) is logged with Kafka's reason and stops the start
+    (:class:`TopicsNotCreated`): the service needs it and it does not exist. Kafka being
+    unreachable raises its own error, which the caller may choose to outlive.
+    """
     admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
+        missing = list(dict.fromkeys(n for n in names if n not in existing))
         if not missing:
             return
-        with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
-            await admin.create_topics(
-                [
-                    NewTopic(n, num_partitions=partitions, replication_factor=replication)
-                    for n in missing
-                ]
-            )
-        log.info("kafka.topics_created", topics=missing)
+        response = await admin.create_topics(
+            [
+                NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                for n in missing
+            ]
+        )
     finally:
         await admin.close()
+    refused: dict[str, str] = {}
+    for topic, code, *message in response.topic_errors:
+        error = errors.for_code(code)
+        if code == 0 or error is TopicAlreadyExistsError:  # another replica won the race
+            continue
+        reason = f"{error.__name__}: {message[0] if message and message[0] else error.description}"
+        log.error("kafka.topic_not_created", topic=topic, partitions=partitions, error=reason)
+        refused[topic] = reason
+    if refused:
+        raise TopicsNotCreated(refused)
+    log.info("kafka.topics_created", topics=missing, partitions=partitions)
+
+
+class TopicsNotCreated(StartError):
+    """Kafka refused to create topics the service needs (see :func:`ensure_topics`)."""
+
+    def __init__(self, refused: dict[str, str]) -> None:
+        super().__init__(
+            "Kafka refused to create "
+            + "; ".join(f"topic {topic!r}: {reason}" for topic, reason in refused.items())
+        )
+        self.refused = refused
 
 
 async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: float = 5.0) -> C:

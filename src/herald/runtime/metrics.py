@@ -7,6 +7,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, start_http_server
 
+from herald.runtime.settings import StartError
+
 # Names from the events seed (000): every service reports through these.
 EVENTS_PUBLISHED = Counter(
     "events_published", "Events acknowledged by Kafka after acceptance.", ["event_type"]
@@ -31,6 +33,18 @@ class MetricsServer:
         self._server: WSGIServer
         self._thread: threading.Thread
         self._server, self._thread = start_http_server(port, addr=host)
+
+    @classmethod
+    def listen(cls, address: str, setting: str) -> MetricsServer:
+        """Serves /metrics on ``address`` (HOST:PORT, port 0 picks one); a StartError
+        naming ``setting``, the variable that gave it, when it cannot (in use, no such
+        host)."""
+        host, _, port = address.rpartition(":")
+        try:
+            return cls(host, int(port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StartError(f"{setting}: cannot serve /metrics on {address}: {reason}") from None
 
     @property
     def port(self) -> int:

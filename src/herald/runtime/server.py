@@ -152,13 +152,16 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         server,
     )
     port = await _listen(server, address)
+    # Before the server starts: one that runs when the start fails is left to a closed
+    # loop. Each service's variable is <NAME>_METRICS_ADDR.
+    metrics = (
+        MetricsServer.listen(metrics_address, f"{app.name.upper()}_METRICS_ADDR")
+        if metrics_address
+        else None
+    )
     monitor = HealthMonitor(health_servicer, app.service_names, app.health_checks)
     await monitor.check_once()
     await server.start()
-    metrics = None
-    if metrics_address:
-        host, _, mport = metrics_address.rpartition(":")
-        metrics = MetricsServer(host, int(mport))
     tasks = [asyncio.create_task(monitor.run(), name="health")]
     tasks += [
         asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in app.workers

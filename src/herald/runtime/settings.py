@@ -1,19 +1,35 @@
 """Configuration read once from the environment, validated at start, then frozen.
 
 Every service's settings class derives from :class:`RuntimeSettings`. A wrong value
-stops the process with a message that names the variable (see :func:`load_settings`).
+stops the process with a message that names the variable (see :func:`load_settings`);
+so does a value that is well formed but unusable when the service starts (a database it
+cannot reach, an address in use: :class:`StartError`).
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from herald.runtime.tracing import traces_exporter, tracing_enabled
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+# Upper bounds of durations: far beyond any sensible value, and far below what would
+# overflow a timedelta, a Kafka timeout in ms (int32) or a PostgreSQL timestamp.
+HOUR_SECONDS = 3600.0
+DAY_SECONDS = 86400.0
+YEAR_DAYS = 365.0
+MAX_RETENTION_DAYS = 10 * YEAR_DAYS  # retentions and TTLs
+MAX_RETENTION_HOURS = MAX_RETENTION_DAYS * 24
+MAX_TOPIC_PARTITIONS = 1000  # Kafka refuses a request to create 10,000 (KRaft)
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 def _check_host_port(value: str) -> str:
@@ -69,7 +85,8 @@ class KafkaSettings(BaseSettings):
 class RuntimeSettings(BaseSettings):
     """Settings every Herald service shares."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+    # allow_inf_nan=False: no float setting may be inf or nan ("1e400" is inf too).
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:54329/herald",
@@ -83,7 +100,7 @@ class RuntimeSettings(BaseSettings):
         "json", description="json in production; console is readable in development."
     )
     shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="How long in-flight calls may drain on SIGTERM."
+        10.0, ge=0, le=HOUR_SECONDS, description="How long in-flight calls may drain on SIGTERM."
     )
 
     @field_validator("database_url")
@@ -92,6 +109,14 @@ class RuntimeSettings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _tracing(self) -> Self:
+        """The OpenTelemetry variables Herald reads itself, checked with the rest (else
+        only once connected to PostgreSQL and Kafka)."""
+        if tracing_enabled():
+            traces_exporter()
+        return self
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -105,8 +130,12 @@ def load_settings(cls: type[S]) -> S:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []
         for error in exc.errors():
-            name = (prefix + ".".join(str(p) for p in error["loc"])).upper() or cls.__name__
-            lines.append(f"  {name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            if error["loc"]:
+                name = (prefix + ".".join(str(p) for p in error["loc"])).upper()
+                lines.append(f"  {name}: {message}")
+            else:  # a check across fields, whose message names them
+                lines.append(f"  {message}")
         sys.stderr.write("invalid configuration:\n" + "\n".join(lines) + "\n")
         raise SystemExit(2) from None
     except ValueError as exc:
@@ -117,3 +146,32 @@ def load_settings(cls: type[S]) -> S:
 def address_setting(value: str) -> str:
     """Validates a HOST:PORT listen address (for ``*_ADDR`` variables)."""
     return _check_host_port(value)
+
+
+def is_topic_name(name: str) -> bool:
+    """Kafka's rule: 1 to 249 ASCII letters, digits, '.', '_' and '-'; not '.' or '..'."""
+    return bool(_TOPIC_NAME.fullmatch(name)) and name not in (".", "..")
+
+
+def topic_setting(value: str) -> str:
+    """Validates a Kafka topic name (for ``*_TOPIC`` variables): Kafka refuses any
+    other, and a record for such a topic would never be sent."""
+    if not is_topic_name(value):
+        raise ValueError(
+            f"{value!r} is not a Kafka topic name: 1 to 249 ASCII letters, digits, "
+            "'.', '_' and '-' (not '.' or '..')"
+        )
+    return value
+
+
+class StartError(SystemExit):
+    """The service cannot start for a reason its operator must fix (a database it
+    cannot reach, an address in use, a topic Kafka refuses to create).
+
+    A SystemExit, as :func:`load_settings`'s exit: it passes the handlers of ordinary
+    errors, and the process ends with its one-line message (no traceback), exit 1.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"cannot start: {message}")
+        self.message = message

@@ -26,10 +26,15 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 EXPORTERS = ("none", "console")
 
 
-def tracing_enabled() -> bool:
+def tracing_enabled(environ: Mapping[str, str] = os.environ) -> bool:
     """False when the standard ``OTEL_SDK_DISABLED=true`` is set: no spans, no
-    interceptor (the instrumentation costs a measurable share of each call)."""
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() != "true"
+    interceptor (the instrumentation costs a measurable share of each call).
+    ValueError naming the variable for anything but true, false or empty (the SDK
+    would take ``maybe`` or ``1`` for false without a word)."""
+    value = environ.get("OTEL_SDK_DISABLED", "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise ValueError(f"OTEL_SDK_DISABLED={value!r} is not supported: use true or false")
+    return value != "true"
 
 
 def traces_exporter(environ: Mapping[str, str] = os.environ) -> str:
@@ -111,14 +116,15 @@ def configure_tracing(service: str) -> None:
     real provider is needed: the API's no-op tracer would drop the caller's trace
     context, and the trace of a Publish could not continue into its Kafka record.
     """
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider | IdsOnlyTracerProvider) or not tracing_enabled():
-        return
-    try:
+    try:  # as load_settings does: a message naming the variable
+        if not tracing_enabled():
+            return
         exporter = traces_exporter()
-    except ValueError as exc:  # as load_settings does: a message naming the variable
+    except ValueError as exc:
         sys.stderr.write(f"invalid configuration: {exc}\n")
         raise SystemExit(2) from None
+    if isinstance(trace.get_tracer_provider(), TracerProvider | IdsOnlyTracerProvider):
+        return
     if exporter == "console":
         provider = TracerProvider(resource=Resource.create({"service.name": f"herald-{service}"}))
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))

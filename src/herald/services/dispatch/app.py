@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from herald.services.dispatch.deadletters import DeadLetters
 from herald.services.dispatch.dispatcher import Dispatcher
 from herald.services.dispatch.retrier import Retrier
 from herald.services.dispatch.route_table import RouteTable
-from herald.services.dispatch.routes import check, route_from_json
+from herald.services.dispatch.routes import routes_from_json
 from herald.services.dispatch.servicer import DispatchServicer
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.dispatch.store import RouteStore
@@ -34,22 +33,16 @@ SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_
 
 
 async def load_routes(store: RouteStore, path: Path) -> int:
-    """Stores the routes of a JSON file (a list of Route objects) by name; a bad file
-    stops the start, naming the route and field."""
-    docs = json.loads(path.read_text())  # noqa: ASYNC240 (once, at start)
-    if not isinstance(docs, list):
-        raise ValueError(f"{path}: expected a JSON list of routes")
+    """Stores the routes of a JSON file (a list of Route objects) by name. A bad
+    ROUTES_FILE has already stopped the start (DispatchSettings checks it)."""
+    try:
+        routes = routes_from_json(path.read_text())  # noqa: ASYNC240 (once, at start)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     changed = 0
-    for n, doc in enumerate(docs):
-        try:
-            route = route_from_json(doc)
-        except ValueError as exc:
-            raise ValueError(f"{path}: route {n}: {exc}") from None
-        if problems := check(route, f"[{n}]"):
-            details = "; ".join(f"{p.field}: {p.description}" for p in problems)
-            raise ValueError(f"{path}: {details}")
+    for route in routes:
         changed += await store.upsert(route)
-    log.info("routes.loaded", file=str(path), routes=len(docs), changed=changed)
+    log.info("routes.loaded", file=str(path), routes=len(routes), changed=changed)
     return changed
 
 
@@ -114,11 +107,10 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     )
     retrier = Retrier(pool, dispatcher, dead, schedule)
     servicer = DispatchServicer(pool, store, retrier.wake)
-    topics = [settings.deliveries_topic, settings.dlq_topic]
-    topics += [f"herald.notifications.{c}" for c in settings.channels()]
+    topics = [settings.deliveries_topic, settings.dlq_topic, *settings.notification_topics()]
     try:
         await kafka.ensure_topics(kafka_settings, topics)
-    except Exception as exc:
+    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
         log.warning("dispatch.topics_unchecked", error=repr(exc))
 
     def register(server: grpc.aio.Server) -> None:

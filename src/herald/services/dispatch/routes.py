@@ -8,6 +8,7 @@ element when the route fans out (``for_each``) over an array of the data.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -20,13 +21,13 @@ from herald.dispatch.v1 import dispatch_pb2
 
 from herald.runtime.errors import FieldViolation
 from herald.runtime.ids import uuid5_text
+from herald.runtime.settings import is_topic_name
 
 Op = dispatch_pb2.Condition.Operator
 DEFAULT_TOPIC = "herald.notifications.{channel}"
 JOB_NAMESPACE = uuid.UUID("0c1f7a52-93c4-4b8e-9a0e-6d3b2f1e8a77")
 _MISSING = object()
 _ROOTS = {"data", "attributes", "id", "source", "type", "subject", "time", "specversion"}
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _CHANNEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -224,6 +225,11 @@ def _name(event: Event) -> str:
     return f"{event.attributes.get('source')}/{event.attributes.get('id')}"
 
 
+def is_channel(name: str) -> bool:
+    """A channel name: 1 to 64 ASCII letters, digits, '_' and '-' (a part of a topic name)."""
+    return bool(_CHANNEL.fullmatch(name))
+
+
 def _text(event: Event, spec: str, item: Any, what: str) -> str:
     if not spec.startswith("$"):
         return spec
@@ -231,7 +237,7 @@ def _text(event: Event, spec: str, item: Any, what: str) -> str:
     if value is _MISSING or value is None or isinstance(value, dict | list):
         raise TargetError(f"{what}: {spec} is not a value in event {_name(event)}")
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    if what == "channel" and not _CHANNEL.fullmatch(text):
+    if what == "channel" and not is_channel(text):
         raise TargetError(f"channel {text!r} from {spec} is not a channel name")
     return text
 
@@ -315,14 +321,14 @@ def _check_target(t: dispatch_pb2.JobTarget, field: str) -> list[FieldViolation]
             problems.append(
                 FieldViolation(f"{field}.{name}", f"{value} is not a path into the event")
             )
-    if t.channel and not t.channel.startswith("$") and not _CHANNEL.fullmatch(t.channel):
+    if t.channel and not t.channel.startswith("$") and not is_channel(t.channel):
         problems.append(FieldViolation(f"{field}.channel", "letters, digits, '_' and '-'"))
     if t.segment and not t.segment.startswith("$"):
         problems.append(FieldViolation(f"{field}.segment", "a path to an object ($data.<...>)"))
     if t.recipient and t.segment:
         problems.append(FieldViolation(f"{field}.segment", "give recipient or segment, not both"))
     topic = (t.topic or DEFAULT_TOPIC).replace("{channel}", "x")
-    if not _TOPIC.fullmatch(topic):
+    if not is_topic_name(topic):
         problems.append(
             FieldViolation(f"{field}.topic", "a Kafka topic name (letters, digits, . _ -)")
         )
@@ -345,3 +351,30 @@ def route_from_json(doc: Mapping[str, Any]) -> dispatch_pb2.Route:
         return json_format.ParseDict(dict(doc), dispatch_pb2.Route())
     except json_format.ParseError as exc:
         raise ValueError(str(exc)) from None
+
+
+def routes_from_json(text: str) -> list[dispatch_pb2.Route]:
+    """The routes of a routes file's text (a JSON list of Route objects); ValueError
+    naming the route, and the field, of the first problem."""
+    try:
+        docs = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(docs, list):
+        raise ValueError("expected a JSON list of routes")
+    routes: list[dispatch_pb2.Route] = []
+    names: set[str] = set()
+    for n, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            raise ValueError(f"route {n}: expected a JSON object")
+        try:
+            route = route_from_json(doc)
+        except ValueError as exc:
+            raise ValueError(f"route {n}: {exc}") from None
+        if problems := check(route, f"[{n}]"):
+            raise ValueError("; ".join(f"{p.field}: {p.description}" for p in problems))
+        if route.name in names:  # stored by name: the later would replace the earlier
+            raise ValueError(f"[{n}].name: {route.name!r} is given twice")
+        names.add(route.name)
+        routes.append(route)
+    return routes

@@ -6,8 +6,16 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from herald.runtime.settings import RuntimeSettings, address_setting
+from herald.runtime.auth import internal_key_setting
+from herald.runtime.settings import (
+    DAY_SECONDS,
+    HOUR_SECONDS,
+    RuntimeSettings,
+    address_setting,
+    topic_setting,
+)
 from herald.services.dispatch.retry import Schedule
+from herald.services.dispatch.routes import DEFAULT_TOPIC, is_channel, routes_from_json
 
 
 class DispatchSettings(RuntimeSettings):
@@ -21,7 +29,8 @@ class DispatchSettings(RuntimeSettings):
     dlq_topic: str = Field("herald.dlq", description="Dead-letter topic.")
     notification_channels: str = Field(
         "email,push,sms",
-        description="Channels whose herald.notifications.<channel> topics are created at start.",
+        description="Channels whose herald.notifications.<channel> topics are created at start "
+        "(letters, digits, '_' and '-', as a route's channel).",
     )
     webhooks_fanout: bool = Field(
         True, description="Fan events out to webhooks (false: routes only, no webhooks service)."
@@ -29,14 +38,18 @@ class DispatchSettings(RuntimeSettings):
     webhooks_addr: str = Field("127.0.0.1:50053", description="The webhooks service.")
     webhooks_internal_key: str = Field(
         "",
-        description="Key for the webhooks SubscriptionService (as given to webhooks).",
+        description="Key for the webhooks SubscriptionService (as given to webhooks; "
+        "16+ characters).",
         repr=False,
     )
     subscriptions_refresh_seconds: float = Field(
         0.5, gt=0, le=1, description="How often webhook subscriptions are refreshed."
     )
     subscriptions_max_staleness_seconds: float = Field(
-        10, gt=0, description="Older than this (webhooks unreachable), webhook targets wait."
+        10,
+        gt=0,
+        le=DAY_SECONDS,
+        description="Older than this (webhooks unreachable), webhook targets wait.",
     )
     ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (for alert events).")
     retry_schedule: str = Field(
@@ -44,7 +57,10 @@ class DispatchSettings(RuntimeSettings):
         description="Delays before each retry of a failed target (s, m, h, d); then DLQ.",
     )
     send_timeout_seconds: float = Field(
-        10, gt=0, description="How long a record may take to be acknowledged by Kafka."
+        10,
+        gt=0,
+        le=HOUR_SECONDS,
+        description="How long a record may take to be acknowledged by Kafka.",
     )
     routes_file: Path | None = Field(
         None, description="A JSON file of routes (a list of Route objects) loaded at start."
@@ -56,6 +72,26 @@ class DispatchSettings(RuntimeSettings):
     def _address(cls, value: str) -> str:
         return address_setting(value)
 
+    @field_validator("events_topic", "deliveries_topic", "dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return topic_setting(value)
+
+    @field_validator("notification_channels")
+    @classmethod
+    def _channels(cls, value: str) -> str:
+        for channel in cls.channels_of(value):
+            if not is_channel(channel):
+                raise ValueError(
+                    f"{channel!r} is not a channel name: 1 to 64 ASCII letters, digits, '_' and '-'"
+                )
+        return value
+
+    @field_validator("webhooks_internal_key")
+    @classmethod
+    def _internal(cls, value: str) -> str:
+        return internal_key_setting(value)
+
     @field_validator("retry_schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
@@ -65,12 +101,27 @@ class DispatchSettings(RuntimeSettings):
     @field_validator("routes_file")
     @classmethod
     def _file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
+        if value is None:
+            return value
+        try:  # a bad file stops the start here, naming ROUTES_FILE
+            routes_from_json(value.read_text())
+        except OSError as exc:
+            raise ValueError(f"{value}: cannot read it: {exc.strerror or exc}") from None
+        except ValueError as exc:  # not UTF-8, not JSON, a bad route
+            raise ValueError(f"{value}: {exc}") from None
         return value
 
     def schedule(self) -> Schedule:
         return Schedule.parse(self.retry_schedule)
 
-    def channels(self) -> list[str]:
-        return [c.strip() for c in self.notification_channels.split(",") if c.strip()]
+    @staticmethod
+    def channels_of(value: str) -> list[str]:
+        """The channels of a comma-separated list."""
+        return [c.strip() for c in value.split(",") if c.strip()]
+
+    def notification_topics(self) -> list[str]:
+        """The topics of the notification channels (created at start)."""
+        return [
+            DEFAULT_TOPIC.replace("{channel}", c)
+            for c in self.channels_of(self.notification_channels)
+        ]

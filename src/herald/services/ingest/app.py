@@ -86,7 +86,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             kafka_settings, [settings.events_topic], partitions=settings.events_topic_partitions
         )
         await kafka.ensure_topics(kafka_settings, [settings.dlq_topic])
-    except Exception as exc:
+    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
         log.warning("ingest.topics_unchecked", error=repr(exc))
 
     async def kafka_check() -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from herald.runtime.settings import RuntimeSettings, address_setting
+from herald.runtime.settings import (
+    MAX_RETENTION_DAYS,
+    MAX_RETENTION_HOURS,
+    MAX_TOPIC_PARTITIONS,
+    RuntimeSettings,
+    address_setting,
+    topic_setting,
+)
 
 
 class IngestSettings(RuntimeSettings):
@@ -13,7 +20,9 @@ class IngestSettings(RuntimeSettings):
     ingest_addr: str = Field("127.0.0.1:50051", description="gRPC listen address.")
     ingest_metrics_addr: str = Field("127.0.0.1:9451", description="/metrics listen address.")
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
-    events_topic_partitions: int = Field(6, ge=1, description="Partitions when Herald creates it.")
+    events_topic_partitions: int = Field(
+        6, ge=1, le=MAX_TOPIC_PARTITIONS, description="Partitions when Herald creates it."
+    )
     max_event_bytes: int = Field(
         1_000_000,
         ge=1024,
@@ -32,14 +41,31 @@ class IngestSettings(RuntimeSettings):
         le=100,
         description="How long a small group commit waits for more calls to join it.",
     )
-    idempotency_ttl_hours: float = Field(72, gt=0, description="How long keys are remembered.")
-    event_retention_days: float = Field(90, gt=0, description="How long events are kept.")
+    idempotency_ttl_hours: float = Field(
+        72,
+        gt=0,
+        le=MAX_RETENTION_HOURS,
+        description="How long keys are remembered (at most 10 years).",
+    )
+    event_retention_days: float = Field(
+        90, gt=0, le=MAX_RETENTION_DAYS, description="How long events are kept (at most 10 years)."
+    )
     dlq_topic: str = Field(
         "herald.dlq", description="Dead-letter topic (events Kafka refuses for good)."
     )
-    outbox_retention_hours: float = Field(24, gt=0, description="How long sent rows are kept.")
+    outbox_retention_hours: float = Field(
+        24,
+        gt=0,
+        le=MAX_RETENTION_HOURS,
+        description="How long sent rows are kept (at most 10 years).",
+    )
 
     @field_validator("ingest_addr", "ingest_metrics_addr")
     @classmethod
     def _address(cls, value: str) -> str:
         return address_setting(value)
+
+    @field_validator("events_topic", "dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return topic_setting(value)

@@ -83,7 +83,7 @@ async def build(
         ):
             try:
                 await kafka.ensure_topics(where, topics)
-            except Exception as exc:
+            except Exception as exc:  # Kafka unreachable (a refusal stops the start)
                 log.warning("reconcile.topics_unchecked", error=repr(exc))
 
     async def kafka_check() -> None:

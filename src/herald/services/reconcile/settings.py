@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from herald.runtime.settings import KafkaSettings, RuntimeSettings, address_setting
+from herald.runtime.settings import (
+    DAY_SECONDS,
+    YEAR_DAYS,
+    KafkaSettings,
+    RuntimeSettings,
+    address_setting,
+    topic_setting,
+)
 from herald.services.reconcile.inputs import Kind
 
 OutputFormat = Literal["protobuf", "json"]
@@ -52,14 +59,16 @@ class ReconcileSettings(RuntimeSettings):
     park_limit_seconds: float = Field(
         900,
         gt=0,
+        le=YEAR_DAYS * DAY_SECONDS,
         description="How long an order may wait for its event (or a refund for its order) "
-        "before it becomes a discrepancy.",
+        "before it becomes a discrepancy (at most a year).",
     )
     refused_retry_seconds: float = Field(
         600,
         gt=0,
+        le=YEAR_DAYS * DAY_SECONDS,
         description="How long an output Vibeapp's Kafka refused for good (too large) is set "
-        "aside, with what depends on it, before it is tried again.",
+        "aside, with what depends on it, before it is tried again (at most a year).",
     )
     create_topics: bool = Field(
         True, description="Create missing input and output topics at start."
@@ -69,6 +78,27 @@ class ReconcileSettings(RuntimeSettings):
     @classmethod
     def _address(cls, value: str) -> str:
         return address_setting(value)
+
+    @field_validator(
+        "ticketland_events_topic",
+        "ticketland_orders_topic",
+        "ticketland_refunds_topic",
+        "vibe_events_topic",
+        "vibe_orders_topic",
+        "vibe_refunds_topic",
+        "dlq_topic",
+    )
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return topic_setting(value)
+
+    @model_validator(mode="after")
+    def _distinct_inputs(self) -> ReconcileSettings:
+        """Each input has its own topic: records are told apart by their topic."""
+        inputs = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
+        if len({getattr(self, name.lower()) for name in inputs}) < len(inputs):
+            raise ValueError(f"{', '.join(inputs)} must be three different topics")
+        return self
 
     def input_topics(self) -> dict[str, Kind]:
         return {

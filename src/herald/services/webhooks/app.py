@@ -90,7 +90,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     )
     try:
         await kafka.ensure_topics(kafka_settings, [settings.deliveries_topic, settings.dlq_topic])
-    except Exception as exc:
+    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
         log.warning("webhooks.topics_unchecked", error=repr(exc))
 
     def register(server: grpc.aio.Server) -> None:

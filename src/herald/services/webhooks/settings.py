@@ -8,8 +8,15 @@ import ipaddress
 
 from pydantic import Field, field_validator
 
-from herald.runtime.auth import parse_api_keys
-from herald.runtime.settings import RuntimeSettings, address_setting
+from herald.runtime.auth import internal_key_setting, parse_api_keys
+from herald.runtime.settings import (
+    DAY_SECONDS,
+    HOUR_SECONDS,
+    MAX_RETENTION_DAYS,
+    RuntimeSettings,
+    address_setting,
+    topic_setting,
+)
 
 
 class WebhooksSettings(RuntimeSettings):
@@ -35,7 +42,7 @@ class WebhooksSettings(RuntimeSettings):
         "127.0.0.1:50051", description="Where the event-type catalog is (ingest)."
     )
     event_types_cache_seconds: float = Field(
-        2.0, ge=0, description="How long the catalog's type names are reused."
+        2.0, ge=0, le=HOUR_SECONDS, description="How long the catalog's type names are reused."
     )
 
     deliveries_topic: str = Field("herald.deliveries", description="Topic of delivery jobs.")
@@ -44,11 +51,14 @@ class WebhooksSettings(RuntimeSettings):
     disable_after_seconds: float = Field(
         5 * 86400,
         ge=0,
-        description="A webhook failing without any 2xx for this long is disabled (0: never).",
+        le=MAX_RETENTION_DAYS * DAY_SECONDS,
+        description="A webhook failing without any 2xx for this long is disabled (0: never; "
+        "at most 10 years).",
     )
     delivery_retention_days: float = Field(
         30,
         gt=0,
+        le=MAX_RETENTION_DAYS,
         description="How long a finished delivery (delivered or failed) and its attempts are "
         "kept: the delivery log, stats, resends and RecoverWebhook reach back this far.",
     )
@@ -87,9 +97,12 @@ class WebhooksSettings(RuntimeSettings):
     @field_validator("webhooks_internal_key")
     @classmethod
     def _internal(cls, value: str) -> str:
-        if value and len(value) < 16:
-            raise ValueError("16+ characters")
-        return value
+        return internal_key_setting(value)
+
+    @field_validator("deliveries_topic", "dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return topic_setting(value)
 
     @field_validator("webhooks_master_key")
     @classmethod

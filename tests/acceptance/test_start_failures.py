@@ -1,0 +1,92 @@
+"""A service that cannot start says why in one line naming the variable, and exits."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from herald.runtime import kafka
+from tests.acceptance.conftest import ROOT, free_port
+from tests.conftest import Infra
+
+pytestmark = pytest.mark.acceptance
+
+
+def run_ingest(infra: Infra, database_url: str, **env: str) -> tuple[int, str]:
+    """Runs ingest with ``env`` until it exits; its exit code and output."""
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'gen'}",
+        "INGEST_ADDR": f"127.0.0.1:{free_port()}",
+        "INGEST_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "herald.services.ingest"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_database_it_cannot_reach_is_named_without_its_password(infra: Infra, topic: str) -> None:
+    code, output = run_ingest(
+        infra, "postgresql://herald:s3cret@127.0.0.1:1/herald", EVENTS_TOPIC=topic
+    )
+    assert code == 1
+    assert output.startswith(
+        "cannot start: DATABASE_URL: cannot connect to postgresql://herald:***@127.0.0.1:1/herald: "
+    )
+    assert output.count("\n") == 1
+    assert "s3cret" not in output
+
+
+def test_a_metrics_address_in_use_is_named(infra: Infra, database_url: str, topic: str) -> None:
+    # An OSError traceback, then "Event loop is closed"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        code, output = run_ingest(
+            infra, database_url, EVENTS_TOPIC=topic, INGEST_METRICS_ADDR=address
+        )
+    assert code == 1
+    assert output == (
+        f"cannot start: INGEST_METRICS_ADDR: cannot serve /metrics on {address}: "
+        "Address already in use\n"
+    )
+
+
+async def test_a_topic_kafka_refuses_to_create_stops_the_start(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    # The refusal was ignored: kafka.topics_created, Publish answered OK, nothing sent
+    await kafka.ensure_topics(infra.kafka_settings(), [topic], partitions=1)
+    colliding = topic.replace(".", "_")
+    code, output = run_ingest(infra, database_url, EVENTS_TOPIC=colliding)
+    assert code == 1
+    assert '"event":"kafka.topic_not_created"' in output
+    assert output.splitlines()[-1].startswith(
+        f"cannot start: Kafka refused to create topic '{colliding}': InvalidTopicError: "
+    )
+
+
+def test_a_wrong_topic_name_is_invalid_configuration(infra: Infra, database_url: str) -> None:
+    code, output = run_ingest(infra, database_url, EVENTS_TOPIC="bad%topic")
+    assert code == 2
+    assert output == (
+        "invalid configuration:\n"
+        "  EVENTS_TOPIC: 'bad%topic' is not a Kafka topic name: 1 to 249 ASCII letters, "
+        "digits, '.', '_' and '-' (not '.' or '..')\n"
+    )

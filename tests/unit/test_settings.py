@@ -1,0 +1,244 @@
+"""Each service's settings: a wrong value stops the start with a message naming it."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from herald.runtime.auth import parse_api_keys
+from herald.runtime.settings import load_settings
+from herald.services.dispatch.retry import Schedule
+from herald.services.dispatch.settings import DispatchSettings
+from herald.services.ingest.settings import IngestSettings
+from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.webhooks.settings import WebhooksSettings
+
+SERVICES: list[type[BaseSettings]] = [
+    IngestSettings,
+    DispatchSettings,
+    WebhooksSettings,
+    ReconcileSettings,
+]
+KEY = "k" * 16
+
+
+@pytest.fixture(autouse=True)
+def required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What webhooks cannot start without."""
+    monkeypatch.setenv("WEBHOOKS_API_KEYS", f"{KEY}=acme")
+    monkeypatch.setenv("WEBHOOKS_MASTER_KEY", base64.b64encode(bytes(32)).decode())
+
+
+def refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    **env: str,
+) -> str:
+    """The message of the start that ``env`` stops (exit 2)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        load_settings(cls)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invalid configuration:")
+    return err
+
+
+def fields(cls: type[BaseSettings], *types: type) -> list[str]:
+    """The environment variables of ``cls`` whose values are of ``types``."""
+    return [n.upper() for n, f in cls.model_fields.items() if f.annotation in types]
+
+
+def topic_settings() -> list[tuple[type[BaseSettings], str]]:
+    found = [(cls, n) for cls in SERVICES for n in fields(cls, str) if n.endswith("_TOPIC")]
+    assert len(found) == 14  # ingest 2, dispatch 3, webhooks 2, reconcile 7
+    return found
+
+
+@pytest.mark.parametrize(("cls", "name"), topic_settings())
+@pytest.mark.parametrize(
+    "value", ["", "bad%topic", ".", "..", "x" * 250, "événements", "a b", "a\n", "a/b"]
+)
+def test_a_topic_setting_must_be_a_kafka_topic_name(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    name: str,
+    value: str,
+) -> None:
+    # Such a topic was accepted: events were stored for it and never sent.
+    err = refused(monkeypatch, capsys, cls, **{name: value})
+    assert f"{name}: {value!r} is not a Kafka topic name" in err
+
+
+@pytest.mark.parametrize(("cls", "name"), topic_settings())
+def test_a_topic_setting_takes_any_kafka_topic_name(
+    monkeypatch: pytest.MonkeyPatch, cls: type[BaseSettings], name: str
+) -> None:
+    for value in ("x" * 249, "A.b_c-9", "..."):
+        monkeypatch.setenv(name, value)
+        assert getattr(load_settings(cls), name.lower()) == value
+
+
+def numeric_settings() -> list[tuple[type[BaseSettings], str]]:
+    return [(cls, n) for cls in SERVICES for n in fields(cls, int, float)]
+
+
+@pytest.mark.parametrize(("cls", "name"), numeric_settings())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "1000000000000"])
+def test_no_number_setting_takes_infinity_nan_or_an_absurd_value(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    name: str,
+    value: str,
+) -> None:
+    # inf or 1e12 hours were accepted: then every keyed Publish, every purge, the
+    # webhooks engine (OverflowError) or dispatch's producer failed at run time.
+    err = refused(monkeypatch, capsys, cls, **{name: value})
+    assert f"  {name}: " in err
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "most"),
+    [
+        (IngestSettings, "IDEMPOTENCY_TTL_HOURS", "87600"),  # 10 years
+        (IngestSettings, "OUTBOX_RETENTION_HOURS", "87600"),
+        (IngestSettings, "EVENT_RETENTION_DAYS", "3650"),
+        (IngestSettings, "EVENTS_TOPIC_PARTITIONS", "1000"),
+        (WebhooksSettings, "DELIVERY_RETENTION_DAYS", "3650"),
+        (WebhooksSettings, "DISABLE_AFTER_SECONDS", "315360000"),
+        (DispatchSettings, "SEND_TIMEOUT_SECONDS", "3600"),
+        (DispatchSettings, "SHUTDOWN_GRACE_SECONDS", "3600"),
+        (ReconcileSettings, "PARK_LIMIT_SECONDS", "31536000"),  # a year
+    ],
+)
+def test_number_settings_go_up_to_their_documented_bound(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    name: str,
+    most: str,
+) -> None:
+    monkeypatch.setenv(name, most)
+    assert getattr(load_settings(cls), name.lower()) == float(most)
+    assert name in refused(monkeypatch, capsys, cls, **{name: str(float(most) * 1.01)})
+
+
+@pytest.mark.parametrize("schedule", ["nan", "inf", "5m,1e400s", "99999999d", "366d", "-1s"])
+def test_retry_schedule_delays_are_finite_and_at_most_a_year(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], schedule: str
+) -> None:
+    err = refused(monkeypatch, capsys, DispatchSettings, RETRY_SCHEDULE=schedule)
+    assert "RETRY_SCHEDULE:" in err
+    assert Schedule.parse("0s,30m,365d").delays == (0, 1800, 365 * 86400)
+
+
+def test_notification_channels_are_channel_names_and_make_their_topics(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NOTIFICATION_CHANNELS", " email, sms_2,,")
+    assert load_settings(DispatchSettings).notification_topics() == [
+        "herald.notifications.email",
+        "herald.notifications.sms_2",
+    ]
+    for wrong in ("email,a%b", "a.b", "x" * 65):
+        err = refused(monkeypatch, capsys, DispatchSettings, NOTIFICATION_CHANNELS=wrong)
+        assert "NOTIFICATION_CHANNELS:" in err
+        assert "is not a channel name" in err
+
+
+@pytest.mark.parametrize("cls", [DispatchSettings, WebhooksSettings])
+def test_the_internal_key_follows_the_same_rule_in_dispatch_and_webhooks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cls: type[BaseSettings]
+) -> None:
+    # dispatch took a key webhooks refuses: each of its calls was then refused
+    for wrong in ("short", f" {KEY}"):
+        err = refused(monkeypatch, capsys, cls, WEBHOOKS_INTERNAL_KEY=wrong)
+        assert "WEBHOOKS_INTERNAL_KEY: 16+ characters" in err
+    for right in ("", KEY):
+        monkeypatch.setenv("WEBHOOKS_INTERNAL_KEY", right)
+        assert load_settings(cls).model_dump()["webhooks_internal_key"] == right
+
+
+def test_an_api_key_given_twice_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The later tenant won, silently
+    err = refused(monkeypatch, capsys, WebhooksSettings, WEBHOOKS_API_KEYS=f"{KEY}=a, {KEY} =b")
+    assert "WEBHOOKS_API_KEYS: entry 2: its key is given twice" in err
+    assert KEY not in err
+    assert parse_api_keys(f"{KEY}=a,{KEY}x=b") == {KEY: "a", f"{KEY}x": "b"}
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"not json", "not JSON: Expecting value"),
+        (b"[" * 100_000, "not JSON: maximum recursion depth"),
+        (b"\xff[]", "can't decode byte 0xff"),
+        (b"{}", "expected a JSON list of routes"),
+        (b"[1]", "route 0: expected a JSON object"),
+        (b'[{"name": "a", "nope": 1}]', 'route 0: Message type "herald.dispatch.v1.Route"'),
+        (b'[{"name": ""}]', "[0].name: required"),
+        (
+            b'[{"name": "a", "target": {"channel": "email", "templateCode": "t"}},'
+            b' {"name": "a", "target": {"channel": "sms", "templateCode": "t"}}]',
+            "[1].name: 'a' is given twice",
+        ),
+    ],
+)
+def test_a_bad_routes_file_stops_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    content: bytes,
+    reason: str,
+) -> None:
+    # It crashed dispatch with a traceback once connected to the database
+    path = tmp_path / "routes.json"
+    path.write_bytes(content)
+    err = refused(monkeypatch, capsys, DispatchSettings, ROUTES_FILE=str(path))
+    assert f"ROUTES_FILE: {path}: " in err
+    assert reason in err
+
+
+def test_a_routes_file_that_cannot_be_read_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    err = refused(monkeypatch, capsys, DispatchSettings, ROUTES_FILE=str(tmp_path / "none"))
+    assert "ROUTES_FILE: " in err
+    assert "cannot read it: No such file or directory" in err
+    good = tmp_path / "routes.json"
+    good.write_text('[{"name": "a", "target": {"channel": "email", "templateCode": "t"}}]')
+    monkeypatch.setenv("ROUTES_FILE", str(good))
+    assert load_settings(DispatchSettings).routes_file == good
+
+
+def test_reconcile_inputs_are_three_different_topics(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Records are told apart by their topic: orders read as events otherwise
+    err = refused(
+        monkeypatch, capsys, ReconcileSettings, TICKETLAND_ORDERS_TOPIC="ticketland.events"
+    )
+    assert "TICKETLAND_EVENTS_TOPIC, TICKETLAND_ORDERS_TOPIC, TICKETLAND_REFUNDS_TOPIC" in err
+
+
+@pytest.mark.parametrize("cls", SERVICES)
+def test_the_opentelemetry_variables_herald_reads_are_checked_with_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cls: type[BaseSettings]
+) -> None:
+    # OTEL_SDK_DISABLED=maybe was taken for false, silently
+    err = refused(monkeypatch, capsys, cls, OTEL_SDK_DISABLED="maybe")
+    assert "\n  OTEL_SDK_DISABLED='maybe' is not supported: use true or false\n" in err
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")  # not read when disabled
+    load_settings(cls)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    assert "OTEL_TRACES_EXPORTER='otlp'" in refused(monkeypatch, capsys, cls)
