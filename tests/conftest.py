@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from herald.devenv import LocalKafka, servers
 from herald.runtime.kafka import connection_options
-from herald.runtime.server import Running
+from herald.runtime.server import Running, where
 from herald.runtime.settings import KafkaSettings
 
 
@@ -109,7 +109,9 @@ async def every_service_stopped() -> AsyncIterator[None]:
     yield
     gc.collect()  # while the event loop still runs
     running = [
-        f"{o.app.name} on port {o.port}"
+        f"{o.app.name} on port {o.port} (stopped: {o.stopping}; running: "
+        + ", ".join(f"{t.get_name()} at {where(t)}" for t in o.tasks if not t.done())
+        + ")"
         for o in gc.get_objects()
         if isinstance(o, Running) and any(not t.done() for t in o.tasks)
     ]

@@ -21,15 +21,24 @@ MAX_RETRY_SECONDS = 30.0
 POLL_SECONDS = 30.0
 
 
-async def finished(round_: Coroutine[Any, Any, T]) -> T:
-    """Awaits ``round_``, which a cancellation (a graceful stop) does not cut short: a
-    round cut between the other side's acknowledgement and its marks' commit would leave
-    what it sent to be sent again. The stop's own bound limits the wait."""
+FINISH_SECONDS = 5.0  # how long a stop waits for the round in flight
+
+
+async def finished(round_: Coroutine[Any, Any, T], grace: float = FINISH_SECONDS) -> T:
+    """Awaits ``round_``, which a cancellation (a graceful stop) does not cut short at
+    once: a round cut between the other side's acknowledgement and its marks' commit
+    would leave what it sent to be sent again. It gets ``grace`` seconds to finish (a
+    round takes milliseconds; one stuck on a peer that is gone is cancelled then, and
+    its records are sent again by the next process, as after a crash)."""
     task = asyncio.ensure_future(round_)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        _done, pending = await asyncio.wait({task}, timeout=grace)
+        for stuck in pending:
+            log.warning("rounds.cut_short", seconds=grace)
+            stuck.cancel()
+        with contextlib.suppress(BaseException):
             await task
         raise
 

@@ -90,6 +90,11 @@ class Running:
         log.error("worker.crashed", worker=task.get_name(), error=repr(exc))
         self.crashed.set_result(exc)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
     async def stop(self, grace: float) -> None:
         """Stop accepting, drain in-flight calls, stop workers, run on_stop hooks.
         Once: a second stop (a second signal) does nothing."""
@@ -105,7 +110,7 @@ class Running:
         if self.tasks:
             _done, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_SECONDS)
             for task in stuck:
-                log.error("shutdown.worker_stuck", worker=task.get_name(), at=_where(task))
+                log.error("shutdown.worker_stuck", worker=task.get_name(), at=where(task))
         for hook in self.app.on_stop:
             name = getattr(hook, "__qualname__", str(hook))
             try:
@@ -120,7 +125,7 @@ class Running:
         log.info("server.stopped", service=self.app.name)
 
 
-def _where(task: asyncio.Task[Any]) -> str:
+def where(task: asyncio.Task[Any]) -> str:
     """Where a task is suspended (its coroutine stack), for a log line."""
     out = io.StringIO()
     task.print_stack(limit=8, file=out)
