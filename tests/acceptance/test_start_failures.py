@@ -90,3 +90,17 @@ def test_a_wrong_topic_name_is_invalid_configuration(infra: Infra, database_url:
         "  EVENTS_TOPIC: 'bad%topic' is not a Kafka topic name: 1 to 249 ASCII letters, "
         "digits, '.', '_' and '-' (not '.' or '..')\n"
     )
+
+
+def test_a_listen_address_whose_host_does_not_resolve_is_named_at_once(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    # Retried for 70 s as if the port were taken ("server.address_in_use"), then an
+    # OSError traceback
+    code, output = run_ingest(
+        infra, database_url, EVENTS_TOPIC=topic, INGEST_ADDR="nohost.invalid:50999"
+    )
+    assert code == 1
+    assert output.startswith("cannot start: INGEST_ADDR: cannot listen on nohost.invalid:50999: ")
+    assert "address_in_use" not in output
+    assert output.count("\n") == 1

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import io
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.metrics import MetricsServer
+from herald.runtime.settings import StartError
 from herald.runtime.tracing import configure_tracing, tracing_enabled
 
 log = structlog.get_logger("herald.server")
@@ -143,6 +145,9 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # A second process on the same address must fail, not share the port and
+            # take half of the calls unnoticed (grpc sets SO_REUSEPORT by default).
+            ("grpc.so_reuseport", 0),
         ],
     )
     app.register(server)
@@ -156,7 +161,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         ],
         server,
     )
-    port = await _listen(server, address)
+    port = await _listen(server, address, f"{app.name.upper()}_ADDR")
     # Before the server starts: one that runs when the start fails is left to a closed
     # loop. Each service's variable is <NAME>_METRICS_ADDR.
     metrics = (
@@ -183,10 +188,19 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
     return Running(app, server, port, monitor, tasks, metrics)
 
 
-async def _listen(server: grpc.aio.Server, address: str) -> int:
-    """Binds ``address``, waiting while the port is taken for a while: a fixed port
-    can be the local end of an outgoing connection in TIME_WAIT (5005x lies in Linux's
-    ephemeral range), which holds it for up to 60 s."""
+async def _listen(server: grpc.aio.Server, address: str, variable: str) -> int:
+    """Binds ``address`` (the setting ``variable``), waiting while the port is taken for
+    a while: a fixed port can be the local end of an outgoing connection in TIME_WAIT
+    (5005x lies in Linux's ephemeral range), which holds it for up to 60 s. A host that
+    does not resolve, or a port still taken after that, stops the start naming
+    ``variable``."""
+    host, _, port_text = address.rpartition(":")
+    try:
+        await asyncio.get_running_loop().getaddrinfo(
+            host.strip("[]") or None, port_text, type=socket.SOCK_STREAM
+        )
+    except (OSError, UnicodeError) as exc:
+        raise StartError(f"{variable}: cannot listen on {address}: {exc}") from None
     deadline = time.monotonic() + BIND_WAIT_SECONDS
     while True:
         try:
@@ -196,7 +210,10 @@ async def _listen(server: grpc.aio.Server, address: str) -> int:
         if port:
             return port
         if time.monotonic() > deadline or address.endswith(":0"):
-            raise OSError(f"cannot listen on {address}")
+            raise StartError(
+                f"{variable}: cannot listen on {address}: the port is in use (waited "
+                f"{BIND_WAIT_SECONDS:.0f} s)"
+            )
         log.warning("server.address_in_use", address=address, retry_in=1)
         await asyncio.sleep(1)
 
