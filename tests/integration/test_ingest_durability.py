@@ -140,6 +140,45 @@ async def test_a_relay_stopped_mid_round_finishes_it_and_repeats_nothing(
         await service.stop()
 
 
+async def test_a_row_for_a_topic_kafka_does_not_know_holds_up_no_other_row(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A row whose topic cannot be learnt (a name stored before topic names were
+    checked, or a topic deleted where Kafka does not create topics): each relay round
+    waited the producer's request timeout for it, tens of seconds, and every other
+    event waited with it."""
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("stuck", 0)))
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE ingest.outbox SET topic = 'bad%topic'")
+        finally:
+            await conn.close()
+        ids = [
+            (
+                await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json(f"k{i}", i)))
+            ).event_id
+            for i in range(5)
+        ]
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        relay = Relay(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        await relay.start_producer()
+        try:
+            async with asyncio.timeout(15):  # the producer alone would wait 40 s
+                while await pending_rows(database_url) > 1:
+                    await relay.relay_once()
+        finally:
+            await relay.stop()
+            await pool.close()
+        records = await read_topic(infra.kafka_settings(), topic, 5)
+        assert sorted(headers(r)["ce_id"] for r in records) == sorted(ids)
+        assert await pending_rows(database_url) == 1, "the stuck row waits, alone"
+    finally:
+        await service.stop()
+
+
 async def test_kafka_down_for_a_while_ingest_keeps_accepting_and_relay_catches_up(
     infra: Infra, database_url: str, topic: str
 ) -> None:

@@ -24,6 +24,13 @@ from herald.runtime.murmur2 import partition_of
 
 # Kafka's answers that no retry changes.
 REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
+# How long to wait for a topic's partitions (known topics answer from the producer's
+# metadata at once), and for how long a topic that could not be learnt fails its records
+# at once: the producer waits up to its request timeout (tens of seconds) for a topic
+# that does not exist, and every round of a relay holding one of its records waited
+# with it, the records of every other topic too.
+METADATA_WAIT_SECONDS = 3.0
+UNKNOWN_TOPIC_SECONDS = 10.0
 
 
 class OutRecord(NamedTuple):
@@ -66,6 +73,9 @@ class Sending:
 
 class BatchSender:
     """See the module docstring."""
+
+    def __init__(self) -> None:
+        self._unknown: dict[str, tuple[BaseException, float]] = {}  # topic → (why, until)
 
     async def send(
         self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
@@ -133,11 +143,7 @@ class BatchSender:
         for i, r in enumerate(records):
             known = partitions.get(r.topic)
             if known is None:
-                try:
-                    known = sorted(await producer.partitions_for(r.topic))
-                except Exception as exc:
-                    known = exc
-                partitions[r.topic] = known
+                known = partitions[r.topic] = await self._partitions(producer, r.topic)
             if isinstance(known, BaseException):
                 errors[i] = known
                 continue
@@ -156,6 +162,29 @@ class BatchSender:
             open_batches[target] = fresh
         out.extend(open_batches.items())
         return out
+
+    async def _partitions(
+        self, producer: AIOKafkaProducer, topic: str
+    ) -> list[int] | BaseException:
+        """The topic's partitions, or why they cannot be learnt (remembered for
+        UNKNOWN_TOPIC_SECONDS: meanwhile its records fail at once)."""
+        now = asyncio.get_running_loop().time()
+        unknown = self._unknown.get(topic)
+        if unknown is not None and now < unknown[1]:
+            return unknown[0]
+        try:
+            async with asyncio.timeout(METADATA_WAIT_SECONDS):
+                found = sorted(await producer.partitions_for(topic))
+        except Exception as exc:
+            why = (
+                TimeoutError(f"no partitions of topic {topic!r} within {METADATA_WAIT_SECONDS:g} s")
+                if isinstance(exc, TimeoutError)
+                else exc
+            )
+            self._unknown[topic] = (why, now + UNKNOWN_TOPIC_SECONDS)
+            return why
+        self._unknown.pop(topic, None)
+        return found
 
 
 def _append(batch: Any, r: OutRecord) -> bool:
