@@ -807,3 +807,36 @@ async def test_an_upgrade_hands_unpublished_discrepancies_to_the_announcements(
         "rf-1",
         500,
     )
+
+
+async def test_a_refund_ticketland_reverses_after_it_was_sent_is_a_discrepancy(
+    flow: ReconcileFlow,
+) -> None:
+    """Vibeapp keeps a refund it was sent; Ticketland setting it REJECTED afterwards was
+    only a line in the refund's history."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    t = "t-" + o
+    await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.send(refund(r, o, e, {t: (1000, 1000, 0, 0)}, updated_at=1))
+    await flow.settled()
+    assert [x.key for x in await flow.outputs("refund", 1)] == [r.encode()]
+    reversed_ = refund(r, o, e, {t: (1000, 1000, 0, 0)}, status="REJECTED", updated_at=2)
+    await flow.send(reversed_)
+    await flow.send(reversed_)  # repeated: still one finding
+    await flow.settled()
+    [found] = await discrepancies(flow, refund_id=r)
+    assert found.kind == pb.DISCREPANCY_KIND_REFUND_REVERSED
+    assert found.status == pb.DISCREPANCY_STATUS_OPEN
+    assert "then Ticketland set it REJECTED" in found.description
+    assert [x.key for x in await flow.outputs("refund", 2, timeout=2)] == [r.encode()]
+
+    async def announced_for_it() -> list[dict[str, Any]]:
+        events = await ingest_events(flow.database_url, "integration.conflict.detected")
+        return [ev for ev in events if ev["refund_id"] == r]
+
+    async def published() -> bool:
+        return bool(await announced_for_it())
+
+    await eventually(published, 20)
+    [announced_] = await announced_for_it()
+    assert announced_["kind"] == "refund_reversed"

@@ -12,6 +12,7 @@ from herald.services.reconcile.checks import (
     TicketState,
     check_refund,
     discrepancy_id,
+    reversal,
 )
 
 
@@ -173,3 +174,29 @@ def test_a_ticket_named_twice_in_one_refund_is_a_finding() -> None:
     r = refund(rticket("t1"), rticket("t1"))
     findings = check_refund(r, ledger(active("t1")))
     assert [f for f in findings if f.ticket_id == "t1"] != []
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "found"),
+    [
+        ("REJECTED", "sent", True),
+        ("IN_PROGRESS", "sent", True),
+        ("NEW", "ready", True),
+        ("APPROVED", "sent", False),  # the same refund again
+        ("REJECTED", "open", False),  # not decided yet: no refund went anywhere
+        ("REJECTED", "held", False),  # held back: Vibeapp has nothing
+        ("REJECTED", "rejected", False),
+    ],
+)
+def test_a_refund_going_back_after_it_went_to_vibeapp_is_a_reversal(
+    status: str, state: str, found: bool
+) -> None:
+    r = tl.RefundRequest(id="rf-1", order_id="o-1")
+    finding = reversal(r, status, state)
+    assert (finding is not None) == found
+    if finding is not None:
+        assert finding.kind == "refund_reversed"
+        assert status in finding.description
+        other = reversal(r, "NEW" if status != "NEW" else "REJECTED", state)
+        assert other is not None
+        assert finding.id_for("rf-1") != other.id_for("rf-1"), "one per status gone back to"

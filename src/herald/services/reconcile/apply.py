@@ -17,7 +17,7 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
-from herald.services.reconcile.checks import Finding, TicketState, check_refund
+from herald.services.reconcile.checks import Finding, TicketState, check_refund, reversal
 from herald.services.reconcile.inputs import SOLD, short_status
 from herald.services.reconcile.outputs import Queue
 from herald.services.reconcile.store import Q
@@ -244,7 +244,12 @@ class BatchApply:
             [r.money.org for r in newest],
             [r.money.agent for r in newest],
         )
-        open_ = {r["id"] for r in rows if r["state"] == "open"}  # a refund is decided once
+        states = {r["id"]: r["state"] for r in rows}
+        open_ = {i for i, state in states.items() if state == "open"}  # decided once
+        for r in newest:
+            if r.id in states and (back := reversal(r, short_status(r), states[r.id])):
+                self._findings.append(Found(r.id, r.id, r.order_id, r.event_id, back))
+                log.warning("refund.reversed", refund_id=r.id, status=short_status(r))
         approved = []
         for r in newest:
             if r.id not in open_:

@@ -25,6 +25,7 @@ Kind = Literal[
     "refund_above_price",
     "order_parked_too_long",
     "output_refused",
+    "refund_reversed",
 ]
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
 
@@ -167,3 +168,18 @@ def _ticket_findings(
     elif known.status == "cancelled":
         out.append(Finding("cancelled_ticket", f"ticket {t.ticket_id} was cancelled", t.ticket_id))
     return out
+
+
+def reversal(refund: tl.RefundRequest, status: str, state: str) -> Finding | None:
+    """A refund whose newest record says ``status`` while the ledger had decided it
+    (``state``: sent to Vibeapp, or ready to go with its order): anything but APPROVED
+    is Ticketland going back on a refund Vibeapp has (or will have). One finding per
+    status it goes back to."""
+    if status == "APPROVED" or state not in ("sent", "ready"):
+        return None
+    where = "sent to Vibeapp" if state == "sent" else "released to Vibeapp"
+    return Finding(
+        "refund_reversed",
+        f"refund {refund.id} was {where}, then Ticketland set it {status}",
+        aspect=status,
+    )

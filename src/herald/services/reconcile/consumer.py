@@ -75,9 +75,10 @@ class InputConsumer:
             await self._dead_letter(bad)
         if taken:
             by_place = {(r.topic, r.partition, r.offset): r for r in records}
-            queued = await self._durably(taken, by_place)
-            if queued:
-                self._on_queued()
+            await self._durably(taken, by_place)
+            # Woken even when no output was queued: the batch may have stored
+            # discrepancies, whose alerts otherwise waited for the next poll (30 s).
+            self._on_queued()
 
     async def _durably(self, taken: list[Taken], records: dict[tuple[str, int, int], Rec]) -> int:
         """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A record
