@@ -113,21 +113,16 @@ class EventConsumer:
                 await self._bury(record_of(r), EventIds(), ["decode"], reason, "undecodable")
                 continue
             decoded.append((r, consumed))
-        routed: list[tuple[ConsumerRecord[bytes, bytes], Consumed]] = []
-        targets: list[list[str]] = []
+        routed: list[tuple[ConsumerRecord[bytes, bytes], Consumed, list[str]]] = []
         for r, consumed in decoded:
             try:
-                targets.append(self._dispatcher.targets_of(consumed))
+                routed.append((r, consumed, self._dispatcher.targets_of(consumed)))
             except Exception as exc:  # unforeseen: still the record's fault, not a crash
                 log.exception("event.unroutable", topic=r.topic, offset=r.offset)
                 reason = f"processing it failed: {type(exc).__name__}: {exc}"
                 await self._bury(record_of(r), ids_of(consumed), ["routing"], reason, "target")
-                continue
-            routed.append((r, consumed))
-        finishing = await self._dispatcher.start(
-            [(c, t) for (_, c), t in zip(routed, targets, strict=True)]
-        )
-        return self._finish(routed, finishing)
+        finishing = await self._dispatcher.start([(c, t) for _, c, t in routed])
+        return self._finish([(r, c) for r, c, _ in routed], finishing)
 
     async def _finish(
         self,

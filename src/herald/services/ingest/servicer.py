@@ -181,7 +181,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             event, problems = self._parse(request)
             validation.check_size(event, self._max_event_bytes)
-            if len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY_BYTES:
+            if _key_too_long(key):
                 problems.append(
                     FieldViolation("idempotency-key", f"at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
                 )
@@ -221,9 +221,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def _earlier(self, event: Event, call: CallContext, key: str) -> Accepted | None:
-        if not (event.id and event.source) or len(key.encode("utf-8", "surrogatepass")) > (
-            MAX_IDEMPOTENCY_KEY_BYTES
-        ):
+        if not (event.id and event.source) or _key_too_long(key):
             return None
         try:
             return await self._writer.earlier(
@@ -263,6 +261,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 outcome="conflict",
                 error=outcome.message,
             )
+
+
+def _key_too_long(key: str) -> bool:
+    return len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY_BYTES
 
 
 def _ident(key: str, call: CallContext, event: Event) -> IdempotencyKey | None:

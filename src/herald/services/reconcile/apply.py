@@ -244,15 +244,16 @@ class BatchApply:
             [r.money.org for r in newest],
             [r.money.agent for r in newest],
         )
-        states = {r["id"]: r["state"] for r in rows}
-        open_ = {i for i, state in states.items() if state == "open"}  # decided once
-        for r in newest:
-            if r.id in states and (back := reversal(r, short_status(r), states[r.id])):
-                self._findings.append(Found(r.id, r.id, r.order_id, r.event_id, back))
-                log.warning("refund.reversed", refund_id=r.id, status=short_status(r))
+        states = {r["id"]: r["state"] for r in rows}  # the refunds this batch updated
         approved = []
         for r in newest:
-            if r.id not in open_:
+            state = states.get(r.id)
+            if state is None:
+                continue
+            if back := reversal(r, status := short_status(r), state):
+                self._findings.append(Found(r.id, r.id, r.order_id, r.event_id, back))
+                log.warning("refund.reversed", refund_id=r.id, status=status)
+            if state != "open":  # a refund is decided once
                 continue
             if r.status == tl.RefundRequest.STATUS_APPROVED:
                 approved.append(r)

@@ -74,13 +74,12 @@ class Reconciler:
     async def _settle_refund(self, tx: Transaction, refund_id: str) -> bool:
         """Once no discrepancy of a held refund is open: blocked if one was rejected,
         else released (its tickets refunded; sent once its order has gone)."""
-        states = {
-            r["status"]: r["n"] for r in await tx.conn.fetch(Q.refund_discrepancy_states, refund_id)
-        }
+        found = await tx.conn.fetch(Q.refund_discrepancies, refund_id)
+        statuses = {row["status"] for row in found}
         refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
-        if states.get("open") or refund is None or refund["state"] != "held":
+        if "open" in statuses or refund is None or refund["state"] != "held":
             return False
-        if states.get("rejected"):
+        if "rejected" in statuses:
             await tx.conn.execute(Q.set_refund_state, refund_id, "blocked")
             log.info("refund.blocked", refund_id=refund_id)
             return False
@@ -91,7 +90,7 @@ class Reconciler:
             # when the order arrives, like any other.
             await tx.conn.execute(Q.set_refund_state, refund_id, "waiting_order")
             return False
-        if new := await _new_findings(tx, r):
+        if new := await _new_findings(tx, r, {row["id"] for row in found}):
             # The ledger moved on while the refund was held (another refund took its
             # ticket, the ticket was used): what was accepted is not what would be sent.
             await tx.hold(r.id, r.order_id, r.event_id, new)
@@ -189,11 +188,12 @@ class Reconciler:
         return done
 
 
-async def _new_findings(tx: Transaction, r: tl.RefundRequest) -> list[Finding]:
+async def _new_findings(
+    tx: Transaction, r: tl.RefundRequest, known: set[uuid.UUID]
+) -> list[Finding]:
     """The refund's checks against the ledger as it is now, but for the findings
-    already stored for it (an accepted one stays accepted)."""
+    already stored for it (``known``: an accepted one stays accepted)."""
     tickets = await ticket_states(tx.conn, {t.ticket_id for t in r.tickets})
-    known = {row["id"] for row in await tx.conn.fetch(Q.refund_discrepancy_ids, r.id)}
     return [f for f in check_refund(r, tickets) if f.id_for(r.id) not in known]
 
 

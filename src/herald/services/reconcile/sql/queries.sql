@@ -274,11 +274,8 @@ UPDATE reconcile.discrepancies SET status = $2, resolution_note = $3, resolved_a
 WHERE id = $1
 RETURNING *
 
--- name: refund_discrepancy_states
-SELECT status, count(*) AS n FROM reconcile.discrepancies WHERE refund_id = $1 GROUP BY status
-
--- name: refund_discrepancy_ids
-SELECT id FROM reconcile.discrepancies WHERE refund_id = $1
+-- name: refund_discrepancies
+SELECT id, status FROM reconcile.discrepancies WHERE refund_id = $1
 
 -- name: open_discrepancies_in_scope
 SELECT count(*) FROM reconcile.discrepancies
