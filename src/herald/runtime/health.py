@@ -69,7 +69,10 @@ class HealthMonitor:
             await self._servicer.set(name, status)
 
 
-async def _bounded(check: Check) -> object:
+async def _bounded(check: Check) -> None:
     """One check, given 5 s. Its coroutine is made here, when it runs: made earlier, a
-    stop cancelling the gather before it starts left it never awaited (a warning)."""
-    return await asyncio.wait_for(check(), timeout=5)
+    stop cancelling the gather before it starts left it never awaited (a warning).
+    asyncio.timeout, not wait_for, which loses a stop's cancellation on Python 3.11
+    when the check finishes at that moment (see runtime.wake)."""
+    async with asyncio.timeout(5):
+        await check()

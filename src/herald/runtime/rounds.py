@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import structlog
 
 from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.wake import woken
 
 log = structlog.get_logger("herald.rounds")
 T = TypeVar("T")
@@ -60,11 +61,9 @@ async def send_in_rounds(
             log.warning("rounds.database_error", worker=what, error=repr(exc))
             sent, left = 0, True
         if left and not sent:  # the other side is away: back off
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
+            await woken(wake, delay)
             delay = min(delay * 2, MAX_RETRY_SECONDS)
             continue
         delay = RETRY_SECONDS
         if not left:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+            await woken(wake, POLL_SECONDS)

@@ -7,7 +7,6 @@ Any number of replicas: a claim is a lease (``next_attempt_at`` moved ahead) tak
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 import asyncpg
@@ -15,6 +14,7 @@ import structlog
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_RETRY
+from herald.runtime.wake import woken
 from herald.services.dispatch import fanout
 from herald.services.dispatch.deadletters import DeadLetters, EventIds, Letter, Record, reasons
 from herald.services.dispatch.dispatcher import Dispatcher
@@ -63,8 +63,7 @@ class Retrier:
                 rows = []
             if len(rows) < self._batch:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                await woken(self._wake, self._poll)
 
     async def retry(self, row: asyncpg.Record) -> None:
         record = Record(

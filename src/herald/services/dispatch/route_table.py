@@ -8,12 +8,12 @@ while the listening connection was down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.notify import listen
+from herald.runtime.wake import woken
 from herald.services.dispatch.routes import CompiledRoute, Event
 from herald.services.dispatch.store import RouteStore
 
@@ -49,8 +49,7 @@ class RouteTable:
         )
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self._poll)
+                await woken(self._changed, self._poll)
                 self._changed.clear()
                 try:
                     await self.load()

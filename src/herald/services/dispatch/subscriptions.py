@@ -18,6 +18,7 @@ import structlog
 from herald.webhooks.v1 import subscriptions_pb2, subscriptions_pb2_grpc
 
 from herald.runtime.type_patterns import PatternIndex
+from herald.runtime.wake import woken
 
 log = structlog.get_logger("herald.dispatch.subscriptions")
 
@@ -72,11 +73,7 @@ class SubscriptionCache:
 
     async def wait_ready(self, within: float) -> bool:
         """Waits (up to ``within`` s) for the first successful load."""
-        try:
-            await asyncio.wait_for(self._ready.wait(), within)
-        except TimeoutError:
-            return False
-        return True
+        return await woken(self._ready, within)
 
     def _index(self, subscriptions: Iterable[subscriptions_pb2.Subscription]) -> None:
         index: PatternIndex[str] = PatternIndex()

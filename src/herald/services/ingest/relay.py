@@ -16,7 +16,6 @@ row keeps it), and the key's later rows go on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.runtime.rounds import finished
+from herald.runtime.wake import woken
 from herald.services.ingest.outbox import LANES, headers_of
 from herald.services.ingest.writer import Q
 
@@ -131,8 +131,7 @@ class Relay:
             if sent >= self._batch_size:
                 continue  # a backlog: go on at once
             if sent == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await woken(self._wake, self._poll_interval)
             # Caught up: let a few milliseconds of commits gather into the next round
             # (far fewer rounds and queries at a steady rate, for a few ms of latency).
             await asyncio.sleep(self._linger)

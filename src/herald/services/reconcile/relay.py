@@ -19,7 +19,6 @@ versions) wait, and every other output goes on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Callable
 
@@ -35,6 +34,7 @@ from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.rounds import finished
+from herald.runtime.wake import woken
 from herald.services.reconcile.apply import Found, store_findings
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.store import Q
@@ -103,8 +103,7 @@ class VibeRelay:
                 if sent and complete:
                     continue  # maybe more pending
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await woken(self._wake, self._poll_interval)
         finally:
             await self.producer.stop()
 

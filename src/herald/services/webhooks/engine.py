@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from herald.runtime import json_fast
 from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.wake import woken
 from herald.services.webhooks import retry
 from herald.services.webhooks.escalation import Escalation, Step
 from herald.services.webhooks.http import AttemptResult, DeliveryClient
@@ -164,8 +164,7 @@ class Engine:
                         free -= 1
                     continue
                 if self._db_quiet and since < interval:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), interval - since)
+                    await woken(self._wake, interval - since)
                     continue
                 self._claimed_at = loop_time
                 self._db_quiet = False
@@ -185,8 +184,7 @@ class Engine:
                 if len(claimed) < free and not self._offered:
                     # A rate-limited webhook with more due: look again when its window moves.
                     wait = RATE_RECHECK if throttled else self._poll
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                    await woken(self._wake, wait)
         finally:
             await self._drain()
             recorder.cancel()
