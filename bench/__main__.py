@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(report.table(rows))
-    print("\nCPU seconds while measuring (2 cores = 2 s per wall second; 'other' = not ours):")
+    print(
+        "\nCPU seconds while measuring (2 cores = 2 s per wall second; service = ingest in "
+        "a-d, webhooks in w; 'other' = not ours):"
+    )
     print(report.cpu_table(results))
     document = {
         "time": when.isoformat(),

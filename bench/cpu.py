@@ -2,9 +2,9 @@
 
 On a 2-core machine shared by Kafka, PostgreSQL, ingest and the client (and maybe
 other people's tests), where the CPU goes explains the figures; the report keeps it
-beside each of them. Processes are grouped as ingest, client (this process),
-kafka (java), postgresql and other; a process that started and ended between the
-two readings is not seen.
+beside each of them. Processes are grouped as service (the Herald service measured),
+client (this process), kafka (java), postgresql and other; a process that started and
+ended between the two readings is not seen.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def box_cpu_seconds() -> tuple[float, float]:
 class CpuMeter:
     """Measures CPU use between :meth:`start` and :meth:`stop`."""
 
-    ingest_pid: int | None = None
+    service_pid: int | None = None  # the Herald service measured (ingest, webhooks, …)
     _wall: float = 0.0
     _busy: float = 0.0
     _total: float = 0.0
@@ -63,8 +63,8 @@ class CpuMeter:
         self._busy, self._total = box_cpu_seconds()
 
     def _group(self, pid: int, name: str) -> str:
-        if pid == self.ingest_pid:
-            return "ingest_cpu_s"
+        if pid == self.service_pid:
+            return "service_cpu_s"
         if pid == os.getpid():
             return "client_cpu_s"
         if name == "java":
@@ -85,8 +85,8 @@ class CpuMeter:
             "postgres_cpu_s": 0.0,
             "other_cpu_s": 0.0,
         }
-        if self.ingest_pid:
-            out["ingest_cpu_s"] = 0.0
+        if self.service_pid:
+            out["service_cpu_s"] = 0.0
         for pid, (name, seconds) in processes().items():
             used = seconds - self._before.get(pid, (name, 0.0))[1]
             if used > 0:

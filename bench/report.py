@@ -294,7 +294,7 @@ def table(rows: list[Figure]) -> str:
 
 def cpu_table(results: dict[str, Any]) -> str:
     """CPU seconds per process group while each scenario measured (shared-box check)."""
-    groups = ("ingest", "client", "kafka", "postgres", "other")
+    groups = ("service", "client", "kafka", "postgres", "other")
     header = ("", "wall s", *groups, "box busy")
     lines = []
     for key, r in results.items():

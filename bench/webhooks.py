@@ -112,6 +112,8 @@ async def _scenario(
         ids.append(created.webhook.id)
     producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
     await producer.start()
+    meter = cpu.CpuMeter(pid)
+    meter.start()
     cpu_before = _cpu_seconds(pid)
     started = time.perf_counter()
     try:
@@ -125,6 +127,7 @@ async def _scenario(
     await receiver.wait_for(n, path, within=300)
     seconds = time.perf_counter() - started
     used = _cpu_seconds(pid) - cpu_before
+    box = meter.stop()
     conn = await asyncpg.connect(database_url)
     try:
         delay = await conn.fetchrow(
@@ -145,6 +148,7 @@ async def _scenario(
         "rate": n / seconds,
         "seconds": seconds,
         "service_cpu_us_per_delivery": used / n * 1e6,
+        "cpu": box,
         "consumed_to_attempt_ms": {"p50": float(delay["p50"]), "p99": float(delay["p99"])},
     }
 
@@ -216,6 +220,7 @@ async def run(where: infra.Infra, n: int) -> dict[str, Any]:
                 rate=STEADY_RATE,
             )
     return {
+        "cpu": one["cpu"],  # the CPU table's row: the best 1-webhook burst
         "raw_rate": raw,
         "raw_cpu_us_per_request": raw_cpu,
         "one": one,

@@ -40,7 +40,8 @@ def test_a_line_is_one_json_object_with_service_level_and_time(lines: io.BytesIO
     assert entry["event"] == "delivery.attempted"
     assert entry["service"] == "test"
     assert entry["level"] == "info"
-    assert entry["timestamp"].endswith("Z")
+    stamped = datetime.strptime(entry["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - stamped).total_seconds()) < 5
     assert entry["delivery_id"] == str(delivery)
     assert entry["note"] == "naïve"
     assert entry["at"] == "2026-11-23T04:00:00+00:00"
@@ -66,3 +67,19 @@ def test_a_library_exception_is_logged_with_its_traceback() -> None:
     assert entry["event"] == "Failed to restore the pool"
     assert "Traceback (most recent call last)" in entry["exception"]
     assert "ConnectionResetError: the server went away" in entry["exception"]
+
+
+def test_an_exception_and_a_stack_are_rendered_as_text(lines: io.BytesIO) -> None:
+    log = structlog.get_logger("t")
+    try:
+        raise KeyError("gone")
+    except KeyError:
+        log.exception("failed", at="here")
+    log.warning("where", stack_info=True)
+    log.error("explicit", exc_info=ValueError("bad"))
+    failed, where, explicit = (json.loads(x) for x in lines.getvalue().decode().splitlines())
+    assert failed["level"] == "error"
+    assert "KeyError: 'gone'" in failed["exception"]
+    assert where["level"] == "warning"
+    assert "test_an_exception_and_a_stack_are_rendered_as_text" in where["stack"]
+    assert "ValueError: bad" in explicit["exception"]

@@ -14,7 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import dlq
-from herald.services.webhooks.intake import Intake, decode
+from herald.services.webhooks.intake import NAMESPACE, Intake, decode, delivery_id
 
 
 class FakePool:
@@ -93,3 +93,42 @@ async def test_a_poison_record_waits_for_the_dlq_to_take_it(
     assert headers["dlq-offset"] == b"7"
     assert headers["dlq-reason"].startswith(b"not a herald.webhooks.v1.DeliveryJob")
     assert pool.calls == 0
+
+
+@pytest.mark.parametrize(
+    "job_id", ["j1", "", "é€😀/with/slashes", "x" * 500, str(uuid.uuid4()).upper()]
+)
+def test_a_delivery_id_is_uuid5_of_webhook_and_job(job_id: str) -> None:
+    """The fast path computes what uuid.uuid5 does; ids stored before it must match."""
+    webhook = str(uuid.uuid4())
+    expected = uuid.uuid5(NAMESPACE, f"{webhook}/{job_id}")
+    assert delivery_id(webhook, job_id) == expected
+    if job_id:
+        job = delivery_pb2.DeliveryJob(
+            job_id=job_id, webhook_id=webhook, event_id="e1", event_type="message.created"
+        )
+        assert uuid.UUID(decode(job.SerializeToString()).id) == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"job_id": ""}, "DeliveryJob without job_id"),
+        ({"event_id": "", "event_type": ""}, "DeliveryJob without event_id, event_type"),
+        ({"webhook_id": "not-a-uuid"}, "webhook_id 'not-a-uuid' is not a UUID"),
+        ({"event_type": "a\x00b"}, "NUL character"),
+        ({"context": {"k": "v\x00"}}, "NUL character"),
+        ({"data": b"{nope"}, "data is not JSON"),
+    ],
+)
+def test_a_job_that_cannot_be_delivered_says_why(change: dict[str, Any], reason: str) -> None:
+    fields: dict[str, Any] = {
+        "job_id": "j1",
+        "webhook_id": str(uuid.uuid4()),
+        "event_id": "e1",
+        "event_type": "message.created",
+        "data": b"{}",
+    }
+    job = delivery_pb2.DeliveryJob(**(fields | change))
+    with pytest.raises(ValueError, match=reason):
+        decode(job.SerializeToString())

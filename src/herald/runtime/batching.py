@@ -59,7 +59,7 @@ class GroupCommitter(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Queues ``item`` for the next group and waits for its result."""
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Queued(item, done))
+        self._queue.put_nowait(_Queued(item, done))  # unbounded: never waits
         return await done
 
     async def run(self) -> None:

@@ -2,7 +2,10 @@
 
 JSON lines are rendered by orjson and written as bytes (structlog's own advice for
 speed: ~11 instead of ~17 µs a line, and services log a line per event or delivery at
-INFO); what orjson refuses (an integer beyond 64 bits) is rendered by ``json``.
+INFO); what orjson refuses (an integer beyond 64 bits) is rendered by ``json``. The
+service, level and time are added by one processor (:func:`_line_fields`) instead of
+structlog's four: ~3.8 instead of ~6.3 µs a line. Values bound with
+``structlog.contextvars`` are not merged (Herald binds none).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import orjson
@@ -45,20 +49,9 @@ def configure_logging(
         factory = structlog.BytesLoggerFactory(buffer)
     else:
         renderer, factory = text_renderer, structlog.PrintLoggerFactory(out)
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if service:
-        shared.insert(0, _bind_service(service))
+    shared: list[structlog.types.Processor] = [_line_fields(service)]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, _render_extras, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=factory,
         cache_logger_on_first_use=True,
@@ -84,11 +77,38 @@ def configure_logging(
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
 
 
-def _bind_service(service: str) -> structlog.types.Processor:
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
+_STACK_INFO = structlog.processors.StackInfoRenderer()
+
+
+def _line_fields(service: str) -> structlog.types.Processor:
+    """Adds ``service`` (unless the line has one), ``level`` and ``timestamp`` (ISO 8601,
+    UTC, microseconds: ``2026-11-23T20:39:03.708086Z``), as structlog's own processors
+    would, in one step; the seconds are formatted once per second."""
+    second = [-1, ""]  # the last whole second seen, formatted
+
     def processor(
-        _logger: object, _name: str, event: structlog.types.EventDict
+        _logger: object, method: str, event: structlog.types.EventDict
     ) -> structlog.types.EventDict:
-        event.setdefault("service", service)
+        if service:
+            event.setdefault("service", service)
+        event["level"] = _LEVEL_NAMES.get(method, method)
+        now = time.time()
+        whole = int(now)
+        if whole != second[0]:
+            second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+        event["timestamp"] = f"{second[1]}.{int((now - whole) * 1_000_000):06d}Z"
         return event
 
     return processor
+
+
+def _render_extras(
+    logger: object, method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """``stack_info`` and ``exc_info`` as text, when a line has them."""
+    if "stack_info" in event:
+        event = _STACK_INFO(logger, method, event)
+    if "exc_info" in event:
+        event = structlog.processors.format_exc_info(logger, method, event)
+    return event

@@ -113,14 +113,19 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
           w.previous_secret_expires_at > now() AS previous_valid
 
 -- name: record_outcomes
--- Attempt outcomes, many at once: the attempt rows, and each delivery's new state if
--- this worker ($1) still holds its claim (RETURNING those).
+-- Attempt outcomes, many at once: the attempt rows, each delivery's new state if this
+-- worker ($1) still holds its claim (RETURNING those), and the webhooks' last delivery
+-- time.
 -- An outcome whose delivery is gone (its webhook was deleted while the attempt was in
 -- flight) is dropped. The deliveries are locked (FOR KEY SHARE), not merely looked up:
 -- one deleted by a transaction committing meanwhile is skipped by the lock, where a
 -- lookup would let its attempt row fail the foreign key check. The lock is taken in r,
 -- which the UPDATE reads: a row updated by this statement before a later lock on it
 -- would count as gone.
+-- last_delivery_at: webhook rows another transaction holds are skipped rather than
+-- waited for (it is setting the same "now", or changing the webhook): no waiting
+-- behind a busy webhook, and no lock-order deadlocks (rows locked in id order). The
+-- lock is NO KEY UPDATE, which new deliveries' foreign key checks (KEY SHARE) pass.
 WITH r AS (
     SELECT t.*
     FROM unnest($2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::int[], $7::text[],
@@ -136,6 +141,11 @@ WITH r AS (
     SELECT delivery_id, number, webhook_id, started_at, status_code, error, response_ms
     FROM r
     ON CONFLICT (delivery_id, number) DO NOTHING
+), touched AS (
+    UPDATE webhooks.webhooks AS w SET last_delivery_at = now()
+    FROM (SELECT id FROM webhooks.webhooks WHERE id = ANY($4::uuid[])
+          ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) AS t
+    WHERE w.id = t.id
 )
 UPDATE webhooks.deliveries AS d
 SET status = r.status, attempts = r.number, next_attempt_at = r.next_at,
@@ -160,15 +170,6 @@ WHERE id = ANY($2::uuid[]) AND claimed_by = $1
 -- lease runs out.
 UPDATE webhooks.deliveries SET claimed_by = NULL, next_attempt_at = now(), updated_at = now()
 WHERE claimed_by = $1 AND status = 'pending'
-
--- name: touch_webhooks
--- last_delivery_at of the webhooks just attempted. Rows another transaction holds are
--- skipped rather than waited for (it is setting the same "now", or changing the
--- webhook): no waiting behind a busy webhook, and no lock-order deadlocks.
-UPDATE webhooks.webhooks AS w SET last_delivery_at = now()
-FROM (SELECT id FROM webhooks.webhooks WHERE id = ANY($1::uuid[])
-      ORDER BY id FOR UPDATE SKIP LOCKED) AS t
-WHERE w.id = t.id
 
 -- name: disable_webhook
 UPDATE webhooks.webhooks SET active = false, updated_at = now() WHERE id = $1 AND active
