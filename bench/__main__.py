@@ -66,7 +66,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floor-seconds", type=float, default=4, help="duration of d's floor, 0 (4)"
     )
-    parser.add_argument("--webhook-n", type=int, default=5000, help="deliveries per case in w")
+    parser.add_argument(
+        "--webhook-n",
+        type=int,
+        default=webhooks.RAW_MIN,
+        help=f"deliveries per case in w ({webhooks.RAW_MIN}, as many as the raw loop sends)",
+    )
     parser.add_argument("--partitions", type=int, default=6, help="topic partitions (6)")
     parser.add_argument(
         "--set",

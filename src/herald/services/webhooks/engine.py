@@ -131,9 +131,17 @@ class Engine:
         self._room_changed = asyncio.Event()  # set whenever room() may have grown
         self._claim_min = max(1, concurrency // 4)
         # Attempts' outcomes are group-committed: at full speed one statement records
-        # dozens, where a transaction each made PostgreSQL the bottleneck.
+        # dozens, where a transaction each made PostgreSQL the bottleneck. One committer,
+        # and a small group waits 3 ms for more: groups of ~45 instead of ~23 at 7,500
+        # deliveries/s, half the statements (PostgreSQL's CPU per delivery -15%). An
+        # attempt's slot is free once its response is in, so this costs no throughput.
         self._outcomes: GroupCommitter[Outcome, None] = GroupCommitter(
-            self._write_outcomes, name="outcomes", max_group=500, committers=2
+            self._write_outcomes,
+            name="outcomes",
+            max_group=500,
+            committers=1,
+            linger=0.003,
+            small_group=64,
         )
 
     def wake(self) -> None:
