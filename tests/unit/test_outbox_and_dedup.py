@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from herald.runtime import cloudevents_kafka as binding
 from herald.runtime.errors import InvalidArgument
 from herald.runtime.kafka_batches import rows_to_mark
 from herald.services.ingest import dedup, envelope
+from herald.services.ingest.event import Envelope, Event
 from herald.services.ingest.outbox import (
     LANES,
     IdempotencyKey,
@@ -126,3 +128,23 @@ def test_batch_plan_followers_and_refusals() -> None:
     refused = resolved[3]
     assert isinstance(refused, InvalidArgument)
     assert refused.violations[0].field == "event_id"
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"id": "1", "source": "urn:x", "type": "a.b", "specversion": "1.0"},
+        {"id": 'quote " and \\ backslash', "über": "ü € 😀 \u2028 \x01 \udc80", "a": ""},
+    ],
+)
+def test_a_fingerprint_is_what_stored_fingerprints_were_made_of(
+    attributes: dict[str, str],
+) -> None:
+    """Fingerprints stored before must still match a retry: json.dumps of the sorted
+    attributes, a NUL, the data."""
+    event = Event(attributes, b'{"n": 1}', Envelope.STRUCTURED_JSON)
+    expected = hashlib.sha256(
+        json.dumps(sorted(attributes.items())).encode() + b"\0" + b'{"n": 1}'
+    ).digest()
+    assert event.fingerprint() == expected

@@ -6,7 +6,12 @@ import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan
 
-from herald.runtime.tracing import IdsOnlyTracer, traces_exporter, tracing_enabled
+from herald.runtime.tracing import (
+    IdsOnlyTracer,
+    current_traceparent,
+    traces_exporter,
+    tracing_enabled,
+)
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -67,3 +72,14 @@ def test_otel_sdk_disabled_is_true_or_false_and_nothing_else() -> None:
     for wrong in ("maybe", "1", "yes"):  # the SDK would take each for false, silently
         with pytest.raises(ValueError, match=f"OTEL_SDK_DISABLED='{wrong}'"):
             tracing_enabled({"OTEL_SDK_DISABLED": wrong})
+
+
+def test_the_current_traceparent_is_what_the_w3c_propagator_writes() -> None:
+    tracer = IdsOnlyTracer()
+    assert current_traceparent() is None
+    for flags in ("01", "00"):
+        carrier = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}"}
+        with tracer.start_as_current_span("call", context=propagate.extract(carrier)):
+            written: dict[str, str] = {}
+            propagate.inject(written)
+            assert current_traceparent() == written["traceparent"]

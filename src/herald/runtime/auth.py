@@ -76,6 +76,7 @@ class BearerAuthInterceptor(UnaryInterceptor):
     def __init__(self, keys: ApiKeys, internal: Mapping[str, ApiKeys] | None = None) -> None:
         """``internal`` maps method prefixes (``/pkg.Service/``) to the keys that, in
         place of ``keys``, open them: services for Herald's own callers."""
+        super().__init__()
         self._keys = keys
         self._internal = dict(internal or {})
 

@@ -19,6 +19,7 @@ from herald.runtime.errors import (
     RpcError,
     Unavailable,
 )
+from herald.runtime.rpc_types import Continuation, MethodHandler
 
 log = structlog.get_logger("herald.rpc")
 
@@ -72,6 +73,10 @@ def _found_in(value: object, path: str, test: Callable[[str], bool]) -> list[str
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
     """Runs :meth:`around` around every unary-unary call it :meth:`applies_to`."""
 
+    def __init__(self) -> None:
+        # (method, handler under this interceptor) -> the handler wrapped by it
+        self._wrapped: dict[tuple[str, object], MethodHandler] = {}
+
     def applies_to(self, method: str) -> bool:
         """Whether calls of ``method`` (``/package.Service/Method``) are wrapped."""
         return True
@@ -87,26 +92,34 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
     async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not self.applies_to(method):
+        if handler is None or handler.unary_unary is None:
+            return handler
+        # A method's wrapped handler is made once (the handler under it is the same
+        # object every call), so interceptors above can recognise it too.
+        cache = self._wrapped
+        key = (method, handler)
+        wrapped_handler = cache.get(key)
+        if wrapped_handler is not None:
+            return wrapped_handler
+        if not self.applies_to(method):
             return handler
         inner = cast("Handler", handler.unary_unary)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await self.around(inner, request, context, method)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped_handler = grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        if len(cache) < 10_000:  # a service has a fixed set of methods
+            cache[key] = wrapped_handler
+        return wrapped_handler
 
 
 class ErrorInterceptor(UnaryInterceptor):

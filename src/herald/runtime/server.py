@@ -17,13 +17,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.metrics import MetricsServer
 from herald.runtime.settings import StartError
-from herald.runtime.tracing import configure_tracing, tracing_enabled
+from herald.runtime.tracing import configure_tracing, server_interceptor, tracing_enabled
 
 log = structlog.get_logger("herald.server")
 
@@ -139,7 +138,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
     configure_tracing(app.name)
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), *app.interceptors]
     if tracing_enabled():
-        interceptors.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+        interceptors.insert(0, server_interceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

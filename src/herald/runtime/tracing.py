@@ -16,12 +16,20 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
+from opentelemetry.instrumentation.grpc._server import _wrap_rpc_behavior
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from herald.runtime.rpc_types import Continuation, MethodHandler
 
 EXPORTERS = ("none", "console")
 
@@ -134,7 +142,88 @@ def configure_tracing(service: str) -> None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the active span, if any."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+    """The W3C traceparent of the active span, if any (what the W3C trace context
+    propagator's inject writes, without a carrier and the other propagators)."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{span.trace_flags:02x}"
+
+
+def server_interceptor() -> grpc.aio.ServerInterceptor:
+    """The OpenTelemetry gRPC instrumentation's server interceptor; while spans only carry
+    ids (:class:`IdsOnlyTracer`), its lean variant (:class:`IdsOnlyServerInterceptor`)."""
+    interceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
+    if isinstance(interceptor._tracer, IdsOnlyTracer):
+        return IdsOnlyServerInterceptor(interceptor._tracer)
+    return interceptor  # type: ignore[no-any-return]
+
+
+class _Method:
+    """What the instrumentation reads of a call's details: its method."""
+
+    __slots__ = ("method",)
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+class IdsOnlyServerInterceptor(OpenTelemetryAioServerInterceptor):
+    """The instrumentation's interceptor, minus work whose result nobody reads.
+
+    Measured on this machine against an empty Publish (~140 µs of server CPU a call),
+    the instrumentation added ~85 µs a call: span attributes (the peer parsed three
+    times, the metadata copied twice), three generator context managers and a proxy
+    around the servicer context, all for a span that records nothing. Here a unary
+    call (every Herald RPC) still gets a span of its own, current while the handler
+    runs, under the caller's trace when the call carries one (traceparent,
+    tracestate, baggage); suppressed instrumentation is still honoured; a method's
+    wrapped handler is made once, not per call. ~30 µs a call remain. Streaming calls
+    go through the instrumentation's own code."""
+
+    def __init__(self, tracer: IdsOnlyTracer) -> None:
+        super().__init__(tracer)  # type: ignore[no-untyped-call]
+        self._handlers: dict[tuple[str, object], MethodHandler] = {}
+        self._fields = frozenset(propagate.get_global_textmap().fields)
+
+    async def intercept_service(  # type: ignore[override]  # the aio signature
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not is_instrumentation_enabled():
+            return handler
+        method = handler_call_details.method
+        key = (method, handler)
+        wrapped = self._handlers.get(key)
+        if wrapped is None:
+            details = _Method(method)
+
+            def telemetry(behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
+                if response_streaming:
+                    return self._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
+                return self._intercept_aio_server_unary(behavior, details)
+
+            wrapped = _wrap_rpc_behavior(handler, telemetry)  # type: ignore[no-untyped-call]
+            if len(self._handlers) < 10_000:  # services have a fixed set of methods
+                self._handlers[key] = wrapped
+        return wrapped
+
+    def _intercept_aio_server_unary(self, behavior: Any, details: Any) -> Any:
+        """The handler, run with a span of its own as the current span (under the
+        caller's trace when it sent one). The servicer context is not wrapped: the
+        wrapper only copies status codes onto the span, which records nothing."""
+        tracer, fields, method = self._tracer, self._fields, details.method
+
+        async def unary(request: Any, context: Any) -> Any:
+            metadata = context.invocation_metadata() or ()
+            carrier = {md.key: md.value for md in metadata if md.key in fields}
+            parent = propagate.extract(carrier) if carrier else None
+            span = tracer.start_span(method, parent)
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
+                return await behavior(request, context)
+            finally:
+                otel_context.detach(token)
+                span.end()
+
+        return unary

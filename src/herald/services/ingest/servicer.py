@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -244,7 +245,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         event = pending.event
         key = pending.idempotency.key if pending.idempotency else None
         if isinstance(outcome, Accepted):
-            EVENTS_ACCEPTED.labels(event.type, str(outcome.duplicate).lower()).inc()
+            _accepted(event.type, outcome.duplicate).inc()
             log.info(
                 "event.accepted",
                 event_id=event.id,
@@ -261,6 +262,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 outcome="conflict",
                 error=outcome.message,
             )
+
+
+@functools.lru_cache(maxsize=4096)  # the catalog's types, stored or duplicate
+def _accepted(event_type: str, duplicate: bool) -> Any:
+    """The events_accepted counter of ``event_type`` (a labels() lookup each event
+    cost ~1.5 µs)."""
+    return EVENTS_ACCEPTED.labels(event_type, str(duplicate).lower())
 
 
 def _key_too_long(key: str) -> bool:
