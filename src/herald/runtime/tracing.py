@@ -179,7 +179,11 @@ class IdsOnlyServerInterceptor(OpenTelemetryAioServerInterceptor):
     runs, under the caller's trace when the call carries one (traceparent,
     tracestate, baggage); suppressed instrumentation is still honoured; a method's
     wrapped handler is made once, not per call. ~30 µs a call remain. Streaming calls
-    go through the instrumentation's own code."""
+    go through the instrumentation's own code.
+
+    It leans on the instrumentation's internals (``_tracer``, ``_wrap_rpc_behavior``,
+    ``_intercept_aio_server_stream``; the version is pinned in requirements.lock):
+    tests/integration/test_rpc_tracing.py fails on a version that changes them."""
 
     def __init__(self, tracer: IdsOnlyTracer) -> None:
         super().__init__(tracer)  # type: ignore[no-untyped-call]
