@@ -54,33 +54,64 @@ def fields(cls: type[BaseSettings], *types: type) -> list[str]:
     return [n.upper() for n, f in cls.model_fields.items() if f.annotation in types]
 
 
-def topic_settings() -> list[tuple[type[BaseSettings], str]]:
-    found = [(cls, n) for cls in SERVICES for n in fields(cls, str) if n.endswith("_TOPIC")]
-    assert len(found) == 14  # ingest 2, dispatch 3, webhooks 2, reconcile 7
+# Settings checked by their name's suffix (RuntimeSettings._by_name): how many the four
+# services have, values refused (and the message naming the value), values taken.
+# An unchecked topic was accepted: events were stored for it and never sent.
+NAMED = {
+    "_TOPIC": (
+        14,  # ingest 2, dispatch 3, webhooks 2, reconcile 7
+        ["", "bad%topic", ".", "..", "x" * 250, "événements", "a b", "a\n", "a/b"],
+        "{value!r} is not a Kafka topic name",
+        ["x" * 249, "A.b_c-9", "..."],
+    ),
+    "_ADDR": (
+        12,  # ingest 2, dispatch 4, webhooks 3, reconcile 3
+        ["", "localhost", ":50051", "host:", "host:http", "h:65536"],
+        "expected HOST:PORT, got {value!r}",
+        ["127.0.0.1:0", "[::1]:50051", "herald-ingest:65535"],
+    ),
+}
+
+
+def named_settings(suffix: str) -> list[tuple[type[BaseSettings], str]]:
+    found = [(cls, n) for cls in SERVICES for n in fields(cls, str) if n.endswith(suffix)]
+    assert len(found) == NAMED[suffix][0]
     return found
 
 
-@pytest.mark.parametrize(("cls", "name"), topic_settings())
 @pytest.mark.parametrize(
-    "value", ["", "bad%topic", ".", "..", "x" * 250, "événements", "a b", "a\n", "a/b"]
+    ("cls", "name", "value", "message"),
+    [
+        (cls, name, value, message.format(value=value))
+        for suffix, (_, bad, message, _) in NAMED.items()
+        for cls, name in named_settings(suffix)
+        for value in bad
+    ],
 )
-def test_a_topic_setting_must_be_a_kafka_topic_name(
+def test_a_named_setting_refuses_what_its_kind_cannot_be(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     cls: type[BaseSettings],
     name: str,
     value: str,
+    message: str,
 ) -> None:
-    # Such a topic was accepted: events were stored for it and never sent.
     err = refused(monkeypatch, capsys, cls, **{name: value})
-    assert f"{name}: {value!r} is not a Kafka topic name" in err
+    assert f"{name}: {message}" in err
 
 
-@pytest.mark.parametrize(("cls", "name"), topic_settings())
-def test_a_topic_setting_takes_any_kafka_topic_name(
-    monkeypatch: pytest.MonkeyPatch, cls: type[BaseSettings], name: str
+@pytest.mark.parametrize(
+    ("cls", "name", "good"),
+    [
+        (cls, name, good)
+        for suffix, (_, _, _, good) in NAMED.items()
+        for cls, name in named_settings(suffix)
+    ],
+)
+def test_a_named_setting_takes_any_value_of_its_kind(
+    monkeypatch: pytest.MonkeyPatch, cls: type[BaseSettings], name: str, good: list[str]
 ) -> None:
-    for value in ("x" * 249, "A.b_c-9", "..."):
+    for value in good:
         monkeypatch.setenv(name, value)
         assert getattr(load_settings(cls), name.lower()) == value
 

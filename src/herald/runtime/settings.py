@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from herald.runtime.tracing import traces_exporter, tracing_enabled
@@ -108,6 +108,18 @@ class RuntimeSettings(BaseSettings):
     def _dsn(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _by_name(cls, value: object, info: ValidationInfo) -> object:
+        """Every service's ``*_ADDR`` variables are HOST:PORT addresses and its
+        ``*_TOPIC`` variables Kafka topic names, whatever the service calls them."""
+        if isinstance(value, str) and info.field_name is not None:
+            if info.field_name.endswith("_addr"):
+                return address_setting(value)
+            if info.field_name.endswith("_topic"):
+                return topic_setting(value)
         return value
 
     @model_validator(mode="after")

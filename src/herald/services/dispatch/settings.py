@@ -11,8 +11,6 @@ from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
     RuntimeSettings,
-    address_setting,
-    topic_setting,
 )
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.routes import DEFAULT_TOPIC, is_channel, routes_from_json
@@ -66,16 +64,6 @@ class DispatchSettings(RuntimeSettings):
         None, description="A JSON file of routes (a list of Route objects) loaded at start."
     )
     builtin_routes: bool = Field(True, description="Load the Notification API's routes.")
-
-    @field_validator("dispatch_addr", "dispatch_metrics_addr", "webhooks_addr", "ingest_addr")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return address_setting(value)
-
-    @field_validator("events_topic", "deliveries_topic", "dlq_topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return topic_setting(value)
 
     @field_validator("notification_channels")
     @classmethod

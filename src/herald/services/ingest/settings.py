@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
     MAX_TOPIC_PARTITIONS,
     RuntimeSettings,
-    address_setting,
-    topic_setting,
 )
 
 
@@ -59,13 +57,3 @@ class IngestSettings(RuntimeSettings):
         le=MAX_RETENTION_HOURS,
         description="How long sent rows are kept (at most 10 years).",
     )
-
-    @field_validator("ingest_addr", "ingest_metrics_addr")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return address_setting(value)
-
-    @field_validator("events_topic", "dlq_topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return topic_setting(value)

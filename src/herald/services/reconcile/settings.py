@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from herald.runtime.settings import (
@@ -13,8 +13,6 @@ from herald.runtime.settings import (
     YEAR_DAYS,
     KafkaSettings,
     RuntimeSettings,
-    address_setting,
-    topic_setting,
 )
 from herald.services.reconcile.inputs import Kind
 
@@ -73,24 +71,6 @@ class ReconcileSettings(RuntimeSettings):
     create_topics: bool = Field(
         True, description="Create missing input and output topics at start."
     )
-
-    @field_validator("reconcile_addr", "reconcile_metrics_addr", "ingest_addr")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return address_setting(value)
-
-    @field_validator(
-        "ticketland_events_topic",
-        "ticketland_orders_topic",
-        "ticketland_refunds_topic",
-        "vibe_events_topic",
-        "vibe_orders_topic",
-        "vibe_refunds_topic",
-        "dlq_topic",
-    )
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return topic_setting(value)
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> ReconcileSettings:

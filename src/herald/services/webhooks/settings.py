@@ -14,8 +14,6 @@ from herald.runtime.settings import (
     HOUR_SECONDS,
     MAX_RETENTION_DAYS,
     RuntimeSettings,
-    address_setting,
-    topic_setting,
 )
 
 
@@ -82,11 +80,6 @@ class WebhooksSettings(RuntimeSettings):
         "(e.g. 127.0.0.0/8 in development); everything else non-public is refused.",
     )
 
-    @field_validator("webhooks_addr", "webhooks_metrics_addr", "ingest_addr")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return address_setting(value)
-
     @field_validator("webhooks_api_keys")
     @classmethod
     def _keys(cls, value: str) -> str:
@@ -98,11 +91,6 @@ class WebhooksSettings(RuntimeSettings):
     @classmethod
     def _internal(cls, value: str) -> str:
         return internal_key_setting(value)
-
-    @field_validator("deliveries_topic", "dlq_topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        return topic_setting(value)
 
     @field_validator("webhooks_master_key")
     @classmethod
