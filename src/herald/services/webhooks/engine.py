@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -83,8 +84,18 @@ class Outcome(NamedTuple):
 
 
 OUTCOME_COLUMNS = len(Outcome._fields) - 1  # all but ``then``
-DELIVERED = retry.Verdict("delivered", "")
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(
+    max_retries: int, initial_delay_ms: int, backoff_multiplier: float, max_delay_ms: int
+) -> RetryPolicy:
+    """A webhook's retry policy from its columns (made once per distinct policy, not
+    per attempt)."""
+    return RetryPolicy(
+        max_retries, initial_delay_ms / 1000, backoff_multiplier, max_delay_ms / 1000
+    )
 
 
 class Engine:
@@ -385,18 +396,13 @@ class Engine:
                 self._fast.add(row["webhook_id"])
         finally:
             posted()
-        if result.ok:
-            verdict = DELIVERED
-        else:
-            policy = RetryPolicy(
-                hook["max_retries"],
-                hook["initial_delay_ms"] / 1000,
-                hook["backoff_multiplier"],
-                hook["max_delay_ms"] / 1000,
-            )
-            verdict = retry.decide(
-                policy, number, result.status_code, result.error, result.retry_after
-            )
+        policy = _policy(
+            hook["max_retries"],
+            hook["initial_delay_ms"],
+            hook["backoff_multiplier"],
+            hook["max_delay_ms"],
+        )
+        verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
         then = None
         if verdict.outcome == "dead":

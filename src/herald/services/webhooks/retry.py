@@ -20,6 +20,9 @@ class Verdict:
     delay: float = 0.0  # seconds until the next attempt, when outcome is "retry"
 
 
+DELIVERED = Verdict("delivered", "")  # the common verdict, made once
+
+
 def reason_of(status_code: int | None, error: str | None) -> str:
     """The retry reason sent as X-Herald-Retry-Reason."""
     if error:
@@ -49,7 +52,7 @@ def decide(
 ) -> Verdict:
     """The verdict after attempt number ``attempts_made`` (1 = the first)."""
     if error is None and status_code is not None and 200 <= status_code < 300:
-        return Verdict("delivered", "")
+        return DELIVERED
     reason = reason_of(status_code, error)
     if status_code == 410:
         return Verdict("gone", "http_410")
