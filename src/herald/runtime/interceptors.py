@@ -19,7 +19,7 @@ from herald.runtime.errors import (
     RpcError,
     Unavailable,
 )
-from herald.runtime.rpc_types import Continuation, MethodHandler
+from herald.runtime.rpc_types import Continuation, MethodHandler, WrappedHandlers
 
 log = structlog.get_logger("herald.rpc")
 
@@ -74,8 +74,7 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
     """Runs :meth:`around` around every unary-unary call it :meth:`applies_to`."""
 
     def __init__(self) -> None:
-        # (method, handler under this interceptor) -> the handler wrapped by it
-        self._wrapped: dict[tuple[str, object], MethodHandler] = {}
+        self._wrapped = WrappedHandlers()
 
     def applies_to(self, method: str) -> bool:
         """Whether calls of ``method`` (``/package.Service/Method``) are wrapped."""
@@ -96,30 +95,21 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
     ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None:
+        if handler is None or handler.unary_unary is None or not self.applies_to(method):
             return handler
-        # A method's wrapped handler is made once (the handler under it is the same
-        # object every call), so interceptors above can recognise it too.
-        cache = self._wrapped
-        key = (method, handler)
-        wrapped_handler = cache.get(key)
-        if wrapped_handler is not None:
-            return wrapped_handler
-        if not self.applies_to(method):
-            return handler
+        return self._wrapped.wrap(method, handler, lambda: self._wrap(method, handler))
+
+    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
         inner = cast("Handler", handler.unary_unary)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await self.around(inner, request, context, method)
 
-        wrapped_handler = grpc.unary_unary_rpc_method_handler(
+        return grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-        if len(cache) < 10_000:  # a service has a fixed set of methods
-            cache[key] = wrapped_handler
-        return wrapped_handler
 
 
 class ErrorInterceptor(UnaryInterceptor):

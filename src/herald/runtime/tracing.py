@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from herald.runtime.rpc_types import Continuation, MethodHandler
+from herald.runtime.rpc_types import Continuation, MethodHandler, WrappedHandlers
 
 EXPORTERS = ("none", "console")
 
@@ -187,7 +187,7 @@ class IdsOnlyServerInterceptor(OpenTelemetryAioServerInterceptor):
 
     def __init__(self, tracer: IdsOnlyTracer) -> None:
         super().__init__(tracer)  # type: ignore[no-untyped-call]
-        self._handlers: dict[tuple[str, object], MethodHandler] = {}
+        self._handlers = WrappedHandlers()
         self._fields = frozenset(propagate.get_global_textmap().fields)
 
     async def intercept_service(  # type: ignore[override]  # the aio signature
@@ -197,20 +197,17 @@ class IdsOnlyServerInterceptor(OpenTelemetryAioServerInterceptor):
         if handler is None or not is_instrumentation_enabled():
             return handler
         method = handler_call_details.method
-        key = (method, handler)
-        wrapped = self._handlers.get(key)
-        if wrapped is None:
-            details = _Method(method)
+        return self._handlers.wrap(method, handler, lambda: self._wrap(method, handler))
 
-            def telemetry(behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
-                if response_streaming:
-                    return self._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
-                return self._intercept_aio_server_unary(behavior, details)
+    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        details = _Method(method)
 
-            wrapped = _wrap_rpc_behavior(handler, telemetry)  # type: ignore[no-untyped-call]
-            if len(self._handlers) < 10_000:  # services have a fixed set of methods
-                self._handlers[key] = wrapped
-        return wrapped
+        def telemetry(behavior: Any, _request_streaming: bool, response_streaming: bool) -> Any:
+            if response_streaming:
+                return self._intercept_aio_server_stream(behavior, details)  # type: ignore[no-untyped-call]
+            return self._intercept_aio_server_unary(behavior, details)
+
+        return _wrap_rpc_behavior(handler, telemetry)  # type: ignore[no-any-return, no-untyped-call]
 
     def _intercept_aio_server_unary(self, behavior: Any, details: Any) -> Any:
         """The handler, run with a span of its own as the current span (under the
