@@ -11,9 +11,11 @@ Scenarios (all in one run, each ingest one on a fresh database and topic):
 - x: dispatch fan-out to 1, 10, 100 routes beside a raw consume→produce loop;
 - r: reconcile, orders and refunds to Vibeapp's topics beside a raw consume→produce loop.
 
-Ingest runs as its own process (``python -m herald.services.ingest``). ``--set
-NAME=VALUE`` passes settings to it (e.g. ``--set WRITER_COMMITTERS=4``) and
-``--profile DIR`` runs it under pyinstrument. Everyone's tests share this machine:
+Ingest runs as deployed by ``make run``: its own process (``python -m
+herald.services.ingest``) with its outbox relay in another
+(``herald.services.ingest_relay``). ``--set NAME=VALUE`` passes settings to both
+(e.g. ``--set WRITER_COMMITTERS=4``; ``RELAY_ENABLED=true``: the relay inside ingest)
+and ``--profile DIR`` runs ingest under pyinstrument. Everyone's tests share this machine:
 the JSON keeps the CPU used by ingest, the client, Kafka, PostgreSQL and any other
 process beside each scenario, so a run skewed by others shows it.
 """
@@ -161,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     print(report.table(rows))
     print(
-        "\nCPU seconds while measuring (2 cores = 2 s per wall second; service = ingest in "
-        "a-d, webhooks in w; 'other' = not ours):"
+        "\nCPU seconds while measuring (2 cores = 2 s per wall second; service = ingest "
+        "and its relay in a-d, webhooks in w; 'other' = not ours):"
     )
     print(report.cpu_table(results))
     document = {

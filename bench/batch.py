@@ -61,7 +61,7 @@ async def run(
         await session.watcher.wait_for(warm_n, VISIBLE_TIMEOUT)
 
         batches = workload.batch_requests(n, batch_size)
-        meter = CpuMeter(session.ingest.pid)
+        meter = CpuMeter(session.ingest.pids)
         meter.start()
         started = time.perf_counter()
         latencies, failed = await _call_all(session, batches, concurrency)

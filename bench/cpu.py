@@ -50,7 +50,7 @@ def box_cpu_seconds() -> tuple[float, float]:
 class CpuMeter:
     """Measures CPU use between :meth:`start` and :meth:`stop`."""
 
-    service_pid: int | None = None  # the Herald service measured (ingest, webhooks, …)
+    service_pids: tuple[int, ...] = ()  # the Herald service's processes (ingest and its relay, …)
     _wall: float = 0.0
     _busy: float = 0.0
     _total: float = 0.0
@@ -63,7 +63,7 @@ class CpuMeter:
         self._busy, self._total = box_cpu_seconds()
 
     def _group(self, pid: int, name: str) -> str:
-        if pid == self.service_pid:
+        if pid in self.service_pids:
             return "service_cpu_s"
         if pid == os.getpid():
             return "client_cpu_s"
@@ -85,7 +85,7 @@ class CpuMeter:
             "postgres_cpu_s": 0.0,
             "other_cpu_s": 0.0,
         }
-        if self.service_pid:
+        if self.service_pids:
             out["service_cpu_s"] = 0.0
         for pid, (name, seconds) in processes().items():
             used = seconds - self._before.get(pid, (name, 0.0))[1]

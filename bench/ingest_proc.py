@@ -44,11 +44,17 @@ class IngestProcess:
     address: str
     channel: grpc.aio.Channel
     stub: ingest_pb2_grpc.IngestServiceAsyncStub
+    relay: Process | None = None  # the outbox relay's own process, as the stack runs it
 
     @property
     def pid(self) -> int:
-        """The process id (for CPU accounting)."""
+        """The ingest process's id."""
         return self.process.pid
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Ingest's processes (for CPU accounting): ingest, and its relay's."""
+        return (self.pid,) if self.relay is None else (self.pid, self.relay.pid)
 
 
 def free_port() -> int:
@@ -146,6 +152,10 @@ async def ingest_process(
 ) -> AsyncIterator[IngestProcess]:
     """Starts ingest on a free port, waits until SERVING; SIGTERM and wait on exit.
 
+    As ``make run`` deploys it: the outbox relay in a process of its own
+    (``herald.services.ingest_relay``), unless ``extra_env`` sets ``RELAY_ENABLED``
+    (``true``: the relay inside ingest, the old topology; ``false``: no relay at all).
+
     With ``profile_to`` ingest runs under pyinstrument (when installed; for
     investigation only), which saves a ``.pyisession`` there when ingest exits;
     render it with ``python -m pyinstrument --load FILE``.
@@ -154,17 +164,40 @@ async def ingest_process(
         ["-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_to)] if profile_to else []
     )
     port = free_port()
-    env = _environment(database_url, bootstrap, topic, port, extra_env or {})
+    extra = dict(extra_env or {})
+    separate_relay = "RELAY_ENABLED" not in extra
+    if separate_relay:
+        extra["RELAY_ENABLED"] = "false"
+    env = _environment(database_url, bootstrap, topic, port, extra)
     address = f"127.0.0.1:{port}"
-    async with service_process("herald.services.ingest", env, profiler) as process:
+    async with (
+        service_process("herald.services.ingest", env, profiler) as process,
+        _relay_process(env, start_timeout) if separate_relay else _no_process() as relay,
+    ):
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         try:
             await wait_serving(channel, process, start_timeout, SERVICE_NAME)
             yield IngestProcess(
-                process, address, channel, ingest_pb2_grpc.IngestServiceStub(channel)
+                process, address, channel, ingest_pb2_grpc.IngestServiceStub(channel), relay
             )
         finally:
             await channel.close()
+
+
+@contextlib.asynccontextmanager
+async def _relay_process(ingest_env: Mapping[str, str], within: float) -> AsyncIterator[Process]:
+    """``herald.services.ingest_relay`` beside an ingest with ``ingest_env``; SERVING."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**ingest_env, "INGEST_RELAY_ADDR": address, "INGEST_RELAY_METRICS_ADDR": "127.0.0.1:0"}
+    async with service_process("herald.services.ingest_relay", env) as process:
+        async with grpc.aio.insecure_channel(address) as channel:
+            await wait_serving(channel, process, within)
+        yield process
+
+
+@contextlib.asynccontextmanager
+async def _no_process() -> AsyncIterator[None]:
+    yield None
 
 
 async def _terminate(process: Process, within: float = 20) -> int:

@@ -84,7 +84,7 @@ async def run(
         await session.watcher.wait_for(warmed, VISIBLE_TIMEOUT)
 
         requests = workload.publish_requests(int(per_second * seconds))
-        meter = CpuMeter(session.ingest.pid)
+        meter = CpuMeter(session.ingest.pids)
         with no_collector_pauses():
             meter.start()
             paced = await _paced(session, requests, per_second)

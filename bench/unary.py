@@ -63,7 +63,7 @@ async def run(
         await session.watcher.wait_for(len(warm), VISIBLE_TIMEOUT)
 
         requests = workload.publish_requests(n)
-        meter = CpuMeter(session.ingest.pid)
+        meter = CpuMeter(session.ingest.pids)
         meter.start()
         started = time.perf_counter()
         latencies, done_at, errors = await _call_all(session, requests, callers)

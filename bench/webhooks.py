@@ -114,7 +114,7 @@ async def _scenario(
         ids.append(created.webhook.id)
     producer = kafka.make_producer(where.kafka_settings(), linger_ms=5)
     await producer.start()
-    meter = cpu.CpuMeter(pid)
+    meter = cpu.CpuMeter((pid,))
     meter.start()
     cpu_before = _cpu_seconds(pid)
     started = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 
 from herald.runtime import db
 from herald.runtime.retention import Purge, purge_once
-from herald.services.ingest.app import MIGRATIONS as INGEST_MIGRATIONS
+from herald.services.ingest.relay_app import MIGRATIONS as INGEST_MIGRATIONS
 from herald.services.ingest.writer import Q as INGEST_Q
 from herald.services.webhooks.app import MIGRATIONS as WEBHOOKS_MIGRATIONS
 from herald.services.webhooks.store import Q as WEBHOOKS_Q

@@ -12,12 +12,13 @@ from herald.runtime.auth import parse_api_keys
 from herald.runtime.settings import load_settings
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.settings import DispatchSettings
-from herald.services.ingest.settings import IngestSettings
+from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.settings import WebhooksSettings
 
 SERVICES: list[type[BaseSettings]] = [
     IngestSettings,
+    IngestRelaySettings,
     DispatchSettings,
     WebhooksSettings,
     ReconcileSettings,
@@ -59,13 +60,13 @@ def fields(cls: type[BaseSettings], *types: type) -> list[str]:
 # An unchecked topic was accepted: events were stored for it and never sent.
 NAMED = {
     "_TOPIC": (
-        14,  # ingest 2, dispatch 3, webhooks 2, reconcile 7
+        15,  # ingest 2, ingest_relay 1, dispatch 3, webhooks 2, reconcile 7
         ["", "bad%topic", ".", "..", "x" * 250, "événements", "a b", "a\n", "a/b"],
         "{value!r} is not a Kafka topic name",
         ["x" * 249, "A.b_c-9", "..."],
     ),
     "_ADDR": (
-        12,  # ingest 2, dispatch 4, webhooks 3, reconcile 3
+        14,  # ingest 2, ingest_relay 2, dispatch 4, webhooks 3, reconcile 3
         ["", "localhost", ":50051", "host:", "host:http", "h:65536"],
         "expected HOST:PORT, got {value!r}",
         ["127.0.0.1:0", "[::1]:50051", "herald-ingest:65535"],

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 from . import LocalKafka, LocalPostgres, local_root, start_services
 from ._stack_services import (
+    STACK_DEFAULTS,
     Service,
     dial_target,
     infra_state,
@@ -43,9 +44,10 @@ _STACK = "stack"
 def child_env(service: Service, infra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a service process.
 
-    ``os.environ`` + the infrastructure addresses + ``LOG_FORMAT=console`` unless
-    set, the service's own addresses, unbuffered output (lines show up at once)
-    and an absolute PYTHONPATH (the child runs from the repository root).
+    ``os.environ`` + the infrastructure addresses + ``LOG_FORMAT=console`` and the
+    service's :data:`STACK_DEFAULTS` unless set, the service's own addresses,
+    unbuffered output (lines show up at once) and an absolute PYTHONPATH (the child
+    runs from the repository root).
     """
     env = dict(os.environ)
     env.update(infra)
@@ -54,6 +56,8 @@ def child_env(service: Service, infra: Mapping[str, str]) -> dict[str, str]:
     # Development receivers run on this machine: webhooks may deliver to loopback.
     env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     env.setdefault("LOG_FORMAT", "console")
+    for name, value in STACK_DEFAULTS.get(service.name, {}).items():
+        env.setdefault(name, value)
     env["PYTHONUNBUFFERED"] = "1"
     env[service.addr_var] = service.addr
     env[service.metrics_var] = service.metrics_addr

@@ -27,10 +27,14 @@ SERVICES_DIR = REPO_ROOT / "src" / "herald" / "services"
 # the same defaults for <NAME>_ADDR / <NAME>_METRICS_ADDR.
 KNOWN_PORTS: dict[str, tuple[int, int]] = {
     "ingest": (50051, 9451),
+    "ingest_relay": (50055, 9455),
     "dispatch": (50052, 9452),
     "webhooks": (50053, 9453),
     "reconcile": (50054, 9454),
 }
+# What the stack adds to a service's environment unless the operator set it: ingest's
+# outbox relay runs as a process of its own (ingest_relay), a core apart from the calls.
+STACK_DEFAULTS: dict[str, dict[str, str]] = {"ingest": {"RELAY_ENABLED": "false"}}
 SERVING = "SERVING"
 UNREACHABLE = "unreachable"
 

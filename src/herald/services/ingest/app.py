@@ -1,52 +1,53 @@
-"""Wiring: settings → pool, producer, catalog, writer, relay → the shared runtime."""
+"""Wiring: settings → pool, catalog, writer, relay (unless relays run as their own
+processes: ``relay_app``) → the shared runtime."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
-from herald.runtime import db, kafka
+from herald.runtime import db
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
-from herald.services.ingest.relay import Relay
+from herald.services.ingest.relay_app import (
+    DLQ_PARTITIONS,
+    Worker,
+    ensure_topics,
+    open_pool,
+    relay_parts,
+)
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import IngestSettings
 from herald.services.ingest.writer import EventWriter, Q
 
-MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 log = structlog.get_logger("herald.ingest")
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 
 async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     """Connects to PostgreSQL and Kafka, migrates, loads the catalog; returns the App."""
-    pool = await db.create_pool(settings.database_url, settings.database_pool_size)
-    async with pool.acquire() as conn:
-        await db.migrate(conn, db.read_migrations("ingest", MIGRATIONS))
+    pool = await open_pool(settings)
     catalog = CatalogStore(pool)
     await catalog.load()
-    workers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    workers: list[Worker] = []
+    checks: dict[str, Check] = {"postgres": partial(db.check, pool)}
+    stop_relay: list[Worker] = []
     relay = None
     if settings.relay_enabled:
-        relay = Relay(
-            pool,
-            partial(kafka.make_producer, kafka_settings),
-            concurrency=settings.relay_concurrency,
-            batch_size=settings.relay_batch_size,
-            dlq_topic=settings.dlq_topic,
-        )
-        workers += [relay.run, relay.dead_letters.run]
+        parts = relay_parts(settings, kafka_settings, pool)
+        relay = parts.relay
+        workers += parts.workers
+        checks.update(parts.health_checks)
+        stop_relay = parts.on_stop
     token = uuid.uuid4().hex  # tells this process's own NOTIFYs apart
     writer = EventWriter(
         pool,
@@ -81,29 +82,16 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     def register(server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
 
-    try:
-        await kafka.ensure_topics(
-            kafka_settings, [settings.events_topic], partitions=settings.events_topic_partitions
-        )
-        await kafka.ensure_topics(kafka_settings, [settings.dlq_topic])
-    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
-        log.warning("ingest.topics_unchecked", error=repr(exc))
-
-    async def kafka_check() -> None:
-        if relay is None or relay.producer is None:
-            raise ConnectionError("Kafka producer not connected")
-        await kafka.check(relay.producer)
+    await ensure_topics(
+        kafka_settings,
+        {
+            settings.events_topic: settings.events_topic_partitions,
+            settings.dlq_topic: DLQ_PARTITIONS,
+        },
+    )
 
     async def close_pool() -> None:
         await pool.close()
-
-    stop_relay: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    if relay is not None:  # send what is pending, then flush the producer
-        stop_relay = [partial(relay.drain, settings.shutdown_grace_seconds), relay.stop]
-
-    checks: dict[str, Check] = {"postgres": partial(db.check, pool)}
-    if relay is not None:
-        checks["kafka"] = kafka_check
 
     return App(
         name="ingest",

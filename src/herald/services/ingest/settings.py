@@ -12,8 +12,19 @@ from herald.runtime.settings import (
 )
 
 
-class IngestSettings(RuntimeSettings):
-    """Settings of the ingest service and its outbox relay."""
+class RelaySettings(RuntimeSettings):
+    """Settings of the outbox relay, wherever it runs: inside ingest, or as its own
+    process (``python -m herald.services.ingest_relay``)."""
+
+    relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
+    relay_batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per relay round.")
+    dlq_topic: str = Field(
+        "herald.dlq", description="Dead-letter topic (events Kafka refuses for good)."
+    )
+
+
+class IngestSettings(RelaySettings):
+    """Settings of the ingest service (and of its outbox relay when it runs inside)."""
 
     ingest_addr: str = Field("127.0.0.1:50051", description="gRPC listen address.")
     ingest_metrics_addr: str = Field("127.0.0.1:9451", description="/metrics listen address.")
@@ -29,9 +40,11 @@ class IngestSettings(RuntimeSettings):
         "record, its delivery jobs and notification jobs must fit Kafka's 1 MiB default "
         "limit (a larger event was accepted and then never reached Kafka).",
     )
-    relay_enabled: bool = Field(True, description="Run the outbox relay inside this process.")
-    relay_concurrency: int = Field(1, ge=1, le=16, description="Relay loops per process.")
-    relay_batch_size: int = Field(1000, ge=1, le=10_000, description="Rows per relay round.")
+    relay_enabled: bool = Field(
+        True,
+        description="Run the outbox relay inside this process (false: relays run as "
+        "their own processes, herald.services.ingest_relay).",
+    )
     writer_committers: int = Field(2, ge=1, le=16, description="Concurrent group commits.")
     writer_linger_ms: float = Field(
         8.0,
@@ -48,12 +61,18 @@ class IngestSettings(RuntimeSettings):
     event_retention_days: float = Field(
         90, gt=0, le=MAX_RETENTION_DAYS, description="How long events are kept (at most 10 years)."
     )
-    dlq_topic: str = Field(
-        "herald.dlq", description="Dead-letter topic (events Kafka refuses for good)."
-    )
     outbox_retention_hours: float = Field(
         24,
         gt=0,
         le=MAX_RETENTION_HOURS,
         description="How long sent rows are kept (at most 10 years).",
     )
+
+
+class IngestRelaySettings(RelaySettings):
+    """Settings of a relay running as its own process (``herald.services.ingest_relay``)."""
+
+    ingest_relay_addr: str = Field(
+        "127.0.0.1:50055", description="gRPC listen address (health checks only)."
+    )
+    ingest_relay_metrics_addr: str = Field("127.0.0.1:9455", description="/metrics listen address.")

@@ -1,0 +1,1 @@
+"""The ingest outbox relay as a process of its own (see herald.services.ingest.relay_app)."""

@@ -1,0 +1,41 @@
+"""What the dev stack (make run / make up) starts and with which environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from herald.devenv._stack_run import child_env
+from herald.devenv._stack_services import Service, discover
+
+INFRA = {"DATABASE_URL": "postgresql://x@127.0.0.1:1/h", "KAFKA_BOOTSTRAP_SERVERS": "k:1"}
+
+
+@pytest.fixture(autouse=True)
+def own_local_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """child_env creates the development secrets: in this test's directory."""
+    monkeypatch.setenv("HERALD_LOCAL_DIR", str(tmp_path))
+
+
+def service(name: str) -> Service:
+    return next(s for s in discover({}) if s.name == name)
+
+
+def test_the_stack_runs_ingest_and_its_relay_as_separate_processes() -> None:
+    found = {s.name: s.addr for s in discover({})}
+    assert found["ingest"] == "127.0.0.1:50051"
+    assert found["ingest_relay"] == "127.0.0.1:50055"
+
+
+def test_ingest_leaves_relaying_to_the_relay_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELAY_ENABLED", raising=False)
+    assert child_env(service("ingest"), INFRA)["RELAY_ENABLED"] == "false"
+    relay_env = child_env(service("ingest_relay"), INFRA)
+    assert "RELAY_ENABLED" not in relay_env
+    assert relay_env["INGEST_RELAY_ADDR"] == "127.0.0.1:50055"
+
+
+def test_an_operators_relay_enabled_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_ENABLED", "true")
+    assert child_env(service("ingest"), INFRA)["RELAY_ENABLED"] == "true"
