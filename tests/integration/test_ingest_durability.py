@@ -14,8 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from herald.runtime import kafka
+from herald.services.ingest.backlog import BacklogReporter
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay import Relay
 from herald.services.ingest.writer import Q
@@ -99,6 +102,47 @@ async def test_relay_killed_between_send_and_mark_repeats_with_same_ce_id(
             values[headers(r)["ce_id"]].add(r.value)
         assert all(len(v) == 1 for v in values.values())
     finally:
+        await service.stop()
+
+
+async def test_a_backlog_no_relay_sends_is_reported_until_a_relay_sends_it(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        for i in range(5):
+            await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("k", i)))
+        await asyncio.sleep(0.05)
+        reporter = BacklogReporter(pool, behind=0.01)
+        with capture_logs() as logs:
+            behind = await reporter.once()
+            await reporter.once()  # a warning at most once a minute
+        assert behind is not None
+        assert behind.pending == 5
+        assert 0.05 <= behind.lag < 30
+        assert REGISTRY.get_sample_value("outbox_pending_events") == 5
+        lag = REGISTRY.get_sample_value("outbox_lag_seconds")
+        assert lag is not None
+        assert lag >= 0.05
+        warnings = [line for line in logs if line["event"] == "outbox.behind"]
+        assert len(warnings) == 1
+        assert warnings[0]["pending"] == 5
+        assert "relay" in warnings[0]["hint"]
+
+        relay = Relay(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        await relay.start_producer()
+        try:
+            while (await relay.relay_once())[0]:
+                pass
+        finally:
+            await relay.stop()
+        assert await reporter.once() == (0, 0.0)
+        assert REGISTRY.get_sample_value("outbox_pending_events") == 0
+        assert REGISTRY.get_sample_value("outbox_lag_seconds") == 0
+    finally:
+        await pool.close()
         await service.stop()
 
 

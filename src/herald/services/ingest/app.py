@@ -17,6 +17,7 @@ from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
+from herald.services.ingest.backlog import BacklogReporter
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.relay_app import (
     DLQ_PARTITIONS,
@@ -77,6 +78,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         Purge("events", Q.purge_events, (settings.event_retention_days * 86400,)),
     ]
     workers.append(partial(run_purges, pool, purges))
+    workers.append(BacklogReporter(pool).run)
     servicer = IngestServicer(catalog, writer, settings.events_topic, settings.max_event_bytes)
 
     def register(server: grpc.aio.Server) -> None:

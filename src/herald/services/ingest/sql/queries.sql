@@ -93,8 +93,18 @@ WHERE id = $1
 UPDATE ingest.outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
 
 -- name: outbox_backlog
-SELECT count(*) AS pending, min(accepted_at) AS oldest
-FROM ingest.outbox WHERE published_at IS NULL
+-- Pending rows (counted up to $2: a backlog of millions is reported as at least that)
+-- and the age in seconds of the oldest (0 when none): the oldest pending row of each
+-- lane, read from the pending index, not a scan of every pending row.
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM ingest.outbox WHERE published_at IS NULL LIMIT $2) AS p) AS pending,
+    coalesce(extract(epoch FROM clock_timestamp() - min(o.accepted_at)), 0)::float8 AS lag
+FROM generate_series(0, $1::int - 1) AS l
+LEFT JOIN LATERAL (
+    SELECT accepted_at FROM ingest.outbox
+    WHERE lane = l AND published_at IS NULL ORDER BY id LIMIT 1
+) AS o ON true
 
 -- Purges (runtime/retention.py): each deletes at most $1 rows.
 
