@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from herald.runtime import kafka
-from herald.services.ingest.backlog import BacklogReporter
+from herald.runtime.backlog import BacklogReporter
+from herald.services.ingest.app import BEHIND
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay import Relay
 from herald.services.ingest.writer import Q
@@ -115,14 +116,14 @@ async def test_a_backlog_no_relay_sends_is_reported_until_a_relay_sends_it(
         for i in range(5):
             await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("k", i)))
         await asyncio.sleep(0.05)
-        reporter = BacklogReporter(pool, behind=0.01)
+        reporter = BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,), behind=0.01)
         with capture_logs() as logs:
             behind = await reporter.once()
             await reporter.once()  # a warning at most once a minute
         assert behind is not None
         assert behind.pending == 5
         assert 0.05 <= behind.lag < 30
-        assert REGISTRY.get_sample_value("outbox_pending_events") == 5
+        assert REGISTRY.get_sample_value("outbox_pending") == 5
         lag = REGISTRY.get_sample_value("outbox_lag_seconds")
         assert lag is not None
         assert lag >= 0.05
@@ -139,7 +140,7 @@ async def test_a_backlog_no_relay_sends_is_reported_until_a_relay_sends_it(
         finally:
             await relay.stop()
         assert await reporter.once() == (0, 0.0)
-        assert REGISTRY.get_sample_value("outbox_pending_events") == 0
+        assert REGISTRY.get_sample_value("outbox_pending") == 0
         assert REGISTRY.get_sample_value("outbox_lag_seconds") == 0
     finally:
         await pool.close()

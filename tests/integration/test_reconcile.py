@@ -18,12 +18,16 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
 from herald.reconcile.v1 import reconcile_pb2 as pb
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
+from herald.runtime.backlog import BacklogReporter
 from herald.runtime.settings import KafkaSettings
-from herald.services.reconcile.app import MIGRATIONS
+from herald.services.reconcile.app import BEHIND, MIGRATIONS
 from herald.services.reconcile.relay import VibeRelay
+from herald.services.reconcile.store import Q
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
@@ -714,6 +718,45 @@ async def test_a_relay_stopped_mid_round_marks_what_kafka_took_before_it_stops(
         assert len(await read_topic(infra.kafka_settings(), topic, 5)) == 5
     finally:
         running.cancel()
+        await pool.close()
+
+
+async def test_outputs_waiting_for_vibeapps_kafka_are_reported_until_the_relay_sends_them(
+    infra: Infra, database_url: str
+) -> None:
+    pool = await db.create_pool(database_url, 2)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+            topic = f"vibe.events.t{uuid.uuid4().hex[:10]}"
+            await conn.executemany(
+                """INSERT INTO reconcile.outbox (kind, entity_id, content_hash, topic, key,
+                                                 value, headers, queued_at)
+                   VALUES ('event', $1, 'h', $2, $3, 'v', '[["content-type", "x"]]',
+                           now() - interval '90 seconds')""",
+                [(f"e{i}", topic, f"e{i}".encode()) for i in range(3)],
+            )
+        reporter = BacklogReporter(pool, Q.outbox_backlog, BEHIND)
+        with capture_logs() as logs:
+            behind = await reporter.once()
+        assert behind is not None
+        assert behind.pending == 3
+        assert 90 <= behind.lag < 120
+        assert REGISTRY.get_sample_value("outbox_pending") == 3
+        (warning,) = [line for line in logs if line["event"] == "outbox.behind"]
+        assert warning["pending"] == 3
+        assert "Vibeapp's Kafka" in warning["hint"]
+
+        relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        producer = kafka.make_producer(infra.kafka_settings())
+        await producer.start()
+        try:
+            assert (await relay.round(producer))[0] == 3
+        finally:
+            await producer.stop()
+        assert await reporter.once() == (0, 0.0)
+        assert REGISTRY.get_sample_value("outbox_lag_seconds") == 0
+    finally:
         await pool.close()
 
 

@@ -12,13 +12,14 @@ import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import db
+from herald.runtime.backlog import BacklogReporter
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
-from herald.services.ingest.backlog import BacklogReporter
 from herald.services.ingest.catalog_store import CatalogStore
+from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay_app import (
     DLQ_PARTITIONS,
     Worker,
@@ -31,6 +32,11 @@ from herald.services.ingest.settings import IngestSettings
 from herald.services.ingest.writer import EventWriter, Q
 
 log = structlog.get_logger("herald.ingest")
+# What to check while the outbox is not draining (runtime.backlog).
+BEHIND = (
+    "events wait for a relay: is one running (RELAY_ENABLED=true, or "
+    "herald.services.ingest_relay) and is Kafka reachable?"
+)
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 
@@ -78,7 +84,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         Purge("events", Q.purge_events, (settings.event_retention_days * 86400,)),
     ]
     workers.append(partial(run_purges, pool, purges))
-    workers.append(BacklogReporter(pool).run)
+    workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)
     servicer = IngestServicer(catalog, writer, settings.events_topic, settings.max_event_bytes)
 
     def register(server: grpc.aio.Server) -> None:

@@ -11,6 +11,7 @@ from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
+from herald.runtime.backlog import BacklogReporter
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
@@ -21,6 +22,7 @@ from herald.services.reconcile.reconciler import Reconciler
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.servicer import ReconcileServicer
 from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.reconcile.store import Q
 from herald.services.reconcile.sweeper import Sweeper
 from herald.services.reconcile.vibe import Headers
 
@@ -28,6 +30,11 @@ log = structlog.get_logger("herald.reconcile")
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 # integration.* events carry a source urn:mastermobile:<system> and a dataschema.
 SOURCE = "urn:mastermobile:integration:herald-reconcile"
+# What to check while the outbox is not draining (runtime.backlog).
+BEHIND = (
+    "outputs wait for the relay: is Vibeapp's Kafka reachable (VIBE_KAFKA_*)? An output "
+    "it refuses for good is set aside as an output_refused discrepancy"
+)
 SERVICE_NAME = reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"].full_name
 
 
@@ -112,6 +119,7 @@ async def build(
             Sweeper(pool, config, settings.park_limit_seconds, announcements.wake).run,
             announcements.run,
             relay.dead_letters.run,
+            BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,
         ],
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs

@@ -396,3 +396,13 @@ UPDATE reconcile.discrepancies
 SET status = 'accepted', resolved_at = now(), resolution_note = $3
 WHERE kind = $1 AND status = 'open'
   AND CASE WHEN $1 = 'unknown_order' THEN refund_id ELSE order_id END = ANY($2::text[])
+
+-- name: outbox_backlog
+-- Outputs not sent yet (counted up to $1), set-aside refused ones included (Vibeapp
+-- has none of them), and the age in seconds of the oldest (0 when none).
+SELECT
+    (SELECT count(*) FROM (
+        SELECT 1 FROM reconcile.outbox WHERE sent_at IS NULL LIMIT $1) AS p) AS pending,
+    coalesce((SELECT extract(epoch FROM clock_timestamp() - queued_at)
+              FROM reconcile.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)::float8
+        AS lag

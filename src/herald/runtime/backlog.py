@@ -1,12 +1,12 @@
-"""The outbox's backlog as gauges, and a warning while it is not draining.
+"""A service's outbox backlog as gauges, and a warning while it is not draining.
 
-Accepted events are safe in the outbox whatever becomes of the relays, but they reach
-nobody until a relay sends them: with ``RELAY_ENABLED=false`` and no relay process
-(``herald.services.ingest_relay``) running, or Kafka unreachable, the backlog would
-grow without a sound. Ingest itself reports it, wherever its relays run: every 5 s
-into ``outbox_pending_events`` and ``outbox_lag_seconds``, and a warning
-(``outbox.behind``) at most once a minute while the oldest pending event is older
-than a minute.
+What a service accepted is safe in its outbox whatever becomes of its relay, but it
+reaches nobody until the relay sends it: with no relay running (ingest with
+``RELAY_ENABLED=false`` and no ``ingest_relay`` process) or Kafka unreachable, the
+backlog would grow without a sound. Every 5 s the service reads its backlog into
+``outbox_pending`` (rows not yet acknowledged by Kafka, counted up to 1,000,000) and
+``outbox_lag_seconds`` (the oldest's age, 0 when none), and warns (``outbox.behind``,
+with the service's hint) at most once a minute while the oldest is over a minute old.
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ import structlog
 from prometheus_client import Gauge
 
 from herald.runtime.db import DATABASE_ERRORS
-from herald.services.ingest.outbox import LANES
-from herald.services.ingest.writer import Q
 
-log = structlog.get_logger("herald.ingest.backlog")
+log = structlog.get_logger("herald.backlog")
 PENDING = Gauge(
-    "outbox_pending_events", "Accepted events not yet acknowledged by Kafka (at most 1,000,000)."
+    "outbox_pending", "Outbox rows not yet acknowledged by Kafka (counted up to 1,000,000)."
 )
-LAG = Gauge(
-    "outbox_lag_seconds", "Age of the oldest event not yet acknowledged by Kafka (0: none)."
-)
+LAG = Gauge("outbox_lag_seconds", "Age of the oldest outbox row not yet acknowledged by Kafka.")
 COUNT_UP_TO = 1_000_000
 BEHIND_SECONDS = 60.0
 
@@ -43,12 +39,26 @@ class Backlog(NamedTuple):
 
 
 class BacklogReporter:
-    """Keeps the gauges current; :meth:`run` is a worker of the service."""
+    """Keeps the gauges current; :meth:`run` is a worker of the service.
+
+    ``query`` returns one row (``pending``, ``lag`` in seconds) for its ``args`` and
+    :data:`COUNT_UP_TO` as the last argument; ``hint`` says what to check when it is
+    behind.
+    """
 
     def __init__(
-        self, pool: asyncpg.Pool, behind: float = BEHIND_SECONDS, warn_every: float = 60.0
+        self,
+        pool: asyncpg.Pool,
+        query: str,
+        hint: str,
+        args: tuple[object, ...] = (),
+        behind: float = BEHIND_SECONDS,
+        warn_every: float = 60.0,
     ) -> None:
         self._pool = pool
+        self._query = query
+        self._args = (*args, COUNT_UP_TO)
+        self._hint = hint
         self._behind = behind
         self._warn_every = warn_every
         self._warned_at = -math.inf
@@ -56,7 +66,7 @@ class BacklogReporter:
     async def once(self) -> Backlog | None:
         """Reads the backlog and reports it; None when PostgreSQL did not answer."""
         try:
-            row = await self._pool.fetchrow(Q.outbox_backlog, LANES, COUNT_UP_TO)
+            row = await self._pool.fetchrow(self._query, *self._args)
         except DATABASE_ERRORS as exc:
             log.warning("outbox.backlog_unread", error=repr(exc))
             return None
@@ -71,8 +81,7 @@ class BacklogReporter:
                 "outbox.behind",
                 pending=backlog.pending,
                 oldest_seconds=round(backlog.lag, 1),
-                hint="events wait for a relay: is one running (RELAY_ENABLED=true, or "
-                "herald.services.ingest_relay) and is Kafka reachable?",
+                hint=self._hint,
             )
         return backlog
 
