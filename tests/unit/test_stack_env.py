@@ -1,4 +1,5 @@
-"""What the dev stack (make run / make up) starts and with which environment."""
+"""What the dev stack (make run / make up) starts, with which environment, and in
+which order it stops them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from herald.devenv._stack_run import child_env
-from herald.devenv._stack_services import Service, discover
+from herald.devenv._stack_services import Service, discover, stop_waves
 
 INFRA = {"DATABASE_URL": "postgresql://x@127.0.0.1:1/h", "KAFKA_BOOTSTRAP_SERVERS": "k:1"}
 
@@ -39,3 +40,11 @@ def test_ingest_leaves_relaying_to_the_relay_process(monkeypatch: pytest.MonkeyP
 def test_an_operators_relay_enabled_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_ENABLED", "true")
     assert child_env(service("ingest"), INFRA)["RELAY_ENABLED"] == "true"
+
+
+def test_the_relay_stops_after_everything_else() -> None:
+    """So that its drain sends what ingest accepted up to ingest's last call."""
+    names = [s.name for s in discover({})]
+    waves = stop_waves(names, lambda n: n)
+    assert waves == [[n for n in names if n != "ingest_relay"], ["ingest_relay"]]
+    assert stop_waves(["ingest", "webhooks"], lambda n: n) == [["ingest", "webhooks"]]

@@ -24,6 +24,7 @@ from ._stack_services import (
     dial_target,
     infra_state,
     service_pid,
+    stop_waves,
     summary,
     wait_serving,
     write_pid,
@@ -275,16 +276,18 @@ class Runner:
 
     def _stop_children(self) -> None:
         alive = [c for c in self.children if c.proc.poll() is None]
-        for child in alive:
-            signal_group(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for child in alive:
-            try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.out.say(f"{child.service.name} still running after {STOP_GRACE:.0f}s: SIGKILL")
-                signal_group(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
+        for wave in stop_waves(alive, lambda c: c.service.name):
+            for child in wave:
+                signal_group(child.proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE
+            for child in wave:
+                try:
+                    child.proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    name = child.service.name
+                    self.out.say(f"{name} still running after {STOP_GRACE:.0f}s: SIGKILL")
+                    signal_group(child.proc.pid, signal.SIGKILL)
+                    child.proc.wait()
         for child in self.children:
             child.finish_output()
             code = child.proc.returncode

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
+T = TypeVar("T")
 HOST = "127.0.0.1"
 SERVICES_DIR = REPO_ROOT / "src" / "herald" / "services"
 # Default (gRPC, metrics) ports of the services the stack knows; the services use
@@ -35,6 +36,10 @@ KNOWN_PORTS: dict[str, tuple[int, int]] = {
 # What the stack adds to a service's environment unless the operator set it: ingest's
 # outbox relay runs as a process of its own (ingest_relay), a core apart from the calls.
 STACK_DEFAULTS: dict[str, dict[str, str]] = {"ingest": {"RELAY_ENABLED": "false"}}
+# Stopped after every other service has exited: the relay's drain then sends what
+# ingest accepted up to its last call (stopped together, the relay could finish its
+# drain first and leave the last events in the outbox until the next start).
+STOP_LAST = frozenset({"ingest_relay"})
 SERVING = "SERVING"
 UNREACHABLE = "unreachable"
 
@@ -94,6 +99,14 @@ def discover(environ: Mapping[str, str] | None = None) -> list[Service]:
             )
         )
     return services
+
+
+def stop_waves(items: Sequence[T], name: Callable[[T], str]) -> list[list[T]]:
+    """``items`` (services, or what stands for them) in the waves they are stopped in:
+    everything, then :data:`STOP_LAST`; empty waves left out."""
+    first = [i for i in items if name(i) not in STOP_LAST]
+    last = [i for i in items if name(i) in STOP_LAST]
+    return [wave for wave in (first, last) if wave]
 
 
 def _address(env: Mapping[str, str], var: str, default_port: int) -> str:

@@ -37,6 +37,7 @@ from ._stack_services import (
     recorded_service,
     run_dir,
     service_pid,
+    stop_waves,
     summary,
     wait_serving,
     write_pid,
@@ -176,13 +177,14 @@ def down(root: Path) -> int:
                 running.append((service, state.pid))
         if running:
             _say(f"stopping {', '.join(f'{s.name} (pid {pid})' for s, pid in running)} ...")
-        # In parallel: each may take its full drain time.
-        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
-            results = list(pool.map(lambda item: terminate(item[1], STOP_GRACE), running))
-        for (service, pid), clean in zip(running, results, strict=True):
-            pid_file(root, service).unlink(missing_ok=True)
-            how = "stopped" if clean else f"killed (no exit {STOP_GRACE:.0f}s after SIGTERM)"
-            _say(f"{service.name}: {how} (pid {pid})")
+        for wave in stop_waves(running, lambda item: item[0].name):
+            # In parallel: each may take its full drain time.
+            with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+                results = list(pool.map(lambda item: terminate(item[1], STOP_GRACE), wave))
+            for (service, pid), clean in zip(wave, results, strict=True):
+                pid_file(root, service).unlink(missing_ok=True)
+                how = "stopped" if clean else f"killed (no exit {STOP_GRACE:.0f}s after SIGTERM)"
+                _say(f"{service.name}: {how} (pid {pid})")
     stopped_infra = []
     for server in infra_state(root):
         if server.external or server.pid is None:
