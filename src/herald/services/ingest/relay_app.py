@@ -1,9 +1,9 @@
 """The outbox relay's wiring: inside ingest (``RELAY_ENABLED``), or as a process of its
 own (``python -m herald.services.ingest_relay``), any number of either side by side.
 
-A relay of its own takes a core of its own: on the 2-core bench box, ingest with its
-relay in a second process took ``PublishBatch`` from ~11,400 to ~16,400 events/s on
-Kafka. It is woken by the writers' ``NOTIFY herald_outbox`` and serves only gRPC
+A relay of its own takes a core of its own: on the 2-core bench box it took
+``PublishBatch`` end to end from 9,700-10,500 to 13,400-14,300 events/s (three
+alternating pairs of runs), and ``make run`` deploys it so. It is woken by the writers' ``NOTIFY herald_outbox`` and serves only gRPC
 health (SERVING while PostgreSQL and Kafka are reachable) and ``/metrics``.
 """
 
