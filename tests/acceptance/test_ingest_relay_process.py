@@ -1,5 +1,6 @@
 """The outbox relay as a process of its own (as ``make run`` deploys it): it sends
-what ingest accepts, and a kill -9 of the relay under load loses nothing."""
+what ingest accepts, a kill -9 of the relay under load loses nothing, and SIGTERM
+sends what is pending before it exits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from herald.ingest.v1 import ingest_pb2_grpc
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from tests.acceptance.conftest import ServiceProcess, free_port
 from tests.acceptance.test_ingest_process import ingest_process, publish_until_stopped
 from tests.conftest import Infra
+from tests.integration.test_ingest_durability import event_json, pending_rows
 from tests.kafka_helpers import headers, read_topic
 
 pytestmark = pytest.mark.acceptance
@@ -78,5 +80,35 @@ async def test_a_relay_process_sends_what_ingest_accepts_and_a_kill_9_loses_noth
     finally:
         if ingest.proc is not None and ingest.proc.poll() is None:
             ingest.terminate()
+        if relay.proc is not None and relay.proc.poll() is None:
+            relay.terminate()
+
+
+async def test_sigterm_sends_what_is_pending_before_the_relay_exits(
+    infra: Infra, database_url: str, topic: str, service_logs: Path
+) -> None:
+    ingest = ingest_process(infra, database_url, topic, service_logs)
+    ingest.env["RELAY_ENABLED"] = "false"
+    await asyncio.to_thread(ingest.start)
+    relay = relay_process(infra, database_url, service_logs)
+    # One key (one lane) and one row per round: ~1,000 rounds, seconds of sending.
+    relay.env.update(RELAY_BATCH_SIZE="1", SHUTDOWN_GRACE_SECONDS="60")
+    try:
+        async with grpc.aio.insecure_channel(ingest.address) as channel:
+            stub = ingest_pb2_grpc.IngestServiceStub(channel)
+            requests = [ingest_pb2.PublishRequest(json=event_json("k", i)) for i in range(1000)]
+            reply = await stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=requests))
+        ids = {r.event_id for r in reply.results}
+        assert len(ids) == 1000
+
+        await asyncio.to_thread(relay.start)
+        pending = await pending_rows(database_url)
+        assert pending > 0, "the relay sent everything before SIGTERM: nothing to drain"
+        assert await asyncio.to_thread(relay.terminate, 60) == 0
+        assert await pending_rows(database_url) == 0, "what was pending was sent on SIGTERM"
+        records = await read_topic(infra.kafka_settings(), topic, 1000, timeout=30)
+        assert {headers(r)["ce_id"] for r in records} == ids
+    finally:
+        ingest.terminate()
         if relay.proc is not None and relay.proc.poll() is None:
             relay.terminate()
