@@ -3,8 +3,9 @@ own (``python -m herald.services.ingest_relay``), any number of either side by s
 
 A relay of its own takes a core of its own: on the 2-core bench box it took
 ``PublishBatch`` end to end from 9,700-10,500 to 13,400-14,300 events/s (three
-alternating pairs of runs), and ``make run`` deploys it so. It is woken by the writers' ``NOTIFY herald_outbox`` and serves only gRPC
-health (SERVING while PostgreSQL and Kafka are reachable) and ``/metrics``.
+alternating pairs of runs), and ``make run`` deploys it so. It is woken by the
+writers' ``NOTIFY herald_outbox`` and serves only gRPC health (SERVING while
+PostgreSQL and Kafka are reachable) and ``/metrics``.
 """
 
 from __future__ import annotations
