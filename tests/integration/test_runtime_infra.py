@@ -15,6 +15,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from structlog.testing import capture_logs
 
 from herald.runtime import db, kafka
 from herald.runtime.metrics import MetricsServer
@@ -159,6 +160,27 @@ async def test_a_topic_kafka_refuses_to_create_stops_the_start(infra: Infra, top
     finally:
         await admin.close()
     await kafka.ensure_topics(settings, [topic, topic], partitions=1)  # exists: nothing to do
+
+
+async def test_topics_at_a_services_start_get_their_partitions_and_outlive_no_kafka(
+    infra: Infra, topic: str
+) -> None:
+    settings = infra.kafka_settings()
+    wide, usual = f"{topic}.wide", f"{topic}.usual"
+    await kafka.ensure_topics_at_start(settings, [wide, usual], "svc", {wide: 3})
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        assert len(await producer.partitions_for(wide)) == 3
+        assert len(await producer.partitions_for(usual)) == 6
+    finally:
+        await producer.stop()
+    with pytest.raises(kafka.TopicsNotCreated):  # a refusal still stops the start
+        await kafka.ensure_topics_at_start(settings, [f"{topic}.none"], "svc", {f"{topic}.none": 0})
+    away = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    with capture_logs() as logs:
+        await kafka.ensure_topics_at_start(away, [usual], "svc")  # logged, not raised
+    assert [line["event"] for line in logs] == ["svc.topics_unchecked"]
 
 
 async def _produce_numbers(settings: KafkaSettings, topic: str, n: int) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -123,6 +123,28 @@ class TopicsNotCreated(StartError):
             + "; ".join(f"topic {topic!r}: {reason}" for topic, reason in refused.items())
         )
         self.refused = refused
+
+
+async def ensure_topics_at_start(
+    settings: KafkaSettings,
+    names: Sequence[str],
+    service: str,
+    partitions: Mapping[str, int] | None = None,
+) -> None:
+    """:func:`ensure_topics` at a service's start, with 6 partitions unless
+    ``partitions`` says otherwise for a topic. Kafka unreachable is logged
+    (``<service>.topics_unchecked``) and the start goes on (the service's Kafka clients
+    wait for it); a topic Kafka refuses (:class:`TopicsNotCreated`, a SystemExit) stops
+    it."""
+    counts = partitions or {}
+    by_count: dict[int, list[str]] = collections.defaultdict(list)
+    for name in names:
+        by_count[counts.get(name, 6)].append(name)
+    try:
+        for count, topics in by_count.items():
+            await ensure_topics(settings, topics, partitions=count)
+    except Exception as exc:
+        log.warning(f"{service}.topics_unchecked", error=repr(exc))
 
 
 async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: float = 5.0) -> C:

@@ -25,6 +25,8 @@ from herald.runtime.settings import StartError
 from herald.runtime.tracing import configure_tracing, server_interceptor, tracing_enabled
 
 log = structlog.get_logger("herald.server")
+# A service's worker, or a stop hook: a coroutine function without arguments.
+Worker = Callable[[], Coroutine[Any, Any, None]]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
 STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
@@ -50,8 +52,8 @@ class App:
     health_checks: dict[str, Check] = field(default_factory=dict)
     # Run inside the error interceptor (so their RpcErrors become statuses).
     interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
-    workers: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
-    on_stop: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
+    on_stop: list[Worker] = field(default_factory=list)
     # See settle_heap. A service whose garbage is mostly acyclic and whose batches keep
     # many objects alive at once (dispatch) does better with a higher threshold; one
     # making cyclic garbage per call (grpc.aio: ingest) with a lower one.

@@ -108,10 +108,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     retrier = Retrier(pool, dispatcher, dead, schedule)
     servicer = DispatchServicer(pool, store, retrier.wake)
     topics = [settings.deliveries_topic, settings.dlq_topic, *settings.notification_topics()]
-    try:
-        await kafka.ensure_topics(kafka_settings, topics)
-    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
-        log.warning("dispatch.topics_unchecked", error=repr(exc))
+    await kafka.ensure_topics_at_start(kafka_settings, topics, "dispatch")
 
     def register(server: grpc.aio.Server) -> None:
         dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(servicer, server)

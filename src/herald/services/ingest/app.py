@@ -11,22 +11,16 @@ import grpc
 import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
-from herald.runtime import db
+from herald.runtime import db, kafka
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
-from herald.runtime.server import App
+from herald.runtime.server import App, Worker
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
-from herald.services.ingest.relay_app import (
-    DLQ_PARTITIONS,
-    Worker,
-    ensure_topics,
-    open_pool,
-    relay_parts,
-)
+from herald.services.ingest.relay_app import open_pool, relay_parts
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import IngestSettings
 from herald.services.ingest.writer import EventWriter, Q
@@ -90,16 +84,12 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     def register(server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
 
-    await ensure_topics(
+    await kafka.ensure_topics_at_start(
         kafka_settings,
-        {
-            settings.events_topic: settings.events_topic_partitions,
-            settings.dlq_topic: DLQ_PARTITIONS,
-        },
+        [settings.events_topic, settings.dlq_topic],
+        "ingest",
+        {settings.events_topic: settings.events_topic_partitions},
     )
-
-    async def close_pool() -> None:
-        await pool.close()
 
     return App(
         name="ingest",
@@ -107,5 +97,5 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         register=register,
         health_checks=checks,
         workers=workers,
-        on_stop=[*stop_relay, close_pool],
+        on_stop=[*stop_relay, pool.close],
     )

@@ -10,28 +10,22 @@ PostgreSQL and Kafka are reachable) and ``/metrics``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
-import structlog
 
 from herald.runtime import db, kafka
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
-from herald.runtime.server import App
+from herald.runtime.server import App, Worker
 from herald.runtime.settings import KafkaSettings, RuntimeSettings
 from herald.services.ingest.relay import Relay
 from herald.services.ingest.settings import IngestRelaySettings, RelaySettings
 
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
-DLQ_PARTITIONS = 6  # when Herald creates the dead-letter topic
-Worker = Callable[[], Coroutine[Any, Any, None]]
-log = structlog.get_logger("herald.ingest")
 
 
 async def open_pool(settings: RuntimeSettings) -> asyncpg.Pool:
@@ -78,17 +72,6 @@ def relay_parts(
     )
 
 
-async def ensure_topics(kafka_settings: KafkaSettings, partitions: dict[str, int]) -> None:
-    """Creates missing topics (name → partitions). Kafka unreachable is logged (the
-    relay waits for it); a refused topic (kafka.TopicsNotCreated, a SystemExit) stops
-    the start."""
-    try:
-        for topic, count in partitions.items():
-            await kafka.ensure_topics(kafka_settings, [topic], partitions=count)
-    except Exception as exc:
-        log.warning("ingest.topics_unchecked", error=repr(exc))
-
-
 async def build_relay(settings: IngestRelaySettings, kafka_settings: KafkaSettings) -> App:
     """A process that only relays: no IngestService, health and /metrics only."""
     pool = await open_pool(settings)
@@ -96,10 +79,7 @@ async def build_relay(settings: IngestRelaySettings, kafka_settings: KafkaSettin
     wake = parts.relay.wake
     # Woken by every writer's commit; after a reconnect, a wake-up catches up.
     notified = partial(listen, settings.database_url, {"herald_outbox": wake}, on_connect=wake)
-    await ensure_topics(kafka_settings, {settings.dlq_topic: DLQ_PARTITIONS})
-
-    async def close_pool() -> None:
-        await pool.close()
+    await kafka.ensure_topics_at_start(kafka_settings, [settings.dlq_topic], "ingest")
 
     def register(_server: grpc.aio.Server) -> None:
         """Nothing but the standard health and reflection services."""
@@ -110,5 +90,5 @@ async def build_relay(settings: IngestRelaySettings, kafka_settings: KafkaSettin
         register=register,
         health_checks={"postgres": partial(db.check, pool), **parts.health_checks},
         workers=[*parts.workers, notified],
-        on_stop=[*parts.on_stop, close_pool],
+        on_stop=[*parts.on_stop, pool.close],
     )

@@ -88,10 +88,7 @@ async def build(
             (herald_kafka, [*settings.input_topics(), settings.dlq_topic]),
             (vibe_kafka, list(settings.output_topics().values())),
         ):
-            try:
-                await kafka.ensure_topics(where, topics)
-            except Exception as exc:  # Kafka unreachable (a refusal stops the start)
-                log.warning("reconcile.topics_unchecked", error=repr(exc))
+            await kafka.ensure_topics_at_start(where, topics, "reconcile")
 
     async def kafka_check() -> None:
         await producer.check()

@@ -88,10 +88,9 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         dlq_topic=settings.dlq_topic,
         local=engine,
     )
-    try:
-        await kafka.ensure_topics(kafka_settings, [settings.deliveries_topic, settings.dlq_topic])
-    except Exception as exc:  # Kafka unreachable (a refused topic stops the start)
-        log.warning("webhooks.topics_unchecked", error=repr(exc))
+    await kafka.ensure_topics_at_start(
+        kafka_settings, [settings.deliveries_topic, settings.dlq_topic], "webhooks"
+    )
 
     def register(server: grpc.aio.Server) -> None:
         webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(servicer, server)
