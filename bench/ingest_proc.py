@@ -172,7 +172,7 @@ async def ingest_process(
     address = f"127.0.0.1:{port}"
     async with (
         service_process("herald.services.ingest", env, profiler) as process,
-        _relay_process(env, start_timeout) if separate_relay else _no_process() as relay,
+        _relay_process(env, start_timeout) if separate_relay else contextlib.nullcontext() as relay,
     ):
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         try:
@@ -193,11 +193,6 @@ async def _relay_process(ingest_env: Mapping[str, str], within: float) -> AsyncI
         async with grpc.aio.insecure_channel(address) as channel:
             await wait_serving(channel, process, within)
         yield process
-
-
-@contextlib.asynccontextmanager
-async def _no_process() -> AsyncIterator[None]:
-    yield None
 
 
 async def _terminate(process: Process, within: float = 20) -> int:

@@ -7,6 +7,7 @@ herald.dlq with its reason, and consumption carries on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -66,7 +67,6 @@ class NewDelivery(NamedTuple):
 
 _Pair = tuple[NewDelivery, ConsumerRecord[bytes, bytes]]  # a job and its record
 _NAMESPACE_BYTES = NAMESPACE.bytes
-_WEBHOOK_IDS: dict[str, uuid.UUID] = {}  # webhook ids seen in jobs, parsed (bounded)
 
 
 def delivery_id(webhook_id: str, job_id: str) -> uuid.UUID:
@@ -86,15 +86,10 @@ def _delivery_hex(webhook_id: str, job_id: str) -> str:
     return digest.hex()
 
 
+@functools.lru_cache(maxsize=10_000)
 def _webhook_uuid(text: str) -> uuid.UUID:
     """``text`` as a UUID (remembered: a few webhooks get most jobs); ValueError if not."""
-    parsed = _WEBHOOK_IDS.get(text)
-    if parsed is None:
-        parsed = uuid.UUID(text)
-        if len(_WEBHOOK_IDS) >= 10_000:
-            _WEBHOOK_IDS.clear()
-        _WEBHOOK_IDS[text] = parsed
-    return parsed
+    return uuid.UUID(text)
 
 
 def decode(value: bytes | None) -> NewDelivery:
