@@ -344,13 +344,20 @@ async def test_ssrf_destinations_are_refused_unless_allowed(stack: Stack) -> Non
             retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
         )
         await stack.produce([job(created.webhook.id)])
-        await asyncio.sleep(2.0)
+        # The restarted service rejoins its consumer group first: wait for the outcome
+        # (a fixed 2 s was sometimes not enough under the whole suite's load).
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            for _ in range(300):
+                row = await conn.fetchrow(
+                    "SELECT status, last_error FROM webhooks.deliveries WHERE status <> 'pending'"
+                )
+                if row is not None:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
         assert receiver.received() == []
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        row = await conn.fetchrow("SELECT status, last_error FROM webhooks.deliveries")
-    finally:
-        await conn.close()
     assert row is not None
     assert row["status"] == "failed"
     assert "loopback" in row["last_error"]
