@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(rows))
     print(
         "\nCPU seconds while measuring (2 cores = 2 s per wall second; service = ingest "
-        "and its relay in a-d, webhooks in w; 'other' = not ours):"
+        "and its relay in a-d, webhooks in w, reconcile in r (from its spawn); "
+        "'other' = not ours):"
     )
     print(report.cpu_table(results))
     document = {

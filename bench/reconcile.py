@@ -22,6 +22,7 @@ import asyncpg
 from ticketland.v1 import ticketland_pb2 as tl
 
 from bench import infra
+from bench.cpu import CpuMeter
 from bench.dispatch import RAW_REPEATS, output_times, raw_loop
 from bench.ingest_proc import free_port, service_env, service_process
 from herald.runtime import kafka
@@ -121,8 +122,12 @@ async def run(where: infra.Infra) -> dict[str, Any]:
             }
         )
         spawned = time.time()
-        async with service_process("herald.services.reconcile", env):
+        async with service_process("herald.services.reconcile", env) as process:
+            # From spawn (start-up included) to the last output: where the CPU went.
+            meter = CpuMeter((process.pid,))
+            meter.start()
             seen, first, last = await output_times(where, outputs, n, 900)
+            cpu = meter.stop()
         conn = await asyncpg.connect(database_url)
         try:
             # When the ledger's first batch began (its transaction's start).
@@ -146,4 +151,5 @@ async def run(where: infra.Infra) -> dict[str, Any]:
         # Including the process's start, migrations and group join: a floor.
         "seconds_from_spawn": last - spawned,
         "rate_from_spawn": seen / (last - spawned),
+        "cpu": cpu,
     }

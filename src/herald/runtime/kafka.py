@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.kafka_producer import Producer, broken
 from herald.runtime.settings import KafkaSettings, StartError
 
@@ -354,6 +356,7 @@ async def consume(
     max_records: int,
     budget: Callable[[], Awaitable[int]] | None = None,
     commit_every: float = 0.0,
+    first: TopicFirst | None = None,
 ) -> None:
     """Consumes until cancelled: each batch goes to ``take``, and the offsets past it
     are committed once ``take`` returns (its effect durable).
@@ -366,7 +369,11 @@ async def consume(
     small batches then makes one commit (a broker round trip and its CPU) instead of
     one per batch; a crash or a rebalance repeats at most that much, which every
     consumer of Herald's makes harmless (deterministic ids, recognised repeats).
+
+    ``first``: a topic whose backlog is read before the others' (runtime.kafka_first).
     """
+    if first is not None:
+        make_consumer = functools.partial(_attached, first, make_consumer)
     consumer = await start_when_reachable(make_consumer, what)
     owed: dict[tuple[str, int], ConsumerRecord[bytes, bytes]] = {}  # the last taken
     committed_at = asyncio.get_running_loop().time()
@@ -375,8 +382,12 @@ async def consume(
             limit = max_records if budget is None else max(1, min(max_records, await budget()))
             # Offsets owed: poll no longer than until they are due.
             wait_ms = min(1000, max(1, int(commit_every * 1000))) if owed else 1000
+            if first is not None:
+                await first.before_fetch()
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
             records = [r for part in batch.values() for r in part]
+            if first is not None:
+                first.fetched(len(records))
             if records:
                 await take(records)
                 for r in records:
@@ -390,6 +401,10 @@ async def consume(
         if owed:  # taken, and durable: committed on the way out too
             await _last_commit(commit_after(consumer, list(owed.values())))
         await consumer.stop()
+
+
+def _attached(first: TopicFirst, make: Callable[[], AIOKafkaConsumer]) -> AIOKafkaConsumer:
+    return first.attach(make())
 
 
 async def _last_commit(commit: Awaitable[bool]) -> None:

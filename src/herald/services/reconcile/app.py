@@ -74,6 +74,9 @@ async def build(
             herald_kafka,
             *settings.input_topics(),
             group_id=settings.reconcile_group,
+            # A fetch waiting for records holds up partitions resumed meanwhile (one
+            # fetch per broker at a time): events read first → orders wait up to this.
+            fetch_max_wait_ms=100,
         ),
         producer.get,
         settings.input_topics(),

@@ -3,7 +3,8 @@
 Per batch: decode every record by its stream and content type; one that does not
 decode or validate goes to herald.dlq with its reason; the rest are applied to the
 ledger in one transaction; only then are the offsets committed. A crash repeats the
-batch, which the ledger recognises.
+batch, which the ledger recognises. When every stream has a backlog, Ticketland's
+events are read first (runtime.kafka_first).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from herald.runtime.db import apply_isolating_refused, refusal_reason
 from herald.runtime.dlq import dead_letter_headers, send_dead_letter
 from herald.runtime.kafka import consume
+from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
 from herald.services.reconcile.ledger import Ledger, Taken
@@ -51,7 +53,16 @@ class InputConsumer:
         self._max_records = max_records
 
     async def run(self) -> None:
-        await consume(self._make_consumer, "ticketland-consumer", self.take, self._max_records)
+        # Events before orders and refunds when all have a backlog: an order read
+        # before its event is parked and released later, which costs more.
+        events = [topic for topic, kind in self._kinds.items() if kind == "event"]
+        await consume(
+            self._make_consumer,
+            "ticketland-consumer",
+            self.take,
+            self._max_records,
+            first=TopicFirst(events[0]) if events else None,
+        )
 
     async def take(self, records: Sequence[Rec]) -> None:
         """Applies ``records``; returns once their effect (or dead letter) is durable."""
