@@ -610,6 +610,47 @@ async def test_two_replicas_share_the_inputs_and_send_everything_once_in_order(
     assert await discrepancies(flow) == []
 
 
+async def test_a_backlog_split_into_concurrent_transactions_is_sent_once_in_order(
+    flow: ReconcileFlow,
+) -> None:
+    """A backlog waiting on Kafka before reconcile starts (orders produced before their
+    events), taken with LEDGER_CONCURRENCY=4: every batch is split by event into
+    transactions running at once, whose events share organizers. Everything is sent
+    once, each order after its event and each refund after its order; no transaction
+    failed (a deadlock would log ledger.failed), and no order had to be parked: the
+    events were read first."""
+    # The first instance joins its group (an event goes through), then leaves it: one
+    # stopped while joining would hold half the partitions until the group gives up.
+    warm_up = unique("ev")
+    await flow.send(event(warm_up))
+    await flow.outputs("event", 1)
+    await flow.running.pop().stop(1)
+    events = {unique("ev"): f"org-{i % 3}" for i in range(12)}
+    orders = {unique("or"): e for i, e in enumerate(list(events) * 10)}
+    await flow.send(*(order(o, e, {"t-" + o: 100}) for o, e in orders.items()))
+    await flow.send(*(event(e, organizer_id=g) for e, g in events.items()))
+    await flow.send(
+        *(refund("rf-" + o, o, e, {"t-" + o: (100, 100, 0, 0)}) for o, e in orders.items())
+    )
+    with capture_logs() as logs:
+        await flow.add_replica(ledger_concurrency=4)
+        await flow.settled(60)
+
+    sent_events = await flow.outputs("event", 13, timeout=10)
+    sent_orders = await flow.outputs("order", 120, timeout=10)
+    sent_refunds = await flow.outputs("refund", 120, timeout=10)
+    assert sorted(r.key.decode() for r in sent_events) == sorted([warm_up, *events])
+    assert sorted(r.key.decode() for r in sent_orders) == sorted(orders)
+    assert sorted(r.key.decode() for r in sent_refunds) == sorted("rf-" + o for o in orders)
+    event_at = {r.key.decode(): r.timestamp for r in sent_events}
+    order_at = {r.key.decode(): r.timestamp for r in sent_orders}
+    assert all(event_at[orders[r.key.decode()]] <= r.timestamp for r in sent_orders)
+    assert all(order_at[r.key.decode().removeprefix("rf-")] <= r.timestamp for r in sent_refunds)
+    assert [x for x in logs if x["event"] == "ledger.failed"] == []
+    assert [x for x in logs if x["event"] == "order.parked"] == []
+    assert await flow.db("SELECT kind FROM reconcile.discrepancies") == []
+
+
 async def test_what_was_waited_for_settles_its_discrepancy_when_it_arrives(
     flow: ReconcileFlow,
 ) -> None:

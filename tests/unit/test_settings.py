@@ -262,6 +262,17 @@ def test_reconcile_inputs_are_three_different_topics(
     assert "TICKETLAND_EVENTS_TOPIC, TICKETLAND_ORDERS_TOPIC, TICKETLAND_REFUNDS_TOPIC" in err
 
 
+def test_reconcile_ledger_transactions_leave_room_in_the_pool(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(
+        monkeypatch, capsys, ReconcileSettings, LEDGER_CONCURRENCY="4", DATABASE_POOL_SIZE="4"
+    )
+    assert "LEDGER_CONCURRENCY (4) must be below DATABASE_POOL_SIZE (4)" in err
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "5")
+    assert load_settings(ReconcileSettings).ledger_concurrency == 4
+
+
 @pytest.mark.parametrize("cls", SERVICES)
 def test_the_opentelemetry_variables_herald_reads_are_checked_with_the_rest(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cls: type[BaseSettings]

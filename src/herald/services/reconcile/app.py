@@ -83,6 +83,7 @@ async def build(
         Ledger(pool, config),
         settings.dlq_topic,
         wake,
+        concurrency=settings.ledger_concurrency,
     )
     reconciler = Reconciler(pool, config, announcements, wake)
     servicer = ReconcileServicer(pool, reconciler)

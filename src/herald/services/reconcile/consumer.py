@@ -24,7 +24,7 @@ from herald.runtime.kafka import consume
 from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
-from herald.services.reconcile.ledger import Ledger, Taken
+from herald.services.reconcile.ledger import Ledger, Taken, split_by_lock
 
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -43,7 +43,10 @@ class InputConsumer:
         dlq_topic: str,
         on_queued: Callable[[], None],
         max_records: int = 1000,
+        concurrency: int = 1,
     ) -> None:
+        """``concurrency``: transactions a batch is split into (by event, see
+        :meth:`_durably`)."""
         self._make_consumer = make_consumer
         self._producer = producer
         self._kinds = kinds
@@ -51,6 +54,7 @@ class InputConsumer:
         self._dlq_topic = dlq_topic
         self._on_queued = on_queued
         self._max_records = max_records
+        self._concurrency = concurrency
 
     async def run(self) -> None:
         # Events before orders and refunds when all have a backlog: an order read
@@ -94,21 +98,33 @@ class InputConsumer:
     async def _durably(self, taken: list[Taken], records: dict[tuple[str, int, int], Rec]) -> int:
         """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A record
         PostgreSQL refuses for its data is dead-lettered with PostgreSQL's reason and
-        the rest applied (runtime.db.apply_isolating_refused)."""
+        the rest applied (runtime.db.apply_isolating_refused).
+
+        The records are split by the event whose lock they take into up to
+        ``concurrency`` parts, applied at once in transactions of their own: their
+        locks are disjoint, so neither waits for the other, and one's Python work runs
+        while PostgreSQL works on another's. Each part keeps the batch's order."""
 
         async def refused(t: Taken, exc: BaseException) -> None:
             record = records[(t.topic, t.partition, t.offset)]
             await self._dead_letter([(record, refusal_reason(exc))])
 
-        return await apply_isolating_refused(
-            taken,
-            self._ledger.take,
-            refused,
-            failed_event="ledger.failed",
-            first_delay=0.5,
-            max_delay=10.0,
-            level=logging.ERROR,
+        parts = split_by_lock(taken, self._concurrency)
+        applied = await asyncio.gather(
+            *(
+                apply_isolating_refused(
+                    part,
+                    self._ledger.take,
+                    refused,
+                    failed_event="ledger.failed",
+                    first_delay=0.5,
+                    max_delay=10.0,
+                    level=logging.ERROR,
+                )
+                for part in parts
+            )
         )
+        return sum(applied)
 
     async def _dead_letter(self, bad: list[tuple[Rec, str]]) -> None:
         """Sends each bad record to the DLQ and waits until Kafka has them all (their

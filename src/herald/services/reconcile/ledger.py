@@ -11,6 +11,7 @@ queued again: a replay from the beginning sends nothing twice.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,17 @@ def lock_key(d: Decoded) -> str:
     if isinstance(m, tl.Event):
         return m.id
     return m.event_id
+
+
+def split_by_lock(items: Sequence[Taken], parts: int) -> list[list[Taken]]:
+    """``items`` in up to ``parts`` non-empty lists, every record of an event in the
+    same one (a stable hash of its lock key), each in the order given."""
+    if parts <= 1:
+        return [list(items)] if items else []
+    out: list[list[Taken]] = [[] for _ in range(parts)]
+    for item in items:
+        out[zlib.crc32(lock_key(item.decoded).encode()) % parts].append(item)
+    return [part for part in out if part]
 
 
 class Ledger:

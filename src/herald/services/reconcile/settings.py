@@ -71,6 +71,13 @@ class ReconcileSettings(RuntimeSettings):
     create_topics: bool = Field(
         True, description="Create missing input and output topics at start."
     )
+    ledger_concurrency: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Ledger transactions a batch of input records is split into, by event, "
+        "run at once (each its own connection of DATABASE_POOL_SIZE).",
+    )
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> ReconcileSettings:
@@ -78,6 +85,17 @@ class ReconcileSettings(RuntimeSettings):
         inputs = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
         if len({getattr(self, name.lower()) for name in inputs}) < len(inputs):
             raise ValueError(f"{', '.join(inputs)} must be three different topics")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_has_room(self) -> ReconcileSettings:
+        """The ledger's transactions leave connections for the relay, sweeper and API."""
+        if self.ledger_concurrency >= self.database_pool_size:
+            raise ValueError(
+                f"LEDGER_CONCURRENCY ({self.ledger_concurrency}) must be below "
+                f"DATABASE_POOL_SIZE ({self.database_pool_size}): the relay, the sweeper "
+                "and the API need connections of the pool too"
+            )
         return self
 
     def input_topics(self) -> dict[str, Kind]:

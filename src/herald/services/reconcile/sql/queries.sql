@@ -287,8 +287,10 @@ WHERE status = 'open' AND ($1::text IS NULL OR event_id = $1)
 SELECT * FROM reconcile.discrepancies WHERE id = $1
 
 -- name: upsert_organizers
+-- In id order: transactions of other events (other replicas, the other parts of a
+-- batch) may update the same organizers, and rows locked in one order cannot deadlock.
 INSERT INTO reconcile.organizers AS g (id, name, legals)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ORDER BY 1
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, legals = excluded.legals, updated_at = now()
 WHERE (g.name, g.legals) IS DISTINCT FROM (excluded.name, excluded.legals)
 
