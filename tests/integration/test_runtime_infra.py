@@ -356,3 +356,49 @@ async def test_consume_commits_what_it_took_when_stopped(infra: Infra, topic: st
         await worker
     assert first == list(range(len(first)))
     assert await _committed(settings, group, topic) == len(first), "the first batch only"
+
+
+async def _members(settings: KafkaSettings, group: str) -> int:
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    await admin.start()
+    try:
+        [reply] = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return len(reply.groups[0][5])
+
+
+async def test_a_consumer_stopped_while_joining_its_group_leaves_no_member_behind(
+    infra: Infra, topic: str
+) -> None:
+    """A consumer joining a group with a member already in it waits for the rebalance
+    (until the member's next heartbeat) inside its start. Stopped then, it must not
+    stay behind in the group, holding partitions nobody consumes for as long as the
+    process lives."""
+    settings = infra.kafka_settings()
+    await kafka.ensure_topics(settings, [topic], partitions=4)
+    group = f"joining-{uuid.uuid4().hex[:8]}"
+    present = kafka.make_consumer(settings, topic, group_id=group)
+    await present.start()
+    try:
+        await present.getmany(timeout_ms=500)  # a member, assigned every partition
+
+        async def take(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+            pass
+
+        joining = _consuming(settings, topic, group, take, max_records=10)
+        await asyncio.sleep(0.5)  # in its start, waiting for the rebalance
+        joining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await joining
+        async with asyncio.timeout(30):
+            while True:
+                await present.getmany(timeout_ms=500)  # heartbeats: the rebalance ends
+                if await _members(settings, group) == 1:
+                    break
+        await asyncio.sleep(4)  # a member left behind would have rejoined by now
+        await present.getmany(timeout_ms=500)
+        assert await _members(settings, group) == 1
+        assert len(present.assignment()) == 4
+    finally:
+        await present.stop()

@@ -157,6 +157,12 @@ async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: fl
         client = make()
         try:
             await client.start()
+        except asyncio.CancelledError:
+            # Stopped while starting: a consumer's group coordinator may already run
+            # (start waits for the group's assignment), and would stay in the group,
+            # holding partitions nobody consumes, for as long as the process lives.
+            await asyncio.shield(client.stop())
+            raise
         except Exception as exc:  # any bootstrap failure: retry
             await client.stop()
             log.warning("kafka.unreachable", client=what, error=repr(exc), retry_in=delay)
