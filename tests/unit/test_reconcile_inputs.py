@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.services.reconcile.inputs import BadRecord, Kind, decode, short_status
@@ -356,13 +357,20 @@ def test_a_status_number_outside_the_enum_is_a_bad_record(form: str) -> None:
         short_status(decode("order", headers, value).message)
 
 
-def test_a_nul_character_in_a_stored_text_is_a_bad_record() -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_nul_character_in_a_stored_text_is_a_bad_record(as_json: bool) -> None:
     # PostgreSQL text cannot hold NUL: the ledger would refuse the batch for ever.
     bad = tl.Order(
         id="o\x001", event_id="e1", status=tl.Order.STATUS_DONE, tickets=[tl.Ticket(id="t\x00")]
     )
+    headers: list[tuple[str, bytes]] = []
+    value = bad.SerializeToString()
+    if as_json:
+        headers = [("content-type", b"application/json")]
+        value = json.dumps(json_format.MessageToDict(bad)).encode()
+        assert b"\\u0000" in value
     with pytest.raises(BadRecord, match=r"id: contains a NUL character") as caught:
-        decode("order", [], bad.SerializeToString())
+        decode("order", headers, value)
     assert "tickets[0].id: contains a NUL character" in str(caught.value)
 
 
