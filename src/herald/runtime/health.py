@@ -1,4 +1,11 @@
-"""The standard gRPC health service, SERVING only while dependencies answer."""
+"""The standard gRPC health service, SERVING only while dependencies answer.
+
+A dependency going away is logged (``health.dependency_down``, a warning) and coming
+back too (``health.dependency_up``). While a service starts, its Kafka clients take a
+moment to connect: a dependency that has not answered yet is logged as down only once
+it has not answered for ``start_grace`` seconds, so a normal start logs no warning and
+one against a server that is not there still says so. SERVING or NOT_SERVING is
+published from the first check, whatever is logged."""
 
 from __future__ import annotations
 
@@ -22,16 +29,24 @@ class HealthMonitor:
         service_names: Sequence[str],
         checks: dict[str, Check],
         interval: float = 2.0,
+        start_grace: float = 10.0,
     ) -> None:
         self._servicer = servicer
         self._names = ["", *service_names]
         self._checks = checks
         self._interval = interval
-        self._failing: set[str] = set()
+        self._start_grace = start_grace
+        self._first_check: float | None = None
+        self._answered: set[str] = set()  # dependencies that answered once
+        self._reported: set[str] = set()  # dependencies logged as down, not yet up
         self._stopping = False
 
     async def check_once(self) -> bool:
         """Runs every check once and publishes SERVING or NOT_SERVING."""
+        now = asyncio.get_running_loop().time()
+        if self._first_check is None:
+            self._first_check = now
+        starting = now - self._first_check < self._start_grace
         results = await asyncio.gather(
             *(_bounded(c) for c in self._checks.values()), return_exceptions=True
         )
@@ -39,11 +54,14 @@ class HealthMonitor:
         for name, result in zip(self._checks, results, strict=True):
             if isinstance(result, BaseException):
                 failing.add(name)
-                if name not in self._failing:
+                if name not in self._reported and (name in self._answered or not starting):
                     log.warning("health.dependency_down", dependency=name, error=repr(result))
-            elif name in self._failing:
-                log.info("health.dependency_up", dependency=name)
-        self._failing = failing
+                    self._reported.add(name)
+            else:
+                self._answered.add(name)
+                if name in self._reported:
+                    log.info("health.dependency_up", dependency=name)
+                    self._reported.discard(name)
         serving = not failing and not self._stopping
         await self._publish(serving)
         return serving
