@@ -5,6 +5,12 @@ version held, so a created, changed or deleted webhook is seen within a second. 
 refreshing has failed for longer than ``max_staleness`` the cache refuses to answer
 (:class:`WebhooksUnavailable`): dispatch then parks the event's webhook target for a
 retry instead of matching against a view that may be long out of date.
+
+Failed refreshes are logged (``subscriptions.refresh_failed``) at most every
+``warn_every`` seconds while they go on, with how long and how many, and the recovery
+once (``subscriptions.refresh_recovered``): an outage of the webhooks service is not two
+warnings a second. At start, the webhooks service may still be starting: failures before
+the first load are logged only after ``start_grace`` seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class SubscriptionCache:
         key: str,
         refresh_seconds: float = 0.5,
         max_staleness: float = 10.0,
+        warn_every: float = 30.0,
+        start_grace: float = 10.0,
     ) -> None:
         self._stub = subscriptions_pb2_grpc.SubscriptionServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {key}"),)
@@ -46,6 +54,12 @@ class SubscriptionCache:
         self._last_error = "not loaded yet"
         self._by_pattern: PatternIndex[str] = PatternIndex()
         self._ready = asyncio.Event()
+        self._warn_every = warn_every
+        self._created = time.monotonic()
+        self._start_grace = start_grace
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._warned_at: float | None = None  # the last warning of this run of failures
 
     async def run(self) -> None:
         while True:
@@ -62,14 +76,39 @@ class SubscriptionCache:
             )
         except grpc.aio.AioRpcError as exc:
             self._last_error = f"{exc.code().name}: {exc.details()}"
-            log.warning("subscriptions.refresh_failed", error=self._last_error)
+            self._failed()
             return False
+        if self._warned_at is not None:
+            log.info(
+                "subscriptions.refresh_recovered",
+                failed_for=round(time.monotonic() - (self._failing_since or 0), 1),
+                failures=self._failures,
+            )
+        self._failing_since, self._failures, self._warned_at = None, 0, None
         if not reply.unchanged:
             self._index(reply.subscriptions)
             self._version = reply.version
         self._loaded_at = time.monotonic()
         self._ready.set()
         return True
+
+    def _failed(self) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._failures += 1
+        if self._loaded_at is None and now - self._created < self._start_grace:
+            return  # the webhooks service may still be starting
+        if self._warned_at is not None and now - self._warned_at < self._warn_every:
+            return
+        self._warned_at = now
+        log.warning(
+            "subscriptions.refresh_failed",
+            error=self._last_error,
+            failing_for=round(now - self._failing_since, 1),
+            failures=self._failures,
+            next_warning_in=self._warn_every,
+        )
 
     async def wait_ready(self, within: float) -> bool:
         """Waits (up to ``within`` s) for the first successful load."""
