@@ -919,3 +919,42 @@ async def test_a_refund_ticketland_reverses_after_it_was_sent_is_a_discrepancy(
     await eventually(published, 20)
     [announced_] = await announced_for_it()
     assert announced_["kind"] == "refund_reversed"
+
+
+async def test_ledger_lookups_stay_index_probes_while_a_new_ledger_grows(
+    database_url: str,
+) -> None:
+    """Looking up 150 of 50,000 tickets (and orders) by id on tables not analysed yet
+    (a new ledger, until autovacuum's first pass) reads them through the index, not the
+    whole table (which the planner chose for `id = ANY($1)`: ~10 ms a batch)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+        ids = [f"x{i}" for i in range(50_000)]
+        await conn.execute(
+            "INSERT INTO reconcile.tickets (id, order_id, event_id, barcode, price_nominal,"
+            " currency, status) SELECT id, 'o', 'e', 'b', 1, 'RUB', 'active'"
+            " FROM unnest($1::text[]) AS id",
+            ids,
+        )
+        await conn.execute(
+            "INSERT INTO reconcile.orders (id, number, status, event_id, organizer_id, doc,"
+            " source_time, delivery) SELECT id, id, 'DONE', 'e', 'g', '', 0, 'sent'"
+            " FROM unnest($1::text[]) AS id",
+            ids,
+        )
+        scans = (
+            "SELECT sum(seq_scan) FROM pg_stat_user_tables"
+            " WHERE relid IN ('reconcile.tickets'::regclass, 'reconcile.orders'::regclass)"
+        )
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        before = await conn.fetchval(scans)
+        tickets = await conn.fetch(Q.tickets_by_id, [*ids[100:250], "unknown"])
+        orders = await conn.fetch(Q.orders_by_id, [*ids[100:250], "unknown"])
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        after = await conn.fetchval(scans)
+    finally:
+        await conn.close()
+    assert sorted(r["id"] for r in tickets) == sorted(ids[100:250])
+    assert sorted(r["id"] for r in orders) == sorted(ids[100:250])
+    assert after == before, f"sequential scans {before} -> {after}"
