@@ -2,9 +2,10 @@
 
 Per batch: decode every record by its stream and content type; one that does not
 decode or validate goes to herald.dlq with its reason; the rest are applied to the
-ledger in one transaction; only then are the offsets committed. A crash repeats the
-batch, which the ledger recognises. When every stream has a backlog, Ticketland's
-events are read first (runtime.kafka_first).
+ledger, split by event into up to LEDGER_CONCURRENCY transactions run at once; only
+then are the offsets committed. A crash repeats the batch, which the ledger
+recognises. When every stream has a backlog, Ticketland's events are read first
+(runtime.kafka_first).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""The ledger: each batch of input records applied in one transaction.
+"""The ledger: a batch of input records applied in one transaction (a consumer's batch
+may be split by event into several, see :func:`split_by_lock`).
 
 Everything about one event (the event, its orders, their refunds) is serialised by an
-advisory lock on the event id, so replicas sharing the partitions agree on what was
-parked, released and sent. Outputs for Vibeapp are queued in the same transaction, so
-a record's effect and its outputs commit together; the Kafka offsets are committed
-only after that. A record taken before (same coordinates) is skipped; an older
-version of an entity than the ledger's changes nothing; a queued output is never
-queued again: a replay from the beginning sends nothing twice.
+advisory lock on the event id, so replicas sharing the partitions (and transactions
+running at once in one replica) agree on what was parked, released and sent. Outputs
+for Vibeapp are queued in the same transaction, so a record's effect and its outputs
+commit together; the Kafka offsets are committed only after that. A record taken
+before (same coordinates) is skipped; an older version of an entity than the ledger's
+changes nothing; a queued output is never queued again: a replay from the beginning
+sends nothing twice.
 """
 
 from __future__ import annotations
