@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -595,10 +595,20 @@ async def test_two_replicas_share_the_inputs_and_send_everything_once_in_order(
     )
     await flow.settled(60)
 
-    sent_events = await flow.outputs("event", 4, timeout=10)
-    sent_orders = await flow.outputs("order", 40, timeout=10)
-    sent_refunds = await flow.outputs("refund", 40, timeout=10)
-    assert sorted(r.key.decode() for r in sent_events) == sorted(events)
+    await sent_once_in_order(flow, events, orders)
+    assert await discrepancies(flow) == []
+
+
+async def sent_once_in_order(
+    flow: ReconcileFlow, events: Iterable[str], orders: dict[str, str]
+) -> None:
+    """Every event, order (``orders``: order id → event id) and refund ``rf-<order>`` is
+    on Vibeapp's topics once, each order after its event and each refund after its order."""
+    event_ids = sorted(events)
+    sent_events = await flow.outputs("event", len(event_ids), timeout=10)
+    sent_orders = await flow.outputs("order", len(orders), timeout=10)
+    sent_refunds = await flow.outputs("refund", len(orders), timeout=10)
+    assert sorted(r.key.decode() for r in sent_events) == event_ids
     assert sorted(r.key.decode() for r in sent_orders) == sorted(orders)
     assert sorted(r.key.decode() for r in sent_refunds) == sorted("rf-" + o for o in orders)
     event_at = {r.key.decode(): r.timestamp for r in sent_events}
@@ -607,7 +617,6 @@ async def test_two_replicas_share_the_inputs_and_send_everything_once_in_order(
         assert event_at[orders[r.key.decode()]] <= r.timestamp
     for r in sent_refunds:
         assert order_at[r.key.decode().removeprefix("rf-")] <= r.timestamp
-    assert await discrepancies(flow) == []
 
 
 async def test_a_backlog_split_into_concurrent_transactions_is_sent_once_in_order(
@@ -631,16 +640,7 @@ async def test_a_backlog_split_into_concurrent_transactions_is_sent_once_in_orde
         await flow.add_replica(ledger_concurrency=4)
         await flow.settled(60)
 
-    sent_events = await flow.outputs("event", 12, timeout=10)
-    sent_orders = await flow.outputs("order", 120, timeout=10)
-    sent_refunds = await flow.outputs("refund", 120, timeout=10)
-    assert sorted(r.key.decode() for r in sent_events) == sorted(events)
-    assert sorted(r.key.decode() for r in sent_orders) == sorted(orders)
-    assert sorted(r.key.decode() for r in sent_refunds) == sorted("rf-" + o for o in orders)
-    event_at = {r.key.decode(): r.timestamp for r in sent_events}
-    order_at = {r.key.decode(): r.timestamp for r in sent_orders}
-    assert all(event_at[orders[r.key.decode()]] <= r.timestamp for r in sent_orders)
-    assert all(order_at[r.key.decode().removeprefix("rf-")] <= r.timestamp for r in sent_refunds)
+    await sent_once_in_order(flow, events, orders)
     assert [x for x in logs if x["event"] == "ledger.failed"] == []
     assert [x for x in logs if x["event"] == "order.parked"] == []
     assert await flow.db("SELECT kind FROM reconcile.discrepancies") == []
