@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 
-from herald.services.webhooks.engine import rate_room
 from herald.services.webhooks.model import RetryPolicy
-from herald.services.webhooks.retry import JITTER, backoff, decide, reason_of
+from herald.services.webhooks.retry import JITTER, backoff, decide, rate_room, reason_of
 
 SEED = RetryPolicy(max_retries=3, initial_delay=1.0, backoff_multiplier=2.0, max_delay=30.0)
 

@@ -1,6 +1,7 @@
-"""The delivery engine: claims due deliveries, makes signed HTTP POSTs, schedules
-retries in PostgreSQL; what exhausts its retries or finds its endpoint gone is escalated
-(``escalation``: dead letter, disabled webhook, announcements).
+"""The delivery engine: claims due deliveries, makes signed HTTP POSTs, records what
+they did (``outcomes``: a retry due, delivered, failed); what exhausts its retries or
+finds its endpoint gone is escalated (``escalation``: dead letter, disabled webhook,
+announcements).
 
 Any number of workers run side by side: a claim is a lease (``next_attempt_at``
 moved ahead past the HTTP timeout) taken with ``FOR UPDATE SKIP LOCKED``, and an
@@ -16,23 +17,22 @@ import collections
 import functools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 import asyncpg
 import structlog
 
 from herald.runtime import json_fast
-from herald.runtime.batching import GroupCommitter
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.wake import woken
 from herald.services.webhooks import retry
-from herald.services.webhooks.escalation import Escalation, Step
-from herald.services.webhooks.http import AttemptResult, DeliveryClient
+from herald.services.webhooks.escalation import Escalation
+from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from herald.services.webhooks.model import RetryPolicy
+from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.signing import signature_headers
 from herald.services.webhooks.store import Q
@@ -51,39 +51,6 @@ DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout
 SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
 MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
-
-
-def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
-    """How many more sends the limits allow now (0 = a limit is not set)."""
-    rooms = []
-    if per_second:
-        rooms.append(per_second - last_second)
-    if per_minute:
-        rooms.append(per_minute - last_minute)
-    return max(0, min(rooms)) if rooms else 1 << 30
-
-
-class Outcome(NamedTuple):
-    """What one attempt did, as recorded (the columns of ``record_outcomes``, in order;
-    a tuple: the engine makes thousands a second)."""
-
-    delivery_id: uuid.UUID
-    number: int
-    webhook_id: uuid.UUID
-    started_at: datetime
-    status_code: int | None
-    error: str | None
-    response_ms: int
-    status: str  # pending (a retry is due at next_at), delivered or failed
-    next_at: datetime | None
-    retry_reason: str | None
-    retry_after: float | None
-    last_error: str | None
-    last_response: str
-    then: Step | None = None  # stored with the outcome (a dead letter, a disabled webhook)
-
-
-OUTCOME_COLUMNS = len(Outcome._fields) - 1  # all but ``then``
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
 
 
@@ -141,19 +108,7 @@ class Engine:
         self._freed = asyncio.Event()  # set whenever an attempt finishes
         self._room_changed = asyncio.Event()  # set whenever room() may have grown
         self._claim_min = max(1, concurrency // 4)
-        # Attempts' outcomes are group-committed: at full speed one statement records
-        # dozens, where a transaction each made PostgreSQL the bottleneck. One committer,
-        # and a small group waits 3 ms for more: groups of ~45 instead of ~23 at 7,500
-        # deliveries/s, half the statements (PostgreSQL's CPU per delivery -15%). An
-        # attempt's slot is free once its response is in, so this costs no throughput.
-        self._outcomes: GroupCommitter[Outcome, None] = GroupCommitter(
-            self._write_outcomes,
-            name="outcomes",
-            max_group=500,
-            committers=1,
-            linger=0.003,
-            small_group=64,
-        )
+        self._outcomes = OutcomeLog(pool, self.worker, escalation)
 
     def wake(self) -> None:
         """New deliveries are due."""
@@ -334,7 +289,7 @@ class Engine:
                         continue
                     sent = await conn.fetchrow(Q.recent_sends, hook["webhook_id"])
                     assert sent is not None
-                    room = rate_room(
+                    room = retry.rate_room(
                         row["rate_per_second"],
                         row["rate_per_minute"],
                         sent["second"],
@@ -409,7 +364,7 @@ class Engine:
             then = self._escalation.dead_letter(row, hook, verdict.reason, result)
         elif verdict.outcome == "gone":
             then = self._escalation.gone(row, hook, "the endpoint answered 410 Gone")
-        await self._record(row, number, started, result, verdict, then)
+        await self._outcomes.submit(outcome_of(row, number, started, result, verdict, then))
         _BY_OUTCOME[verdict.outcome].inc()
         log.info(
             "delivery.attempted",
@@ -465,51 +420,3 @@ class Engine:
                 self._secrets.clear()
             secret = self._secrets[key] = self._box.open(key[1], str(webhook_id))
         return secret
-
-    async def _record(
-        self,
-        row: asyncpg.Record,
-        number: int,
-        started: datetime,
-        result: AttemptResult,
-        verdict: retry.Verdict,
-        then: Step | None,
-    ) -> None:
-        status = {"delivered": "delivered", "retry": "pending"}.get(verdict.outcome, "failed")
-        pending = status == "pending"
-        await self._outcomes.submit(
-            Outcome(
-                delivery_id=row["id"],
-                number=number,
-                webhook_id=row["webhook_id"],
-                started_at=started,
-                status_code=result.status_code,
-                error=result.error,
-                response_ms=round(result.elapsed * 1000),
-                status=status,
-                next_at=started + timedelta(seconds=verdict.delay) if pending else None,
-                retry_reason=verdict.reason or None,
-                retry_after=verdict.delay if pending else None,
-                last_error=result.detail or None,
-                last_response=result.body[:1024],
-                then=then,
-            )
-        )
-
-    async def _write_outcomes(self, outcomes: Sequence[Outcome]) -> list[None]:
-        """One statement for a group of outcomes (and the webhooks' last delivery time).
-        What an outcome leads to (``then``) is stored in the same transaction, for the
-        outcomes this worker recorded (it still held their claims)."""
-        columns = list(zip(*outcomes, strict=True))[:OUTCOME_COLUMNS]
-        steps = [o for o in outcomes if o.then is not None]
-        if not steps:
-            await self._pool.execute(Q.record_outcomes, self.worker, *columns)
-        else:
-            async with self._pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(Q.record_outcomes, self.worker, *columns)
-                recorded = {r["id"] for r in rows}
-                for o in steps:
-                    if o.then is not None and o.delivery_id in recorded:
-                        await o.then(conn)
-            self._escalation.stored()
-        return [None] * len(outcomes)

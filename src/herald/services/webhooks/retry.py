@@ -1,4 +1,4 @@
-"""When to try a failed delivery again, and why. Pure."""
+"""When to try a failed delivery again, and why; how many sends a rate limit allows. Pure."""
 
 from __future__ import annotations
 
@@ -62,3 +62,13 @@ def decide(
     if status_code in (429, 503) and retry_after is not None:
         delay = min(max(retry_after, 0.0), MAX_RETRY_AFTER)
     return Verdict("retry", reason, delay)
+
+
+def rate_room(per_second: int, per_minute: int, last_second: int, last_minute: int) -> int:
+    """How many more sends the limits allow now (0 = a limit is not set)."""
+    rooms = []
+    if per_second:
+        rooms.append(per_second - last_second)
+    if per_minute:
+        rooms.append(per_minute - last_minute)
+    return max(0, min(rooms)) if rooms else 1 << 30
