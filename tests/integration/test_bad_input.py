@@ -17,6 +17,8 @@ import pytest
 from google.protobuf import descriptor as d
 from google.protobuf import message_factory
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from herald.dispatch.v1 import dispatch_pb2
 from herald.ingest.v1 import ingest_pb2
 from herald.reconcile.v1 import reconcile_pb2
@@ -231,3 +233,51 @@ async def test_no_rpc_answers_nasty_input_with_a_server_error(targets: list[Targ
                             failures.append(f"{method.name}({what}): {exc.code().name}")
     assert calls > 1000, "every service's RPCs were called"
     assert failures == []
+
+
+def _undecodable(method: d.MethodDescriptor) -> list[tuple[str, bytes]]:
+    """Request bytes that are no message of the method's request type: corrupt wire
+    format, and (when it has one) a string field holding bytes that are not UTF-8."""
+    out = [("corrupt wire format", b"\xff\xff\xff")]
+    for field in method.input_type.fields:
+        if field.type == T.TYPE_STRING and not field.is_repeated:
+            out.append((f"{field.name} not UTF-8", bytes([field.number << 3 | 2, 1, 0xFF])))
+            break
+    return out
+
+
+async def test_request_bytes_that_do_not_decode_are_invalid_argument(
+    targets: list[Target],
+) -> None:
+    wrong: list[str] = []
+    calls = 0
+    for target in targets:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{target.port}") as channel:
+            for method in target.service.methods:
+                if method.client_streaming or method.server_streaming:
+                    continue
+                call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                    f"/{target.service.full_name}/{method.name}",
+                    request_serializer=lambda b: b,
+                    response_deserializer=lambda b: b,
+                )
+                for what, data in _undecodable(method):
+                    calls += 1
+                    with pytest.raises(grpc.aio.AioRpcError) as exc:
+                        await call(
+                            data,
+                            metadata=(("authorization", f"Bearer {ACME_KEY}"),),
+                            timeout=20,
+                        )
+                    status = rpc_status.from_call(exc.value)
+                    fields = []
+                    for detail in status.details if status else ():
+                        bad = error_details_pb2.BadRequest()
+                        if detail.Unpack(bad):
+                            fields += [v.field for v in bad.field_violations]
+                    if exc.value.code() != grpc.StatusCode.INVALID_ARGUMENT or fields != [
+                        "request"
+                    ]:
+                        wrong.append(f"{method.name}({what}): {exc.value.code().name} {fields}")
+    assert calls > 40, "every service's RPCs were called"
+    assert wrong == []

@@ -8,7 +8,7 @@ from typing import Any, cast
 import asyncpg
 import grpc
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_status import rpc_status
 
 from herald.runtime.db import CONNECTION_LOST
@@ -112,9 +112,53 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+class Undecodable:
+    """A request whose bytes are not a valid message of the method's request type
+    (corrupt wire format, a string field that is not UTF-8)."""
+
+    __slots__ = ("reason", "type_name")
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+    def violation(self) -> InvalidArgument:
+        """The INVALID_ARGUMENT it is answered with."""
+        what = f"a valid {self.type_name} message" if self.type_name else "a valid message"
+        return InvalidArgument([FieldViolation("request", f"not {what}: {self.reason}")])
+
+
+def lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserialize`` that returns :class:`Undecodable` instead of raising: grpc
+    answers a request it cannot deserialize with UNKNOWN, no details; the handler
+    answers it with INVALID_ARGUMENT instead."""
+    owner = getattr(deserialize, "__self__", None)  # FromString of the generated class
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = str(getattr(descriptor, "full_name", ""))
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError) as exc:  # ValueError: UnicodeDecodeError too
+            return Undecodable(type_name, str(exc) or type(exc).__name__)
+
+    return decode
+
+
 class ErrorInterceptor(UnaryInterceptor):
     """Maps :class:`RpcError` to its status (BadRequest details included); an
-    unreachable database to UNAVAILABLE; anything else to INTERNAL, logged."""
+    undecodable request to INVALID_ARGUMENT; an unreachable database to UNAVAILABLE;
+    anything else to INTERNAL, logged."""
+
+    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        wrapped = super()._wrap(method, handler)
+        if handler.request_deserializer is None:
+            return wrapped
+        return grpc.unary_unary_rpc_method_handler(
+            cast("Handler", wrapped.unary_unary),
+            request_deserializer=lenient(handler.request_deserializer),
+            response_serializer=wrapped.response_serializer,
+        )
 
     async def around(
         self,
@@ -124,6 +168,10 @@ class ErrorInterceptor(UnaryInterceptor):
         method: str,
     ) -> Any:
         """Calls the handler; turns what it raises into a status."""
+        if isinstance(request, Undecodable):
+            log.info("rpc.undecodable", method=method, error=request.reason)
+            status = request.violation().to_status()
+            await context.abort_with_status(rpc_status.to_status(status))
         try:
             return await inner(request, context)
         except grpc.aio.AbortError:
