@@ -70,6 +70,27 @@ async def test_producer_honours_sasl_scram_settings(infra: Infra) -> None:
     await producer.stop()
 
 
+async def test_wrong_kafka_credentials_are_named_in_the_unreachable_line(infra: Infra) -> None:
+    """A wrong SCRAM password made a service log only "Unable to bootstrap": the
+    authentication failure was in aiokafka's silenced lines."""
+    if infra.kafka is None:
+        pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
+    wrong = KafkaSettings(
+        bootstrap_servers=infra.kafka.scram_bootstrap_servers,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="vibe",
+        sasl_password="wrong",
+    )
+    with capture_logs() as logs, contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            kafka.start_when_reachable(lambda: kafka.make_producer(wrong), "vibe"), 3
+        )
+    unreachable = [line for line in logs if line["event"] == "kafka.unreachable"]
+    assert unreachable, logs
+    assert "SaslAuthenticationFailed" in unreachable[0]["reason"]
+
+
 def test_ssl_settings_build_a_context_from_the_ca_file() -> None:
     cafile = "/etc/ssl/certs/ca-certificates.crt"
     if not Path(cafile).exists():

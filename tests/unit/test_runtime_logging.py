@@ -83,3 +83,34 @@ def test_an_exception_and_a_stack_are_rendered_as_text(lines: io.BytesIO) -> Non
     assert where["level"] == "warning"
     assert "test_an_exception_and_a_stack_are_rendered_as_text" in where["stack"]
     assert "ValueError: bad" in explicit["exception"]
+
+
+def test_aiokafka_connect_failures_are_silenced_but_their_reason_is_kept() -> None:
+    """aiokafka logs a failed connect at ERROR each attempt (noise): the line is not
+    written, but its reason (wrong credentials, say) is kept for kafka.unreachable."""
+    import logging  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from herald.runtime.kafka import connect_reasons  # noqa: PLC0415
+
+    out = io.StringIO()
+    configure_logging("INFO", "json", service="test", stream=out)
+    try:
+        before = time.time()
+        aiokafka = logging.getLogger("aiokafka")
+        aiokafka.error(
+            'Unable connect to "%s:%s": %s',
+            "127.0.0.1",
+            19094,
+            "[Error 58] SaslAuthFailed",
+        )
+        logging.getLogger("aiokafka.conn").error("a reconnect failed")
+        aiokafka.critical("kept")
+    finally:
+        structlog.reset_defaults()
+    written = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert written == ["kept"]
+    assert connect_reasons.since(before) == (
+        'Unable connect to "127.0.0.1:19094": [Error 58] SaslAuthFailed'
+    )
+    assert connect_reasons.since(time.time() + 1) is None  # nothing since then

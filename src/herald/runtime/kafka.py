@@ -6,7 +6,9 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +31,31 @@ from herald.runtime.settings import KafkaSettings, StartError
 
 log = structlog.get_logger("herald.kafka")
 C = TypeVar("C", AIOKafkaProducer, AIOKafkaConsumer)
+_CONNECT_FAILED = "Unable connect to"  # aiokafka's line for a failed bootstrap connect
+
+
+class _ConnectReasons(logging.Handler):
+    """Why a broker could not be reached (refused, wrong credentials, TLS) is said only
+    in aiokafka's ERROR line per attempt, which services do not write (noise): the
+    latest few are kept here for ``kafka.unreachable``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: collections.deque[tuple[float, str]] = collections.deque(maxlen=8)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(_CONNECT_FAILED):
+            self.seen.append((record.created, record.getMessage()))
+
+    def since(self, began: float) -> str | None:
+        """The latest reason given at or after ``began`` (``time.time()``), else None."""
+        if self.seen and self.seen[-1][0] >= began:
+            return self.seen[-1][1]
+        return None
+
+
+connect_reasons = _ConnectReasons()
+logging.getLogger("aiokafka").addHandler(connect_reasons)
 COMMIT_WAIT_SECONDS = 5.0  # for an offset commit in flight when a consumer stops
 STOP_BROKEN_SECONDS = 10.0  # for a broken producer to finish what it still can
 
@@ -155,6 +182,7 @@ async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: fl
     delay = 0.5
     while True:
         client = make()
+        began = time.time()
         try:
             await client.start()
         except asyncio.CancelledError:
@@ -165,7 +193,13 @@ async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: fl
             raise
         except Exception as exc:  # any bootstrap failure: retry
             await client.stop()
-            log.warning("kafka.unreachable", client=what, error=repr(exc), retry_in=delay)
+            log.warning(
+                "kafka.unreachable",
+                client=what,
+                error=repr(exc),
+                reason=connect_reasons.since(began),  # e.g. wrong credentials
+                retry_in=delay,
+            )
             await asyncio.sleep(delay)
             delay = min(max_backoff, delay * 2)
         else:

@@ -70,11 +70,19 @@ def configure_logging(
             ],
         )
     )
+    if level != "DEBUG":
+        handler.addFilter(_quiet_aiokafka)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.getLevelName(level), logging.INFO))
-    # aiokafka logs every failed reconnect at ERROR; one line per attempt is noise.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level != "DEBUG" else logging.DEBUG)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
+
+
+def _quiet_aiokafka(record: logging.LogRecord) -> bool:
+    """Drops aiokafka's lines below CRITICAL: it logs every failed connect at ERROR, a
+    line per attempt (Herald logs its own throttled lines, with aiokafka's reason:
+    ``kafka.unreachable``)."""
+    return not record.name.startswith("aiokafka") or record.levelno >= logging.CRITICAL
 
 
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
