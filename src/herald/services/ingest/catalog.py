@@ -24,6 +24,19 @@ NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
 MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
+# The drafts a schema may declare in ``$schema`` (http or https, with or without the
+# final '#'): the meta-schemas jsonschema-rs holds. Any other is refused: meta-validation
+# would fetch it from the network.
+_DRAFTS = {
+    "json-schema.org/draft-04/schema",
+    "json-schema.org/draft-06/schema",
+    "json-schema.org/draft-07/schema",
+    "json-schema.org/draft/2019-09/schema",
+    "json-schema.org/draft/2020-12/schema",
+}
+_LOCAL_REFS_ONLY = (
+    "$ref may only point inside the schema (like '#/$defs/item'); files and URLs are never fetched"
+)
 KNOWN_ATTRIBUTES = {
     "subject",
     "datacontenttype",
@@ -46,22 +59,52 @@ class EventTypeDef:
     source_pattern: str = ""
     required_attributes: tuple[str, ...] = ()
     create_time: datetime | None = None
-    _validator: jsonschema_rs.Draft202012Validator = field(init=False, repr=False, compare=False)
+    _validator: jsonschema_rs.Validator | None = field(init=False, repr=False, compare=False)
+    _unusable: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # jsonschema-rs: ~100x faster than the pure-Python validator on our payloads.
-        validator = jsonschema_rs.Draft202012Validator(self.json_schema, validate_formats=True)
+        # A stored definition that no longer compiles (one stored before a rule it
+        # breaks) is kept, listed and named in errors, but events of it are refused:
+        # raising here would stop the catalog from loading at all.
+        validator, unusable = None, ""
+        try:
+            validator = compile_schema(self.json_schema)
+        except (ValueError, jsonschema_rs.ReferencingError) as exc:
+            unusable = f"its JSON Schema does not compile: {_first_line(exc)}"
         object.__setattr__(self, "_validator", validator)
+        object.__setattr__(self, "_unusable", unusable)
 
     @property
-    def validator(self) -> jsonschema_rs.Draft202012Validator:
-        """The compiled validator for the data."""
+    def validator(self) -> jsonschema_rs.Validator:
+        """The compiled validator for the data (only of a usable definition)."""
+        if self._validator is None:
+            raise RuntimeError(f"{self.name} {self.data_version} is unusable: {self._unusable}")
         return self._validator
+
+    @property
+    def unusable(self) -> str:
+        """Why events of this definition cannot be validated; "" when they can."""
+        return self._unusable
 
     @property
     def version_key(self) -> tuple[int, ...]:
         """Sort key: 1.10 is newer than 1.9."""
         return version_key(self.data_version)
+
+
+def compile_schema(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    """The validator of ``schema``, by the draft it declares (2020-12 by default).
+
+    Offline: a ``$ref`` to a file or URL is refused, never read (it would let any
+    caller read the server's files, or make ingest fetch URLs). jsonschema-rs is ~100x
+    faster than the pure-Python validator on our payloads.
+    """
+    return jsonschema_rs.validator_for(schema, validate_formats=True, offline=True)
+
+
+def _first_line(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).split("\n", 1)[0]
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -104,17 +147,12 @@ def check_definition(
                     f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored",
                 )
             )
+        elif (problem := _schema_problem(loaded)) is not None:
+            problems.append(problem)
         else:
-            jsonschema_rs.meta.validate(loaded)
-            jsonschema_rs.Draft202012Validator(loaded, validate_formats=True)  # compiles
             schema = loaded
     except json.JSONDecodeError as exc:
         problems.append(FieldViolation("event_type.json_schema", f"not valid JSON: {exc}"))
-    except (jsonschema_rs.ValidationError, ValueError) as exc:
-        message = getattr(exc, "message", str(exc))
-        problems.append(
-            FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {message}")
-        )
     if source_pattern:
         try:
             re.compile(source_pattern)
@@ -132,6 +170,36 @@ def check_definition(
     if problems:
         raise InvalidArgument(problems)
     return schema
+
+
+def _schema_problem(schema: dict[str, Any]) -> FieldViolation | None:
+    """What makes ``schema`` unusable, checked without fetching anything; else None."""
+    declared = schema.get("$schema")
+    if isinstance(declared, str) and not _is_known_draft(declared):
+        return FieldViolation(
+            "event_type.json_schema",
+            f"$schema {declared!r} is not a draft this service knows; omit $schema "
+            "(draft 2020-12) or give one of "
+            "https://json-schema.org/draft/2020-12/schema, "
+            "https://json-schema.org/draft/2019-09/schema, "
+            "http://json-schema.org/draft-07/schema#, draft-06 or draft-04",
+        )
+    try:
+        jsonschema_rs.meta.validate(schema)
+        compile_schema(schema)
+    except (ValueError, jsonschema_rs.ReferencingError) as exc:
+        message = _first_line(exc)
+        if "Retrieval is disabled" in message:
+            return FieldViolation("event_type.json_schema", f"{_LOCAL_REFS_ONLY}: {message}")
+        return FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {message}")
+    return None
+
+
+def _is_known_draft(uri: str) -> bool:
+    for scheme in ("https://", "http://"):
+        if uri.startswith(scheme):
+            return uri.removeprefix(scheme).removesuffix("#") in _DRAFTS
+    return False
 
 
 def _nul_at(value: object) -> str | None:

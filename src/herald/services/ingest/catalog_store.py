@@ -12,12 +12,15 @@ import asyncio
 import json
 
 import asyncpg
+import structlog
 
 from herald.runtime.errors import AlreadyExists
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.ingest.builtin import builtin_types
 from herald.services.ingest.catalog import Catalog, EventTypeDef
 from herald.services.ingest.writer import Q
+
+log = structlog.get_logger("herald.ingest")
 
 # The order of list_types (its ORDER BY).
 TYPE_ORDER = SortKey(("name", str), ("data_version", str))
@@ -63,12 +66,29 @@ class CatalogStore:
                 ],
             )
             rows = await conn.fetch(Q.all_types)
-        self.catalog = Catalog(_definition(r) for r in rows)
+        catalog = Catalog()
+        for row in rows:
+            self._add(catalog, _definition(row))
+        self.catalog = catalog
 
     async def refresh(self, name: str) -> None:
         """Re-reads every version of ``name`` from the database."""
         for row in await self._pool.fetch(Q.types_named, name):
-            self.catalog.add(_definition(row))
+            self._add(self.catalog, _definition(row))
+
+    @staticmethod
+    def _add(catalog: Catalog, definition: EventTypeDef) -> None:
+        """Adds ``definition``, logging once that it is unusable when it is."""
+        if definition.unusable:
+            known = catalog.get(definition.name, definition.data_version)
+            if known is None or not known.unusable:
+                log.error(
+                    "event_type.unusable",
+                    type=definition.name,
+                    data_version=definition.data_version,
+                    error=definition.unusable,
+                )
+        catalog.add(definition)
 
     def on_changed(self, name: str) -> None:
         """NOTIFY herald_catalog handler: another replica created a type version."""

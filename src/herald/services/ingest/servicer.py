@@ -15,7 +15,7 @@ from google.rpc import code_pb2, status_pb2
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import cloudevents_kafka as binding
-from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
 from herald.runtime.tracing import current_traceparent
@@ -106,7 +106,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             try:
                 prepared = await self._prepare(item, call, key)
-            except InvalidArgument as exc:
+            except (InvalidArgument, FailedPrecondition) as exc:
                 results[i] = ingest_pb2.PublishResult(status=exc.to_status())
                 continue
             if isinstance(prepared, Accepted):
@@ -177,7 +177,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.PublishRequest, call: CallContext, key: str
     ) -> PendingEvent | Accepted:
         """The event to store, or the earlier outcome a retry of it repeats (when it
-        fails validation now; see EventWriter.earlier). Raises InvalidArgument."""
+        fails validation now; see EventWriter.earlier). Raises InvalidArgument, or
+        FailedPrecondition when its type is unusable."""
         event: Event | None = None
         try:
             event, problems = self._parse(request)
@@ -189,16 +190,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)
-        except InvalidArgument as exc:
+        except (InvalidArgument, FailedPrecondition) as exc:
             if event is not None and (earlier := await self._earlier(event, call, key)):
                 log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
                 return earlier
-            EVENTS_REJECTED.labels("invalid").inc()
-            log.info(
-                "event.rejected",
-                idempotency_key=key or None,
-                violations=[f"{v.field}: {v.description}" for v in exc.violations[:10]],
-            )
+            details: dict[str, object]
+            if isinstance(exc, InvalidArgument):
+                EVENTS_REJECTED.labels("invalid").inc()
+                violations = [f"{v.field}: {v.description}" for v in exc.violations[:10]]
+                details = {"violations": violations}
+            else:
+                EVENTS_REJECTED.labels("unusable_type").inc()
+                details = {"error": exc.message}
+            log.info("event.rejected", idempotency_key=key or None, **details)
             raise
         assert definition is not None
         # The request as sent is what a retry repeats: the default data version filled

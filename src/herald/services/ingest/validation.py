@@ -10,7 +10,7 @@ from datetime import datetime
 import jsonschema_rs
 
 from herald.runtime import json_fast
-from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from herald.services.ingest.catalog import EventTypeDef
 from herald.services.ingest.event import NOT_PARSED, Event
 
@@ -47,7 +47,8 @@ def validate(
     found: Sequence[FieldViolation] = (),
 ) -> None:
     """Raises InvalidArgument naming every problem (``found`` already, and those
-    seen here); returns when the event is valid."""
+    seen here), or FailedPrecondition when the definition is unusable (its stored
+    schema no longer compiles); returns when the event is valid."""
     problems = [*found, *_attribute_problems(event)]
     if definition is None:
         type_field = event.field_name("type")
@@ -62,6 +63,13 @@ def validate(
         elif event.type:
             problems.append(FieldViolation(type_field, f"unknown event type {event.type!r}"))
         raise InvalidArgument(problems)
+    if definition.unusable:
+        if problems:
+            raise InvalidArgument(problems)
+        raise FailedPrecondition(
+            f"event type {definition.name!r} version {definition.data_version!r} cannot be "
+            f"used: {definition.unusable}; register a new data version"
+        )
     problems += _rule_problems(event, definition)
     problems += _data_problems(event, definition)
     if problems:

@@ -1,0 +1,98 @@
+"""CreateEventType's rules for a definition, and definitions stored before a rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from herald.runtime.errors import FailedPrecondition, InvalidArgument
+from herald.services.ingest import envelope, validation
+from herald.services.ingest.catalog import EventTypeDef, check_definition
+
+
+def refused(schema: object) -> str:
+    """The violation of a schema CreateEventType must refuse."""
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", "1.0", json.dumps(schema), "", [])
+    [violation] = exc.value.violations
+    assert violation.field == "event_type.json_schema"
+    return violation.description
+
+
+def test_a_ref_to_a_file_is_refused_not_read(tmp_path: Path) -> None:
+    # the file was read: its schema's enum let a caller guess the file's content
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"enum": ["s3cret"]}')
+    schema = {"type": "object", "properties": {"x": {"$ref": secret.as_uri()}}}
+    assert "$ref may only point inside the schema" in refused(schema)
+
+
+def test_a_ref_to_a_url_is_refused_not_fetched() -> None:
+    got = refused({"$ref": "http://127.0.0.1:9/s.json"})
+    assert "$ref may only point inside the schema" in got
+    assert "Retrieval is disabled" in got
+
+
+def test_a_ref_inside_the_schema_is_resolved() -> None:
+    schema = {"$defs": {"n": {"type": "integer"}}, "properties": {"x": {"$ref": "#/$defs/n"}}}
+    definition = EventTypeDef(
+        "order.created", "1.0", check_definition("order.created", "1.0", json.dumps(schema), "", [])
+    )
+    assert definition.validator.is_valid({"x": 1})
+    assert not definition.validator.is_valid({"x": "1"})
+
+
+def test_an_unknown_meta_schema_is_refused_not_fetched() -> None:
+    # meta-validation fetched it, and a failed fetch answered INTERNAL
+    got = refused({"$schema": "http://127.0.0.1:9/custom", "type": "object"})
+    assert "$schema 'http://127.0.0.1:9/custom' is not a draft this service knows" in got
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://json-schema.org/draft-04/schema#",
+        "http://json-schema.org/draft-06/schema#",
+        "http://json-schema.org/draft-07/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+        "https://json-schema.org/draft/2020-12/schema#",
+    ],
+)
+def test_the_official_drafts_are_accepted(uri: str) -> None:
+    check_definition("order.created", "1.0", json.dumps({"$schema": uri}), "", [])
+
+
+def test_a_declared_draft_is_the_one_data_is_validated_by() -> None:
+    # draft-07's array form of items checks each position; 2020-12 has prefixItems
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "items": [{"type": "string"}],
+        "additionalItems": False,
+    }
+    check_definition("order.created", "1.0", json.dumps(schema), "", [])
+    validator = EventTypeDef("order.created", "1.0", schema).validator
+    assert validator.is_valid(["a"])
+    assert not validator.is_valid([1])
+    assert not validator.is_valid(["a", "b"])
+
+
+def test_a_stored_definition_that_no_longer_compiles_is_unusable() -> None:
+    # stored before refs were refused: the catalog could not load, ingest did not start
+    definition = EventTypeDef("order.created", "1.0", {"$ref": "http://127.0.0.1:9/s.json"})
+    assert "does not compile" in definition.unusable
+    event, found = envelope.parse_json(
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": "1",
+                "source": "urn:t",
+                "type": "order.created",
+                "time": "2025-01-01T00:00:00Z",
+                "data": {},
+            }
+        )
+    )
+    with pytest.raises(FailedPrecondition, match=r"'order\.created' version '1\.0' cannot be used"):
+        validation.validate(event, definition, [], found)
