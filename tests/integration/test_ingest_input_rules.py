@@ -16,6 +16,7 @@ from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
 
 from herald.runtime.errors import bad_request_of
+from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import RETURN_CREATED
 from tests.integration.conftest import IngestUnderTest, start_ingest
@@ -189,3 +190,28 @@ async def test_a_stored_schema_that_no_longer_compiles_leaves_the_rest_usable(
         assert codes == [grpc.StatusCode.FAILED_PRECONDITION.value[0], 0]
     finally:
         await restarted.stop()
+
+
+async def test_listing_large_schemas_fits_a_default_client_page_by_page(
+    ingest: IngestUnderTest,
+) -> None:
+    # 4 MiB of schemas in one page: RESOURCE_EXHAUSTED for a default client (4 MiB), and
+    # so for webhooks' CreateWebhook, which lists the catalog 1,000 types a page
+    big = json.dumps({"type": "object", "description": "d" * 250_000})
+    names = {f"big.t{i:02}" for i in range(20)}
+    for name in names:
+        await ingest.stub.CreateEventType(create(name, "1.0", big))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await ingest.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(name_prefix="big.", page_size=1000, page_token=token)
+        )
+        assert page.total_size == 20
+        assert page.event_types, "a page is never empty"
+        seen += [t.name for t in page.event_types]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(names)
+    assert names <= await EventTypeNames(ingest.channel, ttl=0).names()

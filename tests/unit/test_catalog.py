@@ -96,3 +96,22 @@ def test_a_stored_definition_that_no_longer_compiles_is_unusable() -> None:
     )
     with pytest.raises(FailedPrecondition, match=r"'order\.created' version '1\.0' cannot be used"):
         validation.validate(event, definition, [], found)
+
+
+def test_a_schema_over_256_kib_and_a_description_over_2000_characters_are_refused() -> None:
+    # a 1.5 MB description made every default ListEventTypes RESOURCE_EXHAUSTED
+    schema = json.dumps({"description": "d" * 256 * 1024})
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", "1.0", schema, "", [], "d" * 2001)
+    got = {v.field: v.description for v in exc.value.violations}
+    assert got == {
+        "event_type.json_schema": f"{len(schema)} bytes of JSON; at most 262144",
+        "event_type.description": "2001 characters; at most 2000",
+    }
+    check_definition("order.created", "1.0", '{"type": "object"}', "", [], "d" * 2000)
+
+
+def test_a_description_holding_a_nul_character_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", "1.0", "{}", "", [], "a\x00b")
+    assert [v.field for v in exc.value.violations] == ["event_type.description"]

@@ -24,6 +24,10 @@ NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
 MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
+# A definition travels whole in ListEventTypes pages, which must fit a default client's
+# 4 MiB message: these keep one well under it (a page is cut by bytes too).
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_DESCRIPTION_CHARS = 2000
 # The drafts a schema may declare in ``$schema`` (http or https, with or without the
 # final '#'): the meta-schemas jsonschema-rs holds. Any other is refused: meta-validation
 # would fetch it from the network.
@@ -118,6 +122,7 @@ def check_definition(
     schema_text: str,
     source_pattern: str,
     required_attributes: Iterable[str],
+    description: str = "",
 ) -> dict[str, Any]:
     """Validates a CreateEventType request; returns the parsed schema."""
     problems: list[FieldViolation] = []
@@ -133,26 +138,22 @@ def check_definition(
         problems.append(
             FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
         )
-    schema: dict[str, Any] = {}
-    try:
-        loaded = json_fast.loads(schema_text) if schema_text else None
-        if not isinstance(loaded, dict):
-            problems.append(
-                FieldViolation("event_type.json_schema", "a JSON Schema object is required")
+    schema, problem = _parsed_schema(schema_text)
+    if problem:
+        problems.append(FieldViolation("event_type.json_schema", problem))
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        problems.append(
+            FieldViolation(
+                "event_type.description",
+                f"{len(description)} characters; at most {MAX_DESCRIPTION_CHARS}",
             )
-        elif "\\u0000" in schema_text and (where := _nul_at(loaded)) is not None:
-            problems.append(
-                FieldViolation(
-                    "event_type.json_schema",
-                    f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored",
-                )
+        )
+    elif "\x00" in description:
+        problems.append(
+            FieldViolation(
+                "event_type.description", "contains a NUL character, which cannot be stored"
             )
-        elif (problem := _schema_problem(loaded)) is not None:
-            problems.append(problem)
-        else:
-            schema = loaded
-    except json.JSONDecodeError as exc:
-        problems.append(FieldViolation("event_type.json_schema", f"not valid JSON: {exc}"))
+        )
     if source_pattern:
         try:
             re.compile(source_pattern)
@@ -172,17 +173,32 @@ def check_definition(
     return schema
 
 
-def _schema_problem(schema: dict[str, Any]) -> FieldViolation | None:
-    """What makes ``schema`` unusable, checked without fetching anything; else None."""
+def _parsed_schema(text: str) -> tuple[dict[str, Any], str]:
+    """The schema in ``text`` and "", or {} and what is wrong with it; nothing fetched."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SCHEMA_BYTES:  # not even parsed
+        return {}, f"{size} bytes of JSON; at most {MAX_SCHEMA_BYTES}"
+    try:
+        schema = json_fast.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        return {}, f"not valid JSON: {exc}"
+    if not isinstance(schema, dict):
+        return {}, "a JSON Schema object is required"
+    if "\\u0000" in text and (where := _nul_at(schema)) is not None:
+        return {}, f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored"
+    problem = _compile_problem(schema)
+    return ({}, problem) if problem else (schema, "")
+
+
+def _compile_problem(schema: dict[str, Any]) -> str:
+    """What stops ``schema`` from compiling offline; "" when nothing does."""
     declared = schema.get("$schema")
     if isinstance(declared, str) and not _is_known_draft(declared):
-        return FieldViolation(
-            "event_type.json_schema",
+        return (
             f"$schema {declared!r} is not a draft this service knows; omit $schema "
-            "(draft 2020-12) or give one of "
-            "https://json-schema.org/draft/2020-12/schema, "
+            "(draft 2020-12) or give one of https://json-schema.org/draft/2020-12/schema, "
             "https://json-schema.org/draft/2019-09/schema, "
-            "http://json-schema.org/draft-07/schema#, draft-06 or draft-04",
+            "http://json-schema.org/draft-07/schema#, draft-06 or draft-04"
         )
     try:
         jsonschema_rs.meta.validate(schema)
@@ -190,9 +206,9 @@ def _schema_problem(schema: dict[str, Any]) -> FieldViolation | None:
     except (ValueError, jsonschema_rs.ReferencingError) as exc:
         message = _first_line(exc)
         if "Retrieval is disabled" in message:
-            return FieldViolation("event_type.json_schema", f"{_LOCAL_REFS_ONLY}: {message}")
-        return FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {message}")
-    return None
+            return f"{_LOCAL_REFS_ONLY}: {message}"
+        return f"not a valid JSON Schema: {message}"
+    return ""
 
 
 def _is_known_draft(uri: str) -> bool:

@@ -9,6 +9,7 @@ becomes everyone's default within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import asyncpg
@@ -24,6 +25,10 @@ log = structlog.get_logger("herald.ingest")
 
 # The order of list_types (its ORDER BY).
 TYPE_ORDER = SortKey(("name", str), ("data_version", str))
+# A ListEventTypes page is cut after this many bytes of schemas and descriptions, so
+# that it fits a default client's 4 MiB message (1,000 types of 256 KiB schemas would
+# not); the page's token continues after its last type.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 def _definition(row: asyncpg.Record) -> EventTypeDef:
@@ -137,5 +142,30 @@ class CatalogStore:
     async def page(self, prefix: str, page: Page) -> Listing[EventTypeDef]:
         """One page of the types whose name starts with ``prefix``, in TYPE_ORDER."""
         rows = await self._pool.fetch(Q.list_types, prefix, *page.cursor, page.limit)
+        fits = _rows_that_fit(rows, MAX_PAGE_BYTES)
+        if fits < page.size:
+            page = dataclasses.replace(page, size=fits)
+            rows = rows[: fits + 1]
         listing = await page.listing(rows, lambda: self._pool.fetchval(Q.count_types, prefix))
         return listing.map(_definition)
+
+
+def _rows_that_fit(rows: list[asyncpg.Record], budget: int) -> int:
+    """How many of ``rows`` fit ``budget`` bytes (at least one: a page is never empty)."""
+    used = 0
+    for i, row in enumerate(rows):
+        used += _json_bytes(row["json_schema"]) + sum(
+            len(row[column].encode("utf-8", "surrogatepass"))
+            for column in ("name", "data_version", "description", "source_pattern")
+        )
+        if used > budget:
+            return max(i, 1)
+    return len(rows)
+
+
+def _json_bytes(text: str) -> int:
+    """Bytes of the schema as answered: json.dumps escapes each non-ASCII character
+    (\\uXXXX, two of them beyond the BMP)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(5 if ord(c) < 0x10000 else 11 for c in text if ord(c) > 0x7F)

@@ -158,6 +158,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             proto.json_schema,
             proto.source_pattern,
             proto.required_attributes,
+            proto.description,
         )
         stored = await self._catalog.create(
             EventTypeDef(
