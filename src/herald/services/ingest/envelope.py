@@ -211,7 +211,14 @@ def _check_attributes(event: Event) -> list[FieldViolation]:
         if not event.attributes.get(name):
             problems.append(FieldViolation(event.field_name(name), "required"))
     for name, value in event.attributes.items():
-        if _CONTROL.search(value):
+        if "\x00" in value:  # named apart: PostgreSQL cannot even look it up
+            problems.append(
+                FieldViolation(
+                    event.field_name(name),
+                    "contains a NUL character (\\u0000); control characters are not allowed",
+                )
+            )
+        elif _CONTROL.search(value):
             problems.append(FieldViolation(event.field_name(name), "contains control characters"))
     version = event.attributes.get("specversion")
     if version and version != "1.0":

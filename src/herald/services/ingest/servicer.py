@@ -33,6 +33,7 @@ PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
 MAX_BATCH = 1000
 IDEMPOTENCY_HEADER = "idempotency-key"  # the record carries the key the event was stored by
 MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
+NUL_REFUSED = "contains a NUL character (\\u0000), which cannot be stored"
 
 
 class CallContext:
@@ -188,6 +189,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 problems.append(
                     FieldViolation("idempotency-key", f"at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
                 )
+            if "\x00" in key:
+                problems.append(FieldViolation("idempotency-key", NUL_REFUSED))
+            if not _storable(event, key):  # PostgreSQL would refuse even the lookup
+                raise InvalidArgument(problems)
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)
@@ -227,7 +232,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def _earlier(self, event: Event, call: CallContext, key: str) -> Accepted | None:
-        if not (event.id and event.source) or _key_too_long(key):
+        if not (event.id and event.source) or _key_too_long(key) or not _storable(event, key):
             return None
         try:
             return await self._writer.earlier(
@@ -278,6 +283,11 @@ def _accepted(event_type: str, duplicate: bool) -> Any:
 
 def _key_too_long(key: str) -> bool:
     return len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY_BYTES
+
+
+def _storable(event: Event, key: str) -> bool:
+    """Whether PostgreSQL can hold the event's attributes and the key: no NUL."""
+    return "\x00" not in key and not any("\x00" in v for v in event.attributes.values())
 
 
 def _ident(key: str, call: CallContext, event: Event) -> IdempotencyKey | None:

@@ -1,0 +1,75 @@
+"""Publish's rules through the real service: what it refuses per item, before any
+database access, and what an accepted event looks like on Kafka."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+from herald.cloudevents.v1 import cloudevents_pb2
+from herald.ingest.v1 import ingest_pb2
+
+from herald.runtime.errors import bad_request_of
+from tests.integration.conftest import IngestUnderTest
+
+pytestmark = pytest.mark.integration
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def structured(**changes: Any) -> dict[str, Any]:
+    """A valid structured-JSON message.created event, with ``changes``."""
+    doc: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:t",
+        "type": "message.created",
+        "time": "2025-01-02T03:04:05Z",
+        "data": {"message": {"id": "m1", "text": "hi"}},
+    }
+    return {**doc, **changes}
+
+
+def as_json(doc: dict[str, Any], key: str = "") -> ingest_pb2.PublishRequest:
+    return ingest_pb2.PublishRequest(json=json.dumps(doc), idempotency_key=key)
+
+
+def violations(status: status_pb2.Status) -> dict[str, str]:
+    assert status.code == INVALID, status.message
+    return {v.field: v.description for v in bad_request_of(status)}
+
+
+async def test_a_nul_in_an_attribute_or_key_is_refused_per_item(ingest: IngestUnderTest) -> None:
+    # PostgreSQL refused the NUL (in the type's catalog lookup, or the key's insert):
+    # Publish answered INTERNAL and PublishBatch failed every item of the call
+    proto = cloudevents_pb2.CloudEvent(
+        id=str(uuid.uuid4()), source="urn:t", spec_version="1.0", type="message.\x00created"
+    )
+    proto.attributes["time"].ce_string = "2025-01-02T03:04:05Z"
+    proto.text_data = "{}"
+    batch = await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(
+            requests=[
+                as_json(structured()),
+                as_json(structured(type="a\u0000b")),
+                ingest_pb2.PublishRequest(event=proto),
+                as_json(structured(), key="k\x00"),
+                as_json(structured(dataversion="1\u0000")),
+            ]
+        )
+    )
+    first, *refused = batch.results
+    assert first.status.code == 0
+    assert first.event_id
+    nul = "contains a NUL character"
+    assert nul in violations(refused[0].status)["type"]
+    assert nul in violations(refused[1].status)["event.type"]
+    assert nul in violations(refused[2].status)["idempotency-key"]
+    assert nul in violations(refused[3].status)["dataversion"]
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await ingest.stub.Publish(as_json(structured(type="a\u0000b")))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
