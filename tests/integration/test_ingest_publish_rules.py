@@ -73,3 +73,17 @@ async def test_a_nul_in_an_attribute_or_key_is_refused_per_item(ingest: IngestUn
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await ingest.stub.Publish(as_json(structured(type="a\u0000b")))
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_event_whose_kafka_record_is_too_large_is_refused(
+    ingest: IngestUnderTest,
+) -> None:
+    # subject 400 KB + data 400 KB: under MAX_EVENT_BYTES as data plus attributes, but
+    # the record (key = subject, ce_subject, data) is 1.2 MB: accepted, then dead-lettered
+    doc = structured(subject="s" * 400_000, data={"message": {"id": "m1", "text": "a" * 400_000}})
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await ingest.stub.Publish(as_json(doc))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "event too large: its record is 1200" in (exc.value.details() or "")
+    doc = structured(subject="s" * 300_000, data={"message": {"id": "m1", "text": "a" * 300_000}})
+    assert (await ingest.stub.Publish(as_json(doc))).event_id

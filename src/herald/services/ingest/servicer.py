@@ -196,6 +196,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)
+            assert definition is not None
+            pending = self._pending(event, definition, call, key)
+            validation.check_record_size(event, pending.row.size, self._max_event_bytes)
         except (InvalidArgument, FailedPrecondition) as exc:
             if event is not None and (earlier := await self._earlier(event, call, key)):
                 log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
@@ -210,7 +213,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 details = {"error": exc.message}
             log.info("event.rejected", idempotency_key=key or None, **details)
             raise
-        assert definition is not None
+        return pending
+
+    def _pending(
+        self, event: Event, definition: EventTypeDef, call: CallContext, key: str
+    ) -> PendingEvent:
+        """The outbox row of a valid event."""
         # The request as sent is what a retry repeats: the default data version filled
         # in below changes when a newer version is registered.
         fingerprint = event.fingerprint()

@@ -40,6 +40,23 @@ def check_size(event: Event, limit: int) -> None:
         )
 
 
+def check_record_size(event: Event, record_bytes: int, limit: int) -> None:
+    """Refuses an event whose Kafka record (key, data, every header: the key repeats
+    partitionkey or subject, each attribute gets its ce_ prefix) exceeds ``limit``:
+    accepted, it would never reach Kafka."""
+    if record_bytes > limit:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    event.field_name("data"),
+                    f"the event's Kafka record (key, data and headers) is {record_bytes} "
+                    f"bytes; the limit is {limit} bytes",
+                )
+            ],
+            message=f"event too large: its record is {record_bytes} bytes, limit {limit}",
+        )
+
+
 def validate(
     event: Event,
     definition: EventTypeDef | None,
