@@ -87,3 +87,37 @@ async def test_an_event_whose_kafka_record_is_too_large_is_refused(
     assert "event too large: its record is 1200" in (exc.value.details() or "")
     doc = structured(subject="s" * 300_000, data={"message": {"id": "m1", "text": "a" * 300_000}})
     assert (await ingest.stub.Publish(as_json(doc))).event_id
+
+
+async def test_batch_items_and_publish_keep_their_own_idempotency_keys(
+    ingest: IngestUnderTest,
+) -> None:
+    # a batch item's derived key "K:0" was the Publish key "K:0": the second event was
+    # refused as a different request under the same key
+    stub = ingest.stub
+    first, second = structured(), structured()
+    published = await stub.Publish(as_json(first), metadata=[("idempotency-key", "k1:0")])
+    batch = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(second)]),
+        metadata=[("idempotency-key", "k1")],
+    )
+    [item] = batch.results
+    assert item.status.code == 0, item.status.message
+    assert not item.duplicate
+    assert item.event_id == second["id"] != published.event_id
+
+    third, fourth = structured(), structured()
+    batch = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(third)]),
+        metadata=[("idempotency-key", "k2")],
+    )
+    published = await stub.Publish(as_json(fourth), metadata=[("idempotency-key", "k2:0")])
+    assert not published.duplicate
+    assert published.event_id == fourth["id"]
+    # each scope still deduplicates its own retries
+    again = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(third)]),
+        metadata=[("idempotency-key", "k2")],
+    )
+    assert again.results[0].duplicate
+    assert (await stub.Publish(as_json(fourth), metadata=[("idempotency-key", "k2:0")])).duplicate

@@ -29,7 +29,10 @@ from herald.services.ingest.writer import EventWriter
 
 log = structlog.get_logger("herald.ingest")
 
+# An idempotency key's scope includes the endpoint: a batch item's derived "K:0" is
+# not the Publish key "K:0".
 PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
+PUBLISH_BATCH_ENDPOINT = "/herald.ingest.v1.IngestService/PublishBatch"
 MAX_BATCH = 1000
 IDEMPOTENCY_HEADER = "idempotency-key"  # the record carries the key the event was stored by
 MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
@@ -37,9 +40,11 @@ NUL_REFUSED = "contains a NUL character (\\u0000), which cannot be stored"
 
 
 class CallContext:
-    """What the call's metadata says: transport headers, idempotency key, identity."""
+    """What the call's metadata says: transport headers, idempotency key, identity;
+    and the endpoint its idempotency keys are scoped to."""
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], endpoint: str) -> None:
+        self.endpoint = endpoint
         metadata: Mapping[str, str | bytes] = {  # noqa: C416  (typed pairs)
             key: value for key, value in context.invocation_metadata() or ()
         }
@@ -73,7 +78,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.PublishResponse:
         """Validates, stores and acknowledges one event."""
-        call = CallContext(context)
+        call = CallContext(context, PUBLISH_ENDPOINT)
         pending = await self._prepare(
             request, call, request.idempotency_key or call.idempotency_key
         )
@@ -98,7 +103,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     )
                 ]
             )
-        call = CallContext(context)
+        call = CallContext(context, PUBLISH_BATCH_ENDPOINT)
         results: list[ingest_pb2.PublishResult | None] = [None] * len(request.requests)
         valid: list[tuple[int, PendingEvent]] = []
         for i, item in enumerate(request.requests):
@@ -300,7 +305,7 @@ def _storable(event: Event, key: str) -> bool:
 
 def _ident(key: str, call: CallContext, event: Event) -> IdempotencyKey | None:
     """The key's scope: the endpoint and the caller (its identity, else the source)."""
-    return IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
+    return IdempotencyKey(key, call.endpoint, call.identity or event.source) if key else None
 
 
 def _result(outcome: Outcome) -> ingest_pb2.PublishResult:
