@@ -115,3 +115,44 @@ def test_a_description_holding_a_nul_character_is_refused() -> None:
     with pytest.raises(InvalidArgument) as exc:
         check_definition("order.created", "1.0", "{}", "", [], "a\x00b")
     assert [v.field for v in exc.value.violations] == ["event_type.description"]
+
+
+def event_from(source: str) -> envelope.Parsed:
+    return envelope.parse_json(
+        json.dumps(
+            {
+                "specversion": "1.0",
+                "id": "1",
+                "source": source,
+                "type": "order.created",
+                "time": "2025-01-01T00:00:00Z",
+                "data": {},
+            }
+        )
+    )
+
+
+@pytest.mark.timeout(5)
+def test_a_source_pattern_is_matched_in_linear_time() -> None:
+    # Python's re backtracked: 27 characters against (a+)+b blocked the event loop for
+    # seconds (64 would take centuries)
+    check_definition("order.created", "1.0", "{}", "(a+)+b", [])
+    definition = EventTypeDef("order.created", "1.0", {}, source_pattern="(a+)+b")
+    event, found = event_from("a" * 64)
+    with pytest.raises(InvalidArgument) as exc:
+        validation.validate(event, definition, [], found)
+    assert "does not match '(a+)+b'" in exc.value.violations[0].description
+    matching, found = event_from("a" * 64 + "b")
+    validation.validate(matching, definition, [], found)
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", "(?=a)a", "(?<!b)a", "(["])
+def test_a_source_pattern_re2_cannot_compile_is_refused(pattern: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", "1.0", "{}", pattern, [])
+    [violation] = exc.value.violations
+    assert violation.field == "event_type.source_pattern"
+    assert violation.description.startswith("not a regular expression RE2 accepts")
+    # stored before RE2: unusable, not fatal
+    stored = EventTypeDef("order.created", "1.0", {}, source_pattern=pattern)
+    assert "source_pattern does not compile" in stored.unusable

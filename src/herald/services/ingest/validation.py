@@ -126,11 +126,7 @@ def _rule_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
     problems = []
     if definition.id_must_be_uuid and event.id and not _is_uuid(event.id):
         problems.append(FieldViolation(event.field_name("id"), f"{event.id!r} is not a UUID"))
-    if (
-        definition.source_pattern
-        and event.source
-        and not re.fullmatch(definition.source_pattern, event.source)
-    ):
+    if event.source and not definition.source_matches(event.source):
         problems.append(
             FieldViolation(
                 event.field_name("source"),
