@@ -12,6 +12,7 @@ import pytest
 from google.rpc import status_pb2
 from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
+from structlog.testing import capture_logs
 
 from herald.runtime.errors import bad_request_of
 from tests.integration.conftest import IngestUnderTest
@@ -121,3 +122,18 @@ async def test_batch_items_and_publish_keep_their_own_idempotency_keys(
     )
     assert again.results[0].duplicate
     assert (await stub.Publish(as_json(fourth), metadata=[("idempotency-key", "k2:0")])).duplicate
+
+
+async def test_a_rejected_event_is_logged_with_its_id_type_key_and_outcome(
+    ingest: IngestUnderTest,
+) -> None:
+    # event.rejected named only the key and the violations
+    doc = structured(time="yesterday")
+    with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError):
+        await ingest.stub.Publish(as_json(doc), metadata=[("idempotency-key", "k-rejected")])
+    [line] = [line for line in logs if line["event"] == "event.rejected"]
+    assert line["event_id"] == doc["id"]
+    assert line["type"] == "message.created"
+    assert line["idempotency_key"] == "k-rejected"
+    assert line["outcome"] == "invalid"
+    assert any(v.startswith("time:") for v in line["violations"])

@@ -210,13 +210,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 return earlier
             details: dict[str, object]
             if isinstance(exc, InvalidArgument):
-                EVENTS_REJECTED.labels("invalid").inc()
+                outcome = "invalid"
                 violations = [f"{v.field}: {v.description}" for v in exc.violations[:10]]
                 details = {"violations": violations}
             else:
-                EVENTS_REJECTED.labels("unusable_type").inc()
+                outcome = "unusable_type"
                 details = {"error": exc.message}
-            log.info("event.rejected", idempotency_key=key or None, **details)
+            EVENTS_REJECTED.labels(outcome).inc()
+            log.info(
+                "event.rejected",
+                event_id=(event.id or None) if event else None,
+                type=(event.type or None) if event else None,
+                idempotency_key=key or None,
+                outcome=outcome,
+                **details,
+            )
             raise
         return pending
 
