@@ -26,6 +26,15 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest.event import NOT_PARSED, Envelope, Event
 
 _REQUIRED = ("id", "source", "type", "specversion")
+# CloudEvents attributes whose JSON form is a string (the other context attributes).
+_STRING_ATTRIBUTES = {
+    *_REQUIRED,
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+}
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # The events seed (000) spells some attributes with underscores; CloudEvents does not.
 ALIASES = {
     "data_content_type": "datacontenttype",
@@ -152,20 +161,31 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
         if not _ATTRIBUTE_NAME.fullmatch(name):
             problems.append(FieldViolation(key, _ATTRIBUTE_NAME_RULE))
             continue
-        if isinstance(value, bool):
-            attributes[name] = "true" if value else "false"
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            attributes[name] = str(value)
-        elif isinstance(value, str):
-            attributes[name] = value
+        text, problem = _structured_attribute(name, value)
+        if problem:
+            problems.append(FieldViolation(key, problem))
         else:
-            problems.append(
-                FieldViolation(key, "attribute values are strings, numbers or booleans")
-            )
+            attributes[name] = text
     if has_data and "data" in document and "data_base64" in document:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
     event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled, parsed)
-    return event, problems + _check_attributes(event)
+    seen = {v.field for v in problems}  # a value refused above is not "required" too
+    return event, problems + [p for p in _check_attributes(event) if p.field not in seen]
+
+
+def _structured_attribute(name: str, value: object) -> tuple[str, str]:
+    """The attribute's canonical string and "", or "" and what is wrong with it. The
+    CloudEvents JSON format: context attributes are JSON strings; an extension is a
+    string, a boolean or an integer within 32 bits (not 1.5, 1e300 or 30 digits)."""
+    if isinstance(value, str):
+        return value, ""
+    if name in _STRING_ATTRIBUTES:
+        return "", "must be a JSON string"
+    if isinstance(value, bool):
+        return ("true" if value else "false"), ""
+    if isinstance(value, int) and _INT32_MIN <= value <= _INT32_MAX:
+        return str(value), ""
+    return "", "extension values are strings, booleans or integers within 32-bit signed range"
 
 
 def _parse_legacy(document: dict[str, Any]) -> Parsed:
