@@ -206,3 +206,24 @@ def test_structured_json_extension_booleans_and_32_bit_integers_are_kept() -> No
     event, problems = envelope.parse_json(json.dumps({**doc, **extensions}))
     assert problems == []
     assert [event.attributes[k] for k in extensions] == ["true", "-2147483648", "2147483647", "v"]
+
+
+def test_a_dataschema_must_be_an_absolute_uri_and_a_source_holds_no_whitespace() -> None:
+    # both were stored and sent as they came
+    doc = {"specversion": "1.0", "id": "1", "type": "t", "source": "my source"}
+    for bad in ("schemas/order.json", "https://x/a b", ""):
+        got = problems(envelope.parse_json(json.dumps({**doc, "dataschema": bad})))
+        assert "is not an absolute URI" in got["dataschema"]
+        assert got["source"] == "a URI-reference holds no whitespace"
+    good = {**doc, "source": "/orders", "dataschema": "urn:schema:order"}
+    assert problems(envelope.parse_json(json.dumps(good))) == {}
+
+
+def test_a_protobuf_attribute_with_no_value_set_is_refused() -> None:
+    # it travelled as an empty ce_ header
+    ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    ce.attributes["subject"].SetInParent()
+    _, found = envelope.parse_proto(ce)
+    assert [(v.field, v.description) for v in found] == [
+        ("event.attributes[subject]", "no value is set (attr oneof)")
+    ]

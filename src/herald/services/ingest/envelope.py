@@ -49,6 +49,9 @@ _ATTRIBUTE_NAME_RULE = "attribute names are 1-20 lowercase ASCII letters or digi
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # CloudEvents forbids control characters in string attributes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Cheap URI checks (RFC 3986 allows neither whitespace nor control characters).
+_WHITESPACE = re.compile(r"\s")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s\x00-\x1f\x7f-\x9f]*")
 # The event, and the problems found while reading it.
 Parsed = tuple[Event, list[FieldViolation]]
 _LEGACY_FIELDS = {"event_id", "event_type", "source", "occurred_at", "payload", "data_version"}
@@ -75,6 +78,11 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
             continue
         if not _ATTRIBUTE_NAME.fullmatch(name):
             problems.append(FieldViolation(f"event.attributes[{raw_name}]", _ATTRIBUTE_NAME_RULE))
+            continue
+        if value.WhichOneof("attr") is None:  # would travel as an empty header
+            problems.append(
+                FieldViolation(f"event.attributes[{raw_name}]", "no value is set (attr oneof)")
+            )
             continue
         try:
             attributes[name] = _proto_attribute(value)
@@ -240,6 +248,19 @@ def _check_attributes(event: Event) -> list[FieldViolation]:
             )
         elif _CONTROL.search(value):
             problems.append(FieldViolation(event.field_name(name), "contains control characters"))
+    source, schema = event.attributes.get("source", ""), event.attributes.get("dataschema")
+    if _WHITESPACE.search(source):
+        problems.append(
+            FieldViolation(event.field_name("source"), "a URI-reference holds no whitespace")
+        )
+    if schema is not None and not _ABSOLUTE_URI.fullmatch(schema):
+        problems.append(
+            FieldViolation(
+                event.field_name("dataschema"),
+                f"{schema!r} is not an absolute URI (a scheme, no whitespace), e.g. "
+                "https://example.com/schemas/order.json",
+            )
+        )
     version = event.attributes.get("specversion")
     if version and version != "1.0":
         problems.append(
@@ -261,9 +282,7 @@ def _proto_attribute(value: cloudevents_pb2.CloudEvent.CloudEventAttributeValue)
         return base64.b64encode(value.ce_bytes).decode()
     if kind == "ce_timestamp":
         return value.ce_timestamp.ToJsonString()
-    if kind is None:
-        return ""
-    text: str = getattr(value, kind)
+    text: str = getattr(value, kind or "ce_string")  # unset: refused by the caller
     return text
 
 
