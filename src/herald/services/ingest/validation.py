@@ -66,7 +66,10 @@ def validate(
     """Raises InvalidArgument naming every problem (``found`` already, and those
     seen here), or FailedPrecondition when the definition is unusable (its stored
     schema no longer compiles); returns when the event is valid."""
-    problems = [*found, *_attribute_problems(event)]
+    # A field refused while parsing is not refused again here: an attribute dropped for
+    # its bad value is not also "required", undecodable data not also "null".
+    seen = {v.field for v in found}
+    problems = [*found, *(p for p in _attribute_problems(event) if p.field not in seen)]
     if definition is None:
         type_field = event.field_name("type")
         if known_versions:
@@ -88,7 +91,8 @@ def validate(
             f"used: {definition.unusable}; register a new data version"
         )
     problems += _rule_problems(event, definition)
-    problems += _data_problems(event, definition)
+    if not seen & {event.field_name("data"), "data_base64"}:
+        problems += _data_problems(event, definition)
     if problems:
         raise InvalidArgument(problems)
 
