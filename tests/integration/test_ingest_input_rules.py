@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Awaitable
 
+import asyncpg
 import grpc
 import pytest
 from grpc_status import rpc_status
@@ -15,9 +16,10 @@ from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
 
 from herald.runtime.errors import bad_request_of
+from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import RETURN_CREATED
-from tests.integration.conftest import IngestUnderTest
+from tests.integration.conftest import IngestUnderTest, start_ingest
 from tests.kafka_helpers import headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -123,3 +125,93 @@ async def test_event_data_holding_a_nul_character_reaches_kafka_intact(
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     assert headers(record)["ce_id"] == response.event_id
     assert json.loads(record.value) == doc["data"]
+
+
+def event_of(name: str) -> ingest_pb2.PublishRequest:
+    doc = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "urn:t",
+        "type": name,
+        "time": "2025-01-02T03:04:05Z",
+        "data": {"x": 1},
+    }
+    return ingest_pb2.PublishRequest(json=json.dumps(doc))
+
+
+async def test_a_schema_may_not_reference_files_urls_or_unknown_meta_schemas(
+    ingest: IngestUnderTest,
+) -> None:
+    # a file $ref was read, a URL fetched; an unknown $schema was fetched, then INTERNAL
+    stub = ingest.stub
+    for ref in ("file:///etc/passwd", "http://127.0.0.1:9/s.json"):
+        schema = json.dumps({"properties": {"x": {"$ref": ref}}})
+        got = await refused(stub.CreateEventType(create("order.created", "1.0", schema)))
+        assert "$ref may only point inside the schema" in got["event_type.json_schema"]
+    schema = json.dumps({"$schema": "https://example.com/custom", "type": "object"})
+    got = await refused(stub.CreateEventType(create("order.created", "1.0", schema)))
+    assert "is not a draft this service knows" in got["event_type.json_schema"]
+
+
+async def test_a_stored_schema_that_no_longer_compiles_leaves_the_rest_usable(
+    infra: Infra, database_url: str, topic: str, ingest: IngestUnderTest
+) -> None:
+    # stored before refs were refused: ingest could not start at all
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO ingest.event_types (name, data_version, description, json_schema, "
+            "id_must_be_uuid, source_pattern, required_attributes) "
+            "VALUES ('old.remote', '1.0', '', $1::jsonb, false, '', '{}')",
+            json.dumps({"properties": {"x": {"$ref": "http://127.0.0.1:9/s.json"}}}),
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await ingest.stub.Publish(event_of("old.remote"))  # read on a cache miss
+    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    restarted = await start_ingest(infra, database_url, topic)
+    try:
+        stub = restarted.stub
+        listed = await stub.ListEventTypes(ingest_pb2.ListEventTypesRequest(name_prefix="old."))
+        assert [t.name for t in listed.event_types] == ["old.remote"]
+        got = await stub.GetEventType(ingest_pb2.GetEventTypeRequest(name="old.remote"))
+        assert "127.0.0.1:9" in got.event_type.json_schema
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stub.Publish(event_of("old.remote"))
+        assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'old.remote' version '1.0' cannot be used" in (exc.value.details() or "")
+        batch = await stub.PublishBatch(
+            ingest_pb2.PublishBatchRequest(
+                requests=[event_of("old.remote"), event_of("room.created")]
+            )
+        )
+        codes = [r.status.code for r in batch.results]
+        assert codes == [grpc.StatusCode.FAILED_PRECONDITION.value[0], 0]
+    finally:
+        await restarted.stop()
+
+
+async def test_listing_large_schemas_fits_a_default_client_page_by_page(
+    ingest: IngestUnderTest,
+) -> None:
+    # 4 MiB of schemas in one page: RESOURCE_EXHAUSTED for a default client (4 MiB), and
+    # so for webhooks' CreateWebhook, which lists the catalog 1,000 types a page
+    big = json.dumps({"type": "object", "description": "d" * 250_000})
+    names = {f"big.t{i:02}" for i in range(20)}
+    for name in names:
+        await ingest.stub.CreateEventType(create(name, "1.0", big))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await ingest.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(name_prefix="big.", page_size=1000, page_token=token)
+        )
+        assert page.total_size == 20
+        assert page.event_types, "a page is never empty"
+        seen += [t.name for t in page.event_types]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(names)
+    assert names <= await EventTypeNames(ingest.channel, ttl=0).names()

@@ -74,7 +74,7 @@ def test_structured_json_rejects_bad_attribute_names_values_and_specversion() ->
     got = problems(envelope.parse_json(json.dumps(doc)))
     assert "unsupported specversion" in got["specversion"]
     assert "lowercase" in got["Bad_Name"]
-    assert "strings, numbers or booleans" in got["nested"]
+    assert "strings, booleans or integers" in got["nested"]
     assert got["ctl"] == "contains control characters"
 
 
@@ -176,3 +176,54 @@ def test_proto_attribute_names_of_20_characters_and_the_seed_spellings_are_accep
 def test_a_structured_attribute_name_with_a_final_newline_is_refused() -> None:
     doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "subject\n": "x"}
     assert "lowercase" in problems(envelope.parse_json(json.dumps(doc)))["subject\n"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("specversion", 1.0, "must be a JSON string"),
+        ("id", 42, "must be a JSON string"),
+        ("time", True, "must be a JSON string"),
+        ("data_schema", 7, "must be a JSON string"),
+        ("xrate", 1.5, "integers within 32-bit signed range"),
+        ("xbig", 10**29, "integers within 32-bit signed range"),
+        ("xhuge", 1e300, "integers within 32-bit signed range"),
+        ("xnext", 2**31, "integers within 32-bit signed range"),
+        ("xlist", [1], "integers within 32-bit signed range"),
+    ],
+)
+def test_structured_json_attribute_values_follow_the_cloudevents_types(
+    key: str, value: object, problem: str
+) -> None:
+    # "specversion": 1.0 became "1.0", 1e300 "1e+300" and 30 digits a string of them
+    doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", key: value}
+    assert problem in problems(envelope.parse_json(json.dumps(doc)))[key]
+
+
+def test_structured_json_extension_booleans_and_32_bit_integers_are_kept() -> None:
+    doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t"}
+    extensions = {"xon": True, "xmin": -(2**31), "xmax": 2**31 - 1, "xs": "v"}
+    event, problems = envelope.parse_json(json.dumps({**doc, **extensions}))
+    assert problems == []
+    assert [event.attributes[k] for k in extensions] == ["true", "-2147483648", "2147483647", "v"]
+
+
+def test_a_dataschema_must_be_an_absolute_uri_and_a_source_holds_no_whitespace() -> None:
+    # both were stored and sent as they came
+    doc = {"specversion": "1.0", "id": "1", "type": "t", "source": "my source"}
+    for bad in ("schemas/order.json", "https://x/a b", ""):
+        got = problems(envelope.parse_json(json.dumps({**doc, "dataschema": bad})))
+        assert "is not an absolute URI" in got["dataschema"]
+        assert got["source"] == "a URI-reference holds no whitespace"
+    good = {**doc, "source": "/orders", "dataschema": "urn:schema:order"}
+    assert problems(envelope.parse_json(json.dumps(good))) == {}
+
+
+def test_a_protobuf_attribute_with_no_value_set_is_refused() -> None:
+    # it travelled as an empty ce_ header
+    ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    ce.attributes["subject"].SetInParent()
+    _, found = envelope.parse_proto(ce)
+    assert [(v.field, v.description) for v in found] == [
+        ("event.attributes[subject]", "no value is set (attr oneof)")
+    ]

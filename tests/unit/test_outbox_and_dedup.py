@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from herald.runtime import cloudevents_kafka as binding
 from herald.runtime.errors import InvalidArgument
@@ -19,6 +20,22 @@ from herald.services.ingest.outbox import (
     make_pending,
 )
 from tests.fixtures.seeds import RETURN_CREATED, USER_REGISTERED
+
+
+@pytest.mark.parametrize("subject", ["", "s", "s" * 200, "😀" * 100_000])
+def test_the_record_size_is_an_upper_bound_of_what_kafka_counts(subject: str) -> None:
+    # the size checked was data plus attributes once; the record repeats the key and
+    # prefixes every header: accepted events were too large for Kafka
+    doc = {**json.loads(RETURN_CREATED), "subject": subject}
+    event, _ = envelope.parse_json(json.dumps(doc))
+    row = make_pending(
+        event, "t", {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, None, "a"
+    ).row
+    kafka = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        row.key, row.value, headers_of(row.headers_json)
+    )
+    assert kafka <= row.size <= kafka + 200
+    assert row.size > event.size() + len(subject.encode())
 
 
 def test_record_follows_the_cloudevents_kafka_binding() -> None:

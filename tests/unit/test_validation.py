@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from herald.cloudevents.v1 import cloudevents_pb2
 
 from herald.runtime.errors import InvalidArgument
 from herald.services.ingest import envelope, validation
@@ -241,3 +242,28 @@ def test_an_id_that_must_be_a_uuid_is_the_8_4_4_4_12_hex_form(ident: str) -> Non
 @pytest.mark.parametrize("ident", [UUID, UUID.upper(), "00000000-0000-0000-0000-000000000000"])
 def test_a_uuid_is_accepted_in_either_case(ident: str) -> None:
     check(edited(RETURN_CREATED, id=ident))
+
+
+def test_a_field_refused_while_parsing_is_not_refused_again() -> None:
+    # a Timestamp out of range was also "required"; bad base64 also `null is not an object`
+    ce = cloudevents_pb2.CloudEvent(
+        id="1", source="urn:t", spec_version="1.0", type="message.created", text_data="{}"
+    )
+    ce.attributes["time"].ce_timestamp.seconds = 2**62
+    event, found = envelope.parse_proto(ce)
+    with pytest.raises(InvalidArgument) as exc:
+        validation.validate(event, CATALOG.get("message.created"), [], found)
+    assert [v.field for v in exc.value.violations] == ["event.attributes[time]"]
+
+    doc = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "urn:t",
+        "type": "message.created",
+        "time": "2025-01-01T00:00:00Z",
+        "data_base64": "not base64!",
+    }
+    event, found = envelope.parse_json(json.dumps(doc))
+    with pytest.raises(InvalidArgument) as exc:
+        validation.validate(event, CATALOG.get("message.created"), [], found)
+    assert [v.field for v in exc.value.violations] == ["data_base64"]

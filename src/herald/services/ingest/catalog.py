@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import jsonschema_rs
+import re2
 
 from herald.runtime import json_fast
 from herald.runtime.errors import FieldViolation, InvalidArgument
@@ -24,6 +25,23 @@ NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
 VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
 MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
+# A definition travels whole in ListEventTypes pages, which must fit a default client's
+# 4 MiB message: these keep one well under it (a page is cut by bytes too).
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_DESCRIPTION_CHARS = 2000
+# The drafts a schema may declare in ``$schema`` (http or https, with or without the
+# final '#'): the meta-schemas jsonschema-rs holds. Any other is refused: meta-validation
+# would fetch it from the network.
+_DRAFTS = {
+    "json-schema.org/draft-04/schema",
+    "json-schema.org/draft-06/schema",
+    "json-schema.org/draft-07/schema",
+    "json-schema.org/draft/2019-09/schema",
+    "json-schema.org/draft/2020-12/schema",
+}
+_LOCAL_REFS_ONLY = (
+    "$ref may only point inside the schema (like '#/$defs/item'); files and URLs are never fetched"
+)
 KNOWN_ATTRIBUTES = {
     "subject",
     "datacontenttype",
@@ -46,22 +64,85 @@ class EventTypeDef:
     source_pattern: str = ""
     required_attributes: tuple[str, ...] = ()
     create_time: datetime | None = None
-    _validator: jsonschema_rs.Draft202012Validator = field(init=False, repr=False, compare=False)
+    _validator: jsonschema_rs.Validator | None = field(init=False, repr=False, compare=False)
+    _source: Any = field(init=False, repr=False, compare=False)  # a compiled re2 pattern
+    _unusable: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # jsonschema-rs: ~100x faster than the pure-Python validator on our payloads.
-        validator = jsonschema_rs.Draft202012Validator(self.json_schema, validate_formats=True)
+        # A stored definition that no longer compiles (one stored before a rule it
+        # breaks) is kept, listed and named in errors, but events of it are refused:
+        # raising here would stop the catalog from loading at all.
+        validator, source, unusable = None, None, ""
+        try:
+            validator = compile_schema(self.json_schema)
+        except (ValueError, jsonschema_rs.ReferencingError) as exc:
+            unusable = f"its JSON Schema does not compile: {_first_line(exc)}"
+        if self.source_pattern:
+            try:
+                source = compile_source_pattern(self.source_pattern)
+            except ValueError as exc:
+                unusable = unusable or f"its source_pattern does not compile: {exc}"
         object.__setattr__(self, "_validator", validator)
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_unusable", unusable)
+
+    def source_matches(self, source: str) -> bool:
+        """Whether ``source`` matches the whole source_pattern (true without one)."""
+        return self._source is None or self._source.fullmatch(source) is not None
 
     @property
-    def validator(self) -> jsonschema_rs.Draft202012Validator:
-        """The compiled validator for the data."""
+    def validator(self) -> jsonschema_rs.Validator:
+        """The compiled validator for the data (only of a usable definition)."""
+        if self._validator is None:
+            raise RuntimeError(f"{self.name} {self.data_version} is unusable: {self._unusable}")
         return self._validator
+
+    @property
+    def unusable(self) -> str:
+        """Why events of this definition cannot be validated; "" when they can."""
+        return self._unusable
 
     @property
     def version_key(self) -> tuple[int, ...]:
         """Sort key: 1.10 is newer than 1.9."""
         return version_key(self.data_version)
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is the caller's mistake, not a log line
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def compile_source_pattern(pattern: str) -> Any:
+    """``pattern`` compiled by RE2: matching takes time linear in the source, where
+    Python's backtracking ``re`` spent seconds on ``(a+)+b`` against 27 characters,
+    blocking the event loop. Raises ValueError naming what RE2 refuses
+    (backreferences, lookarounds)."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise ValueError(text) from None
+
+
+def compile_schema(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+    """The validator of ``schema``, by the draft it declares (2020-12 by default).
+
+    Offline: a ``$ref`` to a file or URL is refused, never read (it would let any
+    caller read the server's files, or make ingest fetch URLs). jsonschema-rs is ~100x
+    faster than the pure-Python validator on our payloads.
+    """
+    return jsonschema_rs.validator_for(schema, validate_formats=True, offline=True)
+
+
+def _first_line(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return str(message).split("\n", 1)[0]
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -75,6 +156,7 @@ def check_definition(
     schema_text: str,
     source_pattern: str,
     required_attributes: Iterable[str],
+    description: str = "",
 ) -> dict[str, Any]:
     """Validates a CreateEventType request; returns the parsed schema."""
     problems: list[FieldViolation] = []
@@ -90,37 +172,32 @@ def check_definition(
         problems.append(
             FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
         )
-    schema: dict[str, Any] = {}
-    try:
-        loaded = json_fast.loads(schema_text) if schema_text else None
-        if not isinstance(loaded, dict):
-            problems.append(
-                FieldViolation("event_type.json_schema", "a JSON Schema object is required")
-            )
-        elif "\\u0000" in schema_text and (where := _nul_at(loaded)) is not None:
-            problems.append(
-                FieldViolation(
-                    "event_type.json_schema",
-                    f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored",
-                )
-            )
-        else:
-            jsonschema_rs.meta.validate(loaded)
-            jsonschema_rs.Draft202012Validator(loaded, validate_formats=True)  # compiles
-            schema = loaded
-    except json.JSONDecodeError as exc:
-        problems.append(FieldViolation("event_type.json_schema", f"not valid JSON: {exc}"))
-    except (jsonschema_rs.ValidationError, ValueError) as exc:
-        message = getattr(exc, "message", str(exc))
+    schema, problem = _parsed_schema(schema_text)
+    if problem:
+        problems.append(FieldViolation("event_type.json_schema", problem))
+    if len(description) > MAX_DESCRIPTION_CHARS:
         problems.append(
-            FieldViolation("event_type.json_schema", f"not a valid JSON Schema: {message}")
+            FieldViolation(
+                "event_type.description",
+                f"{len(description)} characters; at most {MAX_DESCRIPTION_CHARS}",
+            )
+        )
+    elif "\x00" in description:
+        problems.append(
+            FieldViolation(
+                "event_type.description", "contains a NUL character, which cannot be stored"
+            )
         )
     if source_pattern:
         try:
-            re.compile(source_pattern)
-        except re.error as exc:
+            compile_source_pattern(source_pattern)
+        except ValueError as exc:
             problems.append(
-                FieldViolation("event_type.source_pattern", f"not a regular expression: {exc}")
+                FieldViolation(
+                    "event_type.source_pattern",
+                    f"not a regular expression RE2 accepts (no backreferences or "
+                    f"lookarounds): {exc}",
+                )
             )
     for i, attribute in enumerate(required_attributes):
         if attribute not in KNOWN_ATTRIBUTES:
@@ -132,6 +209,51 @@ def check_definition(
     if problems:
         raise InvalidArgument(problems)
     return schema
+
+
+def _parsed_schema(text: str) -> tuple[dict[str, Any], str]:
+    """The schema in ``text`` and "", or {} and what is wrong with it; nothing fetched."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SCHEMA_BYTES:  # not even parsed
+        return {}, f"{size} bytes of JSON; at most {MAX_SCHEMA_BYTES}"
+    try:
+        schema = json_fast.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        return {}, f"not valid JSON: {exc}"
+    if not isinstance(schema, dict):
+        return {}, "a JSON Schema object is required"
+    if "\\u0000" in text and (where := _nul_at(schema)) is not None:
+        return {}, f"contains a NUL character (\\u0000) at {where!r}, which cannot be stored"
+    problem = _compile_problem(schema)
+    return ({}, problem) if problem else (schema, "")
+
+
+def _compile_problem(schema: dict[str, Any]) -> str:
+    """What stops ``schema`` from compiling offline; "" when nothing does."""
+    declared = schema.get("$schema")
+    if isinstance(declared, str) and not _is_known_draft(declared):
+        return (
+            f"$schema {declared!r} is not a draft this service knows; omit $schema "
+            "(draft 2020-12) or give one of https://json-schema.org/draft/2020-12/schema, "
+            "https://json-schema.org/draft/2019-09/schema, "
+            "http://json-schema.org/draft-07/schema#, draft-06 or draft-04"
+        )
+    try:
+        jsonschema_rs.meta.validate(schema)
+        compile_schema(schema)
+    except (ValueError, jsonschema_rs.ReferencingError) as exc:
+        message = _first_line(exc)
+        if "Retrieval is disabled" in message:
+            return f"{_LOCAL_REFS_ONLY}: {message}"
+        return f"not a valid JSON Schema: {message}"
+    return ""
+
+
+def _is_known_draft(uri: str) -> bool:
+    for scheme in ("https://", "http://"):
+        if uri.startswith(scheme):
+            return uri.removeprefix(scheme).removesuffix("#") in _DRAFTS
+    return False
 
 
 def _nul_at(value: object) -> str | None:

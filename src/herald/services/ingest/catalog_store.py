@@ -9,9 +9,11 @@ becomes everyone's default within milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import asyncpg
+import structlog
 
 from herald.runtime.errors import AlreadyExists
 from herald.runtime.pagination import Listing, Page, SortKey
@@ -19,8 +21,14 @@ from herald.services.ingest.builtin import builtin_types
 from herald.services.ingest.catalog import Catalog, EventTypeDef
 from herald.services.ingest.writer import Q
 
+log = structlog.get_logger("herald.ingest")
+
 # The order of list_types (its ORDER BY).
 TYPE_ORDER = SortKey(("name", str), ("data_version", str))
+# A ListEventTypes page is cut after this many bytes of schemas and descriptions, so
+# that it fits a default client's 4 MiB message (1,000 types of 256 KiB schemas would
+# not); the page's token continues after its last type.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 def _definition(row: asyncpg.Record) -> EventTypeDef:
@@ -63,12 +71,29 @@ class CatalogStore:
                 ],
             )
             rows = await conn.fetch(Q.all_types)
-        self.catalog = Catalog(_definition(r) for r in rows)
+        catalog = Catalog()
+        for row in rows:
+            self._add(catalog, _definition(row))
+        self.catalog = catalog
 
     async def refresh(self, name: str) -> None:
         """Re-reads every version of ``name`` from the database."""
         for row in await self._pool.fetch(Q.types_named, name):
-            self.catalog.add(_definition(row))
+            self._add(self.catalog, _definition(row))
+
+    @staticmethod
+    def _add(catalog: Catalog, definition: EventTypeDef) -> None:
+        """Adds ``definition``, logging once that it is unusable when it is."""
+        if definition.unusable:
+            known = catalog.get(definition.name, definition.data_version)
+            if known is None or not known.unusable:
+                log.error(
+                    "event_type.unusable",
+                    type=definition.name,
+                    data_version=definition.data_version,
+                    error=definition.unusable,
+                )
+        catalog.add(definition)
 
     def on_changed(self, name: str) -> None:
         """NOTIFY herald_catalog handler: another replica created a type version."""
@@ -117,5 +142,30 @@ class CatalogStore:
     async def page(self, prefix: str, page: Page) -> Listing[EventTypeDef]:
         """One page of the types whose name starts with ``prefix``, in TYPE_ORDER."""
         rows = await self._pool.fetch(Q.list_types, prefix, *page.cursor, page.limit)
+        fits = _rows_that_fit(rows, MAX_PAGE_BYTES)
+        if fits < page.size:
+            page = dataclasses.replace(page, size=fits)
+            rows = rows[: fits + 1]
         listing = await page.listing(rows, lambda: self._pool.fetchval(Q.count_types, prefix))
         return listing.map(_definition)
+
+
+def _rows_that_fit(rows: list[asyncpg.Record], budget: int) -> int:
+    """How many of ``rows`` fit ``budget`` bytes (at least one: a page is never empty)."""
+    used = 0
+    for i, row in enumerate(rows):
+        used += _json_bytes(row["json_schema"]) + sum(
+            len(row[column].encode("utf-8", "surrogatepass"))
+            for column in ("name", "data_version", "description", "source_pattern")
+        )
+        if used > budget:
+            return max(i, 1)
+    return len(rows)
+
+
+def _json_bytes(text: str) -> int:
+    """Bytes of the schema as answered: json.dumps escapes each non-ASCII character
+    (\\uXXXX, two of them beyond the BMP)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(5 if ord(c) < 0x10000 else 11 for c in text if ord(c) > 0x7F)

@@ -26,6 +26,15 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest.event import NOT_PARSED, Envelope, Event
 
 _REQUIRED = ("id", "source", "type", "specversion")
+# CloudEvents attributes whose JSON form is a string (the other context attributes).
+_STRING_ATTRIBUTES = {
+    *_REQUIRED,
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+}
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # The events seed (000) spells some attributes with underscores; CloudEvents does not.
 ALIASES = {
     "data_content_type": "datacontenttype",
@@ -40,6 +49,9 @@ _ATTRIBUTE_NAME_RULE = "attribute names are 1-20 lowercase ASCII letters or digi
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # CloudEvents forbids control characters in string attributes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Cheap URI checks (RFC 3986 allows neither whitespace nor control characters).
+_WHITESPACE = re.compile(r"\s")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s\x00-\x1f\x7f-\x9f]*")
 # The event, and the problems found while reading it.
 Parsed = tuple[Event, list[FieldViolation]]
 _LEGACY_FIELDS = {"event_id", "event_type", "source", "occurred_at", "payload", "data_version"}
@@ -66,6 +78,11 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
             continue
         if not _ATTRIBUTE_NAME.fullmatch(name):
             problems.append(FieldViolation(f"event.attributes[{raw_name}]", _ATTRIBUTE_NAME_RULE))
+            continue
+        if value.WhichOneof("attr") is None:  # would travel as an empty header
+            problems.append(
+                FieldViolation(f"event.attributes[{raw_name}]", "no value is set (attr oneof)")
+            )
             continue
         try:
             attributes[name] = _proto_attribute(value)
@@ -152,20 +169,31 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
         if not _ATTRIBUTE_NAME.fullmatch(name):
             problems.append(FieldViolation(key, _ATTRIBUTE_NAME_RULE))
             continue
-        if isinstance(value, bool):
-            attributes[name] = "true" if value else "false"
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            attributes[name] = str(value)
-        elif isinstance(value, str):
-            attributes[name] = value
+        text, problem = _structured_attribute(name, value)
+        if problem:
+            problems.append(FieldViolation(key, problem))
         else:
-            problems.append(
-                FieldViolation(key, "attribute values are strings, numbers or booleans")
-            )
+            attributes[name] = text
     if has_data and "data" in document and "data_base64" in document:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
     event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled, parsed)
-    return event, problems + _check_attributes(event)
+    seen = {v.field for v in problems}  # a value refused above is not "required" too
+    return event, problems + [p for p in _check_attributes(event) if p.field not in seen]
+
+
+def _structured_attribute(name: str, value: object) -> tuple[str, str]:
+    """The attribute's canonical string and "", or "" and what is wrong with it. The
+    CloudEvents JSON format: context attributes are JSON strings; an extension is a
+    string, a boolean or an integer within 32 bits (not 1.5, 1e300 or 30 digits)."""
+    if isinstance(value, str):
+        return value, ""
+    if name in _STRING_ATTRIBUTES:
+        return "", "must be a JSON string"
+    if isinstance(value, bool):
+        return ("true" if value else "false"), ""
+    if isinstance(value, int) and _INT32_MIN <= value <= _INT32_MAX:
+        return str(value), ""
+    return "", "extension values are strings, booleans or integers within 32-bit signed range"
 
 
 def _parse_legacy(document: dict[str, Any]) -> Parsed:
@@ -211,8 +239,28 @@ def _check_attributes(event: Event) -> list[FieldViolation]:
         if not event.attributes.get(name):
             problems.append(FieldViolation(event.field_name(name), "required"))
     for name, value in event.attributes.items():
-        if _CONTROL.search(value):
+        if "\x00" in value:  # named apart: PostgreSQL cannot even look it up
+            problems.append(
+                FieldViolation(
+                    event.field_name(name),
+                    "contains a NUL character (\\u0000); control characters are not allowed",
+                )
+            )
+        elif _CONTROL.search(value):
             problems.append(FieldViolation(event.field_name(name), "contains control characters"))
+    source, schema = event.attributes.get("source", ""), event.attributes.get("dataschema")
+    if _WHITESPACE.search(source):
+        problems.append(
+            FieldViolation(event.field_name("source"), "a URI-reference holds no whitespace")
+        )
+    if schema is not None and not _ABSOLUTE_URI.fullmatch(schema):
+        problems.append(
+            FieldViolation(
+                event.field_name("dataschema"),
+                f"{schema!r} is not an absolute URI (a scheme, no whitespace), e.g. "
+                "https://example.com/schemas/order.json",
+            )
+        )
     version = event.attributes.get("specversion")
     if version and version != "1.0":
         problems.append(
@@ -234,9 +282,7 @@ def _proto_attribute(value: cloudevents_pb2.CloudEvent.CloudEventAttributeValue)
         return base64.b64encode(value.ce_bytes).decode()
     if kind == "ce_timestamp":
         return value.ce_timestamp.ToJsonString()
-    if kind is None:
-        return ""
-    text: str = getattr(value, kind)
+    text: str = getattr(value, kind or "ce_string")  # unset: refused by the caller
     return text
 
 

@@ -11,6 +11,10 @@ from herald.runtime import json_fast
 from herald.services.ingest.event import Event
 
 LANES = 16  # fixed: changing it would let two relays share a key's rows
+# Kafka's framing around a record's bytes, at most: a batch of one (61 bytes of batch
+# header, up to 25 of the record's own lengths and deltas), and two lengths a header.
+_RECORD_FRAMING = 61 + 25
+_HEADER_FRAMING = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,8 @@ class OutboxRow:
     value: bytes
     headers_json: str
     event_type: str
+    size: int = 0
+    """Bytes of the Kafka record at most: key, value, every header and their framing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,10 @@ def make_pending(
         value=value,
         headers_json=json_fast.dumps([[name, raw.decode()] for name, raw in headers]),
         event_type=event.type,
+        size=_RECORD_FRAMING
+        + len(key)
+        + len(value)
+        + sum(_HEADER_FRAMING + len(name.encode()) + len(raw) for name, raw in headers),
     )
     return PendingEvent(event, fingerprint or event.fingerprint(), idempotency, row)
 

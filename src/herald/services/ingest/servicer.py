@@ -15,7 +15,7 @@ from google.rpc import code_pb2, status_pb2
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import cloudevents_kafka as binding
-from herald.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
 from herald.runtime.tracing import current_traceparent
@@ -29,16 +29,22 @@ from herald.services.ingest.writer import EventWriter
 
 log = structlog.get_logger("herald.ingest")
 
+# An idempotency key's scope includes the endpoint: a batch item's derived "K:0" is
+# not the Publish key "K:0".
 PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
+PUBLISH_BATCH_ENDPOINT = "/herald.ingest.v1.IngestService/PublishBatch"
 MAX_BATCH = 1000
 IDEMPOTENCY_HEADER = "idempotency-key"  # the record carries the key the event was stored by
 MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
+NUL_REFUSED = "contains a NUL character (\\u0000), which cannot be stored"
 
 
 class CallContext:
-    """What the call's metadata says: transport headers, idempotency key, identity."""
+    """What the call's metadata says: transport headers, idempotency key, identity;
+    and the endpoint its idempotency keys are scoped to."""
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], endpoint: str) -> None:
+        self.endpoint = endpoint
         metadata: Mapping[str, str | bytes] = {  # noqa: C416  (typed pairs)
             key: value for key, value in context.invocation_metadata() or ()
         }
@@ -72,7 +78,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingest_pb2.PublishResponse:
         """Validates, stores and acknowledges one event."""
-        call = CallContext(context)
+        call = CallContext(context, PUBLISH_ENDPOINT)
         pending = await self._prepare(
             request, call, request.idempotency_key or call.idempotency_key
         )
@@ -97,7 +103,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     )
                 ]
             )
-        call = CallContext(context)
+        call = CallContext(context, PUBLISH_BATCH_ENDPOINT)
         results: list[ingest_pb2.PublishResult | None] = [None] * len(request.requests)
         valid: list[tuple[int, PendingEvent]] = []
         for i, item in enumerate(request.requests):
@@ -106,7 +112,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             try:
                 prepared = await self._prepare(item, call, key)
-            except InvalidArgument as exc:
+            except (InvalidArgument, FailedPrecondition) as exc:
                 results[i] = ingest_pb2.PublishResult(status=exc.to_status())
                 continue
             if isinstance(prepared, Accepted):
@@ -158,6 +164,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             proto.json_schema,
             proto.source_pattern,
             proto.required_attributes,
+            proto.description,
         )
         stored = await self._catalog.create(
             EventTypeDef(
@@ -177,7 +184,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.PublishRequest, call: CallContext, key: str
     ) -> PendingEvent | Accepted:
         """The event to store, or the earlier outcome a retry of it repeats (when it
-        fails validation now; see EventWriter.earlier). Raises InvalidArgument."""
+        fails validation now; see EventWriter.earlier). Raises InvalidArgument, or
+        FailedPrecondition when its type is unusable."""
         event: Event | None = None
         try:
             event, problems = self._parse(request)
@@ -186,21 +194,44 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 problems.append(
                     FieldViolation("idempotency-key", f"at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes")
                 )
+            if "\x00" in key:
+                problems.append(FieldViolation("idempotency-key", NUL_REFUSED))
+            if not _storable(event, key):  # PostgreSQL would refuse even the lookup
+                raise InvalidArgument(problems)
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []
             validation.validate(event, definition, known, problems)
-        except InvalidArgument as exc:
+            assert definition is not None
+            pending = self._pending(event, definition, call, key)
+            validation.check_record_size(event, pending.row.size, self._max_event_bytes)
+        except (InvalidArgument, FailedPrecondition) as exc:
             if event is not None and (earlier := await self._earlier(event, call, key)):
                 log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
                 return earlier
-            EVENTS_REJECTED.labels("invalid").inc()
+            details: dict[str, object]
+            if isinstance(exc, InvalidArgument):
+                outcome = "invalid"
+                violations = [f"{v.field}: {v.description}" for v in exc.violations[:10]]
+                details = {"violations": violations}
+            else:
+                outcome = "unusable_type"
+                details = {"error": exc.message}
+            EVENTS_REJECTED.labels(outcome).inc()
             log.info(
                 "event.rejected",
+                event_id=(event.id or None) if event else None,
+                type=(event.type or None) if event else None,
                 idempotency_key=key or None,
-                violations=[f"{v.field}: {v.description}" for v in exc.violations[:10]],
+                outcome=outcome,
+                **details,
             )
             raise
-        assert definition is not None
+        return pending
+
+    def _pending(
+        self, event: Event, definition: EventTypeDef, call: CallContext, key: str
+    ) -> PendingEvent:
+        """The outbox row of a valid event."""
         # The request as sent is what a retry repeats: the default data version filled
         # in below changes when a newer version is registered.
         fingerprint = event.fingerprint()
@@ -222,7 +253,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def _earlier(self, event: Event, call: CallContext, key: str) -> Accepted | None:
-        if not (event.id and event.source) or _key_too_long(key):
+        if not (event.id and event.source) or _key_too_long(key) or not _storable(event, key):
             return None
         try:
             return await self._writer.earlier(
@@ -275,9 +306,14 @@ def _key_too_long(key: str) -> bool:
     return len(key.encode("utf-8", "surrogatepass")) > MAX_IDEMPOTENCY_KEY_BYTES
 
 
+def _storable(event: Event, key: str) -> bool:
+    """Whether PostgreSQL can hold the event's attributes and the key: no NUL."""
+    return "\x00" not in key and not any("\x00" in v for v in event.attributes.values())
+
+
 def _ident(key: str, call: CallContext, event: Event) -> IdempotencyKey | None:
     """The key's scope: the endpoint and the caller (its identity, else the source)."""
-    return IdempotencyKey(key, PUBLISH_ENDPOINT, call.identity or event.source) if key else None
+    return IdempotencyKey(key, call.endpoint, call.identity or event.source) if key else None
 
 
 def _result(outcome: Outcome) -> ingest_pb2.PublishResult:

@@ -36,9 +36,10 @@ class IngestSettings(RelaySettings):
         1_000_000,
         ge=1024,
         le=1_000_000,
-        description="Largest event (data plus attributes). At most 1,000,000: the event's "
-        "record, its delivery jobs and notification jobs must fit Kafka's 1 MiB default "
-        "limit (a larger event was accepted and then never reached Kafka).",
+        description="Largest event, counted as its Kafka record (key, data and every "
+        "header). At most 1,000,000: the event's record, its delivery jobs and notification "
+        "jobs must fit Kafka's 1 MiB default limit (a larger event was accepted and then "
+        "never reached Kafka).",
     )
     relay_enabled: bool = Field(
         True,

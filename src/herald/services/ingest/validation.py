@@ -10,7 +10,7 @@ from datetime import datetime
 import jsonschema_rs
 
 from herald.runtime import json_fast
-from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from herald.services.ingest.catalog import EventTypeDef
 from herald.services.ingest.event import NOT_PARSED, Event
 
@@ -40,6 +40,23 @@ def check_size(event: Event, limit: int) -> None:
         )
 
 
+def check_record_size(event: Event, record_bytes: int, limit: int) -> None:
+    """Refuses an event whose Kafka record (key, data, every header: the key repeats
+    partitionkey or subject, each attribute gets its ce_ prefix) exceeds ``limit``:
+    accepted, it would never reach Kafka."""
+    if record_bytes > limit:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    event.field_name("data"),
+                    f"the event's Kafka record (key, data and headers) is {record_bytes} "
+                    f"bytes; the limit is {limit} bytes",
+                )
+            ],
+            message=f"event too large: its record is {record_bytes} bytes, limit {limit}",
+        )
+
+
 def validate(
     event: Event,
     definition: EventTypeDef | None,
@@ -47,8 +64,12 @@ def validate(
     found: Sequence[FieldViolation] = (),
 ) -> None:
     """Raises InvalidArgument naming every problem (``found`` already, and those
-    seen here); returns when the event is valid."""
-    problems = [*found, *_attribute_problems(event)]
+    seen here), or FailedPrecondition when the definition is unusable (its stored
+    schema no longer compiles); returns when the event is valid."""
+    # A field refused while parsing is not refused again here: an attribute dropped for
+    # its bad value is not also "required", undecodable data not also "null".
+    seen = {v.field for v in found}
+    problems = [*found, *(p for p in _attribute_problems(event) if p.field not in seen)]
     if definition is None:
         type_field = event.field_name("type")
         if known_versions:
@@ -62,8 +83,16 @@ def validate(
         elif event.type:
             problems.append(FieldViolation(type_field, f"unknown event type {event.type!r}"))
         raise InvalidArgument(problems)
+    if definition.unusable:
+        if problems:
+            raise InvalidArgument(problems)
+        raise FailedPrecondition(
+            f"event type {definition.name!r} version {definition.data_version!r} cannot be "
+            f"used: {definition.unusable}; register a new data version"
+        )
     problems += _rule_problems(event, definition)
-    problems += _data_problems(event, definition)
+    if not seen & {event.field_name("data"), "data_base64"}:
+        problems += _data_problems(event, definition)
     if problems:
         raise InvalidArgument(problems)
 
@@ -101,11 +130,7 @@ def _rule_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
     problems = []
     if definition.id_must_be_uuid and event.id and not _is_uuid(event.id):
         problems.append(FieldViolation(event.field_name("id"), f"{event.id!r} is not a UUID"))
-    if (
-        definition.source_pattern
-        and event.source
-        and not re.fullmatch(definition.source_pattern, event.source)
-    ):
+    if event.source and not definition.source_matches(event.source):
         problems.append(
             FieldViolation(
                 event.field_name("source"),
