@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 from google.protobuf import struct_pb2
 from herald.dispatch.v1 import dispatch_pb2, notification_pb2
@@ -57,6 +60,31 @@ def test_type_matches(match: dispatch_pb2.TypeMatch, event_type: str, expected: 
     r.filter.type.CopyFrom(match)
     event = Event({**ATTRS, "type": event_type}, {})
     assert CompiledRoute.of(r).matches(event) is expected
+
+
+def _type_matches(pattern: str, event_type: str) -> bool:
+    r = route()
+    r.filter.type.wildcard = pattern
+    return CompiledRoute.of(r).matches(Event({**ATTRS, "type": event_type}, {}))
+
+
+@pytest.mark.timeout(10)  # the regex this replaced takes years here (it backtracked)
+def test_a_wildcard_is_matched_in_linear_time() -> None:
+    pattern = "*a" * 19 + "*c"  # 20 stars
+    assert not _type_matches(pattern, "a" * 200)
+    assert _type_matches(pattern, "a" * 199 + "c")
+    assert not _type_matches("*a*a*a*a*a*a*a*a*a*a*c", "a" * 40)
+
+
+def test_wildcards_match_as_the_regex_did() -> None:
+    """The greedy match answers as the ``.*`` regex it replaced, on every small case."""
+    rng = random.Random(7)
+    for _ in range(20000):
+        pattern = "".join(rng.choices("ab*.\n", k=rng.randint(0, 7)))
+        text = "".join(rng.choices("ab.\n", k=rng.randint(0, 9)))
+        regex = ".*".join(re.escape(p) for p in pattern.split("*"))
+        expected = re.fullmatch(regex, text, re.DOTALL) is not None
+        assert _type_matches(pattern, text) is expected, (pattern, text)
 
 
 @pytest.mark.parametrize(
