@@ -219,6 +219,20 @@ async def test_429_retry_after_is_honoured(stack: Stack) -> None:
     assert second.headers["x-herald-retry-after"] == "1"
 
 
+async def test_retry_after_counts_from_the_end_of_a_slow_response(stack: Stack) -> None:
+    await stack.restart(stack.settings.model_copy(update={"delivery_timeout_seconds": 5.0}))
+    async with Receiver() as receiver:
+        slow = Reply(503, b"busy", {"Retry-After": "2"}, delay=2.5)
+        receiver.script("/hook", slow)
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        first, second = await receiver.wait_for(2, timeout=15)
+    # The first response ended 2.5 s after its request arrived; the retry comes 2 s
+    # after that, not 2 s after the attempt started (which was already past).
+    assert second.at - (first.at + slow.delay) >= 1.95
+    assert second.headers["x-herald-retry-after"] == "2"
+
+
 async def test_timeout_then_success(stack: Stack) -> None:
     async with Receiver() as receiver:
         receiver.script("/hook", Reply(200, delay=2.5))  # past the 1 s timeout
