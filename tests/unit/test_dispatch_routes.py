@@ -124,6 +124,42 @@ def test_conditions(condition: dispatch_pb2.Condition, expected: bool) -> None:
     assert CompiledRoute.of(r).matches(event) is expected
 
 
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        (cond("data.on", Op.OPERATOR_IN, [1, 2]), False),
+        (cond("data.on", Op.OPERATOR_EQUALS, 1), False),
+        (cond("data.on", Op.OPERATOR_NOT_EQUALS, 1), True),
+        (cond("data.on", Op.OPERATOR_EQUALS, True), True),
+        (cond("data.on", Op.OPERATOR_IN, [True]), True),
+        (cond("data.off", Op.OPERATOR_EQUALS, 0), False),
+        (cond("data.off", Op.OPERATOR_IN, [0, 2]), False),
+        (cond("data.off", Op.OPERATOR_EQUALS, False), True),
+        (cond("data.one", Op.OPERATOR_EQUALS, True), False),
+        (cond("data.one", Op.OPERATOR_IN, [True, False]), False),
+        (cond("data.one", Op.OPERATOR_EQUALS, 1), True),  # 1 and 1.0 are one number
+        (cond("data.flags", Op.OPERATOR_CONTAINS, 1), False),
+        (cond("data.flags", Op.OPERATOR_CONTAINS, True), True),
+        (cond("data.counts", Op.OPERATOR_CONTAINS, True), False),
+        (cond("data.counts", Op.OPERATOR_CONTAINS, 1), True),
+        (cond("data.pairs", Op.OPERATOR_IN, [[1, 0]]), False),  # nested values too
+        (cond("data.pairs", Op.OPERATOR_IN, [[True, False]]), True),
+    ],
+)
+def test_booleans_equal_only_booleans(condition: dispatch_pb2.Condition, expected: bool) -> None:
+    r = route()
+    r.filter.conditions.append(condition)
+    data = {
+        "on": True,
+        "off": False,
+        "one": 1,
+        "flags": [True, False],
+        "counts": [1, 0],
+        "pairs": [True, False],
+    }
+    assert CompiledRoute.of(r).matches(Event(ATTRS, data)) is expected
+
+
 def test_a_disabled_route_matches_nothing() -> None:
     r = route()
     r.disabled = True

@@ -114,20 +114,33 @@ def _value(v: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(v) if v.WhichOneof("kind") else None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: Python's, except that a boolean equals only a boolean (Python
+    has ``True == 1``, JSON's ``true`` is not the number 1); ``1 == 1.0`` still."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return ta is tb and a is b
+    if ta is list and tb is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if ta is dict and tb is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    return bool(a == b)
+
+
 def _compare(op: int, got: Any, want: Any) -> bool:
     """``got`` (present in the event) against ``want`` under ``op``."""
     if op == Op.OPERATOR_EQUALS:
-        return bool(got == want)
+        return _same(got, want)
     if op == Op.OPERATOR_NOT_EQUALS:
-        return bool(got != want)
+        return not _same(got, want)
     if op == Op.OPERATOR_CONTAINS:
         return (
-            want in got
+            any(_same(item, want) for item in got)
             if isinstance(got, list)
             else isinstance(got, str) and isinstance(want, str) and want in got
         )
     if op == Op.OPERATOR_IN:
-        return isinstance(want, list) and got in want
+        return isinstance(want, list) and any(_same(got, item) for item in want)
     return (
         op == Op.OPERATOR_PREFIX
         and isinstance(got, str)
