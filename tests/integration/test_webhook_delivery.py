@@ -775,6 +775,48 @@ async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
     assert "failing without a 2xx" in alert["reason"]
 
 
+async def test_a_re_enabled_webhook_gets_a_fresh_period_before_it_is_disabled_again(
+    stack: Stack,
+) -> None:
+    await stack.restart(stack.settings.model_copy(update={"disable_after_seconds": 1.0}))
+
+    async def disabled(hook_id: str) -> float:
+        """Seconds until the webhook is inactive."""
+        start = time.monotonic()
+        for _ in range(100):
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=hook_id), metadata=KEY
+            )
+            if not got.webhook.active:
+                return time.monotonic() - start
+            await asyncio.sleep(0.05)
+        raise AssertionError("the webhook was not disabled within 5 s")
+
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 100)
+        policy = webhooks_pb2.RetryPolicy(max_retries=50, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.3)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1, timeout=30)
+        await disabled(created.webhook.id)
+        await asyncio.sleep(0.5)  # the operator looks into it
+        before = len(receiver.received())
+        await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=True),
+                update_mask=FieldMask(paths=["active"]),
+            ),
+            metadata=KEY,
+        )
+        await disabled(created.webhook.id)
+        again = len(receiver.received()) - before
+    # The failures before it was disabled do not count: it fails for about a second
+    # more (an attempt each 0.3 s), not just once.
+    assert again >= 3, f"disabled again after {again} attempt(s)"
+    first, second = await announced(stack.database_url, "herald.webhook.disabled", count=2)
+    assert first["webhook_id"] == second["webhook_id"] == created.webhook.id
+
+
 async def test_a_graceful_stop_finishes_attempts_in_flight_and_frees_what_it_claimed(
     stack: Stack,
 ) -> None:

@@ -29,7 +29,9 @@ UPDATE webhooks.webhooks
 SET name = $3, url = $4, event_types = $5, active = $6, max_retries = $7,
     initial_delay_ms = $8, backoff_multiplier = $9, max_delay_ms = $10,
     rate_per_second = $11, rate_per_minute = $12, headers = $13::jsonb, description = $14,
-    metadata = $15::jsonb, updated_at = now()
+    metadata = $15::jsonb, updated_at = now(),
+    -- active on the right is the value before this update: re-enabled now.
+    activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END
 WHERE id = $1 AND tenant = $2
 RETURNING *
 
@@ -296,13 +298,15 @@ DELETE FROM webhooks.sends WHERE at < now() - interval '2 minutes'
 
 -- name: failing_since
 -- When the run of failures without any 2xx began (NULL when the last attempt succeeded
--- or there were none).
+-- or there were none). A run starts afresh when the webhook is (re-)activated: an
+-- operator re-enabling a disabled webhook gives it a new period to recover in.
 SELECT min(a.started_at)
 FROM webhooks.attempts AS a
 WHERE a.webhook_id = $1
-  AND a.started_at > coalesce(
+  AND a.started_at > greatest(
+      (SELECT activated_at FROM webhooks.webhooks WHERE id = $1),
       (SELECT max(s.started_at) FROM webhooks.attempts AS s
-       WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299), '-infinity')
+       WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299))
 
 -- name: subscription_version
 SELECT version FROM webhooks.subscription_version
