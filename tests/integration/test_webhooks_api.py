@@ -280,6 +280,29 @@ async def test_bad_input_is_invalid_argument_with_field_violations(webhooks: Web
     }
 
 
+async def test_a_delivery_status_the_enum_does_not_define_is_refused(
+    webhooks: Webhooks,
+) -> None:
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    got = await fails(
+        webhooks.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=hook.id, status=99),  # type: ignore[arg-type]
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {"status"}
+    for status in webhooks_pb2.DeliveryStatus.values():
+        listed = await webhooks.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=hook.id, status=status), metadata=ACME
+        )
+        assert listed.total_size == 0
+
+
 async def test_a_type_registered_a_moment_ago_can_be_subscribed_to(webhooks: Webhooks) -> None:
     await webhooks.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=ACME)
     await webhooks.stub.CreateWebhook(  # warms the catalog cache

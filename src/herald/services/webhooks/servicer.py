@@ -173,8 +173,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         """A webhook's delivery log, newest first (the seed's /logs)."""
         tenant = TENANT.get()
         webhook_id = _required_id(request.webhook_id, "webhook_id")
-        status = _STATUS_NAMES.get(request.status, "")
-        query = (tenant, webhook_id, status)
+        query = (tenant, webhook_id, _status_filter(request.status))
         page = page_of(request.page_size, request.page_token, *query, key=DELIVERY_ORDER)
         listing = await self._log.page(*query, page)
         return webhooks_pb2.ListDeliveriesResponse(
@@ -268,6 +267,18 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
 def _all_known(patterns: tuple[str, ...], known: frozenset[str]) -> bool:
     return all(any(matches(p, t) for t in known) for p in patterns)
+
+
+def _status_filter(status: webhooks_pb2.DeliveryStatus.ValueType) -> str:
+    """The stored status a ListDeliveries filter selects ("" for all). A number the enum
+    does not define (proto3 enums are open) is refused, not read as "all"."""
+    if status == webhooks_pb2.DELIVERY_STATUS_UNSPECIFIED:
+        return ""
+    if status not in _STATUS_NAMES:
+        raise InvalidArgument(
+            [FieldViolation("status", f"{status} is not a defined DeliveryStatus")]
+        )
+    return _STATUS_NAMES[status]
 
 
 def _required_id(webhook_id: str, field_name: str = "id") -> str:
