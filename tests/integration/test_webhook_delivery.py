@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,12 +20,15 @@ import grpc
 import pytest
 import structlog
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from structlog.testing import LogCapture
 
 from herald.runtime import kafka
+from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.services.ingest.app import build as build_ingest
 from herald.services.webhooks import engine
@@ -654,6 +658,56 @@ async def test_resending_each_failed_delivery_while_paging_skips_none(stack: Sta
         assert seen == failed, "newest first, each once"
         assert totals == [7, 5, 3, 1]
         await receiver.wait_for(14)  # each resent once
+
+
+async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack: Stack) -> None:
+    seeds: dict[str, Any] = {  # the seed's /test example, and other kinds of value
+        "id": "test_msg_123",
+        "roomId": "test_room_456",
+        "content": "Test message",
+        "createdAt": "2024-01-01T12:00:00Z",
+        "count": 3,
+        "ratio": 0.5,
+        "tags": ["a", True, None],
+    }
+    data = Struct()
+    data.update(seeds)
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(
+                webhook_id=created.webhook.id, event_type="message.created", data=data
+            ),
+            metadata=KEY,
+        )
+        [request] = await receiver.wait_for(1)
+    body = json.loads(request.body)
+    assert body["type"] == "message.created"
+    assert body["data"] == seeds
+    assert re.search(rb'"count": 3[,}]', request.body)  # a whole number, not 3.0
+    assert request.headers["x-herald-delivery"] == sent.delivery.id
+
+    nan, big = Struct(), Struct()
+    nan.fields["x"].number_value = float("nan")
+    big.update({"text": "x" * 70_000})
+    for bad in (nan, big):
+        got = await fails_with_violations(
+            stack.stub.SendTestEvent(
+                webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id, data=bad),
+                metadata=KEY,
+            )
+        )
+        assert set(got) == {"data"}
+
+
+async def fails_with_violations(call: Any) -> set[str]:
+    """The fields an INVALID_ARGUMENT answer names."""
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    assert status is not None
+    return {v.field for v in bad_request_of(status)}
 
 
 async def test_test_event_resend_and_recover(stack: Stack) -> None:

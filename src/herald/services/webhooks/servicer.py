@@ -16,6 +16,7 @@ from herald.runtime.timestamps import datetime_of, seconds_of, timestamp
 from herald.runtime.type_patterns import matches
 from herald.services.webhooks import model
 from herald.services.webhooks.convert import (
+    data_of_test_event,
     delivery_to_proto,
     duration_problems,
     malformed_durations,
@@ -225,10 +226,13 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.SendTestEventResponse:
         """Queues a signed test event for the webhook, due now (the seed's /test)."""
         event_type = request.event_type or "herald.webhook.test"
+        data, problems = data_of_test_event(request)
         if not model.EVENT_TYPE.fullmatch(event_type):
-            raise InvalidArgument([FieldViolation("event_type", "an event type name")])
+            problems.insert(0, FieldViolation("event_type", "an event type name"))
+        if problems:
+            raise InvalidArgument(problems)
         row = await self._log.send_test(
-            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type
+            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type, data
         )
         return webhooks_pb2.SendTestEventResponse(delivery=delivery_to_proto(row))
 
