@@ -700,6 +700,35 @@ async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack:
         assert set(got) == {"data"}
 
 
+async def test_a_resent_delivered_delivery_is_not_shown_delivered_until_it_is_again(
+    stack: Stack,
+) -> None:
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+        await receiver.wait_for(1)
+        for _ in range(50):
+            page = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(
+                    webhook_id=created.webhook.id, status=webhooks_pb2.DELIVERY_STATUS_DELIVERED
+                ),
+                metadata=KEY,
+            )
+            if page.total_size:
+                break
+            await asyncio.sleep(0.1)
+        assert page.deliveries[0].HasField("deliver_time")
+        resent = await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=sent.delivery.id), metadata=KEY
+        )
+        assert resent.delivery.status == webhooks_pb2.DELIVERY_STATUS_PENDING
+        assert not resent.delivery.HasField("deliver_time")
+        assert resent.delivery.response_status_code == 200  # the last response, still
+        await receiver.wait_for(2)
+
+
 async def fails_with_violations(call: Any) -> set[str]:
     """The fields an INVALID_ARGUMENT answer names."""
     with pytest.raises(grpc.aio.AioRpcError) as exc:

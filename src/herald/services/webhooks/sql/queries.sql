@@ -229,10 +229,11 @@ FROM webhooks.attempts
 WHERE webhook_id = $1 AND started_at >= $2 AND started_at < $3 AND status_code IS NOT NULL
 
 -- name: resend_delivery
--- Once more, now; not while a worker holds it (then it is being attempted anyway).
+-- Once more, now; not while a worker holds it (then it is being attempted anyway). A
+-- delivered one is pending again: not delivered until this attempt succeeds.
 UPDATE webhooks.deliveries
 SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'resend',
-    retry_after = 0, updated_at = now()
+    retry_after = 0, delivered_at = NULL, updated_at = now()
 WHERE id = $1 AND tenant = $2 AND status <> 'pending'
 RETURNING id
 
