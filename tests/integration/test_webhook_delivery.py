@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,12 +20,15 @@ import grpc
 import pytest
 import structlog
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_status import rpc_status
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from structlog.testing import LogCapture
 
 from herald.runtime import kafka
+from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.services.ingest.app import build as build_ingest
 from herald.services.webhooks import engine
@@ -217,6 +221,20 @@ async def test_429_retry_after_is_honoured(stack: Stack) -> None:
     assert second.at - first.at >= 0.95
     assert second.headers["x-herald-retry-reason"] == "http_429"
     assert second.headers["x-herald-retry-after"] == "1"
+
+
+async def test_retry_after_counts_from_the_end_of_a_slow_response(stack: Stack) -> None:
+    await stack.restart(stack.settings.model_copy(update={"delivery_timeout_seconds": 5.0}))
+    async with Receiver() as receiver:
+        slow = Reply(503, b"busy", {"Retry-After": "2"}, delay=2.5)
+        receiver.script("/hook", slow)
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        first, second = await receiver.wait_for(2, timeout=15)
+    # The first response ended 2.5 s after its request arrived; the retry comes 2 s
+    # after that, not 2 s after the attempt started (which was already past).
+    assert second.at - (first.at + slow.delay) >= 1.95
+    assert second.headers["x-herald-retry-after"] == "2"
 
 
 async def test_timeout_then_success(stack: Stack) -> None:
@@ -642,6 +660,85 @@ async def test_resending_each_failed_delivery_while_paging_skips_none(stack: Sta
         await receiver.wait_for(14)  # each resent once
 
 
+async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack: Stack) -> None:
+    seeds: dict[str, Any] = {  # the seed's /test example, and other kinds of value
+        "id": "test_msg_123",
+        "roomId": "test_room_456",
+        "content": "Test message",
+        "createdAt": "2024-01-01T12:00:00Z",
+        "count": 3,
+        "ratio": 0.5,
+        "tags": ["a", True, None],
+    }
+    data = Struct()
+    data.update(seeds)
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(
+                webhook_id=created.webhook.id, event_type="message.created", data=data
+            ),
+            metadata=KEY,
+        )
+        [request] = await receiver.wait_for(1)
+    body = json.loads(request.body)
+    assert body["type"] == "message.created"
+    assert body["data"] == seeds
+    assert re.search(rb'"count": 3[,}]', request.body)  # a whole number, not 3.0
+    assert request.headers["x-herald-delivery"] == sent.delivery.id
+
+    nan, big = Struct(), Struct()
+    nan.fields["x"].number_value = float("nan")
+    big.update({"text": "x" * 70_000})
+    for bad in (nan, big):
+        got = await fails_with_violations(
+            stack.stub.SendTestEvent(
+                webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id, data=bad),
+                metadata=KEY,
+            )
+        )
+        assert set(got) == {"data"}
+
+
+async def test_a_resent_delivered_delivery_is_not_shown_delivered_until_it_is_again(
+    stack: Stack,
+) -> None:
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+        await receiver.wait_for(1)
+        for _ in range(50):
+            page = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(
+                    webhook_id=created.webhook.id, status=webhooks_pb2.DELIVERY_STATUS_DELIVERED
+                ),
+                metadata=KEY,
+            )
+            if page.total_size:
+                break
+            await asyncio.sleep(0.1)
+        assert page.deliveries[0].HasField("deliver_time")
+        resent = await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=sent.delivery.id), metadata=KEY
+        )
+        assert resent.delivery.status == webhooks_pb2.DELIVERY_STATUS_PENDING
+        assert not resent.delivery.HasField("deliver_time")
+        assert resent.delivery.response_status_code == 200  # the last response, still
+        await receiver.wait_for(2)
+
+
+async def fails_with_violations(call: Any) -> set[str]:
+    """The fields an INVALID_ARGUMENT answer names."""
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    assert status is not None
+    return {v.field for v in bad_request_of(status)}
+
+
 async def test_test_event_resend_and_recover(stack: Stack) -> None:
     async with Receiver() as receiver:
         receiver.script("/hook", Reply(500), Reply(500))  # the two jobs below fail once
@@ -759,6 +856,48 @@ async def test_a_webhook_failing_continuously_is_disabled(stack: Stack) -> None:
     assert 4 <= attempts <= 8, "disabled after about a second of failures, not before"
     [alert] = await announced(stack.database_url, "herald.webhook.disabled")
     assert "failing without a 2xx" in alert["reason"]
+
+
+async def test_a_re_enabled_webhook_gets_a_fresh_period_before_it_is_disabled_again(
+    stack: Stack,
+) -> None:
+    await stack.restart(stack.settings.model_copy(update={"disable_after_seconds": 1.0}))
+
+    async def disabled(hook_id: str) -> float:
+        """Seconds until the webhook is inactive."""
+        start = time.monotonic()
+        for _ in range(100):
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=hook_id), metadata=KEY
+            )
+            if not got.webhook.active:
+                return time.monotonic() - start
+            await asyncio.sleep(0.05)
+        raise AssertionError("the webhook was not disabled within 5 s")
+
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 100)
+        policy = webhooks_pb2.RetryPolicy(max_retries=50, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.3)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1, timeout=30)
+        await disabled(created.webhook.id)
+        await asyncio.sleep(0.5)  # the operator looks into it
+        before = len(receiver.received())
+        await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=True),
+                update_mask=FieldMask(paths=["active"]),
+            ),
+            metadata=KEY,
+        )
+        await disabled(created.webhook.id)
+        again = len(receiver.received()) - before
+    # The failures before it was disabled do not count: it fails for about a second
+    # more (an attempt each 0.3 s), not just once.
+    assert again >= 3, f"disabled again after {again} attempt(s)"
+    first, second = await announced(stack.database_url, "herald.webhook.disabled", count=2)
+    assert first["webhook_id"] == second["webhook_id"] == created.webhook.id
 
 
 async def test_a_graceful_stop_finishes_attempts_in_flight_and_frees_what_it_claimed(

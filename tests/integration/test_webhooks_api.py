@@ -72,6 +72,16 @@ async def fails(call: object, code: grpc.StatusCode) -> dict[str, str]:
     return {v.field: v.description for v in bad_request_of(status)} if status else {}
 
 
+async def violations(call: object) -> list[str]:
+    """The fields an INVALID_ARGUMENT answer names, each time it names one."""
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call  # type: ignore[misc]
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+    status = rpc_status.from_call(exc.value)
+    assert status is not None
+    return [v.field for v in bad_request_of(status)]
+
+
 async def test_crud_with_secret_shown_on_create_and_on_request_only(webhooks: Webhooks) -> None:
     created = await webhooks.stub.CreateWebhook(
         webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
@@ -280,6 +290,29 @@ async def test_bad_input_is_invalid_argument_with_field_violations(webhooks: Web
     }
 
 
+async def test_a_delivery_status_the_enum_does_not_define_is_refused(
+    webhooks: Webhooks,
+) -> None:
+    hook = (
+        await webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+        )
+    ).webhook
+    got = await fails(
+        webhooks.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=hook.id, status=99),  # type: ignore[arg-type]
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(got) == {"status"}
+    for status in webhooks_pb2.DeliveryStatus.values():
+        listed = await webhooks.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=hook.id, status=status), metadata=ACME
+        )
+        assert listed.total_size == 0
+
+
 async def test_a_type_registered_a_moment_ago_can_be_subscribed_to(webhooks: Webhooks) -> None:
     await webhooks.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=ACME)
     await webhooks.stub.CreateWebhook(  # warms the catalog cache
@@ -427,6 +460,19 @@ async def test_durations_protobuf_defines_invalid_are_refused(webhooks: Webhooks
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert set(got) == {"webhook.retry_policy.max_delay"}
+    got_list = await violations(
+        webhooks.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    id=hook.id,
+                    retry_policy=webhooks_pb2.RetryPolicy(max_delay=Duration(seconds=1, nanos=-5)),
+                ),
+                update_mask=FieldMask(paths=["retry_policy"]),
+            ),
+            metadata=ACME,
+        )
+    )
+    assert got_list == ["webhook.retry_policy.max_delay"]  # once, as malformed
     for grace in (Duration(seconds=1, nanos=-5), Duration(seconds=-1, nanos=5)):
         got = await fails(
             webhooks.stub.RotateWebhookSecret(

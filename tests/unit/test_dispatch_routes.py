@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 from google.protobuf import struct_pb2
 from herald.dispatch.v1 import dispatch_pb2, notification_pb2
@@ -59,6 +62,31 @@ def test_type_matches(match: dispatch_pb2.TypeMatch, event_type: str, expected: 
     assert CompiledRoute.of(r).matches(event) is expected
 
 
+def _type_matches(pattern: str, event_type: str) -> bool:
+    r = route()
+    r.filter.type.wildcard = pattern
+    return CompiledRoute.of(r).matches(Event({**ATTRS, "type": event_type}, {}))
+
+
+@pytest.mark.timeout(10)  # the regex this replaced takes years here (it backtracked)
+def test_a_wildcard_is_matched_in_linear_time() -> None:
+    pattern = "*a" * 19 + "*c"  # 20 stars
+    assert not _type_matches(pattern, "a" * 200)
+    assert _type_matches(pattern, "a" * 199 + "c")
+    assert not _type_matches("*a*a*a*a*a*a*a*a*a*a*c", "a" * 40)
+
+
+def test_wildcards_match_as_the_regex_did() -> None:
+    """The greedy match answers as the ``.*`` regex it replaced, on every small case."""
+    rng = random.Random(7)
+    for _ in range(20000):
+        pattern = "".join(rng.choices("ab*.\n", k=rng.randint(0, 7)))
+        text = "".join(rng.choices("ab.\n", k=rng.randint(0, 9)))
+        regex = ".*".join(re.escape(p) for p in pattern.split("*"))
+        expected = re.fullmatch(regex, text, re.DOTALL) is not None
+        assert _type_matches(pattern, text) is expected, (pattern, text)
+
+
 @pytest.mark.parametrize(
     ("condition", "expected"),
     [
@@ -94,6 +122,42 @@ def test_conditions(condition: dispatch_pb2.Condition, expected: bool) -> None:
     }
     event = Event({**ATTRS, "tenant": "acme"}, data)
     assert CompiledRoute.of(r).matches(event) is expected
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        (cond("data.on", Op.OPERATOR_IN, [1, 2]), False),
+        (cond("data.on", Op.OPERATOR_EQUALS, 1), False),
+        (cond("data.on", Op.OPERATOR_NOT_EQUALS, 1), True),
+        (cond("data.on", Op.OPERATOR_EQUALS, True), True),
+        (cond("data.on", Op.OPERATOR_IN, [True]), True),
+        (cond("data.off", Op.OPERATOR_EQUALS, 0), False),
+        (cond("data.off", Op.OPERATOR_IN, [0, 2]), False),
+        (cond("data.off", Op.OPERATOR_EQUALS, False), True),
+        (cond("data.one", Op.OPERATOR_EQUALS, True), False),
+        (cond("data.one", Op.OPERATOR_IN, [True, False]), False),
+        (cond("data.one", Op.OPERATOR_EQUALS, 1), True),  # 1 and 1.0 are one number
+        (cond("data.flags", Op.OPERATOR_CONTAINS, 1), False),
+        (cond("data.flags", Op.OPERATOR_CONTAINS, True), True),
+        (cond("data.counts", Op.OPERATOR_CONTAINS, True), False),
+        (cond("data.counts", Op.OPERATOR_CONTAINS, 1), True),
+        (cond("data.pairs", Op.OPERATOR_IN, [[1, 0]]), False),  # nested values too
+        (cond("data.pairs", Op.OPERATOR_IN, [[True, False]]), True),
+    ],
+)
+def test_booleans_equal_only_booleans(condition: dispatch_pb2.Condition, expected: bool) -> None:
+    r = route()
+    r.filter.conditions.append(condition)
+    data = {
+        "on": True,
+        "off": False,
+        "one": 1,
+        "flags": [True, False],
+        "counts": [1, 0],
+        "pairs": [True, False],
+    }
+    assert CompiledRoute.of(r).matches(Event(ATTRS, data)) is expected
 
 
 def test_a_disabled_route_matches_nothing() -> None:

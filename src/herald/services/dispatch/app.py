@@ -11,6 +11,7 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
+from herald.runtime.channels import internal_channel
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
@@ -59,8 +60,8 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     routes = RouteTable(store, settings.database_url)
     await routes.load()
 
-    webhooks = grpc.aio.insecure_channel(settings.webhooks_addr)
-    ingest = grpc.aio.insecure_channel(settings.ingest_addr)
+    webhooks = internal_channel(settings.webhooks_addr)
+    ingest = internal_channel(settings.ingest_addr)
     subscriptions = SubscriptionCache(
         webhooks,
         settings.webhooks_internal_key,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from herald.webhooks.v1 import webhooks_pb2
 
@@ -128,6 +131,57 @@ def delivery_to_proto(row: Any) -> webhooks_pb2.Delivery:
     if row["status"] == "pending" and row["next_attempt_at"] is not None:
         message.next_attempt_time.CopyFrom(timestamp(row["next_attempt_at"]))
     return message
+
+
+MAX_TEST_DATA_BYTES = 65_536
+_EXACT = 2**53  # doubles up to this are whole numbers exactly
+
+
+class _NotJSON(ValueError):
+    """A Struct value JSON cannot hold."""
+
+
+def data_of_test_event(
+    request: webhooks_pb2.SendTestEventRequest,
+) -> tuple[dict[str, Any] | None, list[FieldViolation]]:
+    """The data a SendTestEvent request gives the test event (None when it gives none),
+    and what is wrong with it."""
+    if not request.HasField("data"):
+        return None, []
+    try:
+        data = _object(request.data)
+    except _NotJSON as exc:
+        return None, [FieldViolation("data", str(exc))]
+    size = len(json.dumps(data))  # as the body will carry it
+    if size > MAX_TEST_DATA_BYTES:
+        return None, [
+            FieldViolation("data", f"at most {MAX_TEST_DATA_BYTES:,} bytes as JSON, not {size:,}")
+        ]
+    return data, []
+
+
+def _object(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: _json(value) for key, value in struct.fields.items()}
+
+
+def _json(value: struct_pb2.Value) -> Any:
+    """``value`` as plain JSON data. A Struct's numbers are doubles: a whole one is
+    written as the integer it stands for (``3``, not ``3.0``)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise _NotJSON("numbers must be finite (no NaN or Infinity)")
+        return int(number) if number.is_integer() and abs(number) <= _EXACT else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _object(value.struct_value)
+    if kind == "list_value":
+        return [_json(v) for v in value.list_value.values]
+    return None  # null_value, or a Value with nothing set
 
 
 def _seconds(duration: Duration) -> float:

@@ -75,12 +75,16 @@ class Deliveries:
             self._on_queued()
         return count
 
-    async def send_test(self, tenant: str, webhook_id: str, event_type: str) -> asyncpg.Record:
-        """Queues a test event for the webhook, due now."""
+    async def send_test(
+        self, tenant: str, webhook_id: str, event_type: str, data: object | None = None
+    ) -> asyncpg.Record:
+        """Queues a test event for the webhook, due now, with ``data`` (a fixed test
+        object when None)."""
         hook = _active(await self._webhooks.get(tenant, webhook_id), "the test event")
         event_id = str(uuid.uuid4())
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        data = {"test": True, "message": "A test event from Herald", "webhook_id": hook.id}
+        if data is None:
+            data = {"test": True, "message": "A test event from Herald", "webhook_id": hook.id}
         job_id = f"test/{event_id}"
         ident = delivery_id(hook.id, job_id)
         await self._pool.fetch(

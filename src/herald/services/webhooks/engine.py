@@ -345,6 +345,7 @@ class Engine:
         started = datetime.now(UTC)
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
+            finished = datetime.now(UTC)
             if result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS:
                 self._fast.discard(row["webhook_id"])
             elif len(self._fast) < MAX_KNOWN_FAST:
@@ -364,7 +365,8 @@ class Engine:
             then = self._escalation.dead_letter(row, hook, verdict.reason, result)
         elif verdict.outcome == "gone":
             then = self._escalation.gone(row, hook, "the endpoint answered 410 Gone")
-        await self._outcomes.submit(outcome_of(row, number, started, result, verdict, then))
+        outcome = outcome_of(row, number, started, finished, result, verdict, then)
+        await self._outcomes.submit(outcome)
         _BY_OUTCOME[verdict.outcome].inc()
         log.info(
             "delivery.attempted",

@@ -105,9 +105,12 @@ class Escalation:
         if await conn.fetchval(Q.disable_webhook, hook["webhook_id"]) is None:
             return  # already disabled
         log.warning("webhook.disabled", webhook_id=str(hook["webhook_id"]), reason=why)
+        # Per attempt, not per delivery: a webhook re-enabled and disabled again while
+        # retrying the same delivery is a new alert (the same key with another reason
+        # would be refused by ingest as a conflicting duplicate).
         alert = _alert(
             "herald.webhook.disabled",
-            f"{hook['webhook_id']}/{row['id']}",
+            f"{hook['webhook_id']}/{row['id']}/{row['attempts'] + 1}",
             hook,
             {"webhook_id": str(hook["webhook_id"]), "reason": why, "tenant": row["tenant"]},
         )

@@ -51,11 +51,15 @@ def outcome_of(
     row: asyncpg.Record,
     number: int,
     started: datetime,
+    finished: datetime,
     result: AttemptResult,
     verdict: Verdict,
     then: Step | None,
 ) -> Outcome:
-    """The outcome of attempt ``number`` of the claimed delivery ``row``."""
+    """The outcome of attempt ``number`` of the claimed delivery ``row``, made from
+    ``started`` until its response (or failure) was in at ``finished``. A retry's delay
+    (a Retry-After too) counts from ``finished``: counted from ``started``, a slow or
+    timing-out endpoint got its retries back to back."""
     status = _STATUS.get(verdict.outcome, "failed")
     pending = status == "pending"
     return Outcome(
@@ -67,7 +71,7 @@ def outcome_of(
         error=result.error,
         response_ms=round(result.elapsed * 1000),
         status=status,
-        next_at=started + timedelta(seconds=verdict.delay) if pending else None,
+        next_at=finished + timedelta(seconds=verdict.delay) if pending else None,
         retry_reason=verdict.reason or None,
         retry_after=verdict.delay if pending else None,
         last_error=result.detail or None,

@@ -16,6 +16,7 @@ from herald.runtime.timestamps import datetime_of, seconds_of, timestamp
 from herald.runtime.type_patterns import matches
 from herald.services.webhooks import model
 from herald.services.webhooks.convert import (
+    data_of_test_event,
     delivery_to_proto,
     duration_problems,
     malformed_durations,
@@ -55,7 +56,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.CreateWebhookResponse:
         """Validates and stores a subscription; shows its secret this once."""
         spec = spec_of(request.webhook)
-        problems = malformed_durations(request.webhook) + await self._check(spec)
+        problems = _besides(malformed_durations(request.webhook), await self._check(spec))
         if request.secret:
             problems += model.check_secret(request.secret, "secret")
         if problems:
@@ -114,7 +115,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
         def change(current: model.WebhookSpec) -> model.WebhookSpec:
             merged = current.updated(given, paths)
-            problems = malformed + model.check(merged, known)
+            problems = _besides(malformed, model.check(merged, known))
             if problems:
                 raise InvalidArgument(problems)
             return merged
@@ -173,8 +174,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         """A webhook's delivery log, newest first (the seed's /logs)."""
         tenant = TENANT.get()
         webhook_id = _required_id(request.webhook_id, "webhook_id")
-        status = _STATUS_NAMES.get(request.status, "")
-        query = (tenant, webhook_id, status)
+        query = (tenant, webhook_id, _status_filter(request.status))
         page = page_of(request.page_size, request.page_token, *query, key=DELIVERY_ORDER)
         listing = await self._log.page(*query, page)
         return webhooks_pb2.ListDeliveriesResponse(
@@ -226,10 +226,13 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.SendTestEventResponse:
         """Queues a signed test event for the webhook, due now (the seed's /test)."""
         event_type = request.event_type or "herald.webhook.test"
+        data, problems = data_of_test_event(request)
         if not model.EVENT_TYPE.fullmatch(event_type):
-            raise InvalidArgument([FieldViolation("event_type", "an event type name")])
+            problems.insert(0, FieldViolation("event_type", "an event type name"))
+        if problems:
+            raise InvalidArgument(problems)
         row = await self._log.send_test(
-            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type
+            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type, data
         )
         return webhooks_pb2.SendTestEventResponse(delivery=delivery_to_proto(row))
 
@@ -268,6 +271,27 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
 def _all_known(patterns: tuple[str, ...], known: frozenset[str]) -> bool:
     return all(any(matches(p, t) for t in known) for p in patterns)
+
+
+def _besides(
+    malformed: list[FieldViolation], checked: list[FieldViolation]
+) -> list[FieldViolation]:
+    """``malformed`` and the problems ``checked`` finds with other fields: a malformed
+    Duration is read as some number, which the range checks would report again."""
+    named = {p.field for p in malformed}
+    return malformed + [p for p in checked if p.field not in named]
+
+
+def _status_filter(status: webhooks_pb2.DeliveryStatus.ValueType) -> str:
+    """The stored status a ListDeliveries filter selects ("" for all). A number the enum
+    does not define (proto3 enums are open) is refused, not read as "all"."""
+    if status == webhooks_pb2.DELIVERY_STATUS_UNSPECIFIED:
+        return ""
+    if status not in _STATUS_NAMES:
+        raise InvalidArgument(
+            [FieldViolation("status", f"{status} is not a defined DeliveryStatus")]
+        )
+    return _STATUS_NAMES[status]
 
 
 def _required_id(webhook_id: str, field_name: str = "id") -> str:

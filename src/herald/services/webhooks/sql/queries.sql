@@ -29,7 +29,9 @@ UPDATE webhooks.webhooks
 SET name = $3, url = $4, event_types = $5, active = $6, max_retries = $7,
     initial_delay_ms = $8, backoff_multiplier = $9, max_delay_ms = $10,
     rate_per_second = $11, rate_per_minute = $12, headers = $13::jsonb, description = $14,
-    metadata = $15::jsonb, updated_at = now()
+    metadata = $15::jsonb, updated_at = now(),
+    -- active on the right is the value before this update: re-enabled now.
+    activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END
 WHERE id = $1 AND tenant = $2
 RETURNING *
 
@@ -227,10 +229,11 @@ FROM webhooks.attempts
 WHERE webhook_id = $1 AND started_at >= $2 AND started_at < $3 AND status_code IS NOT NULL
 
 -- name: resend_delivery
--- Once more, now; not while a worker holds it (then it is being attempted anyway).
+-- Once more, now; not while a worker holds it (then it is being attempted anyway). A
+-- delivered one is pending again: not delivered until this attempt succeeds.
 UPDATE webhooks.deliveries
 SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'resend',
-    retry_after = 0, updated_at = now()
+    retry_after = 0, delivered_at = NULL, updated_at = now()
 WHERE id = $1 AND tenant = $2 AND status <> 'pending'
 RETURNING id
 
@@ -296,13 +299,15 @@ DELETE FROM webhooks.sends WHERE at < now() - interval '2 minutes'
 
 -- name: failing_since
 -- When the run of failures without any 2xx began (NULL when the last attempt succeeded
--- or there were none).
+-- or there were none). A run starts afresh when the webhook is (re-)activated: an
+-- operator re-enabling a disabled webhook gives it a new period to recover in.
 SELECT min(a.started_at)
 FROM webhooks.attempts AS a
 WHERE a.webhook_id = $1
-  AND a.started_at > coalesce(
+  AND a.started_at > greatest(
+      (SELECT activated_at FROM webhooks.webhooks WHERE id = $1),
       (SELECT max(s.started_at) FROM webhooks.attempts AS s
-       WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299), '-infinity')
+       WHERE s.webhook_id = $1 AND s.status_code BETWEEN 200 AND 299))
 
 -- name: subscription_version
 SELECT version FROM webhooks.subscription_version
