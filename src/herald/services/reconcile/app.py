@@ -12,6 +12,7 @@ from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.backlog import BacklogReporter
+from herald.runtime.channels import internal_channel
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
@@ -50,7 +51,7 @@ async def build(
         settings.output_formats(),
         Headers(settings.vibe_schema_version, settings.vibe_application_id),
     )
-    ingest = grpc.aio.insecure_channel(settings.ingest_addr)
+    ingest = internal_channel(settings.ingest_addr)
     producer = kafka.LateProducer(  # Herald's own cluster: dead letters
         partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
     )

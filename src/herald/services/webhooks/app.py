@@ -17,6 +17,7 @@ from herald.webhooks.v1 import (
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
+from herald.runtime.channels import internal_channel
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
@@ -46,7 +47,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     pool = await db.create_pool(settings.database_url, settings.database_pool_size)
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("webhooks", MIGRATIONS))
-    ingest = grpc.aio.insecure_channel(settings.ingest_addr)
+    ingest = internal_channel(settings.ingest_addr)
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box)
     producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")
