@@ -170,16 +170,30 @@ def _ticket_findings(
     return out
 
 
+# States of an approved refund Vibeapp does not have yet: a newer status takes it back.
+UNSENT = frozenset({"waiting_order", "held", "ready"})
+
+
 def reversal(refund: tl.RefundRequest, status: str, state: str) -> Finding | None:
-    """A refund whose newest record says ``status`` while the ledger had decided it
-    (``state``: sent to Vibeapp, or ready to go with its order): anything but APPROVED
-    is Ticketland going back on a refund Vibeapp has (or will have). One finding per
-    status it goes back to."""
-    if status == "APPROVED" or state not in ("sent", "ready"):
+    """A refund whose newest record says ``status`` after the ledger sent it to Vibeapp
+    (``state`` sent): anything but APPROVED is Ticketland going back on a refund
+    Vibeapp has. One finding per status it goes back to. (A refund not sent yet is
+    withdrawn instead, see :func:`withdrawal`.)"""
+    if status == "APPROVED" or state != "sent":
         return None
-    where = "sent to Vibeapp" if state == "sent" else "released to Vibeapp"
     return Finding(
         "refund_reversed",
-        f"refund {refund.id} was {where}, then Ticketland set it {status}",
+        f"refund {refund.id} was sent to Vibeapp, then Ticketland set it {status}",
         aspect=status,
     )
+
+
+def withdrawal(status: str, state: str) -> str | None:
+    """The state of an approved refund Vibeapp does not have yet (``state`` waiting for
+    its order, held by a discrepancy, or ready to go with its order) once its newest
+    record says ``status``; None if it stays as it is. REJECTED is final ("rejected":
+    never sent); NEW or IN_PROGRESS undo the approval ("open": checked again if it is
+    approved again)."""
+    if status == "APPROVED" or state not in UNSENT:
+        return None
+    return "rejected" if status == "REJECTED" else "open"

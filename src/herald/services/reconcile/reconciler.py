@@ -79,6 +79,8 @@ class Reconciler:
         refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
         if "open" in statuses or refund is None or refund["state"] != "held":
             return False
+        if refund["status"] != "APPROVED":  # Ticketland took it back: never sent
+            return False
         if "rejected" in statuses:
             await tx.conn.execute(Q.set_refund_state, refund_id, "blocked")
             log.info("refund.blocked", refund_id=refund_id)

@@ -416,3 +416,27 @@ SELECT
     coalesce((SELECT extract(epoch FROM clock_timestamp() - queued_at)
               FROM reconcile.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)::float8
         AS lag
+
+-- name: tickets_refunded_by
+-- The tickets refunds $1 refunded (of orders $2, or among tickets $3), with their
+-- order's document.
+SELECT t.id, t.refund_id, o.doc AS order_doc
+FROM reconcile.tickets t JOIN reconcile.orders o ON o.id = t.order_id
+WHERE (t.order_id = ANY($2::text[]) OR t.id = ANY($3::text[]))
+  AND t.refund_id = ANY($1::text[])
+
+-- name: unrefund_tickets
+-- Tickets whose refund was withdrawn: back to what their order says.
+UPDATE reconcile.tickets t SET status = x.status, refund_id = NULL, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[]) AS x(id, status, refund_id)
+WHERE t.id = x.id AND t.refund_id = x.refund_id
+
+-- name: settle_withdrawn
+-- A refund Ticketland rejected before it went: its open discrepancies need no decision.
+UPDATE reconcile.discrepancies
+SET status = 'rejected', resolved_at = now(), resolution_note = $2
+WHERE refund_id = ANY($1::text[]) AND status = 'open'
+
+-- name: decided_discrepancies
+-- Which of discrepancies $1 were resolved (a refund approved again after going back).
+SELECT id, status FROM reconcile.discrepancies WHERE id = ANY($1::uuid[]) AND status <> 'open'
