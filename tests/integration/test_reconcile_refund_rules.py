@@ -10,17 +10,20 @@ from typing import Any
 import grpc
 import pytest
 from herald.reconcile.v1 import reconcile_pb2 as pb
+from vibe.v1 import vibe_pb2 as vibe
 
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
     ReconcileFlow,
     event,
+    eventually,
     open_flow,
     order,
     refund,
     unique,
 )
+from tests.integration.test_webhook_delivery import ingest_events
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +152,52 @@ async def test_a_held_refund_taken_back_to_in_progress_is_checked_again_when_app
     assert [x.key for x in await flow.outputs("refund", 1)] == [r.encode()]
     assert await ticket_status(flow, t) == pb.TICKET_STATUS_REFUNDED
     assert [d.id for d in await discrepancies(flow, refund_id=r)] == [found.id]
+
+
+async def test_a_refund_naming_another_event_than_its_orders_is_held_and_reported_under_the_order(
+    flow: ReconcileFlow,
+) -> None:
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    t = "t-" + o
+    await flow.send(event(e), order(o, e, {t: 1000}))
+    wrong = refund(r, o, "other-" + e, {t: (1000, 800, 100, 100)})
+    wrong.organizer_id = "other-org"
+    await flow.send(wrong)
+    await flow.settled()
+
+    found = await discrepancies(flow, refund_id=r)
+    assert [d.kind for d in found] == [pb.DISCREPANCY_KIND_REFUND_EVENT_MISMATCH] * 2
+    assert {d.event_id for d in found} == {e}, "filed under the order's event"
+    assert any("names event other-" + e in d.description for d in found)
+    assert any("names organizer other-org" in d.description for d in found)
+    assert await flow.outputs("refund", 1, timeout=3) == []
+    assert await ticket_status(flow, t) == pb.TICKET_STATUS_ACTIVE
+
+    async def announced() -> list[dict[str, Any]]:
+        events = await ingest_events(flow.database_url, "integration.conflict.detected")
+        return [x for x in events if x["refund_id"] == r]
+
+    async def both_announced() -> bool:
+        return len(await announced()) == 2
+
+    await eventually(both_announced, 20)
+    assert {x["kind"] for x in await announced()} == {"refund_event_mismatch"}
+
+    # Accepted, it goes to Vibeapp under its order's event, and is reported there.
+    for d in found:
+        reply = await flow.stub.ResolveDiscrepancy(
+            pb.ResolveDiscrepancyRequest(id=d.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED)
+        )
+    assert reply.refund_released
+    await flow.settled()
+    [sent] = await flow.outputs("refund", 1)
+    assert vibe.Refund.FromString(sent.value).event_id == e
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.refunded_amount, report.totals.tickets_refunded_sent) == (800, 1)
+    assert [org.organizer_id for org in report.organizers] == ["org-1"]
+    other = (
+        await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id="other-" + e))
+    ).report
+    assert other.totals.refunded_amount == 0
+    assert list(other.events) == []

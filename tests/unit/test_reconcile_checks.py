@@ -12,6 +12,7 @@ from herald.services.reconcile.checks import (
     TicketState,
     check_refund,
     discrepancy_id,
+    order_mismatch,
     reversal,
     withdrawal,
 )
@@ -222,3 +223,15 @@ def test_a_refund_not_sent_yet_that_ticketland_takes_back_is_withdrawn(
     status: str, state: str, now: str | None
 ) -> None:
     assert withdrawal(status, state) == now
+
+
+def test_a_refund_naming_another_event_or_organizer_than_its_order_is_a_finding() -> None:
+    r = tl.RefundRequest(id="r1", order_id="o1", event_id="e1", organizer_id="g1")
+    assert order_mismatch(r, "e1", "g1") == []
+    [event_] = order_mismatch(r, "e2", "g1")
+    assert event_.kind == "refund_event_mismatch"
+    assert "names event e1" in event_.description
+    assert "of event e2" in event_.description
+    both = order_mismatch(r, "e2", "g2")
+    assert [f.kind for f in both] == ["refund_event_mismatch"] * 2
+    assert len({f.id_for("r1") for f in both}) == 2, "event and organizer apart"

@@ -21,6 +21,7 @@ from herald.services.reconcile.checks import (
     Finding,
     TicketState,
     check_refund,
+    order_mismatch,
     reversal,
     withdrawal,
 )
@@ -318,7 +319,8 @@ class BatchApply:
                 self._states.append((r.id, "waiting_order"))
                 log.info("refund.waiting_for_order", refund_id=r.id, order_id=r.order_id)
                 continue
-            findings = check_refund(r, tickets)
+            findings = order_mismatch(r, order["event_id"], order["organizer_id"])
+            findings += check_refund(r, tickets)
             if findings:  # as an operator decided them, if approved before (see withdraw)
                 decided = {
                     row["id"]: row["status"]
@@ -331,7 +333,9 @@ class BatchApply:
                     continue
                 findings = [f for f in findings if f.id_for(r.id) not in decided]
             if findings:
-                self._findings += [Found(r.id, r.id, r.order_id, r.event_id, f) for f in findings]
+                # Under the order's event: the one reports and operators' locks go by.
+                ev = order["event_id"]
+                self._findings += [Found(r.id, r.id, r.order_id, ev, f) for f in findings]
                 self._states.append((r.id, "held"))
                 log.warning(
                     "refund.held", refund_id=r.id, findings=sorted({f.kind for f in findings})
@@ -344,7 +348,7 @@ class BatchApply:
                 )
                 self._refunded.append((t.ticket_id, r.id))
             if order["delivery"] == "sent":
-                self.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+                self.queue.refund(r, tl.Order.FromString(order["doc"]))
                 self._states.append((r.id, "sent"))
             else:
                 self._states.append((r.id, "ready"))
@@ -399,4 +403,4 @@ async def release_refunds(conn: Connection, queue: Queue, order_ids: list[str]) 
         for r in await conn.fetch(Q.orders_by_id, list({row["order_id"] for row in released}))
     }
     for row in released:
-        queue.refund(tl.RefundRequest.FromString(row["doc"]), orders[row["order_id"]].customer)
+        queue.refund(tl.RefundRequest.FromString(row["doc"]), orders[row["order_id"]])

@@ -26,6 +26,7 @@ Kind = Literal[
     "order_parked_too_long",
     "output_refused",
     "refund_reversed",
+    "refund_event_mismatch",
 ]
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
 
@@ -138,6 +139,31 @@ def check_refund(refund: tl.RefundRequest, tickets: Mapping[str, TicketState]) -
                 total.refund_nominal,
                 tickets_sum,
                 "sum",
+            )
+        )
+    return out
+
+
+def order_mismatch(refund: tl.RefundRequest, event_id: str, organizer_id: str) -> list[Finding]:
+    """The refund's event and organizer against its order's (``event_id``,
+    ``organizer_id``): a refund filed under another event would be reported there."""
+    out: list[Finding] = []
+    if refund.event_id != event_id:
+        out.append(
+            Finding(
+                "refund_event_mismatch",
+                f"refund {refund.id} names event {refund.event_id}, its order "
+                f"{refund.order_id} is of event {event_id}",
+                aspect="event",
+            )
+        )
+    if refund.organizer_id != organizer_id:
+        out.append(
+            Finding(
+                "refund_event_mismatch",
+                f"refund {refund.id} names organizer {refund.organizer_id}, its order "
+                f"{refund.order_id} is of organizer {organizer_id}",
+                aspect="organizer",
             )
         )
     return out
