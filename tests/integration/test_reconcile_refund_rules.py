@@ -24,6 +24,7 @@ from tests.integration.reconcile_flow import (
     unique,
 )
 from tests.integration.test_webhook_delivery import ingest_events
+from tests.integration.test_webhooks_api import fails
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +202,44 @@ async def test_a_refund_naming_another_event_than_its_orders_is_held_and_reporte
     ).report
     assert other.totals.refunded_amount == 0
     assert list(other.events) == []
+
+
+async def test_a_note_or_id_too_long_is_refused_naming_the_field(flow: ReconcileFlow) -> None:
+    """Two notes of 3 MiB made every page of ListDiscrepancies too large to send."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    t = "t-" + o
+    await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.send(refund(r, o, e, {t: (1000, 900, 0, 0)}))  # split wrong: two findings
+    await flow.settled()
+    found = await discrepancies(flow, refund_id=r)
+    for d in found:
+        problems = await fails(
+            flow.stub.ResolveDiscrepancy(
+                pb.ResolveDiscrepancyRequest(
+                    id=d.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED, note="m" * 3 * 2**20
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert "at most 2,000" in problems["note"]
+    listed = await flow.stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(page_size=100))
+    assert {d.status for d in listed.discrepancies} == {pb.DISCREPANCY_STATUS_OPEN}
+    reply = await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(
+            id=found[0].id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED, note="ж" * 2000
+        )
+    )
+    assert reply.discrepancy.resolution_note == "ж" * 2000, "2,000 characters, any bytes"
+
+    long_id = "x" * 1001
+    cases: list[tuple[Any, str]] = [
+        (flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=long_id)), "ticket_id"),
+        (flow.stub.GetOrder(pb.GetOrderRequest(order_id=long_id)), "order_id"),
+        (flow.stub.ListDiscrepancies(pb.ListDiscrepanciesRequest(refund_id=long_id)), "refund_id"),
+        (
+            flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=long_id)),
+            "event_id",
+        ),
+    ]
+    for call, field in cases:
+        assert "at most 1,000" in (await fails(call, grpc.StatusCode.INVALID_ARGUMENT))[field]
