@@ -429,6 +429,24 @@ async def test_a_poison_record_goes_to_the_dlq_and_consumption_carries_on(
     assert dead[0].value == b"\xff\xff not protobuf"
 
 
+async def test_replaying_a_poison_record_dead_letters_it_once(flow: ReconcileFlow) -> None:
+    e, o = unique("ev"), unique("or")
+    await flow.send_raw(flow.settings.ticketland_orders_topic, b"\xff\xff not protobuf")
+    await flow.send(event(e), order(o, e, {"t-" + o: 1000}))
+    await flow.settled()
+    assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)) == 1
+
+    # The same topics from the beginning, in a new consumer group, on the same ledger.
+    replay_group = unique("replay")
+    await flow.add_replica(reconcile_group=replay_group)
+    flow.settings = flow.settings.model_copy(update={"reconcile_group": replay_group})
+    await flow.settled()
+    await asyncio.sleep(1)  # what a second dead letter would take to be sent
+    dead = await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=3)
+    assert len(dead) == 1, [headers(d)["dlq-reason"] for d in dead]
+    assert headers(dead[0])["dlq-offset"] == "0"
+
+
 async def test_json_inputs_and_json_outputs_follow_the_contract(
     infra: Infra, database_url: str, topic: str
 ) -> None:

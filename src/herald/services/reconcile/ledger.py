@@ -8,8 +8,8 @@ running at once in one replica) agree on what was parked, released and sent. Out
 for Vibeapp are queued in the same transaction, so a record's effect and its outputs
 commit together; the Kafka offsets are committed only after that. A record taken
 before (same coordinates) is skipped; an older version of an entity than the ledger's
-changes nothing; a queued output is never queued again: a replay from the beginning
-sends nothing twice.
+changes nothing; a queued output is never queued again; a record dead-lettered before
+is not dead-lettered again: a replay from the beginning sends nothing twice.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.services.reconcile.apply import BatchApply, Found, release_refunds, store_findings
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.inputs import Decoded, short_status
@@ -30,6 +32,19 @@ from herald.services.reconcile.outputs import OutputConfig, Queue
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadInput:
+    """An input record for the DLQ: where it was read, its content and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +84,47 @@ def split_by_lock(items: Sequence[Taken], parts: int) -> list[list[Taken]]:
 class Ledger:
     """See the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, config: OutputConfig) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: OutputConfig,
+        dead_letters: DeadLetterOutbox | None = None,
+        dlq_topic: str = DLQ_TOPIC,
+    ) -> None:
+        """``dead_letters``: where :meth:`dead_letter` stores records for ``dlq_topic``."""
         self._pool = pool
         self._config = config
+        self._dead_letters = dead_letters
+        self._dlq_topic = dlq_topic
+
+    async def dead_letter(self, records: Sequence[DeadInput]) -> int:
+        """Stores the dead letters of ``records`` not dead-lettered before, with their
+        coordinates, in one transaction (the DLQ outbox sends them once it commits);
+        the number stored."""
+        assert self._dead_letters is not None, "built without a DLQ outbox"
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = {
+                (r["topic"], r["partition"], r["offset"])
+                for r in await conn.fetch(
+                    Q.take_dead_inputs,
+                    [d.topic for d in records],
+                    [d.partition for d in records],
+                    [d.offset for d in records],
+                    [d.reason for d in records],
+                )
+            }
+            new = [d for d in records if (d.topic, d.partition, d.offset) in fresh]
+            for d in new:
+                headers = dead_letter_headers(
+                    d.reason,
+                    "reconcile",
+                    list(d.headers),
+                    {"topic": d.topic, "partition": str(d.partition), "offset": str(d.offset)},
+                )
+                await self._dead_letters.add_within(conn, self._dlq_topic, d.value, d.key, headers)
+        if new:
+            self._dead_letters.wake()
+        return len(new)
 
     async def take(self, items: Sequence[Taken]) -> int:
         """Applies ``items`` in one transaction; the number of outputs queued."""

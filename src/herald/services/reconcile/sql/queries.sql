@@ -455,3 +455,11 @@ WHERE r.id = $1
 SELECT DISTINCT o.event_id
 FROM unnest($1::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT event_id FROM reconcile.orders WHERE id = k.id LIMIT 1) AS o
+
+-- name: take_dead_inputs
+-- The bad input records not dead-lettered before (a replay of the same coordinates is
+-- skipped), by their position in $1..$3.
+INSERT INTO reconcile.dead_inputs (topic, partition, "offset", reason)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[])
+ON CONFLICT DO NOTHING
+RETURNING topic, partition, "offset"
