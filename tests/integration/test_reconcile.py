@@ -552,6 +552,15 @@ async def test_reconciliation_reports_totals_finds_what_is_missing_and_repairs_i
         if ev["report_id"] == stored.report.id
     ]
     assert (first["sold_amount"], first["refunded_amount"], first["balanced"]) == (2200, 800, True)
+    assert first["tickets_sent"] == 3
+    assert "start_time" not in first
+    [ranged] = [
+        ev
+        for ev in await ingest_events(flow.database_url, "integration.cash.reconciled")
+        if ev["report_id"] == by_time.id
+    ]
+    assert ranged["start_time"] == window.start_time.ToJsonString()
+    assert ranged["end_time"] == window.end_time.ToJsonString()
 
 
 async def test_bad_requests_name_the_field(flow: ReconcileFlow) -> None:

@@ -139,7 +139,7 @@ class Reconciler:
         if request.repair and outcome.repairs:
             done = await self._repair(outcome.repairs)
             for finding in outcome.findings:
-                if finding.entity_id in done:
+                if outcome.repaired_by(finding, done):
                     finding.repaired = True
                     repaired += 1
         now = Timestamp()
@@ -247,6 +247,16 @@ async def _repair_refund(tx: Transaction, refund_id: str) -> bool:
     return True
 
 
+def _range_of(request: pb.RunReconciliationRequest) -> dict[str, str]:
+    """A range report's start_time and end_time (RFC 3339); nothing for an event's."""
+    if request.WhichOneof("scope") != "range":
+        return {}
+    return {
+        "start_time": request.range.start_time.ToJsonString(),
+        "end_time": request.range.end_time.ToJsonString(),
+    }
+
+
 def _reconciled(report: pb.ReconciliationReport) -> Alert:
     """The ``integration.cash.reconciled`` event of a report: its totals."""
     t = report.totals
@@ -257,6 +267,7 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
         {
             "report_id": report.id,
             "event_id": report.request.event_id,
+            **_range_of(report.request),
             "balanced": report.balanced,
             "findings": len(report.findings),
             "repaired": report.repaired,
@@ -266,6 +277,7 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
             "tickets_refunded": t.tickets_refunded,
             "refunded_amount": t.refunded_amount,
             "orders_sent": t.orders_sent,
+            "tickets_sent": t.tickets_sent,
             "tickets_refunded_sent": t.tickets_refunded_sent,
         },
         RECONCILED_SCHEMA,
