@@ -897,7 +897,7 @@ async def test_an_upgrade_hands_unpublished_discrepancies_to_the_announcements(
                       ('6f1c2a3b-0000-4000-8000-000000000002', 'unknown_order', '', 'or-2',
                        'done', 0, now())"""
         )
-        assert await db.migrate(conn, migrations) == [5]
+        assert await db.migrate(conn, migrations[:5]) == [5]
         rows = await conn.fetch("SELECT * FROM reconcile.announcements")
     finally:
         await conn.close()

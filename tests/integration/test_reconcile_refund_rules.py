@@ -54,6 +54,7 @@ async def test_a_held_refund_ticketland_rejects_is_never_sent(flow: ReconcileFlo
     e, o, r = unique("ev"), unique("or"), unique("rf")
     t = "t-" + o
     await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.settled()  # the order first: a refund before it would wait for it
     await flow.send(refund(r, o, e, {t: (1000, 1000, 0, 999)}, updated_at=2))  # split wrong
     await flow.settled()
     held = await discrepancies(flow, refund_id=r)
@@ -133,6 +134,7 @@ async def test_a_held_refund_taken_back_to_in_progress_is_checked_again_when_app
     e, o, r = unique("ev"), unique("or"), unique("rf")
     t = "t-" + o
     await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.settled()  # the order first: a refund before it would wait for it
     split_wrong = {"tickets": {t: (1000, 1000, 0, 0)}, "total": (1000, 1000, 0, 1)}
     await flow.send(refund(r, o, e, **split_wrong, updated_at=1))  # type: ignore[arg-type]
     await flow.settled()
@@ -161,6 +163,7 @@ async def test_a_refund_naming_another_event_than_its_orders_is_held_and_reporte
     e, o, r = unique("ev"), unique("or"), unique("rf")
     t = "t-" + o
     await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.settled()  # the order first: a refund before it would wait for it
     wrong = refund(r, o, "other-" + e, {t: (1000, 800, 100, 100)})
     wrong.organizer_id = "other-org"
     await flow.send(wrong)
@@ -209,6 +212,7 @@ async def test_a_note_or_id_too_long_is_refused_naming_the_field(flow: Reconcile
     e, o, r = unique("ev"), unique("or"), unique("rf")
     t = "t-" + o
     await flow.send(event(e), order(o, e, {t: 1000}))
+    await flow.settled()  # the order first: a refund before it would wait for it
     await flow.send(refund(r, o, e, {t: (1000, 900, 0, 0)}))  # split wrong: two findings
     await flow.settled()
     found = await discrepancies(flow, refund_id=r)
