@@ -12,7 +12,9 @@ from herald.services.reconcile.checks import (
     TicketState,
     check_refund,
     discrepancy_id,
+    order_mismatch,
     reversal,
+    withdrawal,
 )
 
 
@@ -181,7 +183,8 @@ def test_a_ticket_named_twice_in_one_refund_is_a_finding() -> None:
     [
         ("REJECTED", "sent", True),
         ("IN_PROGRESS", "sent", True),
-        ("NEW", "ready", True),
+        ("NEW", "sent", True),
+        ("NEW", "ready", False),  # not sent yet: withdrawn instead
         ("APPROVED", "sent", False),  # the same refund again
         ("REJECTED", "open", False),  # not decided yet: no refund went anywhere
         ("REJECTED", "held", False),  # held back: Vibeapp has nothing
@@ -200,3 +203,35 @@ def test_a_refund_going_back_after_it_went_to_vibeapp_is_a_reversal(
         other = reversal(r, "NEW" if status != "NEW" else "REJECTED", state)
         assert other is not None
         assert finding.id_for("rf-1") != other.id_for("rf-1"), "one per status gone back to"
+
+
+@pytest.mark.parametrize(
+    ("status", "state", "now"),
+    [
+        ("REJECTED", "held", "rejected"),  # held by a discrepancy: never sent
+        ("REJECTED", "waiting_order", "rejected"),  # its order may still come: not sent
+        ("REJECTED", "ready", "rejected"),  # waiting for its order to go: not sent
+        ("IN_PROGRESS", "held", "open"),  # approved again later: checked again
+        ("NEW", "waiting_order", "open"),
+        ("APPROVED", "held", None),  # the same refund again
+        ("REJECTED", "sent", None),  # Vibeapp has it: a reversal instead
+        ("REJECTED", "open", None),  # never approved: rejected as usual
+        ("REJECTED", "blocked", None),  # an operator already stopped it
+    ],
+)
+def test_a_refund_not_sent_yet_that_ticketland_takes_back_is_withdrawn(
+    status: str, state: str, now: str | None
+) -> None:
+    assert withdrawal(status, state) == now
+
+
+def test_a_refund_naming_another_event_or_organizer_than_its_order_is_a_finding() -> None:
+    r = tl.RefundRequest(id="r1", order_id="o1", event_id="e1", organizer_id="g1")
+    assert order_mismatch(r, "e1", "g1") == []
+    [event_] = order_mismatch(r, "e2", "g1")
+    assert event_.kind == "refund_event_mismatch"
+    assert "names event e1" in event_.description
+    assert "of event e2" in event_.description
+    both = order_mismatch(r, "e2", "g2")
+    assert [f.kind for f in both] == ["refund_event_mismatch"] * 2
+    assert len({f.id_for("r1") for f in both}) == 2, "event and organizer apart"

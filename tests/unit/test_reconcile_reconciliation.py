@@ -490,6 +490,9 @@ def test_a_refunded_ticket_its_sent_refund_did_not_carry_is_a_finding() -> None:
     assert "r1" in out.findings[0].description
     assert out.totals.tickets_refunded == 2
     assert out.totals.tickets_refunded_sent == 1
+    # Repairing r1 (queued again) mends it; repairing another refund does not.
+    assert out.repaired_by(out.findings[0], {"r1"})
+    assert not out.repaired_by(out.findings[0], {"r2"})
 
 
 def test_a_refunded_ticket_whose_refund_waits_for_its_order_is_not_a_finding() -> None:

@@ -40,3 +40,25 @@ def test_the_split_is_stable_and_one_part_means_the_batch_itself() -> None:
     assert split_by_lock(batch, 4) == split_by_lock(list(batch), 4)
     assert split_by_lock(batch, 1) == [batch]
     assert split_by_lock([], 4) == []
+
+
+def test_a_refund_naming_another_event_goes_with_its_order() -> None:
+    """Its order's event's lock is the one that serialises what the refund touches."""
+    batch = [
+        Taken("orders", 0, n, Decoded("order", tl.Order(id=f"o{n}", event_id=f"e{n}")))
+        for n in range(8)
+    ]
+    batch += [
+        Taken(
+            "refunds",
+            0,
+            n,
+            Decoded("refund", tl.RefundRequest(id=f"r{n}", order_id=f"o{n}", event_id="other")),
+        )
+        for n in range(8)
+    ]
+    parts = split_by_lock(batch, 4)
+    part_of = {t.decoded.entity_id: n for n, part in enumerate(parts) for t in part}
+    assert len(set(part_of.values())) > 1
+    for n in range(8):
+        assert part_of[f"r{n}"] == part_of[f"o{n}"]

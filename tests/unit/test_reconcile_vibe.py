@@ -389,6 +389,7 @@ def test_event_message_times_in_seconds_and_milliseconds() -> None:
         ("circus", vibe.CATEGORY_OTHER, "circus"),  # a JSON category without a number
         ("standup", vibe.CATEGORY_OTHER, "standup"),
         ("opera", vibe.CATEGORY_OTHER, "other"),  # unknown to both forms
+        ("unspecified", vibe.CATEGORY_OTHER, "other"),  # was CATEGORY_UNSPECIFIED vs "other"
     ],
 )
 def test_event_message_category(category: str, number: int, name: str) -> None:
@@ -406,6 +407,9 @@ def test_event_message_timezone(offset: float, text: str) -> None:
     m = event_message(event(timezone_offset=offset))
     assert m.timezone == text
     assert m.offset == offset
+    bare = minimal_event()
+    bare.timezone_offset = offset
+    assert event_message(bare).timezone == text, "with or without a venue"
 
 
 def test_event_message_new_fields() -> None:

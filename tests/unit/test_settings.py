@@ -262,6 +262,41 @@ def test_reconcile_inputs_are_three_different_topics(
     assert "TICKETLAND_EVENTS_TOPIC, TICKETLAND_ORDERS_TOPIC, TICKETLAND_REFUNDS_TOPIC" in err
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"VIBE_ORDERS_TOPIC": "ticketland.orders"},
+            "VIBE_ORDERS_TOPIC (ticketland.orders) must not be an input topic "
+            "(TICKETLAND_ORDERS_TOPIC)",
+        ),
+        (
+            {"VIBE_REFUNDS_TOPIC": "x", "TICKETLAND_EVENTS_TOPIC": "x"},
+            "VIBE_REFUNDS_TOPIC (x) must not be an input topic (TICKETLAND_EVENTS_TOPIC)",
+        ),
+        (
+            {"DLQ_TOPIC": "ticketland.refunds"},
+            "DLQ_TOPIC (ticketland.refunds) must not be an input topic",
+        ),
+        (
+            {"VIBE_EVENTS_TOPIC": "vibe.orders"},
+            "VIBE_EVENTS_TOPIC, VIBE_ORDERS_TOPIC, VIBE_REFUNDS_TOPIC must be three different",
+        ),
+        ({"VIBE_SCHEMA_VERSION": ""}, "VIBE_SCHEMA_VERSION: "),
+        ({"VIBE_APPLICATION_ID": " "}, "VIBE_APPLICATION_ID: "),
+    ],
+)
+def test_reconcile_outputs_are_apart_from_its_inputs_and_headers_carry_a_value(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    # An output on an input topic: reconcile read its own records as Ticketland's
+    err = refused(monkeypatch, capsys, ReconcileSettings, **env)
+    assert message in err
+
+
 def test_reconcile_ledger_transactions_leave_room_in_the_pool(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

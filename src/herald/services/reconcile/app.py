@@ -81,7 +81,7 @@ async def build(
         ),
         producer.get,
         settings.input_topics(),
-        Ledger(pool, config),
+        Ledger(pool, config, relay.dead_letters, settings.dlq_topic),
         settings.dlq_topic,
         wake,
         concurrency=settings.ledger_concurrency,

@@ -17,7 +17,14 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
-from herald.services.reconcile.checks import Finding, TicketState, check_refund, reversal
+from herald.services.reconcile.checks import (
+    Finding,
+    TicketState,
+    check_refund,
+    order_mismatch,
+    reversal,
+    withdrawal,
+)
 from herald.services.reconcile.inputs import SOLD, short_status
 from herald.services.reconcile.outputs import Queue
 from herald.services.reconcile.store import Q
@@ -96,6 +103,8 @@ class BatchApply:
         self._states: list[tuple[str, str]] = []  # (refund id, state)
         self._refunded: list[tuple[str, str]] = []  # (ticket id, refund id)
         self._findings: list[Found] = []
+        self._withdrawn: list[str] = []  # refunds Ticketland rejected before they went
+        self._unrefunded: list[tuple[str, str, str]] = []  # (ticket id, status, refund id)
 
     async def run(
         self,
@@ -245,22 +254,55 @@ class BatchApply:
             [r.money.agent for r in newest],
         )
         states = {r["id"]: r["state"] for r in rows}  # the refunds this batch updated
+        decided = dict(self._states)  # what this batch's orders did with waiting refunds
         approved = []
+        withdrawn: list[tuple[tl.RefundRequest, str, str]] = []
         for r in newest:
             state = states.get(r.id)
             if state is None:
                 continue
+            state = decided.get(r.id, state)
             if back := reversal(r, status := short_status(r), state):
                 self._findings.append(Found(r.id, r.id, r.order_id, r.event_id, back))
                 log.warning("refund.reversed", refund_id=r.id, status=status)
+            if (now := withdrawal(status, state)) is not None:
+                withdrawn.append((r, state, now))
+                continue
             if state != "open":  # a refund is decided once
                 continue
             if r.status == tl.RefundRequest.STATUS_APPROVED:
                 approved.append(r)
             elif r.status == tl.RefundRequest.STATUS_REJECTED:
                 self._states.append((r.id, "rejected"))
+        if withdrawn:
+            await self.withdraw(withdrawn)
         if approved:
             await self.approve(approved)
+
+    async def withdraw(self, refunds: Sequence[tuple[tl.RefundRequest, str, str]]) -> None:
+        """Approved refunds Vibeapp does not have yet that Ticketland took back
+        (refund, its state, its new state): none is sent. Tickets one had refunded
+        (ready: waiting for its order to go) are again as their order says; a rejected
+        one's open discrepancies are settled, nothing is left to decide."""
+        ids = {r.id for r, _, _ in refunds}
+        self._refunded = [x for x in self._refunded if x[1] not in ids]  # this batch's
+        ready = [r for r, was, _ in refunds if was == "ready"]
+        if ready:
+            rows = await self.conn.fetch(
+                Q.tickets_refunded_by,
+                [r.id for r in ready],
+                list({r.order_id for r in ready}),
+                list({t.ticket_id for r in ready for t in r.tickets}),
+            )
+            for row in rows:
+                self._unrefunded.append(
+                    (row["id"], _ordered_status(row["id"], row["order_doc"]), row["refund_id"])
+                )
+        for r, was, now in refunds:
+            self._states.append((r.id, now))
+            if now == "rejected":
+                self._withdrawn.append(r.id)
+            log.warning("refund.withdrawn", refund_id=r.id, state=was, status=short_status(r))
 
     async def approve(self, refunds: Sequence[tl.RefundRequest]) -> None:
         """Checks approved refunds; each is sent, held, or waits for its order."""
@@ -270,14 +312,30 @@ class BatchApply:
         }
         tickets = await ticket_states(self.conn, {t.ticket_id for r in refunds for t in r.tickets})
         for r in refunds:
+            if r.status != tl.RefundRequest.STATUS_APPROVED:
+                continue  # Ticketland took it back meanwhile (see withdraw)
             order = orders.get(r.order_id)
             if order is None:
                 self._states.append((r.id, "waiting_order"))
                 log.info("refund.waiting_for_order", refund_id=r.id, order_id=r.order_id)
                 continue
-            findings = check_refund(r, tickets)
+            findings = order_mismatch(r, order["event_id"], order["organizer_id"])
+            findings += check_refund(r, tickets)
+            if findings:  # as an operator decided them, if approved before (see withdraw)
+                decided = {
+                    row["id"]: row["status"]
+                    for row in await self.conn.fetch(
+                        Q.decided_discrepancies, [f.id_for(r.id) for f in findings]
+                    )
+                }
+                if "rejected" in decided.values():
+                    self._states.append((r.id, "blocked"))
+                    continue
+                findings = [f for f in findings if f.id_for(r.id) not in decided]
             if findings:
-                self._findings += [Found(r.id, r.id, r.order_id, r.event_id, f) for f in findings]
+                # Under the order's event: the one reports and operators' locks go by.
+                ev = order["event_id"]
+                self._findings += [Found(r.id, r.id, r.order_id, ev, f) for f in findings]
                 self._states.append((r.id, "held"))
                 log.warning(
                     "refund.held", refund_id=r.id, findings=sorted({f.kind for f in findings})
@@ -290,7 +348,7 @@ class BatchApply:
                 )
                 self._refunded.append((t.ticket_id, r.id))
             if order["delivery"] == "sent":
-                self.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+                self.queue.refund(r, tl.Order.FromString(order["doc"]))
                 self._states.append((r.id, "sent"))
             else:
                 self._states.append((r.id, "ready"))
@@ -309,9 +367,30 @@ class BatchApply:
                 [t for t, _ in self._refunded],
                 [r for _, r in self._refunded],
             )
+        if self._unrefunded:
+            await self.conn.execute(
+                Q.unrefund_tickets, *([x[i] for x in self._unrefunded] for i in range(3))
+            )
+        if self._withdrawn:
+            await self.conn.execute(
+                Q.settle_withdrawn,
+                self._withdrawn,
+                "settled: Ticketland rejected the refund; it is not sent to Vibeapp",
+            )
         if self._states:
             final = dict(self._states)  # the last state set for a refund wins
             await self.conn.execute(Q.set_refund_states, list(final), list(final.values()))
+
+
+def _ordered_status(ticket_id: str, order_doc: bytes) -> str:
+    """A ticket's status as its order says (a refund the ticket went with was withdrawn)."""
+    o = tl.Order.FromString(order_doc)
+    if o.status in CANCELLED:
+        return "cancelled"
+    for t in o.tickets:
+        if t.id == ticket_id:
+            return TICKET_STATUSES[t.status]
+    return "active"
 
 
 async def release_refunds(conn: Connection, queue: Queue, order_ids: list[str]) -> None:
@@ -324,4 +403,4 @@ async def release_refunds(conn: Connection, queue: Queue, order_ids: list[str]) 
         for r in await conn.fetch(Q.orders_by_id, list({row["order_id"] for row in released}))
     }
     for row in released:
-        queue.refund(tl.RefundRequest.FromString(row["doc"]), orders[row["order_id"]].customer)
+        queue.refund(tl.RefundRequest.FromString(row["doc"]), orders[row["order_id"]])

@@ -26,6 +26,7 @@ Kind = Literal[
     "order_parked_too_long",
     "output_refused",
     "refund_reversed",
+    "refund_event_mismatch",
 ]
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
 
@@ -143,6 +144,31 @@ def check_refund(refund: tl.RefundRequest, tickets: Mapping[str, TicketState]) -
     return out
 
 
+def order_mismatch(refund: tl.RefundRequest, event_id: str, organizer_id: str) -> list[Finding]:
+    """The refund's event and organizer against its order's (``event_id``,
+    ``organizer_id``): a refund filed under another event would be reported there."""
+    out: list[Finding] = []
+    if refund.event_id != event_id:
+        out.append(
+            Finding(
+                "refund_event_mismatch",
+                f"refund {refund.id} names event {refund.event_id}, its order "
+                f"{refund.order_id} is of event {event_id}",
+                aspect="event",
+            )
+        )
+    if refund.organizer_id != organizer_id:
+        out.append(
+            Finding(
+                "refund_event_mismatch",
+                f"refund {refund.id} names organizer {refund.organizer_id}, its order "
+                f"{refund.order_id} is of organizer {organizer_id}",
+                aspect="organizer",
+            )
+        )
+    return out
+
+
 def _ticket_findings(
     refund: tl.RefundRequest, t: tl.RefundTicket, known: TicketState
 ) -> list[Finding]:
@@ -170,16 +196,30 @@ def _ticket_findings(
     return out
 
 
+# States of an approved refund Vibeapp does not have yet: a newer status takes it back.
+UNSENT = frozenset({"waiting_order", "held", "ready"})
+
+
 def reversal(refund: tl.RefundRequest, status: str, state: str) -> Finding | None:
-    """A refund whose newest record says ``status`` while the ledger had decided it
-    (``state``: sent to Vibeapp, or ready to go with its order): anything but APPROVED
-    is Ticketland going back on a refund Vibeapp has (or will have). One finding per
-    status it goes back to."""
-    if status == "APPROVED" or state not in ("sent", "ready"):
+    """A refund whose newest record says ``status`` after the ledger sent it to Vibeapp
+    (``state`` sent): anything but APPROVED is Ticketland going back on a refund
+    Vibeapp has. One finding per status it goes back to. (A refund not sent yet is
+    withdrawn instead, see :func:`withdrawal`.)"""
+    if status == "APPROVED" or state != "sent":
         return None
-    where = "sent to Vibeapp" if state == "sent" else "released to Vibeapp"
     return Finding(
         "refund_reversed",
-        f"refund {refund.id} was {where}, then Ticketland set it {status}",
+        f"refund {refund.id} was sent to Vibeapp, then Ticketland set it {status}",
         aspect=status,
     )
+
+
+def withdrawal(status: str, state: str) -> str | None:
+    """The state of an approved refund Vibeapp does not have yet (``state`` waiting for
+    its order, held by a discrepancy, or ready to go with its order) once its newest
+    record says ``status``; None if it stays as it is. REJECTED is final ("rejected":
+    never sent); NEW or IN_PROGRESS undo the approval ("open": checked again if it is
+    approved again)."""
+    if status == "APPROVED" or state not in UNSENT:
+        return None
+    return "rejected" if status == "REJECTED" else "open"

@@ -1,7 +1,8 @@
 """The consumer: Ticketland's three streams in one consumer group, into the ledger.
 
 Per batch: decode every record by its stream and content type; one that does not
-decode or validate goes to herald.dlq with its reason; the rest are applied to the
+decode or validate goes to herald.dlq with its reason (through the ledger's DLQ
+outbox, once: see :meth:`Ledger.dead_letter`); the rest are applied to the
 ledger, split by event into up to LEDGER_CONCURRENCY transactions run at once; only
 then are the offsets committed. A crash repeats the batch, which the ledger
 recognises. When every stream has a backlog, Ticketland's events are read first
@@ -25,7 +26,7 @@ from herald.runtime.kafka import consume
 from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.reconcile.inputs import BadRecord, Kind, decode
-from herald.services.reconcile.ledger import Ledger, Taken, split_by_lock
+from herald.services.reconcile.ledger import DeadInput, Ledger, Taken, split_by_lock
 
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -128,28 +129,42 @@ class InputConsumer:
         return sum(applied)
 
     async def _dead_letter(self, bad: list[tuple[Rec, str]]) -> None:
-        """Sends each bad record to the DLQ and waits until Kafka has them all (their
-        offsets are committed after this)."""
-        await asyncio.gather(
-            *(
-                send_dead_letter(
-                    self._producer,
-                    self._dlq_topic,
-                    r.value,
-                    r.key,
-                    dead_letter_headers(
-                        reason,
-                        "reconcile",
-                        list(r.headers),
-                        {"topic": r.topic, "partition": str(r.partition), "offset": str(r.offset)},
-                    ),
-                    until_acknowledged=True,
-                )
-                for r, reason in bad
+        """Stores each bad record's dead letter with its coordinates (the ledger's DLQ
+        outbox sends it; a record dead-lettered before, as on a replay, is not stored
+        again); returns once that is durable (the offsets are committed after this)."""
+        dead = [
+            DeadInput(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers), reason)
+            for r, reason in bad
+        ]
+
+        async def refused(d: DeadInput, exc: BaseException) -> None:
+            # Not even its coordinates can be stored: straight to Kafka (a replay sends
+            # this one again).
+            await send_dead_letter(
+                self._producer,
+                self._dlq_topic,
+                d.value,
+                d.key,
+                dead_letter_headers(
+                    d.reason,
+                    "reconcile",
+                    list(d.headers),
+                    {"topic": d.topic, "partition": str(d.partition), "offset": str(d.offset)},
+                ),
+                until_acknowledged=True,
             )
+
+        stored = await apply_isolating_refused(
+            dead,
+            self._ledger.dead_letter,
+            refused,
+            failed_event="dead_letter.failed",
+            first_delay=0.5,
+            max_delay=10.0,
+            level=logging.ERROR,
         )
+        EVENTS_DLQ.labels("reconcile").inc(stored)
         for r, reason in bad:
-            EVENTS_DLQ.labels("reconcile").inc()
             log.warning(
                 "record.dead_lettered",
                 topic=r.topic,

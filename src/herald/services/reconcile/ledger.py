@@ -2,19 +2,20 @@
 may be split by event into several, see :func:`split_by_lock`).
 
 Everything about one event (the event, its orders, their refunds) is serialised by an
-advisory lock on the event id, so replicas sharing the partitions (and transactions
+advisory lock on the event id (a refund takes its own event's and its order's, which
+differ when the refund names another event), so replicas sharing the partitions (and transactions
 running at once in one replica) agree on what was parked, released and sent. Outputs
 for Vibeapp are queued in the same transaction, so a record's effect and its outputs
 commit together; the Kafka offsets are committed only after that. A record taken
 before (same coordinates) is skipped; an older version of an entity than the ledger's
-changes nothing; a queued output is never queued again: a replay from the beginning
-sends nothing twice.
+changes nothing; a queued output is never queued again; a record dead-lettered before
+is not dead-lettered again: a replay from the beginning sends nothing twice.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +23,8 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
+from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.services.reconcile.apply import BatchApply, Found, release_refunds, store_findings
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.inputs import Decoded, short_status
@@ -29,6 +32,19 @@ from herald.services.reconcile.outputs import OutputConfig, Queue
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadInput:
+    """An input record for the DLQ: where it was read, its content and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,36 +57,84 @@ class Taken:
     decoded: Decoded
 
 
-def lock_key(d: Decoded) -> str:
-    """The event whose lock a record takes."""
+def lock_key(d: Decoded, order_events: Mapping[str, str] | None = None) -> str:
+    """The event whose lock a record takes (a refund: its order's, when
+    ``order_events`` (order id → event id) knows the order)."""
     m = d.message
     if isinstance(m, tl.Event):
         return m.id
+    if isinstance(m, tl.RefundRequest) and order_events:
+        return order_events.get(m.order_id, m.event_id)
     return m.event_id
 
 
 def split_by_lock(items: Sequence[Taken], parts: int) -> list[list[Taken]]:
     """``items`` in up to ``parts`` non-empty lists, every record of an event in the
-    same one (a stable hash of its lock key), each in the order given."""
+    same one (a stable hash of its lock key; a refund goes with its order when the
+    order is among ``items``), each in the order given."""
     if parts <= 1:
         return [list(items)] if items else []
+    orders = {m.id: m.event_id for i in items if isinstance(m := i.decoded.message, tl.Order)}
     out: list[list[Taken]] = [[] for _ in range(parts)]
     for item in items:
-        out[zlib.crc32(lock_key(item.decoded).encode()) % parts].append(item)
+        out[zlib.crc32(lock_key(item.decoded, orders).encode()) % parts].append(item)
     return [part for part in out if part]
 
 
 class Ledger:
     """See the module docstring."""
 
-    def __init__(self, pool: asyncpg.Pool, config: OutputConfig) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: OutputConfig,
+        dead_letters: DeadLetterOutbox | None = None,
+        dlq_topic: str = DLQ_TOPIC,
+    ) -> None:
+        """``dead_letters``: where :meth:`dead_letter` stores records for ``dlq_topic``."""
         self._pool = pool
         self._config = config
+        self._dead_letters = dead_letters
+        self._dlq_topic = dlq_topic
+
+    async def dead_letter(self, records: Sequence[DeadInput]) -> int:
+        """Stores the dead letters of ``records`` not dead-lettered before, with their
+        coordinates, in one transaction (the DLQ outbox sends them once it commits);
+        the number stored."""
+        assert self._dead_letters is not None, "built without a DLQ outbox"
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = {
+                (r["topic"], r["partition"], r["offset"])
+                for r in await conn.fetch(
+                    Q.take_dead_inputs,
+                    [d.topic for d in records],
+                    [d.partition for d in records],
+                    [d.offset for d in records],
+                    [d.reason for d in records],
+                )
+            }
+            new = [d for d in records if (d.topic, d.partition, d.offset) in fresh]
+            for d in new:
+                headers = dead_letter_headers(
+                    d.reason,
+                    "reconcile",
+                    list(d.headers),
+                    {"topic": d.topic, "partition": str(d.partition), "offset": str(d.offset)},
+                )
+                await self._dead_letters.add_within(conn, self._dlq_topic, d.value, d.key, headers)
+        if new:
+            self._dead_letters.wake()
+        return len(new)
 
     async def take(self, items: Sequence[Taken]) -> int:
         """Applies ``items`` in one transaction; the number of outputs queued."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.fetchval(Q.lock_keys, [lock_key(i.decoded) for i in items])
+            keys = {lock_key(i.decoded) for i in items}
+            refunds = [i.decoded.message for i in items if i.decoded.kind == "refund"]
+            orders = [m.order_id for m in refunds if isinstance(m, tl.RefundRequest)]
+            if orders:  # a refund also takes its order's event (another if it names another)
+                keys.update(r["event_id"] for r in await conn.fetch(Q.order_events, orders))
+            await conn.fetchval(Q.lock_keys, list(keys))
             fresh = await conn.fetch(
                 Q.take_inputs,
                 [i.topic for i in items],
@@ -105,7 +169,7 @@ class Transaction:
     async def send_or_ready(self, r: tl.RefundRequest, order: asyncpg.Record) -> None:
         """The refund goes to Vibeapp now if its order went; else when the order goes."""
         if order["delivery"] == "sent":
-            self.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+            self.queue.refund(r, tl.Order.FromString(order["doc"]))
             await self.conn.execute(Q.set_refund_state, r.id, "sent")
         else:
             await self.conn.execute(Q.set_refund_state, r.id, "ready")

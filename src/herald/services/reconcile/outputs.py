@@ -40,10 +40,15 @@ class Queue:
         ticket_ids = [t.id for t in o.tickets]
         self.rows.append(("order", o.id, out, ticket_ids, sum(t.price_nominal for t in o.tickets)))
 
-    def refund(self, r: tl.RefundRequest, customer: tl.Customer) -> None:
+    def refund(self, r: tl.RefundRequest, order: tl.Order) -> None:
+        """``r`` with its ``order``'s customer, under the order's event."""
+        if (r.event_id, r.organizer_id) != (order.event_id, order.organizer_id):
+            # An accepted refund_event_mismatch: the refund goes under its order's event.
+            r = tl.RefundRequest.FromString(r.SerializeToString())
+            r.event_id, r.organizer_id = order.event_id, order.organizer_id
         ticket_ids = [t.ticket_id for t in r.tickets]
         out = vibe.refund_output(
-            r, customer, ticket_ids, self.config.formats["refund"], self.config.headers
+            r, order.customer, ticket_ids, self.config.formats["refund"], self.config.headers
         )
         self.rows.append(("refund", r.id, out, ticket_ids, r.money.customer))
 

@@ -18,7 +18,7 @@ from herald.runtime.db import Connection
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.runtime.publisher import Alert
 from herald.services.reconcile.apply import ticket_states
-from herald.services.reconcile.checks import Finding, check_refund
+from herald.services.reconcile.checks import Finding, check_refund, order_mismatch
 from herald.services.reconcile.ledger import Transaction
 from herald.services.reconcile.outputs import OutputConfig, Queue
 from herald.services.reconcile.reconciliation import Repair, compare
@@ -53,9 +53,12 @@ class Reconciler:
         first = await self._pool.fetchrow(Q.get_discrepancy, discrepancy_id)
         if first is None:
             raise NotFound(f"discrepancy {discrepancy_id} does not exist")
+        keys = {first["event_id"]}
+        if first["refund_id"]:  # a release touches its order's event: its lock too
+            keys.update(await self._pool.fetchval(Q.refund_lock_keys, first["refund_id"]) or ())
         async with self._pool.acquire() as conn, conn.transaction():
-            if first["event_id"]:
-                await conn.fetchval(Q.lock_keys, [first["event_id"]])
+            if keys - {""}:
+                await conn.fetchval(Q.lock_keys, sorted(keys - {""}))
             row = await conn.fetchrow(Q.get_discrepancy_for_update, discrepancy_id)
             assert row is not None  # never deleted
             if row["status"] != "open":
@@ -79,6 +82,8 @@ class Reconciler:
         refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
         if "open" in statuses or refund is None or refund["state"] != "held":
             return False
+        if refund["status"] != "APPROVED":  # Ticketland took it back: never sent
+            return False
         if "rejected" in statuses:
             await tx.conn.execute(Q.set_refund_state, refund_id, "blocked")
             log.info("refund.blocked", refund_id=refund_id)
@@ -90,10 +95,10 @@ class Reconciler:
             # when the order arrives, like any other.
             await tx.conn.execute(Q.set_refund_state, refund_id, "waiting_order")
             return False
-        if new := await _new_findings(tx, r, {row["id"] for row in found}):
+        if new := await _new_findings(tx, r, order, {row["id"] for row in found}):
             # The ledger moved on while the refund was held (another refund took its
             # ticket, the ticket was used): what was accepted is not what would be sent.
-            await tx.hold(r.id, r.order_id, r.event_id, new)
+            await tx.hold(r.id, r.order_id, order["event_id"], new)
             return False
         await tx.conn.execute(Q.refund_tickets, r.id, [t.ticket_id for t in r.tickets])
         await tx.send_or_ready(r, order)
@@ -134,7 +139,7 @@ class Reconciler:
         if request.repair and outcome.repairs:
             done = await self._repair(outcome.repairs)
             for finding in outcome.findings:
-                if finding.entity_id in done:
+                if outcome.repaired_by(finding, done):
                     finding.repaired = True
                     repaired += 1
         now = Timestamp()
@@ -189,12 +194,13 @@ class Reconciler:
 
 
 async def _new_findings(
-    tx: Transaction, r: tl.RefundRequest, known: set[uuid.UUID]
+    tx: Transaction, r: tl.RefundRequest, order: asyncpg.Record, known: set[uuid.UUID]
 ) -> list[Finding]:
-    """The refund's checks against the ledger as it is now, but for the findings
-    already stored for it (``known``: an accepted one stays accepted)."""
+    """The refund's checks against the ledger as it is now (its ``order``'s row), but
+    for the findings already stored for it (``known``: an accepted one stays accepted)."""
     tickets = await ticket_states(tx.conn, {t.ticket_id for t in r.tickets})
-    return [f for f in check_refund(r, tickets) if f.id_for(r.id) not in known]
+    found = order_mismatch(r, order["event_id"], order["organizer_id"]) + check_refund(r, tickets)
+    return [f for f in found if f.id_for(r.id) not in known]
 
 
 def _get(inputs: dict[str, asyncpg.Record], kind: str, column: str) -> int:
@@ -235,10 +241,20 @@ async def _repair_refund(tx: Transaction, refund_id: str) -> bool:
     if order is None or order["delivery"] != "sent":
         return False
     r = tl.RefundRequest.FromString(refund["doc"])
-    tx.queue.refund(r, tl.Order.FromString(order["doc"]).customer)
+    tx.queue.refund(r, tl.Order.FromString(order["doc"]))
     await tx.conn.execute(Q.set_refund_state, refund_id, "sent")
     log.warning("repair.refund_queued", refund_id=refund_id)
     return True
+
+
+def _range_of(request: pb.RunReconciliationRequest) -> dict[str, str]:
+    """A range report's start_time and end_time (RFC 3339); nothing for an event's."""
+    if request.WhichOneof("scope") != "range":
+        return {}
+    return {
+        "start_time": request.range.start_time.ToJsonString(),
+        "end_time": request.range.end_time.ToJsonString(),
+    }
 
 
 def _reconciled(report: pb.ReconciliationReport) -> Alert:
@@ -251,6 +267,7 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
         {
             "report_id": report.id,
             "event_id": report.request.event_id,
+            **_range_of(report.request),
             "balanced": report.balanced,
             "findings": len(report.findings),
             "repaired": report.repaired,
@@ -260,6 +277,7 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
             "tickets_refunded": t.tickets_refunded,
             "refunded_amount": t.refunded_amount,
             "orders_sent": t.orders_sent,
+            "tickets_sent": t.tickets_sent,
             "tickets_refunded_sent": t.tickets_refunded_sent,
         },
         RECONCILED_SCHEMA,

@@ -33,6 +33,12 @@ class Outcome:
     repairs: list[Repair] = field(default_factory=list)
     # Per event: the ledger's tickets of the orders that were sent.
     sold_of_sent: dict[str, int] = field(default_factory=dict)
+    # ticket_refund_not_sent findings: the refund whose repair mends each (ticket id).
+    mended_by: dict[str, str] = field(default_factory=dict)
+
+    def repaired_by(self, finding: pb.Finding, done: set[str]) -> bool:
+        """Whether repairing the entities ``done`` mended ``finding``."""
+        return finding.entity_id in done or self.mended_by.get(finding.entity_id) in done
 
     def find(self, kind: str, entity_id: str, description: str, repair: str = "") -> None:
         self.findings.append(pb.Finding(kind=kind, entity_id=entity_id, description=description))
@@ -136,6 +142,7 @@ def _ticket(out: Outcome, t: Row, refund_states: Mapping[str, str]) -> None:
             f"ticket {t['id']} was sent as refunded in {records} records ({t['refunds']} refunds)",
         )
     elif records == 0 and refund_states.get(t["refund_id"]) == "sent":
+        out.mended_by[t["id"]] = t["refund_id"]  # the refund's repair sends it again
         out.find(
             "ticket_refund_not_sent",
             t["id"],

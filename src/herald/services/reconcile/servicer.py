@@ -46,6 +46,12 @@ STATUSES = {
     if s
 }
 
+# Longest note and id an RPC takes: a note is stored and listed with its discrepancy
+# (two notes of 3 MiB made a page of ListDiscrepancies larger than gRPC sends); an id
+# longer than this names nothing the ledger holds, and a report stores its request.
+MAX_NOTE_CHARS = 2_000
+MAX_ID_CHARS = 1_000
+
 KIND_NAMES: dict[int, str] = {number: name for name, number in KINDS.items()}
 STATUS_NAMES: dict[int, str] = {number: name for name, number in STATUSES.items()}
 
@@ -85,6 +91,15 @@ def discrepancy_of(row: asyncpg.Record) -> pb.Discrepancy:
 def _required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument([FieldViolation(field, "required")])
+    return _bounded(value, field, MAX_ID_CHARS)
+
+
+def _bounded(value: str, field: str, limit: int) -> str:
+    """``value`` if it has at most ``limit`` characters."""
+    if len(value) > limit:
+        raise InvalidArgument(
+            [FieldViolation(field, f"{len(value)} characters; at most {limit:,}")]
+        )
     return value
 
 
@@ -131,7 +146,7 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     ) -> pb.ListDiscrepanciesResponse:
         kind = _name(request.kind, KIND_NAMES, "kind")
         status = _name(request.status, STATUS_NAMES, "status")
-        refund_id = request.refund_id or None
+        refund_id = _bounded(request.refund_id, "refund_id", MAX_ID_CHARS) or None
         query = (kind, status, refund_id)
         page = page_of(request.page_size, request.page_token, *query, key=DISCREPANCY_ORDER)
         rows = await self._pool.fetch(Q.list_discrepancies, *query, *page.cursor, page.limit)
@@ -160,6 +175,10 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
                 FieldViolation(
                     "resolution", "DISCREPANCY_STATUS_ACCEPTED or DISCREPANCY_STATUS_REJECTED"
                 )
+            )
+        if len(note := request.note) > MAX_NOTE_CHARS:
+            problems.append(
+                FieldViolation("note", f"{len(note)} characters; at most {MAX_NOTE_CHARS:,}")
             )
         if problems:
             raise InvalidArgument(problems)
@@ -192,8 +211,8 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
             start = datetime_of(r.start_time, "range.start_time")
             if datetime_of(r.end_time, "range.end_time") <= start:
                 raise InvalidArgument([FieldViolation("range.end_time", "not after start_time")])
-        elif not request.event_id:
-            raise InvalidArgument([FieldViolation("event_id", "required")])
+        else:
+            _required(request.event_id, "event_id")
         report = await self._reconciler.run(request)
         return pb.RunReconciliationResponse(report=report)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from herald.runtime.settings import (
@@ -86,6 +86,29 @@ class ReconcileSettings(RuntimeSettings):
         if len({getattr(self, name.lower()) for name in inputs}) < len(inputs):
             raise ValueError(f"{', '.join(inputs)} must be three different topics")
         return self
+
+    @model_validator(mode="after")
+    def _outputs_apart(self) -> ReconcileSettings:
+        """Outputs (and dead letters) never go to a topic reconcile reads, nor two kinds
+        of output to one topic: reconcile would take its own records as Ticketland's
+        (or dead-letter them again), and Vibeapp tells the kinds apart by topic."""
+        inputs = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
+        outputs = ("VIBE_EVENTS_TOPIC", "VIBE_ORDERS_TOPIC", "VIBE_REFUNDS_TOPIC")
+        if len({getattr(self, name.lower()) for name in outputs}) < len(outputs):
+            raise ValueError(f"{', '.join(outputs)} must be three different topics")
+        read = {getattr(self, name.lower()): name for name in inputs}
+        for name in (*outputs, "DLQ_TOPIC"):
+            if (topic := getattr(self, name.lower())) in read:
+                raise ValueError(f"{name} ({topic}) must not be an input topic ({read[topic]})")
+        return self
+
+    @field_validator("vibe_schema_version", "vibe_application_id")
+    @classmethod
+    def _header_value(cls, value: str) -> str:
+        """Vibeapp's contract: both headers carry a value."""
+        if not value.strip():
+            raise ValueError("must not be empty (the header must carry a value)")
+        return value
 
     @model_validator(mode="after")
     def _pool_has_room(self) -> ReconcileSettings:

@@ -91,7 +91,9 @@ def _category(name: str) -> tuple[int, str]:
     lowered = name.strip().lower()
     json_name = lowered if lowered in JSON_CATEGORIES else "other"
     name = f"CATEGORY_{lowered.upper()}"
-    number = vibe.Category.Value(name) if name in CATEGORY_NAMES else vibe.CATEGORY_OTHER
+    # "unspecified" is OTHER in both forms (the JSON form has no such name).
+    known = name in CATEGORY_NAMES and name != "CATEGORY_UNSPECIFIED"
+    number = vibe.Category.Value(name) if known else vibe.CATEGORY_OTHER
     return number, json_name
 
 
@@ -109,9 +111,8 @@ def event_message(e: tl.Event) -> vibe.Event:
         finish_at=e.finish_at // 1000,
         organizer_id=e.organizer.id,
         media=e.media,
-        timezone=_offset_text(e.timezone_offset)
-        if e.HasField("venue") or e.timezone_offset
-        else "",
+        # Always, as the JSON form's offset: 0 is UTC, with or without a venue.
+        timezone=_offset_text(e.timezone_offset),
         description=e.description,
         venue=vibe.Venue(
             id=e.venue.id,

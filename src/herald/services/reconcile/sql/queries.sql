@@ -192,14 +192,17 @@ WHERE ($1::text IS NULL OR o.event_id = $1)
 ORDER BY o.id
 
 -- name: report_refunds
-SELECT r.id, r.order_id, r.event_id, r.organizer_id, r.status, r.state, r.customer,
-       o.delivery AS order_delivery, ob.queued, ob.sent_at
+-- Under their order's event and organizer (the refund's own, its order unknown): a
+-- refund naming another event is its order's event's money.
+SELECT r.id, r.order_id, coalesce(o.event_id, r.event_id) AS event_id,
+       coalesce(o.organizer_id, r.organizer_id) AS organizer_id, r.status, r.state,
+       r.customer, o.delivery AS order_delivery, ob.queued, ob.sent_at
 FROM reconcile.refunds r
 LEFT JOIN reconcile.orders o ON o.id = r.order_id
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at
     FROM reconcile.outbox WHERE kind = 'refund' AND entity_id = r.id) ob
-WHERE ($1::text IS NULL OR r.event_id = $1)
+WHERE ($1::text IS NULL OR coalesce(o.event_id, r.event_id) = $1)
   AND ($2::timestamptz IS NULL OR r.first_seen >= $2)
   AND ($3::timestamptz IS NULL OR r.first_seen < $3)
 ORDER BY r.id
@@ -372,7 +375,7 @@ RETURNING id, state
 
 -- name: orders_by_id
 -- One index probe per id (see tickets_by_id).
-SELECT o.id, o.delivery, o.doc
+SELECT o.id, o.delivery, o.doc, o.event_id, o.organizer_id
 FROM unnest($1::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT * FROM reconcile.orders WHERE id = k.id LIMIT 1) AS o
 
@@ -416,3 +419,47 @@ SELECT
     coalesce((SELECT extract(epoch FROM clock_timestamp() - queued_at)
               FROM reconcile.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)::float8
         AS lag
+
+-- name: tickets_refunded_by
+-- The tickets refunds $1 refunded (of orders $2, or among tickets $3), with their
+-- order's document.
+SELECT t.id, t.refund_id, o.doc AS order_doc
+FROM reconcile.tickets t JOIN reconcile.orders o ON o.id = t.order_id
+WHERE (t.order_id = ANY($2::text[]) OR t.id = ANY($3::text[]))
+  AND t.refund_id = ANY($1::text[])
+
+-- name: unrefund_tickets
+-- Tickets whose refund was withdrawn: back to what their order says.
+UPDATE reconcile.tickets t SET status = x.status, refund_id = NULL, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[]) AS x(id, status, refund_id)
+WHERE t.id = x.id AND t.refund_id = x.refund_id
+
+-- name: settle_withdrawn
+-- A refund Ticketland rejected before it went: its open discrepancies need no decision.
+UPDATE reconcile.discrepancies
+SET status = 'rejected', resolved_at = now(), resolution_note = $2
+WHERE refund_id = ANY($1::text[]) AND status = 'open'
+
+-- name: decided_discrepancies
+-- Which of discrepancies $1 were resolved (a refund approved again after going back).
+SELECT id, status FROM reconcile.discrepancies WHERE id = ANY($1::uuid[]) AND status <> 'open'
+
+-- name: refund_lock_keys
+-- The events whose locks an operator's action on refund $1 takes: its own and its order's.
+SELECT array_remove(ARRAY[r.event_id, o.event_id], NULL)
+FROM reconcile.refunds r LEFT JOIN reconcile.orders o ON o.id = r.order_id
+WHERE r.id = $1
+
+-- name: order_events
+-- The events of orders $1 (one index probe each, see tickets_by_id).
+SELECT DISTINCT o.event_id
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT event_id FROM reconcile.orders WHERE id = k.id LIMIT 1) AS o
+
+-- name: take_dead_inputs
+-- The bad input records not dead-lettered before (a replay of the same coordinates is
+-- skipped), by their position in $1..$3.
+INSERT INTO reconcile.dead_inputs (topic, partition, "offset", reason)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[])
+ON CONFLICT DO NOTHING
+RETURNING topic, partition, "offset"
