@@ -239,6 +239,8 @@ def _check_attributes(event: Event) -> list[FieldViolation]:
         if not event.attributes.get(name):
             problems.append(FieldViolation(event.field_name(name), "required"))
     for name, value in event.attributes.items():
+        if not _CONTROL.search(value):
+            continue
         if "\x00" in value:  # named apart: PostgreSQL cannot even look it up
             problems.append(
                 FieldViolation(
@@ -246,10 +248,11 @@ def _check_attributes(event: Event) -> list[FieldViolation]:
                     "contains a NUL character (\\u0000); control characters are not allowed",
                 )
             )
-        elif _CONTROL.search(value):
+        else:
             problems.append(FieldViolation(event.field_name(name), "contains control characters"))
     source, schema = event.attributes.get("source", ""), event.attributes.get("dataschema")
-    if _WHITESPACE.search(source):
+    # isprintable() is False for every whitespace but the space: the regex only then.
+    if (" " in source or not source.isprintable()) and _WHITESPACE.search(source):
         problems.append(
             FieldViolation(event.field_name("source"), "a URI-reference holds no whitespace")
         )

@@ -72,17 +72,21 @@ def make_pending(
     if not extra[binding.SCHEMA_VERSION]:
         del extra[binding.SCHEMA_VERSION]
     key, value, headers = binding.encode(binding.BinaryEvent(event.attributes, event.data, extra))
+    headers_json = json_fast.dumps([[name, raw.decode()] for name, raw in headers])
     row = OutboxRow(
         lane=zlib.crc32(key) % LANES,
         topic=topic,
         key=key,
         value=value,
-        headers_json=json_fast.dumps([[name, raw.decode()] for name, raw in headers]),
+        headers_json=headers_json,
         event_type=event.type,
+        # The headers' JSON holds every name and value, quoted (escapes only add): a
+        # bound of their bytes in one C call instead of a sum over the headers.
         size=_RECORD_FRAMING
         + len(key)
         + len(value)
-        + sum(_HEADER_FRAMING + len(name.encode()) + len(raw) for name, raw in headers),
+        + len(headers_json.encode())
+        + _HEADER_FRAMING * len(headers),
     )
     return PendingEvent(event, fingerprint or event.fingerprint(), idempotency, row)
 

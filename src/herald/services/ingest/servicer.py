@@ -196,7 +196,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 )
             if "\x00" in key:
                 problems.append(FieldViolation("idempotency-key", NUL_REFUSED))
-            if not _storable(event, key):  # PostgreSQL would refuse even the lookup
+            # A NUL is a problem found already; PostgreSQL would refuse even the lookup.
+            if problems and not _storable(event, key):
                 raise InvalidArgument(problems)
             definition = await self._catalog.lookup(event.type, event.data_version)
             known = self._catalog.catalog.versions(event.type) if definition is None else []

@@ -69,7 +69,9 @@ def validate(
     # A field refused while parsing is not refused again here: an attribute dropped for
     # its bad value is not also "required", undecodable data not also "null".
     seen = {v.field for v in found}
-    problems = [*found, *(p for p in _attribute_problems(event) if p.field not in seen)]
+    problems = _attribute_problems(event)
+    if found:
+        problems = [*found, *(p for p in problems if p.field not in seen)]
     if definition is None:
         type_field = event.field_name("type")
         if known_versions:
@@ -91,7 +93,7 @@ def validate(
             f"used: {definition.unusable}; register a new data version"
         )
     problems += _rule_problems(event, definition)
-    if not seen & {event.field_name("data"), "data_base64"}:
+    if not seen or not seen & {event.field_name("data"), "data_base64"}:
         problems += _data_problems(event, definition)
     if problems:
         raise InvalidArgument(problems)
