@@ -30,7 +30,7 @@ from herald.runtime.settings import KafkaSettings
 from herald.services.reconcile.app import build
 from herald.services.reconcile.settings import ReconcileSettings
 from tests.conftest import Infra
-from tests.integration.conftest import IngestUnderTest
+from tests.integration.conftest import IngestUnderTest, start_ingest
 from tests.kafka_helpers import read_topic
 
 PROTOBUF = "application/x-protobuf"
@@ -302,3 +302,17 @@ async def open_flow(
             await c.close()
         for r in flow.running:
             await r.stop(1)
+
+
+@contextlib.asynccontextmanager
+async def flow_with_ingest(
+    infra: Infra, database_url: str, topic: str
+) -> AsyncIterator[ReconcileFlow]:
+    """An ingest of its own publishing to ``topic``, and reconcile (orders parked 2 s
+    at most) publishing through it: the ``flow`` fixture of the reconcile tests."""
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(infra, database_url, ingest, park_limit_seconds=2) as flow:
+            yield flow
+    finally:
+        await ingest.stop()

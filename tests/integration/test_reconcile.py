@@ -34,6 +34,7 @@ from tests.integration.reconcile_flow import (
     ReconcileFlow,
     event,
     eventually,
+    flow_with_ingest,
     open_flow,
     order,
     refund,
@@ -48,12 +49,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[ReconcileFlow]:
-    ingest = await start_ingest(infra, database_url, topic)
-    try:
-        async with open_flow(infra, database_url, ingest, park_limit_seconds=2) as f:
-            yield f
-    finally:
-        await ingest.stop()
+    async with flow_with_ingest(infra, database_url, topic) as f:
+        yield f
 
 
 def check_headers(records: list[Any], content_type: str = "application/x-protobuf") -> None:

@@ -13,12 +13,11 @@ from herald.reconcile.v1 import reconcile_pb2 as pb
 from vibe.v1 import vibe_pb2 as vibe
 
 from tests.conftest import Infra
-from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
     ReconcileFlow,
     event,
     eventually,
-    open_flow,
+    flow_with_ingest,
     order,
     refund,
     unique,
@@ -31,12 +30,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def flow(infra: Infra, database_url: str, topic: str) -> AsyncIterator[ReconcileFlow]:
-    ingest = await start_ingest(infra, database_url, topic)
-    try:
-        async with open_flow(infra, database_url, ingest, park_limit_seconds=2) as f:
-            yield f
-    finally:
-        await ingest.stop()
+    async with flow_with_ingest(infra, database_url, topic) as f:
+        yield f
 
 
 async def discrepancies(flow: ReconcileFlow, **filters: Any) -> list[pb.Discrepancy]:
