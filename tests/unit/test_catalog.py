@@ -156,3 +156,17 @@ def test_a_source_pattern_re2_cannot_compile_is_refused(pattern: str) -> None:
     # stored before RE2: unusable, not fatal
     stored = EventTypeDef("order.created", "1.0", {}, source_pattern=pattern)
     assert "source_pattern does not compile" in stored.unusable
+
+
+@pytest.mark.parametrize("version", ["1.00", "01.0", "1.01", "007", "1.0.0.0", "1.", ".1"])
+def test_a_data_version_with_leading_zeros_or_too_many_parts_is_refused(version: str) -> None:
+    """1.0, 1.00 and 01.0 registered as three versions of one type, the latest being
+    whichever was inserted last."""
+    with pytest.raises(InvalidArgument) as exc:
+        check_definition("order.created", version, '{"type": "object"}', "", [])
+    assert [v.field for v in exc.value.violations] == ["event_type.data_version"]
+
+
+@pytest.mark.parametrize("version", ["1.0", "0.1", "10.2.3", "2", "1.10"])
+def test_a_data_version_of_plain_numbers_is_accepted(version: str) -> None:
+    check_definition("order.created", version, '{"type": "object"}', "", [])

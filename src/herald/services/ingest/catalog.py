@@ -22,7 +22,9 @@ from herald.runtime.errors import FieldViolation, InvalidArgument
 # Whole-string patterns (fullmatch: ``$`` lets a final newline through) of ASCII digits
 # (``\d`` takes any script's: "١.٠" is not a version).
 NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
-VERSION = re.compile(r"[0-9]+(\.[0-9]+){0,2}")
+# No leading zeros: "1.0", "1.00" and "01.0" would be three versions of one number,
+# and which is the latest a matter of insertion order.
+VERSION = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){0,2}")
 MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
 # A definition travels whole in ListEventTypes pages, which must fit a default client's
@@ -170,7 +172,10 @@ def check_definition(
         )
     if not VERSION.fullmatch(data_version) or len(data_version) > MAX_VERSION_CHARS:
         problems.append(
-            FieldViolation("event_type.data_version", "a version like '1.0' or '2.1.3'")
+            FieldViolation(
+                "event_type.data_version",
+                "a version like '1.0' or '2.1.3' (numbers without leading zeros)",
+            )
         )
     schema, problem = _parsed_schema(schema_text)
     if problem:
