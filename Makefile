@@ -52,6 +52,9 @@ test: proto ## the whole suite (unit + integration + acceptance) against real Ka
 test-unit: proto ## only the unit tests (no I/O)
 	$(PY) -m pytest tests/unit
 
+test-integration: proto ## only the integration tests (real Kafka and PostgreSQL)
+	$(PY) -m pytest tests/integration
+
 lint: proto $(BUF) ## ruff, mypy (strict), buf lint, buf breaking against main
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench

@@ -24,4 +24,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
     need "PostgreSQL server binaries (initdb, pg_ctl)" "apt-get install -y postgresql"
   fi
 fi
+if [ "$missing" = 0 ]; then
+  echo "prerequisites: all found (Python 3.11+, Java 17+, Maven, npm, PostgreSQL server)"
+fi
 exit $missing

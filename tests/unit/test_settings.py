@@ -67,9 +67,17 @@ NAMED = {
     ),
     "_ADDR": (
         14,  # ingest 2, ingest_relay 2, dispatch 4, webhooks 3, reconcile 3
-        ["", "localhost", ":50051", "host:", "host:http", "h:65536"],
-        "expected HOST:PORT, got {value!r}",
-        ["127.0.0.1:0", "[::1]:50051", "herald-ingest:65535"],
+        # A URL passed as host "http://x": dispatch then failed every call for ever.
+        ["", "localhost", ":50051", "host:", "host:http", "h:65536", "http://x:1", "a b:1"],
+        "expected HOST:PORT (no scheme), got {value!r}",
+        ["127.0.0.1:0", "[::1]:50051", "herald-ingest:65535", "[::]:1", "0.0.0.0:50051"],
+    ),
+    "_GROUP": (
+        3,  # dispatch 1, webhooks 1, reconcile 1
+        # An empty group was taken: the consumer never joined, logged as Kafka away.
+        ["", " ", " herald", "a\tb", "x" * 256],
+        "{value!r} is not a consumer group id",
+        ["herald-webhooks", "x" * 255, "team.a/b:c", "группа"],
     ),
 }
 

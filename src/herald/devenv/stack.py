@@ -140,21 +140,24 @@ def up(root: Path, timeout: float) -> int:
         _say(f"waiting for {', '.join(s.name for s in active)} to be SERVING ...")
         failure = wait_serving(active, exit_reason, timeout)
     if failure is not None:
-        name = failure.service.name
-        log = logs_dir(root) / f"{name}.log"
-        print(
-            f"error: {name} {failure.reason}\n--- tail of {log} ---\n{tail(log)}", file=sys.stderr
-        )
-        for server in infra_state(root):
-            print(
-                f"{server.label}: {server.describe()}  {server.var}={server.value}", file=sys.stderr
-            )
-        if service_pid(root, failure.service).pid is not None:
-            print(f"({name} is still running; `make down` stops it)", file=sys.stderr)
+        _report_failure(root, failure.service, failure.reason, active)
         return 1
     _say("\n".join(summary(active, root, pids)))
     _say(f"logs: {logs_dir(root)}/<service>.log   (stop with `make down`)")
     return 0
+
+
+def _report_failure(root: Path, service: Service, reason: str, active: Sequence[Service]) -> None:
+    """What ``up`` says when a service did not come up: its log's tail, where the
+    servers are, and what is still running (left so, for the log and a retry)."""
+    log = logs_dir(root) / f"{service.name}.log"
+    print(f"error: {service.name} {reason}\n--- tail of {log} ---\n{tail(log)}", file=sys.stderr)
+    for server in infra_state(root):
+        print(f"{server.label}: {server.describe()}  {server.var}={server.value}", file=sys.stderr)
+    still = [s.name for s in active if service_pid(root, s).pid is not None]
+    still += [i.label for i in infra_state(root) if i.pid is not None]
+    if still:
+        print(f"(still running: {', '.join(still)}; `make down` stops them)", file=sys.stderr)
 
 
 def _with_orphans(root: Path, services: Sequence[Service]) -> list[Service]:

@@ -32,10 +32,15 @@ MAX_TOPIC_PARTITIONS = 1000  # Kafka refuses a request to create 10,000 (KRaft)
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
+# A host name, an IPv4 address or a bracketed IPv6 one: not a URL ("http://x:1" split at
+# its last colon looked like host "http://x").
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+")
+
+
 def _check_host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (no scheme), got {value!r}")
     return value
 
 
@@ -113,13 +118,16 @@ class RuntimeSettings(BaseSettings):
     @field_validator("*")
     @classmethod
     def _by_name(cls, value: object, info: ValidationInfo) -> object:
-        """Every service's ``*_ADDR`` variables are HOST:PORT addresses and its
-        ``*_TOPIC`` variables Kafka topic names, whatever the service calls them."""
+        """Every service's ``*_ADDR`` variables are HOST:PORT addresses, its ``*_TOPIC``
+        variables Kafka topic names and its ``*_GROUP`` variables consumer group ids,
+        whatever the service calls them."""
         if isinstance(value, str) and info.field_name is not None:
             if info.field_name.endswith("_addr"):
                 return address_setting(value)
             if info.field_name.endswith("_topic"):
                 return topic_setting(value)
+            if info.field_name.endswith("_group"):
+                return group_setting(value)
         return value
 
     @model_validator(mode="after")
@@ -172,6 +180,16 @@ def topic_setting(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a Kafka topic name: 1 to 249 ASCII letters, digits, "
             "'.', '_' and '-' (not '.' or '..')"
+        )
+    return value
+
+
+def group_setting(value: str) -> str:
+    """Validates a Kafka consumer group id (for ``*_GROUP`` variables): an empty one
+    made the consumer fail to join for ever (logged as Kafka being unreachable)."""
+    if not value or len(value) > 255 or not value.isprintable() or value != value.strip():
+        raise ValueError(
+            f"{value!r} is not a consumer group id: 1 to 255 printable characters, no spaces around"
         )
     return value
 
