@@ -92,6 +92,23 @@ def test_a_wrong_topic_name_is_invalid_configuration(infra: Infra, database_url:
     )
 
 
+def test_every_wrong_variable_is_named_in_one_go(infra: Infra, database_url: str) -> None:
+    """Kafka's variables and OpenTelemetry's were named only once the service's own
+    were right: an operator went round three times."""
+    code, output = run_ingest(
+        infra,
+        database_url,
+        DATABASE_POOL_SIZE="abc",
+        KAFKA_SECURITY_PROTOCOL="TLS",
+        OTEL_SDK_DISABLED="maybe",
+    )
+    assert code == 2
+    lines = output.splitlines()
+    assert lines[0] == "invalid configuration:"
+    named = sorted(line.split()[0].split("=")[0].rstrip(":") for line in lines[1:])
+    assert named == ["DATABASE_POOL_SIZE", "KAFKA_SECURITY_PROTOCOL", "OTEL_SDK_DISABLED"]
+
+
 def test_a_listen_address_whose_host_does_not_resolve_is_named_at_once(
     infra: Infra, database_url: str, topic: str
 ) -> None:

@@ -140,12 +140,32 @@ class RuntimeSettings(BaseSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T", bound=BaseSettings)
 
 
 def load_settings(cls: type[S]) -> S:
     """Builds ``cls`` from the environment or exits naming each bad variable."""
+    built, problems = _built(cls)
+    _exit_if(problems)
+    assert built is not None
+    return built
+
+
+def load_both(first: type[S], second: type[T]) -> tuple[S, T]:
+    """Builds both (a service's settings and its Kafka settings) or exits naming every
+    bad variable of both at once, not one class's in a first round, the other's next."""
+    one, problems = _built(first)
+    two, more = _built(second)
+    _exit_if(problems + more)
+    assert one is not None
+    assert two is not None
+    return one, two
+
+
+def _built(cls: type[S]) -> tuple[S | None, list[str]]:
+    """``cls`` from the environment, or the lines naming what is wrong with it."""
     try:
-        return cls()
+        return cls(), []
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []
@@ -156,11 +176,27 @@ def load_settings(cls: type[S]) -> S:
                 lines.append(f"  {name}: {message}")
             else:  # a check across fields, whose message names them
                 lines.append(f"  {message}")
-        sys.stderr.write("invalid configuration:\n" + "\n".join(lines) + "\n")
-        raise SystemExit(2) from None
+        if issubclass(cls, RuntimeSettings) and all(e["loc"] for e in exc.errors()):
+            # The fields failed, so the model's own checks did not run: run them here.
+            lines += [f"  {problem}" for problem in _tracing_problems()]
+        return None, lines
     except ValueError as exc:
-        sys.stderr.write(f"invalid configuration: {exc}\n")
-        raise SystemExit(2) from None
+        return None, [f"  {exc}"]
+
+
+def _tracing_problems() -> list[str]:
+    try:
+        if tracing_enabled():
+            traces_exporter()
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
+def _exit_if(problems: list[str]) -> None:
+    if problems:
+        sys.stderr.write("invalid configuration:\n" + "\n".join(problems) + "\n")
+        raise SystemExit(2)
 
 
 def address_setting(value: str) -> str:

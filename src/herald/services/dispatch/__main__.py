@@ -8,16 +8,16 @@ import uvloop
 
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
-from herald.runtime.settings import KafkaSettings, load_settings
+from herald.runtime.settings import KafkaSettings, load_both
 from herald.services.dispatch.app import build
 from herald.services.dispatch.settings import DispatchSettings
 
 
 async def main() -> int:
     """Builds and serves the dispatch service until SIGTERM."""
-    settings = load_settings(DispatchSettings)
+    settings, kafka_settings = load_both(DispatchSettings, KafkaSettings)
     configure_logging(settings.log_level, settings.log_format, service="dispatch")
-    app = await build(settings, load_settings(KafkaSettings))
+    app = await build(settings, kafka_settings)
     return await serve(
         app, settings.dispatch_addr, settings.dispatch_metrics_addr, settings.shutdown_grace_seconds
     )

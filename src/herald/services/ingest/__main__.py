@@ -8,15 +8,14 @@ import uvloop
 
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
-from herald.runtime.settings import KafkaSettings, load_settings
+from herald.runtime.settings import KafkaSettings, load_both
 from herald.services.ingest.app import build
 from herald.services.ingest.settings import IngestSettings
 
 
 async def main() -> int:
     """Builds and serves the ingest service until SIGTERM."""
-    settings = load_settings(IngestSettings)
-    kafka_settings = load_settings(KafkaSettings)
+    settings, kafka_settings = load_both(IngestSettings, KafkaSettings)
     configure_logging(settings.log_level, settings.log_format, service="ingest")
     app = await build(settings, kafka_settings)
     return await serve(

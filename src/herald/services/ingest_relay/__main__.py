@@ -8,7 +8,7 @@ import uvloop
 
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
-from herald.runtime.settings import KafkaSettings, load_settings
+from herald.runtime.settings import KafkaSettings, load_both
 from herald.services.ingest.relay_app import build_relay
 from herald.services.ingest.settings import IngestRelaySettings
 
@@ -16,8 +16,7 @@ from herald.services.ingest.settings import IngestRelaySettings
 async def main() -> int:
     """Builds and runs the relay until SIGTERM (then sends what is pending, within the
     grace period)."""
-    settings = load_settings(IngestRelaySettings)
-    kafka_settings = load_settings(KafkaSettings)
+    settings, kafka_settings = load_both(IngestRelaySettings, KafkaSettings)
     configure_logging(settings.log_level, settings.log_format, service="ingest_relay")
     app = await build_relay(settings, kafka_settings)
     return await serve(

@@ -8,16 +8,15 @@ import uvloop
 
 from herald.runtime.logging import configure_logging
 from herald.runtime.server import serve
-from herald.runtime.settings import KafkaSettings, load_settings
+from herald.runtime.settings import KafkaSettings, load_both, load_settings
 from herald.services.reconcile.app import build
 from herald.services.reconcile.settings import ReconcileSettings, VibeKafkaSettings
 
 
 async def main() -> int:
     """Builds and serves the reconcile service until SIGTERM."""
-    settings = load_settings(ReconcileSettings)
+    settings, herald_kafka = load_both(ReconcileSettings, KafkaSettings)
     configure_logging(settings.log_level, settings.log_format, service="reconcile")
-    herald_kafka = load_settings(KafkaSettings)
     vibe_kafka = (
         load_settings(VibeKafkaSettings) if VibeKafkaSettings.configured() else herald_kafka
     )
