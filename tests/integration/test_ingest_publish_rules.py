@@ -15,7 +15,9 @@ from herald.ingest.v1 import ingest_pb2
 from structlog.testing import capture_logs
 
 from herald.runtime.errors import bad_request_of
+from tests.conftest import Infra
 from tests.integration.conftest import IngestUnderTest
+from tests.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +139,15 @@ async def test_a_rejected_event_is_logged_with_its_id_type_key_and_outcome(
     assert line["idempotency_key"] == "k-rejected"
     assert line["outcome"] == "invalid"
     assert any(v.startswith("time:") for v in line["violations"])
+
+
+async def test_a_content_type_in_capitals_reaches_kafka_in_lower_case(
+    infra: Infra, ingest: IngestUnderTest, topic: str
+) -> None:
+    """Media types are case-insensitive, but the cloudevents SDK compares the header as
+    written: with ``Application/JSON`` it handed consumers the data as text."""
+    doc = structured(datacontenttype="Application/JSON; charset=UTF-8")
+    await ingest.stub.Publish(as_json(doc))
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    headers = dict(record.headers)
+    assert headers["content-type"] == b"application/json; charset=UTF-8"

@@ -238,6 +238,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         fingerprint = event.fingerprint()
         if event.data_version is None:
             event = event.with_attribute("dataversion", definition.data_version)
+        media, sep, parameters = event.attributes.get("datacontenttype", "").partition(";")
+        if not media.islower() and media.lower() != media:
+            # Media types are case-insensitive, but consumers (the cloudevents SDK among
+            # them) compare content-type as written: the record carries it in lower case.
+            event = event.with_attribute("datacontenttype", media.lower() + sep + parameters)
         ident = _ident(key, call, event)
         headers = call.headers
         if key != headers.get(IDEMPOTENCY_HEADER, ""):  # a batch item's, or the field's
