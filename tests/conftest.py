@@ -35,6 +35,19 @@ class Infra:
     def kafka_settings(self) -> KafkaSettings:
         return KafkaSettings(bootstrap_servers=self.bootstrap_servers)
 
+    def scram_settings(self, password: str = "vibe-secret") -> KafkaSettings:
+        """The local Kafka's SCRAM-SHA-512 listener, as user ``vibe`` (the test fails
+        where Kafka is external: the listener is the project's own)."""
+        if self.kafka is None:
+            pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
+        return KafkaSettings(
+            bootstrap_servers=self.kafka.scram_bootstrap_servers,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="vibe",
+            sasl_password=password,
+        )
+
 
 # Topics of one test carry a random hex suffix (``….t0123456789``); bench ones too.
 TEST_TOPIC = re.compile(r"[.-][a-z]?[0-9a-f]{8,}(\.raw\.[0-9a-f]+)?$")

@@ -20,6 +20,7 @@ from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import RETURN_CREATED
 from tests.integration.conftest import IngestUnderTest, start_ingest
+from tests.integration.test_ingest_publish_rules import structured
 from tests.kafka_helpers import headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -113,14 +114,7 @@ async def test_event_data_holding_a_nul_character_reaches_kafka_intact(
     ingest: IngestUnderTest, infra: Infra, topic: str
 ) -> None:
     """Data is stored as bytes, not jsonb: \\u0000 in a JSON string is valid data."""
-    doc = {
-        "specversion": "1.0",
-        "id": str(uuid.uuid4()),
-        "source": "urn:t",
-        "type": "message.created",
-        "time": "2025-01-02T03:04:05Z",
-        "data": {"message": {"id": "m1", "text": "a\u0000b"}},
-    }
+    doc = structured(data={"message": {"id": "m1", "text": "a\u0000b"}})
     response = await ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     assert headers(record)["ce_id"] == response.event_id

@@ -29,6 +29,7 @@ from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES, RETURN_CREATED
 from tests.integration.conftest import IngestUnderTest
 from tests.integration.test_ingest_durability import big_event
+from tests.integration.test_ingest_publish_rules import structured
 from tests.kafka_helpers import headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -154,15 +155,11 @@ async def test_values_too_long_to_store_are_invalid_argument_not_a_failed_commit
     # A 9,000-character random id or source exceeded what PostgreSQL indexes: INTERNAL,
     # and every other call in the same group commit failed with it
     async def publish(field: str, value: str, key: str = "") -> grpc.aio.AioRpcError:
-        doc = {
-            "specversion": "1.0",
-            "id": str(uuid.uuid4()),
-            "source": "urn:t",
-            "type": "message.created",
-            "time": "2026-11-22T10:00:00Z",
-            "data": {"message": {"id": "m", "text": "t"}},
-            field: value,
-        }
+        doc = structured(
+            time="2026-11-22T10:00:00Z",
+            data={"message": {"id": "m", "text": "t"}},
+            **{field: value},
+        )
         metadata = [("idempotency-key", key)] if key else []
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ingest.stub.Publish(

@@ -24,7 +24,6 @@ from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
 from herald.runtime.backlog import BacklogReporter
-from herald.runtime.settings import KafkaSettings
 from herald.services.reconcile.app import BEHIND, MIGRATIONS
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.store import Q
@@ -581,15 +580,7 @@ async def test_outputs_reach_a_cluster_that_wants_scram_sha_512(
 ) -> None:
     """Vibeapp's cluster speaks SASL + SCRAM-SHA-512: here the local broker's second
     listener, whose user was created at format time."""
-    if infra.kafka is None:
-        pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
-    vibe_kafka = KafkaSettings(
-        bootstrap_servers=infra.kafka.scram_bootstrap_servers,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="vibe",
-        sasl_password="vibe-secret",
-    )
+    vibe_kafka = infra.scram_settings()
     ingest = await start_ingest(infra, database_url, topic)
     try:
         async with open_flow(infra, database_url, ingest, vibe_kafka=vibe_kafka) as flow:

@@ -43,17 +43,8 @@ async def test_migrations_apply_once(database_url: str) -> None:
 
 
 async def test_producer_honours_sasl_scram_settings(infra: Infra) -> None:
-    if infra.kafka is None:
-        pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
-    scram = infra.kafka.scram_bootstrap_servers
     topic = f"herald.scram.t{uuid.uuid4().hex[:8]}"
-    good = KafkaSettings(
-        bootstrap_servers=scram,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="vibe",
-        sasl_password="vibe-secret",
-    )
+    good = infra.scram_settings()
     producer = kafka.make_producer(good)
     await producer.start()
     try:
@@ -63,7 +54,7 @@ async def test_producer_honours_sasl_scram_settings(infra: Infra) -> None:
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     assert record.value == b"hello"
 
-    bad = good.model_copy(update={"sasl_password": "wrong"})
+    bad = infra.scram_settings(password="wrong")
     producer = kafka.make_producer(bad, request_timeout_ms=3000)
     with pytest.raises(KafkaError):
         await asyncio.wait_for(producer.start(), 20)
@@ -73,15 +64,7 @@ async def test_producer_honours_sasl_scram_settings(infra: Infra) -> None:
 async def test_wrong_kafka_credentials_are_named_in_the_unreachable_line(infra: Infra) -> None:
     """A wrong SCRAM password made a service log only "Unable to bootstrap": the
     authentication failure was in aiokafka's silenced lines."""
-    if infra.kafka is None:
-        pytest.fail("needs the local Kafka's SCRAM-SHA-512 listener")
-    wrong = KafkaSettings(
-        bootstrap_servers=infra.kafka.scram_bootstrap_servers,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="vibe",
-        sasl_password="wrong",
-    )
+    wrong = infra.scram_settings(password="wrong")
     with capture_logs() as logs, contextlib.suppress(TimeoutError):
         await asyncio.wait_for(
             kafka.start_when_reachable(lambda: kafka.make_producer(wrong), "vibe"), 3

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import apply_isolating_refused, refusal_reason
-from herald.runtime.dlq import dead_letter_headers, send_dead_letter
+from herald.runtime.dlq import send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.metrics import EVENTS_DLQ
@@ -145,12 +145,7 @@ class InputConsumer:
                 self._dlq_topic,
                 d.value,
                 d.key,
-                dead_letter_headers(
-                    d.reason,
-                    "reconcile",
-                    list(d.headers),
-                    {"topic": d.topic, "partition": str(d.partition), "offset": str(d.offset)},
-                ),
+                d.dead_letter_headers(),
                 until_acknowledged=True,
             )
 

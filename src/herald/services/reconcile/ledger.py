@@ -46,6 +46,15 @@ class DeadInput:
     headers: Sequence[tuple[str, bytes]]
     reason: str
 
+    def dead_letter_headers(self) -> list[tuple[str, bytes]]:
+        """Its dead letter's headers: its own, the reason and where it was read."""
+        return dead_letter_headers(
+            self.reason,
+            "reconcile",
+            list(self.headers),
+            {"topic": self.topic, "partition": str(self.partition), "offset": str(self.offset)},
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Taken:
@@ -115,13 +124,9 @@ class Ledger:
             }
             new = [d for d in records if (d.topic, d.partition, d.offset) in fresh]
             for d in new:
-                headers = dead_letter_headers(
-                    d.reason,
-                    "reconcile",
-                    list(d.headers),
-                    {"topic": d.topic, "partition": str(d.partition), "offset": str(d.offset)},
+                await self._dead_letters.add_within(
+                    conn, self._dlq_topic, d.value, d.key, d.dead_letter_headers()
                 )
-                await self._dead_letters.add_within(conn, self._dlq_topic, d.value, d.key, headers)
         if new:
             self._dead_letters.wake()
         return len(new)
