@@ -36,6 +36,16 @@ class FieldViolation:
     description: str
 
 
+def besides(first: list[FieldViolation], more: list[FieldViolation]) -> list[FieldViolation]:
+    """``first``, then those of ``more`` on fields ``first`` does not name: a field
+    refused while it was read (malformed) is not refused again by later checks, which
+    saw it as some other value (absent, null, a number)."""
+    if not first:
+        return more
+    named = {v.field for v in first}
+    return first + [v for v in more if v.field not in named]
+
+
 class RpcError(Exception):
     """A domain error that maps to one gRPC status code."""
 

@@ -22,7 +22,7 @@ from typing import Any
 from herald.cloudevents.v1 import cloudevents_pb2
 
 from herald.runtime import json_fast
-from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.errors import FieldViolation, InvalidArgument, besides
 from herald.services.ingest.event import NOT_PARSED, Envelope, Event
 
 _REQUIRED = ("id", "source", "type", "specversion")
@@ -177,8 +177,7 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
     if has_data and "data" in document and "data_base64" in document:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
     event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled, parsed)
-    seen = {v.field for v in problems}  # a value refused above is not "required" too
-    return event, problems + [p for p in _check_attributes(event) if p.field not in seen]
+    return event, besides(problems, _check_attributes(event))  # refused: not "required" too
 
 
 def _structured_attribute(name: str, value: object) -> tuple[str, str]:
@@ -229,8 +228,7 @@ def _parse_legacy(document: dict[str, Any]) -> Parsed:
         Envelope.LEGACY_JSON,
         json_data=payload if payload is not None else NOT_PARSED,
     )
-    seen = {v.field for v in problems}
-    return event, problems + [p for p in _check_attributes(event) if p.field not in seen]
+    return event, besides(problems, _check_attributes(event))
 
 
 def _check_attributes(event: Event) -> list[FieldViolation]:

@@ -10,7 +10,7 @@ from datetime import datetime
 import jsonschema_rs
 
 from herald.runtime import json_fast
-from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, besides
 from herald.services.ingest.catalog import EventTypeDef
 from herald.services.ingest.event import NOT_PARSED, Event
 
@@ -69,9 +69,7 @@ def validate(
     # A field refused while parsing is not refused again here: an attribute dropped for
     # its bad value is not also "required", undecodable data not also "null".
     seen = {v.field for v in found}
-    problems = _attribute_problems(event)
-    if found:
-        problems = [*found, *(p for p in problems if p.field not in seen)]
+    problems = besides(list(found), _attribute_problems(event))
     if definition is None:
         type_field = event.field_name("type")
         if known_versions:

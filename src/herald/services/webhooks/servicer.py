@@ -10,7 +10,7 @@ import structlog
 from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 
 from herald.runtime.auth import TENANT
-from herald.runtime.errors import FieldViolation, InvalidArgument
+from herald.runtime.errors import FieldViolation, InvalidArgument, besides
 from herald.runtime.pagination import page_of
 from herald.runtime.timestamps import datetime_of, seconds_of, timestamp
 from herald.runtime.type_patterns import matches
@@ -56,7 +56,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     ) -> webhooks_pb2.CreateWebhookResponse:
         """Validates and stores a subscription; shows its secret this once."""
         spec = spec_of(request.webhook)
-        problems = _besides(malformed_durations(request.webhook), await self._check(spec))
+        problems = besides(malformed_durations(request.webhook), await self._check(spec))
         if request.secret:
             problems += model.check_secret(request.secret, "secret")
         if problems:
@@ -115,7 +115,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
         def change(current: model.WebhookSpec) -> model.WebhookSpec:
             merged = current.updated(given, paths)
-            problems = _besides(malformed, model.check(merged, known))
+            problems = besides(malformed, model.check(merged, known))
             if problems:
                 raise InvalidArgument(problems)
             return merged
@@ -271,15 +271,6 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
 def _all_known(patterns: tuple[str, ...], known: frozenset[str]) -> bool:
     return all(any(matches(p, t) for t in known) for p in patterns)
-
-
-def _besides(
-    malformed: list[FieldViolation], checked: list[FieldViolation]
-) -> list[FieldViolation]:
-    """``malformed`` and the problems ``checked`` finds with other fields: a malformed
-    Duration is read as some number, which the range checks would report again."""
-    named = {p.field for p in malformed}
-    return malformed + [p for p in checked if p.field not in named]
 
 
 def _status_filter(status: webhooks_pb2.DeliveryStatus.ValueType) -> str:
