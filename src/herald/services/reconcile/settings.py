@@ -31,6 +31,10 @@ class VibeKafkaSettings(KafkaSettings):
         return bool(os.environ.get("VIBE_KAFKA_BOOTSTRAP_SERVERS"))
 
 
+_INPUTS = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
+_OUTPUTS = ("VIBE_EVENTS_TOPIC", "VIBE_ORDERS_TOPIC", "VIBE_REFUNDS_TOPIC")
+
+
 class ReconcileSettings(RuntimeSettings):
     """Settings of the reconcile service."""
 
@@ -80,24 +84,16 @@ class ReconcileSettings(RuntimeSettings):
     )
 
     @model_validator(mode="after")
-    def _distinct_inputs(self) -> ReconcileSettings:
-        """Each input has its own topic: records are told apart by their topic."""
-        inputs = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
-        if len({getattr(self, name.lower()) for name in inputs}) < len(inputs):
-            raise ValueError(f"{', '.join(inputs)} must be three different topics")
-        return self
-
-    @model_validator(mode="after")
-    def _outputs_apart(self) -> ReconcileSettings:
-        """Outputs (and dead letters) never go to a topic reconcile reads, nor two kinds
-        of output to one topic: reconcile would take its own records as Ticketland's
-        (or dead-letter them again), and Vibeapp tells the kinds apart by topic."""
-        inputs = ("TICKETLAND_EVENTS_TOPIC", "TICKETLAND_ORDERS_TOPIC", "TICKETLAND_REFUNDS_TOPIC")
-        outputs = ("VIBE_EVENTS_TOPIC", "VIBE_ORDERS_TOPIC", "VIBE_REFUNDS_TOPIC")
-        if len({getattr(self, name.lower()) for name in outputs}) < len(outputs):
-            raise ValueError(f"{', '.join(outputs)} must be three different topics")
-        read = {getattr(self, name.lower()): name for name in inputs}
-        for name in (*outputs, "DLQ_TOPIC"):
+    def _topics_apart(self) -> ReconcileSettings:
+        """Each input and each output has its own topic (records are told apart by
+        their topic, by reconcile and by Vibeapp), and neither outputs nor dead letters
+        go to a topic reconcile reads: it would take its own records as Ticketland's
+        (or dead-letter them again)."""
+        for names in (_INPUTS, _OUTPUTS):
+            if len({getattr(self, name.lower()) for name in names}) < len(names):
+                raise ValueError(f"{', '.join(names)} must be three different topics")
+        read = {getattr(self, name.lower()): name for name in _INPUTS}
+        for name in (*_OUTPUTS, "DLQ_TOPIC"):
             if (topic := getattr(self, name.lower())) in read:
                 raise ValueError(f"{name} ({topic}) must not be an input topic ({read[topic]})")
         return self
