@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import TypeAlias
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeAlias, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -31,6 +31,26 @@ from herald.services.reconcile.ledger import DeadInput, Ledger, Taken, split_by_
 log = structlog.get_logger("herald.reconcile.consumer")
 Rec: TypeAlias = ConsumerRecord[bytes, bytes]
 KIND_ORDER = {"event": 0, "order": 1, "refund": 2}
+T = TypeVar("T")
+
+
+async def _until_stored(
+    items: Sequence[T],
+    apply: Callable[[Sequence[T]], Awaitable[int]],
+    refused: Callable[[T, BaseException], Awaitable[None]],
+    failed_event: str,
+) -> int:
+    """The ledger's retry of ``apply(items)`` while PostgreSQL is away: the consumer's
+    offsets wait for it (runtime.db.apply_isolating_refused)."""
+    return await apply_isolating_refused(
+        items,
+        apply,
+        refused,
+        failed_event=failed_event,
+        first_delay=0.5,
+        max_delay=10.0,
+        level=logging.ERROR,
+    )
 
 
 class InputConsumer:
@@ -113,18 +133,7 @@ class InputConsumer:
 
         parts = split_by_lock(taken, self._concurrency)
         applied = await asyncio.gather(
-            *(
-                apply_isolating_refused(
-                    part,
-                    self._ledger.take,
-                    refused,
-                    failed_event="ledger.failed",
-                    first_delay=0.5,
-                    max_delay=10.0,
-                    level=logging.ERROR,
-                )
-                for part in parts
-            )
+            *(_until_stored(part, self._ledger.take, refused, "ledger.failed") for part in parts)
         )
         return sum(applied)
 
@@ -149,15 +158,7 @@ class InputConsumer:
                 until_acknowledged=True,
             )
 
-        stored = await apply_isolating_refused(
-            dead,
-            self._ledger.dead_letter,
-            refused,
-            failed_event="dead_letter.failed",
-            first_delay=0.5,
-            max_delay=10.0,
-            level=logging.ERROR,
-        )
+        stored = await _until_stored(dead, self._ledger.dead_letter, refused, "dead_letter.failed")
         EVENTS_DLQ.labels("reconcile").inc(stored)
         for r, reason in bad:
             log.warning(
