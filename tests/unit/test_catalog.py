@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from herald.runtime.errors import FailedPrecondition, InvalidArgument
-from herald.services.ingest import envelope, validation
+from herald.services.ingest import catalog, envelope, validation
 from herald.services.ingest.catalog import EventTypeDef, check_definition
 
 
@@ -170,3 +170,24 @@ def test_a_data_version_with_leading_zeros_or_too_many_parts_is_refused(version:
 @pytest.mark.parametrize("version", ["1.0", "0.1", "10.2.3", "2", "1.10"])
 def test_a_data_version_of_plain_numbers_is_accepted(version: str) -> None:
     check_definition("order.created", version, '{"type": "object"}', "", [])
+
+
+def test_a_definition_compiles_once_and_only_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ListEventTypes builds a definition per listed row: compiling each (and its RE2
+    # pattern) only to list it cost a schema compile per row.
+    compiled: list[object] = []
+    real = catalog.compile_schema
+
+    def counting(schema: dict[str, object]) -> object:
+        compiled.append(schema)
+        return real(schema)
+
+    monkeypatch.setattr(catalog, "compile_schema", counting)
+    definition = EventTypeDef("order.created", "1.0", {"type": "object"}, source_pattern="urn:.*")
+    assert compiled == []
+    assert definition.unusable == ""
+    assert definition.source_matches("urn:shop")
+    assert not definition.source_matches("http:x")
+    assert definition.validator.is_valid({})
+    assert not definition.validator.is_valid([])
+    assert len(compiled) == 1

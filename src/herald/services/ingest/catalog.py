@@ -66,11 +66,15 @@ class EventTypeDef:
     source_pattern: str = ""
     required_attributes: tuple[str, ...] = ()
     create_time: datetime | None = None
-    _validator: jsonschema_rs.Validator | None = field(init=False, repr=False, compare=False)
-    _source: Any = field(init=False, repr=False, compare=False)  # a compiled re2 pattern
-    _unusable: str = field(init=False, repr=False, compare=False)
+    # Compiled on first use (a definition only listed is never compiled); until then
+    # _unusable is None.
+    _validator: jsonschema_rs.Validator | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
+    _source: Any = field(init=False, default=None, repr=False, compare=False)  # re2 pattern
+    _unusable: str | None = field(init=False, default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def _compile(self) -> str:
         # A stored definition that no longer compiles (one stored before a rule it
         # breaks) is kept, listed and named in errors, but events of it are refused:
         # raising here would stop the catalog from loading at all.
@@ -87,22 +91,30 @@ class EventTypeDef:
         object.__setattr__(self, "_validator", validator)
         object.__setattr__(self, "_source", source)
         object.__setattr__(self, "_unusable", unusable)
+        return unusable
 
     def source_matches(self, source: str) -> bool:
         """Whether ``source`` matches the whole source_pattern (true without one)."""
+        if self._unusable is None:
+            self._compile()
         return self._source is None or self._source.fullmatch(source) is not None
 
     @property
     def validator(self) -> jsonschema_rs.Validator:
         """The compiled validator for the data (only of a usable definition)."""
-        if self._validator is None:
-            raise RuntimeError(f"{self.name} {self.data_version} is unusable: {self._unusable}")
-        return self._validator
+        validator = self._validator
+        if validator is None:
+            self._compile()
+            validator = self._validator
+            if validator is None:
+                raise RuntimeError(f"{self.name} {self.data_version} is unusable: {self._unusable}")
+        return validator
 
     @property
     def unusable(self) -> str:
         """Why events of this definition cannot be validated; "" when they can."""
-        return self._unusable
+        unusable = self._unusable
+        return self._compile() if unusable is None else unusable
 
     @property
     def version_key(self) -> tuple[int, ...]:
