@@ -10,8 +10,9 @@ from google.protobuf import struct_pb2
 from herald.dispatch.v1 import dispatch_pb2, notification_pb2
 
 from herald.runtime.cloudevents_kafka import BinaryEvent
+from herald.runtime.dlq import InputRecord
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import Record, letter_id
+from herald.services.dispatch.deadletters import letter_id
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.routes import CompiledRoute, Event, TargetError, check
 
@@ -289,12 +290,12 @@ def test_a_records_dead_letters_are_one_per_set_of_targets() -> None:
     # A record dead for one target at first and for another on a retry is two dead
     # letters (the second had the first's id, so its row and alert were dropped); the
     # same record and targets again (consumed again after a crash) is the same one.
-    record = Record("herald.events", 3, 42, b"k", b"v", [])
-    again = Record("herald.events", 3, 42, b"k", b"v", [("h", b"x")])
+    record = InputRecord("herald.events", 3, 42, b"k", b"v", [])
+    again = InputRecord("herald.events", 3, 42, b"k", b"v", [("h", b"x")])
     assert letter_id(record, ["a", "b"]) == letter_id(again, ["b", "a"])
     assert letter_id(record, ["a"]) != letter_id(record, ["b"])
     assert letter_id(record, ["a"]) != letter_id(
-        Record("herald.events", 3, 43, None, None, []), ["a"]
+        InputRecord("herald.events", 3, 43, None, None, []), ["a"]
     )
 
 

@@ -8,19 +8,46 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD
 
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+
 log = structlog.get_logger("herald.dlq")
 DLQ_TOPIC = "herald.dlq"
 WAIT_SECONDS = 30.0  # a dead letter waits this long for Kafka to take its record
 RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """A record a consumer read, kept for a retry or a dead letter: where it was read
+    and its content."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, r: ConsumerRecord[bytes, bytes]) -> InputRecord:
+        return cls(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+
+    def dead_letter_headers(self, reason: str, service: str) -> list[tuple[str, bytes]]:
+        """Its dead letter's headers: its own, the reason and where it was read."""
+        origin = {"topic": self.topic, "partition": str(self.partition)}
+        origin["offset"] = str(self.offset)
+        return dead_letter_headers(reason, service, self.headers, origin)
 
 
 def dead_letter_headers(

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
+from herald.runtime.dlq import InputRecord
 from herald.runtime.kafka import consume_overlapped
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.services.dispatch import fanout
@@ -30,7 +31,6 @@ from herald.services.dispatch.deadletters import (
     DeadLetters,
     EventIds,
     Letter,
-    Record,
     reasons,
     stored,
 )
@@ -48,10 +48,6 @@ OVERLAP_DEPTH = 2
 # an offset commit) spread over more events: ~10% less CPU per event than 500 in an
 # alternating A/B; a batch is this large only when a backlog is waiting.
 MAX_RECORDS = 2000
-
-
-def record_of(r: ConsumerRecord[bytes, bytes]) -> Record:
-    return Record(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
 
 
 def ids_of(consumed: Consumed) -> EventIds:
@@ -105,12 +101,12 @@ class EventConsumer:
             try:
                 consumed = fanout.decode(r.headers, r.key, r.value)
             except ValueError as exc:
-                await self._bury(record_of(r), EventIds(), ["decode"], str(exc), "undecodable")
+                await self._bury(InputRecord.of(r), EventIds(), ["decode"], str(exc), "undecodable")
                 continue
             except Exception as exc:  # unforeseen: still the record's fault, not a crash
                 log.exception("event.undecodable", topic=r.topic, offset=r.offset)
                 reason = f"cannot be decoded: {type(exc).__name__}: {exc}"
-                await self._bury(record_of(r), EventIds(), ["decode"], reason, "undecodable")
+                await self._bury(InputRecord.of(r), EventIds(), ["decode"], reason, "undecodable")
                 continue
             decoded.append((r, consumed))
         routed: list[tuple[ConsumerRecord[bytes, bytes], Consumed, list[str]]] = []
@@ -120,7 +116,7 @@ class EventConsumer:
             except Exception as exc:  # unforeseen: still the record's fault, not a crash
                 log.exception("event.unroutable", topic=r.topic, offset=r.offset)
                 reason = f"processing it failed: {type(exc).__name__}: {exc}"
-                await self._bury(record_of(r), ids_of(consumed), ["routing"], reason, "target")
+                await self._bury(InputRecord.of(r), ids_of(consumed), ["routing"], reason, "target")
         finishing = await self._dispatcher.start([(c, t) for _, c, t in routed])
         return self._finish([(r, c) for r, c, _ in routed], finishing)
 
@@ -132,9 +128,9 @@ class EventConsumer:
         outcomes = await finishing
         for (r, consumed), outcome in zip(decoded, outcomes, strict=True):
             if outcome.dead or outcome.failed:
-                await self._settle(record_of(r), consumed, outcome)
+                await self._settle(InputRecord.of(r), consumed, outcome)
 
-    async def _settle(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
+    async def _settle(self, record: InputRecord, consumed: Consumed, outcome: Outcome) -> None:
         ids = ids_of(consumed)
         if outcome.dead:
             await self._bury(record, ids, list(outcome.dead), reasons(outcome.dead), "target")
@@ -148,7 +144,7 @@ class EventConsumer:
                 await self._dead.not_storable(letter)
 
     async def _bury(
-        self, record: Record, ids: EventIds, targets: list[str], reason: str, kind: str
+        self, record: InputRecord, ids: EventIds, targets: list[str], reason: str, kind: str
     ) -> None:
         """A dead letter, stored and announced; one PostgreSQL refuses to store (a NUL
         character in a header name, say) still goes to the DLQ topic, saying so."""
@@ -158,7 +154,7 @@ class EventConsumer:
         except DATA_REFUSED as exc:
             await self._dead.not_storable(replace(letter, reason=f"{reason}; not stored: {exc}"))
 
-    async def _park(self, record: Record, consumed: Consumed, outcome: Outcome) -> None:
+    async def _park(self, record: InputRecord, consumed: Consumed, outcome: Outcome) -> None:
         reason = reasons(outcome.failed)
         ids = ids_of(consumed)
         delay = self._schedule.delay_after(1)

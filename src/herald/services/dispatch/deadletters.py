@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
-from herald.runtime.dlq import dead_letter_headers, send_dead_letter
+from herald.runtime.dlq import InputRecord, send_dead_letter
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.publisher import Alert, alert_about
@@ -26,23 +26,6 @@ from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.dlq")
 NAMESPACE = uuid.UUID("7f0e2d4c-1b3a-4c5d-8e9f-a0b1c2d3e4f5")
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed record, as stored for retries and dead letters."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-    @property
-    def ident(self) -> uuid.UUID:
-        """Deterministic per record: the same record parks or dies once."""
-        return uuid.uuid5(NAMESPACE, f"{self.topic}/{self.partition}/{self.offset}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +40,7 @@ class Letter:
     """A dead letter to store: the record, its event's ids, the targets it failed, after
     how many tries and why; ``kind`` labels events_dlq_total."""
 
-    record: Record
+    record: InputRecord
     ids: EventIds
     targets: Sequence[str]
     attempts: int
@@ -65,18 +48,23 @@ class Letter:
     kind: str
 
 
-def letter_id(record: Record, targets: Sequence[str]) -> uuid.UUID:
+def letter_id(record: InputRecord, targets: Sequence[str]) -> uuid.UUID:
     """Deterministic per record and targets: a record consumed again dies once, and a
     later dead letter of the same record for other targets is a dead letter too."""
     where = f"{record.topic}/{record.partition}/{record.offset}"
     return uuid.uuid5(NAMESPACE, f"{where}/{'|'.join(sorted(targets))}")
 
 
-def stored(record: Record, ids: EventIds) -> tuple[object, ...]:
+def record_id(record: InputRecord) -> uuid.UUID:
+    """Deterministic per record: the same record parks or dies once."""
+    return uuid.uuid5(NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}")
+
+
+def stored(record: InputRecord, ids: EventIds) -> tuple[object, ...]:
     """The columns a record and its event ids are stored in (retries, dead_letters):
     id, topic, partition, offset, key, value, header names and values, event ids."""
     return (
-        record.ident,
+        record_id(record),
         record.topic,
         record.partition,
         record.offset,
@@ -173,10 +161,7 @@ class DeadLetters:
 
 
 def _headers(letter: Letter) -> list[tuple[str, bytes]]:
-    record = letter.record
-    origin = {"topic": record.topic, "partition": str(record.partition)}
-    origin["offset"] = str(record.offset)
-    return dead_letter_headers(letter.reason, "dispatch", record.headers, origin)
+    return letter.record.dead_letter_headers(letter.reason, "dispatch")
 
 
 def _alert(dead: uuid.UUID, letter: Letter) -> Alert:

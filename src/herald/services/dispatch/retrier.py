@@ -13,10 +13,11 @@ import asyncpg
 import structlog
 
 from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.dlq import InputRecord
 from herald.runtime.metrics import EVENTS_RETRY
 from herald.runtime.wake import woken
 from herald.services.dispatch import fanout
-from herald.services.dispatch.deadletters import DeadLetters, EventIds, Letter, Record, reasons
+from herald.services.dispatch.deadletters import DeadLetters, EventIds, Letter, reasons
 from herald.services.dispatch.dispatcher import Dispatcher
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.store import Q
@@ -66,7 +67,7 @@ class Retrier:
                 await woken(self._wake, self._poll)
 
     async def retry(self, row: asyncpg.Record) -> None:
-        record = Record(
+        record = InputRecord(
             row["topic"],
             row["partition"],
             row["offset"],

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from herald.runtime.db import apply_isolating_refused, refusal_reason
-from herald.runtime.dlq import send_dead_letter
+from herald.runtime.dlq import InputRecord, send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.metrics import EVENTS_DLQ
@@ -141,10 +141,7 @@ class InputConsumer:
         """Stores each bad record's dead letter with its coordinates (the ledger's DLQ
         outbox sends it; a record dead-lettered before, as on a replay, is not stored
         again); returns once that is durable (the offsets are committed after this)."""
-        dead = [
-            DeadInput(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers), reason)
-            for r, reason in bad
-        ]
+        dead = [DeadInput(InputRecord.of(r), reason) for r, reason in bad]
 
         async def refused(d: DeadInput, exc: BaseException) -> None:
             # Not even its coordinates can be stored: straight to Kafka (a replay sends
@@ -152,8 +149,8 @@ class InputConsumer:
             await send_dead_letter(
                 self._producer,
                 self._dlq_topic,
-                d.value,
-                d.key,
+                d.record.value,
+                d.record.key,
                 d.dead_letter_headers(),
                 until_acknowledged=True,
             )

@@ -23,7 +23,7 @@ import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
+from herald.runtime.dlq import DLQ_TOPIC, InputRecord
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.services.reconcile.apply import BatchApply, Found, release_refunds, store_findings
 from herald.services.reconcile.checks import Finding
@@ -36,24 +36,14 @@ log = structlog.get_logger("herald.reconcile.ledger")
 
 @dataclass(frozen=True, slots=True)
 class DeadInput:
-    """An input record for the DLQ: where it was read, its content and why."""
+    """An input record for the DLQ and why."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    record: InputRecord
     reason: str
 
     def dead_letter_headers(self) -> list[tuple[str, bytes]]:
         """Its dead letter's headers: its own, the reason and where it was read."""
-        return dead_letter_headers(
-            self.reason,
-            "reconcile",
-            list(self.headers),
-            {"topic": self.topic, "partition": str(self.partition), "offset": str(self.offset)},
-        )
+        return self.record.dead_letter_headers(self.reason, "reconcile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +54,10 @@ class Taken:
     partition: int
     offset: int
     decoded: Decoded
+
+
+def _place(r: InputRecord) -> tuple[str, int, int]:
+    return (r.topic, r.partition, r.offset)
 
 
 def lock_key(d: Decoded, order_events: Mapping[str, str] | None = None) -> str:
@@ -116,16 +110,16 @@ class Ledger:
                 (r["topic"], r["partition"], r["offset"])
                 for r in await conn.fetch(
                     Q.take_dead_inputs,
-                    [d.topic for d in records],
-                    [d.partition for d in records],
-                    [d.offset for d in records],
+                    [d.record.topic for d in records],
+                    [d.record.partition for d in records],
+                    [d.record.offset for d in records],
                     [d.reason for d in records],
                 )
             }
-            new = [d for d in records if (d.topic, d.partition, d.offset) in fresh]
+            new = [d for d in records if _place(d.record) in fresh]
             for d in new:
                 await self._dead_letters.add_within(
-                    conn, self._dlq_topic, d.value, d.key, d.dead_letter_headers()
+                    conn, self._dlq_topic, d.record.value, d.record.key, d.dead_letter_headers()
                 )
         if new:
             self._dead_letters.wake()

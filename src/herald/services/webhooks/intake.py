@@ -23,7 +23,7 @@ from herald.webhooks.v1 import delivery_pb2
 
 from herald.runtime import json_fast
 from herald.runtime.db import apply_isolating_refused, refusal_reason
-from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers, send_dead_letter
+from herald.runtime.dlq import DLQ_TOPIC, InputRecord, send_dead_letter
 from herald.runtime.kafka import consume
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.services.webhooks.signing import body_of
@@ -245,16 +245,7 @@ class Intake:
         return len(rows)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        headers = dead_letter_headers(
-            reason,
-            "webhooks",
-            record.headers,
-            {
-                "topic": record.topic,
-                "partition": str(record.partition),
-                "offset": str(record.offset),
-            },
-        )
+        headers = InputRecord.of(record).dead_letter_headers(reason, "webhooks")
         # Until Kafka has it: the record's offset is committed after this.
         await send_dead_letter(
             self._producer,
