@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -121,3 +122,21 @@ def test_a_listen_address_whose_host_does_not_resolve_is_named_at_once(
     assert output.startswith("cannot start: INGEST_ADDR: cannot listen on nohost.invalid:50999: ")
     assert "address_in_use" not in output
     assert output.count("\n") == 1
+
+
+def test_a_grpc_address_another_process_listens_on_is_named_at_once(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    # Retried for 70 s, with a grpc error line a second, before the start stopped
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        started = time.monotonic()
+        code, output = run_ingest(infra, database_url, EVENTS_TOPIC=topic, INGEST_ADDR=address)
+    assert time.monotonic() - started < 30
+    assert code == 1
+    assert output == (
+        f"cannot start: INGEST_ADDR: cannot listen on {address}: the port is in use "
+        "(another process listens on it)\n"
+    )

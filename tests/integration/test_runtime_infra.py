@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -18,6 +21,8 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from structlog.testing import capture_logs
 
 from herald.runtime import db, kafka
+from herald.runtime import listen as listen_module
+from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
 from herald.runtime.settings import KafkaSettings, StartError
 from tests.conftest import Infra
@@ -120,6 +125,66 @@ def test_a_metrics_address_in_use_stops_the_start_naming_its_variable() -> None:
         f"cannot start: INGEST_METRICS_ADDR: cannot serve /metrics on {address}: "
         "Address already in use"
     )
+
+
+def _time_wait_port() -> int:
+    """A local port held by a closed outgoing connection in TIME_WAIT (no listener)."""
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.bind(("127.0.0.1", 0))
+        client.connect(server.getsockname())
+        accepted, _ = server.accept()
+        port: int = client.getsockname()[1]
+        client.close()  # the active close: TIME_WAIT on the client's end
+        accepted.close()
+    return port
+
+
+async def test_a_grpc_port_another_process_listens_on_stops_the_start_at_once() -> None:
+    # Retried for 70 s, a grpc error line a second, before the start stopped
+    server = grpc.aio.server()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        started = time.monotonic()
+        with capture_logs() as logs, pytest.raises(StartError) as exc:
+            await listen(server, address, "INGEST_ADDR")
+    assert time.monotonic() - started < 5
+    assert exc.value.message == (
+        f"INGEST_ADDR: cannot listen on {address}: the port is in use (another process "
+        "listens on it)"
+    )
+    assert logs == []
+
+
+async def test_a_grpc_port_held_without_a_listener_is_waited_for_saying_so_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(listen_module, "BIND_WAIT_SECONDS", 2.0)
+    address = f"127.0.0.1:{_time_wait_port()}"
+    with capture_logs() as logs, pytest.raises(StartError) as exc:
+        await listen(grpc.aio.server(), address, "INGEST_ADDR")
+    assert exc.value.message == (
+        f"INGEST_ADDR: cannot listen on {address}: the port is in use (waited 2 s)"
+    )
+    assert [e["event"] for e in logs] == ["server.address_in_use"]
+    assert "TIME_WAIT" in logs[0]["detail"]
+
+
+async def test_a_grpc_port_freed_while_waited_for_is_bound() -> None:
+    held = socket.socket()  # bound, not listening: what a TIME_WAIT end looks like
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    asyncio.get_running_loop().call_later(1.5, held.close)
+    server = grpc.aio.server()
+    with capture_logs() as logs:
+        bound = await listen(server, f"127.0.0.1:{port}", "INGEST_ADDR")
+    assert bound == port
+    assert [e["event"] for e in logs] == ["server.address_in_use", "server.address_free"]
+    await server.start()
+    await server.stop(None)
 
 
 async def test_a_database_that_cannot_be_reached_stops_the_start_naming_database_url(

@@ -7,8 +7,6 @@ import asyncio
 import gc
 import io
 import signal
-import socket
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
+from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
-from herald.runtime.settings import StartError
 from herald.runtime.tracing import configure_tracing, server_interceptor, tracing_enabled
 
 log = structlog.get_logger("herald.server")
@@ -30,7 +28,6 @@ Worker = Callable[[], Coroutine[Any, Any, None]]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
 STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
-BIND_WAIT_SECONDS = 70.0  # longer than TIME_WAIT (60 s on Linux)
 # Allocations (net of frees) between young-generation collections (CPython's default:
 # 700); an App may choose its own (App.gc_young_threshold).
 GC_YOUNG_THRESHOLD = 10_000
@@ -162,7 +159,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         ],
         server,
     )
-    port = await _listen(server, address, f"{app.name.upper()}_ADDR")
+    port = await listen(server, address, f"{app.name.upper()}_ADDR")
     # Before the server starts: one that runs when the start fails is left to a closed
     # loop. Each service's variable is <NAME>_METRICS_ADDR.
     metrics = (
@@ -187,36 +184,6 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         else None,
     )
     return Running(app, server, port, monitor, tasks, metrics)
-
-
-async def _listen(server: grpc.aio.Server, address: str, variable: str) -> int:
-    """Binds ``address`` (the setting ``variable``), waiting while the port is taken for
-    a while: a fixed port can be the local end of an outgoing connection in TIME_WAIT
-    (5005x lies in Linux's ephemeral range), which holds it for up to 60 s. A host that
-    does not resolve, or a port still taken after that, stops the start naming
-    ``variable``."""
-    host, _, port_text = address.rpartition(":")
-    try:
-        await asyncio.get_running_loop().getaddrinfo(
-            host.strip("[]") or None, port_text, type=socket.SOCK_STREAM
-        )
-    except (OSError, UnicodeError) as exc:
-        raise StartError(f"{variable}: cannot listen on {address}: {exc}") from None
-    deadline = time.monotonic() + BIND_WAIT_SECONDS
-    while True:
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError:
-            port = 0
-        if port:
-            return port
-        if time.monotonic() > deadline or address.endswith(":0"):
-            raise StartError(
-                f"{variable}: cannot listen on {address}: the port is in use (waited "
-                f"{BIND_WAIT_SECONDS:.0f} s)"
-            )
-        log.warning("server.address_in_use", address=address, retry_in=1)
-        await asyncio.sleep(1)
 
 
 def settle_heap(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:

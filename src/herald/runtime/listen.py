@@ -1,0 +1,103 @@
+"""Binding a service's gRPC address, told apart: a port another process listens on
+stops the start at once; a port held only for a while (the local end of a closed
+connection in TIME_WAIT) is waited for, quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from typing import Any
+
+import grpc
+import structlog
+
+from herald.runtime.settings import StartError
+
+log = structlog.get_logger("herald.server")
+BIND_WAIT_SECONDS = 70.0  # longer than TIME_WAIT (60 s on Linux)
+_RETRY_SECONDS = 1.0
+_SockAddr = tuple[socket.AddressFamily, Any]
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (addresses compared, not bound)
+
+
+def _bindable(places: list[_SockAddr]) -> bool:
+    """Whether a listener could bind every one of ``places`` now, as grpc binds
+    (SO_REUSEADDR, no SO_REUSEPORT). Probing with a socket of our own keeps grpc's C
+    core from logging an error line per try."""
+    for family, sockaddr in places:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                # Anything else (an address family the host lacks, …) is grpc's to judge.
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+    return True
+
+
+def _listened_on(places: list[_SockAddr]) -> bool:
+    """Whether something accepts connections on one of ``places`` (a wildcard
+    address is reached through the loopback)."""
+    for family, sockaddr in places:
+        target = sockaddr
+        if sockaddr[0] in _WILDCARDS:
+            target = ("127.0.0.1" if family == socket.AF_INET else "::1", *sockaddr[1:])
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            if probe.connect_ex(target) == 0:
+                return True
+    return False
+
+
+async def listen(server: grpc.aio.Server, address: str, variable: str) -> int:
+    """Binds ``address`` (the setting ``variable``); the port bound. A host that does
+    not resolve, or a port another process listens on, stops the start at once naming
+    ``variable``. A port taken without a listener is waited for up to
+    BIND_WAIT_SECONDS: a fixed port can be the local end of an outgoing connection in
+    TIME_WAIT (5005x lies in Linux's ephemeral range), which holds it for up to 60 s."""
+    host, _, port_text = address.rpartition(":")
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.getaddrinfo(host.strip("[]") or None, port_text, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise StartError(f"{variable}: cannot listen on {address}: {exc}") from None
+    places: list[_SockAddr] = list(dict.fromkeys((f, a) for f, _, _, _, a in found))
+    deadline = time.monotonic() + BIND_WAIT_SECONDS
+    said = False
+    while True:
+        port = 0
+        if address.endswith(":0") or await asyncio.to_thread(_bindable, places):
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError:
+                port = 0
+        if port:
+            if said:
+                log.info("server.address_free", address=address)
+            return port
+        if address.endswith(":0"):
+            raise StartError(f"{variable}: cannot listen on {address}")
+        if await asyncio.to_thread(_listened_on, places):
+            raise StartError(
+                f"{variable}: cannot listen on {address}: the port is in use (another "
+                "process listens on it)"
+            )
+        if time.monotonic() > deadline:
+            raise StartError(
+                f"{variable}: cannot listen on {address}: the port is in use (waited "
+                f"{BIND_WAIT_SECONDS:.0f} s)"
+            )
+        if not said:
+            log.warning(
+                "server.address_in_use",
+                address=address,
+                detail="no process listens on it (a closed connection's TIME_WAIT?): "
+                f"waiting up to {BIND_WAIT_SECONDS:.0f} s",
+            )
+            said = True
+        await asyncio.sleep(_RETRY_SECONDS)
