@@ -238,7 +238,7 @@ async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> 
     assert "x-katya-retry-count" not in first.headers
     assert retry.headers["x-katya-retry-count"] == "1"
     assert retry.headers["x-katya-retry-reason"] == "http_5xx"
-    assert float(retry.headers["x-katya-retry-after"]) > 0
+    assert retry.headers["x-katya-retry-after"] in ("1", "2")  # 1 s ±20 %, rounded up
 
 
 async def test_fails_twice_then_succeeds_with_retry_headers_and_timing(stack: Stack) -> None:
@@ -253,7 +253,8 @@ async def test_fails_twice_then_succeeds_with_retry_headers_and_timing(stack: St
     assert third.headers["x-herald-retry-count"] == "2"
     assert 0.16 * 0.8 <= second.at - first.at <= 0.24 * 1.2 + 0.5
     assert 0.32 <= third.at - second.at <= 0.48 + 0.5
-    assert float(third.headers["x-herald-retry-after"]) == pytest.approx(0.4, rel=0.25)
+    # the 0.32-0.48 s it waited, in whole seconds rounded up, as the seed writes it ("4")
+    assert third.headers["x-herald-retry-after"] == "1"
     assert first.headers["x-herald-delivery"] == third.headers["x-herald-delivery"]
     deliveries = await stack.stub.GetWebhook(
         webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY

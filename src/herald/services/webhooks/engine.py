@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -408,7 +409,9 @@ class Engine:
         if row["attempts"] > 0:
             headers[names.retry_count] = str(row["attempts"])
             headers[names.retry_reason] = row["retry_reason"] or "unknown"
-            headers[names.retry_after] = f"{row['retry_after'] or 0:g}"
+            # Whole seconds, rounded up, as the seed's "X-Katya-Retry-After: 4" and HTTP's
+            # Retry-After write them ("0.96782" broke receivers that parse an integer).
+            headers[names.retry_after] = str(math.ceil(row["retry_after"] or 0))
         return headers
 
     def _secret(self, sealed: bytes, webhook_id: uuid.UUID) -> str:
