@@ -206,6 +206,29 @@ def test_the_internal_key_follows_the_same_rule_in_dispatch_and_webhooks(
         assert load_settings(cls).model_dump()["webhooks_internal_key"] == right
 
 
+@pytest.mark.parametrize("prefix", ["", "X_Katya", "X-", "-X", "X--Katya", "X Katya", "webhook"])
+def test_the_header_prefix_names_headers_and_leaves_standard_webhooks_alone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], prefix: str
+) -> None:
+    err = refused(monkeypatch, capsys, WebhooksSettings, WEBHOOKS_HEADER_PREFIX=prefix)
+    assert "WEBHOOKS_HEADER_PREFIX" in err
+    monkeypatch.setenv("WEBHOOKS_HEADER_PREFIX", "X-Katya")
+    monkeypatch.setenv("WEBHOOKS_USER_AGENT", "Katya-Webhooks/1.0")
+    settings = load_settings(WebhooksSettings)
+    assert (settings.webhooks_header_prefix, settings.webhooks_user_agent) == (
+        "X-Katya",
+        "Katya-Webhooks/1.0",
+    )
+
+
+@pytest.mark.parametrize("agent", ["", " Katya/1.0", "Katya/1.0 ", "Katya\n/1.0", "Катя/1.0"])
+def test_the_user_agent_is_printable_ascii(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], agent: str
+) -> None:
+    err = refused(monkeypatch, capsys, WebhooksSettings, WEBHOOKS_USER_AGENT=agent)
+    assert "WEBHOOKS_USER_AGENT" in err
+
+
 def test_an_api_key_given_twice_is_refused(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

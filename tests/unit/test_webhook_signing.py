@@ -13,7 +13,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from herald.services.webhooks.secret_box import generate_secret
-from herald.services.webhooks.signing import body_of, signature_headers
+from herald.services.webhooks.signing import HeaderNames, body_of, signature_headers
 
 # Copied verbatim from the seed (004, "Валидация подписи", the Python example).
 # fmt: off
@@ -43,10 +43,12 @@ SEED_DATA = {
 }
 
 
-def seed_handler_accepts(body: bytes, headers: dict[str, str], secret: str) -> bool:
+def seed_handler_accepts(
+    body: bytes, headers: dict[str, str], secret: str, name: str = "X-Herald-Signature"
+) -> bool:
     """What the seed's Flask handler does: ``json.dumps(request.get_json())``, then verify."""
     payload = json.dumps(json.loads(body))
-    signature = headers["X-Herald-Signature"]
+    signature = headers[name]
     return bool(verify_webhook_signature(payload, signature, secret))  # type: ignore[no-untyped-call]
 
 
@@ -136,3 +138,23 @@ def test_a_whsec_secret_is_keyed_by_its_base64_bytes() -> None:
 def test_one_or_two_non_empty_secrets(secrets: list[str]) -> None:
     with pytest.raises(ValueError, match="secret"):
         signature_headers(b"{}", "msg_1", 1, secrets)
+
+
+def test_the_seeds_header_names_under_the_x_katya_prefix() -> None:
+    names = HeaderNames.under("X-Katya")
+    assert (names.event, names.delivery, names.timestamp, names.signature) == (
+        "X-Katya-Event",
+        "X-Katya-Delivery",
+        "X-Katya-Timestamp",
+        "X-Katya-Signature",
+    )
+    assert (names.retry_count, names.retry_reason, names.retry_after) == (
+        "X-Katya-Retry-Count",
+        "X-Katya-Retry-Reason",
+        "X-Katya-Retry-After",
+    )
+    body = body_of("evt_123", "message.created", "2024-01-01T12:00:00Z", SEED_DATA)
+    secret = "my_webhook_secret"
+    headers = signature_headers(body, "d-1", int(time.time()), [secret], names)
+    assert seed_handler_accepts(body, headers, secret, "X-Katya-Signature")
+    assert not [name for name in headers if name.startswith("X-Herald")]

@@ -24,7 +24,7 @@ from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.webhooks.deliveries import Deliveries
-from herald.services.webhooks.engine import VERSION, Engine
+from herald.services.webhooks.engine import Engine
 from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.http import DeliveryClient
@@ -33,6 +33,7 @@ from herald.services.webhooks.metrics import report_due
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
 from herald.services.webhooks.settings import WebhooksSettings
+from herald.services.webhooks.signing import HeaderNames
 from herald.services.webhooks.store import Q, WebhookStore
 from herald.services.webhooks.subscriptions import SubscriptionServicer
 
@@ -55,7 +56,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     client = DeliveryClient(
         timeout=settings.delivery_timeout_seconds,
         allowed_networks=settings.networks_of(settings.webhooks_allowed_networks),
-        user_agent=f"Herald-Webhooks/{VERSION}",
+        user_agent=settings.webhooks_user_agent,
     )
     announcements = Announcements(
         pool, EventPublisher(ingest, source="urn:herald:webhooks"), "webhooks"
@@ -70,11 +71,13 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         per_webhook=settings.delivery_concurrency_per_webhook,
         lease_seconds=settings.delivery_timeout_seconds + 30,
         disable_after=settings.disable_after_seconds or None,
+        header_names=HeaderNames.under(settings.webhooks_header_prefix),
     )
     servicer = WebhookServicer(
         store,
         EventTypeNames(ingest, settings.event_types_cache_seconds),
         Deliveries(pool, store, engine.wake),
+        settings.webhooks_header_prefix,
     )
     intake = Intake(
         pool,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -31,14 +32,13 @@ from herald.services.webhooks import retry
 from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
-from herald.services.webhooks.model import RetryPolicy
+from herald.services.webhooks.model import RetryPolicy, own_header
 from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
-from herald.services.webhooks.signing import signature_headers
+from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
 from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.engine")
-VERSION = "0.1"
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
@@ -79,8 +79,10 @@ class Engine:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         disable_after: float | None = None,
+        header_names: HeaderNames = HERALD,
     ) -> None:
         self._pool = pool
+        self._names = header_names
         self._client = client
         self._box = box
         self._escalation = escalation
@@ -395,21 +397,21 @@ class Engine:
         if hook["previous_secret"] is not None and hook["previous_valid"]:
             secrets.append(self._secret(hook["previous_secret"], hook["webhook_id"]))
         now = int(time.time())
-        headers: dict[str, str] = dict(json_fast.loads(hook["headers"]))
+        names = self._names
+        headers: dict[str, str] = json_fast.loads(hook["headers"])
+        if headers:  # one stored before WEBHOOKS_HEADER_PREFIX named it Herald's is dropped
+            headers = {k: v for k, v in headers.items() if not own_header(k, names.prefix)}
         headers.update(json_fast.loads(row["context"]))
-        headers.update(
-            {
-                "User-Agent": f"Herald-Webhooks/{VERSION}",
-                "X-Herald-Event": row["event_type"],
-                "X-Herald-Delivery": str(row["id"]),
-                "X-Herald-Timestamp": str(now),
-            }
-        )
-        headers.update(signature_headers(bytes(row["body"]), str(row["id"]), now, secrets))
+        headers[names.event] = row["event_type"]
+        headers[names.delivery] = str(row["id"])
+        headers[names.timestamp] = str(now)
+        headers.update(signature_headers(bytes(row["body"]), str(row["id"]), now, secrets, names))
         if row["attempts"] > 0:
-            headers["X-Herald-Retry-Count"] = str(row["attempts"])
-            headers["X-Herald-Retry-Reason"] = row["retry_reason"] or "unknown"
-            headers["X-Herald-Retry-After"] = f"{row['retry_after'] or 0:g}"
+            headers[names.retry_count] = str(row["attempts"])
+            headers[names.retry_reason] = row["retry_reason"] or "unknown"
+            # Whole seconds, rounded up, as the seed's "X-Katya-Retry-After: 4" and HTTP's
+            # Retry-After write them ("0.96782" broke receivers that parse an integer).
+            headers[names.retry_after] = str(math.ceil(row["retry_after"] or 0))
         return headers
 
     def _secret(self, sealed: bytes, webhook_id: uuid.UUID) -> str:

@@ -99,12 +99,22 @@ class WebhookSpec:
         return replace(self, **{p: getattr(other, p) for p in paths})
 
 
-def check(spec: WebhookSpec, known_types: Iterable[str]) -> list[FieldViolation]:
-    """Every problem with ``spec``, named by its field in the Webhook message."""
+def own_header(name: str, header_prefix: str) -> bool:
+    """Whether ``name`` is one of the headers Herald sets (``header_prefix``'s among them),
+    which a webhook's headers cannot override."""
+    lowered = name.lower()
+    return lowered.startswith(_RESERVED_HEADERS) or lowered.startswith(f"{header_prefix.lower()}-")
+
+
+def check(
+    spec: WebhookSpec, known_types: Iterable[str], header_prefix: str = "X-Herald"
+) -> list[FieldViolation]:
+    """Every problem with ``spec``, named by its field in the Webhook message;
+    ``header_prefix`` is that of Herald's own headers (``WEBHOOKS_HEADER_PREFIX``)."""
     problems = _check_text(spec) + _check_url(spec.url)
     problems += _check_event_types(spec.event_types, set(known_types))
     problems += _check_retry(spec.retry_policy) + _check_rate(spec.rate_limit)
-    problems += _check_headers(spec.headers) + _check_metadata(spec.metadata)
+    problems += _check_headers(spec.headers, header_prefix) + _check_metadata(spec.metadata)
     return problems
 
 
@@ -220,7 +230,7 @@ def _check_rate(limit: RateLimit) -> list[FieldViolation]:
     return problems
 
 
-def _check_headers(headers: Mapping[str, str]) -> list[FieldViolation]:
+def _check_headers(headers: Mapping[str, str], header_prefix: str) -> list[FieldViolation]:
     if len(headers) > MAX_HEADERS:
         return [FieldViolation("webhook.headers", f"at most {MAX_HEADERS} headers")]
     problems = []
@@ -228,7 +238,7 @@ def _check_headers(headers: Mapping[str, str]) -> list[FieldViolation]:
         where = f"webhook.headers[{name}]"
         if not _HEADER_NAME.fullmatch(name):
             problems.append(FieldViolation(where, "letters, digits and '-' (at most 64)"))
-        elif name.lower().startswith(_RESERVED_HEADERS):
+        elif own_header(name, header_prefix):
             problems.append(FieldViolation(where, "set by Herald; cannot be overridden"))
         if len(value) > 1024 or _HEADER_VALUE_FORBIDDEN.search(value):
             problems.append(

@@ -45,9 +45,14 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
     """The management RPCs."""
 
     def __init__(
-        self, store: WebhookStore, event_types: EventTypeNames, deliveries: Deliveries
+        self,
+        store: WebhookStore,
+        event_types: EventTypeNames,
+        deliveries: Deliveries,
+        header_prefix: str = "X-Herald",
     ) -> None:
         self._store = store
+        self._header_prefix = header_prefix  # Herald's own headers: not a webhook's
         self._event_types = event_types
         self._log = deliveries
 
@@ -262,7 +267,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         known = await self._event_types.names()
         if not _all_known(spec.event_types, known):
             known = await self._refreshed()  # a type created a moment ago
-        return model.check(spec, known)
+        return model.check(spec, known, self._header_prefix)
 
     async def _refreshed(self) -> frozenset[str]:
         self._event_types.forget()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 
 from pydantic import Field, field_validator
 
@@ -15,6 +16,10 @@ from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     RuntimeSettings,
 )
+from herald.services.webhooks.signing import prefix_problem
+
+VERSION = "0.1"  # of Herald's webhooks, in its default User-Agent
+_USER_AGENT = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
 
 
 class WebhooksSettings(RuntimeSettings):
@@ -74,6 +79,15 @@ class WebhooksSettings(RuntimeSettings):
         "yet, so that one slow endpoint cannot take every slot; 0 = a quarter of "
         "DELIVERY_CONCURRENCY (at least 1).",
     )
+    webhooks_header_prefix: str = Field(
+        "X-Herald",
+        description="Prefix of the delivery headers Herald sets (<prefix>-Event, "
+        "-Delivery, -Timestamp, -Signature, -Retry-Count, ...); X-Katya gives the seed's.",
+    )
+    webhooks_user_agent: str = Field(
+        f"Herald-Webhooks/{VERSION}",
+        description="The User-Agent of deliveries; Katya-Webhooks/1.0 gives the seed's.",
+    )
     webhooks_allowed_networks: str = Field(
         "",
         description="CIDRs that destinations may resolve to although not public "
@@ -101,6 +115,23 @@ class WebhooksSettings(RuntimeSettings):
             raise ValueError("not base64") from None
         if len(key) != 32:
             raise ValueError(f"decodes to {len(key)} bytes; 32 are needed")
+        return value
+
+    @field_validator("webhooks_header_prefix")
+    @classmethod
+    def _header_prefix(cls, value: str) -> str:
+        if (problem := prefix_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("webhooks_user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        if not _USER_AGENT.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a User-Agent: 1 to 200 printable ASCII characters, "
+                "no spaces around"
+            )
         return value
 
     @field_validator("webhooks_allowed_networks")

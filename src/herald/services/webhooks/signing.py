@@ -2,7 +2,8 @@
 
 Two signature schemes are sent side by side, because receivers come in two kinds:
 
-* receivers written from the Katya seed check ``X-Herald-Signature: sha256=<hex>``, an
+* receivers written from the Katya seed check ``X-Katya-Signature: sha256=<hex>`` (Herald
+  names its headers ``X-Herald-…`` unless ``WEBHOOKS_HEADER_PREFIX`` says otherwise), an
   HMAC-SHA256 of the body keyed by the secret's UTF-8 bytes. The seed's Python example
   does not HMAC the raw body but ``json.dumps(request.get_json())``: the body parsed and
   serialized again. So we serialize the body exactly as ``json.dumps`` does with its
@@ -22,11 +23,54 @@ import binascii
 import functools
 import hmac
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-SIGNATURE = "X-Herald-Signature"
-SIGNATURE_PREVIOUS = "X-Herald-Signature-Previous"
 _WHSEC = "whsec_"
+# A prefix of header names: hyphen-separated ASCII letters and digits (``X-Katya``).
+HEADER_PREFIX = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
+MAX_HEADER_PREFIX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderNames:
+    """The names of the headers Herald sets on a delivery, under one prefix: the seed's
+    ``X-Katya-Event``, ``X-Katya-Signature``, … are ``HeaderNames.under("X-Katya")``."""
+
+    prefix: str
+    event: str
+    delivery: str
+    timestamp: str
+    signature: str
+    signature_previous: str
+    retry_count: str
+    retry_reason: str
+    retry_after: str
+
+    @classmethod
+    def under(cls, prefix: str) -> HeaderNames:
+        """The names under ``prefix``; ValueError unless :func:`prefix_problem` is None."""
+        if (problem := prefix_problem(prefix)) is not None:
+            raise ValueError(problem)
+        suffixes = ("Event", "Delivery", "Timestamp", "Signature", "Signature-Previous")
+        retries = ("Retry-Count", "Retry-Reason", "Retry-After")
+        return cls(prefix, *(f"{prefix}-{suffix}" for suffix in suffixes + retries))
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot name Herald's headers, None when it can."""
+    if len(prefix) > MAX_HEADER_PREFIX or not HEADER_PREFIX.fullmatch(prefix):
+        return (
+            f"{prefix!r} is not a header name prefix: ASCII letters and digits, parts joined "
+            f"by '-', at most {MAX_HEADER_PREFIX} characters (e.g. X-Katya)"
+        )
+    if prefix.lower() == "webhook":  # webhook-timestamp, webhook-signature: Standard Webhooks'
+        return f"{prefix!r} would collide with the Standard Webhooks headers (webhook-*)"
+    return None
+
+
+HERALD = HeaderNames.under("X-Herald")  # the default
 
 
 def body_of(event_id: str, event_type: str, created_at: str, data: object) -> bytes:
@@ -73,25 +117,29 @@ def standard_signature(body: bytes, msg_id: str, timestamp: int, secret: str) ->
 
 
 def signature_headers(
-    body: bytes, msg_id: str, timestamp: int, secrets: Sequence[str]
+    body: bytes,
+    msg_id: str,
+    timestamp: int,
+    secrets: Sequence[str],
+    names: HeaderNames = HERALD,
 ) -> dict[str, str]:
     """The signature headers for one delivery attempt of ``body``.
 
     ``secrets[0]`` is the current secret, ``secrets[1]`` (optional) the previous one
-    while a rotation's grace period lasts. ``X-Herald-Signature`` always uses the
-    current secret (a seed receiver compares one value); the previous secret's goes to
-    ``X-Herald-Signature-Previous``. ``webhook-signature`` lists one ``v1,<sig>`` per
-    secret separated by a space, which Standard Webhooks verifiers accept if any matches.
-    ``timestamp`` is Unix seconds; the caller passes the attempt's time so each retry
-    is signed afresh (verifiers reject timestamps older than a few minutes).
+    while a rotation's grace period lasts. ``names.signature`` (``X-Herald-Signature``)
+    always uses the current secret (a seed receiver compares one value); the previous
+    secret's goes to ``names.signature_previous``. ``webhook-signature`` lists one
+    ``v1,<sig>`` per secret separated by a space, which Standard Webhooks verifiers
+    accept if any matches. ``timestamp`` is Unix seconds; the caller passes the
+    attempt's time so each retry is signed afresh (verifiers reject old timestamps).
     """
     if not 1 <= len(secrets) <= 2:
         raise ValueError(f"one or two secrets (current, previous), not {len(secrets)}")
     if any(not secret for secret in secrets):
         raise ValueError("a signing secret is empty")
-    headers = {SIGNATURE: seed_signature(body, secrets[0])}
+    headers = {names.signature: seed_signature(body, secrets[0])}
     if len(secrets) == 2:
-        headers[SIGNATURE_PREVIOUS] = seed_signature(body, secrets[1])
+        headers[names.signature_previous] = seed_signature(body, secrets[1])
     headers["webhook-id"] = msg_id
     headers["webhook-timestamp"] = str(timestamp)
     headers["webhook-signature"] = " ".join(
