@@ -35,6 +35,7 @@ from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.conftest import (
     ACME_KEY,
+    GLOBEX_KEY,
     INTERNAL_KEY,
     IngestUnderTest,
     start_ingest,
@@ -428,6 +429,41 @@ async def test_an_exhausted_delivery_of_an_exhaustion_alert_raises_no_further_al
     assert types == ["herald.webhook.delivery_exhausted", "message.created"], requests
     found = await ingest_events(flow.database_url, "herald.webhook.delivery_exhausted")
     assert len(found) == 1
+
+
+async def test_a_tenants_webhook_alerts_reach_only_that_tenants_webhooks(flow: Flow) -> None:
+    # herald.webhook.* alerts (a webhook id, its failure's reason) were delivered to every
+    # tenant whose webhook took '*' or 'herald.webhook.*'
+    globex = (("authorization", f"Bearer {GLOBEX_KEY}"),)
+    async with Receiver() as receiver:
+        receiver.script("/gone", Reply(410, b"gone"))
+        for metadata, path in ((KEY, "/acme"), (globex, "/globex")):
+            await flow.hooks.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(
+                    webhook=webhooks_pb2.Webhook(
+                        name="watch", url=receiver.url(path), event_types=["herald.webhook.*"]
+                    )
+                ),
+                metadata=metadata,
+            )
+        doomed = await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="doomed", url=receiver.url("/gone"), event_types=["message.created"]
+                )
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(1)  # dispatch has seen the webhooks
+        await flow.publish("message.created", {"id": "m", "content": "c"})
+        [alert] = await receiver.wait_for(1, "/acme", timeout=30)
+        await asyncio.sleep(3)  # the same event's delivery to globex, were it made
+        to_globex = receiver.received("/globex")
+    assert alert.headers["x-herald-event"] == "herald.webhook.disabled"
+    body = json.loads(alert.body)
+    assert body["data"]["webhook_id"] == doomed.webhook.id
+    assert body["data"]["tenant"] == "acme"
+    assert to_globex == []
 
 
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(

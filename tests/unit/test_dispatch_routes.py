@@ -330,7 +330,7 @@ def test_an_undefined_operator_is_refused() -> None:
 class _CrashingSubscriptions:
     """A subscription view whose matching fails: a bug meeting an event it never saw."""
 
-    def match(self, event_type: str) -> list[object]:
+    def match(self, event_type: str, tenant: str | None = None) -> list[object]:
         raise RuntimeError(f"cannot match {event_type}")
 
 

@@ -18,6 +18,7 @@ class FlakyStub:
 
     def __init__(self) -> None:
         self.down = True
+        self.subscriptions: list[subscriptions_pb2.Subscription] = []
 
     async def ListSubscriptions(
         self, request: Any, **_: Any
@@ -29,7 +30,9 @@ class FlakyStub:
                 grpc.aio.Metadata(),
                 details="connection refused",
             )
-        return subscriptions_pb2.ListSubscriptionsResponse(version=1)
+        return subscriptions_pb2.ListSubscriptionsResponse(
+            version=1, subscriptions=self.subscriptions
+        )
 
 
 def _cache(start_grace: float, warn_every: float) -> tuple[SubscriptionCache, FlakyStub]:
@@ -79,3 +82,16 @@ async def test_failures_while_the_webhooks_service_starts_are_not_warned_about()
         assert await cache.refresh()
     assert _events(logs) == []
     assert cache.match("any.type") == []
+
+
+async def test_an_event_naming_a_tenant_matches_only_that_tenants_webhooks() -> None:
+    cache, stub = _cache(start_grace=0, warn_every=0)
+    stub.down = False
+    stub.subscriptions = [
+        subscriptions_pb2.Subscription(webhook_id="a", event_types=["*"], tenant="acme"),
+        subscriptions_pb2.Subscription(webhook_id="g", event_types=["herald.*"], tenant="globex"),
+    ]
+    assert await cache.refresh()
+    assert sorted(cache.match("herald.webhook.disabled")) == ["a", "g"]
+    assert cache.match("herald.webhook.disabled", "acme") == ["a"]
+    assert cache.match("herald.webhook.disabled", "initech") == []

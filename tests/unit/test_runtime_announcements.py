@@ -51,6 +51,7 @@ def row(key: str) -> dict[str, Any]:
         "data": '{"reason": "gone"}',
         "dataschema": "",
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "tenant": "",
     }
 
 

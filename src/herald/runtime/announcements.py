@@ -91,6 +91,7 @@ class Announcements:
                     json_fast.loads(row["data"]),
                     row["dataschema"],
                     row["created_at"],
+                    row["tenant"],
                 )
             )
             if error is None:
@@ -119,6 +120,7 @@ def _columns(alert: Alert) -> tuple[Any, ...]:
         _storable(alert.subject),
         json_fast.dumps(_storable(alert.data)),
         _storable(alert.dataschema),
+        _storable(alert.tenant),
     )
 
 

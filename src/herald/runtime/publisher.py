@@ -16,6 +16,9 @@ from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = structlog.get_logger("herald.publisher")
 NAMESPACE = uuid.UUID("0f5e2f3c-8d7a-4b61-9c2e-5a4d3b2c1e0f")
+# The CloudEvents extension attribute naming the webhooks tenant an event concerns: an
+# event carrying it is delivered only to that tenant's webhooks (dispatch's matching).
+TENANT_ATTRIBUTE = "heraldtenant"
 
 
 # Herald's own alerts about a failure to deliver or dispatch. A failure to deliver or
@@ -41,7 +44,9 @@ class Alert:
     """One operational event: its id derives from (``event_type``, ``key``), so a repeat
     (a retry, a second worker) is a duplicate, not a second event. ``dataschema`` is
     required by the catalog for ``integration.*`` types; ``time`` is when it happened
-    (default: when it is published)."""
+    (default: when it is published). ``tenant``: the webhooks tenant it concerns, sent as
+    the ``heraldtenant`` attribute (TENANT_ATTRIBUTE): only that tenant's webhooks
+    receive it."""
 
     event_type: str
     key: str
@@ -49,6 +54,7 @@ class Alert:
     data: dict[str, Any]
     dataschema: str = ""
     time: datetime | None = None
+    tenant: str = ""
 
 
 class EventPublisher:
@@ -97,6 +103,8 @@ class EventPublisher:
         }
         if alert.dataschema:
             event["dataschema"] = alert.dataschema
+        if alert.tenant:
+            event[TENANT_ATTRIBUTE] = alert.tenant
         try:
             await self._stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(event)), timeout=5)
         except grpc.aio.AioRpcError as exc:

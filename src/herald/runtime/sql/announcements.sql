@@ -2,12 +2,12 @@
 -- whose migrations create {schema}.announcements).
 
 -- name: add
-INSERT INTO {schema}.announcements (event_type, key, subject, data, dataschema)
-VALUES ($1, $2, $3, $4::jsonb, $5)
+INSERT INTO {schema}.announcements (event_type, key, subject, data, dataschema, tenant)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)
 ON CONFLICT (event_type, key) DO NOTHING
 
 -- name: pending
-SELECT event_type, key, subject, data::text AS data, dataschema, created_at
+SELECT event_type, key, subject, data::text AS data, dataschema, created_at, tenant
 FROM {schema}.announcements
 WHERE refused_at IS NULL
 ORDER BY created_at

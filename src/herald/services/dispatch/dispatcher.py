@@ -17,6 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, Sending
+from herald.runtime.publisher import TENANT_ATTRIBUTE
 from herald.services.dispatch import fanout
 from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS, Consumed, Outgoing
 from herald.services.dispatch.route_table import RouteTable
@@ -102,7 +103,8 @@ class Dispatcher:
 
     def _records(self, consumed: Consumed, target: str) -> list[Outgoing]:
         if target == WEBHOOKS:
-            hooks = self._subscriptions.match(consumed.binary.attributes["type"])
+            attributes = consumed.binary.attributes
+            hooks = self._subscriptions.match(attributes["type"], attributes.get(TENANT_ATTRIBUTE))
             return fanout.deliveries(consumed, hooks, self._deliveries_topic)
         route = self._routes.get(target.removeprefix(ROUTE_PREFIX))
         if route is None or route.disabled:

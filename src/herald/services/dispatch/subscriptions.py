@@ -53,6 +53,7 @@ class SubscriptionCache:
         self._loaded_at: float | None = None
         self._last_error = "not loaded yet"
         self._by_pattern: PatternIndex[str] = PatternIndex()
+        self._tenant_of: dict[str, str] = {}
         self._ready = asyncio.Event()
         self._warn_every = warn_every
         self._created = time.monotonic()
@@ -116,13 +117,19 @@ class SubscriptionCache:
 
     def _index(self, subscriptions: Iterable[subscriptions_pb2.Subscription]) -> None:
         index: PatternIndex[str] = PatternIndex()
+        tenant_of: dict[str, str] = {}
         for sub in subscriptions:
             for pattern in dict.fromkeys(sub.event_types):
                 index.add(pattern, sub.webhook_id)
-        self._by_pattern = index
+            tenant_of[sub.webhook_id] = sub.tenant
+        self._by_pattern, self._tenant_of = index, tenant_of
 
-    def match(self, event_type: str) -> list[str]:
-        """The ids of the active webhooks wanting ``event_type`` (each once)."""
+    def match(self, event_type: str, tenant: str | None = None) -> list[str]:
+        """The ids of the active webhooks wanting ``event_type`` (each once); with
+        ``tenant`` (the event's ``heraldtenant`` attribute), only that tenant's."""
         if self._loaded_at is None or time.monotonic() - self._loaded_at > self._max_staleness:
             raise WebhooksUnavailable(f"webhook subscriptions unknown: {self._last_error}")
-        return self._by_pattern.match(event_type)
+        hooks = self._by_pattern.match(event_type)
+        if tenant is None:
+            return hooks
+        return [hook for hook in hooks if self._tenant_of.get(hook) == tenant]

@@ -118,4 +118,5 @@ class Escalation:
 
 
 def _alert(event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]) -> Alert:
-    return Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data)
+    """An alert about ``hook``, for its tenant's webhooks only."""
+    return Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data, tenant=data["tenant"])

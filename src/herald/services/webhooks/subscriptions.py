@@ -30,7 +30,7 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
             version=int(rows[0]["version"]),
             subscriptions=[
                 subscriptions_pb2.Subscription(
-                    webhook_id=str(row["id"]), event_types=row["event_types"]
+                    webhook_id=str(row["id"]), event_types=row["event_types"], tenant=row["tenant"]
                 )
                 for row in rows
                 if row["id"] is not None

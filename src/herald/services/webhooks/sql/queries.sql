@@ -314,7 +314,7 @@ SELECT version FROM webhooks.subscription_version
 
 -- name: subscriptions
 -- One statement, so the version and the rows come from the same snapshot.
-SELECT v.version, w.id, w.event_types
+SELECT v.version, w.id, w.event_types, w.tenant
 FROM webhooks.subscription_version AS v
 LEFT JOIN webhooks.webhooks AS w ON w.active
 ORDER BY w.id

@@ -1,0 +1,2 @@
+-- The tenant of an alert (runtime/sql/tables/announcements_tenant.sql).
+-- include: announcements_tenant
