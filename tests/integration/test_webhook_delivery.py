@@ -24,6 +24,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from structlog.testing import LogCapture
 
@@ -263,6 +264,23 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
     assert alerts[0]["attempts"] == 3
+
+
+async def test_retries_and_the_dead_letter_move_the_seeds_event_metrics(stack: Stack) -> None:
+    """events_retry_total and events_dlq_total (seed 000) count a delivery's retries and
+    its dead letter, as they count the relay's and dispatch's."""
+    retried, dead = {"stage": "webhook"}, {"reason": "delivery_exhausted"}
+    retries_before = REGISTRY.get_sample_value("events_retry_total", retried) or 0.0
+    dead_before = REGISTRY.get_sample_value("events_dlq_total", dead) or 0.0
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(503)] * 10)
+        policy = webhooks_pb2.RetryPolicy(max_retries=2, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(3, timeout=10)
+    await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    assert REGISTRY.get_sample_value("events_retry_total", retried) == retries_before + 2
+    assert REGISTRY.get_sample_value("events_dlq_total", dead) == dead_before + 1
 
 
 async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(

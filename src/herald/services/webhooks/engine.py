@@ -25,7 +25,7 @@ import structlog
 
 from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.metrics import EVENTS_DLQ, EVENTS_RETRY
 from herald.runtime.wake import woken
 from herald.services.webhooks import retry
 from herald.services.webhooks.escalation import Escalation
@@ -52,6 +52,9 @@ SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
 MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
+# The events seed's events_retry_total counts a delivery's retries too, beside the
+# relay's and dispatch's (as events_dlq_total counts its dead letters).
+_RETRIED = EVENTS_RETRY.labels("webhook")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -380,6 +383,7 @@ class Engine:
             next_in=verdict.delay or None,
         )
         if verdict.outcome == "retry":  # be awake when it comes due
+            _RETRIED.inc()
             asyncio.get_running_loop().call_later(verdict.delay, self.wake)
         if verdict.outcome == "dead":
             EVENTS_DLQ.labels("delivery_exhausted").inc()
