@@ -43,6 +43,7 @@ from tests.receiver import Receiver, Reply
 pytestmark = pytest.mark.integration
 KEY = (("authorization", "Bearer hk_test_acme_0123456789abcdef"),)
 FAST = webhooks_pb2.RetryPolicy(max_retries=3, backoff_multiplier=2)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @dataclass
@@ -131,7 +132,7 @@ def job(webhook_id: str, data: object | None = None, event_id: str | None = None
         event_type="message.created",
         event_time=when,
         data=json.dumps(data or {"id": "msg_456", "content": "Привет, мир!"}).encode(),
-        context={"x-request-id": "req-9"},
+        context={"x-request-id": "req-9", "traceparent": TRACEPARENT},
     ).SerializeToString()
 
 
@@ -185,6 +186,7 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     assert h["x-herald-event"] == "message.created"
     assert h["x-tenant-token"] == "t-1"
     assert h["x-request-id"] == "req-9"
+    assert h["traceparent"] == TRACEPARENT, "the event's trace continues into the POST"
     assert "x-herald-retry-count" not in h
     secret = created.secret
     # the seed's Flask handler: json.dumps(request.get_json()) then its function
@@ -260,6 +262,8 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     h = headers(record)
     assert h["dlq-reason"] == "retries exhausted: http_5xx"
     assert h["dlq-delivery-id"] == requests[0].headers["x-herald-delivery"]
+    assert h["x-request-id"] == "req-9", "the event's context, as its POSTs carried it"
+    assert h["traceparent"] == requests[0].headers["traceparent"] == TRACEPARENT
     assert json.loads(record.value)["id"] == "evt-dead"
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
