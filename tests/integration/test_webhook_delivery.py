@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import asyncpg
 import grpc
 import pytest
 import structlog
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -268,6 +270,29 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
     assert alerts[0]["attempts"] == 3
+
+
+async def test_a_fixed_retry_schedule_is_followed_then_the_dead_letter_says_why(
+    stack: Stack,
+) -> None:
+    """Seed 001's shape (10 s → 30 s → 2 min → 10 min → DLQ on 429/503), scaled down:
+    each retry after exactly its delay (no jitter), then the DLQ."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(503)] * 3, Reply(429))
+        delays = [Duration(nanos=300_000_000), Duration(seconds=1), Duration(nanos=500_000_000)]
+        policy = webhooks_pb2.RetryPolicy(delays=delays)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        assert created.webhook.retry_policy.max_retries == 3
+        await stack.produce([job(created.webhook.id)])
+        requests = await receiver.wait_for(4, timeout=15)
+        await asyncio.sleep(0.8)
+        assert len(receiver.received()) == 4, "1 attempt + 3 retries, then no more"
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    for gap, delay in zip(gaps, (0.3, 1.0, 0.5), strict=True):
+        assert delay <= gap <= delay + 0.4, gaps
+    assert [r.headers.get("x-herald-retry-after") for r in requests[1:]] == ["0.3", "1", "0.5"]
+    [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    assert headers(record)["dlq-reason"] == "retries exhausted: http_429"
 
 
 async def test_retries_and_the_dead_letter_move_the_seeds_event_metrics(stack: Stack) -> None:

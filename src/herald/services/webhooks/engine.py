@@ -59,12 +59,20 @@ _RETRIED = EVENTS_RETRY.labels("webhook")
 
 @functools.lru_cache(maxsize=1024)
 def _policy(
-    max_retries: int, initial_delay_ms: int, backoff_multiplier: float, max_delay_ms: int
+    max_retries: int,
+    initial_delay_ms: int,
+    backoff_multiplier: float,
+    max_delay_ms: int,
+    delays_ms: tuple[int, ...],
 ) -> RetryPolicy:
     """A webhook's retry policy from its columns (made once per distinct policy, not
     per attempt)."""
     return RetryPolicy(
-        max_retries, initial_delay_ms / 1000, backoff_multiplier, max_delay_ms / 1000
+        max_retries,
+        initial_delay_ms / 1000,
+        backoff_multiplier,
+        max_delay_ms / 1000,
+        tuple(ms / 1000 for ms in delays_ms),
     )
 
 
@@ -360,6 +368,7 @@ class Engine:
             hook["initial_delay_ms"],
             hook["backoff_multiplier"],
             hook["max_delay_ms"],
+            tuple(hook["retry_delays_ms"]),
         )
         verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
