@@ -122,7 +122,12 @@ async def stack(infra: Infra, database_url: str, topic: str) -> AsyncIterator[St
     await ingest.stop()
 
 
-def job(webhook_id: str, data: object | None = None, event_id: str | None = None) -> bytes:
+def job(
+    webhook_id: str,
+    data: object | None = None,
+    event_id: str | None = None,
+    context: dict[str, str] | None = None,
+) -> bytes:
     event_id = event_id or str(uuid.uuid4())
     when = Timestamp()
     when.FromJsonString("2024-01-01T12:00:00Z")
@@ -134,7 +139,7 @@ def job(webhook_id: str, data: object | None = None, event_id: str | None = None
         event_type="message.created",
         event_time=when,
         data=json.dumps(data or {"id": "msg_456", "content": "Привет, мир!"}).encode(),
-        context={"x-request-id": "req-9", "traceparent": TRACEPARENT},
+        context=context or {"x-request-id": "req-9", "traceparent": TRACEPARENT},
     ).SerializeToString()
 
 
@@ -557,6 +562,32 @@ async def test_a_response_body_with_a_nul_byte_is_logged(stack: Stack) -> None:
     [delivery] = log.deliveries
     assert delivery.status == webhooks_pb2.DELIVERY_STATUS_DELIVERED
     assert delivery.response_body == "ok\ufffd"
+
+
+async def test_the_delivery_log_line_names_id_type_idempotency_key_and_status_code(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 000: publication logs hold the event's id, type, Idempotency-Key and the
+    consumer's status_code (and its X-Request-Id, for correlation)."""
+    captured = LogCapture()
+    monkeypatch.setattr(engine, "log", structlog.wrap_logger(None, processors=[captured]))
+    context = {"x-request-id": "req-log", "idempotency-key": "ret_501-created"}
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(503))
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id, event_id="evt-log", context=context)])
+        await receiver.wait_for(2)
+        for _ in range(100):
+            lines = [e for e in captured.entries if e["event"] == "delivery.attempted"]
+            if len(lines) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert [(e["status_code"], e["outcome"]) for e in lines] == [(503, "retry"), (200, "delivered")]
+    for line in lines:
+        assert line["event_id"] == "evt-log"
+        assert line["type"] == "message.created"
+        assert line["idempotency_key"] == "ret_501-created"
+        assert line["request_id"] == "req-log"
 
 
 async def test_deleting_a_webhook_with_an_attempt_in_flight_drops_its_outcome_quietly(

@@ -352,7 +352,8 @@ class Engine:
         is called once the response (or failure) is in."""
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
-        headers = self._headers(row, hook)
+        context: dict[str, str] = json_fast.loads(row["context"])
+        headers = self._headers(row, hook, context)
         started = datetime.now(UTC)
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
@@ -385,6 +386,9 @@ class Engine:
             delivery_id=str(row["id"]),
             webhook_id=str(hook["webhook_id"]),
             event_id=row["event_id"],
+            type=row["event_type"],
+            idempotency_key=context.get("idempotency-key"),
+            request_id=context.get("x-request-id"),
             status_code=result.status_code,
             error=result.error,
             attempt=number,
@@ -403,13 +407,15 @@ class Engine:
                     row, hook, f"failing without a 2xx since {since.isoformat()}"
                 )
 
-    def _headers(self, row: asyncpg.Record, hook: asyncpg.Record) -> dict[str, str]:
+    def _headers(
+        self, row: asyncpg.Record, hook: asyncpg.Record, context: dict[str, str]
+    ) -> dict[str, str]:
         secrets = [self._secret(hook["secret"], hook["webhook_id"])]
         if hook["previous_secret"] is not None and hook["previous_valid"]:
             secrets.append(self._secret(hook["previous_secret"], hook["webhook_id"]))
         now = int(time.time())
         headers: dict[str, str] = dict(json_fast.loads(hook["headers"]))
-        headers.update(json_fast.loads(row["context"]))
+        headers.update(context)
         headers.update(
             {
                 "User-Agent": f"Herald-Webhooks/{VERSION}",
