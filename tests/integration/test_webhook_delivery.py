@@ -198,6 +198,7 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     secret = created.secret
     # the seed's Flask handler: json.dumps(request.get_json()) then its function
     assert seed_verify(json.dumps(json.loads(request.body)), h["x-herald-signature"], secret)
+    assert h["x-signature"] == h["x-herald-signature"], "seed 000's name for the HMAC header"
     StandardWebhook(secret).verify(request.body, h)  # raises when it does not verify
     assert h["webhook-id"] == h["x-herald-delivery"]
 

@@ -45,6 +45,7 @@ _RESERVED_HEADERS = (
     "host",
     "user-agent",
     "x-herald-",
+    "x-signature",
     "webhook-",
     "transfer-encoding",
     "connection",

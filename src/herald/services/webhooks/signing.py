@@ -25,6 +25,9 @@ import json
 from collections.abc import Sequence
 
 SIGNATURE = "X-Herald-Signature"
+# The events seed (000) names the webhook HMAC header X-Signature: the same value, for
+# receivers written from it.
+SEED_SIGNATURE = "X-Signature"
 SIGNATURE_PREVIOUS = "X-Herald-Signature-Previous"
 _WHSEC = "whsec_"
 
@@ -79,7 +82,8 @@ def signature_headers(
 
     ``secrets[0]`` is the current secret, ``secrets[1]`` (optional) the previous one
     while a rotation's grace period lasts. ``X-Herald-Signature`` always uses the
-    current secret (a seed receiver compares one value); the previous secret's goes to
+    current secret (a seed receiver compares one value), and so does ``X-Signature``
+    (the same value, as the events seed names it); the previous secret's goes to
     ``X-Herald-Signature-Previous``. ``webhook-signature`` lists one ``v1,<sig>`` per
     secret separated by a space, which Standard Webhooks verifiers accept if any matches.
     ``timestamp`` is Unix seconds; the caller passes the attempt's time so each retry
@@ -89,7 +93,8 @@ def signature_headers(
         raise ValueError(f"one or two secrets (current, previous), not {len(secrets)}")
     if any(not secret for secret in secrets):
         raise ValueError("a signing secret is empty")
-    headers = {SIGNATURE: seed_signature(body, secrets[0])}
+    signature = seed_signature(body, secrets[0])
+    headers = {SIGNATURE: signature, SEED_SIGNATURE: signature}
     if len(secrets) == 2:
         headers[SIGNATURE_PREVIOUS] = seed_signature(body, secrets[1])
     headers["webhook-id"] = msg_id
