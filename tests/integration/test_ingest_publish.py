@@ -415,6 +415,30 @@ async def test_the_record_carries_the_idempotency_key_of_the_request_field(
     assert headers(record)["idempotency-key"] == "field-key-1"
 
 
+async def test_every_event_carries_an_x_request_id_one_of_its_own_when_none_was_sent(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    """Seed 001: every event includes X-Request-Id (for its logs and trace)."""
+
+    def user_registered(i: int) -> ingest_pb2.PublishRequest:
+        doc = json.loads(LEGACY_EXAMPLES["user_registered"])
+        doc["event_id"] = str(uuid.UUID(int=i + 1))
+        return ingest_pb2.PublishRequest(json=json.dumps(doc))
+
+    await ingest.stub.Publish(user_registered(0))
+    await ingest.stub.Publish(user_registered(1))
+    await ingest.stub.Publish(user_registered(2), metadata=(("x-request-id", "req-given"),))
+    batch = [user_registered(3), user_registered(4)]
+    await ingest.stub.PublishBatch(ingest_pb2.PublishBatchRequest(requests=batch))
+    records = await read_topic(infra.kafka_settings(), topic, 5)
+    by_event = {uuid.UUID(headers(r)["ce_id"]).int - 1: headers(r) for r in records}
+    ids = [by_event[i].get("x-request-id") for i in range(5)]
+    assert all(ids), ids
+    assert ids[2] == "req-given", "a given one is kept"
+    assert len({ids[0], ids[1], ids[3]}) == 3, "one of its own per call"
+    assert ids[3] == ids[4], "a batch's items share their call's"
+
+
 async def test_concurrent_batches_sharing_keys_in_any_order_all_succeed(
     ingest: IngestUnderTest, infra: Infra, topic: str
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -19,11 +20,13 @@ import asyncpg
 import grpc
 import pytest
 import structlog
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from structlog.testing import LogCapture
 
@@ -42,6 +45,7 @@ from tests.receiver import Receiver, Reply
 pytestmark = pytest.mark.integration
 KEY = (("authorization", "Bearer hk_test_acme_0123456789abcdef"),)
 FAST = webhooks_pb2.RetryPolicy(max_retries=3, backoff_multiplier=2)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @dataclass
@@ -118,7 +122,12 @@ async def stack(infra: Infra, database_url: str, topic: str) -> AsyncIterator[St
     await ingest.stop()
 
 
-def job(webhook_id: str, data: object | None = None, event_id: str | None = None) -> bytes:
+def job(
+    webhook_id: str,
+    data: object | None = None,
+    event_id: str | None = None,
+    context: dict[str, str] | None = None,
+) -> bytes:
     event_id = event_id or str(uuid.uuid4())
     when = Timestamp()
     when.FromJsonString("2024-01-01T12:00:00Z")
@@ -130,7 +139,7 @@ def job(webhook_id: str, data: object | None = None, event_id: str | None = None
         event_type="message.created",
         event_time=when,
         data=json.dumps(data or {"id": "msg_456", "content": "Привет, мир!"}).encode(),
-        context={"x-request-id": "req-9"},
+        context=context or {"x-request-id": "req-9", "traceparent": TRACEPARENT},
     ).SerializeToString()
 
 
@@ -184,10 +193,12 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     assert h["x-herald-event"] == "message.created"
     assert h["x-tenant-token"] == "t-1"
     assert h["x-request-id"] == "req-9"
+    assert h["traceparent"] == TRACEPARENT, "the event's trace continues into the POST"
     assert "x-herald-retry-count" not in h
     secret = created.secret
     # the seed's Flask handler: json.dumps(request.get_json()) then its function
     assert seed_verify(json.dumps(json.loads(request.body)), h["x-herald-signature"], secret)
+    assert h["x-signature"] == h["x-herald-signature"], "seed 000's name for the HMAC header"
     StandardWebhook(secret).verify(request.body, h)  # raises when it does not verify
     assert h["webhook-id"] == h["x-herald-delivery"]
 
@@ -309,10 +320,56 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     h = headers(record)
     assert h["dlq-reason"] == "retries exhausted: http_5xx"
     assert h["dlq-delivery-id"] == requests[0].headers["x-herald-delivery"]
+    assert h["x-request-id"] == "req-9", "the event's context, as its POSTs carried it"
+    assert h["traceparent"] == requests[0].headers["traceparent"] == TRACEPARENT
     assert json.loads(record.value)["id"] == "evt-dead"
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"
     assert alerts[0]["attempts"] == 3
+
+
+async def test_a_fixed_retry_schedule_is_followed_then_the_dead_letter_says_why(
+    stack: Stack,
+) -> None:
+    """Seed 001's shape (10 s → 30 s → 2 min → 10 min → DLQ on 429/503), scaled down:
+    each retry after exactly its delay (no jitter), then the DLQ."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(503)] * 3, Reply(429))
+        delays = [Duration(nanos=300_000_000), Duration(seconds=1), Duration(nanos=500_000_000)]
+        policy = webhooks_pb2.RetryPolicy(delays=delays)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        assert created.webhook.retry_policy.max_retries == 3
+        await stack.produce([job(created.webhook.id)])
+        requests = await receiver.wait_for(4, timeout=15)
+        await asyncio.sleep(0.8)
+        assert len(receiver.received()) == 4, "1 attempt + 3 retries, then no more"
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    for gap, delay in zip(gaps, (0.3, 1.0, 0.5), strict=True):
+        assert delay <= gap <= delay + 0.4, gaps
+    assert [r.headers.get("x-herald-retry-after") for r in requests[1:]] == [
+        "1",
+        "1",
+        "1",
+    ]  # whole seconds, rounded up
+    [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    assert headers(record)["dlq-reason"] == "retries exhausted: http_429"
+
+
+async def test_retries_and_the_dead_letter_move_the_seeds_event_metrics(stack: Stack) -> None:
+    """events_retry_total and events_dlq_total (seed 000) count a delivery's retries and
+    its dead letter, as they count the relay's and dispatch's."""
+    retried, dead = {"stage": "webhook"}, {"reason": "delivery_exhausted"}
+    retries_before = REGISTRY.get_sample_value("events_retry_total", retried) or 0.0
+    dead_before = REGISTRY.get_sample_value("events_dlq_total", dead) or 0.0
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(503)] * 10)
+        policy = webhooks_pb2.RetryPolicy(max_retries=2, backoff_multiplier=1)
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(3, timeout=10)
+    await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+    assert REGISTRY.get_sample_value("events_retry_total", retried) == retries_before + 2
+    assert REGISTRY.get_sample_value("events_dlq_total", dead) == dead_before + 1
 
 
 async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(
@@ -560,6 +617,32 @@ async def test_a_response_body_with_a_nul_byte_is_logged(stack: Stack) -> None:
     [delivery] = log.deliveries
     assert delivery.status == webhooks_pb2.DELIVERY_STATUS_DELIVERED
     assert delivery.response_body == "ok\ufffd"
+
+
+async def test_the_delivery_log_line_names_id_type_idempotency_key_and_status_code(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 000: publication logs hold the event's id, type, Idempotency-Key and the
+    consumer's status_code (and its X-Request-Id, for correlation)."""
+    captured = LogCapture()
+    monkeypatch.setattr(engine, "log", structlog.wrap_logger(None, processors=[captured]))
+    context = {"x-request-id": "req-log", "idempotency-key": "ret_501-created"}
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(503))
+        created = await stack.hook(receiver.url(), initial_delay=0.1)
+        await stack.produce([job(created.webhook.id, event_id="evt-log", context=context)])
+        await receiver.wait_for(2)
+        for _ in range(100):
+            lines = [e for e in captured.entries if e["event"] == "delivery.attempted"]
+            if len(lines) == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert [(e["status_code"], e["outcome"]) for e in lines] == [(503, "retry"), (200, "delivered")]
+    for line in lines:
+        assert line["event_id"] == "evt-log"
+        assert line["type"] == "message.created"
+        assert line["idempotency_key"] == "ret_501-created"
+        assert line["request_id"] == "req-log"
 
 
 async def test_deleting_a_webhook_with_an_attempt_in_flight_drops_its_outcome_quietly(

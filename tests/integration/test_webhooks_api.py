@@ -293,6 +293,48 @@ async def test_bad_input_is_invalid_argument_with_field_violations(webhooks: Web
     }
 
 
+def _seconds(*values: int) -> list[Duration]:
+    return [Duration(seconds=v) for v in values]
+
+
+async def test_a_fixed_retry_schedule_such_as_bitrix24s_is_stored_and_checked(
+    webhooks: Webhooks,
+) -> None:
+    """Seed 001: Bitrix24's 429/503 are retried 10 s → 30 s → 2 min → 10 min, then DLQ."""
+    bitrix = webhooks_pb2.RetryPolicy(delays=_seconds(10, 30, 120, 600))
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya(retry_policy=bitrix)), metadata=ACME
+    )
+    got = await webhooks.stub.GetWebhook(
+        webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=ACME
+    )
+    policy = got.webhook.retry_policy
+    assert [d.seconds for d in policy.delays] == [10, 30, 120, 600]
+    assert policy.max_retries == 4, "one retry per delay"
+    bad = webhooks_pb2.RetryPolicy(max_retries=2, delays=[*_seconds(10, 0, 90_000), Duration()])
+    refused = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(retry_policy=bad)), metadata=ACME
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(refused) == {
+        "webhook.retry_policy.max_retries",
+        "webhook.retry_policy.delays[1]",
+        "webhook.retry_policy.delays[2]",
+        "webhook.retry_policy.delays[3]",
+    }
+    malformed = webhooks_pb2.RetryPolicy(delays=[Duration(seconds=1, nanos=-5)])
+    refused = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(retry_policy=malformed)),
+            metadata=ACME,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "webhook.retry_policy.delays[0]" in refused
+
+
 async def test_a_delivery_status_the_enum_does_not_define_is_refused(
     webhooks: Webhooks,
 ) -> None:

@@ -67,7 +67,7 @@ def test_each_bad_field_is_named() -> None:
             max_retries=-1, initial_delay=0.01, backoff_multiplier=0.5, max_delay=0.001
         ),
         rate_limit=RateLimit(per_second=-2),
-        headers={"X-Herald-Event": "spoof", "X-Ok": "a\nb"},
+        headers={"X-Herald-Event": "spoof", "X-Signature": "sha256=0", "X-Ok": "a\nb"},
         metadata={"k" * 65: "v"},
     )
     got = problems(spec)
@@ -81,6 +81,7 @@ def test_each_bad_field_is_named() -> None:
     assert "webhook.retry_policy.max_delay" in got
     assert "webhook.rate_limit.per_second" in got
     assert "cannot be overridden" in got["webhook.headers[X-Herald-Event]"]
+    assert "cannot be overridden" in got["webhook.headers[X-Signature]"]
     assert "no line breaks" in got["webhook.headers[X-Ok]"]
     assert f"webhook.metadata[{'k' * 65}]" in got
 

@@ -42,3 +42,15 @@ def test_rate_room() -> None:
     assert rate_room(2, 120, 1, 119) == 1
     assert rate_room(0, 120, 50, 120) == 0
     assert rate_room(0, 0, 99, 99) > 1000  # no limit
+
+
+BITRIX24 = RetryPolicy(max_retries=4, delays=(10.0, 30.0, 120.0, 600.0))
+
+
+def test_a_fixed_schedule_is_followed_exactly_then_dead() -> None:
+    """Seed 001: 429/503 from Bitrix24 → retries 10 s → 30 s → 2 min → 10 min → DLQ."""
+    delays = [decide(BITRIX24, n, 503, None, None).delay for n in (1, 2, 3, 4)]
+    assert delays == [10.0, 30.0, 120.0, 600.0]  # no jitter: the schedule as given
+    assert decide(BITRIX24, 2, 429, None, None).reason == "http_429"
+    assert decide(BITRIX24, 5, 503, None, None).outcome == "dead"
+    assert decide(BITRIX24, 1, 429, None, 5.0).delay == 5.0  # Retry-After still wins

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ log = structlog.get_logger("herald.ingest")
 PUBLISH_ENDPOINT = "/herald.ingest.v1.IngestService/Publish"
 PUBLISH_BATCH_ENDPOINT = "/herald.ingest.v1.IngestService/PublishBatch"
 MAX_BATCH = 1000
+REQUEST_ID = "x-request-id"
 IDEMPOTENCY_HEADER = "idempotency-key"  # the record carries the key the event was stored by
 MAX_IDEMPOTENCY_KEY_BYTES = 512  # part of a primary key (PostgreSQL indexes ~2,700 bytes)
 NUL_REFUSED = "contains a NUL character (\\u0000), which cannot be stored"
@@ -55,6 +57,11 @@ class CallContext:
             value = metadata.get(name)
             if isinstance(value, str) and value:
                 self.headers[name] = value
+        # Every event carries an X-Request-Id (seed 001), for its logs and trace to be
+        # found by: one of its own for a call that sent none (all of a batch's items
+        # share their call's).
+        if REQUEST_ID not in self.headers:
+            self.headers[REQUEST_ID] = os.urandom(16).hex()
         # The Publish span continues into the record (the caller's trace, if any).
         traceparent = current_traceparent()
         if traceparent:
@@ -85,7 +92,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if isinstance(pending, Accepted):
             return ingest_pb2.PublishResponse(event_id=pending.event_id, duplicate=True)
         outcome = await self._writer.submit(pending)
-        self._log(pending, outcome)
+        self._log(pending, outcome, call.headers[REQUEST_ID])
         if isinstance(outcome, InvalidArgument):
             raise outcome
         return ingest_pb2.PublishResponse(event_id=outcome.event_id, duplicate=outcome.duplicate)
@@ -121,7 +128,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 valid.append((i, prepared))
         outcomes = await self._writer.write([p for _, p in valid])
         for (i, pending), outcome in zip(valid, outcomes, strict=True):
-            self._log(pending, outcome)
+            self._log(pending, outcome, call.headers[REQUEST_ID])
             results[i] = _result(outcome)
         return ingest_pb2.PublishBatchResponse(results=[r for r in results if r is not None])
 
@@ -223,6 +230,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 event_id=(event.id or None) if event else None,
                 type=(event.type or None) if event else None,
                 idempotency_key=key or None,
+                request_id=call.headers[REQUEST_ID],
                 outcome=outcome,
                 **details,
             )
@@ -278,7 +286,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         raise InvalidArgument([FieldViolation("envelope", "give either event or json")])
 
     @staticmethod
-    def _log(pending: PendingEvent, outcome: Outcome) -> None:
+    def _log(pending: PendingEvent, outcome: Outcome, request_id: str) -> None:
         event = pending.event
         key = pending.idempotency.key if pending.idempotency else None
         if isinstance(outcome, Accepted):
@@ -288,6 +296,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 event_id=event.id,
                 type=event.type,
                 idempotency_key=key,
+                request_id=request_id,
                 outcome="duplicate" if outcome.duplicate else "stored",
             )
         else:
@@ -296,6 +305,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 event_id=event.id,
                 type=event.type,
                 idempotency_key=key,
+                request_id=request_id,
                 outcome="conflict",
                 error=outcome.message,
             )

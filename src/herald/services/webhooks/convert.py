@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -12,7 +13,7 @@ from herald.webhooks.v1 import webhooks_pb2
 
 from herald.runtime.errors import FieldViolation
 from herald.runtime.timestamps import timestamp
-from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
+from herald.services.webhooks.model import MAX_RETRIES, RateLimit, RetryPolicy, WebhookSpec
 from herald.services.webhooks.store import StoredWebhook
 
 
@@ -30,7 +31,10 @@ def spec_of(message: webhooks_pb2.Webhook) -> WebhookSpec:
             max_delay=_seconds(given.max_delay)
             if given.HasField("max_delay")
             else policy.max_delay,
+            delays=tuple(_seconds(d) for d in given.delays),
         )
+        if policy.delays and not policy.max_retries:  # a fixed schedule: one retry a delay
+            policy = replace(policy, max_retries=len(policy.delays))
     return WebhookSpec(
         name=message.name,
         url=message.url,
@@ -53,6 +57,9 @@ def malformed_durations(message: webhooks_pb2.Webhook) -> list[FieldViolation]:
             if message.retry_policy.HasField(name):
                 value = getattr(message.retry_policy, name)
                 problems += duration_problems(value, f"webhook.retry_policy.{name}")
+        # Beyond the most a policy may hold, the count alone is the problem (model.check).
+        for i, value in enumerate(message.retry_policy.delays[: MAX_RETRIES + 1]):
+            problems += duration_problems(value, f"webhook.retry_policy.delays[{i}]")
     return problems
 
 
@@ -88,6 +95,7 @@ def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
             initial_delay=_duration(spec.retry_policy.initial_delay),
             backoff_multiplier=spec.retry_policy.backoff_multiplier,
             max_delay=_duration(spec.retry_policy.max_delay),
+            delays=[_duration(d) for d in spec.retry_policy.delays],
         ),
         rate_limit=webhooks_pb2.RateLimit(
             per_second=spec.rate_limit.per_second, per_minute=spec.rate_limit.per_minute

@@ -26,7 +26,7 @@ import structlog
 
 from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
-from herald.runtime.metrics import EVENTS_DLQ
+from herald.runtime.metrics import EVENTS_DLQ, EVENTS_RETRY
 from herald.runtime.wake import woken
 from herald.services.webhooks import retry
 from herald.services.webhooks.escalation import Escalation
@@ -52,16 +52,27 @@ SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
 MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
+# The events seed's events_retry_total counts a delivery's retries too, beside the
+# relay's and dispatch's (as events_dlq_total counts its dead letters).
+_RETRIED = EVENTS_RETRY.labels("webhook")
 
 
 @functools.lru_cache(maxsize=1024)
 def _policy(
-    max_retries: int, initial_delay_ms: int, backoff_multiplier: float, max_delay_ms: int
+    max_retries: int,
+    initial_delay_ms: int,
+    backoff_multiplier: float,
+    max_delay_ms: int,
+    delays_ms: tuple[int, ...],
 ) -> RetryPolicy:
     """A webhook's retry policy from its columns (made once per distinct policy, not
     per attempt)."""
     return RetryPolicy(
-        max_retries, initial_delay_ms / 1000, backoff_multiplier, max_delay_ms / 1000
+        max_retries,
+        initial_delay_ms / 1000,
+        backoff_multiplier,
+        max_delay_ms / 1000,
+        tuple(ms / 1000 for ms in delays_ms),
     )
 
 
@@ -343,7 +354,8 @@ class Engine:
         is called once the response (or failure) is in."""
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
-        headers = self._headers(row, hook)
+        context: dict[str, str] = json_fast.loads(row["context"])
+        headers = self._headers(row, hook, context)
         started = datetime.now(UTC)
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
@@ -359,6 +371,7 @@ class Engine:
             hook["initial_delay_ms"],
             hook["backoff_multiplier"],
             hook["max_delay_ms"],
+            tuple(hook["retry_delays_ms"]),
         )
         verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
@@ -375,6 +388,9 @@ class Engine:
             delivery_id=str(row["id"]),
             webhook_id=str(hook["webhook_id"]),
             event_id=row["event_id"],
+            type=row["event_type"],
+            idempotency_key=context.get("idempotency-key"),
+            request_id=context.get("x-request-id"),
             status_code=result.status_code,
             error=result.error,
             attempt=number,
@@ -382,6 +398,7 @@ class Engine:
             next_in=verdict.delay or None,
         )
         if verdict.outcome == "retry":  # be awake when it comes due
+            _RETRIED.inc()
             asyncio.get_running_loop().call_later(verdict.delay, self.wake)
         if verdict.outcome == "dead":
             EVENTS_DLQ.labels("delivery_exhausted").inc()
@@ -392,7 +409,9 @@ class Engine:
                     row, hook, f"failing without a 2xx since {since.isoformat()}"
                 )
 
-    def _headers(self, row: asyncpg.Record, hook: asyncpg.Record) -> dict[str, str]:
+    def _headers(
+        self, row: asyncpg.Record, hook: asyncpg.Record, context: dict[str, str]
+    ) -> dict[str, str]:
         secrets = [self._secret(hook["secret"], hook["webhook_id"])]
         if hook["previous_secret"] is not None and hook["previous_valid"]:
             secrets.append(self._secret(hook["previous_secret"], hook["webhook_id"]))
@@ -401,7 +420,7 @@ class Engine:
         headers: dict[str, str] = json_fast.loads(hook["headers"])
         if headers:  # one stored before WEBHOOKS_HEADER_PREFIX named it Herald's is dropped
             headers = {k: v for k, v in headers.items() if not own_header(k, names.prefix)}
-        headers.update(json_fast.loads(row["context"]))
+        headers.update(context)
         headers[names.event] = row["event_type"]
         headers[names.delivery] = str(row["id"])
         headers[names.timestamp] = str(now)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from herald.runtime import json_fast
 from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
@@ -53,7 +54,12 @@ class Escalation:
             "delivery-id": str(row["id"]),
             "event-id": row["event_id"],
         }
-        headers = dead_letter_headers(f"retries exhausted: {reason}", "webhooks", origin=origin)
+        # The event's transport context (traceparent, x-request-id, …), as its POSTs had
+        # it: the dead letter stays correlated with the event's trace and logs.
+        context = [(k, str(v).encode()) for k, v in json_fast.loads(row["context"]).items()]
+        headers = dead_letter_headers(
+            f"retries exhausted: {reason}", "webhooks", context, origin=origin
+        )
         alert = _alert(
             "herald.webhook.delivery_exhausted",
             str(row["id"]),

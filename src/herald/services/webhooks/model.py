@@ -18,6 +18,8 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_INITIAL_DELAY = 1.0
 DEFAULT_MULTIPLIER = 2.0
 DEFAULT_MAX_DELAY = 30.0
+MAX_RETRIES = 50
+MIN_DELAY, MAX_DELAY = 0.1, 86_400.0  # seconds: a fixed schedule's bounds (delays)
 
 MAX_NAME = 200
 MAX_URL = 2048
@@ -43,6 +45,7 @@ _RESERVED_HEADERS = (
     "host",
     "user-agent",
     "x-herald-",
+    "x-signature",
     "webhook-",
     "transfer-encoding",
     "connection",
@@ -64,12 +67,15 @@ UPDATABLE = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, capped at ``max_delay`` seconds."""
+    """Exponential backoff with jitter, capped at ``max_delay`` seconds; or, when
+    ``delays`` is given, that fixed schedule (seconds before retry 1, 2, …; e.g.
+    Bitrix24's 10 s, 30 s, 2 min, 10 min), one retry per delay."""
 
     max_retries: int = DEFAULT_MAX_RETRIES
     initial_delay: float = DEFAULT_INITIAL_DELAY
     backoff_multiplier: float = DEFAULT_MULTIPLIER
     max_delay: float = DEFAULT_MAX_DELAY
+    delays: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,14 +216,26 @@ def _check_event_types(patterns: tuple[str, ...], known: set[str]) -> list[Field
 def _check_retry(policy: RetryPolicy) -> list[FieldViolation]:
     where = "webhook.retry_policy"
     problems = []
-    if not 0 <= policy.max_retries <= 50:
-        problems.append(FieldViolation(f"{where}.max_retries", "between 0 and 50"))
+    if not 0 <= policy.max_retries <= MAX_RETRIES:
+        problems.append(FieldViolation(f"{where}.max_retries", f"between 0 and {MAX_RETRIES}"))
     if not 0.1 <= policy.initial_delay <= 3600:
         problems.append(FieldViolation(f"{where}.initial_delay", "between 100 ms and 1 h"))
     if not 1 <= policy.backoff_multiplier <= 10:
         problems.append(FieldViolation(f"{where}.backoff_multiplier", "between 1 and 10"))
     if not policy.initial_delay <= policy.max_delay <= 86_400:
         problems.append(FieldViolation(f"{where}.max_delay", "between initial_delay and 24 h"))
+    if len(policy.delays) > MAX_RETRIES:
+        problems.append(FieldViolation(f"{where}.delays", f"at most {MAX_RETRIES} delays"))
+    for i, delay in enumerate(policy.delays[:MAX_RETRIES]):
+        if not MIN_DELAY <= delay <= MAX_DELAY:
+            problems.append(FieldViolation(f"{where}.delays[{i}]", "between 100 ms and 24 h"))
+    if policy.delays and policy.max_retries != len(policy.delays):
+        problems.append(
+            FieldViolation(
+                f"{where}.max_retries",
+                f"with delays, the number of delays ({len(policy.delays)}) or 0",
+            )
+        )
     return problems
 
 

@@ -36,7 +36,11 @@ def reason_of(status_code: int | None, error: str | None) -> str:
 
 def backoff(policy: RetryPolicy, retry_number: int, rng: random.Random | None = None) -> float:
     """Delay before retry ``retry_number`` (1-based): initial × multiplier^(n-1), capped,
-    with jitter. The seed's schedule: 1 s, 2 s, 4 s, … up to 30 s."""
+    with jitter. The seed's schedule: 1 s, 2 s, 4 s, … up to 30 s. A fixed schedule
+    (``delays``) gives its n-th delay as it is: Bitrix24's 10 s → 30 s → 2 min → 10 min
+    means those delays."""
+    if policy.delays:
+        return policy.delays[min(retry_number, len(policy.delays)) - 1]
     base = policy.initial_delay * policy.backoff_multiplier ** (retry_number - 1)
     jitter = (rng or random).uniform(1 - JITTER, 1 + JITTER)
     return min(policy.max_delay, base * jitter)

@@ -27,6 +27,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The events seed (000) names the webhook HMAC header X-Signature: the same value as
+# the prefixed one (``X-Herald-Signature``), for receivers written from it.
+SEED_SIGNATURE = "X-Signature"
 _WHSEC = "whsec_"
 # A prefix of header names: hyphen-separated ASCII letters and digits (``X-Katya``).
 HEADER_PREFIX = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
@@ -127,7 +130,8 @@ def signature_headers(
 
     ``secrets[0]`` is the current secret, ``secrets[1]`` (optional) the previous one
     while a rotation's grace period lasts. ``names.signature`` (``X-Herald-Signature``)
-    always uses the current secret (a seed receiver compares one value); the previous
+    always uses the current secret (a seed receiver compares one value), and so does
+    ``X-Signature`` (the same value, as the events seed names it); the previous
     secret's goes to ``names.signature_previous``. ``webhook-signature`` lists one
     ``v1,<sig>`` per secret separated by a space, which Standard Webhooks verifiers
     accept if any matches. ``timestamp`` is Unix seconds; the caller passes the
@@ -137,7 +141,8 @@ def signature_headers(
         raise ValueError(f"one or two secrets (current, previous), not {len(secrets)}")
     if any(not secret for secret in secrets):
         raise ValueError("a signing secret is empty")
-    headers = {names.signature: seed_signature(body, secrets[0])}
+    signature = seed_signature(body, secrets[0])
+    headers = {names.signature: signature, SEED_SIGNATURE: signature}
     if len(secrets) == 2:
         headers[names.signature_previous] = seed_signature(body, secrets[1])
     headers["webhook-id"] = msg_id

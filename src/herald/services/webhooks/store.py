@@ -49,6 +49,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
             row["initial_delay_ms"] / 1000,
             row["backoff_multiplier"],
             row["max_delay_ms"] / 1000,
+            tuple(ms / 1000 for ms in row["retry_delays_ms"]),
         ),
         rate_limit=RateLimit(row["rate_per_second"], row["rate_per_minute"]),
         headers=json.loads(row["headers"]),
@@ -76,6 +77,7 @@ def _columns(spec: WebhookSpec) -> tuple[object, ...]:
         json.dumps(dict(spec.headers)),
         spec.description,
         json.dumps(dict(spec.metadata)),
+        [round(d * 1000) for d in policy.delays],
     )
 
 
