@@ -59,7 +59,7 @@ class WebhooksSettings(RuntimeSettings):
         "at most 10 years).",
     )
     delivery_retention_days: float = Field(
-        30,
+        90,  # Bitrix24's integration log (seed 001) is kept 90 days
         gt=0,
         le=MAX_RETENTION_DAYS,
         description="How long a finished delivery (delivered or failed) and its attempts are "
