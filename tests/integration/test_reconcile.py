@@ -126,6 +126,33 @@ async def test_an_order_before_its_event_is_parked_then_sent_after_it(
     assert got.delivery == pb.ORDER_DELIVERY_SENT
 
 
+async def test_a_sold_order_that_changes_goes_to_vibeapp_again_under_its_key(
+    flow: ReconcileFlow,
+) -> None:
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e), order(o, e, {"a-" + o: 1000}))
+    await flow.settled()
+    # A ticket scanned: nothing Vibeapp's order carries changed, nothing is sent again.
+    await flow.send(order(o, e, {"a-" + o: 1000}, updated_at=2, ticket_status={"a-" + o: "USED"}))
+    await flow.settled()
+    assert len(await flow.outputs("order", 2, timeout=2)) == 1
+
+    # A ticket added to the sale: Vibeapp gets the order again, with both tickets.
+    await flow.send(order(o, e, {"a-" + o: 1000, "b-" + o: 500}, updated_at=3))
+    await flow.settled()
+    records = await flow.outputs("order", 2)
+    assert [r.key for r in records] == [o.encode(), o.encode()]
+    assert [t.id for t in vibe.Order.FromString(records[-1].value).tickets] == ["a-" + o, "b-" + o]
+
+    # An older version changes nothing.
+    await flow.send(order(o, e, {"a-" + o: 1000}, updated_at=1))
+    await flow.settled()
+    assert len(await flow.outputs("order", 3, timeout=2)) == 2
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (2, 2)
+
+
 async def test_refund_lifecycle_sends_only_the_approved_refund_once(flow: ReconcileFlow) -> None:
     e, o = unique("ev"), unique("or")
     ok, no = unique("rf"), unique("rf")

@@ -181,7 +181,9 @@ CROSS JOIN LATERAL (
     FROM reconcile.tickets t WHERE t.order_id = o.id) tk
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at,
-           coalesce(max(jsonb_array_length(ticket_ids)), 0) AS tickets_sent
+           -- what Vibeapp has now: the latest version of the order it was sent
+           coalesce((array_agg(jsonb_array_length(ticket_ids) ORDER BY id DESC)
+                     FILTER (WHERE sent_at IS NOT NULL))[1], 0) AS tickets_sent
     FROM reconcile.outbox WHERE kind = 'order' AND entity_id = o.id) ob
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at
