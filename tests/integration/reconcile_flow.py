@@ -65,7 +65,7 @@ def event(event_id: str, organizer_id: str = "org-1", updated_at: int = 1, **kw:
         id=event_id,
         group_id="g-1",
         name=kw.pop("name", f"Concert {event_id}"),
-        status=tl.Event.STATUS_ACTIVE,
+        status=kw.pop("status", tl.Event.STATUS_ACTIVE),
         category=kw.pop("category", "concert"),
         start_at=1_767_196_800_000,
         finish_at=1_767_207_600_000,

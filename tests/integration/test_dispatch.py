@@ -273,6 +273,17 @@ async def test_the_notification_api_examples_make_exactly_the_expected_jobs(flow
     assert len(campaign_jobs) == 2, "one job id per channel"
 
 
+async def test_an_empty_target_segment_is_still_the_jobs_audience(flow: Flow) -> None:
+    doc = json.loads(LEGACY_EXAMPLES["new_film_released"])
+    doc["event_id"] = event_id = str(uuid.uuid4())
+    doc["payload"]["target_segment"] = {}  # the schema allows it: no narrowing
+    await flow.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+    [record] = await flow.jobs("herald.notifications.push", {event_id}, 1)
+    job = decode_job(record)
+    assert job.WhichOneof("audience") == "segment"
+    assert dict(job.segment) == {}
+
+
 async def test_a_route_with_a_wildcard_and_conditions(flow: Flow) -> None:
     target_topic, created = await flow.push_route(
         "push-messages",

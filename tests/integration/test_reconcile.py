@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
+from ticketland.v1 import ticketland_pb2 as tl
 from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
@@ -124,6 +125,63 @@ async def test_an_order_before_its_event_is_parked_then_sent_after_it(
     assert ev_rec.timestamp <= or_rec.timestamp
     got = (await flow.stub.GetOrder(pb.GetOrderRequest(order_id=o))).order
     assert got.delivery == pb.ORDER_DELIVERY_SENT
+
+
+async def test_a_sold_order_that_changes_goes_to_vibeapp_again_under_its_key(
+    flow: ReconcileFlow,
+) -> None:
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e), order(o, e, {"a-" + o: 1000}))
+    await flow.settled()
+    # A ticket scanned: nothing Vibeapp's order carries changed, nothing is sent again.
+    await flow.send(order(o, e, {"a-" + o: 1000}, updated_at=2, ticket_status={"a-" + o: "USED"}))
+    await flow.settled()
+    assert len(await flow.outputs("order", 2, timeout=2)) == 1
+
+    # A ticket added to the sale: Vibeapp gets the order again, with both tickets.
+    await flow.send(order(o, e, {"a-" + o: 1000, "b-" + o: 500}, updated_at=3))
+    await flow.settled()
+    records = await flow.outputs("order", 2)
+    assert [r.key for r in records] == [o.encode(), o.encode()]
+    assert [t.id for t in vibe.Order.FromString(records[-1].value).tickets] == ["a-" + o, "b-" + o]
+
+    # An older version changes nothing.
+    await flow.send(order(o, e, {"a-" + o: 1000}, updated_at=1))
+    await flow.settled()
+    assert len(await flow.outputs("order", 3, timeout=2)) == 2
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (2, 2)
+
+
+async def test_content_an_entity_had_before_goes_again_when_it_returns_to_it(
+    flow: ReconcileFlow,
+) -> None:
+    """An event paused, then active again; a ticket added to a sale, then taken out:
+    Vibeapp ends with what Ticketland says last, not with the version in between."""
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e), order(o, e, {"a-" + o: 1000}))
+    await flow.settled()
+    await flow.send(event(e, updated_at=2, status=tl.Event.STATUS_PAUSED))
+    await flow.send(order(o, e, {"a-" + o: 1000, "b-" + o: 500}, updated_at=2))
+    await flow.settled()
+    await flow.send(event(e, updated_at=3), order(o, e, {"a-" + o: 1000}, updated_at=3))
+    await flow.settled()
+
+    events = [vibe.Event.FromString(r.value) for r in await flow.outputs("event", 3)]
+    assert [ev.status for ev in events] == [
+        vibe.EVENT_STATUS_ACTIVE,
+        vibe.EVENT_STATUS_PAUSED,
+        vibe.EVENT_STATUS_ACTIVE,
+    ]
+    orders = [vibe.Order.FromString(r.value) for r in await flow.outputs("order", 3)]
+    assert [len(x.tickets) for x in orders] == [1, 2, 1]
+    # The same content once more (a ticket scanned, an unchanged event) sends nothing.
+    await flow.send(event(e, updated_at=4))
+    await flow.send(order(o, e, {"a-" + o: 1000}, updated_at=4, ticket_status={"a-" + o: "USED"}))
+    await flow.settled()
+    assert len(await flow.outputs("event", 4, timeout=2)) == 3
+    assert len(await flow.outputs("order", 4, timeout=2)) == 3
 
 
 async def test_refund_lifecycle_sends_only_the_approved_refund_once(flow: ReconcileFlow) -> None:

@@ -135,6 +135,8 @@ def _job(consumed: Consumed, spec: JobSpec) -> notification_pb2.NotificationJob:
     if spec.recipient:
         job.recipient = spec.recipient
     elif spec.segment is not None:
+        # Set even when empty ({} is an audience too, not a missing one).
+        job.segment.SetInParent()
         job.segment.update(spec.segment)  # Struct.update: far cheaper than ParseDict
     data = consumed.event.data
     if isinstance(data, dict):

@@ -186,9 +186,17 @@ class BatchApply:
         await self._tickets(applied)
         sent_now: list[str] = []
         for o, delivery in zip(orders, deliveries, strict=True):
-            was = before.get(o.id, "sent")  # not applied: nothing to do
+            if o.id not in before:
+                continue  # not applied (older than the ledger's): nothing to do
+            was = before[o.id]
             if was == "sent":
-                continue  # Vibeapp has it; later changes reach it as refunds
+                # Vibeapp has an earlier version. A sale that changed what Vibeapp reads
+                # (a ticket added, a barcode or the customer corrected) goes again under
+                # the same key; the outbox adds nothing for content it already holds, so
+                # a change Vibeapp does not see (a ticket scanned) sends nothing.
+                if delivery == "sent":
+                    self.queue.order(o)
+                continue
             if delivery == "sent":
                 self.queue.order(o)
                 sent_now.append(o.id)

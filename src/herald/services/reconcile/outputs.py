@@ -53,10 +53,12 @@ class Queue:
         self.rows.append(("refund", r.id, out, ticket_ids, r.money.customer))
 
     async def flush(self, conn: Connection) -> int:
-        """Inserts what was queued (a repeat of a queued content adds nothing)."""
+        """Inserts what was queued (a repeat of its entity's latest content adds nothing)."""
         if not self.rows:
             return 0
-        rows = self.rows
+        # One output per entity, its latest content (the statement compares each with
+        # what is stored, not with the others it inserts).
+        rows = list({(r[0], r[1]): r for r in self.rows}.values())
         await conn.execute(
             Q.enqueue,
             [k for k, *_ in rows],

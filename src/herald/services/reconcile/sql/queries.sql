@@ -96,14 +96,19 @@ FROM new
 ON CONFLICT (event_type, key) DO NOTHING
 
 -- name: enqueue
+-- Each output (one per entity: the caller keeps the latest) unless its entity's latest
+-- output has the same content: a replay or a repeat queues nothing new, a return to
+-- earlier content (an event paused, then active again) is queued again.
 INSERT INTO reconcile.outbox
     (kind, entity_id, content_hash, topic, key, value, headers, ticket_ids, amount)
 SELECT k, e, h, t, key, v, hd, ti, a
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bytea[],
             $7::jsonb[], $8::jsonb[], $9::bigint[])
      WITH ORDINALITY AS x(k, e, h, t, key, v, hd, ti, a, n)
+WHERE h IS DISTINCT FROM (
+    SELECT l.content_hash FROM reconcile.outbox l
+    WHERE l.kind = x.k AND l.entity_id = x.e ORDER BY l.id DESC LIMIT 1)
 ORDER BY n
-ON CONFLICT (kind, entity_id, content_hash) DO NOTHING
 
 -- name: relay_lock
 SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
@@ -181,7 +186,9 @@ CROSS JOIN LATERAL (
     FROM reconcile.tickets t WHERE t.order_id = o.id) tk
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at,
-           coalesce(max(jsonb_array_length(ticket_ids)), 0) AS tickets_sent
+           -- what Vibeapp has now: the latest version of the order it was sent
+           coalesce((array_agg(jsonb_array_length(ticket_ids) ORDER BY id DESC)
+                     FILTER (WHERE sent_at IS NOT NULL))[1], 0) AS tickets_sent
     FROM reconcile.outbox WHERE kind = 'order' AND entity_id = o.id) ob
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at
