@@ -355,6 +355,24 @@ async def test_a_fixed_retry_schedule_is_followed_then_the_dead_letter_says_why(
     assert headers(record)["dlq-reason"] == "retries exhausted: http_429"
 
 
+async def test_a_status_the_webhook_does_not_retry_is_dead_lettered_at_once(
+    stack: Stack,
+) -> None:
+    """Seed 001: Bitrix24's 4xx carry errors[] the client must correct, and only 429/503
+    are retried: a 400 went through every retry before its dead letter."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(503), Reply(400, b'{"errors": [{"field": "qty"}]}'))
+        policy = webhooks_pb2.RetryPolicy(max_retries=5, retry_statuses=[429, 503])
+        created = await stack.hook(receiver.url(), retry_policy=policy, initial_delay=0.1)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(2, timeout=10)
+        [record] = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 1)
+        assert len(receiver.received()) == 2, "the 503 retried, the 400 not"
+    assert headers(record)["dlq-reason"] == (
+        "not retried: http_400 is not one of the webhook's retry_statuses"
+    )
+
+
 async def test_retries_and_the_dead_letter_move_the_seeds_event_metrics(stack: Stack) -> None:
     """events_retry_total and events_dlq_total (seed 000) count a delivery's retries and
     its dead letter, as they count the relay's and dispatch's."""

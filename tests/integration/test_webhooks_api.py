@@ -335,6 +335,33 @@ async def test_a_fixed_retry_schedule_such_as_bitrix24s_is_stored_and_checked(
     assert "webhook.retry_policy.delays[0]" in refused
 
 
+async def test_the_retried_statuses_are_stored_and_checked(webhooks: Webhooks) -> None:
+    policy = webhooks_pb2.RetryPolicy(retry_statuses=[429, 503])
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya(retry_policy=policy)), metadata=ACME
+    )
+    got = await webhooks.stub.GetWebhook(
+        webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=ACME
+    )
+    assert list(got.webhook.retry_policy.retry_statuses) == [429, 503]
+    cleared = await webhooks.stub.UpdateWebhook(
+        webhooks_pb2.UpdateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(id=created.webhook.id),
+            update_mask=FieldMask(paths=["retry_policy"]),
+        ),
+        metadata=ACME,
+    )
+    assert list(cleared.webhook.retry_policy.retry_statuses) == []
+    bad = webhooks_pb2.RetryPolicy(retry_statuses=[503, 200, 410, 503, 600])
+    refused = await fails(
+        webhooks.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=katya(retry_policy=bad)), metadata=ACME
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert set(refused) == {f"webhook.retry_policy.retry_statuses[{i}]" for i in (1, 2, 3, 4)}
+
+
 async def test_a_delivery_status_the_enum_does_not_define_is_refused(
     webhooks: Webhooks,
 ) -> None:

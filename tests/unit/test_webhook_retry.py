@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from herald.services.webhooks.model import RetryPolicy
 from herald.services.webhooks.retry import JITTER, backoff, decide, rate_room, reason_of
@@ -54,3 +55,22 @@ def test_a_fixed_schedule_is_followed_exactly_then_dead() -> None:
     assert decide(BITRIX24, 2, 429, None, None).reason == "http_429"
     assert decide(BITRIX24, 5, 503, None, None).outcome == "dead"
     assert decide(BITRIX24, 1, 429, None, 5.0).delay == 5.0  # Retry-After still wins
+
+
+def test_with_retry_statuses_only_those_are_retried_and_the_rest_dead_at_once() -> None:
+    """Seed 001: Bitrix24's 4xx means "correct the data" (retrying cannot help); only 429
+    and 503 are retried."""
+    policy = replace(BITRIX24, retry_statuses=(429, 503))
+    refused = decide(policy, 1, 400, None, None)
+    assert (refused.outcome, refused.reason, refused.exhausted) == ("dead", "http_400", False)
+    assert "not retried: http_400" in refused.dead_letter_reason
+    assert decide(policy, 1, 503, None, None).outcome == "retry"
+    assert decide(policy, 1, 429, None, None).outcome == "retry"
+    assert decide(policy, 1, None, "timeout", None).outcome == "retry"  # no status: retried
+    assert decide(policy, 1, 410, None, None).outcome == "gone"
+    exhausted = decide(policy, 5, 503, None, None)
+    assert (exhausted.outcome, exhausted.dead_letter_reason) == (
+        "dead",
+        "retries exhausted: http_5xx",
+    )
+    assert decide(BITRIX24, 1, 400, None, None).outcome == "retry", "empty: every failure"

@@ -32,6 +32,7 @@ def spec_of(message: webhooks_pb2.Webhook) -> WebhookSpec:
             if given.HasField("max_delay")
             else policy.max_delay,
             delays=tuple(_seconds(d) for d in given.delays),
+            retry_statuses=tuple(given.retry_statuses),
         )
         if policy.delays and not policy.max_retries:  # a fixed schedule: one retry a delay
             policy = replace(policy, max_retries=len(policy.delays))
@@ -96,6 +97,7 @@ def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
             backoff_multiplier=spec.retry_policy.backoff_multiplier,
             max_delay=_duration(spec.retry_policy.max_delay),
             delays=[_duration(d) for d in spec.retry_policy.delays],
+            retry_statuses=spec.retry_policy.retry_statuses,
         ),
         rate_limit=webhooks_pb2.RateLimit(
             per_second=spec.rate_limit.per_second, per_minute=spec.rate_limit.per_minute

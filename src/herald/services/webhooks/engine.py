@@ -64,6 +64,7 @@ def _policy(
     backoff_multiplier: float,
     max_delay_ms: int,
     delays_ms: tuple[int, ...],
+    retry_statuses: tuple[int, ...],
 ) -> RetryPolicy:
     """A webhook's retry policy from its columns (made once per distinct policy, not
     per attempt)."""
@@ -73,6 +74,7 @@ def _policy(
         backoff_multiplier,
         max_delay_ms / 1000,
         tuple(ms / 1000 for ms in delays_ms),
+        retry_statuses,
     )
 
 
@@ -372,12 +374,13 @@ class Engine:
             hook["backoff_multiplier"],
             hook["max_delay_ms"],
             tuple(hook["retry_delays_ms"]),
+            tuple(hook["retry_statuses"]),
         )
         verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
         then = None
         if verdict.outcome == "dead":
-            then = self._escalation.dead_letter(row, hook, verdict.reason, result)
+            then = self._escalation.dead_letter(row, hook, verdict, result)
         elif verdict.outcome == "gone":
             then = self._escalation.gone(row, hook, "the endpoint answered 410 Gone")
         outcome = outcome_of(row, number, started, finished, result, verdict, then)

@@ -23,6 +23,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import Alert, alert_about
 from herald.services.webhooks.http import AttemptResult
+from herald.services.webhooks.retry import Verdict
 from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.engine")
@@ -46,9 +47,10 @@ class Escalation:
         self._dlq_topic = dlq_topic
 
     def dead_letter(
-        self, row: asyncpg.Record, hook: asyncpg.Record, reason: str, result: AttemptResult
+        self, row: asyncpg.Record, hook: asyncpg.Record, verdict: Verdict, result: AttemptResult
     ) -> Step:
-        """An exhausted delivery's DLQ record and alert."""
+        """A given-up delivery's DLQ record and alert."""
+        reason = verdict.reason
         origin = {
             "webhook-id": str(hook["webhook_id"]),
             "delivery-id": str(row["id"]),
@@ -58,7 +60,7 @@ class Escalation:
         # it: the dead letter stays correlated with the event's trace and logs.
         context = [(k, str(v).encode()) for k, v in json_fast.loads(row["context"]).items()]
         headers = dead_letter_headers(
-            f"retries exhausted: {reason}", "webhooks", context, origin=origin
+            verdict.dead_letter_reason, "webhooks", context, origin=origin
         )
         alert = _alert(
             "herald.webhook.delivery_exhausted",

@@ -20,6 +20,7 @@ DEFAULT_MULTIPLIER = 2.0
 DEFAULT_MAX_DELAY = 30.0
 MAX_RETRIES = 50
 MIN_DELAY, MAX_DELAY = 0.1, 86_400.0  # seconds: a fixed schedule's bounds (delays)
+MAX_RETRY_STATUSES = 50
 
 MAX_NAME = 200
 MAX_URL = 2048
@@ -76,6 +77,7 @@ class RetryPolicy:
     backoff_multiplier: float = DEFAULT_MULTIPLIER
     max_delay: float = DEFAULT_MAX_DELAY
     delays: tuple[float, ...] = ()
+    retry_statuses: tuple[int, ...] = ()  # empty: every failure is retried
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,18 @@ def _check_retry(policy: RetryPolicy) -> list[FieldViolation]:
     for i, delay in enumerate(policy.delays[:MAX_RETRIES]):
         if not MIN_DELAY <= delay <= MAX_DELAY:
             problems.append(FieldViolation(f"{where}.delays[{i}]", "between 100 ms and 24 h"))
+    if len(policy.retry_statuses) > MAX_RETRY_STATUSES:
+        problems.append(
+            FieldViolation(f"{where}.retry_statuses", f"at most {MAX_RETRY_STATUSES} statuses")
+        )
+    seen: set[int] = set()
+    for i, status in enumerate(policy.retry_statuses[:MAX_RETRY_STATUSES]):
+        if not 300 <= status <= 599 or status == 410:
+            why = "410 always disables the webhook" if status == 410 else "from 300 to 599"
+            problems.append(FieldViolation(f"{where}.retry_statuses[{i}]", why))
+        elif status in seen:
+            problems.append(FieldViolation(f"{where}.retry_statuses[{i}]", "given twice"))
+        seen.add(status)
     if policy.delays and policy.max_retries != len(policy.delays):
         problems.append(
             FieldViolation(

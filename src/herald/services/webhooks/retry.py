@@ -18,6 +18,14 @@ class Verdict:
     outcome: str  # "delivered", "retry", "dead" (retries exhausted) or "gone" (410)
     reason: str  # timeout, connection_error, http_5xx, http_429, http_4xx, ssrf_refused, …
     delay: float = 0.0  # seconds until the next attempt, when outcome is "retry"
+    exhausted: bool = True  # "dead": after its retries (False: a status not retried)
+
+    @property
+    def dead_letter_reason(self) -> str:
+        """Why a "dead" delivery was given up, for its dead letter."""
+        if self.exhausted:
+            return f"retries exhausted: {self.reason}"
+        return f"not retried: {self.reason} is not one of the webhook's retry_statuses"
 
 
 DELIVERED = Verdict("delivered", "")  # the common verdict, made once
@@ -62,6 +70,13 @@ def decide(
         return Verdict("gone", "http_410")
     if attempts_made > policy.max_retries:
         return Verdict("dead", reason)
+    if (
+        policy.retry_statuses
+        and error is None
+        and status_code is not None
+        and status_code not in policy.retry_statuses
+    ):
+        return Verdict("dead", f"http_{status_code}", exhausted=False)
     delay = backoff(policy, attempts_made, rng)
     if status_code in (429, 503) and retry_after is not None:
         delay = min(max(retry_after, 0.0), MAX_RETRY_AFTER)

@@ -50,6 +50,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
             row["backoff_multiplier"],
             row["max_delay_ms"] / 1000,
             tuple(ms / 1000 for ms in row["retry_delays_ms"]),
+            tuple(row["retry_statuses"]),
         ),
         rate_limit=RateLimit(row["rate_per_second"], row["rate_per_minute"]),
         headers=json.loads(row["headers"]),
@@ -78,6 +79,7 @@ def _columns(spec: WebhookSpec) -> tuple[object, ...]:
         spec.description,
         json.dumps(dict(spec.metadata)),
         [round(d * 1000) for d in policy.delays],
+        list(policy.retry_statuses),
     )
 
 

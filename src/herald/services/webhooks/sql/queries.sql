@@ -2,9 +2,9 @@
 INSERT INTO webhooks.webhooks
     (id, tenant, name, url, event_types, active, max_retries, initial_delay_ms,
      backoff_multiplier, max_delay_ms, rate_per_second, rate_per_minute, headers,
-     description, metadata, retry_delays_ms, secret)
+     description, metadata, retry_delays_ms, retry_statuses, secret)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb, $16,
-        $17)
+        $17, $18)
 RETURNING *
 
 -- name: get_webhook
@@ -30,7 +30,7 @@ UPDATE webhooks.webhooks
 SET name = $3, url = $4, event_types = $5, active = $6, max_retries = $7,
     initial_delay_ms = $8, backoff_multiplier = $9, max_delay_ms = $10,
     rate_per_second = $11, rate_per_minute = $12, headers = $13::jsonb, description = $14,
-    metadata = $15::jsonb, retry_delays_ms = $16, updated_at = now(),
+    metadata = $15::jsonb, retry_delays_ms = $16, retry_statuses = $17, updated_at = now(),
     -- active on the right is the value before this update: re-enabled now.
     activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END
 WHERE id = $1 AND tenant = $2
@@ -74,7 +74,7 @@ SELECT ins.id, ins.webhook_id, ins.tenant, ins.job_id, ins.event_id, ins.event_t
        ins.context::text AS context, ins.attempts, ins.retry_reason, ins.retry_after,
        ins.claimed_by IS NOT NULL AS claimed,
        w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
-       w.retry_delays_ms,
+       w.retry_delays_ms, w.retry_statuses,
        w.headers::text AS headers, w.secret, w.previous_secret,
        w.previous_secret_expires_at > now() AS previous_valid
 FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
@@ -113,7 +113,7 @@ WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
           d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
-          w.retry_delays_ms,
+          w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
           w.previous_secret_expires_at > now() AS previous_valid
 
@@ -291,7 +291,7 @@ WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
           d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
-          w.retry_delays_ms,
+          w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
           w.previous_secret_expires_at > now() AS previous_valid
 
