@@ -154,6 +154,28 @@ async def test_a_sold_order_that_changes_goes_to_vibeapp_again_under_its_key(
     assert (report.totals.tickets_sold, report.totals.tickets_sent) == (2, 2)
 
 
+async def test_a_ticket_taken_out_of_a_sale_is_cancelled_in_the_ledger(
+    flow: ReconcileFlow,
+) -> None:
+    """It stayed active: reconciliation counted it as sold but not sent (a finding that
+    was not one), and a refund of it was taken as a refund of a sold ticket."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    kept, dropped = "a-" + o, "b-" + o
+    await flow.send(event(e), order(o, e, {kept: 1000, dropped: 500}))
+    await flow.settled()
+    await flow.send(order(o, e, {kept: 1000}, updated_at=2))
+    await flow.settled()
+    ticket = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=dropped))).ticket
+    assert ticket.status == pb.TICKET_STATUS_CANCELLED
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (1, 1)
+    await flow.send(refund(r, o, e, {dropped: (500, 500, 0, 0)}, updated_at=3))
+    await flow.settled()
+    [found] = await discrepancies(flow, refund_id=r)
+    assert found.kind == pb.DISCREPANCY_KIND_CANCELLED_TICKET
+
+
 async def test_content_an_entity_had_before_goes_again_when_it_returns_to_it(
     flow: ReconcileFlow,
 ) -> None:

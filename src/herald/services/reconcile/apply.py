@@ -184,6 +184,14 @@ class BatchApply:
         if not applied:
             return
         await self._tickets(applied)
+        # New versions of orders known before: tickets they no longer list were taken out.
+        changed = [o for o in applied if before[o.id] is not None]
+        if changed:
+            await self.conn.execute(
+                Q.cancel_removed_tickets,
+                [o.id for o in changed],
+                [t.id for o in changed for t in o.tickets],
+            )
         sent_now: list[str] = []
         for o, delivery in zip(orders, deliveries, strict=True):
             if o.id not in before:

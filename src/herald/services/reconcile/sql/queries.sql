@@ -26,11 +26,19 @@ ON CONFLICT (id) DO UPDATE
 SET order_id = excluded.order_id, event_id = excluded.event_id, barcode = excluded.barcode,
     price_nominal = excluded.price_nominal, currency = excluded.currency,
     status = CASE WHEN tickets.status = 'refunded' THEN 'refunded' ELSE excluded.status END,
-    updated_at = now()
+    in_order = true, updated_at = now()
 WHERE (tickets.order_id, tickets.event_id, tickets.barcode, tickets.price_nominal,
-       tickets.currency, tickets.status)
+       tickets.currency, tickets.status, tickets.in_order)
       IS DISTINCT FROM (excluded.order_id, excluded.event_id, excluded.barcode,
-                        excluded.price_nominal, excluded.currency, excluded.status)
+                        excluded.price_nominal, excluded.currency, excluded.status, true)
+
+-- name: cancel_removed_tickets
+-- Tickets a newer version of their order ($1) no longer lists ($2: the tickets it lists)
+-- were taken out of the sale: cancelled, and no longer counted as the order's (a
+-- refunded one stays refunded and counted).
+UPDATE reconcile.tickets AS t SET status = 'cancelled', in_order = false, updated_at = now()
+WHERE t.order_id = ANY($1::text[]) AND t.in_order AND t.status <> 'refunded'
+  AND NOT t.id = ANY($2::text[])
 
 -- name: get_order
 SELECT * FROM reconcile.orders WHERE id = $1
@@ -183,7 +191,7 @@ FROM reconcile.orders o
 CROSS JOIN LATERAL (
     SELECT count(*) AS tickets, coalesce(sum(price_nominal), 0)::bigint AS amount,
            count(*) FILTER (WHERE status = 'refunded') AS refunded
-    FROM reconcile.tickets t WHERE t.order_id = o.id) tk
+    FROM reconcile.tickets t WHERE t.order_id = o.id AND t.in_order) tk
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at,
            -- what Vibeapp has now: the latest version of the order it was sent
