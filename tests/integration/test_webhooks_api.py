@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from herald.runtime.server import Running, start
 from herald.services.webhooks.app import build
 from tests.conftest import Infra
 from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
+from tests.integration.test_webhook_delivery import announced, ingest_events
 
 pytestmark = pytest.mark.integration
 
@@ -604,3 +606,51 @@ async def test_stats_up_to_the_earliest_timestamps_start_at_year_one(webhooks: W
         metadata=ACME,
     )
     assert stats.total == 0
+
+
+async def test_a_secret_older_than_the_rotation_period_is_announced_once_to_its_tenant(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Seed 000: HMAC keys are rotated at least every 90 days (scaled down to 2 s)."""
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = webhooks_settings(database_url, ingest.running.port, secret_rotation_days=2 / 86400)
+    running = await start(await build(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+            hook = (
+                await stub.CreateWebhook(
+                    webhooks_pb2.CreateWebhookRequest(webhook=katya()), metadata=ACME
+                )
+            ).webhook
+            assert hook.secret_create_time == hook.create_time
+            [due] = await announced(database_url, "herald.webhook.secret_rotation_due")
+            assert due["webhook_id"] == hook.id
+            assert due["tenant"] == "acme"
+            await asyncio.sleep(1.5)  # a later round announces the same secret again?
+            assert len(await ingest_events(database_url, "herald.webhook.secret_rotation_due")) == 1
+            await stub.RotateWebhookSecret(
+                webhooks_pb2.RotateWebhookSecretRequest(id=hook.id), metadata=ACME
+            )
+            got = await stub.GetWebhook(webhooks_pb2.GetWebhookRequest(id=hook.id), metadata=ACME)
+            assert got.webhook.secret_create_time.ToDatetime() > hook.create_time.ToDatetime()
+            second = await announced(database_url, "herald.webhook.secret_rotation_due", count=2)
+        assert second[1]["secret_created_at"] != due["secret_created_at"]
+        tenants = await _alert_tenants(database_url)
+        assert tenants == {"acme"}
+    finally:
+        await running.stop(1)
+        await ingest.stop()
+
+
+async def _alert_tenants(database_url: str) -> set[str]:
+    """The heraldtenant attribute of every secret_rotation_due event ingest stored."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT attributes->>'heraldtenant' AS tenant FROM ingest.events "
+            "WHERE type = 'herald.webhook.secret_rotation_due'"
+        )
+    finally:
+        await conn.close()
+    return {r["tenant"] for r in rows}

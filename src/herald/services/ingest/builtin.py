@@ -70,6 +70,8 @@ _OPERATIONAL = {
     "herald.webhook.disabled": "A webhook was disabled after failing continuously.",
     "herald.dispatch.dead_lettered": "Dispatch dead-lettered an event.",
     "herald.webhook.test": "A test event sent to a webhook on request.",
+    "herald.webhook.secret_rotation_due": "A webhook's secret is older than the rotation "
+    "period (SECRET_ROTATION_DAYS): rotate it.",
 }
 
 

@@ -30,6 +30,7 @@ from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.intake import Intake
 from herald.services.webhooks.metrics import report_due
+from herald.services.webhooks.secret_age import run_secret_age
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
 from herald.services.webhooks.settings import WebhooksSettings
@@ -108,6 +109,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         await ingest.close()
         await pool.close()
 
+    rotation = settings.secret_rotation_days * 86400  # 0: secrets are not announced
     return App(
         name="webhooks",
         service_names=[SERVICE_NAME, SUBSCRIPTIONS],
@@ -120,6 +122,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             announcements.run,
             outbox.run,
             partial(report_due, pool),
+            *([partial(run_secret_age, pool, announcements, rotation)] if rotation else []),
             partial(
                 run_purges,
                 pool,

@@ -107,6 +107,7 @@ def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
         metadata=dict(spec.metadata),
         create_time=timestamp(stored.created_at),
         update_time=timestamp(stored.updated_at),
+        secret_create_time=timestamp(stored.secret_created_at),
     )
     if stored.last_delivery_at is not None:
         message.last_delivery_time.CopyFrom(timestamp(stored.last_delivery_at))

@@ -58,6 +58,13 @@ class WebhooksSettings(RuntimeSettings):
         description="A webhook failing without any 2xx for this long is disabled (0: never; "
         "at most 10 years).",
     )
+    secret_rotation_days: float = Field(
+        90,  # seed 000: HMAC keys are rotated at least every 90 days
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="A webhook secret older than this is announced as due for rotation "
+        "(herald.webhook.secret_rotation_due, once per secret; 0: never).",
+    )
     delivery_retention_days: float = Field(
         90,  # Bitrix24's integration log (seed 001) is kept 90 days
         gt=0,

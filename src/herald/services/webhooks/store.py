@@ -31,6 +31,7 @@ class StoredWebhook:
     created_at: datetime
     updated_at: datetime
     last_delivery_at: datetime | None
+    secret_created_at: datetime
 
     @property
     def id_uuid(self) -> uuid.UUID:
@@ -58,7 +59,12 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
         metadata=json.loads(row["metadata"]),
     )
     return StoredWebhook(
-        str(row["id"]), spec, row["created_at"], row["updated_at"], row["last_delivery_at"]
+        str(row["id"]),
+        spec,
+        row["created_at"],
+        row["updated_at"],
+        row["last_delivery_at"],
+        row["secret_created_at"],
     )
 
 

@@ -42,9 +42,21 @@ DELETE FROM webhooks.webhooks WHERE id = $1 AND tenant = $2 RETURNING id
 -- name: rotate_secret
 UPDATE webhooks.webhooks
 SET previous_secret = secret, secret = $3,
-    previous_secret_expires_at = now() + make_interval(secs => $4), updated_at = now()
+    previous_secret_expires_at = now() + make_interval(secs => $4), updated_at = now(),
+    secret_created_at = now(), secret_due_announced = false
 WHERE id = $1 AND tenant = $2
 RETURNING previous_secret_expires_at
+
+-- name: secrets_due
+-- Active webhooks whose secret is older than $1 seconds and not announced yet (at most
+-- $2), marked announced: the caller stores their alerts in this transaction.
+UPDATE webhooks.webhooks AS w SET secret_due_announced = true
+FROM (SELECT id FROM webhooks.webhooks
+      WHERE active AND NOT secret_due_announced
+        AND secret_created_at < now() - make_interval(secs => $1)
+      ORDER BY secret_created_at LIMIT $2 FOR UPDATE SKIP LOCKED) AS due
+WHERE w.id = due.id
+RETURNING w.id, w.tenant, w.name, w.secret_created_at
 
 -- name: insert_deliveries
 -- New deliveries from consumed jobs; a job seen before (same webhook, job id) is
