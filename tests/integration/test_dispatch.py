@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import status_pb2
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc, notification_pb2
 from herald.ingest.v1 import ingest_pb2
-from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from prometheus_client import REGISTRY
 
 from herald.runtime import kafka
@@ -947,6 +948,61 @@ async def test_one_keys_jobs_keep_their_order_and_carry_the_events_context(flow:
         assert meta["x-correlation-id"] == f"corr-{i}", "the caller's correlation id travels on"
         assert meta["traceparent"].split("-")[1] == trace_id, "so does the caller's trace"
         assert meta["content-type"] == "application/x-protobuf"
+
+
+async def test_each_hop_continues_the_callers_trace_under_a_span_of_its_own(
+    flow: Flow,
+) -> None:
+    """Seed 000: event.publish (ingest) and event.consume (dispatch, webhooks) spans join
+    by traceparent. With spans carrying ids only (the default), the trace id the caller
+    sent reaches the webhook's POST, and each hop (the event's record, its delivery job,
+    the POST) carries a span id of its own."""
+    caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    async with Receiver() as receiver:
+        await flow.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="traced", url=receiver.url(), event_types=["message.created"]
+                )
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(1)  # dispatch has seen the webhook
+        event_id = str(uuid.uuid4())
+        doc = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "urn:test",
+            "type": "message.created",
+            "time": "2026-11-22T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"id": "m", "content": "c"},
+        }
+        await flow.ingest.stub.Publish(
+            ingest_pb2.PublishRequest(json=json.dumps(doc)),
+            metadata=(
+                ("traceparent", f"00-{caller_trace}-{caller_span}-01"),
+                ("x-request-id", "req-traced"),
+            ),
+        )
+        [post] = await receiver.wait_for(1, timeout=30)
+    [record] = await flow.jobs(flow.settings.events_topic, {event_id}, 1)
+    [job_record] = await flow.jobs(flow.webhooks_settings.deliveries_topic, {event_id}, 1)
+    job = delivery_pb2.DeliveryJob.FromString(job_record.value)
+    hops = [
+        f"00-{caller_trace}-{caller_span}-01",
+        headers(record)["traceparent"],
+        headers(job_record)["traceparent"],
+        post.headers["traceparent"],
+    ]
+    assert job.context["traceparent"] == hops[2], "the job says what its record says"
+    for parent, child in itertools.pairwise(hops):
+        parent_span = parent.split("-")[2]
+        version, trace_id, span_id, flags = child.split("-")
+        assert (version, trace_id, flags) == ("00", caller_trace, "01"), hops
+        assert span_id != parent_span, f"a span of its own: {hops}"
+    assert len({h.split("-")[2] for h in hops}) == len(hops), hops
+    assert post.headers["x-request-id"] == "req-traced", "the other key spans join by"
 
 
 async def test_a_graceful_stop_finishes_the_batches_in_flight(flow: Flow) -> None:

@@ -193,7 +193,10 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     assert h["x-herald-event"] == "message.created"
     assert h["x-tenant-token"] == "t-1"
     assert h["x-request-id"] == "req-9"
-    assert h["traceparent"] == TRACEPARENT, "the event's trace continues into the POST"
+    # the event's trace continues into the POST, under the attempt's event.consume span
+    version, trace_id, span_id, flags = h["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACEPARENT.split("-")[1], "01")
+    assert span_id != TRACEPARENT.split("-")[2]
     assert "x-herald-retry-count" not in h
     secret = created.secret
     # the seed's Flask handler: json.dumps(request.get_json()) then its function
@@ -321,7 +324,10 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     assert h["dlq-reason"] == "retries exhausted: http_5xx"
     assert h["dlq-delivery-id"] == requests[0].headers["x-herald-delivery"]
     assert h["x-request-id"] == "req-9", "the event's context, as its POSTs carried it"
-    assert h["traceparent"] == requests[0].headers["traceparent"] == TRACEPARENT
+    assert h["traceparent"] == TRACEPARENT, "the job's trace context, as dispatch sent it"
+    posted = [r.headers["traceparent"] for r in requests]
+    assert {p.split("-")[1] for p in posted} == {TRACEPARENT.split("-")[1]}
+    assert len(set(posted)) == 3, "each attempt is a span of its own"
     assert json.loads(record.value)["id"] == "evt-dead"
     alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
     assert alerts[0]["event_id"] == "evt-dead"

@@ -6,6 +6,7 @@ import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.trace import NonRecordingSpan
 
+from herald.runtime import event_spans
 from herald.runtime.tracing import (
     IdsOnlyTracer,
     current_traceparent,
@@ -83,3 +84,37 @@ def test_the_current_traceparent_is_what_the_w3c_propagator_writes() -> None:
             written: dict[str, str] = {}
             propagate.inject(written)
             assert current_traceparent() == written["traceparent"]
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-00",
+        f" 00-{CALLER_TRACE}-{CALLER_SPAN}-01 ",
+        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-later-fields",
+        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
+        f"00-{'0' * 32}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{'0' * 16}-01",
+        f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
+        "00-abc-def-01",
+        "",
+    ],
+)
+def test_an_event_hop_continues_a_parent_as_the_w3c_propagator_and_tracer_would(
+    parent: str,
+) -> None:
+    """event_spans' lean hop (no span object) against the propagator's extract and the
+    ids-only tracer: same trace id and flags, a new span id; a new trace when the
+    propagator refuses the parent."""
+    expected = _traceparent_inside(IdsOnlyTracer(), {"traceparent": parent}).split("-")
+    hop = event_spans._child(parent).split("-")
+    assert len(hop[1]) == 32
+    assert len(hop[2]) == 16
+    assert hop[2] not in (expected[2], CALLER_SPAN)
+    if expected[1] == CALLER_TRACE:
+        assert (hop[0], hop[1], hop[3]) == (expected[0], expected[1], expected[3])
+    else:
+        assert hop[1] not in (CALLER_TRACE, "0" * 32)
+        assert (hop[0], hop[3]) == ("00", "01")

@@ -99,7 +99,7 @@ class EventConsumer:
         decoded: list[tuple[ConsumerRecord[bytes, bytes], Consumed]] = []
         for r in records:
             try:
-                consumed = fanout.decode(r.headers, r.key, r.value)
+                consumed = fanout.decode(r.headers, r.key, r.value, r.topic)
             except ValueError as exc:
                 await self._bury(InputRecord.of(r), EventIds(), ["decode"], str(exc), "undecodable")
                 continue
@@ -116,6 +116,7 @@ class EventConsumer:
             except Exception as exc:  # unforeseen: still the record's fault, not a crash
                 log.exception("event.unroutable", topic=r.topic, offset=r.offset)
                 reason = f"processing it failed: {type(exc).__name__}: {exc}"
+                fanout.end_span(consumed, 0, (), ["routing"])
                 await self._bury(InputRecord.of(r), ids_of(consumed), ["routing"], reason, "target")
         finishing = await self._dispatcher.start([(c, t) for _, c, t in routed])
         return self._finish([(r, c) for r, c, _ in routed], finishing)

@@ -142,6 +142,9 @@ class Dispatcher:
                 plan.outcome.failed.pop(target, None)
             for target in [*plan.outcome.failed, *plan.outcome.dead]:
                 plan.outcome.sent.pop(target, None)
+            done = plan.outcome
+            if plan.consumed.span is not None:
+                fanout.end_span(plan.consumed, sum(done.sent.values()), done.failed, done.dead)
         return [p.outcome for p in planned]
 
     async def _find_refused(

@@ -3,8 +3,9 @@
 Targets are named ``webhooks`` (one DeliveryJob per matching webhook, on the deliveries
 topic, key = webhook id) and ``route:<id>`` (the route's NotificationJobs, key = the
 event's own key, so one key's jobs stay in order). Every record carries the event's
-context forward: its ``ce_*`` attributes, ``traceparent``/``x-correlation-id`` and the
-like, with ``content-type: application/x-protobuf`` and ``schema-version``.
+context forward: its ``ce_*`` attributes, ``x-correlation-id`` and the like, with
+``content-type: application/x-protobuf`` and ``schema-version``; its ``traceparent`` is
+that of the event's ``event.consume`` span, a child of the record's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any, NamedTuple
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from herald.dispatch.v1 import notification_pb2
 from herald.webhooks.v1 import delivery_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from herald.runtime import cloudevents_kafka as ce
-from herald.runtime import json_fast
+from herald.runtime import event_spans, json_fast
 from herald.runtime.ids import uuid5_text
 from herald.runtime.kafka_batches import OutRecord
 from herald.services.dispatch.routes import CompiledRoute, Event, JobSpec
@@ -44,20 +47,28 @@ class Consumed(NamedTuple):
     key: bytes
     headers: Headers
     time: timestamp_pb2.Timestamp | None  # the event's time, parsed once for all its jobs
+    traceparent: str | None = None  # of the event.consume span: every job carries it
+    span: trace.Span | None = None  # that span, while spans are recorded
 
 
-_FORWARDED = frozenset(ce.CONTEXT_HEADERS)
+TRACEPARENT = "traceparent"
+_CONTEXT = tuple(n for n in ce.CONTEXT_HEADERS if n != TRACEPARENT)  # + the span's own
+_FORWARDED = frozenset(_CONTEXT)
 _JOB_HEADERS: Headers = [(ce.CONTENT_TYPE, PROTOBUF), (ce.SCHEMA_VERSION, JOB_SCHEMA_VERSION)]
 
 
 def decode(
-    headers: Sequence[tuple[str, bytes]], key: bytes | None, value: bytes | None
+    headers: Sequence[tuple[str, bytes]],
+    key: bytes | None,
+    value: bytes | None,
+    topic: str = "",
 ) -> Consumed:
-    """The event in a herald.events record; ValueError saying why it is not one.
+    """The event in a herald.events record (of ``topic``); ValueError saying why it is
+    not one. Starts its event.consume span (ended by whoever dispatches it).
 
     Every record made from it carries the event's context: its ``ce_*`` headers and
-    transport context as they came (no re-encoding), then the job's content type and
-    schema version.
+    transport context as they came (no re-encoding), the span's traceparent, then the
+    job's content type and schema version.
     """
     binary, kept = ce.decode_keeping(headers, value, _FORWARDED)
     data: Any = None
@@ -68,6 +79,11 @@ def decode(
             content_type = binary.attributes.get("datacontenttype", "application/json")
             if "json" in content_type:
                 raise ValueError(f"data is not valid JSON ({content_type})") from None
+    hop = event_spans.start(event_spans.CONSUME, binary.extra.get(TRACEPARENT), SpanKind.CONSUMER)
+    if hop.traceparent:
+        kept.append((TRACEPARENT, hop.traceparent.encode()))
+    if hop.span is not None:
+        _describe(hop.span, binary, topic)
     kept += _JOB_HEADERS
     return Consumed(
         binary,
@@ -75,7 +91,42 @@ def decode(
         key or b"",
         kept,
         _event_time(binary.attributes.get("time")),
+        hop.traceparent,
+        hop.span,
     )
+
+
+def _describe(span: trace.Span, binary: ce.BinaryEvent, topic: str) -> None:
+    """The event.consume span's attributes."""
+    attrs = binary.attributes
+    span.set_attributes(
+        {
+            event_spans.MESSAGING_SYSTEM: "kafka",
+            event_spans.OPERATION: "process",
+            event_spans.DESTINATION: topic,
+            event_spans.MESSAGE_ID: attrs["id"],
+            event_spans.EVENT_ID: attrs["id"],
+            event_spans.EVENT_TYPE: attrs["type"],
+            event_spans.EVENT_SOURCE: attrs["source"],
+        }
+    )
+    if request_id := binary.extra.get("x-request-id"):
+        span.set_attribute(event_spans.REQUEST_ID, request_id)
+
+
+def end_span(consumed: Consumed, jobs: int, failed: Iterable[str], dead: Iterable[str]) -> None:
+    """Ends the event's event.consume span (while spans are recorded): how many jobs
+    were sent, which targets failed for now or for good."""
+    span = consumed.span
+    if span is None:
+        return
+    span.set_attribute("herald.jobs", jobs)
+    if failed := sorted(failed):
+        span.set_attribute("herald.targets.failed", failed)
+    if dead := sorted(dead):
+        span.set_attribute("herald.targets.dead", dead)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "dead-lettered: " + ", ".join(dead)))
+    span.end()
 
 
 def delivery_job_id(consumed: Consumed, webhook_id: str) -> str:
@@ -88,9 +139,9 @@ def deliveries(consumed: Consumed, webhook_ids: Iterable[str], topic: str) -> li
     """One DeliveryJob per webhook."""
     attrs = consumed.binary.attributes
     headers = consumed.headers
-    context = {
-        n: consumed.binary.extra[n] for n in ce.CONTEXT_HEADERS if n in consumed.binary.extra
-    }
+    context = {n: consumed.binary.extra[n] for n in _CONTEXT if n in consumed.binary.extra}
+    if consumed.traceparent:
+        context[TRACEPARENT] = consumed.traceparent
     out = []
     for webhook_id in webhook_ids:
         job = delivery_pb2.DeliveryJob(

@@ -78,7 +78,7 @@ class Retrier:
         ids = EventIds(row["event_id"], row["event_source"], row["event_type"])
         tries = row["attempts"] + 1
         try:
-            consumed = fanout.decode(record.headers, record.key, record.value)
+            consumed = fanout.decode(record.headers, record.key, record.value, record.topic)
         except ValueError as exc:
             letter = Letter(record, ids, row["targets"], tries, str(exc), "undecodable")
             await self._dead.give_up(row["id"], self._worker, letter)

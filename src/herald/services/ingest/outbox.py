@@ -57,18 +57,21 @@ def make_pending(
     idempotency: IdempotencyKey | None,
     application_id: str,
     fingerprint: bytes | None = None,
+    traceparent: str | None = None,
 ) -> PendingEvent:
     """Builds the outbox row (CloudEvents Kafka binding, binary mode) for ``event``.
 
     ``context`` holds the transport headers of the call (traceparent, x-request-id, …);
     ``fingerprint`` tells a retry from a different request (``event``'s own when not
-    given).
+    given); ``traceparent`` is the event's own (its ``event.publish`` span's).
     """
     extra = {
         binding.SCHEMA_VERSION: event.attributes.get("dataversion", ""),
         binding.APPLICATION_ID: application_id,
     }
     extra.update(context)
+    if traceparent:
+        extra["traceparent"] = traceparent
     if not extra[binding.SCHEMA_VERSION]:
         del extra[binding.SCHEMA_VERSION]
     key, value, headers = binding.encode(binding.BinaryEvent(event.attributes, event.data, extra))

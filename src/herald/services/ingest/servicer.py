@@ -14,8 +14,11 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, status_pb2
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from herald.runtime import cloudevents_kafka as binding
+from herald.runtime import event_spans
 from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
@@ -62,12 +65,58 @@ class CallContext:
         # share their call's).
         if REQUEST_ID not in self.headers:
             self.headers[REQUEST_ID] = os.urandom(16).hex()
-        # The Publish span continues into the record (the caller's trace, if any).
-        traceparent = current_traceparent()
-        if traceparent:
-            self.headers["traceparent"] = traceparent
+        # Each event's record carries the traceparent of its own event.publish span, a
+        # child of the call's (in the caller's trace, if any; as sent when tracing is off).
+        sent = self.headers.pop("traceparent", None)
+        self.traceparent = current_traceparent() or sent
+        self.spans: dict[int, trace.Span] = {}  # id(pending) → its span, while recorded
+        self._started: trace.Span | None = None
         identities = list(context.peer_identities() or ())
         self.identity = identities[0].decode() if identities else ""
+
+    def publish_span(self, event: Event, topic: str) -> str | None:
+        """Starts the event.publish span of ``event``; returns its traceparent."""
+        hop = event_spans.start(event_spans.PUBLISH, self.traceparent, SpanKind.PRODUCER)
+        if hop.span is not None:
+            hop.span.set_attributes(
+                {
+                    event_spans.MESSAGING_SYSTEM: "kafka",
+                    event_spans.OPERATION: "publish",
+                    event_spans.DESTINATION: topic,
+                    event_spans.MESSAGE_ID: event.id,
+                    event_spans.EVENT_ID: event.id,
+                    event_spans.EVENT_TYPE: event.type,
+                    event_spans.EVENT_SOURCE: event.source,
+                    event_spans.REQUEST_ID: self.headers[REQUEST_ID],
+                }
+            )
+            self._started = hop.span
+        return hop.traceparent
+
+    def keep_span(self, pending: PendingEvent) -> None:
+        """The span just started belongs to ``pending`` (ended by :meth:`end_span`)."""
+        if self._started is not None:
+            self.spans[id(pending)] = self._started
+            self._started = None
+
+    def end_span(self, pending: PendingEvent | None, outcome: str, error: str = "") -> None:
+        """Ends the event.publish span of ``pending`` (the one just started when None)."""
+        span = self._started if pending is None else self.spans.pop(id(pending), None)
+        if pending is None:
+            self._started = None
+        if span is not None:
+            span.set_attribute("herald.outcome", outcome)
+            if error:
+                span.set_status(Status(StatusCode.ERROR, error))
+            span.end()
+
+    def end_spans_left(self) -> None:
+        """Ends the spans of events whose outcome is not known (the write failed)."""
+        for span in self.spans.values():
+            span.set_attribute("herald.outcome", "error")
+            span.set_status(Status(StatusCode.ERROR, "not stored"))
+            span.end()
+        self.spans.clear()
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -91,8 +140,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
         if isinstance(pending, Accepted):
             return ingest_pb2.PublishResponse(event_id=pending.event_id, duplicate=True)
-        outcome = await self._writer.submit(pending)
-        self._log(pending, outcome, call.headers[REQUEST_ID])
+        try:
+            outcome = await self._writer.submit(pending)
+            self._log(pending, outcome, call)
+        finally:
+            call.end_spans_left()
         if isinstance(outcome, InvalidArgument):
             raise outcome
         return ingest_pb2.PublishResponse(event_id=outcome.event_id, duplicate=outcome.duplicate)
@@ -126,10 +178,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 results[i] = _result(prepared)
             else:
                 valid.append((i, prepared))
-        outcomes = await self._writer.write([p for _, p in valid])
-        for (i, pending), outcome in zip(valid, outcomes, strict=True):
-            self._log(pending, outcome, call.headers[REQUEST_ID])
-            results[i] = _result(outcome)
+        try:
+            outcomes = await self._writer.write([p for _, p in valid])
+            for (i, pending), outcome in zip(valid, outcomes, strict=True):
+                self._log(pending, outcome, call)
+                results[i] = _result(outcome)
+        finally:
+            call.end_spans_left()
         return ingest_pb2.PublishBatchResponse(results=[r for r in results if r is not None])
 
     async def ListEventTypes(
@@ -211,7 +266,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             validation.validate(event, definition, known, problems)
             assert definition is not None
             pending = self._pending(event, definition, call, key)
-            validation.check_record_size(event, pending.row.size, self._max_event_bytes)
+            try:
+                validation.check_record_size(event, pending.row.size, self._max_event_bytes)
+            except InvalidArgument:
+                call.end_span(None, "invalid", "too large")
+                raise
+            call.keep_span(pending)
         except (InvalidArgument, FailedPrecondition) as exc:
             if event is not None and (earlier := await self._earlier(event, call, key)):
                 log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
@@ -264,6 +324,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ident,
             call.application_id or event.source,
             fingerprint,
+            call.publish_span(event, self._topic),
         )
 
     async def _earlier(self, event: Event, call: CallContext, key: str) -> Accepted | None:
@@ -286,7 +347,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         raise InvalidArgument([FieldViolation("envelope", "give either event or json")])
 
     @staticmethod
-    def _log(pending: PendingEvent, outcome: Outcome, request_id: str) -> None:
+    def _log(pending: PendingEvent, outcome: Outcome, call: CallContext) -> None:
+        request_id = call.headers[REQUEST_ID]
         event = pending.event
         key = pending.idempotency.key if pending.idempotency else None
         if isinstance(outcome, Accepted):
@@ -299,6 +361,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 request_id=request_id,
                 outcome="duplicate" if outcome.duplicate else "stored",
             )
+            call.end_span(pending, "duplicate" if outcome.duplicate else "stored")
         else:
             log.info(
                 "event.refused",
@@ -309,6 +372,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 outcome="conflict",
                 error=outcome.message,
             )
+            call.end_span(pending, "conflict", outcome.message)
 
 
 @functools.lru_cache(maxsize=4096)  # the catalog's types, stored or duplicate

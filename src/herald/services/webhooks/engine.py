@@ -23,12 +23,13 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
+from opentelemetry import trace
 
 from herald.runtime import json_fast
 from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_RETRY
 from herald.runtime.wake import woken
-from herald.services.webhooks import retry
+from herald.services.webhooks import attempt_span, retry
 from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
@@ -357,7 +358,7 @@ class Engine:
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
         context: dict[str, str] = json_fast.loads(row["context"])
-        headers = self._headers(row, hook, context)
+        headers, span = self._prepare(row, hook, context)
         started = datetime.now(UTC)
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
@@ -384,6 +385,8 @@ class Engine:
         elif verdict.outcome == "gone":
             then = self._escalation.gone(row, hook, "the endpoint answered 410 Gone")
         outcome = outcome_of(row, number, started, finished, result, verdict, then)
+        if span is not None:
+            attempt_span.end(span, result.status_code, result.error, verdict.outcome)
         await self._outcomes.submit(outcome)
         _BY_OUTCOME[verdict.outcome].inc()
         log.info(
@@ -411,6 +414,17 @@ class Engine:
                 await self._escalation.disable(
                     row, hook, f"failing without a 2xx since {since.isoformat()}"
                 )
+
+    def _prepare(
+        self, row: asyncpg.Record, hook: asyncpg.Record, context: dict[str, str]
+    ) -> tuple[dict[str, str], trace.Span | None]:
+        """The POST's headers, its traceparent that of the attempt's event.consume span (a
+        child of the delivery job's), and that span while spans are recorded."""
+        hop = attempt_span.start(row, hook, context)
+        headers = self._headers(row, hook, context)
+        if hop.traceparent:
+            headers[attempt_span.TRACEPARENT] = hop.traceparent
+        return headers, hop.span
 
     def _headers(
         self, row: asyncpg.Record, hook: asyncpg.Record, context: dict[str, str]
