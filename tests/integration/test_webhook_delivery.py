@@ -206,6 +206,37 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     assert h["webhook-id"] == h["x-herald-delivery"]
 
 
+async def test_a_webhook_cannot_set_the_events_context_headers(stack: Stack) -> None:
+    """X-Request-Id, traceparent, Idempotency-Key, X-Correlation-Id come from the event.
+    A webhook's own was accepted: its X-Request-Id never reached the receiver (every event
+    has one), its Idempotency-Key did, on every event published without a key, so a
+    receiver deduplicating by it dropped them. Now refused; one stored before is not sent."""
+    context = {"idempotency-key": "Idempotency-Key", "x-correlation-id": "X-Correlation-Id"}
+    names = ["X-Request-Id", "traceparent", *context.values()]
+    async with Receiver() as receiver:
+        refused = await fails_with_violations(
+            stack.hook(receiver.url(), headers=dict.fromkeys(names, "mine"))
+        )
+        assert refused == {f"webhook.headers[{n}]" for n in names}
+        created = await stack.hook(receiver.url(), headers={"X-Tenant-Token": "t-1"})
+        conn = await asyncpg.connect(stack.database_url)  # as stored before the rule
+        try:
+            await conn.execute(
+                "UPDATE webhooks.webhooks SET headers = $2::jsonb WHERE id = $1",
+                uuid.UUID(created.webhook.id),
+                json.dumps({"X-Tenant-Token": "t-1", **dict.fromkeys(names, "mine")}),
+            )
+        finally:
+            await conn.close()
+        await stack.produce([job(created.webhook.id)])  # no key, no correlation id
+        [request] = await receiver.wait_for(1)
+    h = request.headers
+    assert h["x-tenant-token"] == "t-1"
+    assert h["x-request-id"] == "req-9"
+    assert h["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
+    assert [n for n in context if n in h] == []
+
+
 async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> None:
     """WEBHOOKS_HEADER_PREFIX=X-Katya and WEBHOOKS_USER_AGENT=Katya-Webhooks/1.0: a
     receiver written from the seed finds X-Katya-Signature, -Event, -Delivery,

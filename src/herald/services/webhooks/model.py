@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
+from herald.runtime.cloudevents_kafka import CONTEXT_HEADERS
 from herald.runtime.errors import FieldViolation
 from herald.runtime.type_patterns import matches
 
@@ -51,6 +52,10 @@ _RESERVED_HEADERS = (
     "transfer-encoding",
     "connection",
 )
+# The event's transport context (traceparent, x-request-id, …), which Herald sets from the
+# delivery job: every event has an x-request-id and a traceparent, so a webhook's own was
+# never sent; its idempotency-key or x-correlation-id went only with events lacking one.
+_CONTEXT_HEADERS = frozenset(CONTEXT_HEADERS)
 UPDATABLE = frozenset(
     {
         "name",
@@ -111,7 +116,11 @@ def own_header(name: str, header_prefix: str) -> bool:
     """Whether ``name`` is one of the headers Herald sets (``header_prefix``'s among them),
     which a webhook's headers cannot override."""
     lowered = name.lower()
-    return lowered.startswith(_RESERVED_HEADERS) or lowered.startswith(f"{header_prefix.lower()}-")
+    return (
+        lowered.startswith(_RESERVED_HEADERS)
+        or lowered in _CONTEXT_HEADERS
+        or lowered.startswith(f"{header_prefix.lower()}-")
+    )
 
 
 def check(
