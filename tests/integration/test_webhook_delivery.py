@@ -271,6 +271,18 @@ async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> 
             )
         )
     assert refused == {"webhook.headers[x-katya-event]"}
+    # UpdateWebhook checked against X-Herald whatever the setting said, and took it.
+    assert await fails_with_violations(
+        stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    id=created.webhook.id, headers={"X-Katya-Signature": "forged"}
+                ),
+                update_mask=FieldMask(paths=["headers"]),
+            ),
+            metadata=KEY,
+        )
+    ) == {"webhook.headers[X-Katya-Signature]"}
     for request in (first, retry):
         h = request.headers
         assert h["user-agent"] == "Katya-Webhooks/1.0"

@@ -120,7 +120,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
         def change(current: model.WebhookSpec) -> model.WebhookSpec:
             merged = current.updated(given, paths)
-            problems = besides(malformed, model.check(merged, known))
+            problems = besides(malformed, model.check(merged, known, self._header_prefix))
             if problems:
                 raise InvalidArgument(problems)
             return merged
