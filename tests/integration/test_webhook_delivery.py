@@ -237,6 +237,33 @@ async def test_a_webhook_cannot_set_the_events_context_headers(stack: Stack) -> 
     assert [n for n in context if n in h] == []
 
 
+async def test_a_header_stored_before_it_became_herald_s_does_not_block_an_update(
+    stack: Stack,
+) -> None:
+    """A webhook stored with X-Signature (Herald's since the events seed's audit) could
+    not be re-activated: UpdateWebhook {active} answered INVALID_ARGUMENT naming a header
+    the caller had not touched. The header is dropped instead (it was never sent)."""
+    created = await stack.hook("https://example.com/hook", headers={"X-Tenant-Token": "t-1"})
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute(
+            "UPDATE webhooks.webhooks SET headers = $2::jsonb, active = false WHERE id = $1",
+            uuid.UUID(created.webhook.id),
+            json.dumps({"X-Tenant-Token": "t-1", "X-Signature": "old", "X-Request-Id": "r"}),
+        )
+    finally:
+        await conn.close()
+    updated = await stack.stub.UpdateWebhook(
+        webhooks_pb2.UpdateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=True),
+            update_mask=FieldMask(paths=["active"]),
+        ),
+        metadata=KEY,
+    )
+    assert updated.webhook.active
+    assert dict(updated.webhook.headers) == {"X-Tenant-Token": "t-1"}
+
+
 async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> None:
     """WEBHOOKS_HEADER_PREFIX=X-Katya and WEBHOOKS_USER_AGENT=Katya-Webhooks/1.0: a
     receiver written from the seed finds X-Katya-Signature, -Event, -Delivery,

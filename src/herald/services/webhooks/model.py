@@ -111,6 +111,12 @@ class WebhookSpec:
         """A copy with the fields named by ``paths`` taken from ``other``."""
         return replace(self, **{p: getattr(other, p) for p in paths})
 
+    def without_own_headers(self, header_prefix: str) -> WebhookSpec:
+        """A copy without the headers that became Herald's own after they were stored
+        (a new WEBHOOKS_HEADER_PREFIX, a header Herald started to send): never sent."""
+        kept = {k: v for k, v in self.headers.items() if not own_header(k, header_prefix)}
+        return self if len(kept) == len(self.headers) else replace(self, headers=kept)
+
 
 def own_header(name: str, header_prefix: str) -> bool:
     """Whether ``name`` is one of the headers Herald sets (``header_prefix``'s among them),
