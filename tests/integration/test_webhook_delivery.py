@@ -206,6 +206,64 @@ async def test_a_job_is_delivered_signed_as_the_seed_and_standard_webhooks_say(
     assert h["webhook-id"] == h["x-herald-delivery"]
 
 
+async def test_a_webhook_cannot_set_the_events_context_headers(stack: Stack) -> None:
+    """X-Request-Id, traceparent, Idempotency-Key, X-Correlation-Id come from the event.
+    A webhook's own was accepted: its X-Request-Id never reached the receiver (every event
+    has one), its Idempotency-Key did, on every event published without a key, so a
+    receiver deduplicating by it dropped them. Now refused; one stored before is not sent."""
+    context = {"idempotency-key": "Idempotency-Key", "x-correlation-id": "X-Correlation-Id"}
+    names = ["X-Request-Id", "traceparent", *context.values()]
+    async with Receiver() as receiver:
+        refused = await fails_with_violations(
+            stack.hook(receiver.url(), headers=dict.fromkeys(names, "mine"))
+        )
+        assert refused == {f"webhook.headers[{n}]" for n in names}
+        created = await stack.hook(receiver.url(), headers={"X-Tenant-Token": "t-1"})
+        conn = await asyncpg.connect(stack.database_url)  # as stored before the rule
+        try:
+            await conn.execute(
+                "UPDATE webhooks.webhooks SET headers = $2::jsonb WHERE id = $1",
+                uuid.UUID(created.webhook.id),
+                json.dumps({"X-Tenant-Token": "t-1", **dict.fromkeys(names, "mine")}),
+            )
+        finally:
+            await conn.close()
+        await stack.produce([job(created.webhook.id)])  # no key, no correlation id
+        [request] = await receiver.wait_for(1)
+    h = request.headers
+    assert h["x-tenant-token"] == "t-1"
+    assert h["x-request-id"] == "req-9"
+    assert h["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
+    assert [n for n in context if n in h] == []
+
+
+async def test_a_header_stored_before_it_became_herald_s_does_not_block_an_update(
+    stack: Stack,
+) -> None:
+    """A webhook stored with X-Signature (Herald's since the events seed's audit) could
+    not be re-activated: UpdateWebhook {active} answered INVALID_ARGUMENT naming a header
+    the caller had not touched. The header is dropped instead (it was never sent)."""
+    created = await stack.hook("https://example.com/hook", headers={"X-Tenant-Token": "t-1"})
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        await conn.execute(
+            "UPDATE webhooks.webhooks SET headers = $2::jsonb, active = false WHERE id = $1",
+            uuid.UUID(created.webhook.id),
+            json.dumps({"X-Tenant-Token": "t-1", "X-Signature": "old", "X-Request-Id": "r"}),
+        )
+    finally:
+        await conn.close()
+    updated = await stack.stub.UpdateWebhook(
+        webhooks_pb2.UpdateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=True),
+            update_mask=FieldMask(paths=["active"]),
+        ),
+        metadata=KEY,
+    )
+    assert updated.webhook.active
+    assert dict(updated.webhook.headers) == {"X-Tenant-Token": "t-1"}
+
+
 async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> None:
     """WEBHOOKS_HEADER_PREFIX=X-Katya and WEBHOOKS_USER_AGENT=Katya-Webhooks/1.0: a
     receiver written from the seed finds X-Katya-Signature, -Event, -Delivery,
@@ -240,6 +298,18 @@ async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> 
             )
         )
     assert refused == {"webhook.headers[x-katya-event]"}
+    # UpdateWebhook checked against X-Herald whatever the setting said, and took it.
+    assert await fails_with_violations(
+        stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    id=created.webhook.id, headers={"X-Katya-Signature": "forged"}
+                ),
+                update_mask=FieldMask(paths=["headers"]),
+            ),
+            metadata=KEY,
+        )
+    ) == {"webhook.headers[X-Katya-Signature]"}
     for request in (first, retry):
         h = request.headers
         assert h["user-agent"] == "Katya-Webhooks/1.0"

@@ -86,6 +86,16 @@ def test_each_bad_field_is_named() -> None:
     assert f"webhook.metadata[{'k' * 65}]" in got
 
 
+def test_the_events_transport_context_headers_are_herald_s_own() -> None:
+    """Herald sends the event's traceparent and x-request-id on every POST, and its
+    idempotency-key and x-correlation-id when it has them: a webhook's own header of
+    those names was never sent, or sent only with some events."""
+    names = ("X-Request-Id", "traceparent", "Tracestate", "Idempotency-Key", "x-correlation-id")
+    got = problems(WebhookSpec("n", "https://h/x", ("*",), headers=dict.fromkeys(names, "v")))
+    assert got == {f"webhook.headers[{n}]": "set by Herald; cannot be overridden" for n in names}
+    assert problems(WebhookSpec("n", "https://h/x", ("*",), headers={"X-Request-Ids": "v"})) == {}
+
+
 def test_urls() -> None:
     for bad in ("", "not a url", "https://user:pw@host/x", "http://:80/x", "https://h:0/"):
         assert "webhook.url" in problems(WebhookSpec("n", bad, ("*",))), bad

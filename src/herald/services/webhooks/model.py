@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
+from herald.runtime.cloudevents_kafka import CONTEXT_HEADERS
 from herald.runtime.errors import FieldViolation
 from herald.runtime.type_patterns import matches
 
@@ -51,6 +52,10 @@ _RESERVED_HEADERS = (
     "transfer-encoding",
     "connection",
 )
+# The event's transport context (traceparent, x-request-id, …), which Herald sets from the
+# delivery job: every event has an x-request-id and a traceparent, so a webhook's own was
+# never sent; its idempotency-key or x-correlation-id went only with events lacking one.
+_CONTEXT_HEADERS = frozenset(CONTEXT_HEADERS)
 UPDATABLE = frozenset(
     {
         "name",
@@ -106,12 +111,22 @@ class WebhookSpec:
         """A copy with the fields named by ``paths`` taken from ``other``."""
         return replace(self, **{p: getattr(other, p) for p in paths})
 
+    def without_own_headers(self, header_prefix: str) -> WebhookSpec:
+        """A copy without the headers that became Herald's own after they were stored
+        (a new WEBHOOKS_HEADER_PREFIX, a header Herald started to send): never sent."""
+        kept = {k: v for k, v in self.headers.items() if not own_header(k, header_prefix)}
+        return self if len(kept) == len(self.headers) else replace(self, headers=kept)
+
 
 def own_header(name: str, header_prefix: str) -> bool:
     """Whether ``name`` is one of the headers Herald sets (``header_prefix``'s among them),
     which a webhook's headers cannot override."""
     lowered = name.lower()
-    return lowered.startswith(_RESERVED_HEADERS) or lowered.startswith(f"{header_prefix.lower()}-")
+    return (
+        lowered.startswith(_RESERVED_HEADERS)
+        or lowered in _CONTEXT_HEADERS
+        or lowered.startswith(f"{header_prefix.lower()}-")
+    )
 
 
 def check(

@@ -119,8 +119,11 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
             known = await self._refreshed()  # a type created a moment ago
 
         def change(current: model.WebhookSpec) -> model.WebhookSpec:
+            # A header stored before it became Herald's own is not sent: it is dropped,
+            # not held against a change of other fields (re-activating, say).
+            current = current.without_own_headers(self._header_prefix)
             merged = current.updated(given, paths)
-            problems = besides(malformed, model.check(merged, known))
+            problems = besides(malformed, model.check(merged, known, self._header_prefix))
             if problems:
                 raise InvalidArgument(problems)
             return merged
