@@ -499,3 +499,50 @@ async def test_a_retry_after_a_new_data_version_is_still_a_replay(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await ingest.stub.Publish(new)
     assert "data" in (refused.value.details() or "")
+
+
+async def test_a_replayed_retry_has_a_log_line_naming_its_type_key_request_and_outcome(
+    ingest: IngestUnderTest,
+) -> None:
+    """Issue 2: a log line per event with id, type, idempotency key and outcome. A retry
+    answered from the earlier call (it fails a newer default version now) logged only
+    its id and key: no type, no outcome, no request id to find the call by; nor did
+    events_accepted_total count it as a duplicate."""
+    name = f"shelf.item.logged{uuid.uuid4().hex[:8]}"
+
+    async def register(version: str, schema: dict[str, object]) -> None:
+        await ingest.stub.CreateEventType(
+            ingest_pb2.CreateEventTypeRequest(
+                event_type=ingest_pb2.EventType(
+                    name=name, data_version=version, json_schema=json.dumps(schema)
+                )
+            )
+        )
+
+    await register("1.0", {"type": "object"})
+    event_id = str(uuid.uuid4())
+    event = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "urn:shelf",
+        "time": "2025-01-01T00:00:00Z",
+        "type": name,
+        "data": {"sku": "S1"},
+    }
+    request = ingest_pb2.PublishRequest(json=json.dumps(event))
+    await ingest.stub.Publish(request, metadata=(("idempotency-key", "log-" + event_id),))
+    await register("2.0", {"type": "object", "required": ["shelf"]})
+    duplicates = {"event_type": name, "duplicate": "true"}
+    with capture_logs() as logs:
+        again = await ingest.stub.Publish(
+            request, metadata=(("idempotency-key", "log-" + event_id), ("x-request-id", "retry-1"))
+        )
+    assert again.duplicate
+    assert REGISTRY.get_sample_value("events_accepted_total", duplicates) == 1.0
+    [line] = [entry for entry in logs if entry.get("event_id") == event_id]
+    assert {k: line.get(k) for k in ("type", "idempotency_key", "request_id", "outcome")} == {
+        "type": name,
+        "idempotency_key": "log-" + event_id,
+        "request_id": "retry-1",
+        "outcome": "duplicate",
+    }

@@ -274,7 +274,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             call.keep_span(pending)
         except (InvalidArgument, FailedPrecondition) as exc:
             if event is not None and (earlier := await self._earlier(event, call, key)):
-                log.info("event.replayed", event_id=earlier.event_id, idempotency_key=key or None)
+                _accepted(event.type, True).inc()  # a type it was accepted under
+                log.info(
+                    "event.replayed",
+                    event_id=earlier.event_id,
+                    type=event.type or None,
+                    idempotency_key=key or None,
+                    request_id=call.headers[REQUEST_ID],
+                    outcome="duplicate",
+                )
                 return earlier
             details: dict[str, object]
             if isinstance(exc, InvalidArgument):
