@@ -478,6 +478,31 @@ async def test_a_tenants_webhook_alerts_reach_only_that_tenants_webhooks(flow: F
     assert to_globex == []
 
 
+async def test_dispatch_dead_lettering_a_tenants_event_alerts_that_tenant_only(
+    flow: Flow,
+) -> None:
+    # herald.dispatch.dead_lettered names the dead event (id, type, reason): for an event
+    # scoped to one tenant (heraldtenant) it went to every tenant's '*' webhooks
+    for running in flow.dispatch:
+        await running.stop(1)
+    flow.dispatch.clear()
+    await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="0.3s")
+    event_id = await flow.publish(
+        "message.created", {"id": "m", "content": "c"}, heraldtenant="acme"
+    )
+    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered", timeout=30)
+    assert alert["event_id"] == event_id
+    conn = await asyncpg.connect(flow.database_url)
+    try:
+        tenant = await conn.fetchval(
+            "SELECT attributes->>'heraldtenant' FROM ingest.events WHERE type = $1",
+            "herald.dispatch.dead_lettered",
+        )
+    finally:
+        await conn.close()
+    assert tenant == "acme"
+
+
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(
     flow: Flow,
 ) -> None:

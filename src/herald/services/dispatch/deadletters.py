@@ -21,10 +21,11 @@ from herald.runtime.db import Connection
 from herald.runtime.dlq import InputRecord, send_dead_letter
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.metrics import EVENTS_DLQ
-from herald.runtime.publisher import Alert, alert_about
+from herald.runtime.publisher import TENANT_ATTRIBUTE, Alert, alert_about
 from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.dlq")
+TENANT_HEADER = f"ce_{TENANT_ATTRIBUTE}"  # the attribute as the CloudEvents Kafka binding writes it
 NAMESPACE = uuid.UUID("7f0e2d4c-1b3a-4c5d-8e9f-a0b1c2d3e4f5")
 
 
@@ -181,4 +182,14 @@ def _alert(dead: uuid.UUID, letter: Letter) -> Alert:
             "partition": record.partition,
             "offset": record.offset,
         },
+        tenant=_tenant_of(record),
     )
+
+
+def _tenant_of(record: InputRecord) -> str:
+    """The tenant the dead event concerned (its ``heraldtenant`` attribute): the alert,
+    which names the event, is for that tenant's webhooks only, as the event was."""
+    for name, value in record.headers:
+        if name == TENANT_HEADER:
+            return value.decode(errors="replace")
+    return ""
