@@ -444,6 +444,19 @@ async def test_an_event_kafka_refuses_for_good_is_dead_lettered_and_its_key_goes
         await service.stop()
 
 
+def _shelf_event(event_type: str, event_id: str) -> ingest_pb2.PublishRequest:
+    """A Publish of an event of ``event_type`` whose data is ``{"sku": "S1"}``."""
+    event = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "urn:shelf",
+        "time": "2025-01-01T00:00:00Z",
+        "type": event_type,
+        "data": {"sku": "S1"},
+    }
+    return ingest_pb2.PublishRequest(json=json.dumps(event))
+
+
 async def test_a_retry_after_a_new_data_version_is_still_a_replay(
     ingest: IngestUnderTest,
 ) -> None:
@@ -464,15 +477,7 @@ async def test_a_retry_after_a_new_data_version_is_still_a_replay(
 
     await register("1.0")
     event_id = str(uuid.uuid4())
-    event = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "urn:shelf",
-        "time": "2025-01-01T00:00:00Z",
-        "type": name,
-        "data": {"sku": "S1"},
-    }
-    request = ingest_pb2.PublishRequest(json=json.dumps(event))
+    request = _shelf_event(name, event_id)
     key = (("idempotency-key", "count-" + event_id),)
     first = await ingest.stub.Publish(request, metadata=key)
     await register("1.1")
@@ -492,7 +497,7 @@ async def test_a_retry_after_a_new_data_version_is_still_a_replay(
     )
     assert [(r.event_id, r.duplicate) for r in batch.results] == [(first.event_id, True)]
     # A new event under that version is refused: the schema applies to new requests.
-    new = ingest_pb2.PublishRequest(json=json.dumps({**event, "id": str(uuid.uuid4())}))
+    new = _shelf_event(name, str(uuid.uuid4()))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await ingest.stub.Publish(new, metadata=key)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -521,15 +526,7 @@ async def test_a_replayed_retry_has_a_log_line_naming_its_type_key_request_and_o
 
     await register("1.0", {"type": "object"})
     event_id = str(uuid.uuid4())
-    event = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "urn:shelf",
-        "time": "2025-01-01T00:00:00Z",
-        "type": name,
-        "data": {"sku": "S1"},
-    }
-    request = ingest_pb2.PublishRequest(json=json.dumps(event))
+    request = _shelf_event(name, event_id)
     await ingest.stub.Publish(request, metadata=(("idempotency-key", "log-" + event_id),))
     await register("2.0", {"type": "object", "required": ["shelf"]})
     duplicates = {"event_type": name, "duplicate": "true"}
