@@ -208,45 +208,31 @@ def _expand(path: Path, schema: str) -> str:
     return _INCLUDE.sub(table, path.read_text())
 
 
+# This module's own statements (the migration runner's table and lock, the health check).
+_OWN = Queries(Path(__file__).with_name("sql") / "db.sql")
+
+
 async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
     """Applies the migrations not applied yet, each in its own transaction.
 
     Returns the versions applied now.
     """
     applied_now: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    await conn.execute(_OWN.lock, _MIGRATION_LOCK)
     try:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS herald_migrations (
-                service    text        NOT NULL,
-                version    integer     NOT NULL,
-                name       text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (service, version)
-            )
-            """
-        )
+        await conn.execute(_OWN.create_table)
         for migration in migrations:
-            done = await conn.fetchval(
-                "SELECT 1 FROM herald_migrations WHERE service = $1 AND version = $2",
-                migration.service,
-                migration.version,
-            )
-            if done:
+            if await conn.fetchval(_OWN.applied, migration.service, migration.version):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO herald_migrations (service, version, name) VALUES ($1, $2, $3)",
-                    migration.service,
-                    migration.version,
-                    migration.name,
+                    _OWN.record, migration.service, migration.version, migration.name
                 )
             log.info("db.migrated", service=migration.service, version=migration.version)
             applied_now.append(migration.version)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.execute(_OWN.unlock, _MIGRATION_LOCK)
     return applied_now
 
 
@@ -255,7 +241,7 @@ async def _rollback_only(conn: asyncpg.Connection) -> None:
     pooled connections), so the default reset query's round trip on every release is
     waste; only an unfinished transaction is rolled back."""
     if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
+        await conn.execute(_OWN.rollback)
 
 
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
@@ -298,4 +284,4 @@ def _connect_failure(dsn: str, exc: BaseException) -> str:
 async def check(pool: asyncpg.Pool) -> None:
     """Raises when PostgreSQL does not answer (health checks)."""
     async with pool.acquire(timeout=2) as conn:
-        await conn.fetchval("SELECT 1", timeout=2)
+        await conn.fetchval(_OWN.ping, timeout=2)
