@@ -85,6 +85,31 @@ async def isolate_refused(
         ]
 
 
+async def until_taken(
+    action: Callable[[], Awaitable[R]],
+    *,
+    failed_event: str,
+    first_delay: float,
+    max_delay: float,
+    level: int = logging.WARNING,
+) -> R:
+    """``action()`` until PostgreSQL takes it, for a consumer whose offsets wait for it:
+    any database error but refused data is logged as ``failed_event`` (``retry_in``) and
+    the action tried again, the delay doubling from ``first_delay`` up to ``max_delay``.
+    Refused data (DATA_REFUSED) and any other error are raised at once: the same data
+    would be refused for ever."""
+    delay = first_delay
+    while True:
+        try:
+            return await action()
+        except DATA_REFUSED:
+            raise
+        except DATABASE_ERRORS as exc:
+            log.log(level, failed_event, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
 async def apply_isolating_refused(
     items: Sequence[T],
     apply: Callable[[Sequence[T]], Awaitable[int]],
@@ -104,20 +129,22 @@ async def apply_isolating_refused(
     restart, while the records behind it wait."""
 
     async def retrying(part: Sequence[T]) -> list[int]:
-        delay = first_delay
-        while True:
-            try:
-                return [await apply(part)]
-            except DATA_REFUSED:
-                raise
-            except DATABASE_ERRORS as exc:
-                log.log(level, failed_event, error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
-            except Exception as exc:
-                if len(part) == 1:
-                    log.exception("db.apply_crashed", error=repr(exc))
-                raise Unforeseen(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return [
+                await until_taken(
+                    lambda: apply(part),
+                    failed_event=failed_event,
+                    first_delay=first_delay,
+                    max_delay=max_delay,
+                    level=level,
+                )
+            ]
+        except DATA_REFUSED:
+            raise
+        except Exception as exc:  # until_taken raises no other database error
+            if len(part) == 1:
+                log.exception("db.apply_crashed", error=repr(exc))
+            raise Unforeseen(f"{type(exc).__name__}: {exc}") from exc
 
     async def refused_one(item: T, exc: BaseException) -> int:
         await refused(item, exc)
