@@ -26,3 +26,29 @@ def test_no_sql_is_written_inline_in_python() -> None:
         and _STATEMENT.match(node.value)
     ]
     assert inline == []
+
+
+def _public(body: list[ast.stmt]) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    return [
+        node
+        for node in body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+    ]
+
+
+def test_every_public_function_class_and_rpc_has_a_docstring() -> None:
+    """Module-level functions and classes, and each RPC of a servicer (what the API
+    answers is read there first)."""
+    undocumented = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in _public(ast.parse(path.read_text()).body):
+            named = [node]
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Servicer"):
+                named += _public(node.body)
+            undocumented += [
+                f"{path.relative_to(SRC)}:{n.lineno} {n.name}"
+                for n in named
+                if ast.get_docstring(n) is None
+            ]
+    assert undocumented == []

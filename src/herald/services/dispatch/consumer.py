@@ -52,6 +52,7 @@ MAX_RECORDS = 2000
 
 
 def ids_of(consumed: Consumed) -> EventIds:
+    """The consumed event's id, source and type, as its dead letter names them."""
     a = consumed.binary.attributes
     return EventIds(a["id"], a["source"], a["type"])
 

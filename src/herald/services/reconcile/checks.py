@@ -59,6 +59,8 @@ class Finding:
 
 
 def discrepancy_id(owner: str, kind: str, ticket_id: str = "", aspect: str = "") -> uuid.UUID:
+    """Deterministic: a finding's id from what it is about, so the same finding
+    found again is the same discrepancy."""
     return uuid.uuid5(NAMESPACE, f"{owner}/{kind}/{ticket_id}/{aspect}")
 
 
