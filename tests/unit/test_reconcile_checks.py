@@ -235,3 +235,26 @@ def test_a_refund_naming_another_event_or_organizer_than_its_order_is_a_finding(
     both = order_mismatch(r, "e2", "g2")
     assert [f.kind for f in both] == ["refund_event_mismatch"] * 2
     assert len({f.id_for("r1") for f in both}) == 2, "event and organizer apart"
+
+
+def test_every_finding_of_a_refund_in_ticket_order_then_its_totals() -> None:
+    bad_split = tl.RefundTicket(ticket_id="t2", price=1_000, money=money(500, 400))
+    r = refund(
+        rticket("t1", 1_200),  # above its price
+        bad_split,  # 400 + 0 + 0 is not 500
+        rticket("t9"),  # not in the ledger
+        rticket("t1"),  # named twice
+        rticket("t3"),  # of another order
+    )
+    r.money.customer += 1  # the refund's own split no longer adds up
+    r.money.refund_nominal -= 1  # nor the tickets' sum
+    findings = check_refund(r, ledger(active("t1"), active("t2"), active("t3", order_id="o2")))
+    assert [(f.kind, f.ticket_id, f.aspect, f.expected, f.actual) for f in findings] == [
+        ("refund_above_price", "t1", "", 1_000, 1_200),
+        ("money_mismatch", "t2", "split", 500, 400),
+        ("unknown_ticket", "t9", "", 0, 0),
+        ("double_refund", "t1", "repeat", 0, 0),
+        ("ticket_not_in_order", "t3", "", 0, 0),
+        ("money_mismatch", "", "split", 4_699, 4_701),
+        ("money_mismatch", "", "sum", 4_699, 4_700),
+    ]

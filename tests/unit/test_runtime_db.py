@@ -1,14 +1,17 @@
-"""runtime.db.apply_isolating_refused: which items a consumer sets aside, and why."""
+"""runtime.db.apply_isolating_refused: which items a consumer sets aside, and why;
+runtime.db.until_taken: the one retry of a write whose offsets wait for it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
-from herald.runtime.db import apply_isolating_refused, refusal_reason
+from herald.runtime.db import apply_isolating_refused, refusal_reason, until_taken
 
 
 class Ledger:
@@ -76,3 +79,36 @@ async def test_cancellation_is_not_an_unforeseen_error() -> None:
         await apply_isolating_refused(
             [1, 2], cancelled, refused, failed_event="x", first_delay=0, max_delay=0
         )
+
+
+async def test_a_write_is_tried_again_while_the_database_is_away_each_failure_logged() -> None:
+    ledger = Ledger(unreachable_times=4)
+    with capture_logs() as logs:
+        taken = await until_taken(
+            lambda: ledger.apply([7]),
+            failed_event="test.store_failed",
+            first_delay=0.001,
+            max_delay=0.004,
+            level=logging.ERROR,
+        )
+    assert (taken, ledger.applied) == (1, [7])
+    assert [(line["event"], line["log_level"], line["retry_in"]) for line in logs] == [
+        ("test.store_failed", "error", 0.001),
+        ("test.store_failed", "error", 0.002),
+        ("test.store_failed", "error", 0.004),
+        ("test.store_failed", "error", 0.004),
+    ]
+    assert logs[0]["error"] == "ConnectionRefusedError('PostgreSQL is down')"
+
+
+@pytest.mark.parametrize(
+    ("ledger", "raised"),
+    [(Ledger(refuse=7), asyncpg.DataError), (Ledger(crash_on=7), KeyError)],
+    ids=["refused data", "not a database error"],
+)
+async def test_a_write_that_retrying_cannot_help_is_raised_at_once(
+    ledger: Ledger, raised: type[BaseException]
+) -> None:
+    with capture_logs() as logs, pytest.raises(raised):
+        await until_taken(lambda: ledger.apply([7]), failed_event="x", first_delay=0, max_delay=0)
+    assert logs == []

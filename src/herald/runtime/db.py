@@ -85,6 +85,31 @@ async def isolate_refused(
         ]
 
 
+async def until_taken(
+    action: Callable[[], Awaitable[R]],
+    *,
+    failed_event: str,
+    first_delay: float,
+    max_delay: float,
+    level: int = logging.WARNING,
+) -> R:
+    """``action()`` until PostgreSQL takes it, for a consumer whose offsets wait for it:
+    any database error but refused data is logged as ``failed_event`` (``retry_in``) and
+    the action tried again, the delay doubling from ``first_delay`` up to ``max_delay``.
+    Refused data (DATA_REFUSED) and any other error are raised at once: the same data
+    would be refused for ever."""
+    delay = first_delay
+    while True:
+        try:
+            return await action()
+        except DATA_REFUSED:
+            raise
+        except DATABASE_ERRORS as exc:
+            log.log(level, failed_event, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
 async def apply_isolating_refused(
     items: Sequence[T],
     apply: Callable[[Sequence[T]], Awaitable[int]],
@@ -104,20 +129,22 @@ async def apply_isolating_refused(
     restart, while the records behind it wait."""
 
     async def retrying(part: Sequence[T]) -> list[int]:
-        delay = first_delay
-        while True:
-            try:
-                return [await apply(part)]
-            except DATA_REFUSED:
-                raise
-            except DATABASE_ERRORS as exc:
-                log.log(level, failed_event, error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
-            except Exception as exc:
-                if len(part) == 1:
-                    log.exception("db.apply_crashed", error=repr(exc))
-                raise Unforeseen(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return [
+                await until_taken(
+                    lambda: apply(part),
+                    failed_event=failed_event,
+                    first_delay=first_delay,
+                    max_delay=max_delay,
+                    level=level,
+                )
+            ]
+        except DATA_REFUSED:
+            raise
+        except Exception as exc:  # until_taken raises no other database error
+            if len(part) == 1:
+                log.exception("db.apply_crashed", error=repr(exc))
+            raise Unforeseen(f"{type(exc).__name__}: {exc}") from exc
 
     async def refused_one(item: T, exc: BaseException) -> int:
         await refused(item, exc)
@@ -208,45 +235,31 @@ def _expand(path: Path, schema: str) -> str:
     return _INCLUDE.sub(table, path.read_text())
 
 
+# This module's own statements (the migration runner's table and lock, the health check).
+_OWN = Queries(Path(__file__).with_name("sql") / "db.sql")
+
+
 async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
     """Applies the migrations not applied yet, each in its own transaction.
 
     Returns the versions applied now.
     """
     applied_now: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    await conn.execute(_OWN.lock, _MIGRATION_LOCK)
     try:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS herald_migrations (
-                service    text        NOT NULL,
-                version    integer     NOT NULL,
-                name       text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (service, version)
-            )
-            """
-        )
+        await conn.execute(_OWN.create_table)
         for migration in migrations:
-            done = await conn.fetchval(
-                "SELECT 1 FROM herald_migrations WHERE service = $1 AND version = $2",
-                migration.service,
-                migration.version,
-            )
-            if done:
+            if await conn.fetchval(_OWN.applied, migration.service, migration.version):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO herald_migrations (service, version, name) VALUES ($1, $2, $3)",
-                    migration.service,
-                    migration.version,
-                    migration.name,
+                    _OWN.record, migration.service, migration.version, migration.name
                 )
             log.info("db.migrated", service=migration.service, version=migration.version)
             applied_now.append(migration.version)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.execute(_OWN.unlock, _MIGRATION_LOCK)
     return applied_now
 
 
@@ -255,7 +268,7 @@ async def _rollback_only(conn: asyncpg.Connection) -> None:
     pooled connections), so the default reset query's round trip on every release is
     waste; only an unfinished transaction is rolled back."""
     if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
+        await conn.execute(_OWN.rollback)
 
 
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
@@ -298,4 +311,4 @@ def _connect_failure(dsn: str, exc: BaseException) -> str:
 async def check(pool: asyncpg.Pool) -> None:
     """Raises when PostgreSQL does not answer (health checks)."""
     async with pool.acquire(timeout=2) as conn:
-        await conn.fetchval("SELECT 1", timeout=2)
+        await conn.fetchval(_OWN.ping, timeout=2)

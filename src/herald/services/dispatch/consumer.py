@@ -12,9 +12,10 @@ partition, so a key's order holds, and offsets are still committed batch by batc
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
+from herald.runtime.db import DATA_REFUSED, until_taken
 from herald.runtime.dlq import InputRecord
 from herald.runtime.kafka import consume_overlapped
 from herald.runtime.metrics import EVENTS_RETRY
@@ -51,6 +52,7 @@ MAX_RECORDS = 2000
 
 
 def ids_of(consumed: Consumed) -> EventIds:
+    """The consumed event's id, source and type, as its dead letter names them."""
     a = consumed.binary.attributes
     return EventIds(a["id"], a["source"], a["type"])
 
@@ -138,7 +140,7 @@ class EventConsumer:
         if outcome.failed:
             EVENTS_RETRY.labels("dispatch").inc()
             try:
-                await self._durably(self._park, record, consumed, outcome)
+                await self._durably(partial(self._park, record, consumed, outcome))
             except DATA_REFUSED as exc:  # it cannot wait in PostgreSQL: dead-lettered now
                 reason = f"{reasons(outcome.failed)}; not parked for retry: {exc}"
                 letter = Letter(record, ids, list(outcome.failed), 1, reason, "target")
@@ -151,7 +153,7 @@ class EventConsumer:
         character in a header name, say) still goes to the DLQ topic, saying so."""
         letter = Letter(record, ids, targets, 1, reason, kind)
         try:
-            await self._durably(self._dead.bury, letter)
+            await self._durably(partial(self._dead.bury, letter))
         except DATA_REFUSED as exc:
             await self._dead.not_storable(replace(letter, reason=f"{reason}; not stored: {exc}"))
 
@@ -168,17 +170,13 @@ class EventConsumer:
             retry_in=delay,
         )
 
-    async def _durably(self, action: Callable[..., object], *args: object) -> None:
+    async def _durably(self, action: Callable[[], Awaitable[None]]) -> None:
         """Runs ``action`` until PostgreSQL takes it: offsets wait for it, nothing is lost.
         Data PostgreSQL refuses (DATA_REFUSED) is raised at once: retrying cannot help."""
-        delay = 0.5
-        while True:
-            try:
-                await action(*args)  # type: ignore[misc]
-                return
-            except DATA_REFUSED:  # the same data would be refused for ever
-                raise
-            except DATABASE_ERRORS as exc:
-                log.error("dispatch.store_failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await until_taken(
+            action,
+            failed_event="dispatch.store_failed",
+            first_delay=0.5,
+            max_delay=10.0,
+            level=logging.ERROR,
+        )

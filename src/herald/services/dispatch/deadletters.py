@@ -31,6 +31,9 @@ NAMESPACE = uuid.UUID("7f0e2d4c-1b3a-4c5d-8e9f-a0b1c2d3e4f5")
 
 @dataclass(frozen=True, slots=True)
 class EventIds:
+    """The ids of the event a dead letter holds (empty when its record could not be
+    decoded)."""
+
     event_id: str = ""
     event_source: str = ""
     event_type: str = ""

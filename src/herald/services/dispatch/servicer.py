@@ -37,6 +37,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def CreateRoute(
         self, request: dispatch_pb2.CreateRouteRequest, context: Context
     ) -> dispatch_pb2.CreateRouteResponse:
+        """Stores a checked route; every field refused is named at once."""
         if problems := check(request.route):
             raise InvalidArgument(problems)
         route = await self._routes.create(request.route)
@@ -46,11 +47,13 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def GetRoute(
         self, request: dispatch_pb2.GetRouteRequest, context: Context
     ) -> dispatch_pb2.GetRouteResponse:
+        """A route by its id; NOT_FOUND when there is none."""
         return dispatch_pb2.GetRouteResponse(route=await self._routes.get(request.id))
 
     async def ListRoutes(
         self, request: dispatch_pb2.ListRoutesRequest, context: Context
     ) -> dispatch_pb2.ListRoutesResponse:
+        """A page of the routes."""
         page = page_of(request.page_size, request.page_token, "routes", key=ROUTE_ORDER)
         listing = await self._routes.page(page)
         return dispatch_pb2.ListRoutesResponse(
@@ -62,6 +65,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def UpdateRoute(
         self, request: dispatch_pb2.UpdateRouteRequest, context: Context
     ) -> dispatch_pb2.UpdateRouteResponse:
+        """Changes the fields named in update_mask (all updatable ones when it
+        is empty)."""
         paths = list(request.update_mask.paths) or list(UPDATABLE)
         bad = [p for p in paths if p not in UPDATABLE]
         if bad:
@@ -80,6 +85,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def DeleteRoute(
         self, request: dispatch_pb2.DeleteRouteRequest, context: Context
     ) -> dispatch_pb2.DeleteRouteResponse:
+        """Deletes a route; NOT_FOUND when there is none."""
         await self._routes.delete(request.id)
         log.info("route.deleted", route_id=request.id)
         return dispatch_pb2.DeleteRouteResponse()
@@ -87,6 +93,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def ListDeadLetters(
         self, request: dispatch_pb2.ListDeadLettersRequest, context: Context
     ) -> dispatch_pb2.ListDeadLettersResponse:
+        """A page of dispatch's dead letters, filtered by event type and reason."""
         f = request.filter
         query = (f.event_type, f.reason_contains, f.include_redriven)
         page = page_of(request.page_size, request.page_token, *query, key=DEAD_LETTER_ORDER)
@@ -105,6 +112,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     async def RedriveDeadLetters(
         self, request: dispatch_pb2.RedriveDeadLettersRequest, context: Context
     ) -> dispatch_pb2.RedriveDeadLettersResponse:
+        """Puts the dead letters chosen by ids or by a filter back in the retries, due
+        now, each once; how many."""
         which = request.WhichOneof("selection")
         if which is None:
             raise InvalidArgument([FieldViolation("selection", "give ids or filter")])

@@ -33,6 +33,7 @@ def parse_id(text: str, field: str = "id") -> uuid.UUID:
 
 
 def route_of(row: asyncpg.Record) -> dispatch_pb2.Route:
+    """The API's Route of a stored row."""
     route = dispatch_pb2.Route(
         id=str(row["id"]),
         name=row["name"],

@@ -59,6 +59,8 @@ class Finding:
 
 
 def discrepancy_id(owner: str, kind: str, ticket_id: str = "", aspect: str = "") -> uuid.UUID:
+    """Deterministic: a finding's id from what it is about, so the same finding
+    found again is the same discrepancy."""
     return uuid.uuid5(NAMESPACE, f"{owner}/{kind}/{ticket_id}/{aspect}")
 
 
@@ -70,10 +72,8 @@ def check_refund(refund: tl.RefundRequest, tickets: Mapping[str, TicketState]) -
     """What does not add up in ``refund``, whose order is known; ``tickets`` holds the
     ledger's tickets among those the refund names (absent: unknown)."""
     out: list[Finding] = []
-    tickets_sum = 0
     seen: set[str] = set()
     for t in refund.tickets:
-        tickets_sum += t.money.refund_nominal
         if t.ticket_id in seen:
             out.append(
                 Finding(
@@ -85,38 +85,55 @@ def check_refund(refund: tl.RefundRequest, tickets: Mapping[str, TicketState]) -
             )
             continue
         seen.add(t.ticket_id)
-        known = tickets.get(t.ticket_id)
-        if known is None:
-            out.append(
-                Finding("unknown_ticket", f"ticket {t.ticket_id} is not in the ledger", t.ticket_id)
+        out += _refunded_ticket_findings(refund, t, tickets.get(t.ticket_id))
+    return out + _total_findings(refund)
+
+
+def _refunded_ticket_findings(
+    refund: tl.RefundRequest, t: tl.RefundTicket, known: TicketState | None
+) -> list[Finding]:
+    """One ticket of ``refund`` (the first time it is named) against the ledger's
+    (``known``; None: not in the ledger), and its money."""
+    out: list[Finding] = []
+    if known is None:
+        out.append(
+            Finding("unknown_ticket", f"ticket {t.ticket_id} is not in the ledger", t.ticket_id)
+        )
+    else:
+        out += _ticket_findings(refund, t, known)
+    if t.HasField("money") and _split(t.money) != t.money.refund_nominal:
+        out.append(
+            Finding(
+                "money_mismatch",
+                f"ticket {t.ticket_id}: customer + org + agent = {_split(t.money)}, "
+                f"refund_nominal = {t.money.refund_nominal}",
+                t.ticket_id,
+                t.money.refund_nominal,
+                _split(t.money),
+                "split",
             )
-        else:
-            out += _ticket_findings(refund, t, known)
-        if t.HasField("money") and _split(t.money) != t.money.refund_nominal:
-            out.append(
-                Finding(
-                    "money_mismatch",
-                    f"ticket {t.ticket_id}: customer + org + agent = {_split(t.money)}, "
-                    f"refund_nominal = {t.money.refund_nominal}",
-                    t.ticket_id,
-                    t.money.refund_nominal,
-                    _split(t.money),
-                    "split",
-                )
+        )
+    price = known.price_nominal if known is not None else t.price
+    if t.money.refund_nominal > price:
+        out.append(
+            Finding(
+                "refund_above_price",
+                f"ticket {t.ticket_id}: refund_nominal {t.money.refund_nominal} above its "
+                f"price {price}",
+                t.ticket_id,
+                price,
+                t.money.refund_nominal,
             )
-        price = known.price_nominal if known is not None else t.price
-        if t.money.refund_nominal > price:
-            out.append(
-                Finding(
-                    "refund_above_price",
-                    f"ticket {t.ticket_id}: refund_nominal {t.money.refund_nominal} above its "
-                    f"price {price}",
-                    t.ticket_id,
-                    price,
-                    t.money.refund_nominal,
-                )
-            )
+        )
+    return out
+
+
+def _total_findings(refund: tl.RefundRequest) -> list[Finding]:
+    """The refund's own money: its split, and the sum of every ticket it names (a
+    ticket named twice counts twice)."""
+    out: list[Finding] = []
     total = refund.money
+    tickets_sum = sum(t.money.refund_nominal for t in refund.tickets)
     if _split(total) != total.refund_nominal:
         out.append(
             Finding(

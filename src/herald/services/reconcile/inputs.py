@@ -35,11 +35,14 @@ class BadRecord(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
+    """A Ticketland record taken from its topic: its kind and its message."""
+
     kind: Kind
     message: Input
 
     @property
     def entity_id(self) -> str:
+        """The id of the event, order or refund the record is about."""
         return self.message.id
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import asyncpg
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from herald.reconcile.v1 import reconcile_pb2 as pb
 from ticketland.v1 import ticketland_pb2 as tl
 
@@ -17,11 +17,12 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.runtime.publisher import Alert
+from herald.runtime.timestamps import datetime_of, timestamp
 from herald.services.reconcile.apply import ticket_states
 from herald.services.reconcile.checks import Finding, check_refund, order_mismatch
 from herald.services.reconcile.ledger import Transaction
 from herald.services.reconcile.outputs import OutputConfig, Queue
-from herald.services.reconcile.reconciliation import Repair, compare
+from herald.services.reconcile.reconciliation import Outcome, Repair, compare
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.reconciler")
@@ -109,61 +110,17 @@ class Reconciler:
 
     async def run(self, request: pb.RunReconciliationRequest) -> pb.ReconciliationReport:
         """Compares, repairs if asked, stores the report and announces its totals."""
-        event_id: str | None = None
-        start: datetime | None = None
-        end: datetime | None = None
-        if request.WhichOneof("scope") == "event_id":
-            event_id = request.event_id
-        else:
-            start = request.range.start_time.ToDatetime(tzinfo=UTC)
-            end = request.range.end_time.ToDatetime(tzinfo=UTC)
         async with self._pool.acquire() as conn:
-            orders = await conn.fetch(Q.report_orders, event_id, start, end)
-            refunds = await conn.fetch(Q.report_refunds, event_id, start, end)
-            order_ids = [o["id"] for o in orders]
-            tickets = await conn.fetch(Q.report_refunded_tickets, order_ids)
-            entity_ids = None
-            if event_id is not None:
-                entity_ids = [event_id, *order_ids, *(r["id"] for r in refunds)]
-            inputs = {
-                r["kind"]: r for r in await conn.fetch(Q.report_inputs, entity_ids, start, end)
-            }
-            open_count = await conn.fetchval(Q.open_discrepancies_in_scope, event_id, start, end)
-        outcome = compare(*([dict(r) for r in rows] for rows in (orders, refunds, tickets)))
-        missing = sum(r["missing"] for r in inputs.values())
+            ledger = await _in_scope(conn, request)
+        rows = (ledger.orders, ledger.refunds, ledger.tickets)
+        outcome = compare(*([dict(r) for r in part] for part in rows))
+        missing = sum(r["missing"] for r in ledger.inputs.values())
         if missing:
             outcome.find(
                 "input_not_in_ledger", "", f"{missing} input records name entities the ledger lacks"
             )
-        repaired = 0
-        if request.repair and outcome.repairs:
-            done = await self._repair(outcome.repairs)
-            for finding in outcome.findings:
-                if outcome.repaired_by(finding, done):
-                    finding.repaired = True
-                    repaired += 1
-        now = Timestamp()
-        now.FromDatetime(datetime.now(UTC))
-        report = pb.ReconciliationReport(
-            id=str(uuid.uuid4()),
-            create_time=now,
-            request=request,
-            totals=outcome.totals,
-            events=sorted(outcome.events.values(), key=lambda e: e.event_id),
-            organizers=sorted(outcome.organizers.values(), key=lambda o: o.organizer_id),
-            inputs=pb.InputTotals(
-                order_records=_get(inputs, "order", "records"),
-                refund_records=_get(inputs, "refund", "records"),
-                event_records=_get(inputs, "event", "records"),
-                distinct_orders=_get(inputs, "order", "entities"),
-                distinct_refunds=_get(inputs, "refund", "entities"),
-                approved_refunds=_get(inputs, "refund", "approved"),
-            ),
-            findings=outcome.findings,
-            repaired=repaired,
-            balanced=not outcome.findings,
-            open_discrepancies=open_count,
-        )
+        repaired = await self._repaired(outcome) if request.repair else 0
+        report = _report(request, outcome, ledger, repaired)
         # The report and its announcement are stored together: one exists if the other does.
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.insert_report, uuid.UUID(report.id), report.SerializeToString())
@@ -177,6 +134,18 @@ class Reconciler:
             balanced=report.balanced,
         )
         return report
+
+    async def _repaired(self, outcome: Outcome) -> int:
+        """Repairs what ``outcome`` can repair and marks its findings so; how many."""
+        if not outcome.repairs:
+            return 0
+        done = await self._repair(outcome.repairs)
+        repaired = 0
+        for finding in outcome.findings:
+            if outcome.repaired_by(finding, done):
+                finding.repaired = True
+                repaired += 1
+        return repaired
 
     async def _repair(self, repairs: list[Repair]) -> set[str]:
         """Queues each missing output again (an order with its event first)."""
@@ -201,6 +170,65 @@ async def _new_findings(
     tickets = await ticket_states(tx.conn, {t.ticket_id for t in r.tickets})
     found = order_mismatch(r, order["event_id"], order["organizer_id"]) + check_refund(r, tickets)
     return [f for f in found if f.id_for(r.id) not in known]
+
+
+class _InScope(NamedTuple):
+    """What the ledger holds in a reconciliation's scope."""
+
+    orders: list[asyncpg.Record]
+    refunds: list[asyncpg.Record]
+    tickets: list[asyncpg.Record]  # the orders' refunded tickets
+    inputs: dict[str, asyncpg.Record]  # the input records' counts, by kind
+    open_count: int  # open discrepancies
+
+
+async def _in_scope(conn: Connection, request: pb.RunReconciliationRequest) -> _InScope:
+    """The ledger's rows in the request's scope: one event, or a time range."""
+    event_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    if request.WhichOneof("scope") == "event_id":
+        event_id = request.event_id
+    else:
+        start = datetime_of(request.range.start_time, "range.start_time")
+        end = datetime_of(request.range.end_time, "range.end_time")
+    orders = await conn.fetch(Q.report_orders, event_id, start, end)
+    refunds = await conn.fetch(Q.report_refunds, event_id, start, end)
+    order_ids = [o["id"] for o in orders]
+    tickets = await conn.fetch(Q.report_refunded_tickets, order_ids)
+    entity_ids = None
+    if event_id is not None:
+        entity_ids = [event_id, *order_ids, *(r["id"] for r in refunds)]
+    inputs = {r["kind"]: r for r in await conn.fetch(Q.report_inputs, entity_ids, start, end)}
+    open_count = await conn.fetchval(Q.open_discrepancies_in_scope, event_id, start, end)
+    return _InScope(orders, refunds, tickets, inputs, open_count)
+
+
+def _report(
+    request: pb.RunReconciliationRequest, outcome: Outcome, ledger: _InScope, repaired: int
+) -> pb.ReconciliationReport:
+    """The report of a comparison (a new id, made now)."""
+    inputs = ledger.inputs
+    return pb.ReconciliationReport(
+        id=str(uuid.uuid4()),
+        create_time=timestamp(datetime.now(UTC)),
+        request=request,
+        totals=outcome.totals,
+        events=sorted(outcome.events.values(), key=lambda e: e.event_id),
+        organizers=sorted(outcome.organizers.values(), key=lambda o: o.organizer_id),
+        inputs=pb.InputTotals(
+            order_records=_get(inputs, "order", "records"),
+            refund_records=_get(inputs, "refund", "records"),
+            event_records=_get(inputs, "event", "records"),
+            distinct_orders=_get(inputs, "order", "entities"),
+            distinct_refunds=_get(inputs, "refund", "entities"),
+            approved_refunds=_get(inputs, "refund", "approved"),
+        ),
+        findings=outcome.findings,
+        repaired=repaired,
+        balanced=not outcome.findings,
+        open_discrepancies=ledger.open_count,
+    )
 
 
 def _get(inputs: dict[str, asyncpg.Record], kind: str, column: str) -> int:

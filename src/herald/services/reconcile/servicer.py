@@ -57,6 +57,7 @@ STATUS_NAMES: dict[int, str] = {number: name for name, number in STATUSES.items(
 
 
 def ticket_of(row: asyncpg.Record) -> pb.Ticket:
+    """The API's Ticket of a ledger row (get_ticket)."""
     return pb.Ticket(
         id=row["id"],
         order_id=row["order_id"],
@@ -71,6 +72,7 @@ def ticket_of(row: asyncpg.Record) -> pb.Ticket:
 
 
 def discrepancy_of(row: asyncpg.Record) -> pb.Discrepancy:
+    """The API's Discrepancy of a ledger row."""
     return pb.Discrepancy(
         id=str(row["id"]),
         kind=KINDS[row["kind"]],
@@ -113,12 +115,15 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def GetTicket(
         self, request: pb.GetTicketRequest, context: Context
     ) -> pb.GetTicketResponse:
+        """A ticket as the ledger holds it; NOT_FOUND when it holds none."""
         row = await self._pool.fetchrow(Q.get_ticket, _required(request.ticket_id, "ticket_id"))
         if row is None:
             raise NotFound(f"ticket {request.ticket_id} is not in the ledger")
         return pb.GetTicketResponse(ticket=ticket_of(row))
 
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:
+        """An order as the ledger holds it, with its tickets; NOT_FOUND when it
+        holds none."""
         order_id = _required(request.order_id, "order_id")
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(Q.get_order, order_id)
@@ -144,6 +149,7 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def ListDiscrepancies(
         self, request: pb.ListDiscrepanciesRequest, context: Context
     ) -> pb.ListDiscrepanciesResponse:
+        """A page of discrepancies, filtered by kind, status and refund."""
         kind = _name(request.kind, KIND_NAMES, "kind")
         status = _name(request.status, STATUS_NAMES, "status")
         refund_id = _bounded(request.refund_id, "refund_id", MAX_ID_CHARS) or None
@@ -162,6 +168,8 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def ResolveDiscrepancy(
         self, request: pb.ResolveDiscrepancyRequest, context: Context
     ) -> pb.ResolveDiscrepancyResponse:
+        """Accepts or rejects an open discrepancy, with a note (FAILED_PRECONDITION
+        once resolved); whether its refund went to Vibeapp."""
         problems = []
         try:
             discrepancy_id = uuid.UUID(request.id)
@@ -199,6 +207,7 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def RunReconciliation(
         self, request: pb.RunReconciliationRequest, context: Context
     ) -> pb.RunReconciliationResponse:
+        """Reconciles a time range or one event (Reconciler.run); its report."""
         scope = request.WhichOneof("scope")
         if scope is None:
             raise InvalidArgument([FieldViolation("scope", "give a range or an event_id")])
@@ -219,6 +228,7 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     async def GetReconciliationReport(
         self, request: pb.GetReconciliationReportRequest, context: Context
     ) -> pb.GetReconciliationReportResponse:
+        """A stored report by its id; NOT_FOUND when there is none."""
         try:
             report_id = uuid.UUID(request.id)
         except ValueError:

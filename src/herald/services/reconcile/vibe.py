@@ -101,6 +101,7 @@ def _category(name: str) -> tuple[int, str]:
 
 
 def event_message(e: tl.Event) -> vibe.Event:
+    """Vibeapp's protobuf Event of Ticketland's ``e``."""
     category, json_category = _category(e.category)
     legals = e.organizer.legals
     return vibe.Event(
@@ -149,6 +150,7 @@ def event_message(e: tl.Event) -> vibe.Event:
 
 
 def event_json(e: tl.Event) -> dict[str, Any]:
+    """Vibeapp's JSON event of Ticketland's ``e`` (empty optional fields left out)."""
     legals = e.organizer.legals
     organizer: dict[str, Any] = {"id": e.organizer.id, "name": e.organizer.name}
     if e.organizer.HasField("legals"):
@@ -185,6 +187,7 @@ def event_json(e: tl.Event) -> dict[str, Any]:
 
 
 def event_output(e: tl.Event, fmt: Format, headers: Headers) -> Output:
+    """The output of ``e`` for Vibeapp's events topic, in ``fmt``, with ``headers``."""
     body = (
         event_message(e).SerializeToString(deterministic=True)
         if fmt == "protobuf"
@@ -222,6 +225,8 @@ def _currency(code: str) -> int:
 
 
 def order_message(o: tl.Order) -> vibe.Order:
+    """Vibeapp's protobuf Order of Ticketland's ``o``: a ticket without its own event
+    is the order's."""
     return vibe.Order(
         id=o.id,
         event_id=o.event_id,
@@ -248,6 +253,7 @@ def order_message(o: tl.Order) -> vibe.Order:
 
 
 def order_json(o: tl.Order) -> dict[str, Any]:
+    """Vibeapp's JSON order of Ticketland's ``o`` (empty optional fields left out)."""
     return {
         "id": o.id,
         "number": o.number,
@@ -267,6 +273,7 @@ def order_json(o: tl.Order) -> dict[str, Any]:
 
 
 def order_output(o: tl.Order, fmt: Format, headers: Headers) -> Output:
+    """The output of ``o`` for Vibeapp's orders topic, in ``fmt``, with ``headers``."""
     body = (
         order_message(o).SerializeToString(deterministic=True)
         if fmt == "protobuf"
@@ -281,6 +288,8 @@ def order_output(o: tl.Order, fmt: Format, headers: Headers) -> Output:
 def refund_message(
     r: tl.RefundRequest, customer: tl.Customer, ticket_ids: Sequence[str]
 ) -> vibe.Refund:
+    """Vibeapp's protobuf Refund of ``r``: the order's ``customer`` and the
+    ``ticket_ids`` refunded."""
     return vibe.Refund(
         customer=_customer_message(customer),
         ticket_ids=list(ticket_ids),
@@ -291,6 +300,7 @@ def refund_message(
 
 
 def refund_json(customer: tl.Customer, ticket_ids: Sequence[str]) -> dict[str, Any]:
+    """Vibeapp's JSON refund: the order's ``customer`` and the ``ticket_ids`` refunded."""
     return {"customer": _customer_json(customer), "ticket_ids": list(ticket_ids)}
 
 
@@ -301,6 +311,7 @@ def refund_output(
     fmt: Format,
     headers: Headers,
 ) -> Output:
+    """The output of ``r`` for Vibeapp's refunds topic, in ``fmt``, with ``headers``."""
     body = (
         refund_message(r, customer, ticket_ids).SerializeToString(deterministic=True)
         if fmt == "protobuf"

@@ -22,6 +22,8 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         request: subscriptions_pb2.ListSubscriptionsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> subscriptions_pb2.ListSubscriptionsResponse:
+        """Every active webhook's event types and tenant, or ``unchanged`` when the caller
+        already knows the current version."""
         version = int(await self._pool.fetchval(Q.subscription_version))
         if request.known_version == version:
             return subscriptions_pb2.ListSubscriptionsResponse(version=version, unchanged=True)
