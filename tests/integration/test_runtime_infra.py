@@ -249,7 +249,9 @@ async def test_topics_at_a_services_start_get_their_partitions_and_outlive_no_ka
     away = KafkaSettings(bootstrap_servers="127.0.0.1:1")
     with capture_logs() as logs:
         await kafka.ensure_topics_at_start(away, [usual], "svc")  # logged, not raised
-    assert [line["event"] for line in logs] == ["svc.topics_unchecked"]
+    assert [(line["event"], line["service"]) for line in logs] == [
+        ("kafka.topics_unchecked", "svc")
+    ]
 
 
 async def _produce_numbers(settings: KafkaSettings, topic: str, n: int) -> None:

@@ -162,9 +162,9 @@ async def ensure_topics_at_start(
 ) -> None:
     """:func:`ensure_topics` at a service's start, with 6 partitions unless
     ``partitions`` says otherwise for a topic. Kafka unreachable is logged
-    (``<service>.topics_unchecked``) and the start goes on (the service's Kafka clients
-    wait for it); a topic Kafka refuses (:class:`TopicsNotCreated`, a SystemExit) stops
-    it."""
+    (``kafka.topics_unchecked``, naming the service) and the start goes on (the
+    service's Kafka clients wait for it); a topic Kafka refuses
+    (:class:`TopicsNotCreated`, a SystemExit) stops it."""
     counts = partitions or {}
     by_count: dict[int, list[str]] = collections.defaultdict(list)
     for name in names:
@@ -173,7 +173,7 @@ async def ensure_topics_at_start(
         for count, topics in by_count.items():
             await ensure_topics(settings, topics, partitions=count)
     except Exception as exc:
-        log.warning(f"{service}.topics_unchecked", error=repr(exc))
+        log.warning("kafka.topics_unchecked", service=service, error=repr(exc))
 
 
 async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: float = 5.0) -> C:
