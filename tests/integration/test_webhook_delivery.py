@@ -927,6 +927,20 @@ async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack:
         assert set(got) == {"data"}
 
 
+async def test_a_test_event_carries_an_x_request_id_like_every_event(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        created = await stack.hook(receiver.url())
+        for metadata in (KEY, (*KEY, ("x-request-id", "req-test-1"))):
+            await stack.stub.SendTestEvent(
+                webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id),
+                metadata=metadata,
+            )
+        requests = await receiver.wait_for(2)
+    ids = sorted(request.headers.get("x-request-id", "") for request in requests)
+    assert ids[1] == "req-test-1"  # the call's
+    assert re.fullmatch(r"[0-9a-f]{32}", ids[0])  # else one of its own
+
+
 async def test_a_resent_delivered_delivery_is_not_shown_delivered_until_it_is_again(
     stack: Stack,
 ) -> None:

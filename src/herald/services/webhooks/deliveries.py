@@ -3,6 +3,8 @@ the operator's actions on them (resend, recover, test events)."""
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,10 +78,16 @@ class Deliveries:
         return count
 
     async def send_test(
-        self, tenant: str, webhook_id: str, event_type: str, data: object | None = None
+        self,
+        tenant: str,
+        webhook_id: str,
+        event_type: str,
+        data: object | None = None,
+        request_id: str = "",
     ) -> asyncpg.Record:
         """Queues a test event for the webhook, due now, with ``data`` (a fixed test
-        object when None)."""
+        object when None). Its POST carries ``request_id`` as X-Request-Id, or one of its
+        own when empty: every event Herald delivers has one (seed 001)."""
         hook = _active(await self._webhooks.get(tenant, webhook_id), "the test event")
         event_id = str(uuid.uuid4())
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -95,7 +103,7 @@ class Deliveries:
             [event_id],
             [event_type],
             [body_of(event_id, event_type, created, data)],
-            ["{}"],
+            [json.dumps({"x-request-id": request_id or os.urandom(16).hex()})],
             None,  # not claimed: any worker attempts it
             0.0,
             0,

@@ -240,7 +240,11 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         if problems:
             raise InvalidArgument(problems)
         row = await self._log.send_test(
-            TENANT.get(), _required_id(request.webhook_id, "webhook_id"), event_type, data
+            TENANT.get(),
+            _required_id(request.webhook_id, "webhook_id"),
+            event_type,
+            data,
+            _request_id(context),
         )
         return webhooks_pb2.SendTestEventResponse(delivery=delivery_to_proto(row))
 
@@ -297,3 +301,11 @@ def _required_id(webhook_id: str, field_name: str = "id") -> str:
     if not webhook_id:
         raise InvalidArgument([FieldViolation(field_name, "required")])
     return webhook_id
+
+
+def _request_id(context: Context) -> str:
+    """The call's x-request-id metadata ("" when none), for its test event's POST."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value
+    return ""
