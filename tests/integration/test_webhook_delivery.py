@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -913,6 +914,28 @@ async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack:
     assert body["data"] == seeds
     assert re.search(rb'"count": 3[,}]', request.body)  # a whole number, not 3.0
     assert request.headers["x-herald-delivery"] == sent.delivery.id
+
+
+async def test_a_delivery_being_attempted_is_due_now_not_when_its_claim_lapses(
+    stack: Stack,
+) -> None:
+    # SendTestEvent and the delivery log said "next attempt in ~40 s" (the claim's lease)
+    # for a delivery whose attempt was under way
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(delay=2.0))
+        created = await stack.hook(receiver.url())
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+        await receiver.wait_for(1)  # the attempt is under way: the receiver holds it
+        listed = await stack.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    for delivery in (sent.delivery, *listed.deliveries):
+        assert delivery.status == webhooks_pb2.DELIVERY_STATUS_PENDING
+        assert delivery.HasField("next_attempt_time")
+        assert delivery.next_attempt_time.ToDatetime(tzinfo=UTC) <= soon
 
     nan, big = Struct(), Struct()
     nan.fields["x"].number_value = float("nan")
