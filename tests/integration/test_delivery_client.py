@@ -199,8 +199,14 @@ async def test_redirects_are_not_followed(receiver: Receiver, client: DeliveryCl
     receiver.script("/hook", Reply(302, b"", {"Location": receiver.url("/target")}))
     result = await client.post(receiver.url(), BODY, {})
     assert (result.status_code, result.ok, result.error) == (302, False, None)
+    assert result.detail == (
+        f"redirect not followed (Location: {receiver.url('/target')}): point the webhook's "
+        "url at the final address"
+    )
     await asyncio.sleep(0.05)
     assert receiver.received("/target") == []
+    receiver.script("/hook", Reply(500, b"", {"Location": receiver.url("/target")}))
+    assert (await client.post(receiver.url(), BODY, {})).detail == "", "only a 3xx's"
 
 
 async def test_the_checked_address_is_the_one_connected_to(

@@ -916,6 +916,25 @@ async def test_a_test_event_carries_the_data_given_as_the_seeds_test_does(stack:
     assert request.headers["x-herald-delivery"] == sent.delivery.id
 
 
+async def test_the_delivery_log_says_where_a_redirect_pointed(stack: Stack) -> None:
+    # A 301 was retried to exhaustion with nothing in the log but the status code
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(301, b"", {"Location": "https://example.com/moved"}))
+        created = await stack.hook(receiver.url(), retry_policy=webhooks_pb2.RetryPolicy())
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1)
+        for _ in range(50):
+            listed = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
+            )
+            if listed.deliveries and listed.deliveries[0].attempts:
+                break
+            await asyncio.sleep(0.1)
+    [delivery] = listed.deliveries
+    assert delivery.response_status_code == 301
+    assert "Location: https://example.com/moved" in delivery.last_error
+
+
 async def test_a_delivery_being_attempted_is_due_now_not_when_its_claim_lapses(
     stack: Stack,
 ) -> None:

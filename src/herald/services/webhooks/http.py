@@ -39,6 +39,7 @@ _ULA = ipaddress.IPv6Network("fc00::/7")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix
 _BODY_BYTES = 4096  # read at most this much of a response from the wire
 _BODY_CHARS = 1024  # and keep at most this much of it
+_LOCATION_CHARS = 300  # of a 3xx's Location, in the delivery log
 _NEVER_FROM_CALLER = {"user-agent", "content-type", "content-length", "transfer-encoding", "host"}
 
 
@@ -155,11 +156,23 @@ class AttemptResult(NamedTuple):
     retry_after: float | None  # seconds, from a parseable Retry-After header
     elapsed: float  # seconds from sending to the response headers (or the failure)
     error: str | None  # timeout, connection_error, ssrf_refused, invalid_url, tls_error
-    detail: str  # why, when error is set; never contains secrets or header values
+    # Why, when error is set (never secrets or our header values); for a 3xx, the
+    # redirect not followed and where it pointed.
+    detail: str
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _redirect(response: aiohttp.ClientResponse) -> str:
+    """For a 3xx, the delivery log's word on it: redirects are not followed (a public URL
+    could send the POST to an internal one), so the log says where it pointed."""
+    if not 300 <= response.status < 400:
+        return ""
+    location = response.headers.get("Location")
+    where = f" (Location: {storable(location[:_LOCATION_CHARS])})" if location else ""
+    return f"redirect not followed{where}: point the webhook's url at the final address"
 
 
 def storable(text: str) -> str:
@@ -303,7 +316,7 @@ class DeliveryClient:
         assert response is not None
         text = storable(prefix[:_BODY_BYTES].decode("utf-8", errors="replace")[:_BODY_CHARS])
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return AttemptResult(response.status, text, retry_after, elapsed, None, "")
+        return AttemptResult(response.status, text, retry_after, elapsed, None, _redirect(response))
 
     async def aclose(self) -> None:
         await self._deadlines.aclose()
