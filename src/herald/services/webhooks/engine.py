@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import math
 import time
 import uuid
@@ -33,11 +32,11 @@ from herald.services.webhooks import attempt_span, retry
 from herald.services.webhooks.escalation import Escalation
 from herald.services.webhooks.http import DeliveryClient
 from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
-from herald.services.webhooks.model import RetryPolicy, own_header
+from herald.services.webhooks.model import own_header
 from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
-from herald.services.webhooks.store import Q
+from herald.services.webhooks.store import Q, retry_policy_of
 
 log = structlog.get_logger("herald.webhooks.engine")
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
@@ -56,27 +55,6 @@ _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "
 # The events seed's events_retry_total counts a delivery's retries too, beside the
 # relay's and dispatch's (as events_dlq_total counts its dead letters).
 _RETRIED = EVENTS_RETRY.labels("webhook")
-
-
-@functools.lru_cache(maxsize=1024)
-def _policy(
-    max_retries: int,
-    initial_delay_ms: int,
-    backoff_multiplier: float,
-    max_delay_ms: int,
-    delays_ms: tuple[int, ...],
-    retry_statuses: tuple[int, ...],
-) -> RetryPolicy:
-    """A webhook's retry policy from its columns (made once per distinct policy, not
-    per attempt)."""
-    return RetryPolicy(
-        max_retries,
-        initial_delay_ms / 1000,
-        backoff_multiplier,
-        max_delay_ms / 1000,
-        tuple(ms / 1000 for ms in delays_ms),
-        retry_statuses,
-    )
 
 
 class Engine:
@@ -369,14 +347,7 @@ class Engine:
                 self._fast.add(row["webhook_id"])
         finally:
             posted()
-        policy = _policy(
-            hook["max_retries"],
-            hook["initial_delay_ms"],
-            hook["backoff_multiplier"],
-            hook["max_delay_ms"],
-            tuple(hook["retry_delays_ms"]),
-            tuple(hook["retry_statuses"]),
-        )
+        policy = retry_policy_of(hook)
         verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
         ATTEMPT_SECONDS.observe(result.elapsed)
         then = None

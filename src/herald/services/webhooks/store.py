@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,39 @@ from herald.services.webhooks.secret_box import SecretBox
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
 # The order of list_webhooks (its ORDER BY).
 WEBHOOK_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
+
+
+def retry_policy_of(row: asyncpg.Record) -> RetryPolicy:
+    """A webhook's retry policy from its columns (a webhooks row, or a claimed
+    delivery's, which brings them along)."""
+    return _policy(
+        row["max_retries"],
+        row["initial_delay_ms"],
+        row["backoff_multiplier"],
+        row["max_delay_ms"],
+        tuple(row["retry_delays_ms"]),
+        tuple(row["retry_statuses"]),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(
+    max_retries: int,
+    initial_delay_ms: int,
+    backoff_multiplier: float,
+    max_delay_ms: int,
+    delays_ms: tuple[int, ...],
+    retry_statuses: tuple[int, ...],
+) -> RetryPolicy:
+    """Made once per distinct policy, not per delivery attempt."""
+    return RetryPolicy(
+        max_retries,
+        initial_delay_ms / 1000,
+        backoff_multiplier,
+        max_delay_ms / 1000,
+        tuple(ms / 1000 for ms in delays_ms),
+        retry_statuses,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +79,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
         url=row["url"],
         event_types=tuple(row["event_types"]),
         active=row["active"],
-        retry_policy=RetryPolicy(
-            row["max_retries"],
-            row["initial_delay_ms"] / 1000,
-            row["backoff_multiplier"],
-            row["max_delay_ms"] / 1000,
-            tuple(ms / 1000 for ms in row["retry_delays_ms"]),
-            tuple(row["retry_statuses"]),
-        ),
+        retry_policy=retry_policy_of(row),
         rate_limit=RateLimit(row["rate_per_second"], row["rate_per_minute"]),
         headers=json.loads(row["headers"]),
         description=row["description"],
