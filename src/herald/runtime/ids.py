@@ -8,6 +8,7 @@ the same result (RFC 4122 version 5: SHA-1 of namespace + name).
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 
 
@@ -18,3 +19,9 @@ def uuid5_text(namespace: uuid.UUID, name: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = digest.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def new_request_id() -> str:
+    """An X-Request-Id of Herald's own (32 random hex digits), for an event whose call
+    sent none: every event Herald publishes or delivers carries one (seed 001)."""
+    return os.urandom(16).hex()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from herald.runtime import cloudevents_kafka as binding
 from herald.runtime import event_spans
 from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from herald.runtime.ids import new_request_id
 from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
 from herald.runtime.tracing import current_traceparent
@@ -64,7 +64,7 @@ class CallContext:
         # found by: one of its own for a call that sent none (all of a batch's items
         # share their call's).
         if REQUEST_ID not in self.headers:
-            self.headers[REQUEST_ID] = os.urandom(16).hex()
+            self.headers[REQUEST_ID] = new_request_id()
         # Each event's record carries the traceparent of its own event.publish span, a
         # child of the call's (in the caller's trace, if any; as sent when tracing is off).
         sent = self.headers.pop("traceparent", None)

@@ -4,7 +4,6 @@ the operator's actions on them (resend, recover, test events)."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from herald.runtime.errors import FailedPrecondition, NotFound
+from herald.runtime.ids import new_request_id
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.webhooks.intake import delivery_id
 from herald.services.webhooks.signing import body_of
@@ -103,7 +103,7 @@ class Deliveries:
             [event_id],
             [event_type],
             [body_of(event_id, event_type, created, data)],
-            [json.dumps({"x-request-id": request_id or os.urandom(16).hex()})],
+            [json.dumps({"x-request-id": request_id or new_request_id()})],
             None,  # not claimed: any worker attempts it
             0.0,
             0,
