@@ -17,6 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from herald.runtime.announcements import Announcements
+from herald.runtime.cloudevents_kafka import CE_PREFIX
 from herald.runtime.db import Connection
 from herald.runtime.dlq import InputRecord, send_dead_letter
 from herald.runtime.dlq_outbox import DeadLetterOutbox
@@ -25,7 +26,7 @@ from herald.runtime.publisher import TENANT_ATTRIBUTE, Alert, alert_about
 from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.dlq")
-TENANT_HEADER = f"ce_{TENANT_ATTRIBUTE}"  # the attribute as the CloudEvents Kafka binding writes it
+TENANT_HEADER = CE_PREFIX + TENANT_ATTRIBUTE  # the attribute as the Kafka binding writes it
 NAMESPACE = uuid.UUID("7f0e2d4c-1b3a-4c5d-8e9f-a0b1c2d3e4f5")
 
 

@@ -13,6 +13,7 @@ from yarl import URL
 from herald.runtime.cloudevents_kafka import CONTEXT_HEADERS
 from herald.runtime.errors import FieldViolation
 from herald.runtime.type_patterns import matches
+from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX
 
 # Katya's seed (004): maxRetries 3, retryDelay 1000 ms, backoffMultiplier 2.
 DEFAULT_MAX_RETRIES = 3
@@ -130,7 +131,7 @@ def own_header(name: str, header_prefix: str) -> bool:
 
 
 def check(
-    spec: WebhookSpec, known_types: Iterable[str], header_prefix: str = "X-Herald"
+    spec: WebhookSpec, known_types: Iterable[str], header_prefix: str = DEFAULT_HEADER_PREFIX
 ) -> list[FieldViolation]:
     """Every problem with ``spec``, named by its field in the Webhook message;
     ``header_prefix`` is that of Herald's own headers (``WEBHOOKS_HEADER_PREFIX``)."""

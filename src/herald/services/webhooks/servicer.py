@@ -26,6 +26,7 @@ from herald.services.webhooks.convert import (
 from herald.services.webhooks.deliveries import DELIVERY_ORDER, Deliveries
 from herald.services.webhooks.event_types import EventTypeNames
 from herald.services.webhooks.secret_box import generate_secret
+from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX
 from herald.services.webhooks.store import WEBHOOK_ORDER, WebhookStore
 
 log = structlog.get_logger("herald.webhooks")
@@ -49,7 +50,7 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         store: WebhookStore,
         event_types: EventTypeNames,
         deliveries: Deliveries,
-        header_prefix: str = "X-Herald",
+        header_prefix: str = DEFAULT_HEADER_PREFIX,
     ) -> None:
         self._store = store
         self._header_prefix = header_prefix  # Herald's own headers: not a webhook's

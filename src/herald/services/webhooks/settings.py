@@ -16,7 +16,7 @@ from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     RuntimeSettings,
 )
-from herald.services.webhooks.signing import prefix_problem
+from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX, prefix_problem
 
 VERSION = "0.1"  # of Herald's webhooks, in its default User-Agent
 _USER_AGENT = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
@@ -87,7 +87,7 @@ class WebhooksSettings(RuntimeSettings):
         "DELIVERY_CONCURRENCY (at least 1).",
     )
     webhooks_header_prefix: str = Field(
-        "X-Herald",
+        DEFAULT_HEADER_PREFIX,
         description="Prefix of the delivery headers Herald sets (<prefix>-Event, "
         "-Delivery, -Timestamp, -Signature, -Retry-Count, ...); X-Katya gives the seed's.",
     )

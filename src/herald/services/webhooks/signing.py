@@ -73,7 +73,8 @@ def prefix_problem(prefix: str) -> str | None:
     return None
 
 
-HERALD = HeaderNames.under("X-Herald")  # the default
+DEFAULT_HEADER_PREFIX = "X-Herald"  # WEBHOOKS_HEADER_PREFIX unless set
+HERALD = HeaderNames.under(DEFAULT_HEADER_PREFIX)
 
 
 def body_of(event_id: str, event_type: str, created_at: str, data: object) -> bytes:
