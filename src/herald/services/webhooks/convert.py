@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -140,7 +141,10 @@ def delivery_to_proto(row: Any) -> webhooks_pb2.Delivery:
     if row["delivered_at"] is not None:
         message.deliver_time.CopyFrom(timestamp(row["delivered_at"]))
     if row["status"] == "pending" and row["next_attempt_at"] is not None:
-        message.next_attempt_time.CopyFrom(timestamp(row["next_attempt_at"]))
+        due = row["next_attempt_at"]
+        if row["claimed"]:  # its next_attempt_at is the claim's lease: the attempt is now
+            due = min(due, datetime.now(UTC))
+        message.next_attempt_time.CopyFrom(timestamp(due))
     return message
 
 

@@ -209,9 +209,7 @@ FROM webhooks.deliveries WHERE status = 'pending' AND next_attempt_at <= now()
 -- delivery the filter matches.
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
        d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
-       -- a claimed delivery's next_attempt_at is its claim's lease: its attempt is now
-       CASE WHEN d.claimed_by IS NULL THEN d.next_attempt_at
-            ELSE least(d.next_attempt_at, now()) END AS next_attempt_at,
+       d.next_attempt_at, d.claimed_by IS NOT NULL AS claimed,
        (SELECT count(*) FROM webhooks.deliveries
         WHERE webhook_id = $1 AND tenant = $2 AND ($3 = '' OR status = $3)) AS total
 FROM webhooks.deliveries AS d
@@ -257,8 +255,7 @@ RETURNING id
 -- name: get_delivery
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
        d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
-       CASE WHEN d.claimed_by IS NULL THEN d.next_attempt_at
-            ELSE least(d.next_attempt_at, now()) END AS next_attempt_at
+       d.next_attempt_at, d.claimed_by IS NOT NULL AS claimed
 FROM webhooks.deliveries AS d WHERE d.id = $1 AND d.tenant = $2
 
 -- name: recover_webhook
