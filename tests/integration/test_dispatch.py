@@ -110,6 +110,12 @@ class Flow:
         finally:
             await producer.stop()
 
+    async def stop_dispatch(self) -> None:
+        """Stops every dispatch replica (the fixture's and those a test added)."""
+        for running in self.dispatch:
+            await running.stop(1)
+        self.dispatch.clear()
+
     async def add_dispatch(self, **overrides: Any) -> Running:
         settings = self.settings.model_copy(update=overrides)
         running = await start(
@@ -483,9 +489,7 @@ async def test_dispatch_dead_lettering_a_tenants_event_alerts_that_tenant_only(
 ) -> None:
     # herald.dispatch.dead_lettered names the dead event (id, type, reason): for an event
     # scoped to one tenant (heraldtenant) it went to every tenant's '*' webhooks
-    for running in flow.dispatch:
-        await running.stop(1)
-    flow.dispatch.clear()
+    await flow.stop_dispatch()
     await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="0.3s")
     event_id = await flow.publish(
         "message.created", {"id": "m", "content": "c"}, heraldtenant="acme"
@@ -667,9 +671,7 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
 ) -> None:
     # A second dispatch group whose webhooks service is unreachable: its webhook target
     # fails, is retried twice (0.3 s apart) and then dead-lettered.
-    for running in flow.dispatch:
-        await running.stop(1)
-    flow.dispatch.clear()
+    await flow.stop_dispatch()
     broken = await flow.add_dispatch(
         webhooks_addr="127.0.0.1:1", subscriptions_max_staleness_seconds=0.5
     )
@@ -739,9 +741,7 @@ async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(flow
     # its alert stored only after that: with Kafka away, a stop in that window lost both
     if flow.infra.kafka is None:
         pytest.fail("this test stops Kafka: run it against the Kafka the session starts")
-    for running in flow.dispatch:
-        await running.stop(1)
-    flow.dispatch.clear()
+    await flow.stop_dispatch()
     # webhooks unreachable: the event is parked, and dead-lettered at its one retry
     await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="6s")
     await flow.hooks.CreateWebhook(
@@ -765,9 +765,7 @@ async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(flow
             await asyncio.sleep(0.1)
         [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered")
         assert alert["event_id"] == event_id
-        for running in flow.dispatch:
-            await running.stop(1)
-        flow.dispatch.clear()
+        await flow.stop_dispatch()
         assert await count_rows(flow.database_url, "dispatch.dlq_outbox") == 1, "owed, stored"
     finally:
         await asyncio.to_thread(flow.infra.kafka.start)
