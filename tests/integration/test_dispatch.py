@@ -110,6 +110,15 @@ class Flow:
         finally:
             await producer.stop()
 
+    async def hook(
+        self, metadata: tuple[tuple[str, str], ...] = KEY, **fields: Any
+    ) -> webhooks_pb2.CreateWebhookResponse:
+        """Creates a webhook of ``fields`` (acme's, unless ``metadata`` says whose)."""
+        return await self.hooks.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(webhook=webhooks_pb2.Webhook(**fields)),
+            metadata=metadata,
+        )
+
     async def stop_dispatch(self) -> None:
         """Stops every dispatch replica (the fixture's and those a test added)."""
         for running in self.dispatch:
@@ -329,14 +338,7 @@ async def test_an_event_at_the_size_limit_goes_all_the_way(flow: Flow) -> None:
     Kafka too."""
     content = "x" * 990_000
     async with Receiver() as receiver:
-        await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="big", url=receiver.url(), event_types=["message.created"]
-                )
-            ),
-            metadata=KEY,
-        )
+        await flow.hook(name="big", url=receiver.url(), event_types=["message.created"])
         topic, _ = await flow.push_route(
             "big", dispatch_pb2.RouteFilter(type=dispatch_pb2.TypeMatch(exact="message.created"))
         )
@@ -426,16 +428,11 @@ async def test_an_exhausted_delivery_of_an_exhaustion_alert_raises_no_further_al
     webhook, and so on for ever."""
     async with Receiver() as receiver:
         receiver.script("/hook", *[Reply(500)] * 20)
-        await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="everything",
-                    url=receiver.url(),
-                    event_types=["*"],
-                    retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
-                )
-            ),
-            metadata=KEY,
+        await flow.hook(
+            name="everything",
+            url=receiver.url(),
+            event_types=["*"],
+            retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
         )
         await asyncio.sleep(1)  # dispatch has seen the webhook
         event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
@@ -456,21 +453,14 @@ async def test_a_tenants_webhook_alerts_reach_only_that_tenants_webhooks(flow: F
     async with Receiver() as receiver:
         receiver.script("/gone", Reply(410, b"gone"))
         for metadata, path in ((KEY, "/acme"), (globex, "/globex")):
-            await flow.hooks.CreateWebhook(
-                webhooks_pb2.CreateWebhookRequest(
-                    webhook=webhooks_pb2.Webhook(
-                        name="watch", url=receiver.url(path), event_types=["herald.webhook.*"]
-                    )
-                ),
+            await flow.hook(
+                name="watch",
+                url=receiver.url(path),
+                event_types=["herald.webhook.*"],
                 metadata=metadata,
             )
-        doomed = await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="doomed", url=receiver.url("/gone"), event_types=["message.created"]
-                )
-            ),
-            metadata=KEY,
+        doomed = await flow.hook(
+            name="doomed", url=receiver.url("/gone"), event_types=["message.created"]
         )
         await asyncio.sleep(1)  # dispatch has seen the webhooks
         await flow.publish("message.created", {"id": "m", "content": "c"})
@@ -511,14 +501,7 @@ async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(
     flow: Flow,
 ) -> None:
     async with Receiver() as receiver:
-        created = await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="late", url=receiver.url(), event_types=["message.*"]
-                )
-            ),
-            metadata=KEY,
-        )
+        created = await flow.hook(name="late", url=receiver.url(), event_types=["message.*"])
         await asyncio.sleep(1.0)
         event_id = await flow.publish("message.created", {"id": "msg_9", "content": "x"})
         [request] = await receiver.wait_for(1, timeout=20)
@@ -680,14 +663,7 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
     )
     flow.channels.append(channel)
     async with Receiver() as receiver:
-        await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="owed", url=receiver.url(), event_types=["message.created"]
-                )
-            ),
-            metadata=KEY,
-        )
+        await flow.hook(name="owed", url=receiver.url(), event_types=["message.created"])
         exhausted = {"reason": "exhausted"}
         before = REGISTRY.get_sample_value("events_dlq_total", exhausted) or 0.0
         event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
@@ -744,14 +720,7 @@ async def test_a_dead_letter_decided_while_kafka_is_away_survives_a_restart(flow
     await flow.stop_dispatch()
     # webhooks unreachable: the event is parked, and dead-lettered at its one retry
     await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="6s")
-    await flow.hooks.CreateWebhook(
-        webhooks_pb2.CreateWebhookRequest(
-            webhook=webhooks_pb2.Webhook(
-                name="owed", url="http://127.0.0.1:9/hook", event_types=["message.created"]
-            )
-        ),
-        metadata=KEY,
-    )
+    await flow.hook(name="owed", url="http://127.0.0.1:9/hook", event_types=["message.created"])
     event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
     for _ in range(100):
         if await count_rows(flow.database_url, "dispatch.retries"):
@@ -982,14 +951,7 @@ async def test_each_hop_continues_the_callers_trace_under_a_span_of_its_own(
     the POST) carries a span id of its own."""
     caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     async with Receiver() as receiver:
-        await flow.hooks.CreateWebhook(
-            webhooks_pb2.CreateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(
-                    name="traced", url=receiver.url(), event_types=["message.created"]
-                )
-            ),
-            metadata=KEY,
-        )
+        await flow.hook(name="traced", url=receiver.url(), event_types=["message.created"])
         await asyncio.sleep(1)  # dispatch has seen the webhook
         event_id = str(uuid.uuid4())
         doc = {
