@@ -129,8 +129,13 @@ class HangingProducer:
         return asyncio.get_running_loop().create_future()
 
 
-def test_a_send_kafka_never_answers_times_out_at_the_bound() -> None:
-    # The outbox's worker gives way after its bound and keeps the record for later
+def test_a_send_kafka_never_answers_times_out_at_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The outbox's worker gives way after its bound (plus the wait for a queued
+    # record's outcome) and keeps the record for later
+    monkeypatch.setattr(dlq, "QUEUED_SECONDS", 0.05)
+
     async def attempt() -> tuple[str, float]:
         started = asyncio.get_running_loop().time()
         outcome = await dlq.try_dead_letter(_given(HangingProducer()), "dlq", b"v", b"k", [], 0.05)
@@ -155,3 +160,30 @@ def test_a_record_refused_even_cut_down_is_reported_as_refused() -> None:
 def _given(producer: object) -> Any:
     """A producer getter answering ``producer``."""
     return lambda: producer
+
+
+class SlowProducer:
+    """Queues each record at once; Kafka acknowledges it ``after`` seconds later, as a
+    producer does for a batch it holds while the broker is away."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self.queued = 0
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+        self.queued += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.after, future.set_result, None)
+        return future
+
+
+def test_a_queued_record_is_waited_for_not_given_up_and_sent_again() -> None:
+    # The wait for the acknowledgement was cut at the deadline while the record stayed
+    # queued: "timeout", the outbox sent it again, and Kafka got it twice once back
+    producer = SlowProducer(after=0.2)
+
+    async def scenario() -> str:
+        return await dlq.try_dead_letter(_given(producer), "dlq", b"v", b"k", [], 0.05)
+
+    assert asyncio.run(scenario()) == "sent"
+    assert producer.queued == 1

@@ -25,6 +25,9 @@ DLQ_TOPIC = "herald.dlq"
 WAIT_SECONDS = 30.0  # a dead letter waits this long for Kafka to take its record
 RETRY_SECONDS = 0.5
 MAX_RETRY_SECONDS = 10.0
+# Most a queued record is waited for past its bound: the producer fails it after its
+# request timeout (15 s); a producer that never answers still cannot hold a worker.
+QUEUED_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,10 @@ async def try_dead_letter(
 ) -> Literal["sent", "refused", "timeout"]:
     """:func:`send_dead_letter`'s attempts for up to ``wait_seconds`` (None: as long as it
     takes): "sent"; "refused" when Kafka refuses even the cut-down record (logged);
-    "timeout" when Kafka did not acknowledge it in time (logged)."""
+    "timeout" when Kafka did not acknowledge it in time (logged). ``wait_seconds`` bounds
+    the wait for a record to be queued; a queued one is waited for until the producer
+    has its outcome (at most its request timeout later; QUEUED_SECONDS more at most), so
+    "timeout" means the record will not be sent, and sending it again sends it once."""
     loop = asyncio.get_running_loop()
     deadline = None if wait_seconds is None else loop.time() + wait_seconds
     delay = RETRY_SECONDS
@@ -114,11 +120,19 @@ async def try_dead_letter(
         current = producer()
         if current is not None:
             try:
-                sending = _acknowledged(current, topic, value, key, headers)
+                queuing = current.send(topic, value, key=key, headers=headers)
                 if deadline is None:
-                    await sending
+                    delivery = await queuing
                 else:  # a send can wait on metadata far longer than we want to
-                    await asyncio.wait_for(sending, max(deadline - loop.time(), 0.1))
+                    delivery = await asyncio.wait_for(queuing, max(deadline - loop.time(), 0.1))
+                # Once queued, the record's outcome is awaited (the producer gives up on
+                # it after its request timeout): a record abandoned while queued is still
+                # sent when Kafka is back, and so was the copy sent in its place.
+                if deadline is None:
+                    await delivery
+                else:
+                    left = max(deadline - loop.time(), 0.0) + QUEUED_SECONDS
+                    await asyncio.wait_for(asyncio.shield(delivery), left)
                 return "sent"
             except REFUSED_FOR_GOOD as exc:
                 smaller = _smaller(value, headers)
@@ -138,16 +152,6 @@ async def try_dead_letter(
         pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
         await asyncio.sleep(pause)
         delay = min(delay * 2, MAX_RETRY_SECONDS)
-
-
-async def _acknowledged(
-    producer: AIOKafkaProducer,
-    topic: str,
-    value: bytes | None,
-    key: bytes | None,
-    headers: list[tuple[str, bytes]],
-) -> None:
-    await (await producer.send(topic, value, key=key, headers=headers))
 
 
 def _smaller(
