@@ -42,7 +42,7 @@ from tests.integration.conftest import (
     start_ingest,
     webhooks_settings,
 )
-from tests.integration.test_webhook_delivery import announced, ingest_events
+from tests.integration.test_webhook_delivery import announced, announced_trace, ingest_events
 from tests.kafka_helpers import create_small_topic, headers, read_matching
 from tests.receiver import Receiver, Reply
 
@@ -64,8 +64,15 @@ class Flow:
     channels: list[grpc.aio.Channel]
     settings: DispatchSettings
 
-    async def publish(self, event_type: str, data: dict[str, Any], **attrs: str) -> str:
-        """Publishes a structured CloudEvent through ingest; returns its id."""
+    async def publish(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        metadata: tuple[tuple[str, str], ...] = (),
+        **attrs: str,
+    ) -> str:
+        """Publishes a structured CloudEvent (``attrs``: more attributes) through ingest
+        with the call's ``metadata``; returns its id."""
         event_id = str(uuid.uuid4())
         doc = {
             "specversion": "1.0",
@@ -77,7 +84,9 @@ class Flow:
             "data": data,
             **attrs,
         }
-        await self.ingest.stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(doc)))
+        await self.ingest.stub.Publish(
+            ingest_pb2.PublishRequest(json=json.dumps(doc)), metadata=metadata
+        )
         return event_id
 
     async def push_route(
@@ -435,7 +444,12 @@ async def test_an_exhausted_delivery_of_an_exhaustion_alert_raises_no_further_al
             retry_policy=webhooks_pb2.RetryPolicy(max_retries=0),
         )
         await asyncio.sleep(1)  # dispatch has seen the webhook
-        event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+        trace_id = uuid.uuid4().hex
+        event_id = await flow.publish(
+            "message.created",
+            {"id": "m", "content": "c"},
+            metadata=(("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),),
+        )
         [alert] = await announced(flow.database_url, "herald.webhook.delivery_exhausted")
         assert alert["event_id"] == event_id
         requests = await receiver.wait_for(2, timeout=20)
@@ -444,6 +458,9 @@ async def test_an_exhausted_delivery_of_an_exhaustion_alert_raises_no_further_al
     assert types == ["herald.webhook.delivery_exhausted", "message.created"], requests
     found = await ingest_events(flow.database_url, "herald.webhook.delivery_exhausted")
     assert len(found) == 1
+    # The alert is published under the trace of the delivery it is about: a tracing
+    # backend shows the event's end beside its journey (its POSTs too).
+    assert {r.headers["traceparent"].split("-")[1] for r in requests} == {trace_id}
 
 
 async def test_a_tenants_webhook_alerts_reach_only_that_tenants_webhooks(flow: Flow) -> None:
@@ -495,6 +512,45 @@ async def test_dispatch_dead_lettering_a_tenants_event_alerts_that_tenant_only(
     finally:
         await conn.close()
     assert tenant == "acme"
+
+
+async def test_a_dead_letters_alert_joins_the_events_trace_and_tenant_in_any_case(
+    flow: Flow,
+) -> None:
+    # The alert started a trace of its own; a producer writing the tenant header as
+    # CE_HeraldTenant had the event scoped by matching (the binding reads header names
+    # in any case) but its dead-letter alert went to every tenant
+    await flow.stop_dispatch()
+    await flow.add_dispatch(webhooks_addr="127.0.0.1:1", retry_schedule="0.3s")
+    trace_id = uuid.uuid4().hex
+    event_id = str(uuid.uuid4())
+    await flow.produce_raw(
+        json.dumps({"id": "m", "content": "c"}).encode(),
+        [
+            ("ce_specversion", b"1.0"),
+            ("ce_id", event_id.encode()),
+            ("ce_source", b"urn:test"),
+            ("ce_type", b"message.created"),
+            ("content-type", b"application/json"),
+            ("CE_HeraldTenant", b"acme"),
+            ("Traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01".encode()),
+        ],
+    )
+    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered", timeout=30)
+    assert alert["event_id"] == event_id
+    conn = await asyncpg.connect(flow.database_url)
+    try:
+        tenant = await conn.fetchval(
+            "SELECT attributes->>'heraldtenant' FROM ingest.events WHERE type = $1",
+            "herald.dispatch.dead_lettered",
+        )
+    finally:
+        await conn.close()
+    assert tenant == "acme"
+    alert_trace = await announced_trace(
+        flow.infra.kafka_settings(), flow.settings.events_topic, "herald.dispatch.dead_lettered"
+    )
+    assert alert_trace == trace_id
 
 
 async def test_a_webhook_created_changed_or_deleted_is_seen_within_a_second(

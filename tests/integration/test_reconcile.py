@@ -41,7 +41,7 @@ from tests.integration.reconcile_flow import (
     refund,
     unique,
 )
-from tests.integration.test_webhook_delivery import ingest_events
+from tests.integration.test_webhook_delivery import announced_trace, ingest_events
 from tests.integration.test_webhooks_api import fails
 from tests.kafka_helpers import create_small_topic, headers, read_topic
 
@@ -638,6 +638,24 @@ async def test_reconciliation_reports_totals_finds_what_is_missing_and_repairs_i
     ]
     assert ranged["start_time"] == window.start_time.ToJsonString()
     assert ranged["end_time"] == window.end_time.ToJsonString()
+
+
+async def test_the_reconciled_event_joins_the_trace_of_the_call_that_asked_for_it(
+    flow: ReconcileFlow,
+) -> None:
+    # integration.cash.reconciled started a trace of its own
+    trace_id = uuid.uuid4().hex
+    e = unique("ev")
+    await flow.send(event(e), order(unique("or"), e, {unique("tk"): 1000}))
+    await flow.settled()
+    await flow.stub.RunReconciliation(
+        pb.RunReconciliationRequest(event_id=e),
+        metadata=(("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),),
+    )
+    reconciled_trace = await announced_trace(
+        flow.kafka(), flow.ingest.settings.events_topic, "integration.cash.reconciled"
+    )
+    assert reconciled_trace == trace_id
 
 
 async def test_bad_requests_name_the_field(flow: ReconcileFlow) -> None:

@@ -34,13 +34,14 @@ from structlog.testing import LogCapture
 from herald.runtime import kafka
 from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
+from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.app import build as build_ingest
 from herald.services.webhooks import engine
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
 from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
-from tests.kafka_helpers import headers, read_topic
+from tests.kafka_helpers import headers, read_matching, read_topic
 from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.integration
@@ -160,6 +161,17 @@ async def ingest_events(database_url: str, event_type: str) -> list[dict[str, An
     finally:
         await conn.close()
     return [json.loads(bytes(r["data"])) for r in rows]
+
+
+async def announced_trace(
+    settings: KafkaSettings, topic: str, event_type: str, timeout: float = 30
+) -> str:
+    """The trace id of the record ingest made of the (one) ``event_type`` alert on
+    ``topic``: what a tracing backend groups it under."""
+    [record] = await read_matching(
+        settings, topic, lambda r: headers(r).get("ce_type") == event_type, 1, timeout=timeout
+    )
+    return headers(record)["traceparent"].split("-")[1]
 
 
 async def announced(

@@ -52,6 +52,7 @@ def row(key: str) -> dict[str, Any]:
         "dataschema": "",
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         "tenant": "",
+        "traceparent": "",
     }
 
 

@@ -118,3 +118,34 @@ def test_an_event_hop_continues_a_parent_as_the_w3c_propagator_and_tracer_would(
     else:
         assert hop[1] not in (CALLER_TRACE, "0" * 32)
         assert (hop[0], hop[3]) == ("00", "01")
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-00",
+        f" 00-{CALLER_TRACE}-{CALLER_SPAN}-01 ",
+        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-later-fields",
+        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
+        f"00-{'0' * 32}-{CALLER_SPAN}-01",
+        f"00-{CALLER_TRACE}-{'0' * 16}-01",
+        f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
+        "00-abc-def-01",
+        "",
+    ],
+)
+def test_a_traceparent_handed_on_is_one_the_w3c_propagator_takes_as_it_is(parent: str) -> None:
+    """event_spans.valid (an alert's traceparent, from a record's header): the parent in
+    version-00 form when the propagator extracts it, the same trace, span and flags;
+    nothing when it refuses it (gRPC metadata cannot carry just anything)."""
+    extracted = trace.get_current_span(propagate.extract({"traceparent": parent}))
+    valid = event_spans.valid(parent)
+    if not extracted.get_span_context().is_valid:
+        assert valid == ""
+        return
+    again = trace.get_current_span(propagate.extract({"traceparent": valid}))
+    assert again.get_span_context() == extracted.get_span_context()
+    assert valid.startswith("00-")
+    assert len(valid) == 55

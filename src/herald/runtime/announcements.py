@@ -92,6 +92,7 @@ class Announcements:
                     row["dataschema"],
                     row["created_at"],
                     row["tenant"],
+                    row["traceparent"],
                 )
             )
             if error is None:
@@ -121,6 +122,7 @@ def _columns(alert: Alert) -> tuple[Any, ...]:
         json_fast.dumps(_storable(alert.data)),
         _storable(alert.dataschema),
         _storable(alert.tenant),
+        _storable(alert.traceparent),
     )
 
 

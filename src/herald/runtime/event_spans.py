@@ -80,6 +80,17 @@ def _child(parent: str | None) -> str:
     return f"00-{random.getrandbits(128) or 1:032x}-{span_id:016x}-01"
 
 
+def valid(value: str | None) -> str:
+    """``value`` as a version-00 traceparent when it is a valid one (what W3C's parsing
+    accepts, a future version's extra fields dropped), else "": what may be handed on
+    as a call's ``traceparent`` metadata, whatever a record's header held."""
+    found = _parse(value) if value is not None else None
+    if found is None:
+        return ""
+    trace_id, span_id, flags = found
+    return f"00-{trace_id}-{span_id}-{flags}"
+
+
 def _parse(value: str) -> tuple[str, str, str] | None:
     """(trace id, span id, flags) of a valid traceparent, else None."""
     match = _TRACEPARENT.fullmatch(value.strip())

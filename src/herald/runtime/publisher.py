@@ -46,7 +46,9 @@ class Alert:
     required by the catalog for ``integration.*`` types; ``time`` is when it happened
     (default: when it is published). ``tenant``: the webhooks tenant it concerns, sent as
     the ``heraldtenant`` attribute (TENANT_ATTRIBUTE): only that tenant's webhooks
-    receive it."""
+    receive it. ``traceparent``: the W3C trace context of what it is about (the event
+    that died, the RPC that asked for it); it is published under it, so ingest's
+    ``event.publish`` span, its record and its deliveries join that trace."""
 
     event_type: str
     key: str
@@ -55,6 +57,7 @@ class Alert:
     dataschema: str = ""
     time: datetime | None = None
     tenant: str = ""
+    traceparent: str = ""
 
 
 class EventPublisher:
@@ -105,8 +108,11 @@ class EventPublisher:
             event["dataschema"] = alert.dataschema
         if alert.tenant:
             event[TENANT_ATTRIBUTE] = alert.tenant
+        metadata = (("traceparent", alert.traceparent),) if alert.traceparent else None
         try:
-            await self._stub.Publish(ingest_pb2.PublishRequest(json=json.dumps(event)), timeout=5)
+            await self._stub.Publish(
+                ingest_pb2.PublishRequest(json=json.dumps(event)), timeout=5, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "publish.failed",

@@ -2,12 +2,14 @@
 -- whose migrations create {schema}.announcements).
 
 -- name: add
-INSERT INTO {schema}.announcements (event_type, key, subject, data, dataschema, tenant)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+INSERT INTO {schema}.announcements (event_type, key, subject, data, dataschema, tenant,
+                                     traceparent)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT (event_type, key) DO NOTHING
 
 -- name: pending
-SELECT event_type, key, subject, data::text AS data, dataschema, created_at, tenant
+SELECT event_type, key, subject, data::text AS data, dataschema, created_at, tenant,
+       traceparent
 FROM {schema}.announcements
 WHERE refused_at IS NULL
 ORDER BY created_at

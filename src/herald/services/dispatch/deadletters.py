@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from herald.runtime import event_spans
 from herald.runtime.announcements import Announcements
 from herald.runtime.cloudevents_kafka import CE_PREFIX
 from herald.runtime.db import Connection
@@ -186,14 +187,19 @@ def _alert(dead: uuid.UUID, letter: Letter) -> Alert:
             "partition": record.partition,
             "offset": record.offset,
         },
-        tenant=_tenant_of(record),
+        # The event's tenant (its heraldtenant attribute): the alert names the event, so
+        # it is for that tenant's webhooks only, as the event was. Published under the
+        # event's trace, so the trace shows where the event ended.
+        tenant=_header(record, TENANT_HEADER),
+        traceparent=event_spans.valid(_header(record, "traceparent")),
     )
 
 
-def _tenant_of(record: InputRecord) -> str:
-    """The tenant the dead event concerned (its ``heraldtenant`` attribute): the alert,
-    which names the event, is for that tenant's webhooks only, as the event was."""
-    for name, value in record.headers:
-        if name == TENANT_HEADER:
-            return value.decode(errors="replace")
-    return ""
+def _header(record: InputRecord, name: str) -> str:
+    """The record's header ``name`` (lower case) as the binding reads it, whatever case
+    the producer wrote (the last one given wins); "" when it has none."""
+    found = ""
+    for key, value in record.headers:
+        if key.lower() == name:
+            found = value.decode(errors="replace")
+    return found

@@ -18,6 +18,7 @@ from herald.runtime.db import Connection
 from herald.runtime.errors import FailedPrecondition, NotFound
 from herald.runtime.publisher import Alert
 from herald.runtime.timestamps import datetime_of, timestamp
+from herald.runtime.tracing import current_traceparent
 from herald.services.reconcile.apply import ticket_states
 from herald.services.reconcile.checks import Finding, check_refund, order_mismatch
 from herald.services.reconcile.ledger import Transaction
@@ -309,4 +310,6 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
             "tickets_refunded_sent": t.tickets_refunded_sent,
         },
         RECONCILED_SCHEMA,
+        # Under the RunReconciliation call's trace: its caller sees the event it made.
+        traceparent=current_traceparent() or "",
     )

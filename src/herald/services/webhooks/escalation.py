@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from herald.runtime import json_fast
+from herald.runtime import event_spans, json_fast
 from herald.runtime.announcements import Announcements
 from herald.runtime.db import Connection
 from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
@@ -58,7 +58,8 @@ class Escalation:
         }
         # The event's transport context (traceparent, x-request-id, …), as its POSTs had
         # it: the dead letter stays correlated with the event's trace and logs.
-        context = [(k, str(v).encode()) for k, v in json_fast.loads(row["context"]).items()]
+        transport = json_fast.loads(row["context"])
+        context = [(k, str(v).encode()) for k, v in transport.items()]
         headers = dead_letter_headers(
             verdict.dead_letter_reason, "webhooks", context, origin=origin
         )
@@ -76,6 +77,7 @@ class Escalation:
                 "last_status_code": result.status_code,
                 "tenant": row["tenant"],
             },
+            transport,
         )
         body, key = bytes(row["body"]), str(hook["webhook_id"]).encode()
 
@@ -121,10 +123,25 @@ class Escalation:
             f"{hook['webhook_id']}/{row['id']}/{row['attempts'] + 1}",
             hook,
             {"webhook_id": str(hook["webhook_id"]), "reason": why, "tenant": row["tenant"]},
+            json_fast.loads(row["context"]),
         )
         await self._announcements.add_within(conn, alert)
 
 
-def _alert(event_type: str, key: str, hook: asyncpg.Record, data: dict[str, Any]) -> Alert:
-    """An alert about ``hook``, for its tenant's webhooks only."""
-    return Alert(event_type, key, f"webhooks/{hook['webhook_id']}", data, tenant=data["tenant"])
+def _alert(
+    event_type: str,
+    key: str,
+    hook: asyncpg.Record,
+    data: dict[str, Any],
+    transport: dict[str, Any],
+) -> Alert:
+    """An alert about ``hook``, for its tenant's webhooks only, published under the trace
+    of the delivery that led to it (``transport``: its event's context)."""
+    return Alert(
+        event_type,
+        key,
+        f"webhooks/{hook['webhook_id']}",
+        data,
+        tenant=data["tenant"],
+        traceparent=event_spans.valid(str(transport.get("traceparent", ""))),
+    )

@@ -1,0 +1,2 @@
+-- The trace an alert joins (runtime/sql/tables/announcements_traceparent.sql).
+-- include: announcements_traceparent
