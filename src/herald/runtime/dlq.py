@@ -120,19 +120,19 @@ async def try_dead_letter(
         current = producer()
         if current is not None:
             try:
-                queuing = current.send(topic, value, key=key, headers=headers)
                 if deadline is None:
-                    delivery = await queuing
-                else:  # a send can wait on metadata far longer than we want to
-                    delivery = await asyncio.wait_for(queuing, max(deadline - loop.time(), 0.1))
+                    delivery = await current.send(topic, value, key=key, headers=headers)
+                    await delivery
+                    return "sent"
+                # A send can wait on metadata far longer than we want to. (asyncio.timeout,
+                # not wait_for, which can lose a stop's cancellation on Python 3.11.)
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    delivery = await current.send(topic, value, key=key, headers=headers)
                 # Once queued, the record's outcome is awaited (the producer gives up on
                 # it after its request timeout): a record abandoned while queued is still
                 # sent when Kafka is back, and so was the copy sent in its place.
-                if deadline is None:
-                    await delivery
-                else:
-                    left = max(deadline - loop.time(), 0.0) + QUEUED_SECONDS
-                    await asyncio.wait_for(asyncio.shield(delivery), left)
+                async with asyncio.timeout(max(deadline - loop.time(), 0.0) + QUEUED_SECONDS):
+                    await asyncio.shield(delivery)
                 return "sent"
             except REFUSED_FOR_GOOD as exc:
                 smaller = _smaller(value, headers)
