@@ -360,6 +360,76 @@ async def test_idempotent_replay_and_key_misuse(
     assert len(records) == 1, "a replay must not reach Kafka twice"
 
 
+async def test_a_retry_whose_json_data_lists_its_keys_in_another_order_is_a_replay(
+    ingest: IngestUnderTest, infra: Infra, topic: str
+) -> None:
+    # JSON objects are unordered: a retry rebuilt from a parsed copy (a client's jsonb
+    # column reorders keys) was refused as "a different request"
+    name = f"reorder.t{uuid.uuid4().hex[:8]}"
+    await ingest.stub.CreateEventType(
+        ingest_pb2.CreateEventTypeRequest(
+            event_type=ingest_pb2.EventType(
+                name=name, data_version="1.0", json_schema='{"type": "object"}'
+            )
+        )
+    )
+
+    def doc(event_id: str, data: str) -> ingest_pb2.PublishRequest:
+        head = (
+            f'{{"specversion": "1.0", "id": "{event_id}", "source": "urn:shop", '
+            f'"type": "{name}", "time": "2026-11-22T10:00:00Z", "data": '
+        )
+        return ingest_pb2.PublishRequest(json=head + data + "}")
+
+    written = '{"order": {"id": 7, "lines": [1, 2.50]}, "paid": true}'
+    reordered = '{ "paid" : true, "order": {"lines": [1, 2.5], "id": 7} }'
+    key = (("idempotency-key", "k-" + uuid.uuid4().hex),)
+    with_key = str(uuid.uuid4())
+    first = await ingest.stub.Publish(doc(with_key, written), metadata=key)
+    again = await ingest.stub.Publish(doc(with_key, reordered), metadata=key)
+    assert (first.duplicate, again.duplicate, again.event_id) == (False, True, with_key)
+    changed = '{"paid": false, "order": {"lines": [1, 2.5], "id": 7}}'
+    got = await rejected(ingest, doc(with_key, changed), key)
+    assert "already used with a different request" in got["idempotency-key"]
+    one = '{"paid": 1, "order": {"lines": [1, 2.5], "id": 7}}'  # 1 is not true
+    got = await rejected(ingest, doc(with_key, one), key)
+    assert "already used with a different request" in got["idempotency-key"]
+
+    by_id = str(uuid.uuid4())  # no key: the same id from the same source
+    await ingest.stub.Publish(doc(by_id, written))
+    assert (await ingest.stub.Publish(doc(by_id, reordered))).duplicate
+
+    batch_key = (("idempotency-key", "b-" + uuid.uuid4().hex),)
+    in_batch = [str(uuid.uuid4()) for _ in range(3)]
+    await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[doc(i, written) for i in in_batch]),
+        metadata=batch_key,
+    )
+    replay = await ingest.stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[doc(i, reordered) for i in in_batch]),
+        metadata=batch_key,
+    )
+    assert [(r.event_id, r.duplicate) for r in replay.results] == [(i, True) for i in in_batch]
+
+    # A retry the rules have changed for since (a newer data version, the default now,
+    # whose schema it fails) is still answered as its first call was.
+    await ingest.stub.CreateEventType(
+        ingest_pb2.CreateEventTypeRequest(
+            event_type=ingest_pb2.EventType(
+                name=name, data_version="2.0", json_schema='{"type": "object", "required": ["v2"]}'
+            )
+        )
+    )
+    late = await ingest.stub.Publish(doc(with_key, reordered), metadata=key)
+    assert (late.event_id, late.duplicate) == (with_key, True)
+
+    records = await read_topic(infra.kafka_settings(), topic, 5, timeout=5)
+    assert sorted(headers(r)["ce_id"] for r in records) == sorted([with_key, by_id, *in_batch])
+    assert {r.value for r in records} == {b'{"order":{"id":7,"lines":[1,2.5]},"paid":true}'}, (
+        "the first call's data"
+    )
+
+
 async def test_publish_batch_results_per_item(
     ingest: IngestUnderTest, infra: Infra, topic: str
 ) -> None:

@@ -165,3 +165,53 @@ def test_a_fingerprint_is_what_stored_fingerprints_were_made_of(
         json.dumps(sorted(attributes.items())).encode() + b"\0" + b'{"n": 1}'
     ).digest()
     assert event.fingerprint() == expected
+
+
+def _binary(data: bytes, content_type: str, **attributes: str) -> Event:
+    base = {"specversion": "1.0", "id": "e1", "source": "urn:s", "type": "t"}
+    if content_type:
+        base["datacontenttype"] = content_type
+    return Event({**base, **attributes}, data, Envelope.PROTOBUF)
+
+
+@pytest.mark.parametrize(
+    ("first", "retry", "content_type", "same"),
+    [
+        (b'{"a":1,"b":[1,2]}', b'{"b": [1, 2], "a": 1}', "application/json", True),
+        (b'{"a":{"x":1,"y":2}}', b'{"a":{"y":2,"x":1}}', "application/cloudevents+json", True),
+        (b'{"a":"\\u00e9"}', '{"a":"é"}'.encode(), "application/json; charset=utf-8", True),
+        (b'{"a":1.50}', b'{"a":1.5}', "application/json", True),
+        (b'{"a":1,"b":2}', b'{"a":1,"b":3}', "application/json", False),
+        (b'{"a":1}', b'{"a":true}', "application/json", False),  # equal in Python
+        (b'{"a":1}', b'{"a":1.0}', "application/json", False),
+        (b"[1,2]", b"[2,1]", "application/json", False),  # arrays are ordered
+        (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "text/plain", False),  # not JSON data
+        (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "", False),
+        (b'{"a":NaN}', b'{"a": NaN}', "application/json", False),
+        (b'{"a":1}', b'{"a":1', "application/json", False),
+    ],
+)
+def test_a_retry_differing_only_in_how_its_json_is_written_repeats_the_request(
+    first: bytes, retry: bytes, content_type: str, same: bool
+) -> None:
+    stored = _binary(first, content_type)
+    assert dedup.reformatted(_binary(retry, content_type), first, stored.fingerprint()) is same
+
+
+def test_a_reformatted_retry_must_repeat_the_attributes_exactly() -> None:
+    stored = _binary(b'{"a":1,"b":2}', "application/json")
+    retry = _binary(b'{"b":2,"a":1}', "application/json", subject="other")
+    assert not dedup.reformatted(retry, stored.data, stored.fingerprint())
+    same_bytes = _binary(b'{"a":1,"b":2}', "application/json")
+    assert not dedup.reformatted(same_bytes, stored.data, stored.fingerprint()), (
+        "the same bytes are the fingerprint's to judge"
+    )
+
+
+def test_json_envelope_data_is_json_whatever_its_content_type_says() -> None:
+    first, _ = envelope.parse_json(json.dumps({**json.loads(RETURN_CREATED)}))
+    doc = json.loads(RETURN_CREATED)
+    doc["data"] = dict(reversed(list(doc["data"].items())))
+    retry, _ = envelope.parse_json(json.dumps(doc))
+    assert retry.data != first.data
+    assert dedup.reformatted(retry, first.data, first.fingerprint())

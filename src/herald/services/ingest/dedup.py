@@ -7,11 +7,12 @@ duplicate of the leader, a different one is refused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
-from herald.services.ingest.event import Event
+from herald.services.ingest.event import NOT_PARSED, Event
 from herald.services.ingest.outbox import PendingEvent
 
 
@@ -48,6 +49,42 @@ def id_reused(event: Event) -> InvalidArgument:
             )
         ]
     )
+
+
+def reformatted(sent: Event, stored_data: bytes, stored_fingerprint: bytes) -> bool:
+    """Whether ``sent`` repeats the request stored with ``stored_fingerprint`` (whose
+    data was ``stored_data``) but for how its JSON data is written: key order, spacing,
+    escapes, number spelling. JSON objects are unordered, so a retry rebuilt from a
+    parsed copy (a client's jsonb column, a dict built anew) is the same request. The
+    attributes must be exactly as sent before."""
+    if sent.data == stored_data or not _json_data(sent):
+        return False
+    if sent.fingerprint(stored_data) != stored_fingerprint:
+        return False  # the attributes differ
+    try:
+        return _canonical(sent.data) == _canonical(stored_data)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _json_data(event: Event) -> bool:
+    """Whether the event's data is JSON: parsed from a JSON envelope, or bytes whose
+    content type is JSON (``application/json``, ``…+json``)."""
+    if event.json_data is not NOT_PARSED:
+        return True
+    media = event.attributes.get("datacontenttype", "").partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"not JSON: {name}")
+
+
+def _canonical(data: bytes) -> str:
+    """``data`` as JSON written one way: keys sorted, no spaces, numbers as Python
+    writes them (1.0 and 1.00 alike; 1 and 1.0 not), NaN and Infinity refused."""
+    value = json.loads(data, parse_constant=_refuse_constant)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(slots=True)

@@ -87,8 +87,9 @@ class Event:
             {**self.attributes, name: value}, self.data, self.envelope, self.spelled, self.json_data
         )
 
-    def fingerprint(self) -> bytes:
-        """SHA-256 of the attributes and data: equal for the same event sent twice.
+    def fingerprint(self, data: bytes | None = None) -> bytes:
+        """SHA-256 of the attributes and data (``data`` instead of the event's when
+        given): equal for the same event sent twice.
 
         The attributes are hashed as ``json.dumps(sorted(attributes.items()))`` (what
         stored fingerprints were made of), written out with the encoder ``json.dumps``
@@ -97,7 +98,7 @@ class Event:
         pairs = ", ".join(f"[{_json_str(k)}, {_json_str(v)}]" for k, v in items)
         digest = hashlib.sha256(f"[{pairs}]".encode())
         digest.update(b"\0")
-        digest.update(self.data)
+        digest.update(self.data if data is None else data)
         return digest.digest()
 
     def size(self) -> int:

@@ -42,12 +42,14 @@ class OutboxRow:
 
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
-    """A valid event on its way into PostgreSQL."""
+    """A valid event on its way into PostgreSQL: ``sent`` is the event as the client sent
+    it (``event`` has the defaults filled in), which a retry repeats."""
 
     event: Event
     fingerprint: bytes
     idempotency: IdempotencyKey | None
     row: OutboxRow
+    sent: Event
 
 
 def make_pending(
@@ -56,14 +58,15 @@ def make_pending(
     context: Mapping[str, str],
     idempotency: IdempotencyKey | None,
     application_id: str,
-    fingerprint: bytes | None = None,
+    sent: Event | None = None,
     traceparent: str | None = None,
 ) -> PendingEvent:
     """Builds the outbox row (CloudEvents Kafka binding, binary mode) for ``event``.
 
     ``context`` holds the transport headers of the call (traceparent, x-request-id, …);
-    ``fingerprint`` tells a retry from a different request (``event``'s own when not
-    given); ``traceparent`` is the event's own (its ``event.publish`` span's).
+    ``sent`` is the event as the client sent it, before defaults were filled in
+    (``event`` when not given): its fingerprint tells a retry from a different request;
+    ``traceparent`` is the event's own (its ``event.publish`` span's).
     """
     extra = {
         binding.SCHEMA_VERSION: event.attributes.get("dataversion", ""),
@@ -91,7 +94,8 @@ def make_pending(
         + len(headers_json.encode())
         + _HEADER_FRAMING * len(headers),
     )
-    return PendingEvent(event, fingerprint or event.fingerprint(), idempotency, row)
+    sent = sent or event
+    return PendingEvent(event, sent.fingerprint(), idempotency, row, sent)
 
 
 def headers_of(headers_json: str) -> list[tuple[str, bytes]]:

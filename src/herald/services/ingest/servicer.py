@@ -311,7 +311,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """The outbox row of a valid event."""
         # The request as sent is what a retry repeats: the default data version filled
         # in below changes when a newer version is registered.
-        fingerprint = event.fingerprint()
+        sent = event
         if event.data_version is None:
             event = event.with_attribute("dataversion", definition.data_version)
         media, sep, parameters = event.attributes.get("datacontenttype", "").partition(";")
@@ -331,7 +331,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             headers,
             ident,
             call.application_id or event.source,
-            fingerprint,
+            sent,
             call.publish_span(event, self._topic),
         )
 
@@ -339,9 +339,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if not (event.id and event.source) or _key_too_long(key) or not _storable(event, key):
             return None
         try:
-            return await self._writer.earlier(
-                event.source, event.id, event.fingerprint(), _ident(key, call, event)
-            )
+            return await self._writer.earlier(event, _ident(key, call, event))
         except (asyncpg.DataError, UnicodeError):  # not storable: never stored before
             return None
 

@@ -20,6 +20,7 @@ from herald.runtime.db import Connection, Queries, isolate_refused
 from herald.runtime.errors import FieldViolation, InvalidArgument
 from herald.services.ingest import dedup
 from herald.services.ingest.dedup import Accepted, Outcome
+from herald.services.ingest.event import Event
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent
 
 log = structlog.get_logger("herald.ingest.writer")
@@ -158,7 +159,7 @@ class EventWriter:
                 row = stored[(k.key, k.endpoint, k.actor)]
                 outcomes[i] = (
                     Accepted(row["event_id"], True)
-                    if bytes(row["fingerprint"]) == items[i].fingerprint
+                    if await _repeats(conn, items[i].sent, row["event_id"], row["fingerprint"])
                     else dedup.key_reused(items[i].event)
                 )
         settled = set(taken)
@@ -199,7 +200,7 @@ class EventWriter:
             outcomes[i] = Accepted(items[i].event.id, False)
         if old:
             found = {
-                (r["source"], r["id"]): bytes(r["fingerprint"])
+                (r["source"], r["id"]): r
                 for r in await conn.fetch(
                     Q.find_events,
                     [items[i].event.source for i in old],
@@ -209,7 +210,7 @@ class EventWriter:
             release = []
             for i in old:
                 event = items[i].event
-                if found.get((event.source, event.id)) == items[i].fingerprint:
+                if _repeated(items[i].sent, found.get((event.source, event.id))):
                     outcomes[i] = Accepted(event.id, True)
                 else:
                     outcomes[i] = dedup.id_reused(event)
@@ -224,21 +225,39 @@ class EventWriter:
                 )
         return inserted
 
-    async def earlier(
-        self, event_source: str, event_id: str, fingerprint: bytes, key: IdempotencyKey | None
-    ) -> Accepted | None:
-        """The outcome of an earlier call this request repeats (by its key, else by its
-        event's source and id, with the same fingerprint), or None. For a request that
-        fails validation now: a retry is answered as its original call was, even once
-        the rules changed (a newer data version, whose schema it fails, is its default)."""
+    async def earlier(self, sent: Event, key: IdempotencyKey | None) -> Accepted | None:
+        """The outcome of an earlier call the request ``sent`` repeats (by its key, else
+        by its event's source and id), or None. For a request that fails validation
+        now: a retry is answered as its original call was, even once the rules changed
+        (a newer data version, whose schema it fails, is its default)."""
         async with self._pool.acquire() as conn:
-            if key is not None:
-                rows = await conn.fetch(Q.find_keys, [key.key], [key.endpoint], [key.actor])
-            else:
-                rows = await conn.fetch(Q.find_events, [event_source], [event_id])
-        if rows and bytes(rows[0]["fingerprint"]) == fingerprint:
-            return Accepted(rows[0]["event_id"] if key is not None else event_id, True)
+            if key is None:
+                rows = await conn.fetch(Q.find_events, [sent.source], [sent.id])
+                return Accepted(sent.id, True) if rows and _repeated(sent, rows[0]) else None
+            rows = await conn.fetch(Q.find_keys, [key.key], [key.endpoint], [key.actor])
+            if rows and await _repeats(conn, sent, rows[0]["event_id"], rows[0]["fingerprint"]):
+                return Accepted(rows[0]["event_id"], True)
         return None
+
+
+def _repeated(sent: Event, stored: asyncpg.Record | None) -> bool:
+    """Whether ``sent`` repeats the stored event (a ``find_events`` row): the same
+    fingerprint, or the same but for how its JSON data is written."""
+    if stored is None:
+        return False
+    fingerprint = bytes(stored["fingerprint"])
+    return fingerprint == sent.fingerprint() or dedup.reformatted(
+        sent, bytes(stored["data"]), fingerprint
+    )
+
+
+async def _repeats(conn: Connection, sent: Event, event_id: str, fingerprint: bytes) -> bool:
+    """Whether ``sent`` repeats the call an idempotency key was first used with, whose
+    event was ``event_id`` (from ``sent``'s source, or the attributes differ anyway)."""
+    if bytes(fingerprint) == sent.fingerprint():
+        return True
+    rows = await conn.fetch(Q.find_events, [sent.source], [event_id])
+    return bool(rows) and dedup.reformatted(sent, bytes(rows[0]["data"]), bytes(fingerprint))
 
 
 async def _refused(item: PendingEvent, exc: BaseException) -> Outcome:

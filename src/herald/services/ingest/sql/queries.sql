@@ -47,7 +47,8 @@ WITH new_events AS (
 SELECT source, id, (SELECT pg_notify('herald_outbox', $12)) AS notified FROM new_events
 
 -- name: find_events
-SELECT e.source, e.id, e.fingerprint
+-- With the data: a retry whose JSON data is written otherwise is still a repeat.
+SELECT e.source, e.id, e.fingerprint, e.data
 FROM ingest.events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, id) ON (e.source, e.id) = (t.source, t.id)
 
