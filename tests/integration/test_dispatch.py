@@ -491,6 +491,22 @@ async def test_a_tenants_webhook_alerts_reach_only_that_tenants_webhooks(flow: F
     assert to_globex == []
 
 
+async def dead_letter_alert_tenant(flow: Flow, event_id: str) -> str | None:
+    """The heraldtenant attribute of the (one) herald.dispatch.dead_lettered alert,
+    once ingest has it, about ``event_id``."""
+    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered", timeout=30)
+    assert alert["event_id"] == event_id
+    conn = await asyncpg.connect(flow.database_url)
+    try:
+        tenant: str | None = await conn.fetchval(
+            "SELECT attributes->>'heraldtenant' FROM ingest.events WHERE type = $1",
+            "herald.dispatch.dead_lettered",
+        )
+    finally:
+        await conn.close()
+    return tenant
+
+
 async def test_dispatch_dead_lettering_a_tenants_event_alerts_that_tenant_only(
     flow: Flow,
 ) -> None:
@@ -501,17 +517,7 @@ async def test_dispatch_dead_lettering_a_tenants_event_alerts_that_tenant_only(
     event_id = await flow.publish(
         "message.created", {"id": "m", "content": "c"}, heraldtenant="acme"
     )
-    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered", timeout=30)
-    assert alert["event_id"] == event_id
-    conn = await asyncpg.connect(flow.database_url)
-    try:
-        tenant = await conn.fetchval(
-            "SELECT attributes->>'heraldtenant' FROM ingest.events WHERE type = $1",
-            "herald.dispatch.dead_lettered",
-        )
-    finally:
-        await conn.close()
-    assert tenant == "acme"
+    assert await dead_letter_alert_tenant(flow, event_id) == "acme"
 
 
 async def test_a_dead_letters_alert_joins_the_events_trace_and_tenant_in_any_case(
@@ -536,17 +542,7 @@ async def test_a_dead_letters_alert_joins_the_events_trace_and_tenant_in_any_cas
             ("Traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01".encode()),
         ],
     )
-    [alert] = await announced(flow.database_url, "herald.dispatch.dead_lettered", timeout=30)
-    assert alert["event_id"] == event_id
-    conn = await asyncpg.connect(flow.database_url)
-    try:
-        tenant = await conn.fetchval(
-            "SELECT attributes->>'heraldtenant' FROM ingest.events WHERE type = $1",
-            "herald.dispatch.dead_lettered",
-        )
-    finally:
-        await conn.close()
-    assert tenant == "acme"
+    assert await dead_letter_alert_tenant(flow, event_id) == "acme"
     alert_trace = await announced_trace(
         flow.infra.kafka_settings(), flow.settings.events_topic, "herald.dispatch.dead_lettered"
     )

@@ -16,6 +16,20 @@ from herald.runtime.tracing import (
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+# Traceparents valid and not, as the W3C propagator judges them.
+PARENTS = [
+    f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+    f"00-{CALLER_TRACE}-{CALLER_SPAN}-00",
+    f" 00-{CALLER_TRACE}-{CALLER_SPAN}-01 ",
+    f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-later-fields",
+    f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
+    f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
+    f"00-{'0' * 32}-{CALLER_SPAN}-01",
+    f"00-{CALLER_TRACE}-{'0' * 16}-01",
+    f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
+    "00-abc-def-01",
+    "",
+]
 
 
 def _traceparent_inside(tracer: IdsOnlyTracer, carrier: dict[str, str]) -> str:
@@ -86,22 +100,7 @@ def test_the_current_traceparent_is_what_the_w3c_propagator_writes() -> None:
             assert current_traceparent() == written["traceparent"]
 
 
-@pytest.mark.parametrize(
-    "parent",
-    [
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-00",
-        f" 00-{CALLER_TRACE}-{CALLER_SPAN}-01 ",
-        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-later-fields",
-        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
-        f"00-{'0' * 32}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{'0' * 16}-01",
-        f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
-        "00-abc-def-01",
-        "",
-    ],
-)
+@pytest.mark.parametrize("parent", PARENTS)
 def test_an_event_hop_continues_a_parent_as_the_w3c_propagator_and_tracer_would(
     parent: str,
 ) -> None:
@@ -120,22 +119,7 @@ def test_an_event_hop_continues_a_parent_as_the_w3c_propagator_and_tracer_would(
         assert (hop[0], hop[3]) == ("00", "01")
 
 
-@pytest.mark.parametrize(
-    "parent",
-    [
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-00",
-        f" 00-{CALLER_TRACE}-{CALLER_SPAN}-01 ",
-        f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-later-fields",
-        f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",
-        f"00-{'0' * 32}-{CALLER_SPAN}-01",
-        f"00-{CALLER_TRACE}-{'0' * 16}-01",
-        f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",
-        "00-abc-def-01",
-        "",
-    ],
-)
+@pytest.mark.parametrize("parent", PARENTS)
 def test_a_traceparent_handed_on_is_one_the_w3c_propagator_takes_as_it_is(parent: str) -> None:
     """event_spans.valid (an alert's traceparent, from a record's header): the parent in
     version-00 form when the propagator extracts it, the same trace, span and flags;
