@@ -47,6 +47,37 @@ async def test_migrations_apply_once(database_url: str) -> None:
         await conn.close()
 
 
+async def test_a_failing_migration_stops_the_start_naming_its_file_and_applies_none_of_it(
+    database_url: str,
+) -> None:
+    """An operator whose migration fails reads one line naming the file and the reason
+    (no traceback), finds none of it applied and the migration lock free for the next
+    start."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        migrations = [
+            db.Migration("probe", 1, "first", "CREATE TABLE probe_a (x int)"),
+            db.Migration("probe", 2, "broken", "CREATE TABLE probe_b (x int); SELECT 1/0"),
+        ]
+        with pytest.raises(StartError) as raised:
+            await db.migrate(conn, migrations)
+        message = str(raised.value)
+        assert message.startswith("cannot start: DATABASE_URL: probe migration 002_broken.sql")
+        assert "rolled back" in message
+        assert "division by zero" in message
+        assert await conn.fetchval("SELECT to_regclass('probe_a') IS NOT NULL")
+        assert await conn.fetchval("SELECT to_regclass('probe_b') IS NULL")
+        applied = await conn.fetch("SELECT version FROM herald_migrations WHERE service = 'probe'")
+        assert [r["version"] for r in applied] == [1]
+        other = await asyncpg.connect(database_url)
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", db._MIGRATION_LOCK)
+        finally:
+            await other.close()
+    finally:
+        await conn.close()
+
+
 async def test_producer_honours_sasl_scram_settings(infra: Infra) -> None:
     topic = f"herald.scram.t{uuid.uuid4().hex[:8]}"
     good = infra.scram_settings()

@@ -8,6 +8,7 @@ in order, once, under an advisory lock so that replicas starting together agree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import urllib.parse
@@ -242,7 +243,9 @@ _OWN = Queries(Path(__file__).with_name("sql") / "db.sql")
 async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
     """Applies the migrations not applied yet, each in its own transaction.
 
-    Returns the versions applied now.
+    Returns the versions applied now. One PostgreSQL refuses (or a connection lost
+    while it runs) is rolled back and stops the start: a :class:`StartError` naming
+    the migration's file and the reason (``cannot start: DATABASE_URL: …``, exit 1).
     """
     applied_now: list[int] = []
     await conn.execute(_OWN.lock, _MIGRATION_LOCK)
@@ -251,16 +254,32 @@ async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
         for migration in migrations:
             if await conn.fetchval(_OWN.applied, migration.service, migration.version):
                 continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    _OWN.record, migration.service, migration.version, migration.name
-                )
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        _OWN.record, migration.service, migration.version, migration.name
+                    )
+            except DATABASE_ERRORS as exc:
+                raise StartError(_migration_failure(migration, exc)) from None
             log.info("db.migrated", service=migration.service, version=migration.version)
             applied_now.append(migration.version)
     finally:
-        await conn.execute(_OWN.unlock, _MIGRATION_LOCK)
+        # A connection lost on the way has released its session lock with it.
+        with contextlib.suppress(*CONNECTION_LOST):
+            await conn.execute(_OWN.unlock, _MIGRATION_LOCK)
     return applied_now
+
+
+def _migration_failure(migration: Migration, exc: BaseException) -> str:
+    """What the operator reads when a migration fails: which file, that none of it was
+    applied (each migration is one transaction), and PostgreSQL's reason."""
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return (
+        f"DATABASE_URL: {migration.service} migration "
+        f"{migration.version:03d}_{migration.name}.sql failed and was rolled back "
+        f"(none of it is applied; migrations before it are): {reason}"
+    )
 
 
 async def _rollback_only(conn: asyncpg.Connection) -> None:
