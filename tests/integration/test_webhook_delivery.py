@@ -417,6 +417,25 @@ async def test_exhausted_deliveries_are_dead_lettered_and_announced(stack: Stack
     assert alerts[0]["attempts"] == 3
 
 
+async def test_a_resent_delivery_that_runs_out_again_is_announced_again(stack: Stack) -> None:
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 10)
+        policy = webhooks_pb2.RetryPolicy(max_retries=0)
+        created = await stack.hook(receiver.url(), retry_policy=policy)
+        await stack.produce([job(created.webhook.id, event_id="evt-dead-twice")])
+        [first] = await receiver.wait_for(1, timeout=10)
+        [alert] = await announced(stack.database_url, "herald.webhook.delivery_exhausted")
+        assert alert["attempts"] == 1
+        await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=first.headers["x-herald-delivery"]),
+            metadata=KEY,
+        )
+        await receiver.wait_for(2, timeout=10)
+        alerts = await announced(stack.database_url, "herald.webhook.delivery_exhausted", 2)
+    assert sorted(a["attempts"] for a in alerts) == [1, 2]
+    assert {a["delivery_id"] for a in alerts} == {first.headers["x-herald-delivery"]}
+
+
 async def test_a_fixed_retry_schedule_is_followed_then_the_dead_letter_says_why(
     stack: Stack,
 ) -> None:

@@ -63,9 +63,12 @@ class Escalation:
         headers = dead_letter_headers(
             verdict.dead_letter_reason, "webhooks", context, origin=origin
         )
+        # Per exhaustion, not per delivery: a delivery resent (ResendDelivery,
+        # RecoverWebhook) that runs out again is a new alert with its own attempts (the
+        # same key with other data would be refused by ingest as a conflicting duplicate).
         alert = _alert(
             "herald.webhook.delivery_exhausted",
-            str(row["id"]),
+            f"{row['id']}/{row['attempts'] + 1}",
             hook,
             {
                 "webhook_id": str(hook["webhook_id"]),
