@@ -195,6 +195,19 @@ async def test_allowed_networks_and_allow_private(receiver: Receiver) -> None:
     assert len(receiver.received()) == 2
 
 
+async def test_a_cookie_a_receiver_sets_is_not_sent_again(
+    receiver: Receiver, client: DeliveryClient
+) -> None:
+    """One client serves every tenant's webhooks: a cookie set in answer to one POST (one
+    tenant's receiver session, say) must not ride along with the next POST to that host,
+    which may be another tenant's."""
+    receiver.script("/a", Reply(200, b"OK", {"Set-Cookie": "session=tenant-a; Path=/"}))
+    assert (await client.post(receiver.url("/a", host="localhost"), BODY, {})).ok
+    assert (await client.post(receiver.url("/b", host="localhost"), BODY, {})).ok
+    [second] = receiver.received("/b")
+    assert "cookie" not in second.headers
+
+
 async def test_redirects_are_not_followed(receiver: Receiver, client: DeliveryClient) -> None:
     receiver.script("/hook", Reply(302, b"", {"Location": receiver.url("/target")}))
     result = await client.post(receiver.url(), BODY, {})

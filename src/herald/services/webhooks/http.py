@@ -267,6 +267,9 @@ class DeliveryClient:
                 # No proxies or .netrc from the environment: a proxy would make the
                 # connection (and so the guard's check) be about the proxy, not the target.
                 trust_env=False,
+                # No cookies kept: the session is shared by every tenant's webhooks, so a
+                # cookie one receiver set would go with another tenant's POSTs to its host.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
             )
