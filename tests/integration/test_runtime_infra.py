@@ -206,6 +206,16 @@ async def test_a_database_that_cannot_be_reached_stops_the_start_naming_database
     )
     for secret in ("pa%40ss", "pa@ss", "pw2"):
         assert secret not in exc.value.message
+    # The client key's passphrase is a secret too
+    with pytest.raises(StartError) as exc:
+        await db.create_pool(
+            "postgresql://herald@127.0.0.1:1/herald?sslmode=disable&sslpassword=keypass9", 2
+        )
+    assert exc.value.message.startswith(
+        "DATABASE_URL: cannot connect to postgresql://herald@127.0.0.1:1/herald"
+        "?sslmode=disable&sslpassword=***: "
+    )
+    assert "keypass9" not in exc.value.message
 
 
 async def test_a_topic_kafka_refuses_to_create_stops_the_start(infra: Infra, topic: str) -> None:
