@@ -40,7 +40,12 @@ from herald.services.webhooks import engine
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
-from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
+from tests.integration.conftest import (
+    GLOBEX_KEY,
+    IngestUnderTest,
+    start_ingest,
+    webhooks_settings,
+)
 from tests.kafka_helpers import headers, read_matching, read_topic
 from tests.receiver import Receiver, Reply
 
@@ -1265,3 +1270,34 @@ def max_in_flight(requests: list[Any], timeout: float) -> int:
         current += step
         most = max(most, current)
     return most
+
+
+async def test_one_tenants_slow_endpoints_do_not_hold_up_another_tenants_deliveries(
+    stack: Stack,
+) -> None:
+    """A tenant with a few endpoints that time out and a backlog for each (test events
+    cost it nothing) held every attempt slot of a worker: another tenant's deliveries
+    waited behind its timeouts. Its slow endpoints together hold at most half the slots."""
+    async with Receiver() as receiver:
+        slow_ids = []
+        for n in range(5):
+            receiver.script(f"/slow{n}", *[Reply(delay=3.0)] * 400)  # past the 1 s timeout
+            slow_ids.append((await stack.hook(receiver.url(f"/slow{n}"))).webhook.id)
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        await stack.produce([job(w) for w in slow_ids for _ in range(100)])
+        await receiver.wait_for(32, timeout=20)  # acme's first wave is out
+        await stack.produce([job(other.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/globex", timeout=60)
+        waited = time.monotonic() - produced
+        slow = [r for r in receiver.received() if r.path.startswith("/slow")]
+        in_flight = max_in_flight(slow, 0.9)
+        assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
+        assert in_flight <= 32, f"{in_flight} attempts at once to one tenant's slow endpoints"

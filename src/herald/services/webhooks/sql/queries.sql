@@ -101,7 +101,9 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- claim 16 rows, not a sort of all 20,000 (7 ms a claim, most of PostgreSQL's time in
 -- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read,
 -- nor slow ones with their share of this worker's attempts in flight ($4), so one slow
--- endpoint's backlog cannot take every slot from the others.
+-- endpoint's backlog cannot take every slot from the others; nor those of tenants whose
+-- slow webhooks have their share together ($5), but for their fast ones ($6), so one
+-- tenant's slow endpoints cannot take every slot from the other tenants.
 WITH due AS (
     SELECT d.id
     FROM webhooks.webhooks AS w
@@ -115,6 +117,7 @@ WITH due AS (
     ) AS d
     WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
       AND w.id <> ALL($4::uuid[])
+      AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
     ORDER BY d.next_attempt_at
     LIMIT $1
 )
@@ -267,7 +270,7 @@ WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
 -- name: limited_with_due
 -- Rate-limited webhooks with deliveries due (both looked up by partial indexes, so
 -- this is cheap when no webhook has a limit).
-SELECT w.id AS webhook_id
+SELECT w.id AS webhook_id, w.tenant
 FROM webhooks.webhooks AS w
 WHERE w.active AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
   AND EXISTS (SELECT 1 FROM webhooks.deliveries AS d
