@@ -1301,3 +1301,37 @@ async def test_one_tenants_slow_endpoints_do_not_hold_up_another_tenants_deliver
         in_flight = max_in_flight(slow, 0.9)
         assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
         assert in_flight <= 32, f"{in_flight} attempts at once to one tenant's slow endpoints"
+
+
+async def test_one_tenants_backlog_of_test_events_does_not_hold_up_another_tenant(
+    stack: Stack,
+) -> None:
+    """SendTestEvent costs a tenant nothing: hundreds queued in a second, to an endpoint
+    that answers in 0.5 s (quick enough not to be capped), were worked off before another
+    tenant's delivery due later went out. Tenants take turns."""
+    async with Receiver() as receiver:
+        receiver.script("/busy", *[Reply(delay=0.5)] * 2000)
+        busy = await stack.hook(receiver.url("/busy"))
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        test_event = webhooks_pb2.SendTestEventRequest(webhook_id=busy.webhook.id)
+        for _ in range(6):
+            await asyncio.gather(
+                *[stack.stub.SendTestEvent(test_event, metadata=KEY) for _ in range(100)]
+            )
+        await receiver.wait_for(64, path="/busy", timeout=20)  # a slot for each is busy
+        sent = time.monotonic()
+        await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=other.webhook.id),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        await receiver.wait_for(1, path="/globex", timeout=60)
+        waited = time.monotonic() - sent
+        assert len(receiver.received("/busy")) < 300, "the backlog was not worked off first"
+        assert waited < 1.5, f"the other tenant's test event waited {waited:.1f} s"

@@ -104,21 +104,29 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- endpoint's backlog cannot take every slot from the others; nor those of tenants whose
 -- slow webhooks have their share together ($5), but for their fast ones ($6), so one
 -- tenant's slow endpoints cannot take every slot from the other tenants.
+-- Tenants take turns: each tenant's oldest first, then each one's second oldest, ...
+-- (in random order within a turn), so a tenant with a backlog of thousands (test events
+-- cost it nothing) does not make another tenant's deliveries wait until it is worked
+-- off; within one tenant the oldest go first.
 WITH due AS (
-    SELECT d.id
-    FROM webhooks.webhooks AS w
-    CROSS JOIN LATERAL (
-        SELECT x.id, x.next_attempt_at
-        FROM webhooks.deliveries AS x
-        WHERE x.webhook_id = w.id AND x.status = 'pending' AND x.next_attempt_at <= now()
-        ORDER BY x.next_attempt_at
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    ) AS d
-    WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
-      AND w.id <> ALL($4::uuid[])
-      AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
-    ORDER BY d.next_attempt_at
+    SELECT c.id
+    FROM (
+        SELECT d.id,
+               row_number() OVER (PARTITION BY w.tenant ORDER BY d.next_attempt_at) AS turn
+        FROM webhooks.webhooks AS w
+        CROSS JOIN LATERAL (
+            SELECT x.id, x.next_attempt_at
+            FROM webhooks.deliveries AS x
+            WHERE x.webhook_id = w.id AND x.status = 'pending' AND x.next_attempt_at <= now()
+            ORDER BY x.next_attempt_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ) AS d
+        WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
+          AND w.id <> ALL($4::uuid[])
+          AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
+    ) AS c
+    ORDER BY c.turn, random()
     LIMIT $1
 )
 UPDATE webhooks.deliveries AS d
