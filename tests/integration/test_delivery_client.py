@@ -263,6 +263,8 @@ async def test_the_checked_address_is_the_one_connected_to(
         ("fe80::1", False),
         ("fc00::1", False),
         ("fd12:3456::1", False),
+        ("fec0::1", False),  # site-local: routed inside some networks still
+        ("3fff::1", False),  # documentation (RFC 9637)
         ("ff02::1", False),
         ("::ffff:127.0.0.1", False),
         ("::ffff:10.0.0.1", False),
