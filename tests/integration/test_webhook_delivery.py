@@ -1306,12 +1306,12 @@ async def test_one_tenants_slow_endpoints_do_not_hold_up_another_tenants_deliver
 async def test_one_tenants_backlog_of_test_events_does_not_hold_up_another_tenant(
     stack: Stack,
 ) -> None:
-    """SendTestEvent costs a tenant nothing: hundreds queued in a second, to an endpoint
-    that answers in 0.5 s (quick enough not to be capped), were worked off before another
+    """SendTestEvent costs a tenant nothing: hundreds queued in a second, to endpoints
+    that answer in 0.5 s (quick enough not to be capped), were worked off before another
     tenant's delivery due later went out. Tenants take turns."""
     async with Receiver() as receiver:
         receiver.script("/busy", *[Reply(delay=0.5)] * 2000)
-        busy = await stack.hook(receiver.url("/busy"))
+        busy = [await stack.hook(receiver.url("/busy")) for _ in range(6)]
         other = await stack.stub.CreateWebhook(
             webhooks_pb2.CreateWebhookRequest(
                 webhook=webhooks_pb2.Webhook(
@@ -1320,8 +1320,8 @@ async def test_one_tenants_backlog_of_test_events_does_not_hold_up_another_tenan
             ),
             metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
         )
-        test_event = webhooks_pb2.SendTestEventRequest(webhook_id=busy.webhook.id)
-        for _ in range(6):
+        for created in busy:  # as many as a webhook may have waiting
+            test_event = webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id)
             await asyncio.gather(
                 *[stack.stub.SendTestEvent(test_event, metadata=KEY) for _ in range(100)]
             )
@@ -1335,3 +1335,30 @@ async def test_one_tenants_backlog_of_test_events_does_not_hold_up_another_tenan
         waited = time.monotonic() - sent
         assert len(receiver.received("/busy")) < 300, "the backlog was not worked off first"
         assert waited < 1.5, f"the other tenant's test event waited {waited:.1f} s"
+
+
+async def test_a_webhook_has_at_most_100_test_events_waiting(stack: Stack) -> None:
+    """Test events cost the caller nothing: a tenant queued thousands a second (64 KiB of
+    data each), stored and POSTed with retries to any public address it named."""
+    later = webhooks_pb2.RetryPolicy(max_retries=1, delays=[Duration(seconds=3600)])
+    async with Receiver() as receiver:
+        receiver.script("/down", *[Reply(503)] * 200)
+        created = await stack.hook(receiver.url("/down"), retry_policy=later)
+        request = webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id)
+        await asyncio.gather(*[stack.stub.SendTestEvent(request, metadata=KEY) for _ in range(100)])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.stub.SendTestEvent(request, metadata=KEY)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "100 test events waiting" in (refused.value.details() or "")
+        # Once some are finished, more may be sent
+        await receiver.wait_for(100, path="/down", timeout=30)
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute(
+                "UPDATE webhooks.deliveries SET status = 'failed' WHERE id IN "
+                "(SELECT id FROM webhooks.deliveries WHERE webhook_id = $1 LIMIT 1)",
+                uuid.UUID(created.webhook.id),
+            )
+        finally:
+            await conn.close()
+        await stack.stub.SendTestEvent(request, metadata=KEY)

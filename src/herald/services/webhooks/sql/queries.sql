@@ -263,6 +263,14 @@ SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason
 WHERE id = $1 AND tenant = $2 AND status <> 'pending'
 RETURNING id
 
+-- name: pending_test_events
+-- How many of the webhook's test events wait to be delivered, counted up to $2.
+SELECT count(*) FROM (
+    SELECT 1 FROM webhooks.deliveries
+    WHERE webhook_id = $1 AND status = 'pending' AND job_id LIKE 'test/%'
+    LIMIT $2
+) AS waiting
+
 -- name: get_delivery
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
        d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
