@@ -7,6 +7,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15:
         $17, $18)
 RETURNING *
 
+-- name: lock_tenant
+-- Serialises the creations of one tenant's webhooks (counted against its limit).
+SELECT pg_advisory_xact_lock(hashtextextended('herald.webhooks.tenant:' || $1, 0))
+
 -- name: get_webhook
 SELECT * FROM webhooks.webhooks WHERE id = $1 AND tenant = $2
 
