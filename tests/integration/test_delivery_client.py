@@ -195,6 +195,19 @@ async def test_allowed_networks_and_allow_private(receiver: Receiver) -> None:
     assert len(receiver.received()) == 2
 
 
+async def test_a_cookie_a_receiver_sets_is_not_sent_again(
+    receiver: Receiver, client: DeliveryClient
+) -> None:
+    """One client serves every tenant's webhooks: a cookie set in answer to one POST (one
+    tenant's receiver session, say) must not ride along with the next POST to that host,
+    which may be another tenant's."""
+    receiver.script("/a", Reply(200, b"OK", {"Set-Cookie": "session=tenant-a; Path=/"}))
+    assert (await client.post(receiver.url("/a", host="localhost"), BODY, {})).ok
+    assert (await client.post(receiver.url("/b", host="localhost"), BODY, {})).ok
+    [second] = receiver.received("/b")
+    assert "cookie" not in second.headers
+
+
 async def test_redirects_are_not_followed(receiver: Receiver, client: DeliveryClient) -> None:
     receiver.script("/hook", Reply(302, b"", {"Location": receiver.url("/target")}))
     result = await client.post(receiver.url(), BODY, {})
@@ -250,6 +263,8 @@ async def test_the_checked_address_is_the_one_connected_to(
         ("fe80::1", False),
         ("fc00::1", False),
         ("fd12:3456::1", False),
+        ("fec0::1", False),  # site-local: routed inside some networks still
+        ("3fff::1", False),  # documentation (RFC 9637)
         ("ff02::1", False),
         ("::ffff:127.0.0.1", False),
         ("::ffff:10.0.0.1", False),

@@ -18,10 +18,12 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
 from herald.runtime import db, kafka
 from herald.runtime import listen as listen_module
+from herald.runtime.channels import internal_channel
 from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
 from herald.runtime.settings import KafkaSettings, StartError
@@ -237,6 +239,16 @@ async def test_a_database_that_cannot_be_reached_stops_the_start_naming_database
     )
     for secret in ("pa%40ss", "pa@ss", "pw2"):
         assert secret not in exc.value.message
+    # The client key's passphrase is a secret too
+    with pytest.raises(StartError) as exc:
+        await db.create_pool(
+            "postgresql://herald@127.0.0.1:1/herald?sslmode=disable&sslpassword=keypass9", 2
+        )
+    assert exc.value.message.startswith(
+        "DATABASE_URL: cannot connect to postgresql://herald@127.0.0.1:1/herald"
+        "?sslmode=disable&sslpassword=***: "
+    )
+    assert "keypass9" not in exc.value.message
 
 
 async def test_a_topic_kafka_refuses_to_create_stops_the_start(infra: Infra, topic: str) -> None:
@@ -504,3 +516,34 @@ async def test_a_consumer_stopped_while_joining_its_group_leaves_no_member_behin
         assert len(present.assignment()) == 4
     finally:
         await present.stop()
+
+
+async def test_calls_between_services_do_not_go_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An http_proxy set for outbound access made gRPC send Herald's own calls (the
+    internal key and alerts in plaintext) through that proxy."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(200))
+        writer.close()
+
+    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    proxy_port = proxy_server.sockets[0].getsockname()[1]
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy_port}")
+    monkeypatch.setenv("grpc_proxy", f"http://127.0.0.1:{proxy_port}")
+    try:
+        async with internal_channel(f"127.0.0.1:{port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert seen == []
+    finally:
+        await server.stop(None)
+        proxy_server.close()

@@ -25,17 +25,20 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await connection.close()
 
 
-async def _webhook(conn: asyncpg.Connection, active: bool = True, per_second: int = 0) -> uuid.UUID:
+async def _webhook(
+    conn: asyncpg.Connection, active: bool = True, per_second: int = 0, tenant: str = "acme"
+) -> uuid.UUID:
     hook = uuid.uuid4()
     await conn.execute(
         """INSERT INTO webhooks.webhooks (id, tenant, name, url, event_types, active,
                max_retries, initial_delay_ms, backoff_multiplier, max_delay_ms, secret,
                rate_per_second)
-           VALUES ($1, 'acme', 'w', 'http://127.0.0.1/', '{*}', $2, 3, 1000, 2, 30000,
+           VALUES ($1, $4, 'w', 'http://127.0.0.1/', '{*}', $2, 3, 1000, 2, 30000,
                    '\\x00'::bytea, $3)""",
         hook,
         active,
         per_second,
+        tenant,
     )
     return hook
 
@@ -47,8 +50,9 @@ async def _delivery(
     await conn.execute(
         """INSERT INTO webhooks.deliveries (id, webhook_id, tenant, job_id, event_id,
                event_type, body, status, next_attempt_at)
-           VALUES ($1, $2, 'acme', $3, $3, 'message.created', '\\x7b7d'::bytea, $4,
-                   now() + make_interval(secs => $5))""",
+           SELECT $1, $2, tenant, $3, $3, 'message.created', '\\x7b7d'::bytea, $4,
+                  now() + make_interval(secs => $5)
+           FROM webhooks.webhooks WHERE id = $2""",
         delivery,
         hook,
         str(delivery),
@@ -59,7 +63,7 @@ async def _delivery(
 
 
 async def _claim(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
-    return [r["id"] for r in await conn.fetch(Q.claim_due, limit, 60.0, "worker-test", [])]
+    return [r["id"] for r in await conn.fetch(Q.claim_due, limit, 60.0, "worker-test", [], [], [])]
 
 
 async def test_the_oldest_due_of_active_unlimited_webhooks_are_claimed_once(
@@ -102,3 +106,18 @@ async def test_a_large_backlog_of_one_webhook_yields_its_oldest_first(
     assert set(claimed[:16]) == set(ids[:16])
     assert sorted(claimed) == sorted(ids)
     assert len(claimed) == len(set(claimed))
+
+
+async def test_tenants_take_turns_so_a_backlog_does_not_hold_up_another_tenant(
+    conn: asyncpg.Connection,
+) -> None:
+    """One tenant's backlog of old deliveries (test events cost it nothing) was worked
+    off before another tenant's newer one was even claimed."""
+    backlog = await _webhook(conn)
+    other = await _webhook(conn, tenant="globex")
+    old = [await _delivery(conn, backlog, -1000 + i) for i in range(100)]
+    newer = await _delivery(conn, other, -1)
+    first = await _claim(conn, 2)
+    assert set(first) == {old[0], newer}
+    # Within a tenant, the oldest first
+    assert set(await _claim(conn, 3)) == set(old[1:4])

@@ -40,7 +40,12 @@ from herald.services.webhooks import engine
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
-from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
+from tests.integration.conftest import (
+    GLOBEX_KEY,
+    IngestUnderTest,
+    start_ingest,
+    webhooks_settings,
+)
 from tests.kafka_helpers import headers, read_matching, read_topic
 from tests.receiver import Receiver, Reply
 
@@ -1284,3 +1289,95 @@ def max_in_flight(requests: list[Any], timeout: float) -> int:
         current += step
         most = max(most, current)
     return most
+
+
+async def test_one_tenants_slow_endpoints_do_not_hold_up_another_tenants_deliveries(
+    stack: Stack,
+) -> None:
+    """A tenant with a few endpoints that time out and a backlog for each (test events
+    cost it nothing) held every attempt slot of a worker: another tenant's deliveries
+    waited behind its timeouts. Its slow endpoints together hold at most half the slots."""
+    async with Receiver() as receiver:
+        slow_ids = []
+        for n in range(5):
+            receiver.script(f"/slow{n}", *[Reply(delay=3.0)] * 400)  # past the 1 s timeout
+            slow_ids.append((await stack.hook(receiver.url(f"/slow{n}"))).webhook.id)
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        await stack.produce([job(w) for w in slow_ids for _ in range(100)])
+        await receiver.wait_for(32, timeout=20)  # acme's first wave is out
+        await stack.produce([job(other.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/globex", timeout=60)
+        waited = time.monotonic() - produced
+        slow = [r for r in receiver.received() if r.path.startswith("/slow")]
+        in_flight = max_in_flight(slow, 0.9)
+        assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
+        assert in_flight <= 32, f"{in_flight} attempts at once to one tenant's slow endpoints"
+
+
+async def test_one_tenants_backlog_of_test_events_does_not_hold_up_another_tenant(
+    stack: Stack,
+) -> None:
+    """SendTestEvent costs a tenant nothing: hundreds queued in a second, to endpoints
+    that answer in 0.5 s (quick enough not to be capped), were worked off before another
+    tenant's delivery due later went out. Tenants take turns."""
+    async with Receiver() as receiver:
+        receiver.script("/busy", *[Reply(delay=0.5)] * 2000)
+        busy = [await stack.hook(receiver.url("/busy")) for _ in range(6)]
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        for created in busy:  # as many as a webhook may have waiting
+            test_event = webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id)
+            await asyncio.gather(
+                *[stack.stub.SendTestEvent(test_event, metadata=KEY) for _ in range(100)]
+            )
+        await receiver.wait_for(64, path="/busy", timeout=20)  # a slot for each is busy
+        sent = time.monotonic()
+        await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=other.webhook.id),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        await receiver.wait_for(1, path="/globex", timeout=60)
+        waited = time.monotonic() - sent
+        assert len(receiver.received("/busy")) < 300, "the backlog was not worked off first"
+        assert waited < 1.5, f"the other tenant's test event waited {waited:.1f} s"
+
+
+async def test_a_webhook_has_at_most_100_test_events_waiting(stack: Stack) -> None:
+    """Test events cost the caller nothing: a tenant queued thousands a second (64 KiB of
+    data each), stored and POSTed with retries to any public address it named."""
+    later = webhooks_pb2.RetryPolicy(max_retries=1, delays=[Duration(seconds=3600)])
+    async with Receiver() as receiver:
+        receiver.script("/down", *[Reply(503)] * 200)
+        created = await stack.hook(receiver.url("/down"), retry_policy=later)
+        request = webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id)
+        await asyncio.gather(*[stack.stub.SendTestEvent(request, metadata=KEY) for _ in range(100)])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.stub.SendTestEvent(request, metadata=KEY)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "100 test events waiting" in (refused.value.details() or "")
+        # Once some are finished, more may be sent
+        await receiver.wait_for(100, path="/down", timeout=30)
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            await conn.execute(
+                "UPDATE webhooks.deliveries SET status = 'failed' WHERE id IN "
+                "(SELECT id FROM webhooks.deliveries WHERE webhook_id = $1 LIMIT 1)",
+                uuid.UUID(created.webhook.id),
+            )
+        finally:
+            await conn.close()
+        await stack.stub.SendTestEvent(request, metadata=KEY)

@@ -654,3 +654,34 @@ async def _alert_tenants(database_url: str) -> set[str]:
     finally:
         await conn.close()
     return {r["tenant"] for r in rows}
+
+
+async def test_a_tenant_has_at_most_webhooks_max_per_tenant_webhooks(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Every event a webhook takes is one more POST: a tenant with thousands of webhooks
+    taking '*' multiplied every event in Herald by thousands, aimed at any public URL."""
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = webhooks_settings(database_url, ingest.running.port, webhooks_max_per_tenant=3)
+    running = await start(await build(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+            create = webhooks_pb2.CreateWebhookRequest(webhook=katya())
+            made = await asyncio.gather(
+                *[stub.CreateWebhook(create, metadata=ACME) for _ in range(5)],
+                return_exceptions=True,
+            )
+            refused = [m for m in made if isinstance(m, grpc.aio.AioRpcError)]
+            assert len(refused) == 2, "concurrent creations are counted too"
+            assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert "at most 3 webhooks" in (refused[0].details() or "")
+            await stub.CreateWebhook(create, metadata=GLOBEX)  # another tenant's own limit
+            kept = [m for m in made if isinstance(m, webhooks_pb2.CreateWebhookResponse)]
+            await stub.DeleteWebhook(
+                webhooks_pb2.DeleteWebhookRequest(id=kept[0].webhook.id), metadata=ACME
+            )
+            await stub.CreateWebhook(create, metadata=ACME)
+    finally:
+        await running.stop(1)
+        await ingest.stop()

@@ -17,7 +17,14 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+# gRPC sends a channel through the proxy that http_proxy / https_proxy / grpc_proxy name
+# (set for outbound internet access, say): a plaintext call, WEBHOOKS_INTERNAL_KEY and
+# alerts included, went through it, or failed where it cannot reach Herald's addresses.
+NO_PROXY_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
+
+
 def internal_channel(target: str) -> grpc.aio.Channel:
-    """A plaintext channel to another Herald service at ``target`` that tries to
-    reconnect at least once a second while the service is away."""
-    return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
+    """A plaintext channel to another Herald service at ``target``, direct (never through
+    a proxy from the environment), that tries to reconnect at least once a second while
+    the service is away."""
+    return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS + NO_PROXY_OPTIONS)

@@ -304,15 +304,19 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     return pool
 
 
+_PASSWORDS = frozenset({"password", "sslpassword"})  # DSN parameters that are secrets
+
+
 def _connect_failure(dsn: str, exc: BaseException) -> str:
     """Why connecting to ``dsn`` failed, naming it without its password (in the user
-    part or a ``password`` parameter, wherever the error's text quotes it)."""
+    part, a ``password`` parameter or ``sslpassword``, the client key's passphrase,
+    wherever the error's text quotes it)."""
     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     try:
         parts = urllib.parse.urlsplit(dsn)
         user, at, hosts = parts.netloc.rpartition("@")
         query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        secrets = [parts.password or "", *(v for k, v in query if k == "password")]
+        secrets = [parts.password or "", *(v for k, v in query if k in _PASSWORDS)]
     except ValueError:  # not even a URL: say nothing of it
         return f"cannot connect: {reason}"
     for secret in filter(None, secrets):
@@ -322,7 +326,7 @@ def _connect_failure(dsn: str, exc: BaseException) -> str:
         user = user.partition(":")[0] + ":***"
     shown = parts._replace(
         netloc=f"{user}{at}{hosts}",
-        query="&".join(f"{k}={'***' if k == 'password' else v}" for k, v in query),
+        query="&".join(f"{k}={'***' if k in _PASSWORDS else v}" for k, v in query),
     )
     return f"cannot connect to {urllib.parse.urlunsplit(shown)}: {reason}"
 

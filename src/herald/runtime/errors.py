@@ -113,6 +113,12 @@ class FailedPrecondition(RpcError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ResourceExhausted(RpcError):
+    """The caller has used up a quota; it may try again once some is free."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Aborted(RpcError):
     """A concurrent call conflicted with this one; the caller may retry it."""
 

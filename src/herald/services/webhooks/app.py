@@ -51,7 +51,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         await db.migrate(conn, db.read_migrations("webhooks", MIGRATIONS))
     ingest = internal_channel(settings.ingest_addr)
     box = SecretBox(settings.master_key())
-    store = WebhookStore(pool, box)
+    store = WebhookStore(pool, box, settings.webhooks_max_per_tenant)
     producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")
 
     client = DeliveryClient(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from herald.runtime.errors import FailedPrecondition, NotFound
+from herald.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted
 from herald.runtime.ids import new_request_id
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.webhooks.intake import delivery_id
@@ -20,6 +20,10 @@ from herald.services.webhooks.store import Q, StoredWebhook, WebhookStore, parse
 
 # The order of list_deliveries (its ORDER BY).
 DELIVERY_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
+# Test events of one webhook waiting at once: a test event costs the caller nothing, and
+# without a bound a tenant queued thousands a second (up to 64 KiB each), stored for
+# DELIVERY_RETENTION_DAYS and POSTed with retries to any public address it named.
+MAX_PENDING_TEST_EVENTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,14 @@ class Deliveries:
         object when None). Its POST carries ``request_id`` as X-Request-Id, or one of its
         own when empty: every event Herald delivers has one (seed 001)."""
         hook = _active(await self._webhooks.get(tenant, webhook_id), "the test event")
+        waiting = await self._pool.fetchval(
+            Q.pending_test_events, hook.id_uuid, MAX_PENDING_TEST_EVENTS
+        )
+        if waiting >= MAX_PENDING_TEST_EVENTS:
+            raise ResourceExhausted(
+                f"webhook {hook.id} has {MAX_PENDING_TEST_EVENTS} test events waiting to be "
+                "delivered: send more once some are (ListDeliveries shows them)"
+            )
         event_id = str(uuid.uuid4())
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if data is None:

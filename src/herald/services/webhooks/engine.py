@@ -35,6 +35,7 @@ from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from herald.services.webhooks.model import own_header
 from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
+from herald.services.webhooks.shares import Shares
 from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
 from herald.services.webhooks.store import Q, retry_policy_of
 
@@ -46,11 +47,11 @@ DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout
 # An endpoint whose last attempt took this long, timed out or could not be reached is
 # slow. A slow endpoint holds at most its share of a worker's attempts in flight, and so
 # does one not tried yet by this worker (it may be slow: after a restart, every endpoint
-# is new). One whose last attempt was quick is not capped, so one fast webhook can use
-# every slot when nothing else is waiting.
+# is new); a tenant's slow endpoints together hold at most the tenant's share (shares.py).
+# One whose last attempt was quick is not capped, so one fast webhook can use every slot
+# when nothing else is waiting.
 SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
-MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
 # The events seed's events_retry_total counts a delivery's retries too, beside the
 # relay's and dispatch's (as events_dlq_total counts its dead letters).
@@ -80,10 +81,8 @@ class Engine:
         self._escalation = escalation
         self._concurrency = concurrency
         # Attempts in flight per webhook not known to be fast: one slow endpoint holds at
-        # most this many.
-        self._per_webhook = per_webhook or max(1, concurrency // 4)
-        self._busy: collections.Counter[uuid.UUID] = collections.Counter()
-        self._fast: set[uuid.UUID] = set()  # the last attempt here was quick
+        # most a quarter, one tenant's slow endpoints together at most half.
+        self._shares = Shares(per_webhook or max(1, concurrency // 4), concurrency // 2)
         self._deferred: list[uuid.UUID] = []  # claimed, not attempted now: to hand back
         self._handed_back: set[uuid.UUID] = set()  # webhooks with deliveries deferred
         self._poll = poll_seconds
@@ -213,7 +212,7 @@ class Engine:
 
     def _start(self, row: asyncpg.Record) -> None:
         webhook_id = row["webhook_id"]
-        if self._capped(webhook_id):
+        if self._shares.capped(webhook_id, row["tenant"]):
             # A slow (or untried) endpoint with its share in flight: handed back, due
             # now; claims skip the webhook until one of its attempts is over.
             if not self._deferred:
@@ -222,9 +221,9 @@ class Engine:
             self._handed_back.add(webhook_id)
             self._room_changed.set()  # no slot taken: intake may fetch more
             return
-        self._busy[webhook_id] += 1
+        slow = self._shares.start(webhook_id, row["tenant"])
         self._posting += 1
-        task = asyncio.create_task(self._attempt_guarded(row))
+        task = asyncio.create_task(self._attempt_guarded(row, slow))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -240,14 +239,6 @@ class Engine:
         except DATABASE_ERRORS as exc:  # their leases run out instead
             log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
 
-    def _capped(self, webhook_id: uuid.UUID) -> bool:
-        """A webhook not known to be fast, with its share of attempts in flight."""
-        return webhook_id not in self._fast and self._busy[webhook_id] >= self._per_webhook
-
-    def _saturated(self) -> list[uuid.UUID]:
-        """The webhooks that take no more attempts now (:meth:`_capped`)."""
-        return [w for w in self._busy if self._capped(w)]
-
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._freed.set()
@@ -260,7 +251,7 @@ class Engine:
                 limit,
                 self.lease,
                 self.worker,
-                self._saturated(),
+                *self._shares.excluded(),
             )
         except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
@@ -290,8 +281,9 @@ class Engine:
                         sent["minute"],
                     )
                     take = min(room, limit - len(claimed))
-                    if hook["webhook_id"] not in self._fast:
-                        take = min(take, self._per_webhook - self._busy[hook["webhook_id"]])
+                    share = self._shares.room(hook["webhook_id"], hook["tenant"])
+                    if share is not None:
+                        take = min(take, share)
                     if take <= 0:
                         throttled = True
                         continue
@@ -306,7 +298,8 @@ class Engine:
             log.warning("engine.claim_failed", error=repr(exc))
         return claimed, throttled
 
-    async def _attempt_guarded(self, row: asyncpg.Record) -> None:
+    async def _attempt_guarded(self, row: asyncpg.Record, slow: str | None) -> None:
+        """``slow``: the tenant the attempt counts against as slow (see shares.py)."""
         posting = [True]
         webhook_id = row["webhook_id"]
 
@@ -314,12 +307,15 @@ class Engine:
             if posting[0]:
                 posting[0] = False
                 self._posting -= 1
-                if self._capped(webhook_id) or webhook_id in self._handed_back:
+                shares = self._shares
+                if (
+                    shares.capped(webhook_id, row["tenant"])
+                    or (slow is not None and shares.tenant_full(slow))
+                    or webhook_id in self._handed_back
+                ):
                     self._handed_back.discard(webhook_id)
-                    self.wake()  # its handed-back deliveries may be claimed again
-                self._busy[webhook_id] -= 1
-                if not self._busy[webhook_id]:
-                    del self._busy[webhook_id]
+                    self.wake()  # its (or its tenant's) deliveries may be claimed again
+                shares.finish(webhook_id, slow)
                 self._freed.set()
                 self._room_changed.set()
 
@@ -341,10 +337,8 @@ class Engine:
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
             finished = datetime.now(UTC)
-            if result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS:
-                self._fast.discard(row["webhook_id"])
-            elif len(self._fast) < MAX_KNOWN_FAST:
-                self._fast.add(row["webhook_id"])
+            slow = result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS
+            self._shares.learned(row["webhook_id"], row["tenant"], fast=not slow)
         finally:
             posted()
         policy = retry_policy_of(hook)

@@ -37,6 +37,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _ULA = ipaddress.IPv6Network("fc00::/7")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix
+# Site-local (deprecated, still routed inside some networks) and the documentation prefix
+# of RFC 9637, neither of which Python 3.11's ipaddress counts as non-global.
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+_DOCUMENTATION_V6 = ipaddress.IPv6Network("3fff::/20")
 _BODY_BYTES = 4096  # read at most this much of a response from the wire
 _BODY_CHARS = 1024  # and keep at most this much of it
 _LOCATION_CHARS = 300  # of a 3xx's Location, in the delivery log
@@ -58,6 +62,10 @@ def non_public_reason(address: IPAddress) -> str | None:
             return None if reason is None else f"{reason} (embedded in IPv6)"
         if address in _ULA:
             return "unique-local"
+        if address in _SITE_LOCAL:
+            return "site-local"
+        if address in _DOCUMENTATION_V6:
+            return "documentation"
     checks = (
         (address.is_unspecified, "unspecified"),
         (address.is_loopback, "loopback"),
@@ -267,6 +275,9 @@ class DeliveryClient:
                 # No proxies or .netrc from the environment: a proxy would make the
                 # connection (and so the guard's check) be about the proxy, not the target.
                 trust_env=False,
+                # No cookies kept: the session is shared by every tenant's webhooks, so a
+                # cookie one receiver set would go with another tenant's POSTs to its host.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
             )

@@ -86,6 +86,13 @@ class WebhooksSettings(RuntimeSettings):
         "yet, so that one slow endpoint cannot take every slot; 0 = a quarter of "
         "DELIVERY_CONCURRENCY (at least 1).",
     )
+    webhooks_max_per_tenant: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Webhooks one tenant may have: every event a webhook takes is one more "
+        "POST, so without a bound one tenant could multiply every event without limit.",
+    )
     webhooks_header_prefix: str = Field(
         DEFAULT_HEADER_PREFIX,
         description="Prefix of the delivery headers Herald sets (<prefix>-Event, "

@@ -13,12 +13,13 @@ from pathlib import Path
 import asyncpg
 
 from herald.runtime.db import Queries
-from herald.runtime.errors import NotFound
+from herald.runtime.errors import NotFound, ResourceExhausted
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec
 from herald.services.webhooks.secret_box import SecretBox
 
 Q = Queries(Path(__file__).with_name("sql") / "queries.sql")
+DEFAULT_MAX_PER_TENANT = 1000  # WEBHOOKS_MAX_PER_TENANT
 # The order of list_webhooks (its ORDER BY).
 WEBHOOK_ORDER = SortKey(("created_at", datetime), ("id", uuid.UUID))
 
@@ -127,20 +128,31 @@ def parse_id(value: str, what: str = "webhook") -> uuid.UUID:
 class WebhookStore:
     """CRUD and secrets; NOT_FOUND for a missing id and for another tenant's."""
 
-    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, box: SecretBox, max_per_tenant: int = DEFAULT_MAX_PER_TENANT
+    ) -> None:
         self._pool = pool
         self._box = box
+        self._max_per_tenant = max_per_tenant
 
     async def create(self, tenant: str, spec: WebhookSpec, secret: str) -> StoredWebhook:
-        """Stores a new subscription with its sealed secret."""
+        """Stores a new subscription with its sealed secret; ResourceExhausted when the
+        tenant has its limit of webhooks already."""
         webhook_id = uuid.uuid4()
-        row = await self._pool.fetchrow(
-            Q.insert_webhook,
-            webhook_id,
-            tenant,
-            *_columns(spec),
-            self._box.seal(secret, str(webhook_id)),
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q.lock_tenant, tenant)
+            if await conn.fetchval(Q.count_webhooks, tenant) >= self._max_per_tenant:
+                raise ResourceExhausted(
+                    f"a tenant has at most {self._max_per_tenant} webhooks "
+                    "(WEBHOOKS_MAX_PER_TENANT): delete one first"
+                )
+            row = await conn.fetchrow(
+                Q.insert_webhook,
+                webhook_id,
+                tenant,
+                *_columns(spec),
+                self._box.seal(secret, str(webhook_id)),
+            )
         assert row is not None
         return _stored(row)
 

@@ -7,6 +7,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15:
         $17, $18)
 RETURNING *
 
+-- name: lock_tenant
+-- Serialises the creations of one tenant's webhooks (counted against its limit).
+SELECT pg_advisory_xact_lock(hashtextextended('herald.webhooks.tenant:' || $1, 0))
+
 -- name: get_webhook
 SELECT * FROM webhooks.webhooks WHERE id = $1 AND tenant = $2
 
@@ -101,21 +105,32 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- claim 16 rows, not a sort of all 20,000 (7 ms a claim, most of PostgreSQL's time in
 -- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read,
 -- nor slow ones with their share of this worker's attempts in flight ($4), so one slow
--- endpoint's backlog cannot take every slot from the others.
+-- endpoint's backlog cannot take every slot from the others; nor those of tenants whose
+-- slow webhooks have their share together ($5), but for their fast ones ($6), so one
+-- tenant's slow endpoints cannot take every slot from the other tenants.
+-- Tenants take turns: each tenant's oldest first, then each one's second oldest, ...
+-- (in random order within a turn), so a tenant with a backlog of thousands (test events
+-- cost it nothing) does not make another tenant's deliveries wait until it is worked
+-- off; within one tenant the oldest go first.
 WITH due AS (
-    SELECT d.id
-    FROM webhooks.webhooks AS w
-    CROSS JOIN LATERAL (
-        SELECT x.id, x.next_attempt_at
-        FROM webhooks.deliveries AS x
-        WHERE x.webhook_id = w.id AND x.status = 'pending' AND x.next_attempt_at <= now()
-        ORDER BY x.next_attempt_at
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    ) AS d
-    WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
-      AND w.id <> ALL($4::uuid[])
-    ORDER BY d.next_attempt_at
+    SELECT c.id
+    FROM (
+        SELECT d.id,
+               row_number() OVER (PARTITION BY w.tenant ORDER BY d.next_attempt_at) AS turn
+        FROM webhooks.webhooks AS w
+        CROSS JOIN LATERAL (
+            SELECT x.id, x.next_attempt_at
+            FROM webhooks.deliveries AS x
+            WHERE x.webhook_id = w.id AND x.status = 'pending' AND x.next_attempt_at <= now()
+            ORDER BY x.next_attempt_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ) AS d
+        WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
+          AND w.id <> ALL($4::uuid[])
+          AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
+    ) AS c
+    ORDER BY c.turn, random()
     LIMIT $1
 )
 UPDATE webhooks.deliveries AS d
@@ -252,6 +267,14 @@ SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason
 WHERE id = $1 AND tenant = $2 AND status <> 'pending'
 RETURNING id
 
+-- name: pending_test_events
+-- How many of the webhook's test events wait to be delivered, counted up to $2.
+SELECT count(*) FROM (
+    SELECT 1 FROM webhooks.deliveries
+    WHERE webhook_id = $1 AND status = 'pending' AND job_id LIKE 'test/%'
+    LIMIT $2
+) AS waiting
+
 -- name: get_delivery
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.last_response_ms,
        d.delivered_at, d.last_status_code, d.last_response, d.last_error, d.created_at,
@@ -267,7 +290,7 @@ WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
 -- name: limited_with_due
 -- Rate-limited webhooks with deliveries due (both looked up by partial indexes, so
 -- this is cheap when no webhook has a limit).
-SELECT w.id AS webhook_id
+SELECT w.id AS webhook_id, w.tenant
 FROM webhooks.webhooks AS w
 WHERE w.active AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
   AND EXISTS (SELECT 1 FROM webhooks.deliveries AS d

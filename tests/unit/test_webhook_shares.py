@@ -1,0 +1,41 @@
+"""How many attempts a process makes at once per webhook and per tenant."""
+
+from __future__ import annotations
+
+import uuid
+
+from herald.services.webhooks.shares import Shares
+
+
+def test_a_tenants_slow_webhooks_share_one_cap_and_fast_ones_are_not_capped() -> None:
+    shares = Shares(per_webhook=2, per_tenant=3)
+    a1, a2, a3, b1 = (uuid.uuid4() for _ in range(4))
+    taken = [shares.start(a1, "a"), shares.start(a1, "a"), shares.start(a2, "a")]
+    assert taken == ["a", "a", "a"]
+    assert shares.capped(a1, "a")  # its own share
+    assert shares.capped(a3, "a"), "the tenant's share: untried a3 waits too"
+    assert not shares.capped(b1, "b"), "another tenant is not held up"
+    assert shares.excluded() == ([a1], ["a"], [])
+    shares.learned(a3, "a", fast=True)  # a quick answer: a3 is not capped any more
+    assert not shares.capped(a3, "a")
+    assert shares.room(a3, "a") is None
+    assert shares.excluded() == ([a1], ["a"], [a3])
+    assert shares.start(a3, "a") is None  # a fast webhook's attempt counts as no share
+    shares.finish(a2, "a")
+    assert not shares.capped(a2, "a")
+    assert shares.room(a2, "a") == 1
+    assert shares.excluded() == ([a1], [], [])
+
+
+def test_a_webhook_that_turns_slow_is_capped_again() -> None:
+    shares = Shares(per_webhook=1, per_tenant=1)
+    hook = uuid.uuid4()
+    shares.learned(hook, "a", fast=True)
+    assert [shares.start(hook, "a"), shares.start(hook, "a")] == [None, None]
+    assert not shares.capped(hook, "a")
+    shares.learned(hook, "a", fast=False)
+    assert shares.capped(hook, "a")
+    shares.finish(hook, None)
+    shares.finish(hook, None)
+    assert not shares.capped(hook, "a")
+    assert shares.excluded() == ([], [], [])
