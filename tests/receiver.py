@@ -38,6 +38,7 @@ class Reply:
     body: bytes = b"OK"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering (to provoke client timeouts)
+    body_delay: float = 0.0  # seconds between the status and headers and the body
 
 
 class Receiver:
@@ -140,7 +141,14 @@ class Receiver:
         if reply.delay:
             await asyncio.sleep(reply.delay)
         keep_alive = headers.get("connection", "").lower() != "close"
-        writer.write(_response(reply, keep_alive))
+        response = _response(reply, keep_alive)
+        if reply.body_delay:  # the head at once, the body later
+            head_length = len(response) - len(reply.body)
+            writer.write(response[:head_length])
+            await writer.drain()
+            await asyncio.sleep(reply.body_delay)
+            response = response[head_length:]
+        writer.write(response)
         await writer.drain()
         return keep_alive
 

@@ -238,6 +238,11 @@ class Engine:
             await self._pool.execute(Q.release_some, self.worker, ids)
         except DATABASE_ERRORS as exc:  # their leases run out instead
             log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
+            return
+        # What held them back may be over already (an untried webhook's probe answered
+        # quickly while they were handed back): a claim now finds them, not the next
+        # wake, which could be an attempt timing out a second later.
+        self.wake()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -251,7 +256,7 @@ class Engine:
                 limit,
                 self.lease,
                 self.worker,
-                *self._shares.excluded(),
+                self._shares.excluded(),
             )
         except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
@@ -334,10 +339,14 @@ class Engine:
         context: dict[str, str] = json_fast.loads(row["context"])
         headers, span = self._prepare(row, hook, context)
         started = datetime.now(UTC)
+        begun = time.monotonic()
         try:
             result = await self._client.post(hook["url"], bytes(row["body"]), headers)
             finished = datetime.now(UTC)
-            slow = result.error in SLOW_ERRORS or result.elapsed >= SLOW_SECONDS
+            # The whole attempt, body included: an endpoint that answers at once and then
+            # withholds its body holds the slot as long as one that never answers.
+            took = time.monotonic() - begun
+            slow = result.error in SLOW_ERRORS or took >= SLOW_SECONDS
             self._shares.learned(row["webhook_id"], row["tenant"], fast=not slow)
         finally:
             posted()

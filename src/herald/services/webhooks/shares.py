@@ -7,6 +7,11 @@ of one tenant together hold at most ``per_tenant``: without that, a tenant with 
 slow endpoints and a backlog (test events cost it nothing) held every slot, and every
 other tenant's deliveries waited behind its timeouts. A webhook whose last attempt was
 quick is not capped.
+
+Past its tenant's share, a webhook known to be slow starts nothing, but one not tried
+yet starts one attempt (a probe) when it has none in flight: a tenant's healthy webhook
+is not held up behind its own slow ones until their attempts time out, and is known to
+be fast (uncapped) after its first answer.
 """
 
 from __future__ import annotations
@@ -14,20 +19,24 @@ from __future__ import annotations
 import collections
 import uuid
 
-MAX_KNOWN_FAST = 100_000  # webhooks remembered as fast (beyond that: capped until known)
+MAX_KNOWN = 100_000  # webhooks remembered as fast, and as slow (beyond: taken as untried)
 
 
 class Shares:
-    """The attempts in flight per webhook and per tenant, and which webhooks are fast."""
+    """The attempts in flight per webhook and per tenant, and which webhooks are fast
+    or slow."""
 
     def __init__(self, per_webhook: int, per_tenant: int) -> None:
         self.per_webhook = per_webhook
         self.per_tenant = max(per_tenant, per_webhook)
         self._busy: collections.Counter[uuid.UUID] = collections.Counter()
+        self._busy_tenant: dict[uuid.UUID, str] = {}  # the tenant of each webhook in _busy
         # Attempts in flight to webhooks not known to be fast, per tenant.
         self._slow: collections.Counter[str] = collections.Counter()
-        self._fast: dict[uuid.UUID, str] = {}  # webhook -> tenant: the last attempt was quick
-        self._fast_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
+        self._fast: set[uuid.UUID] = set()  # the last attempt was quick
+        # The last attempt was slow: webhook -> tenant, and per tenant.
+        self._known_slow: dict[uuid.UUID, str] = {}
+        self._slow_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
 
     def is_fast(self, webhook: uuid.UUID) -> bool:
         """Whether the webhook's last attempt here was quick (it is not capped)."""
@@ -38,22 +47,24 @@ class Shares:
         return self._slow[tenant] >= self.per_tenant
 
     def capped(self, webhook: uuid.UUID, tenant: str) -> bool:
-        """Whether an attempt to the webhook must wait: not known to be fast, and it or
-        its tenant has its share in flight."""
-        if webhook in self._fast:
-            return False
-        return self._busy[webhook] >= self.per_webhook or self.tenant_full(tenant)
+        """Whether an attempt to the webhook must wait now (:meth:`room` is 0)."""
+        room = self.room(webhook, tenant)
+        return room is not None and room <= 0
 
     def room(self, webhook: uuid.UUID, tenant: str) -> int | None:
         """How many more attempts the webhook may have in flight now (None: no cap)."""
         if webhook in self._fast:
             return None
-        return min(self.per_webhook - self._busy[webhook], self.per_tenant - self._slow[tenant])
+        busy = self._busy[webhook]
+        if not self.tenant_full(tenant):
+            return min(self.per_webhook - busy, self.per_tenant - self._slow[tenant])
+        return 0 if busy or webhook in self._known_slow else 1  # an untried one's probe
 
     def start(self, webhook: uuid.UUID, tenant: str) -> str | None:
         """Counts an attempt starting; returns the tenant it counts against as slow (None
         when the webhook is fast), to be given back to :meth:`finish`."""
         self._busy[webhook] += 1
+        self._busy_tenant[webhook] = tenant
         if webhook in self._fast:
             return None
         self._slow[tenant] += 1
@@ -64,6 +75,7 @@ class Shares:
         self._busy[webhook] -= 1
         if self._busy[webhook] <= 0:
             del self._busy[webhook]
+            self._busy_tenant.pop(webhook, None)
         if slow_tenant is not None:
             self._slow[slow_tenant] -= 1
             if self._slow[slow_tenant] <= 0:
@@ -71,20 +83,34 @@ class Shares:
 
     def learned(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> None:
         """Records how quick the webhook's last attempt was."""
-        if not fast:
-            if self._fast.pop(webhook, None) is not None:
-                self._fast_of[tenant].discard(webhook)
-                if not self._fast_of[tenant]:
-                    del self._fast_of[tenant]
-        elif webhook not in self._fast and len(self._fast) < MAX_KNOWN_FAST:
-            self._fast[webhook] = tenant
-            self._fast_of[tenant].add(webhook)
+        if fast:
+            self._forget_slow(webhook)
+            if len(self._fast) < MAX_KNOWN:
+                self._fast.add(webhook)
+            return
+        self._fast.discard(webhook)
+        if webhook not in self._known_slow and len(self._known_slow) < MAX_KNOWN:
+            self._known_slow[webhook] = tenant
+            self._slow_of[tenant].add(webhook)
 
-    def excluded(self) -> tuple[list[uuid.UUID], list[str], list[uuid.UUID]]:
-        """What a claim leaves out: the webhooks with their share in flight, the tenants
-        whose slow webhooks have theirs, and the fast webhooks of those tenants (which
-        are not left out)."""
-        hooks = [w for w, n in self._busy.items() if n >= self.per_webhook and w not in self._fast]
-        tenants = [t for t, n in self._slow.items() if n >= self.per_tenant]
-        fast = [w for t in tenants for w in self._fast_of.get(t, ())]
-        return hooks, tenants, fast
+    def _forget_slow(self, webhook: uuid.UUID) -> None:
+        tenant = self._known_slow.pop(webhook, None)
+        if tenant is not None:
+            self._slow_of[tenant].discard(webhook)
+            if not self._slow_of[tenant]:
+                del self._slow_of[tenant]
+
+    def excluded(self) -> list[uuid.UUID]:
+        """The webhooks a claim leaves out: those not known to be fast with their own
+        share in flight; and, of a tenant whose share is full, those known to be slow
+        and those not known to be fast with an attempt in flight (an untried one that
+        has none may be claimed: its probe)."""
+        full = {t for t, n in self._slow.items() if n >= self.per_tenant}
+        hooks = [
+            w
+            for w, n in self._busy.items()
+            if w not in self._fast and (n >= self.per_webhook or self._busy_tenant[w] in full)
+        ]
+        for tenant in full:
+            hooks.extend(w for w in self._slow_of.get(tenant, ()) if w not in self._busy)
+        return hooks

@@ -104,10 +104,9 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- order (deliveries_pending_by_webhook), so a backlog of 20,000 due deliveries costs a
 -- claim 16 rows, not a sort of all 20,000 (7 ms a claim, most of PostgreSQL's time in
 -- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read,
--- nor slow ones with their share of this worker's attempts in flight ($4), so one slow
--- endpoint's backlog cannot take every slot from the others; nor those of tenants whose
--- slow webhooks have their share together ($5), but for their fast ones ($6), so one
--- tenant's slow endpoints cannot take every slot from the other tenants.
+-- nor those this worker holds back ($4: slow ones with their share of its attempts in
+-- flight, and the slow ones of a tenant whose slow webhooks have their share together),
+-- so one slow endpoint's backlog, or one tenant's, cannot take every slot from the others.
 -- Tenants take turns: each tenant's oldest first, then each one's second oldest, ...
 -- (in random order within a turn), so a tenant with a backlog of thousands (test events
 -- cost it nothing) does not make another tenant's deliveries wait until it is worked
@@ -128,7 +127,6 @@ WITH due AS (
         ) AS d
         WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
           AND w.id <> ALL($4::uuid[])
-          AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
     ) AS c
     ORDER BY c.turn, random()
     LIMIT $1
