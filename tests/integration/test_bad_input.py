@@ -281,3 +281,42 @@ async def test_request_bytes_that_do_not_decode_are_invalid_argument(
                         wrong.append(f"{method.name}({what}): {exc.value.code().name} {fields}")
     assert calls > 40, "every service's RPCs were called"
     assert wrong == []
+
+
+async def test_only_ingest_takes_requests_over_4_mib(targets: list[Target]) -> None:
+    """A request is read whole before the API key is checked: dispatch, webhooks and
+    reconcile, whose requests are small, refuse one over 4 MiB (RESOURCE_EXHAUSTED, key
+    or no key) rather than hold up to 64 MiB per call; ingest takes a PublishBatch of
+    that size."""
+    answers: dict[str, grpc.StatusCode] = {}
+    for target in targets:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{target.port}") as channel:
+            method, field = next(
+                (m, f)
+                for m in target.service.methods
+                for f in m.input_type.fields
+                if f.type == T.TYPE_STRING and not f.is_repeated
+            )
+            cls = message_factory.GetMessageClass(method.input_type)
+            request = cls(**{field.name: "x" * 5_000_000})
+            if target.service.name == "IngestService":
+                request = ingest_pb2.PublishBatchRequest(
+                    requests=[ingest_pb2.PublishRequest(json="x" * 100_000)] * 50
+                )
+                method = target.service.methods_by_name["PublishBatch"]
+            call: grpc.aio.UnaryUnaryMultiCallable[Message, bytes] = channel.unary_unary(
+                f"/{target.service.full_name}/{method.name}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=lambda b: b,
+            )
+            try:
+                await call(request, timeout=20)
+                answers[target.service.name] = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                answers[target.service.name] = exc.code()
+    assert answers == {
+        "IngestService": grpc.StatusCode.OK,  # each item refused on its own
+        "DispatchService": grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "WebhookService": grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "ReconcileService": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }

@@ -27,6 +27,10 @@ log = structlog.get_logger("herald.server")
 Worker = Callable[[], Coroutine[Any, Any, None]]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
+# A request is read whole before any interceptor (the API key check among them) sees it:
+# an API whose requests are small takes no more, so that callers, authenticated or not,
+# cannot make it hold 64 MiB per call (16 at once made webhooks grow by 1.8 GB).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
 # Allocations (net of frees) between young-generation collections (CPython's default:
 # 700); an App may choose its own (App.gc_young_threshold).
@@ -55,6 +59,9 @@ class App:
     # many objects alive at once (dispatch) does better with a higher threshold; one
     # making cyclic garbage per call (grpc.aio: ingest) with a lower one.
     gc_young_threshold: int = GC_YOUNG_THRESHOLD
+    # The largest request taken (larger: RESOURCE_EXHAUSTED); ingest's PublishBatch
+    # needs MAX_MESSAGE_BYTES.
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 class Running:
@@ -141,7 +148,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", app.max_request_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # A second process on the same address must fail, not share the port and
             # take half of the calls unnoticed (grpc sets SO_REUSEPORT by default).

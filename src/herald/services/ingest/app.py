@@ -16,7 +16,7 @@ from herald.runtime.backlog import BacklogReporter
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
-from herald.runtime.server import App, Worker
+from herald.runtime.server import MAX_MESSAGE_BYTES, App, Worker
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
@@ -98,4 +98,5 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         health_checks=checks,
         workers=workers,
         on_stop=[*stop_relay, pool.close],
+        max_request_bytes=MAX_MESSAGE_BYTES,  # a PublishBatch of 1,000 events
     )
