@@ -11,6 +11,9 @@ import pytest
 
 from herald.runtime import db
 from herald.runtime.retention import Purge, purge_once
+from herald.services.dispatch.app import MIGRATIONS as DISPATCH_MIGRATIONS
+from herald.services.dispatch.app import dead_letter_purge
+from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.relay_app import MIGRATIONS as INGEST_MIGRATIONS
 from herald.services.ingest.writer import Q as INGEST_Q
 from herald.services.webhooks.app import MIGRATIONS as WEBHOOKS_MIGRATIONS
@@ -26,6 +29,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("ingest", INGEST_MIGRATIONS))
         await db.migrate(conn, db.read_migrations("webhooks", WEBHOOKS_MIGRATIONS))
+        await db.migrate(conn, db.read_migrations("dispatch", DISPATCH_MIGRATIONS))
     yield pool
     await pool.close()
 
@@ -119,3 +123,35 @@ async def test_ingest_purges_expired_keys_sent_outbox_rows_and_old_events(
     ]
     outbox = await pool.fetch("SELECT published_at IS NULL AS pending FROM ingest.outbox")
     assert sorted(r["pending"] for r in outbox) == [False, True], "unsent and recent stay"
+
+
+async def test_dispatch_purges_dead_letters_past_their_retention(pool: asyncpg.Pool) -> None:
+    """Each dead letter holds its record (up to 1 MB): a flood of undecodable records on
+    herald.events made as many rows, kept for ever. Past DEAD_LETTER_RETENTION_DAYS they
+    go, redriven or not."""
+    cases = {  # reason: (age in days, redriven)
+        "old": (40, False),
+        "old-redriven": (31, True),
+        "recent": (29, False),
+        "recent-redriven": (1, True),
+    }
+    for reason, (age, redriven) in cases.items():
+        await pool.execute(
+            """INSERT INTO dispatch.dead_letters (id, topic, partition, "offset", value,
+                   header_names, header_values, targets, attempts, reason, created_at,
+                   redriven_at)
+               VALUES (gen_random_uuid(), 'herald.events', 0, 0, $1, '{}', '{}',
+                       '{decode}', 1, $2, now() - make_interval(days => $3),
+                       CASE WHEN $4 THEN now() END)""",
+            b"x" * 1000,
+            reason,
+            age,
+            redriven,
+        )
+    settings = DispatchSettings(dead_letter_retention_days=30)
+    purges = [dead_letter_purge(settings)]
+
+    assert await purge_once(pool, purges, batch=1) == {"dead_letters": 2}
+
+    left = {r["reason"] for r in await pool.fetch("SELECT reason FROM dispatch.dead_letters")}
+    assert left == {"recent", "recent-redriven"}

@@ -14,6 +14,7 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.channels import internal_channel
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
+from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
 from herald.runtime.settings import KafkaSettings
 from herald.services.dispatch.consumer import EventConsumer
@@ -24,7 +25,7 @@ from herald.services.dispatch.route_table import RouteTable
 from herald.services.dispatch.routes import routes_from_json
 from herald.services.dispatch.servicer import DispatchServicer
 from herald.services.dispatch.settings import DispatchSettings
-from herald.services.dispatch.store import RouteStore
+from herald.services.dispatch.store import Q, RouteStore
 from herald.services.dispatch.subscriptions import SubscriptionCache
 
 log = structlog.get_logger("herald.dispatch")
@@ -133,9 +134,17 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             retrier.run,
             announcements.run,
             outbox.run,
+            partial(run_purges, pool, [dead_letter_purge(settings)]),
         ],
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at
         # 10,000 a young collection ran every ~500 events and found nothing.
         gc_young_threshold=100_000,
+    )
+
+
+def dead_letter_purge(settings: DispatchSettings) -> Purge:
+    """Dead letters older than DEAD_LETTER_RETENTION_DAYS go (every 10 minutes)."""
+    return Purge(
+        "dead_letters", Q.purge_dead_letters, (settings.dead_letter_retention_days * 86400,)
     )

@@ -10,6 +10,7 @@ from herald.runtime.auth import internal_key_setting
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
+    MAX_RETENTION_DAYS,
     RuntimeSettings,
 )
 from herald.services.dispatch.retry import Schedule
@@ -59,6 +60,14 @@ class DispatchSettings(RuntimeSettings):
         gt=0,
         le=HOUR_SECONDS,
         description="How long a record may take to be acknowledged by Kafka.",
+    )
+    dead_letter_retention_days: float = Field(
+        90,  # as webhooks keeps its failed deliveries
+        gt=0,
+        le=MAX_RETENTION_DAYS,
+        description="How long a dead letter (with the record it holds) is kept, redriven or "
+        "not: ListDeadLetters and RedriveDeadLetters reach back this far (herald.dlq has "
+        "the record too).",
     )
     routes_file: Path | None = Field(
         None, description="A JSON file of routes (a list of Route objects) loaded at start."

@@ -100,6 +100,15 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
+-- name: purge_dead_letters
+-- Dead letters created more than $2 seconds ago, redriven or not, at most $1 of them:
+-- each holds its record (up to a megabyte), and a flood of undecodable records would
+-- otherwise fill the database (dead_letters_by_time finds them).
+DELETE FROM dispatch.dead_letters WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM dispatch.dead_letters
+    WHERE created_at < now() - make_interval(secs => $2)
+    LIMIT $1))
+
 -- name: list_dead_letters
 -- Newest first, after the cursor ($4, $5: NULL on the first page); total counts every
 -- dead letter the filter matches.
