@@ -238,11 +238,6 @@ class Engine:
             await self._pool.execute(Q.release_some, self.worker, ids)
         except DATABASE_ERRORS as exc:  # their leases run out instead
             log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
-            return
-        # What held them back may be over already (an untried webhook's probe answered
-        # quickly while they were handed back): a claim now finds them, not the next
-        # wake, which could be an attempt timing out a second later.
-        self.wake()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
