@@ -159,7 +159,7 @@ class EventWriter:
                 row = stored[(k.key, k.endpoint, k.actor)]
                 outcomes[i] = (
                     Accepted(row["event_id"], True)
-                    if await _repeats(conn, items[i].sent, row["event_id"], row["fingerprint"])
+                    if await _repeats(conn, items[i].sent, items[i].fingerprint, row)
                     else dedup.key_reused(items[i].event)
                 )
         settled = set(taken)
@@ -210,7 +210,10 @@ class EventWriter:
             release = []
             for i in old:
                 event = items[i].event
-                if _repeated(items[i].sent, found.get((event.source, event.id))):
+                stored = found.get((event.source, event.id))
+                if stored is not None and await _repeats(
+                    conn, items[i].sent, items[i].fingerprint, stored
+                ):
                     outcomes[i] = Accepted(event.id, True)
                 else:
                     outcomes[i] = dedup.id_reused(event)
@@ -231,33 +234,27 @@ class EventWriter:
         now: a retry is answered as its original call was, even once the rules changed
         (a newer data version, whose schema it fails, is its default)."""
         async with self._pool.acquire() as conn:
-            if key is None:
+            if key is not None:
+                rows = await conn.fetch(Q.find_keys, [key.key], [key.endpoint], [key.actor])
+            else:
                 rows = await conn.fetch(Q.find_events, [sent.source], [sent.id])
-                return Accepted(sent.id, True) if rows and _repeated(sent, rows[0]) else None
-            rows = await conn.fetch(Q.find_keys, [key.key], [key.endpoint], [key.actor])
-            if rows and await _repeats(conn, sent, rows[0]["event_id"], rows[0]["fingerprint"]):
+            if rows and await _repeats(conn, sent, sent.fingerprint(), rows[0]):
                 return Accepted(rows[0]["event_id"], True)
         return None
 
 
-def _repeated(sent: Event, stored: asyncpg.Record | None) -> bool:
-    """Whether ``sent`` repeats the stored event (a ``find_events`` row): the same
-    fingerprint, or the same but for how its JSON data is written."""
-    if stored is None:
-        return False
-    fingerprint = bytes(stored["fingerprint"])
-    return fingerprint == sent.fingerprint() or dedup.reformatted(
-        sent, bytes(stored["data"]), fingerprint
-    )
-
-
-async def _repeats(conn: Connection, sent: Event, event_id: str, fingerprint: bytes) -> bool:
-    """Whether ``sent`` repeats the call an idempotency key was first used with, whose
-    event was ``event_id`` (from ``sent``'s source, or the attributes differ anyway)."""
-    if bytes(fingerprint) == sent.fingerprint():
+async def _repeats(
+    conn: Connection, sent: Event, fingerprint: bytes, stored: asyncpg.Record
+) -> bool:
+    """Whether ``sent`` (whose fingerprint is ``fingerprint``) repeats the request
+    ``stored`` (a ``find_keys`` or ``find_events`` row): the same fingerprint, or the same
+    but for how its JSON data is written; the stored event's data (from ``sent``'s
+    source: other attributes differ anyway) is read only then."""
+    stored_fingerprint = bytes(stored["fingerprint"])
+    if stored_fingerprint == fingerprint:
         return True
-    rows = await conn.fetch(Q.find_events, [sent.source], [event_id])
-    return bool(rows) and dedup.reformatted(sent, bytes(rows[0]["data"]), bytes(fingerprint))
+    data = await conn.fetchval(Q.event_data, sent.source, stored["event_id"])
+    return data is not None and dedup.reformatted(sent, bytes(data), stored_fingerprint)
 
 
 async def _refused(item: PendingEvent, exc: BaseException) -> Outcome:

@@ -47,10 +47,14 @@ WITH new_events AS (
 SELECT source, id, (SELECT pg_notify('herald_outbox', $12)) AS notified FROM new_events
 
 -- name: find_events
--- With the data: a retry whose JSON data is written otherwise is still a repeat.
-SELECT e.source, e.id, e.fingerprint, e.data
+-- event_id and fingerprint as find_keys names them: a repeat is judged the same way.
+SELECT e.source, e.id, e.id AS event_id, e.fingerprint
 FROM ingest.events AS e
 JOIN unnest($1::text[], $2::text[]) AS t(source, id) ON (e.source, e.id) = (t.source, t.id)
+
+-- name: event_data
+-- Read only when a retry's fingerprint differs: its JSON data may be written otherwise.
+SELECT data FROM ingest.events WHERE source = $1 AND id = $2
 
 -- name: claim_lanes
 -- Lanes with pending rows whose lock this transaction gets, at most $3 of them;
