@@ -120,18 +120,14 @@ async def try_dead_letter(
         current = producer()
         if current is not None:
             try:
-                if deadline is None:
-                    delivery = await current.send(topic, value, key=key, headers=headers)
-                    await delivery
-                    return "sent"
-                # A send can wait on metadata far longer than we want to. (asyncio.timeout,
+                # A send can wait on metadata far longer than we want to; once queued, the
+                # record's outcome is awaited (the producer gives up on it after its
+                # request timeout): a record abandoned while queued is still sent when
+                # Kafka is back, and so was the copy sent in its place. (asyncio.timeout,
                 # not wait_for, which can lose a stop's cancellation on Python 3.11.)
-                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                async with asyncio.timeout(_left(loop, deadline, 0.1)):
                     delivery = await current.send(topic, value, key=key, headers=headers)
-                # Once queued, the record's outcome is awaited (the producer gives up on
-                # it after its request timeout): a record abandoned while queued is still
-                # sent when Kafka is back, and so was the copy sent in its place.
-                async with asyncio.timeout(max(deadline - loop.time(), 0.0) + QUEUED_SECONDS):
+                async with asyncio.timeout(_left(loop, deadline, 0.0, QUEUED_SECONDS)):
                     await asyncio.shield(delivery)
                 return "sent"
             except REFUSED_FOR_GOOD as exc:
@@ -152,6 +148,16 @@ async def try_dead_letter(
         pause = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
         await asyncio.sleep(pause)
         delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+
+def _left(
+    loop: asyncio.AbstractEventLoop, deadline: float | None, least: float, more: float = 0.0
+) -> float | None:
+    """Seconds until ``deadline`` (at least ``least``) plus ``more``; None (no bound)
+    without a deadline."""
+    if deadline is None:
+        return None
+    return max(deadline - loop.time(), least) + more
 
 
 def _smaller(
