@@ -1263,15 +1263,10 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None
     nothing is known of it yet (as after every restart): another webhook's deliveries
     go out at once."""
     async with Receiver() as receiver:
-        receiver.script("/slow", *[Reply(delay=3.0)] * 2000)  # past the 1 s timeout
-        slow = await stack.hook(receiver.url("/slow"))
-        fast = await stack.hook(receiver.url("/fast"))
-        await stack.produce([job(slow.webhook.id) for _ in range(400)])
+        never = Reply(delay=3.0)  # past the 1 s timeout
+        fast = await slow_backlogs(stack, receiver, ["/slow"], never, 400)
         await receiver.wait_for(1, path="/slow", timeout=20)  # its first wave is out
-        await stack.produce([job(fast.webhook.id) for _ in range(20)])
-        produced = time.monotonic()  # acknowledged by Kafka
-        await receiver.wait_for(20, path="/fast", timeout=60)
-        waited = time.monotonic() - produced
+        waited = await seconds_to_deliver(stack, receiver, fast)
         await receiver.wait_for(80, path="/slow", timeout=20)  # later waves too
         # Each open for at most 0.9 s of the receiver's clock: the client gives up 1 s
         # after sending, and the next wave can arrive within a few ms of that.
@@ -1281,23 +1276,17 @@ async def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None
 
 
 async def test_many_slow_endpoints_do_not_hold_up_another_webhook(stack: Stack) -> None:
-    """Five webhooks whose endpoints time out, each with a backlog (one tenant's, say),
-    take at most three quarters of a worker's attempts in flight once they are known to
-    be slow: a healthy webhook's deliveries still go out at once, not after the slow
-    backlogs have timed out wave after wave."""
+    """Five webhooks whose endpoints time out, each with a backlog, and a healthy one,
+    all one tenant's: the slow ones hold at most the tenant's share of a worker's
+    attempts, and the healthy one, untried, still gets a probe and then its deliveries
+    within about one timeout, not after the slow backlogs have timed out wave after
+    wave."""
     async with Receiver() as receiver:
-        slow_paths = [f"/slow{n}" for n in range(5)]
-        for path in slow_paths:
-            receiver.script(path, *[Reply(delay=3.0)] * 2000)  # past the 1 s timeout
-        slow = [await stack.hook(receiver.url(path)) for path in slow_paths]
-        fast = await stack.hook(receiver.url("/fast"))
-        await stack.produce([job(h.webhook.id) for h in slow for _ in range(200)])
+        never = Reply(delay=3.0)  # past the 1 s timeout
+        fast = await slow_backlogs(stack, receiver, [f"/slow{n}" for n in range(5)], never, 200)
         await receiver.wait_for(1, path="/slow4", timeout=20)  # the first wave is out
         await asyncio.sleep(1.5)  # it has timed out: the five are known to be slow
-        await stack.produce([job(fast.webhook.id) for _ in range(20)])
-        produced = time.monotonic()  # acknowledged by Kafka
-        await receiver.wait_for(20, path="/fast", timeout=60)
-        waited = time.monotonic() - produced
+        waited = await seconds_to_deliver(stack, receiver, fast)
         # At most about one timeout (1 s) of the slow ones: the healthy webhook's first
         # attempt is a probe at once, the rest may wait for a claim that finds them.
         assert waited < 2.5, f"the healthy webhook waited {waited:.1f} s"
@@ -1310,17 +1299,10 @@ async def test_endpoints_that_answer_at_once_and_withhold_the_body_are_slow(
     holds its attempt until the timeout like one that never answers: it is slow, and
     two such webhooks with backlogs do not take every slot from a healthy one."""
     async with Receiver() as receiver:
-        slow_paths = ["/withheld0", "/withheld1"]
-        for path in slow_paths:
-            receiver.script(path, *[Reply(body_delay=3.0)] * 2000)  # past the 1 s timeout
-        slow = [await stack.hook(receiver.url(path)) for path in slow_paths]
-        fast = await stack.hook(receiver.url("/fast"))
-        await stack.produce([job(h.webhook.id) for h in slow for _ in range(300)])
+        withheld = Reply(body_delay=3.0)  # past the 1 s timeout
+        fast = await slow_backlogs(stack, receiver, ["/withheld0", "/withheld1"], withheld, 300)
         await receiver.wait_for(17, path="/withheld1", timeout=20)  # a second wave is out
-        await stack.produce([job(fast.webhook.id) for _ in range(20)])
-        produced = time.monotonic()  # acknowledged by Kafka
-        await receiver.wait_for(20, path="/fast", timeout=60)
-        waited = time.monotonic() - produced
+        waited = await seconds_to_deliver(stack, receiver, fast)
         # At most about one timeout (1 s) of the slow ones: the healthy webhook's first
         # attempt is a probe at once, the rest may wait for a claim that finds them.
         assert waited < 2.5, f"the healthy webhook waited {waited:.1f} s"
@@ -1341,6 +1323,30 @@ async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_be
         dead = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 3000)
         assert len(dead) == 3000, "every record that is not a job is dead-lettered"
         assert waited < 3, f"the job behind them waited {waited:.1f} s"
+
+
+async def slow_backlogs(
+    stack: Stack, receiver: Receiver, paths: list[str], reply: Reply, backlog: int
+) -> webhooks_pb2.CreateWebhookResponse:
+    """A webhook per path whose endpoint answers ``reply``, ``backlog`` jobs each on
+    their way; returns a healthy webhook (at /fast) created beside them."""
+    for path in paths:
+        receiver.script(path, *[reply] * 2000)
+    slow = [await stack.hook(receiver.url(path)) for path in paths]
+    fast = await stack.hook(receiver.url("/fast"))
+    await stack.produce([job(h.webhook.id) for h in slow for _ in range(backlog)])
+    return fast
+
+
+async def seconds_to_deliver(
+    stack: Stack, receiver: Receiver, hook: webhooks_pb2.CreateWebhookResponse
+) -> float:
+    """Seconds from 20 jobs for ``hook`` (at /fast) being acknowledged by Kafka until the
+    receiver has all 20."""
+    await stack.produce([job(hook.webhook.id) for _ in range(20)])
+    produced = time.monotonic()
+    await receiver.wait_for(20, path="/fast", timeout=60)
+    return time.monotonic() - produced
 
 
 def max_in_flight(requests: list[Any], timeout: float) -> int:
