@@ -17,6 +17,7 @@ from herald.runtime.settings import (
     RuntimeSettings,
 )
 from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX, prefix_problem
+from herald.services.webhooks.store import DEFAULT_MAX_PER_TENANT
 
 VERSION = "0.1"  # of Herald's webhooks, in its default User-Agent
 _USER_AGENT = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
@@ -87,7 +88,7 @@ class WebhooksSettings(RuntimeSettings):
         "DELIVERY_CONCURRENCY (at least 1).",
     )
     webhooks_max_per_tenant: int = Field(
-        1000,
+        DEFAULT_MAX_PER_TENANT,
         ge=1,
         le=1_000_000,
         description="Webhooks one tenant may have: every event a webhook takes is one more "
