@@ -177,6 +177,60 @@ async def test_a_ticket_taken_out_of_a_sale_is_cancelled_in_the_ledger(
     assert found.kind == pb.DISCREPANCY_KIND_CANCELLED_TICKET
 
 
+async def test_an_order_republished_without_its_refunded_ticket_still_balances(
+    flow: ReconcileFlow,
+) -> None:
+    """Ticketland drops a ticket it refunded from the order's next version: Vibeapp got
+    the ticket (in the order before) and its refund, and the ledger keeps it sold and
+    refunded. The reconciliation said counts_differ (2 in the ledger, 1 as sent)."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    refunded, kept = "a-" + o, "b-" + o
+    await flow.send(event(e), order(o, e, {refunded: 1000, kept: 500}))
+    await flow.settled()
+    await flow.send(refund(r, o, e, {refunded: (1000, 1000, 0, 0)}, updated_at=2))
+    await flow.settled()
+    await flow.send(order(o, e, {kept: 500}, updated_at=3))
+    await flow.settled()
+
+    orders = [vibe.Order.FromString(x.value) for x in await flow.outputs("order", 2)]
+    assert [[t.id for t in x.tickets] for x in orders] == [[refunded, kept], [kept]]
+    ticket = (await flow.stub.GetTicket(pb.GetTicketRequest(ticket_id=refunded))).ticket
+    assert ticket.status == pb.TICKET_STATUS_REFUNDED
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    t = report.totals
+    assert (t.tickets_sold, t.sold_amount, t.tickets_sent) == (2, 1500, 2)
+    assert (t.tickets_refunded, t.refunded_amount, t.tickets_refunded_sent) == (1, 1000, 1)
+
+
+async def test_an_order_republished_without_an_active_ticket_balances_and_a_lost_one_does_not(
+    flow: ReconcileFlow,
+) -> None:
+    """An active ticket dropped is taken out of the sale (cancelled, counted neither as
+    sold nor as sent); a ticket the ledger sold that Vibeapp's latest order lacks is
+    still a count difference."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    refunded, dropped, kept = "a-" + o, "b-" + o, "c-" + o
+    await flow.send(event(e), order(o, e, {refunded: 1000, dropped: 700, kept: 500}))
+    await flow.send(refund(r, o, e, {refunded: (1000, 1000, 0, 0)}, updated_at=2))
+    await flow.settled()
+    await flow.send(order(o, e, {kept: 500}, updated_at=3))
+    await flow.settled()
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (2, 2)
+
+    # Vibeapp's latest order loses the kept ticket (as if a wrong version had gone).
+    await flow.db(
+        "UPDATE reconcile.outbox SET ticket_ids = '[]' WHERE id = "
+        "(SELECT max(id) FROM reconcile.outbox WHERE kind = 'order' AND entity_id = $1)",
+        o,
+    )
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert [(f.kind, f.entity_id) for f in report.findings] == [("counts_differ", e)]
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (2, 1)
+
+
 async def test_content_an_entity_had_before_goes_again_when_it_returns_to_it(
     flow: ReconcileFlow,
 ) -> None:

@@ -182,9 +182,14 @@ ORDER BY r.waiting_since LIMIT 100
 
 -- name: report_orders
 -- Orders in scope ($1 event id, or [$2, $3) first seen), with what Vibeapp was sent.
+-- The tickets Vibeapp has of an order: those the latest version it was sent lists, and
+-- the refunded ones an earlier version listed (Ticketland republishes an order without
+-- a ticket it refunded; Vibeapp got that ticket sold, then its refund, and the ledger
+-- keeps it sold and refunded).
 SELECT o.id, o.event_id, o.organizer_id, o.status, o.delivery,
        tk.tickets, tk.amount, tk.refunded,
-       ob.queued, ob.sent_at, ob.tickets_sent,
+       ob.queued, ob.sent_at,
+       coalesce(jsonb_array_length(ob.latest), 0) + dr.tickets AS tickets_sent,
        (SELECT EXISTS (SELECT 1 FROM reconcile.events e WHERE e.id = o.event_id)) AS event_known,
        ev.queued AS event_queued, ev.sent_at AS event_sent_at
 FROM reconcile.orders o
@@ -194,10 +199,17 @@ CROSS JOIN LATERAL (
     FROM reconcile.tickets t WHERE t.order_id = o.id AND t.in_order) tk
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at,
-           -- what Vibeapp has now: the latest version of the order it was sent
-           coalesce((array_agg(jsonb_array_length(ticket_ids) ORDER BY id DESC)
-                     FILTER (WHERE sent_at IS NOT NULL))[1], 0) AS tickets_sent
+           -- the latest version of the order Vibeapp was sent: its ticket ids
+           (array_agg(ticket_ids ORDER BY id DESC) FILTER (WHERE sent_at IS NOT NULL))[1]
+               AS latest
     FROM reconcile.outbox WHERE kind = 'order' AND entity_id = o.id) ob
+CROSS JOIN LATERAL (
+    SELECT count(*) AS tickets FROM reconcile.tickets t
+    WHERE t.order_id = o.id AND t.in_order AND t.status = 'refunded'
+      AND ob.latest IS NOT NULL AND NOT ob.latest ? t.id
+      AND EXISTS (SELECT 1 FROM reconcile.outbox x
+                  WHERE x.kind = 'order' AND x.entity_id = o.id AND x.sent_at IS NOT NULL
+                    AND x.ticket_ids ? t.id)) dr
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at
     FROM reconcile.outbox WHERE kind = 'event' AND entity_id = o.event_id) ev
