@@ -26,7 +26,8 @@ from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
 from herald.runtime.backlog import BacklogReporter
-from herald.services.reconcile.app import BEHIND, MIGRATIONS
+from herald.runtime.retention import purge_once
+from herald.services.reconcile.app import BEHIND, MIGRATIONS, purges
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.store import Q
 from tests.conftest import Infra
@@ -1165,3 +1166,107 @@ async def test_two_replicas_send_each_entity_s_history_once_while_they_rebalance
         assert vibe.Event.FromString(history[e][-1]).status == vibe.EVENT_STATUS_ACTIVE
     for o in orders:
         assert len(vibe.Order.FromString(history[o][-1]).tickets) == 1
+
+
+async def _purge_aged_inputs(flow: ReconcileFlow, days: float = 100) -> dict[str, int]:
+    """Ages every input record (and dead-lettered one) by ``days``, then runs the
+    service's retention (INPUT_RETENTION_DAYS=90)."""
+    await flow.db(
+        "UPDATE reconcile.inputs SET received_at = now() - make_interval(days => $1)", days
+    )
+    await flow.db(
+        "UPDATE reconcile.dead_inputs SET dead_at = now() - make_interval(days => $1)", days
+    )
+    pool = await db.create_pool(flow.database_url, 1)
+    try:
+        settings = flow.settings.model_copy(update={"input_retention_days": 90})
+        return await purge_once(pool, purges(settings), batch=2)
+    finally:
+        await pool.close()
+
+
+async def test_a_replay_after_retention_purged_the_inputs_sends_nothing_twice(
+    flow: ReconcileFlow,
+) -> None:
+    """Purged input coordinates no longer recognise a replayed record: each partition
+    keeps the offset it was purged up to, and a replay skips what lies at or below it
+    (also a record dead-lettered before: it would go to the DLQ again)."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    await flow.send_raw(flow.settings.ticketland_orders_topic, b"\xff\xff not protobuf")
+    await flow.send(event(e), order(o, e, {"a-" + o: 1000}))
+    await flow.send(order(o, e, {"a-" + o: 1000, "b-" + o: 500}, updated_at=2))
+    await flow.send(refund(r, o, e, {"a-" + o: (1000, 1000, 0, 0)}, updated_at=3))
+    await flow.settled()
+    assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)) == 1
+    outbox = await flow.db("SELECT kind, entity_id, content_hash FROM reconcile.outbox")
+    sent = {kind: len(await flow.outputs(kind, 1)) for kind in ("event", "order", "refund")}
+
+    counts = await _purge_aged_inputs(flow)
+
+    assert (counts["inputs"], counts["dead_inputs"]) == (4, 1)
+    assert (await flow.db("SELECT count(*) AS n FROM reconcile.inputs"))[0]["n"] == 0
+    assert (await flow.db("SELECT count(*) AS n FROM reconcile.dead_inputs"))[0]["n"] == 0
+    # Every input topic from the beginning, in a new consumer group.
+    replay_group = unique("replay")
+    await flow.add_replica(reconcile_group=replay_group)
+    flow.settings = flow.settings.model_copy(update={"reconcile_group": replay_group})
+    await flow.settled()
+    await asyncio.sleep(1)  # what a second output or dead letter would take to be sent
+    after = await flow.db("SELECT kind, entity_id, content_hash FROM reconcile.outbox")
+    assert sorted(map(tuple, after)) == sorted(map(tuple, outbox))
+    for kind, count in sent.items():
+        assert len(await flow.outputs(kind, count + 1, timeout=2)) == count, kind
+    assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=2)) == 1
+    # A new record after the purged ones is taken as ever.
+    await flow.send(order(o, e, {"a-" + o: 1000, "b-" + o: 500, "c-" + o: 300}, updated_at=4))
+    await flow.settled()
+    assert len(await flow.outputs("order", sent["order"] + 1)) == sent["order"] + 1
+
+
+async def test_a_reconciliation_reaching_before_purged_inputs_says_so(
+    flow: ReconcileFlow,
+) -> None:
+    """The ledger and what Vibeapp was sent are kept: the report is complete but for the
+    input totals, which it says miss what was taken before the purge horizon."""
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e), order(o, e, {"a-" + o: 1000}))
+    await flow.settled()
+    for table in ("events", "orders"):  # as if all this had come 100 days ago
+        await flow.db(f"UPDATE reconcile.{table} SET first_seen = now() - interval '100 days'")
+    await _purge_aged_inputs(flow)
+
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.orders, report.totals.tickets_sold, report.totals.tickets_sent) == (
+        1,
+        1,
+        1,
+    )
+    assert report.inputs.order_records == 0
+    horizon = report.inputs_purged_before.ToDatetime(tzinfo=UTC)
+    assert abs(horizon - (datetime.now(UTC) - timedelta(days=90))) < timedelta(minutes=1)
+
+    def window(days_ago: float) -> pb.RunReconciliationRequest:
+        scope = pb.TimeRange()
+        scope.start_time.FromDatetime(datetime.now(UTC) - timedelta(days=days_ago))
+        scope.end_time.FromDatetime(datetime.now(UTC) + timedelta(minutes=1))
+        return pb.RunReconciliationRequest(range=scope)
+
+    old = (await flow.stub.RunReconciliation(window(120))).report
+    assert old.balanced, list(old.findings)
+    assert old.totals.orders == 1
+    assert old.inputs_purged_before == report.inputs_purged_before
+    recent = (await flow.stub.RunReconciliation(window(1))).report
+    assert not recent.HasField("inputs_purged_before")
+
+    async def announced() -> bool:
+        events = await ingest_events(flow.database_url, "integration.cash.reconciled")
+        return len(events) >= 3
+
+    await eventually(announced, 10)
+    flagged = {
+        ev["report_id"]: ev.get("inputs_purged_before")
+        for ev in await ingest_events(flow.database_url, "integration.cash.reconciled")
+    }
+    assert flagged[old.id] == old.inputs_purged_before.ToJsonString()
+    assert flagged[recent.id] is None

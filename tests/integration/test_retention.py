@@ -16,6 +16,9 @@ from herald.services.dispatch.app import dead_letter_purge
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.relay_app import MIGRATIONS as INGEST_MIGRATIONS
 from herald.services.ingest.writer import Q as INGEST_Q
+from herald.services.reconcile.app import MIGRATIONS as RECONCILE_MIGRATIONS
+from herald.services.reconcile.app import purges as reconcile_purges
+from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.app import MIGRATIONS as WEBHOOKS_MIGRATIONS
 from herald.services.webhooks.store import Q as WEBHOOKS_Q
 
@@ -155,3 +158,68 @@ async def test_dispatch_purges_dead_letters_past_their_retention(pool: asyncpg.P
 
     left = {r["reason"] for r in await pool.fetch("SELECT reason FROM dispatch.dead_letters")}
     assert left == {"recent", "recent-redriven"}
+
+
+async def test_reconcile_purges_old_input_coordinates_and_reports_and_keeps_a_horizon(
+    pool: asyncpg.Pool,
+) -> None:
+    """Past INPUT_RETENTION_DAYS the coordinates of input records go (taken or
+    dead-lettered), each partition keeping the greatest offset purged so a replay still
+    skips them; past REPORT_RETENTION_DAYS reports go. Newer rows stay."""
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.read_migrations("reconcile", RECONCILE_MIGRATIONS))
+    inputs = [  # (partition, offset, age in days)
+        (0, 10, 40),
+        (0, 11, 35),
+        (0, 12, 29),
+        (1, 3, 31),
+        (1, 4, 1),
+        (2, 7, 5),
+    ]
+    for partition, offset, age in inputs:
+        await pool.execute(
+            """INSERT INTO reconcile.inputs (topic, partition, "offset", kind, entity_id,
+                   received_at)
+               VALUES ('tl.orders', $1, $2, 'order', 'o', now() - make_interval(days => $3))""",
+            partition,
+            offset,
+            age,
+        )
+    for offset, age in ((20, 60), (21, 2)):
+        await pool.execute(
+            """INSERT INTO reconcile.dead_inputs (topic, partition, "offset", reason, dead_at)
+               VALUES ('tl.orders', 0, $1, 'bad', now() - make_interval(days => $2))""",
+            offset,
+            age,
+        )
+    for age in (400, 366, 364, 1):
+        await pool.execute(
+            """INSERT INTO reconcile.reports (id, report, created_at)
+               VALUES (gen_random_uuid(), '\\x00', now() - make_interval(days => $1))""",
+            age,
+        )
+    settings = ReconcileSettings(input_retention_days=30, report_retention_days=365)
+
+    counts = await purge_once(pool, reconcile_purges(settings), batch=1)
+
+    assert counts == {"inputs": 3, "dead_inputs": 1, "reports": 2}
+    left = await pool.fetch('SELECT partition, "offset" FROM reconcile.inputs ORDER BY 1, 2')
+    assert [tuple(r) for r in left] == [(0, 12), (1, 4), (2, 7)]
+    dead = await pool.fetch('SELECT "offset" FROM reconcile.dead_inputs')
+    assert [r["offset"] for r in dead] == [21]
+    assert await pool.fetchval("SELECT count(*) FROM reconcile.reports") == 2
+    horizon = await pool.fetch(
+        'SELECT partition, "offset", now() - purged_before AS age FROM reconcile.input_horizon '
+        "ORDER BY 1"
+    )
+    assert [(r["partition"], r["offset"]) for r in horizon] == [(0, 20), (1, 3)]
+    assert all(abs(r["age"].total_seconds() - 30 * DAY) < 60 for r in horizon)
+    assert await purge_once(pool, reconcile_purges(settings)) == {
+        "inputs": 0,
+        "dead_inputs": 0,
+        "reports": 0,
+    }
+    # 0 keeps them for ever.
+    assert (
+        reconcile_purges(ReconcileSettings(input_retention_days=0, report_retention_days=0)) == []
+    )

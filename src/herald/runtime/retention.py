@@ -3,8 +3,9 @@ bounded batch per statement (a day of rows at full speed is tens of millions: on
 statement for all of them would hold its locks, its WAL and the table's bloat at once).
 
 Each purge is a DELETE of at most ``$1`` rows, its own arguments after (a retention in
-seconds, say). Replicas may purge side by side: a batch already deleted by another is
-simply smaller.
+seconds, say), or a statement that deletes so and returns the count it deleted (one
+that records what it deleted, say). Replicas may purge side by side: a batch already
+deleted by another is simply smaller.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class Purge:
     name: str
     sql: str
     args: tuple[object, ...] = ()
+    returns_count: bool = False  # ``sql`` returns the count deleted (not a bare DELETE)
+
+    async def run(self, pool: asyncpg.Pool, batch: int) -> int:
+        """One statement: the rows it deleted."""
+        if self.returns_count:
+            return int(await pool.fetchval(self.sql, batch, *self.args))
+        status = await pool.execute(self.sql, batch, *self.args)
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
 
 
 async def purge_once(
@@ -41,8 +50,7 @@ async def purge_once(
     for purge in purges:
         total = 0
         while True:
-            status = await pool.execute(purge.sql, batch, *purge.args)
-            deleted = int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
+            deleted = await purge.run(pool, batch)
             total += deleted
             if deleted < batch:
                 break

@@ -14,8 +14,9 @@ from herald.runtime.announcements import Announcements
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.channels import internal_channel
 from herald.runtime.publisher import EventPublisher
+from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import DAY_SECONDS, KafkaSettings
 from herald.services.reconcile.consumer import InputConsumer
 from herald.services.reconcile.ledger import Ledger
 from herald.services.reconcile.outputs import OutputConfig
@@ -122,7 +123,23 @@ async def build(
             announcements.run,
             relay.dead_letters.run,
             BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,
+            *([partial(run_purges, pool, retention)] if (retention := purges(settings)) else []),
         ],
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )
+
+
+def purges(settings: ReconcileSettings) -> list[Purge]:
+    """Input coordinates and reports past their retention (0: kept for ever) go, every
+    10 minutes. The outbox is Vibeapp's history (what it was sent, compared by
+    RunReconciliation and by the next output of each entity): kept."""
+    out = []
+    if days := settings.input_retention_days:
+        out += [
+            Purge("inputs", Q.purge_inputs, (days * DAY_SECONDS,), returns_count=True),
+            Purge("dead_inputs", Q.purge_dead_inputs, (days * DAY_SECONDS,), returns_count=True),
+        ]
+    if days := settings.report_retention_days:
+        out.append(Purge("reports", Q.purge_reports, (days * DAY_SECONDS,)))
+    return out

@@ -181,6 +181,8 @@ class _InScope(NamedTuple):
     tickets: list[asyncpg.Record]  # the orders' refunded tickets
     inputs: dict[str, asyncpg.Record]  # the input records' counts, by kind
     open_count: int  # open discrepancies
+    # Set when the scope reaches before it: input records taken earlier were purged.
+    inputs_purged_before: datetime | None
 
 
 async def _in_scope(conn: Connection, request: pb.RunReconciliationRequest) -> _InScope:
@@ -202,7 +204,20 @@ async def _in_scope(conn: Connection, request: pb.RunReconciliationRequest) -> _
         entity_ids = [event_id, *order_ids, *(r["id"] for r in refunds)]
     inputs = {r["kind"]: r for r in await conn.fetch(Q.report_inputs, entity_ids, start, end)}
     open_count = await conn.fetchval(Q.open_discrepancies_in_scope, event_id, start, end)
-    return _InScope(orders, refunds, tickets, inputs, open_count)
+    purged = await _purged_in_scope(conn, event_id, start)
+    return _InScope(orders, refunds, tickets, inputs, open_count, purged)
+
+
+async def _purged_in_scope(
+    conn: Connection, event_id: str | None, start: datetime | None
+) -> datetime | None:
+    """When input records were purged before, if the scope reaches before then: a
+    range starting earlier, or an event whose entities were first seen earlier."""
+    purged: datetime | None = await conn.fetchval(Q.inputs_purged_before)
+    if purged is None:
+        return None
+    since = start if event_id is None else await conn.fetchval(Q.scope_first_seen, event_id)
+    return purged if since is not None and since < purged else None
 
 
 def _report(
@@ -210,7 +225,7 @@ def _report(
 ) -> pb.ReconciliationReport:
     """The report of a comparison (a new id, made now)."""
     inputs = ledger.inputs
-    return pb.ReconciliationReport(
+    report = pb.ReconciliationReport(
         id=str(uuid.uuid4()),
         create_time=timestamp(datetime.now(UTC)),
         request=request,
@@ -230,6 +245,9 @@ def _report(
         balanced=not outcome.findings,
         open_discrepancies=ledger.open_count,
     )
+    if ledger.inputs_purged_before is not None:
+        report.inputs_purged_before.CopyFrom(timestamp(ledger.inputs_purged_before))
+    return report
 
 
 def _get(inputs: dict[str, asyncpg.Record], kind: str, column: str) -> int:
@@ -286,6 +304,13 @@ def _range_of(request: pb.RunReconciliationRequest) -> dict[str, str]:
     }
 
 
+def _purged_of(report: pb.ReconciliationReport) -> dict[str, str]:
+    """A report's inputs_purged_before (RFC 3339), when its input totals miss records."""
+    if not report.HasField("inputs_purged_before"):
+        return {}
+    return {"inputs_purged_before": report.inputs_purged_before.ToJsonString()}
+
+
 def _reconciled(report: pb.ReconciliationReport) -> Alert:
     """The ``integration.cash.reconciled`` event of a report: its totals."""
     t = report.totals
@@ -308,6 +333,7 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
             "orders_sent": t.orders_sent,
             "tickets_sent": t.tickets_sent,
             "tickets_refunded_sent": t.tickets_refunded_sent,
+            **_purged_of(report),
         },
         RECONCILED_SCHEMA,
         # Under the RunReconciliation call's trace: its caller sees the event it made.

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from herald.runtime.settings import (
     DAY_SECONDS,
+    MAX_RETENTION_DAYS,
     YEAR_DAYS,
     KafkaSettings,
     RuntimeSettings,
@@ -74,6 +75,21 @@ class ReconcileSettings(RuntimeSettings):
     )
     create_topics: bool = Field(
         True, description="Create missing input and output topics at start."
+    )
+    input_retention_days: float = Field(
+        90,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="How long the coordinates of input records taken or dead-lettered are "
+        "kept (0: for ever). A replay still skips the purged ones (each partition keeps the "
+        "offset it was purged up to); RunReconciliation's input totals reach back this far.",
+    )
+    report_retention_days: float = Field(
+        365,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="How long reconciliation reports are kept for GetReconciliationReport "
+        "(0: for ever).",
     )
     ledger_concurrency: int = Field(
         2,

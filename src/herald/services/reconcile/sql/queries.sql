@@ -4,9 +4,14 @@ SELECT count(pg_advisory_xact_lock(h))
 FROM (SELECT DISTINCT hashtextextended(k, 7) AS h FROM unnest($1::text[]) AS k ORDER BY 1) s
 
 -- name: take_inputs
--- The records not taken before (a replay of the same coordinates is skipped).
+-- The records not taken before (a replay of the same coordinates is skipped, also once
+-- retention purged their rows: at or below their partition's input_horizon).
 INSERT INTO reconcile.inputs (topic, partition, "offset", kind, entity_id, status)
 SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+    AS x(topic, partition, "offset", kind, entity_id, status)
+WHERE NOT EXISTS (SELECT 1 FROM reconcile.input_horizon h
+                  WHERE h.topic = x.topic AND h.partition = x.partition
+                    AND x."offset" <= h."offset")
 ON CONFLICT DO NOTHING
 RETURNING topic, partition, "offset"
 
@@ -485,8 +490,70 @@ CROSS JOIN LATERAL (SELECT event_id FROM reconcile.orders WHERE id = k.id LIMIT 
 
 -- name: take_dead_inputs
 -- The bad input records not dead-lettered before (a replay of the same coordinates is
--- skipped), by their position in $1..$3.
+-- skipped, also once retention purged their rows: see take_inputs), by their position
+-- in $1..$3.
 INSERT INTO reconcile.dead_inputs (topic, partition, "offset", reason)
 SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[])
+    AS x(topic, partition, "offset", reason)
+WHERE NOT EXISTS (SELECT 1 FROM reconcile.input_horizon h
+                  WHERE h.topic = x.topic AND h.partition = x.partition
+                    AND x."offset" <= h."offset")
 ON CONFLICT DO NOTHING
 RETURNING topic, partition, "offset"
+
+-- name: purge_inputs
+-- Retention (runtime/retention.py): at most $1 input records taken more than $2 seconds
+-- ago; their partitions' horizons move up to the greatest offset deleted, so a replay
+-- still skips them. The count deleted.
+WITH gone AS (
+    DELETE FROM reconcile.inputs WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM reconcile.inputs
+        WHERE received_at < now() - make_interval(secs => $2)
+        LIMIT $1))
+    RETURNING topic, partition, "offset"),
+horizon AS (
+    INSERT INTO reconcile.input_horizon AS h (topic, partition, "offset", purged_before)
+    SELECT topic, partition, max("offset"), now() - make_interval(secs => $2)
+    FROM gone GROUP BY topic, partition
+    ON CONFLICT (topic, partition) DO UPDATE
+    SET "offset" = greatest(h."offset", excluded."offset"),
+        purged_before = greatest(h.purged_before, excluded.purged_before))
+SELECT count(*) FROM gone
+
+-- name: purge_dead_inputs
+-- The same for input records dead-lettered more than $2 seconds ago (see purge_inputs).
+WITH gone AS (
+    DELETE FROM reconcile.dead_inputs WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM reconcile.dead_inputs
+        WHERE dead_at < now() - make_interval(secs => $2)
+        LIMIT $1))
+    RETURNING topic, partition, "offset"),
+horizon AS (
+    INSERT INTO reconcile.input_horizon AS h (topic, partition, "offset", purged_before)
+    SELECT topic, partition, max("offset"), now() - make_interval(secs => $2)
+    FROM gone GROUP BY topic, partition
+    ON CONFLICT (topic, partition) DO UPDATE
+    SET "offset" = greatest(h."offset", excluded."offset"),
+        purged_before = greatest(h.purged_before, excluded.purged_before))
+SELECT count(*) FROM gone
+
+-- name: purge_reports
+-- Reports stored more than $2 seconds ago, at most $1 of them.
+DELETE FROM reconcile.reports WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM reconcile.reports
+    WHERE created_at < now() - make_interval(secs => $2)
+    LIMIT $1))
+
+-- name: inputs_purged_before
+-- Input records taken before this were purged (NULL: none ever was).
+SELECT max(purged_before) FROM reconcile.input_horizon
+
+-- name: scope_first_seen
+-- When the oldest entity of an event's scope ($1: the event, its orders and their
+-- refunds) was first seen: its input records reach back that far.
+SELECT least(
+    (SELECT first_seen FROM reconcile.events WHERE id = $1),
+    (SELECT min(first_seen) FROM reconcile.orders WHERE event_id = $1),
+    (SELECT min(r.first_seen) FROM reconcile.refunds r
+     LEFT JOIN reconcile.orders o ON o.id = r.order_id
+     WHERE coalesce(o.event_id, r.event_id) = $1))
