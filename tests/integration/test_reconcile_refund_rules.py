@@ -242,3 +242,31 @@ async def test_a_note_or_id_too_long_is_refused_naming_the_field(flow: Reconcile
     ]
     for call, field in cases:
         assert "at most 1,000" in (await fails(call, grpc.StatusCode.INVALID_ARGUMENT))[field]
+
+
+async def test_a_withdrawn_refund_s_ticket_its_order_dropped_meanwhile_is_cancelled(
+    flow: ReconcileFlow,
+) -> None:
+    """A refund ready to go with its parked order; the order's next version drops the
+    ticket (kept: it is refunded); Ticketland then rejects the refund. The ticket went
+    back to ACTIVE and stayed counted as the order's, which no longer lists it: the
+    reconciliation found counts_differ. Taken out of the sale, it is cancelled."""
+    e, o, r = unique("ev"), unique("or"), unique("rf")
+    dropped, kept = "a-" + o, "b-" + o
+    await flow.send(order(o, e, {dropped: 1000, kept: 500}))  # its event unknown: parked
+    await flow.send(refund(r, o, e, {dropped: (1000, 1000, 0, 0)}, updated_at=2))
+    await flow.settled()
+    assert await ticket_status(flow, dropped) == pb.TICKET_STATUS_REFUNDED
+    await flow.send(order(o, e, {kept: 500}, updated_at=3))
+    await flow.settled()
+    await flow.send(refund(r, o, e, {dropped: (1000, 1000, 0, 0)}, "REJECTED", updated_at=4))
+    await flow.settled()
+    await flow.send(event(e))
+    await flow.settled()
+
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.tickets_sold, report.totals.tickets_sent) == (1, 1)
+    assert report.totals.tickets_refunded == 0
+    assert await ticket_status(flow, dropped) == pb.TICKET_STATUS_CANCELLED
+    assert len(await flow.outputs("refund", 1, timeout=2)) == 0

@@ -104,7 +104,8 @@ class BatchApply:
         self._refunded: list[tuple[str, str]] = []  # (ticket id, refund id)
         self._findings: list[Found] = []
         self._withdrawn: list[str] = []  # refunds Ticketland rejected before they went
-        self._unrefunded: list[tuple[str, str, str]] = []  # (ticket id, status, refund id)
+        # (ticket id, status, refund id, whether its order lists it)
+        self._unrefunded: list[tuple[str, str, str, bool]] = []
 
     async def run(
         self,
@@ -311,9 +312,8 @@ class BatchApply:
                 list({t.ticket_id for r in ready for t in r.tickets}),
             )
             for row in rows:
-                self._unrefunded.append(
-                    (row["id"], _ordered_status(row["id"], row["order_doc"]), row["refund_id"])
-                )
+                status, listed = _as_ordered(row["id"], row["order_doc"])
+                self._unrefunded.append((row["id"], status, row["refund_id"], listed))
         for r, was, now in refunds:
             self._states.append((r.id, now))
             if now == "rejected":
@@ -385,7 +385,7 @@ class BatchApply:
             )
         if self._unrefunded:
             await self.conn.execute(
-                Q.unrefund_tickets, *([x[i] for x in self._unrefunded] for i in range(3))
+                Q.unrefund_tickets, *([x[i] for x in self._unrefunded] for i in range(4))
             )
         if self._withdrawn:
             await self.conn.execute(
@@ -398,15 +398,15 @@ class BatchApply:
             await self.conn.execute(Q.set_refund_states, list(final), list(final.values()))
 
 
-def _ordered_status(ticket_id: str, order_doc: bytes) -> str:
-    """A ticket's status as its order says (a refund the ticket went with was withdrawn)."""
+def _as_ordered(ticket_id: str, order_doc: bytes) -> tuple[str, bool]:
+    """A ticket's status as its order says (a refund the ticket went with was
+    withdrawn), and whether the order lists it: one it no longer lists (kept while
+    refunded) was taken out of the sale meanwhile, cancelled."""
     o = tl.Order.FromString(order_doc)
-    if o.status in CANCELLED:
-        return "cancelled"
     for t in o.tickets:
         if t.id == ticket_id:
-            return TICKET_STATUSES[t.status]
-    return "active"
+            return ("cancelled" if o.status in CANCELLED else TICKET_STATUSES[t.status]), True
+    return "cancelled", False
 
 
 async def release_refunds(conn: Connection, queue: Queue, order_ids: list[str]) -> None:

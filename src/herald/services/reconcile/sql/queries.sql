@@ -461,9 +461,12 @@ WHERE (t.order_id = ANY($2::text[]) OR t.id = ANY($3::text[]))
   AND t.refund_id = ANY($1::text[])
 
 -- name: unrefund_tickets
--- Tickets whose refund was withdrawn: back to what their order says.
-UPDATE reconcile.tickets t SET status = x.status, refund_id = NULL, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::text[]) AS x(id, status, refund_id)
+-- Tickets whose refund was withdrawn: back to what their order says ($4: whether it
+-- lists them; one it no longer does, kept while refunded, is out of the sale now).
+UPDATE reconcile.tickets t
+SET status = x.status, refund_id = NULL, in_order = t.in_order AND x.listed,
+    updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[]) AS x(id, status, refund_id, listed)
 WHERE t.id = x.id AND t.refund_id = x.refund_id
 
 -- name: settle_withdrawn
