@@ -8,7 +8,6 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +18,7 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
+from herald.devenv._stack_services import SERVING, UNREACHABLE, probe
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
 from herald.services.dispatch.settings import DispatchSettings
@@ -282,5 +282,14 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
         await dispatch.stop(1)
 
 
-def test_pki_paths_exist(pki: Pki) -> None:
-    assert all(Path(p).is_file() for p in vars(pki).values())
+async def test_the_stack_health_probe_speaks_tls_when_the_services_do(
+    infra: Infra, database_url: str, topic: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        async with secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key)) as ch:
+            await health(ch)  # SERVING by now
+        address = f"127.0.0.1:{ingest.port}"
+        assert await asyncio.to_thread(probe, address) == UNREACHABLE, "no TLS settings"
+        for name, value in pki.server_env(mutual=True).items():
+            monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(probe, address) == SERVING
