@@ -27,10 +27,18 @@ def free_port() -> int:
 class ServiceProcess:
     """``python -m herald.services.<name>`` with its own env; log in ``log_path``."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_path: Path,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: how to reach its port when it takes TLS."""
         self.name = name
         self.env = env
         self.log_path = log_path
+        self.credentials = credentials
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = env[f"{name.upper()}_ADDR"]
 
@@ -48,7 +56,11 @@ class ServiceProcess:
 
     def wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with (
+            grpc.secure_channel(self.address, self.credentials)
+            if self.credentials
+            else grpc.insecure_channel(self.address)
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None

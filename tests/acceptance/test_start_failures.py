@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from herald.runtime import kafka
 from tests.acceptance.conftest import ROOT, free_port
 from tests.conftest import Infra
+from tests.tls_certs import make_pki
 
 pytestmark = pytest.mark.acceptance
 
@@ -139,4 +141,22 @@ def test_a_grpc_address_another_process_listens_on_is_named_at_once(
     assert output == (
         f"cannot start: INGEST_ADDR: cannot listen on {address}: the port is in use "
         "(another process listens on it)\n"
+    )
+
+
+def test_a_tls_key_that_is_not_the_certificates_is_named(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    code, output = run_ingest(
+        infra,
+        database_url,
+        EVENTS_TOPIC=topic,
+        GRPC_TLS_CERT_FILE=str(pki.server_cert),
+        GRPC_TLS_KEY_FILE=str(pki.client_key),
+    )
+    assert code == 2
+    assert output == (
+        "invalid configuration:\n"
+        "  GRPC_TLS_KEY_FILE: not the private key of GRPC_TLS_CERT_FILE's certificate\n"
     )

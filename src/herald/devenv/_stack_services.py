@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import grpc
@@ -19,7 +20,6 @@ from .dev_secrets import DEV_TENANT, dev_api_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from pathlib import Path
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -192,6 +192,29 @@ def dial_target(addr: str) -> str:
     return addr
 
 
+def probe_credentials(environ: Mapping[str, str] | None = None) -> grpc.ChannelCredentials | None:
+    """TLS of the health probe when the services' ports take TLS (GRPC_TLS_CERT_FILE):
+    trusting GRPC_TLS_CA_FILE (else the servers' own certificate, as a self-signed one
+    is), presenting GRPC_TLS_CLIENT_CERT_FILE/KEY_FILE when set (mutual TLS); None:
+    plaintext. A file that cannot be read: the service itself names it as it stops."""
+    env = os.environ if environ is None else environ
+    if not env.get("GRPC_TLS_CERT_FILE"):
+        return None
+
+    def read(var: str) -> bytes | None:
+        path = env.get(var)
+        try:
+            return Path(path).read_bytes() if path else None
+        except OSError:
+            return None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read("GRPC_TLS_CA_FILE") or read("GRPC_TLS_CERT_FILE"),
+        private_key=read("GRPC_TLS_CLIENT_KEY_FILE"),
+        certificate_chain=read("GRPC_TLS_CLIENT_CERT_FILE"),
+    )
+
+
 def probe(addr: str, timeout: float = 1.0) -> str:
     """Ask ``grpc.health.v1.Health/Check`` (service ""): SERVING, NOT_SERVING, ...
 
@@ -199,7 +222,13 @@ def probe(addr: str, timeout: float = 1.0) -> str:
     """
     # No HTTP proxy from the environment may sit between us and a loopback port.
     options = [("grpc.enable_http_proxy", 0)]
-    with grpc.insecure_channel(dial_target(addr), options=options) as channel:
+    credentials = probe_credentials()
+    target = dial_target(addr)
+    with (
+        grpc.secure_channel(target, credentials, options=options)
+        if credentials
+        else grpc.insecure_channel(target, options=options)
+    ) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

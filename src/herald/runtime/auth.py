@@ -1,7 +1,9 @@
 """API-key authentication: ``authorization: Bearer <key>`` → the caller's tenant.
 
 The interceptor checks every call except the gRPC infrastructure services (health,
-reflection) and puts the tenant in :data:`TENANT` for the handler to read.
+reflection) and puts the tenant in :data:`TENANT` for the handler to read. In webhooks
+a key names a tenant; in ingest, dispatch and reconcile (``*_API_KEYS``, optional) a
+caller: ingest scopes idempotency keys by it.
 """
 
 from __future__ import annotations
@@ -41,10 +43,17 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def api_keys_setting(value: str) -> str:
+    """Validates an optional ``*_API_KEYS`` setting of KEY=NAME pairs (empty: the
+    service answers anyone)."""
+    parse_api_keys(value)
+    return value
+
+
 def internal_key_setting(value: str) -> str:
     """Validates ``WEBHOOKS_INTERNAL_KEY``, the same rule in webhooks, which checks it,
-    and dispatch, which sends it: empty, or 16+ characters without spaces around (a
-    presented key is compared stripped)."""
+    and dispatch, which sends it, and ``INGEST_CLIENT_KEY``: empty, or 16+ characters
+    without spaces around (a presented key is compared stripped)."""
     if value and (len(value) < MIN_KEY_LENGTH or value != value.strip()):
         raise ValueError(f"{MIN_KEY_LENGTH}+ characters, without spaces around")
     return value
@@ -98,3 +107,11 @@ class BearerAuthInterceptor(UnaryInterceptor):
             return await inner(request, context)
         finally:
             TENANT.reset(token)
+
+
+def optional_key_check(api_keys: str) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of a service whose ``*_API_KEYS`` setting is ``api_keys``: the
+    key check when it names keys, none when it is empty (the service answers anyone, at
+    no cost per call)."""
+    keys = parse_api_keys(api_keys)
+    return [BearerAuthInterceptor(ApiKeys(keys))] if keys else []

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
+
+from herald.runtime.tls import ClientTls
 
 # gRPC's defaults back off from 1 s by x1.6 up to 120 s between connection attempts, so a
 # service that was away for ten seconds was found again only after ~6 s more (dispatch
@@ -23,8 +28,40 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 NO_PROXY_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
 
 
-def internal_channel(target: str) -> grpc.aio.Channel:
-    """A plaintext channel to another Herald service at ``target``, direct (never through
-    a proxy from the environment), that tries to reconnect at least once a second while
-    the service is away."""
-    return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS + NO_PROXY_OPTIONS)
+def internal_channel(target: str, tls: ClientTls | None = None, key: str = "") -> grpc.aio.Channel:
+    """A channel to another Herald service at ``target``, direct (never through a proxy
+    from the environment), that tries to reconnect at least once a second while the
+    service is away. Over TLS with ``tls`` (else plaintext); with ``key``, every call
+    carries ``authorization: Bearer <key>``."""
+    options = RECONNECT_OPTIONS + NO_PROXY_OPTIONS
+    interceptors = [BearerKey(key)] if key else None
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=options, interceptors=interceptors
+    )
+
+
+class BearerKey(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` to every unary call of a channel (Herald's
+    services have no other kind), next to the metadata the call has."""
+
+    def __init__(self, key: str) -> None:
+        self._header = ("authorization", f"Bearer {key}")
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        """Calls on with the key among the call's metadata."""
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), self._header)
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)

@@ -54,8 +54,14 @@ def _listened_on(places: list[_SockAddr]) -> bool:
     return False
 
 
-async def listen(server: grpc.aio.Server, address: str, variable: str) -> int:
-    """Binds ``address`` (the setting ``variable``); the port bound. A host that does
+async def listen(
+    server: grpc.aio.Server,
+    address: str,
+    variable: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Binds ``address`` (the setting ``variable``), TLS only with ``credentials``; the
+    port bound. A host that does
     not resolve, or a port another process listens on, stops the start at once naming
     ``variable``. A port taken without a listener is waited for up to
     BIND_WAIT_SECONDS: a fixed port can be the local end of an outgoing connection in
@@ -73,7 +79,11 @@ async def listen(server: grpc.aio.Server, address: str, variable: str) -> int:
         port = 0
         if address.endswith(":0") or await asyncio.to_thread(_bindable, places):
             try:
-                port = server.add_insecure_port(address)
+                port = (
+                    server.add_secure_port(address, credentials)
+                    if credentials is not None
+                    else server.add_insecure_port(address)
+                )
             except RuntimeError:
                 port = 0
         if port:

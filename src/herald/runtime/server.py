@@ -20,6 +20,7 @@ from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
+from herald.runtime.tls import ServerTls
 from herald.runtime.tracing import configure_tracing, server_interceptor, tracing_enabled
 
 log = structlog.get_logger("herald.server")
@@ -139,8 +140,11 @@ def where(task: asyncio.Task[Any]) -> str:
     return out.getvalue()[-2000:]
 
 
-async def start(app: App, address: str, metrics_address: str | None = None) -> Running:
-    """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers."""
+async def start(
+    app: App, address: str, metrics_address: str | None = None, tls: ServerTls | None = None
+) -> Running:
+    """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers; with
+    ``tls`` the port takes TLS only (health and reflection included)."""
     configure_tracing(app.name)
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), *app.interceptors]
     if tracing_enabled():
@@ -166,7 +170,8 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         ],
         server,
     )
-    port = await listen(server, address, f"{app.name.upper()}_ADDR")
+    credentials = tls.credentials() if tls else None
+    port = await listen(server, address, f"{app.name.upper()}_ADDR", credentials)
     # Before the server starts: one that runs when the start fails is left to a closed
     # loop. Each service's variable is <NAME>_METRICS_ADDR.
     metrics = (
@@ -186,6 +191,7 @@ async def start(app: App, address: str, metrics_address: str | None = None) -> R
         "server.started",
         service=app.name,
         address=f"{host}:{port}",
+        tls=("mutual" if tls.client_ca else "on") if tls else "off",
         metrics=f"{metrics_address.rpartition(':')[0]}:{metrics.port}"
         if metrics and metrics_address
         else None,
@@ -210,9 +216,15 @@ def settle_heap(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
 
 
-async def serve(app: App, address: str, metrics_address: str | None, grace: float) -> int:
+async def serve(
+    app: App,
+    address: str,
+    metrics_address: str | None,
+    grace: float,
+    tls: ServerTls | None = None,
+) -> int:
     """Runs ``app`` until SIGTERM or SIGINT (exit 0) or a worker crash (exit 1)."""
-    running = await start(app, address, metrics_address)
+    running = await start(app, address, metrics_address, tls)
     settle_heap(app.gc_young_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.runtime.tls import ClientTls, ServerTls, check_pair, read_certificates, read_private_key
 from herald.runtime.tracing import traces_exporter, tracing_enabled
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -107,12 +108,47 @@ class RuntimeSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=HOUR_SECONDS, description="How long in-flight calls may drain on SIGTERM."
     )
+    grpc_tls_cert_file: str = Field(
+        "", description="PEM certificate (chain) of the gRPC port; with the key: TLS only."
+    )
+    grpc_tls_key_file: str = Field("", description="PEM private key of GRPC_TLS_CERT_FILE.")
+    grpc_tls_client_ca_file: str = Field(
+        "", description="PEM CA: callers must present a certificate it signed (mutual TLS)."
+    )
+    grpc_tls_ca_file: str = Field(
+        "", description="PEM CA that signed the other services' certificates: calls them over TLS."
+    )
+    grpc_tls_client_cert_file: str = Field(
+        "", description="PEM certificate presented on calls to other Herald services."
+    )
+    grpc_tls_client_key_file: str = Field(
+        "", description="PEM private key of GRPC_TLS_CLIENT_CERT_FILE."
+    )
 
     @field_validator("database_url")
     @classmethod
     def _dsn(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
+        return value
+
+    @field_validator(
+        "grpc_tls_cert_file",
+        "grpc_tls_client_ca_file",
+        "grpc_tls_ca_file",
+        "grpc_tls_client_cert_file",
+    )
+    @classmethod
+    def _certificates(cls, value: str) -> str:
+        if value:
+            read_certificates(value)
+        return value
+
+    @field_validator("grpc_tls_key_file", "grpc_tls_client_key_file")
+    @classmethod
+    def _private_key(cls, value: str) -> str:
+        if value:
+            read_private_key(value)
         return value
 
     @field_validator("*")
@@ -137,6 +173,54 @@ class RuntimeSettings(BaseSettings):
         if tracing_enabled():
             traces_exporter()
         return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> Self:
+        """The TLS files go together: a certificate with its key, a client CA or a
+        client certificate only with what it completes."""
+        for cert, key, name in (
+            (self.grpc_tls_cert_file, self.grpc_tls_key_file, "GRPC_TLS"),
+            (self.grpc_tls_client_cert_file, self.grpc_tls_client_key_file, "GRPC_TLS_CLIENT"),
+        ):
+            if bool(cert) != bool(key):
+                raise ValueError(f"{name}_CERT_FILE and {name}_KEY_FILE: set both or neither")
+            if cert and not check_pair(read_certificates(cert), read_private_key(key)):
+                raise ValueError(
+                    f"{name}_KEY_FILE: not the private key of {name}_CERT_FILE's certificate"
+                )
+        if self.grpc_tls_client_ca_file and not self.grpc_tls_cert_file:
+            raise ValueError(
+                "GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE "
+                "(client certificates are asked for over TLS only)"
+            )
+        if self.grpc_tls_client_cert_file and not self.grpc_tls_ca_file:
+            raise ValueError(
+                "GRPC_TLS_CLIENT_CERT_FILE: needs GRPC_TLS_CA_FILE (it is presented over TLS only)"
+            )
+        return self
+
+    def server_tls(self) -> ServerTls | None:
+        """The gRPC port's TLS; None: plaintext."""
+        if not self.grpc_tls_cert_file:
+            return None
+        return ServerTls(
+            read_certificates(self.grpc_tls_cert_file),
+            read_private_key(self.grpc_tls_key_file),
+            read_certificates(self.grpc_tls_client_ca_file)
+            if self.grpc_tls_client_ca_file
+            else None,
+        )
+
+    def client_tls(self) -> ClientTls | None:
+        """TLS of calls to other Herald services; None: plaintext."""
+        if not self.grpc_tls_ca_file:
+            return None
+        client = self.grpc_tls_client_cert_file
+        return ClientTls(
+            read_certificates(self.grpc_tls_ca_file),
+            read_certificates(client) if client else None,
+            read_private_key(self.grpc_tls_client_key_file) if client else None,
+        )
 
 
 S = TypeVar("S", bound=BaseSettings)

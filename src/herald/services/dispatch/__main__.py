@@ -19,7 +19,11 @@ async def main() -> int:
     configure_logging(settings.log_level, settings.log_format, service="dispatch")
     app = await build(settings, kafka_settings)
     return await serve(
-        app, settings.dispatch_addr, settings.dispatch_metrics_addr, settings.shutdown_grace_seconds
+        app,
+        settings.dispatch_addr,
+        settings.dispatch_metrics_addr,
+        settings.shutdown_grace_seconds,
+        settings.server_tls(),
     )
 
 

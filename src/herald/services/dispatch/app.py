@@ -11,6 +11,7 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
+from herald.runtime.auth import optional_key_check
 from herald.runtime.channels import internal_channel
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
@@ -61,8 +62,10 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     routes = RouteTable(store, settings.database_url)
     await routes.load()
 
-    webhooks = internal_channel(settings.webhooks_addr)
-    ingest = internal_channel(settings.ingest_addr)
+    webhooks = internal_channel(settings.webhooks_addr, settings.client_tls())
+    ingest = internal_channel(
+        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
+    )
     subscriptions = SubscriptionCache(
         webhooks,
         settings.webhooks_internal_key,
@@ -136,6 +139,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             outbox.run,
             partial(run_purges, pool, [dead_letter_purge(settings)]),
         ],
+        interceptors=optional_key_check(settings.dispatch_api_keys),
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at
         # 10,000 a young collection ran every ~500 events and found nothing.

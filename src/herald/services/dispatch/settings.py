@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from herald.runtime.auth import internal_key_setting
+from herald.runtime.auth import api_keys_setting, internal_key_setting
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -22,6 +22,12 @@ class DispatchSettings(RuntimeSettings):
 
     dispatch_addr: str = Field("127.0.0.1:50052", description="gRPC listen address.")
     dispatch_metrics_addr: str = Field("127.0.0.1:9452", description="/metrics address.")
+    dispatch_api_keys: str = Field(
+        "",
+        description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
+        "but health and reflection needs one. Empty: open.",
+        repr=False,
+    )
     events_topic: str = Field("herald.events", description="Topic consumed.")
     dispatch_group: str = Field("herald-dispatch", description="Its consumer group.")
     deliveries_topic: str = Field("herald.deliveries", description="Delivery jobs go here.")
@@ -51,6 +57,12 @@ class DispatchSettings(RuntimeSettings):
         description="Older than this (webhooks unreachable), webhook targets wait.",
     )
     ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (for alert events).")
+    ingest_client_key: str = Field(
+        "",
+        description="Key presented on calls to ingest (one of INGEST_API_KEYS; 16+ "
+        "characters). Empty: none.",
+        repr=False,
+    )
     retry_schedule: str = Field(
         "5m,30m,2h,6h,24h",
         description="Delays before each retry of a failed target (s, m, h, d); then DLQ.",
@@ -84,10 +96,15 @@ class DispatchSettings(RuntimeSettings):
                 )
         return value
 
-    @field_validator("webhooks_internal_key")
+    @field_validator("webhooks_internal_key", "ingest_client_key")
     @classmethod
     def _internal(cls, value: str) -> str:
         return internal_key_setting(value)
+
+    @field_validator("dispatch_api_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        return api_keys_setting(value)
 
     @field_validator("retry_schedule")
     @classmethod

@@ -12,6 +12,7 @@ import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import db, kafka
+from herald.runtime.auth import optional_key_check
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
@@ -97,6 +98,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         register=register,
         health_checks=checks,
         workers=workers,
+        interceptors=optional_key_check(settings.ingest_api_keys),
         on_stop=[*stop_relay, pool.close],
         max_request_bytes=MAX_MESSAGE_BYTES,  # a PublishBatch of 1,000 events
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from herald.runtime.auth import api_keys_setting
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
@@ -28,6 +29,12 @@ class IngestSettings(RelaySettings):
 
     ingest_addr: str = Field("127.0.0.1:50051", description="gRPC listen address.")
     ingest_metrics_addr: str = Field("127.0.0.1:9451", description="/metrics listen address.")
+    ingest_api_keys: str = Field(
+        "",
+        description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
+        "but health and reflection needs one; the name scopes idempotency keys. Empty: open.",
+        repr=False,
+    )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
         6, ge=1, le=MAX_TOPIC_PARTITIONS, description="Partitions when Herald creates it."
@@ -68,6 +75,11 @@ class IngestSettings(RelaySettings):
         le=MAX_RETENTION_HOURS,
         description="How long sent rows are kept (at most 10 years).",
     )
+
+    @field_validator("ingest_api_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        return api_keys_setting(value)
 
 
 class IngestRelaySettings(RelaySettings):

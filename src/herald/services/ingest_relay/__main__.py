@@ -24,6 +24,7 @@ async def main() -> int:
         settings.ingest_relay_addr,
         settings.ingest_relay_metrics_addr,
         settings.shutdown_grace_seconds,
+        settings.server_tls(),
     )
 
 

@@ -26,6 +26,7 @@ async def main() -> int:
         settings.reconcile_addr,
         settings.reconcile_metrics_addr,
         settings.shutdown_grace_seconds,
+        settings.server_tls(),
     )
 
 

@@ -11,6 +11,7 @@ from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
+from herald.runtime.auth import optional_key_check
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.channels import internal_channel
 from herald.runtime.publisher import EventPublisher
@@ -52,7 +53,9 @@ async def build(
         settings.output_formats(),
         Headers(settings.vibe_schema_version, settings.vibe_application_id),
     )
-    ingest = internal_channel(settings.ingest_addr)
+    ingest = internal_channel(
+        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
+    )
     producer = kafka.LateProducer(  # Herald's own cluster: dead letters
         partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"
     )
@@ -125,6 +128,7 @@ async def build(
             BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,
             *([partial(run_purges, pool, retention)] if (retention := purges(settings)) else []),
         ],
+        interceptors=optional_key_check(settings.reconcile_api_keys),
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )

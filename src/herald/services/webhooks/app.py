@@ -49,7 +49,9 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     pool = await db.create_pool(settings.database_url, settings.database_pool_size)
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("webhooks", MIGRATIONS))
-    ingest = internal_channel(settings.ingest_addr)
+    ingest = internal_channel(
+        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
+    )
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box, settings.webhooks_max_per_tenant)
     producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")

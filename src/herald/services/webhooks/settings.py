@@ -45,6 +45,12 @@ class WebhooksSettings(RuntimeSettings):
     ingest_addr: str = Field(
         "127.0.0.1:50051", description="Where the event-type catalog is (ingest)."
     )
+    ingest_client_key: str = Field(
+        "",
+        description="Key presented on calls to ingest (one of INGEST_API_KEYS; 16+ "
+        "characters). Empty: none.",
+        repr=False,
+    )
     event_types_cache_seconds: float = Field(
         2.0, ge=0, le=HOUR_SECONDS, description="How long the catalog's type names are reused."
     )
@@ -116,7 +122,7 @@ class WebhooksSettings(RuntimeSettings):
             raise ValueError("at least one KEY=TENANT pair")
         return value
 
-    @field_validator("webhooks_internal_key")
+    @field_validator("webhooks_internal_key", "ingest_client_key")
     @classmethod
     def _internal(cls, value: str) -> str:
         return internal_key_setting(value)

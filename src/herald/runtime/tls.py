@@ -1,0 +1,95 @@
+"""TLS for every gRPC port and for Herald's own channels, from PEM files.
+
+The files are read and checked once, when the settings are (a missing file, one that
+holds no certificate or key, a key that is not the certificate's: the start stops
+naming the variable); the servers and channels then use the bytes read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+
+def read_certificates(path: str) -> bytes:
+    """The PEM bytes of ``path``, which must hold one certificate or more; raises
+    ValueError saying why not."""
+    data = _read(path)
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"{path}: not a PEM certificate") from None
+    return data
+
+
+def read_private_key(path: str) -> bytes:
+    """The PEM bytes of ``path``, which must hold an unencrypted private key."""
+    data = _read(path)
+    _private_key(data, path)
+    return data
+
+
+def check_pair(cert_chain: bytes, private_key: bytes) -> bool:
+    """Whether ``private_key`` is the key of the first certificate of ``cert_chain``."""
+    cert = x509.load_pem_x509_certificates(cert_chain)[0]
+    key = _private_key(private_key, "")
+    der = serialization.Encoding.DER
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(
+        cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+    )
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _private_key(data: bytes, path: str) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):  # TypeError: encrypted, and no password
+        raise ValueError(f"{path}: not an unencrypted PEM private key") from None
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """A gRPC port's certificate and key; with ``client_ca``, callers must present a
+    certificate it signed (mutual TLS)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """For ``server.add_secure_port``."""
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a Herald service calls another over TLS: the CA that signed the servers'
+    certificates, and the client certificate presented to a port that asks for one."""
+
+    ca: bytes
+    cert_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """For ``grpc.aio.secure_channel``."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca,
+            private_key=self.private_key,
+            certificate_chain=self.cert_chain,
+        )

@@ -1,0 +1,295 @@
+"""TLS on the gRPC ports, mutual TLS, and the optional caller keys of ingest, dispatch
+and reconcile: what a caller sees, against services started in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
+
+from herald.devenv._stack_services import SERVING, UNREACHABLE, probe
+from herald.runtime.server import Running, start
+from herald.services.dispatch.app import build as build_dispatch
+from herald.services.dispatch.settings import DispatchSettings
+from herald.services.ingest.app import build as build_ingest
+from herald.services.ingest.settings import IngestSettings
+from herald.services.reconcile.app import build as build_reconcile
+from tests.conftest import Infra
+from tests.integration.reconcile_flow import reconcile_settings
+from tests.tls_certs import Pki, make_pki
+
+pytestmark = pytest.mark.integration
+
+KEY_A = "ingest-key-a-0123456789"
+KEY_B = "ingest-key-b-0123456789"
+HEALTH = health_pb2.HealthCheckRequest()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_files(pki: Pki, mutual: bool = False) -> dict[str, Any]:
+    """A service's TLS settings, as its fields."""
+    return {name.lower(): value for name, value in pki.server_env(mutual).items()}
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(
+    infra: Infra, database_url: str, topic: str, **overrides: Any
+) -> AsyncIterator[Running]:
+    settings = IngestSettings(
+        database_url=database_url,
+        events_topic=topic,
+        ingest_addr="127.0.0.1:0",
+        events_topic_partitions=1,
+        **overrides,
+    )
+    running = await start(
+        await build_ingest(settings, infra.kafka_settings()),
+        "127.0.0.1:0",
+        tls=settings.server_tls(),
+    )
+    try:
+        yield running
+    finally:
+        await running.stop(1)
+
+
+def event(source: str = "urn:test:tls") -> str:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": source,
+            "type": "message.created",
+            "time": "2026-11-22T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"id": "m", "content": "c"},
+        }
+    )
+
+
+async def publish(
+    channel: grpc.aio.Channel, doc: str, *metadata: tuple[str, str]
+) -> ingest_pb2.PublishResponse:
+    stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    response: ingest_pb2.PublishResponse = await stub.Publish(
+        ingest_pb2.PublishRequest(json=doc), metadata=metadata, timeout=10
+    )
+    return response
+
+
+async def health(channel: grpc.aio.Channel) -> int:
+    """The service's health once SERVING (its Kafka clients start after the port), or
+    after 10 s; raises as the call does."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(50):
+        reply = await stub.Check(HEALTH, timeout=5)
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            break
+        await asyncio.sleep(0.2)
+    return int(reply.status)
+
+
+async def code_of(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await call
+    return exc.value.code()
+
+
+async def actors(database_url: str, key: str) -> set[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT actor FROM ingest.idempotency_keys WHERE key = $1", key)
+    finally:
+        await conn.close()
+    return {r["actor"] for r in rows}
+
+
+def secure(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+async def test_a_tls_port_refuses_plaintext_and_serves_tls(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    async with running_ingest(infra, database_url, topic, **tls_files(pki)) as ingest:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as plain:
+            assert await code_of(health(plain)) == grpc.StatusCode.UNAVAILABLE
+            assert await code_of(publish(plain, event())) == grpc.StatusCode.UNAVAILABLE
+        for host in ("127.0.0.1", "localhost"):  # the certificate names both
+            async with grpc.aio.secure_channel(
+                f"{host}:{ingest.port}", pki.credentials()
+            ) as channel:
+                assert await health(channel) == health_pb2.HealthCheckResponse.SERVING
+                response = await publish(channel, event())
+                assert response.event_id
+                assert not response.duplicate
+
+
+async def test_mutual_tls_needs_a_client_certificate_and_its_identity_scopes_keys(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        for credentials in (
+            pki.credentials(),  # no certificate
+            pki.credentials(pki.stranger_cert, pki.stranger_key),  # another CA's
+        ):
+            async with secure(ingest.port, credentials) as channel:
+                assert await code_of(health(channel)) == grpc.StatusCode.UNAVAILABLE
+                assert await code_of(publish(channel, event())) == grpc.StatusCode.UNAVAILABLE
+
+        key = f"order-{uuid.uuid4().hex}"
+        a = secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key))
+        b = secure(ingest.port, pki.credentials(pki.other_client_cert, pki.other_client_key))
+        async with a, b:
+            assert await health(a) == health_pb2.HealthCheckResponse.SERVING
+            doc = event()
+            first = await publish(a, doc, ("idempotency-key", key))
+            # The same key and source from another client: its own event, not a repeat
+            # (nor a key already used with a different request).
+            other = await publish(b, event(), ("idempotency-key", key))
+            again = await publish(a, doc, ("idempotency-key", key))
+        assert not first.duplicate
+        assert not other.duplicate
+        assert other.event_id != first.event_id
+        assert again.duplicate
+        assert again.event_id == first.event_id
+        assert await actors(database_url, key) == {"client-a", "client-b"}
+
+
+async def test_ingest_with_keys_answers_only_callers_with_one_and_scopes_by_its_name(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    keys = f"{KEY_A}=publisher-a,{KEY_B}=publisher-b"
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=keys) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        assert await health(channel) == health_pb2.HealthCheckResponse.SERVING, "health is open"
+        assert await code_of(publish(channel, event())) == grpc.StatusCode.UNAUTHENTICATED
+        wrong = ("authorization", "Bearer not-a-known-key-0123456789")
+        assert await code_of(publish(channel, event(), wrong)) == grpc.StatusCode.UNAUTHENTICATED
+        listing = ingest_pb2_grpc.IngestServiceStub(channel).ListEventTypes(
+            ingest_pb2.ListEventTypesRequest()
+        )
+        assert await code_of(listing) == grpc.StatusCode.UNAUTHENTICATED
+
+        key = f"order-{uuid.uuid4().hex}"
+        by_a = (("authorization", f"Bearer {KEY_A}"), ("idempotency-key", key))
+        by_b = (("authorization", f"Bearer {KEY_B}"), ("idempotency-key", key))
+        doc = event()
+        first = await publish(channel, doc, *by_a)
+        other = await publish(channel, event(), *by_b)
+        again = await publish(channel, doc, *by_a)
+    assert not first.duplicate
+    assert not other.duplicate, "another caller's key is not confused with the first's"
+    assert other.event_id != first.event_id
+    assert again.duplicate
+    assert again.event_id == first.event_id
+    assert await actors(database_url, key) == {"publisher-a", "publisher-b"}
+
+
+async def test_a_callers_key_name_scopes_idempotency_keys_before_its_certificate(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    async with running_ingest(
+        infra,
+        database_url,
+        topic,
+        ingest_api_keys=f"{KEY_A}=publisher-a",
+        **tls_files(pki, mutual=True),
+    ) as ingest:
+        key = f"order-{uuid.uuid4().hex}"
+        async with secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key)) as ch:
+            await publish(
+                ch, event(), ("authorization", f"Bearer {KEY_A}"), ("idempotency-key", key)
+            )
+    assert await actors(database_url, key) == {"publisher-a"}
+
+
+async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    dispatch_settings = DispatchSettings(
+        database_url=database_url,
+        dispatch_addr="127.0.0.1:0",
+        events_topic=topic,
+        dispatch_group=f"d{suffix}",
+        deliveries_topic=f"herald.deliveries.d{suffix}",
+        dlq_topic=f"herald.dlq.d{suffix}",
+        notification_channels="email",
+        webhooks_fanout=False,
+        builtin_routes=False,
+        dispatch_api_keys=f"{KEY_A}=operator",
+        **tls_files(pki),
+    )
+    reconciling = reconcile_settings(
+        database_url, 1, reconcile_api_keys=f"{KEY_B}=operator", **tls_files(pki)
+    )
+    dispatch = await start(
+        await build_dispatch(dispatch_settings, infra.kafka_settings()),
+        "127.0.0.1:0",
+        tls=dispatch_settings.server_tls(),
+    )
+    reconcile = await start(
+        await build_reconcile(reconciling, infra.kafka_settings(), infra.kafka_settings()),
+        "127.0.0.1:0",
+        tls=reconciling.server_tls(),
+    )
+    try:
+        async with (
+            secure(dispatch.port, pki.credentials()) as to_dispatch,
+            secure(reconcile.port, pki.credentials()) as to_reconcile,
+        ):
+            routes = dispatch_pb2_grpc.DispatchServiceStub(to_dispatch).ListRoutes
+            found = reconcile_pb2_grpc.ReconcileServiceStub(to_reconcile).ListDiscrepancies
+            for channel in (to_dispatch, to_reconcile):
+                assert await health(channel) == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                await code_of(routes(dispatch_pb2.ListRoutesRequest()))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
+            assert (
+                await code_of(found(reconcile_pb2.ListDiscrepanciesRequest()))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
+            bearer_a = (("authorization", f"Bearer {KEY_A}"),)
+            bearer_b = (("authorization", f"Bearer {KEY_B}"),)
+            await routes(dispatch_pb2.ListRoutesRequest(), metadata=bearer_a)
+            await found(reconcile_pb2.ListDiscrepanciesRequest(), metadata=bearer_b)
+            # Each service knows its own keys only.
+            assert (
+                await code_of(routes(dispatch_pb2.ListRoutesRequest(), metadata=bearer_b))
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
+    finally:
+        await reconcile.stop(1)
+        await dispatch.stop(1)
+
+
+async def test_the_stack_health_probe_speaks_tls_when_the_services_do(
+    infra: Infra, database_url: str, topic: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        async with secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key)) as ch:
+            await health(ch)  # SERVING by now
+        address = f"127.0.0.1:{ingest.port}"
+        assert await asyncio.to_thread(probe, address) == UNREACHABLE, "no TLS settings"
+        for name, value in pki.server_env(mutual=True).items():
+            monkeypatch.setenv(name, value)
+        assert await asyncio.to_thread(probe, address) == SERVING

@@ -1,0 +1,154 @@
+"""A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1 and
+localhost, and client certificates, as PEM files in a directory."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Paths of the PEM files."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path  # CN client-a
+    client_key: Path
+    other_client_cert: Path  # CN client-b
+    other_client_key: Path
+    stranger_cert: Path  # CN stranger, signed by another CA
+    stranger_key: Path
+
+    def server_env(self, mutual: bool = False) -> dict[str, str]:
+        """A service's TLS settings: its port, and its calls to the others."""
+        env = {
+            "GRPC_TLS_CERT_FILE": str(self.server_cert),
+            "GRPC_TLS_KEY_FILE": str(self.server_key),
+            "GRPC_TLS_CA_FILE": str(self.ca),
+        }
+        if mutual:
+            env |= {
+                "GRPC_TLS_CLIENT_CA_FILE": str(self.ca),
+                "GRPC_TLS_CLIENT_CERT_FILE": str(self.client_cert),
+                "GRPC_TLS_CLIENT_KEY_FILE": str(self.client_key),
+            }
+        return env
+
+    def credentials(
+        self, cert: Path | None = None, key: Path | None = None
+    ) -> grpc.ChannelCredentials:
+        """A client's TLS (trusting the CA), presenting ``cert`` when given."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=key.read_bytes() if key else None,
+            certificate_chain=cert.read_bytes() if cert else None,
+        )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+class _Ca:
+    def __init__(self, common_name: str) -> None:
+        self.key = _key()
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def issue(
+        self, directory: Path, stem: str, common_name: str, server: bool
+    ) -> tuple[Path, Path]:
+        key = _key()
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, key_path)
+        return cert_path, key_path
+
+
+def make_pki(directory: Path) -> Pki:
+    """Writes a fresh CA and its certificates into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _Ca("herald-test-ca")
+    ca_path = directory / "ca.crt"
+    ca_path.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    server = ca.issue(directory, "server", "herald-server", server=True)
+    client = ca.issue(directory, "client-a", "client-a", server=False)
+    other = ca.issue(directory, "client-b", "client-b", server=False)
+    stranger = _Ca("another-ca").issue(directory, "stranger", "stranger", server=False)
+    return Pki(ca_path, *server, *client, *other, *stranger)

@@ -1,0 +1,182 @@
+"""TLS and caller-key settings: a file that cannot serve stops the start naming its
+variable; all unset is plaintext and open, as before."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from herald.runtime.settings import RuntimeSettings, load_settings
+from herald.services.dispatch.settings import DispatchSettings
+from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
+from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.webhooks.settings import WebhooksSettings
+from tests.tls_certs import Pki, make_pki
+
+SERVICES: list[type[RuntimeSettings]] = [
+    IngestSettings,
+    IngestRelaySettings,
+    DispatchSettings,
+    WebhooksSettings,
+    ReconcileSettings,
+]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(autouse=True)
+def required(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What webhooks cannot start without."""
+    monkeypatch.setenv("WEBHOOKS_API_KEYS", f"{'k' * 16}=acme")
+    monkeypatch.setenv("WEBHOOKS_MASTER_KEY", base64.b64encode(bytes(32)).decode())
+
+
+def refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    **env: str,
+) -> str:
+    """The message of the start that ``env`` stops (exit 2)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        load_settings(cls)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invalid configuration:")
+    return err
+
+
+@pytest.mark.parametrize("cls", SERVICES, ids=lambda cls: cls.__name__)
+def test_unset_is_plaintext(cls: type[RuntimeSettings]) -> None:
+    settings = load_settings(cls)
+    assert settings.server_tls() is None
+    assert settings.client_tls() is None
+
+
+@pytest.mark.parametrize("cls", SERVICES, ids=lambda cls: cls.__name__)
+def test_every_service_takes_the_tls_files(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki, cls: type[RuntimeSettings]
+) -> None:
+    for name, value in pki.server_env(mutual=True).items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(cls)
+    server, client = settings.server_tls(), settings.client_tls()
+    assert server is not None
+    assert server.cert_chain == pki.server_cert.read_bytes()
+    assert server.client_ca == pki.ca.read_bytes()
+    assert client is not None
+    assert client.cert_chain == pki.client_cert.read_bytes()
+
+
+def test_a_server_certificate_without_client_ca_asks_for_no_client_certificate(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki
+) -> None:
+    monkeypatch.setenv("GRPC_TLS_CERT_FILE", str(pki.server_cert))
+    monkeypatch.setenv("GRPC_TLS_KEY_FILE", str(pki.server_key))
+    server = load_settings(IngestSettings).server_tls()
+    assert server is not None
+    assert server.client_ca is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "problem"),
+    [
+        ("GRPC_TLS_CERT_FILE", "missing"),
+        ("GRPC_TLS_CERT_FILE", "not pem"),
+        ("GRPC_TLS_CERT_FILE", "a key"),
+        ("GRPC_TLS_KEY_FILE", "missing"),
+        ("GRPC_TLS_KEY_FILE", "a certificate"),
+        ("GRPC_TLS_KEY_FILE", "another key"),
+        ("GRPC_TLS_CLIENT_CA_FILE", "missing"),
+        ("GRPC_TLS_CLIENT_CA_FILE", "a key"),
+        ("GRPC_TLS_CA_FILE", "not pem"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "missing"),
+        ("GRPC_TLS_CLIENT_KEY_FILE", "another key"),
+    ],
+)
+def test_a_bad_tls_file_stops_the_start_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki: Pki,
+    variable: str,
+    problem: str,
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN NOTHING-----\nnope\n")
+    bad = {
+        "missing": str(tmp_path / "nowhere.pem"),
+        "not pem": str(junk),
+        "a key": str(pki.server_key),
+        "a certificate": str(pki.server_cert),
+        "another key": str(pki.other_client_key),
+    }[problem]
+    env = {**pki.server_env(mutual=True), variable: bad}
+    err = refused(monkeypatch, capsys, DispatchSettings, **env)
+    assert f"  {variable}: " in err, err
+    assert len(err.strip().splitlines()) == 2, "one line: the variable and why"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GRPC_TLS_CERT_FILE": "server_cert"}, "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"),
+        ({"GRPC_TLS_KEY_FILE": "server_key"}, "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"),
+        ({"GRPC_TLS_CLIENT_CA_FILE": "ca"}, "GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE"),
+        (
+            {"GRPC_TLS_CA_FILE": "ca", "GRPC_TLS_CLIENT_CERT_FILE": "client_cert"},
+            "GRPC_TLS_CLIENT_CERT_FILE and GRPC_TLS_CLIENT_KEY_FILE",
+        ),
+        (
+            {"GRPC_TLS_CLIENT_CERT_FILE": "client_cert", "GRPC_TLS_CLIENT_KEY_FILE": "client_key"},
+            "GRPC_TLS_CLIENT_CERT_FILE: needs GRPC_TLS_CA_FILE",
+        ),
+    ],
+)
+def test_tls_files_that_do_not_go_together_stop_the_start(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pki: Pki,
+    env: dict[str, str],
+    named: str,
+) -> None:
+    paths = {name: str(getattr(pki, attr)) for name, attr in env.items()}
+    assert named in refused(monkeypatch, capsys, IngestSettings, **paths)
+
+
+@pytest.mark.parametrize(
+    ("cls", "variable"),
+    [
+        (IngestSettings, "INGEST_API_KEYS"),
+        (DispatchSettings, "DISPATCH_API_KEYS"),
+        (ReconcileSettings, "RECONCILE_API_KEYS"),
+    ],
+)
+def test_api_keys_are_optional_and_checked_when_given(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    variable: str,
+) -> None:
+    assert getattr(load_settings(cls), variable.lower()) == ""
+    monkeypatch.setenv(variable, f"{'a' * 16}=one,{'b' * 16}=two")
+    assert getattr(load_settings(cls), variable.lower())
+    err = refused(monkeypatch, capsys, cls, **{variable: "short=one"})
+    assert f"  {variable}: entry 1: expected KEY=TENANT" in err
+    assert "short" not in err, "a key is never echoed"
+
+
+@pytest.mark.parametrize("cls", [DispatchSettings, WebhooksSettings, ReconcileSettings])
+def test_the_ingest_client_key_is_checked_as_an_internal_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cls: type[BaseSettings]
+) -> None:
+    err = refused(monkeypatch, capsys, cls, INGEST_CLIENT_KEY="too-short")
+    assert "  INGEST_CLIENT_KEY: 16+ characters" in err
