@@ -170,7 +170,7 @@ def test_api_keys_are_optional_and_checked_when_given(
     monkeypatch.setenv(variable, f"{'a' * 16}=one,{'b' * 16}=two")
     assert getattr(load_settings(cls), variable.lower())
     err = refused(monkeypatch, capsys, cls, **{variable: "short=one"})
-    assert f"  {variable}: entry 1: expected KEY=TENANT" in err
+    assert f"  {variable}: entry 1: expected KEY=NAME" in err
     assert "short" not in err, "a key is never echoed"
 
 

@@ -26,16 +26,17 @@ _OPEN = ("/grpc.health.", "/grpc.reflection.")
 MIN_KEY_LENGTH = 16
 
 
-def parse_api_keys(text: str) -> dict[str, str]:
-    """``"key1=tenant-a,key2=tenant-b"`` → {key: tenant}; raises ValueError naming
-    the bad entry (the key itself is never echoed). A key given twice is refused: the
-    later tenant would silently win."""
+def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
+    """``"key1=tenant-a,key2=tenant-b"`` → {key: name}; raises ValueError naming
+    the bad entry (the key itself is never echoed) and what a pair holds (``name``: a
+    webhooks tenant, another service's caller). A key given twice is refused: the later
+    name would silently win."""
     keys: dict[str, str] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
         key, sep, tenant = entry.partition("=")
         if not sep or len(key.strip()) < MIN_KEY_LENGTH or not tenant.strip():
             raise ValueError(
-                f"entry {n + 1}: expected KEY=TENANT with a key of {MIN_KEY_LENGTH}+ characters"
+                f"entry {n + 1}: expected KEY={name} with a key of {MIN_KEY_LENGTH}+ characters"
             )
         if key.strip() in keys:
             raise ValueError(f"entry {n + 1}: its key is given twice")

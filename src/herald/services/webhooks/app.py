@@ -139,7 +139,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         ],
         interceptors=[
             BearerAuthInterceptor(
-                ApiKeys(parse_api_keys(settings.webhooks_api_keys)),
+                ApiKeys(parse_api_keys(settings.webhooks_api_keys, "TENANT")),
                 # Internal callers only: no tenant key opens it (nothing does when unset).
                 internal={
                     f"/{SUBSCRIPTIONS}/": ApiKeys(

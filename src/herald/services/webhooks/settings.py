@@ -118,7 +118,7 @@ class WebhooksSettings(RuntimeSettings):
     @field_validator("webhooks_api_keys")
     @classmethod
     def _keys(cls, value: str) -> str:
-        if not parse_api_keys(value):
+        if not parse_api_keys(value, "TENANT"):
             raise ValueError("at least one KEY=TENANT pair")
         return value
 
