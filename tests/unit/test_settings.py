@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.settings import WebhooksSettings
+from tests.settings_env import KEY, refused, set_required
 
 SERVICES: list[type[BaseSettings]] = [
     IngestSettings,
@@ -23,31 +23,11 @@ SERVICES: list[type[BaseSettings]] = [
     WebhooksSettings,
     ReconcileSettings,
 ]
-KEY = "k" * 16
 
 
 @pytest.fixture(autouse=True)
 def required(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What webhooks cannot start without."""
-    monkeypatch.setenv("WEBHOOKS_API_KEYS", f"{KEY}=acme")
-    monkeypatch.setenv("WEBHOOKS_MASTER_KEY", base64.b64encode(bytes(32)).decode())
-
-
-def refused(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    cls: type[BaseSettings],
-    **env: str,
-) -> str:
-    """The message of the start that ``env`` stops (exit 2)."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit) as exc:
-        load_settings(cls)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("invalid configuration:")
-    return err
+    set_required(monkeypatch)
 
 
 def fields(cls: type[BaseSettings], *types: type) -> list[str]:

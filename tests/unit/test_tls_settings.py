@@ -3,7 +3,6 @@ variable; all unset is plaintext and open, as before."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.settings import WebhooksSettings
+from tests.settings_env import refused, set_required
 from tests.tls_certs import Pki, make_pki
 
 SERVICES: list[type[RuntimeSettings]] = [
@@ -32,26 +32,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(autouse=True)
 def required(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What webhooks cannot start without."""
-    monkeypatch.setenv("WEBHOOKS_API_KEYS", f"{'k' * 16}=acme")
-    monkeypatch.setenv("WEBHOOKS_MASTER_KEY", base64.b64encode(bytes(32)).decode())
-
-
-def refused(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    cls: type[BaseSettings],
-    **env: str,
-) -> str:
-    """The message of the start that ``env`` stops (exit 2)."""
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(SystemExit) as exc:
-        load_settings(cls)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("invalid configuration:")
-    return err
+    set_required(monkeypatch)
 
 
 @pytest.mark.parametrize("cls", SERVICES, ids=lambda cls: cls.__name__)
