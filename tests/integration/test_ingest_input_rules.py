@@ -16,6 +16,7 @@ from herald.cloudevents.v1 import cloudevents_pb2
 from herald.ingest.v1 import ingest_pb2
 
 from herald.runtime.errors import bad_request_of
+from herald.services.ingest.catalog import MAX_SCHEMA_BYTES
 from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import RETURN_CREATED
@@ -187,10 +188,18 @@ async def test_a_stored_schema_that_no_longer_compiles_leaves_the_rest_usable(
 
 
 async def test_listing_large_schemas_fits_a_default_client_page_by_page(
-    ingest: IngestUnderTest,
+    infra: Infra, database_url: str, topic: str
 ) -> None:
     # 4 MiB of schemas in one page: RESOURCE_EXHAUSTED for a default client (4 MiB), and
     # so for webhooks' CreateWebhook, which lists the catalog 1,000 types a page
+    ingest = await start_ingest(infra, database_url, topic, max_schema_bytes=MAX_SCHEMA_BYTES)
+    try:
+        await _list_large_schemas(ingest)
+    finally:
+        await ingest.stop()
+
+
+async def _list_large_schemas(ingest: IngestUnderTest) -> None:
     big = json.dumps({"type": "object", "description": "d" * 250_000})
     names = {f"big.t{i:02}" for i in range(20)}
     for name in names:
@@ -209,3 +218,47 @@ async def test_listing_large_schemas_fits_a_default_client_page_by_page(
             break
     assert seen == sorted(names)
     assert names <= await EventTypeNames(ingest.channel, ttl=0).names()
+
+
+async def test_a_schema_over_max_schema_bytes_is_invalid_argument(
+    infra: Infra, database_url: str, topic: str, ingest: IngestUnderTest
+) -> None:
+    # any size up to 256 KiB was taken: every version's schema is parsed and compiled by
+    # every ingest process at start, about 20 times its size in memory
+    schema = json.dumps({"type": "object", "description": "d" * 70_000})
+    got = await refused(ingest.stub.CreateEventType(create("big.default", "1.0", schema)))
+    too_big = f"{len(schema)} bytes of JSON; at most 65536 (MAX_SCHEMA_BYTES)"
+    assert got == {"event_type.json_schema": too_big}
+    small = await start_ingest(infra, database_url, topic, max_schema_bytes=2048)
+    try:
+        schema = json.dumps({"type": "object", "description": "d" * 2048})
+        got = await refused(small.stub.CreateEventType(create("big.small", "1.0", schema)))
+        assert "at most 2048 (MAX_SCHEMA_BYTES)" in got["event_type.json_schema"]
+        created = await small.stub.CreateEventType(create("big.small", "1.0", schema[:2000] + '"}'))
+        assert created.event_type.name == "big.small"
+    finally:
+        await small.stop()
+
+
+async def test_a_full_catalog_answers_resource_exhausted(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    # CreateEventType had no limit: thousands of large schemas cost every ingest process
+    # hundreds of MB at start
+    ingest = await start_ingest(infra, database_url, topic, max_event_types=3)
+    try:
+        stub = ingest.stub
+        for n in range(3):  # the built-in types (39) do not count
+            await stub.CreateEventType(create("lab.booked", f"{n + 1}.0", "{}"))
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stub.CreateEventType(create("lab.cancelled", "1.0", "{}"))
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "3 event type versions" in (exc.value.details() or "")
+        assert "MAX_EVENT_TYPES" in (exc.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as exc:  # a repeat: still the truth
+            await stub.CreateEventType(create("lab.booked", "1.0", "{}"))
+        assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        listed = await stub.ListEventTypes(ingest_pb2.ListEventTypesRequest(name_prefix="lab."))
+        assert [t.data_version for t in listed.event_types] == ["1.0", "2.0", "3.0"]
+    finally:
+        await ingest.stop()

@@ -1308,6 +1308,88 @@ async def test_endpoints_that_answer_at_once_and_withhold_the_body_are_slow(
         assert waited < 2.5, f"the healthy webhook waited {waited:.1f} s"
 
 
+async def test_endpoints_found_slow_before_a_restart_are_held_to_their_share_at_once(
+    stack: Stack,
+) -> None:
+    """Which endpoints are slow was learned per process: after a restart every webhook
+    was untried, and a tenant's many slow webhooks filled every slot with one probe each
+    until each had timed out again, while another tenant's deliveries waited. Stored,
+    the restarted worker holds them to their tenant's share from its first claim."""
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
+    async with Receiver() as receiver:
+        paths = [f"/slow{n}" for n in range(12)]
+        for path in paths:
+            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
+        slow = [await stack.hook(receiver.url(path)) for path in paths]
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
+        for path in paths:  # each has timed out once: this worker knows it is slow
+            await receiver.wait_for(1, path=path, timeout=30)
+        await asyncio.sleep(1.2)
+
+        await stack.restart(settings)
+        before = len(receiver.received())
+        await receiver.wait_for(before + 8, timeout=20)  # the tenant's share is out again
+        await asyncio.sleep(0.1)  # and, untried, each other slow webhook's probe was
+        await stack.produce([job(other.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/globex", timeout=60)
+        waited = time.monotonic() - produced
+        after = [r for r in receiver.received()[before:] if r.path.startswith("/slow")]
+        in_flight = max_in_flight(after, 0.9)
+    assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
+    assert in_flight <= 8, f"{in_flight} attempts at once to the slow endpoints"
+
+
+async def test_endpoints_another_replica_found_slow_are_held_to_their_share_at_once(
+    stack: Stack,
+) -> None:
+    """A replica that has not tried a webhook yet takes it as slow when another replica
+    has stored it so (as each claimed delivery says), not as untried with a probe."""
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
+    async with Receiver() as receiver:
+        paths = [f"/slow{n}" for n in range(12)]
+        for path in paths:
+            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
+        slow = [await stack.hook(receiver.url(path)) for path in paths]
+        other = await stack.stub.CreateWebhook(
+            webhooks_pb2.CreateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(
+                    name="globex", url=receiver.url("/globex"), event_types=["message.created"]
+                )
+            ),
+            metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
+        )
+        conn = await asyncpg.connect(stack.database_url)
+        try:  # what another replica's worker stores when it finds them slow
+            await conn.execute(
+                "UPDATE webhooks.webhooks SET slow_since = now() WHERE id = ANY($1::uuid[])",
+                [h.webhook.id for h in slow],
+            )
+        finally:
+            await conn.close()
+        await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
+        await receiver.wait_for(8, timeout=20)  # the tenant's share is out
+        await asyncio.sleep(0.1)  # and, untried, each other slow webhook's probe was
+        await stack.produce([job(other.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/globex", timeout=60)
+        waited = time.monotonic() - produced
+        slow_requests = [r for r in receiver.received() if r.path.startswith("/slow")]
+        in_flight = max_in_flight(slow_requests, 0.9)
+    assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
+    assert in_flight <= 8, f"{in_flight} attempts at once to the slow endpoints"
+
+
 async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_behind_it(
     stack: Stack,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -293,6 +294,39 @@ async def test_bad_input_is_invalid_argument_with_field_violations(webhooks: Web
         "webhook.retry_policy.max_retries",
         "secret",
     }
+
+
+async def test_a_whsec_secret_is_refused_unless_its_key_is_16_bytes_of_base64(
+    webhooks: Webhooks,
+) -> None:
+    """``whsec_`` + base64 is a Standard Webhooks secret: its key, not its length, counts."""
+    weak = {
+        "whsec_................": "base64 after 'whsec_'",  # decoded leniently: an empty key
+        "whsec_AAAAAAAAAAAAAAAAAAAA": "at least 16 bytes, not 15",
+        "whsec_ABC-_ABC-_ABC-_": "base64 after 'whsec_'",  # URL-safe alphabet
+    }
+    for secret, why in weak.items():
+        got = await fails(
+            webhooks.stub.CreateWebhook(
+                webhooks_pb2.CreateWebhookRequest(webhook=katya(), secret=secret), metadata=ACME
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert why in got["secret"], (secret, got)
+    strong = "whsec_" + base64.b64encode(bytes(range(16))).decode().rstrip("=")
+    created = await webhooks.stub.CreateWebhook(
+        webhooks_pb2.CreateWebhookRequest(webhook=katya(), secret=strong), metadata=ACME
+    )
+    assert created.secret == strong
+    for secret, why in weak.items():
+        got = await fails(
+            webhooks.stub.RotateWebhookSecret(
+                webhooks_pb2.RotateWebhookSecretRequest(id=created.webhook.id, new_secret=secret),
+                metadata=ACME,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert why in got["new_secret"], (secret, got)
 
 
 def _seconds(*values: int) -> list[Duration]:

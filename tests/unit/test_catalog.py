@@ -105,7 +105,7 @@ def test_a_schema_over_256_kib_and_a_description_over_2000_characters_are_refuse
         check_definition("order.created", "1.0", schema, "", [], "d" * 2001)
     got = {v.field: v.description for v in exc.value.violations}
     assert got == {
-        "event_type.json_schema": f"{len(schema)} bytes of JSON; at most 262144",
+        "event_type.json_schema": f"{len(schema)} bytes of JSON; at most 262144 (MAX_SCHEMA_BYTES)",
         "event_type.description": "2001 characters; at most 2000",
     }
     check_definition("order.created", "1.0", '{"type": "object"}', "", [], "d" * 2000)

@@ -181,9 +181,29 @@ def test_the_internal_key_follows_the_same_rule_in_dispatch_and_webhooks(
     for wrong in ("short", f" {KEY}"):
         err = refused(monkeypatch, capsys, cls, WEBHOOKS_INTERNAL_KEY=wrong)
         assert "WEBHOOKS_INTERNAL_KEY: 16+ characters" in err
-    for right in ("", KEY):
+    for right in ("", "i" * 16):  # not a tenant key: see the next test
         monkeypatch.setenv("WEBHOOKS_INTERNAL_KEY", right)
         assert load_settings(cls).model_dump()["webhooks_internal_key"] == right
+
+
+def test_the_internal_key_is_no_tenant_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was taken: tenant acme's key then opened SubscriptionService (every tenant's
+    # webhooks) and dispatch's key acted as acme on WebhookService
+    internal = "i" * 16
+    err = refused(
+        monkeypatch,
+        capsys,
+        WebhooksSettings,
+        WEBHOOKS_API_KEYS=f"{KEY}=globex, {internal} =acme",
+        WEBHOOKS_INTERNAL_KEY=internal,
+    )
+    assert "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS" in err
+    assert "'acme'" in err
+    assert internal not in err, "the key itself is never echoed"
+    monkeypatch.setenv("WEBHOOKS_INTERNAL_KEY", internal + "x")
+    assert load_settings(WebhooksSettings).webhooks_internal_key == internal + "x"
 
 
 @pytest.mark.parametrize("prefix", ["", "X_Katya", "X-", "-X", "X--Katya", "X Katya", "webhook"])

@@ -45,3 +45,19 @@ def test_a_webhook_that_turns_slow_is_capped_again() -> None:
     shares.finish(hook, None)
     assert not shares.capped(hook, "a")
     assert shares.excluded() == []
+
+
+def test_a_webhook_another_process_found_slow_gets_no_probe_unless_tried_here() -> None:
+    shares = Shares(per_webhook=1, per_tenant=1)
+    a1, a2, a3 = (uuid.uuid4() for _ in range(3))
+    assert shares.start(a1, "a") == "a"  # the tenant's share is full
+    shares.heard_slow(a2, "a")  # stored as slow by another process: no probe
+    assert shares.capped(a2, "a")
+    assert a2 in shares.excluded(), "claims leave it out"
+    assert shares.room(a3, "a") == 1, "untried and not stored as slow: a probe"
+    assert shares.learned(a3, "a", fast=True), "a new verdict (untried → fast)"
+    assert not shares.learned(a3, "a", fast=True), "the same again: nothing new to store"
+    shares.heard_slow(a3, "a")  # what this process measured itself comes first
+    assert shares.room(a3, "a") is None
+    assert shares.learned(a3, "a", fast=False)
+    assert not shares.learned(a3, "a", fast=False)

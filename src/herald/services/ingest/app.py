@@ -38,7 +38,7 @@ SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     """Connects to PostgreSQL and Kafka, migrates, loads the catalog; returns the App."""
     pool = await open_pool(settings)
-    catalog = CatalogStore(pool)
+    catalog = CatalogStore(pool, settings.max_event_types)
     await catalog.load()
     workers: list[Worker] = []
     checks: dict[str, Check] = {"postgres": partial(db.check, pool)}
@@ -80,7 +80,13 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     ]
     workers.append(partial(run_purges, pool, purges))
     workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)
-    servicer = IngestServicer(catalog, writer, settings.events_topic, settings.max_event_bytes)
+    servicer = IngestServicer(
+        catalog,
+        writer,
+        settings.events_topic,
+        settings.max_event_bytes,
+        max_schema_bytes=settings.max_schema_bytes,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)

@@ -29,7 +29,11 @@ MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 32
 # A definition travels whole in ListEventTypes pages, which must fit a default client's
 # 4 MiB message: these keep one well under it (a page is cut by bytes too).
-MAX_SCHEMA_BYTES = 256 * 1024
+MAX_SCHEMA_BYTES = 256 * 1024  # the most MAX_SCHEMA_BYTES (the setting) may allow
+# A loaded schema costs ~20 times its JSON in memory (parsed and compiled at start):
+# 64 KiB, about 1.5 MB.
+DEFAULT_SCHEMA_BYTES = 64 * 1024
+DEFAULT_MAX_EVENT_TYPES = 1000  # MAX_EVENT_TYPES: versions created, built-ins not counted
 MAX_DESCRIPTION_CHARS = 2000
 # The drafts a schema may declare in ``$schema`` (http or https, with or without the
 # final '#'): the meta-schemas jsonschema-rs holds. Any other is refused: meta-validation
@@ -171,8 +175,10 @@ def check_definition(
     source_pattern: str,
     required_attributes: Iterable[str],
     description: str = "",
+    max_schema_bytes: int = MAX_SCHEMA_BYTES,
 ) -> dict[str, Any]:
-    """Validates a CreateEventType request; returns the parsed schema."""
+    """Validates a CreateEventType request (a schema of at most ``max_schema_bytes`` of
+    JSON); returns the parsed schema."""
     problems: list[FieldViolation] = []
     if not NAME.fullmatch(name) or len(name) > MAX_NAME_CHARS:
         problems.append(
@@ -189,7 +195,7 @@ def check_definition(
                 "a version like '1.0' or '2.1.3' (numbers without leading zeros)",
             )
         )
-    schema, problem = _parsed_schema(schema_text)
+    schema, problem = _parsed_schema(schema_text, max_schema_bytes)
     if problem:
         problems.append(FieldViolation("event_type.json_schema", problem))
     if len(description) > MAX_DESCRIPTION_CHARS:
@@ -228,11 +234,11 @@ def check_definition(
     return schema
 
 
-def _parsed_schema(text: str) -> tuple[dict[str, Any], str]:
+def _parsed_schema(text: str, max_bytes: int) -> tuple[dict[str, Any], str]:
     """The schema in ``text`` and "", or {} and what is wrong with it; nothing fetched."""
     size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_SCHEMA_BYTES:  # not even parsed
-        return {}, f"{size} bytes of JSON; at most {MAX_SCHEMA_BYTES}"
+    if size > max_bytes:  # not even parsed
+        return {}, f"{size} bytes of JSON; at most {max_bytes} (MAX_SCHEMA_BYTES)"
     try:
         schema = json_fast.loads(text) if text else None
     except json.JSONDecodeError as exc:

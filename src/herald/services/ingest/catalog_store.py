@@ -15,10 +15,10 @@ import json
 import asyncpg
 import structlog
 
-from herald.runtime.errors import AlreadyExists
+from herald.runtime.errors import AlreadyExists, ResourceExhausted
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.ingest.builtin import builtin_types
-from herald.services.ingest.catalog import Catalog, EventTypeDef
+from herald.services.ingest.catalog import DEFAULT_MAX_EVENT_TYPES, Catalog, EventTypeDef
 from herald.services.ingest.writer import Q
 
 log = structlog.get_logger("herald.ingest")
@@ -47,8 +47,9 @@ def _definition(row: asyncpg.Record) -> EventTypeDef:
 class CatalogStore:
     """Reads and writes event types; keeps :attr:`catalog` current."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_types: int = DEFAULT_MAX_EVENT_TYPES) -> None:
         self._pool = pool
+        self._max_types = max_types
         self.catalog = Catalog()
         self._refreshing: set[asyncio.Task[None]] = set()
 
@@ -110,18 +111,29 @@ class CatalogStore:
         return found
 
     async def create(self, definition: EventTypeDef) -> EventTypeDef:
-        """Persists a new (type, version); ALREADY_EXISTS when it is registered."""
-        created_at = await self._pool.fetchval(
-            Q.insert_type,
-            definition.name,
-            definition.data_version,
-            definition.description,
-            json.dumps(definition.json_schema),
-            definition.id_must_be_uuid,
-            definition.source_pattern,
-            list(definition.required_attributes),
-        )
-        if created_at is None:
+        """Persists a new (type, version); ALREADY_EXISTS when it is registered,
+        RESOURCE_EXHAUSTED when the catalog holds its limit of created versions."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q.lock_catalog)  # every replica's creations, one at a time
+            created_at = None
+            if await conn.fetchval(Q.count_created_types) < self._max_types:
+                created_at = await conn.fetchval(
+                    Q.insert_type,
+                    definition.name,
+                    definition.data_version,
+                    definition.description,
+                    json.dumps(definition.json_schema),
+                    definition.id_must_be_uuid,
+                    definition.source_pattern,
+                    list(definition.required_attributes),
+                )
+            elif not await conn.fetchval(Q.type_exists, definition.name, definition.data_version):
+                raise ResourceExhausted(
+                    f"the catalog holds {self._max_types} event type versions created with "
+                    "CreateEventType, its limit (MAX_EVENT_TYPES: every version's schema is "
+                    "loaded by every ingest process)"
+                )
+        if created_at is None:  # registered already (full or not: that is the answer)
             raise AlreadyExists(
                 f"event type {definition.name!r} version {definition.data_version!r} exists; "
                 "register a new data version to change its schema"

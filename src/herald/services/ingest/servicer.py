@@ -25,7 +25,7 @@ from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
 from herald.runtime.tracing import current_traceparent
 from herald.services.ingest import envelope, validation
-from herald.services.ingest.catalog import EventTypeDef, check_definition
+from herald.services.ingest.catalog import MAX_SCHEMA_BYTES, EventTypeDef, check_definition
 from herald.services.ingest.catalog_store import TYPE_ORDER, CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
 from herald.services.ingest.event import Event
@@ -125,12 +125,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """The IngestService RPCs."""
 
     def __init__(
-        self, catalog: CatalogStore, writer: EventWriter, topic: str, max_event_bytes: int
+        self,
+        catalog: CatalogStore,
+        writer: EventWriter,
+        topic: str,
+        max_event_bytes: int,
+        max_schema_bytes: int = MAX_SCHEMA_BYTES,
     ) -> None:
         self._catalog = catalog
         self._writer = writer
         self._topic = topic
         self._max_event_bytes = max_event_bytes
+        self._max_schema_bytes = max_schema_bytes
 
     async def Publish(
         self, request: ingest_pb2.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -229,6 +235,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             proto.source_pattern,
             proto.required_attributes,
             proto.description,
+            self._max_schema_bytes,
         )
         stored = await self._catalog.create(
             EventTypeDef(

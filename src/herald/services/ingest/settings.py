@@ -11,6 +11,11 @@ from herald.runtime.settings import (
     MAX_TOPIC_PARTITIONS,
     RuntimeSettings,
 )
+from herald.services.ingest.catalog import (
+    DEFAULT_MAX_EVENT_TYPES,
+    DEFAULT_SCHEMA_BYTES,
+    MAX_SCHEMA_BYTES,
+)
 
 
 class RelaySettings(RuntimeSettings):
@@ -47,6 +52,21 @@ class IngestSettings(RelaySettings):
         "header). At most 1,000,000: the event's record, its delivery jobs and notification "
         "jobs must fit Kafka's 1 MiB default limit (a larger event was accepted and then "
         "never reached Kafka).",
+    )
+    max_schema_bytes: int = Field(
+        DEFAULT_SCHEMA_BYTES,
+        ge=1024,
+        le=MAX_SCHEMA_BYTES,
+        description="Largest JSON Schema CreateEventType takes, in bytes of JSON; at most "
+        "256 KiB (a definition travels whole in a ListEventTypes page). Every version's "
+        "schema is parsed and compiled at start: about 20 times its size in memory.",
+    )
+    max_event_types: int = Field(
+        DEFAULT_MAX_EVENT_TYPES,
+        ge=1,
+        le=100_000,
+        description="Event type versions CreateEventType may register, all names together "
+        "(the built-in types are not counted); beyond: RESOURCE_EXHAUSTED.",
     )
     relay_enabled: bool = Field(
         True,

@@ -37,6 +37,7 @@ from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.shares import Shares
 from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
+from herald.services.webhooks.slowness import SlownessLog
 from herald.services.webhooks.store import Q, retry_policy_of
 
 log = structlog.get_logger("herald.webhooks.engine")
@@ -46,8 +47,8 @@ CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under loa
 DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
 # An endpoint whose last attempt took this long, timed out or could not be reached is
 # slow. A slow endpoint holds at most its share of a worker's attempts in flight, and so
-# does one not tried yet by this worker (it may be slow: after a restart, every endpoint
-# is new); a tenant's slow endpoints together hold at most the tenant's share (shares.py).
+# does one not tried yet by this worker unless stored as slow by a worker (slowness.py);
+# a tenant's slow endpoints together hold at most the tenant's share (shares.py).
 # One whose last attempt was quick is not capped, so one fast webhook can use every slot
 # when nothing else is waiting.
 SLOW_SECONDS = 1.0
@@ -83,6 +84,7 @@ class Engine:
         # Attempts in flight per webhook not known to be fast: one slow endpoint holds at
         # most a quarter, one tenant's slow endpoints together at most half.
         self._shares = Shares(per_webhook or max(1, concurrency // 4), concurrency // 2)
+        self._slowness = SlownessLog(pool)  # what the workers found slow, stored
         self._deferred: list[uuid.UUID] = []  # claimed, not attempted now: to hand back
         self._handed_back: set[uuid.UUID] = set()  # webhooks with deliveries deferred
         self._poll = poll_seconds
@@ -111,6 +113,8 @@ class Engine:
     async def run(self) -> None:
         """Claims and attempts due deliveries until cancelled."""
         recorder = asyncio.create_task(self._outcomes.run())
+        for webhook_id, tenant in await self._slowness.load():
+            self._shares.heard_slow(webhook_id, tenant)
         try:
             while True:
                 self._wake.clear()
@@ -156,6 +160,7 @@ class Engine:
                     await woken(self._wake, wait)
         finally:
             await self._drain()
+            await self._slowness.flush()
             recorder.cancel()
             await asyncio.gather(recorder, return_exceptions=True)
 
@@ -212,6 +217,8 @@ class Engine:
 
     def _start(self, row: asyncpg.Record) -> None:
         webhook_id = row["webhook_id"]
+        if row["slow"]:  # stored as slow: no probe past its tenant's share
+            self._shares.heard_slow(webhook_id, row["tenant"])
         if self._shares.capped(webhook_id, row["tenant"]):
             # A slow (or untried) endpoint with its share in flight: handed back, due
             # now; claims skip the webhook until one of its attempts is over.
@@ -342,7 +349,10 @@ class Engine:
             # withholds its body holds the slot as long as one that never answers.
             took = time.monotonic() - begun
             slow = result.error in SLOW_ERRORS or took >= SLOW_SECONDS
-            self._shares.learned(row["webhook_id"], row["tenant"], fast=not slow)
+            if self._shares.learned(row["webhook_id"], row["tenant"], fast=not slow) and (
+                slow != row["slow"]
+            ):  # a new verdict here, not what is stored: store it
+                self._slowness.record(row["webhook_id"], slow=slow)
         finally:
             posted()
         policy = retry_policy_of(hook)

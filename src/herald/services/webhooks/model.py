@@ -13,7 +13,7 @@ from yarl import URL
 from herald.runtime.cloudevents_kafka import CONTEXT_HEADERS
 from herald.runtime.errors import FieldViolation
 from herald.runtime.type_patterns import matches
-from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX
+from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX, WHSEC, strict_standard_key
 
 # Katya's seed (004): maxRetries 3, retryDelay 1000 ms, backoffMultiplier 2.
 DEFAULT_MAX_RETRIES = 3
@@ -24,6 +24,7 @@ MAX_RETRIES = 50
 MIN_DELAY, MAX_DELAY = 0.1, 86_400.0  # seconds: a fixed schedule's bounds (delays)
 MAX_RETRY_STATUSES = 50
 
+MIN_SECRET, MAX_SECRET = 16, 256  # a caller-chosen secret's characters (or key bytes)
 MAX_NAME = 200
 MAX_URL = 2048
 MAX_EVENT_TYPES = 100
@@ -143,9 +144,23 @@ def check(
 
 
 def check_secret(secret: str, field_name: str) -> list[FieldViolation]:
-    """A caller-chosen secret: 16 to 256 printable characters."""
-    if not 16 <= len(secret) <= 256 or not secret.isprintable():
-        return [FieldViolation(field_name, "16 to 256 printable characters")]
+    """A caller-chosen secret: 16 to 256 printable characters; a ``whsec_`` one is a
+    Standard Webhooks secret, so its key (base64 after the prefix) is what must be long
+    enough: 16 bytes, like the characters of any other secret."""
+    if not MIN_SECRET <= len(secret) <= MAX_SECRET or not secret.isprintable():
+        return [FieldViolation(field_name, f"{MIN_SECRET} to {MAX_SECRET} printable characters")]
+    if secret.startswith(WHSEC):
+        key = strict_standard_key(secret)
+        if key is None:
+            return [FieldViolation(field_name, f"base64 after {WHSEC!r} (Standard Webhooks)")]
+        if len(key) < MIN_SECRET:
+            return [
+                FieldViolation(
+                    field_name,
+                    f"a {WHSEC!r} secret's key (base64 after the prefix) is at least "
+                    f"{MIN_SECRET} bytes, not {len(key)}",
+                )
+            ]
     return []
 
 

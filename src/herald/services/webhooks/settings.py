@@ -7,7 +7,7 @@ import binascii
 import ipaddress
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from herald.runtime.auth import internal_key_setting, parse_api_keys
 from herald.runtime.settings import (
@@ -126,6 +126,20 @@ class WebhooksSettings(RuntimeSettings):
     @classmethod
     def _internal(cls, value: str) -> str:
         return internal_key_setting(value)
+
+    @model_validator(mode="after")
+    def _internal_apart(self) -> WebhooksSettings:
+        """The internal key opens only SubscriptionService (every tenant's subscriptions)
+        and a tenant key only that tenant's WebhookService: one key for both would let
+        that tenant read every tenant's webhooks, and dispatch act as that tenant."""
+        tenants = parse_api_keys(self.webhooks_api_keys)
+        if self.webhooks_internal_key and self.webhooks_internal_key in tenants:
+            raise ValueError(
+                "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS; it is "
+                f"the key of tenant {tenants[self.webhooks_internal_key]!r}, which could then "
+                "read every tenant's subscriptions"
+            )
+        return self
 
     @field_validator("webhooks_master_key")
     @classmethod

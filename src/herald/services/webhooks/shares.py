@@ -12,6 +12,11 @@ Past its tenant's share, a webhook known to be slow starts nothing, but one not 
 yet starts one attempt (a probe) when it has none in flight: a tenant's healthy webhook
 is not held up behind its own slow ones until their attempts time out, and is known to
 be fast (uncapped) after its first answer.
+
+A webhook this process has not tried yet may still be known to be slow: another
+process (or this one before a restart) found it so and stored that (``slowness.py``),
+and :meth:`heard_slow` takes it as slow here too, so it gets no probe past its
+tenant's share. What this process measures itself comes first.
 """
 
 from __future__ import annotations
@@ -81,17 +86,29 @@ class Shares:
             if self._slow[slow_tenant] <= 0:
                 del self._slow[slow_tenant]
 
-    def learned(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> None:
-        """Records how quick the webhook's last attempt was."""
+    def learned(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
+        """Records how quick the webhook's last attempt was; returns whether that changes
+        what this process knew of it (untried, fast or slow)."""
         if fast:
+            if webhook in self._fast:
+                return False
             self._forget_slow(webhook)
             if len(self._fast) < MAX_KNOWN:
                 self._fast.add(webhook)
-            return
+            return True
         self._fast.discard(webhook)
-        if webhook not in self._known_slow and len(self._known_slow) < MAX_KNOWN:
+        if webhook in self._known_slow:
+            return False
+        if len(self._known_slow) < MAX_KNOWN:
             self._known_slow[webhook] = tenant
             self._slow_of[tenant].add(webhook)
+        return True
+
+    def heard_slow(self, webhook: uuid.UUID, tenant: str) -> None:
+        """Another process found the webhook slow: so it is here, unless this process
+        has tried it itself."""
+        if webhook not in self._fast and webhook not in self._known_slow:
+            self.learned(webhook, tenant, fast=False)
 
     def _forget_slow(self, webhook: uuid.UUID) -> None:
         tenant = self._known_slow.pop(webhook, None)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 # The events seed (000) names the webhook HMAC header X-Signature: the same value as
 # the prefixed one (``X-Herald-Signature``), for receivers written from it.
 SEED_SIGNATURE = "X-Signature"
-_WHSEC = "whsec_"
+WHSEC = "whsec_"
 # A prefix of header names: hyphen-separated ASCII letters and digits (``X-Katya``).
 HEADER_PREFIX = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
 MAX_HEADER_PREFIX = 32
@@ -99,13 +99,31 @@ def standard_key(secret: str) -> bytes:
     what ``generate_secret`` makes); any other string is used as its UTF-8 bytes, as the
     seed's scheme does, so a secret a customer chose still yields a usable signature.
     """
-    if secret.startswith(_WHSEC):
+    if secret.startswith(WHSEC):
         try:
             # "==" as the standardwebhooks library does: tolerate unpadded base64.
-            return base64.b64decode(secret[len(_WHSEC) :] + "==")
+            return base64.b64decode(secret[len(WHSEC) :] + "==")
         except binascii.Error:
             pass  # not base64 after all: fall back to the plain bytes below
     return secret.encode("utf-8")
+
+
+def strict_standard_key(secret: str) -> bytes | None:
+    """The key of a ``whsec_`` secret if what follows the prefix is base64 (standard
+    alphabet, padding optional) as the Standard Webhooks libraries decode it; else None.
+
+    :func:`standard_key` is lenient (it drops characters outside the alphabet, so
+    ``whsec_................`` yields an empty key); this is the check a caller's secret
+    must pass, while :func:`standard_key` keeps signing with what is already stored.
+    """
+    body = secret.removeprefix(WHSEC)
+    unpadded = body.rstrip("=")
+    if not secret.startswith(WHSEC) or len(body) - len(unpadded) > 2:
+        return None
+    try:
+        return base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), validate=True)
+    except binascii.Error:
+        return None
 
 
 def seed_signature(body: bytes, secret: str) -> str:

@@ -143,6 +143,17 @@ VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT (name, data_version) DO NOTHING
 RETURNING created_at
 
+-- name: lock_catalog
+-- Serialises the creations of event types (counted against MAX_EVENT_TYPES).
+SELECT pg_advisory_xact_lock(hashtextextended('herald.ingest.event_types', 0))
+
+-- name: count_created_types
+-- The type versions registered with CreateEventType (the built-ins are not counted).
+SELECT count(*) FROM ingest.event_types WHERE NOT builtin
+
+-- name: type_exists
+SELECT EXISTS (SELECT 1 FROM ingest.event_types WHERE name = $1 AND data_version = $2)
+
 -- name: all_types
 SELECT name, data_version, description, json_schema::text AS json_schema, id_must_be_uuid,
        source_pattern, required_attributes, created_at

@@ -92,7 +92,8 @@ SELECT ins.id, ins.webhook_id, ins.tenant, ins.job_id, ins.event_id, ins.event_t
        w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
        w.retry_delays_ms, w.retry_statuses,
        w.headers::text AS headers, w.secret, w.previous_secret,
-       w.previous_secret_expires_at > now() AS previous_valid
+       w.previous_secret_expires_at > now() AS previous_valid,
+       w.slow_since IS NOT NULL AS slow
 FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 
 -- name: claim_due
@@ -140,7 +141,8 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
-          w.previous_secret_expires_at > now() AS previous_valid
+          w.previous_secret_expires_at > now() AS previous_valid,
+          w.slow_since IS NOT NULL AS slow
 
 -- name: record_outcomes
 -- Attempt outcomes, many at once: the attempt rows, each delivery's new state if this
@@ -192,6 +194,21 @@ SET status = r.status, attempts = r.number, next_attempt_at = r.next_at,
 FROM r
 WHERE d.id = r.delivery_id AND d.claimed_by = $1
 RETURNING d.id
+
+-- name: set_slow
+-- A worker's verdict on the webhook's endpoint changed ($2: slow, or quick again):
+-- stored for a restarted worker and the other replicas. A row already saying so is not
+-- written again, and a slow one keeps the time it was first found slow.
+UPDATE webhooks.webhooks
+SET slow_since = CASE WHEN $2 THEN coalesce(slow_since, now()) END
+WHERE id = $1 AND (slow_since IS NOT NULL) <> $2
+
+-- name: slow_webhooks
+-- The active webhooks found slow (at most $1), which a starting worker holds to their
+-- share before it has tried them itself.
+SELECT id, tenant FROM webhooks.webhooks
+WHERE slow_since IS NOT NULL AND active
+LIMIT $1
 
 -- name: release_some
 -- Deliveries claimed by this worker ($1) that it will not attempt now (their webhook
@@ -326,7 +343,8 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
-          w.previous_secret_expires_at > now() AS previous_valid
+          w.previous_secret_expires_at > now() AS previous_valid,
+          w.slow_since IS NOT NULL AS slow
 
 -- name: record_sends
 INSERT INTO webhooks.sends (webhook_id) SELECT $1 FROM generate_series(1, $2::int)
