@@ -6,6 +6,11 @@ import ast
 import re
 from pathlib import Path
 
+from herald.dispatch.v1 import dispatch_pb2
+from herald.ingest.v1 import ingest_pb2
+from herald.reconcile.v1 import reconcile_pb2
+from herald.webhooks.v1 import webhooks_pb2
+
 SRC = Path(__file__).parents[2] / "src" / "herald"
 # A Python string that is a SQL statement: SQL lives in the .sql files (queries and
 # migrations), where it is read, reviewed and tested as SQL. devenv drives psql for the
@@ -52,3 +57,18 @@ def test_every_public_function_class_and_rpc_has_a_docstring() -> None:
                 if ast.get_docstring(n) is None
             ]
     assert undocumented == []
+
+
+def test_every_herald_rpc_is_unary() -> None:
+    """The API-key check, the error mapping and the request-size answers wrap unary
+    calls only (runtime/interceptors.py UnaryInterceptor): a streaming method would be
+    answered without a key. Add one only with interceptors that cover it."""
+    methods = [
+        method
+        for module in (ingest_pb2, dispatch_pb2, webhooks_pb2, reconcile_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+    assert len(methods) > 20, "every Herald service's methods were looked at"
+    streaming = [m.full_name for m in methods if m.client_streaming or m.server_streaming]
+    assert streaming == []
