@@ -3,6 +3,7 @@ variable; all unset is plaintext and open, as before."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.settings_env import refused, set_required
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki, dated_certificate, make_pki
 
 SERVICES: list[type[RuntimeSettings]] = [
     IngestSettings,
@@ -104,6 +105,54 @@ def test_a_bad_tls_file_stops_the_start_naming_its_variable(
     err = refused(monkeypatch, capsys, DispatchSettings, **env)
     assert f"  {variable}: " in err, err
     assert len(err.strip().splitlines()) == 2, "one line: the variable and why"
+
+
+@pytest.mark.parametrize(
+    ("variable", "when"),
+    [
+        ("GRPC_TLS_CERT_FILE", "expired"),
+        ("GRPC_TLS_CERT_FILE", "not yet valid"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "expired"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "not yet valid"),
+        ("GRPC_TLS_CA_FILE", "expired"),
+        ("GRPC_TLS_CLIENT_CA_FILE", "expired"),
+    ],
+)
+def test_a_certificate_not_valid_now_stops_the_start_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki: Pki,
+    variable: str,
+    when: str,
+) -> None:
+    """Every peer would refuse it (UNAVAILABLE on their side) while the service
+    reported SERVING."""
+    now = datetime.datetime.now(datetime.UTC)
+    year = datetime.timedelta(days=365)
+    start, end = (now - 2 * year, now - year) if when == "expired" else (now + year, now + 2 * year)
+    dated = dated_certificate(tmp_path / "dated.pem", start, end)
+    env = {**pki.server_env(mutual=True), variable: str(dated)}
+    err = refused(monkeypatch, capsys, DispatchSettings, **env)
+    assert f"  {variable}: {dated}: the " in err, err
+    assert ("expired at" if when == "expired" else "not valid before") in err
+    assert len(err.strip().splitlines()) == 2, "one line: the variable and why"
+
+
+def test_a_ca_file_with_one_certificate_valid_now_is_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    """A bundle may hold expired CAs beside the one in use."""
+    now = datetime.datetime.now(datetime.UTC)
+    year = datetime.timedelta(days=365)
+    old = dated_certificate(tmp_path / "old.pem", now - 2 * year, now - year)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(old.read_bytes() + pki.ca.read_bytes())
+    for name, value in {**pki.server_env(mutual=True), "GRPC_TLS_CA_FILE": str(bundle)}.items():
+        monkeypatch.setenv(name, value)
+    client = load_settings(DispatchSettings).client_tls()
+    assert client is not None
+    assert client.ca == bundle.read_bytes()
 
 
 @pytest.mark.parametrize(
