@@ -18,7 +18,14 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
-from herald.devenv._stack_services import SERVING, UNREACHABLE, probe
+from herald.devenv._stack_services import (
+    SERVING,
+    UNREACHABLE,
+    Service,
+    check_health,
+    probe,
+    wait_serving,
+)
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
 from herald.services.dispatch.settings import DispatchSettings
@@ -293,3 +300,32 @@ async def test_the_stack_health_probe_speaks_tls_when_the_services_do(
         for name, value in pki.server_env(mutual=True).items():
             monkeypatch.setenv(name, value)
         assert await asyncio.to_thread(probe, address) == SERVING
+
+
+async def test_the_stack_says_why_a_tls_port_it_cannot_probe_is_unreachable(
+    infra: Infra, database_url: str, topic: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` / `make status` with TLS settings the services' ports do not take (a
+    mutual-TLS port, and no client certificate here): the service runs and is SERVING,
+    and the stack says what is wrong rather than only "unreachable"."""
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        address = f"127.0.0.1:{ingest.port}"
+        health, why = await asyncio.to_thread(check_health, address)
+        assert (health, why) == (
+            UNREACHABLE,
+            "the port closed the connection: a TLS port? (GRPC_TLS_CERT_FILE is not set here)",
+        )
+        for name, value in pki.server_env(mutual=False).items():
+            monkeypatch.setenv(name, value)
+        health, why = await asyncio.to_thread(check_health, address)
+        assert health == UNREACHABLE
+        assert "mutual TLS? (GRPC_TLS_CLIENT_CERT_FILE is not set here)" in why
+        service = Service("ingest", address, "127.0.0.1:1")
+        failure = await asyncio.to_thread(wait_serving, [service], lambda _: None, 1.0)
+        assert failure is not None
+        assert "GRPC_TLS_CLIENT_CERT_FILE is not set here" in failure.reason
+        monkeypatch.setenv("GRPC_TLS_CA_FILE", str(pki.stranger_cert))  # not the CA
+        monkeypatch.delenv("GRPC_TLS_CLIENT_CERT_FILE", raising=False)
+        _health, why = await asyncio.to_thread(check_health, address)
+        assert why.startswith("TLS handshake failed: "), why
+    assert await asyncio.to_thread(check_health, address) == (UNREACHABLE, ""), "none listens"

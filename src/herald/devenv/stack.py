@@ -28,6 +28,7 @@ from ._stack_run import STOP_GRACE, Runner, describe_exit, launch
 from ._stack_services import (
     UNREACHABLE,
     Service,
+    check_health,
     dial_target,
     discover,
     infra_state,
@@ -210,8 +211,9 @@ def status(root: Path) -> int:
     for service in services:
         state = service_pid(root, service)
         shown = recorded_service(root, service) if state.pid else service
-        health = probe(shown.addr)
+        health, why = check_health(shown.addr)
         healthy &= state.pid is not None and health == "SERVING"
+        health += f" ({why})" if why else ""
         stale = f" (stale pid file {state.stale} removed)" if state.stale else ""
         rows.append(
             (
