@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
+from structlog.testing import capture_logs
 
 from herald.devenv._stack_services import (
     SERVING,
@@ -26,12 +27,15 @@ from herald.devenv._stack_services import (
     probe,
     wait_serving,
 )
+from herald.runtime.channels import internal_channel
+from herald.runtime.errors import Unavailable
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.app import build as build_ingest
 from herald.services.ingest.settings import IngestSettings
 from herald.services.reconcile.app import build as build_reconcile
+from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.integration.reconcile_flow import reconcile_settings
 from tests.tls_certs import Pki, make_pki
@@ -329,3 +333,24 @@ async def test_the_stack_says_why_a_tls_port_it_cannot_probe_is_unreachable(
         _health, why = await asyncio.to_thread(check_health, address)
         assert why.startswith("TLS handshake failed: "), why
     assert await asyncio.to_thread(check_health, address) == (UNREACHABLE, ""), "none listens"
+
+
+async def test_webhooks_logs_why_it_cannot_read_the_catalog_of_an_ingest_with_keys(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Without INGEST_CLIENT_KEY, CreateWebhook answers UNAVAILABLE (the tenant can do
+    nothing about it): the operator reads why in webhooks' log."""
+    async with running_ingest(
+        infra, database_url, topic, ingest_api_keys=f"{KEY_A}=herald"
+    ) as ingest:
+        target = f"127.0.0.1:{ingest.port}"
+        async with internal_channel(target) as keyless:
+            with capture_logs() as logs, pytest.raises(Unavailable, match="UNAUTHENTICATED"):
+                await EventTypeNames(keyless, ttl=0).names()
+        [line] = [e for e in logs if e["event"] == "event_types.unavailable"]
+        assert line["log_level"] == "warning"
+        assert line["code"] == "UNAUTHENTICATED"
+        assert "INGEST_CLIENT_KEY" in line["hint"]
+        assert KEY_A not in str(line)
+        async with internal_channel(target, key=KEY_A) as keyed:
+            assert "message.created" in await EventTypeNames(keyed, ttl=0).names()
