@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,14 +21,18 @@ from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 from structlog.testing import capture_logs
 
+from herald.devenv import stack
 from herald.devenv._stack_services import (
     SERVING,
     UNREACHABLE,
     Service,
     check_health,
+    discover,
     probe,
     wait_serving,
+    write_pid,
 )
+from herald.devenv._util import DevEnvError
 from herald.runtime.channels import internal_channel
 from herald.runtime.errors import Unavailable
 from herald.runtime.server import Running, start
@@ -354,3 +360,38 @@ async def test_webhooks_logs_why_it_cannot_read_the_catalog_of_an_ingest_with_ke
         assert KEY_A not in str(line)
         async with internal_channel(target, key=KEY_A) as keyed:
             assert "message.created" in await EventTypeNames(keyed, ttl=0).names()
+
+
+async def test_make_up_leaves_a_running_tls_service_it_cannot_talk_to_alone(
+    infra: Infra,
+    database_url: str,
+    topic: str,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`make up` in a shell without the GRPC_TLS_* settings a running stack was started
+    with: before, it called the services "not answering" and restarted them in
+    plaintext; now it stops, saying why, and they keep running as they were."""
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        monkeypatch.setenv("HERALD_LOCAL_DIR", str(tmp_path))
+        monkeypatch.setenv("INGEST_ADDR", f"127.0.0.1:{ingest.port}")
+        for name in pki.server_env(mutual=True):
+            monkeypatch.delenv(name, raising=False)
+        # Stands for the ingest process the stack started (its command line names it).
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)", "herald.services.ingest"
+        )
+        try:
+            service = next(s for s in discover() if s.name == "ingest")
+            write_pid(tmp_path, service, holder.pid)
+            with pytest.raises(DevEnvError) as exc:
+                await asyncio.to_thread(stack.up, tmp_path, 5.0)
+            assert "ingest (pid" in str(exc.value)
+            assert "cannot talk to it: the port closed the connection" in str(exc.value)
+            assert "GRPC_TLS_CERT_FILE is not set here" in str(exc.value)
+            assert holder.returncode is None, "not stopped"
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the old `up` killed it
+                holder.kill()
+            await holder.wait()

@@ -256,8 +256,10 @@ def _connection_failure(details: str, tls: bool, environ: Mapping[str, str] | No
     env = os.environ if environ is None else environ
     # "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: <why>"
     why = details.rpartition("last error: ")[2].split(": ", 2)[-1].removesuffix(": OK")
+    if "WRONG_VERSION_NUMBER" in details:
+        return "the port does not speak TLS: a plaintext port? (GRPC_TLS_CERT_FILE is set here)"
     if "handshake" in details.lower() or "verification" in details.lower():
-        return f"TLS handshake failed: {why}"
+        return f"TLS handshake failed: {why.removeprefix('Tls handshake failed ')}"
     if "Socket closed" in details:
         if not tls:
             return (
