@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings
+from structlog.testing import capture_logs
 
+from herald.runtime.channels import internal_tls
 from herald.runtime.settings import RuntimeSettings, load_settings
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
@@ -210,3 +212,36 @@ def test_the_ingest_client_key_is_checked_as_an_internal_key(
 ) -> None:
     err = refused(monkeypatch, capsys, cls, INGEST_CLIENT_KEY="too-short")
     assert "  INGEST_CLIENT_KEY: 16+ characters" in err
+
+
+@pytest.mark.parametrize(
+    ("unset", "warned"),
+    [
+        ((), False),
+        (("GRPC_TLS_CLIENT_CERT_FILE", "GRPC_TLS_CLIENT_KEY_FILE"), True),
+        (
+            (
+                "GRPC_TLS_CLIENT_CERT_FILE",
+                "GRPC_TLS_CLIENT_KEY_FILE",
+                "GRPC_TLS_CLIENT_CA_FILE",
+            ),
+            False,
+        ),
+    ],
+)
+def test_a_service_asking_for_client_certificates_but_presenting_none_warns(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki, unset: tuple[str, ...], warned: bool
+) -> None:
+    """Its own calls to a peer set up alike are closed ("Socket closed"): the start
+    says why beforehand."""
+    for name, value in pki.server_env(mutual=True).items():
+        if name not in unset:
+            monkeypatch.setenv(name, value)
+    with capture_logs() as logs:
+        tls = internal_tls(load_settings(DispatchSettings))
+    assert tls is not None
+    lines = [e for e in logs if e["event"] == "tls.no_client_certificate"]
+    assert bool(lines) == warned
+    if warned:
+        assert lines[0]["log_level"] == "warning"
+        assert "GRPC_TLS_CLIENT_CERT_FILE is not" in lines[0]["detail"]
