@@ -4,6 +4,7 @@ and reconcile: what a caller sees, against services started in this process."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import sys
@@ -395,3 +396,23 @@ async def test_make_up_leaves_a_running_tls_service_it_cannot_talk_to_alone(
             with contextlib.suppress(ProcessLookupError):  # the old `up` killed it
                 holder.kill()
             await holder.wait()
+
+
+async def test_a_base64_key_with_padding_opens_ingest(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """`openssl rand -base64 32` ends in "=": KEY=NAME then holds "==". Split at the
+    first "=", ingest took a shorter key that no caller sends, and refused the real one."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    assert key.endswith("=")
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=f"{key}=padded") as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        doc = event()
+        response = await publish(channel, doc, ("authorization", f"Bearer {key}"))
+        assert response.event_id == json.loads(doc)["id"]
+        stripped = ("authorization", f"Bearer {key.rstrip('=')}")
+        assert await code_of(publish(channel, event(), stripped)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
