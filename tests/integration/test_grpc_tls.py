@@ -36,6 +36,7 @@ from herald.devenv._stack_services import (
 from herald.devenv._util import DevEnvError
 from herald.runtime.channels import internal_channel
 from herald.runtime.errors import Unavailable
+from herald.runtime.publisher import Alert, EventPublisher
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
 from herald.services.dispatch.settings import DispatchSettings
@@ -416,3 +417,22 @@ async def test_a_base64_key_with_padding_opens_ingest(
         assert await code_of(publish(channel, event(), stripped)) == (
             grpc.StatusCode.UNAUTHENTICATED
         )
+
+
+async def test_an_alert_ingest_refuses_for_want_of_a_key_is_logged_with_what_to_set(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """dispatch, webhooks and reconcile without INGEST_CLIENT_KEY: each try of an alert
+    is logged (it is kept and retried), naming the setting."""
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=f"{KEY_A}=herald") as ingest,
+        internal_channel(f"127.0.0.1:{ingest.port}") as keyless,
+    ):
+        alert = Alert("herald.webhook.disabled", "k1", "webhooks/w1", {"webhook_id": "w1"})
+        with capture_logs() as logs:
+            error = await EventPublisher(keyless, "urn:test").publish_once(alert)
+        assert error is not None
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        [line] = [e for e in logs if e["event"] == "publish.failed"]
+        assert line["code"] == "UNAUTHENTICATED"
+        assert "set INGEST_CLIENT_KEY" in line["hint"]

@@ -32,6 +32,20 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 NO_PROXY_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
 
 
+# What the operator can do about a call to ingest that failed so (its callers' logs).
+_INGEST_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: "ingest has INGEST_API_KEYS: set INGEST_CLIENT_KEY to "
+    "one of its keys",
+    grpc.StatusCode.UNAVAILABLE: "is ingest up at INGEST_ADDR, and do the GRPC_TLS_* "
+    "settings match its port?",
+}
+
+
+def ingest_call_hint(code: grpc.StatusCode) -> str | None:
+    """A hint for the log line of a call to ingest that failed with ``code``."""
+    return _INGEST_HINTS.get(code)
+
+
 def internal_tls(settings: RuntimeSettings) -> ClientTls | None:
     """The TLS of a service's calls to the other Herald services (None: plaintext).
     Warns when its own port asks callers for a certificate (GRPC_TLS_CLIENT_CA_FILE)

@@ -8,17 +8,10 @@ import grpc
 import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from herald.runtime.channels import ingest_call_hint
 from herald.runtime.errors import Unavailable
 
 log = structlog.get_logger("herald.webhooks")
-# What the operator can do about a catalog call ingest refused (the tenant only sees
-# UNAVAILABLE, and can do nothing about it).
-_HINTS = {
-    grpc.StatusCode.UNAUTHENTICATED: "ingest has INGEST_API_KEYS: set INGEST_CLIENT_KEY to "
-    "one of its keys",
-    grpc.StatusCode.UNAVAILABLE: "is ingest up at INGEST_ADDR, and do the GRPC_TLS_* "
-    "settings match its port?",
-}
 
 
 class EventTypeNames:
@@ -51,7 +44,7 @@ class EventTypeNames:
                 "event_types.unavailable",
                 code=exc.code().name,
                 detail=exc.details(),
-                hint=_HINTS.get(exc.code()),
+                hint=ingest_call_hint(exc.code()),
             )
             raise Unavailable(
                 f"the event-type catalog (ingest) is unavailable: {exc.code().name}"
