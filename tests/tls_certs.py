@@ -158,7 +158,7 @@ def dated_certificate(
     path: Path, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> Path:
     """Writes a self-signed certificate valid from ``not_before`` to ``not_after`` (an
-    expired one, one not valid yet) to ``path``."""
+    expired one, one not valid yet) to ``path``, and its key next to it (``.key``)."""
     key = _key()
     cert = (
         x509.CertificateBuilder()
@@ -171,4 +171,5 @@ def dated_certificate(
         .sign(key, hashes.SHA256())
     )
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, path.with_suffix(".key"))
     return path

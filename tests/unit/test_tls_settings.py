@@ -245,3 +245,20 @@ def test_a_service_asking_for_client_certificates_but_presenting_none_warns(
     if warned:
         assert lines[0]["log_level"] == "warning"
         assert "GRPC_TLS_CLIENT_CERT_FILE is not" in lines[0]["detail"]
+
+
+def test_a_certificate_valid_within_minutes_is_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    """Issued a moment ago by a CA whose clock is a little ahead: not refused."""
+    now = datetime.datetime.now(datetime.UTC)
+    soon = dated_certificate(
+        tmp_path / "soon.pem", now + datetime.timedelta(minutes=1), now + datetime.timedelta(days=1)
+    )
+    for name, value in pki.server_env(mutual=True).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GRPC_TLS_CERT_FILE", str(soon))
+    monkeypatch.setenv("GRPC_TLS_KEY_FILE", str(soon.with_suffix(".key")))
+    server = load_settings(DispatchSettings).server_tls()
+    assert server is not None
+    assert server.cert_chain == soon.read_bytes()
