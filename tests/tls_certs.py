@@ -152,3 +152,24 @@ def make_pki(directory: Path) -> Pki:
     other = ca.issue(directory, "client-b", "client-b", server=False)
     stranger = _Ca("another-ca").issue(directory, "stranger", "stranger", server=False)
     return Pki(ca_path, *server, *client, *other, *stranger)
+
+
+def dated_certificate(
+    path: Path, not_before: datetime.datetime, not_after: datetime.datetime
+) -> Path:
+    """Writes a self-signed certificate valid from ``not_before`` to ``not_after`` (an
+    expired one, one not valid yet) to ``path``, and its key next to it (``.key``)."""
+    key = _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("dated"))
+        .issuer_name(_name("dated"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, path.with_suffix(".key"))
+    return path

@@ -4,10 +4,13 @@ and reconcile: what a caller sees, against services started in this process."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,14 +20,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
+from structlog.testing import capture_logs
 
-from herald.devenv._stack_services import SERVING, UNREACHABLE, probe
+from herald.devenv import stack
+from herald.devenv._stack_services import (
+    SERVING,
+    UNREACHABLE,
+    Service,
+    check_health,
+    discover,
+    probe,
+    wait_serving,
+    write_pid,
+)
+from herald.devenv._util import DevEnvError
+from herald.runtime.channels import internal_channel
+from herald.runtime.errors import Unavailable
+from herald.runtime.publisher import Alert, EventPublisher
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.app import build as build_ingest
 from herald.services.ingest.settings import IngestSettings
 from herald.services.reconcile.app import build as build_reconcile
+from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.integration.reconcile_flow import reconcile_settings
 from tests.tls_certs import Pki, make_pki
@@ -293,3 +312,127 @@ async def test_the_stack_health_probe_speaks_tls_when_the_services_do(
         for name, value in pki.server_env(mutual=True).items():
             monkeypatch.setenv(name, value)
         assert await asyncio.to_thread(probe, address) == SERVING
+
+
+async def test_the_stack_says_why_a_tls_port_it_cannot_probe_is_unreachable(
+    infra: Infra, database_url: str, topic: str, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` / `make status` with TLS settings the services' ports do not take (a
+    mutual-TLS port, and no client certificate here): the service runs and is SERVING,
+    and the stack says what is wrong rather than only "unreachable"."""
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        address = f"127.0.0.1:{ingest.port}"
+        health, why = await asyncio.to_thread(check_health, address)
+        assert (health, why) == (
+            UNREACHABLE,
+            "the port closed the connection: a TLS port? (GRPC_TLS_CERT_FILE is not set here)",
+        )
+        for name, value in pki.server_env(mutual=False).items():
+            monkeypatch.setenv(name, value)
+        health, why = await asyncio.to_thread(check_health, address)
+        assert health == UNREACHABLE
+        assert "mutual TLS? (GRPC_TLS_CLIENT_CERT_FILE is not set here)" in why
+        service = Service("ingest", address, "127.0.0.1:1")
+        failure = await asyncio.to_thread(wait_serving, [service], lambda _: None, 1.0)
+        assert failure is not None
+        assert "GRPC_TLS_CLIENT_CERT_FILE is not set here" in failure.reason
+        monkeypatch.setenv("GRPC_TLS_CA_FILE", str(pki.stranger_cert))  # not the CA
+        monkeypatch.delenv("GRPC_TLS_CLIENT_CERT_FILE", raising=False)
+        _health, why = await asyncio.to_thread(check_health, address)
+        assert why.startswith("TLS handshake failed: "), why
+    assert await asyncio.to_thread(check_health, address) == (UNREACHABLE, ""), "none listens"
+
+
+async def test_webhooks_logs_why_it_cannot_read_the_catalog_of_an_ingest_with_keys(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Without INGEST_CLIENT_KEY, CreateWebhook answers UNAVAILABLE (the tenant can do
+    nothing about it): the operator reads why in webhooks' log."""
+    async with running_ingest(
+        infra, database_url, topic, ingest_api_keys=f"{KEY_A}=herald"
+    ) as ingest:
+        target = f"127.0.0.1:{ingest.port}"
+        async with internal_channel(target) as keyless:
+            with capture_logs() as logs, pytest.raises(Unavailable, match="UNAUTHENTICATED"):
+                await EventTypeNames(keyless, ttl=0).names()
+        [line] = [e for e in logs if e["event"] == "event_types.unavailable"]
+        assert line["log_level"] == "warning"
+        assert line["code"] == "UNAUTHENTICATED"
+        assert "INGEST_CLIENT_KEY" in line["hint"]
+        assert KEY_A not in str(line)
+        async with internal_channel(target, key=KEY_A) as keyed:
+            assert "message.created" in await EventTypeNames(keyed, ttl=0).names()
+
+
+async def test_make_up_leaves_a_running_tls_service_it_cannot_talk_to_alone(
+    infra: Infra,
+    database_url: str,
+    topic: str,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`make up` in a shell without the GRPC_TLS_* settings a running stack was started
+    with: before, it called the services "not answering" and restarted them in
+    plaintext; now it stops, saying why, and they keep running as they were."""
+    async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
+        monkeypatch.setenv("HERALD_LOCAL_DIR", str(tmp_path))
+        monkeypatch.setenv("INGEST_ADDR", f"127.0.0.1:{ingest.port}")
+        for name in pki.server_env(mutual=True):
+            monkeypatch.delenv(name, raising=False)
+        # Stands for the ingest process the stack started (its command line names it).
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)", "herald.services.ingest"
+        )
+        try:
+            service = next(s for s in discover() if s.name == "ingest")
+            write_pid(tmp_path, service, holder.pid)
+            with pytest.raises(DevEnvError) as exc:
+                await asyncio.to_thread(stack.up, tmp_path, 5.0)
+            assert "ingest (pid" in str(exc.value)
+            assert "cannot talk to it: the port closed the connection" in str(exc.value)
+            assert "GRPC_TLS_CERT_FILE is not set here" in str(exc.value)
+            assert holder.returncode is None, "not stopped"
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the old `up` killed it
+                holder.kill()
+            await holder.wait()
+
+
+async def test_a_base64_key_with_padding_opens_ingest(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """`openssl rand -base64 32` ends in "=": KEY=NAME then holds "==". Split at the
+    first "=", ingest took a shorter key that no caller sends, and refused the real one."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    assert key.endswith("=")
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=f"{key}=padded") as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        doc = event()
+        response = await publish(channel, doc, ("authorization", f"Bearer {key}"))
+        assert response.event_id == json.loads(doc)["id"]
+        stripped = ("authorization", f"Bearer {key.rstrip('=')}")
+        assert await code_of(publish(channel, event(), stripped)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+
+
+async def test_an_alert_ingest_refuses_for_want_of_a_key_is_logged_with_what_to_set(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """dispatch, webhooks and reconcile without INGEST_CLIENT_KEY: each try of an alert
+    is logged (it is kept and retried), naming the setting."""
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=f"{KEY_A}=herald") as ingest,
+        internal_channel(f"127.0.0.1:{ingest.port}") as keyless,
+    ):
+        alert = Alert("herald.webhook.disabled", "k1", "webhooks/w1", {"webhook_id": "w1"})
+        with capture_logs() as logs:
+            error = await EventPublisher(keyless, "urn:test").publish_once(alert)
+        assert error is not None
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        [line] = [e for e in logs if e["event"] == "publish.failed"]
+        assert line["code"] == "UNAUTHENTICATED"
+        assert "set INGEST_CLIENT_KEY" in line["hint"]

@@ -3,18 +3,21 @@ variable; all unset is plaintext and open, as before."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings
+from structlog.testing import capture_logs
 
+from herald.runtime.channels import internal_tls
 from herald.runtime.settings import RuntimeSettings, load_settings
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.settings_env import refused, set_required
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki, dated_certificate, make_pki
 
 SERVICES: list[type[RuntimeSettings]] = [
     IngestSettings,
@@ -107,6 +110,54 @@ def test_a_bad_tls_file_stops_the_start_naming_its_variable(
 
 
 @pytest.mark.parametrize(
+    ("variable", "when"),
+    [
+        ("GRPC_TLS_CERT_FILE", "expired"),
+        ("GRPC_TLS_CERT_FILE", "not yet valid"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "expired"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "not yet valid"),
+        ("GRPC_TLS_CA_FILE", "expired"),
+        ("GRPC_TLS_CLIENT_CA_FILE", "expired"),
+    ],
+)
+def test_a_certificate_not_valid_now_stops_the_start_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki: Pki,
+    variable: str,
+    when: str,
+) -> None:
+    """Every peer would refuse it (UNAVAILABLE on their side) while the service
+    reported SERVING."""
+    now = datetime.datetime.now(datetime.UTC)
+    year = datetime.timedelta(days=365)
+    start, end = (now - 2 * year, now - year) if when == "expired" else (now + year, now + 2 * year)
+    dated = dated_certificate(tmp_path / "dated.pem", start, end)
+    env = {**pki.server_env(mutual=True), variable: str(dated)}
+    err = refused(monkeypatch, capsys, DispatchSettings, **env)
+    assert f"  {variable}: {dated}: the " in err, err
+    assert ("expired at" if when == "expired" else "not valid before") in err
+    assert len(err.strip().splitlines()) == 2, "one line: the variable and why"
+
+
+def test_a_ca_file_with_one_certificate_valid_now_is_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    """A bundle may hold expired CAs beside the one in use."""
+    now = datetime.datetime.now(datetime.UTC)
+    year = datetime.timedelta(days=365)
+    old = dated_certificate(tmp_path / "old.pem", now - 2 * year, now - year)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(old.read_bytes() + pki.ca.read_bytes())
+    for name, value in {**pki.server_env(mutual=True), "GRPC_TLS_CA_FILE": str(bundle)}.items():
+        monkeypatch.setenv(name, value)
+    client = load_settings(DispatchSettings).client_tls()
+    assert client is not None
+    assert client.ca == bundle.read_bytes()
+
+
+@pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"GRPC_TLS_CERT_FILE": "server_cert"}, "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE"),
@@ -161,3 +212,53 @@ def test_the_ingest_client_key_is_checked_as_an_internal_key(
 ) -> None:
     err = refused(monkeypatch, capsys, cls, INGEST_CLIENT_KEY="too-short")
     assert "  INGEST_CLIENT_KEY: 16+ characters" in err
+
+
+@pytest.mark.parametrize(
+    ("unset", "warned"),
+    [
+        ((), False),
+        (("GRPC_TLS_CLIENT_CERT_FILE", "GRPC_TLS_CLIENT_KEY_FILE"), True),
+        (
+            (
+                "GRPC_TLS_CLIENT_CERT_FILE",
+                "GRPC_TLS_CLIENT_KEY_FILE",
+                "GRPC_TLS_CLIENT_CA_FILE",
+            ),
+            False,
+        ),
+    ],
+)
+def test_a_service_asking_for_client_certificates_but_presenting_none_warns(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki, unset: tuple[str, ...], warned: bool
+) -> None:
+    """Its own calls to a peer set up alike are closed ("Socket closed"): the start
+    says why beforehand."""
+    for name, value in pki.server_env(mutual=True).items():
+        if name not in unset:
+            monkeypatch.setenv(name, value)
+    with capture_logs() as logs:
+        tls = internal_tls(load_settings(DispatchSettings))
+    assert tls is not None
+    lines = [e for e in logs if e["event"] == "tls.no_client_certificate"]
+    assert bool(lines) == warned
+    if warned:
+        assert lines[0]["log_level"] == "warning"
+        assert "GRPC_TLS_CLIENT_CERT_FILE is not" in lines[0]["detail"]
+
+
+def test_a_certificate_valid_within_minutes_is_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    """Issued a moment ago by a CA whose clock is a little ahead: not refused."""
+    now = datetime.datetime.now(datetime.UTC)
+    soon = dated_certificate(
+        tmp_path / "soon.pem", now + datetime.timedelta(minutes=1), now + datetime.timedelta(days=1)
+    )
+    for name, value in pki.server_env(mutual=True).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GRPC_TLS_CERT_FILE", str(soon))
+    monkeypatch.setenv("GRPC_TLS_KEY_FILE", str(soon.with_suffix(".key")))
+    server = load_settings(DispatchSettings).server_tls()
+    assert server is not None
+    assert server.cert_chain == soon.read_bytes()

@@ -220,6 +220,14 @@ def probe(addr: str, timeout: float = 1.0) -> str:
 
     Returns :data:`UNREACHABLE` when nothing answers in ``timeout`` seconds.
     """
+    return check_health(addr, timeout)[0]
+
+
+def check_health(addr: str, timeout: float = 1.0) -> tuple[str, str]:
+    """:func:`probe`'s answer, and why the service is unreachable when something
+    listens but the connection fails (a TLS handshake: a certificate the probe does not
+    trust or not for the host, a mutual-TLS port the probe presents no certificate to),
+    else ""."""
     # No HTTP proxy from the environment may sit between us and a loopback port.
     options = [("grpc.enable_http_proxy", 0)]
     credentials = probe_credentials()
@@ -236,9 +244,34 @@ def probe(addr: str, timeout: float = 1.0) -> str:
             # What is raised is also a grpc.Call, which the type stubs cannot express.
             code: grpc.StatusCode | None = getattr(exc, "code", lambda: None)()
             if code in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return UNREACHABLE
-            return f"error {code.name}"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                details: str = getattr(exc, "details", lambda: "")() or ""
+                return UNREACHABLE, _connection_failure(details, credentials is not None)
+            return f"error {code.name}", ""
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)), ""
+
+
+def _connection_failure(details: str, tls: bool, environ: Mapping[str, str] | None = None) -> str:
+    """Why a connection to a listening port failed, from gRPC's ``details``; "" when
+    nothing listens (yet) or nothing is known."""
+    env = os.environ if environ is None else environ
+    # "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: <why>"
+    why = details.rpartition("last error: ")[2].split(": ", 2)[-1].removesuffix(": OK")
+    if "WRONG_VERSION_NUMBER" in details:
+        return "the port does not speak TLS: a plaintext port? (GRPC_TLS_CERT_FILE is set here)"
+    if "handshake" in details.lower() or "verification" in details.lower():
+        return f"TLS handshake failed: {why.removeprefix('Tls handshake failed ')}"
+    if "Socket closed" in details:
+        if not tls:
+            return (
+                "the port closed the connection: a TLS port? (GRPC_TLS_CERT_FILE is not set here)"
+            )
+        if not env.get("GRPC_TLS_CLIENT_CERT_FILE"):
+            return (
+                "the port closed the TLS connection: mutual TLS? (GRPC_TLS_CLIENT_CERT_FILE "
+                "is not set here)"
+            )
+        return "the port closed the TLS connection (a client certificate it does not trust?)"
+    return ""
 
 
 class Failure(NamedTuple):
@@ -262,20 +295,21 @@ def wait_serving(
     """
     deadline = time.monotonic() + timeout
     pending = list(services)
-    last: dict[str, str] = {}
+    last: dict[str, tuple[str, str]] = {}
     while pending and not cancelled():
         for service in list(pending):
             reason = exit_reason(service)
             if reason is not None:
                 return Failure(service, reason)
-            last[service.name] = probe(service.addr)
-            if last[service.name] == SERVING:
+            last[service.name] = check_health(service.addr)
+            if last[service.name][0] == SERVING:
                 pending.remove(service)
         if pending and time.monotonic() >= deadline:
             service = pending[0]
+            health, why = last.get(service.name, (UNREACHABLE, ""))
             return Failure(
                 service,
-                f"not SERVING after {timeout:.0f}s (health: {last.get(service.name, UNREACHABLE)})",
+                f"not SERVING after {timeout:.0f}s (health: {health}{f': {why}' if why else ''})",
             )
         if pending:
             time.sleep(0.5)

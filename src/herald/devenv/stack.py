@@ -28,12 +28,12 @@ from ._stack_run import STOP_GRACE, Runner, describe_exit, launch
 from ._stack_services import (
     UNREACHABLE,
     Service,
+    check_health,
     dial_target,
     discover,
     infra_state,
     logs_dir,
     pid_file,
-    probe,
     recorded_service,
     run_dir,
     service_pid,
@@ -71,14 +71,16 @@ def _services() -> list[Service]:
     return services
 
 
-def _answers(service: Service, grace: float) -> str:
-    """Probe until the service answers at all (or ``grace`` runs out); the last status."""
-    status = probe(service.addr)
+def _answers(service: Service, grace: float) -> tuple[str, str]:
+    """Probe until the service answers at all (or ``grace`` runs out); the last status,
+    and why it is unreachable when its port is reached but cannot be talked to (see
+    :func:`check_health`)."""
+    status, why = check_health(service.addr)
     tries = int(grace / 0.5)
-    while status == UNREACHABLE and tries > 0:
+    while status == UNREACHABLE and not why and tries > 0:
         tries -= 1
-        status = probe(service.addr, timeout=0.5)
-    return status
+        status, why = check_health(service.addr, timeout=0.5)
+    return status, why
 
 
 def _port_taken(service: Service) -> bool:
@@ -103,7 +105,13 @@ def up(root: Path, timeout: float) -> int:
                 _say(f"{service.name}: removed stale pid file (pid {state.stale})")
             if state.pid is not None:
                 running = recorded_service(root, service)
-                health = _answers(running, _ANSWER_GRACE)
+                health, why = _answers(running, _ANSWER_GRACE)
+                if why:  # it runs, with other TLS settings than this environment's
+                    raise DevEnvError(
+                        f"{service.name} (pid {state.pid}) runs on {running.addr}, but this "
+                        f"environment cannot talk to it: {why}; use the GRPC_TLS_* settings it "
+                        "was started with, or `make down` first to restart it with these"
+                    )
                 if health != UNREACHABLE:
                     _say(f"{service.name}: already running (pid {state.pid}, {health})")
                     pids[service.name] = state.pid
@@ -210,8 +218,9 @@ def status(root: Path) -> int:
     for service in services:
         state = service_pid(root, service)
         shown = recorded_service(root, service) if state.pid else service
-        health = probe(shown.addr)
+        health, why = check_health(shown.addr)
         healthy &= state.pid is not None and health == "SERVING"
+        health += f" ({why})" if why else ""
         stale = f" (stale pid file {state.stale} removed)" if state.stale else ""
         rows.append(
             (

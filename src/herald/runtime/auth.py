@@ -30,10 +30,12 @@ def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
     """``"key1=tenant-a,key2=tenant-b"`` → {key: name}; raises ValueError naming
     the bad entry (the key itself is never echoed) and what a pair holds (``name``: a
     webhooks tenant, another service's caller). A key given twice is refused: the later
-    name would silently win."""
+    name would silently win. An entry is split at its last ``=``: a key may end in
+    base64 padding (``openssl rand -base64 32``), which split at the first one became a
+    shorter key that no caller sends."""
     keys: dict[str, str] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
-        key, sep, tenant = entry.partition("=")
+        key, sep, tenant = entry.rpartition("=")
         if not sep or len(key.strip()) < MIN_KEY_LENGTH or not tenant.strip():
             raise ValueError(
                 f"entry {n + 1}: expected KEY={name} with a key of {MIN_KEY_LENGTH}+ characters"

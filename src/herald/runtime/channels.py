@@ -6,8 +6,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import structlog
 
+from herald.runtime.settings import RuntimeSettings
 from herald.runtime.tls import ClientTls
+
+log = structlog.get_logger("herald.channels")
 
 # gRPC's defaults back off from 1 s by x1.6 up to 120 s between connection attempts, so a
 # service that was away for ten seconds was found again only after ~6 s more (dispatch
@@ -26,6 +30,36 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 # (set for outbound internet access, say): a plaintext call, WEBHOOKS_INTERNAL_KEY and
 # alerts included, went through it, or failed where it cannot reach Herald's addresses.
 NO_PROXY_OPTIONS: tuple[tuple[str, int], ...] = (("grpc.enable_http_proxy", 0),)
+
+
+# What the operator can do about a call to ingest that failed so (its callers' logs).
+_INGEST_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: "ingest has INGEST_API_KEYS: set INGEST_CLIENT_KEY to "
+    "one of its keys",
+    grpc.StatusCode.UNAVAILABLE: "is ingest up at INGEST_ADDR, and do the GRPC_TLS_* "
+    "settings match its port?",
+}
+
+
+def ingest_call_hint(code: grpc.StatusCode) -> str | None:
+    """A hint for the log line of a call to ingest that failed with ``code``."""
+    return _INGEST_HINTS.get(code)
+
+
+def internal_tls(settings: RuntimeSettings) -> ClientTls | None:
+    """The TLS of a service's calls to the other Herald services (None: plaintext).
+    Warns when its own port asks callers for a certificate (GRPC_TLS_CLIENT_CA_FILE)
+    but its calls present none (no GRPC_TLS_CLIENT_CERT_FILE): a peer set up alike
+    closes them, which its callers only see as UNAVAILABLE "Socket closed"."""
+    tls = settings.client_tls()
+    if tls is not None and tls.cert_chain is None and settings.grpc_tls_client_ca_file:
+        log.warning(
+            "tls.no_client_certificate",
+            detail="GRPC_TLS_CLIENT_CA_FILE is set (this port asks callers for a certificate) "
+            "but GRPC_TLS_CLIENT_CERT_FILE is not: calls to other Herald services present "
+            "none, and a port that asks for one closes them (UNAVAILABLE, 'Socket closed')",
+        )
+    return tls
 
 
 def internal_channel(target: str, tls: ClientTls | None = None, key: str = "") -> grpc.aio.Channel:

@@ -14,6 +14,8 @@ import grpc
 import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from herald.runtime.channels import ingest_call_hint
+
 log = structlog.get_logger("herald.publisher")
 NAMESPACE = uuid.UUID("0f5e2f3c-8d7a-4b61-9c2e-5a4d3b2c1e0f")
 # The CloudEvents extension attribute naming the webhooks tenant an event concerns: an
@@ -121,6 +123,7 @@ class EventPublisher:
                 attempt=attempt,
                 code=exc.code().name,
                 detail=exc.details(),
+                hint=ingest_call_hint(exc.code()),
             )
             return exc
         return None

@@ -15,7 +15,14 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from herald.runtime.tls import ClientTls, ServerTls, check_pair, read_certificates, read_private_key
+from herald.runtime.tls import (
+    ClientTls,
+    ServerTls,
+    check_dates,
+    check_pair,
+    read_certificates,
+    read_private_key,
+)
 from herald.runtime.tracing import traces_exporter, tracing_enabled
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -139,9 +146,10 @@ class RuntimeSettings(BaseSettings):
         "grpc_tls_client_cert_file",
     )
     @classmethod
-    def _certificates(cls, value: str) -> str:
+    def _certificates(cls, value: str, info: ValidationInfo) -> str:
         if value:
-            read_certificates(value)
+            leaf = info.field_name in ("grpc_tls_cert_file", "grpc_tls_client_cert_file")
+            check_dates(read_certificates(value), value, leaf)
         return value
 
     @field_validator("grpc_tls_key_file", "grpc_tls_client_key_file")

@@ -8,6 +8,7 @@ naming the variable); the servers and channels then use the bytes read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,37 @@ def read_certificates(path: str) -> bytes:
     except ValueError:
         raise ValueError(f"{path}: not a PEM certificate") from None
     return data
+
+
+# A certificate issued a moment ago by a CA whose clock is slightly ahead is not refused:
+# it becomes valid before long, and a start that stops for it only restarts.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def check_dates(data: bytes, path: str, leaf: bool, now: datetime | None = None) -> None:
+    """Raises ValueError when the certificates of ``data`` (the PEM of ``path``) cannot
+    be valid now: with ``leaf``, its first certificate (a port's or a client's own) has
+    expired or is not valid yet (beyond CLOCK_SKEW); else (a CA file) every certificate
+    has expired. Every peer would refuse the handshake (UNAVAILABLE, the service itself
+    SERVING), so the start stops instead."""
+    now = now or datetime.now(UTC)
+    certs = x509.load_pem_x509_certificates(data)
+    if leaf:
+        cert = certs[0]
+        if cert.not_valid_after_utc < now:
+            expired = _when(cert.not_valid_after_utc)
+            raise ValueError(f"{path}: the certificate expired at {expired}")
+        if cert.not_valid_before_utc > now + CLOCK_SKEW:
+            raise ValueError(
+                f"{path}: the certificate is not valid before {_when(cert.not_valid_before_utc)}"
+            )
+    elif all(cert.not_valid_after_utc < now for cert in certs):
+        last = max(cert.not_valid_after_utc for cert in certs)
+        raise ValueError(f"{path}: the CA certificate expired at {_when(last)}")
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_private_key(path: str) -> bytes:

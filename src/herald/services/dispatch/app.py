@@ -12,7 +12,7 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.auth import optional_key_check
-from herald.runtime.channels import internal_channel
+from herald.runtime.channels import internal_channel, internal_tls
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
@@ -62,10 +62,9 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     routes = RouteTable(store, settings.database_url)
     await routes.load()
 
-    webhooks = internal_channel(settings.webhooks_addr, settings.client_tls())
-    ingest = internal_channel(
-        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
-    )
+    tls = internal_tls(settings)
+    webhooks = internal_channel(settings.webhooks_addr, tls)
+    ingest = internal_channel(settings.ingest_addr, tls, settings.ingest_client_key)
     subscriptions = SubscriptionCache(
         webhooks,
         settings.webhooks_internal_key,

@@ -13,7 +13,7 @@ from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.auth import optional_key_check
 from herald.runtime.backlog import BacklogReporter
-from herald.runtime.channels import internal_channel
+from herald.runtime.channels import internal_channel, internal_tls
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
@@ -54,7 +54,7 @@ async def build(
         Headers(settings.vibe_schema_version, settings.vibe_application_id),
     )
     ingest = internal_channel(
-        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
+        settings.ingest_addr, internal_tls(settings), settings.ingest_client_key
     )
     producer = kafka.LateProducer(  # Herald's own cluster: dead letters
         partial(kafka.make_producer, herald_kafka, linger_ms=5), "reconcile-dlq-producer"

@@ -17,7 +17,7 @@ from herald.webhooks.v1 import (
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
-from herald.runtime.channels import internal_channel
+from herald.runtime.channels import internal_channel, internal_tls
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
@@ -50,7 +50,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("webhooks", MIGRATIONS))
     ingest = internal_channel(
-        settings.ingest_addr, settings.client_tls(), settings.ingest_client_key
+        settings.ingest_addr, internal_tls(settings), settings.ingest_client_key
     )
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box, settings.webhooks_max_per_tenant)

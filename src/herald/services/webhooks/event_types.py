@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 
 import grpc
+import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from herald.runtime.channels import ingest_call_hint
 from herald.runtime.errors import Unavailable
+
+log = structlog.get_logger("herald.webhooks")
 
 
 class EventTypeNames:
@@ -36,6 +40,12 @@ class EventTypeNames:
                 if not token:
                     break
         except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "event_types.unavailable",
+                code=exc.code().name,
+                detail=exc.details(),
+                hint=ingest_call_hint(exc.code()),
+            )
             raise Unavailable(
                 f"the event-type catalog (ingest) is unavailable: {exc.code().name}"
             ) from None
