@@ -33,6 +33,7 @@ from herald.services.reconcile.store import Q
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
+    PROTOBUF,
     ReconcileFlow,
     event,
     eventually,
@@ -1270,3 +1271,47 @@ async def test_a_reconciliation_reaching_before_purged_inputs_says_so(
     }
     assert flagged[old.id] == old.inputs_purged_before.ToJsonString()
     assert flagged[recent.id] is None
+
+
+async def test_a_record_a_crash_cut_off_is_taken_after_a_purge_of_the_later_ones(
+    flow: ReconcileFlow,
+) -> None:
+    """A batch's dead letters (and each of its parts) commit on their own: a crash can
+    leave a later record of a partition recorded and an earlier one not taken. If
+    reconcile then stays down past INPUT_RETENTION_DAYS, the purge at its start must not
+    move the partition's horizon over the record not taken: the replay takes it."""
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e))
+    await flow.settled()
+    await flow.running.pop().stop(1)
+    orders = flow.settings.ticketland_orders_topic
+    ctype = [("content-type", PROTOBUF.encode())]
+    # On one partition (one key): the order, then a record that goes to the DLQ.
+    good = order(o, e, {"a-" + o: 1000}).SerializeToString()
+    await flow.producer.send_and_wait(orders, good, key=b"k-" + o.encode(), headers=ctype)
+    await flow.producer.send_and_wait(orders, b"\xff not protobuf", key=b"k-" + o.encode())
+    locker = await asyncpg.connect(flow.database_url)
+    try:
+        async with locker.transaction():  # the order's transaction waits: cut off
+            await locker.execute("LOCK TABLE reconcile.inputs IN ACCESS EXCLUSIVE MODE")
+            replica = await flow.add_replica()
+
+            async def dead_lettered() -> bool:
+                return bool(await flow.db("SELECT 1 FROM reconcile.dead_inputs"))
+
+            await eventually(dead_lettered, 20)
+            await asyncio.sleep(0.5)
+            flow.running.remove(replica)
+            await replica.stop(0.1)
+    finally:
+        await locker.close()
+    assert not await flow.db("SELECT 1 FROM reconcile.orders WHERE id = $1", o)
+
+    await _purge_aged_inputs(flow)  # down for longer than INPUT_RETENTION_DAYS
+
+    await flow.add_replica()
+    await flow.settled()
+    assert await flow.db("SELECT 1 FROM reconcile.orders WHERE id = $1", o)
+    sent = [vibe.Order.FromString(r.value).id for r in await flow.outputs("order", 1)]
+    assert o in sent
+    assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=2)) == 1
