@@ -36,7 +36,7 @@ from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.app import build as build_ingest
-from herald.services.webhooks import engine
+from herald.services.webhooks import engine, slowness
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
@@ -1535,3 +1535,27 @@ async def test_a_webhook_has_at_most_100_test_events_waiting(stack: Stack) -> No
         finally:
             await conn.close()
         await stack.stub.SendTestEvent(request, metadata=KEY)
+
+
+async def test_an_endpoint_flapping_between_quick_and_slow_is_not_stored_at_every_attempt(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint whose answers alternate quick and slow changes the worker's verdict on
+    every other attempt: its stored verdict changes once at once, then at most once every
+    WRITE_EVERY_SECONDS, not with every attempt (a write of the webhook's row each)."""
+    captured = LogCapture()
+    monkeypatch.setattr(slowness, "log", structlog.wrap_logger(None, processors=[captured]))
+    async with Receiver() as receiver:
+        receiver.script("/flap", *[Reply(delay=1.5 if n % 2 else 0.0) for n in range(40)])
+        hook = await stack.hook(receiver.url("/flap"))
+        for _ in range(40):  # a steady trickle
+            await stack.produce([job(hook.webhook.id)])
+            await asyncio.sleep(0.05)
+        await receiver.wait_for(40, path="/flap", timeout=30)
+        await asyncio.sleep(1.2)  # the last slow attempts time out
+    stored = [
+        e
+        for e in captured.entries
+        if e["event"] == "webhook.slowness_stored" and e["webhook_id"] == hook.webhook.id
+    ]
+    assert 1 <= len(stored) <= 2, f"{len(stored)} writes of the verdict"
