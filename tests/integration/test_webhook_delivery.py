@@ -1559,3 +1559,46 @@ async def test_an_endpoint_flapping_between_quick_and_slow_is_not_stored_at_ever
         if e["event"] == "webhook.slowness_stored" and e["webhook_id"] == hook.webhook.id
     ]
     assert 1 <= len(stored) <= 2, f"{len(stored)} writes of the verdict"
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_slowness(
+    stack: Stack, restarted: bool
+) -> None:
+    """A webhook found slow and then given another URL (or re-enabled) is untried: the
+    verdict was about the old endpoint. The worker that found it slow, or a restarted
+    one (another replica: what is stored), gives it a probe past its tenant's full
+    share, and its deliveries go out at once."""
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
+    async with Receiver() as receiver:
+        paths = [f"/slow{n}" for n in range(12)]
+        for path in paths:
+            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
+        slow = [await stack.hook(receiver.url(path)) for path in paths]
+        receiver.script("/old", *[Reply(delay=3.0)] * 10)
+        moved = await stack.hook(receiver.url("/old"), initial_delay=25)
+        await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
+        await stack.produce([job(moved.webhook.id)])
+        for path in [*paths, "/old"]:  # each has timed out once: found slow, stored
+            await receiver.wait_for(1, path=path, timeout=30)
+        await asyncio.sleep(1.2)
+        await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=moved.webhook.id, url=receiver.url("/new")),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=KEY,
+        )
+
+        if restarted:
+            await stack.restart(settings)
+        before = len(receiver.received())
+        await receiver.wait_for(before + 8, timeout=20)  # the tenant's share is out again
+        await asyncio.sleep(0.1)
+        await stack.produce([job(moved.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/new", timeout=60)
+        waited = time.monotonic() - produced
+    # Held as slow, they waited for the other slow endpoints' timeouts: 10-16 s.
+    assert waited < 3, f"the moved webhook's deliveries waited {waited:.1f} s"
