@@ -1315,3 +1315,29 @@ async def test_a_record_a_crash_cut_off_is_taken_after_a_purge_of_the_later_ones
     sent = [vibe.Order.FromString(r.value).id for r in await flow.outputs("order", 1)]
     assert o in sent
     assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=2)) == 1
+
+
+async def test_a_report_past_its_retention_is_not_found_and_the_answer_says_why(
+    flow: ReconcileFlow,
+) -> None:
+    """A purged report answers NOT_FOUND naming REPORT_RETENTION_DAYS, not as if its id
+    had never been given."""
+    e = unique("ev")
+    await flow.send(event(e))
+    await flow.settled()
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    await flow.db(
+        "UPDATE reconcile.reports SET created_at = now() - interval '400 days' WHERE id = $1",
+        uuid.UUID(report.id),
+    )
+    pool = await db.create_pool(flow.database_url, 1)
+    try:
+        counts = await purge_once(pool, purges(flow.settings))  # REPORT_RETENTION_DAYS=365
+    finally:
+        await pool.close()
+    assert counts["reports"] >= 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await flow.stub.GetReconciliationReport(pb.GetReconciliationReportRequest(id=report.id))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "reports are kept 365 days, REPORT_RETENTION_DAYS" in (exc.value.details() or "")
