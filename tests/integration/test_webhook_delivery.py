@@ -1602,3 +1602,43 @@ async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_
         waited = time.monotonic() - produced
     # Held as slow, they waited for the other slow endpoints' timeouts: 10-16 s.
     assert waited < 3, f"the moved webhook's deliveries waited {waited:.1f} s"
+
+
+async def test_a_webhook_found_slow_shows_since_when_and_loses_it_with_another_url(
+    stack: Stack,
+) -> None:
+    """An operator saw nothing of a webhook held to its share as slow: GetWebhook (and
+    ListWebhooks) carry slow_since while it is."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(delay=3.0))  # past the 1 s timeout
+        created = await stack.hook(receiver.url(), initial_delay=25)
+        assert not created.webhook.HasField("slow_since")
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1)
+
+        async def shown() -> webhooks_pb2.Webhook:
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+            )
+            return got.webhook
+
+        for _ in range(50):
+            if (await shown()).HasField("slow_since"):
+                break
+            await asyncio.sleep(0.1)
+        webhook = await shown()
+        assert webhook.HasField("slow_since")
+        assert abs(webhook.slow_since.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(
+            seconds=10
+        )
+        listed = await stack.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=KEY)
+        [entry] = [w for w in listed.webhooks if w.id == created.webhook.id]
+        assert entry.slow_since == webhook.slow_since
+        moved = await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=created.webhook.id, url=receiver.url("/new")),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=KEY,
+        )
+        assert not moved.webhook.HasField("slow_since")
