@@ -262,3 +262,30 @@ async def test_a_full_catalog_answers_resource_exhausted(
         assert [t.data_version for t in listed.event_types] == ["1.0", "2.0", "3.0"]
     finally:
         await ingest.stop()
+
+
+async def test_a_catalog_over_a_lowered_limit_serves_and_says_how_full_it_is(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    # MAX_EVENT_TYPES lowered below what is stored: the refusal said the catalog held the
+    # new limit ("holds 1") while it held 3
+    ingest = await start_ingest(infra, database_url, topic, max_event_types=3)
+    try:
+        for n in range(3):
+            await ingest.stub.CreateEventType(create("lab.lowered", f"{n + 1}.0", "{}"))
+    finally:
+        await ingest.stop()
+    ingest = await start_ingest(infra, database_url, topic, max_event_types=1)
+    try:
+        listed = await ingest.stub.ListEventTypes(
+            ingest_pb2.ListEventTypesRequest(name_prefix="lab.lowered")
+        )
+        assert [t.data_version for t in listed.event_types] == ["1.0", "2.0", "3.0"]
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await ingest.stub.CreateEventType(create("lab.lowered", "4.0", "{}"))
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = exc.value.details() or ""
+        assert "holds 3 event type versions" in details, details
+        assert "its limit is 1 (MAX_EVENT_TYPES" in details, details
+    finally:
+        await ingest.stop()

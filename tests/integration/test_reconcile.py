@@ -33,6 +33,7 @@ from herald.services.reconcile.store import Q
 from tests.conftest import Infra
 from tests.integration.conftest import start_ingest
 from tests.integration.reconcile_flow import (
+    PROTOBUF,
     ReconcileFlow,
     event,
     eventually,
@@ -1270,3 +1271,73 @@ async def test_a_reconciliation_reaching_before_purged_inputs_says_so(
     }
     assert flagged[old.id] == old.inputs_purged_before.ToJsonString()
     assert flagged[recent.id] is None
+
+
+async def test_a_record_a_crash_cut_off_is_taken_after_a_purge_of_the_later_ones(
+    flow: ReconcileFlow,
+) -> None:
+    """A batch's dead letters (and each of its parts) commit on their own: a crash can
+    leave a later record of a partition recorded and an earlier one not taken. If
+    reconcile then stays down past INPUT_RETENTION_DAYS, the purge at its start must not
+    move the partition's horizon over the record not taken: the replay takes it."""
+    e, o = unique("ev"), unique("or")
+    await flow.send(event(e))
+    await flow.settled()
+    await flow.running.pop().stop(1)
+    orders = flow.settings.ticketland_orders_topic
+    ctype = [("content-type", PROTOBUF.encode())]
+    # On one partition (one key): the order, then a record that goes to the DLQ.
+    good = order(o, e, {"a-" + o: 1000}).SerializeToString()
+    await flow.producer.send_and_wait(orders, good, key=b"k-" + o.encode(), headers=ctype)
+    await flow.producer.send_and_wait(orders, b"\xff not protobuf", key=b"k-" + o.encode())
+    locker = await asyncpg.connect(flow.database_url)
+    try:
+        async with locker.transaction():  # the order's transaction waits: cut off
+            await locker.execute("LOCK TABLE reconcile.inputs IN ACCESS EXCLUSIVE MODE")
+            replica = await flow.add_replica()
+
+            async def dead_lettered() -> bool:
+                return bool(await flow.db("SELECT 1 FROM reconcile.dead_inputs"))
+
+            await eventually(dead_lettered, 20)
+            await asyncio.sleep(0.5)
+            flow.running.remove(replica)
+            await replica.stop(0.1)
+    finally:
+        await locker.close()
+    assert not await flow.db("SELECT 1 FROM reconcile.orders WHERE id = $1", o)
+
+    await _purge_aged_inputs(flow)  # down for longer than INPUT_RETENTION_DAYS
+
+    await flow.add_replica()
+    await flow.settled()
+    assert await flow.db("SELECT 1 FROM reconcile.orders WHERE id = $1", o)
+    sent = [vibe.Order.FromString(r.value).id for r in await flow.outputs("order", 1)]
+    assert o in sent
+    assert len(await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=2)) == 1
+
+
+async def test_a_report_past_its_retention_is_not_found_and_the_answer_says_why(
+    flow: ReconcileFlow,
+) -> None:
+    """A purged report answers NOT_FOUND naming REPORT_RETENTION_DAYS, not as if its id
+    had never been given."""
+    e = unique("ev")
+    await flow.send(event(e))
+    await flow.settled()
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    await flow.db(
+        "UPDATE reconcile.reports SET created_at = now() - interval '400 days' WHERE id = $1",
+        uuid.UUID(report.id),
+    )
+    pool = await db.create_pool(flow.database_url, 1)
+    try:
+        counts = await purge_once(pool, purges(flow.settings))  # REPORT_RETENTION_DAYS=365
+    finally:
+        await pool.close()
+    assert counts["reports"] >= 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await flow.stub.GetReconciliationReport(pb.GetReconciliationReportRequest(id=report.id))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "reports are kept 365 days, REPORT_RETENTION_DAYS" in (exc.value.details() or "")

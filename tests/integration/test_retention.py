@@ -164,8 +164,9 @@ async def test_reconcile_purges_old_input_coordinates_and_reports_and_keeps_a_ho
     pool: asyncpg.Pool,
 ) -> None:
     """Past INPUT_RETENTION_DAYS the coordinates of input records go (taken or
-    dead-lettered), each partition keeping the greatest offset purged so a replay still
-    skips them; past REPORT_RETENTION_DAYS reports go. Newer rows stay."""
+    dead-lettered) up to their partition's progress, each partition keeping the greatest
+    offset purged so a replay still skips them; past REPORT_RETENTION_DAYS reports go.
+    Newer rows stay, and so do rows above their partition's progress."""
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("reconcile", RECONCILE_MIGRATIONS))
     inputs = [  # (partition, offset, age in days)
@@ -175,6 +176,7 @@ async def test_reconcile_purges_old_input_coordinates_and_reports_and_keeps_a_ho
         (1, 3, 31),
         (1, 4, 1),
         (2, 7, 5),
+        (3, 9, 40),  # above its partition's progress: a record below may not be taken
     ]
     for partition, offset, age in inputs:
         await pool.execute(
@@ -184,6 +186,13 @@ async def test_reconcile_purges_old_input_coordinates_and_reports_and_keeps_a_ho
             partition,
             offset,
             age,
+        )
+    for partition, offset in ((0, 21), (1, 4), (2, 7), (3, 8)):  # taken up to there
+        await pool.execute(
+            """INSERT INTO reconcile.input_progress (topic, partition, "offset")
+               VALUES ('tl.orders', $1, $2)""",
+            partition,
+            offset,
         )
     for offset, age in ((20, 60), (21, 2)):
         await pool.execute(
@@ -204,7 +213,7 @@ async def test_reconcile_purges_old_input_coordinates_and_reports_and_keeps_a_ho
 
     assert counts == {"inputs": 3, "dead_inputs": 1, "reports": 2}
     left = await pool.fetch('SELECT partition, "offset" FROM reconcile.inputs ORDER BY 1, 2')
-    assert [tuple(r) for r in left] == [(0, 12), (1, 4), (2, 7)]
+    assert [tuple(r) for r in left] == [(0, 12), (1, 4), (2, 7), (3, 9)]
     dead = await pool.fetch('SELECT "offset" FROM reconcile.dead_inputs')
     assert [r["offset"] for r in dead] == [21]
     assert await pool.fetchval("SELECT count(*) FROM reconcile.reports") == 2

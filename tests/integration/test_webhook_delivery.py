@@ -36,7 +36,7 @@ from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.app import build as build_ingest
-from herald.services.webhooks import engine
+from herald.services.webhooks import engine, slowness
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
@@ -1535,3 +1535,110 @@ async def test_a_webhook_has_at_most_100_test_events_waiting(stack: Stack) -> No
         finally:
             await conn.close()
         await stack.stub.SendTestEvent(request, metadata=KEY)
+
+
+async def test_an_endpoint_flapping_between_quick_and_slow_is_not_stored_at_every_attempt(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint whose answers alternate quick and slow changes the worker's verdict on
+    every other attempt: its stored verdict changes once at once, then at most once every
+    WRITE_EVERY_SECONDS, not with every attempt (a write of the webhook's row each)."""
+    captured = LogCapture()
+    monkeypatch.setattr(slowness, "log", structlog.wrap_logger(None, processors=[captured]))
+    async with Receiver() as receiver:
+        receiver.script("/flap", *[Reply(delay=1.5 if n % 2 else 0.0) for n in range(40)])
+        hook = await stack.hook(receiver.url("/flap"))
+        for _ in range(40):  # a steady trickle
+            await stack.produce([job(hook.webhook.id)])
+            await asyncio.sleep(0.05)
+        await receiver.wait_for(40, path="/flap", timeout=30)
+        await asyncio.sleep(1.2)  # the last slow attempts time out
+    stored = [
+        e
+        for e in captured.entries
+        if e["event"] == "webhook.slowness_stored" and e["webhook_id"] == hook.webhook.id
+    ]
+    assert 1 <= len(stored) <= 2, f"{len(stored)} writes of the verdict"
+
+
+@pytest.mark.parametrize("restarted", [False, True])
+async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_slowness(
+    stack: Stack, restarted: bool
+) -> None:
+    """A webhook found slow and then given another URL (or re-enabled) is untried: the
+    verdict was about the old endpoint. The worker that found it slow, or a restarted
+    one (another replica: what is stored), gives it a probe past its tenant's full
+    share, and its deliveries go out at once."""
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
+    async with Receiver() as receiver:
+        paths = [f"/slow{n}" for n in range(12)]
+        for path in paths:
+            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
+        slow = [await stack.hook(receiver.url(path)) for path in paths]
+        receiver.script("/old", *[Reply(delay=3.0)] * 10)
+        moved = await stack.hook(receiver.url("/old"), initial_delay=25)
+        await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
+        await stack.produce([job(moved.webhook.id)])
+        for path in [*paths, "/old"]:  # each has timed out once: found slow, stored
+            await receiver.wait_for(1, path=path, timeout=30)
+        await asyncio.sleep(1.2)
+        await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=moved.webhook.id, url=receiver.url("/new")),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=KEY,
+        )
+
+        if restarted:
+            await stack.restart(settings)
+        before = len(receiver.received())
+        await receiver.wait_for(before + 8, timeout=20)  # the tenant's share is out again
+        await asyncio.sleep(0.1)
+        await stack.produce([job(moved.webhook.id) for _ in range(10)])
+        produced = time.monotonic()
+        await receiver.wait_for(10, path="/new", timeout=60)
+        waited = time.monotonic() - produced
+    # Held as slow, they waited for the other slow endpoints' timeouts: 10-16 s.
+    assert waited < 3, f"the moved webhook's deliveries waited {waited:.1f} s"
+
+
+async def test_a_webhook_found_slow_shows_since_when_and_loses_it_with_another_url(
+    stack: Stack,
+) -> None:
+    """An operator saw nothing of a webhook held to its share as slow: GetWebhook (and
+    ListWebhooks) carry slow_since while it is."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(delay=3.0))  # past the 1 s timeout
+        created = await stack.hook(receiver.url(), initial_delay=25)
+        assert not created.webhook.HasField("slow_since")
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1)
+
+        async def shown() -> webhooks_pb2.Webhook:
+            got = await stack.stub.GetWebhook(
+                webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+            )
+            return got.webhook
+
+        for _ in range(50):
+            if (await shown()).HasField("slow_since"):
+                break
+            await asyncio.sleep(0.1)
+        webhook = await shown()
+        assert webhook.HasField("slow_since")
+        assert abs(webhook.slow_since.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(
+            seconds=10
+        )
+        listed = await stack.stub.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=KEY)
+        [entry] = [w for w in listed.webhooks if w.id == created.webhook.id]
+        assert entry.slow_since == webhook.slow_since
+        moved = await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=created.webhook.id, url=receiver.url("/new")),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=KEY,
+        )
+        assert not moved.webhook.HasField("slow_since")

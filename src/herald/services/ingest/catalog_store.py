@@ -116,7 +116,7 @@ class CatalogStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.lock_catalog)  # every replica's creations, one at a time
             created_at = None
-            if await conn.fetchval(Q.count_created_types) < self._max_types:
+            if (held := await conn.fetchval(Q.count_created_types)) < self._max_types:
                 created_at = await conn.fetchval(
                     Q.insert_type,
                     definition.name,
@@ -129,9 +129,9 @@ class CatalogStore:
                 )
             elif not await conn.fetchval(Q.type_exists, definition.name, definition.data_version):
                 raise ResourceExhausted(
-                    f"the catalog holds {self._max_types} event type versions created with "
-                    "CreateEventType, its limit (MAX_EVENT_TYPES: every version's schema is "
-                    "loaded by every ingest process)"
+                    f"the catalog holds {held} event type versions created with "
+                    f"CreateEventType; its limit is {self._max_types} (MAX_EVENT_TYPES: "
+                    "every version's schema is loaded by every ingest process)"
                 )
         if created_at is None:  # registered already (full or not: that is the answer)
             raise AlreadyExists(

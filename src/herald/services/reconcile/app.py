@@ -91,7 +91,7 @@ async def build(
         concurrency=settings.ledger_concurrency,
     )
     reconciler = Reconciler(pool, config, announcements, wake)
-    servicer = ReconcileServicer(pool, reconciler)
+    servicer = ReconcileServicer(pool, reconciler, settings.report_retention_days)
     if settings.create_topics:
         for where, topics in (
             (herald_kafka, [*settings.input_topics(), settings.dlq_topic]),

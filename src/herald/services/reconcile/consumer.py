@@ -4,8 +4,9 @@ Per batch: decode every record by its stream and content type; one that does not
 decode or validate goes to herald.dlq with its reason (through the ledger's DLQ
 outbox, once: see :meth:`Ledger.dead_letter`); the rest are applied to the
 ledger, split by event into up to LEDGER_CONCURRENCY transactions run at once; only
-then are the offsets committed. A crash repeats the batch, which the ledger
-recognises. When every stream has a backlog, Ticketland's events are read first
+then are each partition's last offset stored (how far retention may purge, see
+:meth:`Ledger.progressed`) and the offsets committed. A crash repeats the batch, which
+the ledger recognises. When every stream has a backlog, Ticketland's events are read first
 (runtime.kafka_first).
 """
 
@@ -116,6 +117,12 @@ class InputConsumer:
             # Woken even when no output was queued: the batch may have stored
             # discrepancies, whose alerts otherwise waited for the next poll (30 s).
             self._on_queued()
+        # The whole batch is durable only now (dead letters and each part committed on
+        # their own): how far retention may purge each partition's coordinates.
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
+        await self._ledger.progressed(last)
 
     async def _durably(self, taken: list[Taken], records: dict[tuple[str, int, int], Rec]) -> int:
         """Applies ``taken``, retrying while PostgreSQL is unreachable or busy. A record

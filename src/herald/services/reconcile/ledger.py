@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 from ticketland.v1 import ticketland_pb2 as tl
 
-from herald.runtime.db import Connection
+from herald.runtime.db import DATABASE_ERRORS, Connection
 from herald.runtime.dlq import DLQ_TOPIC, InputRecord
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.services.reconcile.apply import BatchApply, Found, release_refunds, store_findings
@@ -124,6 +124,20 @@ class Ledger:
         if new:
             self._dead_letters.wake()
         return len(new)
+
+    async def progressed(self, last: Mapping[tuple[str, int], int]) -> None:
+        """Stores that every record up to ``last[(topic, partition)]`` is durable (taken or
+        dead-lettered): retention purges coordinates only up to there. Not stored if the
+        database is away (the next batch stores it; meanwhile retention waits)."""
+        try:
+            await self._pool.execute(
+                Q.record_progress,
+                [topic for topic, _ in last],
+                [partition for _, partition in last],
+                list(last.values()),
+            )
+        except DATABASE_ERRORS as exc:
+            log.warning("progress.store_failed", error=repr(exc))
 
     async def take(self, items: Sequence[Taken]) -> int:
         """Applies ``items`` in one transaction; the number of outputs queued."""

@@ -108,9 +108,13 @@ def _bounded(value: str, field: str, limit: int) -> str:
 class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
     """See the proto's comments."""
 
-    def __init__(self, pool: asyncpg.Pool, reconciler: Reconciler) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, reconciler: Reconciler, report_retention_days: float = 0
+    ) -> None:
+        """``report_retention_days``: REPORT_RETENTION_DAYS (0: reports kept for ever)."""
         self._pool = pool
         self._reconciler = reconciler
+        self._report_days = report_retention_days
 
     async def GetTicket(
         self, request: pb.GetTicketRequest, context: Context
@@ -235,7 +239,13 @@ class ReconcileServicer(reconcile_pb2_grpc.ReconcileServiceServicer):
             raise InvalidArgument([FieldViolation("id", "not a UUID")]) from None
         blob = await self._pool.fetchval(Q.get_report, report_id)
         if blob is None:
-            raise NotFound(f"report {request.id} does not exist")
+            kept = (
+                f" (reports are kept {self._report_days:g} days, REPORT_RETENTION_DAYS: an "
+                "older one was purged; its totals went out as integration.cash.reconciled)"
+                if self._report_days
+                else ""
+            )
+            raise NotFound(f"report {request.id} does not exist{kept}")
         return pb.GetReconciliationReportResponse(report=pb.ReconciliationReport.FromString(blob))
 
 

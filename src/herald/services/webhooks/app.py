@@ -81,6 +81,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         EventTypeNames(ingest, settings.event_types_cache_seconds),
         Deliveries(pool, store, engine.wake),
         settings.webhooks_header_prefix,
+        untried=engine.untried,
     )
     intake = Intake(
         pool,

@@ -112,6 +112,8 @@ def to_proto(stored: StoredWebhook) -> webhooks_pb2.Webhook:
     )
     if stored.last_delivery_at is not None:
         message.last_delivery_time.CopyFrom(timestamp(stored.last_delivery_at))
+    if stored.slow_since is not None:
+        message.slow_since.CopyFrom(timestamp(stored.slow_since))
     return message
 
 

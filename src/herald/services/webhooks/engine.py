@@ -105,6 +105,12 @@ class Engine:
         self._claim_min = max(1, concurrency // 4)
         self._outcomes = OutcomeLog(pool, self.worker, escalation)
 
+    def untried(self, webhook_id: str) -> None:
+        """The webhook got another URL or was re-enabled (UpdateWebhook here): what
+        this worker measured of its endpoint no longer holds; a probe finds out again."""
+        self._shares.forget(uuid.UUID(webhook_id))
+        self._wake.set()
+
     def wake(self) -> None:
         """New deliveries are due."""
         self._db_quiet = False

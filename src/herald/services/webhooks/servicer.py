@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,11 +52,15 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         event_types: EventTypeNames,
         deliveries: Deliveries,
         header_prefix: str = DEFAULT_HEADER_PREFIX,
+        untried: Callable[[str], None] = lambda webhook_id: None,
     ) -> None:
+        """``untried``: a webhook got another URL or was re-enabled; what this process's
+        delivery worker measured of its endpoint (slow, say) is about the old one."""
         self._store = store
         self._header_prefix = header_prefix  # Herald's own headers: not a webhook's
         self._event_types = event_types
         self._log = deliveries
+        self._untried = untried
 
     async def CreateWebhook(
         self, request: webhooks_pb2.CreateWebhookRequest, context: Context
@@ -131,6 +136,8 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
 
         webhook_id = _required_id(request.webhook.id, "webhook.id")
         stored = await self._store.update(TENANT.get(), webhook_id, change)
+        if "url" in paths or "active" in paths:
+            self._untried(stored.id)
         log.info("webhook.updated", webhook_id=stored.id, tenant=TENANT.get(), fields=paths)
         return webhooks_pb2.UpdateWebhookResponse(webhook=to_proto(stored))
 

@@ -110,6 +110,11 @@ class Shares:
         if webhook not in self._fast and webhook not in self._known_slow:
             self.learned(webhook, tenant, fast=False)
 
+    def forget(self, webhook: uuid.UUID) -> None:
+        """The webhook's endpoint changed (another URL, or re-enabled): untried again."""
+        self._fast.discard(webhook)
+        self._forget_slow(webhook)
+
     def _forget_slow(self, webhook: uuid.UUID) -> None:
         tenant = self._known_slow.pop(webhook, None)
         if tenant is not None:

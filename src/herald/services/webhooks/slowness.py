@@ -6,9 +6,12 @@ webhooks filled its slots with one probe each (``shares.py``) until each had tim
 
 Cheap on the attempt's path: a verdict is written only when a worker's own verdict on
 a webhook changes and the claimed row said otherwise (a slow endpoint timing out again
-and again costs no write), by a task of its own, not awaited by the attempt. It is read
-once at start and then comes with every claimed delivery (the claim reads the webhook's
-row anyway).
+and again costs no write), by a task of its own, not awaited by the attempt. An endpoint
+flapping between quick and slow answers changes the verdict on every other attempt:
+each webhook's verdict is stored at most once every ``WRITE_EVERY_SECONDS`` (the first
+change at once, then the latest one at the end of each such wait, if it differs from
+what was written). It is read once at start and then comes with every claimed delivery
+(the claim reads the webhook's row anyway).
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ from herald.services.webhooks.store import Q
 log = structlog.get_logger("herald.webhooks.slowness")
 
 
+WRITE_EVERY_SECONDS = 10.0  # a webhook's stored verdict changes at most this often
+
+
 class SlownessLog:
     """Stores and loads the webhooks' slowness verdicts."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, write_every: float = WRITE_EVERY_SECONDS) -> None:
         self._pool = pool
-        self._writes: set[asyncio.Task[None]] = set()
+        self._every = write_every
+        self._wanted: dict[uuid.UUID, bool] = {}  # the latest verdict, per webhook writing
+        self._written: dict[uuid.UUID, bool] = {}  # what its writer stored last
+        self._writers: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     async def load(self) -> list[tuple[uuid.UUID, str]]:
         """The active webhooks stored as slow (webhook, tenant); none if the database
@@ -44,15 +53,33 @@ class SlownessLog:
         return [(row["id"], row["tenant"]) for row in rows]
 
     def record(self, webhook_id: uuid.UUID, *, slow: bool) -> None:
-        """Stores that the webhook is (or is no longer) slow, in the background."""
-        task = asyncio.ensure_future(self._write(webhook_id, slow))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        """Stores that the webhook is (or is no longer) slow, in the background: at once
+        if nothing was stored for it in the last ``write_every`` seconds, else then."""
+        self._wanted[webhook_id] = slow
+        if webhook_id not in self._writers:
+            self._writers[webhook_id] = asyncio.ensure_future(self._writer(webhook_id))
 
     async def flush(self) -> None:
-        """Waits for the writes under way (on the way out)."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        """Stores the verdicts still waiting for their turn, now (on the way out)."""
+        due = {w: slow for w, slow in self._wanted.items() if self._written.get(w) != slow}
+        writers = list(self._writers.values())
+        for task in writers:
+            task.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
+        await asyncio.gather(*(self._write(w, slow) for w, slow in due.items()))
+
+    async def _writer(self, webhook_id: uuid.UUID) -> None:
+        """Writes the webhook's latest verdict while it differs from the one written,
+        waiting ``write_every`` after each write."""
+        try:
+            while (slow := self._wanted[webhook_id]) != self._written.get(webhook_id):
+                await self._write(webhook_id, slow)
+                self._written[webhook_id] = slow
+                await asyncio.sleep(self._every)
+        finally:
+            del self._writers[webhook_id]
+            self._wanted.pop(webhook_id, None)
+            self._written.pop(webhook_id, None)
 
     async def _write(self, webhook_id: uuid.UUID, slow: bool) -> None:
         try:

@@ -67,6 +67,7 @@ class StoredWebhook:
     updated_at: datetime
     last_delivery_at: datetime | None
     secret_created_at: datetime
+    slow_since: datetime | None = None  # found slow by a delivery worker since then
 
     @property
     def id_uuid(self) -> uuid.UUID:
@@ -93,6 +94,7 @@ def _stored(row: asyncpg.Record) -> StoredWebhook:
         row["updated_at"],
         row["last_delivery_at"],
         row["secret_created_at"],
+        row["slow_since"],
     )
 
 

@@ -506,12 +506,16 @@ RETURNING topic, partition, "offset"
 
 -- name: purge_inputs
 -- Retention (runtime/retention.py): at most $1 input records taken more than $2 seconds
--- ago; their partitions' horizons move up to the greatest offset deleted, so a replay
--- still skips them. The count deleted.
+-- ago, at or below their partition's input_progress (every record below was taken or
+-- dead-lettered: a higher one taken before a crash cut its batch off stays until the
+-- replay has taken the rest); their partitions' horizons move up to the greatest offset
+-- deleted, so a replay still skips them. The count deleted.
 WITH gone AS (
     DELETE FROM reconcile.inputs WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM reconcile.inputs
-        WHERE received_at < now() - make_interval(secs => $2)
+        SELECT i.ctid FROM reconcile.inputs i
+        JOIN reconcile.input_progress p
+          ON p.topic = i.topic AND p.partition = i.partition AND i."offset" <= p."offset"
+        WHERE i.received_at < now() - make_interval(secs => $2)
         LIMIT $1))
     RETURNING topic, partition, "offset"),
 horizon AS (
@@ -527,8 +531,10 @@ SELECT count(*) FROM gone
 -- The same for input records dead-lettered more than $2 seconds ago (see purge_inputs).
 WITH gone AS (
     DELETE FROM reconcile.dead_inputs WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM reconcile.dead_inputs
-        WHERE dead_at < now() - make_interval(secs => $2)
+        SELECT d.ctid FROM reconcile.dead_inputs d
+        JOIN reconcile.input_progress p
+          ON p.topic = d.topic AND p.partition = d.partition AND d."offset" <= p."offset"
+        WHERE d.dead_at < now() - make_interval(secs => $2)
         LIMIT $1))
     RETURNING topic, partition, "offset"),
 horizon AS (
@@ -539,6 +545,14 @@ horizon AS (
     SET "offset" = greatest(h."offset", excluded."offset"),
         purged_before = greatest(h.purged_before, excluded.purged_before))
 SELECT count(*) FROM gone
+
+-- name: record_progress
+-- Every record of a batch is durable (taken or dead-lettered): the last offset of each
+-- of its partitions ($1..$3), as every one before it was too (see purge_inputs).
+INSERT INTO reconcile.input_progress AS p (topic, partition, "offset")
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+ON CONFLICT (topic, partition) DO UPDATE SET "offset" = greatest(p."offset", excluded."offset")
+WHERE p."offset" < excluded."offset"
 
 -- name: purge_reports
 -- Reports stored more than $2 seconds ago, at most $1 of them.

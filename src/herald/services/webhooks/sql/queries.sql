@@ -36,7 +36,10 @@ SET name = $3, url = $4, event_types = $5, active = $6, max_retries = $7,
     rate_per_second = $11, rate_per_minute = $12, headers = $13::jsonb, description = $14,
     metadata = $15::jsonb, retry_delays_ms = $16, retry_statuses = $17, updated_at = now(),
     -- active on the right is the value before this update: re-enabled now.
-    activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END
+    activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END,
+    -- Found slow at another URL, or before it was disabled: untried again (a worker
+    -- that found it slow itself still holds it to its share until an attempt is quick).
+    slow_since = CASE WHEN url = $4 AND NOT ($6 AND NOT active) THEN slow_since END
 WHERE id = $1 AND tenant = $2
 RETURNING *
 
