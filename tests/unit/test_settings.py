@@ -239,6 +239,13 @@ def test_an_api_key_given_twice_is_refused(
     assert parse_api_keys(f"{KEY}=a,{KEY}x=b") == {KEY: "a", f"{KEY}x": "b"}
 
 
+def test_a_key_may_end_in_base64_padding_and_a_name_may_hold_an_equals_sign() -> None:
+    """``openssl rand -base64 32`` ends in ``=``; a tenant name written before keys
+    could end so may hold one: each pair splits at the last ``=`` of its first run."""
+    padded = "k" * 42 + "="
+    assert parse_api_keys(f"{padded}=acme,{KEY}=team=a") == {padded: "acme", KEY: "team=a"}
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -30,12 +31,13 @@ def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
     """``"key1=tenant-a,key2=tenant-b"`` → {key: name}; raises ValueError naming
     the bad entry (the key itself is never echoed) and what a pair holds (``name``: a
     webhooks tenant, another service's caller). A key given twice is refused: the later
-    name would silently win. An entry is split at its last ``=``: a key may end in
-    base64 padding (``openssl rand -base64 32``), which split at the first one became a
-    shorter key that no caller sends."""
+    name would silently win. An entry is split at the last ``=`` of its first run of
+    ``=``: a key may end in base64 padding (``openssl rand -base64 32``: split at the first
+    ``=`` it became a shorter key that no caller sends) and a name may hold ``=`` (as
+    before that; only a name starting with one cannot be written)."""
     keys: dict[str, str] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
-        key, sep, tenant = entry.rpartition("=")
+        key, sep, tenant = _split(entry)
         if not sep or len(key.strip()) < MIN_KEY_LENGTH or not tenant.strip():
             raise ValueError(
                 f"entry {n + 1}: expected KEY={name} with a key of {MIN_KEY_LENGTH}+ characters"
@@ -44,6 +46,17 @@ def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
             raise ValueError(f"entry {n + 1}: its key is given twice")
         keys[key.strip()] = tenant.strip()
     return keys
+
+
+_FIRST_RUN_OF_EQUALS = re.compile(r"=+")
+
+
+def _split(entry: str) -> tuple[str, str, str]:
+    """KEY=NAME at the last ``=`` of the first run of them (see parse_api_keys)."""
+    run = _FIRST_RUN_OF_EQUALS.search(entry)
+    if run is None:
+        return entry, "", ""
+    return entry[: run.end() - 1], "=", entry[run.end() :]
 
 
 def api_keys_setting(value: str) -> str:
