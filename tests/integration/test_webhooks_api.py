@@ -22,6 +22,9 @@ from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.services.webhooks.app import build
+from herald.services.webhooks.convert import spec_of
+from herald.services.webhooks.secret_box import SecretBox
+from herald.services.webhooks.store import WebhookStore
 from tests.conftest import Infra
 from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
 from tests.integration.test_webhook_delivery import announced, ingest_events
@@ -717,5 +720,43 @@ async def test_a_tenant_has_at_most_webhooks_max_per_tenant_webhooks(
             )
             await stub.CreateWebhook(create, metadata=ACME)
     finally:
+        await running.stop(1)
+        await ingest.stop()
+
+
+async def test_a_webhook_whose_stored_secret_the_whsec_rule_now_refuses_can_be_updated(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A short ``whsec_`` secret stored before the rule (1236a44 took any 16 characters)
+    is kept: an update of other fields and a generated rotation are not refused for it."""
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = webhooks_settings(database_url, ingest.running.port)
+    running = await start(await build(settings, infra.kafka_settings()), "127.0.0.1:0")
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        store = WebhookStore(pool, SecretBox(settings.master_key()))
+        old = "whsec_................"  # as the earlier release stored it
+        stored = await store.create("acme", spec_of(katya()), old)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+            updated = await stub.UpdateWebhook(
+                webhooks_pb2.UpdateWebhookRequest(
+                    webhook=webhooks_pb2.Webhook(id=stored.id, name="renamed"),
+                    update_mask=FieldMask(paths=["name"]),
+                ),
+                metadata=ACME,
+            )
+            assert updated.webhook.name == "renamed"
+            kept = await stub.GetWebhookSecret(
+                webhooks_pb2.GetWebhookSecretRequest(id=stored.id), metadata=ACME
+            )
+            assert kept.secret == old
+            rotated = await stub.RotateWebhookSecret(
+                webhooks_pb2.RotateWebhookSecretRequest(id=stored.id), metadata=ACME
+            )
+            assert rotated.secret.startswith("whsec_")
+            assert rotated.secret != old
+    finally:
+        await pool.close()
         await running.stop(1)
         await ingest.stop()
