@@ -378,6 +378,9 @@ async def test_make_up_leaves_a_running_tls_service_it_cannot_talk_to_alone(
     async with running_ingest(infra, database_url, topic, **tls_files(pki, mutual=True)) as ingest:
         monkeypatch.setenv("HERALD_LOCAL_DIR", str(tmp_path))
         monkeypatch.setenv("INGEST_ADDR", f"127.0.0.1:{ingest.port}")
+        # The test's servers, not a PostgreSQL and a Kafka of the stack's own in tmp_path.
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", infra.bootstrap_servers)
         for name in pki.server_env(mutual=True):
             monkeypatch.delenv(name, raising=False)
         # Stands for the ingest process the stack started (its command line names it).
