@@ -36,7 +36,7 @@ from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.runtime.settings import KafkaSettings
 from herald.services.ingest.app import build as build_ingest
-from herald.services.webhooks import engine, slowness
+from herald.services.webhooks import app, engine, slowness
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.conftest import Infra
@@ -1385,6 +1385,28 @@ async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_be
         dead = await read_topic(stack.infra.kafka_settings(), stack.settings.dlq_topic, 3000)
         assert len(dead) == 3000, "every record that is not a job is dead-lettered"
         assert waited < 3, f"the job behind them waited {waited:.1f} s"
+
+
+async def test_a_start_names_the_tenants_whose_webhooks_no_key_opens_any_more(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant dropped from WEBHOOKS_API_KEYS (or renamed there) keeps its webhooks,
+    which still deliver, but nobody can manage them: the start says which."""
+    async with Receiver() as receiver:
+        await globex_hook(stack, receiver)
+    captured = LogCapture()
+    monkeypatch.setattr(app, "log", structlog.wrap_logger(None, processors=[captured]))
+    await stack.restart(stack.settings)
+    assert [e for e in captured.entries if e["event"] == "tenants.without_key"] == []
+    only_acme = stack.settings.model_copy(
+        update={"webhooks_api_keys": stack.settings.webhooks_api_keys.split(",")[0]}
+    )
+    await stack.restart(only_acme)
+    [line] = [e for e in captured.entries if e["event"] == "tenants.without_key"]
+    assert line["log_level"] == "warning"
+    assert line["tenants"] == ["globex"]
+    assert line["count"] == 1
+    assert GLOBEX_KEY not in str(line)
 
 
 async def slow_backlogs(

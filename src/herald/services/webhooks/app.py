@@ -54,6 +54,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     )
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box, settings.webhooks_max_per_tenant)
+    await _warn_of_tenants_without_key(store, settings)
     producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")
 
     client = DeliveryClient(
@@ -154,3 +155,18 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         on_stop=[engine.release, close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )
+
+
+async def _warn_of_tenants_without_key(store: WebhookStore, settings: WebhooksSettings) -> None:
+    """Logs the tenants whose webhooks no key of WEBHOOKS_API_KEYS opens any more (a key
+    dropped or a tenant renamed there): they still deliver, but nobody can manage them."""
+    named = set(parse_api_keys(settings.webhooks_api_keys, "TENANT").values())
+    keyless = [tenant for tenant in await store.tenants() if tenant not in named]
+    if keyless:
+        log.warning(
+            "tenants.without_key",
+            tenants=keyless[:20],
+            count=len(keyless),
+            detail="these tenants have webhooks but no key in WEBHOOKS_API_KEYS: their "
+            "webhooks still deliver, but no caller can list, change or delete them",
+        )

@@ -137,6 +137,10 @@ class WebhookStore:
         self._box = box
         self._max_per_tenant = max_per_tenant
 
+    async def tenants(self, limit: int = 10_000) -> list[str]:
+        """The tenants that have webhooks (at most ``limit``), in order."""
+        return [row["tenant"] for row in await self._pool.fetch(Q.tenants, limit)]
+
     async def create(self, tenant: str, spec: WebhookSpec, secret: str) -> StoredWebhook:
         """Stores a new subscription with its sealed secret; ResourceExhausted when the
         tenant has its limit of webhooks already."""

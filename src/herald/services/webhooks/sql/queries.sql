@@ -384,3 +384,8 @@ DELETE FROM webhooks.deliveries WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM webhooks.deliveries
     WHERE created_at < now() - make_interval(secs => $2) AND status <> 'pending'
     LIMIT $1))
+
+-- name: tenants
+-- The tenants that have webhooks, at most $1 of them (a start compares them with the
+-- tenants WEBHOOKS_API_KEYS names).
+SELECT DISTINCT tenant FROM webhooks.webhooks ORDER BY tenant LIMIT $1
