@@ -13,9 +13,10 @@ import hmac
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
+from pydantic import AfterValidator
 
 from herald.runtime.errors import Unauthenticated
 from herald.runtime.interceptors import Handler, UnaryInterceptor
@@ -123,6 +124,13 @@ class BearerAuthInterceptor(UnaryInterceptor):
             return await inner(request, context)
         finally:
             TENANT.reset(token)
+
+
+# Settings fields validated as their names say: optional KEY=NAME pairs
+# (``*_API_KEYS``), and one key a service sends (``WEBHOOKS_INTERNAL_KEY``,
+# ``INGEST_CLIENT_KEY``).
+ApiKeysSetting = Annotated[str, AfterValidator(api_keys_setting)]
+KeySetting = Annotated[str, AfterValidator(internal_key_setting)]
 
 
 def optional_key_check(api_keys: str) -> list[grpc.aio.ServerInterceptor]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from herald.runtime.auth import api_keys_setting, internal_key_setting
+from herald.runtime.auth import ApiKeysSetting, KeySetting
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -22,7 +22,7 @@ class DispatchSettings(RuntimeSettings):
 
     dispatch_addr: str = Field("127.0.0.1:50052", description="gRPC listen address.")
     dispatch_metrics_addr: str = Field("127.0.0.1:9452", description="/metrics address.")
-    dispatch_api_keys: str = Field(
+    dispatch_api_keys: ApiKeysSetting = Field(
         "",
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one. Empty: open.",
@@ -41,7 +41,7 @@ class DispatchSettings(RuntimeSettings):
         True, description="Fan events out to webhooks (false: routes only, no webhooks service)."
     )
     webhooks_addr: str = Field("127.0.0.1:50053", description="The webhooks service.")
-    webhooks_internal_key: str = Field(
+    webhooks_internal_key: KeySetting = Field(
         "",
         description="Key for the webhooks SubscriptionService (as given to webhooks; "
         "16+ characters).",
@@ -57,7 +57,7 @@ class DispatchSettings(RuntimeSettings):
         description="Older than this (webhooks unreachable), webhook targets wait.",
     )
     ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (for alert events).")
-    ingest_client_key: str = Field(
+    ingest_client_key: KeySetting = Field(
         "",
         description="Key presented on calls to ingest (one of INGEST_API_KEYS; 16+ "
         "characters). Empty: none.",
@@ -95,16 +95,6 @@ class DispatchSettings(RuntimeSettings):
                     f"{channel!r} is not a channel name: 1 to 64 ASCII letters, digits, '_' and '-'"
                 )
         return value
-
-    @field_validator("webhooks_internal_key", "ingest_client_key")
-    @classmethod
-    def _internal(cls, value: str) -> str:
-        return internal_key_setting(value)
-
-    @field_validator("dispatch_api_keys")
-    @classmethod
-    def _keys(cls, value: str) -> str:
-        return api_keys_setting(value)
 
     @field_validator("retry_schedule")
     @classmethod

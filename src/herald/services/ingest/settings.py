@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from herald.runtime.auth import api_keys_setting
+from herald.runtime.auth import ApiKeysSetting
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
@@ -34,7 +34,7 @@ class IngestSettings(RelaySettings):
 
     ingest_addr: str = Field("127.0.0.1:50051", description="gRPC listen address.")
     ingest_metrics_addr: str = Field("127.0.0.1:9451", description="/metrics listen address.")
-    ingest_api_keys: str = Field(
+    ingest_api_keys: ApiKeysSetting = Field(
         "",
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one; the name scopes idempotency keys. Empty: open.",
@@ -95,11 +95,6 @@ class IngestSettings(RelaySettings):
         le=MAX_RETENTION_HOURS,
         description="How long sent rows are kept (at most 10 years).",
     )
-
-    @field_validator("ingest_api_keys")
-    @classmethod
-    def _keys(cls, value: str) -> str:
-        return api_keys_setting(value)
 
 
 class IngestRelaySettings(RelaySettings):

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from herald.runtime.auth import api_keys_setting, internal_key_setting
+from herald.runtime.auth import ApiKeysSetting, KeySetting
 from herald.runtime.settings import (
     DAY_SECONDS,
     MAX_RETENTION_DAYS,
@@ -42,7 +42,7 @@ class ReconcileSettings(RuntimeSettings):
 
     reconcile_addr: str = Field("127.0.0.1:50054", description="gRPC listen address.")
     reconcile_metrics_addr: str = Field("127.0.0.1:9454", description="/metrics address.")
-    reconcile_api_keys: str = Field(
+    reconcile_api_keys: ApiKeysSetting = Field(
         "",
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one. Empty: open.",
@@ -66,7 +66,7 @@ class ReconcileSettings(RuntimeSettings):
         "refuses for good.",
     )
     ingest_addr: str = Field("127.0.0.1:50051", description="Ingest (conflict/reconciled events).")
-    ingest_client_key: str = Field(
+    ingest_client_key: KeySetting = Field(
         "",
         description="Key presented on calls to ingest (one of INGEST_API_KEYS; 16+ "
         "characters). Empty: none.",
@@ -126,16 +126,6 @@ class ReconcileSettings(RuntimeSettings):
             if (topic := getattr(self, name.lower())) in read:
                 raise ValueError(f"{name} ({topic}) must not be an input topic ({read[topic]})")
         return self
-
-    @field_validator("reconcile_api_keys")
-    @classmethod
-    def _keys(cls, value: str) -> str:
-        return api_keys_setting(value)
-
-    @field_validator("ingest_client_key")
-    @classmethod
-    def _client_key(cls, value: str) -> str:
-        return internal_key_setting(value)
 
     @field_validator("vibe_schema_version", "vibe_application_id")
     @classmethod

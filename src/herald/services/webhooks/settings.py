@@ -9,7 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from herald.runtime.auth import internal_key_setting, parse_api_keys
+from herald.runtime.auth import KeySetting, parse_api_keys
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -31,7 +31,7 @@ class WebhooksSettings(RuntimeSettings):
     webhooks_api_keys: str = Field(
         ..., description="KEY=TENANT pairs, comma-separated; a key is 16+ characters.", repr=False
     )
-    webhooks_internal_key: str = Field(
+    webhooks_internal_key: KeySetting = Field(
         "",
         description="Key of Herald's own services (dispatch) for SubscriptionService; "
         "16+ characters. Empty: that service refuses every call.",
@@ -45,7 +45,7 @@ class WebhooksSettings(RuntimeSettings):
     ingest_addr: str = Field(
         "127.0.0.1:50051", description="Where the event-type catalog is (ingest)."
     )
-    ingest_client_key: str = Field(
+    ingest_client_key: KeySetting = Field(
         "",
         description="Key presented on calls to ingest (one of INGEST_API_KEYS; 16+ "
         "characters). Empty: none.",
@@ -121,11 +121,6 @@ class WebhooksSettings(RuntimeSettings):
         if not parse_api_keys(value, "TENANT"):
             raise ValueError("at least one KEY=TENANT pair")
         return value
-
-    @field_validator("webhooks_internal_key", "ingest_client_key")
-    @classmethod
-    def _internal(cls, value: str) -> str:
-        return internal_key_setting(value)
 
     @model_validator(mode="after")
     def _internal_apart(self) -> WebhooksSettings:
