@@ -1,8 +1,9 @@
 """TLS for every gRPC port and for Herald's own channels, from PEM files.
 
-The files are read and checked once, when the settings are (a missing file, one that
-holds no certificate or key, a key that is not the certificate's: the start stops
-naming the variable); the servers and channels then use the bytes read.
+The files are checked when the settings are read (a missing file, one that holds no
+certificate or key, a key that is not the certificate's, a certificate out of its
+dates: the start stops naming the variable); ``server_tls()`` and ``client_tls()`` read
+them again, once, for the port and the channels.
 """
 
 from __future__ import annotations
