@@ -17,7 +17,7 @@ from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import DAY_SECONDS, KafkaSettings
 from herald.services.dispatch.consumer import EventConsumer
 from herald.services.dispatch.deadletters import DeadLetters
 from herald.services.dispatch.dispatcher import Dispatcher
@@ -149,5 +149,5 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
 def dead_letter_purge(settings: DispatchSettings) -> Purge:
     """Dead letters older than DEAD_LETTER_RETENTION_DAYS go (every 10 minutes)."""
     return Purge(
-        "dead_letters", Q.purge_dead_letters, (settings.dead_letter_retention_days * 86400,)
+        "dead_letters", Q.purge_dead_letters, (settings.dead_letter_retention_days * DAY_SECONDS,)
     )

@@ -18,7 +18,7 @@ from herald.runtime.health import Check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import MAX_MESSAGE_BYTES, App, Worker
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import DAY_SECONDS, KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay_app import open_pool, relay_parts
@@ -76,7 +76,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     purges = [
         Purge("idempotency_keys", Q.purge_keys),
         Purge("outbox", Q.purge_outbox, (settings.outbox_retention_hours * 3600,)),
-        Purge("events", Q.purge_events, (settings.event_retention_days * 86400,)),
+        Purge("events", Q.purge_events, (settings.event_retention_days * DAY_SECONDS,)),
     ]
     workers.append(partial(run_purges, pool, purges))
     workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)

@@ -22,7 +22,7 @@ from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
-from herald.runtime.settings import KafkaSettings
+from herald.runtime.settings import DAY_SECONDS, KafkaSettings
 from herald.services.webhooks.deliveries import Deliveries
 from herald.services.webhooks.engine import Engine
 from herald.services.webhooks.escalation import Escalation
@@ -54,7 +54,8 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     )
     box = SecretBox(settings.master_key())
     store = WebhookStore(pool, box, settings.webhooks_max_per_tenant)
-    await _warn_of_tenants_without_key(store, settings)
+    tenant_keys = parse_api_keys(settings.webhooks_api_keys, "TENANT")
+    await _warn_of_tenants_without_key(store, set(tenant_keys.values()))
     producer = kafka.LateProducer(partial(kafka.make_producer, kafka_settings), "webhooks-producer")
 
     client = DeliveryClient(
@@ -113,7 +114,7 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         await ingest.close()
         await pool.close()
 
-    rotation = settings.secret_rotation_days * 86400  # 0: secrets are not announced
+    rotation = settings.secret_rotation_days * DAY_SECONDS  # 0: secrets are not announced
     return App(
         name="webhooks",
         service_names=[SERVICE_NAME, SUBSCRIPTIONS],
@@ -134,14 +135,14 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
                     Purge(
                         "deliveries",
                         Q.purge_deliveries,
-                        (settings.delivery_retention_days * 86400,),
+                        (settings.delivery_retention_days * DAY_SECONDS,),
                     )
                 ],
             ),
         ],
         interceptors=[
             BearerAuthInterceptor(
-                ApiKeys(parse_api_keys(settings.webhooks_api_keys, "TENANT")),
+                ApiKeys(tenant_keys),
                 # Internal callers only: no tenant key opens it (nothing does when unset).
                 internal={
                     f"/{SUBSCRIPTIONS}/": ApiKeys(
@@ -157,10 +158,10 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
     )
 
 
-async def _warn_of_tenants_without_key(store: WebhookStore, settings: WebhooksSettings) -> None:
-    """Logs the tenants whose webhooks no key of WEBHOOKS_API_KEYS opens any more (a key
-    dropped or a tenant renamed there): they still deliver, but nobody can manage them."""
-    named = set(parse_api_keys(settings.webhooks_api_keys, "TENANT").values())
+async def _warn_of_tenants_without_key(store: WebhookStore, named: set[str]) -> None:
+    """Logs the tenants whose webhooks no key of WEBHOOKS_API_KEYS (naming ``named``)
+    opens any more (a key dropped or a tenant renamed there): they still deliver, but
+    nobody can manage them."""
     keyless = [tenant for tenant in await store.tenants() if tenant not in named]
     if keyless:
         log.warning(
