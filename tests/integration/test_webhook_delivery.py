@@ -1332,7 +1332,7 @@ async def test_endpoints_found_slow_before_a_restart_are_held_to_their_share_at_
         before = len(receiver.received())
         await receiver.wait_for(before + 8, timeout=20)  # the tenant's share is out again
         await asyncio.sleep(0.1)  # and, untried, each other slow webhook's probe was
-        waited = await seconds_to_deliver_globex(stack, receiver, other)
+        waited = await seconds_to_deliver(stack, receiver, other, 10, "/globex")
         after = [r for r in receiver.received()[before:] if r.path.startswith("/slow")]
         in_flight = max_in_flight(after, 0.9)
     assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
@@ -1363,7 +1363,7 @@ async def test_endpoints_another_replica_found_slow_are_held_to_their_share_at_o
         await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
         await receiver.wait_for(8, timeout=20)  # the tenant's share is out
         await asyncio.sleep(0.1)  # and, untried, each other slow webhook's probe was
-        waited = await seconds_to_deliver_globex(stack, receiver, other)
+        waited = await seconds_to_deliver(stack, receiver, other, 10, "/globex")
         slow_requests = [r for r in receiver.received() if r.path.startswith("/slow")]
         in_flight = max_in_flight(slow_requests, 0.9)
     assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
@@ -1423,13 +1423,17 @@ async def slow_backlogs(
 
 
 async def seconds_to_deliver(
-    stack: Stack, receiver: Receiver, hook: webhooks_pb2.CreateWebhookResponse
+    stack: Stack,
+    receiver: Receiver,
+    hook: webhooks_pb2.CreateWebhookResponse,
+    jobs: int = 20,
+    path: str = "/fast",
 ) -> float:
-    """Seconds from 20 jobs for ``hook`` (at /fast) being acknowledged by Kafka until the
-    receiver has all 20."""
-    await stack.produce([job(hook.webhook.id) for _ in range(20)])
+    """Seconds from ``jobs`` jobs for ``hook`` (at ``path``) being acknowledged by Kafka
+    until the receiver has them all."""
+    await stack.produce([job(hook.webhook.id) for _ in range(jobs)])
     produced = time.monotonic()
-    await receiver.wait_for(20, path="/fast", timeout=60)
+    await receiver.wait_for(jobs, path=path, timeout=60)
     return time.monotonic() - produced
 
 
@@ -1443,17 +1447,6 @@ async def globex_hook(stack: Stack, receiver: Receiver) -> webhooks_pb2.CreateWe
         ),
         metadata=(("authorization", f"Bearer {GLOBEX_KEY}"),),
     )
-
-
-async def seconds_to_deliver_globex(
-    stack: Stack, receiver: Receiver, hook: webhooks_pb2.CreateWebhookResponse
-) -> float:
-    """Seconds from 10 jobs for globex's ``hook`` being acknowledged by Kafka until the
-    receiver has all 10."""
-    await stack.produce([job(hook.webhook.id) for _ in range(10)])
-    produced = time.monotonic()
-    await receiver.wait_for(10, path="/globex", timeout=60)
-    return time.monotonic() - produced
 
 
 def max_in_flight(requests: list[Any], timeout: float) -> int:
@@ -1482,7 +1475,7 @@ async def test_one_tenants_slow_endpoints_do_not_hold_up_another_tenants_deliver
         other = await globex_hook(stack, receiver)
         await stack.produce([job(w) for w in slow_ids for _ in range(100)])
         await receiver.wait_for(32, timeout=20)  # acme's first wave is out
-        waited = await seconds_to_deliver_globex(stack, receiver, other)
+        waited = await seconds_to_deliver(stack, receiver, other, 10, "/globex")
         slow = [r for r in receiver.received() if r.path.startswith("/slow")]
         in_flight = max_in_flight(slow, 0.9)
         assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
