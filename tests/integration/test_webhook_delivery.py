@@ -1318,14 +1318,10 @@ async def test_endpoints_found_slow_before_a_restart_are_held_to_their_share_at_
     settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
     await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
     async with Receiver() as receiver:
-        paths = [f"/slow{n}" for n in range(12)]
-        for path in paths:
-            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
-        slow = [await stack.hook(receiver.url(path)) for path in paths]
-        other = await globex_hook(stack, receiver)
+        slow, other = await twelve_slow_and_globex(stack, receiver)
         await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
-        for path in paths:  # each has timed out once: this worker knows it is slow
-            await receiver.wait_for(1, path=path, timeout=30)
+        for n in range(len(slow)):  # each has timed out once: this worker knows it is slow
+            await receiver.wait_for(1, path=f"/slow{n}", timeout=30)
         await asyncio.sleep(1.2)
 
         await stack.restart(settings)
@@ -1347,11 +1343,7 @@ async def test_endpoints_another_replica_found_slow_are_held_to_their_share_at_o
     settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
     await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
     async with Receiver() as receiver:
-        paths = [f"/slow{n}" for n in range(12)]
-        for path in paths:
-            receiver.script(path, *[Reply(delay=3.0)] * 500)  # past the 1 s timeout
-        slow = [await stack.hook(receiver.url(path)) for path in paths]
-        other = await globex_hook(stack, receiver)
+        slow, other = await twelve_slow_and_globex(stack, receiver)
         conn = await asyncpg.connect(stack.database_url)
         try:  # what another replica's worker stores when it finds them slow
             await conn.execute(
@@ -1435,6 +1427,18 @@ async def seconds_to_deliver(
     produced = time.monotonic()
     await receiver.wait_for(jobs, path=path, timeout=60)
     return time.monotonic() - produced
+
+
+async def twelve_slow_and_globex(
+    stack: Stack, receiver: Receiver
+) -> tuple[list[webhooks_pb2.CreateWebhookResponse], webhooks_pb2.CreateWebhookResponse]:
+    """Acme's 12 webhooks at /slow0../slow11, whose endpoints answer past the 1 s
+    timeout, and globex's webhook (at /globex)."""
+    paths = [f"/slow{n}" for n in range(12)]
+    for path in paths:
+        receiver.script(path, *[Reply(delay=3.0)] * 500)
+    slow = [await stack.hook(receiver.url(path)) for path in paths]
+    return slow, await globex_hook(stack, receiver)
 
 
 async def globex_hook(stack: Stack, receiver: Receiver) -> webhooks_pb2.CreateWebhookResponse:
