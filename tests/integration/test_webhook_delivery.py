@@ -39,6 +39,7 @@ from herald.services.ingest.app import build as build_ingest
 from herald.services.webhooks import app, engine, slowness
 from herald.services.webhooks.app import build
 from herald.services.webhooks.settings import WebhooksSettings
+from herald.services.webhooks.store import Q
 from tests.conftest import Infra
 from tests.integration.conftest import (
     GLOBEX_KEY,
@@ -1360,6 +1361,23 @@ async def test_endpoints_another_replica_found_slow_are_held_to_their_share_at_o
         in_flight = max_in_flight(slow_requests, 0.9)
     assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
     assert in_flight <= 8, f"{in_flight} attempts at once to the slow endpoints"
+
+
+async def test_deliveries_handed_back_while_their_webhook_answers_go_out_once_back(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook not tried yet gets its share of attempts; the rest of its deliveries
+    are handed back, due again. When its first answers come in before that hand back is
+    done (a busy database), the claim they start finds nothing due yet: the worker
+    claims again once the hand back is done, not at its next 1 s poll."""
+    slowed = f"WITH pause AS MATERIALIZED (SELECT pg_sleep(0.2)) {Q.release_some}"
+    monkeypatch.setitem(Q._sql, "release_some", f"{slowed} AND EXISTS (SELECT FROM pause)")
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # an untried webhook's share: 4 attempts at a time
+    async with Receiver() as receiver:
+        hook = await stack.hook(receiver.url("/fast"))
+        waited = await seconds_to_deliver(stack, receiver, hook, 12)
+    assert waited < 0.7, f"the handed back deliveries waited {waited:.1f} s"
 
 
 async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_behind_it(

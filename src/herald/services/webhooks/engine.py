@@ -85,7 +85,7 @@ class Engine:
         # most a quarter, one tenant's slow endpoints together at most half.
         self._shares = Shares(per_webhook or max(1, concurrency // 4), concurrency // 2)
         self._slowness = SlownessLog(pool)  # what the workers found slow, stored
-        self._deferred: list[uuid.UUID] = []  # claimed, not attempted now: to hand back
+        self._deferred: list[asyncpg.Record] = []  # claimed, not attempted now: to hand back
         self._handed_back: set[uuid.UUID] = set()  # webhooks with deliveries deferred
         self._poll = poll_seconds
         # A webhook failing without a single 2xx for this long is disabled.
@@ -230,7 +230,7 @@ class Engine:
             # now; claims skip the webhook until one of its attempts is over.
             if not self._deferred:
                 asyncio.get_running_loop().call_soon(self._hand_back_soon)
-            self._deferred.append(row["id"])
+            self._deferred.append(row)
             self._handed_back.add(webhook_id)
             self._room_changed.set()  # no slot taken: intake may fetch more
             return
@@ -241,16 +241,26 @@ class Engine:
         task.add_done_callback(self._finished)
 
     def _hand_back_soon(self) -> None:
-        ids, self._deferred = self._deferred, []
-        task = asyncio.ensure_future(self._hand_back(ids))
+        rows, self._deferred = self._deferred, []
+        task = asyncio.ensure_future(self._hand_back(rows))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _hand_back(self, ids: list[uuid.UUID]) -> None:
+    async def _hand_back(self, rows: list[asyncpg.Record]) -> None:
         try:
-            await self._pool.execute(Q.release_some, self.worker, ids)
+            await self._pool.execute(Q.release_some, self.worker, [row["id"] for row in rows])
         except DATABASE_ERRORS as exc:  # their leases run out instead
-            log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(ids))
+            log.warning("engine.hand_back_failed", error=repr(exc), deliveries=len(rows))
+            return
+        # What held them back may be over already: an untried webhook's first attempt
+        # answered quickly, or a slow one's attempt ended, while they were being handed
+        # back. The claim that answer woke then ran before they were due again and
+        # found nothing, and the next wake could be a slow attempt timing out a second
+        # later: claim now. Not after every hand back: a slow webhook still at its
+        # share would start a claim each time its backlog is handed back again.
+        webhooks = {(row["webhook_id"], row["tenant"]) for row in rows}
+        if any(not self._shares.capped(webhook, tenant) for webhook, tenant in webhooks):
+            self.wake()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
