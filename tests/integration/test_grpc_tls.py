@@ -243,19 +243,8 @@ async def test_a_callers_key_name_scopes_idempotency_keys_before_its_certificate
 async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
     infra: Infra, database_url: str, topic: str, pki: Pki
 ) -> None:
-    suffix = uuid.uuid4().hex[:10]
-    dispatch_settings = DispatchSettings(
-        database_url=database_url,
-        dispatch_addr="127.0.0.1:0",
-        events_topic=topic,
-        dispatch_group=f"d{suffix}",
-        deliveries_topic=f"herald.deliveries.d{suffix}",
-        dlq_topic=f"herald.dlq.d{suffix}",
-        notification_channels="email",
-        webhooks_fanout=False,
-        builtin_routes=False,
-        dispatch_api_keys=f"{KEY_A}=operator",
-        **tls_files(pki),
+    dispatch_settings = routes_only_dispatch(
+        database_url, topic, dispatch_api_keys=f"{KEY_A}=operator", **tls_files(pki)
     )
     reconciling = reconcile_settings(
         database_url, 1, reconcile_api_keys=f"{KEY_B}=operator", **tls_files(pki)
@@ -299,6 +288,91 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
     finally:
         await reconcile.stop(1)
         await dispatch.stop(1)
+
+
+def routes_only_dispatch(database_url: str, topic: str, **overrides: Any) -> DispatchSettings:
+    """A dispatch of routes only (no webhooks) on its own topics, at a port of its own."""
+    suffix = uuid.uuid4().hex[:10]
+    return DispatchSettings(
+        database_url=database_url,
+        dispatch_addr="127.0.0.1:0",
+        events_topic=topic,
+        dispatch_group=f"d{suffix}",
+        deliveries_topic=f"herald.deliveries.d{suffix}",
+        dlq_topic=f"herald.dlq.d{suffix}",
+        notification_channels="email",
+        webhooks_fanout=False,
+        builtin_routes=False,
+        **overrides,
+    )
+
+
+async def test_a_caller_limited_to_some_methods_is_refused_the_others(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Any key opened every method: a publishing service's key could add event types
+    or, in dispatch, redrive every dead letter. A caller named in *_API_KEY_METHODS
+    calls only the methods it lists; the other callers, every method."""
+    publisher = (("authorization", f"Bearer {KEY_A}"),)
+    admin = (("authorization", f"Bearer {KEY_B}"),)
+    new_type = ingest_pb2.CreateEventTypeRequest(
+        event_type=ingest_pb2.EventType(
+            name=f"test.scoped.{uuid.uuid4().hex[:8]}", data_version="1.0", json_schema="{}"
+        )
+    )
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=publisher,{KEY_B}=admin",
+            ingest_api_key_methods="publisher=Publish|PublishBatch",
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        assert await health(channel) == health_pb2.HealthCheckResponse.SERVING, "health is open"
+        published = await publish(channel, event(), *publisher)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.CreateEventType(new_type, metadata=publisher)
+        listing = stub.ListEventTypes(ingest_pb2.ListEventTypesRequest(), metadata=publisher)
+        assert await code_of(listing) == grpc.StatusCode.PERMISSION_DENIED
+        wanted = ingest_pb2.GetEventTypeRequest(name=new_type.event_type.name)
+        assert await code_of(stub.GetEventType(wanted, metadata=admin)) == (
+            grpc.StatusCode.NOT_FOUND
+        ), "the refused call created nothing"
+        await stub.CreateEventType(new_type, metadata=admin)  # admin is not limited
+        await publish(channel, event(), *admin)
+    assert published.event_id
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details() == (
+        "caller 'publisher' may not call CreateEventType "
+        "(INGEST_API_KEY_METHODS lets it call Publish, PublishBatch)"
+    )
+
+    settings = routes_only_dispatch(
+        database_url,
+        topic,
+        dispatch_api_keys=f"{KEY_A}=viewer,{KEY_B}=operator",
+        dispatch_api_key_methods="viewer=ListDeadLetters|ListRoutes",
+    )
+    dispatch = await start(await build_dispatch(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{dispatch.port}") as channel:
+            to_dispatch = dispatch_pb2_grpc.DispatchServiceStub(channel)
+            listed = to_dispatch.ListDeadLetters
+            await listed(dispatch_pb2.ListDeadLettersRequest(), metadata=publisher)
+            redrive = dispatch_pb2.RedriveDeadLettersRequest(
+                filter=dispatch_pb2.DeadLetterFilter(event_type=f"none.{uuid.uuid4().hex}")
+            )
+            assert (
+                await code_of(to_dispatch.RedriveDeadLetters(redrive, metadata=publisher))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
+            redriven = await to_dispatch.RedriveDeadLetters(redrive, metadata=admin)
+    finally:
+        await dispatch.stop(1)
+    assert redriven.ByteSize() == 0, "the operator may redrive (none matched)"
 
 
 async def test_the_stack_health_probe_speaks_tls_when_the_services_do(
@@ -439,3 +513,28 @@ async def test_an_alert_ingest_refuses_for_want_of_a_key_is_logged_with_what_to_
         [line] = [e for e in logs if e["event"] == "publish.failed"]
         assert line["code"] == "UNAUTHENTICATED"
         assert "set INGEST_CLIENT_KEY" in line["hint"]
+
+
+async def test_an_alert_from_a_caller_that_may_not_publish_is_logged_with_what_to_set(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Herald's own caller limited to other methods: its alerts wait, each try logged
+    with the setting to look at."""
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=herald",
+            ingest_api_key_methods="herald=ListEventTypes",
+        ) as ingest,
+        internal_channel(f"127.0.0.1:{ingest.port}", key=KEY_A) as limited,
+    ):
+        alert = Alert("herald.webhook.disabled", "k1", "webhooks/w1", {"webhook_id": "w1"})
+        with capture_logs() as logs:
+            error = await EventPublisher(limited, "urn:test").publish_once(alert)
+    assert error is not None
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    [line] = [e for e in logs if e["event"] == "publish.failed"]
+    assert line["code"] == "PERMISSION_DENIED"
+    assert "INGEST_API_KEY_METHODS" in line["hint"]

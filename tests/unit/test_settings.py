@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from herald.runtime.auth import parse_api_keys
+from herald.runtime.auth import parse_api_keys, parse_key_methods
 from herald.runtime.settings import load_settings
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.settings import DispatchSettings
@@ -358,3 +358,42 @@ def test_the_opentelemetry_variables_herald_reads_are_checked_with_the_rest(
     load_settings(cls)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
     assert "OTEL_TRACES_EXPORTER='otlp'" in refused(monkeypatch, capsys, cls)
+
+
+@pytest.mark.parametrize(
+    ("cls", "prefix", "method"),
+    [
+        (IngestSettings, "INGEST", "Publish"),
+        (DispatchSettings, "DISPATCH", "RedriveDeadLetters"),
+        (ReconcileSettings, "RECONCILE", "ResolveDiscrepancy"),
+    ],
+)
+def test_key_methods_name_callers_of_the_keys_and_methods_of_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cls: type[BaseSettings],
+    prefix: str,
+    method: str,
+) -> None:
+    """A misspelt caller or method, taken, would restrict nobody or lock a caller out."""
+    variable = f"{prefix}_API_KEY_METHODS"
+    err = refused(monkeypatch, capsys, cls, **{variable: f"ops={method}"})
+    assert f"{variable}: is set while the service has no API keys" in err
+    monkeypatch.setenv(f"{prefix}_API_KEYS", f"{KEY}=ops,{KEY}x=team=b")
+    for wrong, message in [
+        (f"opz={method}", "entry 1: no API key is named 'opz'"),
+        (f"ops={method}|Nope", "entry 1: no method Nope; the service has "),
+        (f"ops={method}, ops={method}", "entry 2: caller 'ops' is given twice"),
+        ("ops=", "entry 1: expected NAME=Method|Method|…"),
+        (method, "entry 1: expected NAME=Method|Method|…"),
+        ("IngestService/Publish", "entry 1: expected NAME=Method|Method|…"),
+    ]:
+        err = refused(monkeypatch, capsys, cls, **{variable: wrong})
+        assert f"{variable}: {message}" in err, err
+        assert KEY not in err
+    monkeypatch.setenv(variable, f" team=b = {method} | {method} ,ops={method}")
+    settings = load_settings(cls)
+    assert getattr(settings, variable.lower()) == f" team=b = {method} | {method} ,ops={method}"
+    assert parse_key_methods(
+        f" team=b = {method} | {method} ,ops={method}", {"ops", "team=b"}, {method, "Other"}
+    ) == {"team=b": frozenset({method}), "ops": frozenset({method})}

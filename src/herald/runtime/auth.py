@@ -3,7 +3,8 @@
 The interceptor checks every call except the gRPC infrastructure services (health,
 reflection) and puts the tenant in :data:`TENANT` for the handler to read. In webhooks
 a key names a tenant; in ingest, dispatch and reconcile (``*_API_KEYS``, optional) a
-caller: ingest scopes idempotency keys by it.
+caller: ingest scopes idempotency keys by it, and ``*_API_KEY_METHODS`` (optional) may
+limit a caller to some of its service's methods (else ``PERMISSION_DENIED``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any
 
 import grpc
 from pydantic import AfterValidator
 
-from herald.runtime.errors import Unauthenticated
+from herald.runtime.errors import PermissionDenied, Unauthenticated
 from herald.runtime.interceptors import Handler, UnaryInterceptor
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
@@ -60,6 +61,37 @@ def _split(entry: str) -> tuple[str, str, str]:
     return entry[: run.end() - 1], "=", entry[run.end() :]
 
 
+def parse_key_methods(
+    text: str, callers: Collection[str], methods: Collection[str]
+) -> dict[str, frozenset[str]]:
+    """``"billing=Publish|PublishBatch,ops=CreateEventType"`` → {caller: its methods}: a
+    caller named here may call only those methods of the service (``methods``), one not
+    named every method. Raises ValueError naming the bad entry: a caller no key has
+    (``callers``: the names of the service's keys; a misspelt name would restrict
+    nobody), a method the service does not have, a caller given twice. An entry is split
+    at its last ``=`` (a caller's name may hold ``=``, a method's never)."""
+    if text.strip() and not callers:
+        raise ValueError("is set while the service has no API keys: it would restrict nobody")
+    allowed: dict[str, frozenset[str]] = {}
+    for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
+        caller, sep, listed = (part.strip() for part in entry.rpartition("="))
+        names = {m.strip() for m in listed.split("|") if m.strip()}
+        if not sep or not caller or not names:
+            raise ValueError(f"entry {n + 1}: expected NAME=Method|Method|…")
+        if caller not in callers:
+            raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
+        if caller in allowed:
+            raise ValueError(f"entry {n + 1}: caller {caller!r} is given twice")
+        unknown = sorted(names - set(methods))
+        if unknown:
+            raise ValueError(
+                f"entry {n + 1}: no method {', '.join(unknown)}; the service has "
+                + ", ".join(sorted(methods))
+            )
+        allowed[caller] = frozenset(names)
+    return allowed
+
+
 def api_keys_setting(value: str) -> str:
     """Validates an optional ``*_API_KEYS`` setting of KEY=NAME pairs (empty: the
     service answers anyone)."""
@@ -99,12 +131,22 @@ class BearerAuthInterceptor(UnaryInterceptor):
     """Sets :data:`TENANT` for each authenticated call; raises Unauthenticated
     (mapped to UNAUTHENTICATED by the error interceptor outside it)."""
 
-    def __init__(self, keys: ApiKeys, internal: Mapping[str, ApiKeys] | None = None) -> None:
+    def __init__(
+        self,
+        keys: ApiKeys,
+        internal: Mapping[str, ApiKeys] | None = None,
+        allowed: Mapping[str, frozenset[str]] | None = None,
+        allowed_by: str = "",
+    ) -> None:
         """``internal`` maps method prefixes (``/pkg.Service/``) to the keys that, in
-        place of ``keys``, open them: services for Herald's own callers."""
+        place of ``keys``, open them: services for Herald's own callers. ``allowed``
+        limits some of ``keys``' callers to the methods named (the setting
+        ``allowed_by`` says so, named in the refusal)."""
         super().__init__()
         self._keys = keys
         self._internal = dict(internal or {})
+        self._allowed = dict(allowed or {})
+        self._allowed_by = allowed_by
 
     def applies_to(self, method: str) -> bool:
         """Every call but health checks and reflection."""
@@ -119,7 +161,15 @@ class BearerAuthInterceptor(UnaryInterceptor):
     ) -> Any:
         """Calls the handler with the caller's tenant set."""
         keys = next((k for p, k in self._internal.items() if method.startswith(p)), self._keys)
-        token = TENANT.set(keys.tenant(dict(context.invocation_metadata() or ())))
+        tenant = keys.tenant(dict(context.invocation_metadata() or ()))
+        allowed = self._allowed.get(tenant) if keys is self._keys else None
+        name = method.rpartition("/")[2]
+        if allowed is not None and name not in allowed:
+            raise PermissionDenied(
+                f"caller {tenant!r} may not call {name} ({self._allowed_by} lets it call "
+                f"{', '.join(sorted(allowed))})"
+            )
+        token = TENANT.set(tenant)
         try:
             return await inner(request, context)
         finally:
@@ -133,9 +183,34 @@ ApiKeysSetting = Annotated[str, AfterValidator(api_keys_setting)]
 KeySetting = Annotated[str, AfterValidator(internal_key_setting)]
 
 
-def optional_key_check(api_keys: str) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors of a service whose ``*_API_KEYS`` setting is ``api_keys``: the
-    key check when it names keys, none when it is empty (the service answers anyone, at
-    no cost per call)."""
+def methods_of(*services: Any) -> frozenset[str]:
+    """The method names of gRPC services (their ``ServiceDescriptor``)."""
+    return frozenset(m for service in services for m in service.methods_by_name)
+
+
+def check_key_methods(
+    api_keys: str, key_methods: str, variable: str, methods: Collection[str]
+) -> None:
+    """Raises ValueError naming ``variable`` (``*_API_KEY_METHODS``) if ``key_methods``
+    is not a valid setting for a service with ``methods`` and the keys ``api_keys``."""
+    try:
+        parse_key_methods(key_methods, set(parse_api_keys(api_keys).values()), methods)
+    except ValueError as exc:
+        raise ValueError(f"{variable}: {exc}") from None
+
+
+def optional_key_check(
+    api_keys: str,
+    key_methods: str = "",
+    methods_variable: str = "",
+    methods: Collection[str] = (),
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors of a service with ``methods`` whose ``*_API_KEYS`` setting is
+    ``api_keys`` (and ``*_API_KEY_METHODS``, named ``methods_variable``, is
+    ``key_methods``): the key check when it names keys, none when it is empty (the
+    service answers anyone, at no cost per call)."""
     keys = parse_api_keys(api_keys)
-    return [BearerAuthInterceptor(ApiKeys(keys))] if keys else []
+    if not keys:
+        return []
+    allowed = parse_key_methods(key_methods, set(keys.values()), methods)
+    return [BearerAuthInterceptor(ApiKeys(keys), allowed=allowed, allowed_by=methods_variable)]

@@ -137,6 +137,12 @@ class Unauthenticated(RpcError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(RpcError):
+    """Valid credentials that do not open this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 OK_STATUS = status_pb2.Status(code=code_pb2.OK)
 
 

@@ -25,7 +25,7 @@ from herald.services.dispatch.retrier import Retrier
 from herald.services.dispatch.route_table import RouteTable
 from herald.services.dispatch.routes import routes_from_json
 from herald.services.dispatch.servicer import DispatchServicer
-from herald.services.dispatch.settings import DispatchSettings
+from herald.services.dispatch.settings import METHODS, DispatchSettings
 from herald.services.dispatch.store import Q, RouteStore
 from herald.services.dispatch.subscriptions import SubscriptionCache
 
@@ -138,7 +138,12 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             outbox.run,
             partial(run_purges, pool, [dead_letter_purge(settings)]),
         ],
-        interceptors=optional_key_check(settings.dispatch_api_keys),
+        interceptors=optional_key_check(
+            settings.dispatch_api_keys,
+            settings.dispatch_api_key_methods,
+            "DISPATCH_API_KEY_METHODS",
+            METHODS,
+        ),
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at
         # 10,000 a young collection ran every ~500 events and found nothing.

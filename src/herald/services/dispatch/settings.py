@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from herald.dispatch.v1 import dispatch_pb2
+from pydantic import Field, field_validator, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, KeySetting
+from herald.runtime.auth import ApiKeysSetting, KeySetting, check_key_methods, methods_of
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -15,6 +16,9 @@ from herald.runtime.settings import (
 )
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.routes import DEFAULT_TOPIC, is_channel, routes_from_json
+
+# What DISPATCH_API_KEY_METHODS may name.
+METHODS = methods_of(dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"])
 
 
 class DispatchSettings(RuntimeSettings):
@@ -27,6 +31,12 @@ class DispatchSettings(RuntimeSettings):
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one. Empty: open.",
         repr=False,
+    )
+    dispatch_api_key_methods: str = Field(
+        "",
+        description="NAME=Method|Method|... entries, comma-separated: a caller named (the "
+        "NAME of DISPATCH_API_KEYS) may call only those DispatchService methods, else "
+        "PERMISSION_DENIED; a caller not named calls every method.",
     )
     events_topic: str = Field("herald.events", description="Topic consumed.")
     dispatch_group: str = Field("herald-dispatch", description="Its consumer group.")
@@ -129,3 +139,13 @@ class DispatchSettings(RuntimeSettings):
             DEFAULT_TOPIC.replace("{channel}", c)
             for c in self.channels_of(self.notification_channels)
         ]
+
+    @model_validator(mode="after")
+    def _key_methods(self) -> DispatchSettings:
+        check_key_methods(
+            self.dispatch_api_keys,
+            self.dispatch_api_key_methods,
+            "DISPATCH_API_KEY_METHODS",
+            METHODS,
+        )
+        return self

@@ -23,7 +23,7 @@ from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay_app import open_pool, relay_parts
 from herald.services.ingest.servicer import IngestServicer
-from herald.services.ingest.settings import IngestSettings
+from herald.services.ingest.settings import METHODS, IngestSettings
 from herald.services.ingest.writer import EventWriter, Q
 
 log = structlog.get_logger("herald.ingest")
@@ -104,7 +104,12 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         register=register,
         health_checks=checks,
         workers=workers,
-        interceptors=optional_key_check(settings.ingest_api_keys),
+        interceptors=optional_key_check(
+            settings.ingest_api_keys,
+            settings.ingest_api_key_methods,
+            "INGEST_API_KEY_METHODS",
+            METHODS,
+        ),
         on_stop=[*stop_relay, pool.close],
         max_request_bytes=MAX_MESSAGE_BYTES,  # a PublishBatch of 1,000 events
     )

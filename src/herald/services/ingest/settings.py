@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from herald.ingest.v1 import ingest_pb2
+from pydantic import Field, model_validator
 
-from herald.runtime.auth import ApiKeysSetting
+from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
@@ -16,6 +17,9 @@ from herald.services.ingest.catalog import (
     DEFAULT_SCHEMA_BYTES,
     MAX_SCHEMA_BYTES,
 )
+
+# What INGEST_API_KEY_METHODS may name.
+METHODS = methods_of(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"])
 
 
 class RelaySettings(RuntimeSettings):
@@ -39,6 +43,12 @@ class IngestSettings(RelaySettings):
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one; the name scopes idempotency keys. Empty: open.",
         repr=False,
+    )
+    ingest_api_key_methods: str = Field(
+        "",
+        description="NAME=Method|Method|... entries, comma-separated: a caller named (the "
+        "NAME of INGEST_API_KEYS) may call only those IngestService methods, else "
+        "PERMISSION_DENIED; a caller not named calls every method.",
     )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
@@ -95,6 +105,13 @@ class IngestSettings(RelaySettings):
         le=MAX_RETENTION_HOURS,
         description="How long sent rows are kept (at most 10 years).",
     )
+
+    @model_validator(mode="after")
+    def _key_methods(self) -> IngestSettings:
+        check_key_methods(
+            self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
+        )
+        return self
 
 
 class IngestRelaySettings(RelaySettings):

@@ -24,7 +24,7 @@ from herald.services.reconcile.outputs import OutputConfig
 from herald.services.reconcile.reconciler import Reconciler
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.servicer import ReconcileServicer
-from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.reconcile.settings import METHODS, ReconcileSettings
 from herald.services.reconcile.store import Q
 from herald.services.reconcile.sweeper import Sweeper
 from herald.services.reconcile.vibe import Headers
@@ -128,7 +128,12 @@ async def build(
             BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,
             *([partial(run_purges, pool, retention)] if (retention := purges(settings)) else []),
         ],
-        interceptors=optional_key_check(settings.reconcile_api_keys),
+        interceptors=optional_key_check(
+            settings.reconcile_api_keys,
+            settings.reconcile_api_key_methods,
+            "RECONCILE_API_KEY_METHODS",
+            METHODS,
+        ),
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )

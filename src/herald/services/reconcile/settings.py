@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from herald.reconcile.v1 import reconcile_pb2
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from herald.runtime.auth import ApiKeysSetting, KeySetting
+from herald.runtime.auth import ApiKeysSetting, KeySetting, check_key_methods, methods_of
 from herald.runtime.settings import (
     DAY_SECONDS,
     MAX_RETENTION_DAYS,
@@ -19,6 +20,10 @@ from herald.runtime.settings import (
 from herald.services.reconcile.inputs import Kind
 
 OutputFormat = Literal["protobuf", "json"]
+
+
+# What RECONCILE_API_KEY_METHODS may name.
+METHODS = methods_of(reconcile_pb2.DESCRIPTOR.services_by_name["ReconcileService"])
 
 
 class VibeKafkaSettings(KafkaSettings):
@@ -47,6 +52,12 @@ class ReconcileSettings(RuntimeSettings):
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one. Empty: open.",
         repr=False,
+    )
+    reconcile_api_key_methods: str = Field(
+        "",
+        description="NAME=Method|Method|... entries, comma-separated: a caller named (the "
+        "NAME of RECONCILE_API_KEYS) may call only those ReconcileService methods, else "
+        "PERMISSION_DENIED; a caller not named calls every method.",
     )
     ticketland_events_topic: str = Field("ticketland.events", description="Input: events.")
     ticketland_orders_topic: str = Field("ticketland.orders", description="Input: orders.")
@@ -166,3 +177,13 @@ class ReconcileSettings(RuntimeSettings):
             "order": self.vibe_orders_format,
             "refund": self.vibe_refunds_format,
         }
+
+    @model_validator(mode="after")
+    def _key_methods(self) -> ReconcileSettings:
+        check_key_methods(
+            self.reconcile_api_keys,
+            self.reconcile_api_key_methods,
+            "RECONCILE_API_KEY_METHODS",
+            METHODS,
+        )
+        return self
