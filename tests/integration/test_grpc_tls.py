@@ -496,45 +496,41 @@ async def test_a_base64_key_with_padding_opens_ingest(
         )
 
 
-async def test_an_alert_ingest_refuses_for_want_of_a_key_is_logged_with_what_to_set(
-    infra: Infra, database_url: str, topic: str
+@pytest.mark.parametrize(
+    ("key", "methods", "code", "hint"),
+    [
+        # dispatch, webhooks and reconcile without INGEST_CLIENT_KEY
+        ("", "", grpc.StatusCode.UNAUTHENTICATED, "set INGEST_CLIENT_KEY"),
+        # Herald's own caller limited to other methods
+        (KEY_A, "herald=ListEventTypes", grpc.StatusCode.PERMISSION_DENIED, "_KEY_METHODS"),
+    ],
+)
+async def test_an_alert_ingest_refuses_is_logged_with_what_to_set(
+    infra: Infra,
+    database_url: str,
+    topic: str,
+    key: str,
+    methods: str,
+    code: grpc.StatusCode,
+    hint: str,
 ) -> None:
-    """dispatch, webhooks and reconcile without INGEST_CLIENT_KEY: each try of an alert
-    is logged (it is kept and retried), naming the setting."""
-    async with (
-        running_ingest(infra, database_url, topic, ingest_api_keys=f"{KEY_A}=herald") as ingest,
-        internal_channel(f"127.0.0.1:{ingest.port}") as keyless,
-    ):
-        alert = Alert("herald.webhook.disabled", "k1", "webhooks/w1", {"webhook_id": "w1"})
-        with capture_logs() as logs:
-            error = await EventPublisher(keyless, "urn:test").publish_once(alert)
-        assert error is not None
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-        [line] = [e for e in logs if e["event"] == "publish.failed"]
-        assert line["code"] == "UNAUTHENTICATED"
-        assert "set INGEST_CLIENT_KEY" in line["hint"]
-
-
-async def test_an_alert_from_a_caller_that_may_not_publish_is_logged_with_what_to_set(
-    infra: Infra, database_url: str, topic: str
-) -> None:
-    """Herald's own caller limited to other methods: its alerts wait, each try logged
-    with the setting to look at."""
+    """Each try of an alert ingest refuses is logged (it is kept and retried), naming
+    the setting to look at."""
     async with (
         running_ingest(
             infra,
             database_url,
             topic,
             ingest_api_keys=f"{KEY_A}=herald",
-            ingest_api_key_methods="herald=ListEventTypes",
+            ingest_api_key_methods=methods,
         ) as ingest,
-        internal_channel(f"127.0.0.1:{ingest.port}", key=KEY_A) as limited,
+        internal_channel(f"127.0.0.1:{ingest.port}", key=key) as channel,
     ):
         alert = Alert("herald.webhook.disabled", "k1", "webhooks/w1", {"webhook_id": "w1"})
         with capture_logs() as logs:
-            error = await EventPublisher(limited, "urn:test").publish_once(alert)
+            error = await EventPublisher(channel, "urn:test").publish_once(alert)
     assert error is not None
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.code() == code
     [line] = [e for e in logs if e["event"] == "publish.failed"]
-    assert line["code"] == "PERMISSION_DENIED"
-    assert "INGEST_API_KEY_METHODS" in line["hint"]
+    assert line["code"] == code.name
+    assert hint in line["hint"]
