@@ -290,6 +290,67 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
         await dispatch.stop(1)
 
 
+async def test_a_caller_limited_to_some_event_types_is_refused_the_others(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Any caller that could Publish could publish every type: a billing service's key
+    could forge Herald's own alerts. A caller named in INGEST_API_KEY_EVENT_TYPES
+    publishes only the types its patterns select, refused before anything is checked
+    or stored; in a batch, item by item."""
+    billing = (("authorization", f"Bearer {KEY_A}"),)
+    admin = (("authorization", f"Bearer {KEY_B}"),)
+    source = f"urn:test:limits:{uuid.uuid4().hex[:8]}"
+    allowed = json.loads(event(source))
+    forged = {**json.loads(event(source)), "type": "herald.webhook.disabled", "data": {}}
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=billing,{KEY_B}=admin",
+            ingest_api_key_event_types="billing=message.*|user_registered",
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        await publish(channel, json.dumps(allowed), *billing)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await publish(channel, json.dumps(forged), *billing)
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        batch = await stub.PublishBatch(
+            ingest_pb2.PublishBatchRequest(
+                requests=[
+                    ingest_pb2.PublishRequest(json=event(source)),
+                    ingest_pb2.PublishRequest(json=json.dumps({**forged, "id": str(uuid.uuid4())})),
+                ]
+            ),
+            metadata=billing,
+        )
+        by_admin = await publish(channel, json.dumps({**forged, "id": str(uuid.uuid4())}), *admin)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details() == (
+        "caller 'billing' may not publish events of type 'herald.webhook.disabled' "
+        "(INGEST_API_KEY_EVENT_TYPES lets it publish message.*, user_registered)"
+    )
+    first, second = batch.results
+    assert first.event_id
+    assert first.status.code == grpc.StatusCode.OK.value[0]
+    assert not second.event_id
+    assert second.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert by_admin.event_id, "a caller not named publishes every type"
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch(
+            "SELECT type FROM ingest.events WHERE source = $1 ORDER BY type", source
+        )
+    finally:
+        await conn.close()
+    assert [r["type"] for r in stored] == [
+        "herald.webhook.disabled",  # admin's
+        "message.created",
+        "message.created",
+    ]
+
+
 def routes_only_dispatch(database_url: str, topic: str, **overrides: Any) -> DispatchSettings:
     """A dispatch of routes only (no webhooks) on its own topics, at a port of its own."""
     suffix = uuid.uuid4().hex[:10]

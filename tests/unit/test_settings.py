@@ -378,7 +378,7 @@ def test_key_methods_name_callers_of_the_keys_and_methods_of_the_service(
     """A misspelt caller or method, taken, would restrict nobody or lock a caller out."""
     variable = f"{prefix}_API_KEY_METHODS"
     err = refused(monkeypatch, capsys, cls, **{variable: f"ops={method}"})
-    assert f"{variable}: is set while the service has no API keys" in err
+    assert f"{variable}: is set while the service has no API keys: it would limit nobody" in err
     monkeypatch.setenv(f"{prefix}_API_KEYS", f"{KEY}=ops,{KEY}x=team=b")
     for wrong, message in [
         (f"opz={method}", "entry 1: no API key is named 'opz'"),
@@ -397,3 +397,18 @@ def test_key_methods_name_callers_of_the_keys_and_methods_of_the_service(
     assert parse_key_methods(
         f" team=b = {method} | {method} ,ops={method}", {"ops", "team=b"}, {method, "Other"}
     ) == {"team=b": frozenset({method}), "ops": frozenset({method})}
+
+
+def test_event_type_limits_name_callers_of_the_keys_and_patterns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_EVENT_TYPES="ops=x.*")
+    assert "INGEST_API_KEY_EVENT_TYPES: is set while the service has no API keys" in err
+    monkeypatch.setenv("INGEST_API_KEYS", f"{KEY}=ops")
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_EVENT_TYPES="opz=x.*")
+    assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_EVENT_TYPES="ops=X")
+    assert "INGEST_API_KEY_EVENT_TYPES: entry 1: 'X' is not an event type" in err
+    assert KEY not in err
+    monkeypatch.setenv("INGEST_API_KEY_EVENT_TYPES", "ops=x.*|y")
+    assert load_settings(IngestSettings).ingest_api_key_event_types == "ops=x.*|y"

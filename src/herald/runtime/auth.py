@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any
 
@@ -66,30 +66,43 @@ def parse_key_methods(
 ) -> dict[str, frozenset[str]]:
     """``"billing=Publish|PublishBatch,ops=CreateEventType"`` → {caller: its methods}: a
     caller named here may call only those methods of the service (``methods``), one not
-    named every method. Raises ValueError naming the bad entry: a caller no key has
-    (``callers``: the names of the service's keys; a misspelt name would restrict
-    nobody), a method the service does not have, a caller given twice. An entry is split
-    at its last ``=`` (a caller's name may hold ``=``, a method's never)."""
+    named every method. Raises ValueError naming the bad entry (see
+    :func:`parse_caller_lists`), or a method the service does not have."""
+    known = ", ".join(sorted(methods))
+    lists = parse_caller_lists(
+        text,
+        callers,
+        "NAME=Method|Method|…",
+        lambda m: None if m in methods else f"no method {m}; the service has {known}",
+    )
+    return {caller: frozenset(names) for caller, names in lists.items()}
+
+
+def parse_caller_lists(
+    text: str, callers: Collection[str], form: str, problem: Callable[[str], str | None]
+) -> dict[str, tuple[str, ...]]:
+    """``"NAME=a|b,NAME2=c"`` → {caller: (items, …)}, as a setting that limits some of a
+    service's callers (``callers``: the names of its keys) says. Raises ValueError naming
+    the bad entry: not of ``form``, a caller no key has (a misspelt name would limit
+    nobody), a caller given twice, an item ``problem`` finds fault with (its message).
+    An entry is split at its last ``=`` (a caller's name may hold ``=``, an item not)."""
     if text.strip() and not callers:
-        raise ValueError("is set while the service has no API keys: it would restrict nobody")
-    allowed: dict[str, frozenset[str]] = {}
+        raise ValueError("is set while the service has no API keys: it would limit nobody")
+    lists: dict[str, tuple[str, ...]] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
         caller, sep, listed = (part.strip() for part in entry.rpartition("="))
-        names = {m.strip() for m in listed.split("|") if m.strip()}
-        if not sep or not caller or not names:
-            raise ValueError(f"entry {n + 1}: expected NAME=Method|Method|…")
+        items = tuple(dict.fromkeys(i.strip() for i in listed.split("|") if i.strip()))
+        if not sep or not caller or not items:
+            raise ValueError(f"entry {n + 1}: expected {form}")
         if caller not in callers:
             raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
-        if caller in allowed:
+        if caller in lists:
             raise ValueError(f"entry {n + 1}: caller {caller!r} is given twice")
-        unknown = sorted(names - set(methods))
-        if unknown:
-            raise ValueError(
-                f"entry {n + 1}: no method {', '.join(unknown)}; the service has "
-                + ", ".join(sorted(methods))
-            )
-        allowed[caller] = frozenset(names)
-    return allowed
+        for item in items:
+            if (message := problem(item)) is not None:
+                raise ValueError(f"entry {n + 1}: {message}")
+        lists[caller] = items
+    return lists
 
 
 def api_keys_setting(value: str) -> str:

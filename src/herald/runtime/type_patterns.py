@@ -7,12 +7,14 @@ anything else exactly that type.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 EVERY_TYPE = "*"
 SUBTREE = ".*"
+PATTERN = re.compile(r"\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?")  # what a pattern may be
 
 V = TypeVar("V", bound=Hashable)
 

@@ -24,6 +24,7 @@ from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay_app import open_pool, relay_parts
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import METHODS, IngestSettings
+from herald.services.ingest.type_limits import TypeLimits, parse_type_limits
 from herald.services.ingest.writer import EventWriter, Q
 
 log = structlog.get_logger("herald.ingest")
@@ -86,6 +87,9 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         settings.events_topic,
         settings.max_event_bytes,
         max_schema_bytes=settings.max_schema_bytes,
+        type_limits=TypeLimits(
+            parse_type_limits(settings.ingest_api_key_event_types, settings.callers())
+        ),
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -19,7 +19,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from herald.runtime import cloudevents_kafka as binding
 from herald.runtime import event_spans
 from herald.runtime.auth import TENANT
-from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from herald.runtime.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from herald.runtime.ids import new_request_id
 from herald.runtime.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 from herald.runtime.pagination import page_of
@@ -30,6 +36,7 @@ from herald.services.ingest.catalog_store import TYPE_ORDER, CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
 from herald.services.ingest.event import Event
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
+from herald.services.ingest.type_limits import TypeLimits
 from herald.services.ingest.writer import EventWriter
 
 log = structlog.get_logger("herald.ingest")
@@ -131,8 +138,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         topic: str,
         max_event_bytes: int,
         max_schema_bytes: int = MAX_SCHEMA_BYTES,
+        type_limits: TypeLimits | None = None,
     ) -> None:
         self._catalog = catalog
+        self._type_limits = type_limits or TypeLimits()
         self._writer = writer
         self._topic = topic
         self._max_event_bytes = max_event_bytes
@@ -179,7 +188,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             try:
                 prepared = await self._prepare(item, call, key)
-            except (InvalidArgument, FailedPrecondition) as exc:
+            except (InvalidArgument, FailedPrecondition, PermissionDenied) as exc:
                 results[i] = ingest_pb2.PublishResult(status=exc.to_status())
                 continue
             if isinstance(prepared, Accepted):
@@ -260,6 +269,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         event: Event | None = None
         try:
             event, problems = self._parse(request)
+            self._check_permitted(event, call, key)
             validation.check_size(event, self._max_event_bytes)
             if _key_too_long(key):
                 problems.append(
@@ -313,6 +323,24 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
             raise
         return pending
+
+    def _check_permitted(self, event: Event, call: CallContext, key: str) -> None:
+        """Raises PermissionDenied when the caller may not publish the event's type
+        (INGEST_API_KEY_EVENT_TYPES); an event without a type is left to validation."""
+        refusal = event.type and self._type_limits.refusal(TENANT.get(""), event.type)
+        if not refusal:
+            return
+        EVENTS_REJECTED.labels("forbidden").inc()
+        log.info(
+            "event.rejected",
+            event_id=event.id or None,
+            type=event.type,
+            idempotency_key=key or None,
+            request_id=call.headers[REQUEST_ID],
+            outcome="forbidden",
+            error=refusal,
+        )
+        raise PermissionDenied(refusal)
 
     def _pending(
         self, event: Event, definition: EventTypeDef, call: CallContext, key: str

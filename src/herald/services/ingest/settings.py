@@ -5,7 +5,7 @@ from __future__ import annotations
 from herald.ingest.v1 import ingest_pb2
 from pydantic import Field, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of
+from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of, parse_api_keys
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
@@ -17,6 +17,7 @@ from herald.services.ingest.catalog import (
     DEFAULT_SCHEMA_BYTES,
     MAX_SCHEMA_BYTES,
 )
+from herald.services.ingest.type_limits import parse_type_limits
 
 # What INGEST_API_KEY_METHODS may name.
 METHODS = methods_of(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"])
@@ -49,6 +50,13 @@ class IngestSettings(RelaySettings):
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "
         "NAME of INGEST_API_KEYS) may call only those IngestService methods, else "
         "PERMISSION_DENIED; a caller not named calls every method.",
+    )
+    ingest_api_key_event_types: str = Field(
+        "",
+        description="NAME=pattern|pattern|... entries, comma-separated: a caller named (a "
+        "NAME of INGEST_API_KEYS) may publish only events whose type a pattern selects "
+        "(a type, 'prefix.*' or '*'), else PERMISSION_DENIED; a caller not named publishes "
+        "every type.",
     )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
@@ -111,7 +119,15 @@ class IngestSettings(RelaySettings):
         check_key_methods(
             self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
         )
+        try:
+            parse_type_limits(self.ingest_api_key_event_types, self.callers())
+        except ValueError as exc:
+            raise ValueError(f"INGEST_API_KEY_EVENT_TYPES: {exc}") from None
         return self
+
+    def callers(self) -> set[str]:
+        """The names of INGEST_API_KEYS' keys."""
+        return set(parse_api_keys(self.ingest_api_keys).values())
 
 
 class IngestRelaySettings(RelaySettings):

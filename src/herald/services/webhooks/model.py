@@ -12,7 +12,7 @@ from yarl import URL
 
 from herald.runtime.cloudevents_kafka import CONTEXT_HEADERS
 from herald.runtime.errors import FieldViolation
-from herald.runtime.type_patterns import matches
+from herald.runtime.type_patterns import PATTERN, matches
 from herald.services.webhooks.signing import DEFAULT_HEADER_PREFIX, WHSEC, strict_standard_key
 
 # Katya's seed (004): maxRetries 3, retryDelay 1000 ms, backoffMultiplier 2.
@@ -33,7 +33,6 @@ MAX_METADATA = 50
 MAX_DESCRIPTION = 2000
 # Whole-string patterns, for fullmatch: with ``$``, a final line break got through.
 EVENT_TYPE = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*")
-_PATTERN = re.compile(r"\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # What a header value may not contain (RFC 9110 field-value): controls but HTAB, and DEL.
 # The delivery client (aiohttp) refuses to send such a value, so every delivery failed.
@@ -237,7 +236,7 @@ def _check_event_types(patterns: tuple[str, ...], known: set[str]) -> list[Field
     problems = []
     for i, pattern in enumerate(patterns):
         where = f"webhook.event_types[{i}]"
-        if not _PATTERN.fullmatch(pattern):
+        if not PATTERN.fullmatch(pattern):
             problems.append(FieldViolation(where, "an event type, 'prefix.*' or '*'"))
         elif not any(matches(pattern, t) for t in known):
             problems.append(FieldViolation(where, f"{pattern!r} matches no registered event type"))
