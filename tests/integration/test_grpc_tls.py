@@ -558,12 +558,24 @@ async def test_a_base64_key_with_padding_opens_ingest(
 
 
 @pytest.mark.parametrize(
-    ("key", "methods", "code", "hint"),
+    ("key", "limits", "code", "hint"),
     [
         # dispatch, webhooks and reconcile without INGEST_CLIENT_KEY
-        ("", "", grpc.StatusCode.UNAUTHENTICATED, "set INGEST_CLIENT_KEY"),
+        ("", {}, grpc.StatusCode.UNAUTHENTICATED, "set INGEST_CLIENT_KEY"),
         # Herald's own caller limited to other methods
-        (KEY_A, "herald=ListEventTypes", grpc.StatusCode.PERMISSION_DENIED, "_KEY_METHODS"),
+        (
+            KEY_A,
+            {"ingest_api_key_methods": "herald=ListEventTypes"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "INGEST_API_KEY_METHODS",
+        ),
+        # or to other event types (reconcile's integration.* only, say)
+        (
+            KEY_A,
+            {"ingest_api_key_event_types": "herald=integration.*"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "INGEST_API_KEY_EVENT_TYPES",
+        ),
     ],
 )
 async def test_an_alert_ingest_refuses_is_logged_with_what_to_set(
@@ -571,7 +583,7 @@ async def test_an_alert_ingest_refuses_is_logged_with_what_to_set(
     database_url: str,
     topic: str,
     key: str,
-    methods: str,
+    limits: dict[str, str],
     code: grpc.StatusCode,
     hint: str,
 ) -> None:
@@ -583,7 +595,7 @@ async def test_an_alert_ingest_refuses_is_logged_with_what_to_set(
             database_url,
             topic,
             ingest_api_keys=f"{KEY_A}=herald",
-            ingest_api_key_methods=methods,
+            **limits,
         ) as ingest,
         internal_channel(f"127.0.0.1:{ingest.port}", key=key) as channel,
     ):
