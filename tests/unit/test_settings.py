@@ -382,6 +382,8 @@ def test_key_methods_name_callers_of_the_keys_and_methods_of_the_service(
     monkeypatch.setenv(f"{prefix}_API_KEYS", f"{KEY}=ops,{KEY}x=team=b")
     for wrong, message in [
         (f"opz={method}", "entry 1: no API key is named 'opz'"),
+        # A key where its name belongs: not echoed into the logs of a failed start.
+        (f"{KEY}={method}", "entry 1: names an API key itself, not its NAME (not shown)"),
         (f"ops={method}|Nope", "entry 1: no method Nope; the service has "),
         (f"ops={method}, ops={method}", "entry 2: caller 'ops' is given twice"),
         ("ops=", "entry 1: expected NAME=Method|Method|…"),
@@ -409,6 +411,9 @@ def test_event_type_limits_name_callers_of_the_keys_and_patterns(
     assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err
     err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_EVENT_TYPES="ops=X")
     assert "INGEST_API_KEY_EVENT_TYPES: entry 1: 'X' is not an event type" in err
+    assert KEY not in err
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_EVENT_TYPES=f"{KEY}=x.*")
+    assert "INGEST_API_KEY_EVENT_TYPES: entry 1: names an API key itself, not its NAME" in err
     assert KEY not in err
     monkeypatch.setenv("INGEST_API_KEY_EVENT_TYPES", "ops=x.*|y")
     assert load_settings(IngestSettings).ingest_api_key_event_types == "ops=x.*|y"

@@ -62,7 +62,7 @@ def _split(entry: str) -> tuple[str, str, str]:
 
 
 def parse_key_methods(
-    text: str, callers: Collection[str], methods: Collection[str]
+    text: str, callers: Collection[str], methods: Collection[str], keys: Collection[str] = ()
 ) -> dict[str, frozenset[str]]:
     """``"billing=Publish|PublishBatch,ops=CreateEventType"`` → {caller: its methods}: a
     caller named here may call only those methods of the service (``methods``), one not
@@ -74,18 +74,24 @@ def parse_key_methods(
         callers,
         "NAME=Method|Method|…",
         lambda m: None if m in methods else f"no method {m}; the service has {known}",
+        keys,
     )
     return {caller: frozenset(names) for caller, names in lists.items()}
 
 
 def parse_caller_lists(
-    text: str, callers: Collection[str], form: str, problem: Callable[[str], str | None]
+    text: str,
+    callers: Collection[str],
+    form: str,
+    problem: Callable[[str], str | None],
+    keys: Collection[str] = (),
 ) -> dict[str, tuple[str, ...]]:
     """``"NAME=a|b,NAME2=c"`` → {caller: (items, …)}, as a setting that limits some of a
     service's callers (``callers``: the names of its keys) says. Raises ValueError naming
     the bad entry: not of ``form``, a caller no key has (a misspelt name would limit
-    nobody), a caller given twice, an item ``problem`` finds fault with (its message).
-    An entry is split at its last ``=`` (a caller's name may hold ``=``, an item not)."""
+    nobody; one of ``keys``, the service's keys, is not echoed), a caller given twice, an
+    item ``problem`` finds fault with (its message). An entry is split at its last ``=``
+    (a caller's name may hold ``=``, an item not)."""
     if text.strip() and not callers:
         raise ValueError("is set while the service has no API keys: it would limit nobody")
     lists: dict[str, tuple[str, ...]] = {}
@@ -94,6 +100,8 @@ def parse_caller_lists(
         items = tuple(dict.fromkeys(i.strip() for i in listed.split("|") if i.strip()))
         if not sep or not caller or not items:
             raise ValueError(f"entry {n + 1}: expected {form}")
+        if caller not in callers and caller in keys:  # KEY=… for NAME=…: a secret
+            raise ValueError(f"entry {n + 1}: names an API key itself, not its NAME (not shown)")
         if caller not in callers:
             raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
         if caller in lists:
@@ -207,7 +215,8 @@ def check_key_methods(
     """Raises ValueError naming ``variable`` (``*_API_KEY_METHODS``) if ``key_methods``
     is not a valid setting for a service with ``methods`` and the keys ``api_keys``."""
     try:
-        parse_key_methods(key_methods, set(parse_api_keys(api_keys).values()), methods)
+        keys = parse_api_keys(api_keys)
+        parse_key_methods(key_methods, set(keys.values()), methods, keys)
     except ValueError as exc:
         raise ValueError(f"{variable}: {exc}") from None
 
@@ -225,5 +234,5 @@ def optional_key_check(
     keys = parse_api_keys(api_keys)
     if not keys:
         return []
-    allowed = parse_key_methods(key_methods, set(keys.values()), methods)
+    allowed = parse_key_methods(key_methods, set(keys.values()), methods, keys)
     return [BearerAuthInterceptor(ApiKeys(keys), allowed=allowed, allowed_by=methods_variable)]

@@ -120,7 +120,11 @@ class IngestSettings(RelaySettings):
             self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
         )
         try:
-            parse_type_limits(self.ingest_api_key_event_types, self.callers())
+            parse_type_limits(
+                self.ingest_api_key_event_types,
+                self.callers(),
+                parse_api_keys(self.ingest_api_keys),
+            )
         except ValueError as exc:
             raise ValueError(f"INGEST_API_KEY_EVENT_TYPES: {exc}") from None
         return self

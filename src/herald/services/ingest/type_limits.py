@@ -16,10 +16,13 @@ from herald.runtime.type_patterns import PATTERN, matches
 VARIABLE = "INGEST_API_KEY_EVENT_TYPES"
 
 
-def parse_type_limits(text: str, callers: Collection[str]) -> dict[str, tuple[str, ...]]:
+def parse_type_limits(
+    text: str, callers: Collection[str], keys: Collection[str] = ()
+) -> dict[str, tuple[str, ...]]:
     """``"billing=billing.*|user_registered,…"`` → {caller: its patterns}; raises
-    ValueError naming the bad entry (see ``parse_caller_lists``)."""
-    return parse_caller_lists(text, callers, "NAME=type|prefix.*|…", _problem)
+    ValueError naming the bad entry (see ``parse_caller_lists``; ``keys``: the API keys,
+    never echoed)."""
+    return parse_caller_lists(text, callers, "NAME=type|prefix.*|…", _problem, keys)
 
 
 def _problem(pattern: str) -> str | None:
