@@ -351,6 +351,25 @@ async def test_a_caller_limited_to_some_event_types_is_refused_the_others(
     ]
 
 
+async def test_a_start_names_event_type_patterns_that_select_no_registered_type(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A misspelt type is well formed, so not refused, but its caller would be refused
+    the type it meant: the start says which patterns select nothing."""
+    with capture_logs() as logs:
+        async with running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=billing",
+            ingest_api_key_event_types="billing=message.*|user_registred",
+        ):
+            pass
+    [line] = [e for e in logs if e["event"] == "type_limits.unmatched"]
+    assert line["log_level"] == "warning"
+    assert line["patterns"] == {"billing": ["user_registred"]}
+
+
 def routes_only_dispatch(database_url: str, topic: str, **overrides: Any) -> DispatchSettings:
     """A dispatch of routes only (no webhooks) on its own topics, at a port of its own."""
     suffix = uuid.uuid4().hex[:10]

@@ -52,3 +52,12 @@ def test_without_keys_the_setting_would_limit_nobody() -> None:
     with pytest.raises(ValueError, match="no API keys"):
         parse_type_limits("ops=x.*", set())
     assert parse_type_limits("", set()) == {}
+
+
+def test_patterns_that_select_no_known_type_are_named() -> None:
+    limits = TypeLimits(
+        parse_type_limits("billing=billing.*|user_registred, ops=*, herald=herald.*", CALLERS)
+    )
+    known = ["user_registered", "billing.invoice.paid", "message.created"]
+    assert limits.unmatched(known) == {"billing": ["user_registred"], "herald": ["herald.*"]}
+    assert limits.unmatched([*known, "herald.webhook.disabled", "user_registred"]) == {}

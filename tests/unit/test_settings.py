@@ -417,3 +417,18 @@ def test_event_type_limits_name_callers_of_the_keys_and_patterns(
     assert KEY not in err
     monkeypatch.setenv("INGEST_API_KEY_EVENT_TYPES", "ops=x.*|y")
     assert load_settings(IngestSettings).ingest_api_key_event_types == "ops=x.*|y"
+
+
+def test_both_wrong_ingest_limits_are_named_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(
+        monkeypatch,
+        capsys,
+        IngestSettings,
+        INGEST_API_KEYS=f"{KEY}=ops",
+        INGEST_API_KEY_METHODS="ops=Publsh",
+        INGEST_API_KEY_EVENT_TYPES="opz=x.*",
+    )
+    assert "INGEST_API_KEY_METHODS: entry 1: no method Publsh" in err
+    assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err

@@ -81,15 +81,24 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     ]
     workers.append(partial(run_purges, pool, purges))
     workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)
+    type_limits = TypeLimits(
+        parse_type_limits(settings.ingest_api_key_event_types, settings.callers())
+    )
+    if unmatched := type_limits.unmatched(catalog.catalog.names()):
+        # Not refused: the type may be registered later (CreateEventType).
+        log.warning(
+            "type_limits.unmatched",
+            patterns=unmatched,
+            detail="INGEST_API_KEY_EVENT_TYPES: these patterns select no registered event "
+            "type (misspelt?); the callers are refused such events until one is registered",
+        )
     servicer = IngestServicer(
         catalog,
         writer,
         settings.events_topic,
         settings.max_event_bytes,
         max_schema_bytes=settings.max_schema_bytes,
-        type_limits=TypeLimits(
-            parse_type_limits(settings.ingest_api_key_event_types, settings.callers())
-        ),
+        type_limits=type_limits,
     )
 
     def register(server: grpc.aio.Server) -> None:

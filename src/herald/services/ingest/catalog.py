@@ -320,6 +320,10 @@ class Catalog:
             return max(versions.values(), key=lambda d: d.version_key)
         return versions.get(data_version)
 
+    def names(self) -> list[str]:
+        """The names of the known types."""
+        return list(self._by_name)
+
     def versions(self, name: str) -> list[str]:
         """The known data versions of ``name``, oldest first."""
         return sorted(self._by_name.get(name, {}), key=version_key)

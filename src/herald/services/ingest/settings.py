@@ -116,9 +116,14 @@ class IngestSettings(RelaySettings):
 
     @model_validator(mode="after")
     def _key_methods(self) -> IngestSettings:
-        check_key_methods(
-            self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
-        )
+        """Both limits checked, and both wrong ones named at once."""
+        problems = []
+        try:
+            check_key_methods(
+                self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
+            )
+        except ValueError as exc:
+            problems.append(str(exc))
         try:
             parse_type_limits(
                 self.ingest_api_key_event_types,
@@ -126,7 +131,9 @@ class IngestSettings(RelaySettings):
                 parse_api_keys(self.ingest_api_keys),
             )
         except ValueError as exc:
-            raise ValueError(f"INGEST_API_KEY_EVENT_TYPES: {exc}") from None
+            problems.append(f"INGEST_API_KEY_EVENT_TYPES: {exc}")
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
 
     def callers(self) -> set[str]:

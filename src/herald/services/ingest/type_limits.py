@@ -8,7 +8,7 @@ not named, or a call without a key (ingest without keys), may publish every type
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from herald.runtime.auth import parse_caller_lists
 from herald.runtime.type_patterns import PATTERN, matches
@@ -36,6 +36,16 @@ class TypeLimits:
 
     def __init__(self, limits: Mapping[str, tuple[str, ...]] | None = None) -> None:
         self._limits = dict(limits or {})
+
+    def unmatched(self, types: Iterable[str]) -> dict[str, list[str]]:
+        """The patterns (by caller) that select none of ``types``: a misspelt type
+        (``user_registred``), or one not registered yet."""
+        known = list(types)
+        found = {
+            caller: [p for p in patterns if not any(matches(p, t) for t in known)]
+            for caller, patterns in self._limits.items()
+        }
+        return {caller: patterns for caller, patterns in found.items() if patterns}
 
     def refusal(self, caller: str, event_type: str) -> str | None:
         """Why ``caller`` may not publish an event of ``event_type``; None if it may."""
