@@ -45,6 +45,7 @@ from herald.services.ingest.settings import IngestSettings
 from herald.services.reconcile.app import build as build_reconcile
 from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
+from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.reconcile_flow import reconcile_settings
 from tests.tls_certs import Pki, make_pki
 
@@ -349,6 +350,38 @@ async def test_a_caller_limited_to_some_event_types_is_refused_the_others(
         "message.created",
         "message.created",
     ]
+
+
+async def test_an_event_type_limit_holds_for_the_legacy_envelope_and_for_retries(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """The legacy envelope names its type event_type; and a retry (same idempotency
+    key) of an event the caller published before it was limited is refused, not
+    answered as a duplicate of the earlier, accepted one."""
+    caller = ("authorization", f"Bearer {KEY_A}")
+    legacy = LEGACY_EXAMPLES["user_registered"]
+    retried = event()
+    key = ("idempotency-key", f"k-{uuid.uuid4().hex}")
+    async with (
+        running_ingest(infra, database_url, topic, ingest_api_keys=f"{KEY_A}=billing") as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        earlier = await publish(channel, retried, caller, key)
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=billing",
+            ingest_api_key_event_types="billing=integration.*",
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        refused_legacy = await code_of(publish(channel, legacy, caller))
+        refused_retry = await code_of(publish(channel, retried, caller, key))
+    assert earlier.event_id
+    assert refused_legacy == grpc.StatusCode.PERMISSION_DENIED
+    assert refused_retry == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_start_names_event_type_patterns_that_select_no_registered_type(
