@@ -248,7 +248,11 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
         database_url, topic, dispatch_api_keys=f"{KEY_A}=operator", **tls_files(pki)
     )
     reconciling = reconcile_settings(
-        database_url, 1, reconcile_api_keys=f"{KEY_B}=operator", **tls_files(pki)
+        database_url,
+        1,
+        reconcile_api_keys=f"{KEY_B}=operator",
+        reconcile_api_key_methods="operator=ListDiscrepancies|GetTicket",
+        **tls_files(pki),
     )
     dispatch = await start(
         await build_dispatch(dispatch_settings, infra.kafka_settings()),
@@ -281,6 +285,13 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
             bearer_b = (("authorization", f"Bearer {KEY_B}"),)
             await routes(dispatch_pb2.ListRoutesRequest(), metadata=bearer_a)
             await found(reconcile_pb2.ListDiscrepanciesRequest(), metadata=bearer_b)
+            # RECONCILE_API_KEY_METHODS lets the operator list discrepancies only.
+            run = reconcile_pb2_grpc.ReconcileServiceStub(to_reconcile).RunReconciliation
+            one_event = reconcile_pb2.RunReconciliationRequest(event_id="e1")
+            assert (
+                await code_of(run(one_event, metadata=bearer_b))
+                == grpc.StatusCode.PERMISSION_DENIED
+            )
             # Each service knows its own keys only.
             assert (
                 await code_of(routes(dispatch_pb2.ListRoutesRequest(), metadata=bearer_b))
