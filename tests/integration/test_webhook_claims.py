@@ -63,7 +63,7 @@ async def _delivery(
 
 
 async def _claim(conn: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
-    return [r["id"] for r in await conn.fetch(Q.claim_due, limit, 60.0, "worker-test", [])]
+    return [r["id"] for r in await conn.fetch(Q.claim_due, limit, 60.0, "worker-test", [], [], [])]
 
 
 async def test_the_oldest_due_of_active_unlimited_webhooks_are_claimed_once(

@@ -1336,6 +1336,27 @@ async def test_endpoints_found_slow_before_a_restart_are_held_to_their_share_at_
     assert in_flight <= 8, f"{in_flight} attempts at once to the slow endpoints"
 
 
+async def test_a_tenants_many_new_slow_webhooks_leave_room_for_another_tenant(
+    stack: Stack,
+) -> None:
+    """Webhooks no process has tried yet get a probe each past their tenant's share: a
+    tenant with many new webhooks whose endpoints time out (created at will, test events
+    cost nothing) held every slot until each had timed out, again for each new batch.
+    Its probes are bounded: another tenant's deliveries go out at once."""
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # shares: 4 a webhook (and probes), 8 for a tenant
+    async with Receiver() as receiver:
+        slow, other = await twelve_slow_and_globex(stack, receiver)
+        await stack.produce([job(h.webhook.id) for h in slow for _ in range(20)])
+        await receiver.wait_for(12, timeout=20)  # the share and the probes are out
+        await asyncio.sleep(0.1)
+        waited = await seconds_to_deliver(stack, receiver, other, 10, "/globex")
+        slow_requests = [r for r in receiver.received() if r.path.startswith("/slow")]
+        in_flight = max_in_flight(slow_requests, 0.9)
+    assert waited < 0.5, f"the other tenant's deliveries waited {waited:.1f} s"
+    assert in_flight <= 12, f"{in_flight} attempts at once to the new slow endpoints"
+
+
 async def test_endpoints_another_replica_found_slow_are_held_to_their_share_at_once(
     stack: Stack,
 ) -> None:
@@ -1378,6 +1399,28 @@ async def test_deliveries_handed_back_while_their_webhook_answers_go_out_once_ba
         hook = await stack.hook(receiver.url("/fast"))
         waited = await seconds_to_deliver(stack, receiver, hook, 12)
     assert waited < 0.7, f"the handed back deliveries waited {waited:.1f} s"
+
+
+async def test_deliveries_handed_back_during_a_claim_go_out_after_it(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand back is done (and wakes the worker) while a claim is running, too late
+    for that claim to see them: the worker claims again at once, not at its next 1 s
+    poll (the wake was lost to the claim, which found nothing and went quiet)."""
+    slowed = f"WITH pause AS MATERIALIZED (SELECT pg_sleep(0.1)) {Q.release_some}"
+    monkeypatch.setitem(Q._sql, "release_some", f"{slowed} AND EXISTS (SELECT FROM pause)")
+    pause = "WITH pause AS MATERIALIZED (SELECT pg_sleep(0.3)), due AS ("
+    claim = Q.claim_due.replace("WITH due AS (", pause, 1)
+    claim = claim.replace(
+        "WHERE d.id = due.id", "WHERE EXISTS (SELECT FROM pause) AND d.id = due.id"
+    )
+    monkeypatch.setitem(Q._sql, "claim_due", claim)
+    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
+    await stack.restart(settings)  # an untried webhook's share: 4 attempts at a time
+    async with Receiver() as receiver:
+        hook = await stack.hook(receiver.url("/fast"))
+        waited = await seconds_to_deliver(stack, receiver, hook, 12)
+    assert waited < 1.0, f"the handed back deliveries waited {waited:.1f} s"
 
 
 async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_behind_it(

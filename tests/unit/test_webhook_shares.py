@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from herald.services.webhooks.shares import Shares
+from herald.services.webhooks.shares import Held, Shares
+
+SLOW_A = Held("a", probe=False)
+PROBE_A = Held("a", probe=True)
 
 
 def test_a_tenants_slow_webhooks_share_one_cap_and_fast_ones_are_not_capped() -> None:
@@ -13,21 +16,21 @@ def test_a_tenants_slow_webhooks_share_one_cap_and_fast_ones_are_not_capped() ->
     for hook in (a1, a2):
         shares.learned(hook, "a", fast=False)
     taken = [shares.start(a1, "a"), shares.start(a1, "a"), shares.start(a2, "a")]
-    assert taken == ["a", "a", "a"]
+    assert taken == [SLOW_A, SLOW_A, SLOW_A]
     assert shares.capped(a1, "a")  # its own share
     assert shares.capped(a2, "a"), "known slow, its tenant's share full"
     assert shares.room(a3, "a") == 1, "untried a3: one probe, not held up by a1 and a2"
     assert not shares.capped(b1, "b"), "another tenant is not held up"
     assert sorted(shares.excluded()) == sorted([a1, a2])
-    assert shares.start(a3, "a") == "a"  # the probe counts as slow until it answers
+    assert shares.start(a3, "a") == PROBE_A  # the probe counts as slow until it answers
     assert shares.capped(a3, "a"), "one probe at a time"
     assert a3 in shares.excluded()
     shares.learned(a3, "a", fast=True)  # a quick answer: a3 is not capped any more
-    shares.finish(a3, "a")
+    shares.finish(a3, PROBE_A)
     assert not shares.capped(a3, "a")
     assert shares.room(a3, "a") is None
     assert shares.start(a3, "a") is None  # a fast webhook's attempt counts as no share
-    shares.finish(a2, "a")
+    shares.finish(a2, SLOW_A)
     assert not shares.capped(a2, "a")
     assert shares.room(a2, "a") == 1
     assert shares.excluded() == [a1]
@@ -50,7 +53,7 @@ def test_a_webhook_that_turns_slow_is_capped_again() -> None:
 def test_a_webhook_another_process_found_slow_gets_no_probe_unless_tried_here() -> None:
     shares = Shares(per_webhook=1, per_tenant=1)
     a1, a2, a3 = (uuid.uuid4() for _ in range(3))
-    assert shares.start(a1, "a") == "a"  # the tenant's share is full
+    assert shares.start(a1, "a") == SLOW_A  # the tenant's share is full
     shares.heard_slow(a2, "a")  # stored as slow by another process: no probe
     assert shares.capped(a2, "a")
     assert a2 in shares.excluded(), "claims leave it out"
@@ -61,3 +64,43 @@ def test_a_webhook_another_process_found_slow_gets_no_probe_unless_tried_here() 
     assert shares.room(a3, "a") is None
     assert shares.learned(a3, "a", fast=False)
     assert not shares.learned(a3, "a", fast=False)
+
+
+def test_a_tenants_probes_are_bounded_and_then_only_its_fast_webhooks_are_claimed() -> None:
+    """Many new webhooks of one tenant, their endpoints timing out: past the tenant's
+    share each got a probe, and together they held every slot."""
+    shares = Shares(per_webhook=2, per_tenant=2)
+    fast, *new = (uuid.uuid4() for _ in range(6))
+    shares.learned(fast, "a", fast=True)
+    assert [shares.start(new[0], "a"), shares.start(new[0], "a")] == [SLOW_A, SLOW_A]
+    assert shares.tenant_full("a")
+    assert shares.excluded_tenants() == ([], []), "untried ones may still probe"
+    assert [shares.start(new[1], "a"), shares.start(new[2], "a")] == [PROBE_A, PROBE_A]
+    assert shares.probing_full("a")
+    assert shares.room(new[3], "a") == 0, "no third probe"
+    assert shares.room(uuid.uuid4(), "b") is not None, "another tenant is not held up"
+    assert not shares.capped(uuid.uuid4(), "b")
+    assert shares.excluded_tenants() == (["a"], [fast]), "claims take a's fast ones only"
+    assert shares.room(fast, "a") is None
+    shares.finish(new[1], PROBE_A)
+    assert not shares.probing_full("a")
+    assert shares.room(new[3], "a") == 1, "a probe's turn again"
+    assert shares.excluded_tenants() == ([], [])
+    shares.finish(new[0], SLOW_A)
+    shares.finish(new[0], SLOW_A)
+    shares.finish(new[2], PROBE_A)
+    assert not shares.tenant_full("a")
+    assert shares.room(new[4], "a") == 2
+
+
+def test_a_forgotten_fast_webhook_is_no_longer_let_through_its_probing_tenant() -> None:
+    shares = Shares(per_webhook=1, per_tenant=1)
+    fast, slow, probe = (uuid.uuid4() for _ in range(3))
+    shares.learned(fast, "a", fast=True)
+    shares.start(slow, "a")
+    shares.start(probe, "a")
+    assert shares.excluded_tenants() == (["a"], [fast])
+    shares.forget(fast)  # another URL: untried again
+    assert shares.excluded_tenants() == (["a"], [])
+    shares.learned(fast, "a", fast=False)
+    assert shares.excluded_tenants() == (["a"], [])

@@ -35,7 +35,7 @@ from herald.services.webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from herald.services.webhooks.model import own_header
 from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
-from herald.services.webhooks.shares import Shares
+from herald.services.webhooks.shares import Held, Shares
 from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
 from herald.services.webhooks.slowness import SlownessLog
 from herald.services.webhooks.store import Q, retry_policy_of
@@ -97,6 +97,7 @@ class Engine:
         self._offered: collections.deque[asyncpg.Record] = collections.deque()
         self._claimed_at = 0.0  # loop time of the last claim from the database
         self._db_quiet = False  # that claim left nothing due, and no wake() since
+        self._wakes = 0  # wake() calls so far: one during a claim is not lost to it
         self._posting = 0  # attempts started whose HTTP response is not in yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._secrets: dict[tuple[uuid.UUID, bytes], str] = {}
@@ -114,6 +115,7 @@ class Engine:
     def wake(self) -> None:
         """New deliveries are due."""
         self._db_quiet = False
+        self._wakes += 1
         self._wake.set()
 
     async def run(self) -> None:
@@ -152,6 +154,7 @@ class Engine:
                     # fetches many (a claim per freed slot cost more than the attempt).
                     await asyncio.sleep(CLAIM_GATHER_SECONDS)
                     free = self._free()
+                wakes = self._wakes
                 claimed = await self._claim(free)
                 throttled = False
                 if len(claimed) < free:
@@ -159,7 +162,10 @@ class Engine:
                     claimed += limited
                 for row in claimed:
                     self._start(row)
-                self._db_quiet = len(claimed) < free and not throttled
+                # Quiet only if nothing woke the engine meanwhile: deliveries handed back
+                # (due again) while the claim ran were not seen by it, and waited for
+                # the next poll.
+                self._db_quiet = len(claimed) < free and not throttled and wakes == self._wakes
                 if len(claimed) < free and not self._offered:
                     # A rate-limited webhook with more due: look again when its window moves.
                     wait = RATE_RECHECK if throttled else self._poll
@@ -268,6 +274,7 @@ class Engine:
         self._room_changed.set()
 
     async def _claim(self, limit: int) -> list[asyncpg.Record]:
+        tenants, their_fast = self._shares.excluded_tenants()
         try:
             rows: list[asyncpg.Record] = await self._pool.fetch(
                 Q.claim_due,
@@ -275,6 +282,8 @@ class Engine:
                 self.lease,
                 self.worker,
                 self._shares.excluded(),
+                tenants,
+                their_fast,
             )
         except DATABASE_ERRORS as exc:
             log.warning("engine.claim_failed", error=repr(exc))
@@ -321,8 +330,8 @@ class Engine:
             log.warning("engine.claim_failed", error=repr(exc))
         return claimed, throttled
 
-    async def _attempt_guarded(self, row: asyncpg.Record, slow: str | None) -> None:
-        """``slow``: the tenant the attempt counts against as slow (see shares.py)."""
+    async def _attempt_guarded(self, row: asyncpg.Record, slow: Held | None) -> None:
+        """``slow``: what the attempt holds of its tenant's share (see shares.py)."""
         posting = [True]
         webhook_id = row["webhook_id"]
 
@@ -333,7 +342,7 @@ class Engine:
                 shares = self._shares
                 if (
                     shares.capped(webhook_id, row["tenant"])
-                    or (slow is not None and shares.tenant_full(slow))
+                    or (slow is not None and shares.tenant_full(slow.tenant))
                     or webhook_id in self._handed_back
                 ):
                     self._handed_back.discard(webhook_id)

@@ -11,7 +11,12 @@ quick is not capped.
 Past its tenant's share, a webhook known to be slow starts nothing, but one not tried
 yet starts one attempt (a probe) when it has none in flight: a tenant's healthy webhook
 is not held up behind its own slow ones until their attempts time out, and is known to
-be fast (uncapped) after its first answer.
+be fast (uncapped) after its first answer. A tenant has at most ``per_webhook`` probes
+in flight: without that bound, a tenant with many new webhooks whose endpoints time out
+(created at will, test events cost nothing) held every slot with one probe each, and
+every other tenant waited a timeout, again for each new batch of webhooks. With its
+probes at that bound, all of a tenant's webhooks not known to be fast wait
+(:meth:`excluded_tenants`).
 
 A webhook this process has not tried yet may still be known to be slow: another
 process (or this one before a restart) found it so and stored that (``slowness.py``),
@@ -23,8 +28,18 @@ from __future__ import annotations
 
 import collections
 import uuid
+from dataclasses import dataclass
 
 MAX_KNOWN = 100_000  # webhooks remembered as fast, and as slow (beyond: taken as untried)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An attempt counted against its tenant's share of slow (or untried) attempts,
+    from :meth:`Shares.start` to :meth:`Shares.finish`."""
+
+    tenant: str
+    probe: bool  # started past the tenant's share: an untried webhook's probe
 
 
 class Shares:
@@ -38,7 +53,9 @@ class Shares:
         self._busy_tenant: dict[uuid.UUID, str] = {}  # the tenant of each webhook in _busy
         # Attempts in flight to webhooks not known to be fast, per tenant.
         self._slow: collections.Counter[str] = collections.Counter()
-        self._fast: set[uuid.UUID] = set()  # the last attempt was quick
+        self._probes: collections.Counter[str] = collections.Counter()  # of those, probes
+        self._fast: dict[uuid.UUID, str] = {}  # the last attempt was quick: its tenant
+        self._fast_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
         # The last attempt was slow: webhook -> tenant, and per tenant.
         self._known_slow: dict[uuid.UUID, str] = {}
         self._slow_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
@@ -50,6 +67,10 @@ class Shares:
     def tenant_full(self, tenant: str) -> bool:
         """Whether the tenant's slow (or untried) webhooks hold their share together."""
         return self._slow[tenant] >= self.per_tenant
+
+    def probing_full(self, tenant: str) -> bool:
+        """Whether the tenant has its share full and its probes at their bound too."""
+        return self.tenant_full(tenant) and self._probes[tenant] >= self.per_webhook
 
     def capped(self, webhook: uuid.UUID, tenant: str) -> bool:
         """Whether an attempt to the webhook must wait now (:meth:`room` is 0)."""
@@ -63,28 +84,33 @@ class Shares:
         busy = self._busy[webhook]
         if not self.tenant_full(tenant):
             return min(self.per_webhook - busy, self.per_tenant - self._slow[tenant])
-        return 0 if busy or webhook in self._known_slow else 1  # an untried one's probe
+        if busy or webhook in self._known_slow or self._probes[tenant] >= self.per_webhook:
+            return 0
+        return 1  # an untried one's probe
 
-    def start(self, webhook: uuid.UUID, tenant: str) -> str | None:
-        """Counts an attempt starting; returns the tenant it counts against as slow (None
+    def start(self, webhook: uuid.UUID, tenant: str) -> Held | None:
+        """Counts an attempt starting; returns what it holds of its tenant's share (None
         when the webhook is fast), to be given back to :meth:`finish`."""
         self._busy[webhook] += 1
         self._busy_tenant[webhook] = tenant
         if webhook in self._fast:
             return None
+        held = Held(tenant, probe=self.tenant_full(tenant))
         self._slow[tenant] += 1
-        return tenant
+        if held.probe:
+            self._probes[tenant] += 1
+        return held
 
-    def finish(self, webhook: uuid.UUID, slow_tenant: str | None) -> None:
-        """Counts an attempt's HTTP part over (``slow_tenant`` as :meth:`start` said)."""
+    def finish(self, webhook: uuid.UUID, held: Held | None) -> None:
+        """Counts an attempt's HTTP part over (``held`` as :meth:`start` said)."""
         self._busy[webhook] -= 1
         if self._busy[webhook] <= 0:
             del self._busy[webhook]
             self._busy_tenant.pop(webhook, None)
-        if slow_tenant is not None:
-            self._slow[slow_tenant] -= 1
-            if self._slow[slow_tenant] <= 0:
-                del self._slow[slow_tenant]
+        if held is not None:
+            _count_off(self._slow, held.tenant)
+            if held.probe:
+                _count_off(self._probes, held.tenant)
 
     def learned(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
         """Records how quick the webhook's last attempt was; returns whether that changes
@@ -94,9 +120,10 @@ class Shares:
                 return False
             self._forget_slow(webhook)
             if len(self._fast) < MAX_KNOWN:
-                self._fast.add(webhook)
+                self._fast[webhook] = tenant
+                self._fast_of[tenant].add(webhook)
             return True
-        self._fast.discard(webhook)
+        self._forget_fast(webhook)
         if webhook in self._known_slow:
             return False
         if len(self._known_slow) < MAX_KNOWN:
@@ -112,8 +139,15 @@ class Shares:
 
     def forget(self, webhook: uuid.UUID) -> None:
         """The webhook's endpoint changed (another URL, or re-enabled): untried again."""
-        self._fast.discard(webhook)
+        self._forget_fast(webhook)
         self._forget_slow(webhook)
+
+    def _forget_fast(self, webhook: uuid.UUID) -> None:
+        tenant = self._fast.pop(webhook, None)
+        if tenant is not None:
+            self._fast_of[tenant].discard(webhook)
+            if not self._fast_of[tenant]:
+                del self._fast_of[tenant]
 
     def _forget_slow(self, webhook: uuid.UUID) -> None:
         tenant = self._known_slow.pop(webhook, None)
@@ -136,3 +170,16 @@ class Shares:
         for tenant in full:
             hooks.extend(w for w in self._slow_of.get(tenant, ()) if w not in self._busy)
         return hooks
+
+    def excluded_tenants(self) -> tuple[list[str], list[uuid.UUID]]:
+        """The tenants whose webhooks a claim leaves out but for those known to be fast
+        (returned too): their share is full and so are their probes, so any other of
+        their webhooks, untried ones included, would be handed straight back."""
+        tenants = [t for t in self._slow if self.probing_full(t)]
+        return tenants, [w for t in tenants for w in self._fast_of.get(t, ())]
+
+
+def _count_off(counter: collections.Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

@@ -110,7 +110,9 @@ FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 -- a burst). Webhooks that are inactive or rate-limited (claim_limited) are not read,
 -- nor those this worker holds back ($4: slow ones with their share of its attempts in
 -- flight, and the slow ones of a tenant whose slow webhooks have their share together),
--- so one slow endpoint's backlog, or one tenant's, cannot take every slot from the others.
+-- nor those of the tenants in $5 but for their fast ones in $6 (their share and their
+-- probes are full: see shares.py), so one slow endpoint's backlog, or one tenant's,
+-- cannot take every slot from the others.
 -- Tenants take turns: each tenant's oldest first, then each one's second oldest, ...
 -- (in random order within a turn), so a tenant with a backlog of thousands (test events
 -- cost it nothing) does not make another tenant's deliveries wait until it is worked
@@ -131,6 +133,7 @@ WITH due AS (
         ) AS d
         WHERE w.active AND w.rate_per_second = 0 AND w.rate_per_minute = 0
           AND w.id <> ALL($4::uuid[])
+          AND (w.tenant <> ALL($5::text[]) OR w.id = ANY($6::uuid[]))
     ) AS c
     ORDER BY c.turn, random()
     LIMIT $1
