@@ -1391,13 +1391,7 @@ async def test_deliveries_handed_back_while_their_webhook_answers_go_out_once_ba
     are handed back, due again. When its first answers come in before that hand back is
     done (a busy database), the claim they start finds nothing due yet: the worker
     claims again once the hand back is done, not at its next 1 s poll."""
-    slowed = f"WITH pause AS MATERIALIZED (SELECT pg_sleep(0.2)) {Q.release_some}"
-    monkeypatch.setitem(Q._sql, "release_some", f"{slowed} AND EXISTS (SELECT FROM pause)")
-    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
-    await stack.restart(settings)  # an untried webhook's share: 4 attempts at a time
-    async with Receiver() as receiver:
-        hook = await stack.hook(receiver.url("/fast"))
-        waited = await seconds_to_deliver(stack, receiver, hook, 12)
+    waited = await handed_back_twelve(stack, monkeypatch, hand_back_pause=0.2)
     assert waited < 0.7, f"the handed back deliveries waited {waited:.1f} s"
 
 
@@ -1407,20 +1401,30 @@ async def test_deliveries_handed_back_during_a_claim_go_out_after_it(
     """The hand back is done (and wakes the worker) while a claim is running, too late
     for that claim to see them: the worker claims again at once, not at its next 1 s
     poll (the wake was lost to the claim, which found nothing and went quiet)."""
-    slowed = f"WITH pause AS MATERIALIZED (SELECT pg_sleep(0.1)) {Q.release_some}"
-    monkeypatch.setitem(Q._sql, "release_some", f"{slowed} AND EXISTS (SELECT FROM pause)")
-    pause = "WITH pause AS MATERIALIZED (SELECT pg_sleep(0.3)), due AS ("
-    claim = Q.claim_due.replace("WITH due AS (", pause, 1)
-    claim = claim.replace(
-        "WHERE d.id = due.id", "WHERE EXISTS (SELECT FROM pause) AND d.id = due.id"
+    waited = await handed_back_twelve(stack, monkeypatch, hand_back_pause=0.1, claim_pause=0.3)
+    assert waited < 1.0, f"the handed back deliveries waited {waited:.1f} s"
+
+
+async def handed_back_twelve(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, hand_back_pause: float, claim_pause: float = 0
+) -> float:
+    """Seconds until 12 jobs for a new webhook are delivered by a worker with a share
+    of 4 attempts for it (the rest handed back), with PostgreSQL pausing this long in
+    each hand back (release_some) and each claim (claim_due)."""
+    pause = f"WITH pause AS MATERIALIZED (SELECT pg_sleep({hand_back_pause})) "
+    monkeypatch.setitem(
+        Q._sql, "release_some", f"{pause}{Q.release_some} AND EXISTS (SELECT FROM pause)"
     )
-    monkeypatch.setitem(Q._sql, "claim_due", claim)
-    settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
-    await stack.restart(settings)  # an untried webhook's share: 4 attempts at a time
+    if claim_pause:
+        before = f"WITH pause AS MATERIALIZED (SELECT pg_sleep({claim_pause})), due AS ("
+        claim = Q.claim_due.replace("WITH due AS (", before).replace(
+            "WHERE d.id = due.id", "WHERE EXISTS (SELECT FROM pause) AND d.id = due.id"
+        )
+        monkeypatch.setitem(Q._sql, "claim_due", claim)
+    await stack.restart(stack.settings.model_copy(update={"delivery_concurrency": 16}))
     async with Receiver() as receiver:
         hook = await stack.hook(receiver.url("/fast"))
-        waited = await seconds_to_deliver(stack, receiver, hook, 12)
-    assert waited < 1.0, f"the handed back deliveries waited {waited:.1f} s"
+        return await seconds_to_deliver(stack, receiver, hook, 12)
 
 
 async def test_a_flood_of_records_that_are_not_jobs_does_not_hold_up_the_jobs_behind_it(
