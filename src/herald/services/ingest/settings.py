@@ -125,11 +125,8 @@ class IngestSettings(RelaySettings):
         except ValueError as exc:
             problems.append(str(exc))
         try:
-            parse_type_limits(
-                self.ingest_api_key_event_types,
-                self.callers(),
-                parse_api_keys(self.ingest_api_keys),
-            )
+            keys = parse_api_keys(self.ingest_api_keys)
+            parse_type_limits(self.ingest_api_key_event_types, set(keys.values()), keys)
         except ValueError as exc:
             problems.append(f"INGEST_API_KEY_EVENT_TYPES: {exc}")
         if problems:

@@ -42,6 +42,32 @@ class Held:
     probe: bool  # started past the tenant's share: an untried webhook's probe
 
 
+class _ByTenant(dict[uuid.UUID, str]):
+    """Webhooks -> their tenants (a dict: ``in`` stays a plain lookup on the attempt's
+    path), also found by tenant; at most MAX_KNOWN of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
+
+    def add(self, webhook: uuid.UUID, tenant: str) -> None:
+        """Remembers the webhook, unless MAX_KNOWN are remembered already."""
+        if len(self) < MAX_KNOWN:
+            self[webhook] = tenant
+            self._of[tenant].add(webhook)
+
+    def discard(self, webhook: uuid.UUID) -> None:
+        tenant = self.pop(webhook, None)
+        if tenant is not None:
+            self._of[tenant].discard(webhook)
+            if not self._of[tenant]:
+                del self._of[tenant]
+
+    def of(self, tenant: str) -> set[uuid.UUID]:
+        """The tenant's webhooks (not to be changed)."""
+        return self._of.get(tenant, set())
+
+
 class Shares:
     """The attempts in flight per webhook and per tenant, and which webhooks are fast
     or slow."""
@@ -54,11 +80,8 @@ class Shares:
         # Attempts in flight to webhooks not known to be fast, per tenant.
         self._slow: collections.Counter[str] = collections.Counter()
         self._probes: collections.Counter[str] = collections.Counter()  # of those, probes
-        self._fast: dict[uuid.UUID, str] = {}  # the last attempt was quick: its tenant
-        self._fast_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
-        # The last attempt was slow: webhook -> tenant, and per tenant.
-        self._known_slow: dict[uuid.UUID, str] = {}
-        self._slow_of: collections.defaultdict[str, set[uuid.UUID]] = collections.defaultdict(set)
+        self._fast = _ByTenant()  # the last attempt was quick
+        self._known_slow = _ByTenant()  # the last attempt was slow
 
     def is_fast(self, webhook: uuid.UUID) -> bool:
         """Whether the webhook's last attempt here was quick (it is not capped)."""
@@ -118,17 +141,13 @@ class Shares:
         if fast:
             if webhook in self._fast:
                 return False
-            self._forget_slow(webhook)
-            if len(self._fast) < MAX_KNOWN:
-                self._fast[webhook] = tenant
-                self._fast_of[tenant].add(webhook)
+            self._known_slow.discard(webhook)
+            self._fast.add(webhook, tenant)
             return True
-        self._forget_fast(webhook)
+        self._fast.discard(webhook)
         if webhook in self._known_slow:
             return False
-        if len(self._known_slow) < MAX_KNOWN:
-            self._known_slow[webhook] = tenant
-            self._slow_of[tenant].add(webhook)
+        self._known_slow.add(webhook, tenant)
         return True
 
     def heard_slow(self, webhook: uuid.UUID, tenant: str) -> None:
@@ -139,22 +158,8 @@ class Shares:
 
     def forget(self, webhook: uuid.UUID) -> None:
         """The webhook's endpoint changed (another URL, or re-enabled): untried again."""
-        self._forget_fast(webhook)
-        self._forget_slow(webhook)
-
-    def _forget_fast(self, webhook: uuid.UUID) -> None:
-        tenant = self._fast.pop(webhook, None)
-        if tenant is not None:
-            self._fast_of[tenant].discard(webhook)
-            if not self._fast_of[tenant]:
-                del self._fast_of[tenant]
-
-    def _forget_slow(self, webhook: uuid.UUID) -> None:
-        tenant = self._known_slow.pop(webhook, None)
-        if tenant is not None:
-            self._slow_of[tenant].discard(webhook)
-            if not self._slow_of[tenant]:
-                del self._slow_of[tenant]
+        self._fast.discard(webhook)
+        self._known_slow.discard(webhook)
 
     def excluded(self) -> list[uuid.UUID]:
         """The webhooks a claim leaves out: those not known to be fast with their own
@@ -168,7 +173,7 @@ class Shares:
             if w not in self._fast and (n >= self.per_webhook or self._busy_tenant[w] in full)
         ]
         for tenant in full:
-            hooks.extend(w for w in self._slow_of.get(tenant, ()) if w not in self._busy)
+            hooks.extend(w for w in self._known_slow.of(tenant) if w not in self._busy)
         return hooks
 
     def excluded_tenants(self) -> tuple[list[str], list[uuid.UUID]]:
@@ -176,7 +181,7 @@ class Shares:
         (returned too): their share is full and so are their probes, so any other of
         their webhooks, untried ones included, would be handed straight back."""
         tenants = [t for t in self._slow if self.probing_full(t)]
-        return tenants, [w for t in tenants for w in self._fast_of.get(t, ())]
+        return tenants, [w for t in tenants for w in self._fast.of(t)]
 
 
 def _count_off(counter: collections.Counter[str], key: str) -> None:
