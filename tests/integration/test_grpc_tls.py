@@ -395,6 +395,73 @@ async def test_an_event_type_limit_holds_for_the_legacy_envelope_and_for_retries
     assert refused_retry == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_caller_limited_to_some_sources_is_refused_the_others(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """A caller that may publish a type could publish it from any source: billing's
+    key could send message.created as urn:herald:dispatch. A caller named in
+    INGEST_API_KEY_SOURCES publishes only from the sources its patterns select, in every
+    envelope, item by item in a batch; a caller not named from any."""
+    billing = (("authorization", f"Bearer {KEY_A}"),)
+    admin = (("authorization", f"Bearer {KEY_B}"),)
+    run = uuid.uuid4().hex[:8]
+    own, other = f"urn:test:billing:{run}:invoices", f"urn:test:other:{run}"
+    legacy = json.loads(LEGACY_EXAMPLES["user_registered"])
+    legacy_forged = json.dumps({**legacy, "event_id": str(uuid.uuid4()), "source": other})
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=billing,{KEY_B}=admin",
+            ingest_api_key_sources=f"billing=urn:test:billing:{run}:*|urn:test:exact:{run}",
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        await publish(channel, event(own), *billing)
+        await publish(channel, event(f"urn:test:exact:{run}"), *billing)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await publish(channel, event(other), *billing)
+        refused_prefix = await code_of(publish(channel, event(f"urn:test:billing:{run}"), *billing))
+        refused_legacy = await code_of(publish(channel, legacy_forged, *billing))
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        batch = await stub.PublishBatch(
+            ingest_pb2.PublishBatchRequest(
+                requests=[
+                    ingest_pb2.PublishRequest(json=event(other)),
+                    ingest_pb2.PublishRequest(json=event(own)),
+                ]
+            ),
+            metadata=billing,
+        )
+        await publish(channel, event(other), *admin)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details() == (
+        f"caller 'billing' may not publish events from source '{other}' (INGEST_API_KEY_SOURCES "
+        f"lets it publish from urn:test:billing:{run}:*, urn:test:exact:{run})"
+    )
+    assert refused_prefix == grpc.StatusCode.PERMISSION_DENIED, "the prefix is not in itself"
+    assert refused_legacy == grpc.StatusCode.PERMISSION_DENIED
+    first, second = batch.results
+    assert (first.event_id, first.status.code) == ("", grpc.StatusCode.PERMISSION_DENIED.value[0])
+    assert second.event_id
+    assert second.status.code == grpc.StatusCode.OK.value[0]
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch(
+            "SELECT source, count(*) AS n FROM ingest.events WHERE source LIKE $1"
+            " GROUP BY source ORDER BY source",
+            f"urn:test:%{run}%",
+        )
+    finally:
+        await conn.close()
+    assert [(r["source"], r["n"]) for r in stored] == [
+        (own, 2),
+        (f"urn:test:exact:{run}", 1),
+        (other, 1),  # admin's
+    ]
+
+
 async def test_a_start_names_event_type_patterns_that_select_no_registered_type(
     infra: Infra, database_url: str, topic: str
 ) -> None:
@@ -638,6 +705,13 @@ async def test_a_base64_key_with_padding_opens_ingest(
             {"ingest_api_key_event_types": "herald=integration.*"},
             grpc.StatusCode.PERMISSION_DENIED,
             "INGEST_API_KEY_EVENT_TYPES",
+        ),
+        # or to other sources
+        (
+            KEY_A,
+            {"ingest_api_key_sources": "herald=urn:herald:*"},
+            grpc.StatusCode.PERMISSION_DENIED,
+            "INGEST_API_KEY_SOURCES",
         ),
     ],
 )

@@ -419,7 +419,22 @@ def test_event_type_limits_name_callers_of_the_keys_and_patterns(
     assert load_settings(IngestSettings).ingest_api_key_event_types == "ops=x.*|y"
 
 
-def test_both_wrong_ingest_limits_are_named_at_once(
+def test_source_limits_name_callers_of_the_keys_and_patterns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_SOURCES="ops=urn:x")
+    assert "INGEST_API_KEY_SOURCES: is set while the service has no API keys" in err
+    monkeypatch.setenv("INGEST_API_KEYS", f"{KEY}=ops")
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_SOURCES="ops=urn:*:x")
+    assert "INGEST_API_KEY_SOURCES: entry 1: 'urn:*:x': '*' may only end" in err
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_SOURCES=f"{KEY}=urn:x")
+    assert "INGEST_API_KEY_SOURCES: entry 1: names an API key itself, not its NAME" in err
+    assert KEY not in err
+    monkeypatch.setenv("INGEST_API_KEY_SOURCES", "ops=urn:ops:*|/ops")
+    assert load_settings(IngestSettings).ingest_api_key_sources == "ops=urn:ops:*|/ops"
+
+
+def test_every_wrong_ingest_limit_is_named_at_once(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     err = refused(
@@ -429,6 +444,8 @@ def test_both_wrong_ingest_limits_are_named_at_once(
         INGEST_API_KEYS=f"{KEY}=ops",
         INGEST_API_KEY_METHODS="ops=Publsh",
         INGEST_API_KEY_EVENT_TYPES="opz=x.*",
+        INGEST_API_KEY_SOURCES="ops=a b",
     )
     assert "INGEST_API_KEY_METHODS: entry 1: no method Publsh" in err
     assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err
+    assert "INGEST_API_KEY_SOURCES: entry 1: 'a b' holds white space" in err

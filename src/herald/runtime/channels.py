@@ -38,9 +38,11 @@ _INGEST_HINTS = {
     "one of its keys",
     grpc.StatusCode.UNAVAILABLE: "is ingest up at INGEST_ADDR, and do the GRPC_TLS_* "
     "settings match its port?",
-    grpc.StatusCode.PERMISSION_DENIED: "ingest's INGEST_API_KEY_METHODS or "
-    "INGEST_API_KEY_EVENT_TYPES limits the caller of INGEST_CLIENT_KEY: Herald's services "
-    "call Publish (herald.* and integration.* alerts), and webhooks ListEventTypes too",
+    grpc.StatusCode.PERMISSION_DENIED: "ingest's INGEST_API_KEY_METHODS, "
+    "INGEST_API_KEY_EVENT_TYPES or INGEST_API_KEY_SOURCES limits the caller of "
+    "INGEST_CLIENT_KEY: Herald's services call Publish (herald.* and integration.* alerts, "
+    "from urn:herald:dispatch, urn:herald:webhooks and "
+    "urn:mastermobile:integration:herald-reconcile), and webhooks ListEventTypes too",
 }
 
 

@@ -21,10 +21,14 @@ from herald.runtime.server import MAX_MESSAGE_BYTES, App, Worker
 from herald.runtime.settings import DAY_SECONDS, KafkaSettings
 from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
+from herald.services.ingest.publish_limits import (
+    PublishLimits,
+    parse_source_limits,
+    parse_type_limits,
+)
 from herald.services.ingest.relay_app import open_pool, relay_parts
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import METHODS, IngestSettings
-from herald.services.ingest.type_limits import TypeLimits, parse_type_limits
 from herald.services.ingest.writer import EventWriter, Q
 
 log = structlog.get_logger("herald.ingest")
@@ -81,10 +85,12 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     ]
     workers.append(partial(run_purges, pool, purges))
     workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)
-    type_limits = TypeLimits(
-        parse_type_limits(settings.ingest_api_key_event_types, settings.callers())
+    callers = settings.callers()
+    publish_limits = PublishLimits(
+        parse_type_limits(settings.ingest_api_key_event_types, callers),
+        parse_source_limits(settings.ingest_api_key_sources, callers),
     )
-    if unmatched := type_limits.unmatched(catalog.catalog.names()):
+    if unmatched := publish_limits.unmatched(catalog.catalog.names()):
         # Not refused: the type may be registered later (CreateEventType).
         log.warning(
             "type_limits.unmatched",
@@ -98,7 +104,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         settings.events_topic,
         settings.max_event_bytes,
         max_schema_bytes=settings.max_schema_bytes,
-        type_limits=type_limits,
+        publish_limits=publish_limits,
     )
 
     def register(server: grpc.aio.Server) -> None:

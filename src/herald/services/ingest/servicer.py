@@ -36,7 +36,7 @@ from herald.services.ingest.catalog_store import TYPE_ORDER, CatalogStore
 from herald.services.ingest.dedup import Accepted, Outcome
 from herald.services.ingest.event import Event
 from herald.services.ingest.outbox import IdempotencyKey, PendingEvent, make_pending
-from herald.services.ingest.type_limits import TypeLimits
+from herald.services.ingest.publish_limits import PublishLimits
 from herald.services.ingest.writer import EventWriter
 
 log = structlog.get_logger("herald.ingest")
@@ -138,10 +138,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         topic: str,
         max_event_bytes: int,
         max_schema_bytes: int = MAX_SCHEMA_BYTES,
-        type_limits: TypeLimits | None = None,
+        publish_limits: PublishLimits | None = None,
     ) -> None:
         self._catalog = catalog
-        self._type_limits = type_limits or TypeLimits()
+        self._publish_limits = publish_limits or PublishLimits()
         self._writer = writer
         self._topic = topic
         self._max_event_bytes = max_event_bytes
@@ -326,8 +326,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _check_permitted(self, event: Event, call: CallContext, key: str) -> None:
         """Raises PermissionDenied when the caller may not publish the event's type
-        (INGEST_API_KEY_EVENT_TYPES); an event without a type is left to validation."""
-        refusal = event.type and self._type_limits.refusal(TENANT.get(""), event.type)
+        (INGEST_API_KEY_EVENT_TYPES) or source (INGEST_API_KEY_SOURCES); an event
+        without them is left to validation."""
+        refusal = self._publish_limits.refusal(TENANT.get(""), event.type, event.source)
         if not refusal:
             return
         EVENTS_REJECTED.labels("forbidden").inc()

@@ -17,7 +17,7 @@ from herald.services.ingest.catalog import (
     DEFAULT_SCHEMA_BYTES,
     MAX_SCHEMA_BYTES,
 )
-from herald.services.ingest.type_limits import parse_type_limits
+from herald.services.ingest.publish_limits import parse_source_limits, parse_type_limits
 
 # What INGEST_API_KEY_METHODS may name.
 METHODS = methods_of(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"])
@@ -57,6 +57,13 @@ class IngestSettings(RelaySettings):
         "NAME of INGEST_API_KEYS) may publish only events whose type a pattern selects "
         "(a type, 'prefix.*' or '*'), else PERMISSION_DENIED; a caller not named publishes "
         "every type.",
+    )
+    ingest_api_key_sources: str = Field(
+        "",
+        description="NAME=source|prefix*|... entries, comma-separated: a caller named (a "
+        "NAME of INGEST_API_KEYS) may publish only events whose source a pattern selects "
+        "(the source exactly, or 'prefix*' by its start), else PERMISSION_DENIED; a caller "
+        "not named publishes from every source.",
     )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
@@ -116,7 +123,7 @@ class IngestSettings(RelaySettings):
 
     @model_validator(mode="after")
     def _key_methods(self) -> IngestSettings:
-        """Both limits checked, and both wrong ones named at once."""
+        """Every limit checked, and every wrong one named at once."""
         problems = []
         try:
             check_key_methods(
@@ -124,11 +131,15 @@ class IngestSettings(RelaySettings):
             )
         except ValueError as exc:
             problems.append(str(exc))
-        try:
-            keys = parse_api_keys(self.ingest_api_keys)
-            parse_type_limits(self.ingest_api_key_event_types, set(keys.values()), keys)
-        except ValueError as exc:
-            problems.append(f"INGEST_API_KEY_EVENT_TYPES: {exc}")
+        keys = parse_api_keys(self.ingest_api_keys)
+        for variable, value, parse in (
+            ("INGEST_API_KEY_EVENT_TYPES", self.ingest_api_key_event_types, parse_type_limits),
+            ("INGEST_API_KEY_SOURCES", self.ingest_api_key_sources, parse_source_limits),
+        ):
+            try:
+                parse(value, set(keys.values()), keys)
+            except ValueError as exc:
+                problems.append(f"{variable}: {exc}")
         if problems:
             raise ValueError("\n  ".join(problems))
         return self

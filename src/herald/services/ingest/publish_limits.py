@@ -1,0 +1,100 @@
+"""What a caller may publish: which event types (``INGEST_API_KEY_EVENT_TYPES``) and
+from which sources (``INGEST_API_KEY_SOURCES``). Pure.
+
+A caller named there (by its ``INGEST_API_KEYS`` key's name) may publish only the types
+its type patterns select (``message.*``, ``user_registered``, ``*``: as a webhook's
+subscription patterns), and only with a ``source`` its source patterns select (a source
+exactly, or ``prefix*``: every source starting with the prefix); any other event is
+refused with ``PERMISSION_DENIED``. A caller not named, or a call without a key (ingest
+without keys), is not limited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from herald.runtime.auth import parse_caller_lists
+from herald.runtime.type_patterns import PATTERN, matches
+
+TYPES_VARIABLE = "INGEST_API_KEY_EVENT_TYPES"
+SOURCES_VARIABLE = "INGEST_API_KEY_SOURCES"
+ANY_SUFFIX = "*"
+
+
+def parse_type_limits(
+    text: str, callers: Collection[str], keys: Collection[str] = ()
+) -> dict[str, tuple[str, ...]]:
+    """``"billing=billing.*|user_registered,…"`` → {caller: its patterns}; raises
+    ValueError naming the bad entry (see ``parse_caller_lists``; ``keys``: the API keys,
+    never echoed)."""
+    return parse_caller_lists(text, callers, "NAME=type|prefix.*|…", _type_problem, keys)
+
+
+def parse_source_limits(
+    text: str, callers: Collection[str], keys: Collection[str] = ()
+) -> dict[str, tuple[str, ...]]:
+    """``"billing=/billing/*|urn:billing,…"`` → {caller: its source patterns}; raises
+    ValueError as :func:`parse_type_limits`."""
+    return parse_caller_lists(text, callers, "NAME=source|prefix*|…", _source_problem, keys)
+
+
+def _type_problem(pattern: str) -> str | None:
+    if PATTERN.fullmatch(pattern):
+        return None
+    return f"{pattern!r} is not an event type, 'prefix.*' or '*'"
+
+
+def _source_problem(pattern: str) -> str | None:
+    if any(c.isspace() for c in pattern):
+        return f"{pattern!r} holds white space: not a source (a URI-reference)"
+    if ANY_SUFFIX in pattern[:-1]:
+        return f"{pattern!r}: '*' may only end a source pattern ('prefix*')"
+    return None
+
+
+def source_matches(pattern: str, source: str) -> bool:
+    """Whether a source pattern selects ``source``: exactly, or ``prefix*`` by its
+    start (``*``: every source)."""
+    if pattern.endswith(ANY_SUFFIX):
+        return source.startswith(pattern[:-1])
+    return pattern == source
+
+
+class PublishLimits:
+    """The event types and sources each limited caller may publish."""
+
+    def __init__(
+        self,
+        types: Mapping[str, tuple[str, ...]] | None = None,
+        sources: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self._types = dict(types or {})
+        self._sources = dict(sources or {})
+
+    def unmatched(self, types: Iterable[str]) -> dict[str, list[str]]:
+        """The type patterns (by caller) that select none of ``types``: a misspelt type
+        (``user_registred``), or one not registered yet."""
+        known = list(types)
+        found = {
+            caller: [p for p in patterns if not any(matches(p, t) for t in known)]
+            for caller, patterns in self._types.items()
+        }
+        return {caller: patterns for caller, patterns in found.items() if patterns}
+
+    def refusal(self, caller: str, event_type: str, source: str) -> str | None:
+        """Why ``caller`` may not publish an event of ``event_type`` from ``source``;
+        None if it may. An empty type or source is not judged here (validation refuses
+        it)."""
+        types = self._types.get(caller)
+        if event_type and types is not None and not any(matches(p, event_type) for p in types):
+            return (
+                f"caller {caller!r} may not publish events of type {event_type!r} "
+                f"({TYPES_VARIABLE} lets it publish {', '.join(types)})"
+            )
+        sources = self._sources.get(caller)
+        if source and sources is not None and not any(source_matches(p, source) for p in sources):
+            return (
+                f"caller {caller!r} may not publish events from source {source!r} "
+                f"({SOURCES_VARIABLE} lets it publish from {', '.join(sources)})"
+            )
+        return None

@@ -1,0 +1,107 @@
+"""What a caller may publish: event types (INGEST_API_KEY_EVENT_TYPES) and sources
+(INGEST_API_KEY_SOURCES)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from herald.services.ingest.publish_limits import (
+    PublishLimits,
+    parse_source_limits,
+    parse_type_limits,
+)
+
+CALLERS = {"billing", "herald", "ops"}
+SRC = "urn:any"
+
+
+def test_a_limited_caller_publishes_only_the_types_its_patterns_select() -> None:
+    limits = PublishLimits(
+        parse_type_limits(
+            "billing = billing.* | user_registered, herald=herald.*|integration.conflict.detected",
+            CALLERS,
+        )
+    )
+    assert limits.refusal("billing", "billing.invoice.paid", SRC) is None
+    assert limits.refusal("billing", "user_registered", SRC) is None
+    assert limits.refusal("herald", "integration.conflict.detected", SRC) is None
+    assert limits.refusal("ops", "anything.at.all", SRC) is None, "not named: not limited"
+    assert limits.refusal("", "billing.x", SRC) is None, "no key (ingest without keys)"
+    assert limits.refusal("billing", "billing", SRC) is not None, "billing.* is below billing."
+    assert limits.refusal("billing", "user_registered_v2", SRC) is not None
+    assert limits.refusal("billing", "integration.return.created", SRC) == (
+        "caller 'billing' may not publish events of type 'integration.return.created' "
+        "(INGEST_API_KEY_EVENT_TYPES lets it publish billing.*, user_registered)"
+    )
+    assert PublishLimits(parse_type_limits("ops=*", CALLERS)).refusal("ops", "x.y", SRC) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("billing=Billing.*", "entry 1: 'Billing.*' is not an event type, 'prefix.*' or '*'"),
+        ("billing=billing*", "entry 1: 'billing*' is not an event type"),
+        ("billing=*.paid", "entry 1: '*.paid' is not an event type"),
+        ("billing=", "entry 1: expected NAME=type|prefix.*|…"),
+        ("ops=x,nobody=x", "entry 2: no API key is named 'nobody'"),
+        ("ops=x,ops=y", "entry 2: caller 'ops' is given twice"),
+    ],
+)
+def test_a_bad_entry_is_refused_naming_it(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        parse_type_limits(text, CALLERS)
+
+
+def test_without_keys_the_setting_would_limit_nobody() -> None:
+    with pytest.raises(ValueError, match="no API keys"):
+        parse_type_limits("ops=x.*", set())
+    assert parse_type_limits("", set()) == {}
+
+
+def test_patterns_that_select_no_known_type_are_named() -> None:
+    limits = PublishLimits(
+        parse_type_limits("billing=billing.*|user_registred, ops=*, herald=herald.*", CALLERS)
+    )
+    known = ["user_registered", "billing.invoice.paid", "message.created"]
+    assert limits.unmatched(known) == {"billing": ["user_registred"], "herald": ["herald.*"]}
+    assert limits.unmatched([*known, "herald.webhook.disabled", "user_registred"]) == {}
+
+
+def test_a_limited_caller_publishes_only_from_the_sources_its_patterns_select() -> None:
+    limits = PublishLimits(
+        parse_type_limits("billing=billing.*", CALLERS),
+        parse_source_limits("billing = urn:billing:* | /billing, ops=*", CALLERS),
+    )
+    assert limits.refusal("billing", "billing.paid", "urn:billing:invoices") is None
+    assert limits.refusal("billing", "billing.paid", "urn:billing:") is None
+    assert limits.refusal("billing", "billing.paid", "/billing") is None
+    assert limits.refusal("ops", "x", "anything") is None
+    assert limits.refusal("herald", "x", "urn:billing:x") is None, "not named: not limited"
+    assert limits.refusal("billing", "billing.paid", "urn:billing") is not None
+    assert limits.refusal("billing", "billing.paid", "/billing/x") is not None
+    assert limits.refusal("billing", "billing.paid", "urn:herald:dispatch") == (
+        "caller 'billing' may not publish events from source 'urn:herald:dispatch' "
+        "(INGEST_API_KEY_SOURCES lets it publish from urn:billing:*, /billing)"
+    )
+    assert limits.refusal("billing", "user_registered", "urn:herald:dispatch") == (
+        "caller 'billing' may not publish events of type 'user_registered' "
+        "(INGEST_API_KEY_EVENT_TYPES lets it publish billing.*)"
+    ), "the type is named first"
+    assert limits.refusal("billing", "billing.paid", "") is None, "left to validation"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("billing=urn:a b", "entry 1: 'urn:a b' holds white space"),
+        ("billing=urn:*:x", "entry 1: 'urn:*:x': '*' may only end a source pattern"),
+        ("billing=**", "entry 1: '**': '*' may only end"),
+        ("billing=", "entry 1: expected NAME=source|prefix*|…"),
+        ("ops=*,nobody=x", "entry 2: no API key is named 'nobody'"),
+    ],
+)
+def test_a_bad_source_entry_is_refused_naming_it(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        parse_source_limits(text, CALLERS)
