@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from herald.runtime.auth import parse_api_keys, parse_key_methods
+from herald.runtime.auth import parse_key_methods
+from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import load_settings
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.settings import DispatchSettings
@@ -449,3 +450,65 @@ def test_every_wrong_ingest_limit_is_named_at_once(
     assert "INGEST_API_KEY_METHODS: entry 1: no method Publsh" in err
     assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err
     assert "INGEST_API_KEY_SOURCES: entry 1: 'a b' holds white space" in err
+
+
+@pytest.mark.parametrize(
+    ("cls", "service"),
+    [
+        (IngestSettings, "INGEST"),
+        (DispatchSettings, "DISPATCH"),
+        (ReconcileSettings, "RECONCILE"),
+        (WebhooksSettings, "WEBHOOKS"),
+    ],
+)
+def test_a_keys_file_gives_the_keys_and_a_bad_one_stops_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    cls: type[BaseSettings],
+    service: str,
+) -> None:
+    keys, path = f"{service}_API_KEYS", tmp_path / "keys"
+    monkeypatch.delenv(keys, raising=False)
+    path.write_text(f"# ops\n{KEY}=ops\n\n {KEY}x = team , \n")
+    monkeypatch.setenv(f"{keys}_FILE", str(path))
+    assert parse_api_keys(getattr(load_settings(cls), keys.lower())) == {
+        KEY: "ops",
+        f"{KEY}x": "team",
+    }
+    err = refused(monkeypatch, capsys, cls, **{keys: f"{KEY}=ops"})
+    assert f"{keys} and {keys}_FILE are both set: give the keys in one" in err
+    monkeypatch.delenv(keys)
+    path.write_text("short=ops\n")
+    err = refused(monkeypatch, capsys, cls)
+    assert f"{keys}_FILE: entry 1: expected KEY=" in err
+    path.write_text(f"# {KEY}=ops\n")
+    err = refused(monkeypatch, capsys, cls)
+    assert f"{keys}_FILE: {path} holds no KEY=" in err
+    assert KEY not in err.replace(str(path), "")
+    err = refused(monkeypatch, capsys, cls, **{f"{keys}_FILE": str(tmp_path / "none")})
+    assert f"{keys}_FILE: cannot read {tmp_path / 'none'}: [Errno 2]" in err
+
+
+def test_a_keys_file_counts_as_the_keys_for_the_limits(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"{KEY}=ops\n")
+    monkeypatch.setenv("INGEST_API_KEYS_FILE", str(path))
+    monkeypatch.setenv("INGEST_API_KEY_METHODS", "ops=Publish")
+    monkeypatch.setenv("INGEST_API_KEY_SOURCES", "ops=urn:ops:*")
+    assert load_settings(IngestSettings).callers() == {"ops"}
+    err = refused(monkeypatch, capsys, IngestSettings, INGEST_API_KEY_METHODS="opz=Publish")
+    assert "INGEST_API_KEY_METHODS: entry 1: no API key is named 'opz'" in err
+    internal = "i" * 16
+    path.write_text(f"{internal}=acme\n")
+    err = refused(
+        monkeypatch,
+        capsys,
+        WebhooksSettings,
+        WEBHOOKS_API_KEYS="",
+        WEBHOOKS_API_KEYS_FILE=str(path),
+        WEBHOOKS_INTERNAL_KEY=internal,
+    )
+    assert "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS" in err

@@ -8,8 +8,9 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from herald.runtime.auth import ApiKeys, parse_api_keys
+from herald.runtime.auth import ApiKeys
 from herald.runtime.errors import Unauthenticated
+from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.type_patterns import PatternIndex, matches
 from herald.services.webhooks.model import RateLimit, RetryPolicy, WebhookSpec, check
 from herald.services.webhooks.secret_box import SecretBox, generate_secret

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any
@@ -21,44 +20,10 @@ from pydantic import AfterValidator
 
 from herald.runtime.errors import PermissionDenied, Unauthenticated
 from herald.runtime.interceptors import Handler, UnaryInterceptor
+from herald.runtime.key_pairs import MIN_KEY_LENGTH, parse_api_keys
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
 _OPEN = ("/grpc.health.", "/grpc.reflection.")
-
-
-MIN_KEY_LENGTH = 16
-
-
-def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
-    """``"key1=tenant-a,key2=tenant-b"`` → {key: name}; raises ValueError naming
-    the bad entry (the key itself is never echoed) and what a pair holds (``name``: a
-    webhooks tenant, another service's caller). A key given twice is refused: the later
-    name would silently win. An entry is split at the last ``=`` of its first run of
-    ``=``: a key may end in base64 padding (``openssl rand -base64 32``: split at the first
-    ``=`` it became a shorter key that no caller sends) and a name may hold ``=`` (as
-    before that; only a name starting with one cannot be written)."""
-    keys: dict[str, str] = {}
-    for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
-        key, sep, tenant = _split(entry)
-        if not sep or len(key.strip()) < MIN_KEY_LENGTH or not tenant.strip():
-            raise ValueError(
-                f"entry {n + 1}: expected KEY={name} with a key of {MIN_KEY_LENGTH}+ characters"
-            )
-        if key.strip() in keys:
-            raise ValueError(f"entry {n + 1}: its key is given twice")
-        keys[key.strip()] = tenant.strip()
-    return keys
-
-
-_FIRST_RUN_OF_EQUALS = re.compile(r"=+")
-
-
-def _split(entry: str) -> tuple[str, str, str]:
-    """KEY=NAME at the last ``=`` of the first run of them (see parse_api_keys)."""
-    run = _FIRST_RUN_OF_EQUALS.search(entry)
-    if run is None:
-        return entry, "", ""
-    return entry[: run.end() - 1], "=", entry[run.end() :]
 
 
 def parse_key_methods(
@@ -133,7 +98,16 @@ class ApiKeys:
     """Known keys, kept as SHA-256 digests and compared in constant time."""
 
     def __init__(self, keys: Mapping[str, str]) -> None:
-        self._tenants = {hashlib.sha256(k.encode()).digest(): t for k, t in keys.items()}
+        self._tenants = self._digests(keys)
+
+    @staticmethod
+    def _digests(keys: Mapping[str, str]) -> dict[bytes, str]:
+        return {hashlib.sha256(k.encode()).digest(): t for k, t in keys.items()}
+
+    def replace(self, keys: Mapping[str, str]) -> None:
+        """Takes ``keys`` in place of the known ones (a keys file changed), for every
+        call checked from now on."""
+        self._tenants = self._digests(keys)
 
     def tenant(self, metadata: Mapping[str, str | bytes]) -> str:
         """The tenant of the call's bearer key; raises Unauthenticated."""
@@ -219,20 +193,3 @@ def check_key_methods(
         parse_key_methods(key_methods, set(keys.values()), methods, keys)
     except ValueError as exc:
         raise ValueError(f"{variable}: {exc}") from None
-
-
-def optional_key_check(
-    api_keys: str,
-    key_methods: str = "",
-    methods_variable: str = "",
-    methods: Collection[str] = (),
-) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors of a service with ``methods`` whose ``*_API_KEYS`` setting is
-    ``api_keys`` (and ``*_API_KEY_METHODS``, named ``methods_variable``, is
-    ``key_methods``): the key check when it names keys, none when it is empty (the
-    service answers anyone, at no cost per call)."""
-    keys = parse_api_keys(api_keys)
-    if not keys:
-        return []
-    allowed = parse_key_methods(key_methods, set(keys.values()), methods, keys)
-    return [BearerAuthInterceptor(ApiKeys(keys), allowed=allowed, allowed_by=methods_variable)]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Literal, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.runtime.key_pairs import read_key_file
 from herald.runtime.tls import (
     ClientTls,
     ServerTls,
@@ -31,6 +32,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 # Upper bounds of durations: far beyond any sensible value, and far below what would
 # overflow a timedelta, a Kafka timeout in ms (int32) or a PostgreSQL timestamp.
 HOUR_SECONDS = 3600.0
+API_KEYS_FILE_POLL_SECONDS = 5.0
 DAY_SECONDS = 86400.0
 YEAR_DAYS = 365.0
 MAX_RETENTION_DAYS = 10 * YEAR_DAYS  # retentions and TTLs
@@ -131,6 +133,36 @@ class RuntimeSettings(BaseSettings):
     grpc_tls_client_key_file: str = Field(
         "", description="PEM private key of GRPC_TLS_CLIENT_CERT_FILE."
     )
+    api_keys_file_poll_seconds: float = Field(
+        API_KEYS_FILE_POLL_SECONDS,
+        gt=0,
+        le=HOUR_SECONDS,
+        description="How often a service re-reads its *_API_KEYS_FILE.",
+    )
+
+    # What a *_API_KEYS pair names: a caller (webhooks: a tenant).
+    KEY_NAMES: ClassVar[str] = "NAME"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _api_keys_files(cls, data: Any) -> Any:
+        """A ``*_API_KEYS_FILE`` given: its pairs become ``*_API_KEYS`` (which must then
+        be empty), checked as that would be, the file named if not good."""
+        if not isinstance(data, dict):
+            return data
+        for name in cls.model_fields:
+            keys_name = name.removesuffix("_file")
+            if not name.endswith("_api_keys_file") or not (path := data.get(name)):
+                continue
+            if data.get(keys_name):
+                raise ValueError(
+                    f"{keys_name.upper()} and {name.upper()} are both set: give the keys in one"
+                )
+            try:
+                data = {**data, keys_name: read_key_file(str(path), cls.KEY_NAMES)}
+            except ValueError as exc:
+                raise ValueError(f"{name.upper()}: {exc}") from None
+        return data
 
     @field_validator("database_url")
     @classmethod

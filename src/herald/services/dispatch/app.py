@@ -11,9 +11,9 @@ from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
-from herald.runtime.auth import optional_key_check
 from herald.runtime.channels import internal_channel, internal_tls
 from herald.runtime.dlq_outbox import DeadLetterOutbox
+from herald.runtime.key_check import optional_key_check
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
@@ -123,6 +123,15 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         await ingest.close()
         await pool.close()
 
+    key_check = optional_key_check(
+        settings.dispatch_api_keys,
+        settings.dispatch_api_key_methods,
+        "DISPATCH_API_KEY_METHODS",
+        METHODS,
+        key_file=settings.dispatch_api_keys_file,
+        file_variable="DISPATCH_API_KEYS_FILE",
+        poll_seconds=settings.api_keys_file_poll_seconds,
+    )
     return App(
         name="dispatch",
         service_names=[SERVICE_NAME],
@@ -137,13 +146,9 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
             announcements.run,
             outbox.run,
             partial(run_purges, pool, [dead_letter_purge(settings)]),
+            *key_check.workers,
         ],
-        interceptors=optional_key_check(
-            settings.dispatch_api_keys,
-            settings.dispatch_api_key_methods,
-            "DISPATCH_API_KEY_METHODS",
-            METHODS,
-        ),
+        interceptors=key_check.interceptors,
         on_stop=[close],
         # Batches of up to 2,000 events alive at once, next to no cyclic garbage: at
         # 10,000 a young collection ran every ~500 events and found nothing.

@@ -32,6 +32,12 @@ class DispatchSettings(RuntimeSettings):
         "but health and reflection needs one. Empty: open.",
         repr=False,
     )
+    dispatch_api_keys_file: str = Field(
+        "",
+        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
+        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
+        "applied with no restart (a bad one refused, the keys in force kept).",
+    )
     dispatch_api_key_methods: str = Field(
         "",
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "

@@ -12,9 +12,9 @@ import structlog
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from herald.runtime import db, kafka
-from herald.runtime.auth import optional_key_check
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.health import Check
+from herald.runtime.key_check import optional_key_check
 from herald.runtime.notify import listen
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import MAX_MESSAGE_BYTES, App, Worker
@@ -117,18 +117,22 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         {settings.events_topic: settings.events_topic_partitions},
     )
 
+    key_check = optional_key_check(
+        settings.ingest_api_keys,
+        settings.ingest_api_key_methods,
+        "INGEST_API_KEY_METHODS",
+        METHODS,
+        key_file=settings.ingest_api_keys_file,
+        file_variable="INGEST_API_KEYS_FILE",
+        poll_seconds=settings.api_keys_file_poll_seconds,
+    )
     return App(
         name="ingest",
         service_names=[SERVICE_NAME],
         register=register,
         health_checks=checks,
-        workers=workers,
-        interceptors=optional_key_check(
-            settings.ingest_api_keys,
-            settings.ingest_api_key_methods,
-            "INGEST_API_KEY_METHODS",
-            METHODS,
-        ),
+        workers=[*workers, *key_check.workers],
+        interceptors=key_check.interceptors,
         on_stop=[*stop_relay, pool.close],
         max_request_bytes=MAX_MESSAGE_BYTES,  # a PublishBatch of 1,000 events
     )

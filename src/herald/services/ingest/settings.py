@@ -5,7 +5,8 @@ from __future__ import annotations
 from herald.ingest.v1 import ingest_pb2
 from pydantic import Field, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of, parse_api_keys
+from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of
+from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_HOURS,
@@ -44,6 +45,12 @@ class IngestSettings(RelaySettings):
         description="KEY=NAME pairs, comma-separated (a key is 16+ characters): every call "
         "but health and reflection needs one; the name scopes idempotency keys. Empty: open.",
         repr=False,
+    )
+    ingest_api_keys_file: str = Field(
+        "",
+        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
+        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
+        "applied with no restart (a bad one refused, the keys in force kept).",
     )
     ingest_api_key_methods: str = Field(
         "",

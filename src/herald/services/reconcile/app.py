@@ -11,9 +11,9 @@ from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
-from herald.runtime.auth import optional_key_check
 from herald.runtime.backlog import BacklogReporter
 from herald.runtime.channels import internal_channel, internal_tls
+from herald.runtime.key_check import optional_key_check
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
@@ -113,6 +113,15 @@ async def build(
         await ingest.close()
         await pool.close()
 
+    key_check = optional_key_check(
+        settings.reconcile_api_keys,
+        settings.reconcile_api_key_methods,
+        "RECONCILE_API_KEY_METHODS",
+        METHODS,
+        key_file=settings.reconcile_api_keys_file,
+        file_variable="RECONCILE_API_KEYS_FILE",
+        poll_seconds=settings.api_keys_file_poll_seconds,
+    )
     return App(
         name="reconcile",
         service_names=[SERVICE_NAME],
@@ -127,13 +136,9 @@ async def build(
             relay.dead_letters.run,
             BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,
             *([partial(run_purges, pool, retention)] if (retention := purges(settings)) else []),
+            *key_check.workers,
         ],
-        interceptors=optional_key_check(
-            settings.reconcile_api_keys,
-            settings.reconcile_api_key_methods,
-            "RECONCILE_API_KEY_METHODS",
-            METHODS,
-        ),
+        interceptors=key_check.interceptors,
         on_stop=[close],
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )

@@ -53,6 +53,12 @@ class ReconcileSettings(RuntimeSettings):
         "but health and reflection needs one. Empty: open.",
         repr=False,
     )
+    reconcile_api_keys_file: str = Field(
+        "",
+        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
+        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
+        "applied with no restart (a bad one refused, the keys in force kept).",
+    )
     reconcile_api_key_methods: str = Field(
         "",
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "

@@ -16,9 +16,11 @@ from herald.webhooks.v1 import (
 
 from herald.runtime import db, kafka
 from herald.runtime.announcements import Announcements
-from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_api_keys
+from herald.runtime.auth import ApiKeys, BearerAuthInterceptor
 from herald.runtime.channels import internal_channel, internal_tls
 from herald.runtime.dlq_outbox import DeadLetterOutbox
+from herald.runtime.key_check import KeyFile
+from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.publisher import EventPublisher
 from herald.runtime.retention import Purge, run_purges
 from herald.runtime.server import App
@@ -33,7 +35,7 @@ from herald.services.webhooks.metrics import report_due
 from herald.services.webhooks.secret_age import run_secret_age
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.servicer import WebhookServicer
-from herald.services.webhooks.settings import WebhooksSettings
+from herald.services.webhooks.settings import WebhooksSettings, internal_key_apart
 from herald.services.webhooks.signing import HeaderNames
 from herald.services.webhooks.store import Q, WebhookStore
 from herald.services.webhooks.subscriptions import SubscriptionServicer
@@ -115,6 +117,16 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         await pool.close()
 
     rotation = settings.secret_rotation_days * DAY_SECONDS  # 0: secrets are not announced
+    tenant_known = ApiKeys(tenant_keys)
+    key_file = KeyFile(
+        settings.webhooks_api_keys_file,
+        "WEBHOOKS_API_KEYS_FILE",
+        tenant_known,
+        tenant_keys,
+        name="TENANT",
+        check=partial(internal_key_apart, settings.webhooks_internal_key),
+        poll_seconds=settings.api_keys_file_poll_seconds,
+    )
     return App(
         name="webhooks",
         service_names=[SERVICE_NAME, SUBSCRIPTIONS],
@@ -139,10 +151,11 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
                     )
                 ],
             ),
+            *([key_file.run] if settings.webhooks_api_keys_file else []),
         ],
         interceptors=[
             BearerAuthInterceptor(
-                ApiKeys(tenant_keys),
+                tenant_known,
                 # Internal callers only: no tenant key opens it (nothing does when unset).
                 internal={
                     f"/{SUBSCRIPTIONS}/": ApiKeys(

@@ -9,7 +9,8 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from herald.runtime.auth import KeySetting, parse_api_keys
+from herald.runtime.auth import KeySetting
+from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -26,10 +27,18 @@ _USER_AGENT = re.compile(r"[!-~]([ -~]{0,198}[!-~])?")
 class WebhooksSettings(RuntimeSettings):
     """Settings of the webhooks service."""
 
+    KEY_NAMES = "TENANT"
+
     webhooks_addr: str = Field("127.0.0.1:50053", description="gRPC listen address.")
     webhooks_metrics_addr: str = Field("127.0.0.1:9453", description="/metrics address.")
     webhooks_api_keys: str = Field(
         ..., description="KEY=TENANT pairs, comma-separated; a key is 16+ characters.", repr=False
+    )
+    webhooks_api_keys_file: str = Field(
+        "",
+        description="A file of KEY=TENANT pairs (commas or lines; '#' lines skipped), in "
+        "place of KEY=TENANT: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
+        "applied with no restart (a bad one refused, the keys in force kept).",
     )
     webhooks_internal_key: KeySetting = Field(
         "",
@@ -127,13 +136,11 @@ class WebhooksSettings(RuntimeSettings):
         """The internal key opens only SubscriptionService (every tenant's subscriptions)
         and a tenant key only that tenant's WebhookService: one key for both would let
         that tenant read every tenant's webhooks, and dispatch act as that tenant."""
-        tenants = parse_api_keys(self.webhooks_api_keys)
-        if self.webhooks_internal_key and self.webhooks_internal_key in tenants:
-            raise ValueError(
-                "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS; it is "
-                f"the key of tenant {tenants[self.webhooks_internal_key]!r}, which could then "
-                "read every tenant's subscriptions"
-            )
+        problem = internal_key_apart(
+            self.webhooks_internal_key, parse_api_keys(self.webhooks_api_keys)
+        )
+        if problem:
+            raise ValueError(problem)
         return self
 
     @field_validator("webhooks_master_key")
@@ -179,3 +186,15 @@ class WebhooksSettings(RuntimeSettings):
     def master_key(self) -> bytes:
         """The decoded master key."""
         return base64.b64decode(self.webhooks_master_key)
+
+
+def internal_key_apart(internal_key: str, tenants: dict[str, str]) -> str | None:
+    """Why ``tenants`` (WEBHOOKS_API_KEYS, or a new version of its file) cannot be taken
+    beside ``internal_key``: the internal key is one of them. None if they can."""
+    if internal_key and internal_key in tenants:
+        return (
+            "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS; it is "
+            f"the key of tenant {tenants[internal_key]!r}, which could then read every "
+            "tenant's subscriptions"
+        )
+    return None

@@ -1,0 +1,154 @@
+"""Keys from a file (*_API_KEYS_FILE), changed while the service runs: a rotated or
+revoked key takes effect with no restart, and a bad version of the file changes
+nothing. Against ingest and webhooks started in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
+from structlog.testing import capture_logs
+
+from herald.runtime.server import start
+from herald.services.webhooks.app import build as build_webhooks
+from tests.conftest import Infra
+from tests.integration.conftest import INTERNAL_KEY, start_ingest, webhooks_settings
+from tests.integration.test_grpc_tls import event, running_ingest
+
+pytestmark = pytest.mark.integration
+
+OLD = "old-key-0123456789abcdef"
+NEW = "new-key-0123456789abcdef"
+POLL = 0.05
+
+
+def replace(path: Path, text: str) -> None:
+    """Writes the file as deployments should: a new file renamed over the old one."""
+    part = path.with_suffix(".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+def bearer(key: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def code_after(call: Callable[[], Awaitable[object]]) -> grpc.StatusCode:
+    try:
+        await call()
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def until(call: Callable[[], Awaitable[object]], code: grpc.StatusCode) -> float:
+    """Seconds until ``call`` answers ``code`` (fails after 5 s)."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while (found := await code_after(call)) != code:
+        assert loop.time() - began < 5, f"still {found.name} after 5 s"
+        await asyncio.sleep(POLL / 2)
+    return loop.time() - began
+
+
+async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_restart(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    keys = tmp_path / "ingest-keys"
+    keys.write_text(f"# billing's key\n{OLD}=billing\n")
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys_file=str(keys),
+            ingest_api_key_methods="billing=Publish",
+            api_keys_file_poll_seconds=POLL,
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+
+        def publish(key: str) -> Callable[[], Awaitable[object]]:
+            request = ingest_pb2.PublishRequest(json=event())
+            return lambda: stub.Publish(request, metadata=bearer(key), timeout=10)
+
+        def list_types(key: str) -> Callable[[], Awaitable[object]]:
+            request = ingest_pb2.ListEventTypesRequest()
+            return lambda: stub.ListEventTypes(request, metadata=bearer(key), timeout=10)
+
+        assert await code_after(publish(OLD)) == grpc.StatusCode.OK
+        assert await code_after(publish(NEW)) == grpc.StatusCode.UNAUTHENTICATED
+        # Rotation: both keys for a while, then the old one revoked.
+        with capture_logs() as logs:
+            replace(keys, f"{OLD}=billing,{NEW}=billing")
+            await until(publish(NEW), grpc.StatusCode.OK)
+        [line] = [e for e in logs if e["event"] == "api_keys.reloaded"]
+        assert (line["variable"], line["keys"]) == ("INGEST_API_KEYS_FILE", 2)
+        assert line["callers_changed"] == ["billing"]
+        assert OLD not in str(logs)
+        assert NEW not in str(logs)
+        assert await code_after(publish(OLD)) == grpc.StatusCode.OK
+        assert await code_after(list_types(NEW)) == grpc.StatusCode.PERMISSION_DENIED, (
+            "the limit follows the caller's name to its new key"
+        )
+        replace(keys, f"{NEW}=billing\n")
+        await until(publish(OLD), grpc.StatusCode.UNAUTHENTICATED)
+        # Bad versions (half written, a short key, a key twice) are refused: the keys stay.
+        with capture_logs() as logs:
+            for bad in ("# nothing yet\n", "short=billing\n", f"{NEW}=billing\n{NEW}=ops\n"):
+                replace(keys, bad)
+                await asyncio.sleep(POLL * 4)
+                assert await code_after(publish(NEW)) == grpc.StatusCode.OK
+                assert await code_after(publish(OLD)) == grpc.StatusCode.UNAUTHENTICATED
+        refused = [e for e in logs if e["event"] == "api_keys.refused"]
+        assert len(refused) == 3, "each bad version logged once, not at every poll"
+        assert "holds no KEY=NAME pair" in refused[0]["error"]
+        assert "entry 1: expected KEY=NAME with a key of 16+ characters" in refused[1]["error"]
+        assert "entry 2: its key is given twice" in refused[2]["error"]
+        keys.unlink()
+        await asyncio.sleep(POLL * 4)
+        assert await code_after(publish(NEW)) == grpc.StatusCode.OK, "a file gone changes nothing"
+
+
+async def test_webhooks_takes_a_tenants_new_key_but_never_the_internal_key(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    keys = tmp_path / "tenants"
+    keys.write_text(f"{OLD}=acme\n")
+    ingest = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    settings = webhooks_settings(
+        database_url,
+        ingest.running.port,
+        webhooks_api_keys="",
+        webhooks_api_keys_file=str(keys),
+        api_keys_file_poll_seconds=POLL,
+    )
+    running = await start(await build_webhooks(settings, infra.kafka_settings()), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = webhooks_pb2_grpc.WebhookServiceStub(channel)
+
+            def listing(key: str) -> Callable[[], Awaitable[object]]:
+                request = webhooks_pb2.ListWebhooksRequest()
+                return lambda: stub.ListWebhooks(request, metadata=bearer(key), timeout=10)
+
+            assert await code_after(listing(OLD)) == grpc.StatusCode.OK
+            with capture_logs() as logs:
+                replace(keys, f"{OLD}=acme\n{INTERNAL_KEY}=acme\n")
+                await asyncio.sleep(POLL * 6)
+            [line] = [e for e in logs if e["event"] == "api_keys.refused"]
+            assert "WEBHOOKS_INTERNAL_KEY must differ" in line["error"]
+            assert await code_after(listing(INTERNAL_KEY)) == grpc.StatusCode.UNAUTHENTICATED
+            replace(keys, f"{NEW}=acme\n")
+            await until(listing(OLD), grpc.StatusCode.UNAUTHENTICATED)
+            assert await code_after(listing(NEW)) == grpc.StatusCode.OK
+    finally:
+        await running.stop(1)
+        await ingest.stop()
