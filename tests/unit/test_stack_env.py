@@ -48,3 +48,15 @@ def test_the_relay_stops_after_everything_else() -> None:
     waves = stop_waves(names, lambda n: n)
     assert waves == [[n for n in names if n != "ingest_relay"], ["ingest_relay"]]
     assert stop_waves(["ingest", "webhooks"], lambda n: n) == [["ingest", "webhooks"]]
+
+
+def test_a_keys_file_of_the_operators_replaces_the_dev_tenant_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both WEBHOOKS_API_KEYS and its file set stop webhooks: the dev key stays out."""
+    monkeypatch.delenv("WEBHOOKS_API_KEYS", raising=False)
+    assert child_env(service("webhooks"), INFRA)["WEBHOOKS_API_KEYS"].startswith("hk_dev_")
+    monkeypatch.setenv("WEBHOOKS_API_KEYS_FILE", str(tmp_path / "keys"))
+    env = child_env(service("webhooks"), INFRA)
+    assert "WEBHOOKS_API_KEYS" not in env
+    assert env["WEBHOOKS_MASTER_KEY"], "the other dev secrets still come"

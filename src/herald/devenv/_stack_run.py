@@ -30,7 +30,7 @@ from ._stack_services import (
     write_pid,
 )
 from ._util import REPO_ROOT, DevEnvError, port_open
-from .dev_secrets import dev_secrets
+from .dev_secrets import brings_own, dev_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -53,7 +53,8 @@ def child_env(service: Service, infra: Mapping[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(infra)
     for name, value in dev_secrets(local_root()).items():
-        env.setdefault(name, value)
+        if not brings_own(env, name):
+            env.setdefault(name, value)
     # Development receivers run on this machine: webhooks may deliver to loopback.
     env.setdefault("WEBHOOKS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     env.setdefault("LOG_FORMAT", "console")

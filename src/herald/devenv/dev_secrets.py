@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,8 +44,14 @@ def dev_secrets(root: Path) -> dict[str, str]:
     return values
 
 
+def brings_own(env: Mapping[str, str], name: str) -> bool:
+    """Whether ``env`` gives ``name`` a value of its own: set, or for WEBHOOKS_API_KEYS
+    its file (both set would stop webhooks)."""
+    return bool(env.get(name) or env.get(f"{name}_FILE"))
+
+
 def dev_api_key(root: Path) -> str | None:
     """The development API key, unless the environment brings its own keys."""
-    if os.environ.get("WEBHOOKS_API_KEYS"):
+    if brings_own(os.environ, "WEBHOOKS_API_KEYS"):
         return None
     return dev_secrets(root)["WEBHOOKS_API_KEYS"].partition("=")[0]
