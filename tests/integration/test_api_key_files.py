@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 OLD = "old-key-0123456789abcdef"
 NEW = "new-key-0123456789abcdef"
+LATE = "late-key-0123456789abcdef"
 POLL = 0.05
 
 
@@ -68,7 +69,7 @@ async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_rest
             database_url,
             topic,
             ingest_api_keys_file=str(keys),
-            ingest_api_key_methods="billing=Publish",
+            ingest_api_key_methods="billing=Publish,*=ListEventTypes",
             api_keys_file_poll_seconds=POLL,
         ) as ingest,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
@@ -98,6 +99,10 @@ async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_rest
         assert await code_after(list_types(NEW)) == grpc.StatusCode.PERMISSION_DENIED, (
             "the limit follows the caller's name to its new key"
         )
+        # A caller first named in the file is limited by the '*' entry.
+        replace(keys, f"{OLD}=billing,{NEW}=billing,{LATE}=late")
+        await until(list_types(LATE), grpc.StatusCode.OK)
+        assert await code_after(publish(LATE)) == grpc.StatusCode.PERMISSION_DENIED
         replace(keys, f"{NEW}=billing\n")
         await until(publish(OLD), grpc.StatusCode.UNAUTHENTICATED)
         # Bad versions (half written, a short key, a key twice) are refused: the keys stay.

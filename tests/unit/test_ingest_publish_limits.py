@@ -105,3 +105,20 @@ def test_a_limited_caller_publishes_only_from_the_sources_its_patterns_select() 
 def test_a_bad_source_entry_is_refused_naming_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         parse_source_limits(text, CALLERS)
+
+
+def test_the_star_entry_limits_every_caller_not_named() -> None:
+    """A caller added later (to a keys file, say) is limited by default."""
+    limits = PublishLimits(
+        parse_type_limits("*=message.*, ops=*", CALLERS),
+        parse_source_limits("*=urn:apps:*", CALLERS),
+    )
+    assert limits.refusal("ops", "user_registered", "urn:apps:x") is None
+    assert limits.refusal("newcomer", "message.created", "urn:apps:x") is None
+    assert limits.refusal("newcomer", "user_registered", "urn:apps:x") == (
+        "caller 'newcomer' may not publish events of type 'user_registered' "
+        "(INGEST_API_KEY_EVENT_TYPES lets it publish message.*)"
+    )
+    assert limits.refusal("ops", "x", "urn:other") is not None, "ops is not named for sources"
+    with pytest.raises(ValueError, match="entry 2: caller '\\*' is given twice"):
+        parse_type_limits("*=x, *=y", CALLERS)

@@ -400,6 +400,10 @@ def test_key_methods_name_callers_of_the_keys_and_methods_of_the_service(
     assert parse_key_methods(
         f" team=b = {method} | {method} ,ops={method}", {"ops", "team=b"}, {method, "Other"}
     ) == {"team=b": frozenset({method}), "ops": frozenset({method})}
+    assert parse_key_methods(f"*={method},ops=Other", {"ops"}, {method, "Other"}) == {
+        "*": frozenset({method}),
+        "ops": frozenset({"Other"}),
+    }, "'*': every caller not named"
 
 
 def test_event_type_limits_name_callers_of_the_keys_and_patterns(

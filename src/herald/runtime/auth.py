@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import grpc
 from pydantic import AfterValidator
@@ -23,6 +23,9 @@ from herald.runtime.interceptors import Handler, UnaryInterceptor
 from herald.runtime.key_pairs import MIN_KEY_LENGTH, parse_api_keys
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
+# In a setting that limits callers: every caller the setting does not name.
+EVERY_OTHER_CALLER = "*"
+T = TypeVar("T")
 _OPEN = ("/grpc.health.", "/grpc.reflection.")
 
 
@@ -56,7 +59,8 @@ def parse_caller_lists(
     the bad entry: not of ``form``, a caller no key has (a misspelt name would limit
     nobody; one of ``keys``, the service's keys, is not echoed), a caller given twice, an
     item ``problem`` finds fault with (its message). An entry is split at its last ``=``
-    (a caller's name may hold ``=``, an item not)."""
+    (a caller's name may hold ``=``, an item not). The caller ``*`` stands for every
+    caller not named (one added to a keys file later, say): see :func:`limit_of`."""
     if text.strip() and not callers:
         raise ValueError("is set while the service has no API keys: it would limit nobody")
     lists: dict[str, tuple[str, ...]] = {}
@@ -67,7 +71,7 @@ def parse_caller_lists(
             raise ValueError(f"entry {n + 1}: expected {form}")
         if caller not in callers and caller in keys:  # KEY=… for NAME=…: a secret
             raise ValueError(f"entry {n + 1}: names an API key itself, not its NAME (not shown)")
-        if caller not in callers:
+        if caller not in callers and caller != EVERY_OTHER_CALLER:
             raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
         if caller in lists:
             raise ValueError(f"entry {n + 1}: caller {caller!r} is given twice")
@@ -76,6 +80,13 @@ def parse_caller_lists(
                 raise ValueError(f"entry {n + 1}: {message}")
         lists[caller] = items
     return lists
+
+
+def limit_of(lists: Mapping[str, T], caller: str) -> T | None:
+    """``caller``'s entry of a limiting setting, else its ``*`` entry (every caller not
+    named), else None (not limited)."""
+    found = lists.get(caller)
+    return lists.get(EVERY_OTHER_CALLER) if found is None else found
 
 
 def api_keys_setting(value: str) -> str:
@@ -157,7 +168,7 @@ class BearerAuthInterceptor(UnaryInterceptor):
         """Calls the handler with the caller's tenant set."""
         keys = next((k for p, k in self._internal.items() if method.startswith(p)), self._keys)
         tenant = keys.tenant(dict(context.invocation_metadata() or ()))
-        allowed = self._allowed.get(tenant) if keys is self._keys else None
+        allowed = limit_of(self._allowed, tenant) if keys is self._keys else None
         name = method.rpartition("/")[2]
         if allowed is not None and name not in allowed:
             raise PermissionDenied(

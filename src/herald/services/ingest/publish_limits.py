@@ -5,15 +5,15 @@ A caller named there (by its ``INGEST_API_KEYS`` key's name) may publish only th
 its type patterns select (``message.*``, ``user_registered``, ``*``: as a webhook's
 subscription patterns), and only with a ``source`` its source patterns select (a source
 exactly, or ``prefix*``: every source starting with the prefix); any other event is
-refused with ``PERMISSION_DENIED``. A caller not named, or a call without a key (ingest
-without keys), is not limited.
+refused with ``PERMISSION_DENIED``. A caller not named is limited by the ``*`` entry
+when there is one, else not at all; a call without a key (ingest without keys) never.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
-from herald.runtime.auth import parse_caller_lists
+from herald.runtime.auth import limit_of, parse_caller_lists
 from herald.runtime.type_patterns import PATTERN, matches
 
 TYPES_VARIABLE = "INGEST_API_KEY_EVENT_TYPES"
@@ -85,13 +85,13 @@ class PublishLimits:
         """Why ``caller`` may not publish an event of ``event_type`` from ``source``;
         None if it may. An empty type or source is not judged here (validation refuses
         it)."""
-        types = self._types.get(caller)
+        types = limit_of(self._types, caller)
         if event_type and types is not None and not any(matches(p, event_type) for p in types):
             return (
                 f"caller {caller!r} may not publish events of type {event_type!r} "
                 f"({TYPES_VARIABLE} lets it publish {', '.join(types)})"
             )
-        sources = self._sources.get(caller)
+        sources = limit_of(self._sources, caller)
         if source and sources is not None and not any(source_matches(p, source) for p in sources):
             return (
                 f"caller {caller!r} may not publish events from source {source!r} "
