@@ -1631,14 +1631,15 @@ async def test_an_endpoint_flapping_between_quick_and_slow_is_not_stored_at_ever
     assert 1 <= len(stored) <= 2, f"{len(stored)} writes of the verdict"
 
 
-@pytest.mark.parametrize("restarted", [False, True])
+@pytest.mark.parametrize("moved_by", ["this worker", "a restarted worker", "another replica"])
 async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_slowness(
-    stack: Stack, restarted: bool
+    stack: Stack, moved_by: str
 ) -> None:
     """A webhook found slow and then given another URL (or re-enabled) is untried: the
-    verdict was about the old endpoint. The worker that found it slow, or a restarted
-    one (another replica: what is stored), gives it a probe past its tenant's full
-    share, and its deliveries go out at once."""
+    verdict was about the old endpoint. The worker that found it slow, a restarted one
+    (what is stored), or the one that found it slow while another replica served the
+    UpdateWebhook (it sees the new URL on its next claim) gives it a probe past its
+    tenant's full share, and its deliveries go out at once."""
     settings = stack.settings.model_copy(update={"delivery_concurrency": 16})
     await stack.restart(settings)  # shares: 4 a webhook, 8 for a tenant's slow ones
     async with Receiver() as receiver:
@@ -1653,15 +1654,25 @@ async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_
         for path in [*paths, "/old"]:  # each has timed out once: found slow, stored
             await receiver.wait_for(1, path=path, timeout=30)
         await asyncio.sleep(1.2)
-        await stack.stub.UpdateWebhook(
-            webhooks_pb2.UpdateWebhookRequest(
-                webhook=webhooks_pb2.Webhook(id=moved.webhook.id, url=receiver.url("/new")),
-                update_mask=FieldMask(paths=["url"]),
-            ),
-            metadata=KEY,
-        )
-
-        if restarted:
+        if moved_by == "another replica":  # its UpdateWebhook: the row, not this engine
+            conn = await asyncpg.connect(stack.database_url)
+            try:
+                await conn.execute(
+                    "UPDATE webhooks.webhooks SET url = $2, slow_since = NULL WHERE id = $1",
+                    uuid.UUID(moved.webhook.id),
+                    receiver.url("/new"),
+                )
+            finally:
+                await conn.close()
+        else:
+            await stack.stub.UpdateWebhook(
+                webhooks_pb2.UpdateWebhookRequest(
+                    webhook=webhooks_pb2.Webhook(id=moved.webhook.id, url=receiver.url("/new")),
+                    update_mask=FieldMask(paths=["url"]),
+                ),
+                metadata=KEY,
+            )
+        if moved_by == "a restarted worker":
             await stack.restart(settings)
         before = len(receiver.received())
         await receiver.wait_for(before + 8, timeout=20)  # the tenant's share is out again

@@ -104,3 +104,25 @@ def test_a_forgotten_fast_webhook_is_no_longer_let_through_its_probing_tenant() 
     assert shares.excluded_tenants() == (["a"], [])
     shares.learned(fast, "a", fast=False)
     assert shares.excluded_tenants() == (["a"], [])
+
+
+def test_a_verdict_holds_for_the_endpoint_it_was_reached_at() -> None:
+    """Another replica served the UpdateWebhook: this process learns of the new URL (or
+    of the webhook's re-enabling) from the next delivery it claims."""
+    shares = Shares(per_webhook=1, per_tenant=1)
+    a1, a2 = uuid.uuid4(), uuid.uuid4()
+    old, moved, reenabled = ("https://x/old", 1), ("https://x/new", 1), ("https://x/old", 2)
+    assert shares.start(a1, "a") == SLOW_A  # the tenant's share is full
+    shares.learned(a2, "a", fast=False, endpoint=old)
+    shares.at_endpoint(a2, old)
+    assert shares.room(a2, "a") == 0, "slow at the endpoint it still has"
+    shares.at_endpoint(a2, moved)
+    assert shares.room(a2, "a") == 1, "untried at the new URL: a probe"
+    shares.learned(a2, "a", fast=False, endpoint=moved)
+    shares.at_endpoint(a2, reenabled)
+    assert shares.room(a2, "a") == 1, "re-enabled: untried again"
+    shares.heard_slow(a2, "a", reenabled)  # stored as slow there by another process
+    assert shares.room(a2, "a") == 0
+    shares.learned(a2, "a", fast=True, endpoint=reenabled)
+    shares.at_endpoint(a2, reenabled)
+    assert shares.is_fast(a2)

@@ -229,8 +229,10 @@ class Engine:
 
     def _start(self, row: asyncpg.Record) -> None:
         webhook_id = row["webhook_id"]
+        endpoint = _endpoint(row)
+        self._shares.at_endpoint(webhook_id, endpoint)  # another URL: untried again
         if row["slow"]:  # stored as slow: no probe past its tenant's share
-            self._shares.heard_slow(webhook_id, row["tenant"])
+            self._shares.heard_slow(webhook_id, row["tenant"], endpoint)
         if self._shares.capped(webhook_id, row["tenant"]):
             # A slow (or untried) endpoint with its share in flight: handed back, due
             # now; claims skip the webhook until one of its attempts is over.
@@ -374,9 +376,9 @@ class Engine:
             # withholds its body holds the slot as long as one that never answers.
             took = time.monotonic() - begun
             slow = result.error in SLOW_ERRORS or took >= SLOW_SECONDS
-            if self._shares.learned(row["webhook_id"], row["tenant"], fast=not slow) and (
-                slow != row["slow"]
-            ):  # a new verdict here, not what is stored: store it
+            if self._shares.learned(
+                row["webhook_id"], row["tenant"], fast=not slow, endpoint=_endpoint(row)
+            ) and (slow != row["slow"]):  # a new verdict here, not what is stored: store it
                 self._slowness.record(row["webhook_id"], slow=slow)
         finally:
             posted()
@@ -464,3 +466,9 @@ class Engine:
                 self._secrets.clear()
             secret = self._secrets[key] = self._box.open(key[1], str(webhook_id))
         return secret
+
+
+def _endpoint(row: asyncpg.Record) -> tuple[str, object]:
+    """What a slowness verdict holds for: the webhook's URL, and when it was last
+    enabled (a re-enabled endpoint is tried afresh)."""
+    return row["url"], row["activated_at"]

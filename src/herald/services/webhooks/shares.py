@@ -22,12 +22,18 @@ A webhook this process has not tried yet may still be known to be slow: another
 process (or this one before a restart) found it so and stored that (``slowness.py``),
 and :meth:`heard_slow` takes it as slow here too, so it gets no probe past its
 tenant's share. What this process measures itself comes first.
+
+A verdict holds for the endpoint it was reached at (the webhook's URL, and when it was
+last enabled): a claimed delivery showing another (:meth:`at_endpoint`: the webhook got
+another URL or was re-enabled, by whichever process served the change) makes the
+webhook untried again here.
 """
 
 from __future__ import annotations
 
 import collections
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 MAX_KNOWN = 100_000  # webhooks remembered as fast, and as slow (beyond: taken as untried)
@@ -82,6 +88,8 @@ class Shares:
         self._probes: collections.Counter[str] = collections.Counter()  # of those, probes
         self._fast = _ByTenant()  # the last attempt was quick
         self._known_slow = _ByTenant()  # the last attempt was slow
+        # The endpoint each of those verdicts was reached at.
+        self._endpoints: dict[uuid.UUID, Hashable] = {}
 
     def is_fast(self, webhook: uuid.UUID) -> bool:
         """Whether the webhook's last attempt here was quick (it is not capped)."""
@@ -135,9 +143,25 @@ class Shares:
             if held.probe:
                 _count_off(self._probes, held.tenant)
 
-    def learned(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
-        """Records how quick the webhook's last attempt was; returns whether that changes
-        what this process knew of it (untried, fast or slow)."""
+    def at_endpoint(self, webhook: uuid.UUID, endpoint: Hashable) -> None:
+        """The webhook's endpoint is now ``endpoint``: a verdict reached at another one
+        no longer holds (untried again)."""
+        known = self._endpoints.get(webhook)
+        if known is not None and known != endpoint:
+            self.forget(webhook)
+
+    def learned(
+        self, webhook: uuid.UUID, tenant: str, *, fast: bool, endpoint: Hashable = None
+    ) -> bool:
+        """Records how quick the webhook's last attempt (at ``endpoint``) was; returns
+        whether that changes what this process knew of it (untried, fast or slow)."""
+        self.at_endpoint(webhook, endpoint)
+        changed = self._learn(webhook, tenant, fast=fast)
+        if webhook in self._fast or webhook in self._known_slow:
+            self._endpoints[webhook] = endpoint
+        return changed
+
+    def _learn(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
         if fast:
             if webhook in self._fast:
                 return False
@@ -150,16 +174,18 @@ class Shares:
         self._known_slow.add(webhook, tenant)
         return True
 
-    def heard_slow(self, webhook: uuid.UUID, tenant: str) -> None:
-        """Another process found the webhook slow: so it is here, unless this process
-        has tried it itself."""
+    def heard_slow(self, webhook: uuid.UUID, tenant: str, endpoint: Hashable = None) -> None:
+        """Another process found the webhook (at ``endpoint``) slow: so it is here, unless
+        this process has tried it itself (there)."""
+        self.at_endpoint(webhook, endpoint)
         if webhook not in self._fast and webhook not in self._known_slow:
-            self.learned(webhook, tenant, fast=False)
+            self.learned(webhook, tenant, fast=False, endpoint=endpoint)
 
     def forget(self, webhook: uuid.UUID) -> None:
         """The webhook's endpoint changed (another URL, or re-enabled): untried again."""
         self._fast.discard(webhook)
         self._known_slow.discard(webhook)
+        self._endpoints.pop(webhook, None)
 
     def excluded(self) -> list[uuid.UUID]:
         """The webhooks a claim leaves out: those not known to be fast with their own

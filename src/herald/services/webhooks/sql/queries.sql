@@ -38,7 +38,7 @@ SET name = $3, url = $4, event_types = $5, active = $6, max_retries = $7,
     -- active on the right is the value before this update: re-enabled now.
     activated_at = CASE WHEN $6 AND NOT active THEN now() ELSE activated_at END,
     -- Found slow at another URL, or before it was disabled: untried again (a worker
-    -- that found it slow itself still holds it to its share until an attempt is quick).
+    -- that found it slow itself sees the new url or activated_at on its next claim).
     slow_since = CASE WHEN url = $4 AND NOT ($6 AND NOT active) THEN slow_since END
 WHERE id = $1 AND tenant = $2
 RETURNING *
@@ -96,7 +96,7 @@ SELECT ins.id, ins.webhook_id, ins.tenant, ins.job_id, ins.event_id, ins.event_t
        w.retry_delays_ms, w.retry_statuses,
        w.headers::text AS headers, w.secret, w.previous_secret,
        w.previous_secret_expires_at > now() AS previous_valid,
-       w.slow_since IS NOT NULL AS slow
+       w.slow_since IS NOT NULL AS slow, w.activated_at
 FROM ins JOIN webhooks.webhooks AS w ON w.id = ins.webhook_id
 
 -- name: claim_due
@@ -148,7 +148,7 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
           w.previous_secret_expires_at > now() AS previous_valid,
-          w.slow_since IS NOT NULL AS slow
+          w.slow_since IS NOT NULL AS slow, w.activated_at
 
 -- name: record_outcomes
 -- Attempt outcomes, many at once: the attempt rows, each delivery's new state if this
@@ -350,7 +350,7 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
           w.previous_secret_expires_at > now() AS previous_valid,
-          w.slow_since IS NOT NULL AS slow
+          w.slow_since IS NOT NULL AS slow, w.activated_at
 
 -- name: record_sends
 INSERT INTO webhooks.sends (webhook_id) SELECT $1 FROM generate_series(1, $2::int)
