@@ -75,7 +75,7 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 class _Ca:
     def __init__(self, common_name: str) -> None:
-        self.key = _key()
+        self.key: ec.EllipticCurvePrivateKey = _key()
         now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
@@ -147,6 +147,7 @@ def make_pki(directory: Path) -> Pki:
     ca = _Ca("herald-test-ca")
     ca_path = directory / "ca.crt"
     ca_path.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(ca.key, directory / "ca.key")
     server = ca.issue(directory, "server", "herald-server", server=True)
     client = ca.issue(directory, "client-a", "client-a", server=False)
     other = ca.issue(directory, "client-b", "client-b", server=False)
@@ -173,3 +174,16 @@ def dated_certificate(
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, path.with_suffix(".key"))
     return path
+
+
+def issue_server_certificate(pki: Pki, stem: str) -> tuple[Path, Path]:
+    """Another server certificate (for 127.0.0.1 and localhost) by ``pki``'s CA, as a
+    renewal would bring: ``stem``.crt and .key beside the CA."""
+    ca = _Ca.__new__(_Ca)
+    ca.cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    loaded = serialization.load_pem_private_key(
+        (pki.ca.parent / "ca.key").read_bytes(), password=None
+    )
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    ca.key = loaded
+    return ca.issue(pki.ca.parent, stem, "herald-server", server=True)

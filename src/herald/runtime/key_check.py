@@ -23,6 +23,7 @@ from prometheus_client import Counter
 
 from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_key_methods
 from herald.runtime.key_pairs import parse_api_keys, read_key_file
+from herald.runtime.refusals import Refusals
 from herald.runtime.settings import API_KEYS_FILE_POLL_SECONDS
 
 log = structlog.get_logger("herald.auth")
@@ -59,7 +60,13 @@ class KeyFile:
         self._name = name
         self._check = check
         self._poll = poll_seconds
-        self._failed: str | None = None
+        self._refusals = Refusals(
+            RELOADS,
+            log,
+            "api_keys.refused",
+            "the keys in force stay until the file is good again",
+            variable=variable,
+        )
 
     async def run(self) -> None:
         """Polls until cancelled."""
@@ -75,17 +82,9 @@ class KeyFile:
             if (problem := self._check and self._check(keys)) is not None:
                 raise ValueError(problem)
         except ValueError as exc:
-            if str(exc) != self._failed:  # once per bad version, not every poll
-                self._failed = str(exc)
-                RELOADS.labels("refused").inc()
-                log.error(
-                    "api_keys.refused",
-                    variable=self._variable,
-                    error=str(exc),
-                    detail="the keys in force stay until the file is good again",
-                )
+            self._refusals.refused(str(exc))
             return
-        self._failed = None
+        self._refusals.cleared()
         if keys == self._current:
             return
         old, self._current = self._current, keys

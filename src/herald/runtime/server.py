@@ -21,6 +21,7 @@ from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
 from herald.runtime.tls import ServerTls
+from herald.runtime.tls_rotation import CertificateRotation
 from herald.runtime.tracing import configure_tracing, server_interceptor, tracing_enabled
 
 log = structlog.get_logger("herald.server")
@@ -170,7 +171,8 @@ async def start(
         ],
         server,
     )
-    credentials = tls.credentials() if tls else None
+    rotation = CertificateRotation(tls) if tls else None
+    credentials = rotation.credentials() if rotation else None
     port = await listen(server, address, f"{app.name.upper()}_ADDR", credentials)
     # Before the server starts: one that runs when the start fails is left to a closed
     # loop. Each service's variable is <NAME>_METRICS_ADDR.
@@ -183,6 +185,8 @@ async def start(
     await monitor.check_once()
     await server.start()
     tasks = [asyncio.create_task(monitor.run(), name="health")]
+    if rotation is not None and rotation.reloads:
+        tasks.append(asyncio.create_task(rotation.run(), name="tls"))
     tasks += [
         asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in app.workers
     ]

@@ -19,10 +19,12 @@ from herald.runtime.key_pairs import read_key_file
 from herald.runtime.tls import (
     ClientTls,
     ServerTls,
+    TlsFiles,
     check_dates,
     check_pair,
     read_certificates,
     read_private_key,
+    read_server_tls,
 )
 from herald.runtime.tracing import traces_exporter, tracing_enabled
 
@@ -132,6 +134,13 @@ class RuntimeSettings(BaseSettings):
     )
     grpc_tls_client_key_file: str = Field(
         "", description="PEM private key of GRPC_TLS_CLIENT_CERT_FILE."
+    )
+    grpc_tls_reload_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=HOUR_SECONDS,
+        description="How often the gRPC port's certificate, key and client CA files are "
+        "read again (a renewed certificate is used with no restart); 0: at start only.",
     )
     api_keys_file_poll_seconds: float = Field(
         API_KEYS_FILE_POLL_SECONDS,
@@ -243,12 +252,13 @@ class RuntimeSettings(BaseSettings):
         """The gRPC port's TLS; None: plaintext."""
         if not self.grpc_tls_cert_file:
             return None
-        return ServerTls(
-            read_certificates(self.grpc_tls_cert_file),
-            read_private_key(self.grpc_tls_key_file),
-            read_certificates(self.grpc_tls_client_ca_file)
-            if self.grpc_tls_client_ca_file
-            else None,
+        return read_server_tls(
+            TlsFiles(
+                self.grpc_tls_cert_file,
+                self.grpc_tls_key_file,
+                self.grpc_tls_client_ca_file or None,
+                self.grpc_tls_reload_seconds,
+            )
         )
 
     def client_tls(self) -> ClientTls | None:

@@ -93,13 +93,25 @@ def _private_key(data: bytes, path: str) -> PrivateKeyTypes:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where a port's certificate, key and client CA are read from, and how often
+    (``tls_rotation.py``)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+    every_seconds: float = 0  # 0: read at start only
+
+
+@dataclass(frozen=True)
 class ServerTls:
     """A gRPC port's certificate and key; with ``client_ca``, callers must present a
-    certificate it signed (mutual TLS)."""
+    certificate it signed (mutual TLS). ``files``: where they were read from."""
 
     cert_chain: bytes
     private_key: bytes
     client_ca: bytes | None = None
+    files: TlsFiles | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         """For ``server.add_secure_port``."""
@@ -108,6 +120,22 @@ class ServerTls:
             root_certificates=self.client_ca,
             require_client_auth=self.client_ca is not None,
         )
+
+
+def read_server_tls(files: TlsFiles) -> ServerTls:
+    """The port's TLS from its files, checked as at start (each readable PEM, the key
+    the certificate's, the certificate within its dates, the client CA not all
+    expired); raises ValueError saying what is wrong."""
+    chain = read_certificates(files.cert)
+    key = read_private_key(files.key)
+    if not check_pair(chain, key):
+        raise ValueError(f"{files.key} is not the key of the certificate in {files.cert}")
+    check_dates(chain, files.cert, leaf=True)
+    client_ca = None
+    if files.client_ca:
+        client_ca = read_certificates(files.client_ca)
+        check_dates(client_ca, files.client_ca, leaf=False)
+    return ServerTls(chain, key, client_ca, files)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""A gRPC port's certificate renewed without a restart: the port's PEM files
+(``GRPC_TLS_CERT_FILE``, ``GRPC_TLS_KEY_FILE``, ``GRPC_TLS_CLIENT_CA_FILE``) are read
+again every ``GRPC_TLS_RELOAD_SECONDS``, and a changed set that is good is used for
+every connection from then on (grpc's dynamic server credentials: the core asks for
+the configuration before each handshake). Connections already open keep theirs.
+
+A changed set that is not good (a file unreadable or not PEM, a key that is not the
+certificate's, as when a renewal has written the certificate but not yet its key; a
+certificate out of its dates) is not used: the port keeps the one in force, logged
+``tls.refused`` once per such version and counted; the next good version is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import cast
+
+import grpc
+import structlog
+from cryptography import x509
+from prometheus_client import Counter
+
+from herald.runtime.refusals import Refusals
+from herald.runtime.tls import ServerTls, read_server_tls
+
+log = structlog.get_logger("herald.tls")
+
+RELOADS = Counter(
+    "tls_reloads",
+    "Changes of a gRPC port's certificate files, by outcome: applied, or refused (the "
+    "certificate in force stays).",
+    ["outcome"],
+)
+
+
+class CertificateRotation:
+    """The port's credentials, and the worker that renews them from the files."""
+
+    def __init__(self, tls: ServerTls) -> None:
+        self._tls = tls
+        self._lock = threading.Lock()  # the core may ask from a thread of its own
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._refusals = Refusals(
+            RELOADS,
+            log,
+            "tls.refused",
+            "the port keeps its certificate until the files are good again",
+        )
+
+    @property
+    def reloads(self) -> bool:
+        """Whether the files are read again (GRPC_TLS_RELOAD_SECONDS not 0)."""
+        return self._tls.files is not None and self._tls.files.every_seconds > 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Static credentials, or dynamic ones when the files are to be read again."""
+        if not self.reloads:
+            return self._tls.credentials()
+        return grpc.dynamic_ssl_server_credentials(
+            _configuration(self._tls),
+            # None means "no change" (grpc's documentation); its type stubs omit it.
+            cast("Callable[[], grpc.ServerCertificateConfiguration]", self._fetch),
+            require_client_authentication=self._tls.client_ca is not None,
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc before each handshake: a new configuration once, else None
+        (the one in force stays)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    async def run(self) -> None:
+        """Reads the files again every ``every_seconds`` until cancelled."""
+        files = self._tls.files
+        if files is None or not self.reloads:
+            return
+        while True:
+            await asyncio.sleep(files.every_seconds)
+            await asyncio.to_thread(self.poll_once)
+
+    def poll_once(self) -> None:
+        """Reads the files once; takes them when they changed and are good."""
+        files = self._tls.files
+        assert files is not None
+        try:
+            tls = read_server_tls(files)
+        except ValueError as exc:
+            self._refusals.refused(str(exc))
+            return
+        self._refusals.cleared()
+        if (tls.cert_chain, tls.private_key, tls.client_ca) == (
+            self._tls.cert_chain,
+            self._tls.private_key,
+            self._tls.client_ca,
+        ):
+            return
+        with self._lock:
+            self._pending = _configuration(tls)
+        self._tls = tls
+        RELOADS.labels("applied").inc()
+        leaf = x509.load_pem_x509_certificates(tls.cert_chain)[0]
+        log.info(
+            "tls.reloaded",
+            subject=leaf.subject.rfc4514_string(),
+            serial=format(leaf.serial_number, "x"),
+            not_after=leaf.not_valid_after_utc.isoformat(),
+        )
+
+
+def _configuration(tls: ServerTls) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca
+    )
