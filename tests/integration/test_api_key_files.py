@@ -58,6 +58,19 @@ async def until(call: Callable[[], Awaitable[object]], code: grpc.StatusCode) ->
     return loop.time() - began
 
 
+def publisher(
+    stub: ingest_pb2_grpc.IngestServiceAsyncStub,
+) -> Callable[[str], Callable[[], Awaitable[object]]]:
+    """key -> a Publish call with that key (of an event of its own each time)."""
+
+    def publish(key: str) -> Callable[[], Awaitable[object]]:
+        return lambda: stub.Publish(
+            ingest_pb2.PublishRequest(json=event()), metadata=bearer(key), timeout=10
+        )
+
+    return publish
+
+
 async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_restart(
     infra: Infra, database_url: str, topic: str, tmp_path: Path
 ) -> None:
@@ -75,10 +88,7 @@ async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_rest
         grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
     ):
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
-
-        def publish(key: str) -> Callable[[], Awaitable[object]]:
-            request = ingest_pb2.PublishRequest(json=event())
-            return lambda: stub.Publish(request, metadata=bearer(key), timeout=10)
+        publish = publisher(stub)
 
         def list_types(key: str) -> Callable[[], Awaitable[object]]:
             request = ingest_pb2.ListEventTypesRequest()
@@ -120,6 +130,42 @@ async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_rest
         keys.unlink()
         await asyncio.sleep(POLL * 4)
         assert await code_after(publish(NEW)) == grpc.StatusCode.OK, "a file gone changes nothing"
+
+
+async def test_a_misspelt_new_caller_that_a_limit_would_not_cover_is_refused(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    """The start refuses a limit that names a caller no key has; a keys file changed
+    later could otherwise bring billing's new key under a misspelt name, unlimited."""
+    keys = tmp_path / "ingest-keys"
+    keys.write_text(f"{OLD}=billing\n")
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys_file=str(keys),
+            ingest_api_key_event_types="billing=message.*",
+            api_keys_file_poll_seconds=POLL,
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        publish = publisher(stub)
+
+        with capture_logs() as logs:
+            replace(keys, f"{NEW}=bililng\n")
+            await asyncio.sleep(POLL * 6)
+        [line] = [e for e in logs if e["event"] == "api_keys.refused"]
+        assert line["error"] == (
+            "new caller 'bililng' would not be limited by INGEST_API_KEY_EVENT_TYPES (it "
+            "names billing): a misspelt name? Name it there (a restart) or give it a '*' entry"
+        )
+        assert await code_after(publish(OLD)) == grpc.StatusCode.OK, "the keys in force stay"
+        assert await code_after(publish(NEW)) == grpc.StatusCode.UNAUTHENTICATED
+        replace(keys, f"{NEW}=billing\n")  # the name right: taken, and limited
+        await until(publish(NEW), grpc.StatusCode.OK)
+        assert await code_after(publish(OLD)) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_webhooks_takes_a_tenants_new_key_but_never_the_internal_key(

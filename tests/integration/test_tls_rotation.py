@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import Infra
 from tests.integration.test_grpc_tls import event, health, publish, running_ingest
-from tests.tls_certs import dated_certificate, issue_server_certificate, make_pki
+from tests.tls_certs import Pki, dated_certificate, issue_server_certificate, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,20 @@ async def serves(port: int, serial: int) -> None:
     raise AssertionError("the renewed certificate was not served within 5 s")
 
 
-async def test_a_renewed_certificate_is_served_without_a_restart(
-    infra: Infra, database_url: str, topic: str, tmp_path: Path
-) -> None:
+def port_files(tmp_path: Path) -> tuple[Pki, Path, Path, Path, Path]:
+    """A PKI; the port's certificate and key files (copies, to be replaced); and a
+    renewal of them by the same CA."""
     pki = make_pki(tmp_path / "pki")
     cert, key = tmp_path / "port.crt", tmp_path / "port.key"
     shutil.copy(pki.server_cert, cert)
     shutil.copy(pki.server_key, key)
-    renewed_cert, renewed_key = issue_server_certificate(pki, "renewed")
+    return (pki, cert, key, *issue_server_certificate(pki, "renewed"))
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    pki, cert, key, renewed_cert, renewed_key = port_files(tmp_path)
     async with running_ingest(
         infra,
         database_url,
@@ -98,3 +104,29 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
         assert await asyncio.to_thread(served_serial, port) == serial_of(renewed_cert)
         errors = [e["error"] for e in logs if e["event"] == "tls.refused"]
         assert any("the certificate expired at" in error for error in errors), errors
+        with capture_logs() as logs:
+            cert.write_text("not a certificate\n")
+            await asyncio.sleep(RELOAD * 6)
+        assert await asyncio.to_thread(served_serial, port) == serial_of(renewed_cert)
+        errors = [e["error"] for e in logs if e["event"] == "tls.refused"]
+        assert errors == [f"{cert}: not a PEM certificate"]
+
+
+async def test_with_reloading_off_the_certificate_read_at_start_stays(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    pki, cert, key, renewed_cert, renewed_key = port_files(tmp_path)
+    async with running_ingest(
+        infra,
+        database_url,
+        topic,
+        grpc_tls_cert_file=str(cert),
+        grpc_tls_key_file=str(key),
+        grpc_tls_reload_seconds=0,
+    ) as ingest:
+        shutil.copy(renewed_cert, cert)
+        shutil.copy(renewed_key, key)
+        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(served_serial, ingest.port) == serial_of(pki.server_cert)
+        async with grpc.aio.secure_channel(f"localhost:{ingest.port}", pki.credentials()) as ch:
+            assert (await publish(ch, event())).event_id

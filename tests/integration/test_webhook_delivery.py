@@ -1685,6 +1685,31 @@ async def test_a_webhook_moved_to_another_url_is_not_held_by_the_old_endpoint_s_
     assert waited < 3, f"the moved webhook's deliveries waited {waited:.1f} s"
 
 
+async def test_an_attempt_at_the_old_url_ending_after_a_move_stores_no_slowness(
+    stack: Stack,
+) -> None:
+    """An attempt in flight to the old URL times out after UpdateWebhook gave the
+    webhook another: its verdict is about the old endpoint, so slow_since stays unset
+    (every replica would have held the new endpoint to its share)."""
+    async with Receiver() as receiver:
+        receiver.script("/old", Reply(delay=3.0))  # past the 1 s timeout
+        created = await stack.hook(receiver.url("/old"), initial_delay=25)
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1, path="/old")  # in flight
+        await stack.stub.UpdateWebhook(
+            webhooks_pb2.UpdateWebhookRequest(
+                webhook=webhooks_pb2.Webhook(id=created.webhook.id, url=receiver.url("/new")),
+                update_mask=FieldMask(paths=["url"]),
+            ),
+            metadata=KEY,
+        )
+        await asyncio.sleep(2.0)  # the attempt has timed out, its verdict had its turn
+        got = await stack.stub.GetWebhook(
+            webhooks_pb2.GetWebhookRequest(id=created.webhook.id), metadata=KEY
+        )
+    assert not got.webhook.HasField("slow_since")
+
+
 async def test_a_webhook_found_slow_shows_since_when_and_loses_it_with_another_url(
     stack: Stack,
 ) -> None:

@@ -126,3 +126,27 @@ def test_a_verdict_holds_for_the_endpoint_it_was_reached_at() -> None:
     shares.learned(a2, "a", fast=True, endpoint=reenabled)
     shares.at_endpoint(a2, reenabled)
     assert shares.is_fast(a2)
+
+
+def test_an_attempt_at_an_endpoint_the_webhook_has_left_says_nothing() -> None:
+    """An attempt at the old URL that times out after a claim showed the new one (and
+    the new one was found fast) neither makes the webhook slow nor is stored."""
+    shares = Shares(per_webhook=1, per_tenant=1)
+    a1, a2 = uuid.uuid4(), uuid.uuid4()
+    old, new = ("https://x/old", 1), ("https://x/new", 1)
+    assert shares.start(a1, "a") == SLOW_A
+    shares.at_endpoint(a2, old)
+    shares.at_endpoint(a2, new)
+    assert shares.learned(a2, "a", fast=True, endpoint=new)
+    assert not shares.learned(a2, "a", fast=False, endpoint=old), "stale: nothing to store"
+    assert shares.is_fast(a2)
+
+
+def test_a_verdict_loaded_at_start_goes_when_a_claim_shows_another_endpoint() -> None:
+    shares = Shares(per_webhook=1, per_tenant=1)
+    a1, a2 = uuid.uuid4(), uuid.uuid4()
+    assert shares.start(a1, "a") == SLOW_A
+    shares.heard_slow(a2, "a", ("https://x/old", 1))  # stored as slow: loaded at start
+    assert shares.room(a2, "a") == 0
+    shares.at_endpoint(a2, ("https://x/new", 1))  # moved by another replica meanwhile
+    assert shares.room(a2, "a") == 1, "untried at the new URL: a probe"

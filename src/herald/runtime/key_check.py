@@ -13,7 +13,7 @@ service nor locks every caller out; the next good version is applied.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,12 @@ import grpc
 import structlog
 from prometheus_client import Counter
 
-from herald.runtime.auth import ApiKeys, BearerAuthInterceptor, parse_key_methods
+from herald.runtime.auth import (
+    EVERY_OTHER_CALLER,
+    ApiKeys,
+    BearerAuthInterceptor,
+    parse_key_methods,
+)
 from herald.runtime.key_pairs import parse_api_keys, read_key_file
 from herald.runtime.refusals import Refusals
 from herald.runtime.settings import API_KEYS_FILE_POLL_SECONDS
@@ -72,7 +77,8 @@ class KeyFile:
         """Polls until cancelled."""
         while True:
             await asyncio.sleep(self._poll)
-            self.poll_once()
+            # Off the event loop: a file on a slow or hung mount stalls no call.
+            await asyncio.to_thread(self.poll_once)
 
     def poll_once(self) -> None:
         """Reads the file once; applies it when it changed and is good."""
@@ -111,6 +117,33 @@ class KeyCheck:
     workers: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
+def new_callers_limited(
+    start: Collection[str], limits: Mapping[str, Collection[str]]
+) -> Callable[[dict[str, str]], str | None]:
+    """A check for a new version of a keys file, whose callers at start were ``start``
+    and whose limits (by setting: the callers each names) are ``limits``: a caller
+    that is new and that a limit neither names nor covers by ``*`` would be unlimited
+    there. The start refuses a limit naming a caller no key has, so a misspelt name
+    cannot slip in unlimited; in a running service the keys change alone, and a
+    misspelt name (``bililng`` for ``billing``) would: refused. A caller losing its
+    keys (revoked) is always taken."""
+
+    def check(keys: dict[str, str]) -> str | None:
+        new = set(keys.values()) - set(start)
+        for variable, named in limits.items():
+            if not named or EVERY_OTHER_CALLER in named:
+                continue
+            if unnamed := sorted(new - set(named)):
+                return (
+                    f"new caller {', '.join(map(repr, unnamed))} would not be limited by "
+                    f"{variable} (it names {', '.join(sorted(named))}): a misspelt name? "
+                    "Name it there (a restart) or give it a '*' entry"
+                )
+        return None
+
+    return check
+
+
 def optional_key_check(
     api_keys: str,
     key_methods: str = "",
@@ -120,12 +153,15 @@ def optional_key_check(
     key_file: str = "",
     file_variable: str = "",
     poll_seconds: float = API_KEYS_FILE_POLL_SECONDS,
+    other_limits: Mapping[str, Collection[str]] | None = None,
 ) -> KeyCheck:
     """The key check of a service with ``methods`` whose ``*_API_KEYS`` setting is
     ``api_keys`` (read from ``key_file``, the setting ``file_variable``, when that is
     given: the settings check has put its pairs into ``api_keys``) and whose
-    ``*_API_KEY_METHODS`` (named ``methods_variable``) is ``key_methods``. None when
-    there are no keys (the service answers anyone, at no cost per call)."""
+    ``*_API_KEY_METHODS`` (named ``methods_variable``) is ``key_methods``; the service's
+    other limits (``other_limits``: the callers each names) guard the file's new
+    versions too (:func:`new_callers_limited`). None when there are no keys (the service
+    answers anyone, at no cost per call)."""
     keys = parse_api_keys(api_keys)
     if not keys:
         return KeyCheck()
@@ -133,6 +169,14 @@ def optional_key_check(
     known = ApiKeys(keys)
     check = KeyCheck([BearerAuthInterceptor(known, allowed=allowed, allowed_by=methods_variable)])
     if key_file:
-        watcher = KeyFile(key_file, file_variable, known, keys, poll_seconds=poll_seconds)
+        limits = {methods_variable: list(allowed), **(other_limits or {})}
+        watcher = KeyFile(
+            key_file,
+            file_variable,
+            known,
+            keys,
+            check=new_callers_limited(set(keys.values()), limits),
+            poll_seconds=poll_seconds,
+        )
         check.workers.append(watcher.run)
     return check

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -58,10 +59,11 @@ async def listen(
     server: grpc.aio.Server,
     address: str,
     variable: str,
-    credentials: grpc.ServerCredentials | None = None,
+    credentials: Callable[[], grpc.ServerCredentials] | None = None,
 ) -> int:
-    """Binds ``address`` (the setting ``variable``), TLS only with ``credentials``; the
-    port bound. A host that does
+    """Binds ``address`` (the setting ``variable``), TLS only with ``credentials``
+    (made afresh for each try: dynamic ones hand their first configuration out once);
+    the port bound. A host that does
     not resolve, or a port another process listens on, stops the start at once naming
     ``variable``. A port taken without a listener is waited for up to
     BIND_WAIT_SECONDS: a fixed port can be the local end of an outgoing connection in
@@ -80,7 +82,7 @@ async def listen(
         if address.endswith(":0") or await asyncio.to_thread(_bindable, places):
             try:
                 port = (
-                    server.add_secure_port(address, credentials)
+                    server.add_secure_port(address, credentials())
                     if credentials is not None
                     else server.add_insecure_port(address)
                 )

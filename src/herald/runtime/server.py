@@ -172,7 +172,7 @@ async def start(
         server,
     )
     rotation = CertificateRotation(tls) if tls else None
-    credentials = rotation.credentials() if rotation else None
+    credentials = rotation.credentials if rotation else None
     port = await listen(server, address, f"{app.name.upper()}_ADDR", credentials)
     # Before the server starts: one that runs when the start fails is left to a closed
     # loop. Each service's variable is <NAME>_METRICS_ADDR.

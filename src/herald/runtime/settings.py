@@ -144,9 +144,9 @@ class RuntimeSettings(BaseSettings):
     )
     api_keys_file_poll_seconds: float = Field(
         API_KEYS_FILE_POLL_SECONDS,
-        gt=0,
+        ge=0.05,
         le=HOUR_SECONDS,
-        description="How often a service re-reads its *_API_KEYS_FILE.",
+        description="How often a service re-reads its *_API_KEYS_FILE (0.05 to 3600).",
     )
 
     # What a *_API_KEYS pair names: a caller (webhooks: a tenant).

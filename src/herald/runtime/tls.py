@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -24,7 +25,7 @@ def read_certificates(path: str) -> bytes:
     data = _read(path)
     try:
         x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise ValueError(f"{path}: not a PEM certificate") from None
     return data
 
@@ -73,9 +74,11 @@ def check_pair(cert_chain: bytes, private_key: bytes) -> bool:
     key = _private_key(private_key, "")
     der = serialization.Encoding.DER
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(
-        cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
-    )
+    try:
+        public = cert.public_key().public_bytes(der, spki)
+    except UnsupportedAlgorithm:  # a certificate for a key type cryptography lacks
+        return False
+    return bool(public == key.public_key().public_bytes(der, spki))
 
 
 def _read(path: str) -> bytes:
@@ -88,7 +91,8 @@ def _read(path: str) -> bytes:
 def _private_key(data: bytes, path: str) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):  # TypeError: encrypted, and no password
+    # TypeError: encrypted, and no password; UnsupportedAlgorithm: a key type it lacks.
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValueError(f"{path}: not an unencrypted PEM private key") from None
 
 

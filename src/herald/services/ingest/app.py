@@ -86,10 +86,9 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     workers.append(partial(run_purges, pool, purges))
     workers.append(BacklogReporter(pool, Q.outbox_backlog, BEHIND, (LANES,)).run)
     callers = settings.callers()
-    publish_limits = PublishLimits(
-        parse_type_limits(settings.ingest_api_key_event_types, callers),
-        parse_source_limits(settings.ingest_api_key_sources, callers),
-    )
+    type_limits = parse_type_limits(settings.ingest_api_key_event_types, callers)
+    source_limits = parse_source_limits(settings.ingest_api_key_sources, callers)
+    publish_limits = PublishLimits(type_limits, source_limits)
     if unmatched := publish_limits.unmatched(catalog.catalog.names()):
         # Not refused: the type may be registered later (CreateEventType).
         log.warning(
@@ -125,6 +124,10 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         key_file=settings.ingest_api_keys_file,
         file_variable="INGEST_API_KEYS_FILE",
         poll_seconds=settings.api_keys_file_poll_seconds,
+        other_limits={
+            "INGEST_API_KEY_EVENT_TYPES": list(type_limits),
+            "INGEST_API_KEY_SOURCES": list(source_limits),
+        },
     )
     return App(
         name="ingest",

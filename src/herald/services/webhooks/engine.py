@@ -37,7 +37,7 @@ from herald.services.webhooks.outcomes import OutcomeLog, outcome_of
 from herald.services.webhooks.secret_box import SecretBox
 from herald.services.webhooks.shares import Held, Shares
 from herald.services.webhooks.signing import HERALD, HeaderNames, signature_headers
-from herald.services.webhooks.slowness import SlownessLog
+from herald.services.webhooks.slowness import Endpoint, SlownessLog
 from herald.services.webhooks.store import Q, retry_policy_of
 
 log = structlog.get_logger("herald.webhooks.engine")
@@ -121,8 +121,8 @@ class Engine:
     async def run(self) -> None:
         """Claims and attempts due deliveries until cancelled."""
         recorder = asyncio.create_task(self._outcomes.run())
-        for webhook_id, tenant in await self._slowness.load():
-            self._shares.heard_slow(webhook_id, tenant)
+        for webhook_id, tenant, endpoint in await self._slowness.load():
+            self._shares.heard_slow(webhook_id, tenant, endpoint)
         try:
             while True:
                 self._wake.clear()
@@ -376,10 +376,11 @@ class Engine:
             # withholds its body holds the slot as long as one that never answers.
             took = time.monotonic() - begun
             slow = result.error in SLOW_ERRORS or took >= SLOW_SECONDS
+            endpoint = _endpoint(row)
             if self._shares.learned(
-                row["webhook_id"], row["tenant"], fast=not slow, endpoint=_endpoint(row)
+                row["webhook_id"], row["tenant"], fast=not slow, endpoint=endpoint
             ) and (slow != row["slow"]):  # a new verdict here, not what is stored: store it
-                self._slowness.record(row["webhook_id"], slow=slow)
+                self._slowness.record(row["webhook_id"], slow=slow, endpoint=endpoint)
         finally:
             posted()
         policy = retry_policy_of(hook)
@@ -468,7 +469,7 @@ class Engine:
         return secret
 
 
-def _endpoint(row: asyncpg.Record) -> tuple[str, object]:
+def _endpoint(row: asyncpg.Record) -> Endpoint:
     """What a slowness verdict holds for: the webhook's URL, and when it was last
     enabled (a re-enabled endpoint is tried afresh)."""
     return row["url"], row["activated_at"]

@@ -88,7 +88,7 @@ class Shares:
         self._probes: collections.Counter[str] = collections.Counter()  # of those, probes
         self._fast = _ByTenant()  # the last attempt was quick
         self._known_slow = _ByTenant()  # the last attempt was slow
-        # The endpoint each of those verdicts was reached at.
+        # Each webhook's endpoint as its latest claim (or verdict) showed it.
         self._endpoints: dict[uuid.UUID, Hashable] = {}
 
     def is_fast(self, webhook: uuid.UUID) -> bool:
@@ -144,22 +144,30 @@ class Shares:
                 _count_off(self._probes, held.tenant)
 
     def at_endpoint(self, webhook: uuid.UUID, endpoint: Hashable) -> None:
-        """The webhook's endpoint is now ``endpoint``: a verdict reached at another one
-        no longer holds (untried again)."""
+        """A claimed delivery shows the webhook's endpoint (its URL, and when it was
+        last enabled): a verdict reached at another one no longer holds (untried
+        again), nor will an attempt still in flight to that one say anything."""
         known = self._endpoints.get(webhook)
-        if known is not None and known != endpoint:
+        if known == endpoint:
+            return
+        if known is not None:
             self.forget(webhook)
+        if len(self._endpoints) < 2 * MAX_KNOWN:
+            self._endpoints[webhook] = endpoint
 
     def learned(
         self, webhook: uuid.UUID, tenant: str, *, fast: bool, endpoint: Hashable = None
     ) -> bool:
         """Records how quick the webhook's last attempt (at ``endpoint``) was; returns
-        whether that changes what this process knew of it (untried, fast or slow)."""
-        self.at_endpoint(webhook, endpoint)
-        changed = self._learn(webhook, tenant, fast=fast)
-        if webhook in self._fast or webhook in self._known_slow:
-            self._endpoints[webhook] = endpoint
-        return changed
+        whether that changes what this process knew of it (untried, fast or slow). An
+        attempt at an endpoint the webhook has left since (a claim showed another)
+        changes nothing."""
+        known = self._endpoints.get(webhook)
+        if endpoint is not None and known is not None and known != endpoint:
+            return False
+        if endpoint is not None and known is None:
+            self.at_endpoint(webhook, endpoint)
+        return self._learn(webhook, tenant, fast=fast)
 
     def _learn(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
         if fast:
@@ -177,9 +185,10 @@ class Shares:
     def heard_slow(self, webhook: uuid.UUID, tenant: str, endpoint: Hashable = None) -> None:
         """Another process found the webhook (at ``endpoint``) slow: so it is here, unless
         this process has tried it itself (there)."""
-        self.at_endpoint(webhook, endpoint)
+        if endpoint is not None:
+            self.at_endpoint(webhook, endpoint)
         if webhook not in self._fast and webhook not in self._known_slow:
-            self.learned(webhook, tenant, fast=False, endpoint=endpoint)
+            self._learn(webhook, tenant, fast=False)
 
     def forget(self, webhook: uuid.UUID) -> None:
         """The webhook's endpoint changed (another URL, or re-enabled): untried again."""

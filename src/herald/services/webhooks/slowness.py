@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -27,6 +28,8 @@ from herald.services.webhooks.shares import MAX_KNOWN
 from herald.services.webhooks.store import Q
 
 log = structlog.get_logger("herald.webhooks.slowness")
+
+Endpoint = tuple[str, datetime]  # a webhook's url and activated_at
 
 
 WRITE_EVERY_SECONDS = 10.0  # a webhook's stored verdict changes at most this often
@@ -41,49 +44,59 @@ class SlownessLog:
         self._wanted: dict[uuid.UUID, bool] = {}  # the latest verdict, per webhook writing
         self._written: dict[uuid.UUID, bool] = {}  # what its writer stored last
         self._writers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._endpoint: dict[uuid.UUID, Endpoint] = {}  # of the latest verdict, per webhook
 
-    async def load(self) -> list[tuple[uuid.UUID, str]]:
-        """The active webhooks stored as slow (webhook, tenant); none if the database
-        cannot say (they are then untried, as before a verdict was stored)."""
+    async def load(self) -> list[tuple[uuid.UUID, str, Endpoint]]:
+        """The active webhooks stored as slow (webhook, tenant, endpoint); none if the
+        database cannot say (they are then untried, as before a verdict was stored)."""
         try:
             rows = await self._pool.fetch(Q.slow_webhooks, MAX_KNOWN)
         except DATABASE_ERRORS as exc:
             log.warning("slowness.load_failed", error=repr(exc))
             return []
-        return [(row["id"], row["tenant"]) for row in rows]
+        return [(row["id"], row["tenant"], (row["url"], row["activated_at"])) for row in rows]
 
-    def record(self, webhook_id: uuid.UUID, *, slow: bool) -> None:
-        """Stores that the webhook is (or is no longer) slow, in the background: at once
-        if nothing was stored for it in the last ``write_every`` seconds, else then."""
+    def record(self, webhook_id: uuid.UUID, *, slow: bool, endpoint: Endpoint) -> None:
+        """Stores that the webhook is (or is no longer) slow at ``endpoint`` (its URL and
+        when it was last enabled; not stored once it has another), in the background:
+        at once if nothing was stored for it in the last ``write_every`` seconds, else
+        then."""
         self._wanted[webhook_id] = slow
+        self._endpoint[webhook_id] = endpoint
         if webhook_id not in self._writers:
             self._writers[webhook_id] = asyncio.ensure_future(self._writer(webhook_id))
 
     async def flush(self) -> None:
         """Stores the verdicts still waiting for their turn, now (on the way out)."""
-        due = {w: slow for w, slow in self._wanted.items() if self._written.get(w) != slow}
+        due = {
+            w: (slow, self._endpoint[w])
+            for w, slow in self._wanted.items()
+            if self._written.get(w) != slow
+        }
         writers = list(self._writers.values())
         for task in writers:
             task.cancel()
         await asyncio.gather(*writers, return_exceptions=True)
-        await asyncio.gather(*(self._write(w, slow) for w, slow in due.items()))
+        await asyncio.gather(*(self._write(w, *wanted) for w, wanted in due.items()))
 
     async def _writer(self, webhook_id: uuid.UUID) -> None:
         """Writes the webhook's latest verdict while it differs from the one written,
         waiting ``write_every`` after each write."""
         try:
             while (slow := self._wanted[webhook_id]) != self._written.get(webhook_id):
-                await self._write(webhook_id, slow)
+                await self._write(webhook_id, slow, self._endpoint[webhook_id])
                 self._written[webhook_id] = slow
                 await asyncio.sleep(self._every)
         finally:
             del self._writers[webhook_id]
             self._wanted.pop(webhook_id, None)
             self._written.pop(webhook_id, None)
+            self._endpoint.pop(webhook_id, None)
 
-    async def _write(self, webhook_id: uuid.UUID, slow: bool) -> None:
+    async def _write(self, webhook_id: uuid.UUID, slow: bool, endpoint: Endpoint) -> None:
+        url, activated_at = endpoint
         try:
-            await self._pool.execute(Q.set_slow, webhook_id, slow)
+            await self._pool.execute(Q.set_slow, webhook_id, slow, url, activated_at)
         except DATABASE_ERRORS as exc:  # the next change of verdict writes again
             log.warning("slowness.store_failed", error=repr(exc), webhook_id=str(webhook_id))
             return

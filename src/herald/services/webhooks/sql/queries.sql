@@ -204,15 +204,17 @@ RETURNING d.id
 -- name: set_slow
 -- A worker's verdict on the webhook's endpoint changed ($2: slow, or quick again):
 -- stored for a restarted worker and the other replicas. A row already saying so is not
--- written again, and a slow one keeps the time it was first found slow.
+-- written again, and a slow one keeps the time it was first found slow. Only while the
+-- webhook still has the endpoint the verdict was reached at ($3 url, $4 activated_at):
+-- an attempt at its old URL that ended after an UpdateWebhook says nothing of the new.
 UPDATE webhooks.webhooks
 SET slow_since = CASE WHEN $2 THEN coalesce(slow_since, now()) END
-WHERE id = $1 AND (slow_since IS NOT NULL) <> $2
+WHERE id = $1 AND (slow_since IS NOT NULL) <> $2 AND url = $3 AND activated_at = $4
 
 -- name: slow_webhooks
 -- The active webhooks found slow (at most $1), which a starting worker holds to their
--- share before it has tried them itself.
-SELECT id, tenant FROM webhooks.webhooks
+-- share before it has tried them itself; with their endpoint (url, activated_at).
+SELECT id, tenant, url, activated_at FROM webhooks.webhooks
 WHERE slow_since IS NOT NULL AND active
 LIMIT $1
 
