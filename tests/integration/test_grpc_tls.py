@@ -191,6 +191,31 @@ async def test_mutual_tls_needs_a_client_certificate_and_its_identity_scopes_key
         assert await actors(database_url, key) == {"client-a", "client-b"}
 
 
+async def test_mutual_tls_with_client_names_lets_in_only_those_certificates(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    """Any certificate the CA signed connected: with one CA for every service and
+    client, each could call every service. GRPC_TLS_CLIENT_NAMES lets in those named."""
+    async with running_ingest(
+        infra,
+        database_url,
+        topic,
+        grpc_tls_client_names="client-a, urn:spiffe:unused",
+        **tls_files(pki, mutual=True),
+    ) as ingest:
+        a = secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key))
+        b = secure(ingest.port, pki.credentials(pki.other_client_cert, pki.other_client_key))
+        async with a, b:
+            assert (await publish(a, event())).event_id
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await publish(b, event())
+            assert await health(b) == health_pb2.HealthCheckResponse.SERVING, "health: open"
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == (
+        "the client certificate (client-b) is not one GRPC_TLS_CLIENT_NAMES lets in"
+    )
+
+
 async def test_ingest_with_keys_answers_only_callers_with_one_and_scopes_by_its_name(
     infra: Infra, database_url: str, topic: str
 ) -> None:

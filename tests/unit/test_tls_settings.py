@@ -262,3 +262,21 @@ def test_a_certificate_valid_within_minutes_is_taken(
     server = load_settings(DispatchSettings).server_tls()
     assert server is not None
     assert server.cert_chain == soon.read_bytes()
+
+
+def test_client_names_need_mutual_tls_and_are_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pki: Pki
+) -> None:
+    for name, value in pki.server_env().items():
+        monkeypatch.setenv(name, value)
+    err = refused(monkeypatch, capsys, IngestSettings, GRPC_TLS_CLIENT_NAMES="client-a")
+    assert "GRPC_TLS_CLIENT_NAMES: needs GRPC_TLS_CLIENT_CA_FILE" in err
+    monkeypatch.setenv("GRPC_TLS_CLIENT_CA_FILE", str(pki.ca))
+    err = refused(monkeypatch, capsys, IngestSettings, GRPC_TLS_CLIENT_NAMES="client a,b")
+    assert "GRPC_TLS_CLIENT_NAMES: names without white space" in err
+    err = refused(monkeypatch, capsys, IngestSettings, GRPC_TLS_CLIENT_NAMES="a,,b")
+    assert "GRPC_TLS_CLIENT_NAMES: names without white space" in err
+    monkeypatch.setenv("GRPC_TLS_CLIENT_NAMES", " client-a , spiffe://herald/dispatch,client-a")
+    tls = load_settings(IngestSettings).server_tls()
+    assert tls is not None
+    assert tls.client_names == ("client-a", "spiffe://herald/dispatch")

@@ -133,7 +133,14 @@ class ApiKeys:
         raise Unauthenticated("unknown API key")
 
 
-class BearerAuthInterceptor(UnaryInterceptor):
+class _GuardInterceptor(UnaryInterceptor):
+    """An interceptor guarding every call but health checks and reflection."""
+
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(_OPEN)
+
+
+class BearerAuthInterceptor(_GuardInterceptor):
     """Sets :data:`TENANT` for each authenticated call; raises Unauthenticated
     (mapped to UNAUTHENTICATED by the error interceptor outside it)."""
 
@@ -153,10 +160,6 @@ class BearerAuthInterceptor(UnaryInterceptor):
         self._internal = dict(internal or {})
         self._allowed = dict(allowed or {})
         self._allowed_by = allowed_by
-
-    def applies_to(self, method: str) -> bool:
-        """Every call but health checks and reflection."""
-        return not method.startswith(_OPEN)
 
     async def around(
         self,
@@ -204,3 +207,29 @@ def check_key_methods(
         parse_key_methods(key_methods, set(keys.values()), methods, keys)
     except ValueError as exc:
         raise ValueError(f"{variable}: {exc}") from None
+
+
+class ClientNameInterceptor(_GuardInterceptor):
+    """Mutual TLS with an allow-list (``GRPC_TLS_CLIENT_NAMES``): a caller whose
+    certificate names none of ``names`` (its subject alternative names, else its common
+    name, as grpc reports them) is refused with PERMISSION_DENIED. Health and
+    reflection stay open, as with keys."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        super().__init__()
+        self._names = frozenset(names)
+
+    async def around(
+        self,
+        inner: Handler,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> Any:
+        presented = [i.decode(errors="replace") for i in context.peer_identities() or ()]
+        if not self._names.intersection(presented):
+            raise PermissionDenied(
+                f"the client certificate ({', '.join(presented) or 'no identity'}) is not "
+                "one GRPC_TLS_CLIENT_NAMES lets in"
+            )
+        return await inner(request, context)

@@ -16,6 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from herald.runtime.auth import ClientNameInterceptor
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.listen import listen
@@ -147,7 +148,10 @@ async def start(
     """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers; with
     ``tls`` the port takes TLS only (health and reflection included)."""
     configure_tracing(app.name)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(), *app.interceptors]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if tls is not None and tls.client_names:
+        interceptors.append(ClientNameInterceptor(tls.client_names))
+    interceptors += app.interceptors
     if tracing_enabled():
         interceptors.insert(0, server_interceptor())
     server = grpc.aio.server(

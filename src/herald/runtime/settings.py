@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import replace
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -135,6 +136,12 @@ class RuntimeSettings(BaseSettings):
     grpc_tls_client_key_file: str = Field(
         "", description="PEM private key of GRPC_TLS_CLIENT_CERT_FILE."
     )
+    grpc_tls_client_names: str = Field(
+        "",
+        description="Client certificate identities let in, comma-separated (a subject "
+        "alternative name, else the common name); others: PERMISSION_DENIED. Empty: any "
+        "certificate GRPC_TLS_CLIENT_CA_FILE signed.",
+    )
     grpc_tls_reload_seconds: float = Field(
         60.0,
         ge=0,
@@ -237,6 +244,13 @@ class RuntimeSettings(BaseSettings):
                 raise ValueError(
                     f"{name}_KEY_FILE: not the private key of {name}_CERT_FILE's certificate"
                 )
+        if self.grpc_tls_client_names and not self.grpc_tls_client_ca_file:
+            raise ValueError(
+                "GRPC_TLS_CLIENT_NAMES: needs GRPC_TLS_CLIENT_CA_FILE (names are read from "
+                "the client certificates that mutual TLS asks for)"
+            )
+        if any(not n or any(c.isspace() for c in n) for n in self.client_names()):
+            raise ValueError("GRPC_TLS_CLIENT_NAMES: names without white space, comma-separated")
         if self.grpc_tls_client_ca_file and not self.grpc_tls_cert_file:
             raise ValueError(
                 "GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE "
@@ -248,18 +262,22 @@ class RuntimeSettings(BaseSettings):
             )
         return self
 
+    def client_names(self) -> tuple[str, ...]:
+        """GRPC_TLS_CLIENT_NAMES, split."""
+        text = self.grpc_tls_client_names
+        return tuple(dict.fromkeys(n.strip() for n in text.split(","))) if text.strip() else ()
+
     def server_tls(self) -> ServerTls | None:
         """The gRPC port's TLS; None: plaintext."""
         if not self.grpc_tls_cert_file:
             return None
-        return read_server_tls(
-            TlsFiles(
-                self.grpc_tls_cert_file,
-                self.grpc_tls_key_file,
-                self.grpc_tls_client_ca_file or None,
-                self.grpc_tls_reload_seconds,
-            )
+        files = TlsFiles(
+            self.grpc_tls_cert_file,
+            self.grpc_tls_key_file,
+            self.grpc_tls_client_ca_file or None,
+            self.grpc_tls_reload_seconds,
         )
+        return replace(read_server_tls(files), client_names=self.client_names())
 
     def client_tls(self) -> ClientTls | None:
         """TLS of calls to other Herald services; None: plaintext."""

@@ -116,6 +116,9 @@ class ServerTls:
     private_key: bytes
     client_ca: bytes | None = None
     files: TlsFiles | None = None
+    # GRPC_TLS_CLIENT_NAMES: the client certificate identities let in (empty: any the
+    # CA signed).
+    client_names: tuple[str, ...] = ()
 
     def credentials(self) -> grpc.ServerCredentials:
         """For ``server.add_secure_port``."""

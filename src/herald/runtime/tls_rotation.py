@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 import grpc
@@ -97,6 +98,7 @@ class CertificateRotation:
             self._tls.client_ca,
         ):
             return
+        tls = replace(tls, client_names=self._tls.client_names)
         with self._lock:
             self._pending = _configuration(tls)
         self._tls = tls
