@@ -191,3 +191,33 @@ def test_a_definition_compiles_once_and_only_when_used(monkeypatch: pytest.Monke
     assert definition.validator.is_valid({})
     assert not definition.validator.is_valid([])
     assert len(compiled) == 1
+
+
+def compiled_now(definition: EventTypeDef) -> bool:
+    return definition._validator is not None
+
+
+def test_compiled_validators_stay_within_their_budget_least_recently_used_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1,000 versions of 64 KiB held ~1.4 GB compiled in every ingest process."""
+
+    def definition(version: str) -> EventTypeDef:
+        schema = {"type": "object", "properties": {f"f{n}": {"maxLength": n} for n in range(60)}}
+        return EventTypeDef("order.created", version, schema)
+
+    size = len(json.dumps(definition("1.0").json_schema, separators=(",", ":")))
+    compiled = catalog.CompiledValidators(budget=size * 2)
+    monkeypatch.setattr(catalog, "COMPILED", compiled)
+    one, two, three = definition("1.0"), definition("2.0"), definition("3.0")
+    assert not one.unusable  # compiled at load, as the store does
+    assert not two.unusable
+    assert one.validator.is_valid({"f1": "x"})  # used: two is now the oldest
+    assert not three.unusable
+    assert (len(compiled), compiled.held_bytes) == (2, 2 * size)
+    assert [compiled_now(d) for d in (one, two, three)] == [True, False, True], (
+        "the least recently used dropped its validator"
+    )
+    assert not two.validator.is_valid({"f1": "xx"}), "compiled again when used"
+    assert [compiled_now(d) for d in (one, two, three)] == [False, True, True]
+    assert not two.unusable, "a dropped validator is not an unusable definition"
