@@ -85,6 +85,8 @@ class PublishLimits:
         """Why ``caller`` may not publish an event of ``event_type`` from ``source``;
         None if it may. An empty type or source is not judged here (validation refuses
         it)."""
+        if not caller or not (self._types or self._sources):  # nobody limited: the usual
+            return None
         types = limit_of(self._types, caller)
         if event_type and types is not None and not any(matches(p, event_type) for p in types):
             return (
