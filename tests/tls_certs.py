@@ -104,7 +104,7 @@ class _Ca:
         )
 
     def issue(
-        self, directory: Path, stem: str, common_name: str, server: bool
+        self, directory: Path, stem: str, common_name: str, server: bool, uri: str = ""
     ) -> tuple[Path, Path]:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
@@ -133,6 +133,10 @@ class _Ca:
                     ]
                 ),
                 critical=False,
+            )
+        if uri:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
             )
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
@@ -179,6 +183,16 @@ def dated_certificate(
 def issue_server_certificate(pki: Pki, stem: str) -> tuple[Path, Path]:
     """Another server certificate (for 127.0.0.1 and localhost) by ``pki``'s CA, as a
     renewal would bring: ``stem``.crt and .key beside the CA."""
+    return _loaded_ca(pki).issue(pki.ca.parent, stem, "herald-server", server=True)
+
+
+def issue_client_certificate(pki: Pki, stem: str, common_name: str, uri: str) -> tuple[Path, Path]:
+    """A client certificate by ``pki``'s CA naming ``uri`` as its subject alternative
+    name (a SPIFFE id, say) beside ``common_name``."""
+    return _loaded_ca(pki).issue(pki.ca.parent, stem, common_name, server=False, uri=uri)
+
+
+def _loaded_ca(pki: Pki) -> _Ca:
     ca = _Ca.__new__(_Ca)
     ca.cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
     loaded = serialization.load_pem_private_key(
@@ -186,4 +200,4 @@ def issue_server_certificate(pki: Pki, stem: str) -> tuple[Path, Path]:
     )
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     ca.key = loaded
-    return ca.issue(pki.ca.parent, stem, "herald-server", server=True)
+    return ca

@@ -47,7 +47,7 @@ from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.reconcile_flow import reconcile_settings
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki, issue_client_certificate, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -214,6 +214,34 @@ async def test_mutual_tls_with_client_names_lets_in_only_those_certificates(
     assert refused.value.details() == (
         "the client certificate (client-b) is not one GRPC_TLS_CLIENT_NAMES lets in"
     )
+
+
+async def test_client_names_match_a_certificates_subject_alternative_name(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    """A certificate with a subject alternative name (a SPIFFE id) is known by it, not
+    by its common name."""
+    spiffe = issue_client_certificate(pki, "dispatch", "dispatch-cn", "spiffe://herald/dispatch")
+    for names, code in (
+        ("spiffe://herald/dispatch", grpc.StatusCode.OK),
+        ("dispatch-cn", grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        async with (
+            running_ingest(
+                infra,
+                database_url,
+                topic,
+                grpc_tls_client_names=names,
+                **tls_files(pki, mutual=True),
+            ) as ingest,
+            secure(ingest.port, pki.credentials(*spiffe)) as channel,
+        ):
+            try:
+                await publish(channel, event())
+                answered = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                answered = exc.code()
+        assert answered == code, names
 
 
 async def test_ingest_with_keys_answers_only_callers_with_one_and_scopes_by_its_name(

@@ -10,6 +10,7 @@ import pytest
 from herald.runtime.errors import FailedPrecondition, InvalidArgument
 from herald.services.ingest import catalog, envelope, validation
 from herald.services.ingest.catalog import EventTypeDef, check_definition
+from herald.services.ingest.catalog_store import CatalogStore
 
 
 def refused(schema: object) -> str:
@@ -221,3 +222,17 @@ def test_compiled_validators_stay_within_their_budget_least_recently_used_first(
     assert not two.validator.is_valid({"f1": "xx"}), "compiled again when used"
     assert [compiled_now(d) for d in (one, two, three)] == [False, True, True]
     assert not two.unusable, "a dropped validator is not an unusable definition"
+
+
+def test_a_refresh_keeps_the_definitions_it_holds_compiled() -> None:
+    """A refresh (a version not known here, a NOTIFY) read every version of the name
+    again and compiled each: the validators in use were pushed out of the budget."""
+    schema = {"type": "object"}
+    held = catalog.Catalog([EventTypeDef("order.created", "1.0", schema)])
+    kept = held.get("order.created", "1.0")
+    assert kept is not None
+    assert not kept.unusable
+    CatalogStore._add(held, EventTypeDef("order.created", "1.0", dict(schema)))
+    CatalogStore._add(held, EventTypeDef("order.created", "2.0", schema))
+    assert held.get("order.created", "1.0") is kept
+    assert held.versions("order.created") == ["1.0", "2.0"]

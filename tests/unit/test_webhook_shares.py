@@ -150,3 +150,17 @@ def test_a_verdict_loaded_at_start_goes_when_a_claim_shows_another_endpoint() ->
     assert shares.room(a2, "a") == 0
     shares.at_endpoint(a2, ("https://x/new", 1))  # moved by another replica meanwhile
     assert shares.room(a2, "a") == 1, "untried at the new URL: a probe"
+
+
+def test_after_a_move_served_here_an_attempt_in_flight_to_the_old_url_says_nothing() -> None:
+    shares = Shares(per_webhook=1, per_tenant=1)
+    a1, a2 = uuid.uuid4(), uuid.uuid4()
+    old, new = ("https://x/old", 1), ("https://x/new", 1)
+    assert shares.start(a1, "a") == SLOW_A
+    shares.at_endpoint(a2, old)  # claimed: an attempt to the old URL in flight
+    shares.moved(a2)  # UpdateWebhook served by this process
+    assert not shares.learned(a2, "a", fast=False, endpoint=old), "the old URL's timeout"
+    assert shares.room(a2, "a") == 1, "still untried: a probe at the new URL"
+    shares.at_endpoint(a2, new)
+    assert shares.learned(a2, "a", fast=True, endpoint=new)
+    assert shares.is_fast(a2)

@@ -84,16 +84,21 @@ class CatalogStore:
 
     @staticmethod
     def _add(catalog: Catalog, definition: EventTypeDef) -> None:
-        """Adds ``definition``, logging once that it is unusable when it is."""
-        if definition.unusable:
-            known = catalog.get(definition.name, definition.data_version)
-            if known is None or not known.unusable:
-                log.error(
-                    "event_type.unusable",
-                    type=definition.name,
-                    data_version=definition.data_version,
-                    error=definition.unusable,
-                )
+        """Adds ``definition``, logging once that it is unusable when it is. One the
+        catalog holds already, unchanged, is left as it is (compiled or not): a refresh
+        of a name (a lookup of a version not known here, a NOTIFY) would otherwise
+        compile every version of it again and push the validators in use out of the
+        compiled budget."""
+        known = catalog.get(definition.name, definition.data_version)
+        if known is not None and known == definition:
+            return
+        if definition.unusable and (known is None or not known.unusable):
+            log.error(
+                "event_type.unusable",
+                type=definition.name,
+                data_version=definition.data_version,
+                error=definition.unusable,
+            )
         catalog.add(definition)
 
     def on_changed(self, name: str) -> None:

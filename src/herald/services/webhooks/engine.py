@@ -109,7 +109,7 @@ class Engine:
     def untried(self, webhook_id: str) -> None:
         """The webhook got another URL or was re-enabled (UpdateWebhook here): what
         this worker measured of its endpoint no longer holds; a probe finds out again."""
-        self._shares.forget(uuid.UUID(webhook_id))
+        self._shares.moved(uuid.UUID(webhook_id))
         self._wake.set()
 
     def wake(self) -> None:

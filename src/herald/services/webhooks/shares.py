@@ -37,6 +37,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 MAX_KNOWN = 100_000  # webhooks remembered as fast, and as slow (beyond: taken as untried)
+_MOVED = object()  # the endpoint of a webhook moved here, until a claim shows the new one
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,21 +153,34 @@ class Shares:
             return
         if known is not None:
             self.forget(webhook)
-        if len(self._endpoints) < 2 * MAX_KNOWN:
+        if known is not None or len(self._endpoints) < 2 * MAX_KNOWN:
             self._endpoints[webhook] = endpoint
+
+    def moved(self, webhook: uuid.UUID) -> None:
+        """The webhook got another URL or was re-enabled (UpdateWebhook served here):
+        untried, and attempts still in flight to its old endpoint say nothing of the
+        new one, which the next claim shows."""
+        self.forget(webhook)
+        if webhook in self._endpoints:
+            self._endpoints[webhook] = _MOVED
 
     def learned(
         self, webhook: uuid.UUID, tenant: str, *, fast: bool, endpoint: Hashable = None
     ) -> bool:
         """Records how quick the webhook's last attempt (at ``endpoint``) was; returns
         whether that changes what this process knew of it (untried, fast or slow). An
-        attempt at an endpoint the webhook has left since (a claim showed another)
-        changes nothing."""
-        known = self._endpoints.get(webhook)
-        if endpoint is not None and known is not None and known != endpoint:
-            return False
-        if endpoint is not None and known is None:
-            self.at_endpoint(webhook, endpoint)
+        attempt at an endpoint the webhook has left since (a claim showed another, or
+        it moved here) changes nothing; nor, past 2 x MAX_KNOWN webhooks, does one to a
+        webhook whose endpoint cannot be remembered (a verdict it could not tie to an
+        endpoint would outlive a move)."""
+        if endpoint is not None:
+            known = self._endpoints.get(webhook)
+            if known is None:
+                self.at_endpoint(webhook, endpoint)
+                if webhook not in self._endpoints:
+                    return False
+            elif known != endpoint:
+                return False
         return self._learn(webhook, tenant, fast=fast)
 
     def _learn(self, webhook: uuid.UUID, tenant: str, *, fast: bool) -> bool:
@@ -187,6 +201,8 @@ class Shares:
         this process has tried it itself (there)."""
         if endpoint is not None:
             self.at_endpoint(webhook, endpoint)
+            if webhook not in self._endpoints:
+                return
         if webhook not in self._fast and webhook not in self._known_slow:
             self._learn(webhook, tenant, fast=False)
 
@@ -194,7 +210,6 @@ class Shares:
         """The webhook's endpoint changed (another URL, or re-enabled): untried again."""
         self._fast.discard(webhook)
         self._known_slow.discard(webhook)
-        self._endpoints.pop(webhook, None)
 
     def excluded(self) -> list[uuid.UUID]:
         """The webhooks a claim leaves out: those not known to be fast with their own

@@ -41,10 +41,11 @@ class SlownessLog:
     def __init__(self, pool: asyncpg.Pool, write_every: float = WRITE_EVERY_SECONDS) -> None:
         self._pool = pool
         self._every = write_every
-        self._wanted: dict[uuid.UUID, bool] = {}  # the latest verdict, per webhook writing
-        self._written: dict[uuid.UUID, bool] = {}  # what its writer stored last
+        # The latest verdict (slow, and at which endpoint), per webhook writing; and
+        # what its writer stored last.
+        self._wanted: dict[uuid.UUID, tuple[bool, Endpoint]] = {}
+        self._written: dict[uuid.UUID, tuple[bool, Endpoint]] = {}
         self._writers: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self._endpoint: dict[uuid.UUID, Endpoint] = {}  # of the latest verdict, per webhook
 
     async def load(self) -> list[tuple[uuid.UUID, str, Endpoint]]:
         """The active webhooks stored as slow (webhook, tenant, endpoint); none if the
@@ -61,43 +62,38 @@ class SlownessLog:
         when it was last enabled; not stored once it has another), in the background:
         at once if nothing was stored for it in the last ``write_every`` seconds, else
         then."""
-        self._wanted[webhook_id] = slow
-        self._endpoint[webhook_id] = endpoint
+        self._wanted[webhook_id] = (slow, endpoint)
         if webhook_id not in self._writers:
             self._writers[webhook_id] = asyncio.ensure_future(self._writer(webhook_id))
 
     async def flush(self) -> None:
         """Stores the verdicts still waiting for their turn, now (on the way out)."""
-        due = {
-            w: (slow, self._endpoint[w])
-            for w, slow in self._wanted.items()
-            if self._written.get(w) != slow
-        }
+        due = {w: v for w, v in self._wanted.items() if self._written.get(w) != v}
         writers = list(self._writers.values())
         for task in writers:
             task.cancel()
         await asyncio.gather(*writers, return_exceptions=True)
-        await asyncio.gather(*(self._write(w, *wanted) for w, wanted in due.items()))
+        await asyncio.gather(*(self._write(w, *verdict) for w, verdict in due.items()))
 
     async def _writer(self, webhook_id: uuid.UUID) -> None:
-        """Writes the webhook's latest verdict while it differs from the one written,
-        waiting ``write_every`` after each write."""
+        """Writes the webhook's latest verdict while it differs from the one written
+        (in slowness or in endpoint), waiting ``write_every`` after each write."""
         try:
-            while (slow := self._wanted[webhook_id]) != self._written.get(webhook_id):
-                await self._write(webhook_id, slow, self._endpoint[webhook_id])
-                self._written[webhook_id] = slow
+            while (verdict := self._wanted[webhook_id]) != self._written.get(webhook_id):
+                await self._write(webhook_id, *verdict)
+                self._written[webhook_id] = verdict
                 await asyncio.sleep(self._every)
         finally:
             del self._writers[webhook_id]
             self._wanted.pop(webhook_id, None)
             self._written.pop(webhook_id, None)
-            self._endpoint.pop(webhook_id, None)
 
     async def _write(self, webhook_id: uuid.UUID, slow: bool, endpoint: Endpoint) -> None:
         url, activated_at = endpoint
         try:
-            await self._pool.execute(Q.set_slow, webhook_id, slow, url, activated_at)
+            status = await self._pool.execute(Q.set_slow, webhook_id, slow, url, activated_at)
         except DATABASE_ERRORS as exc:  # the next change of verdict writes again
             log.warning("slowness.store_failed", error=repr(exc), webhook_id=str(webhook_id))
             return
-        log.info("webhook.slowness_stored", webhook_id=str(webhook_id), slow=slow)
+        if status.rpartition(" ")[2] != "0":  # 0 rows: stored so already, or moved on
+            log.info("webhook.slowness_stored", webhook_id=str(webhook_id), slow=slow)
