@@ -3,11 +3,14 @@ looking keys up."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from herald.runtime.auth import ApiKeys
 from herald.runtime.errors import Unauthenticated
 from herald.runtime.key_check import new_callers_limited
+from herald.runtime.key_pairs import parse_api_keys, read_key_file
 
 OLD, NEW = "o" * 16, "n" * 16
 
@@ -34,3 +37,11 @@ def test_many_keys_each_open_its_own_tenant_and_a_replaced_set_drops_the_old() -
     with pytest.raises(Unauthenticated, match="unknown API key"):
         known.tenant({"authorization": "Bearer key-000000000000-abcdefgh"})
     assert known.tenant({"authorization": f"Bearer {NEW}"}) == "t0"
+
+
+def test_a_keys_file_takes_comments_at_a_lines_start_and_after_white_space(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# billing\n{OLD}=billing  # rotated 2026-11\n{NEW}=ops#1\n\t# end\n")
+    assert parse_api_keys(read_key_file(str(path))) == {OLD: "billing", NEW: "ops#1"}

@@ -474,7 +474,7 @@ def test_a_keys_file_gives_the_keys_and_a_bad_one_stops_the_start_naming_it(
 ) -> None:
     keys, path = f"{service}_API_KEYS", tmp_path / "keys"
     monkeypatch.delenv(keys, raising=False)
-    path.write_text(f"# ops\n{KEY}=ops\n\n {KEY}x = team , \n")
+    path.write_text(f"# ops\n{KEY}=ops  # rotated 2026-11\n\n {KEY}x = team , \n")
     monkeypatch.setenv(f"{keys}_FILE", str(path))
     assert parse_api_keys(getattr(load_settings(cls), keys.lower())) == {
         KEY: "ops",

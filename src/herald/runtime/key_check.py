@@ -28,6 +28,7 @@ from herald.runtime.auth import (
     parse_key_methods,
 )
 from herald.runtime.key_pairs import parse_api_keys, read_key_file
+from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
 from herald.runtime.settings import API_KEYS_FILE_POLL_SECONDS
 
@@ -77,8 +78,9 @@ class KeyFile:
         """Polls until cancelled."""
         while True:
             await asyncio.sleep(self._poll)
-            # Off the event loop: a file on a slow or hung mount stalls no call.
-            await asyncio.to_thread(self.poll_once)
+            # Off the event loop: a file on a slow or hung mount stalls no call (nor,
+            # in a daemon thread, the exit).
+            await in_daemon_thread(self.poll_once, "api-keys-file")
 
     def poll_once(self) -> None:
         """Reads the file once; applies it when it changed and is good."""

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 MIN_KEY_LENGTH = 16
+_COMMENT = re.compile(r"(^|\s)#.*$")
 
 
 def parse_api_keys(text: str, name: str = "NAME") -> dict[str, str]:
@@ -48,8 +49,10 @@ def read_key_file(path: str, name: str = "NAME") -> str:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
-    lines = (line.strip() for line in text.splitlines())
-    pairs = ",".join(line for line in lines if line and not line.startswith("#"))
+    # A comment is a line starting with '#', or the rest of a line from a '#' after
+    # white space (``KEY=billing  # prod``: else the caller were named "billing  # prod").
+    lines = (_COMMENT.sub("", line).strip() for line in text.splitlines())
+    pairs = ",".join(line for line in lines if line)
     if not parse_api_keys(pairs, name):
         raise ValueError(f"{path} holds no KEY={name} pair")
     return pairs

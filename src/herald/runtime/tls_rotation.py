@@ -23,6 +23,7 @@ import structlog
 from cryptography import x509
 from prometheus_client import Counter
 
+from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
 from herald.runtime.tls import ServerTls, read_server_tls
 
@@ -80,7 +81,7 @@ class CertificateRotation:
             return
         while True:
             await asyncio.sleep(files.every_seconds)
-            await asyncio.to_thread(self.poll_once)
+            await in_daemon_thread(self.poll_once, "tls-files")
 
     def poll_once(self) -> None:
         """Reads the files once; takes them when they changed and are good."""
