@@ -11,15 +11,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from herald.dispatch.v1 import dispatch_pb2, dispatch_pb2_grpc
 from herald.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from herald.reconcile.v1 import reconcile_pb2, reconcile_pb2_grpc
 from herald.webhooks.v1 import webhooks_pb2, webhooks_pb2_grpc
 from structlog.testing import capture_logs
 
 from herald.runtime.server import start
+from herald.services.dispatch.app import build as build_dispatch
+from herald.services.reconcile.app import build as build_reconcile
 from herald.services.webhooks.app import build as build_webhooks
 from tests.conftest import Infra
 from tests.integration.conftest import INTERNAL_KEY, start_ingest, webhooks_settings
-from tests.integration.test_grpc_tls import event, running_ingest
+from tests.integration.reconcile_flow import reconcile_settings
+from tests.integration.test_grpc_tls import event, routes_only_dispatch, running_ingest
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +208,56 @@ async def test_webhooks_takes_a_tenants_new_key_but_never_the_internal_key(
     finally:
         await running.stop(1)
         await ingest.stop()
+
+
+async def test_dispatch_and_reconcile_take_a_rotated_key_from_their_files(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    """The same file watcher, wired into dispatch's and reconcile's apps."""
+    dispatch_keys, reconcile_keys = tmp_path / "dispatch-keys", tmp_path / "reconcile-keys"
+    dispatch_keys.write_text(f"{OLD}=operator\n")
+    reconcile_keys.write_text(f"{OLD}=operator\n")
+    dispatch_settings = routes_only_dispatch(
+        database_url,
+        topic,
+        dispatch_api_keys_file=str(dispatch_keys),
+        api_keys_file_poll_seconds=POLL,
+    )
+    reconciling = reconcile_settings(
+        database_url,
+        1,
+        reconcile_api_keys_file=str(reconcile_keys),
+        api_keys_file_poll_seconds=POLL,
+    )
+    dispatch = await start(
+        await build_dispatch(dispatch_settings, infra.kafka_settings()), "127.0.0.1:0"
+    )
+    reconcile = await start(
+        await build_reconcile(reconciling, infra.kafka_settings(), infra.kafka_settings()),
+        "127.0.0.1:0",
+    )
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{dispatch.port}") as to_dispatch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{reconcile.port}") as to_reconcile,
+        ):
+            routes = dispatch_pb2_grpc.DispatchServiceStub(to_dispatch).ListRoutes
+            found = reconcile_pb2_grpc.ReconcileServiceStub(to_reconcile).ListDiscrepancies
+
+            def listing(key: str) -> list[Callable[[], Awaitable[object]]]:
+                return [
+                    lambda: routes(dispatch_pb2.ListRoutesRequest(), metadata=bearer(key)),
+                    lambda: found(reconcile_pb2.ListDiscrepanciesRequest(), metadata=bearer(key)),
+                ]
+
+            for call in listing(OLD):
+                assert await code_after(call) == grpc.StatusCode.OK
+            replace(dispatch_keys, f"{NEW}=operator\n")
+            replace(reconcile_keys, f"{NEW}=operator\n")
+            for call in listing(OLD):
+                await until(call, grpc.StatusCode.UNAUTHENTICATED)
+            for call in listing(NEW):
+                assert await code_after(call) == grpc.StatusCode.OK
+    finally:
+        await reconcile.stop(1)
+        await dispatch.stop(1)
