@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from typing import Annotated, Any, TypeVar
 
 import grpc
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from herald.runtime.errors import PermissionDenied, Unauthenticated
 from herald.runtime.interceptors import Handler, UnaryInterceptor
@@ -191,6 +191,18 @@ class BearerAuthInterceptor(_GuardInterceptor):
 # ``INGEST_CLIENT_KEY``).
 ApiKeysSetting = Annotated[str, AfterValidator(api_keys_setting)]
 KeySetting = Annotated[str, AfterValidator(internal_key_setting)]
+
+
+def api_keys_file_field(keys_variable: str) -> Any:
+    """The settings field ``*_API_KEYS_FILE``: a file of what ``keys_variable`` holds,
+    in its place (the settings read it: ``RuntimeSettings._api_keys_files``)."""
+    return Field(
+        "",
+        description=f"A file of {keys_variable}'s pairs (commas or lines; '#' starts a "
+        f"comment at a line's start or after white space), in place of {keys_variable}: "
+        "re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file applied with no "
+        "restart (a bad one refused, the keys in force kept).",
+    )
 
 
 def methods_of(*services: Any) -> frozenset[str]:

@@ -3,7 +3,8 @@
 there takes effect within a poll (``API_KEYS_FILE_POLL_SECONDS``), with no restart.
 
 The file holds what ``*_API_KEYS`` would (``KEY=NAME`` pairs), separated by commas or
-line breaks; blank lines and lines starting with ``#`` are skipped. At start a file
+line breaks; blank lines are skipped, and a ``#`` at a line's start or after white
+space starts a comment (``key_pairs.read_key_file``). At start a file
 that cannot be read, holds a bad pair or no key at all stops the process (the settings
 check, naming the variable). Later, such a file is not applied: the keys in force stay
 (logged ``api_keys.refused``, counted), so a file caught half written neither opens the
@@ -13,9 +14,8 @@ service nor locks every caller out; the next good version is applied.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import structlog
@@ -30,6 +30,7 @@ from herald.runtime.auth import (
 from herald.runtime.key_pairs import parse_api_keys, read_key_file
 from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
+from herald.runtime.server import Worker
 from herald.runtime.settings import API_KEYS_FILE_POLL_SECONDS
 
 log = structlog.get_logger("herald.auth")
@@ -116,7 +117,7 @@ class KeyCheck:
     and the worker re-reading its keys file (none without one)."""
 
     interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
-    workers: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)
 
 
 def new_callers_limited(

@@ -7,7 +7,7 @@ the configuration before each handshake). Connections already open keep theirs.
 A changed set that is not good (a file unreadable or not PEM, a key that is not the
 certificate's, as when a renewal has written the certificate but not yet its key; a
 certificate out of its dates) is not used: the port keeps the one in force, logged
-``tls.refused`` once per such version and counted; the next good version is used.
+``tls.refused`` once per problem and counted; the next good version is used.
 """
 
 from __future__ import annotations
@@ -93,13 +93,9 @@ class CertificateRotation:
             self._refusals.refused(str(exc))
             return
         self._refusals.cleared()
-        if (tls.cert_chain, tls.private_key, tls.client_ca) == (
-            self._tls.cert_chain,
-            self._tls.private_key,
-            self._tls.client_ca,
-        ):
+        tls = replace(tls, client_names=self._tls.client_names)  # from the settings
+        if tls == self._tls:
             return
-        tls = replace(tls, client_names=self._tls.client_names)
         with self._lock:
             self._pending = _configuration(tls)
         self._tls = tls

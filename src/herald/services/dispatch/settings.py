@@ -7,7 +7,13 @@ from pathlib import Path
 from herald.dispatch.v1 import dispatch_pb2
 from pydantic import Field, field_validator, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, KeySetting, check_key_methods, methods_of
+from herald.runtime.auth import (
+    ApiKeysSetting,
+    KeySetting,
+    api_keys_file_field,
+    check_key_methods,
+    methods_of,
+)
 from herald.runtime.settings import (
     DAY_SECONDS,
     HOUR_SECONDS,
@@ -32,12 +38,7 @@ class DispatchSettings(RuntimeSettings):
         "but health and reflection needs one. Empty: open.",
         repr=False,
     )
-    dispatch_api_keys_file: str = Field(
-        "",
-        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
-        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
-        "applied with no restart (a bad one refused, the keys in force kept).",
-    )
+    dispatch_api_keys_file: str = api_keys_file_field("DISPATCH_API_KEYS")
     dispatch_api_key_methods: str = Field(
         "",
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from herald.ingest.v1 import ingest_pb2
 from pydantic import Field, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, check_key_methods, methods_of
+from herald.runtime.auth import ApiKeysSetting, api_keys_file_field, check_key_methods, methods_of
 from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
@@ -46,12 +46,7 @@ class IngestSettings(RelaySettings):
         "but health and reflection needs one; the name scopes idempotency keys. Empty: open.",
         repr=False,
     )
-    ingest_api_keys_file: str = Field(
-        "",
-        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
-        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
-        "applied with no restart (a bad one refused, the keys in force kept).",
-    )
+    ingest_api_keys_file: str = api_keys_file_field("INGEST_API_KEYS")
     ingest_api_key_methods: str = Field(
         "",
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "

@@ -9,7 +9,13 @@ from herald.reconcile.v1 import reconcile_pb2
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from herald.runtime.auth import ApiKeysSetting, KeySetting, check_key_methods, methods_of
+from herald.runtime.auth import (
+    ApiKeysSetting,
+    KeySetting,
+    api_keys_file_field,
+    check_key_methods,
+    methods_of,
+)
 from herald.runtime.settings import (
     DAY_SECONDS,
     MAX_RETENTION_DAYS,
@@ -53,12 +59,7 @@ class ReconcileSettings(RuntimeSettings):
         "but health and reflection needs one. Empty: open.",
         repr=False,
     )
-    reconcile_api_keys_file: str = Field(
-        "",
-        description="A file of KEY=NAME pairs (commas or lines; '#' lines skipped), in "
-        "place of KEY=NAME: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
-        "applied with no restart (a bad one refused, the keys in force kept).",
-    )
+    reconcile_api_keys_file: str = api_keys_file_field("RECONCILE_API_KEYS")
     reconcile_api_key_methods: str = Field(
         "",
         description="NAME=Method|Method|... entries, comma-separated: a caller named (the "

@@ -9,7 +9,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from herald.runtime.auth import KeySetting
+from herald.runtime.auth import KeySetting, api_keys_file_field
 from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import (
     DAY_SECONDS,
@@ -34,12 +34,7 @@ class WebhooksSettings(RuntimeSettings):
     webhooks_api_keys: str = Field(
         ..., description="KEY=TENANT pairs, comma-separated; a key is 16+ characters.", repr=False
     )
-    webhooks_api_keys_file: str = Field(
-        "",
-        description="A file of KEY=TENANT pairs (commas or lines; '#' lines skipped), in "
-        "place of KEY=TENANT: re-read every API_KEYS_FILE_POLL_SECONDS, a changed good file "
-        "applied with no restart (a bad one refused, the keys in force kept).",
-    )
+    webhooks_api_keys_file: str = api_keys_file_field("WEBHOOKS_API_KEYS")
     webhooks_internal_key: KeySetting = Field(
         "",
         description="Key of Herald's own services (dispatch) for SubscriptionService; "
