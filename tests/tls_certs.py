@@ -145,10 +145,12 @@ class _Ca:
         return cert_path, key_path
 
 
-def make_pki(directory: Path) -> Pki:
-    """Writes a fresh CA and its certificates into ``directory``."""
+def make_pki(directory: Path, ca_name: str = "herald-test-ca") -> Pki:
+    """Writes a fresh CA (named ``ca_name``: a TLS library picks a CA by name, so two
+    CAs trusted together need names of their own) and its certificates into
+    ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _Ca("herald-test-ca")
+    ca = _Ca(ca_name)
     ca_path = directory / "ca.crt"
     ca_path.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
     _write_key(ca.key, directory / "ca.key")

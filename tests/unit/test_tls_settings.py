@@ -58,6 +58,11 @@ def test_every_service_takes_the_tls_files(
     assert server.client_ca == pki.ca.read_bytes()
     assert client is not None
     assert client.cert_chain == pki.client_cert.read_bytes()
+    # The calls' files are read again as often as the port's (the channels renew).
+    assert client.files is not None
+    assert client.files.every_seconds == settings.grpc_tls_reload_seconds == 60
+    assert client.files.cert == str(pki.client_cert)
+    assert client.files.key == str(pki.client_key)
 
 
 def test_a_server_certificate_without_client_ca_asks_for_no_client_certificate(

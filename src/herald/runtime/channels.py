@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import structlog
 
+from herald.runtime.renewing_channel import RenewingChannel
 from herald.runtime.settings import RuntimeSettings
 from herald.runtime.tls import ClientTls
 
@@ -70,12 +71,15 @@ def internal_tls(settings: RuntimeSettings) -> ClientTls | None:
 def internal_channel(target: str, tls: ClientTls | None = None, key: str = "") -> grpc.aio.Channel:
     """A channel to another Herald service at ``target``, direct (never through a proxy
     from the environment), that tries to reconnect at least once a second while the
-    service is away. Over TLS with ``tls`` (else plaintext); with ``key``, every call
-    carries ``authorization: Bearer <key>``."""
+    service is away. Over TLS with ``tls`` (else plaintext), renewed as its files
+    change when they are to be read again (``renewing_channel.py``); with ``key``,
+    every call carries ``authorization: Bearer <key>``."""
     options = RECONNECT_OPTIONS + NO_PROXY_OPTIONS
     interceptors = [BearerKey(key)] if key else None
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if tls.files is not None and tls.files.every_seconds > 0:
+        return RenewingChannel(target, tls, options, interceptors)
     return grpc.aio.secure_channel(
         target, tls.credentials(), options=options, interceptors=interceptors
     )

@@ -19,11 +19,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from herald.runtime.key_pairs import read_key_file
 from herald.runtime.tls import (
     ClientTls,
+    ClientTlsFiles,
     ServerTls,
     TlsFiles,
     check_dates,
     check_pair,
     read_certificates,
+    read_client_tls,
     read_private_key,
     read_server_tls,
 )
@@ -146,8 +148,9 @@ class RuntimeSettings(BaseSettings):
         60.0,
         ge=0,
         le=HOUR_SECONDS,
-        description="How often the gRPC port's certificate, key and client CA files are "
-        "read again (a renewed certificate is used with no restart); 0: at start only.",
+        description="How often the TLS files are read again: the gRPC port's certificate, "
+        "key and client CA, and the CA and client certificate of calls to the other "
+        "services (a renewal is used with no restart); 0: at start only.",
     )
     api_keys_file_poll_seconds: float = Field(
         API_KEYS_FILE_POLL_SECONDS,
@@ -283,12 +286,13 @@ class RuntimeSettings(BaseSettings):
         """TLS of calls to other Herald services; None: plaintext."""
         if not self.grpc_tls_ca_file:
             return None
-        client = self.grpc_tls_client_cert_file
-        return ClientTls(
-            read_certificates(self.grpc_tls_ca_file),
-            read_certificates(client) if client else None,
-            read_private_key(self.grpc_tls_client_key_file) if client else None,
+        files = ClientTlsFiles(
+            self.grpc_tls_ca_file,
+            self.grpc_tls_client_cert_file or None,
+            self.grpc_tls_client_key_file or None,
+            self.grpc_tls_reload_seconds,
         )
+        return read_client_tls(files)
 
 
 S = TypeVar("S", bound=BaseSettings)

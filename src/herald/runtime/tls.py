@@ -3,7 +3,8 @@
 The files are checked when the settings are read (a missing file, one that holds no
 certificate or key, a key that is not the certificate's, a certificate out of its
 dates: the start stops naming the variable); ``server_tls()`` and ``client_tls()`` read
-them again, once, for the port and the channels.
+them again for the port and the channels, and again every ``GRPC_TLS_RELOAD_SECONDS``
+(``tls_rotation.py``, ``channels.py``).
 """
 
 from __future__ import annotations
@@ -146,13 +147,27 @@ def read_server_tls(files: TlsFiles) -> ServerTls:
 
 
 @dataclass(frozen=True)
+class ClientTlsFiles:
+    """Where a service's own calls read their TLS from: the CA of the other services'
+    certificates and, for mutual TLS, the certificate and key it presents; and how
+    often they are read again (``channels.py``)."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    every_seconds: float = 0  # 0: read at start only
+
+
+@dataclass(frozen=True)
 class ClientTls:
     """How a Herald service calls another over TLS: the CA that signed the servers'
-    certificates, and the client certificate presented to a port that asks for one."""
+    certificates, and the client certificate presented to a port that asks for one.
+    ``files``: where they were read from."""
 
     ca: bytes
     cert_chain: bytes | None = None
     private_key: bytes | None = None
+    files: ClientTlsFiles | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
         """For ``grpc.aio.secure_channel``."""
@@ -161,3 +176,19 @@ class ClientTls:
             private_key=self.private_key,
             certificate_chain=self.cert_chain,
         )
+
+
+def read_client_tls(files: ClientTlsFiles) -> ClientTls:
+    """The calls' TLS from their files, checked as at start (each readable PEM, the CA
+    not all expired, the key the certificate's, the certificate within its dates);
+    raises ValueError saying what is wrong."""
+    ca = read_certificates(files.ca)
+    check_dates(ca, files.ca, leaf=False)
+    if not files.cert or not files.key:
+        return ClientTls(ca, files=files)
+    chain = read_certificates(files.cert)
+    key = read_private_key(files.key)
+    if not check_pair(chain, key):
+        raise ValueError(f"{files.key} is not the key of the certificate in {files.cert}")
+    check_dates(chain, files.cert, leaf=True)
+    return ClientTls(ca, chain, key, files)
