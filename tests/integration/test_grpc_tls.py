@@ -47,6 +47,7 @@ from herald.services.webhooks.event_types import EventTypeNames
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
 from tests.integration.reconcile_flow import reconcile_settings
+from tests.kafka_helpers import headers, read_topic
 from tests.tls_certs import Pki, issue_client_certificate, make_pki
 
 pytestmark = pytest.mark.integration
@@ -512,6 +513,49 @@ async def test_a_caller_limited_to_some_sources_is_refused_the_others(
         (own, 2),
         (f"urn:test:exact:{run}", 1),
         (other, 1),  # admin's
+    ]
+
+
+async def test_a_caller_limited_to_some_application_ids_is_refused_the_others(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """The record's application-id header is the call's metadata: any caller could
+    name itself another system. A caller named in INGEST_API_KEY_APPLICATION_IDS sends
+    only those its patterns select; without one, its event's source stands in."""
+    billing = ("authorization", f"Bearer {KEY_A}")
+    admin = ("authorization", f"Bearer {KEY_B}")
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{KEY_A}=billing,{KEY_B}=admin",
+            ingest_api_key_application_ids="billing=billing|billing-*",
+        ) as ingest,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
+    ):
+        await publish(channel, event("urn:test:one"), billing, ("application-id", "billing-eu"))
+        await publish(channel, event("urn:test:two"), billing)
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await publish(channel, event("urn:test:no"), billing, ("application-id", "payments"))
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        batch = await stub.PublishBatch(
+            ingest_pb2.PublishBatchRequest(requests=[ingest_pb2.PublishRequest(json=event())]),
+            metadata=(billing, ("application-id", "payments")),
+        )
+        await publish(channel, event("urn:test:three"), admin, ("application-id", "payments"))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.details() == (
+        "caller 'billing' may not publish as application-id 'payments' "
+        "(INGEST_API_KEY_APPLICATION_IDS lets it publish as billing, billing-*)"
+    )
+    [refused] = batch.results
+    assert refused.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    records = await read_topic(infra.kafka_settings(), topic, 3)
+    assert sorted((headers(r)["ce_source"], headers(r)["application-id"]) for r in records) == [
+        ("urn:test:one", "billing-eu"),
+        ("urn:test:three", "payments"),  # admin is not limited
+        ("urn:test:two", "urn:test:two"),
     ]
 
 

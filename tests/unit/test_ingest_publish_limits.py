@@ -1,5 +1,5 @@
-"""What a caller may publish: event types (INGEST_API_KEY_EVENT_TYPES) and sources
-(INGEST_API_KEY_SOURCES)."""
+"""What a caller may publish: event types (INGEST_API_KEY_EVENT_TYPES), sources
+(INGEST_API_KEY_SOURCES) and application ids (INGEST_API_KEY_APPLICATION_IDS)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from herald.services.ingest.publish_limits import (
     PublishLimits,
+    parse_application_id_limits,
     parse_source_limits,
     parse_type_limits,
 )
@@ -122,3 +123,35 @@ def test_the_star_entry_limits_every_caller_not_named() -> None:
     assert limits.refusal("ops", "x", "urn:other") is not None, "ops is not named for sources"
     with pytest.raises(ValueError, match="entry 2: caller '\\*' is given twice"):
         parse_type_limits("*=x, *=y", CALLERS)
+
+
+def test_a_limited_caller_sends_only_the_application_ids_its_patterns_select() -> None:
+    limits = PublishLimits(
+        application_ids=parse_application_id_limits("billing=billing|billing-*, *=apps-*", CALLERS)
+    )
+    assert limits.refusal("billing", "t", SRC, "billing") is None
+    assert limits.refusal("billing", "t", SRC, "billing-eu") is None
+    assert limits.refusal("billing", "t", SRC, "") is None, "none sent: the source stands in"
+    assert limits.refusal("billing", "t", SRC, "payments") == (
+        "caller 'billing' may not publish as application-id 'payments' "
+        "(INGEST_API_KEY_APPLICATION_IDS lets it publish as billing, billing-*)"
+    )
+    assert limits.refusal("billing", "t", SRC, "billing-") is None, "the prefix is one"
+    assert limits.refusal("billin", "t", SRC, "billin") is not None, "* covers it"
+    assert limits.refusal("ops", "t", SRC, "apps-ops") is None
+    assert limits.refusal("", "t", SRC, "payments") is None, "no key (ingest without keys)"
+    assert PublishLimits().refusal("billing", "t", SRC, "payments") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("billing=a b", "entry 1: 'a b' holds white space: not an application id"),
+        ("billing=a*b", "entry 1: 'a*b': '*' may only end an application-id pattern"),
+        ("billing", "entry 1: expected NAME=id|prefix*|…"),
+        ("nobody=x", "entry 1: no API key is named 'nobody'"),
+    ],
+)
+def test_a_bad_application_id_entry_is_refused_naming_it(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_application_id_limits(text, CALLERS)

@@ -450,10 +450,12 @@ def test_every_wrong_ingest_limit_is_named_at_once(
         INGEST_API_KEY_METHODS="ops=Publsh",
         INGEST_API_KEY_EVENT_TYPES="opz=x.*",
         INGEST_API_KEY_SOURCES="ops=a b",
+        INGEST_API_KEY_APPLICATION_IDS="ops=a*b",
     )
     assert "INGEST_API_KEY_METHODS: entry 1: no method Publsh" in err
     assert "INGEST_API_KEY_EVENT_TYPES: entry 1: no API key is named 'opz'" in err
     assert "INGEST_API_KEY_SOURCES: entry 1: 'a b' holds white space" in err
+    assert "INGEST_API_KEY_APPLICATION_IDS: entry 1: 'a*b': '*' may only end" in err
 
 
 @pytest.mark.parametrize(

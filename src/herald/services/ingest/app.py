@@ -23,6 +23,7 @@ from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.publish_limits import (
     PublishLimits,
+    parse_application_id_limits,
     parse_source_limits,
     parse_type_limits,
 )
@@ -88,7 +89,8 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
     callers = settings.callers()
     type_limits = parse_type_limits(settings.ingest_api_key_event_types, callers)
     source_limits = parse_source_limits(settings.ingest_api_key_sources, callers)
-    publish_limits = PublishLimits(type_limits, source_limits)
+    id_limits = parse_application_id_limits(settings.ingest_api_key_application_ids, callers)
+    publish_limits = PublishLimits(type_limits, source_limits, id_limits)
     if unmatched := publish_limits.unmatched(catalog.catalog.names()):
         # Not refused: the type may be registered later (CreateEventType).
         log.warning(
@@ -127,6 +129,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         other_limits={
             "INGEST_API_KEY_EVENT_TYPES": list(type_limits),
             "INGEST_API_KEY_SOURCES": list(source_limits),
+            "INGEST_API_KEY_APPLICATION_IDS": list(id_limits),
         },
     )
     return App(

@@ -1,10 +1,13 @@
-"""What a caller may publish: which event types (``INGEST_API_KEY_EVENT_TYPES``) and
-from which sources (``INGEST_API_KEY_SOURCES``). Pure.
+"""What a caller may publish: which event types (``INGEST_API_KEY_EVENT_TYPES``),
+from which sources (``INGEST_API_KEY_SOURCES``) and under which ``application-id``
+(``INGEST_API_KEY_APPLICATION_IDS``). Pure.
 
 A caller named there (by its ``INGEST_API_KEYS`` key's name) may publish only the types
 its type patterns select (``message.*``, ``user_registered``, ``*``: as a webhook's
-subscription patterns), and only with a ``source`` its source patterns select (a source
-exactly, or ``prefix*``: every source starting with the prefix); any other event is
+subscription patterns), only with a ``source`` its source patterns select (a source
+exactly, or ``prefix*``: every source starting with the prefix), and only with an
+``application-id`` metadata its id patterns select (alike; a call without one is
+recorded under its event's source, which the source limit judges); any other event is
 refused with ``PERMISSION_DENIED``. A caller not named is limited by the ``*`` entry
 when there is one, else not at all; a call without a key (ingest without keys) never.
 """
@@ -18,6 +21,7 @@ from herald.runtime.type_patterns import PATTERN, matches
 
 TYPES_VARIABLE = "INGEST_API_KEY_EVENT_TYPES"
 SOURCES_VARIABLE = "INGEST_API_KEY_SOURCES"
+APPLICATION_IDS_VARIABLE = "INGEST_API_KEY_APPLICATION_IDS"
 ANY_SUFFIX = "*"
 
 
@@ -38,6 +42,14 @@ def parse_source_limits(
     return parse_caller_lists(text, callers, "NAME=source|prefix*|…", _source_problem, keys)
 
 
+def parse_application_id_limits(
+    text: str, callers: Collection[str], keys: Collection[str] = ()
+) -> dict[str, tuple[str, ...]]:
+    """``"billing=billing|billing-*,…"`` → {caller: its application-id patterns};
+    raises ValueError as :func:`parse_type_limits`."""
+    return parse_caller_lists(text, callers, "NAME=id|prefix*|…", _id_problem, keys)
+
+
 def _type_problem(pattern: str) -> str | None:
     if PATTERN.fullmatch(pattern):
         return None
@@ -47,29 +59,41 @@ def _type_problem(pattern: str) -> str | None:
 def _source_problem(pattern: str) -> str | None:
     if any(c.isspace() for c in pattern):
         return f"{pattern!r} holds white space: not a source (a URI-reference)"
+    return _star_problem(pattern, "a source pattern")
+
+
+def _id_problem(pattern: str) -> str | None:
+    if any(c.isspace() for c in pattern):
+        return f"{pattern!r} holds white space: not an application id"
+    return _star_problem(pattern, "an application-id pattern")
+
+
+def _star_problem(pattern: str, what: str) -> str | None:
     if ANY_SUFFIX in pattern[:-1]:
-        return f"{pattern!r}: '*' may only end a source pattern ('prefix*')"
+        return f"{pattern!r}: '*' may only end {what} ('prefix*')"
     return None
 
 
 def source_matches(pattern: str, source: str) -> bool:
-    """Whether a source pattern selects ``source``: exactly, or ``prefix*`` by its
-    start (``*``: every source)."""
+    """Whether a source (or application-id) pattern selects ``source``: exactly, or
+    ``prefix*`` by its start (``*``: every one)."""
     if pattern.endswith(ANY_SUFFIX):
         return source.startswith(pattern[:-1])
     return pattern == source
 
 
 class PublishLimits:
-    """The event types and sources each limited caller may publish."""
+    """The event types, sources and application ids each limited caller may publish."""
 
     def __init__(
         self,
         types: Mapping[str, tuple[str, ...]] | None = None,
         sources: Mapping[str, tuple[str, ...]] | None = None,
+        application_ids: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self._types = dict(types or {})
         self._sources = dict(sources or {})
+        self._application_ids = dict(application_ids or {})
 
     def unmatched(self, types: Iterable[str]) -> dict[str, list[str]]:
         """The type patterns (by caller) that select none of ``types``: a misspelt type
@@ -81,12 +105,14 @@ class PublishLimits:
         }
         return {caller: patterns for caller, patterns in found.items() if patterns}
 
-    def refusal(self, caller: str, event_type: str, source: str) -> str | None:
-        """Why ``caller`` may not publish an event of ``event_type`` from ``source``;
-        None if it may. An empty type or source is not judged here (validation refuses
-        it)."""
-        if not caller or not (self._types or self._sources):  # nobody limited: the usual
-            return None
+    def refusal(
+        self, caller: str, event_type: str, source: str, application_id: str = ""
+    ) -> str | None:
+        """Why ``caller`` may not publish an event of ``event_type`` from ``source``
+        under ``application_id`` (the call's metadata; "" when it sent none); None if
+        it may. An empty type or source is not judged here (validation refuses it)."""
+        if not caller or not (self._types or self._sources or self._application_ids):
+            return None  # nobody limited: the usual
         types = limit_of(self._types, caller)
         if event_type and types is not None and not any(matches(p, event_type) for p in types):
             return (
@@ -98,5 +124,15 @@ class PublishLimits:
             return (
                 f"caller {caller!r} may not publish events from source {source!r} "
                 f"({SOURCES_VARIABLE} lets it publish from {', '.join(sources)})"
+            )
+        ids = limit_of(self._application_ids, caller)
+        if (
+            application_id
+            and ids is not None
+            and not any(source_matches(p, application_id) for p in ids)
+        ):
+            return (
+                f"caller {caller!r} may not publish as application-id {application_id!r} "
+                f"({APPLICATION_IDS_VARIABLE} lets it publish as {', '.join(ids)})"
             )
         return None

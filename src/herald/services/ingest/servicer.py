@@ -326,9 +326,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _check_permitted(self, event: Event, call: CallContext, key: str) -> None:
         """Raises PermissionDenied when the caller may not publish the event's type
-        (INGEST_API_KEY_EVENT_TYPES) or source (INGEST_API_KEY_SOURCES); an event
-        without them is left to validation."""
-        refusal = self._publish_limits.refusal(TENANT.get(""), event.type, event.source)
+        (INGEST_API_KEY_EVENT_TYPES) or source (INGEST_API_KEY_SOURCES), or under the
+        call's application-id (INGEST_API_KEY_APPLICATION_IDS); an event without a type
+        or source is left to validation."""
+        refusal = self._publish_limits.refusal(
+            TENANT.get(""), event.type, event.source, call.application_id
+        )
         if not refusal:
             return
         EVENTS_REJECTED.labels("forbidden").inc()

@@ -18,7 +18,11 @@ from herald.services.ingest.catalog import (
     DEFAULT_SCHEMA_BYTES,
     MAX_SCHEMA_BYTES,
 )
-from herald.services.ingest.publish_limits import parse_source_limits, parse_type_limits
+from herald.services.ingest.publish_limits import (
+    parse_application_id_limits,
+    parse_source_limits,
+    parse_type_limits,
+)
 
 # What INGEST_API_KEY_METHODS may name.
 METHODS = methods_of(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"])
@@ -66,6 +70,13 @@ class IngestSettings(RelaySettings):
         "NAME of INGEST_API_KEYS) may publish only events whose source a pattern selects "
         "(the source exactly, or 'prefix*' by its start), else PERMISSION_DENIED; a caller "
         "not named publishes from every source.",
+    )
+    ingest_api_key_application_ids: str = Field(
+        "",
+        description="NAME=id|prefix*|... entries, comma-separated: a caller named (a NAME "
+        "of INGEST_API_KEYS) may send only an application-id metadata a pattern selects "
+        "(the id exactly, or 'prefix*' by its start), else PERMISSION_DENIED; a call "
+        "without one is recorded under its event's source; a caller not named may send any.",
     )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
@@ -138,6 +149,11 @@ class IngestSettings(RelaySettings):
         for variable, value, parse in (
             ("INGEST_API_KEY_EVENT_TYPES", self.ingest_api_key_event_types, parse_type_limits),
             ("INGEST_API_KEY_SOURCES", self.ingest_api_key_sources, parse_source_limits),
+            (
+                "INGEST_API_KEY_APPLICATION_IDS",
+                self.ingest_api_key_application_ids,
+                parse_application_id_limits,
+            ),
         ):
             try:
                 parse(value, set(keys.values()), keys)
