@@ -140,8 +140,8 @@ def test_size_limit_counts_bytes_not_characters() -> None:
 
 def test_latest_version_is_the_default() -> None:
     catalog = Catalog(builtin_types())
-    catalog.add(EventTypeDef("user_registered", "1.10", {"type": "object"}))
-    catalog.add(EventTypeDef("user_registered", "1.9", {"type": "object"}))
+    catalog.add(EventTypeDef("user_registered", "1.10", '{"type": "object"}'))
+    catalog.add(EventTypeDef("user_registered", "1.9", '{"type": "object"}'))
     latest = catalog.get("user_registered")
     assert latest is not None
     assert latest.data_version == "1.10"

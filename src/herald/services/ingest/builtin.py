@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from herald.services.ingest.catalog import EventTypeDef
 
@@ -75,12 +74,11 @@ _OPERATIONAL = {
 }
 
 
-def _schema(name: str) -> dict[str, Any]:
+def _schema(name: str) -> str:
     path = _SCHEMAS / f"{name}.1.0.json"
     if not path.exists():
         path = _SCHEMAS / "object.1.0.json"
-    schema: dict[str, Any] = json.loads(path.read_text())
-    return schema
+    return json.dumps(json.loads(path.read_text()))
 
 
 def builtin_types() -> list[EventTypeDef]:

@@ -70,7 +70,9 @@ class EventTypeDef:
 
     name: str
     data_version: str
-    json_schema: dict[str, Any]
+    # The JSON Schema as JSON text: parsed only to compile it or to answer with it (a
+    # parsed schema takes ~4 times its text's memory, and every version is held).
+    schema_text: str
     description: str = ""
     id_must_be_uuid: bool = False
     source_pattern: str = ""
@@ -135,6 +137,12 @@ class EventTypeDef:
         return self._compile() if unusable is None else unusable
 
     @property
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema, parsed (afresh at each use)."""
+        schema: dict[str, Any] = json_fast.loads(self.schema_text)
+        return schema
+
+    @property
     def version_key(self) -> tuple[int, ...]:
         """Sort key: 1.10 is newer than 1.9."""
         return version_key(self.data_version)
@@ -142,7 +150,7 @@ class EventTypeDef:
 
 class CompiledValidators:
     """Which definitions hold a compiled validator, least recently used first, within
-    ``budget`` bytes of their schemas' JSON; beyond, the oldest drop theirs."""
+    ``budget`` characters of their schemas' JSON text; beyond, the oldest drop theirs."""
 
     def __init__(self, budget: int = COMPILED_BUDGET_BYTES) -> None:
         self.budget = budget
@@ -164,7 +172,7 @@ class CompiledValidators:
         if key in self._held:
             self._held.move_to_end(key)
             return
-        size = len(json_fast.dumps(definition.json_schema))
+        size = len(definition.schema_text)
         self._held[key] = (definition, size)
         self.held_bytes += size
         while self.held_bytes > self.budget and len(self._held) > 1:

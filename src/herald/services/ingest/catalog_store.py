@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 
 import asyncpg
 import structlog
@@ -35,7 +34,7 @@ def _definition(row: asyncpg.Record) -> EventTypeDef:
     return EventTypeDef(
         name=row["name"],
         data_version=row["data_version"],
-        json_schema=json.loads(row["json_schema"]),
+        schema_text=row["json_schema"],
         description=row["description"],
         id_must_be_uuid=row["id_must_be_uuid"],
         source_pattern=row["source_pattern"],
@@ -63,7 +62,7 @@ class CatalogStore:
                         d.name,
                         d.data_version,
                         d.description,
-                        json.dumps(d.json_schema),
+                        d.schema_text,
                         d.id_must_be_uuid,
                         d.source_pattern,
                         list(d.required_attributes),
@@ -120,14 +119,14 @@ class CatalogStore:
         RESOURCE_EXHAUSTED when the catalog holds its limit of created versions."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(Q.lock_catalog)  # every replica's creations, one at a time
-            created_at = None
+            inserted = None
             if (held := await conn.fetchval(Q.count_created_types)) < self._max_types:
-                created_at = await conn.fetchval(
+                inserted = await conn.fetchrow(
                     Q.insert_type,
                     definition.name,
                     definition.data_version,
                     definition.description,
-                    json.dumps(definition.json_schema),
+                    definition.schema_text,
                     definition.id_must_be_uuid,
                     definition.source_pattern,
                     list(definition.required_attributes),
@@ -138,20 +137,15 @@ class CatalogStore:
                     f"CreateEventType; its limit is {self._max_types} (MAX_EVENT_TYPES: "
                     "every version's schema is loaded by every ingest process)"
                 )
-        if created_at is None:  # registered already (full or not: that is the answer)
+        if inserted is None:  # registered already (full or not: that is the answer)
             raise AlreadyExists(
                 f"event type {definition.name!r} version {definition.data_version!r} exists; "
                 "register a new data version to change its schema"
             )
-        stored = EventTypeDef(
-            definition.name,
-            definition.data_version,
-            definition.json_schema,
-            definition.description,
-            definition.id_must_be_uuid,
-            definition.source_pattern,
-            definition.required_attributes,
-            created_at,
+        stored = dataclasses.replace(
+            definition,
+            schema_text=inserted["json_schema"],  # as stored, as a reload will read it
+            create_time=inserted["created_at"],
         )
         self.catalog.add(stored)
         return stored

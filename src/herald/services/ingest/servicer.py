@@ -237,7 +237,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.CreateEventTypeResponse:
         """Registers a type or a new data version of one."""
         proto = request.event_type
-        schema = check_definition(
+        check_definition(
             proto.name,
             proto.data_version,
             proto.json_schema,
@@ -250,7 +250,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             EventTypeDef(
                 proto.name,
                 proto.data_version,
-                schema,
+                proto.json_schema,
                 proto.description,
                 proto.id_must_be_uuid,
                 proto.source_pattern,

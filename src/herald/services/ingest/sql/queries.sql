@@ -141,7 +141,7 @@ INSERT INTO ingest.event_types
      required_attributes)
 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
 ON CONFLICT (name, data_version) DO NOTHING
-RETURNING created_at
+RETURNING created_at, json_schema
 
 -- name: lock_catalog
 -- Serialises the creations of event types (counted against MAX_EVENT_TYPES).
