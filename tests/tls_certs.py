@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,3 +204,13 @@ def _loaded_ca(pki: Pki) -> _Ca:
     assert isinstance(loaded, ec.EllipticCurvePrivateKey)
     ca.key = loaded
     return ca
+
+
+def replace_file(target: Path, content: Path | bytes) -> None:
+    """Puts ``content`` (a file's, or bytes) at ``target`` at once, as a renewal that
+    renames its new file into place does: a service reading ``target`` meanwhile sees
+    the old file or the new one, never a part (that case is tested on purpose)."""
+    data = content.read_bytes() if isinstance(content, Path) else content
+    staged = target.with_name(f".{target.name}.new")
+    staged.write_bytes(data)
+    os.replace(staged, target)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 from structlog.testing import capture_logs
 
 from herald.runtime.channels import internal_channel
@@ -27,7 +27,7 @@ from herald.services.ingest.app import build as build_ingest
 from herald.services.ingest.settings import IngestSettings
 from tests.conftest import Infra
 from tests.integration.test_grpc_tls import actors, code_of, event, publish, running_ingest
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki, make_pki, replace_file
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def copies(tmp_path: Path, **files: Path) -> dict[str, Path]:
     placed = {}
     for name, source in files.items():
         placed[name] = tmp_path / f"{name}.pem"
-        shutil.copy(source, placed[name])
+        replace_file(placed[name], source)
     return placed
 
 
@@ -89,10 +89,10 @@ async def test_calls_present_a_renewed_client_certificate_without_a_restart(
         with capture_logs() as logs:
             # A renewal caught half way (client-b's certificate, client-a's key): not
             # taken, the calls carry on with the certificate in force.
-            shutil.copy(pki.other_client_cert, files["cert"])
+            replace_file(files["cert"], pki.other_client_cert)
             await asyncio.sleep(RELOAD * 6)
             assert await actor_of(channel, database_url) == {"client-a"}
-            shutil.copy(pki.other_client_key, files["key"])
+            replace_file(files["key"], pki.other_client_key)
             await until_actor(channel, database_url, "client-b")
         [refused] = [e for e in logs if e["event"] == "tls.client_refused"]
         assert refused["error"] == f"{files['key']} is not the key of the certificate in " + str(
@@ -103,7 +103,7 @@ async def test_calls_present_a_renewed_client_certificate_without_a_restart(
         assert reloaded["subject"] == "CN=client-b"
         assert reloaded["ca_changed"] is False
         with capture_logs() as logs:
-            files["ca"].write_text("not a certificate\n")
+            replace_file(files["ca"], b"not a certificate\n")
             await asyncio.sleep(RELOAD * 6)
             assert await actor_of(channel, database_url) == {"client-b"}
         errors = [e["error"] for e in logs if e["event"] == "tls.client_refused"]
@@ -127,6 +127,10 @@ async def ingest_at(
         yield running
     finally:
         await running.stop(1)
+
+
+def serial_of(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
 
 
 def free_port() -> int:
@@ -153,15 +157,17 @@ async def test_calls_trust_a_new_ca_without_a_restart(
         async with ingest_at(infra, database_url, topic, port, **mutual(old, both)):
             assert await actor_of(channel, database_url) == {"client-a"}
             with capture_logs() as logs:
-                shutil.copy(both, files["ca"])
-                shutil.copy(new.client_cert, files["cert"])
-                shutil.copy(new.client_key, files["key"])
+                replace_file(files["ca"], both)
+                replace_file(files["cert"], new.client_cert)
+                replace_file(files["key"], new.client_key)
+                serial = format(serial_of(new.client_cert), "x")
                 for _ in range(100):
-                    if any(e["event"] == "tls.client_reloaded" for e in logs):
+                    reloads = [e for e in logs if e["event"] == "tls.client_reloaded"]
+                    if any(e["serial"] == serial for e in reloads):
                         break
                     await asyncio.sleep(RELOAD)
-            [reloaded] = [e for e in logs if e["event"] == "tls.client_reloaded"]
-            assert reloaded["ca_changed"] is True
+            assert any(e["serial"] == serial for e in reloads), "the new certificate taken"
+            assert any(e["ca_changed"] for e in reloads)
             assert await actor_of(channel, database_url) == {"client-a"}  # the new CA's
         # The service comes back with the new CA's certificate, and takes only its
         # clients now.
@@ -184,7 +190,44 @@ async def test_with_reloading_off_a_call_keeps_the_files_read_at_start(
         internal_channel(f"localhost:{ingest.port}", channel_tls(files, 0)) as channel,
     ):
         assert not isinstance(channel, RenewingChannel)
-        shutil.copy(pki.other_client_cert, files["cert"])
-        shutil.copy(pki.other_client_key, files["key"])
+        replace_file(files["cert"], pki.other_client_cert)
+        replace_file(files["key"], pki.other_client_key)
         await asyncio.sleep(0.3)
         assert await actor_of(channel, database_url) == {"client-a"}
+
+
+async def test_a_renewed_channel_keeps_the_callers_key(
+    infra: Infra, database_url: str, topic: str, tmp_path: Path
+) -> None:
+    """Ingest with keys and GRPC_TLS_CLIENT_NAMES: a call needs both the key and a
+    certificate it lets in; the renewed channel sends the key as the first did."""
+    pki = make_pki(tmp_path / "pki")
+    files = copies(tmp_path, ca=pki.ca, cert=pki.client_cert, key=pki.client_key)
+    key = "ingest-key-renewed-0123456789"
+    async with (
+        running_ingest(
+            infra,
+            database_url,
+            topic,
+            ingest_api_keys=f"{key}=billing",
+            grpc_tls_client_names="client-b",
+            **mutual(pki),
+        ) as ingest,
+        internal_channel(f"localhost:{ingest.port}", channel_tls(files), key) as channel,
+    ):
+        assert await code_of(publish(channel, event())) == grpc.StatusCode.PERMISSION_DENIED
+        replace_file(files["cert"], pki.other_client_cert)
+        replace_file(files["key"], pki.other_client_key)
+        codes = []
+        for _ in range(100):
+            try:
+                response = await publish(channel, event())
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+                await asyncio.sleep(RELOAD)
+            else:
+                assert response.event_id
+                break
+        else:
+            raise AssertionError("the renewed certificate was not presented within 5 s")
+        assert set(codes) <= {grpc.StatusCode.PERMISSION_DENIED}, "never UNAUTHENTICATED"

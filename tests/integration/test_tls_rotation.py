@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import shutil
 import socket
 import ssl
 from pathlib import Path
@@ -18,7 +17,13 @@ from structlog.testing import capture_logs
 
 from tests.conftest import Infra
 from tests.integration.test_grpc_tls import event, health, publish, running_ingest
-from tests.tls_certs import Pki, dated_certificate, issue_server_certificate, make_pki
+from tests.tls_certs import (
+    Pki,
+    dated_certificate,
+    issue_server_certificate,
+    make_pki,
+    replace_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +63,8 @@ def port_files(tmp_path: Path) -> tuple[Pki, Path, Path, Path, Path]:
     renewal of them by the same CA."""
     pki = make_pki(tmp_path / "pki")
     cert, key = tmp_path / "port.crt", tmp_path / "port.key"
-    shutil.copy(pki.server_cert, cert)
-    shutil.copy(pki.server_key, key)
+    replace_file(cert, pki.server_cert)
+    replace_file(key, pki.server_key)
     return (pki, cert, key, *issue_server_certificate(pki, "renewed"))
 
 
@@ -81,10 +86,10 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
             assert await health(before) == 1  # SERVING
             with capture_logs() as logs:
                 # A renewal caught half way: the new certificate, the old key.
-                shutil.copy(renewed_cert, cert)
+                replace_file(cert, renewed_cert)
                 await asyncio.sleep(RELOAD * 6)
                 assert await asyncio.to_thread(served_serial, port) == serial_of(pki.server_cert)
-                shutil.copy(renewed_key, key)
+                replace_file(key, renewed_key)
                 await serves(port, serial_of(renewed_cert))
             [refused] = [e for e in logs if e["event"] == "tls.refused"]
             assert f"{key} is not the key of the certificate in {cert}" in refused["error"]
@@ -98,14 +103,14 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
             tmp_path / "expired.crt", now - datetime.timedelta(days=2), now - datetime.timedelta(1)
         )
         with capture_logs() as logs:
-            shutil.copy(expired.with_suffix(".key"), key)
-            shutil.copy(expired, cert)
+            replace_file(key, expired.with_suffix(".key"))
+            replace_file(cert, expired)
             await asyncio.sleep(RELOAD * 6)
         assert await asyncio.to_thread(served_serial, port) == serial_of(renewed_cert)
         errors = [e["error"] for e in logs if e["event"] == "tls.refused"]
         assert any("the certificate expired at" in error for error in errors), errors
         with capture_logs() as logs:
-            cert.write_text("not a certificate\n")
+            replace_file(cert, b"not a certificate\n")
             await asyncio.sleep(RELOAD * 6)
         assert await asyncio.to_thread(served_serial, port) == serial_of(renewed_cert)
         errors = [e["error"] for e in logs if e["event"] == "tls.refused"]
@@ -124,8 +129,8 @@ async def test_with_reloading_off_the_certificate_read_at_start_stays(
         grpc_tls_key_file=str(key),
         grpc_tls_reload_seconds=0,
     ) as ingest:
-        shutil.copy(renewed_cert, cert)
-        shutil.copy(renewed_key, key)
+        replace_file(cert, renewed_cert)
+        replace_file(key, renewed_key)
         await asyncio.sleep(0.3)
         assert await asyncio.to_thread(served_serial, ingest.port) == serial_of(pki.server_cert)
         async with grpc.aio.secure_channel(f"localhost:{ingest.port}", pki.credentials()) as ch:

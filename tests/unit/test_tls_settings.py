@@ -87,7 +87,9 @@ def test_a_server_certificate_without_client_ca_asks_for_no_client_certificate(
         ("GRPC_TLS_CLIENT_CA_FILE", "missing"),
         ("GRPC_TLS_CLIENT_CA_FILE", "a key"),
         ("GRPC_TLS_CA_FILE", "not pem"),
+        ("GRPC_TLS_CA_FILE", "cut short"),
         ("GRPC_TLS_CLIENT_CERT_FILE", "missing"),
+        ("GRPC_TLS_CLIENT_CERT_FILE", "cut short"),
         ("GRPC_TLS_CLIENT_KEY_FILE", "another key"),
     ],
 )
@@ -101,17 +103,24 @@ def test_a_bad_tls_file_stops_the_start_naming_its_variable(
 ) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN NOTHING-----\nnope\n")
+    # A chain or bundle read while being written: its second certificate cut short.
+    cut = tmp_path / "cut.pem"
+    second = pki.ca.read_bytes()
+    cut.write_bytes(pki.client_cert.read_bytes() + second[: len(second) // 2])
     bad = {
         "missing": str(tmp_path / "nowhere.pem"),
         "not pem": str(junk),
         "a key": str(pki.server_key),
         "a certificate": str(pki.server_cert),
         "another key": str(pki.other_client_key),
+        "cut short": str(cut),
     }[problem]
     env = {**pki.server_env(mutual=True), variable: bad}
     err = refused(monkeypatch, capsys, DispatchSettings, **env)
     assert f"  {variable}: " in err, err
     assert len(err.strip().splitlines()) == 2, "one line: the variable and why"
+    if problem == "cut short":
+        assert f"{cut}: 1 of its 2 certificates cut short or unreadable" in err
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ and counted; the next good version is used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -69,7 +68,8 @@ class RenewingChannel(grpc.aio.Channel):
         self._interceptors = interceptors
         self._channel = self._build(tls)
         self._callables: dict[_Key, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Replaced channels, closing once their calls in flight are done.
+        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._refusals = Refusals(
             RELOADS,
             log,
@@ -92,7 +92,10 @@ class RenewingChannel(grpc.aio.Channel):
     async def _poll(self, every_seconds: float) -> None:
         while True:
             await asyncio.sleep(every_seconds)
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as exc:
+                self._refusals.refused(f"{type(exc).__name__}: {exc}")
 
     async def poll_once(self) -> None:
         """Reads the files once (off the event loop); takes them when they changed and
@@ -117,8 +120,8 @@ class RenewingChannel(grpc.aio.Channel):
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         task = asyncio.get_running_loop().create_task(channel.close(RETIRE_GRACE_SECONDS))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[channel] = task
+        task.add_done_callback(lambda _: self._retiring.pop(channel, None))
 
     def _callable(self, key: _Key) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         found = self._callables.get(key)
@@ -172,12 +175,13 @@ class RenewingChannel(grpc.aio.Channel):
         """Stops reading the files and closes the channel in force and any replaced
         one still finishing its calls."""
         self._poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._poller
-        await self._channel.close(grace)
-        for task in list(self._retiring):
+        await asyncio.gather(self._poller, return_exceptions=True)
+        retiring = dict(self._retiring)
+        for task in retiring.values():
             task.cancel()
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*retiring.values(), return_exceptions=True)
+        # A replaced channel closes with the rest, within the same grace.
+        await asyncio.gather(self._channel.close(grace), *(old.close(grace) for old in retiring))
 
     async def __aenter__(self) -> Self:
         return self

@@ -4,7 +4,7 @@ The files are checked when the settings are read (a missing file, one that holds
 certificate or key, a key that is not the certificate's, a certificate out of its
 dates: the start stops naming the variable); ``server_tls()`` and ``client_tls()`` read
 them again for the port and the channels, and again every ``GRPC_TLS_RELOAD_SECONDS``
-(``tls_rotation.py``, ``channels.py``).
+(``tls_rotation.py``, ``renewing_channel.py``).
 """
 
 from __future__ import annotations
@@ -19,15 +19,25 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+_CERTIFICATE_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
 
 def read_certificates(path: str) -> bytes:
-    """The PEM bytes of ``path``, which must hold one certificate or more; raises
-    ValueError saying why not."""
+    """The PEM bytes of ``path``, which must hold one certificate or more, each whole;
+    raises ValueError saying why not."""
     data = _read(path)
     try:
-        x509.load_pem_x509_certificates(data)
+        found = len(x509.load_pem_x509_certificates(data))
     except (ValueError, UnsupportedAlgorithm):
         raise ValueError(f"{path}: not a PEM certificate") from None
+    # A block cut short (a chain or bundle read while being written) is skipped by
+    # the parser: the set would pass with a chain missing its intermediate, or a
+    # bundle missing the CA being rolled in.
+    if (begun := data.count(_CERTIFICATE_BEGIN)) != found:
+        raise ValueError(
+            f"{path}: {begun - found} of its {begun} certificates cut short or unreadable "
+            "(a file being written?)"
+        )
     return data
 
 
