@@ -137,8 +137,16 @@ async def test_ingest_takes_a_rotated_key_and_drops_a_revoked_one_without_a_rest
         assert await code_after(publish(NEW)) == grpc.StatusCode.OK, "a file gone changes nothing"
 
 
+@pytest.mark.parametrize(
+    ("variable", "limit"),
+    [
+        ("INGEST_API_KEY_EVENT_TYPES", "billing=message.*"),
+        ("INGEST_API_KEY_SOURCES", "billing=urn:test:*"),
+        ("INGEST_API_KEY_APPLICATION_IDS", "billing=billing|urn:test:*"),
+    ],
+)
 async def test_a_misspelt_new_caller_that_a_limit_would_not_cover_is_refused(
-    infra: Infra, database_url: str, topic: str, tmp_path: Path
+    infra: Infra, database_url: str, topic: str, tmp_path: Path, variable: str, limit: str
 ) -> None:
     """The start refuses a limit that names a caller no key has; a keys file changed
     later could otherwise bring billing's new key under a misspelt name, unlimited."""
@@ -150,8 +158,8 @@ async def test_a_misspelt_new_caller_that_a_limit_would_not_cover_is_refused(
             database_url,
             topic,
             ingest_api_keys_file=str(keys),
-            ingest_api_key_event_types="billing=message.*",
             api_keys_file_poll_seconds=POLL,
+            **{variable.lower(): limit},
         ) as ingest,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
     ):
@@ -163,8 +171,8 @@ async def test_a_misspelt_new_caller_that_a_limit_would_not_cover_is_refused(
             await asyncio.sleep(POLL * 6)
         [line] = [e for e in logs if e["event"] == "api_keys.refused"]
         assert line["error"] == (
-            "new caller 'bililng' would not be limited by INGEST_API_KEY_EVENT_TYPES (it "
-            "names billing): a misspelt name? Name it there (a restart) or give it a '*' entry"
+            f"new caller 'bililng' would not be limited by {variable} (it names billing): a "
+            "misspelt name? Name it there (a restart) or give it a '*' entry"
         )
         assert await code_after(publish(OLD)) == grpc.StatusCode.OK, "the keys in force stay"
         assert await code_after(publish(NEW)) == grpc.StatusCode.UNAUTHENTICATED

@@ -519,9 +519,10 @@ async def test_a_caller_limited_to_some_sources_is_refused_the_others(
 async def test_a_caller_limited_to_some_application_ids_is_refused_the_others(
     infra: Infra, database_url: str, topic: str
 ) -> None:
-    """The record's application-id header is the call's metadata: any caller could
-    name itself another system. A caller named in INGEST_API_KEY_APPLICATION_IDS sends
-    only those its patterns select; without one, its event's source stands in."""
+    """The record's application-id header is the call's metadata (else the event's
+    source): any caller could name itself another system. A caller named in
+    INGEST_API_KEY_APPLICATION_IDS publishes only under the ids its patterns select,
+    sent as metadata or, without it, as the source."""
     billing = ("authorization", f"Bearer {KEY_A}")
     admin = ("authorization", f"Bearer {KEY_B}")
     async with (
@@ -530,14 +531,16 @@ async def test_a_caller_limited_to_some_application_ids_is_refused_the_others(
             database_url,
             topic,
             ingest_api_keys=f"{KEY_A}=billing,{KEY_B}=admin",
-            ingest_api_key_application_ids="billing=billing|billing-*",
+            ingest_api_key_application_ids="billing=billing|billing-*|urn:test:billing:*",
         ) as ingest,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingest.port}") as channel,
     ):
         await publish(channel, event("urn:test:one"), billing, ("application-id", "billing-eu"))
-        await publish(channel, event("urn:test:two"), billing)
+        await publish(channel, event("urn:test:billing:two"), billing)
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await publish(channel, event("urn:test:no"), billing, ("application-id", "payments"))
+        # Without the metadata the source is the record's application-id.
+        unsent = await code_of(publish(channel, event("payments"), billing))
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         batch = await stub.PublishBatch(
             ingest_pb2.PublishBatchRequest(requests=[ingest_pb2.PublishRequest(json=event())]),
@@ -547,15 +550,17 @@ async def test_a_caller_limited_to_some_application_ids_is_refused_the_others(
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert denied.value.details() == (
         "caller 'billing' may not publish as application-id 'payments' "
-        "(INGEST_API_KEY_APPLICATION_IDS lets it publish as billing, billing-*)"
+        "(INGEST_API_KEY_APPLICATION_IDS lets it publish as billing, billing-*, "
+        "urn:test:billing:*)"
     )
+    assert unsent == grpc.StatusCode.PERMISSION_DENIED
     [refused] = batch.results
     assert refused.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     records = await read_topic(infra.kafka_settings(), topic, 3)
     assert sorted((headers(r)["ce_source"], headers(r)["application-id"]) for r in records) == [
+        ("urn:test:billing:two", "urn:test:billing:two"),
         ("urn:test:one", "billing-eu"),
         ("urn:test:three", "payments"),  # admin is not limited
-        ("urn:test:two", "urn:test:two"),
     ]
 
 

@@ -20,8 +20,12 @@ from structlog.testing import capture_logs
 from herald.runtime import kafka
 from herald.runtime.backlog import BacklogReporter
 from herald.services.ingest.app import BEHIND
+from herald.services.ingest.catalog import EventTypeDef, check_definition
+from herald.services.ingest.catalog_store import CatalogStore
 from herald.services.ingest.outbox import LANES
 from herald.services.ingest.relay import Relay
+from herald.services.ingest.relay_app import open_pool
+from herald.services.ingest.settings import IngestSettings
 from herald.services.ingest.writer import Q
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
@@ -543,3 +547,29 @@ async def test_a_replayed_retry_has_a_log_line_naming_its_type_key_request_and_o
         "request_id": "retry-1",
         "outcome": "duplicate",
     }
+
+
+async def test_a_created_type_is_held_as_stored_so_a_refresh_keeps_its_validator(
+    database_url: str,
+) -> None:
+    """The catalog holds each schema as the JSON text PostgreSQL gives back; a created
+    type held the request's text instead, and the first refresh of its name (a NOTIFY,
+    a lookup of another version) found it changed and compiled it again."""
+    pool = await open_pool(IngestSettings(database_url=database_url))
+    try:
+        store = CatalogStore(pool)
+        await store.load()
+        # Spaced and ordered unlike jsonb's text.
+        text = '{"type":"object",   "required":["sku"], "additionalProperties": false}'
+        check_definition("shelf.moved", "1.0", text, "", [])
+        created = await store.create(EventTypeDef("shelf.moved", "1.0", text))
+        stored = await pool.fetchval(
+            "SELECT json_schema::text FROM ingest.event_types WHERE name = 'shelf.moved'"
+        )
+        assert created.schema_text == stored != text
+        assert not created.unusable  # compiled, as a first event would
+        await store.refresh("shelf.moved")
+        assert store.catalog.get("shelf.moved", "1.0") is created
+        assert created.json_schema == json.loads(text)
+    finally:
+        await pool.close()

@@ -131,7 +131,7 @@ def test_a_limited_caller_sends_only_the_application_ids_its_patterns_select() -
     )
     assert limits.refusal("billing", "t", SRC, "billing") is None
     assert limits.refusal("billing", "t", SRC, "billing-eu") is None
-    assert limits.refusal("billing", "t", SRC, "") is None, "none sent: the source stands in"
+    assert limits.refusal("billing", "t", SRC, "") is None, "none: left to validation"
     assert limits.refusal("billing", "t", SRC, "payments") == (
         "caller 'billing' may not publish as application-id 'payments' "
         "(INGEST_API_KEY_APPLICATION_IDS lets it publish as billing, billing-*)"

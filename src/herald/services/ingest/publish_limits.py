@@ -5,10 +5,10 @@ from which sources (``INGEST_API_KEY_SOURCES``) and under which ``application-id
 A caller named there (by its ``INGEST_API_KEYS`` key's name) may publish only the types
 its type patterns select (``message.*``, ``user_registered``, ``*``: as a webhook's
 subscription patterns), only with a ``source`` its source patterns select (a source
-exactly, or ``prefix*``: every source starting with the prefix), and only with an
-``application-id`` metadata its id patterns select (alike; a call without one is
-recorded under its event's source, which the source limit judges); any other event is
-refused with ``PERMISSION_DENIED``. A caller not named is limited by the ``*`` entry
+exactly, or ``prefix*``: every source starting with the prefix), and only under an
+``application-id`` its id patterns select (alike: the record's, which is the call's
+metadata, else the event's source); any other event is refused with
+``PERMISSION_DENIED``. A caller not named is limited by the ``*`` entry
 when there is one, else not at all; a call without a key (ingest without keys) never.
 """
 
@@ -109,8 +109,8 @@ class PublishLimits:
         self, caller: str, event_type: str, source: str, application_id: str = ""
     ) -> str | None:
         """Why ``caller`` may not publish an event of ``event_type`` from ``source``
-        under ``application_id`` (the call's metadata; "" when it sent none); None if
-        it may. An empty type or source is not judged here (validation refuses it)."""
+        under ``application_id`` (the one its record would carry); None if it may. An
+        empty type, source or id is not judged here (validation refuses it)."""
         if not caller or not (self._types or self._sources or self._application_ids):
             return None  # nobody limited: the usual
         types = limit_of(self._types, caller)

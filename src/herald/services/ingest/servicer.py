@@ -327,10 +327,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def _check_permitted(self, event: Event, call: CallContext, key: str) -> None:
         """Raises PermissionDenied when the caller may not publish the event's type
         (INGEST_API_KEY_EVENT_TYPES) or source (INGEST_API_KEY_SOURCES), or under the
-        call's application-id (INGEST_API_KEY_APPLICATION_IDS); an event without a type
-        or source is left to validation."""
+        application-id its record would carry (INGEST_API_KEY_APPLICATION_IDS: the
+        call's, else the event's source); an event without a type or source is left to
+        validation."""
         refusal = self._publish_limits.refusal(
-            TENANT.get(""), event.type, event.source, call.application_id
+            TENANT.get(""), event.type, event.source, call.application_id or event.source
         )
         if not refusal:
             return

@@ -74,9 +74,9 @@ class IngestSettings(RelaySettings):
     ingest_api_key_application_ids: str = Field(
         "",
         description="NAME=id|prefix*|... entries, comma-separated: a caller named (a NAME "
-        "of INGEST_API_KEYS) may send only an application-id metadata a pattern selects "
-        "(the id exactly, or 'prefix*' by its start), else PERMISSION_DENIED; a call "
-        "without one is recorded under its event's source; a caller not named may send any.",
+        "of INGEST_API_KEYS) may publish only under an application-id a pattern selects "
+        "(the id exactly, or 'prefix*' by its start; the call's application-id metadata, "
+        "else the event's source), else PERMISSION_DENIED; a caller not named under any.",
     )
     events_topic: str = Field("herald.events", description="Kafka topic of accepted events.")
     events_topic_partitions: int = Field(
