@@ -356,6 +356,79 @@ async def test_dispatch_and_reconcile_with_keys_refuse_callers_without_one(
         await dispatch.stop(1)
 
 
+async def test_without_keys_the_limits_hold_for_client_certificate_names(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    """Mutual TLS with GRPC_TLS_CLIENT_NAMES and no API keys: a certificate let in
+    could call every method and publish every type. The limits name certificates."""
+    async with running_ingest(
+        infra,
+        database_url,
+        topic,
+        grpc_tls_client_names="client-a,client-b",
+        ingest_api_key_methods="client-a=Publish|PublishBatch",
+        ingest_api_key_event_types="client-a=message.*",
+        **tls_files(pki, mutual=True),
+    ) as ingest:
+        a = secure(ingest.port, pki.credentials(pki.client_cert, pki.client_key))
+        b = secure(ingest.port, pki.credentials(pki.other_client_cert, pki.other_client_key))
+        async with a, b:
+            assert (await publish(a, event())).event_id
+            with pytest.raises(grpc.aio.AioRpcError) as method:
+                await ingest_pb2_grpc.IngestServiceStub(a).ListEventTypes(
+                    ingest_pb2.ListEventTypesRequest()
+                )
+            with pytest.raises(grpc.aio.AioRpcError) as event_type:
+                await publish(a, LEGACY_EXAMPLES["user_registered"])
+            assert await health(a) == health_pb2.HealthCheckResponse.SERVING, "health: open"
+            # client-b is not named: unlimited
+            await ingest_pb2_grpc.IngestServiceStub(b).ListEventTypes(
+                ingest_pb2.ListEventTypesRequest()
+            )
+            assert (await publish(b, LEGACY_EXAMPLES["user_registered"])).event_id
+    assert method.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert method.value.details() == (
+        "caller 'client-a' may not call ListEventTypes (INGEST_API_KEY_METHODS lets it call "
+        "Publish, PublishBatch)"
+    )
+    assert event_type.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "caller 'client-a' may not publish events of type 'user_registered'" in str(
+        event_type.value.details()
+    )
+
+
+async def test_dispatch_without_keys_limits_client_certificates_by_method(
+    infra: Infra, database_url: str, topic: str, pki: Pki
+) -> None:
+    settings = routes_only_dispatch(
+        database_url,
+        topic,
+        grpc_tls_client_names="client-a,client-b",
+        dispatch_api_key_methods="client-a=ListRoutes|GetRoute",
+        **tls_files(pki, mutual=True),
+    )
+    dispatch = await start(
+        await build_dispatch(settings, infra.kafka_settings()),
+        "127.0.0.1:0",
+        tls=settings.server_tls(),
+    )
+    try:
+        a = secure(dispatch.port, pki.credentials(pki.client_cert, pki.client_key))
+        b = secure(dispatch.port, pki.credentials(pki.other_client_cert, pki.other_client_key))
+        async with a, b:
+            as_a = dispatch_pb2_grpc.DispatchServiceStub(a)
+            await as_a.ListRoutes(dispatch_pb2.ListRoutesRequest())
+            redrive = dispatch_pb2.RedriveDeadLettersRequest(
+                ids=dispatch_pb2.DeadLetterIds(ids=[str(uuid.uuid4())])
+            )
+            refused = await code_of(as_a.RedriveDeadLetters(redrive))
+            taken = await dispatch_pb2_grpc.DispatchServiceStub(b).RedriveDeadLetters(redrive)
+    finally:
+        await dispatch.stop(1)
+    assert refused == grpc.StatusCode.PERMISSION_DENIED
+    assert taken.redriven == 0  # client-b is not named: unlimited (no such dead letter)
+
+
 async def test_a_caller_limited_to_some_event_types_is_refused_the_others(
     infra: Infra, database_url: str, topic: str
 ) -> None:

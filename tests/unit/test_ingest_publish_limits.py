@@ -15,6 +15,7 @@ from herald.services.ingest.publish_limits import (
 )
 
 CALLERS = {"billing", "herald", "ops"}
+KEYS = {f"key-of-{name}-0123456789": name for name in CALLERS}  # the callers' API keys
 SRC = "urn:any"
 
 
@@ -52,7 +53,7 @@ def test_a_limited_caller_publishes_only_the_types_its_patterns_select() -> None
 )
 def test_a_bad_entry_is_refused_naming_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
-        parse_type_limits(text, CALLERS)
+        parse_type_limits(text, CALLERS, KEYS)
 
 
 def test_without_keys_the_setting_would_limit_nobody() -> None:
@@ -105,7 +106,7 @@ def test_a_limited_caller_publishes_only_from_the_sources_its_patterns_select() 
 )
 def test_a_bad_source_entry_is_refused_naming_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
-        parse_source_limits(text, CALLERS)
+        parse_source_limits(text, CALLERS, KEYS)
 
 
 def test_the_star_entry_limits_every_caller_not_named() -> None:
@@ -154,4 +155,14 @@ def test_a_limited_caller_sends_only_the_application_ids_its_patterns_select() -
 )
 def test_a_bad_application_id_entry_is_refused_naming_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        parse_application_id_limits(text, CALLERS)
+        parse_application_id_limits(text, CALLERS, KEYS)
+
+
+def test_without_api_keys_the_callers_are_client_certificate_names() -> None:
+    """A service with mutual TLS and GRPC_TLS_CLIENT_NAMES but no keys: its limits
+    name the certificates' identities, and a name it does not let in is refused."""
+    names = {"client-a", "spiffe://herald/billing"}
+    limits = parse_type_limits("spiffe://herald/billing=billing.*", names)
+    assert limits == {"spiffe://herald/billing": ("billing.*",)}
+    with pytest.raises(ValueError, match="'client-z' is not a name GRPC_TLS_CLIENT_NAMES lets in"):
+        parse_type_limits("client-z=x.*", names)

@@ -4,6 +4,7 @@ variable; all unset is plaintext and open, as before."""
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,37 @@ def test_client_names_need_mutual_tls_and_are_names(
     tls = load_settings(IngestSettings).server_tls()
     assert tls is not None
     assert tls.client_names == ("client-a", "spiffe://herald/dispatch")
+
+
+@pytest.mark.parametrize(
+    ("cls", "prefix", "method"),
+    [
+        (IngestSettings, "INGEST", "Publish"),
+        (DispatchSettings, "DISPATCH", "ListRoutes"),
+        (ReconcileSettings, "RECONCILE", "GetTicket"),
+    ],
+)
+def test_without_keys_the_limits_name_client_certificates(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pki: Pki,
+    cls: type[RuntimeSettings],
+    prefix: str,
+    method: str,
+) -> None:
+    """Mutual TLS with GRPC_TLS_CLIENT_NAMES and no API keys: the callers the limits
+    name are those certificate identities."""
+    for name, value in pki.server_env(mutual=True).items():
+        monkeypatch.setenv(name, value)
+    variable = f"{prefix}_API_KEY_METHODS"
+    err = refused(monkeypatch, capsys, cls, **{variable: f"client-a={method}"})
+    nobody = "is set while the service has no API keys (nor GRPC_TLS_CLIENT_NAMES)"
+    assert f"{variable}: {nobody}" in err
+    monkeypatch.setenv("GRPC_TLS_CLIENT_NAMES", "client-a,spiffe://herald/b")
+    err = refused(monkeypatch, capsys, cls, **{variable: f"client-z={method}"})
+    assert "entry 1: 'client-z' is not a name GRPC_TLS_CLIENT_NAMES lets in" in err
+    monkeypatch.setenv(variable, f"client-a={method},spiffe://herald/b={method}")
+    assert getattr(load_settings(cls), variable.lower()) == os.environ[variable]
+    if cls is IngestSettings:
+        monkeypatch.setenv("INGEST_API_KEY_EVENT_TYPES", "client-a=message.*")
+        assert load_settings(IngestSettings).callers() == {"client-a", "spiffe://herald/b"}

@@ -4,7 +4,9 @@ The interceptor checks every call except the gRPC infrastructure services (healt
 reflection) and puts the tenant in :data:`TENANT` for the handler to read. In webhooks
 a key names a tenant; in ingest, dispatch and reconcile (``*_API_KEYS``, optional) a
 caller: ingest scopes idempotency keys by it, and ``*_API_KEY_METHODS`` (optional) may
-limit a caller to some of its service's methods (else ``PERMISSION_DENIED``).
+limit a caller to some of its service's methods (else ``PERMISSION_DENIED``). Without
+keys, with mutual TLS and ``GRPC_TLS_CLIENT_NAMES``, the callers the limits name are
+the client certificates' identities (:data:`CLIENT_NAME`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from herald.runtime.interceptors import Handler, UnaryInterceptor
 from herald.runtime.key_pairs import MIN_KEY_LENGTH, parse_api_keys
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
+# The identity of the call's client certificate that GRPC_TLS_CLIENT_NAMES let in: the
+# caller's name where the service has no API keys (its limits may name it).
+CLIENT_NAME: ContextVar[str] = ContextVar("herald_client_name")
 # In a setting that limits callers: every caller the setting does not name.
 EVERY_OTHER_CALLER = "*"
 T = TypeVar("T")
@@ -61,7 +66,10 @@ def parse_caller_lists(
     (a caller's name may hold ``=``, an item not). The caller ``*`` stands for every
     caller not named (one added to a keys file later, say): see :func:`limit_of`."""
     if text.strip() and not callers:
-        raise ValueError("is set while the service has no API keys: it would limit nobody")
+        raise ValueError(
+            "is set while the service has no API keys (nor GRPC_TLS_CLIENT_NAMES): it would "
+            "limit nobody"
+        )
     lists: dict[str, tuple[str, ...]] = {}
     for n, entry in enumerate(e.strip() for e in text.split(",") if e.strip()):
         caller, sep, listed = (part.strip() for part in entry.rpartition("="))
@@ -71,7 +79,12 @@ def parse_caller_lists(
         if caller not in callers and caller in keys:  # KEY=… for NAME=…: a secret
             raise ValueError(f"entry {n + 1}: names an API key itself, not its NAME (not shown)")
         if caller not in callers and caller != EVERY_OTHER_CALLER:
-            raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
+            if keys:
+                raise ValueError(f"entry {n + 1}: no API key is named {caller!r}")
+            raise ValueError(
+                f"entry {n + 1}: {caller!r} is not a name GRPC_TLS_CLIENT_NAMES lets in "
+                "(without API keys, the callers are the client certificates' names)"
+            )
         if caller in lists:
             raise ValueError(f"entry {n + 1}: caller {caller!r} is given twice")
         for item in items:
@@ -134,6 +147,20 @@ class ApiKeys:
         return tenant
 
 
+def check_method(
+    allowed: Mapping[str, frozenset[str]], caller: str, method: str, allowed_by: str
+) -> None:
+    """Raises PermissionDenied when ``allowed`` (the setting ``allowed_by``) keeps
+    ``caller`` from calling ``method`` (``/pkg.Service/Name``)."""
+    methods = limit_of(allowed, caller)
+    name = method.rpartition("/")[2]
+    if methods is not None and name not in methods:
+        raise PermissionDenied(
+            f"caller {caller!r} may not call {name} ({allowed_by} lets it call "
+            f"{', '.join(sorted(methods))})"
+        )
+
+
 class _GuardInterceptor(UnaryInterceptor):
     """An interceptor guarding every call but health checks and reflection."""
 
@@ -172,13 +199,8 @@ class BearerAuthInterceptor(_GuardInterceptor):
         """Calls the handler with the caller's tenant set."""
         keys = next((k for p, k in self._internal.items() if method.startswith(p)), self._keys)
         tenant = keys.tenant(dict(context.invocation_metadata() or ()))
-        allowed = limit_of(self._allowed, tenant) if keys is self._keys else None
-        name = method.rpartition("/")[2]
-        if allowed is not None and name not in allowed:
-            raise PermissionDenied(
-                f"caller {tenant!r} may not call {name} ({self._allowed_by} lets it call "
-                f"{', '.join(sorted(allowed))})"
-            )
+        if keys is self._keys:
+            check_method(self._allowed, tenant, method, self._allowed_by)
         token = TENANT.set(tenant)
         try:
             return await inner(request, context)
@@ -210,14 +232,31 @@ def methods_of(*services: Any) -> frozenset[str]:
     return frozenset(m for service in services for m in service.methods_by_name)
 
 
+def callers_of(keys: Mapping[str, str], client_names: Collection[str]) -> set[str]:
+    """Who a service's limits may name: the names of its API keys; with none, the client
+    certificate identities GRPC_TLS_CLIENT_NAMES lets in."""
+    return set(keys.values()) if keys else set(client_names)
+
+
+def caller() -> str:
+    """The calling caller's name: its API key's, else its client certificate's (as
+    GRPC_TLS_CLIENT_NAMES let it in); "" when neither is checked."""
+    return TENANT.get("") or CLIENT_NAME.get("")
+
+
 def check_key_methods(
-    api_keys: str, key_methods: str, variable: str, methods: Collection[str]
+    api_keys: str,
+    key_methods: str,
+    variable: str,
+    methods: Collection[str],
+    client_names: Collection[str] = (),
 ) -> None:
     """Raises ValueError naming ``variable`` (``*_API_KEY_METHODS``) if ``key_methods``
-    is not a valid setting for a service with ``methods`` and the keys ``api_keys``."""
+    is not a valid setting for a service with ``methods`` and the keys ``api_keys`` (or,
+    without keys, the client certificate identities ``client_names``)."""
     try:
         keys = parse_api_keys(api_keys)
-        parse_key_methods(key_methods, set(keys.values()), methods, keys)
+        parse_key_methods(key_methods, callers_of(keys, client_names), methods, keys)
     except ValueError as exc:
         raise ValueError(f"{variable}: {exc}") from None
 
@@ -240,9 +279,36 @@ class ClientNameInterceptor(_GuardInterceptor):
         method: str,
     ) -> Any:
         presented = [i.decode(errors="replace") for i in context.peer_identities() or ()]
-        if not self._names.intersection(presented):
+        name = next((i for i in presented if i in self._names), None)
+        if name is None:
             raise PermissionDenied(
                 f"the client certificate ({', '.join(presented) or 'no identity'}) is not "
                 "one GRPC_TLS_CLIENT_NAMES lets in"
             )
+        token = CLIENT_NAME.set(name)
+        try:
+            return await inner(request, context)
+        finally:
+            CLIENT_NAME.reset(token)
+
+
+class ClientMethodsInterceptor(_GuardInterceptor):
+    """``*_API_KEY_METHODS`` where the service has no API keys: the callers it names
+    are client certificate identities (:data:`CLIENT_NAME`, set by the
+    :class:`ClientNameInterceptor` outside this one), each limited to its methods."""
+
+    def __init__(self, allowed: Mapping[str, frozenset[str]], allowed_by: str) -> None:
+        super().__init__()
+        self._allowed = dict(allowed)
+        self._allowed_by = allowed_by
+
+    async def around(
+        self,
+        inner: Handler,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> Any:
+        if name := CLIENT_NAME.get(""):
+            check_method(self._allowed, name, method, self._allowed_by)
         return await inner(request, context)

@@ -25,6 +25,7 @@ from herald.runtime.auth import (
     EVERY_OTHER_CALLER,
     ApiKeys,
     BearerAuthInterceptor,
+    ClientMethodsInterceptor,
     parse_key_methods,
 )
 from herald.runtime.key_pairs import parse_api_keys, read_key_file
@@ -157,17 +158,22 @@ def optional_key_check(
     file_variable: str = "",
     poll_seconds: float = API_KEYS_FILE_POLL_SECONDS,
     other_limits: Mapping[str, Collection[str]] | None = None,
+    client_names: Collection[str] = (),
 ) -> KeyCheck:
     """The key check of a service with ``methods`` whose ``*_API_KEYS`` setting is
     ``api_keys`` (read from ``key_file``, the setting ``file_variable``, when that is
     given: the settings check has put its pairs into ``api_keys``) and whose
     ``*_API_KEY_METHODS`` (named ``methods_variable``) is ``key_methods``; the service's
     other limits (``other_limits``: the callers each names) guard the file's new
-    versions too (:func:`new_callers_limited`). None when there are no keys (the service
-    answers anyone, at no cost per call)."""
+    versions too (:func:`new_callers_limited`). No check when there are no keys (the
+    service answers anyone, at no cost per call), unless ``*_API_KEY_METHODS`` limits
+    client certificate identities (``client_names``: GRPC_TLS_CLIENT_NAMES)."""
     keys = parse_api_keys(api_keys)
     if not keys:
-        return KeyCheck()
+        by_name = parse_key_methods(key_methods, set(client_names), methods)
+        if not by_name:
+            return KeyCheck()
+        return KeyCheck([ClientMethodsInterceptor(by_name, methods_variable)])
     allowed = parse_key_methods(key_methods, set(keys.values()), methods, keys)
     known = ApiKeys(keys)
     check = KeyCheck([BearerAuthInterceptor(known, allowed=allowed, allowed_by=methods_variable)])

@@ -131,6 +131,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         key_file=settings.dispatch_api_keys_file,
         file_variable="DISPATCH_API_KEYS_FILE",
         poll_seconds=settings.api_keys_file_poll_seconds,
+        client_names=settings.client_names(),
     )
     return App(
         name="dispatch",

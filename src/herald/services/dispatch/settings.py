@@ -154,5 +154,6 @@ class DispatchSettings(RuntimeSettings):
             self.dispatch_api_key_methods,
             "DISPATCH_API_KEY_METHODS",
             METHODS,
+            self.client_names(),
         )
         return self

@@ -126,6 +126,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         key_file=settings.ingest_api_keys_file,
         file_variable="INGEST_API_KEYS_FILE",
         poll_seconds=settings.api_keys_file_poll_seconds,
+        client_names=settings.client_names(),
         other_limits={
             "INGEST_API_KEY_EVENT_TYPES": list(type_limits),
             "INGEST_API_KEY_SOURCES": list(source_limits),

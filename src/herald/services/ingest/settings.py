@@ -5,7 +5,13 @@ from __future__ import annotations
 from herald.ingest.v1 import ingest_pb2
 from pydantic import Field, model_validator
 
-from herald.runtime.auth import ApiKeysSetting, api_keys_file_field, check_key_methods, methods_of
+from herald.runtime.auth import (
+    ApiKeysSetting,
+    api_keys_file_field,
+    callers_of,
+    check_key_methods,
+    methods_of,
+)
 from herald.runtime.key_pairs import parse_api_keys
 from herald.runtime.settings import (
     MAX_RETENTION_DAYS,
@@ -141,7 +147,11 @@ class IngestSettings(RelaySettings):
         problems = []
         try:
             check_key_methods(
-                self.ingest_api_keys, self.ingest_api_key_methods, "INGEST_API_KEY_METHODS", METHODS
+                self.ingest_api_keys,
+                self.ingest_api_key_methods,
+                "INGEST_API_KEY_METHODS",
+                METHODS,
+                self.client_names(),
             )
         except ValueError as exc:
             problems.append(str(exc))
@@ -156,7 +166,7 @@ class IngestSettings(RelaySettings):
             ),
         ):
             try:
-                parse(value, set(keys.values()), keys)
+                parse(value, self.callers(), keys)
             except ValueError as exc:
                 problems.append(f"{variable}: {exc}")
         if problems:
@@ -164,8 +174,9 @@ class IngestSettings(RelaySettings):
         return self
 
     def callers(self) -> set[str]:
-        """The names of INGEST_API_KEYS' keys."""
-        return set(parse_api_keys(self.ingest_api_keys).values())
+        """Who the limits may name: the names of INGEST_API_KEYS' keys, else the
+        client certificate identities of GRPC_TLS_CLIENT_NAMES."""
+        return callers_of(parse_api_keys(self.ingest_api_keys), self.client_names())
 
 
 class IngestRelaySettings(RelaySettings):

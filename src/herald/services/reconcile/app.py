@@ -121,6 +121,7 @@ async def build(
         key_file=settings.reconcile_api_keys_file,
         file_variable="RECONCILE_API_KEYS_FILE",
         poll_seconds=settings.api_keys_file_poll_seconds,
+        client_names=settings.client_names(),
     )
     return App(
         name="reconcile",

@@ -192,5 +192,6 @@ class ReconcileSettings(RuntimeSettings):
             self.reconcile_api_key_methods,
             "RECONCILE_API_KEY_METHODS",
             METHODS,
+            self.client_names(),
         )
         return self
