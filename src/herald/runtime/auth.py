@@ -6,13 +6,13 @@ a key names a tenant; in ingest, dispatch and reconcile (``*_API_KEYS``, optiona
 caller: ingest scopes idempotency keys by it, and ``*_API_KEY_METHODS`` (optional) may
 limit a caller to some of its service's methods (else ``PERMISSION_DENIED``). Without
 keys, with mutual TLS and ``GRPC_TLS_CLIENT_NAMES``, the callers the limits name are
-the client certificates' identities (:data:`CLIENT_NAME`).
+the client certificates' identities (:data:`CLIENT_NAMES`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Annotated, Any, TypeVar
 
@@ -24,9 +24,9 @@ from herald.runtime.interceptors import Handler, UnaryInterceptor
 from herald.runtime.key_pairs import MIN_KEY_LENGTH, parse_api_keys
 
 TENANT: ContextVar[str] = ContextVar("herald_tenant")
-# The identity of the call's client certificate that GRPC_TLS_CLIENT_NAMES let in: the
-# caller's name where the service has no API keys (its limits may name it).
-CLIENT_NAME: ContextVar[str] = ContextVar("herald_client_name")
+# The identities of the call's client certificate that GRPC_TLS_CLIENT_NAMES let in: the
+# caller's names where the service has no API keys (its limits may name them).
+CLIENT_NAMES: ContextVar[tuple[str, ...]] = ContextVar("herald_client_names")
 # In a setting that limits callers: every caller the setting does not name.
 EVERY_OTHER_CALLER = "*"
 T = TypeVar("T")
@@ -64,7 +64,7 @@ def parse_caller_lists(
     nobody; one of ``keys``, the service's keys, is not echoed), a caller given twice, an
     item ``problem`` finds fault with (its message). An entry is split at its last ``=``
     (a caller's name may hold ``=``, an item not). The caller ``*`` stands for every
-    caller not named (one added to a keys file later, say): see :func:`limit_of`."""
+    caller not named (one added to a keys file later, say): see :func:`limits_of`."""
     if text.strip() and not callers:
         raise ValueError(
             "is set while the service has no API keys (nor GRPC_TLS_CLIENT_NAMES): it would "
@@ -94,11 +94,16 @@ def parse_caller_lists(
     return lists
 
 
-def limit_of(lists: Mapping[str, T], caller: str) -> T | None:
-    """``caller``'s entry of a limiting setting, else its ``*`` entry (every caller not
-    named), else None (not limited)."""
-    found = lists.get(caller)
-    return lists.get(EVERY_OTHER_CALLER) if found is None else found
+def limits_of(lists: Mapping[str, T], callers: Sequence[str]) -> list[tuple[str, T]]:
+    """What a limiting setting holds for a call by ``callers`` (one API key's name, or
+    a client certificate's identities), with the name each is for: the entries of
+    those it names, all of which hold (a certificate naming two identities gets the
+    limits of both, whatever their order); if it names none, the ``*`` entry (every
+    caller not named); else nothing (not limited)."""
+    named = [(c, lists[c]) for c in callers if c in lists]
+    if named or EVERY_OTHER_CALLER not in lists or not callers:
+        return named
+    return [(callers[0], lists[EVERY_OTHER_CALLER])]
 
 
 def api_keys_setting(value: str) -> str:
@@ -148,17 +153,17 @@ class ApiKeys:
 
 
 def check_method(
-    allowed: Mapping[str, frozenset[str]], caller: str, method: str, allowed_by: str
+    allowed: Mapping[str, frozenset[str]], callers: Sequence[str], method: str, allowed_by: str
 ) -> None:
     """Raises PermissionDenied when ``allowed`` (the setting ``allowed_by``) keeps
-    ``caller`` from calling ``method`` (``/pkg.Service/Name``)."""
-    methods = limit_of(allowed, caller)
+    ``callers`` from calling ``method`` (``/pkg.Service/Name``)."""
     name = method.rpartition("/")[2]
-    if methods is not None and name not in methods:
-        raise PermissionDenied(
-            f"caller {caller!r} may not call {name} ({allowed_by} lets it call "
-            f"{', '.join(sorted(methods))})"
-        )
+    for caller, methods in limits_of(allowed, callers):
+        if name not in methods:
+            raise PermissionDenied(
+                f"caller {caller!r} may not call {name} ({allowed_by} lets it call "
+                f"{', '.join(sorted(methods))})"
+            )
 
 
 class _GuardInterceptor(UnaryInterceptor):
@@ -200,7 +205,7 @@ class BearerAuthInterceptor(_GuardInterceptor):
         keys = next((k for p, k in self._internal.items() if method.startswith(p)), self._keys)
         tenant = keys.tenant(dict(context.invocation_metadata() or ()))
         if keys is self._keys:
-            check_method(self._allowed, tenant, method, self._allowed_by)
+            check_method(self._allowed, (tenant,), method, self._allowed_by)
         token = TENANT.set(tenant)
         try:
             return await inner(request, context)
@@ -238,10 +243,11 @@ def callers_of(keys: Mapping[str, str], client_names: Collection[str]) -> set[st
     return set(keys.values()) if keys else set(client_names)
 
 
-def caller() -> str:
-    """The calling caller's name: its API key's, else its client certificate's (as
-    GRPC_TLS_CLIENT_NAMES let it in); "" when neither is checked."""
-    return TENANT.get("") or CLIENT_NAME.get("")
+def callers() -> tuple[str, ...]:
+    """The calling caller's names: its API key's, else its client certificate's
+    identities that GRPC_TLS_CLIENT_NAMES let in; none when neither is checked."""
+    tenant = TENANT.get("")
+    return (tenant,) if tenant else CLIENT_NAMES.get(())
 
 
 def check_key_methods(
@@ -279,23 +285,25 @@ class ClientNameInterceptor(_GuardInterceptor):
         method: str,
     ) -> Any:
         presented = [i.decode(errors="replace") for i in context.peer_identities() or ()]
-        name = next((i for i in presented if i in self._names), None)
-        if name is None:
+        names = tuple(i for i in presented if i in self._names)
+        if not names:
             raise PermissionDenied(
                 f"the client certificate ({', '.join(presented) or 'no identity'}) is not "
                 "one GRPC_TLS_CLIENT_NAMES lets in"
             )
-        token = CLIENT_NAME.set(name)
+        token = CLIENT_NAMES.set(names)
         try:
             return await inner(request, context)
         finally:
-            CLIENT_NAME.reset(token)
+            CLIENT_NAMES.reset(token)
 
 
 class ClientMethodsInterceptor(_GuardInterceptor):
     """``*_API_KEY_METHODS`` where the service has no API keys: the callers it names
-    are client certificate identities (:data:`CLIENT_NAME`, set by the
-    :class:`ClientNameInterceptor` outside this one), each limited to its methods."""
+    are client certificate identities (:data:`CLIENT_NAMES`, set by the
+    :class:`ClientNameInterceptor` outside this one), each limited to its methods. A
+    call without them (no allow-list in front: a server started without its TLS) is
+    refused: the limits could not be told apart from none."""
 
     def __init__(self, allowed: Mapping[str, frozenset[str]], allowed_by: str) -> None:
         super().__init__()
@@ -309,6 +317,11 @@ class ClientMethodsInterceptor(_GuardInterceptor):
         context: grpc.aio.ServicerContext[Any, Any],
         method: str,
     ) -> Any:
-        if name := CLIENT_NAME.get(""):
-            check_method(self._allowed, name, method, self._allowed_by)
+        names = CLIENT_NAMES.get(())
+        if not names:
+            raise PermissionDenied(
+                f"{self._allowed_by} limits callers by client certificate, and this call "
+                "presented none that GRPC_TLS_CLIENT_NAMES lets in"
+            )
+        check_method(self._allowed, names, method, self._allowed_by)
         return await inner(request, context)

@@ -14,9 +14,9 @@ when there is one, else not at all; a call without a key (ingest without keys) n
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from herald.runtime.auth import limit_of, parse_caller_lists
+from herald.runtime.auth import limits_of, parse_caller_lists
 from herald.runtime.type_patterns import PATTERN, matches
 
 TYPES_VARIABLE = "INGEST_API_KEY_EVENT_TYPES"
@@ -106,33 +106,35 @@ class PublishLimits:
         return {caller: patterns for caller, patterns in found.items() if patterns}
 
     def refusal(
-        self, caller: str, event_type: str, source: str, application_id: str = ""
+        self,
+        caller: str | Sequence[str],
+        event_type: str,
+        source: str,
+        application_id: str = "",
     ) -> str | None:
-        """Why ``caller`` may not publish an event of ``event_type`` from ``source``
-        under ``application_id`` (the one its record would carry); None if it may. An
-        empty type, source or id is not judged here (validation refuses it)."""
-        if not caller or not (self._types or self._sources or self._application_ids):
+        """Why ``caller`` (an API key's name, or a client certificate's identities: the
+        limits of each it names hold) may not publish an event of ``event_type`` from
+        ``source`` under ``application_id`` (the one its record would carry); None if it
+        may. An empty type, source or id is not judged here (validation refuses it)."""
+        names = (caller,) if isinstance(caller, str) else tuple(caller)
+        if not any(names) or not (self._types or self._sources or self._application_ids):
             return None  # nobody limited: the usual
-        types = limit_of(self._types, caller)
-        if event_type and types is not None and not any(matches(p, event_type) for p in types):
-            return (
-                f"caller {caller!r} may not publish events of type {event_type!r} "
-                f"({TYPES_VARIABLE} lets it publish {', '.join(types)})"
-            )
-        sources = limit_of(self._sources, caller)
-        if source and sources is not None and not any(source_matches(p, source) for p in sources):
-            return (
-                f"caller {caller!r} may not publish events from source {source!r} "
-                f"({SOURCES_VARIABLE} lets it publish from {', '.join(sources)})"
-            )
-        ids = limit_of(self._application_ids, caller)
-        if (
-            application_id
-            and ids is not None
-            and not any(source_matches(p, application_id) for p in ids)
-        ):
-            return (
-                f"caller {caller!r} may not publish as application-id {application_id!r} "
-                f"({APPLICATION_IDS_VARIABLE} lets it publish as {', '.join(ids)})"
-            )
+        for name, types in limits_of(self._types, names):
+            if event_type and not any(matches(p, event_type) for p in types):
+                return (
+                    f"caller {name!r} may not publish events of type {event_type!r} "
+                    f"({TYPES_VARIABLE} lets it publish {', '.join(types)})"
+                )
+        for name, sources in limits_of(self._sources, names):
+            if source and not any(source_matches(p, source) for p in sources):
+                return (
+                    f"caller {name!r} may not publish events from source {source!r} "
+                    f"({SOURCES_VARIABLE} lets it publish from {', '.join(sources)})"
+                )
+        for name, ids in limits_of(self._application_ids, names):
+            if application_id and not any(source_matches(p, application_id) for p in ids):
+                return (
+                    f"caller {name!r} may not publish as application-id {application_id!r} "
+                    f"({APPLICATION_IDS_VARIABLE} lets it publish as {', '.join(ids)})"
+                )
         return None

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from herald.runtime import cloudevents_kafka as binding
 from herald.runtime import event_spans
-from herald.runtime.auth import TENANT, caller
+from herald.runtime.auth import TENANT, callers
 from herald.runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -331,7 +331,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         call's, else the event's source); an event without a type or source is left to
         validation."""
         refusal = self._publish_limits.refusal(
-            caller(), event.type, event.source, call.application_id or event.source
+            callers(), event.type, event.source, call.application_id or event.source
         )
         if not refusal:
             return
