@@ -429,6 +429,41 @@ async def test_dispatch_without_keys_limits_client_certificates_by_method(
     assert taken.redriven == 0  # client-b is not named: unlimited (no such dead letter)
 
 
+async def test_reconcile_without_keys_limits_client_certificates_by_method(
+    infra: Infra, database_url: str, pki: Pki
+) -> None:
+    settings = reconcile_settings(
+        database_url,
+        1,
+        grpc_tls_client_names="client-a,client-b",
+        reconcile_api_key_methods="client-a=ListDiscrepancies|GetTicket",
+        **tls_files(pki, mutual=True),
+    )
+    reconcile = await start(
+        await build_reconcile(settings, infra.kafka_settings(), infra.kafka_settings()),
+        "127.0.0.1:0",
+        tls=settings.server_tls(),
+    )
+    try:
+        a = secure(reconcile.port, pki.credentials(pki.client_cert, pki.client_key))
+        b = secure(reconcile.port, pki.credentials(pki.other_client_cert, pki.other_client_key))
+        async with a, b:
+            as_a = reconcile_pb2_grpc.ReconcileServiceStub(a)
+            await as_a.ListDiscrepancies(reconcile_pb2.ListDiscrepanciesRequest())
+            one_event = reconcile_pb2.RunReconciliationRequest(event_id="e1")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await as_a.RunReconciliation(one_event)
+            report = await reconcile_pb2_grpc.ReconcileServiceStub(b).RunReconciliation(one_event)
+    finally:
+        await reconcile.stop(1)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.value.details() == (
+        "caller 'client-a' may not call RunReconciliation (RECONCILE_API_KEY_METHODS lets it "
+        "call GetTicket, ListDiscrepancies)"
+    )
+    assert report.report.id, "client-b is not named: unlimited"
+
+
 async def test_a_caller_limited_to_some_event_types_is_refused_the_others(
     infra: Infra, database_url: str, topic: str
 ) -> None:
