@@ -23,12 +23,11 @@ from typing import Any, Self
 
 import grpc
 import structlog
-from cryptography import x509
 from prometheus_client import Counter
 
 from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
-from herald.runtime.tls import ClientTls, read_client_tls
+from herald.runtime.tls import ClientTls, leaf_fields, read_client_tls
 
 log = structlog.get_logger("herald.tls")
 
@@ -116,7 +115,8 @@ class RenewingChannel(grpc.aio.Channel):
         self._tls = tls
         self._retire(old)
         RELOADS.labels("applied").inc()
-        log.info("tls.client_reloaded", target=self._target, ca_changed=ca_changed, **_leaf(tls))
+        leaf = leaf_fields(tls.cert_chain) if tls.cert_chain else {}  # no client certificate
+        log.info("tls.client_reloaded", target=self._target, ca_changed=ca_changed, **leaf)
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
         task = asyncio.get_running_loop().create_task(channel.close(RETIRE_GRACE_SECONDS))
@@ -220,15 +220,3 @@ class _Current(grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
             wait_for_ready=wait_for_ready,
             compression=compression,
         )
-
-
-def _leaf(tls: ClientTls) -> dict[str, str]:
-    """What the log says of the client certificate presented (none: nothing)."""
-    if tls.cert_chain is None:
-        return {}
-    leaf = x509.load_pem_x509_certificates(tls.cert_chain)[0]
-    return {
-        "subject": leaf.subject.rfc4514_string(),
-        "serial": format(leaf.serial_number, "x"),
-        "not_after": leaf.not_valid_after_utc.isoformat(),
-    }

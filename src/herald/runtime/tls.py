@@ -107,6 +107,28 @@ def _private_key(data: bytes, path: str) -> PrivateKeyTypes:
         raise ValueError(f"{path}: not an unencrypted PEM private key") from None
 
 
+def _read_leaf(cert: str, key: str) -> tuple[bytes, bytes]:
+    """A certificate chain and its private key from their files, checked as at start
+    (each readable PEM, the key the certificate's, the certificate within its dates)."""
+    chain = read_certificates(cert)
+    private_key = read_private_key(key)
+    if not check_pair(chain, private_key):
+        raise ValueError(f"{key} is not the key of the certificate in {cert}")
+    check_dates(chain, cert, leaf=True)
+    return chain, private_key
+
+
+def leaf_fields(chain: bytes) -> dict[str, str]:
+    """What a log line says of the first certificate of ``chain``: its subject, serial
+    number and expiry."""
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    return {
+        "subject": leaf.subject.rfc4514_string(),
+        "serial": format(leaf.serial_number, "x"),
+        "not_after": leaf.not_valid_after_utc.isoformat(),
+    }
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """Where a port's certificate, key and client CA are read from, and how often
@@ -144,11 +166,7 @@ def read_server_tls(files: TlsFiles) -> ServerTls:
     """The port's TLS from its files, checked as at start (each readable PEM, the key
     the certificate's, the certificate within its dates, the client CA not all
     expired); raises ValueError saying what is wrong."""
-    chain = read_certificates(files.cert)
-    key = read_private_key(files.key)
-    if not check_pair(chain, key):
-        raise ValueError(f"{files.key} is not the key of the certificate in {files.cert}")
-    check_dates(chain, files.cert, leaf=True)
+    chain, key = _read_leaf(files.cert, files.key)
     client_ca = None
     if files.client_ca:
         client_ca = read_certificates(files.client_ca)
@@ -196,9 +214,4 @@ def read_client_tls(files: ClientTlsFiles) -> ClientTls:
     check_dates(ca, files.ca, leaf=False)
     if not files.cert or not files.key:
         return ClientTls(ca, files=files)
-    chain = read_certificates(files.cert)
-    key = read_private_key(files.key)
-    if not check_pair(chain, key):
-        raise ValueError(f"{files.key} is not the key of the certificate in {files.cert}")
-    check_dates(chain, files.cert, leaf=True)
-    return ClientTls(ca, chain, key, files)
+    return ClientTls(ca, *_read_leaf(files.cert, files.key), files)

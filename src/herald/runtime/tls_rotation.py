@@ -20,12 +20,11 @@ from typing import cast
 
 import grpc
 import structlog
-from cryptography import x509
 from prometheus_client import Counter
 
 from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
-from herald.runtime.tls import ServerTls, read_server_tls
+from herald.runtime.tls import ServerTls, leaf_fields, read_server_tls
 
 log = structlog.get_logger("herald.tls")
 
@@ -100,13 +99,7 @@ class CertificateRotation:
             self._pending = _configuration(tls)
         self._tls = tls
         RELOADS.labels("applied").inc()
-        leaf = x509.load_pem_x509_certificates(tls.cert_chain)[0]
-        log.info(
-            "tls.reloaded",
-            subject=leaf.subject.rfc4514_string(),
-            serial=format(leaf.serial_number, "x"),
-            not_after=leaf.not_valid_after_utc.isoformat(),
-        )
+        log.info("tls.reloaded", **leaf_fields(tls.cert_chain))
 
 
 def _configuration(tls: ServerTls) -> grpc.ServerCertificateConfiguration:

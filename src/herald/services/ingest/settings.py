@@ -103,8 +103,8 @@ class IngestSettings(RelaySettings):
         le=MAX_SCHEMA_BYTES,
         description="Largest JSON Schema CreateEventType takes, in bytes of JSON; at most "
         "256 KiB (a definition travels whole in a ListEventTypes page). Every version's "
-        "schema is kept parsed (about 5 times its size in memory); the most recently "
-        "used 8 MiB of schemas stay compiled (about 17 times theirs).",
+        "schema is kept as its JSON text; the most recently used 8 MiB of schemas stay "
+        "compiled (about 20 times their size in memory).",
     )
     max_event_types: int = Field(
         DEFAULT_MAX_EVENT_TYPES,
@@ -166,7 +166,7 @@ class IngestSettings(RelaySettings):
             ),
         ):
             try:
-                parse(value, self.callers(), keys)
+                parse(value, callers_of(keys, self.client_names()), keys)
             except ValueError as exc:
                 problems.append(f"{variable}: {exc}")
         if problems:
