@@ -7,7 +7,8 @@ the configuration before each handshake). Connections already open keep theirs.
 A changed set that is not good (a file unreadable or not PEM, a key that is not the
 certificate's, as when a renewal has written the certificate but not yet its key; a
 certificate out of its dates) is not used: the port keeps the one in force, logged
-``tls.refused`` once per problem and counted; the next good version is used.
+``tls.refused`` once per problem and counted; the next good version is used. So is an
+unexpected error while reading them: the worker carries on.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class CertificateRotation:
             return
         while True:
             await asyncio.sleep(files.every_seconds)
-            await in_daemon_thread(self.poll_once, "tls-files")
+            try:
+                await in_daemon_thread(self.poll_once, "tls-files")
+            except Exception as exc:  # a surprise must not end the port's renewals
+                self._refusals.refused(f"{type(exc).__name__}: {exc}")
 
     def poll_once(self) -> None:
         """Reads the files once; takes them when they changed and are good."""
