@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,3 +215,29 @@ def replace_file(target: Path, content: Path | bytes) -> None:
     staged = target.with_name(f".{target.name}.new")
     staged.write_bytes(data)
     os.replace(staged, target)
+
+
+def crl_pem(
+    pki: Pki,
+    revoked: Sequence[Path],
+    next_update: datetime.timedelta = datetime.timedelta(days=1),
+    forged: bool = False,
+) -> bytes:
+    """A PEM CRL by ``pki``'s CA revoking the certificates of the files ``revoked``,
+    next updated ``next_update`` from now (negative: stale); ``forged``: signed by
+    another key under the CA's name, as no CRL of that CA is."""
+    ca = _loaded_ca(pki)
+    key = _key() if forged else ca.key
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5) + min(next_update, datetime.timedelta()))
+        .next_update(now + next_update)
+    )
+    for path in revoked:
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

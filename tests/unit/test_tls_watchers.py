@@ -5,7 +5,6 @@ good version is still taken."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from herald.runtime import renewing_channel, tls_rotation
 from herald.runtime.renewing_channel import RenewingChannel
 from herald.runtime.tls import ClientTlsFiles, TlsFiles, read_client_tls, read_server_tls
 from herald.runtime.tls_rotation import CertificateRotation
+from tests.log_waits import logged
 from tests.tls_certs import (
     issue_client_certificate,
     issue_server_certificate,
@@ -38,14 +38,6 @@ def failing_once(real: Any) -> Any:
         return real(files)
 
     return read
-
-
-async def logged(logs: list[MutableMapping[str, Any]], event: str) -> MutableMapping[str, Any]:
-    for _ in range(250):
-        if found := [entry for entry in logs if entry["event"] == event]:
-            return found[0]
-        await asyncio.sleep(EVERY)
-    raise AssertionError(f"no {event} within 5 s: {logs}")
 
 
 async def test_the_port_s_watcher_survives_an_unexpected_error(

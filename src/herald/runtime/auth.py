@@ -17,8 +17,10 @@ from contextvars import ContextVar
 from typing import Annotated, Any, TypeVar
 
 import grpc
+from cryptography import x509
 from pydantic import AfterValidator, Field
 
+from herald.runtime.crl import Revocations
 from herald.runtime.errors import PermissionDenied, Unauthenticated
 from herald.runtime.interceptors import Handler, UnaryInterceptor
 from herald.runtime.key_pairs import MIN_KEY_LENGTH, parse_api_keys
@@ -325,3 +327,56 @@ class ClientMethodsInterceptor(_GuardInterceptor):
             )
         check_method(self._allowed, names, method, self._allowed_by)
         return await inner(request, context)
+
+
+# Verdicts kept per client certificate seen (its PEM): a certificate is parsed once, not
+# on every call. Cleared when full, and whenever the CRLs change.
+_VERDICTS_KEPT = 10_000
+
+
+class RevocationInterceptor(_GuardInterceptor):
+    """Refuses a call whose client certificate ``current()`` (the CRLs in force)
+    revokes, with UNAUTHENTICATED."""
+
+    def __init__(self, current: Callable[[], Revocations | None]) -> None:
+        super().__init__()
+        self._current = current
+        self._verdicts: dict[bytes, str | None] = {}
+        self._verdicts_for: Revocations | None = None
+
+    async def around(
+        self,
+        inner: Handler,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+    ) -> Any:
+        revocations = self._current()
+        if revocations is not None:
+            presented = context.auth_context().get("x509_pem_cert")
+            if not presented:
+                raise Unauthenticated(
+                    "this port checks client certificates against GRPC_TLS_CLIENT_CRL_FILE, "
+                    "and the call presented none"
+                )
+            if refusal := self._verdict(revocations, next(iter(presented))):
+                raise Unauthenticated(refusal)
+        return await inner(request, context)
+
+    def _verdict(self, revocations: Revocations, pem: bytes) -> str | None:
+        """Why the certificate ``pem`` is refused; None: it is not revoked."""
+        if revocations is not self._verdicts_for or len(self._verdicts) >= _VERDICTS_KEPT:
+            self._verdicts = {}
+            self._verdicts_for = revocations
+        if pem in self._verdicts:
+            return self._verdicts[pem]
+        cert = x509.load_pem_x509_certificate(pem)
+        verdict = None
+        if revocations.revokes(cert):
+            verdict = (
+                f"the client certificate {cert.subject.rfc4514_string()} (serial "
+                f"{cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}) is revoked "
+                "by GRPC_TLS_CLIENT_CRL_FILE"
+            )
+        self._verdicts[pem] = verdict
+        return verdict

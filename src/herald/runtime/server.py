@@ -16,7 +16,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from herald.runtime.auth import ClientNameInterceptor
+from herald.runtime.auth import ClientNameInterceptor, RevocationInterceptor
 from herald.runtime.health import Check, HealthMonitor
 from herald.runtime.interceptors import ErrorInterceptor
 from herald.runtime.listen import listen
@@ -148,7 +148,10 @@ async def start(
     """Starts ``app`` on ``address`` (port 0 picks a free port) and its workers; with
     ``tls`` the port takes TLS only (health and reflection included)."""
     configure_tracing(app.name)
+    rotation = CertificateRotation(tls) if tls else None
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if rotation is not None and rotation.revocations is not None:
+        interceptors.append(RevocationInterceptor(lambda: rotation.revocations))
     if tls is not None and tls.client_names:
         interceptors.append(ClientNameInterceptor(tls.client_names))
     interceptors += app.interceptors
@@ -175,7 +178,6 @@ async def start(
         ],
         server,
     )
-    rotation = CertificateRotation(tls) if tls else None
     credentials = rotation.credentials if rotation else None
     port = await listen(server, address, f"{app.name.upper()}_ADDR", credentials)
     # Before the server starts: one that runs when the start fails is left to a closed

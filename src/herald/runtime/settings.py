@@ -27,6 +27,7 @@ from herald.runtime.tls import (
     read_certificates,
     read_client_tls,
     read_private_key,
+    read_revocations,
     read_server_tls,
 )
 from herald.runtime.tracing import traces_exporter, tracing_enabled
@@ -129,6 +130,11 @@ class RuntimeSettings(BaseSettings):
     grpc_tls_client_ca_file: str = Field(
         "", description="PEM CA: callers must present a certificate it signed (mutual TLS)."
     )
+    grpc_tls_client_crl_file: str = Field(
+        "",
+        description="PEM CRLs, each signed by GRPC_TLS_CLIENT_CA_FILE: a call whose client "
+        "certificate one revokes is refused (UNAUTHENTICATED).",
+    )
     grpc_tls_ca_file: str = Field(
         "", description="PEM CA that signed the other services' certificates: calls them over TLS."
     )
@@ -149,7 +155,7 @@ class RuntimeSettings(BaseSettings):
         ge=0,
         le=HOUR_SECONDS,
         description="How often the TLS files are read again: the gRPC port's certificate, "
-        "key and client CA, and the CA and client certificate of calls to the other "
+        "key, client CA and CRLs, and the CA and client certificate of calls to the other "
         "services (a renewal is used with no restart); 0: at start only.",
     )
     api_keys_file_poll_seconds: float = Field(
@@ -259,6 +265,17 @@ class RuntimeSettings(BaseSettings):
                 "GRPC_TLS_CLIENT_CA_FILE: needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE "
                 "(client certificates are asked for over TLS only)"
             )
+        if self.grpc_tls_client_crl_file:
+            if not self.grpc_tls_client_ca_file:
+                raise ValueError(
+                    "GRPC_TLS_CLIENT_CRL_FILE: needs GRPC_TLS_CLIENT_CA_FILE (it revokes "
+                    "client certificates, which mutual TLS asks for)"
+                )
+            client_ca = read_certificates(self.grpc_tls_client_ca_file)
+            try:
+                read_revocations(self.grpc_tls_client_crl_file, client_ca)
+            except ValueError as exc:
+                raise ValueError(f"GRPC_TLS_CLIENT_CRL_FILE: {exc}") from None
         if self.grpc_tls_client_cert_file and not self.grpc_tls_ca_file:
             raise ValueError(
                 "GRPC_TLS_CLIENT_CERT_FILE: needs GRPC_TLS_CA_FILE (it is presented over TLS only)"
@@ -279,6 +296,7 @@ class RuntimeSettings(BaseSettings):
             self.grpc_tls_key_file,
             self.grpc_tls_client_ca_file or None,
             self.grpc_tls_reload_seconds,
+            self.grpc_tls_client_crl_file or None,
         )
         return replace(read_server_tls(files), client_names=self.client_names())
 

@@ -19,6 +19,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from herald.runtime.crl import Revocations, parse_revocations
+
 _CERTIFICATE_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
@@ -138,6 +140,7 @@ class TlsFiles:
     key: str
     client_ca: str | None = None
     every_seconds: float = 0  # 0: read at start only
+    client_crl: str | None = None  # CRLs of client certificates (crl.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,8 @@ class ServerTls:
     # GRPC_TLS_CLIENT_NAMES: the client certificate identities let in (empty: any the
     # CA signed).
     client_names: tuple[str, ...] = ()
+    # GRPC_TLS_CLIENT_CRL_FILE: the client certificates refused (None: no CRL).
+    revocations: Revocations | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         """For ``server.add_secure_port``."""
@@ -165,13 +170,23 @@ class ServerTls:
 def read_server_tls(files: TlsFiles) -> ServerTls:
     """The port's TLS from its files, checked as at start (each readable PEM, the key
     the certificate's, the certificate within its dates, the client CA not all
-    expired); raises ValueError saying what is wrong."""
+    expired, each CRL signed by the client CA); raises ValueError saying what is
+    wrong."""
     chain, key = _read_leaf(files.cert, files.key)
     client_ca = None
+    revocations = None
     if files.client_ca:
         client_ca = read_certificates(files.client_ca)
         check_dates(client_ca, files.client_ca, leaf=False)
-    return ServerTls(chain, key, client_ca, files)
+        if files.client_crl:
+            revocations = read_revocations(files.client_crl, client_ca)
+    return ServerTls(chain, key, client_ca, files, revocations=revocations)
+
+
+def read_revocations(path: str, client_ca: bytes) -> Revocations:
+    """The CRLs of the file ``path``, each signed by a certificate of ``client_ca``;
+    raises ValueError saying what is wrong."""
+    return parse_revocations(_read(path), path, client_ca)
 
 
 @dataclass(frozen=True)

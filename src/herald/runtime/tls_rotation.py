@@ -23,6 +23,7 @@ import grpc
 import structlog
 from prometheus_client import Counter
 
+from herald.runtime.crl import Revocations
 from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
 from herald.runtime.tls import ServerTls, leaf_fields, read_server_tls
@@ -50,6 +51,13 @@ class CertificateRotation:
             "tls.refused",
             "the port keeps its certificate until the files are good again",
         )
+        self._stale_logged: Revocations | None = None
+        self._check_staleness()
+
+    @property
+    def revocations(self) -> Revocations | None:
+        """The CRLs in force (GRPC_TLS_CLIENT_CRL_FILE); None: none."""
+        return self._tls.revocations
 
     @property
     def reloads(self) -> bool:
@@ -97,13 +105,27 @@ class CertificateRotation:
             return
         self._refusals.cleared()
         tls = replace(tls, client_names=self._tls.client_names)  # from the settings
-        if tls == self._tls:
+        if tls != self._tls:
+            with self._lock:
+                self._pending = _configuration(tls)
+            self._tls = tls
+            RELOADS.labels("applied").inc()
+            crl = tls.revocations.fields() if tls.revocations else {}
+            log.info("tls.reloaded", **leaf_fields(tls.cert_chain), **crl)
+        self._check_staleness()
+
+    def _check_staleness(self) -> None:
+        """Logs ``tls.crl_stale`` once for CRLs in force past their next update."""
+        revocations = self._tls.revocations
+        if revocations is None or revocations is self._stale_logged or not revocations.stale():
             return
-        with self._lock:
-            self._pending = _configuration(tls)
-        self._tls = tls
-        RELOADS.labels("applied").inc()
-        log.info("tls.reloaded", **leaf_fields(tls.cert_chain))
+        self._stale_logged = revocations
+        log.warning(
+            "tls.crl_stale",
+            detail="a CRL of GRPC_TLS_CLIENT_CRL_FILE is past its next update: what it "
+            "revokes is still refused, but revocations since are not known",
+            **revocations.fields(),
+        )
 
 
 def _configuration(tls: ServerTls) -> grpc.ServerCertificateConfiguration:

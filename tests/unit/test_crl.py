@@ -1,0 +1,134 @@
+"""Certificate revocation lists (GRPC_TLS_CLIENT_CRL_FILE): what a file's CRLs revoke,
+which files are not taken, and the start that a bad one stops."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from herald.runtime.crl import parse_revocations
+from herald.runtime.settings import load_settings
+from herald.services.ingest.settings import IngestSettings
+from tests.settings_env import refused, set_required
+from tests.tls_certs import Pki, crl_pem, make_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("second"), ca_name="herald-second-ca")
+
+
+def cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_a_crl_revokes_the_certificates_it_lists_and_no_other(pki: Pki) -> None:
+    revocations = parse_revocations(
+        crl_pem(pki, [pki.other_client_cert]), "crl.pem", pki.ca.read_bytes()
+    )
+    assert revocations.revokes(cert(pki.other_client_cert))
+    assert not revocations.revokes(cert(pki.client_cert))
+    assert revocations.crls == 1
+    assert len(revocations.revoked) == 1
+    assert not revocations.stale()
+
+
+def test_a_serial_is_revoked_only_under_the_issuer_that_lists_it(pki: Pki, second: Pki) -> None:
+    # Both CAs trusted; the first revokes client-b. The second CA's client-b has another
+    # serial, so give the first CA's CRL the second's serial too: it is not the issuer.
+    bundle = pki.ca.read_bytes() + second.ca.read_bytes()
+    crl = crl_pem(pki, [pki.other_client_cert, second.client_cert])
+    revocations = parse_revocations(crl, "crl.pem", bundle)
+    assert revocations.revokes(cert(pki.other_client_cert))
+    assert not revocations.revokes(cert(second.client_cert))
+
+
+def test_a_file_may_hold_the_crls_of_several_cas(pki: Pki, second: Pki) -> None:
+    bundle = pki.ca.read_bytes() + second.ca.read_bytes()
+    both = crl_pem(pki, [pki.client_cert]) + crl_pem(second, [second.other_client_cert])
+    revocations = parse_revocations(both, "crl.pem", bundle)
+    assert revocations.crls == 2
+    assert revocations.revokes(cert(pki.client_cert))
+    assert revocations.revokes(cert(second.other_client_cert))
+    assert not revocations.revokes(cert(second.client_cert))
+
+
+def test_a_stale_crl_is_still_applied_and_said_to_be_stale(pki: Pki) -> None:
+    stale = crl_pem(pki, [pki.client_cert], next_update=-datetime.timedelta(hours=1))
+    revocations = parse_revocations(stale, "crl.pem", pki.ca.read_bytes())
+    assert revocations.stale()
+    assert revocations.revokes(cert(pki.client_cert))
+
+
+@pytest.mark.parametrize("problem", ["forged", "another ca", "cut short", "no crl", "junk"])
+def test_a_crl_file_that_cannot_be_trusted_is_not_taken(
+    pki: Pki, second: Pki, problem: str
+) -> None:
+    good = crl_pem(pki, [pki.client_cert])
+    data = {
+        "forged": crl_pem(pki, [pki.client_cert], forged=True),
+        "another ca": crl_pem(second, [second.client_cert]),
+        "cut short": good + good[: len(good) // 2],
+        "no crl": pki.ca.read_bytes(),
+        "junk": b"-----BEGIN X509 CRL-----\nnope\n-----END X509 CRL-----\n",
+    }[problem]
+    with pytest.raises(ValueError, match=r"^crl\.pem: ") as exc:
+        parse_revocations(data, "crl.pem", pki.ca.read_bytes())
+    expected = {
+        "forged": "CRL 1 (issuer CN=herald-test-ca) is not signed by a certificate of "
+        "GRPC_TLS_CLIENT_CA_FILE",
+        "another ca": "CRL 1 (issuer CN=herald-second-ca) is not signed",
+        "cut short": "1 of its 2 CRLs cut short",
+        "no crl": "holds no PEM CRL",
+        "junk": "CRL 1 is not a readable PEM CRL",
+    }[problem]
+    assert expected in str(exc.value)
+
+
+def test_the_settings_take_a_crl_with_mutual_tls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki
+) -> None:
+    set_required(monkeypatch)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(crl_pem(pki, [pki.other_client_cert]))
+    for name, value in {
+        **pki.server_env(mutual=True),
+        "GRPC_TLS_CLIENT_CRL_FILE": str(crl),
+    }.items():
+        monkeypatch.setenv(name, value)
+    tls = load_settings(IngestSettings).server_tls()
+    assert tls is not None
+    assert tls.revocations is not None
+    assert tls.revocations.revokes(cert(pki.other_client_cert))
+
+
+@pytest.mark.parametrize("problem", ["no client ca", "forged", "missing"])
+def test_a_crl_file_that_cannot_serve_stops_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    pki: Pki,
+    problem: str,
+) -> None:
+    set_required(monkeypatch)
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(crl_pem(pki, [pki.other_client_cert], forged=problem == "forged"))
+    env = {**pki.server_env(mutual=problem != "no client ca"), "GRPC_TLS_CLIENT_CRL_FILE": str(crl)}
+    if problem == "missing":
+        env["GRPC_TLS_CLIENT_CRL_FILE"] = str(tmp_path / "nowhere.pem")
+    err = refused(monkeypatch, capsys, IngestSettings, **env)
+    assert "GRPC_TLS_CLIENT_CRL_FILE: " in err, err
+    expected = {
+        "no client ca": "needs GRPC_TLS_CLIENT_CA_FILE",
+        "forged": "is not signed by a certificate of GRPC_TLS_CLIENT_CA_FILE",
+        "missing": "cannot read",
+    }[problem]
+    assert expected in err, err
