@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,17 +222,26 @@ def crl_pem(
     revoked: Sequence[Path],
     next_update: datetime.timedelta = datetime.timedelta(days=1),
     forged: bool = False,
+    issued: datetime.datetime | None = None,
+    issuer: x509.Name | None = None,
+    extend: Callable[[x509.CertificateRevocationListBuilder], x509.CertificateRevocationListBuilder]
+    | None = None,
 ) -> bytes:
     """A PEM CRL by ``pki``'s CA revoking the certificates of the files ``revoked``,
-    next updated ``next_update`` from now (negative: stale); ``forged``: signed by
-    another key under the CA's name, as no CRL of that CA is."""
+    issued at ``issued`` (5 minutes ago) and next updated ``next_update`` from now
+    (negative: stale); ``forged``: signed by another key under the CA's name, as no CRL
+    of that CA is; ``issuer``: the CA's name written otherwise; ``extend``: more for
+    the builder (extensions)."""
     ca = _loaded_ca(pki)
     key = _key() if forged else ca.key
     now = datetime.datetime.now(datetime.UTC)
+    last_update = issued or now - datetime.timedelta(minutes=5) + min(
+        next_update, datetime.timedelta()
+    )
     builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now - datetime.timedelta(minutes=5) + min(next_update, datetime.timedelta()))
+        .issuer_name(issuer or ca.cert.subject)
+        .last_update(last_update)
         .next_update(now + next_update)
     )
     for path in revoked:
@@ -240,4 +249,6 @@ def crl_pem(
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
         )
+    if extend is not None:
+        builder = extend(builder)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

@@ -68,7 +68,7 @@ async def test_a_revoked_client_certificate_is_refused_and_a_new_crl_needs_no_re
         # client-a revoked too: its open connection is refused from the next call on.
         with capture_logs() as logs:
             replace_file(crl, crl_pem(pki, [pki.other_client_cert, pki.client_cert]))
-            reloaded = await logged(logs, "tls.reloaded")
+            reloaded = await logged(logs, "tls.crl_reloaded")
         assert reloaded["revoked"] == 2
         assert "CN=client-a" in await refusal(client_a)
 
@@ -76,7 +76,7 @@ async def test_a_revoked_client_certificate_is_refused_and_a_new_crl_needs_no_re
         # both stay refused.
         with capture_logs() as logs:
             replace_file(crl, crl_pem(pki, [], forged=True))
-            refused = await logged(logs, "tls.refused")
+            refused = await logged(logs, "tls.crl_refused")
         assert "is not signed by a certificate of GRPC_TLS_CLIENT_CA_FILE" in str(refused["error"])
         await refusal(client_a)
         await refusal(client_b)
@@ -84,7 +84,7 @@ async def test_a_revoked_client_certificate_is_refused_and_a_new_crl_needs_no_re
         # A good CRL revoking neither: both are let in again.
         with capture_logs() as logs:
             replace_file(crl, crl_pem(pki, []))
-            await logged(logs, "tls.reloaded")
+            await logged(logs, "tls.crl_reloaded")
         assert (await publish(client_a, event())).event_id
         assert (await publish(client_b, event())).event_id
 

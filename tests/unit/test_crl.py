@@ -4,10 +4,13 @@ which files are not taken, and the start that a bad one stops."""
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from herald.runtime.crl import parse_revocations
 from herald.runtime.settings import load_settings
@@ -132,3 +135,79 @@ def test_a_crl_file_that_cannot_serve_stops_the_start_naming_it(
         "missing": "cannot read",
     }[problem]
     assert expected in err, err
+
+
+def test_an_issuer_written_as_another_string_type_still_matches(pki: Pki) -> None:
+    # The CA's name as a PrintableString (cryptography writes a UTF8String): the same
+    # name to X.509, other bytes. Tools differ in this; the revocation must hold.
+    ca_name = cert(pki.ca).subject
+    printable = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "herald-test-ca", _type=_ASN1Type.PrintableString)]
+    )
+    assert printable == ca_name
+    assert printable.public_bytes() != ca_name.public_bytes()
+    crl = crl_pem(pki, [pki.client_cert], issuer=printable)
+    revocations = parse_revocations(crl, "crl.pem", pki.ca.read_bytes())
+    assert revocations.revokes(cert(pki.client_cert))
+
+
+def _delta(builder: x509.CertificateRevocationListBuilder) -> x509.CertificateRevocationListBuilder:
+    return builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
+
+
+def _unknown_critical(
+    builder: x509.CertificateRevocationListBuilder,
+) -> x509.CertificateRevocationListBuilder:
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+    return builder.add_extension(unknown, critical=True)
+
+
+def _indirect_entry(
+    builder: x509.CertificateRevocationListBuilder,
+) -> x509.CertificateRevocationListBuilder:
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another-ca")])
+    entry = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(12345)
+        .revocation_date(datetime.datetime.now(datetime.UTC))
+        .add_extension(x509.CertificateIssuer([x509.DirectoryName(other)]), critical=True)
+        .build()
+    )
+    return builder.add_revoked_certificate(entry)
+
+
+@pytest.mark.parametrize(
+    ("extend", "said"),
+    [
+        (_delta, "is a delta CRL: give the complete CRL"),
+        (_unknown_critical, "has a critical extension not known here (1.3.6.1.4.1.55555.1)"),
+        (_indirect_entry, "names another issuer for serial 3039: not supported"),
+    ],
+    ids=["delta", "unknown critical", "indirect entry"],
+)
+def test_a_crl_that_would_be_read_wrongly_is_not_taken(
+    pki: Pki, extend: Callable[..., x509.CertificateRevocationListBuilder], said: str
+) -> None:
+    crl = crl_pem(pki, [pki.client_cert], extend=extend)
+    with pytest.raises(ValueError, match="CRL 1 \\(CN=herald-test-ca\\) ") as exc:
+        parse_revocations(crl, "crl.pem", pki.ca.read_bytes())
+    assert said in str(exc.value)
+
+
+def test_an_older_crl_of_an_issuer_does_not_replace_a_newer_one(pki: Pki, second: Pki) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    bundle = pki.ca.read_bytes() + second.ca.read_bytes()
+    newer = parse_revocations(
+        crl_pem(pki, [pki.client_cert], issued=now - datetime.timedelta(minutes=1)), "a", bundle
+    )
+    older = parse_revocations(
+        crl_pem(pki, [], issued=now - datetime.timedelta(hours=2)), "b", bundle
+    )
+    why = older.rolled_back(newer)
+    assert why is not None
+    assert "the CRL of CN=herald-test-ca was issued at" in why
+    assert newer.rolled_back(older) is None
+    assert newer.rolled_back(newer) is None
+    # Another issuer's CRL added, or one dropped: no roll-back.
+    other = parse_revocations(crl_pem(second, []), "c", bundle)
+    assert other.rolled_back(newer) is None

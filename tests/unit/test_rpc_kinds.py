@@ -1,6 +1,6 @@
-"""The key check and the client-name allow-list wrap unary calls only (grpc.aio
-interceptors see a streaming handler as another kind): a streaming RPC added to a
-service would be open to every caller unless they learn to wrap it too."""
+"""The key check, the client-name allow-list and the CRL check wrap unary calls only
+(grpc.aio interceptors see a streaming handler as another kind): a streaming RPC added
+to a service would be open to every caller unless they learn to wrap it too."""
 
 from __future__ import annotations
 

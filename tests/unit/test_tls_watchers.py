@@ -5,18 +5,28 @@ good version is still taken."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from structlog.testing import capture_logs
 
 from herald.runtime import renewing_channel, tls_rotation
 from herald.runtime.renewing_channel import RenewingChannel
-from herald.runtime.tls import ClientTlsFiles, TlsFiles, read_client_tls, read_server_tls
+from herald.runtime.tls import (
+    ClientTlsFiles,
+    TlsFiles,
+    read_client_tls,
+    read_port_files,
+    read_server_tls,
+)
 from herald.runtime.tls_rotation import CertificateRotation
-from tests.log_waits import logged
+from tests.log_waits import Entry, logged
 from tests.tls_certs import (
+    Pki,
+    crl_pem,
     issue_client_certificate,
     issue_server_certificate,
     make_pki,
@@ -48,7 +58,7 @@ async def test_the_port_s_watcher_survives_an_unexpected_error(
     replace_file(cert, pki.server_cert)
     replace_file(key, pki.server_key)
     rotation = CertificateRotation(read_server_tls(TlsFiles(str(cert), str(key), None, EVERY)))
-    monkeypatch.setattr(tls_rotation, "read_server_tls", failing_once(read_server_tls))
+    monkeypatch.setattr(tls_rotation, "read_port_files", failing_once(read_port_files))
     with capture_logs() as logs:
         worker = asyncio.create_task(rotation.run())
         try:
@@ -85,3 +95,87 @@ async def test_the_calls_watcher_survives_an_unexpected_error(
             await logged(logs, "tls.client_reloaded")
         finally:
             await channel.close()
+
+
+def crl_rotation(tmp_path: Path, every: float) -> tuple[Pki, CertificateRotation, Path, Path, Path]:
+    """A port with mutual TLS whose CRL revokes client-b; its files (certificate, key,
+    CRL: copies, to be replaced)."""
+    pki = make_pki(tmp_path / "pki")
+    cert, key, crl = tmp_path / "port.crt", tmp_path / "port.key", tmp_path / "crl.pem"
+    replace_file(cert, pki.server_cert)
+    replace_file(key, pki.server_key)
+    replace_file(crl, crl_pem(pki, [pki.other_client_cert]))
+    files = TlsFiles(str(cert), str(key), str(pki.ca), every, str(crl))
+    return pki, CertificateRotation(read_server_tls(files)), cert, key, crl
+
+
+def events(logs: list[Entry]) -> list[str]:
+    return [entry["event"] for entry in logs]
+
+
+def revokes(rotation: CertificateRotation, path: Path) -> bool:
+    assert rotation.revocations is not None
+    return rotation.revocations.revokes(x509.load_pem_x509_certificate(path.read_bytes()))
+
+
+def test_a_crl_not_taken_holds_back_no_renewal_of_the_certificate(tmp_path: Path) -> None:
+    pki, rotation, cert, key, crl = crl_rotation(tmp_path, EVERY)
+    renewed_cert, renewed_key = issue_server_certificate(pki, "renewed")
+    with capture_logs() as logs:
+        replace_file(crl, crl_pem(pki, [], forged=True))
+        replace_file(key, renewed_key)
+        replace_file(cert, renewed_cert)
+        rotation.poll_once()
+    assert events(logs) == ["tls.crl_refused", "tls.reloaded"]
+    assert "is not signed by a certificate of GRPC_TLS_CLIENT_CA_FILE" in logs[0]["error"]
+    serial = x509.load_pem_x509_certificate(renewed_cert.read_bytes()).serial_number
+    assert logs[1]["serial"] == format(serial, "x")
+    assert revokes(rotation, pki.other_client_cert), "the CRLs in force stay"
+
+    # A good CRL alone: taken, the certificate untouched.
+    with capture_logs() as logs:
+        replace_file(crl, crl_pem(pki, [pki.client_cert]))
+        rotation.poll_once()
+    assert events(logs) == ["tls.crl_reloaded"]
+    assert revokes(rotation, pki.client_cert)
+    assert not revokes(rotation, pki.other_client_cert)
+
+    # A good CRL while the certificate's renewal is not good: the CRL is taken.
+    with capture_logs() as logs:
+        replace_file(cert, b"not a certificate\n")
+        replace_file(crl, crl_pem(pki, [pki.client_cert, pki.other_client_cert]))
+        rotation.poll_once()
+    assert events(logs) == ["tls.refused", "tls.crl_reloaded"]
+    assert revokes(rotation, pki.other_client_cert)
+
+
+def test_an_older_crl_does_not_replace_the_one_in_force(tmp_path: Path) -> None:
+    pki, rotation, _, _, crl = crl_rotation(tmp_path, EVERY)
+    issued = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    with capture_logs() as logs:
+        replace_file(crl, crl_pem(pki, [], issued=issued))
+        rotation.poll_once()
+    assert events(logs) == ["tls.crl_refused"]
+    assert "an older CRL does not replace a newer one" in logs[0]["error"]
+    assert revokes(rotation, pki.other_client_cert)
+
+
+async def test_crls_read_at_start_only_are_still_watched_going_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    crl = tmp_path / "crl.pem"
+    replace_file(crl, crl_pem(pki, [pki.client_cert], next_update=datetime.timedelta(seconds=1)))
+    files = TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca), 0, str(crl))
+    monkeypatch.setattr(tls_rotation, "STALENESS_SECONDS", EVERY)
+    with capture_logs() as logs:
+        rotation = CertificateRotation(read_server_tls(files))
+        assert rotation.watches
+        assert not rotation.reloads
+        worker = asyncio.create_task(rotation.run())
+        try:
+            stale = await logged(logs, "tls.crl_stale")
+        finally:
+            worker.cancel()
+    assert stale["revoked"] == 1
+    assert events(logs).count("tls.crl_stale") == 1

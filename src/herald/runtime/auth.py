@@ -370,9 +370,17 @@ class RevocationInterceptor(_GuardInterceptor):
             self._verdicts_for = revocations
         if pem in self._verdicts:
             return self._verdicts[pem]
-        cert = x509.load_pem_x509_certificate(pem)
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:  # one the TLS library took and cryptography cannot read
+            cert = None
         verdict = None
-        if revocations.revokes(cert):
+        if cert is None:
+            verdict = (
+                "the client certificate cannot be read to check it against "
+                "GRPC_TLS_CLIENT_CRL_FILE, so it is not let in"
+            )
+        elif revocations.revokes(cert):
             verdict = (
                 f"the client certificate {cert.subject.rfc4514_string()} (serial "
                 f"{cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}) is revoked "

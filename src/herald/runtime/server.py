@@ -191,7 +191,7 @@ async def start(
     await monitor.check_once()
     await server.start()
     tasks = [asyncio.create_task(monitor.run(), name="health")]
-    if rotation is not None and rotation.reloads:
+    if rotation is not None and rotation.watches:
         tasks.append(asyncio.create_task(rotation.run(), name="tls"))
     tasks += [
         asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in app.workers

@@ -9,7 +9,7 @@ them again for the port and the channels, and again every ``GRPC_TLS_RELOAD_SECO
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -172,15 +172,21 @@ def read_server_tls(files: TlsFiles) -> ServerTls:
     the certificate's, the certificate within its dates, the client CA not all
     expired, each CRL signed by the client CA); raises ValueError saying what is
     wrong."""
+    tls = read_port_files(files)
+    if files.client_crl and tls.client_ca:
+        return replace(tls, revocations=read_revocations(files.client_crl, tls.client_ca))
+    return tls
+
+
+def read_port_files(files: TlsFiles) -> ServerTls:
+    """The port's certificate, key and client CA (not its CRLs) from their files,
+    checked as :func:`read_server_tls` does."""
     chain, key = _read_leaf(files.cert, files.key)
     client_ca = None
-    revocations = None
     if files.client_ca:
         client_ca = read_certificates(files.client_ca)
         check_dates(client_ca, files.client_ca, leaf=False)
-        if files.client_crl:
-            revocations = read_revocations(files.client_crl, client_ca)
-    return ServerTls(chain, key, client_ca, files, revocations=revocations)
+    return ServerTls(chain, key, client_ca, files)
 
 
 def read_revocations(path: str, client_ca: bytes) -> Revocations:

@@ -9,6 +9,11 @@ certificate's, as when a renewal has written the certificate but not yet its key
 certificate out of its dates) is not used: the port keeps the one in force, logged
 ``tls.refused`` once per problem and counted; the next good version is used. So is an
 unexpected error while reading them: the worker carries on.
+
+The CRLs (``GRPC_TLS_CLIENT_CRL_FILE``, ``crl.py``) are read as often but taken on
+their own (``tls.crl_reloaded``; not good, or older than those in force:
+``tls.crl_refused``), and CRLs in force past their next update are logged
+``tls.crl_stale`` once.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from prometheus_client import Counter
 from herald.runtime.crl import Revocations
 from herald.runtime.off_loop import in_daemon_thread
 from herald.runtime.refusals import Refusals
-from herald.runtime.tls import ServerTls, leaf_fields, read_server_tls
+from herald.runtime.tls import ServerTls, leaf_fields, read_port_files, read_revocations
 
 log = structlog.get_logger("herald.tls")
+
+# How often CRLs read at start only (GRPC_TLS_RELOAD_SECONDS=0) are looked at again, to
+# log their going stale.
+STALENESS_SECONDS = 60.0
 
 RELOADS = Counter(
     "tls_reloads",
@@ -51,6 +60,12 @@ class CertificateRotation:
             "tls.refused",
             "the port keeps its certificate until the files are good again",
         )
+        self._crl_refusals = Refusals(
+            RELOADS,
+            log,
+            "tls.crl_refused",
+            "the port keeps the CRLs in force until the file is good again",
+        )
         self._stale_logged: Revocations | None = None
         self._check_staleness()
 
@@ -63,6 +78,12 @@ class CertificateRotation:
     def reloads(self) -> bool:
         """Whether the files are read again (GRPC_TLS_RELOAD_SECONDS not 0)."""
         return self._tls.files is not None and self._tls.files.every_seconds > 0
+
+    @property
+    def watches(self) -> bool:
+        """Whether :meth:`run` has work: files to read again, or CRLs to watch go
+        stale."""
+        return self.reloads or self._tls.revocations is not None
 
     def credentials(self) -> grpc.ServerCredentials:
         """Static credentials, or dynamic ones when the files are to be read again."""
@@ -83,10 +104,15 @@ class CertificateRotation:
         return pending
 
     async def run(self) -> None:
-        """Reads the files again every ``every_seconds`` until cancelled."""
+        """Reads the files again every ``every_seconds`` until cancelled; with reloading
+        off, looks every STALENESS_SECONDS whether the CRLs read at start went stale."""
         files = self._tls.files
-        if files is None or not self.reloads:
+        if files is None or not self.watches:
             return
+        if not self.reloads:
+            while True:
+                await asyncio.sleep(STALENESS_SECONDS)
+                self._check_staleness()
         while True:
             await asyncio.sleep(files.every_seconds)
             try:
@@ -95,24 +121,58 @@ class CertificateRotation:
                 self._refusals.refused(f"{type(exc).__name__}: {exc}")
 
     def poll_once(self) -> None:
-        """Reads the files once; takes them when they changed and are good."""
+        """Reads the files once; takes what changed and is good. The port's certificate,
+        key and client CA go together; the CRLs on their own, so a CRL that is not good
+        holds back no renewal of the certificate (and a good one is taken while a
+        renewal is not)."""
+        files = self._tls.files
+        assert files is not None
+        current = self._tls
+        tls = self._read_port() or current
+        if files.client_crl and tls.client_ca:
+            tls = replace(tls, revocations=self._read_crl(files.client_crl, tls.client_ca))
+        if tls != current:
+            self._tls = tls
+            RELOADS.labels("applied").inc()
+            if (tls.cert_chain, tls.private_key, tls.client_ca) != (
+                current.cert_chain,
+                current.private_key,
+                current.client_ca,
+            ):
+                with self._lock:
+                    self._pending = _configuration(tls)
+                log.info("tls.reloaded", **leaf_fields(tls.cert_chain))
+            if tls.revocations is not current.revocations and tls.revocations is not None:
+                log.info("tls.crl_reloaded", **tls.revocations.fields())
+        self._check_staleness()
+
+    def _read_port(self) -> ServerTls | None:
+        """The port's files, when good; None (refused) else."""
         files = self._tls.files
         assert files is not None
         try:
-            tls = read_server_tls(files)
+            tls = read_port_files(files)
         except ValueError as exc:
             self._refusals.refused(str(exc))
-            return
+            return None
         self._refusals.cleared()
-        tls = replace(tls, client_names=self._tls.client_names)  # from the settings
-        if tls != self._tls:
-            with self._lock:
-                self._pending = _configuration(tls)
-            self._tls = tls
-            RELOADS.labels("applied").inc()
-            crl = tls.revocations.fields() if tls.revocations else {}
-            log.info("tls.reloaded", **leaf_fields(tls.cert_chain), **crl)
-        self._check_staleness()
+        # The allow-list is the settings'; the CRLs are read on their own.
+        return replace(tls, client_names=self._tls.client_names, revocations=self._tls.revocations)
+
+    def _read_crl(self, path: str, client_ca: bytes) -> Revocations | None:
+        """The CRLs of ``path`` when good and no older than those in force; else those
+        in force (the refusal logged)."""
+        current = self._tls.revocations
+        try:
+            revocations = read_revocations(path, client_ca)
+        except ValueError as exc:
+            self._crl_refusals.refused(str(exc))
+            return current
+        if current is not None and (why := revocations.rolled_back(current)):
+            self._crl_refusals.refused(f"{path}: {why}")
+            return current
+        self._crl_refusals.cleared()
+        return current if revocations == current else revocations
 
     def _check_staleness(self) -> None:
         """Logs ``tls.crl_stale`` once for CRLs in force past their next update."""
