@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from structlog.testing import LogCapture
 
-from herald.runtime import kafka
+from herald.runtime import kafka, server
 from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.runtime.settings import KafkaSettings
@@ -1256,6 +1256,31 @@ async def test_a_graceful_stop_finishes_attempts_in_flight_and_frees_what_it_cla
         await receiver.wait_for(150, timeout=30)
         bodies = [json.loads(r.body)["id"] for r in receiver.received()]
         assert len(bodies) == len(set(bodies)) == 150, "each delivered once"
+
+
+async def test_a_stop_hands_back_nothing_still_posted_whatever_the_timeout(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery timeout longer than the runtime's stop step (15 s by default, made
+    0.3 s here beside the 1 s timeout): the stop waits for the engine's drain before
+    handing back its claims, so no delivery still being posted is made due for another
+    worker, and every attempt's outcome is recorded."""
+    monkeypatch.setattr(server, "STOP_STEP_SECONDS", 0.3)
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(delay=0.8)] * 10)  # within the 1 s timeout
+        created = await stack.hook(receiver.url())
+        await stack.produce([job(created.webhook.id) for _ in range(5)])
+        await receiver.wait_for(5, timeout=20)  # all five in flight
+        await stack.webhooks[0].stop(1)
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            states = await conn.fetch(
+                "SELECT status, claimed_by FROM webhooks.deliveries WHERE webhook_id = $1::uuid",
+                created.webhook.id,
+            )
+        finally:
+            await conn.close()
+    assert [(r["status"], r["claimed_by"]) for r in states] == [("delivered", None)] * 5
 
 
 async def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:

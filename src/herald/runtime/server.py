@@ -65,6 +65,10 @@ class App:
     # The largest request taken (larger: RESOURCE_EXHAUSTED); ingest's PublishBatch
     # needs MAX_MESSAGE_BYTES.
     max_request_bytes: int = MAX_REQUEST_BYTES
+    # How long its workers may take to stop, where that is more than STOP_STEP_SECONDS:
+    # webhooks' engine lets attempts in flight finish (their HTTP timeout), and its
+    # on_stop hook hands back what it claimed only after that.
+    workers_stop_seconds: float = 0.0
 
 
 class Running:
@@ -118,7 +122,8 @@ class Running:
         # Bounded: a worker or hook that does not finish is logged with where it is
         # stuck, and shutdown goes on (a stop must never hang the process).
         if self.tasks:
-            _done, stuck = await asyncio.wait(self.tasks, timeout=STOP_STEP_SECONDS)
+            budget = max(STOP_STEP_SECONDS, self.app.workers_stop_seconds)
+            _done, stuck = await asyncio.wait(self.tasks, timeout=budget)
             for task in stuck:
                 log.error("shutdown.worker_stuck", worker=task.get_name(), at=where(task))
         for hook in self.app.on_stop:

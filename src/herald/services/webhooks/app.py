@@ -43,6 +43,8 @@ from herald.services.webhooks.subscriptions import SubscriptionServicer
 log = structlog.get_logger("herald.webhooks")
 MIGRATIONS = Path(__file__).with_name("sql") / "migrations"
 SERVICE_NAME = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
+# What intake and the other workers may take to stop beside the engine's drain.
+STOP_MARGIN_SECONDS = 5.0
 SUBSCRIPTIONS = subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name
 
 
@@ -167,6 +169,9 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
             )
         ],
         on_stop=[engine.release, close],
+        # The engine's drain (attempts in flight finish within their timeout), with room
+        # for intake's stop: engine.release must not hand back a delivery still posted.
+        workers_stop_seconds=engine.drain_seconds + STOP_MARGIN_SECONDS,
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )
 

@@ -182,11 +182,15 @@ class Engine:
         what is still running then is cut short (:meth:`release` hands it back)."""
         if not self._tasks:
             return
-        drain = self._client.timeout + DRAIN_MARGIN_SECONDS
-        _done, late = await asyncio.wait(set(self._tasks), timeout=drain)
+        _done, late = await asyncio.wait(set(self._tasks), timeout=self.drain_seconds)
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+
+    @property
+    def drain_seconds(self) -> float:
+        """The longest a stop waits for attempts in flight."""
+        return self._client.timeout + DRAIN_MARGIN_SECONDS
 
     async def release(self) -> None:
         """Once the engine and intake have stopped: the deliveries this worker claimed
