@@ -45,6 +45,11 @@ RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
 DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
+# An offered delivery (claimed by intake) is started only while its lease has room for
+# the attempt (its timeout) and its outcome's recording (this); an older one is left to
+# its lease, which runs out and makes it due for any claim: started later, it could run
+# beside a claim of the same delivery made after its lease ran out.
+OFFER_MARGIN_SECONDS = 10.0
 # An endpoint whose last attempt took this long, timed out or could not be reached is
 # slow. A slow endpoint holds at most its share of a worker's attempts in flight, and so
 # does one not tried yet by this worker unless stored as slow by a worker (slowness.py);
@@ -94,7 +99,9 @@ class Engine:
         # Claims are made in this name, for this long (intake's too, for fresh rows).
         self.worker = f"worker-{uuid.uuid4().hex[:12]}"
         self.lease = lease_seconds
-        self._offered: collections.deque[asyncpg.Record] = collections.deque()
+        # Claimed by intake for this engine: each with the loop time its lease ends by.
+        self._offered: collections.deque[tuple[asyncpg.Record, float]] = collections.deque()
+        self._in_flight: set[uuid.UUID] = set()  # deliveries whose attempt runs here
         self._claimed_at = 0.0  # loop time of the last claim from the database
         self._db_quiet = False  # that claim left nothing due, and no wake() since
         self._wakes = 0  # wake() calls so far: one during a claim is not lost to it
@@ -140,9 +147,7 @@ class Engine:
                     # Claimed by intake for us: no claim needed. The database is still
                     # asked every CLAIM_EVERY_SECONDS, so retries and rate-limited
                     # deliveries are not starved by a steady stream of fresh ones.
-                    while free > 0 and self._offered:
-                        self._start(self._offered.popleft())
-                        free -= 1
+                    self._start_offered(free, loop_time)
                     continue
                 if self._db_quiet and since < interval:
                     await woken(self._wake, interval - since)
@@ -155,13 +160,14 @@ class Engine:
                     await asyncio.sleep(CLAIM_GATHER_SECONDS)
                     free = self._free()
                 wakes = self._wakes
+                lease_end = loop_time + self.lease  # the claims' leases end after this
                 claimed = await self._claim(free)
                 throttled = False
                 if len(claimed) < free:
                     limited, throttled = await self._claim_limited(free - len(claimed))
                     claimed += limited
                 for row in claimed:
-                    self._start(row)
+                    self._start(row, lease_end)
                 # Quiet only if nothing woke the engine meanwhile: deliveries handed back
                 # (due again) while the claim ran were not seen by it, and waited for
                 # the next poll.
@@ -227,11 +233,37 @@ class Engine:
 
     def offer(self, rows: list[asyncpg.Record]) -> None:
         """Deliveries already claimed in this engine's name, to attempt next."""
-        self._offered.extend(rows)
+        lease_end = asyncio.get_running_loop().time() + self.lease  # claimed just before
+        self._offered.extend((row, lease_end) for row in rows)
         self._wake.set()
         self._freed.set()
 
-    def _start(self, row: asyncpg.Record) -> None:
+    def _start_offered(self, free: int, now: float) -> None:
+        """Starts offered deliveries in up to ``free`` slots (``now``: the loop's time);
+        one past its start-by time is left to its lease."""
+        expired = 0
+        while free > 0 and self._offered:
+            row, lease_end = self._offered.popleft()
+            if now > lease_end - self._client.timeout - OFFER_MARGIN_SECONDS:
+                expired += 1
+                continue
+            self._start(row, lease_end)
+            free -= 1
+        if expired:
+            log.warning(
+                "engine.offers_expired",
+                deliveries=expired,
+                detail="claimed by intake and not started in time: attempted once "
+                "their lease runs out",
+            )
+
+    def _start(self, row: asyncpg.Record, lease_end: float) -> None:
+        """Starts an attempt of the delivery ``row``, claimed until loop time
+        ``lease_end``."""
+        if row["id"] in self._in_flight:
+            # Claimed again while its attempt here runs (its lease ran out while the
+            # outcome was being recorded): that attempt records it.
+            return
         webhook_id = row["webhook_id"]
         endpoint = _endpoint(row)
         self._shares.at_endpoint(webhook_id, endpoint)  # another URL: untried again
@@ -248,9 +280,12 @@ class Engine:
             return
         slow = self._shares.start(webhook_id, row["tenant"])
         self._posting += 1
-        task = asyncio.create_task(self._attempt_guarded(row, slow))
+        delivery_id = row["id"]
+        self._in_flight.add(delivery_id)
+        task = asyncio.create_task(self._attempt_guarded(row, slow, lease_end))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        task.add_done_callback(lambda _: self._in_flight.discard(delivery_id))
 
     def _hand_back_soon(self) -> None:
         rows, self._deferred = self._deferred, []
@@ -336,7 +371,9 @@ class Engine:
             log.warning("engine.claim_failed", error=repr(exc))
         return claimed, throttled
 
-    async def _attempt_guarded(self, row: asyncpg.Record, slow: Held | None) -> None:
+    async def _attempt_guarded(
+        self, row: asyncpg.Record, slow: Held | None, lease_end: float
+    ) -> None:
         """``slow``: what the attempt holds of its tenant's share (see shares.py)."""
         posting = [True]
         webhook_id = row["webhook_id"]
@@ -358,15 +395,21 @@ class Engine:
                 self._room_changed.set()
 
         try:
-            await self.attempt(row, posted)
+            await self.attempt(row, posted, lease_end)
         except Exception:  # the claim's lease runs out and the delivery comes due again
             log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
         finally:
             posted()
 
-    async def attempt(self, row: asyncpg.Record, posted: Callable[[], None] = lambda: None) -> None:
+    async def attempt(
+        self,
+        row: asyncpg.Record,
+        posted: Callable[[], None] = lambda: None,
+        lease_end: float | None = None,
+    ) -> None:
         """One signed POST for one claimed delivery, and its consequences; ``posted``
-        is called once the response (or failure) is in."""
+        is called once the response (or failure) is in. Its outcome is recorded, through
+        database failures, until the claim's lease ends (loop time ``lease_end``)."""
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
         context: dict[str, str] = json_fast.loads(row["context"])
@@ -398,7 +441,7 @@ class Engine:
         outcome = outcome_of(row, number, started, finished, result, verdict, then)
         if span is not None:
             attempt_span.end(span, result.status_code, result.error, verdict.outcome)
-        await self._outcomes.submit(outcome)
+        await self._outcomes.submit(outcome, lease_end)
         _BY_OUTCOME[verdict.outcome].inc()
         log.info(
             "delivery.attempted",

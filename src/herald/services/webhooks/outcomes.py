@@ -9,18 +9,28 @@ not recorded twice.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import asyncpg
+import structlog
 
 from herald.runtime.batching import GroupCommitter
+from herald.runtime.db import DATA_REFUSED, DATABASE_ERRORS
 from herald.services.webhooks.escalation import Escalation, Step
 from herald.services.webhooks.http import AttemptResult
 from herald.services.webhooks.retry import Verdict
 from herald.services.webhooks.store import Q
+
+log = structlog.get_logger("herald.webhooks.outcomes")
+# An outcome the database did not take is written again after this, doubling up to the
+# most, while the claim's lease has this margin left.
+RECORD_RETRY_FIRST_SECONDS = 0.1
+RECORD_RETRY_MAX_SECONDS = 2.0
+RECORD_MARGIN_SECONDS = 1.0
 
 
 class Outcome(NamedTuple):
@@ -106,9 +116,31 @@ class OutcomeLog:
         """Writes submitted outcomes until cancelled."""
         await self._committer.run()
 
-    async def submit(self, outcome: Outcome) -> None:
-        """Returns once ``outcome`` is committed."""
-        await self._committer.submit(outcome)
+    async def submit(self, outcome: Outcome, lease_end: float | None = None) -> None:
+        """Returns once ``outcome`` is committed. A database that fails (unreachable,
+        failing over) is tried again, backing off, while the claim's lease (until loop
+        time ``lease_end``) has time left: given up, the delivery comes due again when
+        the lease runs out and is attempted once more, though its endpoint may have
+        taken this attempt."""
+        loop = asyncio.get_running_loop()
+        delay = RECORD_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._committer.submit(outcome)
+                return
+            except DATA_REFUSED:
+                raise
+            except DATABASE_ERRORS as exc:
+                if lease_end is None or loop.time() + delay > lease_end - RECORD_MARGIN_SECONDS:
+                    raise
+                log.warning(
+                    "outcome.record_retrying",
+                    delivery_id=str(outcome.delivery_id),
+                    error=repr(exc),
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RECORD_RETRY_MAX_SECONDS)
 
     async def _write(self, outcomes: Sequence[Outcome]) -> list[None]:
         """One statement for a group of outcomes (and the webhooks' last delivery time).
