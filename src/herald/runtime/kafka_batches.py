@@ -17,10 +17,14 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
+from herald.runtime.kafka_producer import abandon
 from herald.runtime.murmur2 import partition_of
+
+log = structlog.get_logger("herald.kafka")
 
 # Kafka's answers that no retry changes.
 REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
@@ -43,28 +47,39 @@ class OutRecord(NamedTuple):
 
 
 class Sending:
-    """Records handed to the producer; :meth:`wait` tells which Kafka acknowledged."""
+    """Records handed to ``producer``; :meth:`wait` tells which Kafka acknowledged."""
 
     def __init__(
         self,
+        producer: AIOKafkaProducer,
         errors: list[BaseException | None],
         sends: list[tuple[list[int], asyncio.Future[Any]]],
     ) -> None:
+        self._producer = producer
         self._errors = errors
         self._sends = sends
 
     async def wait(self, ack_timeout: float) -> list[BaseException | None]:
         """For each record, the error if it was not acknowledged within ``ack_timeout``
-        seconds (or could not be sent at all), else None."""
+        seconds (or could not be sent at all), else None. Records not acknowledged in
+        time are given up for good: the producer is abandoned (it sends nothing more,
+        and its owner replaces it) before this returns, so none of them lands later,
+        after what the caller sends again."""
         errors, sends = self._errors, self._sends
         if sends:
             _done, late = await asyncio.wait([f for _, f in sends], timeout=ack_timeout)
-            for members, future in sends:
-                error = (
-                    TimeoutError(f"not acknowledged within {ack_timeout:g} s")
-                    if future in late
-                    else future.exception()
+            timed_out = TimeoutError(f"not acknowledged within {ack_timeout:g} s")
+            if late:
+                log.error(
+                    "kafka.acks_late",
+                    records=sum(len(m) for m, f in sends if f in late),
+                    seconds=ack_timeout,
+                    detail="the producer is abandoned (it sends nothing more) and replaced; "
+                    "the records are sent again",
                 )
+                await abandon(self._producer, timed_out)
+            for members, future in sends:
+                error = timed_out if future in late else future.exception()
                 if error is not None:
                     for i in members:
                         errors[i] = error
@@ -127,7 +142,7 @@ class BatchSender:
                     errors[i] = exc
             else:
                 sends.append((members, future))
-        return Sending(errors, sends)
+        return Sending(producer, errors, sends)
 
     async def _batches(
         self,

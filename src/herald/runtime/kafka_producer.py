@@ -60,3 +60,24 @@ def broken(producer: AIOKafkaProducer) -> BaseException | None:
     made as a :class:`Producer` is never known to be broken)."""
     reason: BaseException | None = getattr(producer, "broken", None)
     return reason
+
+
+async def abandon(producer: AIOKafkaProducer, why: BaseException) -> None:
+    """Makes ``producer`` send nothing more, for good: its sender routine stops (the
+    requests already on the wire are answered or time out first, within the producer's
+    ``request_timeout_ms``), what it still holds fails with ``why``, and it counts as
+    broken, so its owner replaces it.
+
+    aiokafka's idempotent producer retries a batch for ever. A batch its caller gave up
+    on (not acknowledged in time) would otherwise land later, after the records the
+    caller has sent again since (through a new producer, or another process that took
+    the work over), and a key's records would go back in time on the topic.
+    """
+    if isinstance(producer, Producer):
+        producer.broken = producer.broken or why
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        await sender.close()
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator.fail_all(why)
