@@ -228,6 +228,47 @@ async def test_a_row_for_a_topic_kafka_does_not_know_holds_up_no_other_row(
         await service.stop()
 
 
+async def test_many_rows_for_a_topic_kafka_does_not_know_hold_up_no_row_of_their_lane(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """More rows of an unknown topic at the head of a lane than a round reads of it
+    (here 30 against 10 a round): while the topic is known to be unknown, a round reads
+    past them, so the lane's later rows still go out."""
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    try:
+        for i in range(30):
+            await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json(f"s{i}", i)))
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("UPDATE ingest.outbox SET topic = 'bad%topic', lane = 0")
+            ids = [
+                (
+                    await service.stub.Publish(
+                        ingest_pb2.PublishRequest(json=event_json(f"k{i}", 100 + i))
+                    )
+                ).event_id
+                for i in range(5)
+            ]
+            await conn.execute("UPDATE ingest.outbox SET lane = 0")  # all in one lane
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        assert pool is not None
+        relay = Relay(pool, partial(kafka.make_producer, infra.kafka_settings()), batch_size=10)
+        await relay.start_producer()
+        try:
+            async with asyncio.timeout(15):
+                while await pending_rows(database_url) > 30:
+                    await relay.relay_once()
+        finally:
+            await relay.stop()
+            await pool.close()
+        records = await read_topic(infra.kafka_settings(), topic, 5)
+        assert sorted(headers(r)["ce_id"] for r in records) == sorted(ids)
+    finally:
+        await service.stop()
+
+
 async def test_kafka_down_for_a_while_ingest_keeps_accepting_and_relay_catches_up(
     infra: Infra, database_url: str, topic: str
 ) -> None:

@@ -92,6 +92,12 @@ class BatchSender:
     def __init__(self) -> None:
         self._unknown: dict[str, tuple[BaseException, float]] = {}  # topic → (why, until)
 
+    def unknown_topics(self) -> list[str]:
+        """The topics whose records fail at once now (their partitions could not be
+        learnt a moment ago): a caller may leave their records out meanwhile."""
+        now = asyncio.get_running_loop().time()
+        return [topic for topic, (_, until) in self._unknown.items() if now < until]
+
     async def send(
         self, producer: AIOKafkaProducer, records: Sequence[OutRecord], ack_timeout: float
     ) -> list[BaseException | None]:

@@ -147,7 +147,10 @@ class Relay:
             if not lanes:
                 return 0, 0
             rows = await conn.fetch(
-                Q.pending_in_lanes, lanes, max(1, self._batch_size // len(lanes))
+                Q.pending_in_lanes,
+                lanes,
+                max(1, self._batch_size // len(lanes)),
+                self._sender.unknown_topics(),
             )
             acked = await self._send(rows)
             refused = [i for i, a in enumerate(acked) if isinstance(a, REFUSED_FOR_GOOD)]

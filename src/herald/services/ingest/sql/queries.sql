@@ -70,7 +70,9 @@ WITH candidates AS MATERIALIZED (
 SELECT l AS lane FROM candidates WHERE pg_try_advisory_xact_lock(7243, l) LIMIT $3
 
 -- name: pending_in_lanes
--- The oldest pending rows of each claimed lane (up to $2 per lane), oldest first.
+-- The oldest pending rows of each claimed lane (up to $2 per lane), oldest first, but
+-- those of the topics $3 (Kafka does not know them now: their rows would fill the
+-- window and hold back the lane's other rows).
 -- A statement of its own, after claim_lanes: its snapshot is taken once the locks
 -- are held, so rows that another relay marked just before are seen as published
 -- (read in the claiming statement, they would look pending and be sent twice).
@@ -79,7 +81,7 @@ FROM unnest($1::int[]) AS l(lane)
 CROSS JOIN LATERAL (
     SELECT id, lane, topic, key, value, headers, event_type, accepted_at
     FROM ingest.outbox
-    WHERE lane = l.lane AND published_at IS NULL
+    WHERE lane = l.lane AND published_at IS NULL AND topic <> ALL($3::text[])
     ORDER BY id
     LIMIT $2
 ) AS o
