@@ -151,3 +151,56 @@ async def test_a_content_type_in_capitals_reaches_kafka_in_lower_case(
     [record] = await read_topic(infra.kafka_settings(), topic, 1)
     headers = dict(record.headers)
     assert headers["content-type"] == b"application/json; charset=UTF-8"
+
+
+@pytest.mark.parametrize("reused_first", [True, False])
+async def test_an_event_repeated_under_another_key_in_one_batch_has_its_own_outcome(
+    ingest: IngestUnderTest, reused_first: bool
+) -> None:
+    # Two items of one batch with the same event, one under a key already used for
+    # another request and one under a new key: the second took the first's refusal
+    # (the event was not stored), or, the other way round, the reused key's item was
+    # called a duplicate; the outcome depended on the items' order
+    stub = ingest.stub
+    old = f"old-{uuid.uuid4()}"
+    await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(structured(), key=old)])
+    )
+    event = structured()
+    requests = [as_json(event, key=old), as_json(event, key=f"new-{uuid.uuid4()}")]
+    order = [0, 1] if reused_first else [1, 0]
+    batch = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[requests[i] for i in order])
+    )
+    reused, fresh = (batch.results[order.index(i)] for i in (0, 1))
+    assert "idempotency-key" in violations(reused.status)
+    assert fresh.status.code == 0, fresh.status.message
+    assert fresh.event_id == event["id"]
+    assert not fresh.duplicate, "stored by this item: the other was refused"
+
+
+async def test_a_key_under_which_a_batch_repeated_an_event_is_kept(
+    ingest: IngestUnderTest,
+) -> None:
+    # The second item's key was never recorded: a different request under it was taken
+    stub = ingest.stub
+    event = structured()
+    first, second = f"a-{uuid.uuid4()}", f"b-{uuid.uuid4()}"
+    batch = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(
+            requests=[as_json(event, key=first), as_json(event, key=second)]
+        )
+    )
+    assert [(r.status.code, r.event_id, r.duplicate) for r in batch.results] == [
+        (0, event["id"], False),
+        (0, event["id"], True),
+    ]
+    other = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(structured(), key=second)])
+    )
+    assert "idempotency-key" in violations(other.results[0].status), "another request"
+    again = await stub.PublishBatch(
+        ingest_pb2.PublishBatchRequest(requests=[as_json(event, key=second)])
+    )
+    assert again.results[0].duplicate, "the same request again"
+    assert again.results[0].event_id == event["id"]

@@ -147,6 +147,23 @@ def test_batch_plan_followers_and_refusals() -> None:
     assert refused.violations[0].field == "event_id"
 
 
+def test_an_event_repeated_under_another_key_is_written_after_the_rest() -> None:
+    event, _ = envelope.parse_json(USER_REGISTERED)
+    other, _ = envelope.parse_json(USER_REGISTERED.replace("Mozilla/5.0", "curl"))
+    k1, k2 = (IdempotencyKey(k, "Publish", "auth_service") for k in ("k1", "k2"))
+    items = [
+        make_pending(event, "t", {}, k1, "a"),
+        make_pending(event, "t", {}, k1, "a"),  # same key: follows (plan)
+        make_pending(event, "t", {}, k2, "a"),  # same event, another key: later
+        make_pending(other, "t", {}, None, "a"),  # same event id, no key: later
+        make_pending(event, "t", {}, k2, "a"),  # the deferred item's key: later too
+    ]
+    assert dedup.deferred(items) == {2, 3, 4}
+    # Written later, the deferred items among themselves: the first leads again.
+    assert dedup.deferred([items[2], items[3], items[4]]) == {1}
+    assert dedup.deferred([items[2], items[4]]) == set()
+
+
 @pytest.mark.parametrize(
     "attributes",
     [

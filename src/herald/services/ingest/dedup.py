@@ -2,7 +2,11 @@
 
 Inside one batch the first item with a given idempotency key (or event id from a
 source) leads; later items with the same one follow it: the same request is a
-duplicate of the leader, a different one is refused.
+duplicate of the leader, a different one is refused. An item repeating an earlier
+item's event id under another idempotency key (or with a key where the earlier had
+none, or none where it had one) is :func:`deferred` to a write after the batch's: its
+own key must be claimed, and checked, and its outcome is its own (the earlier item's
+key may have been refused).
 """
 
 from __future__ import annotations
@@ -94,6 +98,27 @@ class BatchPlan:
     leaders: list[int]
     followers: dict[int, int]
     refused: dict[int, InvalidArgument]
+
+
+def deferred(items: Sequence[PendingEvent]) -> set[int]:
+    """The items to write after the others: each repeats the event id (and source) of
+    an earlier item written with another idempotency key, or with a key where this one
+    has none, or none where this one has one."""
+    keys: set[object] = set()
+    by_id: dict[tuple[str, str], object] = {}
+    out: set[int] = set()
+    for i, item in enumerate(items):
+        ident = item.idempotency
+        if ident is not None and ident in keys:
+            continue  # follows its key's first item (plan)
+        event_key = (item.event.source, item.event.id)
+        if event_key in by_id and by_id[event_key] != ident:
+            out.add(i)
+            continue
+        if ident is not None:
+            keys.add(ident)
+        by_id.setdefault(event_key, ident)
+    return out
 
 
 def plan(items: Sequence[PendingEvent]) -> BatchPlan:

@@ -83,7 +83,18 @@ class EventWriter:
         """:meth:`_write_once`, again when PostgreSQL rolled it back for a conflict with
         a concurrent transaction (a deadlock, a serialization failure): nothing of it
         was stored, and the same items usually pass a moment later. The statements take
-        their rows in one order so that this stays rare."""
+        their rows in one order so that this stays rare. Items repeating an earlier
+        item's event under another idempotency key are written after the rest
+        (dedup.deferred)."""
+        later = dedup.deferred(items)
+        if later:
+            first = [i for i in range(len(items)) if i not in later]
+            second = sorted(later)
+            outcomes: dict[int, Outcome] = {}
+            for part in (first, second):
+                written = await self._write([items[i] for i in part])
+                outcomes.update(zip(part, written, strict=True))
+            return [outcomes[i] for i in range(len(items))]
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 return await self._write_once(items)
