@@ -49,6 +49,25 @@ async def test_migrations_apply_once(database_url: str) -> None:
         await conn.close()
 
 
+@pytest.mark.parametrize(("query", "idle"), [("", "60"), ("?tcp_keepalives_idle=30", "30")])
+async def test_postgresql_soon_notices_a_service_that_vanished(
+    database_url: str, query: str, idle: str
+) -> None:
+    # A relay whose host was lost kept its transaction, and the lanes it had locked,
+    # until the operating system's keepalive (two hours and more) closed it
+    pool = await db.create_pool(database_url + query, 1)
+    try:
+        settings = await pool.fetchrow(
+            "SELECT current_setting('tcp_keepalives_idle') AS idle,"
+            " current_setting('tcp_keepalives_interval') AS every,"
+            " current_setting('tcp_keepalives_count') AS count"
+        )
+    finally:
+        await pool.close()
+    assert settings is not None
+    assert (settings["idle"], settings["every"], settings["count"]) == (idle, "10", "6")
+
+
 async def test_a_failing_migration_stops_the_start_naming_its_file_and_applies_none_of_it(
     database_url: str,
 ) -> None:

@@ -290,13 +290,40 @@ async def _rollback_only(conn: asyncpg.Connection) -> None:
         await conn.execute(_OWN.rollback)
 
 
+# PostgreSQL notices a Herald process gone without closing its connections (its host
+# lost, the network cut) after about 2 minutes (60 s idle, then 6 probes 10 s apart), not
+# the operating system's default of two hours and more: until then the connection's
+# transaction holds its locks (an ingest relay's lanes, reconcile's relay lock) and no
+# other replica takes that work. A setting given in DATABASE_URL's query wins (0: the
+# operating system's default).
+KEEPALIVES = {
+    "tcp_keepalives_idle": "60",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "6",
+}
+
+
+def server_settings(dsn: str) -> dict[str, str]:
+    """The session settings Herald asks for on connections to ``dsn``: KEEPALIVES,
+    but those ``dsn`` gives itself."""
+    try:
+        given = {k for k, _ in urllib.parse.parse_qsl(urllib.parse.urlsplit(dsn).query)}
+    except ValueError:  # asyncpg says what is wrong with it
+        given = set()
+    return {k: v for k, v in KEEPALIVES.items() if k not in given}
+
+
 async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
     """An asyncpg pool of ``dsn`` (a service's DATABASE_URL). When it cannot connect
     (unreachable, refused, a wrong password or database) the start stops at once with
     a :class:`StartError` naming DATABASE_URL and the reason, without the password."""
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min(2, size), max_size=size, reset=_rollback_only
+            dsn,
+            min_size=min(2, size),
+            max_size=size,
+            reset=_rollback_only,
+            server_settings=server_settings(dsn),
         )
     except (*DATABASE_ERRORS, asyncpg.ClientConfigurationError, ValueError) as exc:
         raise StartError(f"DATABASE_URL: {_connect_failure(dsn, exc)}") from None
