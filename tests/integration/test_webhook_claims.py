@@ -121,3 +121,30 @@ async def test_tenants_take_turns_so_a_backlog_does_not_hold_up_another_tenant(
     assert set(first) == {old[0], newer}
     # Within a tenant, the oldest first
     assert set(await _claim(conn, 3)) == set(old[1:4])
+
+
+async def test_when_a_webhook_began_failing_is_one_probe_however_long_it_failed(
+    conn: asyncpg.Connection,
+) -> None:
+    # After every failed attempt: read back over every failure since the last 2xx
+    hook = await _webhook(conn)
+    delivery = await _delivery(conn, hook, -1)
+    await conn.execute(
+        """INSERT INTO webhooks.attempts (delivery_id, number, webhook_id, started_at,
+               status_code, response_ms)
+           SELECT $1, n, $2, now() + make_interval(secs => n * 0.001),
+                  CASE WHEN n = 10 THEN 200 ELSE 503 END, 5
+           FROM generate_series(1, 20000) AS n""",
+        delivery,
+        hook,
+    )
+    await conn.execute("ANALYZE webhooks.attempts")
+    since = await conn.fetchval(Q.failing_since, hook)
+    first_failure = await conn.fetchval(
+        "SELECT started_at FROM webhooks.attempts WHERE delivery_id = $1 AND number = 11",
+        delivery,
+    )
+    assert since == first_failure
+    query = Q.failing_since.replace("$1", f"'{hook}'::uuid")
+    plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
+    assert "attempts_succeeded" in plan, plan

@@ -14,6 +14,7 @@ from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.ingest.settings import IngestRelaySettings, IngestSettings
 from herald.services.reconcile.settings import ReconcileSettings
+from herald.services.webhooks.app import delivery_client
 from herald.services.webhooks.settings import WebhooksSettings
 from tests.settings_env import KEY, refused, set_required
 
@@ -519,3 +520,14 @@ def test_a_keys_file_counts_as_the_keys_for_the_limits(
         WEBHOOKS_INTERNAL_KEY=internal,
     )
     assert "WEBHOOKS_INTERNAL_KEY must differ from every key of WEBHOOKS_API_KEYS" in err
+
+
+@pytest.mark.parametrize("concurrency", [64, 2000])
+def test_the_delivery_client_has_a_connection_for_every_attempt_in_flight(
+    monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> None:
+    # DELIVERY_CONCURRENCY up to 2,000 shared 500 connections: attempts waited for one
+    # within their timeout, and healthy endpoints timed out
+    monkeypatch.setenv("DELIVERY_CONCURRENCY", str(concurrency))
+    client = delivery_client(load_settings(WebhooksSettings))
+    assert client.max_connections >= concurrency

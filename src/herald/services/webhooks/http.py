@@ -232,6 +232,10 @@ def _target(url: str) -> URL:
     return parsed
 
 
+# Connections the client keeps open at most (in use or idle), at the least.
+DEFAULT_CONNECTIONS = 500
+
+
 class DeliveryClient:
     """POSTs webhook bodies. Never raises for network trouble: failures are results."""
 
@@ -242,7 +246,7 @@ class DeliveryClient:
         allow_private: bool = False,
         allowed_networks: Sequence[str] = (),
         user_agent: str = "Herald-Webhooks/0.1",
-        max_connections: int = 500,
+        max_connections: int = DEFAULT_CONNECTIONS,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``ssl_context`` replaces the default (certifi) one, e.g. for a private CA.
@@ -253,7 +257,7 @@ class DeliveryClient:
         # One sweep bounds every attempt (a loop timer each cost ~10% of an attempt).
         self._deadlines = Deadlines(timeout, resolution=min(0.1, timeout / 10))
         self._user_agent = user_agent
-        self._max_connections = max_connections
+        self.max_connections = max_connections
         self._ssl = ssl_context or ssl.create_default_context(cafile=certifi.where())
         self.guard = SSRFGuard(allow_private=allow_private, allowed=allowed_networks)
         self._session: aiohttp.ClientSession | None = None
@@ -261,7 +265,7 @@ class DeliveryClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
+                limit=self.max_connections,
                 limit_per_host=0,
                 keepalive_timeout=4.0,  # below common server idle timeouts (Node.js: 5 s)
                 resolver=self.guard,
