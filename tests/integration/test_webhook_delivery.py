@@ -1283,6 +1283,25 @@ async def test_a_stop_hands_back_nothing_still_posted_whatever_the_timeout(
     assert [(r["status"], r["claimed_by"]) for r in states] == [("delivered", None)] * 5
 
 
+async def test_a_rate_limited_webhook_is_served_beside_another_webhooks_backlog(
+    stack: Stack,
+) -> None:
+    """A rate-limited webhook's deliveries go out while another webhook has a backlog
+    that fills every slot: they waited for the backlog to clear (minutes, for a large
+    one), as limited deliveries were looked for only when a claim left slots free."""
+    async with Receiver() as receiver:
+        receiver.script("/busy", *[Reply(delay=0.3)] * 2000)  # within the 1 s timeout
+        busy = await stack.hook(receiver.url("/busy"))
+        limited = await stack.hook(
+            receiver.url("/limited"), rate_limit=webhooks_pb2.RateLimit(per_second=5)
+        )
+        await stack.produce([job(busy.webhook.id) for _ in range(1500)])  # ~7 s of work
+        await receiver.wait_for(64, path="/busy", timeout=20)  # every slot is busy
+        await stack.produce([job(limited.webhook.id) for _ in range(10)])
+        await receiver.wait_for(5, path="/limited", timeout=5)
+        assert len(receiver.received("/busy")) < 1500, "served while the backlog lasted"
+
+
 async def test_a_slow_endpoint_does_not_hold_up_the_others(stack: Stack) -> None:
     """A webhook whose endpoint times out, with a backlog of hundreds, holds at most its
     share (a quarter) of a worker's attempts in flight from its very first wave, when

@@ -44,6 +44,7 @@ log = structlog.get_logger("herald.webhooks.engine")
 RATE_RECHECK = 0.05  # seconds between looks at a rate-limited webhook's window
 CLAIM_GATHER_SECONDS = 0.002  # how long a claim waits for more free slots
 CLAIM_EVERY_SECONDS = 0.1  # the database is asked at least this often under load
+LIMITED_RECHECK_SECONDS = 1.0  # rate-limited webhooks are looked for at least this often
 DRAIN_MARGIN_SECONDS = 1.0  # a stop waits for attempts in flight: their timeout + this
 # An offered delivery (claimed by intake) is started only while its lease has room for
 # the attempt (its timeout) and its outcome's recording (this); an older one is left to
@@ -111,6 +112,8 @@ class Engine:
         self._freed = asyncio.Event()  # set whenever an attempt finishes
         self._room_changed = asyncio.Event()  # set whenever room() may have grown
         self._claim_min = max(1, concurrency // 4)
+        self._limited_pending = False  # rate-limited webhooks had deliveries due
+        self._limited_checked_at = -math.inf  # loop time of the last look for them
         self._outcomes = OutcomeLog(pool, self.worker, escalation)
 
     def untried(self, webhook_id: str) -> None:
@@ -161,11 +164,19 @@ class Engine:
                     free = self._free()
                 wakes = self._wakes
                 lease_end = loop_time + self.lease  # the claims' leases end after this
-                claimed = await self._claim(free)
+                reserve = self._limited_reserve(free, loop_time)
+                claimed = await self._claim(free - reserve)
                 throttled = False
                 if len(claimed) < free:
-                    limited, throttled = await self._claim_limited(free - len(claimed))
+                    unlimited = len(claimed)
+                    limited, throttled = await self._claim_limited(free - unlimited)
+                    self._limited_pending = bool(limited) or throttled
+                    self._limited_checked_at = loop_time
                     claimed += limited
+                    if reserve and unlimited == free - reserve and len(claimed) < free:
+                        # The slots kept for rate-limited webhooks were not all taken,
+                        # and the other deliveries may have more due.
+                        claimed += await self._claim(free - len(claimed))
                 for row in claimed:
                     self._start(row, lease_end)
                 # Quiet only if nothing woke the engine meanwhile: deliveries handed back
@@ -237,6 +248,16 @@ class Engine:
         self._offered.extend((row, lease_end) for row in rows)
         self._wake.set()
         self._freed.set()
+
+    def _limited_reserve(self, free: int, now: float) -> int:
+        """Slots of a claim kept for rate-limited webhooks' due deliveries: a quarter
+        (one at least) while they had some at the last look, or when the last look is
+        LIMITED_RECHECK_SECONDS old; else none (they are looked for only when the other
+        deliveries leave slots free). Without it a steady backlog of other deliveries
+        left them no slot at all."""
+        if self._limited_pending or now - self._limited_checked_at >= LIMITED_RECHECK_SECONDS:
+            return max(1, free // 4)
+        return 0
 
     def _start_offered(self, free: int, now: float) -> None:
         """Starts offered deliveries in up to ``free`` slots (``now``: the loop's time);

@@ -311,13 +311,21 @@ SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason
 WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
 
 -- name: limited_with_due
--- Rate-limited webhooks with deliveries due (both looked up by partial indexes, so
--- this is cheap when no webhook has a limit).
+-- Rate-limited webhooks with deliveries due, the one whose oldest has waited longest
+-- first (both looked up by partial indexes, so this is cheap when no webhook has a
+-- limit). A webhook just served has its claimed deliveries' due times moved on, so
+-- beyond 100 such webhooks each gets its turn.
 SELECT w.id AS webhook_id, w.tenant
 FROM webhooks.webhooks AS w
+CROSS JOIN LATERAL (
+    SELECT d.next_attempt_at
+    FROM webhooks.deliveries AS d
+    WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at
+    LIMIT 1
+) AS oldest
 WHERE w.active AND (w.rate_per_second > 0 OR w.rate_per_minute > 0)
-  AND EXISTS (SELECT 1 FROM webhooks.deliveries AS d
-              WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= now())
+ORDER BY oldest.next_attempt_at
 LIMIT 100
 
 -- name: lock_limited
