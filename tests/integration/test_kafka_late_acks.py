@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from herald.runtime.kafka import make_producer
+from herald.runtime.kafka import make_producer, replaced_if_broken
 from herald.runtime.kafka_batches import BatchSender, OutRecord
 from herald.runtime.kafka_producer import broken
 from tests.conftest import Infra
@@ -34,3 +34,28 @@ async def test_records_given_up_on_never_land_later(infra: Infra, topic: str) ->
         await producer.stop()
     assert await read_topic(settings, topic, 1, timeout=3) == []
     assert broken(producer) is not None, "its owner replaces it"
+
+
+async def test_two_sends_given_up_at_once_share_one_abandonment(infra: Infra, topic: str) -> None:
+    # Two late batches on one producer (dispatch overlaps two; a relay may run loops
+    # side by side): the second abandonment cancelled the sender again mid-way, both
+    # callers got CancelledError (their worker ended silently) and the records' futures
+    # were never resolved
+    settings = infra.kafka_settings()
+    producer = make_producer(settings, linger_ms=1000)
+    await producer.start()
+    sender = BatchSender()
+    await producer.partitions_for(topic)
+    first = await sender.start(producer, [OutRecord(topic, b"a", b"1", [])])
+    second = await sender.start(producer, [OutRecord(topic, b"b", b"2", [])])
+    errors = await asyncio.gather(first.wait(0.05), second.wait(0.05))
+    assert all(isinstance(e, TimeoutError) for e in errors[0] + errors[1]), errors
+    replacement = await replaced_if_broken(producer, lambda: make_producer(settings), "test")
+    try:
+        assert replacement is not producer
+        assert await sender.send(replacement, [OutRecord(topic, b"c", b"3", [])], 10) == [None]
+    finally:
+        await replacement.stop()
+    await asyncio.sleep(1.5)  # past the linger
+    values = [r.value for r in await read_topic(settings, topic, 1, timeout=3)]
+    assert values == [b"3"], "only what the replacement sent"

@@ -211,3 +211,18 @@ def test_an_older_crl_of_an_issuer_does_not_replace_a_newer_one(pki: Pki, second
     # Another issuer's CRL added, or one dropped: no roll-back.
     other = parse_revocations(crl_pem(second, []), "c", bundle)
     assert other.rolled_back(newer) is None
+
+
+def test_a_crl_of_a_ca_still_trusted_cannot_be_dropped(pki: Pki, second: Pki) -> None:
+    # One file with several CAs' CRLs: leaving one out lifted all of its revocations
+    bundle = pki.ca.read_bytes() + second.ca.read_bytes()
+    both = parse_revocations(
+        crl_pem(pki, [pki.client_cert]) + crl_pem(second, [second.client_cert]), "a", bundle
+    )
+    first_only = parse_revocations(crl_pem(pki, [pki.client_cert]), "b", bundle)
+    trusted = [cert(pki.ca).subject, cert(second.ca).subject]
+    why = first_only.rolled_back(both, trusted)
+    assert why is not None
+    assert "the CRL of CN=herald-second-ca is gone while that CA is still trusted" in why
+    # The second CA no longer trusted (taken out of the CA file): its CRL may go.
+    assert first_only.rolled_back(both, trusted[:1]) is None

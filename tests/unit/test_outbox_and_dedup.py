@@ -164,6 +164,29 @@ def test_an_event_repeated_under_another_key_is_written_after_the_rest() -> None
     assert dedup.deferred([items[2], items[4]]) == set()
 
 
+def test_a_key_first_used_by_a_deferred_item_decides_later_items_under_it() -> None:
+    # [X(k1, E), Y(k2, E), Z(k2, other event)]: Z led the first round and took k2, so Y,
+    # the first request under k2, was refused as a reused key
+    event, _ = envelope.parse_json(USER_REGISTERED)
+    other, _ = envelope.parse_json(USER_REGISTERED.replace("6a9f7f26", "7a9f7f26"))
+    assert other.id != event.id
+    k1, k2 = (IdempotencyKey(k, "Publish", "auth_service") for k in ("k1", "k2"))
+    items = [
+        make_pending(event, "t", {}, k1, "a"),
+        make_pending(event, "t", {}, k2, "a"),
+        make_pending(other, "t", {}, k2, "a"),
+    ]
+    assert dedup.rounds(items) == [[0], [1, 2]]
+
+
+def test_rounds_are_one_for_a_plain_group_and_bounded_for_many_keys_of_one_event() -> None:
+    event, _ = envelope.parse_json(USER_REGISTERED)
+    keys = [IdempotencyKey(f"k{n}", "Publish", "auth_service") for n in range(300)]
+    assert dedup.rounds([make_pending(event, "t", {}, keys[0], "a")] * 3) == [[0, 1, 2]]
+    many = [make_pending(event, "t", {}, key, "a") for key in keys]
+    assert dedup.rounds(many) == [[n] for n in range(300)]  # no recursion: a loop
+
+
 @pytest.mark.parametrize(
     "attributes",
     [

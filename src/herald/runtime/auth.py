@@ -371,20 +371,23 @@ class RevocationInterceptor(_GuardInterceptor):
         if pem in self._verdicts:
             return self._verdicts[pem]
         try:
-            cert = x509.load_pem_x509_certificate(pem)
+            verdict = _revocation(revocations, x509.load_pem_x509_certificate(pem))
         except ValueError:  # one the TLS library took and cryptography cannot read
-            cert = None
-        verdict = None
-        if cert is None:
             verdict = (
                 "the client certificate cannot be read to check it against "
                 "GRPC_TLS_CLIENT_CRL_FILE, so it is not let in"
             )
-        elif revocations.revokes(cert):
-            verdict = (
-                f"the client certificate {cert.subject.rfc4514_string()} (serial "
-                f"{cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}) is revoked "
-                "by GRPC_TLS_CLIENT_CRL_FILE"
-            )
         self._verdicts[pem] = verdict
         return verdict
+
+
+def _revocation(revocations: Revocations, cert: x509.Certificate) -> str | None:
+    """Why ``cert`` is refused (a CRL lists it); None: it is not. Its names are read
+    here, lazily: one cryptography cannot decode raises ValueError."""
+    if not revocations.revokes(cert):
+        return None
+    return (
+        f"the client certificate {cert.subject.rfc4514_string()} (serial "
+        f"{cert.serial_number:x}, issuer {cert.issuer.rfc4514_string()}) is revoked "
+        "by GRPC_TLS_CLIENT_CRL_FILE"
+    )

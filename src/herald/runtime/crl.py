@@ -18,6 +18,7 @@ revoked), logged ``tls.crl_stale``.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,11 +51,19 @@ class Revocations:
         """Whether a CRL's next update is past: a newer one should have replaced it."""
         return self.next_update is not None and self.next_update < (now or datetime.now(UTC))
 
-    def rolled_back(self, current: Revocations) -> str | None:
+    def rolled_back(self, current: Revocations, trusted: Collection[x509.Name] = ()) -> str | None:
         """Why these may not replace ``current``: an issuer's CRL older than the one in
-        force (one who can write the file but not sign would bring back a CRL from
-        before a revocation). None: they may."""
+        force, or gone while its CA is still ``trusted`` (one who can write the file
+        but not sign would bring back a CRL from before a revocation, or lift them all).
+        None: they may."""
         newest = dict(current.issued)
+        kept = {issuer for issuer, _ in self.issued}
+        for issuer in newest:
+            if issuer not in kept and issuer in trusted:
+                return (
+                    f"the CRL of {issuer.rfc4514_string()} is gone while that CA is still "
+                    "trusted (GRPC_TLS_CLIENT_CA_FILE): its revocations would be lifted"
+                )
         for issuer, last_update in self.issued:
             if issuer in newest and last_update < newest[issuer]:
                 return (

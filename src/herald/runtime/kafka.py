@@ -26,7 +26,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from herald.runtime.kafka_first import TopicFirst
-from herald.runtime.kafka_producer import Producer, broken
+from herald.runtime.kafka_producer import Producer, abandoned, broken
 from herald.runtime.settings import KafkaSettings, StartError
 
 log = structlog.get_logger("herald.kafka")
@@ -342,6 +342,7 @@ async def replaced_if_broken(
     if reason is None:
         return producer
     log.error("kafka.producer_replaced", client=what, error=repr(reason))
+    await abandoned(producer)  # its sender stopped once, not cancelled again by stop()
     with contextlib.suppress(Exception):  # it can deliver nothing: don't wait for long
         await asyncio.wait_for(producer.stop(), STOP_BROKEN_SECONDS)
     return await start_when_reachable(make, what)

@@ -203,6 +203,12 @@ class BatchSender:
                 else exc
             )
             self._unknown[topic] = (why, now + UNKNOWN_TOPIC_SECONDS)
+            log.warning(
+                "kafka.topic_unknown",
+                topic=topic,
+                error=repr(why),
+                detail=f"its records wait; asked again in {UNKNOWN_TOPIC_SECONDS:g} s",
+            )
             return why
         self._unknown.pop(topic, None)
         return found

@@ -66,18 +66,56 @@ async def abandon(producer: AIOKafkaProducer, why: BaseException) -> None:
     """Makes ``producer`` send nothing more, for good: its sender routine stops (the
     requests already on the wire are answered or time out first, within the producer's
     ``request_timeout_ms``), what it still holds fails with ``why``, and it counts as
-    broken, so its owner replaces it.
+    broken, so its owner replaces it. Callers at once share one abandonment, which a
+    caller's cancellation does not cut short.
 
     aiokafka's idempotent producer retries a batch for ever. A batch its caller gave up
     on (not acknowledged in time) would otherwise land later, after the records the
     caller has sent again since (through a new producer, or another process that took
-    the work over), and a key's records would go back in time on the topic.
+    the work over), and a key's records would go back in time on the topic. (A request
+    the client gave up on may still be appended by a broker that was only slow; that
+    cannot be taken back.)
     """
     if isinstance(producer, Producer):
         producer.broken = producer.broken or why
+    task: asyncio.Future[None] | None = getattr(producer, _ABANDONING, None)
+    if task is None:
+        task = asyncio.ensure_future(_abandon(producer, why))
+        setattr(producer, _ABANDONING, task)
+    await asyncio.shield(task)
+
+
+async def abandoned(producer: AIOKafkaProducer) -> None:
+    """Returns once an abandonment of ``producer`` under way (if any) is over: stopping
+    it meanwhile would cancel its sender a second time."""
+    task: asyncio.Future[None] | None = getattr(producer, _ABANDONING, None)
+    if task is not None:
+        await asyncio.shield(task)
+
+
+_ABANDONING = "_herald_abandoning"
+
+
+async def _abandon(producer: AIOKafkaProducer, why: BaseException) -> None:
     sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        await sender.close()
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is not None:
-        accumulator.fail_all(why)
+    routine = getattr(sender, "sender_task", None)
+    try:
+        if routine is not None and not routine.done():
+            routine.cancel()  # once: it then waits for its requests on the wire
+            await asyncio.wait([routine])
+    finally:
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None:
+            _fail_held(accumulator, why)
+
+
+def _fail_held(accumulator: Any, why: BaseException) -> None:
+    """Fails every batch ``accumulator`` still holds. A batch sent, then queued again
+    for a retry, left the accumulator's set of pending batches, from which failing it
+    removes it again (aiokafka then logs a KeyError per batch): it is put back first."""
+    pending = getattr(accumulator, "_pending_batches", None)
+    batches = getattr(accumulator, "_batches", {})
+    if isinstance(pending, set):
+        for queue in batches.values():
+            pending.update(b for b in queue if getattr(b, "retry_count", 0) > 0)
+    accumulator.fail_all(why)

@@ -26,6 +26,7 @@ from typing import cast
 
 import grpc
 import structlog
+from cryptography import x509
 from prometheus_client import Counter
 
 from herald.runtime.crl import Revocations
@@ -168,7 +169,8 @@ class CertificateRotation:
         except ValueError as exc:
             self._crl_refusals.refused(str(exc))
             return current
-        if current is not None and (why := revocations.rolled_back(current)):
+        trusted = [ca.subject for ca in x509.load_pem_x509_certificates(client_ca)]
+        if current is not None and (why := revocations.rolled_back(current, trusted)):
             self._crl_refusals.refused(f"{path}: {why}")
             return current
         self._crl_refusals.cleared()

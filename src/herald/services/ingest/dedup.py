@@ -103,21 +103,41 @@ class BatchPlan:
 def deferred(items: Sequence[PendingEvent]) -> set[int]:
     """The items to write after the others: each repeats the event id (and source) of
     an earlier item written with another idempotency key, or with a key where this one
-    has none, or none where this one has one."""
+    has none, or none where this one has one; and each later item under a key such an
+    item has (the first request under a key decides it, so it goes first)."""
     keys: set[object] = set()
+    waiting: set[object] = set()  # keys of deferred items
     by_id: dict[tuple[str, str], object] = {}
     out: set[int] = set()
     for i, item in enumerate(items):
         ident = item.idempotency
+        if ident is not None and ident in waiting:
+            out.add(i)
+            continue
         if ident is not None and ident in keys:
             continue  # follows its key's first item (plan)
         event_key = (item.event.source, item.event.id)
         if event_key in by_id and by_id[event_key] != ident:
             out.add(i)
+            if ident is not None:
+                waiting.add(ident)
             continue
         if ident is not None:
             keys.add(ident)
         by_id.setdefault(event_key, ident)
+    return out
+
+
+def rounds(items: Sequence[PendingEvent]) -> list[list[int]]:
+    """``items``' indexes in the writes they take, in order: the first holds every item
+    not :func:`deferred`, the next the deferred items not deferred among themselves,
+    and so on (one round for a group without such repeats)."""
+    out: list[list[int]] = []
+    left = list(range(len(items)))
+    while left:
+        later = deferred([items[i] for i in left])
+        out.append([i for n, i in enumerate(left) if n not in later])
+        left = [i for n, i in enumerate(left) if n in later]
     return out
 
 

@@ -76,25 +76,23 @@ class EventWriter:
         through that it would refuse; this is the safety net) is split in halves until
         that item is alone: it is refused with PostgreSQL's reason and the others are
         stored, so one caller's event cannot fail the calls it shares a commit with.
+        Items repeating an earlier item's event under another idempotency key are
+        written in a later round, each round as the group would be (dedup.rounds).
         """
-        return await isolate_refused(items, self._write, _refused)
+        parts = dedup.rounds(items)
+        if len(parts) == 1:
+            return await isolate_refused(items, self._write, _refused)
+        outcomes: dict[int, Outcome] = {}
+        for part in parts:
+            written = await isolate_refused([items[i] for i in part], self._write, _refused)
+            outcomes.update(zip(part, written, strict=True))
+        return [outcomes[i] for i in range(len(items))]
 
     async def _write(self, items: Sequence[PendingEvent]) -> list[Outcome]:
         """:meth:`_write_once`, again when PostgreSQL rolled it back for a conflict with
         a concurrent transaction (a deadlock, a serialization failure): nothing of it
         was stored, and the same items usually pass a moment later. The statements take
-        their rows in one order so that this stays rare. Items repeating an earlier
-        item's event under another idempotency key are written after the rest
-        (dedup.deferred)."""
-        later = dedup.deferred(items)
-        if later:
-            first = [i for i in range(len(items)) if i not in later]
-            second = sorted(later)
-            outcomes: dict[int, Outcome] = {}
-            for part in (first, second):
-                written = await self._write([items[i] for i in part])
-                outcomes.update(zip(part, written, strict=True))
-            return [outcomes[i] for i in range(len(items))]
+        their rows in one order so that this stays rare."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 return await self._write_once(items)

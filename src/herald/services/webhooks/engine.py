@@ -165,12 +165,14 @@ class Engine:
                 wakes = self._wakes
                 lease_end = loop_time + self.lease  # the claims' leases end after this
                 reserve = self._limited_reserve(free, loop_time)
-                claimed = await self._claim(free - reserve)
+                claimed = await self._claim(free - reserve) if free > reserve else []
                 throttled = False
                 if len(claimed) < free:
                     unlimited = len(claimed)
                     limited, throttled = await self._claim_limited(free - unlimited)
-                    self._limited_pending = bool(limited) or throttled
+                    # Looked for again at the next claim only if some were taken (more
+                    # may be due): a throttled one waits for the next second's look.
+                    self._limited_pending = bool(limited)
                     self._limited_checked_at = loop_time
                     claimed += limited
                     if reserve and unlimited == free - reserve and len(claimed) < free:
@@ -251,7 +253,7 @@ class Engine:
 
     def _limited_reserve(self, free: int, now: float) -> int:
         """Slots of a claim kept for rate-limited webhooks' due deliveries: a quarter
-        (one at least) while they had some at the last look, or when the last look is
+        (one at least) while the last look took some, or when the last look is
         LIMITED_RECHECK_SECONDS old; else none (they are looked for only when the other
         deliveries leave slots free). Without it a steady backlog of other deliveries
         left them no slot at all."""
