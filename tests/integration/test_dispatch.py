@@ -756,6 +756,54 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
         assert again.redriven == 0, "never twice"
 
 
+async def test_a_dead_letter_that_could_not_be_decoded_is_dispatched_when_redriven(
+    flow: Flow,
+) -> None:
+    # A record an older dispatch could not decode (stored with the target "decode"),
+    # redriven once the decoder takes it: the retrier sent it to "decode", a route that
+    # does not exist, owed nothing, and called it retried; no job went out
+    async with Receiver() as receiver:
+        await flow.hook(name="owed", url=receiver.url(), event_types=["message.created"])
+        await asyncio.sleep(1)  # dispatch has seen the webhook
+        event_id = await flow.publish("message.created", {"id": "m", "content": "c"})
+        await receiver.wait_for(1, timeout=20)
+        [record] = await read_matching(
+            flow.infra.kafka_settings(),
+            flow.settings.events_topic,
+            lambda r: headers(r).get("ce_id") == event_id,
+            1,
+        )
+        conn = await asyncpg.connect(flow.database_url)
+        try:
+            dead = await conn.fetchval(
+                """INSERT INTO dispatch.dead_letters (id, topic, partition, "offset", key,
+                       value, header_names, header_values, targets, attempts, reason)
+                   VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, '{decode}', 1,
+                           'cannot be decoded: an older decoder') RETURNING id""",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                [name for name, _ in record.headers],
+                [value for _, value in record.headers],
+            )
+        finally:
+            await conn.close()
+        redriven = await flow.stub.RedriveDeadLetters(
+            dispatch_pb2.RedriveDeadLettersRequest(ids=dispatch_pb2.DeadLetterIds(ids=[str(dead)]))
+        )
+        assert redriven.redriven == 1
+        jobs = await read_matching(
+            flow.infra.kafka_settings(),
+            flow.webhooks_settings.deliveries_topic,
+            lambda r: headers(r).get("ce_id") == event_id,
+            2,
+        )
+        # Sent again (webhooks, knowing the job, does not post it twice).
+        assert len(jobs) == 2
+
+
 async def count_rows(database_url: str, table: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:

@@ -109,7 +109,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         schedule,
         wait_for_webhooks=settings.webhooks_fanout,
     )
-    retrier = Retrier(pool, dispatcher, dead, schedule)
+    retrier = Retrier(pool, dispatcher, dead, schedule, send_timeout=settings.send_timeout_seconds)
     servicer = DispatchServicer(pool, store, retrier.wake)
     topics = [settings.deliveries_topic, settings.dlq_topic, *settings.notification_topics()]
     await kafka.ensure_topics_at_start(kafka_settings, topics, "dispatch")

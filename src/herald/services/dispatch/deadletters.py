@@ -133,10 +133,16 @@ class DeadLetters:
 
     async def not_storable(self, letter: Letter) -> None:
         """A dead letter PostgreSQL refuses to store (a NUL character in a header name):
-        its DLQ record sent now (for up to dlq.WAIT_SECONDS) and its alert stored."""
+        its DLQ record sent now, waiting as long as Kafka takes (nothing else keeps it:
+        the record's offset is committed after this), and its alert stored."""
         record = letter.record
         await send_dead_letter(
-            self._producer, self._dlq_topic, record.value, record.key, _headers(letter)
+            self._producer,
+            self._dlq_topic,
+            record.value,
+            record.key,
+            _headers(letter),
+            until_acknowledged=True,
         )
         dead = letter_id(record, letter.targets)
         if alert_about(letter.ids.event_type):

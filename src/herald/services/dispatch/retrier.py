@@ -19,10 +19,12 @@ from herald.runtime.wake import woken
 from herald.services.dispatch import fanout
 from herald.services.dispatch.deadletters import DeadLetters, EventIds, Letter, reasons
 from herald.services.dispatch.dispatcher import Dispatcher
+from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS
 from herald.services.dispatch.retry import Schedule
 from herald.services.dispatch.store import Q
 
 log = structlog.get_logger("herald.dispatch.retrier")
+LEASE_MARGIN_SECONDS = 10.0  # a claim's lease beyond the sends it waits for
 
 
 class Retrier:
@@ -37,13 +39,17 @@ class Retrier:
         poll_seconds: float = 1.0,
         lease_seconds: float = 120.0,
         batch: int = 100,
+        send_timeout: float = 10.0,
     ) -> None:
+        """``send_timeout``: the longest a retry's records may take to be acknowledged;
+        a claim's lease is long enough for two of them and more."""
         self._pool = pool
         self._dispatcher = dispatcher
         self._dead = dead
         self._schedule = schedule
         self._poll = poll_seconds
-        self._lease = lease_seconds
+        self._send_timeout = send_timeout
+        self._lease = max(lease_seconds, 2 * send_timeout + LEASE_MARGIN_SECONDS)
         self._batch = batch
         self._worker = f"retrier-{uuid.uuid4().hex[:12]}"
         self._wake = asyncio.Event()
@@ -54,10 +60,17 @@ class Retrier:
     async def run(self) -> None:
         while True:
             try:
+                loop = asyncio.get_running_loop()
+                lease_end = loop.time() + self._lease  # the claim's lease ends after this
                 rows = await self._pool.fetch(
                     Q.claim_retries, self._batch, self._lease, self._worker
                 )
-                for row in rows:
+                for n, row in enumerate(rows):
+                    if loop.time() + self._send_timeout + LEASE_MARGIN_SECONDS > lease_end:
+                        # Its lease could run out while it is sent, and another replica
+                        # send it too: left to the lease (claimed again once it is over).
+                        log.warning("retrier.lease_short", left=len(rows) - n)
+                        break
                     await self.retry(row)
             except DATABASE_ERRORS as exc:
                 log.warning("retrier.failed", error=repr(exc))
@@ -83,7 +96,18 @@ class Retrier:
             letter = Letter(record, ids, row["targets"], tries, str(exc), "undecodable")
             await self._dead.give_up(row["id"], self._worker, letter)
             return
-        [outcome] = await self._dispatcher.dispatch([(consumed, row["targets"])])
+        targets = list(row["targets"])
+        if any(t != WEBHOOKS and not t.startswith(ROUTE_PREFIX) for t in targets):
+            # A dead letter of a record that could not be decoded ("decode") or routed
+            # ("routing"), redriven: it is owed what a fresh event is owed now.
+            try:
+                targets = self._dispatcher.targets_of(consumed)
+            except Exception as exc:  # still the record's fault, not a crash
+                reason = f"processing it failed: {type(exc).__name__}: {exc}"
+                letter = Letter(record, ids, targets, tries, reason, "target")
+                await self._dead.give_up(row["id"], self._worker, letter)
+                return
+        [outcome] = await self._dispatcher.dispatch([(consumed, targets)])
         if outcome.dead:
             reason = reasons(outcome.dead)
             if not outcome.failed:
