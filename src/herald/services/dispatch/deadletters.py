@@ -119,12 +119,20 @@ class DeadLetters:
             await self._within(conn, dead, letter)
         self._done(letter)
 
-    async def give_up(self, retry_id: uuid.UUID, worker: str, letter: Letter) -> None:
+    async def give_up(
+        self, retry_id: uuid.UUID, worker: str, letter: Letter, claimed: Sequence[str]
+    ) -> None:
         """Moves a parked event to the dead letters, if ``worker`` still holds it, with
-        its DLQ record and alert."""
+        its DLQ record and alert (targets it gained since the claim of ``claimed`` stay
+        parked)."""
         async with self._pool.acquire() as conn, conn.transaction():
             dead = await conn.fetchval(
-                Q.retry_to_dead_letter, retry_id, worker, list(letter.targets), letter.reason
+                Q.retry_to_dead_letter,
+                retry_id,
+                worker,
+                list(letter.targets),
+                letter.reason,
+                list(claimed),
             )
             if dead is None:
                 return  # not ours any more

@@ -94,7 +94,7 @@ class Retrier:
             consumed = fanout.decode(record.headers, record.key, record.value, record.topic)
         except ValueError as exc:
             letter = Letter(record, ids, row["targets"], tries, str(exc), "undecodable")
-            await self._dead.give_up(row["id"], self._worker, letter)
+            await self._dead.give_up(row["id"], self._worker, letter, row["targets"])
             return
         targets = list(row["targets"])
         if any(t != WEBHOOKS and not t.startswith(ROUTE_PREFIX) for t in targets):
@@ -105,28 +105,34 @@ class Retrier:
             except Exception as exc:  # still the record's fault, not a crash
                 reason = f"processing it failed: {type(exc).__name__}: {exc}"
                 letter = Letter(record, ids, targets, tries, reason, "target")
-                await self._dead.give_up(row["id"], self._worker, letter)
+                await self._dead.give_up(row["id"], self._worker, letter, row["targets"])
                 return
         [outcome] = await self._dispatcher.dispatch([(consumed, targets)])
         if outcome.dead:
             reason = reasons(outcome.dead)
             if not outcome.failed:
                 letter = Letter(record, ids, list(outcome.dead), tries, reason, "target")
-                await self._dead.give_up(row["id"], self._worker, letter)
+                await self._dead.give_up(row["id"], self._worker, letter, row["targets"])
                 return
             await self._dead.bury(Letter(record, ids, list(outcome.dead), tries, reason, "target"))
         if not outcome.failed:
-            await self._pool.execute(Q.retry_done, row["id"], self._worker)
+            await self._pool.execute(Q.retry_done, row["id"], self._worker, row["targets"])
             log.info("event.retried", event_id=ids.event_id, tries=tries)
             return
         reason = reasons(outcome.failed)
         if self._schedule.exhausted(tries):
             letter = Letter(record, ids, list(outcome.failed), tries, reason, "exhausted")
-            await self._dead.give_up(row["id"], self._worker, letter)
+            await self._dead.give_up(row["id"], self._worker, letter, row["targets"])
             return
         EVENTS_RETRY.labels("dispatch").inc()
         delay = self._schedule.delay_after(tries)
         await self._pool.execute(
-            Q.retry_again, row["id"], self._worker, list(outcome.failed), reason, delay
+            Q.retry_again,
+            row["id"],
+            self._worker,
+            list(outcome.failed),
+            reason,
+            delay,
+            row["targets"],
         )
         log.warning("event.retry_failed", event_id=ids.event_id, tries=tries, retry_in=delay)

@@ -49,13 +49,17 @@ DELETE FROM dispatch.routes WHERE id = $1 RETURNING id
 SELECT pg_notify('herald_routes', '')
 
 -- name: park
--- An event with failed targets; the same record parked before is left alone.
-INSERT INTO dispatch.retries
+-- An event with failed targets. The same record parked before (consumed again after a
+-- crash or a rebalance came before its offset's commit) keeps its row, which gains the
+-- targets that failed this time: they may be others than the first time's.
+INSERT INTO dispatch.retries AS r
     (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
      event_source, event_type, targets, attempts, reason, next_attempt_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13,
         now() + make_interval(secs => $14))
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (id) DO UPDATE
+    SET targets = ARRAY(SELECT DISTINCT t FROM unnest(r.targets || EXCLUDED.targets) AS t)
+    WHERE NOT (EXCLUDED.targets <@ r.targets)
 
 -- name: claim_retries
 WITH due AS (
@@ -71,25 +75,48 @@ FROM due
 WHERE r.id = due.id
 RETURNING r.*
 
+-- The settling statements below are given the targets the claim held ($n "claimed"):
+-- a row that gained targets since (park) keeps those.
+
 -- name: retry_again
+-- $3: the claimed targets that failed again; $6: the claimed targets.
 UPDATE dispatch.retries
-SET targets = $3, attempts = attempts + 1, reason = $4,
+SET targets = ARRAY(SELECT DISTINCT t FROM unnest(
+        $3::text[] || ARRAY(SELECT unnest(targets) EXCEPT SELECT unnest($6::text[]))) AS t),
+    attempts = attempts + 1, reason = $4,
     next_attempt_at = now() + make_interval(secs => $5), claimed_by = NULL
 WHERE id = $1 AND claimed_by = $2
 
 -- name: retry_done
-DELETE FROM dispatch.retries WHERE id = $1 AND claimed_by = $2
+-- Every claimed target ($3) was sent: the row goes, or keeps (due now) what it gained.
+WITH kept AS (
+    UPDATE dispatch.retries
+    SET targets = ARRAY(SELECT unnest(targets) EXCEPT SELECT unnest($3::text[])),
+        claimed_by = NULL, next_attempt_at = now()
+    WHERE id = $1 AND claimed_by = $2 AND NOT (targets <@ $3::text[])
+    RETURNING id
+)
+DELETE FROM dispatch.retries WHERE id = $1 AND claimed_by = $2 AND targets <@ $3::text[]
 
 -- name: retry_to_dead_letter
+-- $3: the targets that die; $5: the claimed targets (what the row gained since stays).
 WITH gone AS (
-    DELETE FROM dispatch.retries WHERE id = $1 AND claimed_by = $2 RETURNING *
+    DELETE FROM dispatch.retries
+    WHERE id = $1 AND claimed_by = $2 AND targets <@ $5::text[]
+    RETURNING *
+), kept AS (
+    UPDATE dispatch.retries
+    SET targets = ARRAY(SELECT unnest(targets) EXCEPT SELECT unnest($5::text[])),
+        claimed_by = NULL, next_attempt_at = now()
+    WHERE id = $1 AND claimed_by = $2 AND NOT (targets <@ $5::text[])
+    RETURNING *
 )
 INSERT INTO dispatch.dead_letters
     (id, topic, partition, "offset", key, value, header_names, header_values, event_id,
      event_source, event_type, targets, attempts, reason)
 SELECT gen_random_uuid(), topic, partition, "offset", key, value, header_names,
        header_values, event_id, event_source, event_type, $3, attempts + 1, $4
-FROM gone
+FROM (SELECT * FROM gone UNION ALL SELECT * FROM kept) AS settled
 RETURNING id
 
 -- name: dead_letter
