@@ -383,6 +383,34 @@ async def test_each_discrepancy_kind_is_stored_published_and_holds_the_refund(
     assert len(events) == len(found), "each discrepancy published once"
 
 
+async def test_a_refund_approved_again_after_its_unknown_ticket_was_accepted_is_sent(
+    flow: ReconcileFlow,
+) -> None:
+    # Held for a ticket the ledger does not know, moved back to IN_PROGRESS, the finding
+    # accepted by an operator, then approved again: approving looked the unknown ticket
+    # up (KeyError), and the APPROVED record went to the DLQ; the refund was never sent
+    e, o = unique("ev"), unique("or")
+    t1, ghost = "t1-" + o, "ghost-" + o
+    await flow.send(event(e), order(o, e, {t1: 1000}))
+    r = unique("rf")
+    money = {t1: (1000, 1000, 0, 0), ghost: (0, 0, 0, 0)}
+    await flow.send(refund(r, o, e, money, updated_at=1))
+    await flow.settled()
+    [found] = await discrepancies(flow, refund_id=r)
+    assert found.kind == pb.DISCREPANCY_KIND_UNKNOWN_TICKET
+    await flow.send(refund(r, o, e, money, status="IN_PROGRESS", updated_at=2))
+    await flow.settled()
+    await flow.stub.ResolveDiscrepancy(
+        pb.ResolveDiscrepancyRequest(id=found.id, resolution=pb.DISCREPANCY_STATUS_ACCEPTED)
+    )
+    await flow.send(refund(r, o, e, money, updated_at=3))
+    await flow.settled()
+    sent = await flow.outputs("refund", 1, timeout=10)
+    assert [rec.key for rec in sent] == [r.encode()]
+    [row] = await flow.db("SELECT state FROM reconcile.refunds WHERE id = $1", r)
+    assert row["state"] == "sent"
+
+
 async def test_resolving_releases_or_blocks_the_held_refund(flow: ReconcileFlow) -> None:
     e, o = unique("ev"), unique("or")
     t1, t2 = "t1-" + o, "t2-" + o

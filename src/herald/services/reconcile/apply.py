@@ -358,7 +358,9 @@ class BatchApply:
                 )
                 continue
             for t in r.tickets:  # what later refunds of this batch see
-                known = tickets[t.ticket_id]
+                known = tickets.get(t.ticket_id)
+                if known is None:  # not in the ledger: an operator accepted that
+                    continue
                 tickets[t.ticket_id] = TicketState(
                     known.id, known.order_id, "refunded", known.price_nominal, r.id
                 )

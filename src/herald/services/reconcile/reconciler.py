@@ -280,12 +280,22 @@ async def _repair_order(tx: Transaction, order_id: str) -> bool:
     return True
 
 
+# A refund a repair may send again: one already sent (Vibeapp lacks it), or one waiting
+# only for its order to be sent.
+REPAIRABLE_REFUND_STATES = frozenset({"sent", "ready"})
+
+
 async def _repair_refund(tx: Transaction, refund_id: str) -> bool:
     refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
     if refund is None:
         return False
     order = await _lock_order(tx.conn, refund["order_id"])
     if order is None or order["delivery"] != "sent":
+        return False
+    # Read again under the lock: the comparison's snapshot is older, and the refund may
+    # have been withdrawn (rejected, its tickets given back) since.
+    refund = await tx.conn.fetchrow(Q.get_refund, refund_id)
+    if refund is None or refund["state"] not in REPAIRABLE_REFUND_STATES:
         return False
     r = tl.RefundRequest.FromString(refund["doc"])
     tx.queue.refund(r, tl.Order.FromString(order["doc"]))
