@@ -252,3 +252,13 @@ def crl_pem(
     if extend is not None:
         builder = extend(builder)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def port_files(tmp_path: Path) -> tuple[Pki, Path, Path, Path, Path]:
+    """A PKI; the port's certificate and key files (copies, to be replaced); and a
+    renewal of them by the same CA."""
+    pki = make_pki(tmp_path / "pki")
+    cert, key = tmp_path / "port.crt", tmp_path / "port.key"
+    replace_file(cert, pki.server_cert)
+    replace_file(key, pki.server_key)
+    return (pki, cert, key, *issue_server_certificate(pki, "renewed"))

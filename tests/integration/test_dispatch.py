@@ -26,9 +26,11 @@ from herald.webhooks.v1 import delivery_pb2, webhooks_pb2, webhooks_pb2_grpc
 from prometheus_client import REGISTRY
 
 from herald.runtime import kafka
+from herald.runtime.dlq import InputRecord
 from herald.runtime.errors import bad_request_of
 from herald.runtime.server import Running, start
 from herald.services.dispatch.app import build as build_dispatch
+from herald.services.dispatch.deadletters import EventIds, stored
 from herald.services.dispatch.settings import DispatchSettings
 from herald.services.webhooks.app import build as build_webhooks
 from herald.services.webhooks.settings import WebhooksSettings
@@ -777,16 +779,11 @@ async def test_a_dead_letter_that_could_not_be_decoded_is_dispatched_when_redriv
         try:
             dead = await conn.fetchval(
                 """INSERT INTO dispatch.dead_letters (id, topic, partition, "offset", key,
-                       value, header_names, header_values, targets, attempts, reason)
-                   VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, '{decode}', 1,
+                       value, header_names, header_values, event_id, event_source,
+                       event_type, targets, attempts, reason)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '{decode}', 1,
                            'cannot be decoded: an older decoder') RETURNING id""",
-                record.topic,
-                record.partition,
-                record.offset,
-                record.key,
-                record.value,
-                [name for name, _ in record.headers],
-                [value for _, value in record.headers],
+                *stored(InputRecord.of(record), EventIds()),
             )
         finally:
             await conn.close()

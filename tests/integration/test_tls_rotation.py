@@ -17,13 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import Infra
 from tests.integration.test_grpc_tls import event, health, publish, running_ingest
-from tests.tls_certs import (
-    Pki,
-    dated_certificate,
-    issue_server_certificate,
-    make_pki,
-    replace_file,
-)
+from tests.tls_certs import dated_certificate, port_files, replace_file
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +50,6 @@ async def serves(port: int, serial: int) -> None:
             return
         await asyncio.sleep(RELOAD)
     raise AssertionError("the renewed certificate was not served within 5 s")
-
-
-def port_files(tmp_path: Path) -> tuple[Pki, Path, Path, Path, Path]:
-    """A PKI; the port's certificate and key files (copies, to be replaced); and a
-    renewal of them by the same CA."""
-    pki = make_pki(tmp_path / "pki")
-    cert, key = tmp_path / "port.crt", tmp_path / "port.key"
-    replace_file(cert, pki.server_cert)
-    replace_file(key, pki.server_key)
-    return (pki, cert, key, *issue_server_certificate(pki, "renewed"))
 
 
 async def test_a_renewed_certificate_is_served_without_a_restart(

@@ -30,6 +30,7 @@ from tests.tls_certs import (
     issue_client_certificate,
     issue_server_certificate,
     make_pki,
+    port_files,
     replace_file,
 )
 
@@ -53,10 +54,7 @@ def failing_once(real: Any) -> Any:
 async def test_the_port_s_watcher_survives_an_unexpected_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pki = make_pki(tmp_path / "pki")
-    cert, key = tmp_path / "port.crt", tmp_path / "port.key"
-    replace_file(cert, pki.server_cert)
-    replace_file(key, pki.server_key)
+    _pki, cert, key, renewed_cert, renewed_key = port_files(tmp_path)
     rotation = CertificateRotation(read_server_tls(TlsFiles(str(cert), str(key), None, EVERY)))
     monkeypatch.setattr(tls_rotation, "read_port_files", failing_once(read_port_files))
     with capture_logs() as logs:
@@ -64,7 +62,6 @@ async def test_the_port_s_watcher_survives_an_unexpected_error(
         try:
             refused = await logged(logs, "tls.refused")
             assert refused["error"] == "RuntimeError: disk on fire"
-            renewed_cert, renewed_key = issue_server_certificate(pki, "renewed")
             replace_file(key, renewed_key)
             replace_file(cert, renewed_cert)
             await logged(logs, "tls.reloaded")
@@ -100,10 +97,8 @@ async def test_the_calls_watcher_survives_an_unexpected_error(
 def crl_rotation(tmp_path: Path, every: float) -> tuple[Pki, CertificateRotation, Path, Path, Path]:
     """A port with mutual TLS whose CRL revokes client-b; its files (certificate, key,
     CRL: copies, to be replaced)."""
-    pki = make_pki(tmp_path / "pki")
-    cert, key, crl = tmp_path / "port.crt", tmp_path / "port.key", tmp_path / "crl.pem"
-    replace_file(cert, pki.server_cert)
-    replace_file(key, pki.server_key)
+    pki, cert, key, _, _ = port_files(tmp_path)
+    crl = tmp_path / "crl.pem"
     replace_file(crl, crl_pem(pki, [pki.other_client_cert]))
     files = TlsFiles(str(cert), str(key), str(pki.ca), every, str(crl))
     return pki, CertificateRotation(read_server_tls(files)), cert, key, crl

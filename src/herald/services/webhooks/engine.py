@@ -303,12 +303,10 @@ class Engine:
             return
         slow = self._shares.start(webhook_id, row["tenant"])
         self._posting += 1
-        delivery_id = row["id"]
-        self._in_flight.add(delivery_id)
+        self._in_flight.add(row["id"])
         task = asyncio.create_task(self._attempt_guarded(row, slow, lease_end))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
-        task.add_done_callback(lambda _: self._in_flight.discard(delivery_id))
 
     def _hand_back_soon(self) -> None:
         rows, self._deferred = self._deferred, []
@@ -423,6 +421,7 @@ class Engine:
             log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
         finally:
             posted()
+            self._in_flight.discard(row["id"])
 
     async def attempt(
         self,
