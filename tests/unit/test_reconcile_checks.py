@@ -10,6 +10,7 @@ from ticketland.v1 import ticketland_pb2 as tl
 from herald.services.reconcile.checks import (
     Finding,
     TicketState,
+    changed_since,
     check_refund,
     discrepancy_id,
     order_mismatch,
@@ -258,3 +259,24 @@ def test_every_finding_of_a_refund_in_ticket_order_then_its_totals() -> None:
         ("money_mismatch", "", "split", 4_699, 4_701),
         ("money_mismatch", "", "sum", 4_699, 4_700),
     ]
+
+
+def test_a_refund_changed_since_is_what_its_checks_read() -> None:
+    before = refund(rticket("t1"))
+    stored = before.SerializeToString()
+    assert changed_since(None, before), "nothing held before"
+
+    later = tl.RefundRequest.FromString(stored)
+    later.updated_at, later.finished_at, later.rejection_reason = 9, 9, "note"
+    assert not changed_since(stored, later), "status, times and notes are not checked"
+
+    for change in (
+        lambda r: setattr(r.tickets[0].money, "agent", 1),
+        lambda r: r.tickets.append(rticket("t2")),
+        lambda r: setattr(r.money, "customer", 1),
+        lambda r: setattr(r, "order_id", "o2"),
+        lambda r: setattr(r, "organizer_id", "g2"),
+    ):
+        other = tl.RefundRequest.FromString(stored)
+        change(other)
+        assert changed_since(stored, other), other

@@ -1,14 +1,20 @@
 """The ledger's rules applied to a whole batch at once: a fixed number of statements
-per batch (each over arrays), not per record, in the order events → orders → refunds.
+per batch (each over arrays), not per record, in the order events → orders → refunds,
+then what they release.
 
 Within a batch the latest version of each entity is applied (by its ``updated_at``;
 the ledger keeps it only if not older than its own); every refund status is recorded
 in the history. Refund checks run in Python over the batch's view of the tickets, so
 two refunds of one ticket in one batch are found as they would be one after another.
+What waited is released last, once the batch's own versions are in: an order parked
+for its event goes as the batch left it (not sent if the batch cancelled it), a refund
+ready for its order goes only if the batch did not take it back, and a refund waiting
+for its order is checked in the batch's newest version.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,8 +24,10 @@ from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import Connection
 from herald.services.reconcile.checks import (
+    REFUND_CHECK_KINDS,
     Finding,
     TicketState,
+    changed_since,
     check_refund,
     order_mismatch,
     reversal,
@@ -106,6 +114,9 @@ class BatchApply:
         self._withdrawn: list[str] = []  # refunds Ticketland rejected before they went
         # (ticket id, status, refund id, whether its order lists it)
         self._unrefunded: list[tuple[str, str, str, bool]] = []
+        # Refunds checked in this batch and the ids of every finding (decided or not).
+        self._checked: dict[str, list[uuid.UUID]] = {}
+        self._incoming: dict[str, tl.RefundRequest] = {}  # the batch's newest refunds
 
     async def run(
         self,
@@ -113,17 +124,19 @@ class BatchApply:
         orders: Sequence[tl.Order],
         refunds: Sequence[tl.RefundRequest],
     ) -> None:
-        if events:
-            await self.events(latest(events))
-        if orders:
-            await self.orders(latest(orders))
+        self._incoming = {r.id: r for r in latest(refunds)}
+        arrived = await self.events(latest(events)) if events else []
+        sent_now = await self.orders(latest(orders)) if orders else []
         if refunds:
             await self.refunds(refunds)
         await self._write()
+        await self._release(arrived, sent_now)
 
     # ------------------------------------------------------------------ events
 
-    async def events(self, events: list[tl.Event]) -> None:
+    async def events(self, events: list[tl.Event]) -> list[str]:
+        """Applies ``events``; the ids of those applied (their parked orders are
+        released at the end, see :meth:`_release`)."""
         organizers = {e.organizer.id: e.organizer for e in events}
         await self.conn.execute(
             Q.upsert_organizers,
@@ -148,22 +161,32 @@ class BatchApply:
         for e in events:
             if e.id in applied:
                 self.queue.event(e)
-        if not applied:
-            return
-        released = await self.conn.fetch(Q.release_parked_orders_of, list(applied))
-        for row in released:
-            self.queue.order(tl.Order.FromString(row["doc"]))
-        if released:
-            log.info("orders.released", orders=len(released))
-            ids = [r["id"] for r in released]
-            await self.conn.execute(
-                Q.settle_arrived, "order_parked_too_long", ids, "settled: the event arrived"
-            )
+        return [e.id for e in events if e.id in applied]
+
+    async def _release(self, arrived: list[str], sent_now: list[str]) -> None:
+        """Orders parked for the events that ``arrived`` go (as the batch left them: one
+        it cancelled is no longer parked), then the refunds ready for those orders and
+        for the orders ``sent_now`` (as the batch left them: written by then)."""
+        ids = list(sent_now)
+        if arrived:
+            released = await self.conn.fetch(Q.release_parked_orders_of, arrived)
+            for row in released:
+                self.queue.order(tl.Order.FromString(row["doc"]))
+            if released:
+                log.info("orders.released", orders=len(released))
+                out = [r["id"] for r in released]
+                await self.conn.execute(
+                    Q.settle_arrived, "order_parked_too_long", out, "settled: the event arrived"
+                )
+                ids += out
+        if ids:
             await self.release_refunds(ids)
 
     # ------------------------------------------------------------------ orders
 
-    async def orders(self, orders: list[tl.Order]) -> None:
+    async def orders(self, orders: list[tl.Order]) -> list[str]:
+        """Applies ``orders``; the ids of those sent now (their ready refunds go at
+        the end, see :meth:`_release`)."""
         known = {
             r["id"]
             for r in await self.conn.fetch(Q.known_events, list({o.event_id for o in orders}))
@@ -183,7 +206,7 @@ class BatchApply:
         before = {r["id"]: r["before"] for r in rows}
         applied = [o for o in orders if o.id in before]
         if not applied:
-            return
+            return []
         await self._tickets(applied)
         # New versions of orders known before: tickets they no longer list were taken out.
         changed = [o for o in applied if before[o.id] is not None]
@@ -222,9 +245,17 @@ class BatchApply:
                 "settled: the order arrived; the refund was checked then",
             )
         if waiting or late:
-            await self.approve([tl.RefundRequest.FromString(w["doc"]) for w in [*waiting, *late]])
-        if sent_now:
-            await self.release_refunds(sent_now)
+            await self.approve([self._newest(w["doc"]) for w in [*waiting, *late]])
+        return sent_now
+
+    def _newest(self, doc: bytes) -> tl.RefundRequest:
+        """A stored refund, or its version in this batch if that one is applied (not
+        older): what waited is checked as the batch leaves it (taken back: not at all)."""
+        stored = tl.RefundRequest.FromString(doc)
+        incoming = self._incoming.get(stored.id)
+        if incoming is not None and incoming.updated_at >= stored.updated_at:
+            return incoming
+        return stored
 
     async def _tickets(self, orders: list[tl.Order]) -> None:
         tickets: dict[str, tuple[str, str, str, int, str, str]] = {}
@@ -271,6 +302,7 @@ class BatchApply:
             [r.money.agent for r in newest],
         )
         states = {r["id"]: r["state"] for r in rows}  # the refunds this batch updated
+        before = {r["id"]: r["before"] for r in rows}
         decided = dict(self._states)  # what this batch's orders did with waiting refunds
         approved = []
         withdrawn: list[tuple[tl.RefundRequest, str, str]] = []
@@ -285,14 +317,25 @@ class BatchApply:
             if (now := withdrawal(status, state)) is not None:
                 withdrawn.append((r, state, now))
                 continue
+            if _approved_again(r, state):
+                if r.id not in self._checked and changed_since(before[r.id], r):
+                    # Not sent yet, and not what was checked: checked as it is now.
+                    log.info("refund.changed", refund_id=r.id, state=state)
+                    approved.append(r)
+                continue
             if state != "open":  # a refund is decided once
                 continue
             if r.status == tl.RefundRequest.STATUS_APPROVED:
                 approved.append(r)
             elif r.status == tl.RefundRequest.STATUS_REJECTED:
                 self._states.append((r.id, "rejected"))
+                self._withdrawn.append(r.id)  # held once, taken back: nothing to decide
         if withdrawn:
             await self.withdraw(withdrawn)
+        # Ready ones approved again with other data: what they refunded is undone;
+        # checked again, they refund anew.
+        if changed := [r for r in approved if decided.get(r.id, states[r.id]) == "ready"]:
+            await self._unrefund(changed)
         if approved:
             await self.approve(approved)
 
@@ -301,24 +344,34 @@ class BatchApply:
         (refund, its state, its new state): none is sent. Tickets one had refunded
         (ready: waiting for its order to go) are again as their order says; a rejected
         one's open discrepancies are settled, nothing is left to decide."""
-        ids = {r.id for r, _, _ in refunds}
-        self._refunded = [x for x in self._refunded if x[1] not in ids]  # this batch's
-        ready = [r for r, was, _ in refunds if was == "ready"]
-        if ready:
-            rows = await self.conn.fetch(
-                Q.tickets_refunded_by,
-                [r.id for r in ready],
-                list({r.order_id for r in ready}),
-                list({t.ticket_id for r in ready for t in r.tickets}),
-            )
-            for row in rows:
-                status, listed = _as_ordered(row["id"], row["order_doc"])
-                self._unrefunded.append((row["id"], status, row["refund_id"], listed))
+        await self._unrefund(
+            [r for r, _, _ in refunds], [r for r, was, _ in refunds if was == "ready"]
+        )
         for r, was, now in refunds:
             self._states.append((r.id, now))
             if now == "rejected":
                 self._withdrawn.append(r.id)
             log.warning("refund.withdrawn", refund_id=r.id, state=was, status=short_status(r))
+
+    async def _unrefund(
+        self, refunds: Sequence[tl.RefundRequest], ready: Sequence[tl.RefundRequest] | None = None
+    ) -> None:
+        """What ``refunds`` refunded is undone: this batch's refunding, and the ledger's
+        tickets of those among them that were ``ready`` (all, if not given)."""
+        ids = {r.id for r in refunds}
+        self._refunded = [x for x in self._refunded if x[1] not in ids]
+        ready = refunds if ready is None else ready
+        if not ready:
+            return
+        rows = await self.conn.fetch(
+            Q.tickets_refunded_by,
+            [r.id for r in ready],
+            list({r.order_id for r in ready}),
+            list({t.ticket_id for r in ready for t in r.tickets}),
+        )
+        for row in rows:
+            status, listed = _as_ordered(row["id"], row["order_doc"])
+            self._unrefunded.append((row["id"], status, row["refund_id"], listed))
 
     async def approve(self, refunds: Sequence[tl.RefundRequest]) -> None:
         """Checks approved refunds; each is sent, held, or waits for its order."""
@@ -337,6 +390,7 @@ class BatchApply:
                 continue
             findings = order_mismatch(r, order["event_id"], order["organizer_id"])
             findings += check_refund(r, tickets)
+            self._checked[r.id] = [f.id_for(r.id) for f in findings]
             if findings:  # as an operator decided them, if approved before (see withdraw)
                 decided = {
                     row["id"]: row["status"]
@@ -379,15 +433,24 @@ class BatchApply:
     async def _write(self) -> None:
         if self._findings:
             await store_findings(self.conn, self._findings)
+        if self._checked:
+            await self.conn.execute(
+                Q.settle_not_found_again,
+                list(self._checked),
+                [i for ids in self._checked.values() for i in ids],
+                list(REFUND_CHECK_KINDS),
+                "settled: not found when the refund was checked again (approved again, "
+                "or approved with other data)",
+            )
+        if self._unrefunded:  # first: a refund checked again refunds its tickets anew
+            await self.conn.execute(
+                Q.unrefund_tickets, *([x[i] for x in self._unrefunded] for i in range(4))
+            )
         if self._refunded:
             await self.conn.execute(
                 Q.refund_tickets_many,
                 [t for t, _ in self._refunded],
                 [r for _, r in self._refunded],
-            )
-        if self._unrefunded:
-            await self.conn.execute(
-                Q.unrefund_tickets, *([x[i] for x in self._unrefunded] for i in range(4))
             )
         if self._withdrawn:
             await self.conn.execute(
@@ -398,6 +461,12 @@ class BatchApply:
         if self._states:
             final = dict(self._states)  # the last state set for a refund wins
             await self.conn.execute(Q.set_refund_states, list(final), list(final.values()))
+
+
+def _approved_again(r: tl.RefundRequest, state: str) -> bool:
+    """A newer APPROVED version of a refund approved before that Vibeapp does not have
+    yet and that has been checked (held by a finding, or ready for its order)."""
+    return r.status == tl.RefundRequest.STATUS_APPROVED and state in ("ready", "held")
 
 
 def _as_ordered(ticket_id: str, order_doc: bytes) -> tuple[str, bool]:

@@ -29,6 +29,18 @@ Kind = Literal[
     "refund_event_mismatch",
 ]
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
+# What checking an approved refund can find (order_mismatch and check_refund): a refund
+# approved again with other data settles those of its open ones not found again.
+REFUND_CHECK_KINDS: tuple[Kind, ...] = (
+    "refund_event_mismatch",
+    "unknown_ticket",
+    "ticket_not_in_order",
+    "double_refund",
+    "used_ticket",
+    "cancelled_ticket",
+    "money_mismatch",
+    "refund_above_price",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +223,26 @@ def _ticket_findings(
     elif known.status == "cancelled":
         out.append(Finding("cancelled_ticket", f"ticket {t.ticket_id} was cancelled", t.ticket_id))
     return out
+
+
+def checked_content(refund: tl.RefundRequest) -> tuple[object, ...]:
+    """What the refund checks read of a refund (its order, event, organizer, money and
+    tickets): two versions that agree on it are checked alike."""
+    return (
+        refund.order_id,
+        refund.event_id,
+        refund.organizer_id,
+        refund.money.SerializeToString(deterministic=True),
+        tuple(t.SerializeToString(deterministic=True) for t in refund.tickets),
+    )
+
+
+def changed_since(before: bytes | None, refund: tl.RefundRequest) -> bool:
+    """Whether ``refund`` would be checked otherwise than the version the ledger held
+    (``before``, serialized; None: none)."""
+    if before is None:
+        return True
+    return checked_content(tl.RefundRequest.FromString(before)) != checked_content(refund)
 
 
 # States of an approved refund Vibeapp does not have yet: a newer status takes it back.

@@ -389,13 +389,19 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT DO NOTHING
 
 -- name: upsert_refunds
--- The refunds applied, with their state (new: 'open').
+-- The refunds applied, with their state (new: 'open') and the document they had before
+-- (NULL: new).
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[],
+                         $10::bigint[], $11::bigint[])
+        AS x(id, status, order_id, event_id, organizer_id, doc, source_time,
+             refund_nominal, customer, org, agent)),
+before AS (SELECT r.id, r.doc FROM reconcile.refunds r JOIN input USING (id))
 INSERT INTO reconcile.refunds AS r
     (id, status, order_id, event_id, organizer_id, doc, source_time,
      refund_nominal, customer, org, agent, state)
-SELECT *, 'open' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::bytea[], $7::bigint[], $8::bigint[], $9::bigint[],
-                             $10::bigint[], $11::bigint[])
+SELECT *, 'open' FROM input
 ON CONFLICT (id) DO UPDATE
 SET status = excluded.status, order_id = excluded.order_id, event_id = excluded.event_id,
     organizer_id = excluded.organizer_id, doc = excluded.doc,
@@ -403,7 +409,7 @@ SET status = excluded.status, order_id = excluded.order_id, event_id = excluded.
     customer = excluded.customer, org = excluded.org, agent = excluded.agent,
     updated_at = now()
 WHERE excluded.source_time >= r.source_time
-RETURNING id, state
+RETURNING r.id, r.state, (SELECT b.doc FROM before b WHERE b.id = r.id) AS before
 
 -- name: orders_by_id
 -- One index probe per id (see tickets_by_id).
@@ -474,6 +480,15 @@ WHERE t.id = x.id AND t.refund_id = x.refund_id
 UPDATE reconcile.discrepancies
 SET status = 'rejected', resolved_at = now(), resolution_note = $2
 WHERE refund_id = ANY($1::text[]) AND status = 'open'
+
+-- name: settle_not_found_again
+-- Refunds $1 were checked again (approved again, or a newer approved version came): their
+-- open discrepancies of the check kinds $3 not found this time (not among $2) no
+-- longer hold.
+UPDATE reconcile.discrepancies
+SET status = 'accepted', resolved_at = now(), resolution_note = $4
+WHERE refund_id = ANY($1::text[]) AND status = 'open' AND kind = ANY($3::text[])
+  AND NOT (id = ANY($2::uuid[]))
 
 -- name: decided_discrepancies
 -- Which of discrepancies $1 were resolved (a refund approved again after going back).

@@ -1,0 +1,293 @@
+"""Reconcile's ledger given whole batches against the real PostgreSQL: what it queues
+for Vibeapp (its outbox) when one batch brings several versions of what depends on
+what, and when an approved refund Vibeapp does not have yet changes.
+
+The ledger is driven through :meth:`Ledger.take`, the call the consumer makes with each
+batch it read, so what one batch holds is the test's choice (over Kafka, which records
+share a batch is the consumer's)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from google.protobuf.message import Message
+from ticketland.v1 import ticketland_pb2 as tl
+from vibe.v1 import vibe_pb2 as vibe
+
+from herald.runtime import db
+from herald.services.reconcile.app import MIGRATIONS
+from herald.services.reconcile.inputs import Decoded
+from herald.services.reconcile.ledger import Ledger, Taken
+from herald.services.reconcile.outputs import OutputConfig
+from tests.integration.reconcile_flow import event, order, refund
+
+pytestmark = pytest.mark.integration
+OK = (1000, 800, 100, 100)  # refund_nominal = customer + org + agent
+SPLIT_WRONG = (1000, 800, 100, 99)
+KINDS = {tl.Event: "event", tl.Order: "order", tl.RefundRequest: "refund"}
+
+
+class Batches:
+    """Feeds the ledger batches, each record at coordinates of its own."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.ledger = Ledger(
+            pool,
+            OutputConfig(
+                topics={"event": "vibe.events", "order": "vibe.orders", "refund": "vibe.refunds"},
+                formats={"event": "protobuf", "order": "protobuf", "refund": "protobuf"},
+            ),
+        )
+        self._offsets = itertools.count()
+
+    async def take(self, *messages: Message) -> None:
+        items = []
+        for m in messages:
+            kind = KINDS[type(m)]
+            items.append(
+                Taken(f"ticketland.{kind}s", 0, next(self._offsets), Decoded(kind, m))  # type: ignore[arg-type]
+            )
+        await self.ledger.take(items)
+
+    async def outputs(self, kind: str) -> list[asyncpg.Record]:
+        """What was queued for Vibeapp's ``kind`` topic, in the order it goes."""
+        return list(
+            await self.pool.fetch(
+                "SELECT entity_id, value, ticket_ids FROM reconcile.outbox WHERE kind = $1"
+                " ORDER BY id",
+                kind,
+            )
+        )
+
+    async def refund_state(self, refund_id: str) -> str:
+        return str(
+            await self.pool.fetchval("SELECT state FROM reconcile.refunds WHERE id = $1", refund_id)
+        )
+
+    async def tickets(self, *ids: str) -> dict[str, tuple[str, str | None]]:
+        rows = await self.pool.fetch(
+            "SELECT id, status, refund_id FROM reconcile.tickets WHERE id = ANY($1::text[])",
+            list(ids),
+        )
+        return {r["id"]: (r["status"], r["refund_id"]) for r in rows}
+
+    async def discrepancies(self, refund_id: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT kind, status, resolution_note FROM reconcile.discrepancies"
+            " WHERE refund_id = $1 ORDER BY detected_at, id",
+            refund_id,
+        )
+        return [dict(r) for r in rows]
+
+
+@pytest.fixture
+async def batches(database_url: str) -> AsyncIterator[Batches]:
+    pool = await db.create_pool(database_url, 2)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+        yield Batches(pool)
+    finally:
+        await pool.close()
+
+
+# ------------------------------------------- one batch: an arrival and a newer version
+
+
+async def test_an_order_cancelled_in_the_batch_its_event_arrives_in_is_not_sent(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}))  # parked: its event is unknown
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}, "CANCELLED", updated_at=2))
+
+    assert [r["entity_id"] for r in await batches.outputs("event")] == ["e1"]
+    assert await batches.outputs("order") == [], "Vibeapp never learns of the sale"
+    assert await batches.tickets("t1") == {"t1": ("cancelled", None)}
+
+
+async def test_a_parked_order_changed_in_the_batch_its_event_arrives_in_goes_once_as_changed(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}))
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000, "t2": 500}, updated_at=2))
+
+    [sent] = await batches.outputs("order")
+    assert [t.id for t in vibe.Order.FromString(sent["value"]).tickets] == ["t1", "t2"]
+
+
+async def test_a_refund_rejected_in_the_batch_its_order_arrives_in_is_not_sent(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    assert await batches.refund_state("r1") == "waiting_order"
+
+    await batches.take(
+        order("o1", "e1", {"t1": 1000}),
+        refund("r1", "o1", "e1", {"t1": OK}, "REJECTED", updated_at=2),
+    )
+    assert [r["entity_id"] for r in await batches.outputs("order")] == ["o1"]
+    assert await batches.outputs("refund") == []
+    assert await batches.refund_state("r1") == "rejected"
+    assert await batches.tickets("t1") == {"t1": ("active", None)}
+    assert await batches.discrepancies("r1") == [], "Vibeapp never had it: nothing reversed"
+
+
+async def test_a_refund_changed_in_the_batch_its_order_arrives_in_is_checked_as_changed(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.take(
+        order("o1", "e1", {"t1": 1000}),
+        refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, updated_at=2),
+    )
+    assert await batches.outputs("refund") == []
+    assert await batches.refund_state("r1") == "held"
+    assert [d["kind"] for d in await batches.discrepancies("r1")] == ["money_mismatch"] * 2
+
+
+async def test_a_ready_refund_rejected_in_the_batch_its_order_goes_in_is_not_sent(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}))  # parked
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    assert await batches.refund_state("r1") == "ready"
+    assert await batches.tickets("t1") == {"t1": ("refunded", "r1")}
+
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}, "REJECTED", updated_at=2))
+    assert [r["entity_id"] for r in await batches.outputs("order")] == ["o1"]
+    assert await batches.outputs("refund") == []
+    assert await batches.refund_state("r1") == "rejected"
+    assert await batches.tickets("t1") == {"t1": ("active", None)}
+    assert await batches.discrepancies("r1") == []
+
+
+async def test_a_ready_refund_goes_after_its_order_in_the_batch_its_event_arrives_in(
+    batches: Batches,
+) -> None:
+    """What the batch releases still goes in order: the event, its order, the refund."""
+    await batches.take(order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.take(event("e1"))
+
+    rows = await batches.pool.fetch("SELECT kind, entity_id FROM reconcile.outbox ORDER BY id")
+    assert [(r["kind"], r["entity_id"]) for r in rows] == [
+        ("event", "e1"),
+        ("order", "o1"),
+        ("refund", "r1"),
+    ]
+    assert await batches.refund_state("r1") == "sent"
+
+
+# ------------------------- an approved refund Vibeapp does not have yet, approved again
+
+
+async def test_a_ready_refund_approved_again_with_wrong_money_is_held_not_sent(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}))  # parked: the refund waits, ready
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    assert await batches.refund_state("r1") == "ready"
+
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, updated_at=2))
+    assert await batches.refund_state("r1") == "held"
+    assert [d["kind"] for d in await batches.discrepancies("r1")] == ["money_mismatch"] * 2
+    assert await batches.tickets("t1") == {"t1": ("active", None)}, "a held refund refunds nothing"
+
+    await batches.take(event("e1"))
+    assert [r["entity_id"] for r in await batches.outputs("order")] == ["o1"]
+    assert await batches.outputs("refund") == []
+
+
+async def test_a_ready_refund_approved_again_for_another_ticket_refunds_that_one(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000, "t2": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    assert await batches.tickets("t1", "t2") == {"t1": ("refunded", "r1"), "t2": ("active", None)}
+
+    await batches.take(refund("r1", "o1", "e1", {"t2": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "ready"
+    assert await batches.tickets("t1", "t2") == {"t1": ("active", None), "t2": ("refunded", "r1")}
+
+    await batches.take(event("e1"))
+    [sent] = await batches.outputs("refund")
+    assert list(vibe.Refund.FromString(sent["value"]).ticket_ids) == ["t2"]
+
+
+async def test_a_ready_refund_approved_again_as_it_was_stays_ready(batches: Batches) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "ready"
+    assert await batches.tickets("t1") == {"t1": ("refunded", "r1")}
+
+
+async def test_a_held_refund_approved_again_with_the_money_corrected_goes(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}))
+    assert await batches.refund_state("r1") == "held"
+
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "sent"
+    assert [r["entity_id"] for r in await batches.outputs("refund")] == ["r1"]
+    assert await batches.tickets("t1") == {"t1": ("refunded", "r1")}
+    found = await batches.discrepancies("r1")
+    assert [d["status"] for d in found] == ["accepted", "accepted"], found
+    assert all("not found when the refund was checked again" in d["resolution_note"] for d in found)
+
+
+async def test_a_held_refund_approved_again_with_another_fault_keeps_only_what_still_holds(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}))
+    above = (1200, 1000, 100, 100)  # adds up, but above the ticket's price
+    await batches.take(refund("r1", "o1", "e1", {"t1": above}, updated_at=2))
+
+    assert await batches.refund_state("r1") == "held"
+    found = {(d["kind"], d["status"]) for d in await batches.discrepancies("r1")}
+    assert found == {
+        ("money_mismatch", "accepted"),  # the split adds up now
+        ("refund_above_price", "open"),
+    }
+    assert await batches.outputs("refund") == []
+
+
+# ---------------------------------------------- a held refund moved back, then decided
+
+
+async def test_a_held_refund_moved_back_and_approved_corrected_settles_what_it_was_held_for(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, "IN_PROGRESS", updated_at=2))
+    assert {d["status"] for d in await batches.discrepancies("r1")} == {"open"}, (
+        "an operator may still decide them meanwhile"
+    )
+
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}, updated_at=3))
+    assert await batches.refund_state("r1") == "sent"
+    assert {d["status"] for d in await batches.discrepancies("r1")} == {"accepted"}
+
+
+async def test_a_held_refund_moved_back_then_rejected_leaves_nothing_open(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, "NEW", updated_at=2))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, "REJECTED", updated_at=3))
+
+    assert await batches.refund_state("r1") == "rejected"
+    found = await batches.discrepancies("r1")
+    assert {d["status"] for d in found} == {"rejected"}
+    assert all("Ticketland rejected the refund" in d["resolution_note"] for d in found)
+    assert await batches.outputs("refund") == []
