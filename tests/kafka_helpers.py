@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from herald.runtime.kafka import connection_options
 from herald.runtime.settings import KafkaSettings
@@ -98,5 +99,16 @@ async def create_small_topic(
     try:
         limit = {"max.message.bytes": str(max_bytes)}
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=limit)])
+    finally:
+        await admin.close()
+
+
+async def set_topic_limit(settings: KafkaSettings, name: str, max_bytes: int) -> None:
+    """Sets the topic's max.message.bytes (as an operator raising the limit would)."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        limit = {"max.message.bytes": str(max_bytes)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, limit)])
     finally:
         await admin.close()

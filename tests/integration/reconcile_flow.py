@@ -233,7 +233,8 @@ class ReconcileFlow:
 
     async def _settled(self) -> bool:
         [row] = await self.db(
-            "SELECT (SELECT count(*) FROM reconcile.outbox WHERE sent_at IS NULL) AS pending"
+            "SELECT (SELECT count(*) FROM reconcile.outbox"
+            " WHERE sent_at IS NULL AND superseded_at IS NULL) AS pending"
         )
         return bool(row["pending"] == 0) and await self.consumed_all()
 

@@ -45,7 +45,7 @@ from tests.integration.reconcile_flow import (
 )
 from tests.integration.test_webhook_delivery import announced_trace, ingest_events
 from tests.integration.test_webhooks_api import fails
-from tests.kafka_helpers import create_small_topic, headers, read_topic
+from tests.kafka_helpers import create_small_topic, headers, read_topic, set_topic_limit
 
 pytestmark = pytest.mark.integration
 
@@ -1047,6 +1047,49 @@ async def test_an_output_vibeapps_kafka_refuses_holds_back_only_what_depends_on_
                 return [e["discrepancy_id"] for e in events] == [found.id]
 
             await eventually(announced, 10)
+    finally:
+        await ingest.stop()
+
+
+async def test_a_refused_output_a_later_version_went_after_is_never_sent(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """An event refused for good (a 20 kB description; the topic takes 5 kB), then
+    corrected: the corrected version goes at once (not after the retry window, here
+    long), and the refused one is set aside for good, not tried again even once the
+    topic would take it (Vibeapp would then hold the older content last); its
+    discrepancy is settled and its order goes."""
+    events_topic = f"vibe.events.small{uuid.uuid4().hex[:8]}"
+    await create_small_topic(infra.kafka_settings(), events_topic, 5000, 1)
+    ingest = await start_ingest(infra, database_url, topic)
+    try:
+        async with open_flow(
+            infra, database_url, ingest, vibe_events_topic=events_topic, refused_retry_seconds=60
+        ) as flow:
+            e, o = unique("ev"), unique("or")
+            huge = event(e)
+            huge.description = "x" * 20_000
+            await flow.send(huge)
+            await read_topic(flow.kafka(), flow.settings.dlq_topic, 1)  # refused
+            await flow.send(event(e, updated_at=2), order(o, e, {"t-" + o: 1000}))
+
+            [sent] = await flow.outputs("event", 1, timeout=15)
+            assert vibe.Event.FromString(sent.value).description == "An evening"
+            assert [r.key for r in await flow.outputs("order", 1)] == [o.encode()]
+            await flow.settled()
+            [found] = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_OUTPUT_REFUSED)
+            assert found.status == pb.DISCREPANCY_STATUS_ACCEPTED
+            assert "a later version of it was queued" in found.resolution_note
+
+            await set_topic_limit(flow.kafka(), events_topic, 1_000_000)
+            await flow.db("UPDATE reconcile.outbox SET refused_at = now() - interval '1 hour'")
+            await asyncio.sleep(2)  # past its retry window: a retry would get through now
+            events = await flow.outputs("event", 2, timeout=2)
+            assert [vibe.Event.FromString(r.value).description for r in events] == ["An evening"], (
+                "the older content never reaches Vibeapp"
+            )
+            dead = await read_topic(flow.kafka(), flow.settings.dlq_topic, 2, timeout=1)
+            assert len(dead) == 1, "dead-lettered once, not again every retry window"
     finally:
         await ingest.stop()
 

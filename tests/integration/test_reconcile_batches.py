@@ -8,6 +8,7 @@ share a batch is the consumer's)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +21,11 @@ from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db
 from herald.services.reconcile.app import MIGRATIONS
+from herald.services.reconcile.apply import BatchApply
 from herald.services.reconcile.inputs import Decoded
 from herald.services.reconcile.ledger import Ledger, Taken
 from herald.services.reconcile.outputs import OutputConfig
+from herald.services.reconcile.sweeper import Sweeper
 from tests.integration.reconcile_flow import event, order, refund
 
 pytestmark = pytest.mark.integration
@@ -36,13 +39,11 @@ class Batches:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.ledger = Ledger(
-            pool,
-            OutputConfig(
-                topics={"event": "vibe.events", "order": "vibe.orders", "refund": "vibe.refunds"},
-                formats={"event": "protobuf", "order": "protobuf", "refund": "protobuf"},
-            ),
+        self.config = OutputConfig(
+            topics={"event": "vibe.events", "order": "vibe.orders", "refund": "vibe.refunds"},
+            formats={"event": "protobuf", "order": "protobuf", "refund": "protobuf"},
         )
+        self.ledger = Ledger(pool, self.config)
         self._offsets = itertools.count()
 
     async def take(self, *messages: Message) -> None:
@@ -291,3 +292,58 @@ async def test_a_held_refund_moved_back_then_rejected_leaves_nothing_open(
     assert {d["status"] for d in found} == {"rejected"}
     assert all("Ticketland rejected the refund" in d["resolution_note"] for d in found)
     assert await batches.outputs("refund") == []
+
+
+# ------------------------------- a refund and its order, committed at the same moment
+
+
+async def test_a_refund_that_missed_its_order_committing_at_once_is_checked_by_the_sweeper(
+    batches: Batches, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund naming another event than its order's takes that event's lock, so its
+    batch and its order's can run at once: the refund finds no order, the order finds
+    no waiting refund, and the refund is left waiting for an order the ledger has. The
+    sweeper's next pass checks it (here: held for naming another event), rather than
+    judging it an unknown order once the park limit is past."""
+    await batches.take(event("e1"), event("e2"))
+    found_no_order, go_on = asyncio.Event(), asyncio.Event()
+    write = BatchApply._write
+
+    async def paused_before_writing(self: BatchApply) -> None:
+        found_no_order.set()
+        await go_on.wait()
+        await write(self)
+
+    monkeypatch.setattr(BatchApply, "_write", paused_before_writing)
+    refund_batch = asyncio.ensure_future(batches.take(refund("r1", "o1", "e2", {"t1": OK})))
+    await asyncio.wait_for(found_no_order.wait(), 10)
+    monkeypatch.setattr(BatchApply, "_write", write)
+    await asyncio.wait_for(batches.take(order("o1", "e1", {"t1": 1000})), 10)
+    go_on.set()
+    await refund_batch
+    assert await batches.refund_state("r1") == "waiting_order", "the race this test is about"
+
+    assert await Sweeper(batches.pool, batches.config, park_limit=900).sweep() == 1
+    assert await batches.refund_state("r1") == "held"
+    assert [d["kind"] for d in await batches.discrepancies("r1")] == ["refund_event_mismatch"]
+    assert await Sweeper(batches.pool, batches.config, park_limit=900).sweep() == 0
+
+
+async def test_a_refund_waiting_past_the_limit_for_an_order_that_came_is_checked_not_held(
+    batches: Batches,
+) -> None:
+    """The same lost race found only once the park limit is past: the order is there,
+    so the refund is checked (and goes), not held as an unknown order."""
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(  # the state the race leaves, waiting past the limit
+        "UPDATE reconcile.refunds SET state = 'waiting_order',"
+        " waiting_since = now() - interval '1 hour' WHERE id = 'r1'"
+    )
+    await batches.pool.execute("UPDATE reconcile.tickets SET status = 'active', refund_id = NULL")
+    await batches.pool.execute("DELETE FROM reconcile.outbox WHERE kind = 'refund'")
+
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    assert await batches.refund_state("r1") == "sent"
+    assert await batches.discrepancies("r1") == []
+    assert [r["entity_id"] for r in await batches.outputs("refund")] == ["r1"]

@@ -132,7 +132,7 @@ async def build(
             producer.start,
             consumer.run,
             relay.run,
-            Sweeper(pool, config, settings.park_limit_seconds, announcements.wake).run,
+            Sweeper(pool, config, settings.park_limit_seconds, wake).run,
             announcements.run,
             relay.dead_letters.run,
             BacklogReporter(pool, Q.outbox_backlog, BEHIND).run,

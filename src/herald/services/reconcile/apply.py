@@ -425,6 +425,12 @@ class BatchApply:
             else:
                 self._states.append((r.id, "ready"))
 
+    async def approve_waiting(self, refunds: Sequence[tl.RefundRequest]) -> None:
+        """Checks refunds that waited for their order, now known, and writes what that
+        decided (outside a batch: the sweeper's)."""
+        await self.approve(refunds)
+        await self._write()
+
     async def release_refunds(self, order_ids: list[str]) -> None:
         await release_refunds(self.conn, self.queue, order_ids)
 

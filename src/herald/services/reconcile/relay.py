@@ -13,7 +13,10 @@ every round at its kind, and with it every later order and refund. It is set asi
 instead (``refused_at``, ``last_error``; dead-lettered on Herald's DLQ topic) and tried
 again after ``refused_retry`` seconds, in case the limit was raised; meanwhile the
 outputs that depend on it (its event's orders, its order's refunds, its own later
-versions) wait, and every other output goes on.
+versions) wait, and every other output goes on. Once a later version of its entity is
+queued, it is superseded (``superseded_at``): never tried again (Vibeapp is to hold
+the latest content), the later one goes instead at once, and its ``output_refused``
+discrepancy is settled.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
 from herald.services.reconcile.apply import Found, store_findings
-from herald.services.reconcile.checks import Finding
+from herald.services.reconcile.checks import Finding, discrepancy_id
 from herald.services.reconcile.store import Q
 
 log = structlog.get_logger("herald.reconcile.relay")
@@ -113,6 +116,8 @@ class VibeRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(Q.relay_lock):
                 return 0, False
+            if superseded := await conn.fetch(Q.supersede_refused):
+                await _settle_superseded(conn, superseded)
             rows = await conn.fetch(Q.pending_outputs, self._batch_size, self._refused_retry)
             sent: list[int] = []
             refused: list[tuple[asyncpg.Record, BaseException]] = []
@@ -181,7 +186,7 @@ class VibeRelay:
             aspect=row["content_hash"],
         )
         found = Found(
-            f"{row['kind']}/{row['entity_id']}",
+            _refused_owner(row["kind"], row["entity_id"]),
             refund_id=owners["refund_id"],
             order_id=owners["order_id"],
             event_id=owners["event_id"],
@@ -200,3 +205,25 @@ class VibeRelay:
                 {"topic": row["topic"], "entity-id": row["entity_id"]},
             ),
         )
+
+
+def _refused_owner(kind: str, entity_id: str) -> str:
+    """What an ``output_refused`` discrepancy's id derives from (with the content hash)."""
+    return f"{kind}/{entity_id}"
+
+
+async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> None:
+    """Refused outputs their entity has a later version of: logged, and their
+    ``output_refused`` discrepancies settled."""
+    for row in rows:
+        log.info("relay.superseded", kind=row["kind"], entity_id=row["entity_id"])
+    await conn.execute(
+        Q.settle_superseded,
+        [
+            discrepancy_id(
+                _refused_owner(r["kind"], r["entity_id"]), "output_refused", "", r["content_hash"]
+            )
+            for r in rows
+        ],
+        "settled: a later version of it was queued for Vibeapp; this one is never sent",
+    )

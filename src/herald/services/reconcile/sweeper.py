@@ -1,6 +1,11 @@
 """Waits with a limit: an order whose event never came, a refund whose order never
 came. Past ``park_limit`` each becomes a discrepancy (the refund is then held until
-an operator resolves it; the order is still released if its event arrives)."""
+an operator resolves it; the order is still released if its event arrives).
+
+A refund found waiting for an order the ledger has (its transaction and the order's
+ran at once: a refund naming another event than its order's takes that event's lock,
+not the order's) is checked as the order's arrival would have checked it, on the next
+pass rather than after the limit."""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from collections.abc import Callable
 
 import asyncpg
 import structlog
+from ticketland.v1 import ticketland_pb2 as tl
 
 from herald.runtime.db import DATABASE_ERRORS
+from herald.services.reconcile.apply import BatchApply
 from herald.services.reconcile.checks import Finding
 from herald.services.reconcile.ledger import Transaction
 from herald.services.reconcile.outputs import OutputConfig, Queue
@@ -30,7 +37,7 @@ class Sweeper:
         found: Callable[[], None] = lambda: None,
         interval: float = 1.0,
     ) -> None:
-        """``found`` is called after a pass that raised discrepancies."""
+        """``found`` is called after a pass that raised discrepancies or queued outputs."""
         self._pool = pool
         self._found = found
         self._config = config
@@ -47,11 +54,14 @@ class Sweeper:
             await asyncio.sleep(self._interval)
 
     async def sweep(self) -> int:
-        """One pass; the number of discrepancies raised."""
+        """One pass; the number of discrepancies raised and refunds checked."""
         found = 0
         async with self._pool.acquire() as conn:
+            arrived = await conn.fetch(Q.waiting_refunds_with_order, self._park_limit)
             orders = await conn.fetch(Q.overdue_orders, self._park_limit)
             refunds = await conn.fetch(Q.overdue_refunds, self._park_limit)
+        for r in arrived:
+            found += await self._judge_refund(r["id"], [r["event_id"], r["order_event_id"]])
         for o in orders:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.fetchval(Q.lock_keys, [o["event_id"]])
@@ -67,15 +77,37 @@ class Sweeper:
                 await tx.store_findings(o["id"], "", o["id"], o["event_id"], [finding])
                 found += 1
         for r in refunds:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.fetchval(Q.lock_keys, [r["event_id"]])
-                row = await conn.fetchrow(Q.get_refund, r["id"])
-                if row is None or row["state"] != "waiting_order":
-                    continue
-                finding = Finding(
-                    "unknown_order", f"refund {r['id']}: order {row['order_id']} is not known"
-                )
-                tx = Transaction(conn, Queue(self._config))
-                await tx.hold(r["id"], row["order_id"], r["event_id"], [finding])
-                found += 1
+            found += await self._judge_refund(r["id"], [r["event_id"]], overdue=True)
         return found
+
+    async def _judge_refund(self, refund_id: str, events: list[str], overdue: bool = False) -> int:
+        """A refund waiting for its order, under the locks of ``events`` (its own and,
+        once known, its order's): checked if the order is there, else (``overdue``)
+        held as an unknown order. 1 if it was either, else 0."""
+        for _ in range(3):  # an order found under an event not locked: once more with it
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.fetchval(Q.lock_keys, sorted(set(events)))
+                row = await conn.fetchrow(Q.get_refund, refund_id)
+                if row is None or row["state"] != "waiting_order":
+                    return 0  # the order's arrival took it meanwhile
+                order_event = await conn.fetchval(Q.order_event, row["order_id"])
+                if order_event is not None and order_event not in events:
+                    events = [*events, order_event]
+                    continue
+                queue = Queue(self._config)
+                if order_event is not None:
+                    log.info("refund.order_found", refund_id=refund_id, order_id=row["order_id"])
+                    await BatchApply(conn, queue).approve_waiting(
+                        [tl.RefundRequest.FromString(row["doc"])]
+                    )
+                    await queue.flush(conn)
+                    return 1
+                if not overdue:
+                    return 0
+                finding = Finding(
+                    "unknown_order", f"refund {refund_id}: order {row['order_id']} is not known"
+                )
+                tx = Transaction(conn, queue)
+                await tx.hold(refund_id, row["order_id"], row["event_id"], [finding])
+                return 1
+        return 0

@@ -129,18 +129,20 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
 -- name: pending_outputs
 -- The oldest unsent outputs, but not one Kafka refused for good within the last $2
 -- seconds, nor one whose event or order is such an output (Vibeapp never gets an order
--- before its event, nor a refund before its order). Without refused outputs (the
--- usual case) the second test is decided once, by the first.
+-- before its event, nor a refund before its order), nor a superseded one. Without
+-- refused outputs (the usual case) the second test is decided once, by the first.
 SELECT o.id, o.kind, o.entity_id, o.content_hash, o.topic, o.key, o.value, o.headers
 FROM reconcile.outbox AS o
-WHERE o.sent_at IS NULL
+WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
   AND (o.refused_at IS NULL OR o.refused_at < now() - make_interval(secs => $2))
   AND (
     NOT EXISTS (SELECT 1 FROM reconcile.outbox
-                WHERE sent_at IS NULL AND refused_at >= now() - make_interval(secs => $2))
+                WHERE sent_at IS NULL AND refused_at >= now() - make_interval(secs => $2)
+                  AND superseded_at IS NULL)
     OR NOT EXISTS (
         SELECT 1 FROM reconcile.outbox AS f
         WHERE f.sent_at IS NULL AND f.refused_at >= now() - make_interval(secs => $2)
+          AND f.superseded_at IS NULL
           AND ((f.kind = 'event' AND f.entity_id = CASE o.kind
                     WHEN 'event' THEN o.entity_id
                     WHEN 'order' THEN (SELECT event_id FROM reconcile.orders WHERE id = o.entity_id)
@@ -170,12 +172,33 @@ SELECT coalesce(CASE $1::text
 -- name: mark_sent
 UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
 
+-- name: supersede_refused
+-- Refused outputs (set aside) whose entity has a later output queued: superseded, never
+-- tried again (the later one goes instead; Vibeapp is to hold the latest content).
+UPDATE reconcile.outbox AS o SET superseded_at = now()
+WHERE o.sent_at IS NULL AND o.refused_at IS NOT NULL AND o.superseded_at IS NULL
+  AND EXISTS (SELECT 1 FROM reconcile.outbox l
+              WHERE l.kind = o.kind AND l.entity_id = o.entity_id AND l.id > o.id)
+RETURNING o.kind, o.entity_id, o.content_hash
+
 -- name: overdue_orders
 SELECT o.id, o.event_id, o.parked_at FROM reconcile.orders o
 WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
   AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
                   WHERE d.order_id = o.id AND d.kind = 'order_parked_too_long')
 ORDER BY o.parked_at LIMIT 100
+
+-- name: waiting_refunds_with_order
+-- Refunds waiting (since less than $1 seconds) for an order the ledger has: a refund
+-- naming another event than its order's takes that event's lock, so its transaction
+-- and its order's can run at once and neither see the other. With the events to lock.
+SELECT r.id, r.event_id, o.event_id AS order_event_id
+FROM reconcile.refunds r JOIN reconcile.orders o ON o.id = r.order_id
+WHERE r.state = 'waiting_order' AND r.waiting_since >= now() - make_interval(secs => $1)
+ORDER BY r.waiting_since LIMIT 100
+
+-- name: order_event
+SELECT event_id FROM reconcile.orders WHERE id = $1
 
 -- name: overdue_refunds
 -- (Once an operator accepted the unknown order, the refund just waits for it.)
@@ -450,12 +473,15 @@ WHERE kind = $1 AND status = 'open'
 
 -- name: outbox_backlog
 -- Outputs not sent yet (counted up to $1), set-aside refused ones included (Vibeapp
--- has none of them), and the age in seconds of the oldest (0 when none).
+-- has none of them) but not superseded ones, and the age in seconds of the oldest (0
+-- when none).
 SELECT
     (SELECT count(*) FROM (
-        SELECT 1 FROM reconcile.outbox WHERE sent_at IS NULL LIMIT $1) AS p) AS pending,
+        SELECT 1 FROM reconcile.outbox WHERE sent_at IS NULL AND superseded_at IS NULL
+        LIMIT $1) AS p) AS pending,
     coalesce((SELECT extract(epoch FROM clock_timestamp() - queued_at)
-              FROM reconcile.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0)::float8
+              FROM reconcile.outbox WHERE sent_at IS NULL AND superseded_at IS NULL
+              ORDER BY id LIMIT 1), 0)::float8
         AS lag
 
 -- name: tickets_refunded_by
@@ -480,6 +506,12 @@ WHERE t.id = x.id AND t.refund_id = x.refund_id
 UPDATE reconcile.discrepancies
 SET status = 'rejected', resolved_at = now(), resolution_note = $2
 WHERE refund_id = ANY($1::text[]) AND status = 'open'
+
+-- name: settle_superseded
+-- The output_refused discrepancies $1 of outputs a newer version went after.
+UPDATE reconcile.discrepancies
+SET status = 'accepted', resolved_at = now(), resolution_note = $2
+WHERE id = ANY($1::uuid[]) AND status = 'open'
 
 -- name: settle_not_found_again
 -- Refunds $1 were checked again (approved again, or a newer approved version came): their
