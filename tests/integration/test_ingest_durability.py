@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from herald.runtime import kafka
 from herald.runtime.backlog import BacklogReporter
+from herald.runtime.rounds import finished
 from herald.services.ingest.app import BEHIND
 from herald.services.ingest.catalog import EventTypeDef, check_definition
 from herald.services.ingest.catalog_store import CatalogStore
@@ -186,6 +187,50 @@ async def test_a_relay_stopped_mid_round_finishes_it_and_repeats_nothing(
         records = await read_topic(infra.kafka_settings(), topic, 40, timeout=5)
         assert len(records) == 20, "each record once"
     finally:
+        await service.stop()
+
+
+async def test_a_round_a_stop_cuts_short_never_lands_after_what_the_next_relay_sent(
+    infra: Infra, database_url: str, topic: str
+) -> None:
+    """Kafka does not acknowledge a round within its grace (here its records wait out a
+    3 s linger; the grace is 0.2 s): the stop cuts the round short, its transaction
+    lets the lanes go and another relay sends the rows. The cut round's records must
+    not land after those: they did (its producer kept them, and delivered them later
+    or on the stop's flush), and the key's records went back in time on the topic."""
+    service = await start_ingest(infra, database_url, topic, relay_enabled=False)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
+    assert pool is not None
+    try:
+        ids = [
+            (
+                await service.stub.Publish(ingest_pb2.PublishRequest(json=event_json("k", i)))
+            ).event_id
+            for i in range(5)
+        ]
+        settings = infra.kafka_settings()
+        stopping = Relay(pool, partial(kafka.make_producer, settings, linger_ms=3000))
+        await stopping.start_producer()
+        assert stopping.producer is not None
+        await stopping.producer.partitions_for(topic)  # the records wait on the linger only
+        cut = asyncio.ensure_future(finished(stopping.relay_once(), grace=0.2))
+        await asyncio.sleep(0.2)  # the records are with the producer
+        cut.cancel()  # a stop
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+        assert await pending_rows(database_url) == 5, "nothing was marked"
+
+        taking_over = Relay(pool, partial(kafka.make_producer, settings))
+        await taking_over.start_producer()
+        assert await taking_over.relay_once() == (5, 0)
+        await taking_over.stop()
+        await stopping.stop()  # the stopping relay's stop hooks: flush, stop
+        await asyncio.sleep(3.5)  # past the linger
+
+        records = await read_topic(settings, topic, 6, timeout=3)
+        assert [headers(r)["ce_id"] for r in records] == ids, "each once, in order"
+    finally:
+        await pool.close()
         await service.stop()
 
 

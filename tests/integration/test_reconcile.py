@@ -26,7 +26,9 @@ from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
 from herald.runtime.backlog import BacklogReporter
+from herald.runtime.kafka_producer import abandoned
 from herald.runtime.retention import purge_once
+from herald.runtime.rounds import finished
 from herald.services.reconcile.app import BEHIND, MIGRATIONS, purges
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.store import Q
@@ -952,6 +954,51 @@ async def test_a_relay_stopped_mid_round_marks_what_kafka_took_before_it_stops(
         assert len(await read_topic(infra.kafka_settings(), topic, 5)) == 5
     finally:
         running.cancel()
+        await pool.close()
+
+
+async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_relay_sent(
+    infra: Infra, database_url: str
+) -> None:
+    """Vibeapp's Kafka does not acknowledge a round within its grace (its records wait
+    out a 3 s linger; the grace is 0.2 s): the stop cuts it short, the relay lock goes,
+    and another replica's relay sends the outputs. The cut round's copies must not land
+    after those (they did, on the stopping relay's flush)."""
+    pool = await db.create_pool(database_url, 3)
+    settings = infra.kafka_settings()
+    stopping_producer = kafka.make_producer(settings, linger_ms=3000)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+            topic = f"vibe.events.t{uuid.uuid4().hex[:10]}"
+            await conn.executemany(
+                """INSERT INTO reconcile.outbox (kind, entity_id, content_hash, topic, key,
+                                                 value, headers)
+                   VALUES ('event', $1, 'h', $2, $3, $4, '[["content-type", "x"]]')""",
+                [(f"e{i}", topic, b"k", f"v{i}".encode()) for i in range(3)],
+            )
+        await stopping_producer.start()
+        await stopping_producer.partitions_for(topic)  # the records wait on the linger only
+        stopping = VibeRelay(pool, partial(kafka.make_producer, settings))
+        cut = asyncio.ensure_future(finished(stopping.round(stopping_producer), grace=0.2))
+        await asyncio.sleep(0.2)  # the records are with the producer
+        cut.cancel()  # a stop
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+
+        other = kafka.make_producer(settings)
+        await other.start()
+        try:
+            taking_over = VibeRelay(pool, partial(kafka.make_producer, settings))
+            assert await taking_over.round(other) == (3, False)
+        finally:
+            await other.stop()
+        await abandoned(stopping_producer)  # what the stopping relay's run does last
+        await stopping_producer.stop()
+        await asyncio.sleep(3.5)  # past the linger
+        values = [r.value for r in await read_topic(settings, topic, 4, timeout=3)]
+        assert values == [b"v0", b"v1", b"v2"], "each once, in order"
+    finally:
         await pool.close()
 
 

@@ -30,6 +30,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
+from herald.runtime.kafka_producer import abandon, abandoned
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -103,8 +104,9 @@ class Relay:
             log.warning("relay.drain_timed_out", seconds=seconds)
 
     async def stop(self) -> None:
-        """Flushes and stops the producer."""
+        """Flushes and stops the producer (one abandoned is stopped once that is over)."""
         if self._producer is not None:
+            await abandoned(self._producer)
             await self._producer.stop()
             self._producer = None
 
@@ -152,7 +154,11 @@ class Relay:
                 max(1, self._batch_size // len(lanes)),
                 self._sender.unknown_topics(),
             )
-            acked = await self._send(rows)
+            try:
+                acked = await self._send(rows)
+            except asyncio.CancelledError:
+                await self._abandon_held(len(rows))
+                raise
             refused = [i for i, a in enumerate(acked) if isinstance(a, REFUSED_FOR_GOOD)]
             done = [a is None or isinstance(a, REFUSED_FOR_GOOD) for a in acked]
             marked = rows_to_mark([bytes(r["key"]) for r in rows], done)
@@ -180,6 +186,20 @@ class Relay:
             EVENTS_RETRY.labels("relay").inc(len(failed))
             log.warning("relay.publish_failed", lanes=lanes, failed=len(failed), error=error)
         return len(published), len(failed)
+
+    async def _abandon_held(self, rows: int) -> None:
+        """A stop cut this round short while its records were out (the round's grace in
+        :func:`~herald.runtime.rounds.finished` or the drain's time limit ran out,
+        Kafka not answering): its transaction is about to let its lanes go, and another
+        relay may send their rows again, so this producer must not deliver its copies
+        later, after those (a key's records would go back in time on the topic). It is
+        abandoned first (what it holds fails; the requests on the wire are waited for,
+        within its request timeout), and replaced if the relay sends again."""
+        producer = self._producer
+        if producer is None:
+            return
+        log.warning("relay.round_cut_short", rows=rows)
+        await abandon(producer, TimeoutError("the relay's round was cut short by a stop"))
 
     async def _dead_letter(
         self, conn: Connection, row: asyncpg.Record, error: BaseException | None

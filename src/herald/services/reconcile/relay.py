@@ -35,6 +35,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
+from herald.runtime.kafka_producer import abandon, abandoned
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -108,6 +109,7 @@ class VibeRelay:
                 self._wake.clear()
                 await woken(self._wake, self._poll_interval)
         finally:
+            await abandoned(self.producer)
             await self.producer.stop()
 
     async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
@@ -135,9 +137,17 @@ class VibeRelay:
                     )
                     for r in group
                 ]
-                errors = await self._sender.send_finding_refused(
-                    producer, records, self._ack_timeout
-                )
+                try:
+                    errors = await self._sender.send_finding_refused(
+                        producer, records, self._ack_timeout
+                    )
+                except asyncio.CancelledError:
+                    # A stop cut the round short (Kafka not answering within its grace):
+                    # another replica's relay may send these rows once the lock goes,
+                    # so what this producer holds must not land after those.
+                    log.warning("relay.round_cut_short", kind=kind, outputs=len(records))
+                    await abandon(producer, TimeoutError("the relay's round was cut short"))
+                    raise
                 done = [e is None or isinstance(e, REFUSED_FOR_GOOD) for e in errors]
                 for i in rows_to_mark([r["key"] for r in group], done):
                     error = errors[i]
