@@ -12,6 +12,7 @@ import pytest
 
 from herald.runtime import db
 from herald.services.webhooks.app import MIGRATIONS
+from herald.services.webhooks.outcomes import OUTCOME_COLUMNS, Outcome
 from herald.services.webhooks.store import Q
 
 pytestmark = pytest.mark.integration
@@ -148,3 +149,64 @@ async def test_when_a_webhook_began_failing_is_one_probe_however_long_it_failed(
     query = Q.failing_since.replace("$1", f"'{hook}'::uuid")
     plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {query}"))
     assert "attempts_succeeded" in plan, plan
+
+
+def _outcome(delivery: uuid.UUID, hook: uuid.UUID, status_code: int) -> Outcome:
+    return Outcome(
+        delivery_id=delivery,
+        number=1,
+        webhook_id=hook,
+        started_at=datetime.now(UTC),
+        status_code=status_code,
+        error=None,
+        response_ms=status_code,  # tells the attempts apart in the log
+        status="delivered" if status_code < 300 else "pending",
+        next_at=None if status_code < 300 else datetime.now(UTC) + timedelta(seconds=60),
+        retry_reason=None,
+        retry_after=None,
+        last_error=None,
+        last_response="",
+    )
+
+
+async def _record(conn: asyncpg.Connection, worker: str, outcome: Outcome) -> list[uuid.UUID]:
+    columns = list(zip(outcome, strict=False))[:OUTCOME_COLUMNS]
+    return [r["id"] for r in await conn.fetch(Q.record_outcomes, worker, *columns)]
+
+
+async def _logged(conn: asyncpg.Connection, delivery: uuid.UUID) -> list[tuple[int, int]]:
+    rows = await conn.fetch(
+        "SELECT number, status_code FROM webhooks.attempts WHERE delivery_id = $1", delivery
+    )
+    return [(r["number"], r["status_code"]) for r in rows]
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+async def test_the_log_keeps_the_claim_holders_attempt_not_a_stale_workers(
+    conn: asyncpg.Connection, stale_first: bool
+) -> None:
+    """Worker A's lease ran out while it was posting (a database outage, say) and worker
+    B claimed the delivery and attempted it again, under the same number. Whichever
+    outcome comes first, the delivery and its log show B's attempt, whose outcome is
+    the one that counts (the log kept whichever came first: A's 503 beside B's 200)."""
+    hook = await _webhook(conn)
+    delivery = await _delivery(conn, hook, -1)
+    await conn.execute(
+        "UPDATE webhooks.deliveries SET claimed_by = 'worker-b' WHERE id = $1", delivery
+    )
+    stale, holder = _outcome(delivery, hook, 503), _outcome(delivery, hook, 200)
+
+    if stale_first:
+        assert await _record(conn, "worker-a", stale) == [], "A no longer holds the claim"
+        assert await _logged(conn, delivery) == [(1, 503)], "logged while its number is free"
+    assert await _record(conn, "worker-b", holder) == [delivery]
+    if not stale_first:
+        assert await _record(conn, "worker-a", stale) == []
+
+    assert await _logged(conn, delivery) == [(1, 200)]
+    row = await conn.fetchrow(
+        "SELECT status, last_status_code, claimed_by FROM webhooks.deliveries WHERE id = $1",
+        delivery,
+    )
+    assert row is not None
+    assert dict(row) == {"status": "delivered", "last_status_code": 200, "claimed_by": None}

@@ -155,7 +155,10 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
 -- worker ($1) still holds its claim (RETURNING those), and the webhooks' last delivery
 -- time.
 -- An outcome whose delivery is gone (its webhook was deleted while the attempt was in
--- flight) is dropped. The deliveries are locked (FOR KEY SHARE), not merely looked up:
+-- flight) is dropped. An attempt of a worker that no longer holds the claim (its lease
+-- ran out and another worker claimed the delivery) is logged only if its number is
+-- free: the holder's attempt of the same number, whose outcome is the one that counts,
+-- replaces it in the log when it comes. The deliveries are locked (FOR KEY SHARE), not merely looked up:
 -- one deleted by a transaction committing meanwhile is skipped by the lock, where a
 -- lookup would let its attempt row fail the foreign key check. The lock is taken in r,
 -- which the UPDATE reads: a row updated by this statement before a later lock on it
@@ -168,7 +171,7 @@ RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.bo
 -- second, a new row version of a few busy webhooks per group made every statement
 -- that reads them (claims, inserts) wade through dead versions.
 WITH r AS (
-    SELECT t.*
+    SELECT t.*, live.claimed_by IS NOT DISTINCT FROM $1 AS holds
     FROM unnest($2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::int[], $7::text[],
                 $8::int[], $9::text[], $10::timestamptz[], $11::text[], $12::float8[],
                 $13::text[], $14::text[])
@@ -176,11 +179,21 @@ WITH r AS (
               status, next_at, retry_reason, retry_after, last_error, last_response)
     JOIN webhooks.deliveries AS live ON live.id = t.delivery_id
     FOR KEY SHARE OF live
-), attempts AS (
+), held AS (
+    INSERT INTO webhooks.attempts AS a
+        (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
+    SELECT DISTINCT ON (delivery_id, number)  -- DO UPDATE takes a key once a statement
+           delivery_id, number, webhook_id, started_at, status_code, error, response_ms
+    FROM r WHERE holds
+    ON CONFLICT (delivery_id, number) DO UPDATE
+    SET webhook_id = excluded.webhook_id, started_at = excluded.started_at,
+        status_code = excluded.status_code, error = excluded.error,
+        response_ms = excluded.response_ms
+), stale AS (
     INSERT INTO webhooks.attempts
         (delivery_id, number, webhook_id, started_at, status_code, error, response_ms)
     SELECT delivery_id, number, webhook_id, started_at, status_code, error, response_ms
-    FROM r
+    FROM r WHERE NOT holds
     ON CONFLICT (delivery_id, number) DO NOTHING
 ), touched AS (
     UPDATE webhooks.webhooks AS w SET last_delivery_at = now()
