@@ -19,13 +19,44 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from herald.services.webhooks.http import DeliveryClient, SSRFGuard, is_public
+from herald.services.webhooks.http import CaresLookup, DeliveryClient, SSRFGuard, is_public
 from tests.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.integration
 
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 BODY = b'{"id": "evt_1", "type": "message.created"}'
+
+
+class DnsServer(asyncio.DatagramProtocol):
+    """A DNS server on loopback (UDP) that answers every query "no such name"
+    (``answer``), or never answers; counts the queries."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.queries = 0
+        self.address = ""
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def __aenter__(self) -> DnsServer:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self._transport = transport
+        self.address = f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._transport is not None
+        self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries += 1
+        if self.answer and self._transport is not None and len(data) >= 12:
+            # The query back, as a response (QR), recursion available, NXDOMAIN.
+            flags = bytes([0x80 | (data[2] & 0x01), 0x83])
+            self._transport.sendto(data[:2] + flags + data[4:], addr)
 
 
 @pytest.fixture
@@ -123,17 +154,48 @@ async def test_a_closed_port_is_a_connection_error(client: DeliveryClient) -> No
     assert result.detail
 
 
-async def test_an_unresolvable_host_is_a_connection_error(
-    client: DeliveryClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def no_such_host(*_args: object, **_kwargs: object) -> object:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    # Not left to the real resolver: without a network it may time out instead.
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_such_host)
-    result = await client.post("http://no-such-host.invalid/hook", BODY, {})
-    assert result.error == "connection_error"
+async def test_an_unresolvable_host_is_a_connection_error() -> None:
+    # Not left to the machine's DNS: without a network it may time out instead. A DNS
+    # server of the test's own answers "no such name" (NXDOMAIN) to everything.
+    async with DnsServer(answer=True) as dns:
+        client = DeliveryClient(timeout=2.0, lookup=CaresLookup([dns.address]))
+        try:
+            result = await client.post("http://no-such-host.invalid/hook", BODY, {})
+        finally:
+            await client.aclose()
+    assert result.error == "connection_error", result
     assert "no-such-host.invalid" in result.detail
+    assert "Domain name not found" in result.detail, result.detail
+
+
+async def test_names_whose_dns_never_answers_hold_up_no_other_delivery(
+    receiver: Receiver,
+) -> None:
+    """64 webhooks on domains whose DNS server never answers (a tenant's, say), each
+    attempt waiting out its timeout: a webhook whose name resolves (here from
+    /etc/hosts) is delivered at once meanwhile, and the event loop's thread pool, which
+    the C library's lookups used to hold a thread each of, stays free."""
+    async with DnsServer(answer=False) as dns:
+        client = DeliveryClient(
+            timeout=3.0, allowed_networks=LOOPBACK, lookup=CaresLookup([dns.address])
+        )
+        try:
+            hung = [
+                asyncio.ensure_future(client.post(f"http://h{n}.example.com/hook", BODY, {}))
+                for n in range(64)
+            ]
+            await asyncio.sleep(0.3)  # every lookup is out
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(loop.run_in_executor(None, lambda: None), 1)
+            result = await client.post(receiver.url(host="localhost"), BODY, {})
+            assert result.ok, result
+            assert loop.time() - started < 1, "not queued behind the hung lookups"
+            assert dns.queries >= 64
+            outcomes = await asyncio.gather(*hung)
+            assert {r.error for r in outcomes} == {"timeout"}
+        finally:
+            await client.aclose()
 
 
 @pytest.mark.parametrize(
@@ -222,19 +284,25 @@ async def test_redirects_are_not_followed(receiver: Receiver, client: DeliveryCl
     assert (await client.post(receiver.url(), BODY, {})).detail == "", "only a 3xx's"
 
 
-async def test_the_checked_address_is_the_one_connected_to(
-    receiver: Receiver, client: DeliveryClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_checked_address_is_the_one_connected_to(receiver: Receiver) -> None:
     """Only the guard resolves: a name only it can resolve still reaches the receiver."""
-    loop = asyncio.get_running_loop()
-    real, lookups = loop.getaddrinfo, []
+    lookups: list[str] = []
 
-    async def resolver(host: object, *args: object, **kwargs: object) -> object:
-        lookups.append(host)
-        return await real("127.0.0.1" if host == "hooks.test" else host, *args, **kwargs)  # type: ignore[arg-type]
+    class OnlyHere:
+        async def __call__(
+            self, host: str, port: int, family: socket.AddressFamily
+        ) -> list[tuple[int, str]]:
+            lookups.append(host)
+            return [(socket.AF_INET, "127.0.0.1")] if host == "hooks.test" else []
 
-    monkeypatch.setattr(loop, "getaddrinfo", resolver)
-    result = await client.post(receiver.url(host="hooks.test"), BODY, {})
+        async def close(self) -> None:
+            pass
+
+    client = DeliveryClient(timeout=1.0, allowed_networks=LOOPBACK, lookup=OnlyHere())
+    try:
+        result = await client.post(receiver.url(host="hooks.test"), BODY, {})
+    finally:
+        await client.aclose()
     assert result.ok, result
     assert lookups == ["hooks.test"]  # then 127.0.0.1 itself: nothing to resolve
     assert receiver.received()[0].headers["host"] == f"hooks.test:{receiver.port}"
