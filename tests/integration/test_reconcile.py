@@ -1002,6 +1002,53 @@ async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_r
         await pool.close()
 
 
+async def test_orders_of_a_refused_event_wait_for_its_later_version_to_be_sent(
+    infra: Infra, database_url: str
+) -> None:
+    """An event refused for good, its order queued, then the event's later version: the
+    refused one is superseded, but the order still waits until the later version went
+    (it went first: taken in id order, the later version beyond the round's limit)."""
+    pool = await db.create_pool(database_url, 2)
+    s = uuid.uuid4().hex[:10]
+    events_topic, orders_topic = f"vibe.events.t{s}", f"vibe.orders.t{s}"
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
+            await conn.execute(
+                """INSERT INTO reconcile.orders (id, number, status, event_id, organizer_id,
+                                                 doc, delivery)
+                   VALUES ('o1', 'N-1', 'DONE', 'e1', 'g1', '', 'sent')"""
+            )
+            await conn.executemany(
+                """INSERT INTO reconcile.outbox (kind, entity_id, content_hash, topic, key,
+                                                 value, headers, refused_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, '[["content-type", "x"]]', $7)""",
+                [
+                    ("event", "e1", "h1", events_topic, b"e1", b"v1", datetime.now(UTC)),
+                    ("order", "o1", "h", orders_topic, b"o1", b"o", None),
+                    ("event", "e1", "h2", events_topic, b"e1", b"v2", None),
+                ],
+            )
+        producer = kafka.make_producer(infra.kafka_settings())
+        await producer.start()
+        try:
+            relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()), 1)
+            assert await relay.round(producer) == (1, True)
+            sent = await pool.fetch(
+                "SELECT entity_id, content_hash FROM reconcile.outbox WHERE sent_at IS NOT NULL"
+            )
+            assert [(r["entity_id"], r["content_hash"]) for r in sent] == [("e1", "h2")]
+            assert await relay.round(producer) == (1, True)
+        finally:
+            await producer.stop()
+        [order_row] = await pool.fetch(
+            "SELECT sent_at FROM reconcile.outbox WHERE kind = 'order' AND sent_at IS NOT NULL"
+        )
+        assert order_row["sent_at"] is not None
+    finally:
+        await pool.close()
+
+
 async def test_outputs_waiting_for_vibeapps_kafka_are_reported_until_the_relay_sends_them(
     infra: Infra, database_url: str
 ) -> None:

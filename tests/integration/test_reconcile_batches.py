@@ -347,3 +347,112 @@ async def test_a_refund_waiting_past_the_limit_for_an_order_that_came_is_checked
     assert await batches.refund_state("r1") == "sent"
     assert await batches.discrepancies("r1") == []
     assert [r["entity_id"] for r in await batches.outputs("refund")] == ["r1"]
+
+
+# ------------------------------------------------- what the ledger settled, found again
+
+
+async def test_a_finding_the_ledger_settled_holds_the_refund_again_when_found_again(
+    batches: Batches,
+) -> None:
+    """Held for a used ticket; approved again for another ticket (the finding is not
+    found: the ledger settles it); approved again for the used ticket: the finding holds
+    it again, open (it was taken as an operator's acceptance, and the refund went)."""
+    await batches.take(
+        event("e1"), order("o1", "e1", {"t1": 1000, "t2": 1000}, ticket_status={"t1": "USED"})
+    )
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    assert [d["kind"] for d in await batches.discrepancies("r1")] == ["used_ticket"]
+    await batches.take(refund("r1", "o1", "e1", {"t2": SPLIT_WRONG}, updated_at=2))
+    assert {(d["kind"], d["status"]) for d in await batches.discrepancies("r1")} == {
+        ("used_ticket", "accepted"),
+        ("money_mismatch", "open"),
+    }
+
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}, updated_at=3))
+    assert await batches.refund_state("r1") == "held"
+    assert {(d["kind"], d["status"]) for d in await batches.discrepancies("r1")} == {
+        ("used_ticket", "open"),
+        ("money_mismatch", "accepted"),
+    }
+    assert await batches.outputs("refund") == []
+    keys = await batches.pool.fetch(
+        "SELECT key FROM reconcile.announcements WHERE data->>'kind' = 'used_ticket'"
+    )
+    assert len(keys) == 2, "announced again when it holds the refund again"
+
+
+async def test_an_operators_acceptance_still_stands_when_the_refund_is_checked_again(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}))
+    await batches.pool.execute(  # what ResolveDiscrepancy stores
+        "UPDATE reconcile.discrepancies SET status = 'accepted', resolution_note = 'fine'"
+        " WHERE refund_id = 'r1'"
+    )
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, "IN_PROGRESS", updated_at=2))
+    await batches.take(refund("r1", "o1", "e1", {"t1": SPLIT_WRONG}, updated_at=3))
+    assert await batches.refund_state("r1") == "sent"
+
+
+# ------------------------------------------------ a ready refund changed: its tickets
+
+
+async def test_a_ready_refund_moved_to_another_order_gives_the_first_orders_ticket_back(
+    batches: Batches,
+) -> None:
+    await batches.take(order("o1", "e1", {"t1": 1000}), order("o2", "e1", {"t2": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    assert await batches.tickets("t1") == {"t1": ("refunded", "r1")}
+
+    await batches.take(refund("r1", "o2", "e1", {"t2": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "ready"
+    assert await batches.tickets("t1", "t2") == {"t1": ("active", None), "t2": ("refunded", "r1")}
+
+
+async def test_a_ready_refund_changed_keeps_a_ticket_its_order_no_longer_lists_in_the_order(
+    batches: Batches,
+) -> None:
+    """Ticketland republishes an order without a ticket it refunded: the ticket stays
+    the order's, refunded. The refund approved again with other money, still naming it,
+    leaves it so (it was taken out of the order: gone from its reports)."""
+    await batches.take(order("o1", "e1", {"t1": 1000, "t2": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.take(order("o1", "e1", {"t2": 1000}, updated_at=2))
+    await batches.take(refund("r1", "o1", "e1", {"t1": (1000, 900, 50, 50)}, updated_at=2))
+
+    assert await batches.refund_state("r1") == "ready"
+    row = await batches.pool.fetchrow(
+        "SELECT status, refund_id, in_order FROM reconcile.tickets WHERE id = 't1'"
+    )
+    assert row is not None
+    assert dict(row) == {"status": "refunded", "refund_id": "r1", "in_order": True}
+
+
+async def test_a_refund_held_for_its_unknown_order_stays_held_when_it_changes(
+    batches: Batches,
+) -> None:
+    """Held as an unknown order (past the park limit), then a newer approved version:
+    still held by that finding, which an operator can still resolve; checked once the
+    order comes (it went to waiting, its finding left open for ever)."""
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    assert await batches.refund_state("r1") == "held"
+
+    await batches.take(refund("r1", "o1", "e1", {"t1": (1000, 900, 50, 50)}, updated_at=2))
+    assert await batches.refund_state("r1") == "held"
+    assert [(d["kind"], d["status"]) for d in await batches.discrepancies("r1")] == [
+        ("unknown_order", "open")
+    ]
+
+    await batches.take(order("o1", "e1", {"t1": 1000}))
+    assert await batches.refund_state("r1") == "sent"
+    [sent] = await batches.outputs("refund")
+    assert vibe.Refund.FromString(sent["value"]).customer is not None
+    assert [(d["kind"], d["status"]) for d in await batches.discrepancies("r1")] == [
+        ("unknown_order", "accepted")
+    ]

@@ -27,6 +27,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from herald.runtime.kafka_first import TopicFirst
 from herald.runtime.kafka_producer import Producer, abandoned, broken
+from herald.runtime.rounds import FINISH_SECONDS
 from herald.runtime.settings import KafkaSettings, StartError
 
 log = structlog.get_logger("herald.kafka")
@@ -76,6 +77,12 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+PRODUCER_REQUEST_TIMEOUT_SECONDS = 15.0
+# How long a relay's workers may take to stop: a round's grace (rounds.FINISH_SECONDS),
+# then, cut short, abandoning its producer (waiting out the requests on the wire).
+RELAY_STOP_SECONDS = FINISH_SECONDS + PRODUCER_REQUEST_TIMEOUT_SECONDS + 2.0
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer (acks=all, no duplicates from its own retries) that
     notices when it is broken (:mod:`herald.runtime.kafka_producer`)."""
@@ -84,7 +91,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
         "acks": "all",
         "linger_ms": 2,
         "max_batch_size": 256 * 1024,
-        "request_timeout_ms": 15_000,
+        "request_timeout_ms": int(PRODUCER_REQUEST_TIMEOUT_SECONDS * 1000),
         "compression_type": None,
     }
     options.update(overrides)

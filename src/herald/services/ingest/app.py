@@ -142,4 +142,5 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
         interceptors=key_check.interceptors,
         on_stop=[*stop_relay, pool.close],
         max_request_bytes=MAX_MESSAGE_BYTES,  # a PublishBatch of 1,000 events
+        workers_stop_seconds=kafka.RELAY_STOP_SECONDS if stop_relay else 0.0,
     )

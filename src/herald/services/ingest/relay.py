@@ -154,11 +154,7 @@ class Relay:
                 max(1, self._batch_size // len(lanes)),
                 self._sender.unknown_topics(),
             )
-            try:
-                acked = await self._send(rows)
-            except asyncio.CancelledError:
-                await self._abandon_held(len(rows))
-                raise
+            acked = await self._send(rows)
             refused = [i for i, a in enumerate(acked) if isinstance(a, REFUSED_FOR_GOOD)]
             done = [a is None or isinstance(a, REFUSED_FOR_GOOD) for a in acked]
             marked = rows_to_mark([bytes(r["key"]) for r in rows], done)
@@ -186,20 +182,6 @@ class Relay:
             EVENTS_RETRY.labels("relay").inc(len(failed))
             log.warning("relay.publish_failed", lanes=lanes, failed=len(failed), error=error)
         return len(published), len(failed)
-
-    async def _abandon_held(self, rows: int) -> None:
-        """A stop cut this round short while its records were out (the round's grace in
-        :func:`~herald.runtime.rounds.finished` or the drain's time limit ran out,
-        Kafka not answering): its transaction is about to let its lanes go, and another
-        relay may send their rows again, so this producer must not deliver its copies
-        later, after those (a key's records would go back in time on the topic). It is
-        abandoned first (what it holds fails; the requests on the wire are waited for,
-        within its request timeout), and replaced if the relay sends again."""
-        producer = self._producer
-        if producer is None:
-            return
-        log.warning("relay.round_cut_short", rows=rows)
-        await abandon(producer, TimeoutError("the relay's round was cut short by a stop"))
 
     async def _dead_letter(
         self, conn: Connection, row: asyncpg.Record, error: BaseException | None
@@ -239,4 +221,16 @@ class Relay:
             )
             for row in rows
         ]
-        return await self._sender.send_finding_refused(producer, records, ACK_TIMEOUT_SECONDS)
+        try:
+            return await self._sender.send_finding_refused(producer, records, ACK_TIMEOUT_SECONDS)
+        except asyncio.CancelledError:
+            # A stop cut the round short while its records were out (the round's grace
+            # in rounds.finished or the drain's time limit ran out, Kafka not answering):
+            # its transaction is about to let its lanes go, and another relay may send
+            # their rows again, so this producer must not deliver its copies later,
+            # after those (a key's records would go back in time on the topic). It is
+            # abandoned first (what it holds fails; the requests on the wire are waited
+            # for, within its request timeout), and replaced if the relay sends again.
+            log.warning("relay.round_cut_short", rows=len(rows))
+            await abandon(producer, TimeoutError("the relay's round was cut short by a stop"))
+            raise

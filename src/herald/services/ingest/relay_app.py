@@ -91,4 +91,5 @@ async def build_relay(settings: IngestRelaySettings, kafka_settings: KafkaSettin
         health_checks={"postgres": partial(db.check, pool), **parts.health_checks},
         workers=[*parts.workers, notified],
         on_stop=[*parts.on_stop, pool.close],
+        workers_stop_seconds=kafka.RELAY_STOP_SECONDS,
     )

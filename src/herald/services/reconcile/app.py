@@ -141,6 +141,7 @@ async def build(
         ],
         interceptors=key_check.interceptors,
         on_stop=[close],
+        workers_stop_seconds=kafka.RELAY_STOP_SECONDS,  # the relay's round, cut short
         gc_young_threshold=100_000,  # faster than 10,000 in alternating bench runs
     )
 

@@ -332,49 +332,48 @@ class BatchApply:
                 self._withdrawn.append(r.id)  # held once, taken back: nothing to decide
         if withdrawn:
             await self.withdraw(withdrawn)
-        # Ready ones approved again with other data: what they refunded is undone;
-        # checked again, they refund anew.
-        if changed := [r for r in approved if decided.get(r.id, states[r.id]) == "ready"]:
-            await self._unrefund(changed)
+        was = {r.id: decided.get(r.id, states[r.id]) for r in approved}
         if approved:
-            await self.approve(approved)
+            # One held for its unknown order, naming the same order still, stays held
+            # until the order comes (checked then, as it is then).
+            await self.approve(approved, keep_held=_same_order(approved, was, before))
+        # Ready ones approved again with other data: what they refunded and do not
+        # refund again now (held now: all of it) is undone.
+        if changed := [i for i, w in was.items() if w == "ready"]:
+            await self._undo_refunds(changed, keep_this_batch=True)
 
     async def withdraw(self, refunds: Sequence[tuple[tl.RefundRequest, str, str]]) -> None:
         """Approved refunds Vibeapp does not have yet that Ticketland took back
         (refund, its state, its new state): none is sent. Tickets one had refunded
         (ready: waiting for its order to go) are again as their order says; a rejected
         one's open discrepancies are settled, nothing is left to decide."""
-        await self._unrefund(
-            [r for r, _, _ in refunds], [r for r, was, _ in refunds if was == "ready"]
-        )
+        await self._undo_refunds([r.id for r, _, _ in refunds], keep_this_batch=False)
         for r, was, now in refunds:
             self._states.append((r.id, now))
             if now == "rejected":
                 self._withdrawn.append(r.id)
             log.warning("refund.withdrawn", refund_id=r.id, state=was, status=short_status(r))
 
-    async def _unrefund(
-        self, refunds: Sequence[tl.RefundRequest], ready: Sequence[tl.RefundRequest] | None = None
-    ) -> None:
-        """What ``refunds`` refunded is undone: this batch's refunding, and the ledger's
-        tickets of those among them that were ``ready`` (all, if not given)."""
-        ids = {r.id for r in refunds}
-        self._refunded = [x for x in self._refunded if x[1] not in ids]
-        ready = refunds if ready is None else ready
-        if not ready:
-            return
-        rows = await self.conn.fetch(
-            Q.tickets_refunded_by,
-            [r.id for r in ready],
-            list({r.order_id for r in ready}),
-            list({t.ticket_id for r in ready for t in r.tickets}),
-        )
-        for row in rows:
+    async def _undo_refunds(self, refund_ids: Sequence[str], *, keep_this_batch: bool) -> None:
+        """What refunds ``refund_ids`` refunded in the ledger is undone (each ticket as
+        its order says). This batch's refunding by them is dropped too, or
+        (``keep_this_batch``: they were checked again just now) kept, and a ticket they
+        refund again is left as it is."""
+        ids = set(refund_ids)
+        again = {x for x in self._refunded if x[1] in ids} if keep_this_batch else set()
+        self._refunded = [x for x in self._refunded if x[1] not in ids or x in again]
+        for row in await self.conn.fetch(Q.tickets_refunded_by, list(ids)):
+            if (row["id"], row["refund_id"]) in again:
+                continue
             status, listed = _as_ordered(row["id"], row["order_doc"])
             self._unrefunded.append((row["id"], status, row["refund_id"], listed))
 
-    async def approve(self, refunds: Sequence[tl.RefundRequest]) -> None:
-        """Checks approved refunds; each is sent, held, or waits for its order."""
+    async def approve(
+        self, refunds: Sequence[tl.RefundRequest], keep_held: Iterable[str] = ()
+    ) -> None:
+        """Checks approved refunds; each is sent, held, or waits for its order (but
+        those of ``keep_held``, held now, stay held while their order is unknown)."""
+        held = set(keep_held)
         orders = {
             r["id"]: r
             for r in await self.conn.fetch(Q.orders_by_id, list({r.order_id for r in refunds}))
@@ -384,6 +383,8 @@ class BatchApply:
             if r.status != tl.RefundRequest.STATUS_APPROVED:
                 continue  # Ticketland took it back meanwhile (see withdraw)
             order = orders.get(r.order_id)
+            if order is None and r.id in held:
+                continue  # its unknown_order stays open; checked when the order comes
             if order is None:
                 self._states.append((r.id, "waiting_order"))
                 log.info("refund.waiting_for_order", refund_id=r.id, order_id=r.order_id)
@@ -467,6 +468,19 @@ class BatchApply:
         if self._states:
             final = dict(self._states)  # the last state set for a refund wins
             await self.conn.execute(Q.set_refund_states, list(final), list(final.values()))
+
+
+def _same_order(
+    refunds: Sequence[tl.RefundRequest], was: dict[str, str], before: dict[str, bytes | None]
+) -> set[str]:
+    """The held ones among ``refunds`` whose version before named the same order."""
+    return {
+        r.id
+        for r in refunds
+        if was[r.id] == "held"
+        and (doc := before.get(r.id)) is not None
+        and tl.RefundRequest.FromString(doc).order_id == r.order_id
+    }
 
 
 def _approved_again(r: tl.RefundRequest, state: str) -> bool:

@@ -57,7 +57,7 @@ class Sweeper:
         """One pass; the number of discrepancies raised and refunds checked."""
         found = 0
         async with self._pool.acquire() as conn:
-            arrived = await conn.fetch(Q.waiting_refunds_with_order, self._park_limit)
+            arrived = await conn.fetch(Q.waiting_refunds_with_order)
             orders = await conn.fetch(Q.overdue_orders, self._park_limit)
             refunds = await conn.fetch(Q.overdue_refunds, self._park_limit)
         for r in arrived:

@@ -86,18 +86,27 @@ RETURNING id, order_id, doc
 
 -- name: insert_discrepancies
 -- New discrepancies, each with its integration.conflict.detected event stored for the
--- announcements worker (runtime/announcements.py) in the same statement.
+-- announcements worker (runtime/announcements.py) in the same statement. One stored
+-- before and still open, or decided by an operator, is kept as it is; one the ledger
+-- settled is open again (found again), and announced again under a key of its own.
 WITH new AS (
-    INSERT INTO reconcile.discrepancies
+    INSERT INTO reconcile.discrepancies AS d
         (id, kind, refund_id, order_id, ticket_id, event_id, expected_amount, actual_amount,
          description)
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                          $6::text[], $7::bigint[], $8::bigint[], $9::text[])
-    ON CONFLICT (id) DO NOTHING
-    RETURNING *
+    ON CONFLICT (id) DO UPDATE
+    SET status = 'open', resolved_at = NULL, resolution_note = '', settled_by_ledger = false,
+        event_id = excluded.event_id, expected_amount = excluded.expected_amount,
+        actual_amount = excluded.actual_amount, description = excluded.description,
+        detected_at = now()
+    WHERE d.settled_by_ledger
+    RETURNING d.*, (d.xmax = 0) AS inserted
 )
 INSERT INTO reconcile.announcements (event_type, key, subject, data, dataschema, created_at)
-SELECT 'integration.conflict.detected', id::text,
+SELECT 'integration.conflict.detected',
+       CASE WHEN inserted THEN id::text
+            ELSE id::text || '/' || (extract(epoch FROM detected_at) * 1000000)::bigint END,
        CASE WHEN refund_id <> '' THEN 'refunds/' || refund_id ELSE 'orders/' || order_id END,
        jsonb_build_object(
            'discrepancy_id', id::text, 'kind', kind, 'refund_id', refund_id,
@@ -107,7 +116,6 @@ SELECT 'integration.conflict.detected', id::text,
        'urn:herald:schema:integration.conflict.detected:1.0', detected_at
 FROM new
 ON CONFLICT (event_type, key) DO NOTHING
-
 -- name: enqueue
 -- Each output (one per entity: the caller keeps the latest) unless its entity's latest
 -- output has the same content: a replay or a repeat queues nothing new, a return to
@@ -128,21 +136,30 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
 
 -- name: pending_outputs
 -- The oldest unsent outputs, but not one Kafka refused for good within the last $2
--- seconds, nor one whose event or order is such an output (Vibeapp never gets an order
--- before its event, nor a refund before its order), nor a superseded one. Without
--- refused outputs (the usual case) the second test is decided once, by the first.
+-- seconds, nor a superseded one, nor one that depends on a blocking output: its event,
+-- its order or (a refund) itself refused within those $2 seconds, or superseded by a
+-- later version not sent yet (Vibeapp never gets an order before some version of its
+-- event, nor a refund before its order). The later version itself goes. Without refused
+-- outputs (the usual case) the blocking set is empty, and the second test is decided
+-- once, by the first.
+WITH blocking AS MATERIALIZED (
+    SELECT f.kind, f.entity_id, f.superseded_at IS NOT NULL AS superseded
+    FROM reconcile.outbox AS f
+    WHERE f.sent_at IS NULL AND f.refused_at IS NOT NULL
+      AND CASE WHEN f.superseded_at IS NULL
+               THEN f.refused_at >= now() - make_interval(secs => $2)
+               ELSE NOT EXISTS (SELECT 1 FROM reconcile.outbox AS l
+                                WHERE l.kind = f.kind AND l.entity_id = f.entity_id
+                                  AND l.id > f.id AND l.sent_at IS NOT NULL) END)
 SELECT o.id, o.kind, o.entity_id, o.content_hash, o.topic, o.key, o.value, o.headers
 FROM reconcile.outbox AS o
 WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
   AND (o.refused_at IS NULL OR o.refused_at < now() - make_interval(secs => $2))
   AND (
-    NOT EXISTS (SELECT 1 FROM reconcile.outbox
-                WHERE sent_at IS NULL AND refused_at >= now() - make_interval(secs => $2)
-                  AND superseded_at IS NULL)
+    NOT EXISTS (SELECT 1 FROM blocking)
     OR NOT EXISTS (
-        SELECT 1 FROM reconcile.outbox AS f
-        WHERE f.sent_at IS NULL AND f.refused_at >= now() - make_interval(secs => $2)
-          AND f.superseded_at IS NULL
+        SELECT 1 FROM blocking AS f
+        WHERE NOT (f.superseded AND f.kind = o.kind AND f.entity_id = o.entity_id)
           AND ((f.kind = 'event' AND f.entity_id = CASE o.kind
                     WHEN 'event' THEN o.entity_id
                     WHEN 'order' THEN (SELECT event_id FROM reconcile.orders WHERE id = o.entity_id)
@@ -189,12 +206,12 @@ WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
 ORDER BY o.parked_at LIMIT 100
 
 -- name: waiting_refunds_with_order
--- Refunds waiting (since less than $1 seconds) for an order the ledger has: a refund
--- naming another event than its order's takes that event's lock, so its transaction
--- and its order's can run at once and neither see the other. With the events to lock.
+-- Refunds waiting for an order the ledger has: a refund naming another event than its
+-- order's takes that event's lock, so its transaction and its order's can run at once
+-- and neither see the other. With the events to lock.
 SELECT r.id, r.event_id, o.event_id AS order_event_id
 FROM reconcile.refunds r JOIN reconcile.orders o ON o.id = r.order_id
-WHERE r.state = 'waiting_order' AND r.waiting_since >= now() - make_interval(secs => $1)
+WHERE r.state = 'waiting_order'
 ORDER BY r.waiting_since LIMIT 100
 
 -- name: order_event
@@ -333,12 +350,14 @@ WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
 SELECT * FROM reconcile.discrepancies WHERE id = $1 FOR UPDATE
 
 -- name: resolve_discrepancy
-UPDATE reconcile.discrepancies SET status = $2, resolution_note = $3, resolved_at = now()
+UPDATE reconcile.discrepancies
+SET status = $2, resolution_note = $3, resolved_at = now(), settled_by_ledger = false
 WHERE id = $1
 RETURNING *
 
 -- name: refund_discrepancies
-SELECT id, status FROM reconcile.discrepancies WHERE refund_id = $1
+-- A refund's discrepancies, open or decided by an operator (not those the ledger settled).
+SELECT id, status FROM reconcile.discrepancies WHERE refund_id = $1 AND NOT settled_by_ledger
 
 -- name: open_discrepancies_in_scope
 SELECT count(*) FROM reconcile.discrepancies
@@ -467,7 +486,7 @@ ORDER BY r.first_seen, r.id
 -- name: settle_arrived
 -- What was missing arrived: an order's or refund's waiting discrepancy is settled.
 UPDATE reconcile.discrepancies
-SET status = 'accepted', resolved_at = now(), resolution_note = $3
+SET status = 'accepted', resolved_at = now(), resolution_note = $3, settled_by_ledger = true
 WHERE kind = $1 AND status = 'open'
   AND CASE WHEN $1 = 'unknown_order' THEN refund_id ELSE order_id END = ANY($2::text[])
 
@@ -485,13 +504,10 @@ SELECT
         AS lag
 
 -- name: tickets_refunded_by
--- The tickets refunds $1 refunded (of orders $2, or among tickets $3), with their
--- order's document.
+-- The tickets refunds $1 refunded, with their order's document.
 SELECT t.id, t.refund_id, o.doc AS order_doc
 FROM reconcile.tickets t JOIN reconcile.orders o ON o.id = t.order_id
-WHERE (t.order_id = ANY($2::text[]) OR t.id = ANY($3::text[]))
-  AND t.refund_id = ANY($1::text[])
-
+WHERE t.refund_id = ANY($1::text[])
 -- name: unrefund_tickets
 -- Tickets whose refund was withdrawn: back to what their order says ($4: whether it
 -- lists them; one it no longer does, kept while refunded, is out of the sale now).
@@ -504,13 +520,13 @@ WHERE t.id = x.id AND t.refund_id = x.refund_id
 -- name: settle_withdrawn
 -- A refund Ticketland rejected before it went: its open discrepancies need no decision.
 UPDATE reconcile.discrepancies
-SET status = 'rejected', resolved_at = now(), resolution_note = $2
-WHERE refund_id = ANY($1::text[]) AND status = 'open'
+SET status = 'rejected', resolved_at = now(), resolution_note = $2, settled_by_ledger = true
+WHERE refund_id = ANY($1::text[]) AND refund_id <> '' AND status = 'open'
 
 -- name: settle_superseded
 -- The output_refused discrepancies $1 of outputs a newer version went after.
 UPDATE reconcile.discrepancies
-SET status = 'accepted', resolved_at = now(), resolution_note = $2
+SET status = 'accepted', resolved_at = now(), resolution_note = $2, settled_by_ledger = true
 WHERE id = ANY($1::uuid[]) AND status = 'open'
 
 -- name: settle_not_found_again
@@ -518,13 +534,15 @@ WHERE id = ANY($1::uuid[]) AND status = 'open'
 -- open discrepancies of the check kinds $3 not found this time (not among $2) no
 -- longer hold.
 UPDATE reconcile.discrepancies
-SET status = 'accepted', resolved_at = now(), resolution_note = $4
-WHERE refund_id = ANY($1::text[]) AND status = 'open' AND kind = ANY($3::text[])
-  AND NOT (id = ANY($2::uuid[]))
+SET status = 'accepted', resolved_at = now(), resolution_note = $4, settled_by_ledger = true
+WHERE refund_id = ANY($1::text[]) AND refund_id <> '' AND status = 'open'
+  AND kind = ANY($3::text[]) AND NOT (id = ANY($2::uuid[]))
 
 -- name: decided_discrepancies
--- Which of discrepancies $1 were resolved (a refund approved again after going back).
-SELECT id, status FROM reconcile.discrepancies WHERE id = ANY($1::uuid[]) AND status <> 'open'
+-- Which of discrepancies $1 an operator resolved (a refund approved again after going
+-- back); one the ledger settled is found again instead (see insert_discrepancies).
+SELECT id, status FROM reconcile.discrepancies
+WHERE id = ANY($1::uuid[]) AND status <> 'open' AND NOT settled_by_ledger
 
 -- name: refund_lock_keys
 -- The events whose locks an operator's action on refund $1 takes: its own and its order's.
