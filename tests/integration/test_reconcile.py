@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -726,6 +726,44 @@ async def test_reconciliation_reports_totals_finds_what_is_missing_and_repairs_i
     assert ranged["end_time"] == window.end_time.ToJsonString()
 
 
+async def test_a_report_over_several_currencies_totals_each_on_its_own(
+    flow: ReconcileFlow,
+) -> None:
+    """An event selling in roubles and euros: its sums add minor units of both (as
+    they always did), and `amounts` has each currency's, sold and refunded; the
+    published event carries them too."""
+    e, rub, eur, r = unique("ev"), unique("or"), unique("or"), unique("rf")
+    euros = order(eur, e, {"t-" + eur: 50})
+    euros.tickets[0].currency = "eur"  # as Ticketland may spell it
+    await flow.send(event(e), order(rub, e, {"t-" + rub: 1000}), euros)
+    await flow.settled()
+    await flow.send(refund(r, eur, e, {"t-" + eur: (50, 40, 10, 0)}))
+    await flow.settled()
+
+    report = (await flow.stub.RunReconciliation(pb.RunReconciliationRequest(event_id=e))).report
+    assert report.balanced, list(report.findings)
+    assert (report.totals.sold_amount, report.totals.refunded_amount) == (1050, 40)
+    amounts = [(a.currency, a.sold_amount, a.refunded_amount) for a in report.totals.amounts]
+    assert amounts == [("EUR", 50, 40), ("RUB", 1000, 0)]
+    [ev] = report.events
+    assert list(ev.totals.amounts) == list(report.totals.amounts)
+
+    async def published() -> list[dict[str, Any]]:
+        events = await ingest_events(flow.database_url, "integration.cash.reconciled")
+        return [x for x in events if x["report_id"] == report.id]
+
+    await eventually(lambda: _nonempty(published()), 10)
+    [announced] = await published()
+    assert announced["amounts"] == [
+        {"currency": "EUR", "sold_amount": 50, "refunded_amount": 40},
+        {"currency": "RUB", "sold_amount": 1000, "refunded_amount": 0},
+    ]
+
+
+async def _nonempty(found: Awaitable[list[Any]]) -> bool:
+    return bool(await found)
+
+
 async def test_the_reconciled_event_joins_the_trace_of_the_call_that_asked_for_it(
     flow: ReconcileFlow,
 ) -> None:
@@ -1173,7 +1211,7 @@ async def test_a_refused_output_a_later_version_went_after_is_never_sent(
             await flow.settled()
             [found] = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_OUTPUT_REFUSED)
             assert found.status == pb.DISCREPANCY_STATUS_ACCEPTED
-            assert "a later version of it was queued" in found.resolution_note
+            assert "a later version of it went to Vibeapp" in found.resolution_note
 
             await set_topic_limit(flow.kafka(), events_topic, 1_000_000)
             await flow.db("UPDATE reconcile.outbox SET refused_at = now() - interval '1 hour'")

@@ -456,3 +456,59 @@ async def test_a_refund_held_for_its_unknown_order_stays_held_when_it_changes(
     assert [(d["kind"], d["status"]) for d in await batches.discrepancies("r1")] == [
         ("unknown_order", "accepted")
     ]
+
+
+async def test_a_ticket_named_three_times_holds_the_refund_and_the_batch_goes_on(
+    batches: Batches,
+) -> None:
+    """The same finding twice in one statement stopped the partition: PostgreSQL
+    refuses to update a row twice in one ON CONFLICT DO UPDATE, and that counted as an
+    outage, retried for ever."""
+    await batches.take(event("e1"), order("o1", "e1", {"t1": 1000}))
+    thrice = refund("r1", "o1", "e1", {"t1": OK}, total=(3000, 2400, 300, 300))
+    thrice.tickets.extend([thrice.tickets[0], thrice.tickets[0]])
+    await asyncio.wait_for(batches.take(thrice), 10)
+    assert await batches.refund_state("r1") == "held"
+    assert [d["kind"] for d in await batches.discrepancies("r1")] == ["double_refund"]
+
+
+async def test_a_refund_held_for_one_unknown_order_then_naming_a_known_one_settles_it(
+    batches: Batches,
+) -> None:
+    await batches.take(event("e1"), order("o2", "e1", {"t2": 1000}))
+    await batches.take(refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+
+    await batches.take(refund("r1", "o2", "e1", {"t2": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "sent"
+    assert [(d["kind"], d["status"]) for d in await batches.discrepancies("r1")] == [
+        ("unknown_order", "accepted")
+    ]
+
+
+async def test_a_refund_waiting_again_for_an_unknown_order_is_held_again_past_the_limit(
+    batches: Batches,
+) -> None:
+    """Held once for an unknown order that then came (the ledger settled that); a newer
+    version names another unknown order: past the limit it is held again, the same
+    discrepancy open again (it waited for ever, unreported)."""
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    await batches.take(order("o1", "e9", {"t1": 1000}))  # parked: its event is unknown
+    assert await batches.refund_state("r1") == "held", "held: it names another event"
+    await batches.take(refund("r1", "o3", "e1", {"t3": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "waiting_order"
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    assert await batches.refund_state("r1") == "held"
+    found = {(d["kind"], d["status"]) for d in await batches.discrepancies("r1")}
+    assert ("unknown_order", "open") in found

@@ -229,6 +229,8 @@ def test_a_balanced_ledger_totals_per_organizer() -> None:
 def test_per_event_and_per_organizer_totals_add_up_to_the_overall_ones() -> None:
     out = compare(*balanced_ledger())
     for field in pb.Totals.DESCRIPTOR.fields_by_name:
+        if field == "amounts":  # per currency: see test_amounts_are_also_totalled_per_currency
+            continue
         overall = getattr(out.totals, field)
         assert sum(getattr(e.totals, field) for e in out.events.values()) == overall
         assert sum(getattr(g.totals, field) for g in out.organizers.values()) == overall
@@ -513,3 +515,25 @@ def test_refunded_counts_alone_are_not_a_count_difference() -> None:
     o = order("o1", tickets=3, tickets_sent=2, refunded=1)
     out = compare([o], [], [])
     assert kinds(out) == [("counts_differ", "e1")]
+
+
+def test_amounts_are_also_totalled_per_currency() -> None:
+    """Minor units of different currencies are not added together there: the plain
+    sums do (and say so), the amounts per currency do not."""
+    rub = {**order("o1", amount=2_000), "amounts": {"RUB": 2_000}}
+    eur = {**order("o2", event_id="e2", amount=50), "amounts": {"EUR": 50}}
+    both = {**order("o3", amount=1_100, tickets=2), "amounts": {"RUB": 1_000, "EUR": 100}}
+    refunds = [
+        {**refund("r1", order_id="o1", customer=900), "currency": "RUB"},
+        {**refund("r2", order_id="o2", event_id="e2", customer=40), "currency": "EUR"},
+    ]
+    out = compare([rub, eur, both], refunds, [])
+
+    def amounts(t: pb.Totals) -> list[tuple[str, int, int]]:
+        return [(a.currency, a.sold_amount, a.refunded_amount) for a in t.amounts]
+
+    assert (out.totals.sold_amount, out.totals.refunded_amount) == (3_150, 940)
+    assert amounts(out.totals) == [("EUR", 150, 40), ("RUB", 3_000, 900)]
+    assert amounts(out.events["e1"].totals) == [("EUR", 100, 0), ("RUB", 3_000, 900)]
+    assert amounts(out.events["e2"].totals) == [("EUR", 50, 40)]
+    assert amounts(out.organizers["g1"].totals) == amounts(out.totals)

@@ -77,7 +77,13 @@ class Found:
 
 
 async def store_findings(conn: Connection, found: Sequence[Found]) -> None:
-    """Stores discrepancies; one already stored (same owner, kind, ticket) is kept."""
+    """Stores discrepancies; one already stored (same owner, kind, ticket) is kept, or
+    opened again if the ledger had settled it. The same one found twice (a ticket named
+    three times in a refund) is stored once."""
+    unique: dict[uuid.UUID, Found] = {}
+    for x in found:
+        unique.setdefault(x.finding.id_for(x.owner), x)
+    found = list(unique.values())
     await conn.execute(
         Q.insert_discrepancies,
         [x.finding.id_for(x.owner) for x in found],
@@ -117,6 +123,7 @@ class BatchApply:
         # Refunds checked in this batch and the ids of every finding (decided or not).
         self._checked: dict[str, list[uuid.UUID]] = {}
         self._incoming: dict[str, tl.RefundRequest] = {}  # the batch's newest refunds
+        self._first_seen: set[str] = set()  # refunds new to the ledger in this batch
 
     async def run(
         self,
@@ -303,6 +310,7 @@ class BatchApply:
         )
         states = {r["id"]: r["state"] for r in rows}  # the refunds this batch updated
         before = {r["id"]: r["before"] for r in rows}
+        self._first_seen = {i for i, doc in before.items() if doc is None}
         decided = dict(self._states)  # what this batch's orders did with waiting refunds
         approved = []
         withdrawn: list[tuple[tl.RefundRequest, str, str]] = []
@@ -440,12 +448,14 @@ class BatchApply:
     async def _write(self) -> None:
         if self._findings:
             await store_findings(self.conn, self._findings)
-        if self._checked:
+        # Checked against its order (an unknown_order no longer holds), but not those new
+        # in this batch: they have nothing stored to settle.
+        if again := {i: ids for i, ids in self._checked.items() if i not in self._first_seen}:
             await self.conn.execute(
                 Q.settle_not_found_again,
-                list(self._checked),
-                [i for ids in self._checked.values() for i in ids],
-                list(REFUND_CHECK_KINDS),
+                list(again),
+                [i for ids in again.values() for i in ids],
+                [*REFUND_CHECK_KINDS, "unknown_order"],
                 "settled: not found when the refund was checked again (approved again, "
                 "or approved with other data)",
             )

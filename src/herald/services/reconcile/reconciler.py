@@ -343,6 +343,14 @@ def _reconciled(report: pb.ReconciliationReport) -> Alert:
             "orders_sent": t.orders_sent,
             "tickets_sent": t.tickets_sent,
             "tickets_refunded_sent": t.tickets_refunded_sent,
+            "amounts": [
+                {
+                    "currency": a.currency,
+                    "sold_amount": a.sold_amount,
+                    "refunded_amount": a.refunded_amount,
+                }
+                for a in t.amounts
+            ],
             **_purged_of(report),
         },
         RECONCILED_SCHEMA,

@@ -9,6 +9,7 @@ from typing import Any
 
 from herald.reconcile.v1 import reconcile_pb2 as pb
 
+from herald.runtime import json_fast
 from herald.services.reconcile.inputs import SOLD_NAMES
 
 Row = Mapping[str, Any]
@@ -56,6 +57,37 @@ class Outcome:
             for name, value in amounts.items():
                 setattr(totals, name, getattr(totals, name) + value)
 
+    def _add_money(
+        self, event_id: str, organizer_id: str, currency: str, sold: int = 0, refunded: int = 0
+    ) -> None:
+        """Adds to the per-currency amounts (after :meth:`_add` made the event's row)."""
+        for totals in (
+            self.totals,
+            self.events[event_id].totals,
+            self.organizers[organizer_id].totals,
+        ):
+            held = next((a for a in totals.amounts if a.currency == currency), None)
+            if held is None:
+                held = totals.amounts.add(currency=currency)
+            held.sold_amount += sold
+            held.refunded_amount += refunded
+
+    def sort_amounts(self) -> None:
+        """Each totals' currencies in code order."""
+        every = [self.totals] + [e.totals for e in self.events.values()]
+        for totals in every + [o.totals for o in self.organizers.values()]:
+            ordered = sorted(totals.amounts, key=lambda a: a.currency)
+            copies = [
+                pb.CurrencyAmounts(
+                    currency=a.currency,
+                    sold_amount=a.sold_amount,
+                    refunded_amount=a.refunded_amount,
+                )
+                for a in ordered
+            ]
+            del totals.amounts[:]
+            totals.amounts.extend(copies)
+
 
 def compare(orders: Sequence[Row], refunds: Sequence[Row], tickets: Sequence[Row]) -> Outcome:
     """Totals per event and organizer, and every finding (see ``Finding.kind``)."""
@@ -67,6 +99,7 @@ def compare(orders: Sequence[Row], refunds: Sequence[Row], tickets: Sequence[Row
     refund_states = {r["id"]: r["state"] for r in refunds}
     for ticket in tickets:
         _ticket(out, ticket, refund_states)
+    out.sort_amounts()
     # Orders that went: did Vibeapp get as many tickets as the ledger has for them?
     # (An order that did not go has its own finding.)
     for ev in out.events.values():
@@ -95,6 +128,8 @@ def _order(out: Outcome, o: Row) -> None:
         orders_sent=int(sent),
         tickets_sent=o["tickets_sent"] if sent else 0,
     )
+    for currency, amount in _amounts(o.get("amounts")).items():
+        out._add_money(o["event_id"], o["organizer_id"], currency, sold=amount)
     if sent:
         out.sold_of_sent[o["event_id"]] = out.sold_of_sent.get(o["event_id"], 0) + o["tickets"]
     if not o["event_known"]:
@@ -118,6 +153,8 @@ def _order(out: Outcome, o: Row) -> None:
 def _refund(out: Outcome, r: Row) -> None:
     if r["state"] == "sent":
         out._add(r["event_id"], r["organizer_id"], refunded_amount=r["customer"])
+        if currency := r.get("currency"):  # none when no ticket of it is known
+            out._add_money(r["event_id"], r["organizer_id"], currency, refunded=r["customer"])
     should_go = r["state"] == "sent" or (r["state"] == "ready" and r["order_delivery"] == "sent")
     if should_go and not r["queued"]:
         out.find("refund_not_sent", r["id"], f"refund {r['id']} was never queued", "refund")
@@ -149,3 +186,13 @@ def _ticket(out: Outcome, t: Row, refund_states: Mapping[str, str]) -> None:
             f"ticket {t['id']} is refunded by refund {t['refund_id']}, which is marked sent, "
             "but no refund record sent to Vibeapp names it",
         )
+
+
+def _amounts(value: object) -> dict[str, int]:
+    """An order's sold amount per currency (jsonb, as text or decoded; absent: none)."""
+    if value is None:
+        return {}
+    found = json_fast.loads(value) if isinstance(value, str | bytes) else value
+    if not isinstance(found, Mapping):
+        raise TypeError(f"an order's amounts are not an object: {found!r}")
+    return {str(k): int(v) for k, v in found.items()}

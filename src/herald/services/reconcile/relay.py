@@ -14,9 +14,10 @@ instead (``refused_at``, ``last_error``; dead-lettered on Herald's DLQ topic) an
 again after ``refused_retry`` seconds, in case the limit was raised; meanwhile the
 outputs that depend on it (its event's orders, its order's refunds, its own later
 versions) wait, and every other output goes on. Once a later version of its entity is
-queued, it is superseded (``superseded_at``): never tried again (Vibeapp is to hold
-the latest content), the later one goes instead at once, and its ``output_refused``
-discrepancy is settled.
+queued, it is not tried again (Vibeapp is to hold the latest content): the later one
+goes instead, at once, and what depends on the entity waits until it went; then the
+refused one is superseded (``superseded_at``) and its ``output_refused`` discrepancy
+settled.
 """
 
 from __future__ import annotations
@@ -118,8 +119,6 @@ class VibeRelay:
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(Q.relay_lock):
                 return 0, False
-            if superseded := await conn.fetch(Q.supersede_refused):
-                await _settle_superseded(conn, superseded)
             rows = await conn.fetch(Q.pending_outputs, self._batch_size, self._refused_retry)
             sent: list[int] = []
             refused: list[tuple[asyncpg.Record, BaseException]] = []
@@ -165,8 +164,8 @@ class VibeRelay:
                 if failed or refused:
                     complete = False
                     break  # what depends on these waits for the next round
-            if sent:
-                await conn.execute(Q.mark_sent, sent)
+            if sent and (superseded := await conn.fetch(Q.mark_sent, sent)):
+                await _settle_superseded(conn, superseded)
         if refused:
             self.dead_letters.wake()
             self._found()
@@ -223,7 +222,7 @@ def _refused_owner(kind: str, entity_id: str) -> str:
 
 
 async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> None:
-    """Refused outputs their entity has a later version of: logged, and their
+    """Refused outputs a later version of their entity went after: logged, and their
     ``output_refused`` discrepancies settled."""
     for row in rows:
         log.info("relay.superseded", kind=row["kind"], entity_id=row["entity_id"])
@@ -235,5 +234,5 @@ async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> No
             )
             for r in rows
         ],
-        "settled: a later version of it was queued for Vibeapp; this one is never sent",
+        "settled: a later version of it went to Vibeapp; this one is never sent",
     )

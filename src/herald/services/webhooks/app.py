@@ -109,8 +109,8 @@ async def build(settings: WebhooksSettings, kafka_settings: KafkaSettings) -> Ap
         )
 
     async def close() -> None:
+        await client.aclose()  # first: its resolver's thread must not outlive the loop
         await producer.stop()
-        await client.aclose()
         await ingest.close()
         await pool.close()
 

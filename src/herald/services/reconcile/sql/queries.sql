@@ -97,7 +97,7 @@ WITH new AS (
                          $6::text[], $7::bigint[], $8::bigint[], $9::text[])
     ON CONFLICT (id) DO UPDATE
     SET status = 'open', resolved_at = NULL, resolution_note = '', settled_by_ledger = false,
-        event_id = excluded.event_id, expected_amount = excluded.expected_amount,
+        order_id = excluded.order_id, event_id = excluded.event_id, expected_amount = excluded.expected_amount,
         actual_amount = excluded.actual_amount, description = excluded.description,
         detected_at = now()
     WHERE d.settled_by_ledger
@@ -136,30 +136,35 @@ SELECT pg_try_advisory_xact_lock(hashtextextended('reconcile.outbox', 7))
 
 -- name: pending_outputs
 -- The oldest unsent outputs, but not one Kafka refused for good within the last $2
--- seconds, nor a superseded one, nor one that depends on a blocking output: its event,
--- its order or (a refund) itself refused within those $2 seconds, or superseded by a
--- later version not sent yet (Vibeapp never gets an order before some version of its
--- event, nor a refund before its order). The later version itself goes. Without refused
+-- seconds, nor a refused one whose entity has a later output queued (that one goes
+-- instead), nor one that depends on a blocking output: its event, its order or (a
+-- refund) itself refused within those $2 seconds, or refused with a later version
+-- queued and not sent yet (Vibeapp never gets an order before some version of its event,
+-- nor a refund before its order; the later version itself goes). Without refused
 -- outputs (the usual case) the blocking set is empty, and the second test is decided
 -- once, by the first.
-WITH blocking AS MATERIALIZED (
-    SELECT f.kind, f.entity_id, f.superseded_at IS NOT NULL AS superseded
+WITH refused AS MATERIALIZED (
+    SELECT f.kind, f.entity_id, f.refused_at,
+           EXISTS (SELECT 1 FROM reconcile.outbox AS l
+                   WHERE l.kind = f.kind AND l.entity_id = f.entity_id AND l.id > f.id)
+               AS replaced
     FROM reconcile.outbox AS f
-    WHERE f.sent_at IS NULL AND f.refused_at IS NOT NULL
-      AND CASE WHEN f.superseded_at IS NULL
-               THEN f.refused_at >= now() - make_interval(secs => $2)
-               ELSE NOT EXISTS (SELECT 1 FROM reconcile.outbox AS l
-                                WHERE l.kind = f.kind AND l.entity_id = f.entity_id
-                                  AND l.id > f.id AND l.sent_at IS NOT NULL) END)
+    WHERE f.sent_at IS NULL AND f.refused_at IS NOT NULL AND f.superseded_at IS NULL),
+blocking AS MATERIALIZED (
+    SELECT kind, entity_id, replaced FROM refused
+    WHERE replaced OR refused_at >= now() - make_interval(secs => $2))
 SELECT o.id, o.kind, o.entity_id, o.content_hash, o.topic, o.key, o.value, o.headers
 FROM reconcile.outbox AS o
 WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
-  AND (o.refused_at IS NULL OR o.refused_at < now() - make_interval(secs => $2))
+  AND (o.refused_at IS NULL
+       OR o.refused_at < now() - make_interval(secs => $2)
+          AND NOT EXISTS (SELECT 1 FROM refused AS x
+                          WHERE x.kind = o.kind AND x.entity_id = o.entity_id AND x.replaced))
   AND (
     NOT EXISTS (SELECT 1 FROM blocking)
     OR NOT EXISTS (
         SELECT 1 FROM blocking AS f
-        WHERE NOT (f.superseded AND f.kind = o.kind AND f.entity_id = o.entity_id)
+        WHERE NOT (f.replaced AND f.kind = o.kind AND f.entity_id = o.entity_id)
           AND ((f.kind = 'event' AND f.entity_id = CASE o.kind
                     WHEN 'event' THEN o.entity_id
                     WHEN 'order' THEN (SELECT event_id FROM reconcile.orders WHERE id = o.entity_id)
@@ -170,7 +175,6 @@ WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
                     END)
             OR (f.kind = 'refund' AND o.kind = 'refund' AND f.entity_id = o.entity_id))))
 ORDER BY o.id LIMIT $1
-
 -- name: mark_refused
 UPDATE reconcile.outbox SET refused_at = now(), last_error = left($2, 500) WHERE id = $1
 
@@ -187,17 +191,16 @@ SELECT coalesce(CASE $1::text
        CASE $1::text WHEN 'refund' THEN $2::text ELSE '' END AS refund_id
 
 -- name: mark_sent
-UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
-
--- name: supersede_refused
--- Refused outputs (set aside) whose entity has a later output queued: superseded, never
--- tried again (the later one goes instead; Vibeapp is to hold the latest content).
+-- Outputs $1 went. Refused ones of the same entities queued before them are superseded
+-- (Vibeapp has newer content under their key) and returned.
+WITH sent AS (
+    UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
+    RETURNING id, kind, entity_id)
 UPDATE reconcile.outbox AS o SET superseded_at = now()
+FROM sent AS s
 WHERE o.sent_at IS NULL AND o.refused_at IS NOT NULL AND o.superseded_at IS NULL
-  AND EXISTS (SELECT 1 FROM reconcile.outbox l
-              WHERE l.kind = o.kind AND l.entity_id = o.entity_id AND l.id > o.id)
+  AND o.kind = s.kind AND o.entity_id = s.entity_id AND o.id < s.id
 RETURNING o.kind, o.entity_id, o.content_hash
-
 -- name: overdue_orders
 SELECT o.id, o.event_id, o.parked_at FROM reconcile.orders o
 WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
@@ -222,7 +225,8 @@ SELECT event_id FROM reconcile.orders WHERE id = $1
 SELECT r.id, r.event_id FROM reconcile.refunds r
 WHERE r.state = 'waiting_order' AND r.waiting_since < now() - make_interval(secs => $1)
   AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
-                  WHERE d.refund_id = r.id AND d.kind = 'unknown_order')
+                  WHERE d.refund_id = r.id AND d.kind = 'unknown_order'
+                    AND (d.status = 'open' OR NOT d.settled_by_ledger))
 ORDER BY r.waiting_since LIMIT 100
 
 -- name: report_orders
@@ -232,7 +236,7 @@ ORDER BY r.waiting_since LIMIT 100
 -- a ticket it refunded; Vibeapp got that ticket sold, then its refund, and the ledger
 -- keeps it sold and refunded).
 SELECT o.id, o.event_id, o.organizer_id, o.status, o.delivery,
-       tk.tickets, tk.amount, tk.refunded,
+       tk.tickets, tk.amount, tk.refunded, cur.amounts,
        ob.queued, ob.sent_at,
        coalesce(jsonb_array_length(ob.latest), 0) + dr.tickets AS tickets_sent,
        (SELECT EXISTS (SELECT 1 FROM reconcile.events e WHERE e.id = o.event_id)) AS event_known,
@@ -242,6 +246,10 @@ CROSS JOIN LATERAL (
     SELECT count(*) AS tickets, coalesce(sum(price_nominal), 0)::bigint AS amount,
            count(*) FILTER (WHERE status = 'refunded') AS refunded
     FROM reconcile.tickets t WHERE t.order_id = o.id AND t.in_order) tk
+CROSS JOIN LATERAL (  -- the sold amount per currency
+    SELECT coalesce(jsonb_object_agg(currency, amount), '{}') AS amounts
+    FROM (SELECT currency, sum(price_nominal)::bigint AS amount FROM reconcile.tickets t
+          WHERE t.order_id = o.id AND t.in_order GROUP BY currency) c) cur
 CROSS JOIN LATERAL (
     SELECT count(*) AS queued, min(sent_at) AS sent_at,
            -- the latest version of the order Vibeapp was sent: its ticket ids
@@ -266,9 +274,16 @@ ORDER BY o.id
 -- name: report_refunds
 -- Under their order's event and organizer (the refund's own, its order unknown): a
 -- refund naming another event is its order's event's money.
+-- Its currency: that of the tickets it refunded ("+"-joined when they differ), else of
+-- its order's.
 SELECT r.id, r.order_id, coalesce(o.event_id, r.event_id) AS event_id,
        coalesce(o.organizer_id, r.organizer_id) AS organizer_id, r.status, r.state,
-       r.customer, o.delivery AS order_delivery, ob.queued, ob.sent_at
+       r.customer, o.delivery AS order_delivery, ob.queued, ob.sent_at,
+       coalesce(
+           (SELECT string_agg(DISTINCT t.currency, '+' ORDER BY t.currency)
+            FROM reconcile.tickets t WHERE t.refund_id = r.id),
+           (SELECT string_agg(DISTINCT t.currency, '+' ORDER BY t.currency)
+            FROM reconcile.tickets t WHERE t.order_id = r.order_id), '') AS currency
 FROM reconcile.refunds r
 LEFT JOIN reconcile.orders o ON o.id = r.order_id
 CROSS JOIN LATERAL (
