@@ -1040,15 +1040,18 @@ async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_r
         await pool.close()
 
 
-async def test_orders_of_a_refused_event_wait_for_its_later_version_to_be_sent(
-    infra: Infra, database_url: str
-) -> None:
-    """An event refused for good, its order queued, then the event's later version: the
-    refused one is superseded, but the order still waits until the later version went
-    (it went first: taken in id order, the later version beyond the round's limit)."""
+Output = tuple[str, str, str, datetime | None]  # kind, entity id, content hash, refused_at
+
+
+@contextlib.asynccontextmanager
+async def outbox_of(
+    infra: Infra, database_url: str, outputs: list[Output]
+) -> AsyncIterator[tuple[asyncpg.Pool, AIOKafkaProducer]]:
+    """A migrated ledger holding order o1 of event e1 and ``outputs`` queued (topics of
+    the test's own), a pool on it and a started producer."""
     pool = await db.create_pool(database_url, 2)
     s = uuid.uuid4().hex[:10]
-    events_topic, orders_topic = f"vibe.events.t{s}", f"vibe.orders.t{s}"
+    producer = kafka.make_producer(infra.kafka_settings())
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
@@ -1062,29 +1065,71 @@ async def test_orders_of_a_refused_event_wait_for_its_later_version_to_be_sent(
                                                  value, headers, refused_at)
                    VALUES ($1, $2, $3, $4, $5, $6, '[["content-type", "x"]]', $7)""",
                 [
-                    ("event", "e1", "h1", events_topic, b"e1", b"v1", datetime.now(UTC)),
-                    ("order", "o1", "h", orders_topic, b"o1", b"o", None),
-                    ("event", "e1", "h2", events_topic, b"e1", b"v2", None),
+                    (kind, entity, h, f"vibe.{kind}s.t{s}", entity.encode(), h.encode(), at)
+                    for kind, entity, h, at in outputs
                 ],
             )
-        producer = kafka.make_producer(infra.kafka_settings())
         await producer.start()
-        try:
-            relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()), 1)
-            assert await relay.round(producer) == (1, True)
-            sent = await pool.fetch(
-                "SELECT entity_id, content_hash FROM reconcile.outbox WHERE sent_at IS NOT NULL"
-            )
-            assert [(r["entity_id"], r["content_hash"]) for r in sent] == [("e1", "h2")]
-            assert await relay.round(producer) == (1, True)
-        finally:
-            await producer.stop()
-        [order_row] = await pool.fetch(
-            "SELECT sent_at FROM reconcile.outbox WHERE kind = 'order' AND sent_at IS NOT NULL"
-        )
-        assert order_row["sent_at"] is not None
+        yield pool, producer
     finally:
+        await producer.stop()
         await pool.close()
+
+
+async def outbox_rows(pool: asyncpg.Pool) -> list[tuple[str, bool, bool]]:
+    """Each output's content hash, whether it was sent and whether it was superseded."""
+    rows = await pool.fetch(
+        "SELECT content_hash, sent_at IS NOT NULL AS sent,"
+        " superseded_at IS NOT NULL AS superseded FROM reconcile.outbox ORDER BY id"
+    )
+    return [(r["content_hash"], r["sent"], r["superseded"]) for r in rows]
+
+
+async def test_orders_of_a_refused_event_wait_for_its_later_version_to_be_sent(
+    infra: Infra, database_url: str
+) -> None:
+    """An event refused for good, its order queued, then the event's later version: the
+    order waits until the later version went (it went first: taken in id order, the
+    later version beyond the round's limit), and the refused one is then superseded."""
+    queued: list[Output] = [
+        ("event", "e1", "h1", datetime.now(UTC)),
+        ("order", "o1", "h", None),
+        ("event", "e1", "h2", None),
+    ]
+    async with outbox_of(infra, database_url, queued) as (pool, producer):
+        relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()), 1)
+        assert await relay.round(producer) == (1, True)
+        assert await outbox_rows(pool) == [
+            ("h1", False, True),
+            ("h", False, False),
+            ("h2", True, False),
+        ]
+        assert await relay.round(producer) == (1, True)
+        assert [sent for _, sent, _ in await outbox_rows(pool)] == [False, True, True]
+
+
+async def test_a_refused_events_later_version_refused_too_is_tried_again_after_its_window(
+    infra: Infra, database_url: str
+) -> None:
+    """Both versions of an event refused, the later one past its retry window (the limit
+    raised meanwhile): the later one goes, then the event's order; the first is
+    superseded. (The first, replaced, kept the later one from being tried at all, and
+    the order waited for ever.)"""
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    queued: list[Output] = [
+        ("event", "e1", "h1", long_ago),
+        ("event", "e1", "h2", long_ago),
+        ("order", "o1", "h", None),
+    ]
+    async with outbox_of(infra, database_url, queued) as (pool, producer):
+        relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        await relay.round(producer)
+        await relay.round(producer)
+        assert await outbox_rows(pool) == [
+            ("h1", False, True),
+            ("h2", True, False),
+            ("h", True, False),
+        ]
 
 
 async def test_outputs_waiting_for_vibeapps_kafka_are_reported_until_the_relay_sends_them(

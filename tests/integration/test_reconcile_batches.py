@@ -512,3 +512,31 @@ async def test_a_refund_waiting_again_for_an_unknown_order_is_held_again_past_th
     assert await batches.refund_state("r1") == "held"
     found = {(d["kind"], d["status"]) for d in await batches.discrepancies("r1")}
     assert ("unknown_order", "open") in found
+
+
+async def test_an_unknown_order_an_operator_accepted_does_not_cover_another_one(
+    batches: Batches,
+) -> None:
+    """Accepted for the order it named, the refund waits for that order; a newer version
+    names another order nobody knows: past the limit it is held again for that one."""
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    await batches.pool.execute(  # what ResolveDiscrepancy does: accepted, the refund waits
+        "UPDATE reconcile.discrepancies SET status = 'accepted', resolution_note = 'ok';"
+        " UPDATE reconcile.refunds SET state = 'waiting_order', waiting_since = now()"
+    )
+    await batches.take(refund("r1", "o3", "e1", {"t3": OK}, updated_at=2))
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 0, "waits"
+    await batches.pool.execute(  # an hour later
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    assert await batches.refund_state("r1") == "held"
+    rows = await batches.pool.fetch(
+        "SELECT order_id, status FROM reconcile.discrepancies WHERE refund_id = 'r1'"
+        " ORDER BY detected_at"
+    )
+    assert [(r["order_id"], r["status"]) for r in rows] == [("o1", "accepted"), ("o3", "open")]

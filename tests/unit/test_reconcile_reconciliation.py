@@ -537,3 +537,13 @@ def test_amounts_are_also_totalled_per_currency() -> None:
     assert amounts(out.events["e1"].totals) == [("EUR", 100, 0), ("RUB", 3_000, 900)]
     assert amounts(out.events["e2"].totals) == [("EUR", 50, 40)]
     assert amounts(out.organizers["g1"].totals) == amounts(out.totals)
+
+
+def test_a_refund_whose_currency_is_not_known_is_totalled_under_none() -> None:
+    """No ticket gives its currency: its amount is under "", so each currency's refunded
+    amounts still add up to refunded_amount."""
+    rows = [{**refund("r1", customer=900), "currency": ""}]
+    out = compare([{**order(), "amounts": {"RUB": 2_000}}], rows, [])
+    got = [(a.currency, a.sold_amount, a.refunded_amount) for a in out.totals.amounts]
+    assert got == [("", 0, 900), ("RUB", 2_000, 0)]
+    assert sum(a.refunded_amount for a in out.totals.amounts) == out.totals.refunded_amount

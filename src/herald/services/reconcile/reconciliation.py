@@ -153,8 +153,8 @@ def _order(out: Outcome, o: Row) -> None:
 def _refund(out: Outcome, r: Row) -> None:
     if r["state"] == "sent":
         out._add(r["event_id"], r["organizer_id"], refunded_amount=r["customer"])
-        if currency := r.get("currency"):  # none when no ticket of it is known
-            out._add_money(r["event_id"], r["organizer_id"], currency, refunded=r["customer"])
+        if "currency" in r:  # '' when no ticket of it (or of its order) gives one
+            out._add_money(r["event_id"], r["organizer_id"], r["currency"], refunded=r["customer"])
     should_go = r["state"] == "sent" or (r["state"] == "ready" and r["order_delivery"] == "sent")
     if should_go and not r["queued"]:
         out.find("refund_not_sent", r["id"], f"refund {r['id']} was never queued", "refund")

@@ -12,8 +12,8 @@ An output Vibeapp's Kafka refuses for good (larger than the topic takes) would s
 every round at its kind, and with it every later order and refund. It is set aside
 instead (``refused_at``, ``last_error``; dead-lettered on Herald's DLQ topic) and tried
 again after ``refused_retry`` seconds, in case the limit was raised; meanwhile the
-outputs that depend on it (its event's orders, its order's refunds, its own later
-versions) wait, and every other output goes on. Once a later version of its entity is
+outputs that depend on it (its event's orders, its order's refunds) wait, and every
+other output goes on. Once a later version of its entity is
 queued, it is not tried again (Vibeapp is to hold the latest content): the later one
 goes instead, at once, and what depends on the entity waits until it went; then the
 refused one is superseded (``superseded_at``) and its ``output_refused`` discrepancy
@@ -234,5 +234,8 @@ async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> No
             )
             for r in rows
         ],
+        [r["kind"] for r in rows],
+        [r["entity_id"] for r in rows],
+        [r["content_hash"] for r in rows],
         "settled: a later version of it went to Vibeapp; this one is never sent",
     )

@@ -104,8 +104,10 @@ class Sweeper:
                     return 1
                 if not overdue:
                     return 0
-                finding = Finding(
-                    "unknown_order", f"refund {refund_id}: order {row['order_id']} is not known"
+                finding = Finding(  # one per order it names (another one: another finding)
+                    "unknown_order",
+                    f"refund {refund_id}: order {row['order_id']} is not known",
+                    aspect=row["order_id"],
                 )
                 tx = Transaction(conn, queue)
                 await tx.hold(refund_id, row["order_id"], row["event_id"], [finding])

@@ -158,8 +158,8 @@ FROM reconcile.outbox AS o
 WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
   AND (o.refused_at IS NULL
        OR o.refused_at < now() - make_interval(secs => $2)
-          AND NOT EXISTS (SELECT 1 FROM refused AS x
-                          WHERE x.kind = o.kind AND x.entity_id = o.entity_id AND x.replaced))
+          AND NOT EXISTS (SELECT 1 FROM reconcile.outbox AS l  -- this one has a later version
+                          WHERE l.kind = o.kind AND l.entity_id = o.entity_id AND l.id > o.id))
   AND (
     NOT EXISTS (SELECT 1 FROM blocking)
     OR NOT EXISTS (
@@ -221,11 +221,13 @@ ORDER BY r.waiting_since LIMIT 100
 SELECT event_id FROM reconcile.orders WHERE id = $1
 
 -- name: overdue_refunds
--- (Once an operator accepted the unknown order, the refund just waits for it.)
+-- (Once an operator accepted the unknown order, the refund just waits for it; a newer
+-- version naming another unknown order is reported again.)
 SELECT r.id, r.event_id FROM reconcile.refunds r
 WHERE r.state = 'waiting_order' AND r.waiting_since < now() - make_interval(secs => $1)
   AND NOT EXISTS (SELECT 1 FROM reconcile.discrepancies d
                   WHERE d.refund_id = r.id AND d.kind = 'unknown_order'
+                    AND d.order_id = r.order_id
                     AND (d.status = 'open' OR NOT d.settled_by_ledger))
 ORDER BY r.waiting_since LIMIT 100
 
@@ -247,7 +249,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE status = 'refunded') AS refunded
     FROM reconcile.tickets t WHERE t.order_id = o.id AND t.in_order) tk
 CROSS JOIN LATERAL (  -- the sold amount per currency
-    SELECT coalesce(jsonb_object_agg(currency, amount), '{}') AS amounts
+    SELECT coalesce(jsonb_object_agg(currency, amount), '{}') AS amounts  -- '': none given
     FROM (SELECT currency, sum(price_nominal)::bigint AS amount FROM reconcile.tickets t
           WHERE t.order_id = o.id AND t.in_order GROUP BY currency) c) cur
 CROSS JOIN LATERAL (
@@ -280,9 +282,9 @@ SELECT r.id, r.order_id, coalesce(o.event_id, r.event_id) AS event_id,
        coalesce(o.organizer_id, r.organizer_id) AS organizer_id, r.status, r.state,
        r.customer, o.delivery AS order_delivery, ob.queued, ob.sent_at,
        coalesce(
-           (SELECT string_agg(DISTINCT t.currency, '+' ORDER BY t.currency)
+           (SELECT string_agg(DISTINCT nullif(t.currency, ''), '+' ORDER BY nullif(t.currency, ''))
             FROM reconcile.tickets t WHERE t.refund_id = r.id),
-           (SELECT string_agg(DISTINCT t.currency, '+' ORDER BY t.currency)
+           (SELECT string_agg(DISTINCT nullif(t.currency, ''), '+' ORDER BY nullif(t.currency, ''))
             FROM reconcile.tickets t WHERE t.order_id = r.order_id), '') AS currency
 FROM reconcile.refunds r
 LEFT JOIN reconcile.orders o ON o.id = r.order_id
@@ -539,10 +541,16 @@ SET status = 'rejected', resolved_at = now(), resolution_note = $2, settled_by_l
 WHERE refund_id = ANY($1::text[]) AND refund_id <> '' AND status = 'open'
 
 -- name: settle_superseded
--- The output_refused discrepancies $1 of outputs a newer version went after.
-UPDATE reconcile.discrepancies
-SET status = 'accepted', resolved_at = now(), resolution_note = $2, settled_by_ledger = true
-WHERE id = ANY($1::uuid[]) AND status = 'open'
+-- The output_refused discrepancies $1 of outputs ($2 kind, $3 entity, $4 content hash) a
+-- later version went after, unless the same content is refused and pending again.
+UPDATE reconcile.discrepancies AS d
+SET status = 'accepted', resolved_at = now(), resolution_note = $5, settled_by_ledger = true
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS x(id, kind, entity_id, hash)
+WHERE d.id = x.id AND d.status = 'open'
+  AND NOT EXISTS (SELECT 1 FROM reconcile.outbox AS o
+                  WHERE o.kind = x.kind AND o.entity_id = x.entity_id
+                    AND o.content_hash = x.hash AND o.sent_at IS NULL
+                    AND o.refused_at IS NOT NULL AND o.superseded_at IS NULL)
 
 -- name: settle_not_found_again
 -- Refunds $1 were checked again (approved again, or a newer approved version came): their
