@@ -30,6 +30,7 @@ from herald.runtime.kafka_producer import abandoned
 from herald.runtime.retention import purge_once
 from herald.runtime.rounds import finished
 from herald.services.reconcile.app import BEHIND, MIGRATIONS, purges
+from herald.services.reconcile.checks import discrepancy_id
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.store import Q
 from tests.conftest import Infra
@@ -1132,6 +1133,58 @@ async def test_a_refused_events_later_version_refused_too_is_tried_again_after_i
         ]
 
 
+async def test_a_refused_output_that_goes_on_a_retry_settles_its_discrepancy(
+    infra: Infra, database_url: str
+) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with outbox_of(infra, database_url, [("event", "e1", "h1", long_ago)]) as (
+        pool,
+        producer,
+    ):
+        found = discrepancy_id("event/e1", "output_refused", "", "h1")
+        await pool.execute(
+            "INSERT INTO reconcile.discrepancies (id, kind, event_id, description)"
+            " VALUES ($1, 'output_refused', 'e1', 'refused')",
+            found,
+        )
+        relay = VibeRelay(pool, partial(kafka.make_producer, infra.kafka_settings()))
+        assert await relay.round(producer) == (1, False)
+        row = await pool.fetchrow(
+            "SELECT status, resolution_note FROM reconcile.discrepancies WHERE id = $1", found
+        )
+        assert row is not None
+        assert row["status"] == "accepted", "it went to Vibeapp on its retry"
+        assert "went to Vibeapp" in row["resolution_note"]
+
+
+async def test_migration_013_supersedes_what_was_refused_before_a_later_version_went(
+    database_url: str,
+) -> None:
+    migrations = db.read_migrations("reconcile", MIGRATIONS)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await db.migrate(conn, migrations[:12])
+        await conn.execute(
+            """INSERT INTO reconcile.outbox (kind, entity_id, content_hash, topic, key, value,
+                                             headers, refused_at, sent_at)
+               VALUES ('event', 'e1', 'h1', 't', 'e1', 'v1', '[]', now(), NULL),
+                      ('event', 'e1', 'h2', 't', 'e1', 'v2', '[]', NULL, now()),
+                      ('event', 'e2', 'h1', 't', 'e2', 'v1', '[]', now(), NULL)"""
+        )
+        await db.migrate(conn, migrations)
+        rows = await conn.fetch(
+            "SELECT entity_id, content_hash, superseded_at IS NOT NULL AS superseded"
+            " FROM reconcile.outbox ORDER BY id"
+        )
+        assert [tuple(r) for r in rows] == [
+            ("e1", "h1", True),
+            ("e1", "h2", False),
+            ("e2", "h1", False),  # nothing later: still refused, retried
+        ]
+    finally:
+        await conn.close()
+
+
 async def test_outputs_waiting_for_vibeapps_kafka_are_reported_until_the_relay_sends_them(
     infra: Infra, database_url: str
 ) -> None:
@@ -1256,7 +1309,7 @@ async def test_a_refused_output_a_later_version_went_after_is_never_sent(
             await flow.settled()
             [found] = await discrepancies(flow, kind=pb.DISCREPANCY_KIND_OUTPUT_REFUSED)
             assert found.status == pb.DISCREPANCY_STATUS_ACCEPTED
-            assert "a later version of it went to Vibeapp" in found.resolution_note
+            assert "or a later version of it, went to Vibeapp" in found.resolution_note
 
             await set_topic_limit(flow.kafka(), events_topic, 1_000_000)
             await flow.db("UPDATE reconcile.outbox SET refused_at = now() - interval '1 hour'")

@@ -540,3 +540,26 @@ async def test_an_unknown_order_an_operator_accepted_does_not_cover_another_one(
         " ORDER BY detected_at"
     )
     assert [(r["order_id"], r["status"]) for r in rows] == [("o1", "accepted"), ("o3", "open")]
+
+
+async def test_a_refund_held_again_for_another_unknown_order_leaves_one_finding_open(
+    batches: Batches,
+) -> None:
+    """Held for unknown o1, then naming unknown o3: held for o3, and the finding about
+    o1 (which it no longer names) settled, so accepting o3's releases it."""
+    await batches.take(event("e1"), refund("r1", "o1", "e1", {"t1": OK}))
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    await batches.take(refund("r1", "o3", "e1", {"t3": OK}, updated_at=2))
+    assert await batches.refund_state("r1") == "waiting_order"
+    await batches.pool.execute(
+        "UPDATE reconcile.refunds SET waiting_since = now() - interval '1 hour'"
+    )
+    assert await Sweeper(batches.pool, batches.config, park_limit=60).sweep() == 1
+    rows = await batches.pool.fetch(
+        "SELECT order_id, status FROM reconcile.discrepancies WHERE refund_id = 'r1'"
+        " ORDER BY detected_at"
+    )
+    assert [(r["order_id"], r["status"]) for r in rows] == [("o1", "accepted"), ("o3", "open")]

@@ -222,10 +222,10 @@ def _refused_owner(kind: str, entity_id: str) -> str:
 
 
 async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> None:
-    """Refused outputs a later version of their entity went after: logged, and their
-    ``output_refused`` discrepancies settled."""
+    """Refused outputs that went on a retry, or that a later version of their entity
+    went after (superseded): logged, and their ``output_refused`` discrepancies settled."""
     for row in rows:
-        log.info("relay.superseded", kind=row["kind"], entity_id=row["entity_id"])
+        log.info("relay.refused_settled", kind=row["kind"], entity_id=row["entity_id"])
     await conn.execute(
         Q.settle_superseded,
         [
@@ -237,5 +237,5 @@ async def _settle_superseded(conn: Connection, rows: list[asyncpg.Record]) -> No
         [r["kind"] for r in rows],
         [r["entity_id"] for r in rows],
         [r["content_hash"] for r in rows],
-        "settled: a later version of it went to Vibeapp; this one is never sent",
+        "settled: it, or a later version of it, went to Vibeapp",
     )

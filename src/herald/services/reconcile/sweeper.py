@@ -111,5 +111,11 @@ class Sweeper:
                 )
                 tx = Transaction(conn, queue)
                 await tx.hold(refund_id, row["order_id"], row["event_id"], [finding])
+                await conn.execute(
+                    Q.settle_other_unknown_orders,
+                    refund_id,
+                    row["order_id"],
+                    "settled: the refund names another order now",
+                )
                 return 1
         return 0

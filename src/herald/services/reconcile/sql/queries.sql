@@ -172,8 +172,7 @@ WHERE o.sent_at IS NULL AND o.superseded_at IS NULL
             OR (f.kind = 'order' AND f.entity_id = CASE o.kind
                     WHEN 'order' THEN o.entity_id
                     WHEN 'refund' THEN (SELECT order_id FROM reconcile.refunds WHERE id = o.entity_id)
-                    END)
-            OR (f.kind = 'refund' AND o.kind = 'refund' AND f.entity_id = o.entity_id))))
+                    END))))
 ORDER BY o.id LIMIT $1
 -- name: mark_refused
 UPDATE reconcile.outbox SET refused_at = now(), last_error = left($2, 500) WHERE id = $1
@@ -192,15 +191,22 @@ SELECT coalesce(CASE $1::text
 
 -- name: mark_sent
 -- Outputs $1 went. Refused ones of the same entities queued before them are superseded
--- (Vibeapp has newer content under their key) and returned.
+-- (Vibeapp has newer content under their key). Returned: those, and the ones that went
+-- after they had been refused (a retry got through): their discrepancies are settled.
 WITH sent AS (
     UPDATE reconcile.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])
-    RETURNING id, kind, entity_id)
-UPDATE reconcile.outbox AS o SET superseded_at = now()
-FROM sent AS s
-WHERE o.sent_at IS NULL AND o.refused_at IS NOT NULL AND o.superseded_at IS NULL
-  AND o.kind = s.kind AND o.entity_id = s.entity_id AND o.id < s.id
-RETURNING o.kind, o.entity_id, o.content_hash
+    RETURNING id, kind, entity_id, content_hash, refused_at IS NOT NULL AS was_refused),
+superseded AS (
+    UPDATE reconcile.outbox AS o SET superseded_at = now()
+    FROM sent AS s
+    WHERE o.sent_at IS NULL AND o.refused_at IS NOT NULL AND o.superseded_at IS NULL
+      AND o.kind = s.kind AND o.entity_id = s.entity_id AND o.id < s.id
+      AND NOT (o.id = ANY($1::bigint[]))  -- sent now (a row is updated once a statement)
+    RETURNING o.kind, o.entity_id, o.content_hash)
+SELECT kind, entity_id, content_hash FROM superseded
+UNION ALL
+SELECT kind, entity_id, content_hash FROM sent WHERE was_refused
+
 -- name: overdue_orders
 SELECT o.id, o.event_id, o.parked_at FROM reconcile.orders o
 WHERE o.delivery = 'parked' AND o.parked_at < now() - make_interval(secs => $1)
@@ -219,6 +225,14 @@ ORDER BY r.waiting_since LIMIT 100
 
 -- name: order_event
 SELECT event_id FROM reconcile.orders WHERE id = $1
+
+-- name: settle_other_unknown_orders
+-- Refund $1 is held for unknown order $2: its open unknown_order findings of orders it
+-- no longer names are settled ($3: the note).
+UPDATE reconcile.discrepancies
+SET status = 'accepted', resolved_at = now(), resolution_note = $3, settled_by_ledger = true
+WHERE refund_id = $1 AND refund_id <> '' AND kind = 'unknown_order' AND status = 'open'
+  AND order_id <> $2
 
 -- name: overdue_refunds
 -- (Once an operator accepted the unknown order, the refund just waits for it; a newer
@@ -541,8 +555,9 @@ SET status = 'rejected', resolved_at = now(), resolution_note = $2, settled_by_l
 WHERE refund_id = ANY($1::text[]) AND refund_id <> '' AND status = 'open'
 
 -- name: settle_superseded
--- The output_refused discrepancies $1 of outputs ($2 kind, $3 entity, $4 content hash) a
--- later version went after, unless the same content is refused and pending again.
+-- The output_refused discrepancies $1 of outputs ($2 kind, $3 entity, $4 content hash)
+-- that went, or a later version of which went, unless the same content is refused and
+-- pending again.
 UPDATE reconcile.discrepancies AS d
 SET status = 'accepted', resolved_at = now(), resolution_note = $5, settled_by_ledger = true
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS x(id, kind, entity_id, hash)
