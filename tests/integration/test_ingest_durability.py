@@ -63,6 +63,22 @@ async def pending_rows(database_url: str) -> int:
         await conn.close()
 
 
+async def relay_until(infra: Infra, database_url: str, left: int, batch_size: int = 1000) -> None:
+    """Relay rounds until at most ``left`` rows are pending (15 s at most)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    make = partial(kafka.make_producer, infra.kafka_settings())
+    relay = Relay(pool, make, batch_size=batch_size)
+    await relay.start_producer()
+    try:
+        async with asyncio.timeout(15):
+            while await pending_rows(database_url) > left:
+                await relay.relay_once()
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
 async def test_relay_killed_between_send_and_mark_repeats_with_same_ce_id(
     infra: Infra, database_url: str, topic: str
 ) -> None:
@@ -255,17 +271,7 @@ async def test_a_row_for_a_topic_kafka_does_not_know_holds_up_no_other_row(
             ).event_id
             for i in range(5)
         ]
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        assert pool is not None
-        relay = Relay(pool, partial(kafka.make_producer, infra.kafka_settings()))
-        await relay.start_producer()
-        try:
-            async with asyncio.timeout(15):  # the producer alone would wait 40 s
-                while await pending_rows(database_url) > 1:
-                    await relay.relay_once()
-        finally:
-            await relay.stop()
-            await pool.close()
+        await relay_until(infra, database_url, 1)  # the producer alone would wait 40 s
         records = await read_topic(infra.kafka_settings(), topic, 5)
         assert sorted(headers(r)["ce_id"] for r in records) == sorted(ids)
         assert await pending_rows(database_url) == 1, "the stuck row waits, alone"
@@ -297,17 +303,7 @@ async def test_many_rows_for_a_topic_kafka_does_not_know_hold_up_no_row_of_their
             await conn.execute("UPDATE ingest.outbox SET lane = 0")  # all in one lane
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-        assert pool is not None
-        relay = Relay(pool, partial(kafka.make_producer, infra.kafka_settings()), batch_size=10)
-        await relay.start_producer()
-        try:
-            async with asyncio.timeout(15):
-                while await pending_rows(database_url) > 30:
-                    await relay.relay_once()
-        finally:
-            await relay.stop()
-            await pool.close()
+        await relay_until(infra, database_url, 30, batch_size=10)
         records = await read_topic(infra.kafka_settings(), topic, 5)
         assert sorted(headers(r)["ce_id"] for r in records) == sorted(ids)
     finally:

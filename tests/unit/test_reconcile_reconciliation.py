@@ -6,6 +6,7 @@ queries of sql/queries.sql.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -520,9 +521,12 @@ def test_refunded_counts_alone_are_not_a_count_difference() -> None:
 def test_amounts_are_also_totalled_per_currency() -> None:
     """Minor units of different currencies are not added together there: the plain
     sums do (and say so), the amounts per currency do not."""
-    rub = {**order("o1", amount=2_000), "amounts": {"RUB": 2_000}}
-    eur = {**order("o2", event_id="e2", amount=50), "amounts": {"EUR": 50}}
-    both = {**order("o3", amount=1_100, tickets=2), "amounts": {"RUB": 1_000, "EUR": 100}}
+    rub = {**order("o1", amount=2_000), "amounts": json.dumps({"RUB": 2_000})}
+    eur = {**order("o2", event_id="e2", amount=50), "amounts": json.dumps({"EUR": 50})}
+    both = {
+        **order("o3", amount=1_100, tickets=2),
+        "amounts": json.dumps({"RUB": 1_000, "EUR": 100}),
+    }
     refunds = [
         {**refund("r1", order_id="o1", customer=900), "currency": "RUB"},
         {**refund("r2", order_id="o2", event_id="e2", customer=40), "currency": "EUR"},
@@ -543,7 +547,7 @@ def test_a_refund_whose_currency_is_not_known_is_totalled_under_none() -> None:
     """No ticket gives its currency: its amount is under "", so each currency's refunded
     amounts still add up to refunded_amount."""
     rows = [{**refund("r1", customer=900), "currency": ""}]
-    out = compare([{**order(), "amounts": {"RUB": 2_000}}], rows, [])
+    out = compare([{**order(), "amounts": json.dumps({"RUB": 2_000})}], rows, [])
     got = [(a.currency, a.sold_amount, a.refunded_amount) for a in out.totals.amounts]
     assert got == [("", 0, 900), ("RUB", 2_000, 0)]
     assert sum(a.refunded_amount for a in out.totals.amounts) == out.totals.refunded_amount

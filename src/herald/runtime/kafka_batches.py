@@ -112,12 +112,23 @@ class BatchSender:
         """As :meth:`send`; then, from the first record of a batch refused as too large
         on, every record is sent again alone, in order. That tells which ones Kafka
         refuses for good (an error in REFUSED_FOR_GOOD), and the last copy of each key's
-        records stays in order."""
-        errors = await self.send(producer, records, ack_timeout)
-        refused = [i for i, error in enumerate(errors) if isinstance(error, REFUSED_FOR_GOOD)]
-        if refused:
-            rest = range(refused[0], len(records))
-            await self.send_alone(producer, records, rest, errors, ack_timeout)
+        records stays in order.
+
+        For the relays, whose rows another relay may send once they let them go: a
+        caller cancelled while its records are out (a stop cutting its round short,
+        Kafka not answering) abandons ``producer`` first (what it holds fails; the
+        requests on the wire are waited for, within its request timeout), so its copies
+        never land after those (a key's records would go back in time on the topic)."""
+        try:
+            errors = await self.send(producer, records, ack_timeout)
+            refused = [i for i, e in enumerate(errors) if isinstance(e, REFUSED_FOR_GOOD)]
+            if refused:
+                rest = range(refused[0], len(records))
+                await self.send_alone(producer, records, rest, errors, ack_timeout)
+        except asyncio.CancelledError:
+            log.warning("relay.round_cut_short", records=len(records))
+            await abandon(producer, TimeoutError("the relay's round was cut short by a stop"))
+            raise
         return errors
 
     async def send_alone(

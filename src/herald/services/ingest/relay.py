@@ -30,7 +30,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
-from herald.runtime.kafka_producer import abandon, abandoned
+from herald.runtime.kafka_producer import abandoned
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -221,16 +221,5 @@ class Relay:
             )
             for row in rows
         ]
-        try:
-            return await self._sender.send_finding_refused(producer, records, ACK_TIMEOUT_SECONDS)
-        except asyncio.CancelledError:
-            # A stop cut the round short while its records were out (the round's grace
-            # in rounds.finished or the drain's time limit ran out, Kafka not answering):
-            # its transaction is about to let its lanes go, and another relay may send
-            # their rows again, so this producer must not deliver its copies later,
-            # after those (a key's records would go back in time on the topic). It is
-            # abandoned first (what it holds fails; the requests on the wire are waited
-            # for, within its request timeout), and replaced if the relay sends again.
-            log.warning("relay.round_cut_short", rows=len(rows))
-            await abandon(producer, TimeoutError("the relay's round was cut short by a stop"))
-            raise
+        # Cut short by a stop, it abandons the producer, replaced if the relay sends again.
+        return await self._sender.send_finding_refused(producer, records, ACK_TIMEOUT_SECONDS)

@@ -86,7 +86,7 @@ async def store_findings(conn: Connection, found: Sequence[Found]) -> None:
     found = list(unique.values())
     await conn.execute(
         Q.insert_discrepancies,
-        [x.finding.id_for(x.owner) for x in found],
+        list(unique),
         [x.finding.kind for x in found],
         [x.refund_id for x in found],
         [x.order_id for x in found],

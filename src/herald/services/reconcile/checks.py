@@ -10,12 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from ticketland.v1 import ticketland_pb2 as tl
 
-Kind = Literal[
-    "unknown_order",
+# What checking an approved refund can find (order_mismatch and check_refund): a refund
+# approved again with other data settles those of its open ones not found again.
+RefundCheckKind = Literal[
+    "refund_event_mismatch",
     "unknown_ticket",
     "ticket_not_in_order",
     "double_refund",
@@ -23,24 +25,16 @@ Kind = Literal[
     "cancelled_ticket",
     "money_mismatch",
     "refund_above_price",
+]
+Kind = Literal[
+    RefundCheckKind,
+    "unknown_order",
     "order_parked_too_long",
     "output_refused",
     "refund_reversed",
-    "refund_event_mismatch",
 ]
+REFUND_CHECK_KINDS: tuple[RefundCheckKind, ...] = get_args(RefundCheckKind)
 NAMESPACE = uuid.UUID("6a1c3f0e-2b9d-4e57-8f14-3c0d9b7a5e21")
-# What checking an approved refund can find (order_mismatch and check_refund): a refund
-# approved again with other data settles those of its open ones not found again.
-REFUND_CHECK_KINDS: tuple[Kind, ...] = (
-    "refund_event_mismatch",
-    "unknown_ticket",
-    "ticket_not_in_order",
-    "double_refund",
-    "used_ticket",
-    "cancelled_ticket",
-    "money_mismatch",
-    "refund_above_price",
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,17 +76,7 @@ class Outcome:
         """Each totals' currencies in code order."""
         every = [self.totals] + [e.totals for e in self.events.values()]
         for totals in every + [o.totals for o in self.organizers.values()]:
-            ordered = sorted(totals.amounts, key=lambda a: a.currency)
-            copies = [
-                pb.CurrencyAmounts(
-                    currency=a.currency,
-                    sold_amount=a.sold_amount,
-                    refunded_amount=a.refunded_amount,
-                )
-                for a in ordered
-            ]
-            del totals.amounts[:]
-            totals.amounts.extend(copies)
+            totals.amounts.sort(key=lambda a: a.currency)
 
 
 def compare(orders: Sequence[Row], refunds: Sequence[Row], tickets: Sequence[Row]) -> Outcome:
@@ -188,11 +178,8 @@ def _ticket(out: Outcome, t: Row, refund_states: Mapping[str, str]) -> None:
         )
 
 
-def _amounts(value: object) -> dict[str, int]:
-    """An order's sold amount per currency (jsonb, as text or decoded; absent: none)."""
+def _amounts(value: str | None) -> dict[str, int]:
+    """An order's sold amount per currency (report_orders' jsonb, as text; absent: none)."""
     if value is None:
         return {}
-    found = json_fast.loads(value) if isinstance(value, str | bytes) else value
-    if not isinstance(found, Mapping):
-        raise TypeError(f"an order's amounts are not an object: {found!r}")
-    return {str(k): int(v) for k, v in found.items()}
+    return {str(k): int(v) for k, v in json_fast.loads(value).items()}

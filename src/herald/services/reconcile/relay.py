@@ -36,7 +36,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
-from herald.runtime.kafka_producer import abandon, abandoned
+from herald.runtime.kafka_producer import abandoned
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -136,17 +136,11 @@ class VibeRelay:
                     )
                     for r in group
                 ]
-                try:
-                    errors = await self._sender.send_finding_refused(
-                        producer, records, self._ack_timeout
-                    )
-                except asyncio.CancelledError:
-                    # A stop cut the round short (Kafka not answering within its grace):
-                    # another replica's relay may send these rows once the lock goes,
-                    # so what this producer holds must not land after those.
-                    log.warning("relay.round_cut_short", kind=kind, outputs=len(records))
-                    await abandon(producer, TimeoutError("the relay's round was cut short"))
-                    raise
+                # Cut short by a stop, it abandons the producer (another replica's
+                # relay may send these rows once the lock goes).
+                errors = await self._sender.send_finding_refused(
+                    producer, records, self._ack_timeout
+                )
                 done = [e is None or isinstance(e, REFUSED_FOR_GOOD) for e in errors]
                 for i in rows_to_mark([r["key"] for r in group], done):
                     error = errors[i]
