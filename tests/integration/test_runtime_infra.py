@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from herald.runtime import db, kafka
 from herald.runtime import listen as listen_module
+from herald.runtime import server as server_module
 from herald.runtime.channels import internal_channel
 from herald.runtime.listen import listen
 from herald.runtime.metrics import MetricsServer
@@ -201,6 +202,61 @@ def test_a_metrics_address_in_use_stops_the_start_naming_its_variable() -> None:
     )
 
 
+def test_a_bracketed_ipv6_metrics_address_is_served() -> None:
+    # "[::1]:0" passed the setting's check, then failed: "Name or service not known"
+    server = MetricsServer.listen("[::1]:0", "INGEST_METRICS_ADDR")
+    try:
+        body = urllib.request.urlopen(f"http://[::1]:{server.port}/metrics").read().decode()
+    finally:
+        server.close()
+    assert "events_published_total" in body
+
+
+async def test_an_address_not_on_this_host_stops_the_start_at_once_saying_so() -> None:
+    # Waited for 70 s, then "the port is in use (waited 70 s)"
+    address = "192.0.2.1:50051"  # TEST-NET-1: no host has it
+    started = time.monotonic()
+    with capture_logs() as logs, pytest.raises(StartError) as exc:
+        await listen(grpc.aio.server(), address, "INGEST_ADDR")
+    assert time.monotonic() - started < 5
+    assert exc.value.message == (
+        f"INGEST_ADDR: cannot listen on {address}: Cannot assign requested address"
+    )
+    assert logs == []
+
+
+async def test_a_stop_hook_may_spend_the_stops_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each hook was cut at STOP_STEP_SECONDS (15 s): ingest's relay drained its outbox
+    # for 15 s whatever SHUTDOWN_GRACE_SECONDS said (made 0.3 s here, the grace 1 s)
+    monkeypatch.setattr(server_module, "STOP_STEP_SECONDS", 0.3)
+    finished: list[str] = []
+
+    async def drain() -> None:
+        await asyncio.sleep(0.8)  # past the step, within step + grace
+        finished.append("drain")
+
+    async def stuck() -> None:
+        await asyncio.sleep(60)
+        finished.append("stuck")
+
+    app = server_module.App(name="probe", service_names=[], register=lambda _s: None)
+    app.on_stop = [drain, stuck]
+    running = await server_module.start(app, "127.0.0.1:0")
+    started = time.monotonic()
+    with capture_logs() as logs:
+        await running.stop(1.0)
+    assert finished == ["drain"]
+    assert [e for e in logs if e["event"] == "shutdown.hook_stuck"] == [
+        {
+            "event": "shutdown.hook_stuck",
+            "hook": stuck.__qualname__,
+            "seconds": 1.3,
+            "log_level": "error",
+        }
+    ]
+    assert time.monotonic() - started < 4
+
+
 def _time_wait_port() -> int:
     """A local port held by a closed outgoing connection in TIME_WAIT (no listener)."""
     with socket.socket() as server, socket.socket() as client:
@@ -313,6 +369,55 @@ async def test_a_topic_kafka_refuses_to_create_stops_the_start(infra: Infra, top
     finally:
         await admin.close()
     await kafka.ensure_topics(settings, [topic, topic], partitions=1)  # exists: nothing to do
+
+
+async def test_a_migration_runner_that_may_not_create_its_table_stops_the_start_saying_so(
+    database_url: str,
+) -> None:
+    # A raw InsufficientPrivilegeError traceback (only a migration's own failure was
+    # told): PostgreSQL 15 lets no other user create in the public schema
+    role = f"herald_probe_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        base, _, rest = database_url.partition("://")
+        conn = await asyncpg.connect(f"{base}://{role}@{rest.partition('@')[2]}")
+        try:
+            with pytest.raises(StartError) as raised:
+                await db.migrate(conn, [db.Migration("probe", 1, "first", "SELECT 1")])
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+    assert raised.value.message.startswith(
+        "DATABASE_URL: migrations: creating herald_migrations failed (none applied): "
+        "InsufficientPrivilegeError: permission denied for schema public"
+    )
+
+
+async def test_topics_get_the_replication_the_setting_asks_for(infra: Infra, topic: str) -> None:
+    # Every topic Herald created had one replica, whatever the cluster: a broker lost
+    # lost its events, and acks=all sends failed for ever where min.insync.replicas > 1
+    settings = infra.kafka_settings()
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    await admin.start()
+    try:
+        assert await kafka.cluster_replication(admin) == 1  # default.replication.factor
+    finally:
+        await admin.close()
+    wanted = settings.model_copy(update={"topic_replication_factor": 2})
+    with pytest.raises(kafka.TopicsNotCreated) as exc:
+        await kafka.ensure_topics(wanted, [topic], partitions=1)  # one broker: refused
+    assert exc.value.refused[topic].startswith("InvalidReplicationFactorError: ")
+    await kafka.ensure_topics(settings, [topic], partitions=1)
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert [len(p["replicas"]) for p in described["partitions"]] == [1]
 
 
 async def test_topics_at_a_services_start_get_their_partitions_and_outlive_no_kafka(

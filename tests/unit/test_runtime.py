@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from google.rpc import code_pb2
 from herald.webhooks.v1 import webhooks_pb2
+from structlog.testing import capture_logs
 
+from herald.runtime import kafka
 from herald.runtime.db import Queries, read_migrations
 from herald.runtime.errors import FieldViolation, InvalidArgument, bad_request_of
 from herald.runtime.interceptors import long_fields, nul_fields
 from herald.runtime.settings import KafkaSettings, load_settings
 from herald.services.ingest.settings import IngestSettings
+from herald.services.reconcile.settings import VibeKafkaSettings
 
 INGEST_SQL = Path(__file__).parents[2] / "src/herald/services/ingest/sql"
 
@@ -54,6 +60,61 @@ def test_sasl_needs_credentials(
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "secret")
     settings = load_settings(KafkaSettings)
     assert "secret" not in repr(settings)
+
+
+def test_a_kafka_ca_file_that_cannot_be_read_stops_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Settings loaded; the first Kafka client made crashed its worker (exit 1), naming
+    # no variable
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    monkeypatch.setenv("VIBE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    for path, reason in (
+        (tmp_path / "missing.pem", "No such file or directory"),
+        (not_pem, "NO_CERTIFICATE_OR_CRL_FOUND"),
+    ):
+        monkeypatch.setenv("VIBE_KAFKA_SSL_CAFILE", str(path))
+        with pytest.raises(SystemExit) as exc:
+            load_settings(VibeKafkaSettings)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"VIBE_KAFKA_SSL_CAFILE: cannot read the CA certificates in '{path}': " in err
+        assert reason in err
+    monkeypatch.setenv("VIBE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")  # not read: no TLS
+    assert load_settings(VibeKafkaSettings).ssl_cafile == str(not_pem)
+
+
+class _Admin:
+    """describe_cluster and describe_configs of a cluster of ``brokers``."""
+
+    def __init__(self, brokers: int, default: str | None, refused: bool = False) -> None:
+        self.brokers = brokers
+        self.default = default
+        self.refused = refused
+
+    async def describe_cluster(self) -> dict[str, Any]:
+        return {"brokers": [{"node_id": n} for n in range(3, 3 + self.brokers)]}
+
+    async def describe_configs(self, resources: list[ConfigResource]) -> list[Any]:
+        (resource,) = resources
+        assert (resource.resource_type, resource.name) == (ConfigResourceType.BROKER, "3")
+        if self.refused:  # CLUSTER_AUTHORIZATION_FAILED
+            return [SimpleNamespace(resources=[(31, "denied", 4, "3", [])])]
+        entry: tuple[Any, ...] = ("default.replication.factor", self.default, True, 4, False, [])
+        entries = [entry]
+        return [SimpleNamespace(resources=[(0, "", 4, "3", entries)])]
+
+
+async def test_topics_take_the_clusters_default_replication() -> None:
+    assert await kafka.cluster_replication(_Admin(5, "3")) == 3
+    assert await kafka.cluster_replication(_Admin(1, "1")) == 1
+    # Unreadable: as many as there are brokers, at most 3, said
+    with capture_logs() as logs:
+        assert await kafka.cluster_replication(_Admin(5, None, True)) == 3
+        assert await kafka.cluster_replication(_Admin(2, None, True)) == 2
+    assert [e["event"] for e in logs] == ["kafka.replication_guessed"] * 2
+    assert logs[0]["error"] == "ClusterAuthorizationFailedError: denied"
 
 
 def test_every_named_query_and_migration_loads() -> None:

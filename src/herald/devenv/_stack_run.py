@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import FrameType
 
-STOP_GRACE = 15.0
+# As the README advises an orchestrator: the gRPC drain, 22 s for workers (a relay round
+# Kafka does not answer is cut short), the relay's drain (a 15 s stop killed a relay
+# mid-drain, and its records were repeated).
+STOP_GRACE = 60.0
 _COLORS = ("36", "35", "33", "32", "34", "96", "95", "93")
 _STACK = "stack"
 

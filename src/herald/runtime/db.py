@@ -248,11 +248,21 @@ async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
     the migration's file and the reason (``cannot start: DATABASE_URL: …``, exit 1).
     """
     applied_now: list[int] = []
-    await conn.execute(_OWN.lock, _MIGRATION_LOCK)
     try:
-        await conn.execute(_OWN.create_table)
+        await conn.execute(_OWN.lock, _MIGRATION_LOCK)
+    except DATABASE_ERRORS as exc:
+        raise StartError(_bookkeeping_failure("waiting for the migration lock", exc)) from None
+    try:
+        try:
+            await conn.execute(_OWN.create_table)
+        except DATABASE_ERRORS as exc:
+            raise StartError(_bookkeeping_failure("creating herald_migrations", exc)) from None
         for migration in migrations:
-            if await conn.fetchval(_OWN.applied, migration.service, migration.version):
+            try:
+                done = await conn.fetchval(_OWN.applied, migration.service, migration.version)
+            except DATABASE_ERRORS as exc:
+                raise StartError(_bookkeeping_failure("reading herald_migrations", exc)) from None
+            if done:
                 continue
             try:
                 async with conn.transaction():
@@ -271,14 +281,23 @@ async def migrate(conn: Connection, migrations: list[Migration]) -> list[int]:
     return applied_now
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _bookkeeping_failure(step: str, exc: BaseException) -> str:
+    """What the operator reads when the runner's own statements fail (a user that may
+    not create the table, the connection lost while another replica migrates)."""
+    return f"DATABASE_URL: migrations: {step} failed (none applied): {_reason(exc)}"
+
+
 def _migration_failure(migration: Migration, exc: BaseException) -> str:
     """What the operator reads when a migration fails: which file, that none of it was
     applied (each migration is one transaction), and PostgreSQL's reason."""
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return (
         f"DATABASE_URL: {migration.service} migration "
         f"{migration.version:03d}_{migration.name}.sql failed and was rolled back "
-        f"(none of it is applied; migrations before it are): {reason}"
+        f"(none of it is applied; migrations before it are): {_reason(exc)}"
     )
 
 

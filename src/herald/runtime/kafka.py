@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -112,15 +113,49 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **connection_options(settings), **options)
 
 
-async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], partitions: int = 6, replication: int = 1
-) -> None:
+_DEFAULT_REPLICATION = "default.replication.factor"
+GUESSED_REPLICATION = 3  # at most, where the cluster's default cannot be read
+
+
+async def cluster_replication(admin: AIOKafkaAdminClient) -> int:
+    """The replication factor Kafka gives a topic created without one: a broker's
+    ``default.replication.factor``. Where that cannot be read (an ACL without
+    DescribeConfigs on the cluster), the number of brokers up to 3, logged
+    (``kafka.replication_guessed``)."""
+    brokers = (await admin.describe_cluster())["brokers"]
+    broker = str(min(b["node_id"] for b in brokers))
+    reason = "no answer"
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, broker, {_DEFAULT_REPLICATION: None})]
+        )
+    except KafkaError as exc:
+        reason = repr(exc)
+    else:
+        for response in responses:
+            for code, message, _type, _name, entries in response.resources:
+                if code:
+                    reason = f"{errors.for_code(code).__name__}: {message}"
+                    continue
+                for name, value, *_ in entries:
+                    if name == _DEFAULT_REPLICATION and value and value.isdigit():
+                        return int(value)
+    guessed = min(GUESSED_REPLICATION, len(brokers))
+    log.warning(
+        "kafka.replication_guessed", replication=guessed, brokers=len(brokers), error=reason
+    )
+    return guessed
+
+
+async def ensure_topics(settings: KafkaSettings, names: Iterable[str], partitions: int = 6) -> None:
     """Creates the topics that do not exist yet; existing ones are left as they are.
 
-    A topic Kafka refuses to create (an invalid name, too many partitions, not
-    authorized, …) is logged with Kafka's reason and stops the start
-    (:class:`TopicsNotCreated`): the service needs it and it does not exist. Kafka being
-    unreachable raises its own error, which the caller may choose to outlive.
+    Each gets ``settings.topic_replication_factor`` replicas, 0 the cluster's default
+    (:func:`cluster_replication`). A topic Kafka refuses to create (an invalid name, too
+    many partitions or replicas, not authorized, …) is logged with Kafka's reason and
+    stops the start (:class:`TopicsNotCreated`): the service needs it and it does not
+    exist. Kafka being unreachable raises its own error, which the caller may choose to
+    outlive.
     """
     admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
@@ -129,6 +164,7 @@ async def ensure_topics(
         missing = list(dict.fromkeys(n for n in names if n not in existing))
         if not missing:
             return
+        replication = settings.topic_replication_factor or await cluster_replication(admin)
         response = await admin.create_topics(
             [
                 NewTopic(n, num_partitions=partitions, replication_factor=replication)
@@ -143,11 +179,17 @@ async def ensure_topics(
         if code == 0 or error is TopicAlreadyExistsError:  # another replica won the race
             continue
         reason = f"{error.__name__}: {message[0] if message and message[0] else error.description}"
-        log.error("kafka.topic_not_created", topic=topic, partitions=partitions, error=reason)
+        log.error(
+            "kafka.topic_not_created",
+            topic=topic,
+            partitions=partitions,
+            replication=replication,
+            error=reason,
+        )
         refused[topic] = reason
     if refused:
         raise TopicsNotCreated(refused)
-    log.info("kafka.topics_created", topics=missing, partitions=partitions)
+    log.info("kafka.topics_created", topics=missing, partitions=partitions, replication=replication)
 
 
 class TopicsNotCreated(StartError):

@@ -23,10 +23,15 @@ _SockAddr = tuple[socket.AddressFamily, Any]
 _WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (addresses compared, not bound)
 
 
-def _bindable(places: list[_SockAddr]) -> bool:
-    """Whether a listener could bind every one of ``places`` now, as grpc binds
-    (SO_REUSEADDR, no SO_REUSEPORT). Probing with a socket of our own keeps grpc's C
-    core from logging an error line per try."""
+# Binding errors no wait mends: the address is not this host's, the port is privileged.
+_FATAL = frozenset({errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _bind_error(places: list[_SockAddr]) -> OSError | None:
+    """What stops a listener binding one of ``places`` now, as grpc binds (SO_REUSEADDR,
+    no SO_REUSEPORT): the port in use, or an error no wait mends; None if nothing
+    does. Probing with a socket of our own keeps grpc's C core from logging an error
+    line per try."""
     for family, sockaddr in places:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,9 +41,9 @@ def _bindable(places: list[_SockAddr]) -> bool:
                 probe.bind(sockaddr)
             except OSError as exc:
                 # Anything else (an address family the host lacks, …) is grpc's to judge.
-                if exc.errno == errno.EADDRINUSE:
-                    return False
-    return True
+                if exc.errno == errno.EADDRINUSE or exc.errno in _FATAL:
+                    return exc
+    return None
 
 
 def _listened_on(places: list[_SockAddr]) -> bool:
@@ -63,9 +68,9 @@ async def listen(
 ) -> int:
     """Binds ``address`` (the setting ``variable``), TLS only with ``credentials``
     (made afresh for each try: dynamic ones hand their first configuration out once);
-    the port bound. A host that does
-    not resolve, or a port another process listens on, stops the start at once naming
-    ``variable``. A port taken without a listener is waited for up to
+    the port bound. A host that does not resolve, an address not on this host, a port
+    this user may not bind or one another process listens on stops the start at once
+    naming ``variable``. A port taken without a listener is waited for up to
     BIND_WAIT_SECONDS: a fixed port can be the local end of an outgoing connection in
     TIME_WAIT (5005x lies in Linux's ephemeral range), which holds it for up to 60 s."""
     host, _, port_text = address.rpartition(":")
@@ -79,7 +84,12 @@ async def listen(
     said = False
     while True:
         port = 0
-        if address.endswith(":0") or await asyncio.to_thread(_bindable, places):
+        error = await asyncio.to_thread(_bind_error, places)
+        if error is not None and error.errno in _FATAL:
+            # Waited for 70 s, then called "in use": an address not on this host (a
+            # typo, a stale pod IP) or a port below 1024 is no better after a wait.
+            raise StartError(f"{variable}: cannot listen on {address}: {error.strerror}")
+        if address.endswith(":0") or error is None:
             try:
                 port = (
                     server.add_secure_port(address, credentials())

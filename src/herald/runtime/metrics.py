@@ -41,7 +41,7 @@ class MetricsServer:
         host)."""
         host, _, port = address.rpartition(":")
         try:
-            return cls(host, int(port))
+            return cls(host.strip("[]"), int(port))  # "[::]:9451": the host is "::"
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise StartError(f"{setting}: cannot serve /metrics on {address}: {reason}") from None

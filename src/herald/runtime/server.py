@@ -34,7 +34,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are cap
 # an API whose requests are small takes no more, so that callers, authenticated or not,
 # cannot make it hold 64 MiB per call (16 at once made webhooks grow by 1.8 GB).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-STOP_STEP_SECONDS = 15.0  # most a stopping worker set or one on_stop hook may take
+# Most a stopping worker set may take, and an on_stop hook beyond the stop's grace (a
+# hook may spend the grace: ingest's relay drains its outbox for that long).
+STOP_STEP_SECONDS = 15.0
 # Allocations (net of frees) between young-generation collections (CPython's default:
 # 700); an App may choose its own (App.gc_young_threshold).
 GC_YOUNG_THRESHOLD = 10_000
@@ -126,13 +128,14 @@ class Running:
             _done, stuck = await asyncio.wait(self.tasks, timeout=budget)
             for task in stuck:
                 log.error("shutdown.worker_stuck", worker=task.get_name(), at=where(task))
+        hook_seconds = STOP_STEP_SECONDS + grace
         for hook in self.app.on_stop:
             name = getattr(hook, "__qualname__", str(hook))
             try:
-                async with asyncio.timeout(STOP_STEP_SECONDS):
+                async with asyncio.timeout(hook_seconds):
                     await hook()
             except TimeoutError:
-                log.error("shutdown.hook_stuck", hook=name, seconds=STOP_STEP_SECONDS)
+                log.error("shutdown.hook_stuck", hook=name, seconds=hook_seconds)
             except Exception:
                 log.exception("shutdown.hook_failed", hook=name)
         if self.metrics:

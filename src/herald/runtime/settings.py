@@ -9,6 +9,7 @@ cannot reach, an address in use: :class:`StartError`).
 from __future__ import annotations
 
 import re
+import ssl
 import sys
 from dataclasses import replace
 from typing import Any, ClassVar, Literal, Self, TypeVar
@@ -44,6 +45,7 @@ YEAR_DAYS = 365.0
 MAX_RETENTION_DAYS = 10 * YEAR_DAYS  # retentions and TTLs
 MAX_RETENTION_HOURS = MAX_RETENTION_DAYS * 24
 MAX_TOPIC_PARTITIONS = 1000  # Kafka refuses a request to create 10,000 (KRaft)
+MAX_REPLICATION_FACTOR = 32767  # Kafka's field is an int16
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -77,6 +79,13 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: str | None = Field(None, description="SASL password; never logged.", repr=False)
     ssl_cafile: str | None = Field(None, description="PEM file of the CA that signed the brokers.")
+    topic_replication_factor: int = Field(
+        0,
+        ge=0,
+        le=MAX_REPLICATION_FACTOR,
+        description="Replicas of each topic Herald creates; 0: the cluster's "
+        "default.replication.factor.",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -101,6 +110,17 @@ class KafkaSettings(BaseSettings):
                 prefix = self.model_config.get("env_prefix", "")
                 names = ", ".join(f"{prefix}{m}".upper() for m in missing)
                 raise ValueError(f"{names} must be set when security protocol is SASL")
+        if self.security_protocol.endswith("SSL") and self.ssl_cafile:
+            # Read by every Kafka client as it is made: a bad file stopped the first
+            # worker to make one (exit 1, naming no variable), not the start.
+            try:
+                ssl.create_default_context(cafile=self.ssl_cafile)
+            except (OSError, ssl.SSLError) as exc:
+                name = f"{self.model_config.get('env_prefix', '')}ssl_cafile".upper()
+                raise ValueError(
+                    f"{name}: cannot read the CA certificates in {self.ssl_cafile!r}: "
+                    f"{exc.strerror or exc}"
+                ) from None
 
 
 class RuntimeSettings(BaseSettings):
