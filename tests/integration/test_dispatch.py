@@ -758,12 +758,14 @@ async def test_a_failing_target_is_retried_on_schedule_then_dead_lettered_and_re
         assert again.redriven == 0, "never twice"
 
 
+@pytest.mark.parametrize("null_header", [False, True])
 async def test_a_dead_letter_that_could_not_be_decoded_is_dispatched_when_redriven(
-    flow: Flow,
+    flow: Flow, null_header: bool
 ) -> None:
     # A record an older dispatch could not decode (stored with the target "decode"),
     # redriven once the decoder takes it: the retrier sent it to "decode", a route that
-    # does not exist, owed nothing, and called it retried; no job went out
+    # does not exist, owed nothing, and called it retried; no job went out. One stored
+    # with a header without a value (null) crashed the retrier, again after each lease
     async with Receiver() as receiver:
         await flow.hook(name="owed", url=receiver.url(), event_types=["message.created"])
         await asyncio.sleep(1)  # dispatch has seen the webhook
@@ -785,6 +787,13 @@ async def test_a_dead_letter_that_could_not_be_decoded_is_dispatched_when_redriv
                            'cannot be decoded: an older decoder') RETURNING id""",
                 *stored(InputRecord.of(record), EventIds()),
             )
+            if null_header:
+                await conn.execute(
+                    "UPDATE dispatch.dead_letters SET header_names = header_names || "
+                    "'{traceparent}', header_values = header_values || NULL::bytea "
+                    "WHERE id = $1",
+                    dead,
+                )
         finally:
             await conn.close()
         redriven = await flow.stub.RedriveDeadLetters(
@@ -901,6 +910,72 @@ async def test_route_crud_and_validation(flow: Flow) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as gone:
         await flow.stub.GetRoute(dispatch_pb2.GetRouteRequest(id=made.route.id))
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_route_may_not_send_jobs_to_dispatchs_own_topics(flow: Flow) -> None:
+    # A route whose jobs went to the events topic was accepted: each job, carrying the
+    # event's ce_* headers, was consumed as the event again and made a job again, for ever
+    own = flow.settings
+    for topic in (own.events_topic, own.deliveries_topic, own.dlq_topic):
+        refused = await refused_fields(
+            flow.stub.CreateRoute(
+                dispatch_pb2.CreateRouteRequest(
+                    route=dispatch_pb2.Route(
+                        name="loop",
+                        target=dispatch_pb2.JobTarget(
+                            channel="sms", template_code="t", topic=topic
+                        ),
+                    )
+                )
+            )
+        )
+        assert "is one of dispatch's own topics" in refused["route.target.topic"]
+    prefix, _, suffix = own.events_topic.rpartition(".")
+    made = await flow.stub.CreateRoute(
+        dispatch_pb2.CreateRouteRequest(
+            route=dispatch_pb2.Route(
+                name="by-data",
+                filter=dispatch_pb2.RouteFilter(
+                    type=dispatch_pb2.TypeMatch(exact="message.created")
+                ),
+                target=dispatch_pb2.JobTarget(
+                    channel="$data.id", template_code="t", topic=prefix + ".{channel}"
+                ),
+            )
+        )
+    )
+    refused = await refused_fields(
+        flow.stub.UpdateRoute(
+            dispatch_pb2.UpdateRouteRequest(
+                route=dispatch_pb2.Route(
+                    id=made.route.id,
+                    target=dispatch_pb2.JobTarget(
+                        channel="x", template_code="t", topic=own.dlq_topic
+                    ),
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["target"]),
+            )
+        )
+    )
+    assert "is one of dispatch's own topics" in refused["route.target.topic"]
+    # Known only per event (the channel from its data): the target is dead-lettered
+    await asyncio.sleep(1)  # every replica has the route
+    event_id = await flow.publish("message.created", {"id": suffix, "content": "c"})
+    for _ in range(100):
+        listed = await flow.stub.ListDeadLetters(dispatch_pb2.ListDeadLettersRequest())
+        if listed.dead_letters:
+            break
+        await asyncio.sleep(0.2)
+    [dead] = listed.dead_letters
+    assert (dead.event_id, list(dead.targets)) == (event_id, [f"route:{made.route.id}"])
+    assert f"{own.events_topic} is one of dispatch's own topics" in dead.reason
+    on_events = await read_matching(
+        flow.infra.kafka_settings(),
+        own.events_topic,
+        lambda r: headers(r).get("ce_id") == event_id,
+        1,
+    )
+    assert len(on_events) == 1
 
 
 async def refused_fields(call: Any) -> dict[str, str]:

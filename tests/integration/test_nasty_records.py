@@ -1,5 +1,6 @@
 """Every Kafka consumer of Herald fed nasty records (empty, binary junk, NUL bytes and
-characters in values, header names and header values, bytes that are not UTF-8, lone
+characters in values, header names and header values, headers without a value, bytes
+that are not UTF-8, lone
 surrogate escapes in JSON, JSON nested 1,000 and 100,000 deep, near-1 MB values, one
 too large to dead-letter whole; jobs
 PostgreSQL cannot store) goes on:
@@ -41,8 +42,21 @@ VALUES = [
     b'{"a":' * 1000 + b"1" + b"}" * 1000,  # parsed by orjson, too deep to write back
 ]
 TOO_LARGE_TO_DEAD_LETTER = 1_048_480
-HEADERS: list[list[tuple[str, bytes]]] = [
+HEADERS: list[list[tuple[str, bytes | None]]] = [
     [],
+    # Headers without a value (null), which other clients' producers may write: a
+    # consumer crashed on them, and again on the same record after each restart
+    [("ce_id", None)],
+    [("content-type", None)],
+    [("traceparent", None), ("ce_heraldtenant", None)],
+    [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"null-headers"),
+        ("ce_source", b"/nasty"),
+        ("ce_type", b"user_registered"),
+        ("traceparent", None),
+        ("x-request-id", None),
+    ],
     [("ce_id", b"\x00")],
     [("ce_i\x00d", b"x")],
     [("ce_id", b"\xff\xfe")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import ssl
@@ -292,6 +293,22 @@ async def commit_after(
     return True
 
 
+Records = list[ConsumerRecord[bytes, bytes]]
+
+
+def records_of(batch: Mapping[TopicPartition, Records]) -> Records:
+    """A fetch's records, each partition's in order. A header Kafka holds without a
+    value (null: another client's producer may write one) is left out, as if not given:
+    every reader takes a header's value as bytes, and a null one crashed a consumer on
+    the same record after each restart."""
+    records = [r for part in batch.values() for r in part]
+    for n, r in enumerate(records):
+        if None in (value for _, value in r.headers):
+            headers = tuple((name, value) for name, value in r.headers if value is not None)
+            records[n] = dataclasses.replace(r, headers=headers)
+    return records
+
+
 async def consume_overlapped(
     make_consumer: Callable[[], AIOKafkaConsumer],
     what: str,
@@ -320,7 +337,7 @@ async def consume_overlapped(
             batch = await consumer.getmany(
                 timeout_ms=0 if pending else 1000, max_records=max_records
             )
-            records = [r for part in batch.values() for r in part]
+            records = records_of(batch)
             # A stop (cancellation) waits for what is under way here: a batch half
             # handed to the producer, or cut off before its commit, would be made again
             # by the next owner of its partitions. The finally drains the rest.
@@ -475,7 +492,7 @@ async def consume(
             if first is not None:
                 await first.before_fetch()
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
-            records = [r for part in batch.values() for r in part]
+            records = records_of(batch)
             if first is not None:
                 first.fetched(len(records))
             if records:

@@ -54,7 +54,8 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     pool = await db.create_pool(settings.database_url, settings.database_pool_size)
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("dispatch", MIGRATIONS))
-    store = RouteStore(pool)
+    own_topics = (settings.events_topic, settings.deliveries_topic, settings.dlq_topic)
+    store = RouteStore(pool, own_topics)
     if settings.builtin_routes:
         await load_routes(store, BUILTIN_ROUTES)
     if settings.routes_file is not None:
@@ -88,6 +89,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         settings.deliveries_topic,
         settings.send_timeout_seconds,
         webhooks=settings.webhooks_fanout,
+        reserved_topics=own_topics,
     )
     announcements = Announcements(
         pool, EventPublisher(ingest, source="urn:herald:dispatch"), "dispatch"
@@ -110,7 +112,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
         wait_for_webhooks=settings.webhooks_fanout,
     )
     retrier = Retrier(pool, dispatcher, dead, schedule, send_timeout=settings.send_timeout_seconds)
-    servicer = DispatchServicer(pool, store, retrier.wake)
+    servicer = DispatchServicer(pool, store, retrier.wake, own_topics)
     topics = [settings.deliveries_topic, settings.dlq_topic, *settings.notification_topics()]
     await kafka.ensure_topics_at_start(kafka_settings, topics, "dispatch")
 

@@ -214,6 +214,6 @@ def _header(record: InputRecord, name: str) -> str:
     the producer wrote (the last one given wins); "" when it has none."""
     found = ""
     for key, value in record.headers:
-        if key.lower() == name:
+        if key.lower() == name and value is not None:
             found = value.decode(errors="replace")
     return found

@@ -9,7 +9,7 @@ topic takes: dead-lettered at once, as no retry would change it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from herald.runtime.publisher import TENANT_ATTRIBUTE
 from herald.services.dispatch import fanout
 from herald.services.dispatch.fanout import ROUTE_PREFIX, WEBHOOKS, Consumed, Outgoing
 from herald.services.dispatch.route_table import RouteTable
-from herald.services.dispatch.routes import TargetError
+from herald.services.dispatch.routes import TargetError, reserved_topic
 from herald.services.dispatch.subscriptions import SubscriptionCache, WebhooksUnavailable
 
 log = structlog.get_logger("herald.dispatch")
@@ -54,8 +54,10 @@ class Dispatcher:
         deliveries_topic: str,
         send_timeout: float = 10.0,
         webhooks: bool = True,
+        reserved_topics: Collection[str] = (),
     ) -> None:
         self._producer = producer
+        self._reserved = reserved_topics
         self._routes = routes
         self._subscriptions = subscriptions
         self._deliveries_topic = deliveries_topic
@@ -109,7 +111,11 @@ class Dispatcher:
         route = self._routes.get(target.removeprefix(ROUTE_PREFIX))
         if route is None or route.disabled:
             return []  # deleted or disabled since: nothing is owed any more
-        return fanout.notifications(consumed, route)
+        records = fanout.notifications(consumed, route)
+        for record in records:  # a channel taken from the event names the topic
+            if reason := reserved_topic(record.topic, self._reserved):
+                raise TargetError(reason)
+        return records
 
     async def _start_send(self, planned: list[_Planned]) -> Sending | None:
         """Every record, in order, as one batch per partition; None without a producer."""

@@ -86,14 +86,20 @@ class Retrier:
             row["offset"],
             row["key"],
             row["value"],
-            list(zip(row["header_names"], row["header_values"], strict=True)),
+            # A dead letter stored before null headers were left out may hold one.
+            [
+                (name, value)
+                for name, value in zip(row["header_names"], row["header_values"], strict=True)
+                if value is not None
+            ],
         )
         ids = EventIds(row["event_id"], row["event_source"], row["event_type"])
         tries = row["attempts"] + 1
         try:
             consumed = fanout.decode(record.headers, record.key, record.value, record.topic)
-        except ValueError as exc:
-            letter = Letter(record, ids, row["targets"], tries, str(exc), "undecodable")
+        except Exception as exc:  # the record's fault, as the consumer judges it: not a crash
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            letter = Letter(record, ids, row["targets"], tries, reason, "undecodable")
             await self._dead.give_up(row["id"], self._worker, letter, row["targets"])
             return
         targets = list(row["targets"])

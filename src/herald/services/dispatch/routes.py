@@ -12,7 +12,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -289,8 +289,12 @@ def _object(event: Event, spec: str, item: Any) -> dict[str, Any]:
 # --- validation ---------------------------------------------------------------------
 
 
-def check(route: dispatch_pb2.Route, field: str = "route") -> list[FieldViolation]:
-    """Every problem with ``route``, named by field path."""
+def check(
+    route: dispatch_pb2.Route, field: str = "route", reserved: Collection[str] = ()
+) -> list[FieldViolation]:
+    """Every problem with ``route``, named by field path. ``reserved``: topics a route's
+    jobs may not go to (dispatch's own: a job on the events topic is consumed as the
+    event again, for ever)."""
     problems: list[FieldViolation] = []
     if not route.name.strip() or len(route.name) > 200:
         problems.append(FieldViolation(f"{field}.name", "required, at most 200 characters"))
@@ -298,7 +302,19 @@ def check(route: dispatch_pb2.Route, field: str = "route") -> list[FieldViolatio
         problems.append(FieldViolation(f"{field}.description", "at most 2000 characters"))
     problems += _check_filter(route.filter, f"{field}.filter")
     problems += _check_target(route.target, f"{field}.target")
+    t = route.target
+    if not t.channel.startswith("$"):  # else known only per event: see reserved_topic
+        topic = (t.topic or DEFAULT_TOPIC).replace("{channel}", t.channel)
+        if reason := reserved_topic(topic, reserved):
+            problems.append(FieldViolation(f"{field}.target.topic", reason))
     return problems
+
+
+def reserved_topic(topic: str, reserved: Collection[str]) -> str | None:
+    """Why a job may not go to ``topic``, or None."""
+    if topic in reserved:
+        return f"{topic} is one of dispatch's own topics (events, deliveries, dead letters)"
+    return None
 
 
 def _check_filter(f: dispatch_pb2.RouteFilter, field: str) -> list[FieldViolation]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -29,16 +30,23 @@ UPDATABLE = ("name", "description", "filter", "target", "disabled")
 class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     """The management RPCs."""
 
-    def __init__(self, pool: asyncpg.Pool, routes: RouteStore, on_redrive: Any) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        routes: RouteStore,
+        on_redrive: Any,
+        reserved_topics: Collection[str] = (),
+    ) -> None:
         self._pool = pool
         self._routes = routes
         self._on_redrive = on_redrive
+        self._reserved = reserved_topics
 
     async def CreateRoute(
         self, request: dispatch_pb2.CreateRouteRequest, context: Context
     ) -> dispatch_pb2.CreateRouteResponse:
         """Stores a checked route; every field refused is named at once."""
-        if problems := check(request.route):
+        if problems := check(request.route, reserved=self._reserved):
             raise InvalidArgument(problems)
         route = await self._routes.create(request.route)
         log.info("route.created", route_id=route.id, name=route.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,9 @@ def columns_of(route: dispatch_pb2.Route) -> tuple[Any, ...]:
 class RouteStore:
     """Route CRUD; every change NOTIFYs herald_routes so every replica reloads at once."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, reserved_topics: Collection[str] = ()) -> None:
         self._pool = pool
+        self._reserved = reserved_topics  # no route's jobs go there (routes.check)
 
     async def create(self, route: dispatch_pb2.Route) -> dispatch_pb2.Route:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -114,7 +116,7 @@ class RouteStore:
                     getattr(merged, path).CopyFrom(getattr(change, path))
                 else:
                     setattr(merged, path, getattr(change, path))
-            if problems := check(merged):
+            if problems := check(merged, reserved=self._reserved):
                 raise InvalidArgument(problems)
             try:
                 updated = await conn.fetchrow(Q.update_route, ident, *columns_of(merged))
