@@ -70,6 +70,18 @@ async def test_a_json_schema_holding_a_nul_character_is_invalid_argument(
     assert json.loads(created.event_type.json_schema)["description"] == "a\\u0000b"
 
 
+async def test_a_json_schema_holding_a_number_jsonb_cannot_is_invalid_argument(
+    ingest: IngestUnderTest,
+) -> None:
+    # Parsed as 0.0 and accepted, then refused by PostgreSQL: the call answered INTERNAL
+    schema = '{"type": "object", "default": 1e-20000}'
+    got = await refused(ingest.stub.CreateEventType(create("order.created", "1.0", schema)))
+    assert got["event_type.json_schema"].startswith("cannot be stored: ")
+    assert "numeric" in got["event_type.json_schema"]
+    created = await ingest.stub.CreateEventType(create("order.created", "1.0", "{}"))
+    assert created.event_type.data_version == "1.0"  # nothing of the refused one was kept
+
+
 async def test_protobuf_attribute_names_follow_the_cloudevents_rule(
     ingest: IngestUnderTest,
 ) -> None:

@@ -27,6 +27,7 @@ from herald.services.ingest.publish_limits import (
     parse_source_limits,
     parse_type_limits,
 )
+from herald.services.ingest.relay import Relay
 from herald.services.ingest.relay_app import open_pool, relay_parts
 from herald.services.ingest.servicer import IngestServicer
 from herald.services.ingest.settings import METHODS, IngestSettings
@@ -39,6 +40,13 @@ BEHIND = (
     "herald.services.ingest_relay) and is Kafka reachable?"
 )
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+def _connected(catalog: CatalogStore, relay: Relay | None) -> None:
+    """The LISTEN connection (re)connected: catch up on what was notified meanwhile."""
+    catalog.on_connected()
+    if relay is not None:
+        relay.wake()
 
 
 async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
@@ -76,7 +84,7 @@ async def build(settings: IngestSettings, kafka_settings: KafkaSettings) -> App:
             listen,
             settings.database_url,
             handlers,
-            on_connect=relay.wake if relay else lambda: None,
+            on_connect=lambda: _connected(catalog, relay),
         )
     )
     purges = [

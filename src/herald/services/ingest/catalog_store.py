@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 import structlog
 
-from herald.runtime.errors import AlreadyExists, ResourceExhausted
+from herald.runtime.db import DATABASE_ERRORS
+from herald.runtime.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from herald.runtime.pagination import Listing, Page, SortKey
 from herald.services.ingest.builtin import builtin_types
 from herald.services.ingest.catalog import DEFAULT_MAX_EVENT_TYPES, Catalog, EventTypeDef
@@ -102,9 +110,29 @@ class CatalogStore:
 
     def on_changed(self, name: str) -> None:
         """NOTIFY herald_catalog handler: another replica created a type version."""
-        task = asyncio.get_running_loop().create_task(self.refresh(name))
+        self._in_background(self.refresh(name))
+
+    def on_connected(self) -> None:
+        """The LISTEN connection (re)connected: what was created while it was down was
+        notified to no one here, so every type is read again."""
+        self._in_background(self.refresh_all())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        async def logged() -> None:
+            try:
+                await work
+            except DATABASE_ERRORS as exc:  # read on the next lookup of a version not known
+                log.warning("catalog.refresh_failed", error=repr(exc))
+
+        task = asyncio.get_running_loop().create_task(logged())
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
+
+    async def refresh_all(self) -> None:
+        """Re-reads every type from the database (versions this process has, unchanged,
+        stay as they are)."""
+        for row in await self._pool.fetch(Q.all_types):
+            self._add(self.catalog, _definition(row))
 
     async def lookup(self, name: str, data_version: str | None) -> EventTypeDef | None:
         """The definition, reading the database when this process has not seen it."""
@@ -121,16 +149,25 @@ class CatalogStore:
             await conn.execute(Q.lock_catalog)  # every replica's creations, one at a time
             inserted = None
             if (held := await conn.fetchval(Q.count_created_types)) < self._max_types:
-                inserted = await conn.fetchrow(
-                    Q.insert_type,
-                    definition.name,
-                    definition.data_version,
-                    definition.description,
-                    definition.schema_text,
-                    definition.id_must_be_uuid,
-                    definition.source_pattern,
-                    list(definition.required_attributes),
-                )
+                try:
+                    inserted = await conn.fetchrow(
+                        Q.insert_type,
+                        definition.name,
+                        definition.data_version,
+                        definition.description,
+                        definition.schema_text,
+                        definition.id_must_be_uuid,
+                        definition.source_pattern,
+                        list(definition.required_attributes),
+                    )
+                except asyncpg.DataError as exc:
+                    # JSON PostgreSQL's jsonb cannot hold (a number such as 1e-20000,
+                    # beyond its numeric's range): the caller's schema, not an INTERNAL.
+                    raise InvalidArgument(
+                        [FieldViolation("event_type.json_schema", f"cannot be stored: {exc}")]
+                    ) from None
+                if inserted is not None:  # every replica reads it at commit (on_changed)
+                    await conn.execute(Q.notify_catalog, definition.name)
             elif not await conn.fetchval(Q.type_exists, definition.name, definition.data_version):
                 raise ResourceExhausted(
                     f"the catalog holds {held} event type versions created with "
