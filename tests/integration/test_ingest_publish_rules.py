@@ -153,6 +153,21 @@ async def test_a_content_type_in_capitals_reaches_kafka_in_lower_case(
     assert headers["content-type"] == b"application/json; charset=UTF-8"
 
 
+async def test_an_implied_content_type_is_said_on_the_record_and_a_retry_still_matches(
+    infra: Infra, ingest: IngestUnderTest, topic: str
+) -> None:
+    """No datacontenttype (the JSON format implies application/json): the record had no
+    content-type header, which the spec asks for when an event changes binding."""
+    doc = structured(subject=None, dataversion=None)  # nulls: unset
+    first = await ingest.stub.Publish(as_json(doc, key="k-implied"))
+    again = await ingest.stub.Publish(as_json(doc, key="k-implied"))
+    assert (first.duplicate, again.duplicate) == (False, True)
+    [record] = await read_topic(infra.kafka_settings(), topic, 1)
+    headers = dict(record.headers)
+    assert headers["content-type"] == b"application/json"
+    assert "ce_subject" not in headers
+
+
 @pytest.mark.parametrize("reused_first", [True, False])
 async def test_an_event_repeated_under_another_key_in_one_batch_has_its_own_outcome(
     ingest: IngestUnderTest, reused_first: bool

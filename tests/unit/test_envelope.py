@@ -219,6 +219,36 @@ def test_a_dataschema_must_be_an_absolute_uri_and_a_source_holds_no_whitespace()
     assert problems(envelope.parse_json(json.dumps(good))) == {}
 
 
+def test_a_structured_attribute_given_as_null_is_unset() -> None:
+    # The JSON format: a null value MUST be treated as unset; both were refused ("must be
+    # a JSON string", "extension values are …")
+    doc = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": {"a": 1}}
+    event = parsed_ok(
+        envelope.parse_json(
+            json.dumps({**doc, "subject": None, "unsetextension": None, "data_base64": None})
+        )
+    )
+    assert set(event.attributes) == {"specversion", "id", "source", "type"}
+    assert json.loads(event.data) == {"a": 1}
+    # a required attribute given as null is as missing
+    got = problems(envelope.parse_json(json.dumps({**doc, "id": None})))
+    assert got == {"id": "required"}
+
+
+def test_an_empty_subject_or_content_type_is_refused() -> None:
+    # They went out as an empty ce_subject or content-type header
+    doc = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t"}
+    for key, name in (("subject", "subject"), ("datacontenttype", "datacontenttype")):
+        got = problems(envelope.parse_json(json.dumps({**doc, key: ""})))
+        assert got == {name: "empty: omit it instead"}
+    ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")
+    ce.attributes["subject"].ce_string = ""
+    _, found = envelope.parse_proto(ce)
+    assert [(v.field, v.description) for v in found] == [
+        ("event.attributes[subject]", "empty: omit it instead")
+    ]
+
+
 def test_a_protobuf_attribute_with_no_value_set_is_refused() -> None:
     # it travelled as an empty ce_ header
     ce = cloudevents_pb2.CloudEvent(id="1", source="/s", spec_version="1.0", type="t")

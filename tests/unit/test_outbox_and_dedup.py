@@ -226,7 +226,8 @@ def _binary(data: bytes, content_type: str, **attributes: str) -> Event:
         (b'{"a":1}', b'{"a":1.0}', "application/json", False),
         (b"[1,2]", b"[2,1]", "application/json", False),  # arrays are ordered
         (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "text/plain", False),  # not JSON data
-        (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "", False),
+        (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "", True),  # none: validated as JSON
+        (b'{"a":1,"b":2}', b'{"b":2,"a":1}', "text/json", True),  # was False: as validated
         (b'{"a":NaN}', b'{"a": NaN}', "application/json", False),
         (b'{"a":1}', b'{"a":1', "application/json", False),
     ],

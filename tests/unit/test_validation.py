@@ -267,3 +267,29 @@ def test_a_field_refused_while_parsing_is_not_refused_again() -> None:
     with pytest.raises(InvalidArgument) as exc:
         validation.validate(event, CATALOG.get("message.created"), [], found)
     assert [v.field for v in exc.value.violations] == ["data_base64"]
+
+
+def _proto_data(data: bytes) -> dict[str, str]:
+    ce = cloudevents_pb2.CloudEvent(
+        id="1", source="urn:t", spec_version="1.0", type="message.created", binary_data=data
+    )
+    ce.attributes["time"].ce_string = "2025-01-01T00:00:00Z"
+    event, found = envelope.parse_proto(ce)
+    with pytest.raises(InvalidArgument) as exc:
+        validation.validate(event, CATALOG.get("message.created"), [], found)
+    return {v.field: v.description for v in exc.value.violations}
+
+
+def test_protobuf_data_is_utf8_json_of_unicode_text() -> None:
+    # Each was accepted and sent on as it came, under content-type application/json:
+    # json reads UTF-16 and a byte order mark; a lone surrogate escape is no text
+    text = '{"id": "m", "content": "hi"}'
+    for data in (text.encode("utf-16"), text.encode("utf-8-sig")):
+        got = _proto_data(data)
+        assert got == {"event.data": "not valid JSON: not UTF-8 (or a byte order mark)"}
+    got = _proto_data(text.encode("utf-16-le"))  # ASCII with NULs between: not JSON
+    assert list(got) == ["event.data"]
+    assert got["event.data"].startswith("not valid JSON: ")
+    got = _proto_data(b'{"id": "m", "content": "a\\ud800b"}')
+    assert list(got) == ["event.data.content"]
+    assert "unpaired UTF-16 surrogate" in got["event.data.content"]

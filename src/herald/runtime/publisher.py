@@ -99,13 +99,14 @@ class EventPublisher:
             "id": str(uuid.uuid5(NAMESPACE, f"{alert.event_type}/{alert.key}")),
             "source": self._source,
             "type": alert.event_type,
-            "subject": alert.subject,
             "time": (alert.time or datetime.now(UTC))
             .astimezone(UTC)
             .strftime("%Y-%m-%dT%H:%M:%SZ"),
             "datacontenttype": "application/json",
             "data": alert.data,
         }
+        if alert.subject:  # an empty one is refused
+            event["subject"] = alert.subject
         if alert.dataschema:
             event["dataschema"] = alert.dataschema
         if alert.tenant:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from herald.runtime.errors import FieldViolation, InvalidArgument
-from herald.services.ingest.event import NOT_PARSED, Event
+from herald.services.ingest.event import NOT_PARSED, Event, is_json_media
 from herald.services.ingest.outbox import PendingEvent
 
 
@@ -73,11 +73,12 @@ def reformatted(sent: Event, stored_data: bytes, stored_fingerprint: bytes) -> b
 
 def _json_data(event: Event) -> bool:
     """Whether the event's data is JSON: parsed from a JSON envelope, or bytes whose
-    content type is JSON (``application/json``, ``…+json``)."""
+    content type is JSON, or none (as validation judges it: its data was validated as
+    JSON)."""
     if event.json_data is not NOT_PARSED:
         return True
-    media = event.attributes.get("datacontenttype", "").partition(";")[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+    content_type = event.attributes.get("datacontenttype", "")
+    return not content_type or is_json_media(content_type)
 
 
 def _refuse_constant(name: str) -> object:

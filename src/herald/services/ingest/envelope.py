@@ -106,6 +106,12 @@ def parse_proto(event: cloudevents_pb2.CloudEvent) -> Parsed:
     return parsed, problems + _check_attributes(parsed)
 
 
+UNPAIRED_SURROGATE = (
+    "contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff without its pair), "
+    "which is not Unicode text"
+)
+
+
 def parse_json(text: str) -> Parsed:
     """An Event from structured JSON or the legacy envelope, told apart by their keys."""
     try:
@@ -117,15 +123,7 @@ def parse_json(text: str) -> Parsed:
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         where = unpaired_surrogate(document)
         if where is not None:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        where,
-                        "contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff "
-                        "without its pair), which is not Unicode text",
-                    )
-                ]
-            )
+            raise InvalidArgument([FieldViolation(where, UNPAIRED_SURROGATE)])
     if "specversion" in document or "spec_version" in document:
         return _parse_structured(document)
     if "event_type" in document or "event_id" in document:
@@ -149,6 +147,10 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
     has_data = False
     parsed: object = NOT_PARSED
     for key, value in document.items():
+        if value is None and key != "data":
+            # The JSON format: an attribute whose value is null is unset (data_base64
+            # too); data null is JSON's null, data like any other.
+            continue
         if key == "data":
             has_data = True
             # JSON data is a JSON value (a string too); Herald's data is always JSON.
@@ -174,7 +176,7 @@ def _parse_structured(document: dict[str, Any]) -> Parsed:
             problems.append(FieldViolation(key, problem))
         else:
             attributes[name] = text
-    if has_data and "data" in document and "data_base64" in document:
+    if has_data and "data" in document and document.get("data_base64") is not None:
         problems.append(FieldViolation("data", "give data or data_base64, not both"))
     event = Event(attributes, data, Envelope.STRUCTURED_JSON, spelled, parsed)
     return event, besides(problems, _check_attributes(event))  # refused: not "required" too
@@ -231,11 +233,19 @@ def _parse_legacy(document: dict[str, Any]) -> Parsed:
     return event, besides(problems, _check_attributes(event))
 
 
+_NON_EMPTY = ("subject", "datacontenttype")
+
+
 def _check_attributes(event: Event) -> list[FieldViolation]:
     problems = []
     for name in _REQUIRED:
         if not event.attributes.get(name):
             problems.append(FieldViolation(event.field_name(name), "required"))
+    for name in _NON_EMPTY:
+        if event.attributes.get(name) == "":
+            # An empty ce_subject or content-type header went out: the spec's subject
+            # is non-empty when present, a content type an RFC 2046 media type.
+            problems.append(FieldViolation(event.field_name(name), "empty: omit it instead"))
     for name, value in event.attributes.items():
         if not _CONTROL.search(value):
             continue

@@ -106,6 +106,13 @@ class Event:
         return len(self.data) + sum(_utf8_len(k) + _utf8_len(v) for k, v in self.attributes.items())
 
 
+def is_json_media(content_type: str) -> bool:
+    """Whether ``content_type`` (parameters aside) is a JSON media type:
+    ``application/json``, ``…+json`` or ``text/json``."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json") or media == "text/json"
+
+
 def _utf8_len(text: str) -> int:
     """Bytes of ``text`` in UTF-8 (a character is up to 4; counting characters let an
     event of 300,000 emoji through a 1 MB limit, then Kafka refused its record)."""

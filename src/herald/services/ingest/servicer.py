@@ -356,7 +356,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         sent = event
         if event.data_version is None:
             event = event.with_attribute("dataversion", definition.data_version)
-        media, sep, parameters = event.attributes.get("datacontenttype", "").partition(";")
+        if "datacontenttype" not in event.attributes:
+            # Implied by the JSON format (and Herald's data is JSON): said on the record,
+            # as the spec asks of an event taken into another binding.
+            event = event.with_attribute("datacontenttype", "application/json")
+        media, sep, parameters = event.attributes["datacontenttype"].partition(";")
         if not media.islower() and media.lower() != media:
             # Media types are case-insensitive, but consumers (the cloudevents SDK among
             # them) compare content-type as written: the record carries it in lower case.

@@ -12,7 +12,8 @@ import jsonschema_rs
 from herald.runtime import json_fast
 from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, besides
 from herald.services.ingest.catalog import EventTypeDef
-from herald.services.ingest.event import NOT_PARSED, Event
+from herald.services.ingest.envelope import UNPAIRED_SURROGATE, unpaired_surrogate
+from herald.services.ingest.event import NOT_PARSED, Event, is_json_media
 
 # RFC 3339 with an explicit UTC offset: Z or +00:00 (ASCII digits, the whole string).
 _UTC_TIME = re.compile(
@@ -116,7 +117,7 @@ def _attribute_problems(event: Event) -> list[FieldViolation]:
             )
         )
     content_type = event.attributes.get("datacontenttype")
-    if content_type and not _is_json(content_type):
+    if content_type and not is_json_media(content_type):
         problems.append(
             FieldViolation(
                 event.field_name("datacontenttype"),
@@ -148,11 +149,22 @@ def _rule_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
 def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolation]:
     data_field = event.field_name("data")
     data = event.json_data
-    if data is NOT_PARSED:
+    if data is NOT_PARSED:  # bytes (the Protobuf envelope)
+        raw = event.data
         try:
-            data = json_fast.loads(event.data) if event.data else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # JSON between systems is UTF-8 with no byte order mark (RFC 8259 8.1): read
+            # as bytes, json took UTF-16 and a BOM too, and they were sent on as they came.
+            text = raw.decode()
+            if text.startswith("\ufeff"):
+                raise UnicodeError
+        except UnicodeError:
+            return [FieldViolation(data_field, "not valid JSON: not UTF-8 (or a byte order mark)")]
+        try:
+            data = json_fast.loads(text) if text else None
+        except json.JSONDecodeError as exc:
             return [FieldViolation(data_field, f"not valid JSON: {exc}")]
+        if b"\\u" in raw and (where := unpaired_surrogate(data, data_field)) is not None:
+            return [FieldViolation(where, UNPAIRED_SURROGATE)]
     try:
         if definition.validator.is_valid(data):
             return []
@@ -176,11 +188,6 @@ def _is_uuid(value: str) -> bool:
     """The 8-4-4-4-12 form only: ``uuid.UUID`` also takes hyphens anywhere, ``urn:``,
     a sign, ``0x``, underscores, spaces and any script's digits."""
     return _UUID.fullmatch(value) is not None
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json") or media == "text/json"
 
 
 def _parses(time: str) -> bool:
