@@ -283,6 +283,39 @@ async def test_a_header_stored_before_it_became_herald_s_does_not_block_an_updat
     assert dict(updated.webhook.headers) == {"X-Tenant-Token": "t-1"}
 
 
+async def test_the_due_queue_gauges_leave_out_disabled_webhooks(stack: Stack) -> None:
+    """webhook_due_deliveries / _lag_seconds counted the pending deliveries of a disabled
+    webhook, which no claim takes: the lag grew without end while nothing was behind."""
+    created = await stack.hook("https://example.com/hook")
+    await stack.stub.UpdateWebhook(
+        webhooks_pb2.UpdateWebhookRequest(
+            webhook=webhooks_pb2.Webhook(id=created.webhook.id, active=False),
+            update_mask=FieldMask(paths=["active"]),
+        ),
+        metadata=KEY,
+    )
+    await stack.produce([job(created.webhook.id)])
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        for _ in range(100):  # intake stores it, pending
+            if await conn.fetchval("SELECT count(*) FROM webhooks.deliveries"):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)  # due
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM webhooks.deliveries WHERE status = 'pending'"
+                " AND next_attempt_at <= now()"
+            )
+            == 1
+        )
+        due = await conn.fetchrow(Q.due_depth)
+    finally:
+        await conn.close()
+    assert due is not None
+    assert (due["depth"], due["lag"]) == (0, 0)
+
+
 async def test_a_katya_deployment_sends_the_seeds_header_names(stack: Stack) -> None:
     """WEBHOOKS_HEADER_PREFIX=X-Katya and WEBHOOKS_USER_AGENT=Katya-Webhooks/1.0: a
     receiver written from the seed finds X-Katya-Signature, -Event, -Delivery,
@@ -1047,6 +1080,40 @@ async def test_a_resent_delivered_delivery_is_not_shown_delivered_until_it_is_ag
         assert not resent.delivery.HasField("deliver_time")
         assert resent.delivery.response_status_code == 200  # the last response, still
         await receiver.wait_for(2)
+
+
+async def test_a_resent_delivery_that_fails_is_not_retried(stack: Stack) -> None:
+    """ResendDelivery is one more attempt: a delivered delivery resent to an endpoint that
+    now fails was retried max_retries times (three more POSTs here), while one that had
+    run out of retries got one, and a delivery already delivered ended dead-lettered."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(200), *[Reply(500)] * 5)
+        created = await stack.hook(receiver.url(), retry_policy=FAST, initial_delay=0.1)
+        sent = await stack.stub.SendTestEvent(
+            webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
+        )
+
+        async def status() -> int:
+            page = await stack.stub.ListDeliveries(
+                webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
+            )
+            return page.deliveries[0].status
+
+        for _ in range(50):
+            if await status() == webhooks_pb2.DELIVERY_STATUS_DELIVERED:
+                break
+            await asyncio.sleep(0.1)
+        await stack.stub.ResendDelivery(
+            webhooks_pb2.ResendDeliveryRequest(delivery_id=sent.delivery.id), metadata=KEY
+        )
+        await receiver.wait_for(2)
+        for _ in range(50):
+            if await status() == webhooks_pb2.DELIVERY_STATUS_FAILED:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # past FAST's retries (0.1 s, 0.2 s, 0.4 s)
+        assert len(receiver.received("/hook")) == 2
+        assert await status() == webhooks_pb2.DELIVERY_STATUS_FAILED
 
 
 async def fails_with_violations(call: Any) -> set[str]:

@@ -24,7 +24,7 @@ from herald.runtime.server import Running, start
 from herald.services.webhooks.app import build
 from herald.services.webhooks.convert import spec_of
 from herald.services.webhooks.secret_box import SecretBox
-from herald.services.webhooks.store import WebhookStore
+from herald.services.webhooks.store import Q, WebhookStore
 from tests.conftest import Infra
 from tests.integration.conftest import IngestUnderTest, start_ingest, webhooks_settings
 from tests.integration.test_webhook_delivery import announced, ingest_events
@@ -231,6 +231,30 @@ async def test_deleting_each_webhook_while_paging_skips_none(webhooks: Webhooks)
             break
     assert seen == ids, "oldest first, each once, the late one last"
     assert totals == [7, 5, 4, 2], "total_size: the webhooks there are, not those left to page"
+
+
+async def test_a_webhook_created_after_waiting_for_its_tenant_lists_after_those_before(
+    webhooks: Webhooks,
+) -> None:
+    """created_at, the listing's order, was the transaction's start: a creation waiting
+    for its tenant's lock while another committed was stored as older than that one, so
+    a client that had paged past the other never saw it."""
+    conn = await asyncpg.connect(webhooks.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(Q.lock_tenant, "acme")  # as another creation holds it
+            waiting = asyncio.ensure_future(
+                webhooks.stub.CreateWebhook(
+                    webhooks_pb2.CreateWebhookRequest(webhook=katya(name="waited")), metadata=ACME
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            released = await conn.fetchval("SELECT clock_timestamp()")
+        created = await waiting
+    finally:
+        await conn.close()
+    assert created.webhook.create_time.ToDatetime(UTC) >= released
 
 
 async def test_tenants_see_only_their_own(webhooks: Webhooks) -> None:

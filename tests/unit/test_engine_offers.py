@@ -42,7 +42,9 @@ def engine_counting() -> tuple[Engine, list[uuid.UUID], asyncio.Event]:
     started: list[uuid.UUID] = []
     done = asyncio.Event()
 
-    async def attempt(row: Any, posted: Any = None, lease_end: Any = None) -> None:
+    async def attempt(
+        row: Any, posted: Any = None, lease_end: Any = None, recorded: Any = None
+    ) -> None:
         started.append(row["id"])
         await done.wait()
 
@@ -79,6 +81,34 @@ async def test_a_delivery_claimed_again_while_its_attempt_runs_is_not_started_tw
     engine._start(cast("asyncpg.Record", row), lease_end)  # its attempt over: a retry may
     await settle()
     assert started == [row["id"], row["id"]]
+
+
+async def test_a_delivery_claimed_again_once_its_outcome_is_recorded_is_started() -> None:
+    # A retry due at once (Retry-After: 0) claimed while its first attempt was still
+    # checking whether to disable the webhook: not started, and left claimed until its
+    # lease ran out (~40 s late)
+    engine, started, done = engine_counting()
+    recorded_first = asyncio.Event()
+
+    async def attempt(
+        row: Any, posted: Any = None, lease_end: Any = None, recorded: Any = None
+    ) -> None:
+        started.append(row["id"])
+        if recorded is not None and len(started) == 1:
+            recorded()  # committed: the delivery is due again, unclaimed
+        recorded_first.set()
+        await done.wait()  # what follows the outcome (failing_since, disable)
+
+    engine.attempt = attempt  # type: ignore[method-assign]
+    row = delivery()
+    lease_end = asyncio.get_running_loop().time() + LEASE
+    engine._start(cast("asyncpg.Record", row), lease_end)
+    await recorded_first.wait()
+    engine._start(cast("asyncpg.Record", row), lease_end)  # claimed again: a new attempt
+    await settle()
+    assert started == [row["id"], row["id"]]
+    done.set()
+    await settle()
 
 
 async def test_an_offered_delivery_past_its_start_by_time_is_left_to_its_lease() -> None:

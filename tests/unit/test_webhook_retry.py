@@ -74,3 +74,17 @@ def test_with_retry_statuses_only_those_are_retried_and_the_rest_dead_at_once() 
         "retries exhausted: http_5xx",
     )
     assert decide(BITRIX24, 1, 400, None, None).outcome == "retry", "empty: every failure"
+    # A status not retried on the last attempt is that, not "retries exhausted"
+    last = decide(policy, 5, 400, None, None)
+    assert "not retried: http_400" in last.dead_letter_reason
+
+
+def test_a_resent_delivery_gets_one_attempt_whatever_it_had_before() -> None:
+    # Its retries depended on its past: a delivered one resent and failing was retried
+    # up to max_retries, one that had run out got one attempt
+    for attempts_made in (2, 4, 9):
+        failed = decide(SEED, attempts_made, 500, None, None, resent=True)
+        assert (failed.outcome, failed.reason) == ("dead", "http_5xx")
+        assert failed.dead_letter_reason.startswith("resent once (")
+        assert decide(SEED, attempts_made, 200, None, None, resent=True).outcome == "delivered"
+        assert decide(SEED, attempts_made, 410, None, None, resent=True).outcome == "gone"

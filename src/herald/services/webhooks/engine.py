@@ -59,6 +59,8 @@ OFFER_MARGIN_SECONDS = 10.0
 # when nothing else is waiting.
 SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
+# The retry_reason ResendDelivery and RecoverWebhook leave (queries.sql): one attempt.
+RESENT = frozenset({"resend", "recover"})
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
 # The events seed's events_retry_total counts a delivery's retries too, beside the
 # relay's and dispatch's (as events_dlq_total counts its dead letters).
@@ -284,8 +286,8 @@ class Engine:
         """Starts an attempt of the delivery ``row``, claimed until loop time
         ``lease_end``."""
         if row["id"] in self._in_flight:
-            # Claimed again while its attempt here runs (its lease ran out while the
-            # outcome was being recorded): that attempt records it.
+            # Claimed again while its attempt here runs, its outcome not recorded yet (its
+            # lease ran out meanwhile): that attempt records it.
             return
         webhook_id = row["webhook_id"]
         endpoint = _endpoint(row)
@@ -415,8 +417,13 @@ class Engine:
                 self._freed.set()
                 self._room_changed.set()
 
+        def recorded() -> None:
+            # Its outcome is committed and the claim let go: claimed again from now on (a
+            # retry due at once, Retry-After: 0), it is a new attempt, not this one's.
+            self._in_flight.discard(row["id"])
+
         try:
-            await self.attempt(row, posted, lease_end)
+            await self.attempt(row, posted, lease_end, recorded)
         except Exception:  # the claim's lease runs out and the delivery comes due again
             log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
         finally:
@@ -428,10 +435,12 @@ class Engine:
         row: asyncpg.Record,
         posted: Callable[[], None] = lambda: None,
         lease_end: float | None = None,
+        recorded: Callable[[], None] = lambda: None,
     ) -> None:
         """One signed POST for one claimed delivery, and its consequences; ``posted``
-        is called once the response (or failure) is in. Its outcome is recorded, through
-        database failures, until the claim's lease ends (loop time ``lease_end``)."""
+        is called once the response (or failure) is in, ``recorded`` once its outcome is
+        (through database failures, until the claim's lease ends: loop time
+        ``lease_end``), before what follows it (disabling a webhook failing too long)."""
         hook = row  # the claim brought the webhook's columns along
         number = row["attempts"] + 1
         context: dict[str, str] = json_fast.loads(row["context"])
@@ -453,7 +462,14 @@ class Engine:
         finally:
             posted()
         policy = retry_policy_of(hook)
-        verdict = retry.decide(policy, number, result.status_code, result.error, result.retry_after)
+        verdict = retry.decide(
+            policy,
+            number,
+            result.status_code,
+            result.error,
+            result.retry_after,
+            resent=row["retry_reason"] in RESENT,
+        )
         ATTEMPT_SECONDS.observe(result.elapsed)
         then = None
         if verdict.outcome == "dead":
@@ -464,6 +480,7 @@ class Engine:
         if span is not None:
             attempt_span.end(span, result.status_code, result.error, verdict.outcome)
         await self._outcomes.submit(outcome, lease_end)
+        recorded()
         _BY_OUTCOME[verdict.outcome].inc()
         log.info(
             "delivery.attempted",

@@ -19,10 +19,13 @@ class Verdict:
     reason: str  # timeout, connection_error, http_5xx, http_429, http_4xx, ssrf_refused, …
     delay: float = 0.0  # seconds until the next attempt, when outcome is "retry"
     exhausted: bool = True  # "dead": after its retries (False: a status not retried)
+    resent: bool = False  # "dead": the one attempt of a resend or recovery failed
 
     @property
     def dead_letter_reason(self) -> str:
         """Why a "dead" delivery was given up, for its dead letter."""
+        if self.resent:
+            return f"resent once (ResendDelivery or RecoverWebhook), failed again: {self.reason}"
         if self.exhausted:
             return f"retries exhausted: {self.reason}"
         return f"not retried: {self.reason} is not one of the webhook's retry_statuses"
@@ -61,15 +64,18 @@ def decide(
     error: str | None,
     retry_after: float | None,
     rng: random.Random | None = None,
+    resent: bool = False,
 ) -> Verdict:
-    """The verdict after attempt number ``attempts_made`` (1 = the first)."""
+    """The verdict after attempt number ``attempts_made`` (1 = the first). ``resent``:
+    the attempt a ResendDelivery or RecoverWebhook asked for, one attempt, not retried
+    (else a resend's retries depended on how many attempts the delivery had had)."""
     if error is None and status_code is not None and 200 <= status_code < 300:
         return DELIVERED
     reason = reason_of(status_code, error)
     if status_code == 410:
         return Verdict("gone", "http_410")
-    if attempts_made > policy.max_retries:
-        return Verdict("dead", reason)
+    if resent:
+        return Verdict("dead", reason, resent=True)
     if (
         policy.retry_statuses
         and error is None
@@ -77,6 +83,8 @@ def decide(
         and status_code not in policy.retry_statuses
     ):
         return Verdict("dead", f"http_{status_code}", exhausted=False)
+    if attempts_made > policy.max_retries:
+        return Verdict("dead", reason)
     delay = backoff(policy, attempts_made, rng)
     if status_code in (429, 503) and retry_after is not None:
         delay = min(max(retry_after, 0.0), MAX_RETRY_AFTER)

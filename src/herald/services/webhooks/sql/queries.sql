@@ -1,10 +1,15 @@
 -- name: insert_webhook
+-- created_at is the clock's, taken under the tenant's lock (lock_tenant), not now() (the
+-- transaction's start): a creation that began first but waited for the lock committed
+-- with an older created_at than one already listed, and a listing paging oldest-first
+-- past the newer one never showed it.
 INSERT INTO webhooks.webhooks
     (id, tenant, name, url, event_types, active, max_retries, initial_delay_ms,
      backoff_multiplier, max_delay_ms, rate_per_second, rate_per_minute, headers,
-     description, metadata, retry_delays_ms, retry_statuses, secret)
+     description, metadata, retry_delays_ms, retry_statuses, secret, created_at, updated_at,
+     activated_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb, $16,
-        $17, $18)
+        $17, $18, clock_timestamp(), clock_timestamp(), clock_timestamp())
 RETURNING *
 
 -- name: lock_tenant
@@ -252,8 +257,11 @@ RETURNING tenant
 SELECT min(next_attempt_at) FROM webhooks.deliveries WHERE status = 'pending'
 
 -- name: due_depth
-SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(next_attempt_at)), 0) AS lag
-FROM webhooks.deliveries WHERE status = 'pending' AND next_attempt_at <= now()
+-- What claims can take: pending deliveries of disabled webhooks wait for RecoverWebhook,
+-- and counted here they kept the lag growing while nothing was behind.
+SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(d.next_attempt_at)), 0) AS lag
+FROM webhooks.deliveries AS d JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND w.active
 
 -- name: list_deliveries
 -- Newest first, after the cursor ($4, $5: NULL on the first page); total counts every
