@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 import pytest
 from herald.ingest.v1 import ingest_pb2_grpc
@@ -58,6 +59,20 @@ async def ingest(infra: Infra, database_url: str, topic: str) -> AsyncIterator[I
     service = await start_ingest(infra, database_url, topic)
     yield service
     await service.stop()
+
+
+async def end_lock_holders_session(database_url: str) -> int:
+    """Terminates the sessions holding advisory locks (a relay round's: its lanes or its
+    relay lock), as a failover or idle_in_transaction_session_timeout would; how many."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        ended: int = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    return ended
 
 
 ACME_KEY = "hk_test_acme_0123456789abcdef"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 
 from herald.runtime import kafka
 from herald.runtime.backlog import BacklogReporter
+from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.rounds import finished
 from herald.services.ingest.app import BEHIND
 from herald.services.ingest.catalog import EventTypeDef, check_definition
@@ -30,7 +32,7 @@ from herald.services.ingest.settings import IngestSettings
 from herald.services.ingest.writer import Q
 from tests.conftest import Infra
 from tests.fixtures.seeds import LEGACY_EXAMPLES
-from tests.integration.conftest import IngestUnderTest, start_ingest
+from tests.integration.conftest import IngestUnderTest, end_lock_holders_session, start_ingest
 from tests.kafka_helpers import create_small_topic, headers, read_topic
 
 pytestmark = pytest.mark.integration
@@ -206,14 +208,16 @@ async def test_a_relay_stopped_mid_round_finishes_it_and_repeats_nothing(
         await service.stop()
 
 
-async def test_a_round_a_stop_cuts_short_never_lands_after_what_the_next_relay_sent(
-    infra: Infra, database_url: str, topic: str
+@pytest.mark.parametrize("ended_by", ["stop", "session"])
+async def test_a_round_given_up_never_lands_after_what_the_next_relay_sent(
+    infra: Infra, database_url: str, topic: str, ended_by: str
 ) -> None:
-    """Kafka does not acknowledge a round within its grace (here its records wait out a
-    3 s linger; the grace is 0.2 s): the stop cuts the round short, its transaction
-    lets the lanes go and another relay sends the rows. The cut round's records must
-    not land after those: they did (its producer kept them, and delivered them later
-    or on the stop's flush), and the key's records went back in time on the topic."""
+    """Kafka does not acknowledge a round in time (its records wait out a 3 s linger)
+    and the round ends: a stop cuts it short (its grace is 0.2 s), or its database
+    session ends (terminated: a failover, idle_in_transaction_session_timeout). Either
+    way its lanes go and another relay sends the rows. The first round's records must
+    not land after those: they did (its producer kept them, and delivered them later or
+    on the stop's flush), and the key's records went back in time on the topic."""
     service = await start_ingest(infra, database_url, topic, relay_enabled=False)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=3)
     assert pool is not None
@@ -225,22 +229,29 @@ async def test_a_round_a_stop_cuts_short_never_lands_after_what_the_next_relay_s
             for i in range(5)
         ]
         settings = infra.kafka_settings()
-        stopping = Relay(pool, partial(kafka.make_producer, settings, linger_ms=3000))
-        await stopping.start_producer()
-        assert stopping.producer is not None
-        await stopping.producer.partitions_for(topic)  # the records wait on the linger only
-        cut = asyncio.ensure_future(finished(stopping.relay_once(), grace=0.2))
-        await asyncio.sleep(0.2)  # the records are with the producer
-        cut.cancel()  # a stop
-        with pytest.raises(asyncio.CancelledError):
-            await cut
+        first = Relay(pool, partial(kafka.make_producer, settings, linger_ms=3000))
+        await first.start_producer()
+        assert first.producer is not None
+        await first.producer.partitions_for(topic)  # the records wait on the linger only
+        if ended_by == "stop":
+            cut = asyncio.ensure_future(finished(first.relay_once(), grace=0.2))
+            await asyncio.sleep(0.2)  # the records are with the producer
+            cut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cut
+        else:
+            round_ = asyncio.ensure_future(first.relay_once())
+            await asyncio.sleep(0.3)  # the records are with the producer
+            assert await end_lock_holders_session(database_url) == 1, "it held the lanes"
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await round_
         assert await pending_rows(database_url) == 5, "nothing was marked"
 
         taking_over = Relay(pool, partial(kafka.make_producer, settings))
         await taking_over.start_producer()
         assert await taking_over.relay_once() == (5, 0)
         await taking_over.stop()
-        await stopping.stop()  # the stopping relay's stop hooks: flush, stop
+        await first.stop()  # the first relay's stop hooks: flush, stop
         await asyncio.sleep(3.5)  # past the linger
 
         records = await read_topic(settings, topic, 6, timeout=3)

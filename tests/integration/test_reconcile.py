@@ -26,6 +26,7 @@ from vibe.v1 import vibe_pb2 as vibe
 
 from herald.runtime import db, kafka
 from herald.runtime.backlog import BacklogReporter
+from herald.runtime.db import DATABASE_ERRORS
 from herald.runtime.kafka_producer import abandoned
 from herald.runtime.retention import purge_once
 from herald.runtime.rounds import finished
@@ -34,7 +35,7 @@ from herald.services.reconcile.checks import discrepancy_id
 from herald.services.reconcile.relay import VibeRelay
 from herald.services.reconcile.store import Q
 from tests.conftest import Infra
-from tests.integration.conftest import start_ingest
+from tests.integration.conftest import end_lock_holders_session, start_ingest
 from tests.integration.reconcile_flow import (
     PROTOBUF,
     ReconcileFlow,
@@ -996,16 +997,18 @@ async def test_a_relay_stopped_mid_round_marks_what_kafka_took_before_it_stops(
         await pool.close()
 
 
-async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_relay_sent(
-    infra: Infra, database_url: str
+@pytest.mark.parametrize("ended_by", ["stop", "session"])
+async def test_a_relay_round_given_up_never_lands_after_what_the_next_relay_sent(
+    infra: Infra, database_url: str, ended_by: str
 ) -> None:
-    """Vibeapp's Kafka does not acknowledge a round within its grace (its records wait
-    out a 3 s linger; the grace is 0.2 s): the stop cuts it short, the relay lock goes,
-    and another replica's relay sends the outputs. The cut round's copies must not land
-    after those (they did, on the stopping relay's flush)."""
+    """Vibeapp's Kafka does not acknowledge a round in time (its records wait out a 3 s
+    linger) and the round ends: a stop cuts it short (its grace is 0.2 s), or its
+    database session ends. Either way the relay lock goes and another replica's relay
+    sends the outputs. The first round's copies must not land after those (they did,
+    on the stopping relay's flush, or later)."""
     pool = await db.create_pool(database_url, 3)
     settings = infra.kafka_settings()
-    stopping_producer = kafka.make_producer(settings, linger_ms=3000)
+    first_producer = kafka.make_producer(settings, linger_ms=3000)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn, db.read_migrations("reconcile", MIGRATIONS))
@@ -1016,14 +1019,21 @@ async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_r
                    VALUES ('event', $1, 'h', $2, $3, $4, '[["content-type", "x"]]')""",
                 [(f"e{i}", topic, b"k", f"v{i}".encode()) for i in range(3)],
             )
-        await stopping_producer.start()
-        await stopping_producer.partitions_for(topic)  # the records wait on the linger only
-        stopping = VibeRelay(pool, partial(kafka.make_producer, settings))
-        cut = asyncio.ensure_future(finished(stopping.round(stopping_producer), grace=0.2))
-        await asyncio.sleep(0.2)  # the records are with the producer
-        cut.cancel()  # a stop
-        with pytest.raises(asyncio.CancelledError):
-            await cut
+        await first_producer.start()
+        await first_producer.partitions_for(topic)  # the records wait on the linger only
+        first = VibeRelay(pool, partial(kafka.make_producer, settings))
+        if ended_by == "stop":
+            cut = asyncio.ensure_future(finished(first.round(first_producer), grace=0.2))
+            await asyncio.sleep(0.2)  # the records are with the producer
+            cut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cut
+        else:
+            round_ = asyncio.ensure_future(first.round(first_producer))
+            await asyncio.sleep(0.3)  # the records are with the producer
+            assert await end_lock_holders_session(database_url) == 1, "it held the lock"
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await round_
 
         other = kafka.make_producer(settings)
         await other.start()
@@ -1032,8 +1042,8 @@ async def test_a_relay_round_a_stop_cuts_short_never_lands_after_what_the_next_r
             assert await taking_over.round(other) == (3, False)
         finally:
             await other.stop()
-        await abandoned(stopping_producer)  # what the stopping relay's run does last
-        await stopping_producer.stop()
+        await abandoned(first_producer)  # what the first relay's run does last
+        await first_producer.stop()
         await asyncio.sleep(3.5)  # past the linger
         values = [r.value for r in await read_topic(settings, topic, 4, timeout=3)]
         assert values == [b"v0", b"v1", b"v2"], "each once, in order"

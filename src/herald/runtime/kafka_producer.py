@@ -13,8 +13,11 @@ Records that failed were never acknowledged, so their senders send them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -22,6 +25,8 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerFenced,
 )
+
+log = structlog.get_logger("herald.kafka")
 
 # Errors after which a producer (its id and sequences) will not deliver anything again.
 FATAL = (OutOfOrderSequenceNumber, ProducerFenced, InvalidProducerEpoch, InvalidProducerIdMapping)
@@ -119,3 +124,34 @@ def _fail_held(accumulator: Any, why: BaseException) -> None:
         for queue in batches.values():
             pending.update(b for b in queue if getattr(b, "retry_count", 0) > 0)
     accumulator.fail_all(why)
+
+
+_ABANDONINGS: set[asyncio.Future[None]] = set()  # kept referenced while they run
+
+
+@contextlib.asynccontextmanager
+async def abandoned_if_session_lost(
+    session: Any, producer: Callable[[], AIOKafkaProducer | None], what: str
+) -> AsyncIterator[None]:
+    """While the block runs, ``session`` (an asyncpg connection whose transaction holds
+    the locks that make this sender the only one) closing abandons ``producer()``.
+
+    A session that ends (terminated, a failover, idle_in_transaction_session_timeout)
+    frees its locks while the records sent under them may still be on their way;
+    another replica then sends the same rows and newer ones of their keys, and the
+    first copies would land after those (a key's records going back in time)."""
+
+    def lost(_session: object) -> None:
+        current = producer()
+        if current is None:
+            return
+        log.warning("relay.session_lost", relay=what, detail="its locks are gone: abandoned")
+        task = asyncio.ensure_future(abandon(current, ConnectionError(f"{what}: session lost")))
+        _ABANDONINGS.add(task)
+        task.add_done_callback(_ABANDONINGS.discard)
+
+    session.add_termination_listener(lost)
+    try:
+        yield
+    finally:
+        session.remove_termination_listener(lost)

@@ -30,7 +30,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
-from herald.runtime.kafka_producer import abandoned
+from herald.runtime.kafka_producer import abandoned, abandoned_if_session_lost
 from herald.runtime.metrics import EVENTS_DLQ, EVENTS_LATENCY, EVENTS_PUBLISHED, EVENTS_RETRY
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -148,13 +148,16 @@ class Relay:
             ]
             if not lanes:
                 return 0, 0
-            rows = await conn.fetch(
-                Q.pending_in_lanes,
-                lanes,
-                max(1, self._batch_size // len(lanes)),
-                self._sender.unknown_topics(),
-            )
-            acked = await self._send(rows)
+            # The lanes are this transaction's locks: its session lost, they are free
+            # while the records may be on their way (see abandoned_if_session_lost).
+            async with abandoned_if_session_lost(conn, lambda: self._producer, "ingest"):
+                rows = await conn.fetch(
+                    Q.pending_in_lanes,
+                    lanes,
+                    max(1, self._batch_size // len(lanes)),
+                    self._sender.unknown_topics(),
+                )
+                acked = await self._send(rows)
             refused = [i for i, a in enumerate(acked) if isinstance(a, REFUSED_FOR_GOOD)]
             done = [a is None or isinstance(a, REFUSED_FOR_GOOD) for a in acked]
             marked = rows_to_mark([bytes(r["key"]) for r in rows], done)

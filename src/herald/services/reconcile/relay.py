@@ -36,7 +36,7 @@ from herald.runtime.dlq import DLQ_TOPIC, dead_letter_headers
 from herald.runtime.dlq_outbox import DeadLetterOutbox
 from herald.runtime.kafka import replaced_if_broken, start_when_reachable
 from herald.runtime.kafka_batches import REFUSED_FOR_GOOD, BatchSender, OutRecord, rows_to_mark
-from herald.runtime.kafka_producer import abandoned
+from herald.runtime.kafka_producer import abandoned, abandoned_if_session_lost
 from herald.runtime.metrics import EVENTS_DLQ
 from herald.runtime.rounds import finished
 from herald.runtime.wake import woken
@@ -116,7 +116,11 @@ class VibeRelay:
     async def round(self, producer: AIOKafkaProducer) -> tuple[int, bool]:
         """Sends one round; (records sent, whether a full round went through, so more
         may be pending)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(),
+            abandoned_if_session_lost(conn, lambda: producer, "reconcile"),
+        ):
             if not await conn.fetchval(Q.relay_lock):
                 return 0, False
             rows = await conn.fetch(Q.pending_outputs, self._batch_size, self._refused_retry)
