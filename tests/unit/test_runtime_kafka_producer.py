@@ -64,3 +64,30 @@ def test_late_producer_hands_out_none_while_a_broken_one_is_replaced() -> None:
         assert made[1].stopped
 
     asyncio.run(main())
+
+
+def test_a_replacement_whose_client_cannot_be_made_yet_is_tried_again() -> None:
+    # make() raising (the CA file being rewritten) was outside the retry: the
+    # replacement's task died unseen, and the service had no producer for good
+    async def main() -> None:
+        made: list[FakeProducer] = []
+        failures = [FileNotFoundError(2, "No such file or directory")]
+
+        def make() -> Any:
+            if made and failures:
+                raise failures.pop()
+            made.append(FakeProducer())
+            return made[-1]
+
+        late = LateProducer(make, "test")
+        await late.start()
+        made[0].broken = OutOfOrderSequenceNumber()
+        assert late.get() is None
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if late.get() is not None:
+                break
+        assert late.get() is made[1], "made once the file is back"
+        await late.stop()
+
+    asyncio.run(main())

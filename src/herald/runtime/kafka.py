@@ -231,8 +231,18 @@ async def start_when_reachable(make: Callable[[], C], what: str, max_backoff: fl
     aiokafka client cannot be started again, so each try makes a new one)."""
     delay = 0.5
     while True:
-        client = make()
         began = time.time()
+        try:
+            # Made each try: a client reads the TLS files as it is made (KAFKA_SSL_CAFILE
+            # being rewritten, or unreadable for a while, is retried like Kafka away;
+            # raised from a replacement started in the background, it was lost, and the
+            # service stayed without a producer for good).
+            client = make()
+        except Exception as exc:
+            log.warning("kafka.client_not_made", client=what, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(max_backoff, delay * 2)
+            continue
         try:
             await client.start()
         except asyncio.CancelledError:
