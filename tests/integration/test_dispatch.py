@@ -958,6 +958,36 @@ async def test_a_route_may_not_send_jobs_to_dispatchs_own_topics(flow: Flow) -> 
         )
     )
     assert "is one of dispatch's own topics" in refused["route.target.topic"]
+    # One stored before the rule (its topic written here) can still be disabled
+    conn = await asyncpg.connect(flow.database_url)
+    try:
+        await conn.execute(
+            "UPDATE dispatch.routes SET target = jsonb_set(target, '{topic}', to_jsonb($2::text))"
+            " WHERE id = $1::uuid",
+            made.route.id,
+            own.events_topic,
+        )
+    finally:
+        await conn.close()
+    disabled = await flow.stub.UpdateRoute(
+        dispatch_pb2.UpdateRouteRequest(
+            route=dispatch_pb2.Route(id=made.route.id, disabled=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["disabled"]),
+        )
+    )
+    assert disabled.route.disabled
+    await flow.stub.UpdateRoute(
+        dispatch_pb2.UpdateRouteRequest(
+            route=dispatch_pb2.Route(
+                id=made.route.id,
+                disabled=False,
+                target=dispatch_pb2.JobTarget(
+                    channel="$data.id", template_code="t", topic=prefix + ".{channel}"
+                ),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["disabled", "target"]),
+        )
+    )
     # Known only per event (the channel from its data): the target is dead-lettered
     await asyncio.sleep(1)  # every replica has the route
     event_id = await flow.publish("message.created", {"id": suffix, "content": "c"})

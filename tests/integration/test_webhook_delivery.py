@@ -1082,6 +1082,19 @@ async def test_a_resent_delivered_delivery_is_not_shown_delivered_until_it_is_ag
         await receiver.wait_for(2)
 
 
+async def newest_status(stack: Stack, webhook_id: str, wanted: int) -> int:
+    """The status of the webhook's newest delivery once it is ``wanted`` (within 5 s),
+    else the last one seen."""
+    for _ in range(50):
+        page = await stack.stub.ListDeliveries(
+            webhooks_pb2.ListDeliveriesRequest(webhook_id=webhook_id), metadata=KEY
+        )
+        if (status := page.deliveries[0].status) == wanted:
+            break
+        await asyncio.sleep(0.1)
+    return status
+
+
 async def test_a_resent_delivery_that_fails_is_not_retried(stack: Stack) -> None:
     """ResendDelivery is one more attempt: a delivered delivery resent to an endpoint that
     now fails was retried max_retries times (three more POSTs here), while one that had
@@ -1093,27 +1106,41 @@ async def test_a_resent_delivery_that_fails_is_not_retried(stack: Stack) -> None
             webhooks_pb2.SendTestEventRequest(webhook_id=created.webhook.id), metadata=KEY
         )
 
-        async def status() -> int:
-            page = await stack.stub.ListDeliveries(
-                webhooks_pb2.ListDeliveriesRequest(webhook_id=created.webhook.id), metadata=KEY
-            )
-            return page.deliveries[0].status
-
-        for _ in range(50):
-            if await status() == webhooks_pb2.DELIVERY_STATUS_DELIVERED:
-                break
-            await asyncio.sleep(0.1)
+        await newest_status(stack, created.webhook.id, webhooks_pb2.DELIVERY_STATUS_DELIVERED)
         await stack.stub.ResendDelivery(
             webhooks_pb2.ResendDeliveryRequest(delivery_id=sent.delivery.id), metadata=KEY
         )
         await receiver.wait_for(2)
-        for _ in range(50):
-            if await status() == webhooks_pb2.DELIVERY_STATUS_FAILED:
-                break
-            await asyncio.sleep(0.1)
+        await newest_status(stack, created.webhook.id, webhooks_pb2.DELIVERY_STATUS_FAILED)
         await asyncio.sleep(1.5)  # past FAST's retries (0.1 s, 0.2 s, 0.4 s)
         assert len(receiver.received("/hook")) == 2
-        assert await status() == webhooks_pb2.DELIVERY_STATUS_FAILED
+        failed = webhooks_pb2.DELIVERY_STATUS_FAILED
+        assert await newest_status(stack, created.webhook.id, failed) == failed
+
+
+async def test_a_recovered_delivery_gets_its_retry_policy_afresh(stack: Stack) -> None:
+    """RecoverWebhook after an outage: each delivery gets the policy's retries again. One
+    that had run out of them got a single attempt, so an endpoint still warming up
+    (a 503 or two) dead-lettered and announced the whole backlog once more."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", *[Reply(500)] * 4, *[Reply(503)] * 3, Reply(200))
+        created = await stack.hook(receiver.url(), retry_policy=FAST, initial_delay=0.1)
+        since = Timestamp()
+        since.GetCurrentTime()
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(4)  # the first attempt and its 3 retries
+
+        await newest_status(stack, created.webhook.id, webhooks_pb2.DELIVERY_STATUS_FAILED)
+        recovered = await stack.stub.RecoverWebhook(
+            webhooks_pb2.RecoverWebhookRequest(webhook_id=created.webhook.id, since=since),
+            metadata=KEY,
+        )
+        assert recovered.requeued == 1
+        await receiver.wait_for(8, timeout=20)  # 3 more 503s, retried, then the 200
+        await newest_status(stack, created.webhook.id, webhooks_pb2.DELIVERY_STATUS_DELIVERED)
+        delivered = webhooks_pb2.DELIVERY_STATUS_DELIVERED
+        assert await newest_status(stack, created.webhook.id, delivered) == delivered
+        assert len(receiver.received("/hook")) == 8
 
 
 async def fails_with_violations(call: Any) -> set[str]:

@@ -86,28 +86,43 @@ async def test_a_delivery_claimed_again_while_its_attempt_runs_is_not_started_tw
 async def test_a_delivery_claimed_again_once_its_outcome_is_recorded_is_started() -> None:
     # A retry due at once (Retry-After: 0) claimed while its first attempt was still
     # checking whether to disable the webhook: not started, and left claimed until its
-    # lease ran out (~40 s late)
-    engine, started, done = engine_counting()
-    recorded_first = asyncio.Event()
+    # lease ran out (~40 s late). And the first attempt ending must not make the second
+    # one look finished (a third would then run beside it)
+    engine, started, _ = engine_counting()
+    ends = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
 
     async def attempt(
         row: Any, posted: Any = None, lease_end: Any = None, recorded: Any = None
     ) -> None:
+        n = len(started)
         started.append(row["id"])
-        if recorded is not None and len(started) == 1:
+        if n == 0 and recorded is not None:
             recorded()  # committed: the delivery is due again, unclaimed
-        recorded_first.set()
-        await done.wait()  # what follows the outcome (failing_since, disable)
+        await ends[n].wait()  # what follows the outcome (failing_since, disable)
 
     engine.attempt = attempt  # type: ignore[method-assign]
     row = delivery()
     lease_end = asyncio.get_running_loop().time() + LEASE
-    engine._start(cast("asyncpg.Record", row), lease_end)
-    await recorded_first.wait()
-    engine._start(cast("asyncpg.Record", row), lease_end)  # claimed again: a new attempt
+
+    def claimed() -> None:
+        engine._start(cast("asyncpg.Record", row), lease_end)
+
+    claimed()
+    await settle()
+    claimed()  # claimed again: a new attempt
     await settle()
     assert started == [row["id"], row["id"]]
-    done.set()
+    ends[0].set()  # the first attempt ends; the second runs on
+    await settle()
+    claimed()  # claimed once more while the second runs: not started beside it
+    await settle()
+    assert len(started) == 2
+    ends[1].set()
+    await settle()
+    claimed()  # the second over: a retry may
+    await settle()
+    assert len(started) == 3
+    ends[2].set()
     await settle()
 
 

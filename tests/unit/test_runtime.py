@@ -109,6 +109,9 @@ class _Admin:
 async def test_topics_take_the_clusters_default_replication() -> None:
     assert await kafka.cluster_replication(_Admin(5, "3")) == 3
     assert await kafka.cluster_replication(_Admin(1, "1")) == 1
+    with capture_logs() as logs:  # Kafka's own default on several brokers: said
+        assert await kafka.cluster_replication(_Admin(3, "1")) == 1
+    assert [e["event"] for e in logs] == ["kafka.replication_one"]
     # Unreadable: as many as there are brokers, at most 3, said
     with capture_logs() as logs:
         assert await kafka.cluster_replication(_Admin(5, None, True)) == 3

@@ -263,6 +263,11 @@ def test_a_key_may_end_in_base64_padding_and_a_name_may_hold_an_equals_sign() ->
             b' {"name": "a", "target": {"channel": "sms", "templateCode": "t"}}]',
             "[1].name: 'a' is given twice",
         ),
+        (  # dispatch's own topic: each job consumed as the event again, for ever
+            b'[{"name": "a", "target": {"channel": "sms", "templateCode": "t",'
+            b' "topic": "herald.events"}}]',
+            "[0].target.topic: herald.events is one of dispatch's own topics",
+        ),
     ],
 )
 def test_a_bad_routes_file_stops_the_start_naming_it(

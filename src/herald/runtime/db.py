@@ -288,7 +288,7 @@ def _reason(exc: BaseException) -> str:
 def _bookkeeping_failure(step: str, exc: BaseException) -> str:
     """What the operator reads when the runner's own statements fail (a user that may
     not create the table, the connection lost while another replica migrates)."""
-    return f"DATABASE_URL: migrations: {step} failed (none applied): {_reason(exc)}"
+    return f"DATABASE_URL: migrations: {step} failed: {_reason(exc)}"
 
 
 def _migration_failure(migration: Migration, exc: BaseException) -> str:

@@ -140,6 +140,14 @@ async def cluster_replication(admin: AIOKafkaAdminClient) -> int:
                     continue
                 for name, value, *_ in entries:
                     if name == _DEFAULT_REPLICATION and value and value.isdigit():
+                        if int(value) == 1 and len(brokers) > 1:
+                            log.warning(
+                                "kafka.replication_one",
+                                brokers=len(brokers),
+                                detail="the cluster's default.replication.factor is 1: "
+                                "topics Herald creates have one replica (set "
+                                "KAFKA_TOPIC_REPLICATION_FACTOR)",
+                            )
                         return int(value)
     guessed = min(GUESSED_REPLICATION, len(brokers))
     log.warning(

@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -154,4 +155,7 @@ async def abandoned_if_session_lost(
     try:
         yield
     finally:
-        session.remove_termination_listener(lost)
+        # A pool's connection lost is detached from its proxy, which then refuses the
+        # call: that error would hide the one the round raised.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            session.remove_termination_listener(lost)

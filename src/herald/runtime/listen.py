@@ -28,10 +28,12 @@ _FATAL = frozenset({errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _bind_error(places: list[_SockAddr]) -> OSError | None:
-    """What stops a listener binding one of ``places`` now, as grpc binds (SO_REUSEADDR,
-    no SO_REUSEPORT): the port in use, or an error no wait mends; None if nothing
-    does. Probing with a socket of our own keeps grpc's C core from logging an error
-    line per try."""
+    """What stops a listener binding ``places`` now, as grpc binds (SO_REUSEADDR, no
+    SO_REUSEPORT): one of them in use, or an error no wait mends on every one (grpc
+    listens where it can: ``localhost`` on a host without IPv6 is 127.0.0.1 alone);
+    None if nothing does. Probing with a socket of our own keeps grpc's C core from
+    logging an error line per try."""
+    fatal: list[OSError] = []
     for family, sockaddr in places:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,9 +43,11 @@ def _bind_error(places: list[_SockAddr]) -> OSError | None:
                 probe.bind(sockaddr)
             except OSError as exc:
                 # Anything else (an address family the host lacks, …) is grpc's to judge.
-                if exc.errno == errno.EADDRINUSE or exc.errno in _FATAL:
+                if exc.errno == errno.EADDRINUSE:
                     return exc
-    return None
+                if exc.errno in _FATAL:
+                    fatal.append(exc)
+    return fatal[0] if places and len(fatal) == len(places) else None
 
 
 def _listened_on(places: list[_SockAddr]) -> bool:

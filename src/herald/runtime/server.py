@@ -29,14 +29,23 @@ log = structlog.get_logger("herald.server")
 # A service's worker, or a stop hook: a coroutine function without arguments.
 Worker = Callable[[], Coroutine[Any, Any, None]]
 
+
+def spending_grace(hook: Worker) -> Worker:
+    """``hook`` (an on_stop hook) marked as one that may take the stop's grace (plus
+    STOP_STEP_SECONDS) before it is cut short; others get STOP_STEP_SECONDS."""
+    setattr(hook, _SPENDS_GRACE, True)
+    return hook
+
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full PublishBatch fits; events are capped lower
 # A request is read whole before any interceptor (the API key check among them) sees it:
 # an API whose requests are small takes no more, so that callers, authenticated or not,
 # cannot make it hold 64 MiB per call (16 at once made webhooks grow by 1.8 GB).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-# Most a stopping worker set may take, and an on_stop hook beyond the stop's grace (a
-# hook may spend the grace: ingest's relay drains its outbox for that long).
+# Most a stopping worker set or an on_stop hook may take; a hook marked by spending_grace
+# (ingest's relay drain, bounded by the stop's grace itself) that much beyond the grace.
 STOP_STEP_SECONDS = 15.0
+_SPENDS_GRACE = "_herald_spends_grace"
 # Allocations (net of frees) between young-generation collections (CPython's default:
 # 700); an App may choose its own (App.gc_young_threshold).
 GC_YOUNG_THRESHOLD = 10_000
@@ -128,9 +137,10 @@ class Running:
             _done, stuck = await asyncio.wait(self.tasks, timeout=budget)
             for task in stuck:
                 log.error("shutdown.worker_stuck", worker=task.get_name(), at=where(task))
-        hook_seconds = STOP_STEP_SECONDS + grace
         for hook in self.app.on_stop:
             name = getattr(hook, "__qualname__", str(hook))
+            spends = getattr(hook, _SPENDS_GRACE, False)
+            hook_seconds = STOP_STEP_SECONDS + (grace if spends else 0.0)
             try:
                 async with asyncio.timeout(hook_seconds):
                     await hook()

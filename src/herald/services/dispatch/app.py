@@ -54,7 +54,7 @@ async def build(settings: DispatchSettings, kafka_settings: KafkaSettings) -> Ap
     pool = await db.create_pool(settings.database_url, settings.database_pool_size)
     async with pool.acquire() as conn:
         await db.migrate(conn, db.read_migrations("dispatch", MIGRATIONS))
-    own_topics = (settings.events_topic, settings.deliveries_topic, settings.dlq_topic)
+    own_topics = settings.own_topics()
     store = RouteStore(pool, own_topics)
     if settings.builtin_routes:
         await load_routes(store, BUILTIN_ROUTES)

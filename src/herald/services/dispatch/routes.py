@@ -406,7 +406,7 @@ def route_from_json(doc: Mapping[str, Any]) -> dispatch_pb2.Route:
         raise ValueError(str(exc)) from None
 
 
-def routes_from_json(text: str) -> list[dispatch_pb2.Route]:
+def routes_from_json(text: str, reserved: Collection[str] = ()) -> list[dispatch_pb2.Route]:
     """The routes of a routes file's text (a JSON list of Route objects); ValueError
     naming the route, and the field, of the first problem."""
     try:
@@ -424,7 +424,7 @@ def routes_from_json(text: str) -> list[dispatch_pb2.Route]:
             route = route_from_json(doc)
         except ValueError as exc:
             raise ValueError(f"route {n}: {exc}") from None
-        if problems := check(route, f"[{n}]"):
+        if problems := check(route, f"[{n}]", reserved):
             raise ValueError("; ".join(f"{p.field}: {p.description}" for p in problems))
         if route.name in names:  # stored by name: the later would replace the earlier
             raise ValueError(f"[{n}].name: {route.name!r} is given twice")

@@ -147,6 +147,19 @@ class DispatchSettings(RuntimeSettings):
             for c in self.channels_of(self.notification_channels)
         ]
 
+    def own_topics(self) -> tuple[str, str, str]:
+        """The topics no route's jobs may go to (routes.check)."""
+        return (self.events_topic, self.deliveries_topic, self.dlq_topic)
+
+    @model_validator(mode="after")
+    def _routes_own_topics(self) -> DispatchSettings:
+        if self.routes_file is not None:  # read and checked already (_file)
+            try:
+                routes_from_json(self.routes_file.read_text(), self.own_topics())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"ROUTES_FILE: {self.routes_file}: {exc}") from None
+        return self
+
     @model_validator(mode="after")
     def _key_methods(self) -> DispatchSettings:
         check_key_methods(

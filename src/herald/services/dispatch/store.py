@@ -116,7 +116,10 @@ class RouteStore:
                     getattr(merged, path).CopyFrom(getattr(change, path))
                 else:
                     setattr(merged, path, getattr(change, path))
-            if problems := check(merged, reserved=self._reserved):
+            # A route stored before its topic was refused can still be disabled or
+            # renamed: its target is judged when the update changes it.
+            reserved = self._reserved if "target" in paths else ()
+            if problems := check(merged, reserved=reserved):
                 raise InvalidArgument(problems)
             try:
                 updated = await conn.fetchrow(Q.update_route, ident, *columns_of(merged))

@@ -46,7 +46,7 @@ ALIASES = {
 _ATTRIBUTE_NAME = re.compile(r"[a-z0-9]{1,20}")
 _ATTRIBUTE_NAME_RULE = "attribute names are 1-20 lowercase ASCII letters or digits"
 # A \uD800–\uDFFF escape: JSON allows one without its pair, Unicode text does not.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # CloudEvents forbids control characters in string attributes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Cheap URI checks (RFC 3986 allows neither whitespace nor control characters).
@@ -120,7 +120,7 @@ def parse_json(text: str) -> Parsed:
         raise InvalidArgument([FieldViolation("json", f"not valid JSON: {exc}")]) from None
     if not isinstance(document, dict):
         raise InvalidArgument([FieldViolation("json", "must be a JSON object")])
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+    if "\\u" in text and SURROGATE_ESCAPE.search(text):
         where = unpaired_surrogate(document)
         if where is not None:
             raise InvalidArgument([FieldViolation(where, UNPAIRED_SURROGATE)])

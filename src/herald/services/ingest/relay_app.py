@@ -20,7 +20,7 @@ import grpc
 from herald.runtime import db, kafka
 from herald.runtime.health import Check
 from herald.runtime.notify import listen
-from herald.runtime.server import App, Worker
+from herald.runtime.server import App, Worker, spending_grace
 from herald.runtime.settings import KafkaSettings, RuntimeSettings
 from herald.services.ingest.relay import Relay
 from herald.services.ingest.settings import IngestRelaySettings, RelaySettings
@@ -68,7 +68,7 @@ def relay_parts(
         relay,
         [relay.run, relay.dead_letters.run],
         {"kafka": kafka_check},
-        [partial(relay.drain, settings.shutdown_grace_seconds), relay.stop],
+        [spending_grace(partial(relay.drain, settings.shutdown_grace_seconds)), relay.stop],
     )
 
 

@@ -12,7 +12,11 @@ import jsonschema_rs
 from herald.runtime import json_fast
 from herald.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, besides
 from herald.services.ingest.catalog import EventTypeDef
-from herald.services.ingest.envelope import UNPAIRED_SURROGATE, unpaired_surrogate
+from herald.services.ingest.envelope import (
+    SURROGATE_ESCAPE,
+    UNPAIRED_SURROGATE,
+    unpaired_surrogate,
+)
 from herald.services.ingest.event import NOT_PARSED, Event, is_json_media
 
 # RFC 3339 with an explicit UTC offset: Z or +00:00 (ASCII digits, the whole string).
@@ -163,7 +167,13 @@ def _data_problems(event: Event, definition: EventTypeDef) -> list[FieldViolatio
             data = json_fast.loads(text) if text else None
         except json.JSONDecodeError as exc:
             return [FieldViolation(data_field, f"not valid JSON: {exc}")]
-        if b"\\u" in raw and (where := unpaired_surrogate(data, data_field)) is not None:
+        # Walked only where a surrogate escape is written (not for every \uXXXX: some
+        # writers escape all non-ASCII text, and the walk costs several parses).
+        if (
+            b"\\u" in raw
+            and SURROGATE_ESCAPE.search(text)
+            and (where := unpaired_surrogate(data, data_field)) is not None
+        ):
             return [FieldViolation(where, UNPAIRED_SURROGATE)]
     try:
         if definition.validator.is_valid(data):

@@ -59,8 +59,9 @@ OFFER_MARGIN_SECONDS = 10.0
 # when nothing else is waiting.
 SLOW_SECONDS = 1.0
 SLOW_ERRORS = frozenset({"timeout", "connection_error"})
-# The retry_reason ResendDelivery and RecoverWebhook leave (queries.sql): one attempt.
-RESENT = frozenset({"resend", "recover"})
+# The retry_reason ResendDelivery leaves (queries.sql): one attempt. RecoverWebhook's
+# starts the retry policy afresh (recovered_after).
+RESENT = "resend"
 _BY_OUTCOME = {o: DELIVERIES.labels(o) for o in ("delivered", "retry", "dead", "gone")}
 # The events seed's events_retry_total counts a delivery's retries too, beside the
 # relay's and dispatch's (as events_dlq_total counts its dead letters).
@@ -417,9 +418,13 @@ class Engine:
                 self._freed.set()
                 self._room_changed.set()
 
+        let_go = [False]
+
         def recorded() -> None:
             # Its outcome is committed and the claim let go: claimed again from now on (a
-            # retry due at once, Retry-After: 0), it is a new attempt, not this one's.
+            # retry due at once, Retry-After: 0), it is a new attempt, not this one's
+            # (whose id in _in_flight this one must then leave alone).
+            let_go[0] = True
             self._in_flight.discard(row["id"])
 
         try:
@@ -428,7 +433,8 @@ class Engine:
             log.exception("engine.attempt_crashed", delivery_id=str(row["id"]))
         finally:
             posted()
-            self._in_flight.discard(row["id"])
+            if not let_go[0]:
+                self._in_flight.discard(row["id"])
 
     async def attempt(
         self,
@@ -464,11 +470,11 @@ class Engine:
         policy = retry_policy_of(hook)
         verdict = retry.decide(
             policy,
-            number,
+            number - row["recovered_after"],  # since RecoverWebhook, if it was recovered
             result.status_code,
             result.error,
             result.retry_after,
-            resent=row["retry_reason"] in RESENT,
+            resent=row["retry_reason"] == RESENT,
         )
         ATTEMPT_SECONDS.observe(result.elapsed)
         then = None

@@ -19,13 +19,13 @@ class Verdict:
     reason: str  # timeout, connection_error, http_5xx, http_429, http_4xx, ssrf_refused, …
     delay: float = 0.0  # seconds until the next attempt, when outcome is "retry"
     exhausted: bool = True  # "dead": after its retries (False: a status not retried)
-    resent: bool = False  # "dead": the one attempt of a resend or recovery failed
+    resent: bool = False  # "dead": the one attempt of a ResendDelivery failed
 
     @property
     def dead_letter_reason(self) -> str:
         """Why a "dead" delivery was given up, for its dead letter."""
         if self.resent:
-            return f"resent once (ResendDelivery or RecoverWebhook), failed again: {self.reason}"
+            return f"resent once (ResendDelivery), failed again: {self.reason}"
         if self.exhausted:
             return f"retries exhausted: {self.reason}"
         return f"not retried: {self.reason} is not one of the webhook's retry_statuses"
@@ -67,8 +67,8 @@ def decide(
     resent: bool = False,
 ) -> Verdict:
     """The verdict after attempt number ``attempts_made`` (1 = the first). ``resent``:
-    the attempt a ResendDelivery or RecoverWebhook asked for, one attempt, not retried
-    (else a resend's retries depended on how many attempts the delivery had had)."""
+    the attempt a ResendDelivery asked for, one attempt, not retried (else a resend's
+    retries depended on how many attempts the delivery had had)."""
     if error is None and status_code is not None and 200 <= status_code < 300:
         return DELIVERED
     reason = reason_of(status_code, error)

@@ -1,15 +1,17 @@
 -- name: insert_webhook
--- created_at is the clock's, taken under the tenant's lock (lock_tenant), not now() (the
+-- Its times are the clock's, taken under the tenant's lock (lock_tenant), not now() (the
 -- transaction's start): a creation that began first but waited for the lock committed
 -- with an older created_at than one already listed, and a listing paging oldest-first
--- past the newer one never showed it.
+-- past the newer one never showed it. One reading for all four (the secret is as old
+-- as the webhook).
 INSERT INTO webhooks.webhooks
     (id, tenant, name, url, event_types, active, max_retries, initial_delay_ms,
      backoff_multiplier, max_delay_ms, rate_per_second, rate_per_minute, headers,
      description, metadata, retry_delays_ms, retry_statuses, secret, created_at, updated_at,
-     activated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb, $16,
-        $17, $18, clock_timestamp(), clock_timestamp(), clock_timestamp())
+     activated_at, secret_created_at)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb, $16,
+       $17, $18, t.now, t.now, t.now, t.now
+FROM (SELECT clock_timestamp() AS now) AS t
 RETURNING *
 
 -- name: lock_tenant
@@ -95,7 +97,8 @@ WITH t AS (
     RETURNING *
 )
 SELECT ins.id, ins.webhook_id, ins.tenant, ins.job_id, ins.event_id, ins.event_type, ins.body,
-       ins.context::text AS context, ins.attempts, ins.retry_reason, ins.retry_after,
+       ins.context::text AS context, ins.attempts, ins.recovered_after, ins.retry_reason,
+       ins.retry_after,
        ins.claimed_by IS NOT NULL AS claimed,
        w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
        w.retry_delays_ms, w.retry_statuses,
@@ -148,7 +151,8 @@ SET next_attempt_at = now() + make_interval(secs => $2), claimed_by = $3, update
 FROM due, webhooks.webhooks AS w
 WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
-          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
+          d.context::text AS context, d.attempts, d.recovered_after, d.retry_reason,
+          d.retry_after,
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
@@ -326,9 +330,10 @@ SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.las
 FROM webhooks.deliveries AS d WHERE d.id = $1 AND d.tenant = $2
 
 -- name: recover_webhook
+-- Its retry policy starts afresh (recovered_after: the attempts made so far).
 UPDATE webhooks.deliveries
 SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'recover',
-    retry_after = 0, updated_at = now()
+    retry_after = 0, recovered_after = attempts, updated_at = now()
 WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
 
 -- name: limited_with_due
@@ -376,7 +381,8 @@ SET next_attempt_at = now() + make_interval(secs => $3), claimed_by = $4, update
 FROM due, webhooks.webhooks AS w
 WHERE d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id, d.webhook_id, d.tenant, d.job_id, d.event_id, d.event_type, d.body,
-          d.context::text AS context, d.attempts, d.retry_reason, d.retry_after,
+          d.context::text AS context, d.attempts, d.recovered_after, d.retry_reason,
+          d.retry_after,
           w.url, w.max_retries, w.initial_delay_ms, w.backoff_multiplier, w.max_delay_ms,
           w.retry_delays_ms, w.retry_statuses,
           w.headers::text AS headers, w.secret, w.previous_secret,
