@@ -976,6 +976,15 @@ async def test_a_route_may_not_send_jobs_to_dispatchs_own_topics(flow: Flow) -> 
         )
     )
     assert disabled.route.disabled
+    refused = await refused_fields(  # enabled again as it is: judged
+        flow.stub.UpdateRoute(
+            dispatch_pb2.UpdateRouteRequest(
+                route=dispatch_pb2.Route(id=made.route.id, disabled=False),
+                update_mask=field_mask_pb2.FieldMask(paths=["disabled"]),
+            )
+        )
+    )
+    assert "is one of dispatch's own topics" in refused["route.target.topic"]
     await flow.stub.UpdateRoute(
         dispatch_pb2.UpdateRouteRequest(
             route=dispatch_pb2.Route(

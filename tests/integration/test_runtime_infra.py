@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 import urllib.request
@@ -234,6 +235,30 @@ async def test_an_address_not_on_this_host_stops_the_start_at_once_saying_so() -
     ]
     assert listen_module._bind_error(places) is None
     assert listen_module._bind_error(places[:1]) is not None
+
+
+def test_a_family_the_kernel_lacks_is_skipped_as_grpc_skips_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # localhost resolving to ::1 too on a kernel without IPv6 (ipv6.disable=1): making
+    # the probe's socket raised, a traceback instead of a start on 127.0.0.1
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args)
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)  # the module listen uses
+    with real() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    places: list[Any] = [
+        (socket.AF_INET6, ("::1", port, 0, 0)),
+        (socket.AF_INET, ("127.0.0.1", port)),
+    ]
+    assert listen_module._bind_error(places) is None
+    assert listen_module._listened_on(places) is False
 
 
 async def test_a_stop_hook_may_spend_the_stops_grace(monkeypatch: pytest.MonkeyPatch) -> None:

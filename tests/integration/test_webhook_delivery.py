@@ -1143,6 +1143,43 @@ async def test_a_recovered_delivery_gets_its_retry_policy_afresh(stack: Stack) -
         assert len(receiver.received("/hook")) == 8
 
 
+async def test_recovering_takes_a_resent_delivery_not_attempted_yet(stack: Stack) -> None:
+    """A delivery resent (one attempt) and then recovered before that attempt ran was
+    left out of the recovery (it was pending), and got one attempt only."""
+    async with Receiver() as receiver:
+        receiver.script("/hook", Reply(500))
+        created = await stack.hook(
+            receiver.url(), retry_policy=webhooks_pb2.RetryPolicy(max_retries=0)
+        )
+        since = Timestamp()
+        since.GetCurrentTime()
+        await stack.produce([job(created.webhook.id)])
+        await receiver.wait_for(1)
+        failed = webhooks_pb2.DELIVERY_STATUS_FAILED
+        assert await newest_status(stack, created.webhook.id, failed) == failed
+        conn = await asyncpg.connect(stack.database_url)
+        try:  # as ResendDelivery leaves it, its attempt not come due yet
+            await conn.execute(
+                "UPDATE webhooks.deliveries SET status = 'pending', retry_reason = 'resend',"
+                " next_attempt_at = now() + interval '1 hour' WHERE webhook_id = $1::uuid",
+                created.webhook.id,
+            )
+            recovered = await stack.stub.RecoverWebhook(
+                webhooks_pb2.RecoverWebhookRequest(webhook_id=created.webhook.id, since=since),
+                metadata=KEY,
+            )
+            assert recovered.requeued == 1
+            after = await conn.fetchval(
+                "SELECT recovered_after FROM webhooks.deliveries WHERE webhook_id = $1::uuid",
+                created.webhook.id,
+            )
+        finally:
+            await conn.close()
+        assert after == 1, "its policy starts afresh after its one attempt"
+        second = (await receiver.wait_for(2))[1]  # due at once
+        assert second.headers["x-herald-retry-reason"] == "recover"
+
+
 async def fails_with_violations(call: Any) -> set[str]:
     """The fields an INVALID_ARGUMENT answer names."""
     with pytest.raises(grpc.aio.AioRpcError) as exc:

@@ -29,25 +29,28 @@ _FATAL = frozenset({errno.EADDRNOTAVAIL, errno.EACCES})
 
 def _bind_error(places: list[_SockAddr]) -> OSError | None:
     """What stops a listener binding ``places`` now, as grpc binds (SO_REUSEADDR, no
-    SO_REUSEPORT): one of them in use, or an error no wait mends on every one (grpc
-    listens where it can: ``localhost`` on a host without IPv6 is 127.0.0.1 alone);
-    None if nothing does. Probing with a socket of our own keeps grpc's C core from
-    logging an error line per try."""
-    fatal: list[OSError] = []
+    SO_REUSEPORT): one of them in use, or, when none can be bound, an error no wait
+    mends (grpc listens where it can: ``localhost`` on a host without IPv6 is 127.0.0.1
+    alone); None if nothing does. Probing with a socket of our own keeps grpc's C core
+    from logging an error line per try."""
+    fatal: OSError | None = None
+    bound = False
     for family, sockaddr in places:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(sockaddr)
-            except OSError as exc:
-                # Anything else (an address family the host lacks, …) is grpc's to judge.
-                if exc.errno == errno.EADDRINUSE:
-                    return exc
-                if exc.errno in _FATAL:
-                    fatal.append(exc)
-    return fatal[0] if places and len(fatal) == len(places) else None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return exc
+            if exc.errno in _FATAL:
+                fatal = fatal or exc
+            # Anything else (an address family the kernel lacks, …) is grpc's to skip.
+        else:
+            bound = True
+    return None if bound else fatal
 
 
 def _listened_on(places: list[_SockAddr]) -> bool:
@@ -57,10 +60,13 @@ def _listened_on(places: list[_SockAddr]) -> bool:
         target = sockaddr
         if sockaddr[0] in _WILDCARDS:
             target = ("127.0.0.1" if family == socket.AF_INET else "::1", *sockaddr[1:])
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            if probe.connect_ex(target) == 0:
-                return True
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                if probe.connect_ex(target) == 0:
+                    return True
+        except OSError:  # a family the kernel lacks: nothing listens there
+            continue
     return False
 
 

@@ -303,8 +303,10 @@ def check(
     problems += _check_filter(route.filter, f"{field}.filter")
     problems += _check_target(route.target, f"{field}.target")
     t = route.target
-    if not t.channel.startswith("$"):  # else known only per event: see reserved_topic
-        topic = (t.topic or DEFAULT_TOPIC).replace("{channel}", t.channel)
+    topic = t.topic or DEFAULT_TOPIC
+    # A channel taken from the event names the topic per event (see reserved_topic).
+    if "{channel}" not in topic or not t.channel.startswith("$"):
+        topic = topic.replace("{channel}", t.channel)
         if reason := reserved_topic(topic, reserved):
             problems.append(FieldViolation(f"{field}.target.topic", reason))
     return problems

@@ -116,9 +116,10 @@ class RouteStore:
                     getattr(merged, path).CopyFrom(getattr(change, path))
                 else:
                     setattr(merged, path, getattr(change, path))
-            # A route stored before its topic was refused can still be disabled or
-            # renamed: its target is judged when the update changes it.
-            reserved = self._reserved if "target" in paths else ()
+            # A route stored before its topic was refused can still be disabled (or
+            # changed while it stays disabled): its target is judged when an update
+            # changes it or leaves the route enabled.
+            reserved = self._reserved if "target" in paths or not merged.disabled else ()
             if problems := check(merged, reserved=reserved):
                 raise InvalidArgument(problems)
             try:

@@ -261,7 +261,7 @@ RETURNING tenant
 SELECT min(next_attempt_at) FROM webhooks.deliveries WHERE status = 'pending'
 
 -- name: due_depth
--- What claims can take: pending deliveries of disabled webhooks wait for RecoverWebhook,
+-- What claims can take: pending deliveries of disabled webhooks wait for it to be active,
 -- and counted here they kept the lag growing while nothing was behind.
 SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(d.next_attempt_at)), 0) AS lag
 FROM webhooks.deliveries AS d JOIN webhooks.webhooks AS w ON w.id = d.webhook_id
@@ -330,11 +330,14 @@ SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.status, d.attempts, d.las
 FROM webhooks.deliveries AS d WHERE d.id = $1 AND d.tenant = $2
 
 -- name: recover_webhook
--- Its retry policy starts afresh (recovered_after: the attempts made so far).
+-- Its retry policy starts afresh (recovered_after: the attempts made so far); a delivery
+-- resent (ResendDelivery: one attempt) and not attempted yet is taken too.
 UPDATE webhooks.deliveries
 SET status = 'pending', next_attempt_at = now(), claimed_by = NULL, retry_reason = 'recover',
     retry_after = 0, recovered_after = attempts, updated_at = now()
-WHERE webhook_id = $1 AND tenant = $2 AND status = 'failed' AND created_at >= $3
+WHERE webhook_id = $1 AND tenant = $2 AND created_at >= $3
+  AND (status = 'failed'
+       OR (status = 'pending' AND retry_reason = 'resend' AND claimed_by IS NULL))
 
 -- name: limited_with_due
 -- Rate-limited webhooks with deliveries due, the one whose oldest has waited longest
